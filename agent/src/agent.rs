@@ -1,0 +1,69 @@
+//! Starting the agent and shutting it down cleanly.
+
+use std::future::Future;
+use std::os::unix::fs::DirBuilderExt;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::identity::Identity;
+use crate::ipc::{self, Ctx};
+use crate::lock::DataDirLock;
+use crate::store::{Store, StoreOptions};
+
+/// Runs the agent until `shutdown` completes, then finishes in-flight
+/// requests, syncs every database to disk and removes the socket.
+///
+/// `ready` is called once the store is open and the socket accepts
+/// connections.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+    ready: impl FnOnce(&Config),
+) -> anyhow::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&config.data_dir)
+        .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
+    let _lock = DataDirLock::acquire(&config.data_dir)?;
+    let identity = Identity::load_or_create(&config.data_dir)?;
+    let store = Store::open(
+        &config.data_dir.join("store"),
+        identity.device_id(),
+        StoreOptions {
+            flush_interval: config.flush_interval,
+            ..StoreOptions::default()
+        },
+    )
+    .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
+    let listener = ipc::listener::bind(&config.socket)?;
+    tracing::info!(
+        device = %identity.device_id(),
+        data_dir = %config.data_dir.display(),
+        socket = %config.socket.display(),
+        "blazed {} is ready",
+        env!("CARGO_PKG_VERSION")
+    );
+    ready(&config);
+
+    let ctx = Arc::new(Ctx::new(
+        store.clone(),
+        config.max_frame,
+        config.data_dir.clone(),
+        config.socket.clone(),
+    ));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let server = tokio::spawn(ipc::run(listener, ctx, stop_rx));
+    shutdown.await;
+    tracing::info!("shutting down: finishing in-flight requests");
+    let _ = stop_tx.send(true);
+    server.await.context("the IPC server task failed")?;
+    store.shutdown().await.context("syncing the store failed")?;
+    // The listener removed the socket file when it was dropped; make sure.
+    let _ = std::fs::remove_file(&config.socket);
+    tracing::info!("stopped");
+    Ok(())
+}

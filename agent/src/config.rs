@@ -1,0 +1,159 @@
+//! The agent's settings: command-line flags beat environment variables,
+//! which beat the TOML config file, which beats the built-in defaults.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use blazedb_proto::frame::DEFAULT_MAX_FRAME;
+use serde::Deserialize;
+
+/// The environment variable naming the data directory.
+pub const DATA_DIR_ENV: &str = "BLAZED_DATA_DIR";
+/// The environment variable naming the config file.
+pub const CONFIG_ENV: &str = "BLAZED_CONFIG";
+/// The config file's name in the config directory.
+pub const CONFIG_FILE: &str = "blazed.toml";
+
+/// What the config file may set. Every key is optional.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Where databases and the device key live.
+    pub data_dir: Option<PathBuf>,
+    /// The Unix socket local apps connect to.
+    pub socket: Option<PathBuf>,
+    /// The largest IPC frame accepted, in bytes.
+    pub max_frame: Option<u32>,
+    /// How often `buffered` databases are synced to disk, in milliseconds.
+    pub flush_interval_ms: Option<u64>,
+    /// A log filter in `RUST_LOG` syntax, used when `RUST_LOG` is unset.
+    pub log: Option<String>,
+}
+
+/// Settings given on the command line or in the environment.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    /// `--data-dir` or `BLAZED_DATA_DIR`.
+    pub data_dir: Option<PathBuf>,
+    /// `--socket` or `BLAZED_SOCKET`.
+    pub socket: Option<PathBuf>,
+    /// `--config` or `BLAZED_CONFIG`.
+    pub config: Option<PathBuf>,
+    /// `--max-frame`.
+    pub max_frame: Option<u32>,
+}
+
+/// The settings the agent runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where databases and the device key live.
+    pub data_dir: PathBuf,
+    /// The Unix socket local apps connect to.
+    pub socket: PathBuf,
+    /// The largest IPC frame accepted, in bytes.
+    pub max_frame: u32,
+    /// How often `buffered` databases are synced to disk.
+    pub flush_interval: Duration,
+    /// The log filter from the config file, if any.
+    pub log: Option<String>,
+    /// The config file that was read, if any.
+    pub config_file: Option<PathBuf>,
+}
+
+/// The data directory used when nothing names one.
+pub fn default_data_dir() -> PathBuf {
+    directories::ProjectDirs::from("", "", "blazedb")
+        .map(|d| d.data_dir().to_path_buf())
+        .unwrap_or_else(|| PathBuf::from(".blazedb"))
+}
+
+fn default_config_file() -> Option<PathBuf> {
+    directories::ProjectDirs::from("", "", "blazedb").map(|d| d.config_dir().join(CONFIG_FILE))
+}
+
+impl Config {
+    /// Resolves the settings from the overrides, the config file and the
+    /// defaults. A config file named explicitly must exist; the default one
+    /// is read only if it does.
+    pub fn resolve(o: Overrides) -> anyhow::Result<Config> {
+        let (file, config_file) = match &o.config {
+            Some(path) => (Some(read_file(path)?), Some(path.clone())),
+            None => match default_config_file().filter(|p| p.exists()) {
+                Some(path) => (Some(read_file(&path)?), Some(path)),
+                None => (None, None),
+            },
+        };
+        let file = file.unwrap_or_default();
+        let max_frame = o.max_frame.or(file.max_frame).unwrap_or(DEFAULT_MAX_FRAME);
+        anyhow::ensure!(
+            (1024..=1 << 30).contains(&max_frame),
+            "max_frame {max_frame} is out of range: use 1024 to 1073741824 bytes"
+        );
+        Ok(Config {
+            data_dir: o
+                .data_dir
+                .or(file.data_dir)
+                .unwrap_or_else(default_data_dir),
+            socket: o
+                .socket
+                .or(file.socket)
+                .unwrap_or_else(blazedb_proto::paths::default_socket_path),
+            max_frame,
+            flush_interval: Duration::from_millis(file.flush_interval_ms.unwrap_or(200).max(1)),
+            log: file.log,
+            config_file,
+        })
+    }
+}
+
+fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("config file {} is not valid", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_beat_the_file_which_beats_defaults() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "data_dir = \"/from/file\"\nsocket = \"/file.sock\"\nmax_frame = 4096\n",
+        )
+        .expect("write");
+        let c = Config::resolve(Overrides {
+            data_dir: Some("/from/flag".into()),
+            config: Some(file),
+            ..Default::default()
+        })
+        .expect("resolve");
+        assert_eq!(c.data_dir, PathBuf::from("/from/flag"));
+        assert_eq!(c.socket, PathBuf::from("/file.sock"));
+        assert_eq!(c.max_frame, 4096);
+    }
+
+    #[test]
+    fn unknown_keys_and_missing_files_are_errors() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "datadir = \"x\"\n").expect("write");
+        let err = Config::resolve(Overrides {
+            config: Some(file),
+            ..Default::default()
+        })
+        .expect_err("unknown key");
+        assert!(format!("{err:#}").contains("unknown field"), "{err:#}");
+        assert!(
+            Config::resolve(Overrides {
+                config: Some(dir.path().join("missing.toml")),
+                ..Default::default()
+            })
+            .is_err()
+        );
+    }
+}

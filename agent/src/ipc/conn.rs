@@ -1,0 +1,310 @@
+//! One client connection, served by one task.
+//!
+//! The task reads frames, answers reads at once and hands writes to the
+//! store's writer thread, whose replies come back through a channel; it
+//! writes every answer and change event out through one buffer, so pipelined
+//! requests cost one syscall per burst rather than one per response.
+//!
+//! Invariants:
+//! - A frame's length is checked against the limit before any buffer is
+//!   sized for it.
+//! - A frame that cannot be decoded, or a frame over the limit, gets an
+//!   error response and the connection is closed once the responses already
+//!   owed have been written. A request with bad params only fails itself.
+//! - At most [`MAX_IN_FLIGHT`] writes wait on the store per connection; past
+//!   that, and while the output buffer is full, the task stops reading, so
+//!   a client that does not read its responses cannot grow the agent's
+//!   memory.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use blazedb_proto::api::{self, HelloResult, Request, SubscribeResult, UnsubscribeResult};
+use blazedb_proto::frame::{self, LEN_PREFIX};
+use blazedb_proto::message::{self, RawRequest};
+use blazedb_proto::{ErrorCode, ErrorInfo, PROTOCOL_VERSION};
+use interprocess::local_socket::tokio::Stream;
+use interprocess::local_socket::traits::StreamCommon as _;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use super::handler::{self, Handled};
+use super::subscription;
+use super::{Ctx, listener};
+
+/// Writes a connection may have waiting on the store.
+pub const MAX_IN_FLIGHT: usize = 4096;
+/// Output bytes past which the connection stops reading requests.
+const OUT_HIGH_WATER: usize = 4 * 1024 * 1024;
+/// How much to read at a time when no frame length is known yet.
+const READ_CHUNK: usize = 64 * 1024;
+/// Event frames a subscription may have queued for the connection.
+const EVENT_QUEUE: usize = 16;
+
+/// Where write replies are sent, as whole encoded frames.
+pub(crate) type ReplySender = mpsc::UnboundedSender<Vec<u8>>;
+
+struct Conn {
+    ctx: Arc<Ctx>,
+    handshaken: bool,
+    closing: bool,
+    in_flight: usize,
+    out: Vec<u8>,
+    reply_tx: ReplySender,
+    event_tx: mpsc::Sender<Vec<u8>>,
+    subscriptions: HashMap<u64, JoinHandle<()>>,
+}
+
+/// Serves one connection until the client leaves, the connection must be
+/// closed, or the agent shuts down.
+pub(crate) async fn serve(stream: Stream, ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) {
+    let peer_uid = stream.peer_creds().ok().and_then(|c| c.euid());
+    // `&Stream` reads and writes, so both halves can borrow one stream.
+    let (mut rd, mut wr) = (&stream, &stream);
+    if peer_uid != Some(listener::agent_uid()) {
+        tracing::warn!(?peer_uid, "refused a client of another user");
+        let mut out = Vec::new();
+        message::encode_error(
+            &mut out,
+            0,
+            &ErrorInfo::new(
+                ErrorCode::PermissionDenied,
+                "this agent serves only its own user's processes",
+            ),
+        );
+        let _ = wr.write_all(&out).await;
+        return;
+    }
+
+    let (reply_tx, mut reply_rx) = mpsc::unbounded_channel();
+    let (event_tx, mut event_rx) = mpsc::channel(EVENT_QUEUE);
+    let mut conn = Conn {
+        ctx,
+        handshaken: false,
+        closing: false,
+        in_flight: 0,
+        out: Vec::new(),
+        reply_tx,
+        event_tx,
+        subscriptions: HashMap::new(),
+    };
+    let mut inbuf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+    let mut written = 0usize;
+    let mut eof = false;
+
+    loop {
+        if *shutdown.borrow() {
+            conn.closing = true;
+        }
+        if (conn.closing || eof) && conn.in_flight == 0 && written == conn.out.len() {
+            break;
+        }
+        let want_read = !conn.closing
+            && !eof
+            && conn.in_flight < MAX_IN_FLIGHT
+            && conn.out.len() < OUT_HIGH_WATER;
+        let want_events = conn.out.len() < OUT_HIGH_WATER && !conn.closing;
+        let pending = &conn.out[written..];
+        tokio::select! {
+            biased;
+            res = wr.write(pending), if !pending.is_empty() => match res {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    written += n;
+                    if written == conn.out.len() {
+                        conn.out.clear();
+                        written = 0;
+                    }
+                }
+            },
+            Some(frame) = reply_rx.recv() => {
+                conn.in_flight -= 1;
+                conn.out.extend_from_slice(&frame);
+                while let Ok(frame) = reply_rx.try_recv() {
+                    conn.in_flight -= 1;
+                    conn.out.extend_from_slice(&frame);
+                }
+            }
+            Some(frame) = event_rx.recv(), if want_events => {
+                conn.out.extend_from_slice(&frame);
+            }
+            res = rd.read_buf(&mut inbuf), if want_read => match res {
+                Ok(0) => {
+                    if !inbuf.is_empty() {
+                        tracing::debug!("client left in the middle of a frame");
+                    }
+                    eof = true;
+                }
+                Ok(_) => {
+                    let used = conn.handle_frames(&inbuf);
+                    inbuf.drain(..used);
+                    reserve_for_next_frame(&mut inbuf, conn.ctx.max_frame);
+                }
+                Err(e) => {
+                    tracing::debug!("reading from a client failed: {e}");
+                    eof = true;
+                }
+            },
+            _ = shutdown.changed() => conn.closing = true,
+        }
+        if eof && conn.in_flight == 0 {
+            // Nobody is left to read what remains.
+            break;
+        }
+    }
+
+    for (_, task) in conn.subscriptions.drain() {
+        task.abort();
+        conn.ctx.subscriptions.fetch_sub(1, Ordering::Relaxed);
+    }
+    let _ = wr.flush().await;
+}
+
+/// Makes room for the rest of a frame whose length is known, or for the
+/// next read chunk. The length was checked against the limit already.
+fn reserve_for_next_frame(inbuf: &mut Vec<u8>, max_frame: u32) {
+    let need = match frame::frame_len(inbuf, max_frame) {
+        Ok(None) if inbuf.len() >= LEN_PREFIX => {
+            let len = u32::from_be_bytes([inbuf[0], inbuf[1], inbuf[2], inbuf[3]]) as usize;
+            LEN_PREFIX + len - inbuf.len()
+        }
+        _ => READ_CHUNK,
+    };
+    let spare = inbuf.capacity() - inbuf.len();
+    if spare < need.max(1024) {
+        inbuf.reserve(need.max(READ_CHUNK));
+    }
+}
+
+impl Conn {
+    /// Handles every complete frame at the start of `buf`; returns how many
+    /// bytes they took.
+    fn handle_frames(&mut self, buf: &[u8]) -> usize {
+        let mut pos = 0;
+        while !self.closing {
+            match frame::frame_len(&buf[pos..], self.ctx.max_frame) {
+                Ok(Some(n)) => {
+                    self.handle_frame(&buf[pos + LEN_PREFIX..pos + n]);
+                    pos += n;
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    self.fail_connection(ErrorCode::FrameTooLarge, format!(
+                        "{e}; split the request (e.g. smaller batches) or raise the agent's max_frame"
+                    ));
+                    // Everything buffered is discarded with the connection.
+                    return buf.len();
+                }
+            }
+        }
+        if self.closing { buf.len() } else { pos }
+    }
+
+    fn fail_connection(&mut self, code: ErrorCode, message: String) {
+        tracing::debug!("closing a connection: {message}");
+        message::encode_error(&mut self.out, 0, &ErrorInfo::new(code, message));
+        self.closing = true;
+    }
+
+    fn handle_frame(&mut self, payload: &[u8]) {
+        let raw = match message::decode_request(payload) {
+            Ok(raw) => raw,
+            Err(e) => {
+                return self.fail_connection(
+                    ErrorCode::BadFrame,
+                    format!("could not decode the frame as a request: {e}"),
+                );
+            }
+        };
+        if !self.handshaken {
+            return self.hello(raw);
+        }
+        match Request::decode(raw.method, raw.params) {
+            Ok(req) => self.dispatch(raw.id, req),
+            Err(e) => message::encode_error(&mut self.out, raw.id, &e),
+        }
+    }
+
+    fn hello(&mut self, raw: RawRequest<'_>) {
+        if raw.method != <api::Hello as api::Method>::NAME {
+            return self.fail_connection(
+                ErrorCode::HandshakeRequired,
+                format!("the first request must be hello, got {:?}", raw.method),
+            );
+        }
+        let params = match Request::decode(raw.method, raw.params) {
+            Ok(Request::Hello(p)) => p,
+            Ok(_) => unreachable!("hello decodes as hello"),
+            Err(e) => {
+                message::encode_error(&mut self.out, raw.id, &e);
+                self.closing = true;
+                return;
+            }
+        };
+        if params.protocol != PROTOCOL_VERSION {
+            message::encode_error(
+                &mut self.out,
+                raw.id,
+                &ErrorInfo::new(
+                    ErrorCode::UnsupportedProtocol,
+                    format!(
+                        "this agent speaks protocol {PROTOCOL_VERSION}, the client {}",
+                        params.protocol
+                    ),
+                ),
+            );
+            self.closing = true;
+            return;
+        }
+        tracing::debug!(client = %params.client, "client connected");
+        self.handshaken = true;
+        let result = HelloResult {
+            protocol: PROTOCOL_VERSION,
+            agent: format!("blazed {}", env!("CARGO_PKG_VERSION")),
+            device_id: self.ctx.store.device().to_string(),
+            max_frame: self.ctx.max_frame,
+        };
+        self.respond(raw.id, &result);
+    }
+
+    fn respond<R: serde::Serialize>(&mut self, id: u64, result: &R) {
+        handler::encode_result(&mut self.out, id, Ok(result), self.ctx.max_frame);
+    }
+
+    fn dispatch(&mut self, id: u64, req: Request) {
+        match req {
+            Request::Subscribe(p) => {
+                match subscription::start(&self.ctx, p, self.event_tx.clone()) {
+                    Ok((sub_id, cursor, task)) => {
+                        self.subscriptions.insert(sub_id, task);
+                        self.respond(
+                            id,
+                            &SubscribeResult {
+                                subscription: sub_id,
+                                cursor,
+                            },
+                        );
+                    }
+                    Err(e) => message::encode_error(&mut self.out, id, &e.into()),
+                }
+            }
+            Request::Unsubscribe(p) => {
+                let removed = match self.subscriptions.remove(&p.subscription) {
+                    Some(task) => {
+                        task.abort();
+                        self.ctx.subscriptions.fetch_sub(1, Ordering::Relaxed);
+                        true
+                    }
+                    None => false,
+                };
+                self.respond(id, &UnsubscribeResult { removed });
+            }
+            other => match handler::handle(&self.ctx, id, other, &self.reply_tx, &mut self.out) {
+                Handled::Done => {}
+                Handled::Pending => self.in_flight += 1,
+            },
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! Answers requests: reads at once, writes through the store's writer.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use blazedb_proto::api::{
+    BatchResult, CreatedResult, DbListResult, DroppedResult, GetResult, IndexParams, Request,
+    StatusResult, Write,
+};
+use blazedb_proto::message::{self, EncodeError};
+use blazedb_proto::{ErrorCode, ErrorInfo};
+use serde::Serialize;
+
+use super::Ctx;
+use super::conn::ReplySender;
+use crate::store::{Command, Reply, StoreError};
+
+/// Whether a request was answered or will be answered through the reply
+/// channel.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Handled {
+    /// The response is in the output buffer.
+    Done,
+    /// The response will arrive on the reply channel.
+    Pending,
+}
+
+/// Appends the response frame for `result` to `out`. A result too large for
+/// a frame becomes an error saying so.
+pub(crate) fn encode_result<R: Serialize>(
+    out: &mut Vec<u8>,
+    id: u64,
+    result: Result<&R, StoreError>,
+    max_frame: u32,
+) {
+    let err = match result {
+        Ok(r) => match message::encode_response(out, id, r, max_frame) {
+            Ok(()) => return,
+            Err(EncodeError::TooLarge(e)) => ErrorInfo::new(
+                ErrorCode::InvalidArgument,
+                format!(
+                    "the response would be {} bytes, over the frame limit of {}; \
+                     ask for less (a smaller query limit)",
+                    e.len, e.max
+                ),
+            ),
+            Err(EncodeError::Codec(e)) => ErrorInfo::new(ErrorCode::Internal, e.to_string()),
+        },
+        Err(e) => e.into(),
+    };
+    message::encode_error(out, id, &err);
+}
+
+/// A reply for the writer thread that encodes the outcome (mapped through
+/// `map`) and sends the frame to the connection.
+fn reply_to<T, R>(
+    tx: &ReplySender,
+    id: u64,
+    max_frame: u32,
+    map: impl FnOnce(T) -> R + Send + 'static,
+) -> Reply<T>
+where
+    R: Serialize,
+{
+    let tx = tx.clone();
+    Box::new(move |res: Result<T, StoreError>| {
+        let mut out = Vec::new();
+        match res.map(map) {
+            Ok(r) => encode_result(&mut out, id, Ok(&r), max_frame),
+            Err(e) => encode_result::<R>(&mut out, id, Err(e), max_frame),
+        }
+        // The connection may be gone; then nobody wants the answer.
+        let _ = tx.send(out);
+    })
+}
+
+fn done<R: Serialize>(ctx: &Ctx, out: &mut Vec<u8>, id: u64, r: Result<R, StoreError>) -> Handled {
+    match r {
+        Ok(v) => encode_result(out, id, Ok(&v), ctx.max_frame),
+        Err(e) => encode_result::<R>(out, id, Err(e), ctx.max_frame),
+    }
+    Handled::Done
+}
+
+/// Handles every request but hello, subscribe and unsubscribe (which need
+/// the connection's state).
+pub(crate) fn handle(
+    ctx: &Arc<Ctx>,
+    id: u64,
+    req: Request,
+    tx: &ReplySender,
+    out: &mut Vec<u8>,
+) -> Handled {
+    let store = &ctx.store;
+    let max = ctx.max_frame;
+    match req {
+        Request::Status(_) => done(
+            ctx,
+            out,
+            id,
+            Ok(StatusResult {
+                agent: format!("blazed {}", env!("CARGO_PKG_VERSION")),
+                device_id: store.device().to_string(),
+                data_dir: ctx.data_dir.display().to_string(),
+                socket: ctx.socket.display().to_string(),
+                uptime_ms: ctx.started.elapsed().as_millis() as u64,
+                databases: store.db_count() as u32,
+                connections: ctx.connections.load(Ordering::Relaxed),
+                subscriptions: ctx.subscriptions.load(Ordering::Relaxed),
+            }),
+        ),
+        Request::DbOpen(p) => done(ctx, out, id, store.db_info(&p.name)),
+        Request::DbList(_) => done(
+            ctx,
+            out,
+            id,
+            Ok(DbListResult {
+                databases: store.list(),
+            }),
+        ),
+        Request::Get(p) => done(
+            ctx,
+            out,
+            id,
+            store
+                .get(&p.db, &p.collection, &p.id)
+                .map(|record| GetResult { record }),
+        ),
+        Request::Query(p) => done(ctx, out, id, store.query(&p)),
+        Request::DbCreate(p) => {
+            store.submit(Command::CreateDb {
+                name: p.name,
+                settings: p.settings,
+                if_not_exists: p.if_not_exists,
+                reply: reply_to(tx, id, max, |info| info),
+            });
+            Handled::Pending
+        }
+        Request::DbDrop(p) => {
+            store.submit(Command::DropDb {
+                name: p.name,
+                if_exists: p.if_exists,
+                reply: reply_to(tx, id, max, |dropped| DroppedResult { dropped }),
+            });
+            Handled::Pending
+        }
+        Request::IndexCreate(p) => index(ctx, out, id, p, true, tx),
+        Request::IndexDrop(p) => index(ctx, out, id, p, false, tx),
+        Request::Put(p) => write(ctx, out, id, &p.db.clone(), vec![p.into()], tx, true),
+        Request::Patch(p) => write(ctx, out, id, &p.db.clone(), vec![p.into()], tx, true),
+        Request::Delete(p) => write(ctx, out, id, &p.db.clone(), vec![p.into()], tx, true),
+        Request::Batch(p) => write(ctx, out, id, &p.db, p.writes, tx, false),
+        Request::Hello(_) | Request::Subscribe(_) | Request::Unsubscribe(_) => done::<()>(
+            ctx,
+            out,
+            id,
+            Err(StoreError::InvalidArgument(
+                "hello may only be the first request on a connection".into(),
+            )),
+        ),
+    }
+}
+
+fn index(
+    ctx: &Ctx,
+    out: &mut Vec<u8>,
+    id: u64,
+    p: IndexParams,
+    create: bool,
+    tx: &ReplySender,
+) -> Handled {
+    let db = match ctx.store.db(&p.db) {
+        Ok(db) => db,
+        Err(e) => return done::<()>(ctx, out, id, Err(e)),
+    };
+    let reply: Reply<bool> = if create {
+        reply_to(tx, id, ctx.max_frame, |created| CreatedResult { created })
+    } else {
+        reply_to(tx, id, ctx.max_frame, |dropped| DroppedResult { dropped })
+    };
+    ctx.store.submit(Command::Index {
+        db,
+        collection: p.collection,
+        field: p.field,
+        create,
+        reply,
+    });
+    Handled::Pending
+}
+
+fn write(
+    ctx: &Ctx,
+    out: &mut Vec<u8>,
+    id: u64,
+    db: &str,
+    writes: Vec<Write>,
+    tx: &ReplySender,
+    single: bool,
+) -> Handled {
+    let db = match ctx.store.db(db) {
+        Ok(db) => db,
+        Err(e) => return done::<()>(ctx, out, id, Err(e)),
+    };
+    let reply: Reply<Vec<_>> = if single {
+        reply_to(tx, id, ctx.max_frame, |mut results: Vec<_>| {
+            results.remove(0)
+        })
+    } else {
+        reply_to(tx, id, ctx.max_frame, |results| BatchResult { results })
+    };
+    ctx.store.submit(Command::Write { db, writes, reply });
+    Handled::Pending
+}

@@ -1,0 +1,84 @@
+//! The local socket server: local apps and `blazectl` talk to the agent
+//! here, in the protocol of `docs/PROTOCOL.md`.
+
+mod conn;
+mod handler;
+pub mod listener;
+mod subscription;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Instant;
+
+use interprocess::local_socket::tokio::Listener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::store::Store;
+
+pub use conn::MAX_IN_FLIGHT;
+
+/// What every connection shares.
+#[derive(Debug)]
+pub struct Ctx {
+    /// The store.
+    pub store: Store,
+    /// The largest frame accepted, in bytes.
+    pub max_frame: u32,
+    /// When the agent started.
+    pub started: Instant,
+    /// The data directory, for `status`.
+    pub data_dir: PathBuf,
+    /// The socket path, for `status`.
+    pub socket: PathBuf,
+    connections: AtomicU32,
+    subscriptions: AtomicU32,
+    next_subscription: AtomicU64,
+}
+
+impl Ctx {
+    /// Builds the shared state.
+    pub fn new(store: Store, max_frame: u32, data_dir: PathBuf, socket: PathBuf) -> Self {
+        Ctx {
+            store,
+            max_frame,
+            started: Instant::now(),
+            data_dir,
+            socket,
+            connections: AtomicU32::new(0),
+            subscriptions: AtomicU32::new(0),
+            next_subscription: AtomicU64::new(1),
+        }
+    }
+}
+
+/// Accepts connections until `shutdown` turns true, then waits for every
+/// connection to finish the requests it has in flight.
+pub async fn run(listener: Listener, ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) {
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            res = listener::accept(&listener) => match res {
+                Ok(stream) => {
+                    let ctx = ctx.clone();
+                    let shutdown = shutdown.clone();
+                    conns.spawn(async move {
+                        ctx.connections.fetch_add(1, Ordering::Relaxed);
+                        conn::serve(stream, ctx.clone(), shutdown).await;
+                        ctx.connections.fetch_sub(1, Ordering::Relaxed);
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!("accepting a connection failed: {e}");
+                    // Usually out of file descriptors: give others a moment.
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            _ = shutdown.changed() => break,
+        }
+    }
+    drop(listener);
+    while conns.join_next().await.is_some() {}
+}

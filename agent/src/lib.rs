@@ -1,0 +1,18 @@
+//! The BlazeDB agent, `blazed`: it owns every database on this machine and
+//! serves local apps over a Unix socket.
+//!
+//! - [`store`]: databases, records, the op log, group commit (fjall).
+//! - [`ipc`]: the local socket server.
+//! - [`sync`]: IO-free sync logic (the hybrid logical clock).
+//! - [`identity`]: the device key and id.
+//! - [`config`]: flags, environment and config file.
+//! - [`agent`]: starts everything and shuts it down.
+
+pub mod agent;
+pub mod cli;
+pub mod config;
+pub mod identity;
+pub mod ipc;
+pub mod lock;
+pub mod store;
+pub mod sync;

@@ -1,0 +1,110 @@
+//! What can go wrong in the store.
+
+use blazedb_proto::{ErrorCode, ErrorInfo};
+
+/// An error from the store, with a message a user can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// No database has that name.
+    #[error("no database named {0:?}; create it with db.create (blazectl db create {0})")]
+    UnknownDatabase(String),
+    /// The database has no such collection.
+    #[error("database {db:?} has no collection {collection:?}{}", known_list(.known))]
+    UnknownCollection {
+        /// The database.
+        db: String,
+        /// The collection asked for.
+        collection: String,
+        /// The collections that exist.
+        known: Vec<String>,
+    },
+    /// A database of that name exists already.
+    #[error("a database named {0:?} exists already")]
+    DatabaseExists(String),
+    /// No record has that id.
+    #[error("no record {id:?} in {db}/{collection}")]
+    NotFound {
+        /// The database.
+        db: String,
+        /// The collection.
+        collection: String,
+        /// The id.
+        id: String,
+    },
+    /// An argument is not allowed.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// A value has the wrong type for what was asked of it.
+    #[error("{0}")]
+    TypeMismatch(String),
+    /// The disk is full.
+    #[error("the disk is full, nothing was written: {0}")]
+    Full(String),
+    /// The storage engine failed.
+    #[error("storage error, nothing was written: {0}")]
+    Storage(String),
+    /// The stored data is not what this version expects.
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    /// The store is shutting down.
+    #[error("the agent is shutting down")]
+    ShuttingDown,
+}
+
+fn known_list(known: &[String]) -> String {
+    if known.is_empty() {
+        "; it has no collections yet (a put creates one)".into()
+    } else {
+        format!("; its collections are: {}", known.join(", "))
+    }
+}
+
+impl StoreError {
+    /// The wire error code for this error.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            StoreError::UnknownDatabase(_) => ErrorCode::UnknownDatabase,
+            StoreError::UnknownCollection { .. } => ErrorCode::UnknownCollection,
+            StoreError::DatabaseExists(_) => ErrorCode::DatabaseExists,
+            StoreError::NotFound { .. } => ErrorCode::NotFound,
+            StoreError::InvalidArgument(_) => ErrorCode::InvalidArgument,
+            StoreError::TypeMismatch(_) => ErrorCode::TypeMismatch,
+            StoreError::Full(_) => ErrorCode::StorageFull,
+            StoreError::Storage(_) | StoreError::Corrupt(_) => ErrorCode::Storage,
+            StoreError::ShuttingDown => ErrorCode::ShuttingDown,
+        }
+    }
+}
+
+impl From<StoreError> for ErrorInfo {
+    fn from(e: StoreError) -> Self {
+        ErrorInfo::new(e.code(), e.to_string())
+    }
+}
+
+impl From<fjall::Error> for StoreError {
+    fn from(e: fjall::Error) -> Self {
+        let io = match &e {
+            fjall::Error::Io(io) => Some(io),
+            fjall::Error::Storage(fjall::LsmError::Io(io)) => Some(io),
+            _ => None,
+        };
+        match io {
+            Some(io) if io.kind() == std::io::ErrorKind::StorageFull => {
+                StoreError::Full(io.to_string())
+            }
+            _ if matches!(e, fjall::Error::Poisoned) => StoreError::Storage(
+                "the store stopped taking writes after an earlier write failed \
+                 (a full disk or an I/O error); free space and restart blazed"
+                    .into(),
+            ),
+            _ => StoreError::Storage(format!("{e:?}")),
+        }
+    }
+}
+
+impl From<blazedb_proto::codec::CodecError> for StoreError {
+    fn from(e: blazedb_proto::codec::CodecError) -> Self {
+        StoreError::Corrupt(e.0)
+    }
+}

@@ -1,0 +1,499 @@
+//! The store: every database on this device, in one fjall database.
+//!
+//! Each BlazeDB database has three keyspaces: its records, its op log and
+//! its secondary indexes (layouts in [`keys`]). A catalog in the `meta`
+//! keyspace names the databases and their collections and indexes.
+//!
+//! All writes go through one writer thread ([`writer`]), which turns each
+//! write into an operation, applies it to the record and appends it to the
+//! op log in the same fjall batch, and commits many requests' writes in one
+//! batch (group commit). Reads go straight to fjall from any thread.
+//!
+//! Invariants:
+//! - A record change and its op-log entry are committed in one batch, so
+//!   the log and the records never disagree, whatever crashes when.
+//! - Op-log cursors are contiguous per database and increase in commit
+//!   order; the local device's sequence numbers are contiguous per database.
+//! - A write is acknowledged only after its batch committed with the
+//!   database's durability.
+//! - A database's `head` is advanced only after the batch holding the change
+//!   committed, so a subscriber woken by it can read the change.
+
+mod error;
+pub(crate) mod keys;
+mod query;
+pub(crate) mod record;
+mod writer;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock, mpsc};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use blazedb_proto::api::{
+    Change, ChangeKind, CollectionInfo, DbInfo, DbSettings, QueryParams, QueryResult, Record,
+    Write, WriteResult,
+};
+use blazedb_proto::{DeviceId, Op, OpBody, codec};
+use fjall::{Keyspace, KeyspaceCreateOptions};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{oneshot, watch};
+
+pub use error::StoreError;
+pub use writer::{Command, Reply};
+
+use record::StoredRecord;
+
+/// Store tuning.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// How often databases with `buffered` durability are synced to disk.
+    pub flush_interval: Duration,
+    /// The most write requests one commit group takes.
+    pub max_group: usize,
+    /// fjall's block cache, in bytes.
+    pub cache_bytes: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            flush_interval: Duration::from_millis(200),
+            max_group: 1024,
+            cache_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// What the catalog keeps about a collection.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct CollectionMeta {
+    pub(crate) indexes: BTreeSet<String>,
+}
+
+/// What the catalog keeps about a database.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct DbMeta {
+    id: u32,
+    settings: DbSettings,
+}
+
+/// One open database.
+pub struct DbState {
+    pub(crate) name: String,
+    pub(crate) id: u32,
+    pub(crate) settings: DbSettings,
+    pub(crate) records: Keyspace,
+    pub(crate) log: Keyspace,
+    pub(crate) index: Keyspace,
+    pub(crate) collections: RwLock<BTreeMap<String, CollectionMeta>>,
+    head: watch::Sender<u64>,
+    dropped: AtomicBool,
+}
+
+impl std::fmt::Debug for DbState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DbState")
+            .field("name", &self.name)
+            .field("id", &self.id)
+            .field("head", &self.head())
+            .finish_non_exhaustive()
+    }
+}
+
+impl DbState {
+    /// The database's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The cursor of the latest committed change.
+    pub fn head(&self) -> u64 {
+        *self.head.borrow()
+    }
+
+    /// A receiver that wakes whenever the head moves (or the database is
+    /// dropped).
+    pub fn watch_head(&self) -> watch::Receiver<u64> {
+        self.head.subscribe()
+    }
+
+    /// Whether the database has been dropped.
+    pub fn is_dropped(&self) -> bool {
+        self.dropped.load(Ordering::Acquire)
+    }
+
+    fn info(&self) -> DbInfo {
+        let collections = read_lock(&self.collections)
+            .iter()
+            .map(|(name, meta)| CollectionInfo {
+                name: name.clone(),
+                indexes: meta.indexes.iter().cloned().collect(),
+            })
+            .collect();
+        DbInfo {
+            name: self.name.clone(),
+            settings: self.settings,
+            collections,
+            head: self.head(),
+        }
+    }
+
+    fn collection(&self, name: &str) -> Result<CollectionMeta, StoreError> {
+        let cols = read_lock(&self.collections);
+        cols.get(name)
+            .cloned()
+            .ok_or_else(|| StoreError::UnknownCollection {
+                db: self.name.clone(),
+                collection: name.to_owned(),
+                known: cols.keys().cloned().collect(),
+            })
+    }
+
+    pub(crate) fn load_record(&self, key: &[u8]) -> Result<Option<StoredRecord>, StoreError> {
+        match self.records.get(key)? {
+            Some(bytes) => Ok(Some(codec::from_slice(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+}
+
+fn read_lock<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    // A panic while holding the lock cannot leave the maps half-updated
+    // (every update is a single insert or remove), so poisoning is ignored.
+    l.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write_lock<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A handle to the store; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    device: DeviceId,
+    dbs: RwLock<HashMap<String, Arc<DbState>>>,
+    tx: Mutex<Option<mpsc::Sender<Command>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+const META_DB: &[u8] = b"db\0";
+const META_COLLECTION: &[u8] = b"col\0";
+const META_NEXT_DB_ID: &[u8] = b"next_db_id";
+
+fn db_meta_key(name: &str) -> Vec<u8> {
+    [META_DB, name.as_bytes()].concat()
+}
+
+fn collection_meta_key(db_id: u32, name: &str) -> Vec<u8> {
+    [META_COLLECTION, &db_id.to_be_bytes(), name.as_bytes()].concat()
+}
+
+fn open_keyspaces(fj: &fjall::Database, id: u32) -> Result<[Keyspace; 3], StoreError> {
+    Ok([
+        fj.keyspace(&format!("d{id}_records"), KeyspaceCreateOptions::default)?,
+        fj.keyspace(&format!("d{id}_log"), KeyspaceCreateOptions::default)?,
+        fj.keyspace(&format!("d{id}_index"), KeyspaceCreateOptions::default)?,
+    ])
+}
+
+impl Store {
+    /// Opens (or creates) the store in `path` for the device `device`.
+    pub fn open(path: &Path, device: DeviceId, options: StoreOptions) -> Result<Store, StoreError> {
+        let fj = fjall::Database::builder(path)
+            .cache_size(options.cache_bytes)
+            .open()?;
+        let meta = fj.keyspace("meta", KeyspaceCreateOptions::default)?;
+
+        let mut dbs = HashMap::new();
+        let mut recovered = writer::Recovered::default();
+        for kv in meta.prefix(META_DB) {
+            let (k, v) = kv.into_inner()?;
+            let name = String::from_utf8_lossy(&k[META_DB.len()..]).into_owned();
+            let m: DbMeta = codec::from_slice(&v)?;
+            let [records, log, index] = open_keyspaces(&fj, m.id)?;
+            let mut collections = BTreeMap::new();
+            let prefix = collection_meta_key(m.id, "");
+            for kv in meta.prefix(&prefix) {
+                let (k, v) = kv.into_inner()?;
+                let cname = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+                collections.insert(cname, codec::from_slice::<CollectionMeta>(&v)?);
+            }
+            let tail = writer::recover_log_tail(&log, &device)?;
+            recovered.note(m.id, &tail);
+            let state = DbState {
+                name: name.clone(),
+                id: m.id,
+                settings: m.settings,
+                records,
+                log,
+                index,
+                collections: RwLock::new(collections),
+                head: watch::Sender::new(tail.head),
+                dropped: AtomicBool::new(false),
+            };
+            dbs.insert(name, Arc::new(state));
+        }
+        let next_db_id = match meta.get(META_NEXT_DB_ID)? {
+            Some(v) => codec::from_slice(&v)?,
+            None => 1,
+        };
+
+        let (tx, rx) = mpsc::channel();
+        let inner = Arc::new(Inner {
+            device,
+            dbs: RwLock::new(dbs),
+            tx: Mutex::new(Some(tx)),
+            writer: Mutex::new(None),
+        });
+        let store = Store { inner };
+        let w = writer::Writer::new(store.clone(), fj, meta, rx, options, recovered, next_db_id);
+        let handle = std::thread::Builder::new()
+            .name("blazed-writer".into())
+            .spawn(move || w.run())
+            .map_err(|e| StoreError::Storage(format!("cannot start the writer thread: {e}")))?;
+        *store.inner.writer.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
+        Ok(store)
+    }
+
+    /// This device's id, the origin of local writes.
+    pub fn device(&self) -> DeviceId {
+        self.inner.device
+    }
+
+    /// Hands a command to the writer thread.
+    pub fn submit(&self, cmd: Command) {
+        let tx = self.inner.tx.lock().unwrap_or_else(|e| e.into_inner());
+        let rejected = match tx.as_ref() {
+            Some(tx) => tx.send(cmd).err().map(|e| e.0),
+            None => Some(cmd),
+        };
+        drop(tx);
+        if let Some(cmd) = rejected {
+            cmd.fail(StoreError::ShuttingDown);
+        }
+    }
+
+    async fn call<T: Send + 'static>(
+        &self,
+        make: impl FnOnce(Reply<T>) -> Command,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.submit(make(Box::new(move |r| {
+            let _ = tx.send(r);
+        })));
+        rx.await.unwrap_or(Err(StoreError::ShuttingDown))
+    }
+
+    /// Applies `writes` to the database atomically and waits until they are
+    /// durable.
+    pub async fn write(
+        &self,
+        db: &str,
+        writes: Vec<Write>,
+    ) -> Result<Vec<WriteResult>, StoreError> {
+        let db = self.db(db)?;
+        self.call(|reply| Command::Write { db, writes, reply })
+            .await
+    }
+
+    /// Creates a database.
+    pub async fn create_db(
+        &self,
+        name: &str,
+        settings: DbSettings,
+        if_not_exists: bool,
+    ) -> Result<DbInfo, StoreError> {
+        let name = name.to_owned();
+        self.call(|reply| Command::CreateDb {
+            name,
+            settings,
+            if_not_exists,
+            reply,
+        })
+        .await
+    }
+
+    /// Deletes a database.
+    pub async fn drop_db(&self, name: &str, if_exists: bool) -> Result<bool, StoreError> {
+        let name = name.to_owned();
+        self.call(|reply| Command::DropDb {
+            name,
+            if_exists,
+            reply,
+        })
+        .await
+    }
+
+    /// Adds (`create = true`) or removes a secondary index.
+    pub async fn set_index(
+        &self,
+        db: &str,
+        collection: &str,
+        field: &str,
+        create: bool,
+    ) -> Result<bool, StoreError> {
+        let db = self.db(db)?;
+        let (collection, field) = (collection.to_owned(), field.to_owned());
+        self.call(|reply| Command::Index {
+            db,
+            collection,
+            field,
+            create,
+            reply,
+        })
+        .await
+    }
+
+    /// Finishes every queued write, syncs everything to disk and stops the
+    /// writer. Later writes fail with [`StoreError::ShuttingDown`].
+    pub async fn shutdown(&self) -> Result<(), StoreError> {
+        let res = self.call(|reply| Command::Shutdown { reply }).await;
+        self.inner
+            .tx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let handle = self
+            .inner
+            .writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(h) = handle {
+            let _ = tokio::task::spawn_blocking(move || h.join()).await;
+        }
+        match res {
+            Err(StoreError::ShuttingDown) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Looks a database up by name.
+    pub fn db(&self, name: &str) -> Result<Arc<DbState>, StoreError> {
+        read_lock(&self.inner.dbs)
+            .get(name)
+            .cloned()
+            .ok_or_else(|| StoreError::UnknownDatabase(name.to_owned()))
+    }
+
+    /// Describes one database.
+    pub fn db_info(&self, name: &str) -> Result<DbInfo, StoreError> {
+        Ok(self.db(name)?.info())
+    }
+
+    /// Describes every database, by name.
+    pub fn list(&self) -> Vec<DbInfo> {
+        let mut out: Vec<DbInfo> = read_lock(&self.inner.dbs)
+            .values()
+            .map(|d| d.info())
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    /// How many databases there are.
+    pub fn db_count(&self) -> usize {
+        read_lock(&self.inner.dbs).len()
+    }
+
+    /// Reads one record.
+    pub fn get(&self, db: &str, collection: &str, id: &str) -> Result<Option<Record>, StoreError> {
+        let db = self.db(db)?;
+        db.collection(collection)?;
+        let rec = db.load_record(&keys::record_key(collection, id))?;
+        Ok(rec.filter(StoredRecord::is_live).map(|r| Record {
+            id: id.to_owned(),
+            fields: r.fields(),
+            version: r.version(),
+        }))
+    }
+
+    /// Runs a query.
+    pub fn query(&self, params: &QueryParams) -> Result<QueryResult, StoreError> {
+        let db = self.db(&params.db)?;
+        let meta = db.collection(&params.collection)?;
+        query::run(&db, &meta, params)
+    }
+
+    /// Reads the changes after cursor `after`, scanning at most `max_scan`
+    /// log entries. Returns the changes (only those to `collection`, when
+    /// given) and the cursor of the last entry scanned.
+    pub fn read_changes(
+        &self,
+        db: &DbState,
+        after: u64,
+        collection: Option<&str>,
+        max_scan: usize,
+    ) -> Result<(Vec<Change>, u64), StoreError> {
+        let mut changes = Vec::new();
+        let mut last = after;
+        let start = keys::log_key(after.saturating_add(1));
+        for kv in db.log.range(start..).take(max_scan) {
+            let (k, v) = kv.into_inner()?;
+            last = keys::cursor_of_log_key(&k)
+                .ok_or_else(|| StoreError::Corrupt("op-log key is not 8 bytes".into()))?;
+            let op: Op = codec::from_slice(&v)?;
+            let body = OpBody::decode(&op.body)?;
+            if collection.is_some_and(|c| c != body.collection()) {
+                continue;
+            }
+            changes.push(change_of(last, &op, body));
+        }
+        Ok((changes, last))
+    }
+
+    fn insert_db(&self, state: Arc<DbState>) {
+        write_lock(&self.inner.dbs).insert(state.name.clone(), state);
+    }
+
+    fn remove_db(&self, name: &str) -> Option<Arc<DbState>> {
+        let removed = write_lock(&self.inner.dbs).remove(name);
+        if let Some(db) = &removed {
+            db.dropped.store(true, Ordering::Release);
+            // Wake subscribers so they see the database is gone.
+            db.head.send_modify(|_| {});
+        }
+        removed
+    }
+}
+
+fn change_of(cursor: u64, op: &Op, body: OpBody) -> Change {
+    let (kind, collection, id, fields, unset) = match body {
+        OpBody::Put {
+            collection,
+            id,
+            fields,
+        } => (ChangeKind::Put, collection, id, fields, Vec::new()),
+        OpBody::Patch {
+            collection,
+            id,
+            set,
+            unset,
+        } => (ChangeKind::Patch, collection, id, set, unset),
+        OpBody::Delete { collection, id } => (
+            ChangeKind::Delete,
+            collection,
+            id,
+            Default::default(),
+            Vec::new(),
+        ),
+    };
+    Change {
+        cursor,
+        collection,
+        id,
+        kind,
+        fields,
+        unset,
+        origin: op.origin.to_string(),
+        hlc: op.hlc,
+    }
+}

@@ -1,0 +1,350 @@
+//! A record as the store keeps it: every field with the stamp of the write
+//! that set it, so that replicas can merge writes in any order.
+//!
+//! The merge is last-writer-wins per field, ordered by [`Stamp`]
+//! (priority, then clock, then origin device). A put or delete also sets
+//! the record's *base*: fields older than the latest put are gone, and a
+//! delete removes every field older than itself. Applying the same set of
+//! operations in any order, any number of times, gives the same record.
+
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
+
+use blazedb_proto::{DeviceId, Fields, Hlc, OpBody, Value};
+use serde::{Deserialize, Serialize};
+
+/// Orders concurrent writes: a higher priority wins, then a later clock,
+/// then the larger device id (an arbitrary but agreed tie-break).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct Stamp {
+    /// The database's conflict priority on the writing device.
+    pub(crate) priority: u8,
+    /// The write's clock reading.
+    pub(crate) hlc: Hlc,
+    /// The writing device.
+    pub(crate) origin: DeviceId,
+}
+
+/// A stamp inside a record: the origin is a position in the record's
+/// `origins` table, which keeps the stored form small.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct CellStamp(u8, Hlc, u16);
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Cell(CellStamp, Option<Value>);
+
+/// The stored form of a record, tombstones and field stamps included.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub(crate) struct StoredRecord {
+    origins: Vec<DeviceId>,
+    /// The latest put or delete, and whether it was a delete.
+    base: Option<(CellStamp, bool)>,
+    fields: BTreeMap<String, Cell>,
+}
+
+impl StoredRecord {
+    fn stamp(&self, s: CellStamp) -> Stamp {
+        Stamp {
+            priority: s.0,
+            hlc: s.1,
+            origin: self.origins[usize::from(s.2)],
+        }
+    }
+
+    fn cell_stamp(&mut self, s: &Stamp) -> CellStamp {
+        let pos = match self.origins.iter().position(|o| *o == s.origin) {
+            Some(p) => p,
+            None => {
+                self.origins.push(s.origin);
+                self.origins.len() - 1
+            }
+        };
+        // A record written by more than 65 536 devices is not a case we
+        // meet; saturating keeps the encoding valid if it ever happens.
+        CellStamp(s.priority, s.hlc, u16::try_from(pos).unwrap_or(u16::MAX))
+    }
+
+    fn base_cmp(&self, s: &Stamp) -> Ordering {
+        match self.base {
+            None => Ordering::Less,
+            Some((b, _)) => self.stamp(b).cmp(s),
+        }
+    }
+
+    /// Merges one operation into the record. Returns false when the
+    /// operation changed nothing (it was older than what it would replace).
+    pub(crate) fn apply(&mut self, stamp: &Stamp, body: &OpBody) -> bool {
+        match body {
+            OpBody::Put { fields, .. } => self.put(stamp, fields),
+            OpBody::Patch { set, unset, .. } => self.patch(stamp, set, unset),
+            OpBody::Delete { .. } => self.reset(stamp, true),
+        }
+    }
+
+    fn put(&mut self, stamp: &Stamp, fields: &Fields) -> bool {
+        if !self.reset(stamp, false) {
+            return false;
+        }
+        let cs = self.cell_stamp(stamp);
+        for (name, value) in fields {
+            // A field newer than this put (a later patch) stays.
+            let keep_existing = self
+                .fields
+                .get(name)
+                .is_some_and(|c| self.stamp(c.0) > *stamp);
+            if !keep_existing {
+                self.fields
+                    .insert(name.clone(), Cell(cs, Some(value.clone())));
+            }
+        }
+        true
+    }
+
+    fn patch(&mut self, stamp: &Stamp, set: &Fields, unset: &[String]) -> bool {
+        if self.base_cmp(stamp) != Ordering::Less {
+            return false;
+        }
+        let cs = self.cell_stamp(stamp);
+        let mut changed = false;
+        let updates = set
+            .iter()
+            .map(|(k, v)| (k, Some(v)))
+            .chain(unset.iter().map(|k| (k, None)));
+        for (name, value) in updates {
+            let older = self
+                .fields
+                .get(name)
+                .is_none_or(|c| self.stamp(c.0) < *stamp);
+            if older {
+                self.fields.insert(name.clone(), Cell(cs, value.cloned()));
+                changed = true;
+            }
+        }
+        changed
+    }
+
+    /// Makes `stamp` the record's base if it is newer than the current one,
+    /// dropping every field older than it.
+    fn reset(&mut self, stamp: &Stamp, deleted: bool) -> bool {
+        if self.base_cmp(stamp) != Ordering::Less {
+            return false;
+        }
+        let cs = self.cell_stamp(stamp);
+        self.base = Some((cs, deleted));
+        let origins = &self.origins;
+        self.fields.retain(|_, c| {
+            let s = Stamp {
+                priority: c.0.0,
+                hlc: c.0.1,
+                origin: origins[usize::from(c.0.2)],
+            };
+            s > *stamp
+        });
+        true
+    }
+
+    /// Whether the record exists: its latest put or delete was a put, or
+    /// fields were set after its deletion.
+    pub(crate) fn is_live(&self) -> bool {
+        match self.base {
+            Some((_, false)) => true,
+            _ => self.fields.values().any(|c| c.1.is_some()),
+        }
+    }
+
+    /// The value of one field, if the record is live and has it.
+    pub(crate) fn field(&self, name: &str) -> Option<&Value> {
+        if !self.is_live() {
+            return None;
+        }
+        self.fields.get(name).and_then(|c| c.1.as_ref())
+    }
+
+    /// The visible fields.
+    pub(crate) fn fields(&self) -> Fields {
+        self.fields
+            .iter()
+            .filter_map(|(k, c)| c.1.as_ref().map(|v| (k.clone(), v.clone())))
+            .collect()
+    }
+
+    /// The clock reading of the latest write that shaped the record.
+    pub(crate) fn version(&self) -> Hlc {
+        let base = self.base.map(|(b, _)| b.1).unwrap_or_default();
+        self.fields.values().map(|c| c.0.1).fold(base, Hlc::max)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn stamp(hlc: u64, dev: u8) -> Stamp {
+        Stamp {
+            priority: 0,
+            hlc: Hlc(hlc),
+            origin: DeviceId([dev; 32]),
+        }
+    }
+
+    fn put(fields: &[(&str, i64)]) -> OpBody {
+        OpBody::Put {
+            collection: "c".into(),
+            id: "r".into(),
+            fields: fields
+                .iter()
+                .map(|(k, v)| ((*k).into(), Value::Int(*v)))
+                .collect(),
+        }
+    }
+
+    fn patch(set: &[(&str, i64)], unset: &[&str]) -> OpBody {
+        OpBody::Patch {
+            collection: "c".into(),
+            id: "r".into(),
+            set: set
+                .iter()
+                .map(|(k, v)| ((*k).into(), Value::Int(*v)))
+                .collect(),
+            unset: unset.iter().map(|s| (*s).into()).collect(),
+        }
+    }
+
+    fn delete() -> OpBody {
+        OpBody::Delete {
+            collection: "c".into(),
+            id: "r".into(),
+        }
+    }
+
+    #[test]
+    fn put_replaces_and_patch_merges() {
+        let mut r = StoredRecord::default();
+        assert!(r.apply(&stamp(1, 1), &put(&[("a", 1), ("b", 2)])));
+        assert!(r.apply(&stamp(2, 1), &patch(&[("b", 3)], &["a"])));
+        assert_eq!(r.fields(), Fields::from([("b".into(), Value::Int(3))]));
+        assert!(r.apply(&stamp(3, 1), &put(&[("c", 4)])));
+        assert_eq!(r.fields(), Fields::from([("c".into(), Value::Int(4))]));
+        assert_eq!(r.version(), Hlc(3));
+    }
+
+    #[test]
+    fn delete_wins_over_older_writes_only() {
+        let mut r = StoredRecord::default();
+        r.apply(&stamp(5, 1), &delete());
+        assert!(!r.apply(&stamp(4, 2), &put(&[("a", 1)])));
+        assert!(!r.is_live());
+        assert!(r.apply(&stamp(6, 2), &put(&[("a", 1)])));
+        assert!(r.is_live());
+    }
+
+    #[test]
+    fn priority_beats_a_later_clock() {
+        let mut r = StoredRecord::default();
+        let hub = Stamp {
+            priority: 1,
+            ..stamp(1, 9)
+        };
+        r.apply(&hub, &put(&[("a", 1)]));
+        assert!(!r.apply(&stamp(100, 1), &patch(&[("a", 2)], &[])));
+        assert_eq!(r.field("a"), Some(&Value::Int(1)));
+    }
+
+    #[test]
+    fn equal_clocks_break_ties_by_device() {
+        let mut x = StoredRecord::default();
+        x.apply(&stamp(1, 1), &patch(&[("a", 1)], &[]));
+        x.apply(&stamp(1, 2), &patch(&[("a", 2)], &[]));
+        let mut y = StoredRecord::default();
+        y.apply(&stamp(1, 2), &patch(&[("a", 2)], &[]));
+        y.apply(&stamp(1, 1), &patch(&[("a", 1)], &[]));
+        assert_eq!(x.fields(), y.fields());
+        assert_eq!(x.field("a"), Some(&Value::Int(2)));
+    }
+
+    fn arb_op() -> impl Strategy<Value = (Stamp, OpBody)> {
+        let body = prop_oneof![
+            proptest::collection::vec(("[abc]", 0i64..5), 0..3).prop_map(|f| {
+                let f: Vec<(&str, i64)> = f
+                    .iter()
+                    .map(|(k, v)| {
+                        (
+                            match k.as_str() {
+                                "a" => "a",
+                                "b" => "b",
+                                _ => "c",
+                            },
+                            *v,
+                        )
+                    })
+                    .collect();
+                put(&f)
+            }),
+            (
+                proptest::collection::vec(("[abc]", 0i64..5), 0..3),
+                proptest::collection::vec("[abc]", 0..2)
+            )
+                .prop_map(|(s, u)| OpBody::Patch {
+                    collection: "c".into(),
+                    id: "r".into(),
+                    set: s.into_iter().map(|(k, v)| (k, Value::Int(v))).collect(),
+                    unset: u,
+                }),
+            Just(delete()),
+        ];
+        (0u64..6, 0u8..3, 0u8..2, body).prop_map(|(h, d, p, b)| {
+            (
+                Stamp {
+                    priority: p,
+                    hlc: Hlc(h),
+                    origin: DeviceId([d; 32]),
+                },
+                b,
+            )
+        })
+    }
+
+    fn visible(r: &StoredRecord) -> (bool, Fields) {
+        (
+            r.is_live(),
+            if r.is_live() {
+                r.fields()
+            } else {
+                Fields::new()
+            },
+        )
+    }
+
+    proptest! {
+        /// Any order and any duplication of the same operations gives the
+        /// same visible record.
+        #[test]
+        fn merge_is_order_and_duplicate_insensitive(
+            ops in proptest::collection::vec(arb_op(), 0..8),
+            perm in any::<proptest::sample::Index>(),
+            dup in any::<proptest::sample::Index>(),
+        ) {
+            // Two writes never share a stamp: a stamp is one operation.
+            let mut seen = std::collections::HashSet::new();
+            let ops: Vec<_> = ops.into_iter().filter(|(s, _)| seen.insert(*s)).collect();
+            let mut a = StoredRecord::default();
+            for (s, b) in &ops {
+                a.apply(s, b);
+            }
+            let mut shuffled = ops.clone();
+            if !shuffled.is_empty() {
+                let k = perm.index(shuffled.len());
+                shuffled.rotate_left(k);
+                shuffled.reverse();
+                let d = dup.index(shuffled.len());
+                shuffled.push(shuffled[d].clone());
+            }
+            let mut b = StoredRecord::default();
+            for (s, body) in &shuffled {
+                b.apply(s, body);
+            }
+            prop_assert_eq!(visible(&a), visible(&b));
+        }
+    }
+}

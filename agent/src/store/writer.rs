@@ -1,0 +1,752 @@
+//! The writer thread: the only code that changes the store.
+//!
+//! It takes commands in order from a channel. Consecutive write commands
+//! are gathered into one commit group: each command's writes are planned
+//! (validated, stamped, merged into the records) and appended to one fjall
+//! batch, which is committed once, with fsync if any database in the group
+//! asks for it. Only then are the writers answered and the heads moved.
+//!
+//! A command that fails validation changes nothing and fails alone. A
+//! commit that fails fails the whole group, and the counters go back to
+//! where they were, so no cursor or sequence number is ever skipped.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use blazedb_proto::api::{DbInfo, DbSettings, Durability, Write, WriteResult};
+use blazedb_proto::{DeviceId, Hlc, Op, OpBody, codec};
+use fjall::{Keyspace, PersistMode};
+
+use super::keys;
+use super::record::{Stamp, StoredRecord};
+use super::{
+    CollectionMeta, DbMeta, DbState, META_NEXT_DB_ID, Store, StoreError, StoreOptions,
+    collection_meta_key, db_meta_key, open_keyspaces, read_lock, write_lock,
+};
+use crate::sync::hlc::HlcClock;
+
+/// How a command's outcome is handed back: called once, on the writer
+/// thread, so it must not block.
+pub type Reply<T> = Box<dyn FnOnce(Result<T, StoreError>) + Send>;
+
+/// A request to the writer thread.
+pub enum Command {
+    /// Applies writes to one database atomically.
+    Write {
+        /// The database.
+        db: Arc<DbState>,
+        /// The writes, in order.
+        writes: Vec<Write>,
+        /// Gets one result per write.
+        reply: Reply<Vec<WriteResult>>,
+    },
+    /// Creates a database.
+    CreateDb {
+        /// Its name.
+        name: String,
+        /// Its settings.
+        settings: DbSettings,
+        /// Succeed if it exists.
+        if_not_exists: bool,
+        /// Gets the database's description.
+        reply: Reply<DbInfo>,
+    },
+    /// Deletes a database.
+    DropDb {
+        /// Its name.
+        name: String,
+        /// Succeed if it does not exist.
+        if_exists: bool,
+        /// Gets whether it existed.
+        reply: Reply<bool>,
+    },
+    /// Adds or removes a secondary index.
+    Index {
+        /// The database.
+        db: Arc<DbState>,
+        /// The collection.
+        collection: String,
+        /// The field.
+        field: String,
+        /// Add (true) or remove (false).
+        create: bool,
+        /// Gets whether anything changed.
+        reply: Reply<bool>,
+    },
+    /// Syncs everything and stops the writer.
+    Shutdown {
+        /// Answered once everything is on disk.
+        reply: Reply<()>,
+    },
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = match self {
+            Command::Write { .. } => "Write",
+            Command::CreateDb { .. } => "CreateDb",
+            Command::DropDb { .. } => "DropDb",
+            Command::Index { .. } => "Index",
+            Command::Shutdown { .. } => "Shutdown",
+        };
+        f.write_str(name)
+    }
+}
+
+impl Command {
+    /// Answers the command with an error without running it.
+    pub fn fail(self, e: StoreError) {
+        match self {
+            Command::Write { reply, .. } => reply(Err(e)),
+            Command::CreateDb { reply, .. } => reply(Err(e)),
+            Command::DropDb { reply, .. } | Command::Index { reply, .. } => reply(Err(e)),
+            Command::Shutdown { reply } => reply(Err(e)),
+        }
+    }
+}
+
+/// Where a database's log ends, as found when the store opens.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct LogTail {
+    pub(crate) head: u64,
+    pub(crate) local_seq: u64,
+    pub(crate) max_hlc: Hlc,
+}
+
+/// The counters recovered from every database's log.
+#[derive(Debug, Default)]
+pub(crate) struct Recovered {
+    counters: HashMap<u32, Counters>,
+    max_hlc: Hlc,
+}
+
+impl Recovered {
+    pub(crate) fn note(&mut self, db_id: u32, tail: &LogTail) {
+        self.counters.insert(
+            db_id,
+            Counters {
+                head: tail.head,
+                local_seq: tail.local_seq,
+            },
+        );
+        self.max_hlc = self.max_hlc.max(tail.max_hlc);
+    }
+}
+
+/// Reads the end of an op log: its last cursor, the last sequence number of
+/// `device`, and the latest clock reading.
+pub(crate) fn recover_log_tail(log: &Keyspace, device: &DeviceId) -> Result<LogTail, StoreError> {
+    let mut tail = LogTail::default();
+    // Walk back from the end until the local device's latest op: its seq
+    // continues from there. Ops are appended in clock order locally, so the
+    // last entry also holds the latest local reading.
+    for kv in log.iter().rev() {
+        let (k, v) = kv.into_inner()?;
+        let op: Op = codec::from_slice(&v)?;
+        if tail.head == 0 {
+            tail.head = keys::cursor_of_log_key(&k)
+                .ok_or_else(|| StoreError::Corrupt("op-log key is not 8 bytes".into()))?;
+        }
+        tail.max_hlc = tail.max_hlc.max(op.hlc);
+        if op.origin == *device {
+            tail.local_seq = op.seq;
+            break;
+        }
+    }
+    Ok(tail)
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Counters {
+    /// The last cursor used.
+    head: u64,
+    /// The last local sequence number used.
+    local_seq: u64,
+}
+
+enum Effect {
+    Insert(Keyspace, Vec<u8>, Vec<u8>),
+    Remove(Keyspace, Vec<u8>),
+}
+
+/// Writes gathered for one commit.
+struct Group {
+    effects: Vec<Effect>,
+    /// Records as this group leaves them, so later writes in the group see
+    /// earlier ones before they are committed.
+    overlay: HashMap<(u32, Vec<u8>), StoredRecord>,
+    new_collections: HashSet<(u32, String)>,
+    heads: HashMap<u32, (Arc<DbState>, u64)>,
+    replies: Vec<(
+        Reply<Vec<WriteResult>>,
+        Result<Vec<WriteResult>, StoreError>,
+    )>,
+    fsync: bool,
+    buffered: bool,
+}
+
+impl Group {
+    fn new() -> Self {
+        Group {
+            effects: Vec::new(),
+            overlay: HashMap::new(),
+            new_collections: HashSet::new(),
+            heads: HashMap::new(),
+            replies: Vec::new(),
+            fsync: false,
+            buffered: false,
+        }
+    }
+}
+
+/// Limits on names, so keys stay small and unambiguous.
+const MAX_NAME: usize = 255;
+const MAX_ID: usize = 1024;
+
+pub(crate) fn validate_name(kind: &str, name: &str) -> Result<(), StoreError> {
+    if name.is_empty() || name.len() > MAX_NAME || name.contains('\0') || name.starts_with('$') {
+        return Err(StoreError::InvalidArgument(format!(
+            "{kind} name {name:?} is not allowed: use 1 to {MAX_NAME} bytes, \
+             no NUL byte, not starting with '$'"
+        )));
+    }
+    Ok(())
+}
+
+fn validate_id(id: &str) -> Result<(), StoreError> {
+    if id.is_empty() || id.len() > MAX_ID {
+        return Err(StoreError::InvalidArgument(format!(
+            "record id of {} bytes is not allowed: use 1 to {MAX_ID} bytes",
+            id.len()
+        )));
+    }
+    Ok(())
+}
+
+fn validate_fields<'a>(names: impl IntoIterator<Item = &'a String>) -> Result<(), StoreError> {
+    names
+        .into_iter()
+        .try_for_each(|n| validate_name("field", n))
+}
+
+fn new_id() -> String {
+    let mut bytes = [0u8; 16];
+    // Without an OS random source nothing else here would work either.
+    if getrandom::fill(&mut bytes).is_err() {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        bytes = nanos.to_be_bytes();
+    }
+    uuid::Builder::from_random_bytes(bytes)
+        .into_uuid()
+        .to_string()
+}
+
+fn wall_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+pub(crate) struct Writer {
+    store: Store,
+    fj: fjall::Database,
+    meta: Keyspace,
+    rx: Receiver<Command>,
+    options: StoreOptions,
+    counters: HashMap<u32, Counters>,
+    clock: HlcClock,
+    next_db_id: u32,
+    unsynced_since: Option<Instant>,
+}
+
+impl Writer {
+    pub(crate) fn new(
+        store: Store,
+        fj: fjall::Database,
+        meta: Keyspace,
+        rx: Receiver<Command>,
+        options: StoreOptions,
+        recovered: Recovered,
+        next_db_id: u32,
+    ) -> Self {
+        Writer {
+            store,
+            fj,
+            meta,
+            rx,
+            options,
+            counters: recovered.counters,
+            clock: HlcClock::new(recovered.max_hlc),
+            next_db_id,
+            unsynced_since: None,
+        }
+    }
+
+    pub(crate) fn run(mut self) {
+        let mut next: Option<Command> = None;
+        loop {
+            let cmd = match next.take() {
+                Some(c) => c,
+                None => match self.rx.recv_timeout(self.options.flush_interval) {
+                    Ok(c) => c,
+                    Err(RecvTimeoutError::Timeout) => {
+                        self.sync_if_due(true);
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => break,
+                },
+            };
+            match cmd {
+                Command::Write { db, writes, reply } => {
+                    next = self.commit_group(db, writes, reply);
+                }
+                Command::CreateDb {
+                    name,
+                    settings,
+                    if_not_exists,
+                    reply,
+                } => reply(self.create_db(&name, settings, if_not_exists)),
+                Command::DropDb {
+                    name,
+                    if_exists,
+                    reply,
+                } => reply(self.drop_db(&name, if_exists)),
+                Command::Index {
+                    db,
+                    collection,
+                    field,
+                    create,
+                    reply,
+                } => reply(self.set_index(&db, &collection, &field, create)),
+                Command::Shutdown { reply } => {
+                    let res = self.fj.persist(PersistMode::SyncAll).map_err(Into::into);
+                    reply(res);
+                    break;
+                }
+            }
+            self.sync_if_due(false);
+        }
+        // Commands that raced with shutdown are answered, not dropped.
+        while let Ok(cmd) = self.rx.try_recv() {
+            cmd.fail(StoreError::ShuttingDown);
+        }
+    }
+
+    /// Syncs buffered writes to disk once they have waited a flush interval
+    /// (or whenever the writer is idle, if `idle`).
+    fn sync_if_due(&mut self, idle: bool) {
+        let Some(since) = self.unsynced_since else {
+            return;
+        };
+        if idle || since.elapsed() >= self.options.flush_interval {
+            match self.fj.persist(PersistMode::SyncAll) {
+                Ok(()) => self.unsynced_since = None,
+                Err(e) => tracing::error!("syncing buffered writes failed: {e:?}"),
+            }
+        }
+    }
+
+    /// Plans the first write command and every write command queued behind
+    /// it, commits them as one batch and answers them. Returns a non-write
+    /// command it took from the queue, to run next.
+    fn commit_group(
+        &mut self,
+        db: Arc<DbState>,
+        writes: Vec<Write>,
+        reply: Reply<Vec<WriteResult>>,
+    ) -> Option<Command> {
+        let start_counters = self.counters.clone();
+        let start_clock = self.clock;
+        let mut group = Group::new();
+        self.plan_command(&mut group, db, writes, reply);
+        let mut leftover = None;
+        while group.replies.len() < self.options.max_group {
+            match self.rx.try_recv() {
+                Ok(Command::Write { db, writes, reply }) => {
+                    self.plan_command(&mut group, db, writes, reply);
+                }
+                Ok(other) => {
+                    leftover = Some(other);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+
+        let commit = if group.effects.is_empty() {
+            Ok(())
+        } else {
+            self.commit(&mut group)
+        };
+        match commit {
+            Ok(()) => {
+                for (id, name) in &group.new_collections {
+                    if let Some((db, _)) = group.heads.get(id) {
+                        write_lock(&db.collections).entry(name.clone()).or_default();
+                    }
+                }
+                for (db, head) in group.heads.values() {
+                    db.head.send_replace(*head);
+                }
+                for (reply, result) in group.replies {
+                    reply(result);
+                }
+            }
+            Err(e) => {
+                tracing::error!("commit of {} writes failed: {e}", group.replies.len());
+                self.counters = start_counters;
+                self.clock = start_clock;
+                let msg = e.to_string();
+                for (reply, result) in group.replies {
+                    reply(result.and_then(|_| {
+                        Err(match &e {
+                            StoreError::Full(m) => StoreError::Full(m.clone()),
+                            _ => StoreError::Storage(msg.clone()),
+                        })
+                    }));
+                }
+            }
+        }
+        leftover
+    }
+
+    fn commit(&mut self, group: &mut Group) -> Result<(), StoreError> {
+        let mut batch = self.fj.batch();
+        for effect in group.effects.drain(..) {
+            match effect {
+                Effect::Insert(ks, k, v) => batch.insert(&ks, k, v),
+                Effect::Remove(ks, k) => batch.remove(&ks, k),
+            }
+        }
+        if group.fsync {
+            batch = batch.durability(Some(PersistMode::SyncAll));
+        }
+        batch.commit()?;
+        if group.fsync {
+            self.unsynced_since = None;
+        } else if group.buffered && self.unsynced_since.is_none() {
+            self.unsynced_since = Some(Instant::now());
+        }
+        Ok(())
+    }
+
+    /// Plans one command into the group, or answers it with an error and
+    /// leaves the group as it was.
+    fn plan_command(
+        &mut self,
+        group: &mut Group,
+        db: Arc<DbState>,
+        writes: Vec<Write>,
+        reply: Reply<Vec<WriteResult>>,
+    ) {
+        if db.is_dropped() {
+            reply(Err(StoreError::UnknownDatabase(db.name.clone())));
+            return;
+        }
+        let counters_before = self.counters.get(&db.id).copied();
+        let clock_before = self.clock;
+        let mut plan = Plan {
+            effects: Vec::new(),
+            overlay: HashMap::new(),
+            new_collections: Vec::new(),
+        };
+        let result: Result<Vec<WriteResult>, StoreError> = writes
+            .into_iter()
+            .map(|w| self.plan_write(group, &mut plan, &db, w))
+            .collect();
+        match result {
+            Ok(results) => {
+                let head = self.counters.get(&db.id).map_or(0, |c| c.head);
+                group.effects.append(&mut plan.effects);
+                group.overlay.extend(plan.overlay);
+                group
+                    .new_collections
+                    .extend(plan.new_collections.into_iter().map(|c| (db.id, c)));
+                if !results.is_empty() {
+                    match db.settings.durability {
+                        Durability::Fsync => group.fsync = true,
+                        Durability::Buffered => group.buffered = true,
+                    }
+                    group.heads.insert(db.id, (db, head));
+                }
+                group.replies.push((reply, Ok(results)));
+            }
+            Err(e) => {
+                match counters_before {
+                    Some(c) => self.counters.insert(db.id, c),
+                    None => self.counters.remove(&db.id),
+                };
+                self.clock = clock_before;
+                reply(Err(e));
+            }
+        }
+    }
+
+    fn plan_write(
+        &mut self,
+        group: &Group,
+        plan: &mut Plan,
+        db: &Arc<DbState>,
+        write: Write,
+    ) -> Result<WriteResult, StoreError> {
+        let (collection, id, needs_existing) = match &write {
+            Write::Put { collection, id, .. } => (collection, id.clone(), false),
+            Write::Patch { collection, id, .. } => (collection, Some(id.clone()), true),
+            Write::Delete { collection, id } => (collection, Some(id.clone()), false),
+        };
+        validate_name("collection", collection)?;
+        let id = id.unwrap_or_else(new_id);
+        validate_id(&id)?;
+        let collection = collection.clone();
+
+        let indexes = {
+            let cols = read_lock(&db.collections);
+            match cols.get(&collection) {
+                Some(meta) => meta.indexes.clone(),
+                None => {
+                    let known = group.new_collections.contains(&(db.id, collection.clone()))
+                        || plan.new_collections.contains(&collection);
+                    if !known {
+                        plan.new_collections.push(collection.clone());
+                        plan.effects.push(Effect::Insert(
+                            self.meta.clone(),
+                            collection_meta_key(db.id, &collection),
+                            codec::to_vec(&CollectionMeta::default())?,
+                        ));
+                    }
+                    Default::default()
+                }
+            }
+        };
+
+        let body = match write {
+            Write::Put { fields, .. } => {
+                validate_fields(fields.keys())?;
+                OpBody::Put {
+                    collection,
+                    id,
+                    fields,
+                }
+            }
+            Write::Patch { set, unset, .. } => {
+                validate_fields(set.keys().chain(&unset))?;
+                OpBody::Patch {
+                    collection,
+                    id,
+                    set,
+                    unset,
+                }
+            }
+            Write::Delete { .. } => OpBody::Delete { collection, id },
+        };
+        let key = keys::record_key(body.collection(), body.id());
+        let overlay_key = (db.id, key);
+
+        // A put or delete made here is newer than everything the record
+        // holds, so without indexes to maintain it need not read the record.
+        let existing = if needs_existing || !indexes.is_empty() {
+            match plan
+                .overlay
+                .get(&overlay_key)
+                .or_else(|| group.overlay.get(&overlay_key))
+            {
+                Some(r) => Some(r.clone()),
+                None => db.load_record(&overlay_key.1)?,
+            }
+        } else {
+            None
+        };
+        if needs_existing && !existing.as_ref().is_some_and(StoredRecord::is_live) {
+            return Err(StoreError::NotFound {
+                db: db.name.clone(),
+                collection: body.collection().to_owned(),
+                id: body.id().to_owned(),
+            });
+        }
+
+        let counters = self.counters.entry(db.id).or_default();
+        counters.head += 1;
+        counters.local_seq += 1;
+        let (cursor, seq) = (counters.head, counters.local_seq);
+        let hlc = self.clock.tick(wall_ms());
+        let stamp = Stamp {
+            priority: 0,
+            hlc,
+            origin: self.store.device(),
+        };
+
+        let mut record = existing.clone().unwrap_or_default();
+        record.apply(&stamp, &body);
+
+        for field in &indexes {
+            let old = existing.as_ref().and_then(|r| r.field(field));
+            let new = record.field(field);
+            if old == new {
+                continue;
+            }
+            let coll = body.collection();
+            if let Some(k) = old.and_then(|v| keys::index_key(coll, field, v, body.id())) {
+                plan.effects.push(Effect::Remove(db.index.clone(), k));
+            }
+            if let Some(k) = new.and_then(|v| keys::index_key(coll, field, v, body.id())) {
+                plan.effects.push(Effect::Insert(
+                    db.index.clone(),
+                    k,
+                    body.id().as_bytes().to_vec(),
+                ));
+            }
+        }
+
+        let op = Op {
+            origin: stamp.origin,
+            seq,
+            hlc,
+            body: body.encode()?,
+        };
+        plan.effects.push(Effect::Insert(
+            db.records.clone(),
+            overlay_key.1.clone(),
+            codec::to_vec(&record)?,
+        ));
+        plan.effects.push(Effect::Insert(
+            db.log.clone(),
+            keys::log_key(cursor).to_vec(),
+            codec::to_vec(&op)?,
+        ));
+        let id = body.id().to_owned();
+        plan.overlay.insert(overlay_key, record);
+        Ok(WriteResult {
+            id,
+            seq,
+            hlc,
+            cursor,
+        })
+    }
+
+    fn create_db(
+        &mut self,
+        name: &str,
+        settings: DbSettings,
+        if_not_exists: bool,
+    ) -> Result<DbInfo, StoreError> {
+        validate_name("database", name)?;
+        if let Ok(existing) = self.store.db(name) {
+            return if if_not_exists {
+                Ok(existing.info())
+            } else {
+                Err(StoreError::DatabaseExists(name.to_owned()))
+            };
+        }
+        let id = self.next_db_id;
+        let [records, log, index] = open_keyspaces(&self.fj, id)?;
+        let mut batch = self.fj.batch().durability(Some(PersistMode::SyncAll));
+        batch.insert(&self.meta, META_NEXT_DB_ID, codec::to_vec(&(id + 1))?);
+        batch.insert(
+            &self.meta,
+            db_meta_key(name),
+            codec::to_vec(&DbMeta { id, settings })?,
+        );
+        batch.commit()?;
+        self.next_db_id = id + 1;
+        let state = Arc::new(DbState {
+            name: name.to_owned(),
+            id,
+            settings,
+            records,
+            log,
+            index,
+            collections: Default::default(),
+            head: tokio::sync::watch::Sender::new(0),
+            dropped: AtomicBool::new(false),
+        });
+        let info = state.info();
+        self.store.insert_db(state);
+        Ok(info)
+    }
+
+    fn drop_db(&mut self, name: &str, if_exists: bool) -> Result<bool, StoreError> {
+        let db = match self.store.db(name) {
+            Ok(db) => db,
+            Err(_) if if_exists => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        let mut batch = self.fj.batch().durability(Some(PersistMode::SyncAll));
+        batch.remove(&self.meta, db_meta_key(name));
+        for c in read_lock(&db.collections).keys() {
+            batch.remove(&self.meta, collection_meta_key(db.id, c));
+        }
+        batch.commit()?;
+        self.store.remove_db(name);
+        self.counters.remove(&db.id);
+        for ks in [&db.records, &db.log, &db.index] {
+            if let Err(e) = self.fj.delete_keyspace(ks.clone()) {
+                tracing::warn!("could not reclaim the space of dropped database {name}: {e:?}");
+            }
+        }
+        Ok(true)
+    }
+
+    fn set_index(
+        &mut self,
+        db: &DbState,
+        collection: &str,
+        field: &str,
+        create: bool,
+    ) -> Result<bool, StoreError> {
+        validate_name("collection", collection)?;
+        validate_name("field", field)?;
+        let mut meta = read_lock(&db.collections)
+            .get(collection)
+            .cloned()
+            .unwrap_or_default();
+        let changed = if create {
+            meta.indexes.insert(field.to_owned())
+        } else {
+            meta.indexes.remove(field)
+        };
+        if !changed {
+            return Ok(false);
+        }
+        let mut batch = self.fj.batch().durability(Some(PersistMode::SyncAll));
+        if create {
+            for kv in db.records.prefix(keys::collection_prefix(collection)) {
+                let (k, v) = kv.into_inner()?;
+                let rec: StoredRecord = codec::from_slice(&v)?;
+                let id = keys::id_of_record_key(&k).unwrap_or_default();
+                if let Some(ik) = rec
+                    .field(field)
+                    .and_then(|v| keys::index_key(collection, field, v, id))
+                {
+                    batch.insert(&db.index, ik, id.as_bytes());
+                }
+            }
+        } else {
+            for kv in db.index.prefix(keys::index_prefix(collection, field)) {
+                batch.remove(&db.index, kv.key()?);
+            }
+        }
+        batch.insert(
+            &self.meta,
+            collection_meta_key(db.id, collection),
+            codec::to_vec(&meta)?,
+        );
+        batch.commit()?;
+        write_lock(&db.collections).insert(collection.to_owned(), meta);
+        Ok(true)
+    }
+}
+
+/// One command's planned writes, kept apart until the whole command is
+/// known to succeed.
+struct Plan {
+    effects: Vec<Effect>,
+    overlay: HashMap<(u32, Vec<u8>), StoredRecord>,
+    new_collections: Vec<String>,
+}

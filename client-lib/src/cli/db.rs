@@ -1,0 +1,123 @@
+//! `blazectl db list|create|drop`.
+
+use clap::{Subcommand, ValueEnum};
+
+use super::Opts;
+use super::output::{print_json, print_table};
+use crate::api::DbSettings;
+use crate::{Client, Durability, SyncMode};
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum DbCommand {
+    /// List the databases.
+    List,
+    /// Create a database.
+    Create {
+        /// The database name.
+        name: String,
+        /// When writes are acknowledged.
+        #[arg(long, value_enum, default_value = "fsync")]
+        durability: DurabilityArg,
+        /// How the database takes part in sync.
+        #[arg(long, value_enum, default_value = "sync")]
+        mode: ModeArg,
+        /// Succeed if it exists already.
+        #[arg(long)]
+        if_not_exists: bool,
+    },
+    /// Delete a database and everything in it.
+    Drop {
+        /// The database name.
+        name: String,
+        /// Succeed if there is no such database.
+        #[arg(long)]
+        if_exists: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum DurabilityArg {
+    Fsync,
+    Buffered,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum ModeArg {
+    Sync,
+    Pull,
+    Push,
+    Local,
+}
+
+pub(crate) async fn run(client: &Client, cmd: DbCommand, opts: Opts) -> anyhow::Result<()> {
+    match cmd {
+        DbCommand::List => {
+            let dbs = client.databases().await?;
+            if opts.json {
+                return print_json(&serde_json::to_value(&dbs)?);
+            }
+            let rows = dbs
+                .iter()
+                .map(|d| {
+                    vec![
+                        d.name.clone(),
+                        format!("{:?}", d.settings.durability).to_lowercase(),
+                        format!("{:?}", d.settings.sync_mode).to_lowercase(),
+                        d.collections
+                            .iter()
+                            .map(|c| c.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(","),
+                        d.head.to_string(),
+                    ]
+                })
+                .collect();
+            print_table(&["NAME", "DURABILITY", "MODE", "COLLECTIONS", "HEAD"], rows);
+        }
+        DbCommand::Create {
+            name,
+            durability,
+            mode,
+            if_not_exists,
+        } => {
+            let settings = DbSettings {
+                durability: match durability {
+                    DurabilityArg::Fsync => Durability::Fsync,
+                    DurabilityArg::Buffered => Durability::Buffered,
+                },
+                sync_mode: match mode {
+                    ModeArg::Sync => SyncMode::Sync,
+                    ModeArg::Pull => SyncMode::Pull,
+                    ModeArg::Push => SyncMode::Push,
+                    ModeArg::Local => SyncMode::Local,
+                },
+            };
+            let info = client
+                .db(&name)
+                .create_with(settings, if_not_exists)
+                .await?;
+            if opts.json {
+                return print_json(&serde_json::to_value(&info)?);
+            }
+            println!("created database {}", info.name);
+        }
+        DbCommand::Drop { name, if_exists } => {
+            let dropped = client
+                .call::<crate::api::DbDrop>(&crate::api::DbDropParams {
+                    name: name.clone(),
+                    if_exists,
+                })
+                .await?
+                .dropped;
+            if opts.json {
+                return print_json(&serde_json::json!({ "dropped": dropped }));
+            }
+            if dropped {
+                println!("dropped database {name}");
+            } else {
+                println!("no database {name}");
+            }
+        }
+    }
+    Ok(())
+}

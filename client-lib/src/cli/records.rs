@@ -1,0 +1,119 @@
+//! `blazectl put|get|patch|delete`.
+
+use clap::Args;
+
+use super::Opts;
+use super::fields::parse_fields;
+use super::output::{print_json, record_json, value_json};
+use crate::{Client, Value, WriteResult};
+
+#[derive(Debug, Args)]
+pub(crate) struct RecordArgs {
+    /// The database.
+    db: String,
+    /// The collection.
+    collection: String,
+    /// The record id.
+    id: String,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct PutArgs {
+    /// The database.
+    db: String,
+    /// The collection.
+    collection: String,
+    /// The record id (`-` lets the agent pick a UUID).
+    id: String,
+    /// Fields: `name=text`, `name:=json`, or one JSON object.
+    fields: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct PatchArgs {
+    /// The database.
+    db: String,
+    /// The collection.
+    collection: String,
+    /// The record id.
+    id: String,
+    /// Fields to set: `name=text`, `name:=json`, or one JSON object.
+    fields: Vec<String>,
+    /// A field to remove (repeatable).
+    #[arg(long, value_name = "FIELD")]
+    unset: Vec<String>,
+}
+
+fn print_write(what: &str, r: &WriteResult, opts: Opts) -> anyhow::Result<()> {
+    if opts.json {
+        return print_json(&serde_json::to_value(r)?);
+    }
+    println!("{what} {} (seq {}, cursor {})", r.id, r.seq, r.cursor);
+    Ok(())
+}
+
+pub(crate) async fn put(client: &Client, a: PutArgs, opts: Opts) -> anyhow::Result<()> {
+    let fields = parse_fields(&a.fields)?;
+    let coll = client.db(&a.db).collection(&a.collection);
+    let r = if a.id == "-" {
+        let id = coll.insert(&Value::Map(fields)).await?;
+        // The put's own result is not returned by insert; read it back.
+        let rec = coll.get_record(&id).await?;
+        if opts.json {
+            return print_json(
+                &serde_json::json!({ "id": id, "version": rec.map(|r| r.version.0) }),
+            );
+        }
+        println!("put {id}");
+        return Ok(());
+    } else {
+        coll.put_fields(&a.id, fields).await?
+    };
+    print_write("put", &r, opts)
+}
+
+pub(crate) async fn get(client: &Client, a: RecordArgs, opts: Opts) -> anyhow::Result<()> {
+    let rec = client
+        .db(&a.db)
+        .collection(&a.collection)
+        .get_record(&a.id)
+        .await?;
+    match (rec, opts.json) {
+        (Some(r), true) => print_json(&record_json(&r)),
+        (None, true) => print_json(&serde_json::Value::Null),
+        (Some(r), false) => {
+            let width = r.fields.keys().map(|k| k.len()).max().unwrap_or(0).max(2);
+            println!("{:<width$}  {}", "id", r.id);
+            for (k, v) in &r.fields {
+                match v {
+                    Value::Map(_) | Value::List(_) => {
+                        println!("{k:<width$}  {}", value_json(v));
+                    }
+                    _ => println!("{k:<width$}  {v}"),
+                }
+            }
+            Ok(())
+        }
+        (None, false) => anyhow::bail!("no record {} in {}/{}", a.id, a.db, a.collection),
+    }
+}
+
+pub(crate) async fn patch(client: &Client, a: PatchArgs, opts: Opts) -> anyhow::Result<()> {
+    let set = parse_fields(&a.fields)?;
+    let unset: Vec<&str> = a.unset.iter().map(String::as_str).collect();
+    let r = client
+        .db(&a.db)
+        .collection(&a.collection)
+        .patch(&a.id, set, &unset)
+        .await?;
+    print_write("patched", &r, opts)
+}
+
+pub(crate) async fn delete(client: &Client, a: RecordArgs, opts: Opts) -> anyhow::Result<()> {
+    let r = client
+        .db(&a.db)
+        .collection(&a.collection)
+        .delete(&a.id)
+        .await?;
+    print_write("deleted", &r, opts)
+}

@@ -1,0 +1,57 @@
+//! `blazectl watch`: prints changes as they happen, until interrupted.
+
+use clap::Args;
+
+use super::Opts;
+use super::output::{change_json, value_json};
+use crate::{ChangeKind, Client, Value};
+
+#[derive(Debug, Args)]
+pub(crate) struct WatchArgs {
+    /// The database.
+    db: String,
+    /// Only this collection.
+    #[arg(long)]
+    collection: Option<String>,
+    /// Replay every change after this cursor first.
+    #[arg(long)]
+    since: Option<u64>,
+}
+
+pub(crate) async fn run(client: &Client, a: WatchArgs, opts: Opts) -> anyhow::Result<()> {
+    let mut sub = client
+        .db(&a.db)
+        .subscribe_from(a.collection.as_deref(), a.since)
+        .await?;
+    if !opts.json {
+        eprintln!(
+            "watching {} after cursor {} (ctrl-c to stop)",
+            a.db,
+            sub.cursor()
+        );
+    }
+    while let Some(c) = sub.next().await {
+        if opts.json {
+            // One object per line, so other programs can read as it streams.
+            println!("{}", change_json(&c));
+        } else {
+            let kind = match c.kind {
+                ChangeKind::Put => "put",
+                ChangeKind::Patch => "patch",
+                ChangeKind::Delete => "delete",
+            };
+            let mut fields = value_json(&Value::Map(c.fields)).to_string();
+            if !c.unset.is_empty() {
+                fields.push_str(&format!(" unset {}", c.unset.join(",")));
+            }
+            println!(
+                "{:>8}  {kind:<6}  {}/{}  {fields}",
+                c.cursor, c.collection, c.id
+            );
+        }
+    }
+    anyhow::bail!(
+        "lost the connection to the agent (resume with --since {})",
+        sub.cursor()
+    )
+}

@@ -1,0 +1,599 @@
+//! The BlazeDB client: talk to the local `blazed` agent from async Rust.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), blazedb::Error> {
+//! use blazedb::{Client, FilterOp};
+//!
+//! #[derive(serde::Serialize, serde::Deserialize)]
+//! struct Bug { title: String, priority: i64 }
+//!
+//! let client = Client::connect().await?;
+//! let db = client.db("bugs");
+//! db.create_if_missing().await?;
+//! let bugs = db.collection("bugs");
+//! let id = bugs.insert(&Bug { title: "Fix login".into(), priority: 5 }).await?;
+//! let bug: Option<Bug> = bugs.get(&id).await?;
+//! let urgent = bugs.query().filter("priority", FilterOp::Gt, 3).fetch().await?;
+//! # let _ = (bug, urgent); Ok(()) }
+//! ```
+//!
+//! Every method sends one request; calls from many tasks share the
+//! connection and are pipelined.
+
+mod conn;
+
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+
+use blazedb_proto::api::{DbInfo, DbSettings, EventParams, Write};
+use blazedb_proto::codec;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::mpsc;
+
+pub use blazedb_proto::api;
+pub use blazedb_proto::api::{
+    Change, ChangeKind, Durability, Filter, FilterOp, ID_FIELD, Record, StatusResult, SyncMode,
+    WriteResult,
+};
+pub use blazedb_proto::paths::default_socket_path;
+pub use blazedb_proto::{ErrorCode, ErrorInfo, Fields, Hlc, Timestamp, Uuid, Value};
+
+#[cfg(feature = "cli")]
+pub mod cli;
+
+/// Anything that can go wrong talking to the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Nothing answers on the socket.
+    #[error(
+        "no BlazeDB agent is listening on {path} ({source}); start it with `blazed`, \
+         or point BLAZED_SOCKET at the socket it uses"
+    )]
+    AgentNotRunning {
+        /// The socket path tried.
+        path: String,
+        /// Why connecting failed.
+        source: std::io::Error,
+    },
+    /// The connection to the agent was lost.
+    #[error("lost the connection to the agent")]
+    Disconnected,
+    /// The agent answered with an error.
+    #[error("{0}")]
+    Agent(ErrorInfo),
+    /// The request is over the agent's frame limit; nothing was sent.
+    #[error("the request is {len} bytes, over the agent's frame limit of {max}; send less at once")]
+    TooLarge {
+        /// The request's size.
+        len: u64,
+        /// The limit.
+        max: u32,
+    },
+    /// A value could not be encoded or decoded.
+    #[error("encoding error: {0}")]
+    Codec(String),
+    /// Reading or writing the socket failed.
+    #[error("socket error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl Error {
+    /// The agent's error code, if the agent refused the request.
+    pub fn code(&self) -> Option<ErrorCode> {
+        conn::agent_error(self).map(|i| i.code)
+    }
+}
+
+/// A connection to the agent. Cheap to clone; clones share the connection.
+#[derive(Debug, Clone)]
+pub struct Client {
+    conn: Arc<conn::Connection>,
+    hello: Arc<api::HelloResult>,
+}
+
+impl Client {
+    /// Connects to the agent at the default socket (`$BLAZED_SOCKET`, or
+    /// `blazed.sock` in the runtime directory).
+    pub async fn connect() -> Result<Client, Error> {
+        Client::connect_to(default_socket_path()).await
+    }
+
+    /// Connects to the agent listening on `socket`.
+    pub async fn connect_to(socket: impl AsRef<Path>) -> Result<Client, Error> {
+        Client::connect_as(socket, env!("CARGO_PKG_NAME")).await
+    }
+
+    /// Connects and names the client in the agent's logs.
+    pub async fn connect_as(socket: impl AsRef<Path>, name: &str) -> Result<Client, Error> {
+        let conn = conn::Connection::open(socket.as_ref()).await?;
+        let hello = conn
+            .call::<api::Hello>(&api::HelloParams {
+                protocol: blazedb_proto::PROTOCOL_VERSION,
+                client: name.to_owned(),
+            })
+            .await?;
+        conn.max_frame.store(hello.max_frame, Ordering::Relaxed);
+        Ok(Client {
+            conn: Arc::new(conn),
+            hello: Arc::new(hello),
+        })
+    }
+
+    /// The id of the agent's device.
+    pub fn device_id(&self) -> &str {
+        &self.hello.device_id
+    }
+
+    /// The agent's name and version.
+    pub fn agent_version(&self) -> &str {
+        &self.hello.agent
+    }
+
+    /// Calls any method; the typed helpers below are built on this.
+    pub async fn call<M: blazedb_proto::Method>(
+        &self,
+        params: &M::Params,
+    ) -> Result<M::Result, Error> {
+        self.conn.call::<M>(params).await
+    }
+
+    /// Reports on the agent.
+    pub async fn status(&self) -> Result<StatusResult, Error> {
+        self.call::<api::Status>(&api::Empty {}).await
+    }
+
+    /// Lists the databases.
+    pub async fn databases(&self) -> Result<Vec<DbInfo>, Error> {
+        Ok(self.call::<api::DbList>(&api::Empty {}).await?.databases)
+    }
+
+    /// A handle to the database `name` (which may not exist yet).
+    pub fn db(&self, name: &str) -> Db {
+        Db {
+            client: self.clone(),
+            name: name.to_owned(),
+        }
+    }
+}
+
+/// A database on the agent.
+#[derive(Debug, Clone)]
+pub struct Db {
+    client: Client,
+    name: String,
+}
+
+impl Db {
+    /// The database's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Creates the database with default settings; fails if it exists.
+    pub async fn create(&self) -> Result<DbInfo, Error> {
+        self.create_with(DbSettings::default(), false).await
+    }
+
+    /// Creates the database unless it exists already.
+    pub async fn create_if_missing(&self) -> Result<DbInfo, Error> {
+        self.create_with(DbSettings::default(), true).await
+    }
+
+    /// Creates the database with the given settings.
+    pub async fn create_with(
+        &self,
+        settings: DbSettings,
+        if_not_exists: bool,
+    ) -> Result<DbInfo, Error> {
+        self.client
+            .call::<api::DbCreate>(&api::DbCreateParams {
+                name: self.name.clone(),
+                settings,
+                if_not_exists,
+            })
+            .await
+    }
+
+    /// Describes the database.
+    pub async fn info(&self) -> Result<DbInfo, Error> {
+        self.client
+            .call::<api::DbOpen>(&api::DbName {
+                name: self.name.clone(),
+            })
+            .await
+    }
+
+    /// Deletes the database and everything in it. Returns false if there was
+    /// no such database.
+    pub async fn drop_db(&self) -> Result<bool, Error> {
+        let r = self
+            .client
+            .call::<api::DbDrop>(&api::DbDropParams {
+                name: self.name.clone(),
+                if_exists: true,
+            })
+            .await?;
+        Ok(r.dropped)
+    }
+
+    /// A handle to one collection.
+    pub fn collection(&self, name: &str) -> Collection {
+        Collection {
+            db: self.clone(),
+            name: name.to_owned(),
+        }
+    }
+
+    /// Starts an atomic batch of writes.
+    pub fn batch(&self) -> Batch {
+        Batch {
+            db: self.clone(),
+            writes: Vec::new(),
+        }
+    }
+
+    /// Streams every change to the database made from now on.
+    pub async fn subscribe(&self) -> Result<Subscription, Error> {
+        self.subscribe_from(None, None).await
+    }
+
+    /// Streams changes to the database (or one collection), replaying every
+    /// change after `since` first.
+    pub async fn subscribe_from(
+        &self,
+        collection: Option<&str>,
+        since: Option<u64>,
+    ) -> Result<Subscription, Error> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let params = api::SubscribeParams {
+            db: self.name.clone(),
+            collection: collection.map(str::to_owned),
+            since,
+        };
+        let r = self.client.conn.subscribe(&params, tx).await?;
+        Ok(Subscription {
+            client: self.client.clone(),
+            id: r.subscription,
+            cursor: r.cursor,
+            rx,
+            ready: std::collections::VecDeque::new(),
+        })
+    }
+}
+
+/// A collection of records.
+#[derive(Debug, Clone)]
+pub struct Collection {
+    db: Db,
+    name: String,
+}
+
+fn fields_of<T: Serialize + ?Sized>(value: &T) -> Result<Fields, Error> {
+    codec::to_fields(value).map_err(|e| Error::Codec(e.0))
+}
+
+impl Collection {
+    /// The collection's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn write(&self, w: Write) -> Result<WriteResult, Error> {
+        let mut results = self.db.batch_writes(vec![w]).await?;
+        results.pop().ok_or(Error::Disconnected)
+    }
+
+    /// Stores a new record under an id the agent picks; returns the id.
+    pub async fn insert<T: Serialize + ?Sized>(&self, value: &T) -> Result<String, Error> {
+        let params = api::PutParams {
+            db: self.db.name.clone(),
+            collection: self.name.clone(),
+            id: None,
+            fields: fields_of(value)?,
+        };
+        Ok(self.db.client.call::<api::Put>(&params).await?.id)
+    }
+
+    /// Writes the whole record `id` (creating or replacing it).
+    pub async fn put<T: Serialize + ?Sized>(
+        &self,
+        id: &str,
+        value: &T,
+    ) -> Result<WriteResult, Error> {
+        self.put_fields(id, fields_of(value)?).await
+    }
+
+    /// Writes the whole record `id` from raw fields.
+    pub async fn put_fields(&self, id: &str, fields: Fields) -> Result<WriteResult, Error> {
+        let params = api::PutParams {
+            db: self.db.name.clone(),
+            collection: self.name.clone(),
+            id: Some(id.to_owned()),
+            fields,
+        };
+        self.db.client.call::<api::Put>(&params).await
+    }
+
+    /// Sets some fields of the existing record `id` and removes others.
+    pub async fn patch(&self, id: &str, set: Fields, unset: &[&str]) -> Result<WriteResult, Error> {
+        let params = api::PatchParams {
+            db: self.db.name.clone(),
+            collection: self.name.clone(),
+            id: id.to_owned(),
+            set,
+            unset: unset.iter().map(|s| (*s).to_owned()).collect(),
+        };
+        self.db.client.call::<api::Patch>(&params).await
+    }
+
+    /// Deletes the record `id` (succeeds if there was none).
+    pub async fn delete(&self, id: &str) -> Result<WriteResult, Error> {
+        self.write(Write::Delete {
+            collection: self.name.clone(),
+            id: id.to_owned(),
+        })
+        .await
+    }
+
+    /// Reads the record `id` as a `T`.
+    pub async fn get<T: DeserializeOwned>(&self, id: &str) -> Result<Option<T>, Error> {
+        match self.get_record(id).await? {
+            Some(r) => codec::from_fields(&r.fields)
+                .map(Some)
+                .map_err(|e| Error::Codec(e.0)),
+            None => Ok(None),
+        }
+    }
+
+    /// Reads the record `id` with its raw fields and version.
+    pub async fn get_record(&self, id: &str) -> Result<Option<Record>, Error> {
+        let params = api::RecordRef {
+            db: self.db.name.clone(),
+            collection: self.name.clone(),
+            id: id.to_owned(),
+        };
+        Ok(self.db.client.call::<api::Get>(&params).await?.record)
+    }
+
+    /// Starts a query over the collection.
+    pub fn query(&self) -> Query {
+        Query {
+            collection: self.clone(),
+            params: api::QueryParams {
+                db: self.db.name.clone(),
+                collection: self.name.clone(),
+                ..Default::default()
+            },
+        }
+    }
+
+    /// Adds a secondary index on `field`; returns false if it existed.
+    pub async fn create_index(&self, field: &str) -> Result<bool, Error> {
+        let params = api::IndexParams {
+            db: self.db.name.clone(),
+            collection: self.name.clone(),
+            field: field.to_owned(),
+        };
+        Ok(self
+            .db
+            .client
+            .call::<api::IndexCreate>(&params)
+            .await?
+            .created)
+    }
+
+    /// Streams changes to this collection, replaying those after `since`.
+    pub async fn subscribe(&self, since: Option<u64>) -> Result<Subscription, Error> {
+        self.db.subscribe_from(Some(&self.name), since).await
+    }
+}
+
+/// A query being built: add filters, an order and a limit, then fetch.
+#[derive(Debug, Clone)]
+pub struct Query {
+    collection: Collection,
+    params: api::QueryParams,
+}
+
+/// One page of query results.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page {
+    /// The records, in order.
+    pub records: Vec<Record>,
+    /// Pass to [`Query::after`] for the next page; `None` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+impl Query {
+    /// Keeps records whose `field` compares to `value` by `op`.
+    pub fn filter(mut self, field: &str, op: FilterOp, value: impl Into<Value>) -> Self {
+        self.params.filters.push(Filter {
+            field: field.to_owned(),
+            op,
+            value: value.into(),
+        });
+        self
+    }
+
+    /// Sorts by `field` (or [`ID_FIELD`]); by id when not called.
+    pub fn order_by(mut self, field: &str) -> Self {
+        self.params.order_by = Some(field.to_owned());
+        self
+    }
+
+    /// Sorts descending.
+    pub fn desc(mut self) -> Self {
+        self.params.desc = true;
+        self
+    }
+
+    /// Returns at most `n` records per page.
+    pub fn limit(mut self, n: u32) -> Self {
+        self.params.limit = Some(n);
+        self
+    }
+
+    /// Continues after the page that returned `cursor`.
+    pub fn after(mut self, cursor: impl Into<String>) -> Self {
+        self.params.cursor = Some(cursor.into());
+        self
+    }
+
+    /// Fetches one page.
+    pub async fn fetch(&self) -> Result<Page, Error> {
+        let r = self
+            .collection
+            .db
+            .client
+            .call::<api::Query>(&self.params)
+            .await?;
+        Ok(Page {
+            records: r.records,
+            next_cursor: r.next_cursor,
+        })
+    }
+
+    /// Fetches every page and returns all the records.
+    pub async fn fetch_all(&self) -> Result<Vec<Record>, Error> {
+        let mut q = self.clone();
+        let mut out = Vec::new();
+        loop {
+            let page = q.fetch().await?;
+            out.extend(page.records);
+            match page.next_cursor {
+                Some(c) => q.params.cursor = Some(c),
+                None => return Ok(out),
+            }
+        }
+    }
+}
+
+/// Writes applied together: all or none.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    db: Db,
+    writes: Vec<Write>,
+}
+
+impl Db {
+    async fn batch_writes(&self, writes: Vec<Write>) -> Result<Vec<WriteResult>, Error> {
+        let params = api::BatchParams {
+            db: self.name.clone(),
+            writes,
+        };
+        Ok(self.client.call::<api::Batch>(&params).await?.results)
+    }
+}
+
+impl Batch {
+    /// Adds a put of the whole record (`id: None` lets the agent pick one).
+    pub fn put(mut self, collection: &str, id: Option<&str>, fields: Fields) -> Self {
+        self.writes.push(Write::Put {
+            collection: collection.to_owned(),
+            id: id.map(str::to_owned),
+            fields,
+        });
+        self
+    }
+
+    /// Adds a patch.
+    pub fn patch(mut self, collection: &str, id: &str, set: Fields, unset: &[&str]) -> Self {
+        self.writes.push(Write::Patch {
+            collection: collection.to_owned(),
+            id: id.to_owned(),
+            set,
+            unset: unset.iter().map(|s| (*s).to_owned()).collect(),
+        });
+        self
+    }
+
+    /// Adds a delete.
+    pub fn delete(mut self, collection: &str, id: &str) -> Self {
+        self.writes.push(Write::Delete {
+            collection: collection.to_owned(),
+            id: id.to_owned(),
+        });
+        self
+    }
+
+    /// How many writes the batch holds.
+    pub fn len(&self) -> usize {
+        self.writes.len()
+    }
+
+    /// Whether the batch is empty.
+    pub fn is_empty(&self) -> bool {
+        self.writes.is_empty()
+    }
+
+    /// Applies the writes atomically; one result per write, in order.
+    pub async fn commit(self) -> Result<Vec<WriteResult>, Error> {
+        self.db.batch_writes(self.writes).await
+    }
+}
+
+/// A stream of changes. Remember [`Subscription::cursor`] to resume later
+/// without missing or repeating a change.
+#[derive(Debug)]
+pub struct Subscription {
+    client: Client,
+    id: u64,
+    cursor: u64,
+    rx: mpsc::UnboundedReceiver<EventParams>,
+    ready: std::collections::VecDeque<Change>,
+}
+
+impl Subscription {
+    /// The cursor of the last change handed out (or where the subscription
+    /// started): pass it as `since` to resume after it.
+    pub fn cursor(&self) -> u64 {
+        self.cursor
+    }
+
+    /// The next change; `None` once the connection is gone.
+    pub async fn next(&mut self) -> Option<Change> {
+        std::future::poll_fn(|cx| self.poll_change(cx)).await
+    }
+
+    fn poll_change(&mut self, cx: &mut Context<'_>) -> Poll<Option<Change>> {
+        loop {
+            if let Some(c) = self.ready.pop_front() {
+                self.cursor = c.cursor;
+                return Poll::Ready(Some(c));
+            }
+            match self.rx.poll_recv(cx) {
+                Poll::Ready(Some(ev)) => self.ready.extend(ev.changes),
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    /// Ends the subscription.
+    pub async fn close(self) -> Result<(), Error> {
+        self.client.conn.forget_subscription(self.id);
+        self.client
+            .call::<api::Unsubscribe>(&api::UnsubscribeParams {
+                subscription: self.id,
+            })
+            .await?;
+        Ok(())
+    }
+}
+
+impl futures_core::Stream for Subscription {
+    type Item = Change;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Change>> {
+        self.get_mut().poll_change(cx)
+    }
+}
+
+/// The socket a client uses when given `explicit`, or the default.
+pub fn resolve_socket(explicit: Option<PathBuf>) -> PathBuf {
+    explicit.unwrap_or_else(default_socket_path)
+}

@@ -1,0 +1,605 @@
+//! The IPC methods: each one's name, params and result.
+//!
+//! Every method is a marker type implementing [`Method`], so a client can
+//! call `client.call::<Get>(params)` and get a typed result back, and the
+//! agent decodes any request into one [`Request`] value.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::codec;
+use crate::error::{ErrorCode, ErrorInfo};
+use crate::op::Hlc;
+use crate::value::{Fields, Value};
+
+/// The protocol version this crate speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// An IPC method: its wire name and the types of its params and result.
+pub trait Method {
+    /// The method's name on the wire.
+    const NAME: &'static str;
+    /// What the request carries.
+    type Params: Serialize + DeserializeOwned + Send + 'static;
+    /// What a successful response carries.
+    type Result: Serialize + DeserializeOwned + Send + 'static;
+}
+
+macro_rules! methods {
+    ($( $(#[$doc:meta])* $variant:ident = $name:literal, $params:ty => $result:ty; )*) => {
+        $(
+            $(#[$doc])*
+            #[derive(Debug, Clone, Copy)]
+            pub struct $variant;
+            impl Method for $variant {
+                const NAME: &'static str = $name;
+                type Params = $params;
+                type Result = $result;
+            }
+        )*
+
+        /// Any request, decoded.
+        #[derive(Debug, Clone, PartialEq)]
+        pub enum Request {
+            $( $(#[$doc])* $variant($params), )*
+        }
+
+        impl Request {
+            /// Decodes the params of the method called `method`.
+            pub fn decode(method: &str, params: &[u8]) -> Result<Request, ErrorInfo> {
+                match method {
+                    $( $name => codec::from_slice(params).map(Request::$variant).map_err(|e| {
+                        ErrorInfo::new(ErrorCode::InvalidParams, format!("invalid params for {}: {e}", $name))
+                    }), )*
+                    other => Err(ErrorInfo::new(
+                        ErrorCode::UnknownMethod,
+                        format!("unknown method {other:?}; this agent knows: {}", ALL_METHODS.join(", ")),
+                    )),
+                }
+            }
+
+            /// The method's name on the wire.
+            pub fn method(&self) -> &'static str {
+                match self { $( Request::$variant(_) => $name, )* }
+            }
+        }
+
+        /// The names of every method, in the order they are documented.
+        pub const ALL_METHODS: &[&str] = &[$($name),*];
+    };
+}
+
+methods! {
+    /// Opens a session: must be the first request on a connection.
+    Hello = "hello", HelloParams => HelloResult;
+    /// Reports on the agent.
+    Status = "status", Empty => StatusResult;
+    /// Creates a database.
+    DbCreate = "db.create", DbCreateParams => DbInfo;
+    /// Describes an existing database.
+    DbOpen = "db.open", DbName => DbInfo;
+    /// Lists the databases.
+    DbList = "db.list", Empty => DbListResult;
+    /// Deletes a database and everything in it.
+    DbDrop = "db.drop", DbDropParams => DroppedResult;
+    /// Adds a secondary index on a field of a collection.
+    IndexCreate = "index.create", IndexParams => CreatedResult;
+    /// Removes a secondary index.
+    IndexDrop = "index.drop", IndexParams => DroppedResult;
+    /// Writes a whole record.
+    Put = "put", PutParams => WriteResult;
+    /// Changes some fields of an existing record.
+    Patch = "patch", PatchParams => WriteResult;
+    /// Deletes a record.
+    Delete = "delete", RecordRef => WriteResult;
+    /// Reads a record by id.
+    Get = "get", RecordRef => GetResult;
+    /// Finds records by field filters.
+    Query = "query", QueryParams => QueryResult;
+    /// Applies many writes to one database atomically.
+    Batch = "batch", BatchParams => BatchResult;
+    /// Streams changes to a database or collection.
+    Subscribe = "subscribe", SubscribeParams => SubscribeResult;
+    /// Ends a subscription.
+    Unsubscribe = "unsubscribe", UnsubscribeParams => UnsubscribeResult;
+}
+
+/// The method name of change-event notifications.
+pub const EVENT_METHOD: &str = "event";
+
+/// Params or a result with no fields (an empty map on the wire).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Empty {}
+
+/// Params of `hello`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HelloParams {
+    /// The protocol version the client speaks.
+    pub protocol: u32,
+    /// The client's name, for the agent's logs.
+    #[serde(default)]
+    pub client: String,
+}
+
+/// Result of `hello`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HelloResult {
+    /// The protocol version the agent speaks.
+    pub protocol: u32,
+    /// The agent's name and version.
+    pub agent: String,
+    /// This device's id.
+    pub device_id: String,
+    /// The largest frame payload the agent accepts, in bytes.
+    pub max_frame: u32,
+}
+
+/// Result of `status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusResult {
+    /// The agent's name and version.
+    pub agent: String,
+    /// This device's id.
+    pub device_id: String,
+    /// Where the agent keeps its data.
+    pub data_dir: String,
+    /// The socket the agent listens on.
+    pub socket: String,
+    /// Milliseconds since the agent started.
+    pub uptime_ms: u64,
+    /// How many databases there are.
+    pub databases: u32,
+    /// How many local clients are connected.
+    pub connections: u32,
+    /// How many subscriptions are open.
+    pub subscriptions: u32,
+}
+
+/// When a write is acknowledged.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Durability {
+    /// After it is on disk (fsync of its commit group).
+    #[default]
+    Fsync,
+    /// After it is handed to the OS; the agent syncs to disk periodically.
+    /// Survives the agent crashing, not the machine losing power.
+    Buffered,
+}
+
+/// How a database takes part in sync.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncMode {
+    /// Send and receive changes.
+    #[default]
+    Sync,
+    /// Only receive changes.
+    Pull,
+    /// Only send changes.
+    Push,
+    /// Never leaves this device.
+    Local,
+}
+
+/// Per-database settings.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DbSettings {
+    /// When writes are acknowledged.
+    pub durability: Durability,
+    /// How the database takes part in sync.
+    pub sync_mode: SyncMode,
+}
+
+/// Params of `db.create`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DbCreateParams {
+    /// The database name.
+    pub name: String,
+    /// Its settings.
+    #[serde(default)]
+    pub settings: DbSettings,
+    /// Succeed (returning the existing database) if it exists already.
+    #[serde(default)]
+    pub if_not_exists: bool,
+}
+
+/// Params naming a database.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DbName {
+    /// The database name.
+    pub name: String,
+}
+
+/// Params of `db.drop`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DbDropParams {
+    /// The database name.
+    pub name: String,
+    /// Succeed (with `dropped: false`) if there is no such database.
+    #[serde(default)]
+    pub if_exists: bool,
+}
+
+/// A collection and its indexes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CollectionInfo {
+    /// The collection name.
+    pub name: String,
+    /// The fields that have a secondary index.
+    pub indexes: Vec<String>,
+}
+
+/// A database's description.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DbInfo {
+    /// The database name.
+    pub name: String,
+    /// Its settings.
+    pub settings: DbSettings,
+    /// Its collections.
+    pub collections: Vec<CollectionInfo>,
+    /// The cursor of its latest change (0 before any).
+    pub head: u64,
+}
+
+/// Result of `db.list`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DbListResult {
+    /// Every database, by name.
+    pub databases: Vec<DbInfo>,
+}
+
+/// Result of a method that removes something.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DroppedResult {
+    /// Whether there was something to remove.
+    pub dropped: bool,
+}
+
+/// Result of a method that creates something.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreatedResult {
+    /// False when it existed already.
+    pub created: bool,
+}
+
+/// Params of `index.create` and `index.drop`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexParams {
+    /// The database.
+    pub db: String,
+    /// The collection.
+    pub collection: String,
+    /// The field.
+    pub field: String,
+}
+
+/// Params of `put`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PutParams {
+    /// The database.
+    pub db: String,
+    /// The collection.
+    pub collection: String,
+    /// The record id; the agent picks a UUID when it is missing.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// The record's fields.
+    pub fields: Fields,
+}
+
+/// Params of `patch`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PatchParams {
+    /// The database.
+    pub db: String,
+    /// The collection.
+    pub collection: String,
+    /// The record id.
+    pub id: String,
+    /// Fields to set.
+    #[serde(default)]
+    pub set: Fields,
+    /// Fields to remove.
+    #[serde(default)]
+    pub unset: Vec<String>,
+}
+
+/// Params naming one record (`get`, `delete`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordRef {
+    /// The database.
+    pub db: String,
+    /// The collection.
+    pub collection: String,
+    /// The record id.
+    pub id: String,
+}
+
+/// What a write did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteResult {
+    /// The record id (chosen by the agent if the put had none).
+    pub id: String,
+    /// The operation's sequence number on this device.
+    pub seq: u64,
+    /// The operation's clock reading, which is also the record's version.
+    pub hlc: Hlc,
+    /// The change cursor of the write.
+    pub cursor: u64,
+}
+
+/// A record as read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// The record id.
+    pub id: String,
+    /// The record's fields.
+    pub fields: Fields,
+    /// The clock reading of the latest write to it.
+    pub version: Hlc,
+}
+
+/// Result of `get`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GetResult {
+    /// The record, or nil when there is none with that id.
+    pub record: Option<Record>,
+}
+
+/// A comparison in a query filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FilterOp {
+    /// Equal.
+    #[serde(rename = "=")]
+    Eq,
+    /// Not equal (records without the field match).
+    #[serde(rename = "!=")]
+    Ne,
+    /// Less than.
+    #[serde(rename = "<")]
+    Lt,
+    /// Less than or equal.
+    #[serde(rename = "<=")]
+    Le,
+    /// Greater than.
+    #[serde(rename = ">")]
+    Gt,
+    /// Greater than or equal.
+    #[serde(rename = ">=")]
+    Ge,
+    /// Equal to one of a list of values.
+    #[serde(rename = "in")]
+    In,
+    /// A string that starts with the given string.
+    #[serde(rename = "prefix")]
+    Prefix,
+}
+
+impl FilterOp {
+    /// The operator as written on the wire and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FilterOp::Eq => "=",
+            FilterOp::Ne => "!=",
+            FilterOp::Lt => "<",
+            FilterOp::Le => "<=",
+            FilterOp::Gt => ">",
+            FilterOp::Ge => ">=",
+            FilterOp::In => "in",
+            FilterOp::Prefix => "prefix",
+        }
+    }
+}
+
+/// The pseudo-field that names the record id in filters and `order_by`.
+pub const ID_FIELD: &str = "$id";
+
+/// One condition of a query: `field op value`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Filter {
+    /// The field (or `$id`).
+    pub field: String,
+    /// The comparison.
+    pub op: FilterOp,
+    /// What to compare with (a list for `in`, a string for `prefix`).
+    pub value: Value,
+}
+
+/// Params of `query`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct QueryParams {
+    /// The database.
+    pub db: String,
+    /// The collection.
+    pub collection: String,
+    /// Conditions that all must hold.
+    #[serde(default, rename = "where")]
+    pub filters: Vec<Filter>,
+    /// The field to sort by; by id when missing.
+    #[serde(default)]
+    pub order_by: Option<String>,
+    /// Sort descending.
+    #[serde(default)]
+    pub desc: bool,
+    /// At most this many records (default 100, at most 10 000).
+    #[serde(default)]
+    pub limit: Option<u32>,
+    /// Where the previous page ended.
+    #[serde(default)]
+    pub cursor: Option<String>,
+}
+
+/// Result of `query`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueryResult {
+    /// The matching records, in order.
+    pub records: Vec<Record>,
+    /// Pass this as `cursor` to get the next page; nil on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// One write in a batch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Write {
+    /// Writes a whole record.
+    Put {
+        /// The collection.
+        collection: String,
+        /// The record id; the agent picks a UUID when it is missing.
+        #[serde(default)]
+        id: Option<String>,
+        /// The record's fields.
+        fields: Fields,
+    },
+    /// Changes some fields of an existing record.
+    Patch {
+        /// The collection.
+        collection: String,
+        /// The record id.
+        id: String,
+        /// Fields to set.
+        #[serde(default)]
+        set: Fields,
+        /// Fields to remove.
+        #[serde(default)]
+        unset: Vec<String>,
+    },
+    /// Deletes a record.
+    Delete {
+        /// The collection.
+        collection: String,
+        /// The record id.
+        id: String,
+    },
+}
+
+impl From<PutParams> for Write {
+    fn from(p: PutParams) -> Self {
+        Write::Put {
+            collection: p.collection,
+            id: p.id,
+            fields: p.fields,
+        }
+    }
+}
+
+impl From<PatchParams> for Write {
+    fn from(p: PatchParams) -> Self {
+        Write::Patch {
+            collection: p.collection,
+            id: p.id,
+            set: p.set,
+            unset: p.unset,
+        }
+    }
+}
+
+impl From<RecordRef> for Write {
+    fn from(p: RecordRef) -> Self {
+        Write::Delete {
+            collection: p.collection,
+            id: p.id,
+        }
+    }
+}
+
+/// Params of `batch`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BatchParams {
+    /// The database.
+    pub db: String,
+    /// The writes, applied in order, all or none.
+    pub writes: Vec<Write>,
+}
+
+/// Result of `batch`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchResult {
+    /// One result per write, in order.
+    pub results: Vec<WriteResult>,
+}
+
+/// Params of `subscribe`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscribeParams {
+    /// The database.
+    pub db: String,
+    /// Only changes to this collection; all collections when missing.
+    #[serde(default)]
+    pub collection: Option<String>,
+    /// Replay every change after this cursor first; only new changes when
+    /// missing.
+    #[serde(default)]
+    pub since: Option<u64>,
+}
+
+/// Result of `subscribe`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscribeResult {
+    /// The subscription's id, carried by its events.
+    pub subscription: u64,
+    /// The cursor the subscription starts after.
+    pub cursor: u64,
+}
+
+/// Params of `unsubscribe`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnsubscribeParams {
+    /// The subscription's id.
+    pub subscription: u64,
+}
+
+/// Result of `unsubscribe`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnsubscribeResult {
+    /// False when there was no such subscription.
+    pub removed: bool,
+}
+
+/// What kind of write a change was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangeKind {
+    /// The whole record was written.
+    Put,
+    /// Some fields were set or removed.
+    Patch,
+    /// The record was deleted.
+    Delete,
+}
+
+/// One change, as a subscription delivers it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Change {
+    /// The change's cursor: resume after it to skip it.
+    pub cursor: u64,
+    /// The collection.
+    pub collection: String,
+    /// The record id.
+    pub id: String,
+    /// What kind of write.
+    pub kind: ChangeKind,
+    /// For a put the whole record; for a patch the fields it set.
+    pub fields: Fields,
+    /// For a patch, the fields it removed.
+    pub unset: Vec<String>,
+    /// The device that made the write.
+    pub origin: String,
+    /// The write's clock reading.
+    pub hlc: Hlc,
+}
+
+/// Params of an `event` notification: changes for one subscription.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventParams {
+    /// The subscription.
+    pub subscription: u64,
+    /// The changes, oldest first.
+    pub changes: Vec<Change>,
+    /// The cursor of the last change, to resume from.
+    pub cursor: u64,
+}

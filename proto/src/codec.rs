@@ -1,0 +1,172 @@
+//! The MessagePack encoding every BlazeDB type uses, in one place.
+//!
+//! Structs are encoded as maps keyed by field name and enums as
+//! `{"variant": fields}` (or the bare variant name when it has none), so the
+//! encoding is self-describing and readable from any language.
+
+use serde::{Deserialize, Serialize};
+
+/// How deeply values may nest before decoding refuses them. It bounds the
+/// stack a hostile frame can make the decoder use.
+pub const MAX_DEPTH: usize = 128;
+
+/// A value could not be encoded or decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct CodecError(pub String);
+
+impl CodecError {
+    fn decode(e: rmp_serde::decode::Error) -> Self {
+        CodecError(e.to_string())
+    }
+}
+
+/// Encodes `value` as MessagePack.
+pub fn to_vec<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
+    let mut out = Vec::new();
+    encode_into(&mut out, value)?;
+    Ok(out)
+}
+
+/// Appends the MessagePack encoding of `value` to `out`.
+pub fn encode_into<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) -> Result<(), CodecError> {
+    let mut ser = rmp_serde::Serializer::new(out).with_struct_map();
+    value
+        .serialize(&mut ser)
+        .map_err(|e| CodecError(e.to_string()))
+}
+
+/// Decodes one MessagePack value from `bytes`; trailing bytes are an error.
+pub fn from_slice<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, CodecError> {
+    let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
+    de.set_max_depth(MAX_DEPTH);
+    let value = T::deserialize(&mut de).map_err(CodecError::decode)?;
+    let rest = value_len(bytes).map_err(|e| CodecError(e.to_string()))?;
+    if rest != bytes.len() {
+        return Err(CodecError(format!(
+            "{} unexpected bytes after the value",
+            bytes.len() - rest
+        )));
+    }
+    Ok(value)
+}
+
+/// Returns the length in bytes of the one MessagePack value at the start
+/// of `bytes`, without decoding it.
+pub fn value_len(bytes: &[u8]) -> Result<usize, CodecError> {
+    let mut pos = 0;
+    skip(bytes, &mut pos, 0)?;
+    Ok(pos)
+}
+
+fn take(bytes: &[u8], pos: &mut usize, n: usize) -> Result<(), CodecError> {
+    let end = pos
+        .checked_add(n)
+        .filter(|&e| e <= bytes.len())
+        .ok_or_else(|| CodecError("truncated MessagePack value".into()))?;
+    *pos = end;
+    Ok(())
+}
+
+fn be(bytes: &[u8], pos: &mut usize, n: usize) -> Result<usize, CodecError> {
+    let start = *pos;
+    take(bytes, pos, n)?;
+    Ok(bytes[start..*pos]
+        .iter()
+        .fold(0usize, |acc, b| (acc << 8) | usize::from(*b)))
+}
+
+fn skip(bytes: &[u8], pos: &mut usize, depth: usize) -> Result<(), CodecError> {
+    if depth > MAX_DEPTH {
+        return Err(CodecError(format!(
+            "value nests deeper than {MAX_DEPTH} levels"
+        )));
+    }
+    let marker = *bytes
+        .get(*pos)
+        .ok_or_else(|| CodecError("truncated MessagePack value".into()))?;
+    *pos += 1;
+    let (items, data) = match marker {
+        0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => (0, 0),
+        0x80..=0x8f => (2 * usize::from(marker & 0x0f), 0),
+        0x90..=0x9f => (usize::from(marker & 0x0f), 0),
+        0xa0..=0xbf => (0, usize::from(marker & 0x1f)),
+        0xc4 | 0xd9 => (0, be(bytes, pos, 1)?),
+        0xc5 | 0xda => (0, be(bytes, pos, 2)?),
+        0xc6 | 0xdb => (0, be(bytes, pos, 4)?),
+        0xc7 => (0, be(bytes, pos, 1)? + 1),
+        0xc8 => (0, be(bytes, pos, 2)? + 1),
+        0xc9 => (0, be(bytes, pos, 4)? + 1),
+        0xca => (0, 4),
+        0xcb => (0, 8),
+        0xcc | 0xd0 => (0, 1),
+        0xcd | 0xd1 => (0, 2),
+        0xce | 0xd2 => (0, 4),
+        0xcf | 0xd3 => (0, 8),
+        0xd4 => (0, 2),
+        0xd5 => (0, 3),
+        0xd6 => (0, 5),
+        0xd7 => (0, 9),
+        0xd8 => (0, 17),
+        0xdc => (be(bytes, pos, 2)?, 0),
+        0xdd => (be(bytes, pos, 4)?, 0),
+        0xde => (2 * be(bytes, pos, 2)?, 0),
+        0xdf => (2 * be(bytes, pos, 4)?, 0),
+        0xc1 => return Err(CodecError("invalid MessagePack marker 0xc1".into())),
+    };
+    take(bytes, pos, data)?;
+    for _ in 0..items {
+        skip(bytes, pos, depth + 1)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn value_len_spans_nested_values() {
+        let bytes = to_vec(&(
+            1u8,
+            vec!["ab", "c"],
+            std::collections::BTreeMap::from([("k", 3.5f64)]),
+        ))
+        .expect("encode");
+        assert_eq!(value_len(&bytes), Ok(bytes.len()));
+        assert!(value_len(&bytes[..bytes.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn trailing_bytes_are_an_error() {
+        let mut bytes = to_vec(&7u32).expect("encode");
+        bytes.push(0xc0);
+        assert!(from_slice::<u32>(&bytes).is_err());
+    }
+
+    #[test]
+    fn deep_nesting_is_refused() {
+        let mut bytes = vec![0x91; 10_000];
+        bytes.push(0xc0);
+        assert!(value_len(&bytes).is_err());
+        assert!(from_slice::<crate::Value>(&bytes).is_err());
+    }
+}
+
+/// Converts any serializable struct or map into record fields.
+pub fn to_fields<T: Serialize + ?Sized>(value: &T) -> Result<crate::Fields, CodecError> {
+    match from_slice::<crate::Value>(&to_vec(value)?)? {
+        crate::Value::Map(m) => Ok(m),
+        other => Err(CodecError(format!(
+            "a record must serialize to a map of fields, not a {}",
+            other.type_name()
+        ))),
+    }
+}
+
+/// Converts record fields into any deserializable type.
+pub fn from_fields<T: serde::de::DeserializeOwned>(
+    fields: &crate::Fields,
+) -> Result<T, CodecError> {
+    from_slice(&to_vec(fields)?)
+}

@@ -1,0 +1,26 @@
+//! Every type that crosses a process or machine boundary in BlazeDB, and
+//! its encoding.
+//!
+//! - [`frame`]: a `u32` big-endian length, then one MessagePack value.
+//! - [`message`]: MessagePack-RPC style envelopes (request, response,
+//!   notification).
+//! - [`api`]: the IPC methods with their params and results.
+//! - [`value`]: field values and their MessagePack encoding.
+//! - [`op`]: operations, device ids and clock readings.
+//!
+//! This crate does no IO. It is the only place that knows the wire
+//! encoding; the agent and the clients go through it.
+
+pub mod api;
+pub mod codec;
+pub mod error;
+pub mod frame;
+pub mod message;
+pub mod op;
+pub mod paths;
+pub mod value;
+
+pub use api::{Method, PROTOCOL_VERSION, Request};
+pub use error::{ErrorCode, ErrorInfo};
+pub use op::{DeviceId, Hlc, Op, OpBody};
+pub use value::{Fields, Timestamp, Uuid, Value};

@@ -1,0 +1,307 @@
+//! Message envelopes, in the shape of MessagePack-RPC:
+//!
+//! - request: `[0, id, method, params]`
+//! - response: `[1, id, error, result]`, where exactly one of `error` and
+//!   `result` is nil
+//! - notification: `[2, method, params]`
+//!
+//! Each message is one frame (see [`crate::frame`]). Decoding reads only the
+//! envelope and hands back the params or result as a byte slice, so the
+//! reader can look the method up before decoding them.
+
+use serde::Serialize;
+
+use crate::codec::{self, CodecError};
+use crate::error::ErrorInfo;
+use crate::frame::{self, FrameTooLarge};
+
+/// The envelope type of a request.
+pub const TYPE_REQUEST: u8 = 0;
+/// The envelope type of a response.
+pub const TYPE_RESPONSE: u8 = 1;
+/// The envelope type of a notification.
+pub const TYPE_NOTIFICATION: u8 = 2;
+
+/// A message could not be encoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EncodeError {
+    /// The message does not fit in a frame.
+    #[error(transparent)]
+    TooLarge(#[from] FrameTooLarge),
+    /// The value could not be encoded.
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+}
+
+/// A request whose envelope has been decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawRequest<'a> {
+    /// The request id, echoed in the response.
+    pub id: u64,
+    /// The method name.
+    pub method: &'a str,
+    /// The encoded params.
+    pub params: &'a [u8],
+}
+
+/// A message from the agent whose envelope has been decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RawIncoming<'a> {
+    /// The answer to request `id`: the encoded result, or an error.
+    Response {
+        /// The request id.
+        id: u64,
+        /// The encoded result, or the error.
+        result: Result<&'a [u8], ErrorInfo>,
+    },
+    /// A notification, such as change events.
+    Notification {
+        /// The notification's method name.
+        method: &'a str,
+        /// The encoded params.
+        params: &'a [u8],
+    },
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn array_len(&mut self) -> Result<u32, CodecError> {
+        rmp::decode::read_array_len(&mut self.buf)
+            .map_err(|_| CodecError("a message must be a MessagePack array".into()))
+    }
+
+    fn uint(&mut self, what: &str) -> Result<u64, CodecError> {
+        rmp::decode::read_int(&mut self.buf)
+            .map_err(|_| CodecError(format!("{what} must be an unsigned integer")))
+    }
+
+    fn str(&mut self, what: &str) -> Result<&'a str, CodecError> {
+        let err = || CodecError(format!("{what} must be a string"));
+        let len = rmp::decode::read_str_len(&mut self.buf).map_err(|_| err())? as usize;
+        let bytes = self.buf.get(..len).ok_or_else(err)?;
+        self.buf = &self.buf[len..];
+        std::str::from_utf8(bytes).map_err(|_| err())
+    }
+
+    fn value(&mut self) -> Result<&'a [u8], CodecError> {
+        let len = codec::value_len(self.buf)?;
+        let (v, rest) = self.buf.split_at(len);
+        self.buf = rest;
+        Ok(v)
+    }
+
+    fn is_nil(&self) -> bool {
+        self.buf.first() == Some(&0xc0)
+    }
+
+    fn end(&self) -> Result<(), CodecError> {
+        if self.buf.is_empty() {
+            Ok(())
+        } else {
+            Err(CodecError(format!(
+                "{} unexpected bytes after the message",
+                self.buf.len()
+            )))
+        }
+    }
+}
+
+/// Decodes a request envelope from a frame's payload.
+pub fn decode_request(payload: &[u8]) -> Result<RawRequest<'_>, CodecError> {
+    let mut r = Reader { buf: payload };
+    if r.array_len()? != 4 {
+        return Err(CodecError(
+            "a request must be an array of 4: [0, id, method, params]".into(),
+        ));
+    }
+    if r.uint("the message type")? != u64::from(TYPE_REQUEST) {
+        return Err(CodecError(
+            "expected a request (message type 0) from the client".into(),
+        ));
+    }
+    let id = r.uint("the request id")?;
+    let method = r.str("the method")?;
+    let params = r.value()?;
+    r.end()?;
+    Ok(RawRequest { id, method, params })
+}
+
+/// Decodes a response or notification envelope from a frame's payload.
+pub fn decode_incoming(payload: &[u8]) -> Result<RawIncoming<'_>, CodecError> {
+    let mut r = Reader { buf: payload };
+    let len = r.array_len()?;
+    let kind = r.uint("the message type")?;
+    let msg = match (kind, len) {
+        (1, 4) => {
+            let id = r.uint("the request id")?;
+            let result = if r.is_nil() {
+                r.value()?;
+                Ok(r.value()?)
+            } else {
+                let err = codec::from_slice::<ErrorInfo>(r.value()?)?;
+                r.value()?;
+                Err(err)
+            };
+            RawIncoming::Response { id, result }
+        }
+        (2, 3) => {
+            let method = r.str("the notification method")?;
+            let params = r.value()?;
+            RawIncoming::Notification { method, params }
+        }
+        _ => {
+            return Err(CodecError(format!(
+                "unexpected message type {kind} with {len} elements"
+            )));
+        }
+    };
+    r.end()?;
+    Ok(msg)
+}
+
+/// Appends a whole request frame to `out`.
+pub fn encode_request<P: Serialize + ?Sized>(
+    out: &mut Vec<u8>,
+    id: u64,
+    method: &str,
+    params: &P,
+    max_frame: u32,
+) -> Result<(), EncodeError> {
+    let start = frame::begin_frame(out);
+    let body = (|| {
+        codec::encode_into(out, &(TYPE_REQUEST, id, method))?;
+        // The 3-element header above is rewritten as a 4-element array.
+        out[start + frame::LEN_PREFIX] = 0x94;
+        codec::encode_into(out, params)
+    })();
+    finish(out, start, body, max_frame)
+}
+
+/// Appends a whole success-response frame to `out`.
+pub fn encode_response<R: Serialize + ?Sized>(
+    out: &mut Vec<u8>,
+    id: u64,
+    result: &R,
+    max_frame: u32,
+) -> Result<(), EncodeError> {
+    let start = frame::begin_frame(out);
+    let body = (|| {
+        codec::encode_into(out, &(TYPE_RESPONSE, id, ()))?;
+        out[start + frame::LEN_PREFIX] = 0x94;
+        codec::encode_into(out, result)
+    })();
+    finish(out, start, body, max_frame)
+}
+
+/// Appends a whole error-response frame to `out`.
+pub fn encode_error(out: &mut Vec<u8>, id: u64, error: &ErrorInfo) {
+    let start = frame::begin_frame(out);
+    let body = codec::encode_into(out, &(TYPE_RESPONSE, id, error, ()));
+    // An error is a code and a message: it always encodes and always fits.
+    if finish(out, start, body, u32::MAX).is_err() {
+        out.truncate(start);
+    }
+}
+
+/// Appends a whole notification frame to `out`.
+pub fn encode_notification<P: Serialize + ?Sized>(
+    out: &mut Vec<u8>,
+    method: &str,
+    params: &P,
+    max_frame: u32,
+) -> Result<(), EncodeError> {
+    let start = frame::begin_frame(out);
+    let body = codec::encode_into(out, &(TYPE_NOTIFICATION, method, params));
+    finish(out, start, body, max_frame)
+}
+
+fn finish(
+    out: &mut Vec<u8>,
+    start: usize,
+    body: Result<(), CodecError>,
+    max_frame: u32,
+) -> Result<(), EncodeError> {
+    if let Err(e) = body {
+        out.truncate(start);
+        return Err(e.into());
+    }
+    frame::finish_frame(out, start, max_frame)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorCode;
+    use crate::frame::{DEFAULT_MAX_FRAME, LEN_PREFIX};
+    use proptest::prelude::*;
+
+    #[test]
+    fn request_round_trips() {
+        let mut out = Vec::new();
+        encode_request(&mut out, 7, "get", &("x", 1), DEFAULT_MAX_FRAME).expect("encode");
+        let req = decode_request(&out[LEN_PREFIX..]).expect("decode");
+        assert_eq!(req.id, 7);
+        assert_eq!(req.method, "get");
+        assert_eq!(
+            codec::from_slice::<(String, u8)>(req.params),
+            Ok(("x".into(), 1))
+        );
+    }
+
+    #[test]
+    fn responses_and_notifications_round_trip() {
+        let mut out = Vec::new();
+        encode_response(&mut out, 9, &"ok", DEFAULT_MAX_FRAME).expect("encode");
+        let err = ErrorInfo::new(ErrorCode::NotFound, "no such record");
+        let second = out.len();
+        encode_error(&mut out, 10, &err);
+        let third = out.len();
+        encode_notification(&mut out, "event", &5u8, DEFAULT_MAX_FRAME).expect("encode");
+
+        let ok = decode_incoming(&out[LEN_PREFIX..second]).expect("decode");
+        assert_eq!(
+            ok,
+            RawIncoming::Response {
+                id: 9,
+                result: Ok(&codec::to_vec("ok").expect("encode")[..])
+            }
+        );
+        let e = decode_incoming(&out[second + LEN_PREFIX..third]).expect("decode");
+        assert_eq!(
+            e,
+            RawIncoming::Response {
+                id: 10,
+                result: Err(err)
+            }
+        );
+        let n = decode_incoming(&out[third + LEN_PREFIX..]).expect("decode");
+        assert_eq!(
+            n,
+            RawIncoming::Notification {
+                method: "event",
+                params: &[5]
+            }
+        );
+    }
+
+    #[test]
+    fn oversized_message_is_refused_and_not_written() {
+        let mut out = Vec::new();
+        let big = vec![0u8; 100];
+        let err = encode_request(&mut out, 1, "put", &serde_bytes::Bytes::new(&big), 50);
+        assert!(matches!(err, Err(EncodeError::TooLarge(_))));
+        assert!(out.is_empty());
+    }
+
+    proptest! {
+        #[test]
+        fn decoding_garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let _ = decode_request(&bytes);
+            let _ = decode_incoming(&bytes);
+        }
+    }
+}

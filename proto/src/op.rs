@@ -1,0 +1,240 @@
+//! Operations: what every write becomes, and what replicas exchange.
+//!
+//! An operation has a readable header (origin device, per-origin sequence
+//! number, hybrid logical clock) and a body of opaque bytes. Only devices
+//! that hold a database's key decode the body; anyone can store, order,
+//! deduplicate and forward the operation by its header.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{self, CodecError};
+use crate::value::Fields;
+
+/// Identifies a device: the SHA-256 of its long-term public key.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct DeviceId(#[serde(with = "serde_bytes")] pub [u8; 32]);
+
+const BASE32: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+
+impl DeviceId {
+    /// The id in base32 without separators (52 characters).
+    pub fn to_base32(&self) -> String {
+        let mut out = String::with_capacity(52);
+        let mut acc: u32 = 0;
+        let mut bits = 0;
+        for &b in &self.0 {
+            acc = (acc << 8) | u32::from(b);
+            bits += 8;
+            while bits >= 5 {
+                bits -= 5;
+                out.push(char::from(BASE32[((acc >> bits) & 31) as usize]));
+            }
+        }
+        if bits > 0 {
+            out.push(char::from(BASE32[((acc << (5 - bits)) & 31) as usize]));
+        }
+        out
+    }
+
+    /// A short form for logs and tables: the first 7 characters.
+    pub fn short(&self) -> String {
+        self.to_base32()[..7].to_owned()
+    }
+}
+
+impl fmt::Display for DeviceId {
+    /// Formats the id in groups of seven base32 characters, easy to read aloud.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = self.to_base32();
+        for (i, chunk) in s.as_bytes().chunks(7).enumerate() {
+            if i > 0 {
+                f.write_str("-")?;
+            }
+            f.write_str(std::str::from_utf8(chunk).map_err(|_| fmt::Error)?)?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for DeviceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DeviceId({})", self.short())
+    }
+}
+
+/// The text was not a device id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not a device id: expected 52 base32 characters (dashes allowed)")]
+pub struct ParseDeviceIdError;
+
+impl FromStr for DeviceId {
+    type Err = ParseDeviceIdError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut out = [0u8; 32];
+        let mut acc: u32 = 0;
+        let mut bits = 0;
+        let mut n = 0;
+        let mut chars = 0;
+        for c in s.bytes().filter(|&c| c != b'-') {
+            let v = BASE32
+                .iter()
+                .position(|&x| x == c.to_ascii_uppercase())
+                .ok_or(ParseDeviceIdError)? as u32;
+            chars += 1;
+            acc = (acc << 5) | v;
+            bits += 5;
+            if bits >= 8 {
+                bits -= 8;
+                *out.get_mut(n).ok_or(ParseDeviceIdError)? = (acc >> bits) as u8;
+                n += 1;
+            }
+        }
+        if chars != 52 || n != 32 {
+            return Err(ParseDeviceIdError);
+        }
+        Ok(DeviceId(out))
+    }
+}
+
+/// A hybrid logical clock reading: wall-clock milliseconds in the high 48
+/// bits and a counter in the low 16, so that comparing the `u64`s compares
+/// the readings.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct Hlc(pub u64);
+
+impl Hlc {
+    /// Bits used by the counter.
+    pub const COUNTER_BITS: u32 = 16;
+
+    /// Builds a reading from milliseconds since the Unix epoch and a counter.
+    pub fn new(millis: u64, counter: u16) -> Self {
+        Hlc((millis << Self::COUNTER_BITS) | u64::from(counter))
+    }
+
+    /// The wall-clock part, in milliseconds since the Unix epoch.
+    pub fn millis(self) -> u64 {
+        self.0 >> Self::COUNTER_BITS
+    }
+
+    /// The logical counter.
+    pub fn counter(self) -> u16 {
+        (self.0 & 0xffff) as u16
+    }
+}
+
+/// What an operation does, before it is encoded into the op body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OpBody {
+    /// Replaces the whole record with these fields (creating it if needed).
+    Put {
+        /// The collection.
+        collection: String,
+        /// The record id.
+        id: String,
+        /// The record's fields.
+        fields: Fields,
+    },
+    /// Sets some fields and removes others, keeping the rest.
+    Patch {
+        /// The collection.
+        collection: String,
+        /// The record id.
+        id: String,
+        /// Fields to set.
+        set: Fields,
+        /// Fields to remove.
+        unset: Vec<String>,
+    },
+    /// Deletes the record (it leaves a tombstone).
+    Delete {
+        /// The collection.
+        collection: String,
+        /// The record id.
+        id: String,
+    },
+}
+
+impl OpBody {
+    /// The collection the operation writes to.
+    pub fn collection(&self) -> &str {
+        match self {
+            OpBody::Put { collection, .. }
+            | OpBody::Patch { collection, .. }
+            | OpBody::Delete { collection, .. } => collection,
+        }
+    }
+
+    /// The id of the record the operation writes to.
+    pub fn id(&self) -> &str {
+        match self {
+            OpBody::Put { id, .. } | OpBody::Patch { id, .. } | OpBody::Delete { id, .. } => id,
+        }
+    }
+
+    /// Encodes the body into the bytes an [`Op`] carries.
+    pub fn encode(&self) -> Result<Vec<u8>, CodecError> {
+        codec::to_vec(self)
+    }
+
+    /// Decodes the bytes an [`Op`] carries.
+    pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
+        codec::from_slice(bytes)
+    }
+}
+
+/// One operation as it is stored in the op log and sent between replicas.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Op {
+    /// The device that made the write.
+    pub origin: DeviceId,
+    /// Contiguous per origin and database, starting at 1.
+    pub seq: u64,
+    /// When the write was made, by the origin's hybrid logical clock.
+    pub hlc: Hlc,
+    /// The encoded [`OpBody`], possibly sealed.
+    #[serde(with = "serde_bytes")]
+    pub body: Vec<u8>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_id_text_round_trips() {
+        let id = DeviceId([0xa5; 32]);
+        let text = id.to_string();
+        assert_eq!(text.len(), 52 + 7);
+        assert_eq!(text.parse::<DeviceId>(), Ok(id));
+        assert_eq!(id.to_base32().to_lowercase().parse::<DeviceId>(), Ok(id));
+        assert!("ABC".parse::<DeviceId>().is_err());
+    }
+
+    #[test]
+    fn hlc_orders_by_millis_then_counter() {
+        assert!(Hlc::new(5, 9) < Hlc::new(6, 0));
+        assert!(Hlc::new(5, 1) < Hlc::new(5, 2));
+        assert_eq!(Hlc::new(1234, 7).millis(), 1234);
+        assert_eq!(Hlc::new(1234, 7).counter(), 7);
+    }
+
+    #[test]
+    fn op_body_round_trips() {
+        let body = OpBody::Patch {
+            collection: "bugs".into(),
+            id: "b1".into(),
+            set: Fields::from([("title".into(), "Fix".into())]),
+            unset: vec!["old".into()],
+        };
+        let bytes = body.encode().expect("encode");
+        assert_eq!(OpBody::decode(&bytes), Ok(body));
+    }
+}

@@ -1,0 +1,50 @@
+//! Where the agent's socket lives by default, so that the agent and every
+//! client agree without configuration.
+
+use std::path::PathBuf;
+
+/// The environment variable that overrides the socket path for the agent
+/// and every client.
+pub const SOCKET_ENV: &str = "BLAZED_SOCKET";
+
+/// The socket's file name inside the runtime directory.
+pub const SOCKET_FILE: &str = "blazed.sock";
+
+/// The directory the socket lives in by default: `$XDG_RUNTIME_DIR/blazedb`
+/// on Linux, `$TMPDIR/blazedb` elsewhere (short enough for `sun_path` on
+/// macOS), `/tmp/blazedb-$UID` when neither is set.
+pub fn default_runtime_dir() -> PathBuf {
+    if let Some(dirs) = directories::ProjectDirs::from("", "", "blazedb")
+        && let Some(dir) = dirs.runtime_dir()
+    {
+        return dir.to_path_buf();
+    }
+    if let Some(tmp) = std::env::var_os("TMPDIR").filter(|t| !t.is_empty()) {
+        return PathBuf::from(tmp).join("blazedb");
+    }
+    PathBuf::from(format!("/tmp/blazedb-{}", current_uid()))
+}
+
+/// The socket path a client uses when it is given none: `$BLAZED_SOCKET`,
+/// else `blazed.sock` in [`default_runtime_dir`].
+pub fn default_socket_path() -> PathBuf {
+    match std::env::var_os(SOCKET_ENV).filter(|s| !s.is_empty()) {
+        Some(p) => PathBuf::from(p),
+        None => default_runtime_dir().join(SOCKET_FILE),
+    }
+}
+
+fn current_uid() -> String {
+    // The uid only keeps users apart in /tmp; HOME's owner is as good and
+    // needs no FFI.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        if let Some(home) = std::env::var_os("HOME")
+            && let Ok(meta) = std::fs::metadata(home)
+        {
+            return meta.uid().to_string();
+        }
+    }
+    std::env::var("USER").unwrap_or_else(|_| "user".into())
+}
