@@ -150,19 +150,14 @@ async fn read_loop(stream: Arc<Stream>, routes: Arc<Mutex<Routes>>) {
         }
         let mut pos = 0;
         let mut failed = None;
-        loop {
-            // The agent's frames are trusted not to exceed 4 GiB; the limit
-            // here only guards against a corrupt stream.
-            match frame::frame_len(&buf[pos..], u32::MAX) {
-                Ok(Some(n)) => {
-                    if let Err(e) = route(&buf[pos + LEN_PREFIX..pos + n], &routes) {
-                        failed = Some(e);
-                        break;
-                    }
-                    pos += n;
-                }
-                _ => break,
+        // The agent's frames are trusted not to exceed 4 GiB; the limit here
+        // only guards against a corrupt stream.
+        while let Ok(Some(n)) = frame::frame_len(&buf[pos..], u32::MAX) {
+            if let Err(e) = route(&buf[pos + LEN_PREFIX..pos + n], &routes) {
+                failed = Some(e);
+                break;
             }
+            pos += n;
         }
         buf.drain(..pos);
         if buf.len() >= LEN_PREFIX {

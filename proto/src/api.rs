@@ -583,6 +583,8 @@ pub struct Change {
     pub id: String,
     /// What kind of write.
     pub kind: ChangeKind,
+    /// The write's sequence number on its origin device.
+    pub seq: u64,
     /// For a put the whole record; for a patch the fields it set.
     pub fields: Fields,
     /// For a patch, the fields it removed.

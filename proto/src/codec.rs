@@ -121,6 +121,24 @@ fn skip(bytes: &[u8], pos: &mut usize, depth: usize) -> Result<(), CodecError> {
     Ok(())
 }
 
+/// Converts any serializable struct or map into record fields.
+pub fn to_fields<T: Serialize + ?Sized>(value: &T) -> Result<crate::Fields, CodecError> {
+    match from_slice::<crate::Value>(&to_vec(value)?)? {
+        crate::Value::Map(m) => Ok(m),
+        other => Err(CodecError(format!(
+            "a record must serialize to a map of fields, not a {}",
+            other.type_name()
+        ))),
+    }
+}
+
+/// Converts record fields into any deserializable type.
+pub fn from_fields<T: serde::de::DeserializeOwned>(
+    fields: &crate::Fields,
+) -> Result<T, CodecError> {
+    from_slice(&to_vec(fields)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -151,22 +169,4 @@ mod tests {
         assert!(value_len(&bytes).is_err());
         assert!(from_slice::<crate::Value>(&bytes).is_err());
     }
-}
-
-/// Converts any serializable struct or map into record fields.
-pub fn to_fields<T: Serialize + ?Sized>(value: &T) -> Result<crate::Fields, CodecError> {
-    match from_slice::<crate::Value>(&to_vec(value)?)? {
-        crate::Value::Map(m) => Ok(m),
-        other => Err(CodecError(format!(
-            "a record must serialize to a map of fields, not a {}",
-            other.type_name()
-        ))),
-    }
-}
-
-/// Converts record fields into any deserializable type.
-pub fn from_fields<T: serde::de::DeserializeOwned>(
-    fields: &crate::Fields,
-) -> Result<T, CodecError> {
-    from_slice(&to_vec(fields)?)
 }

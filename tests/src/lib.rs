@@ -1,1 +1,169 @@
-pub fn x() {}
+//! Helpers for tests and benchmarks that run real agents: each agent gets
+//! its own data directory and socket in a temporary directory, and is
+//! killed when the handle is dropped.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+
+/// How long a test waits for something that should happen at once.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// Polls `cond` until it returns `Some`, or fails after `DEADLINE`.
+pub async fn wait_for<T>(what: &str, mut cond: impl FnMut() -> Option<T>) -> anyhow::Result<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = cond() {
+            return Ok(v);
+        }
+        if start.elapsed() > DEADLINE {
+            bail!("timed out after {DEADLINE:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A `blazed` process on its own data directory and socket.
+#[derive(Debug)]
+pub struct TestAgent {
+    bin: PathBuf,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    extra_args: Vec<String>,
+}
+
+/// Finds a binary built beside the running test or benchmark.
+pub fn sibling_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir.join(name)
+}
+
+impl TestAgent {
+    /// Starts an agent from the binary `bin` and waits until its socket
+    /// accepts connections.
+    pub async fn start(bin: impl Into<PathBuf>) -> anyhow::Result<TestAgent> {
+        Self::start_with(bin, &[]).await
+    }
+
+    /// Starts an agent with extra command-line arguments.
+    pub async fn start_with(bin: impl Into<PathBuf>, args: &[&str]) -> anyhow::Result<TestAgent> {
+        let dir = tempfile::Builder::new().prefix("blz").tempdir()?;
+        let mut agent = TestAgent {
+            bin: bin.into(),
+            dir,
+            child: None,
+            extra_args: args.iter().map(|s| (*s).to_owned()).collect(),
+        };
+        agent.restart().await?;
+        Ok(agent)
+    }
+
+    /// The agent's data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// The agent's socket.
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("run").join("blazed.sock")
+    }
+
+    /// A command for this agent's binary with its data dir and socket set.
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("--data-dir")
+            .arg(self.data_dir())
+            .arg("--socket")
+            .arg(self.socket())
+            .args(&self.extra_args)
+            .env_remove("BLAZED_CONFIG")
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Starts the agent again (after [`TestAgent::kill`] or
+    /// [`TestAgent::stop`]) and waits until it serves.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        let child = self.command().spawn().context("cannot start the agent")?;
+        self.child = Some(child);
+        let socket = self.socket();
+        let start = Instant::now();
+        loop {
+            if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+                return Ok(());
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                bail!("the agent exited at start: {status}");
+            }
+            if start.elapsed() > DEADLINE {
+                bail!("the agent did not listen on {} in time", socket.display());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// A client connected to this agent.
+    pub async fn client(&self) -> anyhow::Result<blazedb::Client> {
+        Ok(blazedb::Client::connect_to(self.socket()).await?)
+    }
+
+    /// The agent's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Kills the agent with SIGKILL and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Sends SIGTERM and waits for the agent to exit.
+    pub async fn stop(&mut self) -> anyhow::Result<ExitStatus> {
+        let mut child = self.child.take().context("the agent is not running")?;
+        signal(child.id(), "TERM")?;
+        let start = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if start.elapsed() > DEADLINE {
+                let _ = child.kill();
+                bail!("the agent did not exit within {DEADLINE:?} of SIGTERM");
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+/// Sends a signal (by name, e.g. `TERM`) to a process.
+pub fn signal(pid: u32, name: &str) -> anyhow::Result<()> {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()?;
+    anyhow::ensure!(status.success(), "kill -{name} {pid} failed");
+    Ok(())
+}
+
+impl Drop for TestAgent {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

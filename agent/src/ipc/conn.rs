@@ -191,7 +191,7 @@ impl Conn {
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    self.fail_connection(ErrorCode::FrameTooLarge, format!(
+                    self.fail_connection(0, ErrorCode::FrameTooLarge, format!(
                         "{e}; split the request (e.g. smaller batches) or raise the agent's max_frame"
                     ));
                     // Everything buffered is discarded with the connection.
@@ -202,9 +202,11 @@ impl Conn {
         if self.closing { buf.len() } else { pos }
     }
 
-    fn fail_connection(&mut self, code: ErrorCode, message: String) {
+    /// Answers request `id` (0 when the frame had none) with an error and
+    /// closes the connection once the output is written.
+    fn fail_connection(&mut self, id: u64, code: ErrorCode, message: String) {
         tracing::debug!("closing a connection: {message}");
-        message::encode_error(&mut self.out, 0, &ErrorInfo::new(code, message));
+        message::encode_error(&mut self.out, id, &ErrorInfo::new(code, message));
         self.closing = true;
     }
 
@@ -213,6 +215,7 @@ impl Conn {
             Ok(raw) => raw,
             Err(e) => {
                 return self.fail_connection(
+                    0,
                     ErrorCode::BadFrame,
                     format!("could not decode the frame as a request: {e}"),
                 );
@@ -230,6 +233,7 @@ impl Conn {
     fn hello(&mut self, raw: RawRequest<'_>) {
         if raw.method != <api::Hello as api::Method>::NAME {
             return self.fail_connection(
+                raw.id,
                 ErrorCode::HandshakeRequired,
                 format!("the first request must be hello, got {:?}", raw.method),
             );

@@ -491,6 +491,7 @@ fn change_of(cursor: u64, op: &Op, body: OpBody) -> Change {
         collection,
         id,
         kind,
+        seq: op.seq,
         fields,
         unset,
         origin: op.origin.to_string(),

@@ -45,7 +45,7 @@ impl QueryCursor {
 
     fn decode(text: &str) -> Result<Self, StoreError> {
         let bad = || StoreError::InvalidArgument(format!("{text:?} is not a query cursor"));
-        if text.len() % 2 != 0 || !text.is_ascii() {
+        if !text.len().is_multiple_of(2) || !text.is_ascii() {
             return Err(bad());
         }
         let bytes = (0..text.len())
@@ -217,7 +217,7 @@ pub(crate) fn run(
         let end = match (&cursor, p.desc) {
             (Some(c), true) => keys::record_key(&p.collection, &c.id),
             _ => {
-                let mut k = prefix.clone();
+                let mut k = prefix;
                 k.push(0xff);
                 k
             }
@@ -303,7 +303,7 @@ pub(crate) fn run(
                 key: order_by
                     .as_ref()
                     .map(|f| field_value(f, id, rec).map_or(Value::Null, Cow::into_owned)),
-                order_by: order_by.clone(),
+                order_by,
                 desc: p.desc,
                 id: id.clone(),
             }

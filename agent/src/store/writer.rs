@@ -172,6 +172,8 @@ enum Effect {
     Remove(Keyspace, Vec<u8>),
 }
 
+type WriteOutcome = Result<Vec<WriteResult>, StoreError>;
+
 /// Writes gathered for one commit.
 struct Group {
     effects: Vec<Effect>,
@@ -180,10 +182,7 @@ struct Group {
     overlay: HashMap<(u32, Vec<u8>), StoredRecord>,
     new_collections: HashSet<(u32, String)>,
     heads: HashMap<u32, (Arc<DbState>, u64)>,
-    replies: Vec<(
-        Reply<Vec<WriteResult>>,
-        Result<Vec<WriteResult>, StoreError>,
-    )>,
+    replies: Vec<(Reply<Vec<WriteResult>>, WriteOutcome)>,
     fsync: bool,
     buffered: bool,
 }

@@ -44,6 +44,7 @@ pub(crate) fn change_json(c: &Change) -> serde_json::Value {
         "kind": c.kind,
         "collection": c.collection,
         "id": c.id,
+        "seq": c.seq,
         "fields": value_json(&Value::Map(c.fields.clone())),
         "unset": c.unset,
         "origin": c.origin,

@@ -1,0 +1,342 @@
+//! Bad input from a local client: every case gets a clear error, the agent
+//! keeps serving, and nothing acknowledged is lost.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use blazedb::{ErrorCode, Value};
+use blazedb_proto::api::{HelloParams, PROTOCOL_VERSION};
+use blazedb_proto::frame::{DEFAULT_MAX_FRAME, LEN_PREFIX};
+use blazedb_proto::message::{self, RawIncoming};
+use blazedb_proto::{ErrorInfo, codec};
+use blazedb_tests::TestAgent;
+
+const AGENT: &str = env!("CARGO_BIN_EXE_blazed-test-agent");
+
+/// A raw connection that speaks frames by hand.
+struct Raw {
+    s: UnixStream,
+    next_id: u64,
+}
+
+impl Raw {
+    fn connect(agent: &TestAgent) -> Raw {
+        let s = UnixStream::connect(agent.socket()).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        Raw { s, next_id: 1 }
+    }
+
+    fn hello(agent: &TestAgent) -> Raw {
+        let mut raw = Raw::connect(agent);
+        let r = raw.call(
+            "hello",
+            &HelloParams {
+                protocol: PROTOCOL_VERSION,
+                client: "raw".into(),
+            },
+        );
+        assert!(r.is_ok(), "hello failed: {r:?}");
+        raw
+    }
+
+    fn send_bytes(&mut self, bytes: &[u8]) {
+        self.s.write_all(bytes).expect("write");
+    }
+
+    fn send<P: serde::Serialize>(&mut self, method: &str, params: &P) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut buf = Vec::new();
+        message::encode_request(&mut buf, id, method, params, DEFAULT_MAX_FRAME).expect("encode");
+        self.send_bytes(&buf);
+        id
+    }
+
+    /// Reads one frame; `None` when the agent closed the connection.
+    fn read_frame(&mut self) -> Option<Vec<u8>> {
+        let mut len = [0u8; LEN_PREFIX];
+        self.s.read_exact(&mut len).ok()?;
+        let mut payload = vec![0; u32::from_be_bytes(len) as usize];
+        self.s.read_exact(&mut payload).ok()?;
+        Some(payload)
+    }
+
+    /// Reads one response: its id and its result bytes or error.
+    fn response(&mut self) -> (u64, Result<Vec<u8>, ErrorInfo>) {
+        let frame = self.read_frame().expect("a response frame");
+        match message::decode_incoming(&frame).expect("decodable") {
+            RawIncoming::Response { id, result } => (id, result.map(<[u8]>::to_vec)),
+            other => panic!("expected a response, got {other:?}"),
+        }
+    }
+
+    fn call<P: serde::Serialize>(
+        &mut self,
+        method: &str,
+        params: &P,
+    ) -> Result<Vec<u8>, ErrorInfo> {
+        let id = self.send(method, params);
+        let (rid, result) = self.response();
+        assert_eq!(rid, id);
+        result
+    }
+
+    fn assert_closed(&mut self) {
+        assert_eq!(
+            self.read_frame(),
+            None,
+            "the agent should close the connection"
+        );
+    }
+}
+
+fn code(r: Result<Vec<u8>, ErrorInfo>) -> ErrorCode {
+    r.expect_err("an error").code
+}
+
+async fn agent_with_data() -> (TestAgent, blazedb::Client) {
+    let agent = TestAgent::start(AGENT).await.expect("agent");
+    let client = agent.client().await.expect("client");
+    client.db("bugs").create().await.expect("create");
+    let bugs = client.db("bugs").collection("bugs");
+    for i in 0..20 {
+        bugs.put_fields(&format!("b{i}"), [("n".to_owned(), Value::Int(i))].into())
+            .await
+            .expect("put");
+    }
+    (agent, client)
+}
+
+async fn assert_data_intact(agent: &TestAgent) {
+    let client = agent.client().await.expect("the agent still serves");
+    let all = client
+        .db("bugs")
+        .collection("bugs")
+        .query()
+        .fetch_all()
+        .await
+        .expect("query");
+    assert_eq!(all.len(), 20, "acknowledged writes must all be there");
+}
+
+#[tokio::test]
+async fn oversized_frame_is_refused_before_allocating() {
+    let (agent, _client) = agent_with_data().await;
+    let mut raw = Raw::hello(&agent);
+    // Declare 4 GiB - 1 and send nothing more: the agent must answer from
+    // the prefix alone.
+    raw.send_bytes(&u32::MAX.to_be_bytes());
+    let (id, r) = raw.response();
+    assert_eq!(id, 0);
+    let err = r.expect_err("an error");
+    assert_eq!(err.code, ErrorCode::FrameTooLarge);
+    assert!(err.message.contains("over the limit"), "{}", err.message);
+    raw.assert_closed();
+    assert_data_intact(&agent).await;
+}
+
+#[tokio::test]
+async fn frame_limit_is_configurable() {
+    let agent = TestAgent::start_with(AGENT, &["--max-frame", "2048"])
+        .await
+        .expect("agent");
+    let client = agent.client().await.expect("client");
+    client.db("d").create().await.expect("create");
+    let big = "x".repeat(4096);
+    let err = client
+        .db("d")
+        .collection("c")
+        .put_fields("a", [("big".to_owned(), Value::String(big.clone()))].into())
+        .await
+        .expect_err("too large");
+    // The client knows the limit from hello and refuses locally.
+    assert!(
+        matches!(err, blazedb::Error::TooLarge { max: 2048, .. }),
+        "{err}"
+    );
+    // A client that sends it anyway is answered and closed.
+    let mut raw = Raw::hello(&agent);
+    let mut buf = Vec::new();
+    message::encode_request(&mut buf, 1, "put", &big, u32::MAX).expect("encode");
+    raw.send_bytes(&buf);
+    assert_eq!(code(raw.response().1), ErrorCode::FrameTooLarge);
+    raw.assert_closed();
+}
+
+#[tokio::test]
+async fn undecodable_frame_gets_an_error_and_a_clean_close() {
+    let (agent, _client) = agent_with_data().await;
+    let mut raw = Raw::hello(&agent);
+    raw.send_bytes(&[0, 0, 0, 3, 0xc1, 0xff, 0x00]);
+    let (id, r) = raw.response();
+    assert_eq!(id, 0);
+    assert_eq!(code(r), ErrorCode::BadFrame);
+    raw.assert_closed();
+    assert_data_intact(&agent).await;
+}
+
+#[tokio::test]
+async fn requests_before_hello_are_refused() {
+    let (agent, _client) = agent_with_data().await;
+    let mut raw = Raw::connect(&agent);
+    let r = raw.call("db.list", &serde_json::json!({}));
+    assert_eq!(code(r), ErrorCode::HandshakeRequired);
+    raw.assert_closed();
+
+    let mut raw = Raw::connect(&agent);
+    let r = raw.call(
+        "hello",
+        &HelloParams {
+            protocol: 99,
+            client: String::new(),
+        },
+    );
+    assert_eq!(code(r), ErrorCode::UnsupportedProtocol);
+    raw.assert_closed();
+}
+
+#[tokio::test]
+async fn bad_requests_fail_alone_and_the_connection_survives() {
+    let (agent, _client) = agent_with_data().await;
+    let mut raw = Raw::hello(&agent);
+
+    let r = raw.call("frobnicate", &serde_json::json!({}));
+    assert_eq!(code(r), ErrorCode::UnknownMethod);
+
+    // A missing field.
+    let err = raw
+        .call("put", &serde_json::json!({ "db": "bugs", "fields": {} }))
+        .expect_err("missing collection");
+    assert_eq!(err.code, ErrorCode::InvalidParams);
+    assert!(err.message.contains("collection"), "{}", err.message);
+
+    // A wrong type.
+    let err = raw
+        .call(
+            "get",
+            &serde_json::json!({ "db": "bugs", "collection": "bugs", "id": 5 }),
+        )
+        .expect_err("id must be a string");
+    assert_eq!(err.code, ErrorCode::InvalidParams);
+
+    // Params that are not a map at all.
+    assert_eq!(code(raw.call("get", &7u8)), ErrorCode::InvalidParams);
+
+    let r = raw.call(
+        "get",
+        &serde_json::json!({ "db": "nope", "collection": "c", "id": "x" }),
+    );
+    let err = r.expect_err("unknown db");
+    assert_eq!(err.code, ErrorCode::UnknownDatabase);
+    assert!(
+        err.message.contains("blazectl db create nope"),
+        "{}",
+        err.message
+    );
+
+    let err = raw
+        .call(
+            "get",
+            &serde_json::json!({ "db": "bugs", "collection": "bgus", "id": "x" }),
+        )
+        .expect_err("unknown collection");
+    assert_eq!(err.code, ErrorCode::UnknownCollection);
+    assert!(
+        err.message.contains("its collections are: bugs"),
+        "{}",
+        err.message
+    );
+
+    let err = raw
+        .call(
+            "patch",
+            &serde_json::json!({ "db": "bugs", "collection": "bugs", "id": "missing", "set": {} }),
+        )
+        .expect_err("patch of a missing record");
+    assert_eq!(err.code, ErrorCode::NotFound);
+
+    let err = raw
+        .call(
+            "query",
+            &serde_json::json!({ "db": "bugs", "collection": "bugs",
+                "where": [{ "field": "n", "op": "in", "value": 3 }] }),
+        )
+        .expect_err("in needs a list");
+    assert_eq!(err.code, ErrorCode::TypeMismatch);
+
+    let err = raw
+        .call("db.create", &serde_json::json!({ "name": "" }))
+        .expect_err("empty name");
+    assert_eq!(err.code, ErrorCode::InvalidArgument);
+
+    // A batch with one bad write writes nothing.
+    let err = raw
+        .call(
+            "batch",
+            &serde_json::json!({ "db": "bugs", "writes": [
+                { "put": { "collection": "bugs", "id": "new1", "fields": {} } },
+                { "patch": { "collection": "bugs", "id": "missing", "set": {} } },
+            ]}),
+        )
+        .expect_err("atomic batch");
+    assert_eq!(err.code, ErrorCode::NotFound);
+    let got = raw
+        .call(
+            "get",
+            &serde_json::json!({ "db": "bugs", "collection": "bugs", "id": "new1" }),
+        )
+        .expect("get");
+    let got: blazedb_proto::api::GetResult = codec::from_slice(&got).expect("decode");
+    assert_eq!(got.record, None, "a failed batch must leave nothing behind");
+
+    // After all that, the same connection still works.
+    let ok = raw.call("db.list", &serde_json::json!({}));
+    assert!(ok.is_ok(), "{ok:?}");
+    assert_data_intact(&agent).await;
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_mid_frame_harms_nobody() {
+    let (agent, client) = agent_with_data().await;
+    let mut raw = Raw::hello(&agent);
+    // Half a frame, then hang up.
+    let mut buf = Vec::new();
+    message::encode_request(
+        &mut buf,
+        9,
+        "put",
+        &serde_json::json!({ "db": "bugs", "collection": "bugs", "id": "half", "fields": {} }),
+        DEFAULT_MAX_FRAME,
+    )
+    .expect("encode");
+    raw.send_bytes(&buf[..buf.len() / 2]);
+    drop(raw);
+    // The agent keeps serving the existing client and new ones.
+    let r = client.db("bugs").collection("bugs").get_record("b3").await;
+    assert!(r.expect("get").is_some());
+    assert_eq!(
+        client
+            .db("bugs")
+            .collection("bugs")
+            .get_record("half")
+            .await
+            .expect("get"),
+        None
+    );
+    assert_data_intact(&agent).await;
+}
+
+#[tokio::test]
+async fn a_client_gets_a_clear_error_when_the_agent_is_down() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let start = std::time::Instant::now();
+    let err = blazedb::Client::connect_to(dir.path().join("none.sock"))
+        .await
+        .expect_err("no agent");
+    assert!(start.elapsed() < Duration::from_secs(5), "must not hang");
+    let msg = err.to_string();
+    assert!(msg.contains("no BlazeDB agent is listening"), "{msg}");
+    assert!(msg.contains("start it with `blazed`"), "{msg}");
+}
