@@ -1,0 +1,201 @@
+//! The agent's life: durability across `kill -9`, clean shutdown, one agent
+//! per data directory, socket permissions and stale sockets.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use blazedb::{Durability, Value};
+use blazedb_proto::api::DbSettings;
+use blazedb_tests::{DEADLINE, TestAgent};
+
+const AGENT: &str = env!("CARGO_BIN_EXE_blazed-test-agent");
+
+async fn acknowledged_writes_survive_kill_9(durability: Durability) {
+    let mut agent = TestAgent::start(AGENT).await.expect("agent");
+    let client = agent.client().await.expect("client");
+    client
+        .db("load")
+        .create_with(
+            DbSettings {
+                durability,
+                ..Default::default()
+            },
+            false,
+        )
+        .await
+        .expect("create");
+
+    // Eight writers pipeline puts and batches; every acknowledged write is
+    // remembered with the value it wrote.
+    let acked: Arc<Mutex<BTreeMap<String, i64>>> = Arc::default();
+    let acks = Arc::new(AtomicUsize::new(0));
+    let mut writers = Vec::new();
+    for w in 0..8i64 {
+        let coll = client.db("load").collection("items");
+        let db = client.db("load");
+        let acked = acked.clone();
+        let acks = acks.clone();
+        writers.push(tokio::spawn(async move {
+            for i in 0i64.. {
+                let id = format!("w{w}-{}", i % 50);
+                let ok = if i % 5 == 0 {
+                    let id2 = format!("w{w}-b{}", i % 7);
+                    let batch = db
+                        .batch()
+                        .put("items", Some(&id), [("v".to_owned(), Value::Int(i))].into())
+                        .put(
+                            "items",
+                            Some(&id2),
+                            [("v".to_owned(), Value::Int(i))].into(),
+                        );
+                    batch.commit().await.map(|_| vec![id, id2])
+                } else {
+                    coll.put_fields(&id, [("v".to_owned(), Value::Int(i))].into())
+                        .await
+                        .map(|_| vec![id])
+                };
+                match ok {
+                    Ok(ids) => {
+                        let mut a = acked.lock().expect("lock");
+                        for id in ids {
+                            a.insert(id, i);
+                            acks.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    Err(_) => return,
+                }
+            }
+        }));
+    }
+    blazedb_tests::wait_for("2000 acknowledged writes", || {
+        (acks.load(Ordering::Relaxed) >= 2000).then_some(())
+    })
+    .await
+    .expect("the load runs");
+    agent.kill();
+    for w in writers {
+        let _ = w.await;
+    }
+    let acked = acked.lock().expect("lock").clone();
+    assert!(!acked.is_empty(), "the load made no writes");
+
+    agent.restart().await.expect("restart");
+    let client = agent.client().await.expect("client");
+    let items = client.db("load").collection("items");
+    for (id, v) in &acked {
+        let rec = items.get_record(id).await.expect("get").unwrap_or_else(|| {
+            panic!("acknowledged write {id} was lost");
+        });
+        let got = rec.fields["v"].as_i64().expect("int");
+        // A later write may have been applied but not acknowledged.
+        assert!(got >= *v, "{id}: acknowledged {v}, found {got}");
+    }
+
+    // The op log is contiguous: cursors 1..=head and this device's seqs.
+    let head = client.db("load").info().await.expect("info").head;
+    let mut sub = client
+        .db("load")
+        .subscribe_from(None, Some(0))
+        .await
+        .expect("subscribe");
+    for expect in 1..=head {
+        let c = tokio::time::timeout(DEADLINE, sub.next())
+            .await
+            .expect("in time")
+            .expect("change");
+        assert_eq!(c.cursor, expect, "op-log cursors are contiguous");
+        assert_eq!(c.seq, expect, "this device's seqs are contiguous");
+    }
+}
+
+#[tokio::test]
+async fn acknowledged_fsync_writes_survive_kill_9() {
+    acknowledged_writes_survive_kill_9(Durability::Fsync).await;
+}
+
+#[tokio::test]
+async fn acknowledged_buffered_writes_survive_kill_9() {
+    acknowledged_writes_survive_kill_9(Durability::Buffered).await;
+}
+
+#[tokio::test]
+async fn sigterm_finishes_writes_and_exits_cleanly() {
+    let mut agent = TestAgent::start(AGENT).await.expect("agent");
+    let client = agent.client().await.expect("client");
+    client.db("d").create().await.expect("create");
+    let coll = client.db("d").collection("c");
+    coll.put_fields("a", [("x".to_owned(), Value::Int(1))].into())
+        .await
+        .expect("put");
+    let status = agent.stop().await.expect("stop");
+    assert!(status.success(), "exit status {status}");
+    assert!(!agent.socket().exists(), "the socket file is removed");
+
+    agent.restart().await.expect("restart");
+    let client = agent.client().await.expect("client");
+    let rec = client
+        .db("d")
+        .collection("c")
+        .get_record("a")
+        .await
+        .expect("get");
+    assert_eq!(rec.expect("kept").fields["x"], Value::Int(1));
+}
+
+#[tokio::test]
+async fn a_second_agent_on_the_same_data_dir_refuses_to_start() {
+    let agent = TestAgent::start(AGENT).await.expect("agent");
+    let out = std::process::Command::new(AGENT)
+        .arg("--data-dir")
+        .arg(agent.data_dir())
+        .arg("--socket")
+        .arg(agent.data_dir().join("other.sock"))
+        .env("RUST_LOG", "error")
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("already running"), "{err}");
+    assert!(
+        err.contains(&agent.pid().expect("pid").to_string()),
+        "{err}"
+    );
+    // The first agent is unharmed.
+    agent.client().await.expect("still serving");
+}
+
+#[tokio::test]
+async fn socket_is_private_and_a_stale_one_is_replaced() {
+    let mut agent = TestAgent::start(AGENT).await.expect("agent");
+    let sock_mode = std::fs::metadata(agent.socket())
+        .expect("stat")
+        .permissions()
+        .mode();
+    assert_eq!(sock_mode & 0o777, 0o600, "socket mode {sock_mode:o}");
+    let dir = agent.socket().parent().expect("dir").to_path_buf();
+    let dir_mode = std::fs::metadata(&dir).expect("stat").permissions().mode();
+    assert_eq!(dir_mode & 0o777, 0o700, "runtime dir mode {dir_mode:o}");
+
+    // A crash leaves the socket file behind; the next start replaces it.
+    agent.kill();
+    assert!(agent.socket().exists(), "kill -9 leaves the socket file");
+    agent.restart().await.expect("restart over a stale socket");
+    agent.client().await.expect("serving");
+
+    // A live agent's socket is not taken over by another data dir.
+    let other = tempfile::tempdir().expect("tempdir");
+    let out = std::process::Command::new(AGENT)
+        .arg("--data-dir")
+        .arg(other.path())
+        .arg("--socket")
+        .arg(agent.socket())
+        .env("RUST_LOG", "error")
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("already listening"), "{err}");
+    agent.client().await.expect("first agent still serving");
+}
