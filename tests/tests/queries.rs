@@ -1,0 +1,244 @@
+//! Queries against a reference computed here: filters, ordering and cursor
+//! pagination, with and without indexes.
+
+use std::cmp::Ordering;
+
+use blazedb::{Fields, FilterOp, Record, Value};
+use blazedb_proto::api::Filter;
+use blazedb_tests::TestAgent;
+
+const AGENT: &str = env!("CARGO_BIN_EXE_blazed-test-agent");
+
+/// A small deterministic generator, so failures replay.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> i64 {
+        (self.next() % n) as i64
+    }
+}
+
+fn make_records(rng: &mut Rng, n: usize) -> Vec<(String, Fields)> {
+    let statuses = ["open", "closed", "wontfix", "open-later"];
+    (0..n)
+        .map(|i| {
+            let mut f = Fields::new();
+            // Sometimes missing, sometimes a float, to exercise kinds.
+            match rng.below(10) {
+                0 => {}
+                1 => {
+                    f.insert("priority".into(), Value::Float(rng.below(10) as f64 + 0.5));
+                }
+                _ => {
+                    f.insert("priority".into(), Value::Int(rng.below(10)));
+                }
+            }
+            f.insert(
+                "status".into(),
+                Value::String(statuses[rng.below(4) as usize].into()),
+            );
+            if rng.below(3) == 0 {
+                f.insert("tag".into(), Value::List(vec![Value::Int(1)]));
+            }
+            (format!("r{:03}-{}", rng.below(1000), i), f)
+        })
+        .collect()
+}
+
+fn matches(f: &Filter, id: &str, fields: &Fields) -> bool {
+    let v = if f.field == "$id" {
+        Some(Value::String(id.to_owned()))
+    } else {
+        fields.get(&f.field).cloned()
+    };
+    let Some(v) = v else {
+        return f.op == FilterOp::Ne;
+    };
+    let cmp = v.total_cmp(&f.value);
+    let same = v.type_rank() == f.value.type_rank();
+    match f.op {
+        FilterOp::Eq => cmp == Ordering::Equal,
+        FilterOp::Ne => cmp != Ordering::Equal,
+        FilterOp::Lt => same && cmp == Ordering::Less,
+        FilterOp::Le => same && cmp != Ordering::Greater,
+        FilterOp::Gt => same && cmp == Ordering::Greater,
+        FilterOp::Ge => same && cmp != Ordering::Less,
+        FilterOp::In => match &f.value {
+            Value::List(l) => l.iter().any(|x| v.total_cmp(x) == Ordering::Equal),
+            _ => false,
+        },
+        FilterOp::Prefix => match (&v, &f.value) {
+            (Value::String(s), Value::String(p)) => s.starts_with(p.as_str()),
+            _ => false,
+        },
+    }
+}
+
+fn reference(
+    records: &[(String, Fields)],
+    filters: &[Filter],
+    order_by: Option<&str>,
+    desc: bool,
+) -> Vec<String> {
+    let mut hits: Vec<(Value, String)> = records
+        .iter()
+        .filter(|(id, f)| filters.iter().all(|flt| matches(flt, id, f)))
+        .map(|(id, f)| {
+            let key = order_by
+                .and_then(|o| f.get(o).cloned())
+                .unwrap_or(Value::Null);
+            (key, id.clone())
+        })
+        .collect();
+    hits.sort_by(|a, b| {
+        let o = a.0.total_cmp(&b.0).then_with(|| a.1.cmp(&b.1));
+        if desc { o.reverse() } else { o }
+    });
+    hits.into_iter().map(|(_, id)| id).collect()
+}
+
+fn filter(field: &str, op: FilterOp, value: Value) -> Filter {
+    Filter {
+        field: field.into(),
+        op,
+        value,
+    }
+}
+
+fn cases() -> Vec<Vec<Filter>> {
+    use FilterOp::*;
+    vec![
+        vec![],
+        vec![filter("priority", Gt, Value::Int(3))],
+        vec![filter("priority", Ge, Value::Float(4.5))],
+        vec![filter("priority", Lt, Value::Int(2))],
+        vec![filter("priority", Le, Value::Int(2))],
+        vec![filter("priority", Eq, Value::Int(5))],
+        vec![filter("priority", Ne, Value::Int(5))],
+        vec![filter(
+            "priority",
+            In,
+            Value::List(vec![Value::Int(1), Value::Float(2.5), Value::Int(7)]),
+        )],
+        vec![filter("status", Eq, Value::from("open"))],
+        vec![filter("status", Prefix, Value::from("open"))],
+        vec![
+            filter("status", Gt, Value::from("closed")),
+            filter("priority", Lt, Value::Int(8)),
+        ],
+        vec![filter("priority", Gt, Value::from("a"))],
+        vec![filter("tag", Eq, Value::List(vec![Value::Int(1)]))],
+        vec![filter("$id", Prefix, Value::from("r1"))],
+        vec![filter("$id", Lt, Value::from("r5"))],
+    ]
+}
+
+async fn check_all(coll: &blazedb::Collection, records: &[(String, Fields)], label: &str) {
+    for filters in cases() {
+        for (order, desc) in [
+            (None, false),
+            (None, true),
+            (Some("priority"), false),
+            (Some("status"), true),
+        ] {
+            for limit in [7u32, 1000] {
+                let want = reference(records, &filters, order, desc);
+                let mut q = coll.query().limit(limit);
+                for f in &filters {
+                    q = q.filter(&f.field, f.op, f.value.clone());
+                }
+                if let Some(o) = order {
+                    q = q.order_by(o);
+                }
+                if desc {
+                    q = q.desc();
+                }
+                // Page by page, checking each page is full but the last.
+                let mut got: Vec<Record> = Vec::new();
+                let mut page = q.fetch().await.expect("query");
+                loop {
+                    got.extend(page.records.iter().cloned());
+                    match page.next_cursor.clone() {
+                        Some(c) => {
+                            assert_eq!(page.records.len(), limit as usize);
+                            page = q.clone().after(c).fetch().await.expect("next page");
+                        }
+                        None => break,
+                    }
+                }
+                let got_ids: Vec<String> = got.iter().map(|r| r.id.clone()).collect();
+                assert_eq!(
+                    got_ids, want,
+                    "{label}: filters {filters:?} order {order:?} desc {desc} limit {limit}"
+                );
+                for r in &got {
+                    let (_, f) = records.iter().find(|(id, _)| *id == r.id).expect("known");
+                    assert_eq!(&r.fields, f, "{label}: fields of {}", r.id);
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn queries_match_a_reference_with_and_without_indexes() {
+    let agent = TestAgent::start(AGENT).await.expect("agent");
+    let client = agent.client().await.expect("client");
+    client.db("q").create().await.expect("create");
+    let coll = client.db("q").collection("bugs");
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut records = make_records(&mut rng, 300);
+    let mut batch = client.db("q").batch();
+    for (id, f) in &records {
+        batch = batch.put("bugs", Some(id), f.clone());
+    }
+    batch.commit().await.expect("load");
+    // Deleted and overwritten records must not show up as they were.
+    for (id, f) in records.iter_mut().step_by(17) {
+        f.insert("status".into(), Value::from("closed"));
+        coll.put_fields(id, f.clone()).await.expect("overwrite");
+    }
+    let deleted: Vec<String> = records
+        .iter()
+        .skip(5)
+        .step_by(23)
+        .map(|r| r.0.clone())
+        .collect();
+    for id in &deleted {
+        coll.delete(id).await.expect("delete");
+    }
+    records.retain(|(id, _)| !deleted.contains(id));
+
+    check_all(&coll, &records, "no index").await;
+    assert!(coll.create_index("priority").await.expect("index"));
+    assert!(coll.create_index("status").await.expect("index"));
+    check_all(&coll, &records, "indexed").await;
+
+    // Writes after the index exists keep it right.
+    for (id, f) in records.iter_mut().step_by(11) {
+        f.insert("priority".into(), Value::Int(rng.below(10)));
+        coll.patch(
+            id,
+            [("priority".to_owned(), f["priority"].clone())].into(),
+            &[],
+        )
+        .await
+        .expect("patch");
+    }
+    check_all(&coll, &records, "indexed after patches").await;
+
+    let err = coll
+        .query()
+        .order_by("priority")
+        .after("00ff")
+        .fetch()
+        .await
+        .expect_err("garbage cursor");
+    assert_eq!(err.code(), Some(blazedb::ErrorCode::InvalidArgument));
+}
