@@ -38,12 +38,12 @@ struct Routes {
 }
 
 pub(crate) struct Connection {
-    stream: Arc<Stream>,
-    write_lock: tokio::sync::Mutex<()>,
+    outbox: mpsc::UnboundedSender<Vec<u8>>,
     routes: Arc<Mutex<Routes>>,
     next_id: AtomicU64,
     pub(crate) max_frame: std::sync::atomic::AtomicU32,
     reader: tokio::task::JoinHandle<()>,
+    writer: tokio::task::JoinHandle<()>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -55,6 +55,7 @@ impl std::fmt::Debug for Connection {
 impl Drop for Connection {
     fn drop(&mut self) {
         self.reader.abort();
+        self.writer.abort();
     }
 }
 
@@ -73,13 +74,15 @@ impl Connection {
         let stream = Arc::new(stream);
         let routes = Arc::new(Mutex::new(Routes::default()));
         let reader = tokio::spawn(read_loop(stream.clone(), routes.clone()));
+        let (outbox, frames) = mpsc::unbounded_channel();
+        let writer = tokio::spawn(write_loop(stream, frames, routes.clone()));
         Ok(Connection {
-            stream,
-            write_lock: tokio::sync::Mutex::new(()),
+            outbox,
             routes,
             next_id: AtomicU64::new(1),
             max_frame: frame::DEFAULT_MAX_FRAME.into(),
             reader,
+            writer,
         })
     }
 
@@ -126,10 +129,9 @@ impl Connection {
             }
             routes.pending.insert(id, pending(id));
         }
-        let _guard = self.write_lock.lock().await;
-        if let Err(e) = (&*self.stream).write_all(&buf).await {
+        if self.outbox.send(buf).is_err() {
             lock(&self.routes).pending.remove(&id);
-            return Err(Error::Io(e));
+            return Err(Error::Disconnected);
         }
         Ok(())
     }
@@ -137,6 +139,37 @@ impl Connection {
     /// Stops routing events for a subscription.
     pub(crate) fn forget_subscription(&self, id: u64) {
         lock(&self.routes).subscriptions.remove(&id);
+    }
+}
+
+/// Writes queued frames, as many as are waiting in one write, so that
+/// pipelined calls cost one syscall per burst. Whole frames are handed over,
+/// so a caller that gives up waiting cannot leave half a frame behind.
+async fn write_loop(
+    stream: Arc<Stream>,
+    mut frames: mpsc::UnboundedReceiver<Vec<u8>>,
+    routes: Arc<Mutex<Routes>>,
+) {
+    let mut buf = Vec::new();
+    while let Some(first) = frames.recv().await {
+        buf.clear();
+        buf.extend_from_slice(&first);
+        while buf.len() < 1 << 20
+            && let Ok(more) = frames.try_recv()
+        {
+            buf.extend_from_slice(&more);
+        }
+        if let Err(e) = (&*stream).write_all(&buf).await {
+            let mut r = lock(&routes);
+            for (_, p) in r.pending.drain() {
+                let tx = match p {
+                    Pending::Call(tx) | Pending::Subscribe(tx, _) => tx,
+                };
+                let _ = tx.send(Err(Error::Io(std::io::Error::new(e.kind(), e.to_string()))));
+            }
+            r.closed = Some(Error::Io(e));
+            return;
+        }
     }
 }
 

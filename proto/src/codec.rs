@@ -23,7 +23,9 @@ impl CodecError {
 
 /// Encodes `value` as MessagePack.
 pub fn to_vec<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
-    let mut out = Vec::new();
+    // Most values are records of a few hundred bytes: start big enough that
+    // they rarely grow.
+    let mut out = Vec::with_capacity(256);
     encode_into(&mut out, value)?;
     Ok(out)
 }

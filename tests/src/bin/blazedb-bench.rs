@@ -1,0 +1,557 @@
+//! Benchmarks of a running agent beside the raw limits it rests on, in one
+//! run, so the ratios hold on a noisy machine.
+//!
+//! ```text
+//! cargo build --release -p blazedb-tests --bins && target/release/blazedb-bench
+//! ```
+//!
+//! It starts its own agent (the `blazed-test-agent` binary built beside it)
+//! on a temporary directory, and, for the raw figures, an echo server
+//! (itself, in another process) and fjall on another temporary directory.
+//! If `redis-server` and `redis-benchmark` are installed, it runs them on a
+//! Unix socket too, as the reference users know.
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context as _, bail};
+use blazedb::{Client, Fields, Value};
+use blazedb_proto::api::{DbSettings, Durability};
+use blazedb_proto::frame::LEN_PREFIX;
+use blazedb_tests::{TestAgent, sibling_bin};
+use clap::Parser;
+use fjall::{KeyspaceCreateOptions, PersistMode};
+use interprocess::local_socket::tokio::{Listener, Stream};
+use interprocess::local_socket::traits::tokio::{Listener as _, Stream as _};
+use interprocess::local_socket::{GenericFilePath, ListenerOptions, ToFsName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[derive(Debug, Parser)]
+#[command(about = "Benchmarks blazed beside raw Unix sockets, raw fjall and redis")]
+struct Args {
+    /// Run small counts (a smoke run, not a measurement).
+    #[arg(long)]
+    quick: bool,
+    /// Internal: serve echo frames on this socket.
+    #[arg(long, hide = true)]
+    echo_server: Option<String>,
+    /// Internal: reply size for the echo server.
+    #[arg(long, hide = true, default_value_t = 64)]
+    reply_len: usize,
+    /// Internal: subscribe on this socket and print each change's latency.
+    #[arg(long, hide = true)]
+    subscriber: Option<String>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if let Some(path) = &args.echo_server {
+        return tokio::runtime::Runtime::new()?.block_on(echo_server(path, args.reply_len));
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    if let Some(path) = &args.subscriber {
+        return rt.block_on(subscriber(path));
+    }
+    rt.block_on(run(args.quick))
+}
+
+struct Counts {
+    round_trips: usize,
+    puts: usize,
+    gets: usize,
+    events: usize,
+}
+
+async fn run(quick: bool) -> anyhow::Result<()> {
+    let n = if quick {
+        Counts {
+            round_trips: 500,
+            puts: 5_000,
+            gets: 5_000,
+            events: 100,
+        }
+    } else {
+        Counts {
+            round_trips: 20_000,
+            puts: 200_000,
+            gets: 200_000,
+            events: 2_000,
+        }
+    };
+    let agent_bin = sibling_bin("blazed-test-agent");
+    if !agent_bin.exists() {
+        bail!(
+            "{} is missing: build it first with `cargo build --release -p blazedb-tests --bins`",
+            agent_bin.display()
+        );
+    }
+    let agent = TestAgent::start(&agent_bin).await?;
+    let client = Client::connect_to(agent.socket()).await?;
+    let db = client.db("bench");
+    db.create().await?;
+    let coll = db.collection("items");
+    coll.put_fields("probe", record(0)).await?;
+
+    println!(
+        "blazedb-bench ({} mode)\n",
+        if quick { "quick" } else { "full" }
+    );
+
+    // 1. Get round trip against raw ping-pong of the same frame sizes.
+    let (req_len, resp_len) = get_frame_sizes(&coll).await?;
+    let raw = raw_ping_pong(req_len, resp_len, n.round_trips).await?;
+    let ours = get_round_trips(&coll, n.round_trips).await?;
+    println!("get round trip, one client ({req_len} B request, {resp_len} B response)");
+    print_latency("raw unix socket ping-pong", &raw);
+    print_latency("blazed get", &ours);
+    println!(
+        "  p50 ratio blazed/raw: {:.2}x (target <= 1.15x)\n",
+        ours.p(50.0) / raw.p(50.0)
+    );
+
+    // 2. Durable batched puts against raw fjall batches.
+    let batch = 1000;
+    let dir = tempfile::tempdir()?;
+    let raw_puts = raw_fjall_puts(dir.path(), n.puts, batch)?;
+    let store_puts = store_puts(dir.path(), n.puts, batch).await?;
+    let our_puts = batched_puts(&client, n.puts, batch).await?;
+    println!("durable puts, batches of {batch}, {} records", n.puts);
+    println!(
+        "  raw fjall batch insert, SyncAll   {:>12.0} ops/s",
+        raw_puts
+    );
+    println!(
+        "  store only (no IPC), fsync        {:>12.0} ops/s",
+        store_puts
+    );
+    println!(
+        "  blazed batch put, fsync           {:>12.0} ops/s",
+        our_puts
+    );
+    println!(
+        "  ratio blazed/raw: {:.0}% (target >= 60%)\n",
+        100.0 * our_puts / raw_puts
+    );
+
+    // 3. Pipelined gets against raw fjall point gets.
+    let raw_gets = raw_fjall_gets(dir.path(), n.gets, n.puts)?;
+    let our_gets = pipelined_gets(&client, n.gets, n.puts).await?;
+    println!("point gets, {} random keys of {}", n.gets, n.puts);
+    println!(
+        "  raw fjall get                     {:>12.0} ops/s",
+        raw_gets
+    );
+    println!(
+        "  blazed get, 128 in flight         {:>12.0} ops/s",
+        our_gets
+    );
+    println!(
+        "  ratio blazed/raw: {:.0}% (target >= 80%)\n",
+        100.0 * our_gets / raw_gets
+    );
+
+    // 4. Change events to a subscriber in another process.
+    for durability in [Durability::Fsync, Durability::Buffered] {
+        let lat = event_latency(&client, &agent, durability, n.events).await?;
+        println!(
+            "change event, write in this process -> subscriber in another ({durability:?} db)"
+        );
+        print_latency("commit + event", &lat);
+        println!("  p99: {:.0} us (target < 1000 us)\n", lat.p(99.0));
+    }
+
+    redis_reference(n.round_trips.max(10_000));
+    Ok(())
+}
+
+fn record(i: i64) -> Fields {
+    Fields::from([
+        (
+            "title".to_owned(),
+            Value::String(format!("record number {i:08}")),
+        ),
+        ("status".to_owned(), Value::from("open")),
+        ("priority".to_owned(), Value::Int(i % 10)),
+        ("body".to_owned(), Value::String("x".repeat(40))),
+    ])
+}
+
+/// Latency samples in microseconds.
+struct Samples(Vec<f64>);
+
+impl Samples {
+    fn p(&self, pct: f64) -> f64 {
+        let mut v = self.0.clone();
+        v.sort_by(f64::total_cmp);
+        if v.is_empty() {
+            return f64::NAN;
+        }
+        let idx = ((pct / 100.0) * (v.len() - 1) as f64).round() as usize;
+        v[idx]
+    }
+}
+
+fn print_latency(label: &str, s: &Samples) {
+    let total: f64 = s.0.iter().sum();
+    println!(
+        "  {label:<32} p50 {:>7.1} us  p99 {:>7.1} us  ({:.0} round trips/s)",
+        s.p(50.0),
+        s.p(99.0),
+        s.0.len() as f64 / (total / 1e6)
+    );
+}
+
+async fn get_frame_sizes(coll: &blazedb::Collection) -> anyhow::Result<(usize, usize)> {
+    let params = blazedb_proto::api::RecordRef {
+        db: "bench".into(),
+        collection: coll.name().into(),
+        id: "probe".into(),
+    };
+    let mut req = Vec::new();
+    blazedb_proto::message::encode_request(&mut req, 1, "get", &params, u32::MAX)?;
+    let rec = coll.get_record("probe").await?;
+    let mut resp = Vec::new();
+    blazedb_proto::message::encode_response(
+        &mut resp,
+        1,
+        &blazedb_proto::api::GetResult { record: rec },
+        u32::MAX,
+    )?;
+    Ok((req.len(), resp.len()))
+}
+
+async fn get_round_trips(coll: &blazedb::Collection, n: usize) -> anyhow::Result<Samples> {
+    for _ in 0..n / 10 {
+        coll.get_record("probe").await?;
+    }
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        coll.get_record("probe").await?;
+        out.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    Ok(Samples(out))
+}
+
+async fn echo_server(path: &str, reply_len: usize) -> anyhow::Result<()> {
+    let name = path.to_fs_name::<GenericFilePath>()?;
+    let listener: Listener = ListenerOptions::new().name(name).create_tokio()?;
+    println!("ready");
+    let stream = listener.accept().await?;
+    // Served on a worker thread, as the agent serves its connections.
+    tokio::spawn(echo(stream, reply_len)).await?
+}
+
+async fn echo(stream: Stream, reply_len: usize) -> anyhow::Result<()> {
+    let (mut rd, mut wr) = (&stream, &stream);
+    let mut reply = vec![0u8; reply_len];
+    reply[..LEN_PREFIX].copy_from_slice(&((reply_len - LEN_PREFIX) as u32).to_be_bytes());
+    let mut len = [0u8; LEN_PREFIX];
+    let mut body = Vec::new();
+    loop {
+        if rd.read_exact(&mut len).await.is_err() {
+            return Ok(());
+        }
+        body.resize(u32::from_be_bytes(len) as usize, 0);
+        rd.read_exact(&mut body).await?;
+        wr.write_all(&reply).await?;
+    }
+}
+
+async fn raw_ping_pong(req_len: usize, resp_len: usize, n: usize) -> anyhow::Result<Samples> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("echo.sock");
+    let mut child = Command::new(std::env::current_exe()?)
+        .arg("--echo-server")
+        .arg(&path)
+        .arg("--reply-len")
+        .arg(resp_len.to_string())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
+    let stream = Stream::connect(path.as_path().to_fs_name::<GenericFilePath>()?).await?;
+    let (mut rd, mut wr) = (&stream, &stream);
+    let mut req = vec![7u8; req_len];
+    req[..LEN_PREFIX].copy_from_slice(&((req_len - LEN_PREFIX) as u32).to_be_bytes());
+    let mut resp = vec![0u8; resp_len];
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n + n / 10 {
+        let t = Instant::now();
+        wr.write_all(&req).await?;
+        rd.read_exact(&mut resp).await?;
+        if i >= n / 10 {
+            out.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+    drop(stream);
+    let _ = child.wait();
+    Ok(Samples(out))
+}
+
+fn raw_fjall_puts(dir: &Path, n: usize, batch: usize) -> anyhow::Result<f64> {
+    let db = fjall::Database::builder(dir.join("raw")).open()?;
+    let ks = db.keyspace("items", KeyspaceCreateOptions::default)?;
+    let values: Vec<Vec<u8>> = (0..n as i64)
+        .map(|i| blazedb_proto::codec::to_vec(&record(i)))
+        .collect::<Result<_, _>>()?;
+    let t = Instant::now();
+    for (chunk_no, chunk) in values.chunks(batch).enumerate() {
+        let mut b = db.batch().durability(Some(PersistMode::SyncAll));
+        for (j, v) in chunk.iter().enumerate() {
+            let key = format!("items\0k{:08}", chunk_no * batch + j);
+            b.insert(&ks, key.into_bytes(), v.as_slice());
+        }
+        b.commit()?;
+    }
+    Ok(n as f64 / t.elapsed().as_secs_f64())
+}
+
+fn raw_fjall_gets(dir: &Path, n: usize, keys: usize) -> anyhow::Result<f64> {
+    let db = fjall::Database::builder(dir.join("raw")).open()?;
+    let ks = db.keyspace("items", KeyspaceCreateOptions::default)?;
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let t = Instant::now();
+    for _ in 0..n {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let key = format!("items\0k{:08}", x as usize % keys);
+        let v = ks.get(key.as_bytes())?;
+        anyhow::ensure!(v.is_some(), "raw key missing");
+    }
+    Ok(n as f64 / t.elapsed().as_secs_f64())
+}
+
+/// The store alone, in this process: what the agent's IPC layer adds to it
+/// is the difference to the next figure.
+async fn store_puts(dir: &Path, n: usize, batch: usize) -> anyhow::Result<f64> {
+    let store = blazed::store::Store::open(
+        &dir.join("store"),
+        blazedb_proto::DeviceId([1; 32]),
+        Default::default(),
+    )?;
+    store
+        .create_db("bench", DbSettings::default(), false)
+        .await?;
+    let in_flight = 4;
+    let batches = n / batch;
+    let t = Instant::now();
+    let mut handles = Vec::new();
+    for lane in 0..in_flight {
+        let store = store.clone();
+        handles.push(tokio::spawn(async move {
+            let mut b = lane;
+            while b < batches {
+                let writes = (0..batch)
+                    .map(|j| {
+                        let i = (b * batch + j) as i64;
+                        blazedb_proto::api::Write::Put {
+                            collection: "items".into(),
+                            id: Some(format!("k{i:08}")),
+                            fields: record(i),
+                        }
+                    })
+                    .collect();
+                store.write("bench", writes).await?;
+                b += in_flight;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for h in handles {
+        h.await??;
+    }
+    let rate = n as f64 / t.elapsed().as_secs_f64();
+    store.shutdown().await?;
+    Ok(rate)
+}
+
+async fn batched_puts(client: &Client, n: usize, batch: usize) -> anyhow::Result<f64> {
+    let db = client.db("bench");
+    let in_flight = 4;
+    let t = Instant::now();
+    let mut handles = Vec::new();
+    let batches = n / batch;
+    for lane in 0..in_flight {
+        let db = db.clone();
+        handles.push(tokio::spawn(async move {
+            let mut b = lane;
+            while b < batches {
+                let mut w = db.batch();
+                for j in 0..batch {
+                    let i = (b * batch + j) as i64;
+                    w = w.put("items", Some(&format!("k{i:08}")), record(i));
+                }
+                w.commit().await?;
+                b += in_flight;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for h in handles {
+        h.await??;
+    }
+    Ok(n as f64 / t.elapsed().as_secs_f64())
+}
+
+async fn pipelined_gets(client: &Client, n: usize, keys: usize) -> anyhow::Result<f64> {
+    let coll = Arc::new(client.db("bench").collection("items"));
+    let lanes = 128;
+    let t = Instant::now();
+    let mut handles = Vec::new();
+    for lane in 0..lanes {
+        let coll = coll.clone();
+        handles.push(tokio::spawn(async move {
+            let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ (lane as u64 + 1);
+            for _ in 0..n / lanes {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let id = format!("k{:08}", x as usize % keys);
+                anyhow::ensure!(coll.get_record(&id).await?.is_some(), "{id} missing");
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for h in handles {
+        h.await??;
+    }
+    Ok((n / lanes * lanes) as f64 / t.elapsed().as_secs_f64())
+}
+
+fn now_nanos() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+async fn subscriber(path: &str) -> anyhow::Result<()> {
+    let client = Client::connect_to(path).await?;
+    let mut sub = client.db("events").subscribe().await?;
+    println!("ready");
+    while let Some(c) = sub.next().await {
+        let Some(Value::Int(sent)) = c.fields.get("t") else {
+            continue;
+        };
+        println!("{}", (now_nanos() - sent) as f64 / 1000.0);
+    }
+    Ok(())
+}
+
+async fn event_latency(
+    client: &Client,
+    agent: &TestAgent,
+    durability: Durability,
+    n: usize,
+) -> anyhow::Result<Samples> {
+    let db = client.db("events");
+    let _ = db.drop_db().await?;
+    db.create_with(
+        DbSettings {
+            durability,
+            ..Default::default()
+        },
+        false,
+    )
+    .await?;
+    let coll = db.collection("e");
+    let mut child = Command::new(std::env::current_exe()?)
+        .arg("--subscriber")
+        .arg(agent.socket())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
+    let ready = lines.next().transpose()?;
+    anyhow::ensure!(
+        ready.as_deref() == Some("ready"),
+        "subscriber did not start"
+    );
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        coll.put_fields(
+            "x",
+            Fields::from([
+                ("t".to_owned(), Value::Int(now_nanos())),
+                ("i".to_owned(), Value::Int(i as i64)),
+            ]),
+        )
+        .await?;
+        // One write at a time: read this write's latency before the next.
+        let line = lines.next().context("subscriber ended")??;
+        out.push(line.trim().parse::<f64>()?);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    Ok(Samples(out))
+}
+
+fn redis_reference(n: usize) {
+    let have = |cmd: &str| {
+        Command::new(cmd)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok()
+    };
+    if !have("redis-server") || !have("redis-benchmark") {
+        println!(
+            "redis reference: redis-server not installed (apt-get install redis-server), skipped"
+        );
+        return;
+    }
+    let Ok(dir) = tempfile::tempdir() else { return };
+    let sock = dir.path().join("redis.sock");
+    let Ok(mut server) = Command::new("redis-server")
+        .args([
+            "--port",
+            "0",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--unixsocket",
+        ])
+        .arg(&sock)
+        .stdout(Stdio::null())
+        .spawn()
+    else {
+        return;
+    };
+    let start = Instant::now();
+    while !sock.exists() && start.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    println!("redis reference (redis-benchmark -s, same machine, same run)");
+    for (label, extra) in [
+        ("1 client", vec![]),
+        ("1 client, pipeline 64", vec!["-P", "64"]),
+    ] {
+        let out = Command::new("redis-benchmark")
+            .arg("-s")
+            .arg(&sock)
+            .args(["-c", "1", "-n", &n.to_string(), "-t", "set,get", "-q"])
+            .args(&extra)
+            .output();
+        if let Ok(out) = out {
+            for line in String::from_utf8_lossy(&out.stdout).split(['\n', '\r']) {
+                let line = line.trim();
+                if line.contains("requests per second") {
+                    println!("  {label:<24} {line}");
+                }
+            }
+        }
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+}
