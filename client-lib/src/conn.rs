@@ -7,7 +7,9 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use blazedb_proto::api::{EVENT_METHOD, EventParams, SubscribeResult};
+use blazedb_proto::api::{
+    EVENT_METHOD, EventParams, SUBSCRIPTION_END_METHOD, SubscribeResult, SubscriptionEndParams,
+};
 use blazedb_proto::frame::{self, LEN_PREFIX};
 use blazedb_proto::message::{self, EncodeError, RawIncoming};
 use blazedb_proto::{ErrorInfo, Method, codec};
@@ -21,18 +23,27 @@ use crate::Error;
 
 type ResponseTx = oneshot::Sender<Result<Vec<u8>, Error>>;
 
+/// What the reader hands a subscription.
+#[derive(Debug)]
+pub(crate) enum SubMsg {
+    /// A batch of changes.
+    Event(EventParams),
+    /// The agent ended the subscription.
+    End(ErrorInfo),
+}
+
 enum Pending {
     Call(ResponseTx),
     /// A subscribe call: once it succeeds, its events go to `events`. The
     /// reader registers the channel before it reads the next frame, so no
     /// event can arrive before there is somewhere to put it.
-    Subscribe(ResponseTx, mpsc::UnboundedSender<EventParams>),
+    Subscribe(ResponseTx, mpsc::UnboundedSender<SubMsg>),
 }
 
 #[derive(Default)]
 struct Routes {
     pending: HashMap<u64, Pending>,
-    subscriptions: HashMap<u64, mpsc::UnboundedSender<EventParams>>,
+    subscriptions: HashMap<u64, mpsc::UnboundedSender<SubMsg>>,
     /// Set once the connection is gone, with the reason.
     closed: Option<Error>,
 }
@@ -98,7 +109,7 @@ impl Connection {
     pub(crate) async fn subscribe(
         &self,
         params: &<blazedb_proto::api::Subscribe as Method>::Params,
-        events: mpsc::UnboundedSender<EventParams>,
+        events: mpsc::UnboundedSender<SubMsg>,
     ) -> Result<SubscribeResult, Error> {
         let (tx, rx) = oneshot::channel();
         self.send::<blazedb_proto::api::Subscribe>(params, |_| Pending::Subscribe(tx, events))
@@ -249,7 +260,15 @@ fn route(payload: &[u8], routes: &Mutex<Routes>) -> Result<(), Error> {
             let event: EventParams = codec::from_slice(params).map_err(|e| Error::Codec(e.0))?;
             let r = lock(routes);
             if let Some(tx) = r.subscriptions.get(&event.subscription) {
-                let _ = tx.send(event);
+                let _ = tx.send(SubMsg::Event(event));
+            }
+            Ok(())
+        }
+        RawIncoming::Notification { method, params } if method == SUBSCRIPTION_END_METHOD => {
+            let end: SubscriptionEndParams =
+                codec::from_slice(params).map_err(|e| Error::Codec(e.0))?;
+            if let Some(tx) = lock(routes).subscriptions.remove(&end.subscription) {
+                let _ = tx.send(SubMsg::End(end.error));
             }
             Ok(())
         }

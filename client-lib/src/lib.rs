@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 
-use blazedb_proto::api::{DbInfo, DbSettings, EventParams, Write};
+use blazedb_proto::api::{DbInfo, DbSettings, Write};
 use blazedb_proto::codec;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -261,6 +261,7 @@ impl Db {
             cursor: r.cursor,
             rx,
             ready: std::collections::VecDeque::new(),
+            ended: None,
         })
     }
 }
@@ -543,8 +544,9 @@ pub struct Subscription {
     client: Client,
     id: u64,
     cursor: u64,
-    rx: mpsc::UnboundedReceiver<EventParams>,
+    rx: mpsc::UnboundedReceiver<conn::SubMsg>,
     ready: std::collections::VecDeque<Change>,
+    ended: Option<ErrorInfo>,
 }
 
 impl Subscription {
@@ -554,7 +556,15 @@ impl Subscription {
         self.cursor
     }
 
-    /// The next change; `None` once the connection is gone.
+    /// Why the agent ended the subscription (its database was dropped, or
+    /// reading its changes failed), once [`Subscription::next`] has
+    /// returned `None` for that reason.
+    pub fn end_reason(&self) -> Option<&ErrorInfo> {
+        self.ended.as_ref()
+    }
+
+    /// The next change; `None` once the subscription or the connection
+    /// has ended.
     pub async fn next(&mut self) -> Option<Change> {
         std::future::poll_fn(|cx| self.poll_change(cx)).await
     }
@@ -566,7 +576,11 @@ impl Subscription {
                 return Poll::Ready(Some(c));
             }
             match self.rx.poll_recv(cx) {
-                Poll::Ready(Some(ev)) => self.ready.extend(ev.changes),
+                Poll::Ready(Some(conn::SubMsg::Event(ev))) => self.ready.extend(ev.changes),
+                Poll::Ready(Some(conn::SubMsg::End(e))) => {
+                    self.ended = Some(e);
+                    return Poll::Ready(None);
+                }
                 Poll::Ready(None) => return Poll::Ready(None),
                 Poll::Pending => return Poll::Pending,
             }

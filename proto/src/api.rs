@@ -107,6 +107,19 @@ methods! {
 /// The method name of change-event notifications.
 pub const EVENT_METHOD: &str = "event";
 
+/// The method name of the notification that ends a subscription the agent
+/// can no longer serve (its database was dropped, or reading failed).
+pub const SUBSCRIPTION_END_METHOD: &str = "subscription_end";
+
+/// Params of a `subscription_end` notification.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscriptionEndParams {
+    /// The subscription that ended.
+    pub subscription: u64,
+    /// Why it ended.
+    pub error: ErrorInfo,
+}
+
 /// Params or a result with no fields (an empty map on the wire).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Empty {}

@@ -34,17 +34,7 @@ pub fn default_socket_path() -> PathBuf {
     }
 }
 
-fn current_uid() -> String {
-    // The uid only keeps users apart in /tmp; HOME's owner is as good and
-    // needs no FFI.
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::MetadataExt;
-        if let Some(home) = std::env::var_os("HOME")
-            && let Ok(meta) = std::fs::metadata(home)
-        {
-            return meta.uid().to_string();
-        }
-    }
-    std::env::var("USER").unwrap_or_else(|_| "user".into())
+fn current_uid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
 }

@@ -25,6 +25,22 @@ pub async fn wait_for<T>(what: &str, mut cond: impl FnMut() -> Option<T>) -> any
     }
 }
 
+/// Polls the async `cond` until it holds, or fails after `DEADLINE`.
+pub async fn wait_until<F, Fut>(what: &str, mut cond: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !cond().await {
+        if start.elapsed() > DEADLINE {
+            bail!("timed out after {DEADLINE:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(())
+}
+
 /// A `blazed` process on its own data directory and socket.
 #[derive(Debug)]
 pub struct TestAgent {

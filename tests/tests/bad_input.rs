@@ -340,3 +340,59 @@ async fn a_client_gets_a_clear_error_when_the_agent_is_down() {
     assert!(msg.contains("no BlazeDB agent is listening"), "{msg}");
     assert!(msg.contains("start it with `blazed`"), "{msg}");
 }
+
+#[tokio::test]
+async fn pipelined_requests_see_the_database_they_follow() {
+    let agent = TestAgent::start(AGENT).await.expect("agent");
+    let mut raw = Raw::hello(&agent);
+    // Sent back to back, before any answer: the put queues behind the create.
+    let create = raw.send("db.create", &serde_json::json!({ "name": "fresh" }));
+    let put = raw.send(
+        "put",
+        &serde_json::json!({ "db": "fresh", "collection": "c", "id": "a", "fields": { "n": null } }),
+    );
+    let mut answers = std::collections::HashMap::new();
+    for _ in 0..2 {
+        let (id, r) = raw.response();
+        answers.insert(id, r);
+    }
+    assert!(answers[&create].is_ok(), "{:?}", answers[&create]);
+    assert!(answers[&put].is_ok(), "{:?}", answers[&put]);
+
+    // A null field is kept, read back and matched by `= null`.
+    let client = agent.client().await.expect("client");
+    let coll = client.db("fresh").collection("c");
+    let rec = coll.get_record("a").await.expect("get").expect("record");
+    assert_eq!(rec.fields.get("n"), Some(&Value::Null));
+    let hits = coll
+        .query()
+        .filter("n", blazedb::FilterOp::Eq, Value::Null)
+        .fetch()
+        .await
+        .expect("query");
+    assert_eq!(hits.records.len(), 1);
+
+    // A patch may not both set and unset a field.
+    let err = coll
+        .patch("a", [("n".to_owned(), Value::Int(1))].into(), &["n"])
+        .await
+        .expect_err("set and unset");
+    assert_eq!(err.code(), Some(ErrorCode::InvalidArgument));
+}
+
+#[tokio::test]
+async fn a_client_that_half_closes_still_gets_its_answers() {
+    let (agent, _client) = agent_with_data().await;
+    let mut raw = Raw::hello(&agent);
+    let id = raw.send(
+        "put",
+        &serde_json::json!({ "db": "bugs", "collection": "bugs", "id": "late", "fields": {} }),
+    );
+    raw.s
+        .shutdown(std::net::Shutdown::Write)
+        .expect("half close");
+    let (rid, r) = raw.response();
+    assert_eq!(rid, id);
+    assert!(r.is_ok(), "{r:?}");
+    raw.assert_closed();
+}

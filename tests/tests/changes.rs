@@ -196,3 +196,25 @@ async fn subscriptions_filter_by_collection_and_start_at_the_head() {
     assert_eq!(sub.cursor(), 4);
     sub.close().await.expect("close");
 }
+
+#[tokio::test]
+async fn dropping_a_database_ends_its_subscriptions_with_a_reason() {
+    let agent = TestAgent::start(AGENT).await.expect("agent");
+    let client = agent.client().await.expect("client");
+    let db = client.db("gone");
+    db.create().await.expect("create");
+    let mut sub = db.subscribe().await.expect("subscribe");
+    assert_eq!(client.status().await.expect("status").subscriptions, 1);
+    assert!(db.drop_db().await.expect("drop"));
+    let next = tokio::time::timeout(DEADLINE, sub.next())
+        .await
+        .expect("in time");
+    assert!(next.is_none(), "the stream ends");
+    let reason = sub.end_reason().expect("a reason");
+    assert_eq!(reason.code, blazedb::ErrorCode::UnknownDatabase);
+    blazedb_tests::wait_until("the subscription count to drop", || async {
+        client.status().await.is_ok_and(|s| s.subscriptions == 0)
+    })
+    .await
+    .expect("count back to zero");
+}

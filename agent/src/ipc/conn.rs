@@ -18,7 +18,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use blazedb_proto::api::{self, HelloResult, Request, SubscribeResult, UnsubscribeResult};
 use blazedb_proto::frame::{self, LEN_PREFIX};
@@ -149,15 +148,10 @@ pub(crate) async fn serve(stream: Stream, ctx: Arc<Ctx>, mut shutdown: watch::Re
             },
             _ = shutdown.changed() => conn.closing = true,
         }
-        if eof && conn.in_flight == 0 {
-            // Nobody is left to read what remains.
-            break;
-        }
     }
 
     for (_, task) in conn.subscriptions.drain() {
         task.abort();
-        conn.ctx.subscriptions.fetch_sub(1, Ordering::Relaxed);
     }
     let _ = wr.flush().await;
 }
@@ -298,7 +292,6 @@ impl Conn {
                 let removed = match self.subscriptions.remove(&p.subscription) {
                     Some(task) => {
                         task.abort();
-                        self.ctx.subscriptions.fetch_sub(1, Ordering::Relaxed);
                         true
                     }
                     None => false,

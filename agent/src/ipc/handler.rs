@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use super::Ctx;
 use super::conn::ReplySender;
-use crate::store::{Command, Reply, StoreError};
+use crate::store::{Command, Reply, StoreError, prepare};
 
 /// Whether a request was answered or will be answered through the reply
 /// channel.
@@ -144,8 +144,8 @@ pub(crate) fn handle(
             });
             Handled::Pending
         }
-        Request::IndexCreate(p) => index(ctx, out, id, p, true, tx),
-        Request::IndexDrop(p) => index(ctx, out, id, p, false, tx),
+        Request::IndexCreate(p) => index(ctx, id, p, true, tx),
+        Request::IndexDrop(p) => index(ctx, id, p, false, tx),
         Request::Put(p) => write(ctx, out, id, &p.db.clone(), vec![p.into()], tx, true),
         Request::Patch(p) => write(ctx, out, id, &p.db.clone(), vec![p.into()], tx, true),
         Request::Delete(p) => write(ctx, out, id, &p.db.clone(), vec![p.into()], tx, true),
@@ -161,25 +161,14 @@ pub(crate) fn handle(
     }
 }
 
-fn index(
-    ctx: &Ctx,
-    out: &mut Vec<u8>,
-    id: u64,
-    p: IndexParams,
-    create: bool,
-    tx: &ReplySender,
-) -> Handled {
-    let db = match ctx.store.db(&p.db) {
-        Ok(db) => db,
-        Err(e) => return done::<()>(ctx, out, id, Err(e)),
-    };
+fn index(ctx: &Ctx, id: u64, p: IndexParams, create: bool, tx: &ReplySender) -> Handled {
     let reply: Reply<bool> = if create {
         reply_to(tx, id, ctx.max_frame, |created| CreatedResult { created })
     } else {
         reply_to(tx, id, ctx.max_frame, |dropped| DroppedResult { dropped })
     };
     ctx.store.submit(Command::Index {
-        db,
+        db: p.db,
         collection: p.collection,
         field: p.field,
         create,
@@ -197,8 +186,11 @@ fn write(
     tx: &ReplySender,
     single: bool,
 ) -> Handled {
-    let db = match ctx.store.db(db) {
-        Ok(db) => db,
+    let db = db.to_owned();
+    // Validation and encoding happen here, on the connection's task, in
+    // parallel with the writer thread.
+    let writes = match prepare(writes) {
+        Ok(w) => w,
         Err(e) => return done::<()>(ctx, out, id, Err(e)),
     };
     let reply: Reply<Vec<_>> = if single {

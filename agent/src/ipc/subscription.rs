@@ -9,8 +9,11 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use blazedb_proto::api::{EVENT_METHOD, EventParams, SubscribeParams};
-use blazedb_proto::message;
+use blazedb_proto::api::{
+    Change, EVENT_METHOD, EventParams, SUBSCRIPTION_END_METHOD, SubscribeParams,
+    SubscriptionEndParams,
+};
+use blazedb_proto::message::{self, EncodeError};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -41,62 +44,117 @@ pub(crate) fn start(
         None => head,
     };
     let id = ctx.next_subscription.fetch_add(1, Ordering::Relaxed);
-    ctx.subscriptions.fetch_add(1, Ordering::Relaxed);
-    let task = tokio::spawn(run(ctx.clone(), db, id, p.collection, cursor, events));
+    let counted = Counted::new(ctx.clone());
+    let task = tokio::spawn(async move {
+        let _counted = counted;
+        if let Err(e) = run(&_counted.0, &db, id, p.collection, cursor, &events).await {
+            end(&_counted.0, id, e, &events).await;
+        }
+    });
     Ok((id, cursor, task))
 }
 
+/// Counts an open subscription for `status` while it lives, however its
+/// task ends (including being aborted).
+struct Counted(Arc<Ctx>);
+
+impl Counted {
+    fn new(ctx: Arc<Ctx>) -> Self {
+        ctx.subscriptions.fetch_add(1, Ordering::Relaxed);
+        Counted(ctx)
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.subscriptions.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Tells the client the subscription ended and why.
+async fn end(ctx: &Ctx, id: u64, e: StoreError, events: &mpsc::Sender<Vec<u8>>) {
+    tracing::debug!(subscription = id, "subscription ended: {e}");
+    let params = SubscriptionEndParams {
+        subscription: id,
+        error: e.into(),
+    };
+    let mut frame = Vec::new();
+    if message::encode_notification(&mut frame, SUBSCRIPTION_END_METHOD, &params, ctx.max_frame)
+        .is_ok()
+    {
+        let _ = events.send(frame).await;
+    }
+}
+
+/// Sends changes as one event, or as several if one would be over the
+/// frame limit. Returns false when the connection is gone.
+async fn send_changes(
+    ctx: &Ctx,
+    id: u64,
+    changes: Vec<Change>,
+    events: &mpsc::Sender<Vec<u8>>,
+) -> Result<bool, StoreError> {
+    let mut pending = vec![changes];
+    while let Some(changes) = pending.pop() {
+        let Some(last) = changes.last() else { continue };
+        let params = EventParams {
+            subscription: id,
+            cursor: last.cursor,
+            changes,
+        };
+        let mut frame = Vec::new();
+        match message::encode_notification(&mut frame, EVENT_METHOD, &params, ctx.max_frame) {
+            Ok(()) => {
+                if events.send(frame).await.is_err() {
+                    return Ok(false);
+                }
+            }
+            Err(EncodeError::TooLarge(_)) if params.changes.len() > 1 => {
+                let mut first = params.changes;
+                let second = first.split_off(first.len() / 2);
+                // Popped last-in first-out: the first half goes out first.
+                pending.push(second);
+                pending.push(first);
+            }
+            Err(e) => {
+                return Err(StoreError::InvalidArgument(format!(
+                    "change {} cannot be sent: {e}",
+                    params.cursor
+                )));
+            }
+        }
+    }
+    Ok(true)
+}
+
 async fn run(
-    ctx: Arc<Ctx>,
-    db: Arc<DbState>,
+    ctx: &Ctx,
+    db: &DbState,
     id: u64,
     collection: Option<String>,
     mut cursor: u64,
-    events: mpsc::Sender<Vec<u8>>,
-) {
+    events: &mpsc::Sender<Vec<u8>>,
+) -> Result<(), StoreError> {
     let mut head_rx = db.watch_head();
     loop {
         if db.is_dropped() {
-            return;
+            return Err(StoreError::UnknownDatabase(db.name().to_owned()));
         }
         let head = *head_rx.borrow_and_update();
         while cursor < head {
             let (changes, last) =
-                match ctx
-                    .store
-                    .read_changes(&db, cursor, collection.as_deref(), SCAN_BATCH)
-                {
-                    Ok(r) => r,
-                    Err(e) => {
-                        tracing::error!(subscription = id, "reading the op log failed: {e}");
-                        return;
-                    }
-                };
+                ctx.store
+                    .read_changes(db, cursor, collection.as_deref(), SCAN_BATCH)?;
             if last == cursor {
                 break;
             }
             cursor = last;
-            if changes.is_empty() {
-                continue;
-            }
-            let mut frame = Vec::new();
-            let params = EventParams {
-                subscription: id,
-                changes,
-                cursor,
-            };
-            if let Err(e) =
-                message::encode_notification(&mut frame, EVENT_METHOD, &params, ctx.max_frame)
-            {
-                tracing::error!(subscription = id, "cannot encode changes: {e}");
-                return;
-            }
-            if events.send(frame).await.is_err() {
-                return;
+            if !changes.is_empty() && !send_changes(ctx, id, changes, events).await? {
+                return Ok(());
             }
         }
         if head_rx.changed().await.is_err() {
-            return;
+            return Ok(());
         }
     }
 }

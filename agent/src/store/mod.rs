@@ -42,7 +42,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, watch};
 
 pub use error::StoreError;
-pub use writer::{Command, Reply};
+pub use writer::{Command, PreparedWrite, Reply, prepare};
 
 use record::StoredRecord;
 
@@ -299,7 +299,7 @@ impl Store {
         db: &str,
         writes: Vec<Write>,
     ) -> Result<Vec<WriteResult>, StoreError> {
-        let db = self.db(db)?;
+        let (db, writes) = (db.to_owned(), prepare(writes)?);
         self.call(|reply| Command::Write { db, writes, reply })
             .await
     }
@@ -340,8 +340,7 @@ impl Store {
         field: &str,
         create: bool,
     ) -> Result<bool, StoreError> {
-        let db = self.db(db)?;
-        let (collection, field) = (collection.to_owned(), field.to_owned());
+        let (db, collection, field) = (db.to_owned(), collection.to_owned(), field.to_owned());
         self.call(|reply| Command::Index {
             db,
             collection,

@@ -30,8 +30,27 @@ pub(crate) struct Stamp {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 struct CellStamp(u8, Hlc, u16);
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A field's stamp and value; `None` is a field removed by a patch. The
+/// value is stored as a list of zero or one, because `Some(Value::Null)`
+/// and `None` would both encode as nil.
+#[derive(Debug, Clone, PartialEq)]
 struct Cell(CellStamp, Option<Value>);
+
+impl Serialize for Cell {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        (self.0, self.1.as_slice()).serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Cell {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let (stamp, mut value): (CellStamp, Vec<Value>) = Deserialize::deserialize(d)?;
+        if value.len() > 1 {
+            return Err(serde::de::Error::custom("a field holds at most one value"));
+        }
+        Ok(Cell(stamp, value.pop()))
+    }
+}
 
 /// The stored form of a record, tombstones and field stamps included.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -68,6 +87,20 @@ impl StoredRecord {
         match self.base {
             None => Ordering::Less,
             Some((b, _)) => self.stamp(b).cmp(s),
+        }
+    }
+
+    /// The record a put makes when nothing older needs merging: the same as
+    /// applying the put to an empty record, without copying the fields.
+    pub(crate) fn from_put(stamp: &Stamp, fields: Fields) -> Self {
+        let cs = CellStamp(stamp.priority, stamp.hlc, 0);
+        StoredRecord {
+            origins: vec![stamp.origin],
+            base: Some((cs, false)),
+            fields: fields
+                .into_iter()
+                .map(|(k, v)| (k, Cell(cs, Some(v))))
+                .collect(),
         }
     }
 
@@ -227,6 +260,35 @@ mod tests {
         assert!(r.apply(&stamp(3, 1), &put(&[("c", 4)])));
         assert_eq!(r.fields(), Fields::from([("c".into(), Value::Int(4))]));
         assert_eq!(r.version(), Hlc(3));
+    }
+
+    #[test]
+    fn from_put_equals_applying_a_put_to_nothing() {
+        let body = put(&[("a", 1), ("b", 2)]);
+        let mut applied = StoredRecord::default();
+        applied.apply(&stamp(7, 3), &body);
+        let OpBody::Put { fields, .. } = body else {
+            unreachable!()
+        };
+        assert_eq!(StoredRecord::from_put(&stamp(7, 3), fields), applied);
+    }
+
+    #[test]
+    fn null_fields_survive_storage_and_removed_fields_stay_removed() {
+        let mut r = StoredRecord::default();
+        r.apply(
+            &stamp(1, 1),
+            &OpBody::Put {
+                collection: "c".into(),
+                id: "r".into(),
+                fields: Fields::from([("n".into(), Value::Null), ("x".into(), Value::Int(1))]),
+            },
+        );
+        r.apply(&stamp(2, 1), &patch(&[], &["x"]));
+        let bytes = blazedb_proto::codec::to_vec(&r).expect("encode");
+        let back: StoredRecord = blazedb_proto::codec::from_slice(&bytes).expect("decode");
+        assert_eq!(back, r);
+        assert_eq!(back.fields(), Fields::from([("n".into(), Value::Null)]));
     }
 
     #[test]

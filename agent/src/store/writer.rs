@@ -17,7 +17,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use blazedb_proto::api::{DbInfo, DbSettings, Durability, Write, WriteResult};
-use blazedb_proto::{DeviceId, Hlc, Op, OpBody, codec};
+use blazedb_proto::{DeviceId, Hlc, Op, OpBody, Value, codec};
 use fjall::{Keyspace, PersistMode};
 
 use super::keys;
@@ -36,10 +36,11 @@ pub type Reply<T> = Box<dyn FnOnce(Result<T, StoreError>) + Send>;
 pub enum Command {
     /// Applies writes to one database atomically.
     Write {
-        /// The database.
-        db: Arc<DbState>,
-        /// The writes, in order.
-        writes: Vec<Write>,
+        /// The database's name, looked up in queue order, so a write queued
+        /// behind the creation of its database finds it.
+        db: String,
+        /// The writes, in order (see [`prepare`]).
+        writes: Vec<PreparedWrite>,
         /// Gets one result per write.
         reply: Reply<Vec<WriteResult>>,
     },
@@ -65,8 +66,8 @@ pub enum Command {
     },
     /// Adds or removes a secondary index.
     Index {
-        /// The database.
-        db: Arc<DbState>,
+        /// The database's name.
+        db: String,
         /// The collection.
         collection: String,
         /// The field.
@@ -253,6 +254,63 @@ fn wall_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// A write validated and encoded on the caller's thread, so that the writer
+/// thread only stamps and stores it.
+#[derive(Debug)]
+pub struct PreparedWrite {
+    body: OpBody,
+    bytes: Vec<u8>,
+    key: Vec<u8>,
+}
+
+/// Validates writes and encodes their operation bodies.
+pub fn prepare(writes: Vec<Write>) -> Result<Vec<PreparedWrite>, StoreError> {
+    writes
+        .into_iter()
+        .map(|write| {
+            let body = match write {
+                Write::Put {
+                    collection,
+                    id,
+                    fields,
+                } => {
+                    validate_fields(fields.keys())?;
+                    OpBody::Put {
+                        id: id.unwrap_or_else(new_id),
+                        collection,
+                        fields,
+                    }
+                }
+                Write::Patch {
+                    collection,
+                    id,
+                    set,
+                    unset,
+                } => {
+                    validate_fields(set.keys().chain(&unset))?;
+                    if let Some(both) = unset.iter().find(|f| set.contains_key(*f)) {
+                        return Err(StoreError::InvalidArgument(format!(
+                            "field {both:?} is both set and unset; a patch may do one or the other"
+                        )));
+                    }
+                    OpBody::Patch {
+                        collection,
+                        id,
+                        set,
+                        unset,
+                    }
+                }
+                Write::Delete { collection, id } => OpBody::Delete { collection, id },
+            };
+            validate_name("collection", body.collection())?;
+            validate_id(body.id())?;
+            let key = keys::record_key(body.collection(), body.id());
+            let bytes = body.encode()?;
+            Ok(PreparedWrite { body, bytes, key })
+        })
+        .collect()
+}
+
 pub(crate) struct Writer {
     store: Store,
     fj: fjall::Database,
@@ -323,7 +381,11 @@ impl Writer {
                     field,
                     create,
                     reply,
-                } => reply(self.set_index(&db, &collection, &field, create)),
+                } => reply(
+                    self.store
+                        .db(&db)
+                        .and_then(|db| self.set_index(&db, &collection, &field, create)),
+                ),
                 Command::Shutdown { reply } => {
                     let res = self.fj.persist(PersistMode::SyncAll).map_err(Into::into);
                     reply(res);
@@ -357,8 +419,8 @@ impl Writer {
     /// command it took from the queue, to run next.
     fn commit_group(
         &mut self,
-        db: Arc<DbState>,
-        writes: Vec<Write>,
+        db: String,
+        writes: Vec<PreparedWrite>,
         reply: Reply<Vec<WriteResult>>,
     ) -> Option<Command> {
         let start_counters = self.counters.clone();
@@ -441,14 +503,14 @@ impl Writer {
     fn plan_command(
         &mut self,
         group: &mut Group,
-        db: Arc<DbState>,
-        writes: Vec<Write>,
+        db: String,
+        writes: Vec<PreparedWrite>,
         reply: Reply<Vec<WriteResult>>,
     ) {
-        if db.is_dropped() {
-            reply(Err(StoreError::UnknownDatabase(db.name.clone())));
-            return;
-        }
+        let db = match self.store.db(&db) {
+            Ok(db) => db,
+            Err(e) => return reply(Err(e)),
+        };
         let counters_before = self.counters.get(&db.id).copied();
         let clock_before = self.clock;
         let mut plan = Plan {
@@ -493,30 +555,26 @@ impl Writer {
         group: &Group,
         plan: &mut Plan,
         db: &Arc<DbState>,
-        write: Write,
+        write: PreparedWrite,
     ) -> Result<WriteResult, StoreError> {
-        let (collection, id, needs_existing) = match &write {
-            Write::Put { collection, id, .. } => (collection, id.clone(), false),
-            Write::Patch { collection, id, .. } => (collection, Some(id.clone()), true),
-            Write::Delete { collection, id } => (collection, Some(id.clone()), false),
-        };
-        validate_name("collection", collection)?;
-        let id = id.unwrap_or_else(new_id);
-        validate_id(&id)?;
-        let collection = collection.clone();
+        let PreparedWrite { body, bytes, key } = write;
+        let needs_existing = matches!(body, OpBody::Patch { .. });
+        let collection = body.collection();
 
         let indexes = {
             let cols = read_lock(&db.collections);
-            match cols.get(&collection) {
+            match cols.get(collection) {
                 Some(meta) => meta.indexes.clone(),
                 None => {
-                    let known = group.new_collections.contains(&(db.id, collection.clone()))
-                        || plan.new_collections.contains(&collection);
+                    let known = group
+                        .new_collections
+                        .contains(&(db.id, collection.to_owned()))
+                        || plan.new_collections.iter().any(|c| c == collection);
                     if !known {
-                        plan.new_collections.push(collection.clone());
+                        plan.new_collections.push(collection.to_owned());
                         plan.effects.push(Effect::Insert(
                             self.meta.clone(),
-                            collection_meta_key(db.id, &collection),
+                            collection_meta_key(db.id, collection),
                             codec::to_vec(&CollectionMeta::default())?,
                         ));
                     }
@@ -524,28 +582,6 @@ impl Writer {
                 }
             }
         };
-
-        let body = match write {
-            Write::Put { fields, .. } => {
-                validate_fields(fields.keys())?;
-                OpBody::Put {
-                    collection,
-                    id,
-                    fields,
-                }
-            }
-            Write::Patch { set, unset, .. } => {
-                validate_fields(set.keys().chain(&unset))?;
-                OpBody::Patch {
-                    collection,
-                    id,
-                    set,
-                    unset,
-                }
-            }
-            Write::Delete { .. } => OpBody::Delete { collection, id },
-        };
-        let key = keys::record_key(body.collection(), body.id());
         let overlay_key = (db.id, key);
 
         // A put or delete made here is newer than everything the record
@@ -569,7 +605,6 @@ impl Writer {
                 id: body.id().to_owned(),
             });
         }
-
         let counters = self.counters.entry(db.id).or_default();
         counters.head += 1;
         counters.local_seq += 1;
@@ -581,25 +616,32 @@ impl Writer {
             origin: self.store.device(),
         };
 
-        let mut record = existing.clone().unwrap_or_default();
-        record.apply(&stamp, &body);
+        let (collection, id) = (body.collection().to_owned(), body.id().to_owned());
+        let old_values: Vec<Option<Value>> = indexes
+            .iter()
+            .map(|f| existing.as_ref().and_then(|r| r.field(f)).cloned())
+            .collect();
+        let record = match (existing, body) {
+            (None, OpBody::Put { fields, .. }) => StoredRecord::from_put(&stamp, fields),
+            (existing, body) => {
+                let mut r = existing.unwrap_or_default();
+                r.apply(&stamp, &body);
+                r
+            }
+        };
 
-        for field in &indexes {
-            let old = existing.as_ref().and_then(|r| r.field(field));
+        for (field, old) in indexes.iter().zip(&old_values) {
+            let old = old.as_ref();
             let new = record.field(field);
             if old == new {
                 continue;
             }
-            let coll = body.collection();
-            if let Some(k) = old.and_then(|v| keys::index_key(coll, field, v, body.id())) {
+            if let Some(k) = old.and_then(|v| keys::index_key(&collection, field, v, &id)) {
                 plan.effects.push(Effect::Remove(db.index.clone(), k));
             }
-            if let Some(k) = new.and_then(|v| keys::index_key(coll, field, v, body.id())) {
-                plan.effects.push(Effect::Insert(
-                    db.index.clone(),
-                    k,
-                    body.id().as_bytes().to_vec(),
-                ));
+            if let Some(k) = new.and_then(|v| keys::index_key(&collection, field, v, &id)) {
+                plan.effects
+                    .push(Effect::Insert(db.index.clone(), k, id.as_bytes().to_vec()));
             }
         }
 
@@ -607,7 +649,7 @@ impl Writer {
             origin: stamp.origin,
             seq,
             hlc,
-            body: body.encode()?,
+            body: bytes,
         };
         plan.effects.push(Effect::Insert(
             db.records.clone(),
@@ -619,7 +661,6 @@ impl Writer {
             keys::log_key(cursor).to_vec(),
             codec::to_vec(&op)?,
         ));
-        let id = body.id().to_owned();
         plan.overlay.insert(overlay_key, record);
         Ok(WriteResult {
             id,
