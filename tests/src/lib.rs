@@ -69,15 +69,22 @@ impl TestAgent {
 
     /// Starts an agent with extra command-line arguments.
     pub async fn start_with(bin: impl Into<PathBuf>, args: &[&str]) -> anyhow::Result<TestAgent> {
+        let mut agent = Self::stopped(bin, args)?;
+        agent.restart().await?;
+        Ok(agent)
+    }
+
+    /// Sets up an agent's directories without starting it (start it with
+    /// [`TestAgent::restart`]).
+    pub fn stopped(bin: impl Into<PathBuf>, args: &[&str]) -> anyhow::Result<TestAgent> {
         let dir = tempfile::Builder::new().prefix("blz").tempdir()?;
-        let mut agent = TestAgent {
+        std::fs::create_dir(dir.path().join("data"))?;
+        Ok(TestAgent {
             bin: bin.into(),
             dir,
             child: None,
             extra_args: args.iter().map(|s| (*s).to_owned()).collect(),
-        };
-        agent.restart().await?;
-        Ok(agent)
+        })
     }
 
     /// The agent's data directory.

@@ -60,6 +60,16 @@ fn known_list(known: &[String]) -> String {
 }
 
 impl StoreError {
+    /// The same error for another waiter: storage errors keep their kind
+    /// and message, others become storage errors with their message.
+    pub fn for_another(&self) -> StoreError {
+        match self {
+            StoreError::Full(m) => StoreError::Full(m.clone()),
+            StoreError::Storage(m) => StoreError::Storage(m.clone()),
+            other => StoreError::Storage(other.to_string()),
+        }
+    }
+
     /// The wire error code for this error.
     pub fn code(&self) -> ErrorCode {
         match self {

@@ -464,14 +464,8 @@ impl Writer {
                 tracing::error!("commit of {} writes failed: {e}", group.replies.len());
                 self.counters = start_counters;
                 self.clock = start_clock;
-                let msg = e.to_string();
                 for (reply, result) in group.replies {
-                    reply(result.and_then(|_| {
-                        Err(match &e {
-                            StoreError::Full(m) => StoreError::Full(m.clone()),
-                            _ => StoreError::Storage(msg.clone()),
-                        })
-                    }));
+                    reply(result.and_then(|_| Err(e.for_another())));
                 }
             }
         }
