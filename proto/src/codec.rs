@@ -4,7 +4,7 @@
 //! `{"variant": fields}` (or the bare variant name when it has none), so the
 //! encoding is self-describing and readable from any language.
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 /// How deeply values may nest before decoding refuses them. It bounds the
 /// stack a hostile frame can make the decoder use.
@@ -39,15 +39,15 @@ pub fn encode_into<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) -> Resul
 }
 
 /// Decodes one MessagePack value from `bytes`; trailing bytes are an error.
-pub fn from_slice<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, CodecError> {
-    let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
+pub fn from_slice<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    let mut de = rmp_serde::Deserializer::new(std::io::Cursor::new(bytes));
     de.set_max_depth(MAX_DEPTH);
     let value = T::deserialize(&mut de).map_err(CodecError::decode)?;
-    let rest = value_len(bytes).map_err(|e| CodecError(e.to_string()))?;
-    if rest != bytes.len() {
+    let used = de.position() as usize;
+    if used != bytes.len() {
         return Err(CodecError(format!(
             "{} unexpected bytes after the value",
-            bytes.len() - rest
+            bytes.len() - used
         )));
     }
     Ok(value)

@@ -406,12 +406,14 @@ impl Store {
     /// Reads one record.
     pub fn get(&self, db: &str, collection: &str, id: &str) -> Result<Option<Record>, StoreError> {
         let db = self.db(db)?;
-        db.collection(collection)?;
+        if !read_lock(&db.collections).contains_key(collection) {
+            db.collection(collection)?;
+        }
         let rec = db.load_record(&keys::record_key(collection, id))?;
         Ok(rec.filter(StoredRecord::is_live).map(|r| Record {
             id: id.to_owned(),
-            fields: r.fields(),
             version: r.version(),
+            fields: r.into_fields(),
         }))
     }
 

@@ -314,8 +314,8 @@ pub(crate) fn run(
     let records = page
         .into_iter()
         .map(|(id, rec)| Record {
-            fields: rec.fields(),
             version: rec.version(),
+            fields: rec.into_fields(),
             id,
         })
         .collect();

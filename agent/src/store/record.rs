@@ -194,10 +194,19 @@ impl StoredRecord {
     }
 
     /// The visible fields.
+    #[cfg(test)]
     pub(crate) fn fields(&self) -> Fields {
         self.fields
             .iter()
             .filter_map(|(k, c)| c.1.as_ref().map(|v| (k.clone(), v.clone())))
+            .collect()
+    }
+
+    /// The visible fields, taking them out of the record.
+    pub(crate) fn into_fields(self) -> Fields {
+        self.fields
+            .into_iter()
+            .filter_map(|(k, c)| c.1.map(|v| (k, v)))
             .collect()
     }
 

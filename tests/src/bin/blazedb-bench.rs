@@ -38,6 +38,10 @@ struct Args {
     /// Run small counts (a smoke run, not a measurement).
     #[arg(long)]
     quick: bool,
+    /// Run only these sections (rtt, puts, gets, events, redis); all when
+    /// not given.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
     /// Internal: serve echo frames on this socket.
     #[arg(long, hide = true)]
     echo_server: Option<String>,
@@ -60,7 +64,7 @@ fn main() -> anyhow::Result<()> {
     if let Some(path) = &args.subscriber {
         return rt.block_on(subscriber(path));
     }
-    rt.block_on(run(args.quick))
+    rt.block_on(run(args.quick, &args.only))
 }
 
 struct Counts {
@@ -70,7 +74,8 @@ struct Counts {
     events: usize,
 }
 
-async fn run(quick: bool) -> anyhow::Result<()> {
+async fn run(quick: bool, only: &[String]) -> anyhow::Result<()> {
+    let on = |section: &str| only.is_empty() || only.iter().any(|s| s == section);
     let n = if quick {
         Counts {
             round_trips: 500,
@@ -106,60 +111,69 @@ async fn run(quick: bool) -> anyhow::Result<()> {
     );
 
     // 1. Get round trip against raw ping-pong of the same frame sizes.
-    let (req_len, resp_len) = get_frame_sizes(&coll).await?;
-    let raw = raw_ping_pong(req_len, resp_len, n.round_trips).await?;
-    let ours = get_round_trips(&coll, n.round_trips).await?;
-    println!("get round trip, one client ({req_len} B request, {resp_len} B response)");
-    print_latency("raw unix socket ping-pong", &raw);
-    print_latency("blazed get", &ours);
-    println!(
-        "  p50 ratio blazed/raw: {:.2}x (target <= 1.15x)\n",
-        ours.p(50.0) / raw.p(50.0)
-    );
+    if on("rtt") {
+        let (req_len, resp_len) = get_frame_sizes(&coll).await?;
+        let raw = raw_ping_pong(req_len, resp_len, n.round_trips).await?;
+        let ours = get_round_trips(&coll, n.round_trips).await?;
+        println!("get round trip, one client ({req_len} B request, {resp_len} B response)");
+        print_latency("raw unix socket ping-pong", &raw);
+        print_latency("blazed get", &ours);
+        println!(
+            "  p50 ratio blazed/raw: {:.2}x (target <= 1.15x)\n",
+            ours.p(50.0) / raw.p(50.0)
+        );
+    }
 
     // 2. Durable batched puts against raw fjall batches.
     let batch = 1000;
     let dir = tempfile::tempdir()?;
-    let raw_puts = raw_fjall_puts(dir.path(), n.puts, batch)?;
-    let store_puts = store_puts(dir.path(), n.puts, batch).await?;
-    let our_puts = batched_puts(&client, n.puts, batch).await?;
-    println!("durable puts, batches of {batch}, {} records", n.puts);
-    println!(
-        "  raw fjall batch insert, SyncAll   {:>12.0} ops/s",
-        raw_puts
-    );
-    println!(
-        "  store only (no IPC), fsync        {:>12.0} ops/s",
-        store_puts
-    );
-    println!(
-        "  blazed batch put, fsync           {:>12.0} ops/s",
-        our_puts
-    );
-    println!(
-        "  ratio blazed/raw: {:.0}% (target >= 60%)\n",
-        100.0 * our_puts / raw_puts
-    );
+    if on("puts") || on("gets") {
+        let raw_puts = raw_fjall_puts(dir.path(), n.puts, batch)?;
+        let store_puts = store_puts(dir.path(), n.puts, batch).await?;
+        let our_puts = batched_puts(&client, n.puts, batch).await?;
+        println!("durable puts, batches of {batch}, {} records", n.puts);
+        println!(
+            "  raw fjall batch insert, SyncAll   {:>12.0} ops/s",
+            raw_puts
+        );
+        println!(
+            "  store only (no IPC), fsync        {:>12.0} ops/s",
+            store_puts
+        );
+        println!(
+            "  blazed batch put, fsync           {:>12.0} ops/s",
+            our_puts
+        );
+        println!(
+            "  ratio blazed/raw: {:.0}% (target >= 60%)\n",
+            100.0 * our_puts / raw_puts
+        );
+    }
 
     // 3. Pipelined gets against raw fjall point gets.
-    let raw_gets = raw_fjall_gets(dir.path(), n.gets, n.puts)?;
-    let our_gets = pipelined_gets(&client, n.gets, n.puts).await?;
-    println!("point gets, {} random keys of {}", n.gets, n.puts);
-    println!(
-        "  raw fjall get                     {:>12.0} ops/s",
-        raw_gets
-    );
-    println!(
-        "  blazed get, 128 in flight         {:>12.0} ops/s",
-        our_gets
-    );
-    println!(
-        "  ratio blazed/raw: {:.0}% (target >= 80%)\n",
-        100.0 * our_gets / raw_gets
-    );
+    if on("gets") {
+        let raw_gets = raw_fjall_gets(dir.path(), n.gets, n.puts)?;
+        let our_gets = pipelined_gets(&client, n.gets, n.puts).await?;
+        println!("point gets, {} random keys of {}", n.gets, n.puts);
+        println!(
+            "  raw fjall get                     {:>12.0} ops/s",
+            raw_gets
+        );
+        println!(
+            "  blazed get, 128 in flight         {:>12.0} ops/s",
+            our_gets
+        );
+        println!(
+            "  ratio blazed/raw: {:.0}% (target >= 80%)\n",
+            100.0 * our_gets / raw_gets
+        );
+    }
 
     // 4. Change events to a subscriber in another process.
     for durability in [Durability::Fsync, Durability::Buffered] {
+        if !on("events") {
+            break;
+        }
         let lat = event_latency(&client, &agent, durability, n.events).await?;
         println!(
             "change event, write in this process -> subscriber in another ({durability:?} db)"
@@ -168,7 +182,9 @@ async fn run(quick: bool) -> anyhow::Result<()> {
         println!("  p99: {:.0} us (target < 1000 us)\n", lat.p(99.0));
     }
 
-    redis_reference(n.round_trips.max(10_000));
+    if on("redis") {
+        redis_reference(n.round_trips.max(10_000));
+    }
     Ok(())
 }
 
