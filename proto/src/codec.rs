@@ -141,6 +141,47 @@ pub fn from_fields<T: serde::de::DeserializeOwned>(
     from_slice(&to_vec(fields)?)
 }
 
+/// Writers for code that assembles MessagePack by hand (to encode once and
+/// fill in a few numbers later). Writing to a `Vec` cannot fail.
+pub mod raw {
+    /// The marker of a 64-bit unsigned integer.
+    pub const U64: u8 = 0xcf;
+
+    /// Appends a string.
+    pub fn str(out: &mut Vec<u8>, s: &str) {
+        let _ = rmp::encode::write_str(out, s);
+    }
+
+    /// Appends a byte string.
+    pub fn bin(out: &mut Vec<u8>, b: &[u8]) {
+        let _ = rmp::encode::write_bin(out, b);
+    }
+
+    /// Appends a map header.
+    pub fn map_len(out: &mut Vec<u8>, len: u32) {
+        let _ = rmp::encode::write_map_len(out, len);
+    }
+
+    /// Appends an array header.
+    pub fn array_len(out: &mut Vec<u8>, len: u32) {
+        let _ = rmp::encode::write_array_len(out, len);
+    }
+
+    /// Appends a 64-bit unsigned integer in its 9-byte form and returns
+    /// where its 8 value bytes start, so [`patch_u64`] can change it.
+    pub fn u64_fixed(out: &mut Vec<u8>, v: u64) -> usize {
+        out.push(U64);
+        let at = out.len();
+        out.extend_from_slice(&v.to_be_bytes());
+        at
+    }
+
+    /// Overwrites a value written by [`u64_fixed`].
+    pub fn patch_u64(out: &mut [u8], at: usize, v: u64) {
+        out[at..at + 8].copy_from_slice(&v.to_be_bytes());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -23,6 +23,7 @@ mod error;
 pub(crate) mod keys;
 mod query;
 pub(crate) mod record;
+mod stamped;
 mod writer;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -299,7 +300,7 @@ impl Store {
         db: &str,
         writes: Vec<Write>,
     ) -> Result<Vec<WriteResult>, StoreError> {
-        let (db, writes) = (db.to_owned(), prepare(writes)?);
+        let (db, writes) = (db.to_owned(), prepare(&self.device(), writes)?);
         self.call(|reply| Command::Write { db, writes, reply })
             .await
     }

@@ -22,6 +22,7 @@ use fjall::{Keyspace, PersistMode};
 
 use super::keys;
 use super::record::{Stamp, StoredRecord};
+use super::stamped::{self, Holes};
 use super::{
     CollectionMeta, DbMeta, DbState, META_NEXT_DB_ID, Store, StoreError, StoreOptions,
     collection_meta_key, db_meta_key, open_keyspaces, read_lock, write_lock,
@@ -202,6 +203,10 @@ impl Group {
     }
 }
 
+/// The conflict priority of local writes (per-database priorities come
+/// with sync).
+const LOCAL_PRIORITY: u8 = 0;
+
 /// Limits on names, so keys stay small and unambiguous.
 const MAX_NAME: usize = 255;
 const MAX_ID: usize = 1024;
@@ -259,12 +264,17 @@ fn wall_ms() -> u64 {
 #[derive(Debug)]
 pub struct PreparedWrite {
     body: OpBody,
-    bytes: Vec<u8>,
     key: Vec<u8>,
+    /// The op-log entry, waiting for its seq and clock reading.
+    op: Holes,
+    /// For a put, the record it makes when it replaces everything before
+    /// it, waiting for its clock reading.
+    fresh_record: Option<Holes>,
 }
 
-/// Validates writes and encodes their operation bodies.
-pub fn prepare(writes: Vec<Write>) -> Result<Vec<PreparedWrite>, StoreError> {
+/// Validates writes made on this device (`origin`) and encodes what can be
+/// encoded before they are stamped.
+pub fn prepare(origin: &DeviceId, writes: Vec<Write>) -> Result<Vec<PreparedWrite>, StoreError> {
     writes
         .into_iter()
         .map(|write| {
@@ -305,8 +315,19 @@ pub fn prepare(writes: Vec<Write>) -> Result<Vec<PreparedWrite>, StoreError> {
             validate_name("collection", body.collection())?;
             validate_id(body.id())?;
             let key = keys::record_key(body.collection(), body.id());
-            let bytes = body.encode()?;
-            Ok(PreparedWrite { body, bytes, key })
+            let op = stamped::op_entry(origin, &body.encode()?);
+            let fresh_record = match &body {
+                OpBody::Put { fields, .. } => {
+                    Some(stamped::fresh_put_record(origin, LOCAL_PRIORITY, fields)?)
+                }
+                _ => None,
+            };
+            Ok(PreparedWrite {
+                body,
+                key,
+                op,
+                fresh_record,
+            })
         })
         .collect()
 }
@@ -551,7 +572,12 @@ impl Writer {
         db: &Arc<DbState>,
         write: PreparedWrite,
     ) -> Result<WriteResult, StoreError> {
-        let PreparedWrite { body, bytes, key } = write;
+        let PreparedWrite {
+            body,
+            key,
+            op,
+            fresh_record,
+        } = write;
         let needs_existing = matches!(body, OpBody::Patch { .. });
         let collection = body.collection();
 
@@ -605,7 +631,7 @@ impl Writer {
         let (cursor, seq) = (counters.head, counters.local_seq);
         let hlc = self.clock.tick(wall_ms());
         let stamp = Stamp {
-            priority: 0,
+            priority: LOCAL_PRIORITY,
             hlc,
             origin: self.store.device(),
         };
@@ -615,12 +641,15 @@ impl Writer {
             .iter()
             .map(|f| existing.as_ref().and_then(|r| r.field(f)).cloned())
             .collect();
-        let record = match (existing, body) {
-            (None, OpBody::Put { fields, .. }) => StoredRecord::from_put(&stamp, fields),
-            (existing, body) => {
+        let (record, record_bytes) = match (existing, body, fresh_record) {
+            (None, OpBody::Put { fields, .. }, Some(fresh)) => (
+                StoredRecord::from_put(&stamp, fields),
+                Some(fresh.fill(&[hlc.0])),
+            ),
+            (existing, body, _) => {
                 let mut r = existing.unwrap_or_default();
                 r.apply(&stamp, &body);
-                r
+                (r, None)
             }
         };
 
@@ -639,21 +668,19 @@ impl Writer {
             }
         }
 
-        let op = Op {
-            origin: stamp.origin,
-            seq,
-            hlc,
-            body: bytes,
+        let record_bytes = match record_bytes {
+            Some(b) => b,
+            None => codec::to_vec(&record)?,
         };
         plan.effects.push(Effect::Insert(
             db.records.clone(),
             overlay_key.1.clone(),
-            codec::to_vec(&record)?,
+            record_bytes,
         ));
         plan.effects.push(Effect::Insert(
             db.log.clone(),
             keys::log_key(cursor).to_vec(),
-            codec::to_vec(&op)?,
+            stamped::fill_op(op, seq, hlc),
         ));
         plan.overlay.insert(overlay_key, record);
         Ok(WriteResult {
