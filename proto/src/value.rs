@@ -155,9 +155,9 @@ impl Value {
             (Null, Null) => Ordering::Equal,
             (Bool(a), Bool(b)) => a.cmp(b),
             (Int(a), Int(b)) => a.cmp(b),
-            (Float(a), Float(b)) => a.total_cmp(b),
-            (Int(a), Float(b)) => (*a as f64).total_cmp(b),
-            (Float(a), Int(b)) => a.total_cmp(&(*b as f64)),
+            (Float(a), Float(b)) => cmp_f64(*a, *b),
+            (Int(a), Float(b)) => cmp_f64(*a as f64, *b),
+            (Float(a), Int(b)) => cmp_f64(*a, *b as f64),
             (String(a), String(b)) => a.cmp(b),
             (Bytes(a), Bytes(b)) => a.cmp(b),
             (Uuid(a), Uuid(b)) => a.cmp(b),
@@ -198,6 +198,16 @@ impl Value {
             Value::Int(i) => Some(*i),
             _ => None,
         }
+    }
+}
+
+/// Compares floats as numbers (`-0.0` equals `0.0`), with NaN after
+/// everything, so the order is total.
+fn cmp_f64(a: f64, b: f64) -> Ordering {
+    if a == b {
+        Ordering::Equal
+    } else {
+        a.total_cmp(&b)
     }
 }
 
@@ -503,6 +513,18 @@ mod tests {
         assert_eq!(
             Value::String("a".into()).total_cmp(&Value::Int(9)),
             Ordering::Greater
+        );
+    }
+
+    #[test]
+    fn zero_and_negative_zero_are_equal() {
+        assert_eq!(
+            Value::Float(-0.0).total_cmp(&Value::Float(0.0)),
+            Ordering::Equal
+        );
+        assert_eq!(
+            Value::Float(-0.0).total_cmp(&Value::Int(0)),
+            Ordering::Equal
         );
     }
 
