@@ -5,6 +5,7 @@ use clap::Args;
 use super::Opts;
 use super::fields::parse_fields;
 use super::output::{print_json, record_json, value_json};
+use crate::api::{Put, PutParams};
 use crate::{Client, Value, WriteResult};
 
 #[derive(Debug, Args)]
@@ -53,22 +54,14 @@ fn print_write(what: &str, r: &WriteResult, opts: Opts) -> anyhow::Result<()> {
 }
 
 pub(crate) async fn put(client: &Client, a: PutArgs, opts: Opts) -> anyhow::Result<()> {
-    let fields = parse_fields(&a.fields)?;
-    let coll = client.db(&a.db).collection(&a.collection);
-    let r = if a.id == "-" {
-        let id = coll.insert(&Value::Map(fields)).await?;
-        // The put's own result is not returned by insert; read it back.
-        let rec = coll.get_record(&id).await?;
-        if opts.json {
-            return print_json(
-                &serde_json::json!({ "id": id, "version": rec.map(|r| r.version.0) }),
-            );
-        }
-        println!("put {id}");
-        return Ok(());
-    } else {
-        coll.put_fields(&a.id, fields).await?
+    let params = PutParams {
+        fields: parse_fields(&a.fields)?,
+        // `-` lets the agent pick the id; the result says which.
+        id: (a.id != "-").then_some(a.id),
+        db: a.db,
+        collection: a.collection,
     };
+    let r = client.call::<Put>(&params).await?;
     print_write("put", &r, opts)
 }
 
