@@ -7,6 +7,7 @@
 //! - [`api`]: the IPC methods with their params and results.
 //! - [`value`]: field values and their MessagePack encoding.
 //! - [`op`]: operations, device ids and clock readings.
+//! - [`sync`]: what replicas say to each other to sync a database.
 //!
 //! This crate does no IO. It is the only place that knows the wire
 //! encoding; the agent and the clients go through it.
@@ -18,9 +19,11 @@ pub mod frame;
 pub mod message;
 pub mod op;
 pub mod paths;
+pub mod sync;
 pub mod value;
 
 pub use api::{Method, PROTOCOL_VERSION, Request};
 pub use error::{ErrorCode, ErrorInfo};
 pub use op::{DeviceId, Hlc, Op, OpBody};
+pub use sync::{Epoch, Report, SnapshotRecord, SyncMessage, VersionVector};
 pub use value::{Fields, Timestamp, Uuid, Value};

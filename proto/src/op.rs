@@ -190,6 +190,10 @@ impl OpBody {
     }
 }
 
+fn is_zero(p: &u8) -> bool {
+    *p == 0
+}
+
 /// One operation as it is stored in the op log and sent between replicas.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Op {
@@ -199,6 +203,11 @@ pub struct Op {
     pub seq: u64,
     /// When the write was made, by the origin's hybrid logical clock.
     pub hlc: Hlc,
+    /// The conflict priority the origin gives its writes to this database:
+    /// a higher priority wins over any clock reading ("server priority").
+    /// Left out of the encoding when zero.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub priority: u8,
     /// The encoded [`OpBody`], possibly sealed.
     #[serde(with = "serde_bytes")]
     pub body: Vec<u8>,

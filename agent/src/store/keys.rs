@@ -28,6 +28,15 @@ pub(crate) fn id_of_record_key(key: &[u8]) -> Option<&str> {
     std::str::from_utf8(&key[sep + 1..]).ok()
 }
 
+/// The collection and id of a record key.
+pub(crate) fn split_record_key(key: &[u8]) -> Option<(&str, &str)> {
+    let sep = key.iter().position(|&b| b == 0)?;
+    Some((
+        std::str::from_utf8(&key[..sep]).ok()?,
+        std::str::from_utf8(&key[sep + 1..]).ok()?,
+    ))
+}
+
 /// The key of an op-log entry.
 pub(crate) fn log_key(cursor: u64) -> [u8; 8] {
     cursor.to_be_bytes()

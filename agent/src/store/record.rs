@@ -25,6 +25,17 @@ pub(crate) struct Stamp {
     pub(crate) origin: DeviceId,
 }
 
+impl Stamp {
+    /// The stamp of an operation.
+    pub(crate) fn of(op: &blazedb_proto::Op) -> Stamp {
+        Stamp {
+            priority: op.priority,
+            hlc: op.hlc,
+            origin: op.origin,
+        }
+    }
+}
+
 /// A stamp inside a record: the origin is a position in the record's
 /// `origins` table, which keeps the stored form small.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -174,6 +185,49 @@ impl StoredRecord {
             s > *stamp
         });
         true
+    }
+
+    /// Merges another replica's state of the same record into this one.
+    /// The merge is a join: commutative, associative and idempotent, and
+    /// merging two states gives the state of applying both their writes.
+    /// Returns whether anything changed.
+    pub(crate) fn merge(&mut self, other: &StoredRecord) -> bool {
+        let mut changed = false;
+        if let Some((b, deleted)) = other.base {
+            changed |= self.reset(&other.stamp(b), deleted);
+        }
+        for (name, cell) in &other.fields {
+            let stamp = other.stamp(cell.0);
+            // Fields older than the latest put or delete are gone; the
+            // base put's own fields carry its stamp and stay.
+            if self.base_cmp(&stamp) == Ordering::Greater {
+                continue;
+            }
+            let newer = self
+                .fields
+                .get(name)
+                .is_none_or(|c| self.stamp(c.0) < stamp);
+            if newer {
+                let cs = self.cell_stamp(&stamp);
+                self.fields.insert(name.clone(), Cell(cs, cell.1.clone()));
+                changed = true;
+            }
+        }
+        changed
+    }
+
+    /// For a record that is only a tombstone (deleted, with nothing written
+    /// since), the clock reading of the delete: once every replica holds
+    /// every write up to it, the tombstone can go.
+    ///
+    /// A delete made with a conflict priority is never collectable: it must
+    /// go on beating later writes of lower priority, which a missing record
+    /// would not.
+    pub(crate) fn tombstone_clock(&self) -> Option<Hlc> {
+        match self.base {
+            Some((b, true)) if self.fields.is_empty() && b.0 == 0 => Some(b.1),
+            _ => None,
+        }
     }
 
     /// Whether the record exists: its latest put or delete was a put, or
@@ -385,6 +439,100 @@ mod tests {
                 Fields::new()
             },
         )
+    }
+
+    /// The record with every stamp spelled out, so that states built in
+    /// different orders (and so with different origin tables) compare.
+    type Canonical = (
+        Option<(Stamp, bool)>,
+        BTreeMap<String, (Stamp, Option<Value>)>,
+    );
+
+    fn canonical(r: &StoredRecord) -> Canonical {
+        (
+            r.base.map(|(b, d)| (r.stamp(b), d)),
+            r.fields
+                .iter()
+                .map(|(k, c)| (k.clone(), (r.stamp(c.0), c.1.clone())))
+                .collect(),
+        )
+    }
+
+    fn unique(ops: Vec<(Stamp, OpBody)>) -> Vec<(Stamp, OpBody)> {
+        let mut seen = std::collections::HashSet::new();
+        ops.into_iter().filter(|(s, _)| seen.insert(*s)).collect()
+    }
+
+    fn applied(ops: &[(Stamp, OpBody)]) -> StoredRecord {
+        let mut r = StoredRecord::default();
+        for (s, b) in ops {
+            r.apply(s, b);
+        }
+        r
+    }
+
+    fn merged(a: &StoredRecord, b: &StoredRecord) -> StoredRecord {
+        let mut m = a.clone();
+        m.merge(b);
+        m
+    }
+
+    #[test]
+    fn tombstones_are_recognised() {
+        let mut r = StoredRecord::default();
+        r.apply(&stamp(1, 1), &put(&[("a", 1)]));
+        assert_eq!(r.tombstone_clock(), None);
+        r.apply(&stamp(2, 1), &delete());
+        assert_eq!(r.tombstone_clock(), Some(Hlc(2)));
+        r.apply(&stamp(3, 1), &patch(&[("a", 2)], &[]));
+        assert_eq!(r.tombstone_clock(), None);
+        let mut hub = StoredRecord::default();
+        let high = Stamp {
+            priority: 1,
+            ..stamp(4, 2)
+        };
+        hub.apply(&high, &delete());
+        assert_eq!(hub.tombstone_clock(), None);
+    }
+
+    proptest! {
+        /// Merging two replicas' states gives the state of applying all
+        /// their writes on one replica.
+        #[test]
+        fn merging_states_equals_applying_all_writes(
+            ops in proptest::collection::vec(arb_op(), 0..10),
+            split in proptest::collection::vec(0u8..3, 10),
+        ) {
+            let ops = unique(ops);
+            // Each op goes to replica a, b or both.
+            let a: Vec<_> = ops.iter().zip(&split).filter(|(_, w)| **w != 1).map(|(o, _)| o.clone()).collect();
+            let b: Vec<_> = ops.iter().zip(&split).filter(|(_, w)| **w != 0).map(|(o, _)| o.clone()).collect();
+            let joined = merged(&applied(&a), &applied(&b));
+            prop_assert_eq!(canonical(&joined), canonical(&applied(&ops)));
+        }
+
+        /// The merge is commutative, associative and idempotent.
+        #[test]
+        fn merge_is_a_join(
+            x in proptest::collection::vec(arb_op(), 0..5),
+            y in proptest::collection::vec(arb_op(), 0..5),
+            z in proptest::collection::vec(arb_op(), 0..5),
+        ) {
+            // Stamps are unique across replicas: one stamp is one write.
+            let all = unique(x.iter().chain(&y).chain(&z).cloned().collect());
+            let keep = |v: &[(Stamp, OpBody)]| -> Vec<(Stamp, OpBody)> {
+                all.iter().filter(|o| v.iter().any(|p| p.0 == o.0 && p.1 == o.1)).cloned().collect()
+            };
+            let (a, b, c) = (applied(&keep(&x)), applied(&keep(&y)), applied(&keep(&z)));
+            prop_assert_eq!(canonical(&merged(&a, &b)), canonical(&merged(&b, &a)));
+            prop_assert_eq!(
+                canonical(&merged(&merged(&a, &b), &c)),
+                canonical(&merged(&a, &merged(&b, &c)))
+            );
+            prop_assert_eq!(canonical(&merged(&a, &a)), canonical(&a));
+            let ab = merged(&a, &b);
+            prop_assert_eq!(canonical(&merged(&ab, &b)), canonical(&ab));
+        }
     }
 
     proptest! {

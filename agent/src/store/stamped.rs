@@ -124,7 +124,7 @@ mod tests {
             let origin = DeviceId([3; 32]);
             let bytes = fill_op(op_entry(&origin, &body), seq, Hlc(hlc));
             let decoded: Op = codec::from_slice(&bytes).expect("decode");
-            prop_assert_eq!(decoded, Op { origin, seq, hlc: Hlc(hlc), body });
+            prop_assert_eq!(decoded, Op { origin, seq, hlc: Hlc(hlc), priority: 0, body });
         }
     }
 }

@@ -8,6 +8,24 @@
 
 use blazedb_proto::Hlc;
 
+/// How far ahead of this device's wall clock a clock reading from another
+/// device may be before it is held back: ten minutes.
+///
+/// A device whose clock runs far ahead would otherwise stamp writes that
+/// win every conflict until the rest of the world catches up, and drag
+/// every clock that sees them forward. Its operations are instead held
+/// (not applied, not acknowledged) until this device's wall clock is
+/// within the bound; the sender keeps them and sends them again, so they
+/// are delayed, never lost, and every replica still ends up with the same
+/// state.
+pub const MAX_AHEAD_MS: u64 = 10 * 60 * 1000;
+
+/// Whether `hlc` is further ahead of the wall time `now_ms` than
+/// [`MAX_AHEAD_MS`] allows.
+pub fn too_far_ahead(hlc: Hlc, now_ms: u64) -> bool {
+    hlc.millis() > now_ms.saturating_add(MAX_AHEAD_MS)
+}
+
 /// A hybrid logical clock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HlcClock {
@@ -24,6 +42,12 @@ impl HlcClock {
     /// The latest reading handed out.
     pub fn last(&self) -> Hlc {
         self.last
+    }
+
+    /// Takes in a reading from another device, so that every later local
+    /// reading is after it (and after the events it orders).
+    pub fn observe(&mut self, remote: Hlc) {
+        self.last = self.last.max(remote);
     }
 
     /// A fresh reading for a local event at wall time `now_ms`, later than
@@ -64,6 +88,23 @@ mod tests {
     fn a_spent_counter_moves_to_the_next_millisecond() {
         let mut c = HlcClock::new(Hlc::new(100, u16::MAX));
         assert_eq!(c.tick(100), Hlc::new(101, 0));
+    }
+
+    #[test]
+    fn readings_after_observing_a_remote_one_are_later() {
+        let mut c = HlcClock::new(Hlc::new(100, 0));
+        c.observe(Hlc::new(500, 3));
+        assert_eq!(c.tick(200), Hlc::new(500, 4));
+        c.observe(Hlc::new(10, 0));
+        assert_eq!(c.tick(200), Hlc::new(500, 5));
+    }
+
+    #[test]
+    fn readings_too_far_ahead_are_recognised() {
+        let now = 1_000_000_000;
+        assert!(!too_far_ahead(Hlc::new(now + MAX_AHEAD_MS, 9), now));
+        assert!(too_far_ahead(Hlc::new(now + MAX_AHEAD_MS + 1, 0), now));
+        assert!(!too_far_ahead(Hlc::new(0, 0), now));
     }
 
     #[test]

@@ -1,0 +1,873 @@
+//! The sync engine: a state machine that keeps this replica's databases in
+//! step with its peers'. It does no IO and reads no clock: the caller hands
+//! it events with the time, and takes back messages to send and the time
+//! of its next timer.
+//!
+//! Per database and peer the protocol is:
+//! 1. both sides send their version vector (`Vector`) when the link comes
+//!    up, and again now and then;
+//! 2. each side streams what the other lacks (`Ops`), oldest first, with at
+//!    most a window of operations unacknowledged, or a `Snapshot` of its
+//!    records when the other is too far behind for the log;
+//! 3. after that, new operations (local or from a third replica) are pushed
+//!    as they commit. The receiver answers every batch with its vector:
+//!    that is the acknowledgement. Nothing acknowledged in time is sent
+//!    again from the last acknowledged point (go-back-N), with backoff.
+//!
+//! Invariants:
+//! - Only operations that extend this replica's vector contiguously are
+//!   applied, so a version vector says exactly what a replica holds and
+//!   duplicates are dropped by `(origin, seq)`.
+//! - A peer's acknowledged vector only grows within an epoch; a new epoch
+//!   from a peer throws away everything known about it.
+//! - Operations from another device with a clock reading too far ahead are
+//!   not applied (see [`MAX_AHEAD_MS`](super::hlc::MAX_AHEAD_MS)).
+//! - Only operations every replica has reported holding are compacted, and
+//!   only tombstones older than every operation still in flight.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use blazedb_proto::api::SyncMode;
+use blazedb_proto::{DeviceId, Epoch, Op, Report, SyncMessage, VersionVector};
+
+use super::hlc::too_far_ahead;
+use super::store::{ReadLimits, SyncStore};
+
+/// Engine tuning. Times are in milliseconds.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Every replica of the mesh this device knows of. Compaction waits
+    /// until each of them has reported; with none, nothing is compacted.
+    pub members: Vec<DeviceId>,
+    /// Bounds on one `Ops` message.
+    pub batch: ReadLimits,
+    /// The most operations sent to a peer and not yet acknowledged.
+    pub window_ops: u64,
+    /// Bounds on one snapshot piece.
+    pub snapshot_piece: ReadLimits,
+    /// The most snapshot pieces sent and not yet acknowledged.
+    pub window_pieces: u32,
+    /// A peer this many operations behind gets a snapshot instead.
+    pub snapshot_after: u64,
+    /// How long to wait for an acknowledgement before sending again.
+    pub retransmit_ms: u64,
+    /// The longest the retransmit wait grows to.
+    pub max_retransmit_ms: u64,
+    /// How often vectors and reports are sent to every peer.
+    pub announce_ms: u64,
+    /// How often compaction runs.
+    pub compact_ms: u64,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            members: Vec::new(),
+            batch: ReadLimits {
+                max_items: 512,
+                max_bytes: 256 * 1024,
+            },
+            window_ops: 8192,
+            snapshot_piece: ReadLimits {
+                max_items: 2048,
+                max_bytes: 512 * 1024,
+            },
+            window_pieces: 8,
+            snapshot_after: 1_000_000,
+            retransmit_ms: 2_000,
+            max_retransmit_ms: 60_000,
+            announce_ms: 10_000,
+            compact_ms: 60_000,
+        }
+    }
+}
+
+/// Something the engine noticed that the agent should report or log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// Operations from another replica were applied.
+    Applied {
+        /// The database.
+        db: String,
+        /// The peer they came from.
+        from: DeviceId,
+        /// How many.
+        ops: usize,
+    },
+    /// A snapshot from a peer was merged completely.
+    SnapshotMerged {
+        /// The database.
+        db: String,
+        /// The peer it came from.
+        from: DeviceId,
+    },
+    /// Operations were held back because their clock is too far ahead of
+    /// this device's.
+    ClockAhead {
+        /// The database.
+        db: String,
+        /// The device that stamped them.
+        origin: DeviceId,
+        /// How far ahead, in milliseconds.
+        ahead_ms: u64,
+    },
+    /// A peer's database has a new epoch (it was reset or restored).
+    EpochChanged {
+        /// The database.
+        db: String,
+        /// The peer.
+        peer: DeviceId,
+    },
+    /// Operations were removed from the log, or tombstones dropped.
+    Compacted {
+        /// The database.
+        db: String,
+        /// Operations removed.
+        ops: u64,
+        /// Tombstones removed.
+        tombstones: u64,
+    },
+    /// The store failed; what was being done is retried later.
+    StoreFailed {
+        /// The database.
+        db: String,
+        /// What went wrong.
+        error: String,
+    },
+}
+
+/// A snapshot being sent to one peer.
+#[derive(Debug, Clone)]
+struct OutSnapshot {
+    id: u64,
+    vector: VersionVector,
+    /// The last record key sent.
+    after: Option<Vec<u8>>,
+    next_part: u32,
+    /// The latest piece the peer has merged.
+    acked_part: Option<u32>,
+    all_sent: bool,
+}
+
+/// One database shared with one peer.
+#[derive(Debug, Clone)]
+struct Stream {
+    /// Whether the peer takes operations.
+    peer_wants: bool,
+    /// What the peer has said it holds; `None` until it says.
+    acked: Option<VersionVector>,
+    /// What the peer holds once everything sent arrives.
+    sent: VersionVector,
+    /// Where in the log reading for this peer goes on.
+    cursor: u64,
+    /// When the peer last acknowledged something new.
+    progress_at: u64,
+    /// The current retransmit wait.
+    rto: u64,
+    out_snapshot: Option<OutSnapshot>,
+    /// The snapshot being received: its id and the next piece expected.
+    in_snapshot: Option<(u64, u32)>,
+    /// The next snapshot goes out whatever the vectors say.
+    force_snapshot: bool,
+}
+
+impl Stream {
+    fn new(now: u64, rto: u64) -> Self {
+        Stream {
+            peer_wants: false,
+            acked: None,
+            sent: VersionVector::new(),
+            cursor: 0,
+            progress_at: now,
+            rto,
+            out_snapshot: None,
+            in_snapshot: None,
+            force_snapshot: false,
+        }
+    }
+
+    fn in_flight(&self) -> bool {
+        self.out_snapshot.is_some()
+            || self
+                .acked
+                .as_ref()
+                .is_some_and(|a| self.sent.ahead_of(a) > 0)
+    }
+}
+
+fn sends(mode: SyncMode) -> bool {
+    matches!(mode, SyncMode::Sync | SyncMode::Push)
+}
+
+fn takes(mode: SyncMode) -> bool {
+    matches!(mode, SyncMode::Sync | SyncMode::Pull)
+}
+
+/// How many of a replica's past reports are kept.
+const REPORT_HISTORY: usize = 16;
+
+/// The sync engine of one replica.
+#[derive(Debug)]
+pub struct Engine<S> {
+    me: DeviceId,
+    store: S,
+    config: EngineConfig,
+    links: BTreeMap<DeviceId, BTreeMap<String, Stream>>,
+    /// The latest epoch seen from each peer, per database.
+    epochs: BTreeMap<(DeviceId, String), Epoch>,
+    /// Per database, recent reports of each replica, oldest first.
+    reports: BTreeMap<String, BTreeMap<DeviceId, VecDeque<Report>>>,
+    outbox: VecDeque<(DeviceId, SyncMessage)>,
+    events: VecDeque<Event>,
+    next_announce: u64,
+    next_compact: u64,
+    next_snapshot_id: u64,
+}
+
+impl<S: SyncStore> Engine<S> {
+    /// An engine for the device `me` over `store`, started at time `now`.
+    pub fn new(me: DeviceId, store: S, config: EngineConfig, now: u64) -> Self {
+        Engine {
+            me,
+            store,
+            next_announce: now + config.announce_ms,
+            next_compact: now + config.compact_ms,
+            config,
+            links: BTreeMap::new(),
+            epochs: BTreeMap::new(),
+            reports: BTreeMap::new(),
+            outbox: VecDeque::new(),
+            events: VecDeque::new(),
+            next_snapshot_id: 1,
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// The store, for local writes; call [`Engine::local_commit`] after.
+    pub fn store_mut(&mut self) -> &mut S {
+        &mut self.store
+    }
+
+    /// Stops the engine and hands the store back.
+    pub fn into_store(self) -> S {
+        self.store
+    }
+
+    /// The peers with a link up.
+    pub fn peers(&self) -> impl Iterator<Item = &DeviceId> {
+        self.links.keys()
+    }
+
+    /// What `peer` last acknowledged holding of `db`.
+    pub fn acked(&self, peer: &DeviceId, db: &str) -> Option<&VersionVector> {
+        self.links.get(peer)?.get(db)?.acked.as_ref()
+    }
+
+    /// The next message to send.
+    pub fn poll_transmit(&mut self) -> Option<(DeviceId, SyncMessage)> {
+        self.outbox.pop_front()
+    }
+
+    /// The next thing to report.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When [`Engine::handle_timeout`] should next be called.
+    pub fn poll_timeout(&self) -> u64 {
+        let retransmit = self
+            .links
+            .values()
+            .flat_map(|l| l.values())
+            .filter(|s| s.in_flight())
+            .map(|s| s.progress_at + s.rto);
+        retransmit
+            .chain([self.next_announce, self.next_compact])
+            .min()
+            .unwrap_or(self.next_announce)
+    }
+
+    fn synced_dbs(&self) -> Vec<String> {
+        self.store
+            .databases()
+            .into_iter()
+            .filter(|db| {
+                self.store
+                    .sync_state(db)
+                    .is_some_and(|s| s.mode != SyncMode::Local)
+            })
+            .collect()
+    }
+
+    /// A link to `peer` came up.
+    pub fn connected(&mut self, peer: DeviceId, now: u64) {
+        let rto = self.config.retransmit_ms;
+        let streams = self
+            .synced_dbs()
+            .into_iter()
+            .map(|db| (db, Stream::new(now, rto)))
+            .collect();
+        self.links.insert(peer, streams);
+        for db in self.synced_dbs() {
+            self.send_vector(peer, &db, true);
+        }
+    }
+
+    /// The link to `peer` went down.
+    pub fn disconnected(&mut self, peer: &DeviceId) {
+        self.links.remove(peer);
+    }
+
+    /// Local writes to `db` were committed: push them to peers.
+    pub fn local_commit(&mut self, db: &str, now: u64) {
+        let peers: Vec<DeviceId> = self.links.keys().copied().collect();
+        for p in peers {
+            self.pump(p, db, now);
+        }
+    }
+
+    /// A database was created (or its mode changed): start syncing it with
+    /// every peer.
+    pub fn database_added(&mut self, db: &str, now: u64) {
+        if !self.synced_dbs().iter().any(|d| d == db) {
+            return;
+        }
+        let rto = self.config.retransmit_ms;
+        let peers: Vec<DeviceId> = self.links.keys().copied().collect();
+        for p in peers {
+            if let Some(link) = self.links.get_mut(&p) {
+                link.entry(db.to_owned())
+                    .or_insert_with(|| Stream::new(now, rto));
+            }
+            self.send_vector(p, db, true);
+        }
+    }
+
+    /// A message from `peer` arrived.
+    pub fn handle(&mut self, peer: DeviceId, msg: SyncMessage, now: u64) {
+        if !self.links.contains_key(&peer) {
+            return;
+        }
+        match msg {
+            SyncMessage::Vector {
+                db,
+                epoch,
+                vector,
+                want,
+                reports,
+            } => self.on_vector(peer, db, epoch, vector, want, reports, now),
+            SyncMessage::Ops { db, epoch, ops } => self.on_ops(peer, db, epoch, ops, now),
+            SyncMessage::Snapshot {
+                db,
+                epoch,
+                id,
+                part,
+                vector,
+                records,
+                last,
+            } => {
+                if self.epoch_matches(peer, &db, epoch) {
+                    self.on_snapshot(peer, db, id, part, vector, records, last, now);
+                }
+            }
+            SyncMessage::SnapshotAck { db, id, part } => {
+                self.on_snapshot_ack(peer, db, id, part, now)
+            }
+        }
+    }
+
+    /// Time passed: send again what was not acknowledged, announce vectors
+    /// and compact when due.
+    pub fn handle_timeout(&mut self, now: u64) {
+        let mut rewind = Vec::new();
+        for (peer, streams) in &mut self.links {
+            for (db, s) in streams.iter_mut() {
+                if s.in_flight() && now >= s.progress_at + s.rto {
+                    if let Some(a) = &s.acked {
+                        s.sent = a.clone();
+                    }
+                    s.cursor = 0;
+                    if let Some(snap) = s.out_snapshot.take() {
+                        // Start over: pieces after a lost one were ignored.
+                        s.force_snapshot =
+                            !s.acked.as_ref().is_some_and(|a| a.dominates(&snap.vector));
+                    }
+                    s.progress_at = now;
+                    s.rto = (s.rto * 2).min(self.config.max_retransmit_ms);
+                    rewind.push((*peer, db.clone()));
+                }
+            }
+        }
+        for (peer, db) in rewind {
+            self.pump(peer, &db, now);
+        }
+        if now >= self.next_announce {
+            self.next_announce = now + self.config.announce_ms;
+            let peers: Vec<DeviceId> = self.links.keys().copied().collect();
+            for db in self.synced_dbs() {
+                self.note_own_report(&db);
+                for p in &peers {
+                    self.send_vector(*p, &db, true);
+                }
+            }
+        }
+        if now >= self.next_compact {
+            self.next_compact = now + self.config.compact_ms;
+            for db in self.synced_dbs() {
+                self.compact(&db);
+            }
+        }
+    }
+
+    fn epoch_matches(&self, peer: DeviceId, db: &str, epoch: Epoch) -> bool {
+        self.epochs.get(&(peer, db.to_owned())) == Some(&epoch)
+    }
+
+    fn own_report(&self, db: &str) -> Option<Report> {
+        let s = self.store.sync_state(db)?;
+        Some(Report {
+            device: self.me,
+            epoch: s.epoch,
+            vector: s.vector,
+            clock: s.clock,
+        })
+    }
+
+    fn send_vector(&mut self, peer: DeviceId, db: &str, with_reports: bool) {
+        let Some(state) = self.store.sync_state(db) else {
+            return;
+        };
+        if state.mode == SyncMode::Local {
+            return;
+        }
+        let reports = if with_reports {
+            let mut r: Vec<Report> = self
+                .reports
+                .get(db)
+                .into_iter()
+                .flat_map(|m| m.iter())
+                .filter(|(d, _)| **d != self.me)
+                .filter_map(|(_, h)| h.back().cloned())
+                .collect();
+            r.extend(self.own_report(db));
+            r
+        } else {
+            Vec::new()
+        };
+        self.outbox.push_back((
+            peer,
+            SyncMessage::Vector {
+                db: db.to_owned(),
+                epoch: state.epoch,
+                vector: state.vector,
+                want: takes(state.mode),
+                reports,
+            },
+        ));
+    }
+
+    fn note_own_report(&mut self, db: &str) {
+        if let Some(r) = self.own_report(db) {
+            self.note_report(db, r);
+        }
+    }
+
+    fn note_report(&mut self, db: &str, r: Report) {
+        let hist = self
+            .reports
+            .entry(db.to_owned())
+            .or_default()
+            .entry(r.device)
+            .or_default();
+        if let Some(last) = hist.back() {
+            if last.epoch > r.epoch {
+                return;
+            }
+            if last.epoch < r.epoch {
+                hist.clear();
+            } else if (r.vector.total(), r.clock) <= (last.vector.total(), last.clock) {
+                return;
+            }
+        }
+        hist.push_back(r);
+        if hist.len() > REPORT_HISTORY {
+            hist.pop_front();
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_vector(
+        &mut self,
+        peer: DeviceId,
+        db: String,
+        epoch: Epoch,
+        vector: VersionVector,
+        want: bool,
+        reports: Vec<Report>,
+        now: u64,
+    ) {
+        let Some(state) = self.store.sync_state(&db) else {
+            return;
+        };
+        if state.mode == SyncMode::Local {
+            return;
+        }
+        let rto = self.config.retransmit_ms;
+        let key = (peer, db.clone());
+        let changed = match self.epochs.get(&key) {
+            Some(e) if *e > epoch => return, // a stale message from before a reset
+            Some(e) => *e != epoch,
+            None => false,
+        };
+        self.epochs.insert(key, epoch);
+        let Some(link) = self.links.get_mut(&peer) else {
+            return;
+        };
+        let s = link
+            .entry(db.clone())
+            .or_insert_with(|| Stream::new(now, rto));
+        if changed {
+            // Nothing remembered about the peer holds any more: exchange
+            // everything again, state first.
+            *s = Stream::new(now, rto);
+            s.force_snapshot = true;
+            if let Some(m) = self.reports.get_mut(&db) {
+                m.remove(&peer);
+            }
+            self.events.push_back(Event::EpochChanged {
+                db: db.clone(),
+                peer,
+            });
+        }
+        s.peer_wants = want;
+        let advanced = s.acked.as_ref().is_none_or(|a| !a.dominates(&vector));
+        let acked = s.acked.get_or_insert_with(VersionVector::new);
+        acked.merge(&vector);
+        s.sent.merge(&vector);
+        if advanced {
+            s.progress_at = now;
+            s.rto = rto;
+        }
+        if let Some(snap) = &s.out_snapshot
+            && s.acked.as_ref().is_some_and(|a| a.dominates(&snap.vector))
+            && snap.all_sent
+        {
+            s.out_snapshot = None;
+            s.cursor = 0;
+        }
+        for r in reports {
+            if r.device != self.me {
+                self.note_report(&db, r);
+            }
+        }
+        self.pump(peer, &db, now);
+    }
+
+    fn on_ops(&mut self, peer: DeviceId, db: String, epoch: Epoch, ops: Vec<Op>, now: u64) {
+        let Some(state) = self.store.sync_state(&db) else {
+            return;
+        };
+        if !takes(state.mode) || !self.epoch_matches(peer, &db, epoch) {
+            return;
+        }
+        let mut expect = state.vector;
+        let mut blocked: BTreeSet<DeviceId> = BTreeSet::new();
+        let mut accepted = Vec::new();
+        let mut peer_holds = VersionVector::new();
+        for op in ops {
+            if op.seq > peer_holds.get(&op.origin) {
+                peer_holds.set(op.origin, op.seq);
+            }
+            if op.seq != expect.get(&op.origin) + 1 || blocked.contains(&op.origin) {
+                continue;
+            }
+            if op.origin != self.me && too_far_ahead(op.hlc, now) {
+                self.events.push_back(Event::ClockAhead {
+                    db: db.clone(),
+                    origin: op.origin,
+                    ahead_ms: op.hlc.millis().saturating_sub(now),
+                });
+                blocked.insert(op.origin);
+                continue;
+            }
+            expect.set(op.origin, op.seq);
+            accepted.push(op);
+        }
+        // The peer holds what it sent, so it need not get it back.
+        if let Some(s) = self.links.get_mut(&peer).and_then(|l| l.get_mut(&db)) {
+            s.sent.merge(&peer_holds);
+        }
+        let n = accepted.len();
+        if n > 0 {
+            if let Err(e) = self.store.apply_ops(&db, accepted) {
+                // Not acknowledged, so the peer sends them again.
+                self.events.push_back(Event::StoreFailed {
+                    db,
+                    error: e.to_string(),
+                });
+                return;
+            }
+            self.events.push_back(Event::Applied {
+                db: db.clone(),
+                from: peer,
+                ops: n,
+            });
+        }
+        self.send_vector(peer, &db, false);
+        if n > 0 {
+            let others: Vec<DeviceId> = self.links.keys().copied().filter(|p| *p != peer).collect();
+            for p in others {
+                self.pump(p, &db, now);
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_snapshot(
+        &mut self,
+        peer: DeviceId,
+        db: String,
+        id: u64,
+        part: u32,
+        vector: VersionVector,
+        records: Vec<blazedb_proto::SnapshotRecord>,
+        last: bool,
+        now: u64,
+    ) {
+        let Some(state) = self.store.sync_state(&db) else {
+            return;
+        };
+        if !takes(state.mode) {
+            return;
+        }
+        let Some(s) = self.links.get_mut(&peer).and_then(|l| l.get_mut(&db)) else {
+            return;
+        };
+        if part == 0 {
+            s.in_snapshot = Some((id, 0));
+        }
+        if s.in_snapshot != Some((id, part)) {
+            // A piece is missing: wait for the sender to start over.
+            s.in_snapshot = None;
+            return;
+        }
+        s.in_snapshot = (!last).then_some((id, part + 1));
+        let complete = last.then_some(&vector);
+        if let Err(e) = self.store.merge_snapshot(&db, records, complete) {
+            if let Some(s) = self.links.get_mut(&peer).and_then(|l| l.get_mut(&db)) {
+                s.in_snapshot = None;
+            }
+            self.events.push_back(Event::StoreFailed {
+                db,
+                error: e.to_string(),
+            });
+            return;
+        }
+        self.outbox.push_back((
+            peer,
+            SyncMessage::SnapshotAck {
+                db: db.clone(),
+                id,
+                part,
+            },
+        ));
+        if last {
+            self.events.push_back(Event::SnapshotMerged {
+                db: db.clone(),
+                from: peer,
+            });
+            self.send_vector(peer, &db, false);
+            let others: Vec<DeviceId> = self.links.keys().copied().filter(|p| *p != peer).collect();
+            for p in others {
+                self.pump(p, &db, now);
+            }
+        }
+    }
+
+    fn on_snapshot_ack(&mut self, peer: DeviceId, db: String, id: u64, part: u32, now: u64) {
+        let Some(s) = self.links.get_mut(&peer).and_then(|l| l.get_mut(&db)) else {
+            return;
+        };
+        let Some(snap) = s.out_snapshot.as_mut() else {
+            return;
+        };
+        if snap.id != id || snap.acked_part.is_some_and(|p| p >= part) {
+            return;
+        }
+        snap.acked_part = Some(part);
+        s.progress_at = now;
+        s.rto = self.config.retransmit_ms;
+        self.pump(peer, &db, now);
+    }
+
+    /// Sends `peer` what it lacks of `db`, as far as the window allows.
+    fn pump(&mut self, peer: DeviceId, db: &str, now: u64) {
+        let Some(state) = self.store.sync_state(db) else {
+            return;
+        };
+        if !sends(state.mode) {
+            return;
+        }
+        let Some(s) = self.links.get_mut(&peer).and_then(|l| l.get_mut(db)) else {
+            return;
+        };
+        let Some(acked) = s.acked.clone() else {
+            return;
+        };
+        if !s.peer_wants {
+            return;
+        }
+        if s.out_snapshot.is_none() {
+            let below_floor = state
+                .floor
+                .iter()
+                .any(|(o, f)| acked.get(o) < *f && state.vector.get(o) > acked.get(o));
+            let far_behind = state.vector.ahead_of(&acked) > self.config.snapshot_after;
+            if s.force_snapshot || below_floor || far_behind {
+                s.force_snapshot = false;
+                s.out_snapshot = Some(OutSnapshot {
+                    id: self.next_snapshot_id,
+                    vector: state.vector.clone(),
+                    after: None,
+                    next_part: 0,
+                    acked_part: None,
+                    all_sent: false,
+                });
+                self.next_snapshot_id += 1;
+                s.cursor = 0;
+                s.progress_at = now;
+            }
+        }
+        if let Some(snap) = s.out_snapshot.as_mut() {
+            while !snap.all_sent
+                && snap.next_part - snap.acked_part.map_or(0, |p| p + 1) < self.config.window_pieces
+            {
+                let read = match self.store.read_snapshot(
+                    db,
+                    snap.after.as_deref(),
+                    self.config.snapshot_piece,
+                ) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        self.events.push_back(Event::StoreFailed {
+                            db: db.to_owned(),
+                            error: e.to_string(),
+                        });
+                        return;
+                    }
+                };
+                if let Some(r) = read.records.last() {
+                    snap.after = Some(r.key.clone());
+                }
+                snap.all_sent = read.done;
+                self.outbox.push_back((
+                    peer,
+                    SyncMessage::Snapshot {
+                        db: db.to_owned(),
+                        epoch: state.epoch,
+                        id: snap.id,
+                        part: snap.next_part,
+                        vector: snap.vector.clone(),
+                        records: read.records,
+                        last: read.done,
+                    },
+                ));
+                snap.next_part += 1;
+            }
+            // Operations wait until the snapshot is in.
+            return;
+        }
+        while s.sent.ahead_of(&acked) < self.config.window_ops {
+            let read = match self
+                .store
+                .read_ops(db, &s.sent, s.cursor, self.config.batch)
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    self.events.push_back(Event::StoreFailed {
+                        db: db.to_owned(),
+                        error: e.to_string(),
+                    });
+                    return;
+                }
+            };
+            s.cursor = read.next;
+            if read.ops.is_empty() {
+                break;
+            }
+            if !s.in_flight() {
+                s.progress_at = now;
+            }
+            for op in &read.ops {
+                s.sent.set(op.origin, op.seq);
+            }
+            self.outbox.push_back((
+                peer,
+                SyncMessage::Ops {
+                    db: db.to_owned(),
+                    epoch: state.epoch,
+                    ops: read.ops,
+                },
+            ));
+        }
+    }
+
+    /// Removes what every replica holds from the log, and tombstones no
+    /// operation in flight can still need.
+    fn compact(&mut self, db: &str) {
+        if self.config.members.is_empty() {
+            return;
+        }
+        let Some(mine) = self.own_report(db) else {
+            return;
+        };
+        let hist = self.reports.get(db);
+        let mut members: BTreeSet<DeviceId> = self.config.members.iter().copied().collect();
+        members.extend(hist.into_iter().flat_map(|m| m.keys().copied()));
+        members.remove(&self.me);
+        let mut stable = mine.vector.clone();
+        for m in &members {
+            match hist.and_then(|h| h.get(m)).and_then(|h| h.back()) {
+                Some(r) => stable = stable.meet(&r.vector),
+                None => return,
+            }
+        }
+        // Per replica, the latest clock reading before which all its
+        // operations are held everywhere; the earliest of those bounds the
+        // tombstones that may go.
+        let usable = |m: &DeviceId, reports: &mut dyn Iterator<Item = &Report>| {
+            reports
+                .filter(|r| r.vector.get(m) <= stable.get(m))
+                .map(|r| r.clock)
+                .max()
+                .unwrap_or_default()
+        };
+        let own_hist = hist.and_then(|h| h.get(&self.me));
+        let mut horizon = usable(&self.me, &mut own_hist.into_iter().flatten().chain([&mine]));
+        for m in &members {
+            let h = hist.and_then(|h| h.get(m));
+            horizon = horizon.min(usable(m, &mut h.into_iter().flatten()));
+        }
+        match self.store.compact(db, &stable, horizon) {
+            Ok(c) if c.ops > 0 || c.tombstones > 0 => self.events.push_back(Event::Compacted {
+                db: db.to_owned(),
+                ops: c.ops,
+                tombstones: c.tombstones,
+            }),
+            Ok(_) => {}
+            Err(e) => self.events.push_back(Event::StoreFailed {
+                db: db.to_owned(),
+                error: e.to_string(),
+            }),
+        }
+    }
+
+    /// How many replicas this engine has reports from for `db`.
+    pub fn reports_known(&self, db: &str) -> usize {
+        self.reports.get(db).map_or(0, |m| m.len())
+    }
+}

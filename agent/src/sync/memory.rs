@@ -1,0 +1,355 @@
+//! An in-memory [`SyncStore`]: the same merge as the fjall store, kept in
+//! ordered maps. The simulator runs many replicas on it; a "crash" throws
+//! the engine away and keeps the store, which stands for what was on disk.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::hash::{DefaultHasher, Hasher};
+
+use blazedb_proto::api::SyncMode;
+use blazedb_proto::{
+    DeviceId, Epoch, Fields, Hlc, Op, OpBody, SnapshotRecord, VersionVector, codec,
+};
+
+use super::hlc::HlcClock;
+use super::store::{Compacted, OpsRead, ReadLimits, SnapshotRead, SyncState, SyncStore};
+use crate::store::keys;
+use crate::store::record::{Stamp, StoredRecord};
+
+/// One database held in memory.
+#[derive(Debug, Clone)]
+struct MemDb {
+    epoch: Epoch,
+    mode: SyncMode,
+    priority: u8,
+    records: BTreeMap<Vec<u8>, StoredRecord>,
+    /// The op log by cursor.
+    log: BTreeMap<u64, Op>,
+    head: u64,
+    /// Per origin, the cursor of each logged op, by seq.
+    positions: BTreeMap<DeviceId, BTreeMap<u64, u64>>,
+    vector: VersionVector,
+    floor: VersionVector,
+}
+
+impl MemDb {
+    fn append(&mut self, op: Op) {
+        self.head += 1;
+        self.vector.set(op.origin, op.seq);
+        self.positions
+            .entry(op.origin)
+            .or_default()
+            .insert(op.seq, self.head);
+        self.log.insert(self.head, op);
+    }
+
+    fn apply(&mut self, stamp: &Stamp, body: &OpBody) {
+        let key = keys::record_key(body.collection(), body.id());
+        self.records.entry(key).or_default().apply(stamp, body);
+    }
+}
+
+/// A store that keeps every database in memory.
+#[derive(Debug, Clone)]
+pub struct MemoryStore {
+    device: DeviceId,
+    clock: HlcClock,
+    dbs: BTreeMap<String, MemDb>,
+    /// Operations handed to `apply_ops` that did not extend the vector by
+    /// one: the engine must never do that.
+    misapplied: u64,
+}
+
+impl MemoryStore {
+    /// An empty store for the device `device`.
+    pub fn new(device: DeviceId) -> Self {
+        MemoryStore {
+            device,
+            clock: HlcClock::new(Hlc::default()),
+            dbs: BTreeMap::new(),
+            misapplied: 0,
+        }
+    }
+
+    /// The device whose writes this store stamps.
+    pub fn device(&self) -> DeviceId {
+        self.device
+    }
+
+    /// Creates a database (no-op if it exists). `priority` is the conflict
+    /// priority of this replica's writes to it.
+    pub fn create_db(&mut self, name: &str, epoch: Epoch, mode: SyncMode, priority: u8) {
+        self.dbs.entry(name.to_owned()).or_insert_with(|| MemDb {
+            epoch,
+            mode,
+            priority,
+            records: BTreeMap::new(),
+            log: BTreeMap::new(),
+            head: 0,
+            positions: BTreeMap::new(),
+            vector: VersionVector::new(),
+            floor: VersionVector::new(),
+        });
+    }
+
+    /// Gives a database a new epoch, as a restore or reset does.
+    pub fn set_epoch(&mut self, db: &str, epoch: Epoch) {
+        if let Some(d) = self.dbs.get_mut(db) {
+            d.epoch = epoch;
+        }
+    }
+
+    /// Makes a local write at wall time `now_ms` and returns its operation.
+    /// Returns `None` if there is no such database.
+    pub fn write(&mut self, db: &str, now_ms: u64, body: OpBody) -> Option<Op> {
+        let d = self.dbs.get_mut(db)?;
+        let hlc = self.clock.tick(now_ms);
+        let stamp = Stamp {
+            priority: d.priority,
+            hlc,
+            origin: self.device,
+        };
+        d.apply(&stamp, &body);
+        let op = Op {
+            origin: self.device,
+            seq: d.vector.get(&self.device) + 1,
+            hlc,
+            priority: d.priority,
+            // A body we just built always encodes.
+            body: body.encode().unwrap_or_default(),
+        };
+        d.append(op.clone());
+        Some(op)
+    }
+
+    /// The live records, by (collection, id), with their visible fields.
+    pub fn visible(&self, db: &str) -> BTreeMap<(String, String), Fields> {
+        let Some(d) = self.dbs.get(db) else {
+            return BTreeMap::new();
+        };
+        d.records
+            .iter()
+            .filter(|(_, r)| r.is_live())
+            .filter_map(|(k, r)| {
+                let (c, id) = keys::split_record_key(k)?;
+                Some(((c.to_owned(), id.to_owned()), r.clone().into_fields()))
+            })
+            .collect()
+    }
+
+    /// A hash of what apps can read from the database: equal on two
+    /// replicas exactly when they show the same records.
+    pub fn state_hash(&self, db: &str) -> u64 {
+        let mut h = DefaultHasher::new();
+        for ((c, id), fields) in self.visible(db) {
+            h.write(c.as_bytes());
+            h.write_u8(0);
+            h.write(id.as_bytes());
+            h.write(&codec::to_vec(&fields).unwrap_or_default());
+        }
+        h.finish()
+    }
+
+    /// How many operations were handed to `apply_ops` out of turn
+    /// (duplicates or gaps); always zero unless the engine is broken.
+    pub fn misapplied(&self) -> u64 {
+        self.misapplied
+    }
+
+    /// The database's version vector.
+    pub fn vector(&self, db: &str) -> VersionVector {
+        self.dbs
+            .get(db)
+            .map(|d| d.vector.clone())
+            .unwrap_or_default()
+    }
+
+    /// How many operations the database's log holds.
+    pub fn log_len(&self, db: &str) -> usize {
+        self.dbs.get(db).map_or(0, |d| d.log.len())
+    }
+
+    /// How many records (tombstones included) the database holds.
+    pub fn record_count(&self, db: &str) -> usize {
+        self.dbs.get(db).map_or(0, |d| d.records.len())
+    }
+}
+
+fn take<T>(out: &mut Vec<T>, bytes: &mut usize, item: T, size: usize, limits: ReadLimits) -> bool {
+    out.push(item);
+    *bytes += size;
+    out.len() >= limits.max_items || *bytes >= limits.max_bytes
+}
+
+impl SyncStore for MemoryStore {
+    type Error = Infallible;
+
+    fn databases(&self) -> Vec<String> {
+        self.dbs.keys().cloned().collect()
+    }
+
+    fn sync_state(&self, db: &str) -> Option<SyncState> {
+        let d = self.dbs.get(db)?;
+        Some(SyncState {
+            epoch: d.epoch,
+            vector: d.vector.clone(),
+            floor: d.floor.clone(),
+            clock: self.clock.last(),
+            mode: d.mode,
+        })
+    }
+
+    fn read_ops(
+        &self,
+        db: &str,
+        have: &VersionVector,
+        from: u64,
+        limits: ReadLimits,
+    ) -> Result<OpsRead, Infallible> {
+        let Some(d) = self.dbs.get(db) else {
+            return Ok(OpsRead::default());
+        };
+        // Start where the first op the reader lacks is, if that is later.
+        let first_needed = d
+            .positions
+            .iter()
+            .filter_map(|(o, seqs)| seqs.get(&(have.get(o) + 1)).copied())
+            .min()
+            .unwrap_or(d.head + 1);
+        let start = from.max(first_needed.saturating_sub(1));
+        let mut want = have.clone();
+        let (mut ops, mut bytes, mut next) = (Vec::new(), 0, start);
+        for (cursor, op) in d.log.range(start + 1..) {
+            next = *cursor;
+            if op.seq != want.get(&op.origin) + 1 {
+                continue;
+            }
+            want.set(op.origin, op.seq);
+            if take(&mut ops, &mut bytes, op.clone(), op.body.len() + 64, limits) {
+                break;
+            }
+        }
+        if ops.len() < limits.max_items && bytes < limits.max_bytes {
+            next = next.max(d.head);
+        }
+        Ok(OpsRead { ops, next })
+    }
+
+    fn apply_ops(&mut self, db: &str, ops: Vec<Op>) -> Result<(), Infallible> {
+        let Some(d) = self.dbs.get_mut(db) else {
+            return Ok(());
+        };
+        for op in ops {
+            if op.seq != d.vector.get(&op.origin) + 1 {
+                self.misapplied += 1;
+                continue;
+            }
+            self.clock.observe(op.hlc);
+            // A body this replica cannot read is logged and forwarded all
+            // the same; it just changes no record here.
+            if let Ok(body) = OpBody::decode(&op.body) {
+                d.apply(&Stamp::of(&op), &body);
+            }
+            d.append(op);
+        }
+        Ok(())
+    }
+
+    fn read_snapshot(
+        &self,
+        db: &str,
+        after: Option<&[u8]>,
+        limits: ReadLimits,
+    ) -> Result<SnapshotRead, Infallible> {
+        let Some(d) = self.dbs.get(db) else {
+            return Ok(SnapshotRead {
+                records: Vec::new(),
+                done: true,
+            });
+        };
+        let range = match after {
+            Some(k) => d
+                .records
+                .range::<[u8], _>((std::ops::Bound::Excluded(k), std::ops::Bound::Unbounded)),
+            None => d.records.range::<[u8], _>(..),
+        };
+        let (mut records, mut bytes, mut done) = (Vec::new(), 0, true);
+        let mut iter = range.peekable();
+        while let Some((k, r)) = iter.next() {
+            let state = codec::to_vec(r).unwrap_or_default();
+            let size = k.len() + state.len();
+            let full = take(
+                &mut records,
+                &mut bytes,
+                SnapshotRecord {
+                    key: k.clone(),
+                    state,
+                },
+                size,
+                limits,
+            );
+            if full {
+                done = iter.peek().is_none();
+                break;
+            }
+        }
+        Ok(SnapshotRead { records, done })
+    }
+
+    fn merge_snapshot(
+        &mut self,
+        db: &str,
+        records: Vec<SnapshotRecord>,
+        complete: Option<&VersionVector>,
+    ) -> Result<(), Infallible> {
+        let Some(d) = self.dbs.get_mut(db) else {
+            return Ok(());
+        };
+        for rec in records {
+            // A record that does not decode came from a broken peer; the
+            // engine checked the message, so skip it rather than fail.
+            if let Ok(state) = codec::from_slice::<StoredRecord>(&rec.state) {
+                self.clock.observe(state.version());
+                d.records.entry(rec.key).or_default().merge(&state);
+            }
+        }
+        if let Some(v) = complete {
+            d.vector.merge(v);
+            d.floor.merge(v);
+        }
+        Ok(())
+    }
+
+    fn compact(
+        &mut self,
+        db: &str,
+        stable: &VersionVector,
+        tombstones: Hlc,
+    ) -> Result<Compacted, Infallible> {
+        let Some(d) = self.dbs.get_mut(db) else {
+            return Ok(Compacted::default());
+        };
+        let mut out = Compacted::default();
+        let mut removed = Vec::new();
+        for (origin, seqs) in d.positions.iter_mut() {
+            let upto = stable.get(origin);
+            let keep = seqs.split_off(&(upto + 1));
+            for cursor in std::mem::replace(seqs, keep).into_values() {
+                removed.push(cursor);
+            }
+            if upto > d.floor.get(origin) {
+                d.floor.set(*origin, upto.min(d.vector.get(origin)));
+            }
+        }
+        for cursor in removed {
+            d.log.remove(&cursor);
+            out.ops += 1;
+        }
+        d.records.retain(|_, r| {
+            let dead = r.tombstone_clock().is_some_and(|t| t <= tombstones);
+            out.tombstones += u64::from(dead);
+            !dead
+        });
+        Ok(out)
+    }
+}

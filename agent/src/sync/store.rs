@@ -1,0 +1,122 @@
+//! What the sync engine needs from storage, and nothing more.
+//!
+//! The engine runs on the agent's fjall store and, in tests and the
+//! simulator, on [`MemoryStore`](super::MemoryStore). Both keep the same
+//! promises, listed on each method.
+
+use blazedb_proto::api::SyncMode;
+use blazedb_proto::{Epoch, Hlc, Op, SnapshotRecord, VersionVector};
+
+/// Where a database's sync stands on this replica.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncState {
+    /// The database's epoch on this replica.
+    pub epoch: Epoch,
+    /// Every operation this replica holds (or holds the effect of).
+    pub vector: VersionVector,
+    /// The op log holds every operation above this vector that the replica
+    /// holds; operations at or below it may have been compacted away.
+    pub floor: VersionVector,
+    /// The replica's clock: later local writes are stamped after it.
+    pub clock: Hlc,
+    /// How the database takes part in sync.
+    pub mode: SyncMode,
+}
+
+/// Bounds on one read of the op log or of a snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadLimits {
+    /// The most items to return.
+    pub max_items: usize,
+    /// Stop once the items returned add up to this many bytes.
+    pub max_bytes: usize,
+}
+
+/// Ops read from the log for a peer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OpsRead {
+    /// The operations, in log order.
+    pub ops: Vec<Op>,
+    /// Where to continue reading next time.
+    pub next: u64,
+}
+
+/// Records read for a snapshot.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SnapshotRead {
+    /// The records, in key order.
+    pub records: Vec<SnapshotRecord>,
+    /// Whether the records run to the end of the database.
+    pub done: bool,
+}
+
+/// What a compaction removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Compacted {
+    /// Operations removed from the log.
+    pub ops: u64,
+    /// Tombstones removed from the records.
+    pub tombstones: u64,
+}
+
+/// Storage as the sync engine sees it.
+pub trait SyncStore {
+    /// Why a call failed.
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// The databases this replica holds, by name, whatever their mode.
+    fn databases(&self) -> Vec<String>;
+
+    /// Where the database's sync stands, or `None` if there is no such
+    /// database.
+    fn sync_state(&self, db: &str) -> Option<SyncState>;
+
+    /// Reads, in log order after position `from` (0 for the start), the
+    /// operations a replica holding `have` lacks and can apply in that
+    /// order: per origin, each one's seq is one past the previous (or past
+    /// `have`). Operations that would leave a gap are skipped.
+    fn read_ops(
+        &self,
+        db: &str,
+        have: &VersionVector,
+        from: u64,
+        limits: ReadLimits,
+    ) -> Result<OpsRead, Self::Error>;
+
+    /// Applies operations from other replicas, in order, and appends them
+    /// to the op log, all in one atomic step that is durable (by the
+    /// database's durability) when this returns. The caller passes only
+    /// operations that extend the vector contiguously. The replica's clock
+    /// moves to at least the latest operation's.
+    fn apply_ops(&mut self, db: &str, ops: Vec<Op>) -> Result<(), Self::Error>;
+
+    /// Reads the records after key `after` (from the start when `None`)
+    /// in their stored form, tombstones included.
+    fn read_snapshot(
+        &self,
+        db: &str,
+        after: Option<&[u8]>,
+        limits: ReadLimits,
+    ) -> Result<SnapshotRead, Self::Error>;
+
+    /// Merges records of another replica's snapshot into this one. With
+    /// `complete`, the snapshot's last piece: every piece has been merged,
+    /// so the vector and the floor rise to at least `complete`'s.
+    fn merge_snapshot(
+        &mut self,
+        db: &str,
+        records: Vec<SnapshotRecord>,
+        complete: Option<&VersionVector>,
+    ) -> Result<(), Self::Error>;
+
+    /// Removes from the log operations every replica holds (at or below
+    /// `stable`), and tombstones of deletes made at or before `tombstones`
+    /// (a clock reading before which every replica has every operation).
+    /// The store may keep more than it is allowed to remove.
+    fn compact(
+        &mut self,
+        db: &str,
+        stable: &VersionVector,
+        tombstones: Hlc,
+    ) -> Result<Compacted, Self::Error>;
+}

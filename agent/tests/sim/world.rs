@@ -1,0 +1,688 @@
+//! The simulated world: nodes, the network between them, faults, writes,
+//! and the checks made along the way and at the end.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use blazed::sync::{Engine, EngineConfig, MemoryStore, SyncStore};
+use blazedb_proto::api::SyncMode;
+use blazedb_proto::{DeviceId, Fields, Op, OpBody, SyncMessage, Value, VersionVector};
+
+pub(crate) const DB: &str = "bugs";
+
+/// The start of virtual time: a plausible wall clock, in milliseconds.
+const T0: u64 = 1_750_000_000_000;
+
+/// A small, fast, seedable random number generator (SplitMix64).
+#[derive(Debug, Clone)]
+pub(crate) struct Rng(u64);
+
+impl Rng {
+    pub(crate) fn new(seed: u64) -> Self {
+        Rng(seed ^ 0x5DEE_CE66_D1CE_4E5B)
+    }
+
+    pub(crate) fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `lo..hi`.
+    pub(crate) fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next() % (hi - lo).max(1)
+    }
+
+    /// True with probability `p`.
+    pub(crate) fn chance(&mut self, p: f64) -> bool {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64 <= p
+    }
+}
+
+/// Which pairs of nodes can ever talk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Topology {
+    /// Everyone with everyone.
+    Mesh,
+    /// 0 - 1 - 2 - ... in a line: operations must be forwarded.
+    Chain,
+    /// Node 0 is a hub with server priority; the others talk only to it.
+    Star,
+}
+
+/// Everything a seed decides up front.
+#[derive(Debug, Clone)]
+pub(crate) struct Scenario {
+    pub(crate) seed: u64,
+    pub(crate) nodes: usize,
+    pub(crate) topology: Topology,
+    pub(crate) drop: f64,
+    pub(crate) duplicate: f64,
+    pub(crate) max_delay: u64,
+    pub(crate) skews: Vec<i64>,
+    pub(crate) chaos_ms: u64,
+    pub(crate) write_every: u64,
+    pub(crate) fault_every: u64,
+}
+
+impl Scenario {
+    pub(crate) fn from_seed(seed: u64) -> Self {
+        let mut r = Rng::new(seed);
+        let nodes = if r.chance(0.15) {
+            r.range(6, 11)
+        } else {
+            r.range(3, 6)
+        } as usize;
+        let topology = match r.range(0, 10) {
+            0..=5 => Topology::Mesh,
+            6..=7 => Topology::Chain,
+            _ => Topology::Star,
+        };
+        let skews = (0..nodes).map(|_| r.range(0, 4001) as i64 - 2000).collect();
+        Scenario {
+            seed,
+            nodes,
+            topology,
+            drop: [0.0, 0.02, 0.1, 0.25][r.range(0, 4) as usize],
+            duplicate: [0.0, 0.05, 0.2][r.range(0, 3) as usize],
+            max_delay: r.range(2, 120),
+            skews,
+            chaos_ms: r.range(2_000, 8_000),
+            write_every: r.range(10, 60),
+            fault_every: r.range(300, 2_000),
+        }
+    }
+
+    fn linked(&self, a: usize, b: usize) -> bool {
+        match self.topology {
+            Topology::Mesh => a != b,
+            Topology::Chain => a.abs_diff(b) == 1,
+            Topology::Star => a != b && (a == 0 || b == 0),
+        }
+    }
+}
+
+struct Node {
+    id: DeviceId,
+    engine: Option<Engine<MemoryStore>>,
+    /// The store of a crashed node: what it had on disk.
+    disk: Option<MemoryStore>,
+    skew: i64,
+    last_vector: VersionVector,
+}
+
+struct InFlight {
+    at: u64,
+    order: u64,
+    from: usize,
+    to: usize,
+    /// The link's generation when sent: a message outlives no reconnect.
+    generation: u64,
+    msg: SyncMessage,
+}
+
+/// The simulated world.
+pub(crate) struct World {
+    s: Scenario,
+    rng: Rng,
+    now: u64,
+    nodes: Vec<Node>,
+    /// Links that are up, with their generation.
+    links: BTreeMap<(usize, usize), u64>,
+    /// Links cut by a partition, until a time.
+    cut: BTreeMap<(usize, usize), u64>,
+    /// Crashed nodes and when they come back.
+    down: BTreeMap<usize, u64>,
+    net: Vec<InFlight>,
+    order: u64,
+    generation: u64,
+    /// Every write any node acknowledged.
+    acked: Vec<Op>,
+    trace: bool,
+    next_write: u64,
+    next_fault: u64,
+}
+
+fn device(i: usize) -> DeviceId {
+    let mut b = [0u8; 32];
+    b[0] = i as u8 + 1;
+    b[31] = 0xA5;
+    DeviceId(b)
+}
+
+fn pair(a: usize, b: usize) -> (usize, usize) {
+    (a.min(b), a.max(b))
+}
+
+impl World {
+    pub(crate) fn new(s: Scenario) -> Self {
+        let mut rng = Rng::new(s.seed.wrapping_mul(31).wrapping_add(7));
+        let members: Vec<DeviceId> = (0..s.nodes).map(device).collect();
+        let nodes = (0..s.nodes)
+            .map(|i| {
+                let mut store = MemoryStore::new(device(i));
+                let priority = u8::from(s.topology == Topology::Star && i == 0);
+                store.create_db(DB, rng.next() >> 1, SyncMode::Sync, priority);
+                Node {
+                    id: device(i),
+                    engine: None,
+                    disk: Some(store),
+                    skew: s.skews[i],
+                    last_vector: VersionVector::new(),
+                }
+            })
+            .collect();
+        let trace = std::env::var_os("BLAZEDB_SIM_TRACE").is_some();
+        let mut w = World {
+            rng,
+            now: T0,
+            nodes,
+            links: BTreeMap::new(),
+            cut: BTreeMap::new(),
+            down: BTreeMap::new(),
+            net: Vec::new(),
+            order: 0,
+            generation: 0,
+            acked: Vec::new(),
+            trace,
+            next_write: T0,
+            next_fault: T0 + s.fault_every,
+            s,
+        };
+        for i in 0..w.nodes.len() {
+            w.boot(i, &members);
+        }
+        w
+    }
+
+    pub(crate) fn scenario(&self) -> &Scenario {
+        &self.s
+    }
+
+    fn members(&self) -> Vec<DeviceId> {
+        self.nodes.iter().map(|n| n.id).collect()
+    }
+
+    fn config(&self) -> EngineConfig {
+        EngineConfig {
+            members: self.members(),
+            retransmit_ms: 300,
+            max_retransmit_ms: 3_000,
+            announce_ms: 1_000,
+            compact_ms: 1_500,
+            // Small enough that snapshots happen in most runs.
+            snapshot_after: 200,
+            window_ops: 256,
+            batch: blazed::sync::ReadLimits {
+                max_items: 32,
+                max_bytes: 64 * 1024,
+            },
+            snapshot_piece: blazed::sync::ReadLimits {
+                max_items: 8,
+                max_bytes: 64 * 1024,
+            },
+            window_pieces: 4,
+        }
+    }
+
+    fn wall(&self, i: usize) -> u64 {
+        self.now.saturating_add_signed(self.nodes[i].skew)
+    }
+
+    fn log(&self, what: impl FnOnce() -> String) {
+        if self.trace {
+            eprintln!("[{:>6}] {}", self.now - T0, what());
+        }
+    }
+
+    /// Starts node `i` from its disk and links it to every reachable node.
+    fn boot(&mut self, i: usize, _members: &[DeviceId]) {
+        let store = self.nodes[i]
+            .disk
+            .take()
+            .expect("a stopped node has a disk");
+        let cfg = self.config();
+        let wall = self.wall(i);
+        self.nodes[i].engine = Some(Engine::new(self.nodes[i].id, store, cfg, wall));
+        self.log(|| format!("node {i} up"));
+        for j in 0..self.nodes.len() {
+            self.try_link(i, j);
+        }
+    }
+
+    fn try_link(&mut self, a: usize, b: usize) {
+        let key = pair(a, b);
+        if !self.s.linked(a, b)
+            || self.links.contains_key(&key)
+            || self.cut.contains_key(&key)
+            || self.nodes[a].engine.is_none()
+            || self.nodes[b].engine.is_none()
+        {
+            return;
+        }
+        self.generation += 1;
+        self.links.insert(key, self.generation);
+        self.log(|| format!("link {a}-{b} up"));
+        for (x, y) in [(a, b), (b, a)] {
+            let wall = self.wall(x);
+            let peer = self.nodes[y].id;
+            if let Some(e) = self.nodes[x].engine.as_mut() {
+                e.connected(peer, wall);
+            }
+            self.flush(x);
+        }
+    }
+
+    fn unlink(&mut self, a: usize, b: usize) {
+        if self.links.remove(&pair(a, b)).is_none() {
+            return;
+        }
+        self.log(|| format!("link {a}-{b} down"));
+        for (x, y) in [(a, b), (b, a)] {
+            let peer = self.nodes[y].id;
+            if let Some(e) = self.nodes[x].engine.as_mut() {
+                e.disconnected(&peer);
+            }
+        }
+    }
+
+    fn crash(&mut self, i: usize, until: u64) {
+        for j in 0..self.nodes.len() {
+            self.unlink(i, j);
+        }
+        if let Some(e) = self.nodes[i].engine.take() {
+            self.nodes[i].disk = Some(e.into_store());
+        }
+        self.down.insert(i, until);
+        self.log(|| format!("node {i} crashed"));
+    }
+
+    /// Moves node `i`'s outgoing messages onto the network.
+    fn flush(&mut self, i: usize) {
+        let Some(e) = self.nodes[i].engine.as_mut() else {
+            return;
+        };
+        let mut out = Vec::new();
+        while let Some(m) = e.poll_transmit() {
+            out.push(m);
+        }
+        while e.poll_event().is_some() {}
+        for (peer, msg) in out {
+            let Some(j) = self.nodes.iter().position(|n| n.id == peer) else {
+                continue;
+            };
+            let Some(&generation) = self.links.get(&pair(i, j)) else {
+                continue;
+            };
+            if self.rng.chance(self.s.drop) {
+                continue;
+            }
+            let copies = if self.rng.chance(self.s.duplicate) {
+                2
+            } else {
+                1
+            };
+            for _ in 0..copies {
+                let at = self.now + self.rng.range(1, self.s.max_delay + 1);
+                self.order += 1;
+                self.net.push(InFlight {
+                    at,
+                    order: self.order,
+                    from: i,
+                    to: j,
+                    generation,
+                    msg: msg.clone(),
+                });
+            }
+        }
+    }
+
+    fn write(&mut self) {
+        let up: Vec<usize> = (0..self.nodes.len())
+            .filter(|i| self.nodes[*i].engine.is_some())
+            .collect();
+        if up.is_empty() {
+            return;
+        }
+        let i = up[self.rng.range(0, up.len() as u64) as usize];
+        let collection = format!("c{}", self.rng.range(0, 2));
+        let id = format!("r{}", self.rng.range(0, 12));
+        let field = |r: &mut Rng| ["title", "status", "prio"][r.range(0, 3) as usize].to_owned();
+        let mut fields = Fields::new();
+        for _ in 0..self.rng.range(0, 3) {
+            let f = field(&mut self.rng);
+            fields.insert(f, Value::Int(self.rng.range(0, 100) as i64));
+        }
+        let body = match self.rng.range(0, 10) {
+            0..=3 => OpBody::Put {
+                collection,
+                id,
+                fields,
+            },
+            4..=7 => OpBody::Patch {
+                collection,
+                id,
+                set: fields,
+                unset: if self.rng.chance(0.3) {
+                    vec![field(&mut self.rng)]
+                } else {
+                    Vec::new()
+                },
+            },
+            _ => OpBody::Delete { collection, id },
+        };
+        let wall = self.wall(i);
+        let e = self.nodes[i].engine.as_mut().expect("node is up");
+        let op = e
+            .store_mut()
+            .write(DB, wall, body)
+            .expect("the database exists");
+        e.local_commit(DB, wall);
+        self.log(|| format!("node {i} wrote ({}, {})", op.origin.short(), op.seq));
+        self.acked.push(op);
+        self.flush(i);
+    }
+
+    fn fault(&mut self) {
+        let n = self.nodes.len();
+        match self.rng.range(0, 3) {
+            0 => {
+                let i = self.rng.range(0, n as u64) as usize;
+                if self.nodes[i].engine.is_some() {
+                    let until = self.now + self.rng.range(200, 3_000);
+                    self.crash(i, until);
+                }
+            }
+            1 => {
+                // Cut one side of the network from the other for a while.
+                let until = self.now + self.rng.range(300, 5_000);
+                let side: BTreeSet<usize> = (0..n).filter(|_| self.rng.chance(0.5)).collect();
+                for a in 0..n {
+                    for b in a + 1..n {
+                        if side.contains(&a) != side.contains(&b) && self.s.linked(a, b) {
+                            self.cut.insert((a, b), until);
+                            self.unlink(a, b);
+                        }
+                    }
+                }
+                self.log(|| format!("partition {side:?}"));
+            }
+            _ => {
+                let a = self.rng.range(0, n as u64) as usize;
+                let b = self.rng.range(0, n as u64) as usize;
+                if self.s.linked(a, b) {
+                    let until = self.now + self.rng.range(100, 2_000);
+                    self.cut.insert(pair(a, b), until);
+                    self.unlink(a, b);
+                }
+            }
+        }
+    }
+
+    /// Heals partitions and restarts nodes that are due.
+    fn recover(&mut self) {
+        let now = self.now;
+        let healed: Vec<(usize, usize)> = self
+            .cut
+            .iter()
+            .filter(|(_, t)| **t <= now)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in healed {
+            self.cut.remove(&k);
+            self.try_link(k.0, k.1);
+        }
+        let back: Vec<usize> = self
+            .down
+            .iter()
+            .filter(|(_, t)| **t <= now)
+            .map(|(k, _)| *k)
+            .collect();
+        for i in back {
+            self.down.remove(&i);
+            let members = self.members();
+            self.boot(i, &members);
+        }
+    }
+
+    fn deliver_due(&mut self) -> Result<(), String> {
+        let now = self.now;
+        let mut due: Vec<InFlight> = Vec::new();
+        let mut rest = Vec::with_capacity(self.net.len());
+        for m in self.net.drain(..) {
+            if m.at <= now {
+                due.push(m);
+            } else {
+                rest.push(m);
+            }
+        }
+        self.net = rest;
+        due.sort_by_key(|m| (m.at, m.order));
+        for m in due {
+            if self.links.get(&pair(m.from, m.to)) != Some(&m.generation) {
+                continue;
+            }
+            let wall = self.wall(m.to);
+            let from = self.nodes[m.from].id;
+            if self.trace {
+                self.log(|| format!("{} -> {}: {}", m.from, m.to, describe(&m.msg)));
+            }
+            if let Some(e) = self.nodes[m.to].engine.as_mut() {
+                e.handle(from, m.msg, wall);
+            }
+            self.flush(m.to);
+            self.check_vector(m.to)?;
+        }
+        Ok(())
+    }
+
+    fn check_vector(&mut self, i: usize) -> Result<(), String> {
+        let Some(e) = self.nodes[i].engine.as_ref() else {
+            return Ok(());
+        };
+        let v = e.store().vector(DB);
+        if !v.dominates(&self.nodes[i].last_vector) {
+            return Err(format!(
+                "node {i}'s vector went backwards: {:?} after {:?}",
+                v, self.nodes[i].last_vector
+            ));
+        }
+        if e.store().misapplied() > 0 {
+            return Err(format!(
+                "node {i} was handed an operation twice or out of turn"
+            ));
+        }
+        self.nodes[i].last_vector = v;
+        Ok(())
+    }
+
+    fn tick_engines(&mut self) -> Result<(), String> {
+        for i in 0..self.nodes.len() {
+            let wall = self.wall(i);
+            let due = self.nodes[i]
+                .engine
+                .as_ref()
+                .is_some_and(|e| e.poll_timeout() <= wall);
+            if due {
+                if let Some(e) = self.nodes[i].engine.as_mut() {
+                    e.handle_timeout(wall);
+                }
+                self.flush(i);
+                self.check_vector(i)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The next moment anything happens.
+    fn next_time(&self, chaos_until: u64) -> u64 {
+        let mut t = u64::MAX;
+        if let Some(m) = self.net.iter().map(|m| m.at).min() {
+            t = t.min(m);
+        }
+        for (i, n) in self.nodes.iter().enumerate() {
+            if let Some(e) = &n.engine {
+                let wall_due = e.poll_timeout();
+                let skew = self.nodes[i].skew;
+                t = t.min(wall_due.saturating_add_signed(-skew));
+            }
+        }
+        t = t.min(self.cut.values().copied().min().unwrap_or(u64::MAX));
+        t = t.min(self.down.values().copied().min().unwrap_or(u64::MAX));
+        if self.now < chaos_until {
+            t = t.min(self.next_write).min(self.next_fault);
+        }
+        t.max(self.now + 1)
+    }
+
+    fn converged(&self) -> bool {
+        let first = &self.nodes[0];
+        let Some(e0) = &first.engine else {
+            return false;
+        };
+        let (v0, h0) = (e0.store().vector(DB), e0.store().state_hash(DB));
+        self.nodes.iter().all(|n| {
+            n.engine
+                .as_ref()
+                .is_some_and(|e| e.store().vector(DB) == v0 && e.store().state_hash(DB) == h0)
+        })
+    }
+
+    /// Runs the chaos phase, heals everything, and checks the end state.
+    pub(crate) fn run(&mut self) -> Result<(), String> {
+        let chaos_until = T0 + self.s.chaos_ms;
+        while self.now < chaos_until {
+            self.now = self.next_time(chaos_until);
+            if self.now >= self.next_write && self.now < chaos_until {
+                self.write();
+                self.next_write = self.now + self.rng.range(1, 2 * self.s.write_every);
+            }
+            if self.now >= self.next_fault && self.now < chaos_until {
+                self.fault();
+                self.next_fault = self.now + self.rng.range(1, 2 * self.s.fault_every);
+            }
+            self.recover();
+            self.deliver_due()?;
+            self.tick_engines()?;
+        }
+
+        // Heal: the network stops misbehaving, every node comes back.
+        self.log(|| "heal".to_owned());
+        self.s.drop = 0.0;
+        self.s.duplicate = 0.0;
+        self.cut.clear();
+        let downs: Vec<usize> = self.down.keys().copied().collect();
+        self.down.clear();
+        let members = self.members();
+        for i in downs {
+            self.boot(i, &members);
+        }
+        for a in 0..self.nodes.len() {
+            for b in a + 1..self.nodes.len() {
+                self.try_link(a, b);
+            }
+        }
+        let deadline = self.now + 120_000;
+        while !(self.converged() && self.net.is_empty()) {
+            if self.now > deadline {
+                return Err(self.divergence());
+            }
+            self.now = self.next_time(0);
+            self.deliver_due()?;
+            self.tick_engines()?;
+        }
+        self.check_against_reference()
+    }
+
+    fn divergence(&self) -> String {
+        let mut s = String::from("replicas did not converge within 120 s of healing:");
+        for (i, n) in self.nodes.iter().enumerate() {
+            if let Some(e) = &n.engine {
+                s += &format!(
+                    "\n  node {i}: hash {:016x} vector {:?} log {} records {}",
+                    e.store().state_hash(DB),
+                    e.store().vector(DB),
+                    e.store().log_len(DB),
+                    e.store().record_count(DB),
+                );
+            }
+        }
+        // Show the records on which the replicas disagree.
+        let views: Vec<_> = self
+            .nodes
+            .iter()
+            .map(|n| {
+                n.engine
+                    .as_ref()
+                    .map(|e| e.store().visible(DB))
+                    .unwrap_or_default()
+            })
+            .collect();
+        let keys: BTreeSet<_> = views.iter().flat_map(|v| v.keys().cloned()).collect();
+        for k in keys {
+            let vals: Vec<_> = views.iter().map(|v| v.get(&k)).collect();
+            if vals.iter().any(|v| *v != vals[0]) {
+                s += &format!("\n  {k:?}: {vals:?}");
+            }
+        }
+        s
+    }
+
+    /// Every replica must show exactly the merge of every acknowledged
+    /// write: nothing lost, nothing resurrected.
+    fn check_against_reference(&self) -> Result<(), String> {
+        let mut reference = MemoryStore::new(DeviceId([0xEE; 32]));
+        reference.create_db(DB, 0, SyncMode::Sync, 0);
+        let mut by_origin: BTreeMap<DeviceId, Vec<Op>> = BTreeMap::new();
+        for op in &self.acked {
+            by_origin.entry(op.origin).or_default().push(op.clone());
+        }
+        for (_, mut ops) in by_origin {
+            ops.sort_by_key(|o| o.seq);
+            reference
+                .apply_ops(DB, ops)
+                .map_err(|e| format!("reference: {e}"))?;
+        }
+        let want = reference.visible(DB);
+        for (i, n) in self.nodes.iter().enumerate() {
+            let got = n.engine.as_ref().map(|e| e.store().visible(DB));
+            if got.as_ref() != Some(&want) {
+                return Err(format!(
+                    "node {i} differs from the merge of all {} acknowledged writes:\n  want {want:?}\n  got  {got:?}",
+                    self.acked.len()
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn describe(msg: &SyncMessage) -> String {
+    match msg {
+        SyncMessage::Vector {
+            vector, reports, ..
+        } => {
+            format!("vector {:?} ({} reports)", vector, reports.len())
+        }
+        SyncMessage::Ops { ops, .. } => format!(
+            "ops {:?}",
+            ops.iter()
+                .map(|o| format!("{}:{}", o.origin.short(), o.seq))
+                .collect::<Vec<_>>()
+        ),
+        SyncMessage::Snapshot {
+            id,
+            part,
+            records,
+            last,
+            ..
+        } => {
+            format!(
+                "snapshot {id}.{part} ({} records, last {last})",
+                records.len()
+            )
+        }
+        SyncMessage::SnapshotAck { id, part, .. } => format!("snapshot ack {id}.{part}"),
+    }
+}

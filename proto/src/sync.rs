@@ -1,0 +1,347 @@
+//! What replicas say to each other to sync a database: version vectors,
+//! operation batches and state snapshots.
+//!
+//! Every message names its database and carries the sender's epoch for it.
+//! Operation bodies travel as opaque bytes, so a replica that cannot read
+//! them (a blind hub) still stores, deduplicates and forwards them by their
+//! headers.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{self, CodecError};
+use crate::op::{DeviceId, Hlc, Op};
+
+/// Per origin device, the highest sequence number up to which a replica
+/// holds every operation (or their effect) with no gap.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct VersionVector(BTreeMap<DeviceId, u64>);
+
+impl VersionVector {
+    /// An empty vector: nothing from anyone.
+    pub fn new() -> Self {
+        VersionVector::default()
+    }
+
+    /// The highest contiguous sequence number held from `origin`.
+    pub fn get(&self, origin: &DeviceId) -> u64 {
+        self.0.get(origin).copied().unwrap_or(0)
+    }
+
+    /// Sets the entry for `origin` (zero removes it).
+    pub fn set(&mut self, origin: DeviceId, seq: u64) {
+        if seq == 0 {
+            self.0.remove(&origin);
+        } else {
+            self.0.insert(origin, seq);
+        }
+    }
+
+    /// Whether the operation `(origin, seq)` is covered.
+    pub fn contains(&self, origin: &DeviceId, seq: u64) -> bool {
+        seq <= self.get(origin)
+    }
+
+    /// Raises every entry to at least the one in `other`.
+    pub fn merge(&mut self, other: &VersionVector) {
+        for (o, s) in &other.0 {
+            let e = self.0.entry(*o).or_insert(0);
+            *e = (*e).max(*s);
+        }
+    }
+
+    /// The entry-wise minimum of the two.
+    pub fn meet(&self, other: &VersionVector) -> VersionVector {
+        VersionVector(
+            self.0
+                .iter()
+                .filter_map(|(o, s)| {
+                    let m = (*s).min(other.get(o));
+                    (m > 0).then_some((*o, m))
+                })
+                .collect(),
+        )
+    }
+
+    /// Whether every entry is at least the one in `other`.
+    pub fn dominates(&self, other: &VersionVector) -> bool {
+        other.0.iter().all(|(o, s)| self.get(o) >= *s)
+    }
+
+    /// How many operations `self` holds that `other` lacks.
+    pub fn ahead_of(&self, other: &VersionVector) -> u64 {
+        self.0
+            .iter()
+            .map(|(o, s)| s.saturating_sub(other.get(o)))
+            .sum()
+    }
+
+    /// The sum of all entries: it grows whenever the vector does.
+    pub fn total(&self) -> u64 {
+        self.0.values().sum()
+    }
+
+    /// The entries, by origin.
+    pub fn iter(&self) -> impl Iterator<Item = (&DeviceId, &u64)> {
+        self.0.iter()
+    }
+}
+
+impl FromIterator<(DeviceId, u64)> for VersionVector {
+    fn from_iter<I: IntoIterator<Item = (DeviceId, u64)>>(iter: I) -> Self {
+        let mut v = VersionVector::new();
+        for (o, s) in iter {
+            if s > v.get(&o) {
+                v.set(o, s);
+            }
+        }
+        v
+    }
+}
+
+/// Identifies one history of a database on one replica. A replica that is
+/// reset or restored from a backup gets a new, larger epoch, which tells
+/// its peers that what they remember about it no longer holds.
+pub type Epoch = u64;
+
+/// What a replica says about itself: every operation it holds and the
+/// latest clock reading it has used or seen. Every operation it makes after
+/// this report has a later clock reading than `clock`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Report {
+    /// The replica.
+    pub device: DeviceId,
+    /// Its epoch: reports of an earlier epoch no longer hold.
+    pub epoch: Epoch,
+    /// Its version vector.
+    pub vector: VersionVector,
+    /// Its clock when it made the report.
+    pub clock: Hlc,
+}
+
+/// One record of a snapshot: its stored form, with every field's stamp, so
+/// that the receiver merges it like any other replica state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotRecord {
+    /// The record's key in its database (collection and id).
+    #[serde(with = "serde_bytes")]
+    pub key: Vec<u8>,
+    /// The record's stored state.
+    #[serde(with = "serde_bytes")]
+    pub state: Vec<u8>,
+}
+
+/// A message of the sync protocol, about one database.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncMessage {
+    /// What the sender holds. Sent when a link comes up, now and then
+    /// afterwards, and after every batch received (then it is the ACK).
+    /// The receiver answers by sending what the sender lacks.
+    Vector {
+        /// The database.
+        db: String,
+        /// The sender's epoch for it.
+        epoch: Epoch,
+        /// The sender's version vector.
+        vector: VersionVector,
+        /// Whether the sender takes operations for this database (its mode
+        /// is `sync` or `pull`).
+        want: bool,
+        /// What the sender knows about every replica (itself included),
+        /// from which replicas work out what all of them hold. Empty in
+        /// plain acknowledgements.
+        reports: Vec<Report>,
+    },
+    /// Operations the receiver lacks, oldest first; per origin the
+    /// sequence numbers are contiguous.
+    Ops {
+        /// The database.
+        db: String,
+        /// The sender's epoch.
+        epoch: Epoch,
+        /// The operations.
+        ops: Vec<Op>,
+    },
+    /// A piece of the sender's state, for a receiver too far behind for the
+    /// op stream. Records come in key order; the last piece says so.
+    Snapshot {
+        /// The database.
+        db: String,
+        /// The sender's epoch.
+        epoch: Epoch,
+        /// Which snapshot of the sender's this piece belongs to.
+        id: u64,
+        /// The piece's number, from 0.
+        part: u32,
+        /// What the snapshot holds: once every piece is merged, the
+        /// receiver holds at least this much.
+        vector: VersionVector,
+        /// The records of this piece.
+        records: Vec<SnapshotRecord>,
+        /// Whether this is the last piece.
+        last: bool,
+    },
+    /// The receiver of a snapshot has merged every piece up to `part`.
+    SnapshotAck {
+        /// The database.
+        db: String,
+        /// The snapshot.
+        id: u64,
+        /// The latest piece merged.
+        part: u32,
+    },
+}
+
+impl SyncMessage {
+    /// The database the message is about.
+    pub fn db(&self) -> &str {
+        match self {
+            SyncMessage::Vector { db, .. }
+            | SyncMessage::Ops { db, .. }
+            | SyncMessage::Snapshot { db, .. }
+            | SyncMessage::SnapshotAck { db, .. } => db,
+        }
+    }
+
+    /// Encodes the message.
+    pub fn encode(&self) -> Result<Vec<u8>, CodecError> {
+        codec::to_vec(self)
+    }
+
+    /// Decodes a message.
+    pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
+        codec::from_slice(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn dev(n: u8) -> DeviceId {
+        DeviceId([n; 32])
+    }
+
+    #[test]
+    fn vectors_merge_meet_and_compare() {
+        let a: VersionVector = [(dev(1), 3), (dev(2), 5)].into_iter().collect();
+        let b: VersionVector = [(dev(1), 4), (dev(3), 1)].into_iter().collect();
+        let mut m = a.clone();
+        m.merge(&b);
+        assert_eq!(
+            m,
+            [(dev(1), 4), (dev(2), 5), (dev(3), 1)]
+                .into_iter()
+                .collect()
+        );
+        assert_eq!(a.meet(&b), [(dev(1), 3)].into_iter().collect());
+        assert!(m.dominates(&a) && m.dominates(&b) && !a.dominates(&b));
+        assert_eq!(m.ahead_of(&a), 2);
+        assert!(a.contains(&dev(2), 5) && !a.contains(&dev(2), 6) && !a.contains(&dev(9), 1));
+    }
+
+    fn arb_vector() -> impl Strategy<Value = VersionVector> {
+        proptest::collection::vec((0u8..4, 0u64..6), 0..5)
+            .prop_map(|v| v.into_iter().map(|(d, s)| (dev(d), s)).collect())
+    }
+
+    fn arb_op() -> impl Strategy<Value = Op> {
+        (
+            0u8..4,
+            1u64..1000,
+            any::<u64>(),
+            proptest::collection::vec(any::<u8>(), 0..40),
+        )
+            .prop_map(|(d, seq, hlc, body)| Op {
+                origin: dev(d),
+                seq,
+                hlc: Hlc(hlc),
+                priority: d % 2,
+                body,
+            })
+    }
+
+    fn arb_message() -> impl Strategy<Value = SyncMessage> {
+        prop_oneof![
+            (
+                arb_vector(),
+                any::<u64>(),
+                proptest::collection::vec((0u8..4, arb_vector(), any::<u64>()), 0..3)
+            )
+                .prop_map(|(vector, epoch, reports)| SyncMessage::Vector {
+                    db: "bugs".into(),
+                    epoch,
+                    vector,
+                    want: epoch % 2 == 0,
+                    reports: reports
+                        .into_iter()
+                        .map(|(d, vector, c)| Report {
+                            device: dev(d),
+                            epoch: c / 3,
+                            vector,
+                            clock: Hlc(c)
+                        })
+                        .collect(),
+                }),
+            (any::<u64>(), proptest::collection::vec(arb_op(), 0..4)).prop_map(|(epoch, ops)| {
+                SyncMessage::Ops {
+                    db: "d".into(),
+                    epoch,
+                    ops,
+                }
+            }),
+            (
+                any::<u64>(),
+                arb_vector(),
+                proptest::collection::vec(any::<u8>(), 0..30),
+                any::<bool>()
+            )
+                .prop_map(|(id, vector, state, last)| SyncMessage::Snapshot {
+                    db: "d".into(),
+                    epoch: 7,
+                    id,
+                    part: (id % 5) as u32,
+                    vector,
+                    records: vec![SnapshotRecord {
+                        key: b"c\0r".to_vec(),
+                        state
+                    }],
+                    last,
+                }),
+            (any::<u64>(), any::<u32>()).prop_map(|(id, part)| SyncMessage::SnapshotAck {
+                db: "d".into(),
+                id,
+                part
+            }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn messages_round_trip(msg in arb_message()) {
+            let bytes = msg.encode().expect("encode");
+            prop_assert_eq!(SyncMessage::decode(&bytes).expect("decode"), msg);
+        }
+
+        #[test]
+        fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = SyncMessage::decode(&bytes);
+        }
+
+        #[test]
+        fn merge_is_the_least_upper_bound(a in arb_vector(), b in arb_vector()) {
+            let mut m = a.clone();
+            m.merge(&b);
+            prop_assert!(m.dominates(&a) && m.dominates(&b));
+            let mut m2 = b.clone();
+            m2.merge(&a);
+            prop_assert_eq!(&m, &m2);
+            let meet = a.meet(&b);
+            prop_assert!(a.dominates(&meet) && b.dominates(&meet));
+        }
+    }
+}
