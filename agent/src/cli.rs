@@ -1,5 +1,6 @@
 //! The `blazed` command line.
 
+use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -7,6 +8,7 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{Config, Overrides};
+use crate::service::notify;
 
 /// The BlazeDB agent: owns this machine's databases and serves local apps.
 #[derive(Debug, Parser)]
@@ -53,7 +55,11 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(crate::agent::run(config, shutdown_signal(), |_| {})) {
+    let shutdown = async {
+        shutdown_signal().await;
+        notify::stopping();
+    };
+    match runtime.block_on(crate::agent::run(config, shutdown, notify::ready)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -67,10 +73,16 @@ fn init_logging(file_filter: Option<&str>) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(file_filter.unwrap_or(DEFAULT_LOG_FILTER)))
         .unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .init();
+        .with_ansi(std::io::stderr().is_terminal());
+    if notify::under_systemd() {
+        // The journal stamps every line itself.
+        logs.without_time().init();
+    } else {
+        logs.init();
+    }
 }
 
 /// Completes on SIGINT or SIGTERM.

@@ -1,0 +1,5 @@
+//! Running the agent as a service.
+//!
+//! - [`notify`]: readiness and stopping notices (`Type=notify`).
+
+pub mod notify;
