@@ -119,8 +119,17 @@ fn services(root: &Path) -> Vec<(Vec<String>, PathBuf)> {
     ]
 }
 
-fn install(args: &[String]) -> Output {
-    let mut all = vec!["install-service", "--bin", AGENT];
+/// The agent binary under a path outside any home directory, as the
+/// system unit needs; the checkout may well be in one.
+fn installed_bin(dir: &Path) -> PathBuf {
+    let bin = dir.join("blazed");
+    std::os::unix::fs::symlink(AGENT, &bin).expect("symlink the agent");
+    bin
+}
+
+fn install(args: &[String], bin: &Path) -> Output {
+    let bin = bin.to_str().expect("UTF-8 path");
+    let mut all = vec!["install-service", "--bin", bin];
     all.extend(args.iter().map(String::as_str));
     blazed(&all)
 }
@@ -148,11 +157,12 @@ fn snapshot(dir: &Path) -> BTreeMap<PathBuf, (Vec<u8>, u32, i64, i64)> {
 #[test]
 fn install_service_writes_its_files_once_and_uninstall_removes_them() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let root = dir.path();
+    let bin = installed_bin(dir.path());
+    let root = &dir.path().join("root");
     let services = services(root);
 
     for (args, file) in &services {
-        let out = install(args);
+        let out = install(args, &bin);
         assert_eq!(stdout(&out).trim(), format!("wrote {}", file.display()));
         let mode = std::fs::metadata(file)
             .expect("written")
@@ -161,20 +171,22 @@ fn install_service_writes_its_files_once_and_uninstall_removes_them() {
         assert_eq!(mode & 0o7777, 0o644, "{}", file.display());
     }
     let unit = std::fs::read_to_string(&services[0].1).expect("user unit");
-    assert!(unit.contains(&format!(
-        "\nExecStart={AGENT} --socket %t/blazedb/blazed.sock\n"
-    )));
+    let exec = format!(
+        "\nExecStart={} --socket %t/blazedb/blazed.sock\n",
+        bin.display()
+    );
+    assert!(unit.contains(&exec), "{unit}");
     assert!(unit.contains("\nType=notify\n") && unit.contains("\nRuntimeDirectoryMode=0700\n"));
     let system = std::fs::read_to_string(&services[1].1).expect("system unit");
     assert!(system.contains("\nUser=%i\n") && system.contains("\nStateDirectoryMode=0700\n"));
     let plist = std::fs::read_to_string(&services[2].1).expect("plist");
-    assert!(plist.contains(&format!("<string>{AGENT}</string>")));
+    assert!(plist.contains(&format!("<string>{}</string>", bin.display())));
     assert!(plist.contains("<string>/home/tester/Library/Logs/blazed.log</string>"));
 
     let before = snapshot(root);
     assert_eq!(before.len(), 3, "{before:?}");
     for (args, file) in &services {
-        let out = install(args);
+        let out = install(args, &bin);
         assert_eq!(
             stdout(&out).trim(),
             format!("unchanged: {}", file.display())
@@ -220,10 +232,11 @@ fn systemd_analyze_verify_accepts_every_unit() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
+    let bin = installed_bin(dir.path());
     let root = dir.path().join("root");
     let services = services(&root);
-    install(&services[0].0);
-    install(&services[1].0);
+    install(&services[0].0, &bin);
+    install(&services[1].0, &bin);
     // The template as an instance too, the way it is started.
     let instance = dir.path().join("blazed@tester.service");
     std::fs::copy(&services[1].1, &instance).expect("copy");
@@ -259,9 +272,10 @@ fn the_plist_parses_and_has_the_launchd_keys() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let services = services(dir.path());
+    let bin = installed_bin(dir.path());
+    let services = services(&dir.path().join("root"));
     let (args, plist) = &services[2];
-    install(args);
+    install(args, &bin);
     let script = r#"
 import plistlib, sys
 with open(sys.argv[1], "rb") as f:
@@ -281,7 +295,7 @@ print("ok")
     let out = Command::new("python3")
         .args(["-c", script])
         .arg(plist)
-        .arg(AGENT)
+        .arg(&bin)
         .output()
         .expect("python3");
     assert!(

@@ -30,10 +30,30 @@ const SHIPPED_EXEC: &str = "ExecStart=/usr/bin/blazed ";
 pub fn render(target: &Target, bin: &Path) -> Result<String, ServiceError> {
     let template = match target.scope {
         Scope::User => USER_UNIT,
-        Scope::System { .. } => SYSTEM_UNIT,
+        Scope::System { .. } => {
+            check_outside_homes(bin)?;
+            SYSTEM_UNIT
+        }
     };
     let exec = format!("ExecStart={} ", exec_path(bin)?);
     Ok(template.replacen(SHIPPED_EXEC, &exec, 1))
+}
+
+/// The system unit hides these (`ProtectHome=yes`), so it cannot run a
+/// binary inside them, such as one from `cargo install`.
+const HIDDEN_DIRS: [&str; 3] = ["/home", "/root", "/run/user"];
+
+fn check_outside_homes(bin: &Path) -> Result<(), ServiceError> {
+    if HIDDEN_DIRS.iter().any(|d| bin.starts_with(d)) {
+        return Err(ServiceError::Invalid(format!(
+            "the system service cannot see home directories, so it cannot run {}: \
+             copy it out first (sudo install -m 755 {} /usr/local/bin/) and pass \
+             --bin /usr/local/bin/blazed",
+            bin.display(),
+            bin.display()
+        )));
+    }
+    Ok(())
 }
 
 /// Writes `bin` as the first word of an `ExecStart=` line: specifiers and
@@ -171,6 +191,8 @@ mod tests {
         let unit = render(&system, Path::new("/usr/local/bin/blazed")).expect("render");
         assert!(unit.contains("\nExecStart=/usr/local/bin/blazed --data-dir %S/blazed/%i "));
         assert!(render(&system, Path::new("blazed")).is_err());
+        let err = render(&system, Path::new("/home/ann/.cargo/bin/blazed"));
+        assert!(matches!(err, Err(ServiceError::Invalid(_))));
     }
 
     #[test]
