@@ -203,3 +203,35 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod package_tests {
+    /// The Debian package's assets outside the target directory exist, and
+    /// the units it ships are the ones `install-service` writes from.
+    #[test]
+    fn the_debian_package_ships_files_that_exist() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).expect("Cargo.toml");
+        let manifest: toml::Table = toml::from_str(&manifest).expect("parse");
+        let assets = manifest["package"]["metadata"]["deb"]["assets"]
+            .as_array()
+            .expect("assets");
+        let mut shipped = Vec::new();
+        for asset in assets {
+            let source = asset[0].as_str().expect("source");
+            let dest = asset[1].as_str().expect("dest");
+            if !source.starts_with("target/release/") {
+                assert!(dir.join(source).is_file(), "{source} is missing");
+            }
+            shipped.push(format!("{dest}{}", source.rsplit('/').next().unwrap_or("")));
+        }
+        for unit in [
+            "usr/lib/systemd/user/blazed.service",
+            "usr/lib/systemd/system/blazed@.service",
+            "usr/bin/blazed",
+            "usr/bin/blazectl",
+        ] {
+            assert!(shipped.iter().any(|s| s == unit), "{unit} is not shipped");
+        }
+    }
+}
