@@ -2,7 +2,7 @@
 //! service manager (systemd on Linux, launchd on macOS), and talking to the
 //! manager while it runs.
 //!
-//! - [`install`]: `install-service` and `uninstall-service`, for any manager.
+//! - [`install`](mod@install): `install-service` and `uninstall-service`, for any manager.
 //! - [`systemd`]: the user unit and the system template unit.
 //! - [`launchd`]: the LaunchAgent plist.
 //! - [`notify`]: readiness and stopping notices (`Type=notify`).
