@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{Config, Overrides};
-use crate::service::{self, Change, Manager, Scope, Target, notify};
+use crate::service::{self, Change, Manager, Removal, Scope, Target, notify};
 
 /// The BlazeDB agent: owns this machine's databases and serves local apps.
 #[derive(Debug, Parser)]
@@ -186,11 +186,14 @@ fn install_service(args: InstallArgs) -> anyhow::Result<()> {
 
 fn uninstall_service(args: ServiceArgs) -> anyhow::Result<()> {
     let target = service_target(&args)?;
-    let (path, existed) = service::uninstall(&target)?;
-    if existed {
-        println!("removed {}", path.display());
-    } else {
-        println!("not installed: {} does not exist", path.display());
+    let (path, removal) = service::uninstall(&target)?;
+    match removal {
+        Removal::Removed => println!("removed {}", path.display()),
+        Removal::KeptForOthers => println!(
+            "stopped and disabled; kept {}, which other users' services still use",
+            path.display()
+        ),
+        Removal::Absent => println!("not installed: {} does not exist", path.display()),
     }
     Ok(())
 }

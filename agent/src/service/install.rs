@@ -18,6 +18,18 @@ use super::{Manager, ServiceError, Target, launchd, systemd};
 /// Unit files and plists are world-readable, like every other one.
 const FILE_MODE: u32 = 0o644;
 
+/// What uninstalling did to the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removal {
+    /// It was removed.
+    Removed,
+    /// The service was stopped, but the file stays for other services
+    /// that still use it (other users' instances of the template).
+    KeptForOthers,
+    /// It was not there.
+    Absent,
+}
+
 /// What installing did to the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Change {
@@ -117,25 +129,28 @@ pub fn start(target: &Target, change: Change) -> Result<(), ServiceError> {
     run(steps, plan.unavailable.as_deref())
 }
 
-/// Stops and disables the service and removes its file. Returns the file
-/// and whether it was there.
-pub fn uninstall(target: &Target) -> Result<(PathBuf, bool), ServiceError> {
+/// Stops and disables the service and removes its file, unless another
+/// service still uses it. Returns the file and what became of it.
+pub fn uninstall(target: &Target) -> Result<(PathBuf, Removal), ServiceError> {
     let plan = plan(target)?;
     let dest = target.rooted(&plan.path);
-    let existed = dest.exists();
+    if !dest.exists() {
+        return Ok((dest, Removal::Absent));
+    }
     // A manager that is not running runs no service either: removing the
     // file is all there is to do.
     let ask_manager = target.root.is_none() && plan.unavailable.is_none();
-    if existed && ask_manager {
+    if ask_manager {
         run(&plan.stop, None)?;
     }
-    if existed && !plan.keep_file {
-        fs::remove_file(&dest).map_err(|e| io_error("remove", &dest, e))?;
-        if ask_manager {
-            run(&plan.after_remove, None)?;
-        }
+    if plan.keep_file {
+        return Ok((dest, Removal::KeptForOthers));
     }
-    Ok((dest, existed))
+    fs::remove_file(&dest).map_err(|e| io_error("remove", &dest, e))?;
+    if ask_manager {
+        run(&plan.after_remove, None)?;
+    }
+    Ok((dest, Removal::Removed))
 }
 
 fn write_if_changed(dest: &Path, contents: &str) -> Result<Change, ServiceError> {
@@ -271,6 +286,29 @@ mod tests {
             err.to_string(),
             "systemd is not running; to finish, run:\n    true"
         );
+    }
+
+    #[test]
+    fn the_template_stays_while_another_user_has_an_instance() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let target = |user: &str| Target {
+            manager: Manager::Systemd,
+            scope: crate::service::Scope::System { user: user.into() },
+            home: "/home/ann".into(),
+            root: Some(dir.path().to_path_buf()),
+        };
+        let (unit, _) = install(&target("ann"), Path::new("/usr/bin/blazed")).expect("install");
+        let wants = dir
+            .path()
+            .join("etc/systemd/system/multi-user.target.wants");
+        fs::create_dir_all(&wants).expect("wants dir");
+        fs::write(wants.join("blazed@bob.service"), "").expect("bob's instance");
+        let (_, removal) = uninstall(&target("ann")).expect("uninstall");
+        assert_eq!(removal, Removal::KeptForOthers);
+        assert!(unit.exists());
+        let (_, removal) = uninstall(&target("bob")).expect("uninstall");
+        assert_eq!(removal, Removal::Removed);
+        assert!(!unit.exists());
     }
 
     #[test]

@@ -17,7 +17,7 @@ pub mod systemd;
 
 use std::path::{Path, PathBuf};
 
-pub use install::{Change, install, start, uninstall};
+pub use install::{Change, Removal, install, start, uninstall};
 
 /// The service managers a service can be written for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
