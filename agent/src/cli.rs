@@ -1,16 +1,24 @@
-//! The `blazed` command line.
+//! The `blazed` command line: with no subcommand it runs the agent;
+//! `install-service` and `uninstall-service` manage it as a service.
 
+use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{Config, Overrides};
+use crate::service::{self, Change, Manager, Removal, Scope, Target, notify};
 
 /// The BlazeDB agent: owns this machine's databases and serves local apps.
 #[derive(Debug, Parser)]
-#[command(name = "blazed", version, about)]
+#[command(
+    name = "blazed",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
 pub struct Args {
     /// Where databases and the device key live.
     #[arg(long, env = "BLAZED_DATA_DIR", value_name = "DIR")]
@@ -24,11 +32,74 @@ pub struct Args {
     /// The largest IPC frame accepted, in bytes.
     #[arg(long, value_name = "BYTES")]
     pub max_frame: Option<u32>,
+    /// Something other than running the agent.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Installs blazed as a service that starts at login (--user, the
+    /// default) or at boot (--system), enables it and starts it.
+    InstallService(InstallArgs),
+    /// Stops and disables the service and removes its unit or plist.
+    UninstallService(ServiceArgs),
+}
+
+/// Which service `install-service` and `uninstall-service` act on.
+#[derive(Debug, clap::Args)]
+pub struct ServiceArgs {
+    /// This user's agent, started at login by the user's service manager
+    /// (the default).
+    #[arg(long, conflicts_with = "system")]
+    pub user: bool,
+    /// One user's agent started at boot by the system's service manager
+    /// (systemd only; needs root).
+    #[arg(long)]
+    pub system: bool,
+    /// The user a --system service runs as (default: $SUDO_USER, else the
+    /// current user).
+    #[arg(long = "for", value_name = "USER", requires = "system")]
+    pub for_user: Option<String>,
+    /// Write into this directory tree as if it were `/`, and leave the
+    /// service manager alone.
+    #[arg(long, value_name = "DIR")]
+    pub root: Option<PathBuf>,
+    /// The service manager to write for (default: this platform's; another
+    /// only with --root).
+    #[arg(long, value_enum, requires = "root")]
+    pub manager: Option<ManagerArg>,
+}
+
+/// `install-service`'s arguments.
+#[derive(Debug, clap::Args)]
+pub struct InstallArgs {
+    /// Which service.
+    #[command(flatten)]
+    pub service: ServiceArgs,
+    /// The blazed binary the service runs (default: this one).
+    #[arg(long, value_name = "PATH")]
+    pub bin: Option<PathBuf>,
+}
+
+/// A service manager, as named on the command line.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ManagerArg {
+    /// systemd (Linux).
+    Systemd,
+    /// launchd (macOS).
+    Launchd,
 }
 
 /// Parses the command line, runs the agent, and returns its exit code.
 pub fn main() -> ExitCode {
     let args = Args::parse();
+    match args.command {
+        None => {}
+        Some(Command::InstallService(a)) => return exit(install_service(a)),
+        Some(Command::UninstallService(a)) => return exit(uninstall_service(a)),
+    }
     let config = match Config::resolve(Overrides {
         data_dir: args.data_dir,
         socket: args.socket,
@@ -53,7 +124,11 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(crate::agent::run(config, shutdown_signal(), |_| {})) {
+    let shutdown = async {
+        shutdown_signal().await;
+        notify::stopping();
+    };
+    match runtime.block_on(crate::agent::run(config, shutdown, notify::ready)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -67,10 +142,97 @@ fn init_logging(file_filter: Option<&str>) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(file_filter.unwrap_or(DEFAULT_LOG_FILTER)))
         .unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .init();
+        .with_ansi(std::io::stderr().is_terminal());
+    if notify::under_systemd() {
+        // The journal stamps every line itself.
+        logs.without_time().init();
+    } else {
+        logs.init();
+    }
+}
+
+fn exit(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("blazed: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn install_service(args: InstallArgs) -> anyhow::Result<()> {
+    let target = service_target(&args.service)?;
+    let bin = match args.bin {
+        Some(bin) => std::path::absolute(&bin)?,
+        None => std::env::current_exe()?.canonicalize()?,
+    };
+    let (path, change) = service::install(&target, &bin)?;
+    let what = match change {
+        Change::Created => "wrote",
+        Change::Updated => "updated",
+        Change::Unchanged => "unchanged:",
+    };
+    println!("{what} {}", path.display());
+    service::start(&target, change)?;
+    if target.root.is_none() {
+        println!("the service is enabled and running");
+    }
+    Ok(())
+}
+
+fn uninstall_service(args: ServiceArgs) -> anyhow::Result<()> {
+    let target = service_target(&args)?;
+    let (path, removal) = service::uninstall(&target)?;
+    match removal {
+        Removal::Removed => println!("removed {}", path.display()),
+        Removal::KeptForOthers => println!(
+            "stopped and disabled; kept {}, which other users' services still use",
+            path.display()
+        ),
+        Removal::Absent => println!("not installed: {} does not exist", path.display()),
+    }
+    Ok(())
+}
+
+fn service_target(args: &ServiceArgs) -> anyhow::Result<Target> {
+    let scope = if args.system {
+        let user = args
+            .for_user
+            .clone()
+            .or_else(|| ["SUDO_USER", "USER", "LOGNAME"].iter().find_map(env_text))
+            .ok_or_else(|| {
+                anyhow::anyhow!("cannot tell which user to run as: name one with --for")
+            })?;
+        Scope::System { user }
+    } else {
+        Scope::User
+    };
+    let manager = match args.manager {
+        None => Manager::native(),
+        Some(ManagerArg::Systemd) => Manager::Systemd,
+        Some(ManagerArg::Launchd) => Manager::Launchd,
+    };
+    let home = directories::BaseDirs::new()
+        .map(|d| d.home_dir().to_path_buf())
+        .ok_or_else(|| anyhow::anyhow!("cannot find the home directory: set HOME"))?;
+    let root = match &args.root {
+        Some(root) => Some(std::path::absolute(root)?),
+        None => None,
+    };
+    Ok(Target {
+        manager,
+        scope,
+        home,
+        root,
+    })
+}
+
+fn env_text(name: &&str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
 /// Completes on SIGINT or SIGTERM.

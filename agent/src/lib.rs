@@ -7,6 +7,7 @@
 //! - [`identity`]: the device key and id.
 //! - [`config`]: flags, environment and config file.
 //! - [`agent`]: starts everything and shuts it down.
+//! - [`service`]: systemd and launchd: installing, readiness.
 
 pub mod agent;
 pub mod cli;
@@ -14,5 +15,6 @@ pub mod config;
 pub mod identity;
 pub mod ipc;
 pub mod lock;
+pub mod service;
 pub mod store;
 pub mod sync;

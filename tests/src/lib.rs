@@ -106,12 +106,24 @@ impl TestAgent {
             .arg(self.socket())
             .args(&self.extra_args)
             .env_remove("BLAZED_CONFIG")
+            // A test run under systemd must not hand its manager's sockets on.
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("LISTEN_FDS")
+            .env_remove("LISTEN_PID")
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
             )
             .stdin(Stdio::null());
         cmd
+    }
+
+    /// Starts the agent from `cmd`, usually [`TestAgent::command`] with
+    /// something added, without waiting for it to serve.
+    pub fn spawn(&mut self, mut cmd: Command) -> anyhow::Result<()> {
+        anyhow::ensure!(self.child.is_none(), "the agent is already running");
+        self.child = Some(cmd.spawn().context("cannot start the agent")?);
+        Ok(())
     }
 
     /// Starts the agent again (after [`TestAgent::kill`] or
