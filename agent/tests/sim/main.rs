@@ -10,13 +10,13 @@
 
 mod world;
 
-use world::{Scenario, World};
+use world::{Scenario, Stats, World};
 
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
 }
 
-fn run_seed(seed: u64) {
+fn run_seed(seed: u64) -> Stats {
     let scenario = Scenario::from_seed(seed);
     let mut world = World::new(scenario);
     if let Err(e) = world.run() {
@@ -25,22 +25,37 @@ fn run_seed(seed: u64) {
             world.scenario()
         );
     }
+    world.stats
 }
 
 #[test]
 fn seeds_converge() {
     if let Some(seed) = env_u64("BLAZEDB_SIM_SEED") {
-        run_seed(seed);
+        eprintln!("{:?}", run_seed(seed));
         return;
     }
     let first = env_u64("BLAZEDB_SIM_FIRST").unwrap_or(0);
     let count = env_u64("BLAZEDB_SIM_SEEDS").unwrap_or(1000);
     let start = std::time::Instant::now();
+    let mut total = Stats::default();
     for seed in first..first + count {
-        run_seed(seed);
+        total += run_seed(seed);
     }
     eprintln!(
-        "{count} seeds from {first} converged in {:.1} s",
+        "{count} seeds from {first} converged in {:.1} s: {total:?}",
         start.elapsed().as_secs_f64()
     );
+    // The runs must exercise every mechanism, or passing means little.
+    if count >= 100 {
+        assert!(total.crashes > 0 && total.partitions > 0, "{total:?}");
+        assert!(total.snapshots > 0, "no run needed a snapshot: {total:?}");
+        assert!(
+            total.compacted_ops > 0,
+            "no run compacted its log: {total:?}"
+        );
+        assert!(
+            total.tombstones > 0,
+            "no run dropped a tombstone: {total:?}"
+        );
+    }
 }

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use blazed::sync::{Engine, EngineConfig, MemoryStore, SyncStore};
+use blazed::sync::{Engine, EngineConfig, Event, MemoryStore, SyncStore};
 use blazedb_proto::api::SyncMode;
 use blazedb_proto::{DeviceId, Fields, Op, OpBody, SyncMessage, Value, VersionVector};
 
@@ -122,8 +122,33 @@ struct InFlight {
     msg: SyncMessage,
 }
 
+/// What happened in a run, to show the runs exercise every mechanism.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Stats {
+    pub(crate) writes: u64,
+    pub(crate) crashes: u64,
+    pub(crate) partitions: u64,
+    pub(crate) snapshots: u64,
+    pub(crate) compacted_ops: u64,
+    pub(crate) tombstones: u64,
+    pub(crate) epoch_changes: u64,
+}
+
+impl std::ops::AddAssign for Stats {
+    fn add_assign(&mut self, o: Stats) {
+        self.writes += o.writes;
+        self.crashes += o.crashes;
+        self.partitions += o.partitions;
+        self.snapshots += o.snapshots;
+        self.compacted_ops += o.compacted_ops;
+        self.tombstones += o.tombstones;
+        self.epoch_changes += o.epoch_changes;
+    }
+}
+
 /// The simulated world.
 pub(crate) struct World {
+    pub(crate) stats: Stats,
     s: Scenario,
     rng: Rng,
     now: u64,
@@ -175,6 +200,7 @@ impl World {
             .collect();
         let trace = std::env::var_os("BLAZEDB_SIM_TRACE").is_some();
         let mut w = World {
+            stats: Stats::default(),
             rng,
             now: T0,
             nodes,
@@ -295,6 +321,7 @@ impl World {
             self.nodes[i].disk = Some(e.into_store());
         }
         self.down.insert(i, until);
+        self.stats.crashes += 1;
         self.log(|| format!("node {i} crashed"));
     }
 
@@ -307,7 +334,19 @@ impl World {
         while let Some(m) = e.poll_transmit() {
             out.push(m);
         }
-        while e.poll_event().is_some() {}
+        while let Some(ev) = e.poll_event() {
+            match ev {
+                Event::SnapshotMerged { .. } => self.stats.snapshots += 1,
+                Event::Compacted {
+                    ops, tombstones, ..
+                } => {
+                    self.stats.compacted_ops += ops;
+                    self.stats.tombstones += tombstones;
+                }
+                Event::EpochChanged { .. } => self.stats.epoch_changes += 1,
+                Event::StoreFailed { .. } | Event::ClockAhead { .. } | Event::Applied { .. } => {}
+            }
+        }
         for (peer, msg) in out {
             let Some(j) = self.nodes.iter().position(|n| n.id == peer) else {
                 continue;
@@ -381,6 +420,7 @@ impl World {
         e.local_commit(DB, wall);
         self.log(|| format!("node {i} wrote ({}, {})", op.origin.short(), op.seq));
         self.acked.push(op);
+        self.stats.writes += 1;
         self.flush(i);
     }
 
@@ -407,6 +447,7 @@ impl World {
                     }
                 }
                 self.log(|| format!("partition {side:?}"));
+                self.stats.partitions += 1;
             }
             _ => {
                 let a = self.rng.range(0, n as u64) as usize;
@@ -537,16 +578,24 @@ impl World {
     }
 
     fn converged(&self) -> bool {
-        let first = &self.nodes[0];
-        let Some(e0) = &first.engine else {
+        let Some(e0) = &self.nodes[0].engine else {
             return false;
         };
-        let (v0, h0) = (e0.store().vector(DB), e0.store().state_hash(DB));
-        self.nodes.iter().all(|n| {
-            n.engine
-                .as_ref()
-                .is_some_and(|e| e.store().vector(DB) == v0 && e.store().state_hash(DB) == h0)
-        })
+        let v0 = e0.store().vector(DB);
+        // Vectors first: they are cheap, and hashing only pays once they agree.
+        let stores: Option<Vec<&MemoryStore>> = self
+            .nodes
+            .iter()
+            .map(|n| n.engine.as_ref().map(|e| e.store()))
+            .collect();
+        let Some(stores) = stores else {
+            return false;
+        };
+        if !stores.iter().all(|s| s.vector(DB) == v0) {
+            return false;
+        }
+        let h0 = e0.store().state_hash(DB);
+        stores.iter().all(|s| s.state_hash(DB) == h0)
     }
 
     /// Runs the chaos phase, heals everything, and checks the end state.
@@ -584,7 +633,7 @@ impl World {
             }
         }
         let deadline = self.now + 120_000;
-        while !(self.converged() && self.net.is_empty()) {
+        while !(self.net.is_empty() && self.converged()) {
             if self.now > deadline {
                 return Err(self.divergence());
             }
