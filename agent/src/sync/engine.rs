@@ -871,3 +871,174 @@ impl<S: SyncStore> Engine<S> {
         self.reports.get(db).map_or(0, |m| m.len())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sync::MemoryStore;
+    use crate::sync::hlc::MAX_AHEAD_MS;
+    use blazedb_proto::{Fields, OpBody, Value};
+
+    const T0: u64 = 1_750_000_000_000;
+    const DB: &str = "bugs";
+
+    fn dev(n: u8) -> DeviceId {
+        DeviceId([n; 32])
+    }
+
+    fn engine(n: u8, epoch: Epoch) -> Engine<MemoryStore> {
+        let mut store = MemoryStore::new(dev(n));
+        store.create_db(DB, epoch, SyncMode::Sync, 0);
+        let config = EngineConfig {
+            members: vec![dev(1), dev(2)],
+            ..EngineConfig::default()
+        };
+        Engine::new(dev(n), store, config, T0)
+    }
+
+    fn put(e: &mut Engine<MemoryStore>, now: u64, id: &str, v: i64) {
+        let body = OpBody::Put {
+            collection: "c".into(),
+            id: id.into(),
+            fields: Fields::from([("v".into(), Value::Int(v))]),
+        };
+        e.store_mut().write(DB, now, body).expect("db exists");
+        e.local_commit(DB, now);
+    }
+
+    /// Delivers messages both ways until both engines are quiet; returns
+    /// how many messages of each kind went from `a` to `b`.
+    fn exchange(
+        a: &mut Engine<MemoryStore>,
+        b: &mut Engine<MemoryStore>,
+        now_a: u64,
+        now_b: u64,
+    ) -> BTreeMap<&'static str, usize> {
+        let mut kinds = BTreeMap::new();
+        loop {
+            let mut moved = false;
+            while let Some((to, msg)) = a.poll_transmit() {
+                assert_eq!(to, b.me);
+                *kinds.entry(kind(&msg)).or_default() += 1;
+                b.handle(a.me, msg, now_b);
+                moved = true;
+            }
+            while let Some((to, msg)) = b.poll_transmit() {
+                assert_eq!(to, a.me);
+                a.handle(b.me, msg, now_a);
+                moved = true;
+            }
+            if !moved {
+                return kinds;
+            }
+        }
+    }
+
+    fn kind(msg: &SyncMessage) -> &'static str {
+        match msg {
+            SyncMessage::Vector { .. } => "vector",
+            SyncMessage::Ops { .. } => "ops",
+            SyncMessage::Snapshot { .. } => "snapshot",
+            SyncMessage::SnapshotAck { .. } => "snapshot_ack",
+        }
+    }
+
+    fn connect(a: &mut Engine<MemoryStore>, b: &mut Engine<MemoryStore>, now: u64) {
+        a.connected(b.me, now);
+        b.connected(a.me, now);
+    }
+
+    #[test]
+    fn peers_exchange_what_the_other_lacks_and_then_live_writes() {
+        let (mut a, mut b) = (engine(1, 10), engine(2, 20));
+        put(&mut a, T0, "x", 1);
+        put(&mut b, T0, "y", 2);
+        connect(&mut a, &mut b, T0);
+        exchange(&mut a, &mut b, T0, T0);
+        assert_eq!(a.store().visible(DB), b.store().visible(DB));
+        assert_eq!(a.store().visible(DB).len(), 2);
+        put(&mut a, T0 + 5, "x", 3);
+        let sent = exchange(&mut a, &mut b, T0 + 5, T0 + 5);
+        assert_eq!(sent.get("ops"), Some(&1));
+        assert_eq!(a.store().state_hash(DB), b.store().state_hash(DB));
+        // b acknowledged: a knows b holds all it has.
+        assert_eq!(a.acked(&b.me, DB), Some(&a.store().vector(DB)));
+    }
+
+    #[test]
+    fn operations_stamped_too_far_ahead_wait_for_the_clock() {
+        let (mut a, mut b) = (engine(1, 10), engine(2, 20));
+        // a's clock runs 20 minutes ahead of b's.
+        let skew = 20 * 60 * 1000;
+        put(&mut a, T0 + skew, "x", 1);
+        connect(&mut a, &mut b, T0);
+        exchange(&mut a, &mut b, T0 + skew, T0);
+        assert!(b.store().visible(DB).is_empty(), "held, not applied");
+        let held = std::iter::from_fn(|| b.poll_event())
+            .any(|e| matches!(e, Event::ClockAhead { origin, .. } if origin == dev(1)));
+        assert!(held, "the hold is reported");
+        // b's clock did not jump ahead either: its own writes stay near now.
+        put(&mut b, T0, "y", 2);
+        assert!(b.store().sync_state(DB).expect("db").clock.millis() < T0 + 1000);
+
+        // Once b's wall clock is within the bound, a retransmission lands.
+        let later = T0 + skew - MAX_AHEAD_MS;
+        a.handle_timeout(a.poll_timeout().max(T0 + skew + 100_000));
+        exchange(&mut a, &mut b, T0 + skew + 100_000, later);
+        assert_eq!(a.store().visible(DB), b.store().visible(DB));
+    }
+
+    #[test]
+    fn a_new_epoch_brings_a_full_exchange() {
+        let (mut a, mut b) = (engine(1, 10), engine(2, 20));
+        connect(&mut a, &mut b, T0);
+        put(&mut a, T0, "x", 1);
+        exchange(&mut a, &mut b, T0, T0);
+        // b is restored from a backup taken before it had anything.
+        let mut restored = MemoryStore::new(dev(2));
+        restored.create_db(DB, 21, SyncMode::Sync, 0);
+        let mut b = Engine::new(dev(2), restored, b.config.clone(), T0 + 10);
+        a.disconnected(&dev(2));
+        connect(&mut a, &mut b, T0 + 10);
+        let sent = exchange(&mut a, &mut b, T0 + 10, T0 + 10);
+        assert!(sent.contains_key("snapshot"), "a sent its state: {sent:?}");
+        assert!(
+            std::iter::from_fn(|| a.poll_event())
+                .any(|e| matches!(e, Event::EpochChanged { peer, .. } if peer == dev(2)))
+        );
+        assert_eq!(a.store().visible(DB), b.store().visible(DB));
+        assert_eq!(b.store().vector(DB), a.store().vector(DB));
+    }
+
+    #[test]
+    fn a_peer_below_the_compacted_log_gets_a_snapshot() {
+        let (mut a, mut b) = (engine(1, 10), engine(2, 20));
+        for i in 0..50 {
+            put(&mut a, T0 + i, &format!("r{i}"), i as i64);
+        }
+        // Every member has what a holds (as far as a knows), so its log goes.
+        let stable = a.store().vector(DB);
+        a.store_mut()
+            .compact(DB, &stable, blazedb_proto::Hlc::default())
+            .expect("in memory");
+        assert_eq!(a.store().log_len(DB), 0);
+        connect(&mut a, &mut b, T0 + 100);
+        let sent = exchange(&mut a, &mut b, T0 + 100, T0 + 100);
+        assert!(sent.contains_key("snapshot") && !sent.contains_key("ops"), "{sent:?}");
+        assert_eq!(a.store().visible(DB), b.store().visible(DB));
+        assert_eq!(b.store().vector(DB), stable);
+    }
+
+    #[test]
+    fn duplicated_batches_are_applied_once() {
+        let (mut a, mut b) = (engine(1, 10), engine(2, 20));
+        connect(&mut a, &mut b, T0);
+        exchange(&mut a, &mut b, T0, T0);
+        put(&mut a, T0, "x", 1);
+        let (_, msg) = a.poll_transmit().expect("ops for b");
+        b.handle(dev(1), msg.clone(), T0);
+        b.handle(dev(1), msg, T0);
+        assert_eq!(b.store().misapplied(), 0);
+        assert_eq!(b.store().vector(DB).get(&dev(1)), 1);
+    }
+}
