@@ -203,6 +203,11 @@ pub struct DbSettings {
     pub durability: Durability,
     /// How the database takes part in sync.
     pub sync_mode: SyncMode,
+    /// The conflict priority of this device's writes (0 to 127): a write
+    /// with a higher priority wins over any write with a lower one,
+    /// whatever their clocks say. A hub or parent device sets it above the
+    /// others' to win ties ("server priority"); 0 by default.
+    pub priority: u8,
 }
 
 /// Params of `db.create`.

@@ -189,7 +189,8 @@ fn write(
     let db = db.to_owned();
     // Validation and encoding happen here, on the connection's task, in
     // parallel with the writer thread.
-    let writes = match prepare(&ctx.store.device(), writes) {
+    let priority = ctx.store.priority_of(&db);
+    let writes = match prepare(&ctx.store.device(), priority, writes) {
         Ok(w) => w,
         Err(e) => return done::<()>(ctx, out, id, Err(e)),
     };

@@ -300,7 +300,8 @@ impl Store {
         db: &str,
         writes: Vec<Write>,
     ) -> Result<Vec<WriteResult>, StoreError> {
-        let (db, writes) = (db.to_owned(), prepare(&self.device(), writes)?);
+        let writes = prepare(&self.device(), self.priority_of(db), writes)?;
+        let db = db.to_owned();
         self.call(|reply| Command::Write { db, writes, reply })
             .await
     }
@@ -382,6 +383,12 @@ impl Store {
             .get(name)
             .cloned()
             .ok_or_else(|| StoreError::UnknownDatabase(name.to_owned()))
+    }
+
+    /// The conflict priority of local writes to a database (0 if there is
+    /// no such database: the writer refuses those writes anyway).
+    pub fn priority_of(&self, db: &str) -> u8 {
+        self.db(db).map_or(0, |d| d.settings.priority)
     }
 
     /// Describes one database.

@@ -72,18 +72,23 @@ pub(crate) fn fresh_put_record(
 
 /// An op-log entry (`Op`) with two holes: its sequence number and its clock
 /// reading (fill with `[seq, hlc]`).
-pub(crate) fn op_entry(origin: &DeviceId, body: &[u8]) -> Holes {
+pub(crate) fn op_entry(origin: &DeviceId, priority: u8, body: &[u8]) -> Holes {
     let mut h = Holes {
         bytes: Vec::with_capacity(80 + body.len()),
         holes: Vec::new(),
     };
-    raw::map_len(&mut h.bytes, 4);
+    // `Op` leaves a zero priority out.
+    raw::map_len(&mut h.bytes, if priority == 0 { 4 } else { 5 });
     raw::str(&mut h.bytes, "origin");
     raw::bin(&mut h.bytes, &origin.0);
     raw::str(&mut h.bytes, "seq");
     h.hole();
     raw::str(&mut h.bytes, "hlc");
     h.hole();
+    if priority != 0 {
+        raw::str(&mut h.bytes, "priority");
+        h.bytes.push(priority.min(0x7f));
+    }
     raw::str(&mut h.bytes, "body");
     raw::bin(&mut h.bytes, body);
     h
@@ -107,11 +112,12 @@ mod tests {
             fields in proptest::collection::btree_map("[a-z]{1,6}", any::<i64>().prop_map(Value::Int), 0..6),
             hlc in any::<u64>(),
             dev in any::<u8>(),
+            priority in 0u8..=127,
         ) {
             let origin = DeviceId([dev; 32]);
-            let bytes = fresh_put_record(&origin, 0, &fields).expect("encode").fill(&[hlc]);
+            let bytes = fresh_put_record(&origin, priority, &fields).expect("encode").fill(&[hlc]);
             let decoded: StoredRecord = codec::from_slice(&bytes).expect("decode");
-            let stamp = Stamp { priority: 0, hlc: Hlc(hlc), origin };
+            let stamp = Stamp { priority, hlc: Hlc(hlc), origin };
             prop_assert_eq!(decoded, StoredRecord::from_put(&stamp, fields));
         }
 
@@ -120,11 +126,12 @@ mod tests {
             body in proptest::collection::vec(any::<u8>(), 0..300),
             seq in any::<u64>(),
             hlc in any::<u64>(),
+            priority in prop_oneof![Just(0u8), 0u8..=127],
         ) {
             let origin = DeviceId([3; 32]);
-            let bytes = fill_op(op_entry(&origin, &body), seq, Hlc(hlc));
+            let bytes = fill_op(op_entry(&origin, priority, &body), seq, Hlc(hlc));
             let decoded: Op = codec::from_slice(&bytes).expect("decode");
-            prop_assert_eq!(decoded, Op { origin, seq, hlc: Hlc(hlc), priority: 0, body });
+            prop_assert_eq!(decoded, Op { origin, seq, hlc: Hlc(hlc), priority, body });
         }
     }
 }

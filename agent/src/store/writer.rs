@@ -10,7 +10,7 @@
 //! commit that fails fails the whole group, and the counters go back to
 //! where they were, so no cursor or sequence number is ever skipped.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -169,7 +169,7 @@ struct Counters {
     local_seq: u64,
 }
 
-enum Effect {
+pub(super) enum Effect {
     Insert(Keyspace, Vec<u8>, Vec<u8>),
     Remove(Keyspace, Vec<u8>),
 }
@@ -177,7 +177,7 @@ enum Effect {
 type WriteOutcome = Result<Vec<WriteResult>, StoreError>;
 
 /// Writes gathered for one commit.
-struct Group {
+pub(super) struct Group {
     effects: Vec<Effect>,
     /// Records as this group leaves them, so later writes in the group see
     /// earlier ones before they are committed.
@@ -203,9 +203,8 @@ impl Group {
     }
 }
 
-/// The conflict priority of local writes (per-database priorities come
-/// with sync).
-const LOCAL_PRIORITY: u8 = 0;
+/// The highest conflict priority a database may give its writes.
+pub(crate) const MAX_PRIORITY: u8 = 127;
 
 /// Limits on names, so keys stay small and unambiguous.
 const MAX_NAME: usize = 255;
@@ -270,11 +269,18 @@ pub struct PreparedWrite {
     /// For a put, the record it makes when it replaces everything before
     /// it, waiting for its clock reading.
     fresh_record: Option<Holes>,
+    /// The conflict priority it was encoded with.
+    priority: u8,
 }
 
-/// Validates writes made on this device (`origin`) and encodes what can be
-/// encoded before they are stamped.
-pub fn prepare(origin: &DeviceId, writes: Vec<Write>) -> Result<Vec<PreparedWrite>, StoreError> {
+/// Validates writes made on this device (`origin`) to a database whose
+/// conflict priority is `priority`, and encodes what can be encoded before
+/// they are stamped.
+pub fn prepare(
+    origin: &DeviceId,
+    priority: u8,
+    writes: Vec<Write>,
+) -> Result<Vec<PreparedWrite>, StoreError> {
     writes
         .into_iter()
         .map(|write| {
@@ -315,10 +321,10 @@ pub fn prepare(origin: &DeviceId, writes: Vec<Write>) -> Result<Vec<PreparedWrit
             validate_name("collection", body.collection())?;
             validate_id(body.id())?;
             let key = keys::record_key(body.collection(), body.id());
-            let op = stamped::op_entry(origin, &body.encode()?);
+            let op = stamped::op_entry(origin, priority, &body.encode()?);
             let fresh_record = match &body {
                 OpBody::Put { fields, .. } => {
-                    Some(stamped::fresh_put_record(origin, LOCAL_PRIORITY, fields)?)
+                    Some(stamped::fresh_put_record(origin, priority, fields)?)
                 }
                 _ => None,
             };
@@ -327,6 +333,7 @@ pub fn prepare(origin: &DeviceId, writes: Vec<Write>) -> Result<Vec<PreparedWrit
                 key,
                 op,
                 fresh_record,
+                priority,
             })
         })
         .collect()
@@ -528,11 +535,7 @@ impl Writer {
         };
         let counters_before = self.counters.get(&db.id).copied();
         let clock_before = self.clock;
-        let mut plan = Plan {
-            effects: Vec::new(),
-            overlay: HashMap::new(),
-            new_collections: Vec::new(),
-        };
+        let mut plan = Plan::new();
         let result: Result<Vec<WriteResult>, StoreError> = writes
             .into_iter()
             .map(|w| self.plan_write(group, &mut plan, &db, w))
@@ -577,44 +580,15 @@ impl Writer {
             key,
             op,
             fresh_record,
+            priority: write_priority,
         } = write;
         let needs_existing = matches!(body, OpBody::Patch { .. });
-        let collection = body.collection();
-
-        let indexes = {
-            let cols = read_lock(&db.collections);
-            match cols.get(collection) {
-                Some(meta) => meta.indexes.clone(),
-                None => {
-                    let known = group
-                        .new_collections
-                        .contains(&(db.id, collection.to_owned()))
-                        || plan.new_collections.iter().any(|c| c == collection);
-                    if !known {
-                        plan.new_collections.push(collection.to_owned());
-                        plan.effects.push(Effect::Insert(
-                            self.meta.clone(),
-                            collection_meta_key(db.id, collection),
-                            codec::to_vec(&CollectionMeta::default())?,
-                        ));
-                    }
-                    Default::default()
-                }
-            }
-        };
-        let overlay_key = (db.id, key);
+        let indexes = self.collection_indexes(group, plan, db, body.collection())?;
 
         // A put or delete made here is newer than everything the record
         // holds, so without indexes to maintain it need not read the record.
         let existing = if needs_existing || !indexes.is_empty() {
-            match plan
-                .overlay
-                .get(&overlay_key)
-                .or_else(|| group.overlay.get(&overlay_key))
-            {
-                Some(r) => Some(r.clone()),
-                None => db.load_record(&overlay_key.1)?,
-            }
+            load_for_update(group, plan, db, &key)?
         } else {
             None
         };
@@ -631,16 +605,13 @@ impl Writer {
         let (cursor, seq) = (counters.head, counters.local_seq);
         let hlc = self.clock.tick(wall_ms());
         let stamp = Stamp {
-            priority: LOCAL_PRIORITY,
+            priority: write_priority,
             hlc,
             origin: self.store.device(),
         };
 
         let (collection, id) = (body.collection().to_owned(), body.id().to_owned());
-        let old_values: Vec<Option<Value>> = indexes
-            .iter()
-            .map(|f| existing.as_ref().and_then(|r| r.field(f)).cloned())
-            .collect();
+        let old_values = field_values(existing.as_ref(), &indexes);
         let (record, record_bytes) = match (existing, body, fresh_record) {
             (None, OpBody::Put { fields, .. }, Some(fresh)) => (
                 StoredRecord::from_put(&stamp, fields),
@@ -652,43 +623,53 @@ impl Writer {
                 (r, None)
             }
         };
-
-        for (field, old) in indexes.iter().zip(&old_values) {
-            let old = old.as_ref();
-            let new = record.field(field);
-            if old == new {
-                continue;
-            }
-            if let Some(k) = old.and_then(|v| keys::index_key(&collection, field, v, &id)) {
-                plan.effects.push(Effect::Remove(db.index.clone(), k));
-            }
-            if let Some(k) = new.and_then(|v| keys::index_key(&collection, field, v, &id)) {
-                plan.effects
-                    .push(Effect::Insert(db.index.clone(), k, id.as_bytes().to_vec()));
-            }
-        }
-
+        index_effects(plan, db, &collection, &id, &indexes, &old_values, &record);
         let record_bytes = match record_bytes {
             Some(b) => b,
             None => codec::to_vec(&record)?,
         };
-        plan.effects.push(Effect::Insert(
-            db.records.clone(),
-            overlay_key.1.clone(),
-            record_bytes,
-        ));
+        plan.effects
+            .push(Effect::Insert(db.records.clone(), key.clone(), record_bytes));
         plan.effects.push(Effect::Insert(
             db.log.clone(),
             keys::log_key(cursor).to_vec(),
             stamped::fill_op(op, seq, hlc),
         ));
-        plan.overlay.insert(overlay_key, record);
+        plan.overlay.insert((db.id, key), record);
         Ok(WriteResult {
             id,
             seq,
             hlc,
             cursor,
         })
+    }
+
+    /// The indexes of a collection, registering the collection in the
+    /// plan if it is new.
+    pub(super) fn collection_indexes(
+        &self,
+        group: &Group,
+        plan: &mut Plan,
+        db: &DbState,
+        collection: &str,
+    ) -> Result<BTreeSet<String>, StoreError> {
+        if let Some(meta) = read_lock(&db.collections).get(collection) {
+            return Ok(meta.indexes.clone());
+        }
+        let known = group
+            .new_collections
+            .contains(&(db.id, collection.to_owned()))
+            || plan.new_collections.iter().any(|c| c == collection);
+        if !known {
+            validate_name("collection", collection)?;
+            plan.new_collections.push(collection.to_owned());
+            plan.effects.push(Effect::Insert(
+                self.meta.clone(),
+                collection_meta_key(db.id, collection),
+                codec::to_vec(&CollectionMeta::default())?,
+            ));
+        }
+        Ok(BTreeSet::new())
     }
 
     fn create_db(
@@ -698,6 +679,12 @@ impl Writer {
         if_not_exists: bool,
     ) -> Result<DbInfo, StoreError> {
         validate_name("database", name)?;
+        if settings.priority > MAX_PRIORITY {
+            return Err(StoreError::InvalidArgument(format!(
+                "priority {} is not allowed: use 0 to {MAX_PRIORITY}",
+                settings.priority
+            )));
+        }
         if let Ok(existing) = self.store.db(name) {
             return if if_not_exists {
                 Ok(existing.info())
@@ -806,8 +793,70 @@ impl Writer {
 
 /// One command's planned writes, kept apart until the whole command is
 /// known to succeed.
-struct Plan {
-    effects: Vec<Effect>,
-    overlay: HashMap<(u32, Vec<u8>), StoredRecord>,
-    new_collections: Vec<String>,
+pub(super) struct Plan {
+    pub(super) effects: Vec<Effect>,
+    pub(super) overlay: HashMap<(u32, Vec<u8>), StoredRecord>,
+    pub(super) new_collections: Vec<String>,
+}
+
+impl Plan {
+    pub(super) fn new() -> Self {
+        Plan {
+            effects: Vec::new(),
+            overlay: HashMap::new(),
+            new_collections: Vec::new(),
+        }
+    }
+}
+
+/// The record as the plan or the group left it, else as stored.
+pub(super) fn load_for_update(
+    group: &Group,
+    plan: &Plan,
+    db: &DbState,
+    key: &[u8],
+) -> Result<Option<StoredRecord>, StoreError> {
+    let k = (db.id, key.to_vec());
+    match plan.overlay.get(&k).or_else(|| group.overlay.get(&k)) {
+        Some(r) => Ok(Some(r.clone())),
+        None => db.load_record(key),
+    }
+}
+
+/// The values of the indexed fields of a record.
+pub(super) fn field_values(
+    record: Option<&StoredRecord>,
+    indexes: &BTreeSet<String>,
+) -> Vec<Option<Value>> {
+    indexes
+        .iter()
+        .map(|f| record.and_then(|r| r.field(f)).cloned())
+        .collect()
+}
+
+/// Moves a record's index entries from its old field values to its new
+/// ones.
+pub(super) fn index_effects(
+    plan: &mut Plan,
+    db: &DbState,
+    collection: &str,
+    id: &str,
+    indexes: &BTreeSet<String>,
+    old_values: &[Option<Value>],
+    record: &StoredRecord,
+) {
+    for (field, old) in indexes.iter().zip(old_values) {
+        let old = old.as_ref();
+        let new = record.field(field);
+        if old == new {
+            continue;
+        }
+        if let Some(k) = old.and_then(|v| keys::index_key(collection, field, v, id)) {
+            plan.effects.push(Effect::Remove(db.index.clone(), k));
+        }
+        if let Some(k) = new.and_then(|v| keys::index_key(collection, field, v, id)) {
+            plan.effects
+                .push(Effect::Insert(db.index.clone(), k, id.as_bytes().to_vec()));
+        }
+    }
 }

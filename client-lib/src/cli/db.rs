@@ -21,6 +21,10 @@ pub(crate) enum DbCommand {
         /// How the database takes part in sync.
         #[arg(long, value_enum, default_value = "sync")]
         mode: ModeArg,
+        /// The conflict priority of this device's writes (0-127): higher
+        /// wins over any clock. Give a hub a higher one than its devices.
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=127))]
+        priority: u8,
         /// Succeed if it exists already.
         #[arg(long)]
         if_not_exists: bool,
@@ -78,6 +82,7 @@ pub(crate) async fn run(client: &Client, cmd: DbCommand, opts: Opts) -> anyhow::
             name,
             durability,
             mode,
+            priority,
             if_not_exists,
         } => {
             let settings = DbSettings {
@@ -91,6 +96,7 @@ pub(crate) async fn run(client: &Client, cmd: DbCommand, opts: Opts) -> anyhow::
                     ModeArg::Push => SyncMode::Push,
                     ModeArg::Local => SyncMode::Local,
                 },
+                priority,
             };
             let info = client
                 .db(&name)
