@@ -23,6 +23,7 @@ mod error;
 pub(crate) mod keys;
 mod query;
 pub(crate) mod record;
+mod replicate;
 mod stamped;
 mod writer;
 
@@ -37,7 +38,7 @@ use blazedb_proto::api::{
     Change, ChangeKind, CollectionInfo, DbInfo, DbSettings, QueryParams, QueryResult, Record,
     Write, WriteResult,
 };
-use blazedb_proto::{DeviceId, Op, OpBody, codec};
+use blazedb_proto::{DeviceId, Epoch, Hlc, Op, OpBody, VersionVector, codec};
 use fjall::{Keyspace, KeyspaceCreateOptions};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, watch};
@@ -56,6 +57,9 @@ pub struct StoreOptions {
     pub max_group: usize,
     /// fjall's block cache, in bytes.
     pub cache_bytes: u64,
+    /// How many of the newest op-log entries compaction keeps, so that
+    /// local subscribers can resume from a cursor that recent.
+    pub retain_log: u64,
 }
 
 impl Default for StoreOptions {
@@ -64,6 +68,7 @@ impl Default for StoreOptions {
             flush_interval: Duration::from_millis(200),
             max_group: 1024,
             cache_bytes: 64 * 1024 * 1024,
+            retain_log: 100_000,
         }
     }
 }
@@ -81,6 +86,35 @@ struct DbMeta {
     settings: DbSettings,
 }
 
+/// What sync keeps about a database; persisted in the catalog whenever
+/// operations from elsewhere, a snapshot or a compaction change it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct SyncMeta {
+    /// The database's epoch on this replica.
+    pub(crate) epoch: Epoch,
+    /// Every operation held.
+    pub(crate) vector: VersionVector,
+    /// The log holds every operation above this.
+    pub(crate) floor: VersionVector,
+    /// The log cursor `vector` was written at: the log after it may hold
+    /// later local writes, which recovery adds.
+    pub(crate) cursor: u64,
+    /// The replica's clock when this was written, so that it survives the
+    /// log being compacted away.
+    pub(crate) clock: Hlc,
+}
+
+/// A fresh epoch: later than any made before on a machine whose clock is
+/// right, with random low bits so two replicas never share one.
+pub(crate) fn new_epoch() -> Epoch {
+    let mut r = [0u8; 2];
+    let _ = getrandom::fill(&mut r);
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    (ms << 16) | u64::from(u16::from_be_bytes(r))
+}
+
 /// One open database.
 pub struct DbState {
     pub(crate) name: String,
@@ -92,6 +126,7 @@ pub struct DbState {
     pub(crate) collections: RwLock<BTreeMap<String, CollectionMeta>>,
     head: watch::Sender<u64>,
     dropped: AtomicBool,
+    pub(crate) sync: Mutex<SyncMeta>,
 }
 
 impl std::fmt::Debug for DbState {
@@ -119,6 +154,19 @@ impl DbState {
     /// dropped).
     pub fn watch_head(&self) -> watch::Receiver<u64> {
         self.head.subscribe()
+    }
+
+    /// A copy of what sync keeps about the database.
+    pub(crate) fn sync_meta(&self) -> SyncMeta {
+        lock(&self.sync).clone()
+    }
+
+    /// Records that this device's writes up to `seq` are committed.
+    pub(crate) fn note_local_seq(&self, me: DeviceId, seq: u64) {
+        let mut m = lock(&self.sync);
+        if seq > m.vector.get(&me) {
+            m.vector.set(me, seq);
+        }
     }
 
     /// Whether the database has been dropped.
@@ -161,6 +209,10 @@ impl DbState {
     }
 }
 
+fn lock<T>(l: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    l.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn read_lock<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
     // A panic while holding the lock cannot leave the maps half-updated
     // (every update is a single insert or remove), so poisoning is ignored.
@@ -180,6 +232,8 @@ pub struct Store {
 #[derive(Debug)]
 struct Inner {
     device: DeviceId,
+    /// The writer's clock after its latest commit.
+    clock: std::sync::atomic::AtomicU64,
     dbs: RwLock<HashMap<String, Arc<DbState>>>,
     tx: Mutex<Option<mpsc::Sender<Command>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
@@ -188,6 +242,11 @@ struct Inner {
 const META_DB: &[u8] = b"db\0";
 const META_COLLECTION: &[u8] = b"col\0";
 const META_NEXT_DB_ID: &[u8] = b"next_db_id";
+const META_SYNC: &[u8] = b"sync\0";
+
+fn sync_meta_key(db_id: u32) -> Vec<u8> {
+    [META_SYNC, &db_id.to_be_bytes()].concat()
+}
 
 fn db_meta_key(name: &str) -> Vec<u8> {
     [META_DB, name.as_bytes()].concat()
@@ -227,7 +286,23 @@ impl Store {
                 let cname = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
                 collections.insert(cname, codec::from_slice::<CollectionMeta>(&v)?);
             }
-            let tail = writer::recover_log_tail(&log, &device)?;
+            let mut tail = writer::recover_log_tail(&log, &device)?;
+            let mut sync: SyncMeta = match meta.get(sync_meta_key(m.id))? {
+                Some(v) => codec::from_slice(&v)?,
+                None => SyncMeta {
+                    epoch: new_epoch(),
+                    ..SyncMeta::default()
+                },
+            };
+            // Local writes since the vector was last stored.
+            for kv in log.range(keys::log_key(sync.cursor + 1)..) {
+                let op: Op = codec::from_slice(&kv.value()?)?;
+                if op.seq > sync.vector.get(&op.origin) {
+                    sync.vector.set(op.origin, op.seq);
+                }
+            }
+            tail.local_seq = tail.local_seq.max(sync.vector.get(&device));
+            tail.max_hlc = tail.max_hlc.max(sync.clock);
             recovered.note(m.id, &tail);
             let state = DbState {
                 name: name.clone(),
@@ -239,6 +314,7 @@ impl Store {
                 collections: RwLock::new(collections),
                 head: watch::Sender::new(tail.head),
                 dropped: AtomicBool::new(false),
+                sync: Mutex::new(sync),
             };
             dbs.insert(name, Arc::new(state));
         }
@@ -250,6 +326,7 @@ impl Store {
         let (tx, rx) = mpsc::channel();
         let inner = Arc::new(Inner {
             device,
+            clock: std::sync::atomic::AtomicU64::new(recovered.max_hlc().0),
             dbs: RwLock::new(dbs),
             tx: Mutex::new(Some(tx)),
             writer: Mutex::new(None),
@@ -262,6 +339,16 @@ impl Store {
             .map_err(|e| StoreError::Storage(format!("cannot start the writer thread: {e}")))?;
         *store.inner.writer.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
         Ok(store)
+    }
+
+    /// Notes the writer's clock after a commit.
+    fn note_clock(&self, hlc: Hlc) {
+        self.inner.clock.fetch_max(hlc.0, Ordering::AcqRel);
+    }
+
+    /// The latest clock reading of this replica.
+    pub fn clock(&self) -> Hlc {
+        Hlc(self.inner.clock.load(Ordering::Acquire))
     }
 
     /// This device's id, the origin of local writes.

@@ -17,15 +17,16 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use blazedb_proto::api::{DbInfo, DbSettings, Durability, Write, WriteResult};
-use blazedb_proto::{DeviceId, Hlc, Op, OpBody, Value, codec};
+use blazedb_proto::{DeviceId, Hlc, Op, OpBody, SnapshotRecord, Value, VersionVector, codec};
 use fjall::{Keyspace, PersistMode};
 
 use super::keys;
 use super::record::{Stamp, StoredRecord};
 use super::stamped::{self, Holes};
 use super::{
-    CollectionMeta, DbMeta, DbState, META_NEXT_DB_ID, Store, StoreError, StoreOptions,
-    collection_meta_key, db_meta_key, open_keyspaces, read_lock, write_lock,
+    CollectionMeta, DbMeta, DbState, META_NEXT_DB_ID, Store, StoreError, StoreOptions, SyncMeta,
+    collection_meta_key, db_meta_key, new_epoch, open_keyspaces, read_lock, sync_meta_key,
+    write_lock,
 };
 use crate::sync::hlc::HlcClock;
 
@@ -78,6 +79,38 @@ pub enum Command {
         /// Gets whether anything changed.
         reply: Reply<bool>,
     },
+    /// Applies operations from other replicas (see
+    /// [`SyncStore::apply_ops`](crate::sync::SyncStore::apply_ops)).
+    ApplyOps {
+        /// The database's name.
+        db: String,
+        /// The operations, each extending the vector by one.
+        ops: Vec<Op>,
+        /// Answered once they are durable.
+        reply: Reply<()>,
+    },
+    /// Merges records of another replica's snapshot.
+    MergeSnapshot {
+        /// The database's name.
+        db: String,
+        /// The records.
+        records: Vec<SnapshotRecord>,
+        /// With the last piece, the snapshot's vector.
+        complete: Option<VersionVector>,
+        /// Answered once they are durable.
+        reply: Reply<()>,
+    },
+    /// Removes operations and tombstones every replica holds.
+    Compact {
+        /// The database's name.
+        db: String,
+        /// Operations at or below this may go.
+        stable: VersionVector,
+        /// Tombstones of deletes at or before this may go.
+        tombstones: Hlc,
+        /// Gets what was removed.
+        reply: Reply<crate::sync::Compacted>,
+    },
     /// Syncs everything and stops the writer.
     Shutdown {
         /// Answered once everything is on disk.
@@ -92,6 +125,9 @@ impl std::fmt::Debug for Command {
             Command::CreateDb { .. } => "CreateDb",
             Command::DropDb { .. } => "DropDb",
             Command::Index { .. } => "Index",
+            Command::ApplyOps { .. } => "ApplyOps",
+            Command::MergeSnapshot { .. } => "MergeSnapshot",
+            Command::Compact { .. } => "Compact",
             Command::Shutdown { .. } => "Shutdown",
         };
         f.write_str(name)
@@ -105,6 +141,10 @@ impl Command {
             Command::Write { reply, .. } => reply(Err(e)),
             Command::CreateDb { reply, .. } => reply(Err(e)),
             Command::DropDb { reply, .. } | Command::Index { reply, .. } => reply(Err(e)),
+            Command::ApplyOps { reply, .. } | Command::MergeSnapshot { reply, .. } => {
+                reply(Err(e))
+            }
+            Command::Compact { reply, .. } => reply(Err(e)),
             Command::Shutdown { reply } => reply(Err(e)),
         }
     }
@@ -126,6 +166,11 @@ pub(crate) struct Recovered {
 }
 
 impl Recovered {
+    /// The latest clock reading found in any log.
+    pub(crate) fn max_hlc(&self) -> Hlc {
+        self.max_hlc
+    }
+
     pub(crate) fn note(&mut self, db_id: u32, tail: &LogTail) {
         self.counters.insert(
             db_id,
@@ -162,11 +207,11 @@ pub(crate) fn recover_log_tail(log: &Keyspace, device: &DeviceId) -> Result<LogT
 }
 
 #[derive(Debug, Clone, Copy, Default)]
-struct Counters {
+pub(super) struct Counters {
     /// The last cursor used.
-    head: u64,
+    pub(super) head: u64,
     /// The last local sequence number used.
-    local_seq: u64,
+    pub(super) local_seq: u64,
 }
 
 pub(super) enum Effect {
@@ -174,23 +219,23 @@ pub(super) enum Effect {
     Remove(Keyspace, Vec<u8>),
 }
 
-type WriteOutcome = Result<Vec<WriteResult>, StoreError>;
+pub(super) type WriteOutcome = Result<Vec<WriteResult>, StoreError>;
 
 /// Writes gathered for one commit.
 pub(super) struct Group {
-    effects: Vec<Effect>,
+    pub(super) effects: Vec<Effect>,
     /// Records as this group leaves them, so later writes in the group see
     /// earlier ones before they are committed.
-    overlay: HashMap<(u32, Vec<u8>), StoredRecord>,
-    new_collections: HashSet<(u32, String)>,
-    heads: HashMap<u32, (Arc<DbState>, u64)>,
-    replies: Vec<(Reply<Vec<WriteResult>>, WriteOutcome)>,
-    fsync: bool,
-    buffered: bool,
+    pub(super) overlay: HashMap<(u32, Vec<u8>), StoredRecord>,
+    pub(super) new_collections: HashSet<(u32, String)>,
+    pub(super) heads: HashMap<u32, (Arc<DbState>, u64)>,
+    pub(super) replies: Vec<(Reply<Vec<WriteResult>>, WriteOutcome)>,
+    pub(super) fsync: bool,
+    pub(super) buffered: bool,
 }
 
 impl Group {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         Group {
             effects: Vec::new(),
             overlay: HashMap::new(),
@@ -340,13 +385,13 @@ pub fn prepare(
 }
 
 pub(crate) struct Writer {
-    store: Store,
-    fj: fjall::Database,
-    meta: Keyspace,
+    pub(super) store: Store,
+    pub(super) fj: fjall::Database,
+    pub(super) meta: Keyspace,
     rx: Receiver<Command>,
-    options: StoreOptions,
-    counters: HashMap<u32, Counters>,
-    clock: HlcClock,
+    pub(super) options: StoreOptions,
+    pub(super) counters: HashMap<u32, Counters>,
+    pub(super) clock: HlcClock,
     next_db_id: u32,
     unsynced_since: Option<Instant>,
 }
@@ -414,6 +459,19 @@ impl Writer {
                         .db(&db)
                         .and_then(|db| self.set_index(&db, &collection, &field, create)),
                 ),
+                Command::ApplyOps { db, ops, reply } => reply(self.apply_ops(&db, ops)),
+                Command::MergeSnapshot {
+                    db,
+                    records,
+                    complete,
+                    reply,
+                } => reply(self.merge_snapshot(&db, records, complete.as_ref())),
+                Command::Compact {
+                    db,
+                    stable,
+                    tombstones,
+                    reply,
+                } => reply(self.compact(&db, &stable, tombstones)),
                 Command::Shutdown { reply } => {
                     let res = self.fj.persist(PersistMode::SyncAll).map_err(Into::into);
                     reply(res);
@@ -476,15 +534,8 @@ impl Writer {
         };
         match commit {
             Ok(()) => {
-                for (id, name) in &group.new_collections {
-                    if let Some((db, _)) = group.heads.get(id) {
-                        write_lock(&db.collections).entry(name.clone()).or_default();
-                    }
-                }
-                for (db, head) in group.heads.values() {
-                    db.head.send_replace(*head);
-                }
-                for (reply, result) in group.replies {
+                let replies = self.publish(&mut group);
+                for (reply, result) in replies {
                     reply(result);
                 }
             }
@@ -500,7 +551,30 @@ impl Writer {
         leftover
     }
 
-    fn commit(&mut self, group: &mut Group) -> Result<(), StoreError> {
+    /// Makes a committed group visible: new collections, this device's
+    /// vector entry, the shared clock and the heads (which wake
+    /// subscribers). Returns the replies to send.
+    pub(super) fn publish(
+        &mut self,
+        group: &mut Group,
+    ) -> Vec<(Reply<Vec<WriteResult>>, WriteOutcome)> {
+        for (id, name) in &group.new_collections {
+            if let Some((db, _)) = group.heads.get(id) {
+                write_lock(&db.collections).entry(name.clone()).or_default();
+            }
+        }
+        let me = self.store.device();
+        for (db, head) in group.heads.values() {
+            if let Some(c) = self.counters.get(&db.id) {
+                db.note_local_seq(me, c.local_seq);
+            }
+            db.head.send_replace(*head);
+        }
+        self.store.note_clock(self.clock.last());
+        std::mem::take(&mut group.replies)
+    }
+
+    pub(super) fn commit(&mut self, group: &mut Group) -> Result<(), StoreError> {
         let mut batch = self.fj.batch();
         for effect in group.effects.drain(..) {
             match effect {
@@ -701,6 +775,15 @@ impl Writer {
             db_meta_key(name),
             codec::to_vec(&DbMeta { id, settings })?,
         );
+        let epoch = new_epoch();
+        batch.insert(
+            &self.meta,
+            sync_meta_key(id),
+            codec::to_vec(&SyncMeta {
+                epoch,
+                ..SyncMeta::default()
+            })?,
+        );
         batch.commit()?;
         self.next_db_id = id + 1;
         let state = Arc::new(DbState {
@@ -713,6 +796,10 @@ impl Writer {
             collections: Default::default(),
             head: tokio::sync::watch::Sender::new(0),
             dropped: AtomicBool::new(false),
+            sync: std::sync::Mutex::new(SyncMeta {
+                epoch,
+                ..SyncMeta::default()
+            }),
         });
         let info = state.info();
         self.store.insert_db(state);
@@ -727,6 +814,7 @@ impl Writer {
         };
         let mut batch = self.fj.batch().durability(Some(PersistMode::SyncAll));
         batch.remove(&self.meta, db_meta_key(name));
+        batch.remove(&self.meta, sync_meta_key(db.id));
         for c in read_lock(&db.collections).keys() {
             batch.remove(&self.meta, collection_meta_key(db.id, c));
         }

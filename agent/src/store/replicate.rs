@@ -1,0 +1,363 @@
+//! The store as the sync engine sees it: operations and snapshots from
+//! other replicas, read and merged with the same records and op log as
+//! local writes, and compaction.
+//!
+//! Reads go straight to fjall; changes go through the writer thread like
+//! every other change, so the trait's calls block until the writer has
+//! made them durable. The engine runs on a thread of its own, never on an
+//! async runtime's.
+
+use std::sync::Arc;
+
+use blazedb_proto::{Hlc, Op, OpBody, SnapshotRecord, VersionVector, codec};
+use fjall::PersistMode;
+
+use super::keys;
+use super::record::{Stamp, StoredRecord};
+use super::writer::{
+    Effect, Group, Plan, Writer, field_values, index_effects, load_for_update,
+};
+use super::{Command, DbState, Reply, Store, StoreError, SyncMeta, lock, sync_meta_key};
+use crate::sync::{Compacted, OpsRead, ReadLimits, SnapshotRead, SyncState, SyncStore};
+use blazedb_proto::api::Durability;
+
+impl Writer {
+    /// Commits a plan made for one database, with its sync metadata, and
+    /// publishes it. On failure the counters and clock go back.
+    fn commit_plan(
+        &mut self,
+        db: &Arc<DbState>,
+        plan: Plan,
+        sync: SyncMeta,
+        head: u64,
+    ) -> Result<(), StoreError> {
+        let mut group = Group::new();
+        group.effects = plan.effects;
+        group.effects.push(Effect::Insert(
+            self.meta.clone(),
+            sync_meta_key(db.id),
+            codec::to_vec(&sync)?,
+        ));
+        group.new_collections = plan
+            .new_collections
+            .into_iter()
+            .map(|c| (db.id, c))
+            .collect();
+        match db.settings.durability {
+            Durability::Fsync => group.fsync = true,
+            Durability::Buffered => group.buffered = true,
+        }
+        group.heads.insert(db.id, (db.clone(), head));
+        self.commit(&mut group)?;
+        *lock(&db.sync) = sync;
+        let _ = self.publish(&mut group);
+        Ok(())
+    }
+
+    pub(super) fn apply_ops(&mut self, db: &str, ops: Vec<Op>) -> Result<(), StoreError> {
+        let db = self.store.db(db)?;
+        let (start_counters, start_clock) = (self.counters.clone(), self.clock);
+        let result = self.plan_and_commit_ops(&db, ops);
+        if result.is_err() {
+            self.counters = start_counters;
+            self.clock = start_clock;
+        }
+        result
+    }
+
+    fn plan_and_commit_ops(&mut self, db: &Arc<DbState>, ops: Vec<Op>) -> Result<(), StoreError> {
+        let me = self.store.device();
+        let mut sync = db.sync_meta();
+        let group = Group::new();
+        let mut plan = Plan::new();
+        let counters = *self.counters.entry(db.id).or_default();
+        let (mut head, mut local_seq) = (counters.head, counters.local_seq);
+        for op in ops {
+            if op.seq != sync.vector.get(&op.origin) + 1 {
+                continue;
+            }
+            sync.vector.set(op.origin, op.seq);
+            self.clock.observe(op.hlc);
+            head += 1;
+            if op.origin == me {
+                // This device's own writes, back from a peer after a restore.
+                local_seq = local_seq.max(op.seq);
+            }
+            // A body this replica cannot read is logged and forwarded all
+            // the same; it just changes no record here.
+            if let Ok(body) = OpBody::decode(&op.body) {
+                let key = keys::record_key(body.collection(), body.id());
+                let indexes = self.collection_indexes(&group, &mut plan, db, body.collection())?;
+                let existing = load_for_update(&group, &plan, db, &key)?;
+                let old_values = field_values(existing.as_ref(), &indexes);
+                let mut record = existing.unwrap_or_default();
+                if record.apply(&Stamp::of(&op), &body) {
+                    index_effects(
+                        &mut plan,
+                        db,
+                        body.collection(),
+                        body.id(),
+                        &indexes,
+                        &old_values,
+                        &record,
+                    );
+                    plan.effects.push(Effect::Insert(
+                        db.records.clone(),
+                        key.clone(),
+                        codec::to_vec(&record)?,
+                    ));
+                    plan.overlay.insert((db.id, key), record);
+                }
+            }
+            plan.effects.push(Effect::Insert(
+                db.log.clone(),
+                keys::log_key(head).to_vec(),
+                codec::to_vec(&op)?,
+            ));
+        }
+        sync.cursor = head;
+        sync.clock = sync.clock.max(self.clock.last());
+        let c = self.counters.entry(db.id).or_default();
+        c.head = head;
+        c.local_seq = local_seq;
+        self.commit_plan(db, plan, sync, head)
+    }
+
+    pub(super) fn merge_snapshot(
+        &mut self,
+        db: &str,
+        records: Vec<SnapshotRecord>,
+        complete: Option<&VersionVector>,
+    ) -> Result<(), StoreError> {
+        let db = self.store.db(db)?;
+        let start_clock = self.clock;
+        let mut sync = db.sync_meta();
+        let group = Group::new();
+        let mut plan = Plan::new();
+        let result = (|| {
+            for rec in records {
+                let Some((collection, id)) = keys::split_record_key(&rec.key) else {
+                    return Err(StoreError::InvalidArgument(
+                        "a snapshot record's key is not collection and id".into(),
+                    ));
+                };
+                let state: StoredRecord = codec::from_slice(&rec.state)?;
+                self.clock.observe(state.version());
+                let indexes = self.collection_indexes(&group, &mut plan, &db, collection)?;
+                let existing = load_for_update(&group, &plan, &db, &rec.key)?;
+                let old_values = field_values(existing.as_ref(), &indexes);
+                let mut record = existing.unwrap_or_default();
+                if record.merge(&state) {
+                    index_effects(&mut plan, &db, collection, id, &indexes, &old_values, &record);
+                    plan.effects.push(Effect::Insert(
+                        db.records.clone(),
+                        rec.key.clone(),
+                        codec::to_vec(&record)?,
+                    ));
+                    plan.overlay.insert((db.id, rec.key), record);
+                }
+            }
+            if let Some(v) = complete {
+                sync.vector.merge(v);
+                sync.floor.merge(v);
+                let me = self.store.device();
+                let c = self.counters.entry(db.id).or_default();
+                c.local_seq = c.local_seq.max(sync.vector.get(&me));
+            }
+            sync.clock = sync.clock.max(self.clock.last());
+            let head = self.counters.get(&db.id).map_or(0, |c| c.head);
+            self.commit_plan(&db, plan, sync, head)
+        })();
+        if result.is_err() {
+            self.clock = start_clock;
+        }
+        result
+    }
+
+    pub(super) fn compact(
+        &mut self,
+        db: &str,
+        stable: &VersionVector,
+        tombstones: Hlc,
+    ) -> Result<Compacted, StoreError> {
+        let db = self.store.db(db)?;
+        let mut sync = db.sync_meta();
+        let head = self.counters.get(&db.id).map_or(0, |c| c.head);
+        // Local subscribers read the log too: keep its newest entries.
+        let keep_from = head.saturating_sub(self.options.retain_log);
+        let mut out = Compacted::default();
+        let mut batch = self.fj.batch();
+        // Remove a prefix of the log, so what is left stays contiguous.
+        for kv in db.log.iter() {
+            let (k, v) = kv.into_inner()?;
+            let cursor = keys::cursor_of_log_key(&k).unwrap_or(u64::MAX);
+            let op: Op = codec::from_slice(&v)?;
+            if cursor > keep_from || op.seq > stable.get(&op.origin) {
+                break;
+            }
+            batch.remove(&db.log, k);
+            if op.seq > sync.floor.get(&op.origin) {
+                sync.floor.set(op.origin, op.seq);
+            }
+            out.ops += 1;
+        }
+        for kv in db.records.iter() {
+            let (k, v) = kv.into_inner()?;
+            let r: StoredRecord = codec::from_slice(&v)?;
+            if r.tombstone_clock().is_some_and(|t| t <= tombstones) {
+                batch.remove(&db.records, k);
+                out.tombstones += 1;
+            }
+        }
+        if out.ops == 0 && out.tombstones == 0 {
+            return Ok(out);
+        }
+        batch.insert(&self.meta, sync_meta_key(db.id), codec::to_vec(&sync)?);
+        batch.durability(Some(PersistMode::SyncAll)).commit()?;
+        *lock(&db.sync) = sync;
+        Ok(out)
+    }
+}
+
+impl Store {
+    fn call_blocking<T: Send + 'static>(
+        &self,
+        make: impl FnOnce(Reply<T>) -> Command,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.submit(make(Box::new(move |r| {
+            let _ = tx.send(r);
+        })));
+        rx.recv().unwrap_or(Err(StoreError::ShuttingDown))
+    }
+}
+
+fn take<T>(out: &mut Vec<T>, bytes: &mut usize, item: T, size: usize, limits: ReadLimits) -> bool {
+    out.push(item);
+    *bytes += size;
+    out.len() >= limits.max_items || *bytes >= limits.max_bytes
+}
+
+impl SyncStore for Store {
+    type Error = StoreError;
+
+    fn databases(&self) -> Vec<String> {
+        self.list().into_iter().map(|d| d.name).collect()
+    }
+
+    fn sync_state(&self, db: &str) -> Option<SyncState> {
+        let db = self.db(db).ok()?;
+        let m = db.sync_meta();
+        Some(SyncState {
+            epoch: m.epoch,
+            vector: m.vector,
+            floor: m.floor,
+            clock: self.clock(),
+            mode: db.settings.sync_mode,
+        })
+    }
+
+    fn read_ops(
+        &self,
+        db: &str,
+        have: &VersionVector,
+        from: u64,
+        limits: ReadLimits,
+    ) -> Result<OpsRead, StoreError> {
+        let db = self.db(db)?;
+        let head = db.head();
+        let mut want = have.clone();
+        let (mut ops, mut bytes) = (Vec::new(), 0);
+        for kv in db.log.range(keys::log_key(from.saturating_add(1))..) {
+            let (k, v) = kv.into_inner()?;
+            let cursor = keys::cursor_of_log_key(&k)
+                .ok_or_else(|| StoreError::Corrupt("op-log key is not 8 bytes".into()))?;
+            if cursor > head {
+                // Committed but not yet published: next time.
+                break;
+            }
+            let op: Op = codec::from_slice(&v)?;
+            if op.seq != want.get(&op.origin) + 1 {
+                continue;
+            }
+            want.set(op.origin, op.seq);
+            let size = op.body.len() + 64;
+            if take(&mut ops, &mut bytes, op, size, limits) {
+                return Ok(OpsRead { ops, next: cursor });
+            }
+        }
+        let next = from.max(head);
+        Ok(OpsRead { ops, next })
+    }
+
+    fn apply_ops(&mut self, db: &str, ops: Vec<Op>) -> Result<(), StoreError> {
+        let db = db.to_owned();
+        self.call_blocking(|reply| Command::ApplyOps { db, ops, reply })
+    }
+
+    fn read_snapshot(
+        &self,
+        db: &str,
+        after: Option<&[u8]>,
+        limits: ReadLimits,
+    ) -> Result<SnapshotRead, StoreError> {
+        let db = self.db(db)?;
+        let range = match after {
+            Some(k) => db.records.range::<&[u8], _>((
+                std::ops::Bound::Excluded(k),
+                std::ops::Bound::Unbounded,
+            )),
+            None => db.records.range::<&[u8], _>(..),
+        };
+        let (mut records, mut bytes) = (Vec::new(), 0);
+        let mut iter = range.peekable();
+        while let Some(kv) = iter.next() {
+            let (k, v) = kv.into_inner()?;
+            let size = k.len() + v.len();
+            let rec = SnapshotRecord {
+                key: k.to_vec(),
+                state: v.to_vec(),
+            };
+            if take(&mut records, &mut bytes, rec, size, limits) {
+                return Ok(SnapshotRead {
+                    records,
+                    done: iter.peek().is_none(),
+                });
+            }
+        }
+        Ok(SnapshotRead {
+            records,
+            done: true,
+        })
+    }
+
+    fn merge_snapshot(
+        &mut self,
+        db: &str,
+        records: Vec<SnapshotRecord>,
+        complete: Option<&VersionVector>,
+    ) -> Result<(), StoreError> {
+        let (db, complete) = (db.to_owned(), complete.cloned());
+        self.call_blocking(|reply| Command::MergeSnapshot {
+            db,
+            records,
+            complete,
+            reply,
+        })
+    }
+
+    fn compact(
+        &mut self,
+        db: &str,
+        stable: &VersionVector,
+        tombstones: Hlc,
+    ) -> Result<Compacted, StoreError> {
+        let (db, stable) = (db.to_owned(), stable.clone());
+        self.call_blocking(|reply| Command::Compact {
+            db,
+            stable,
+            tombstones,
+            reply,
+        })
+    }
+}
