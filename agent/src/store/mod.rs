@@ -102,6 +102,9 @@ pub(crate) struct SyncMeta {
     /// The replica's clock when this was written, so that it survives the
     /// log being compacted away.
     pub(crate) clock: Hlc,
+    /// The highest conflict priority of any write received from elsewhere.
+    #[serde(default)]
+    pub(crate) max_priority: u8,
 }
 
 /// A fresh epoch: later than any made before on a machine whose clock is
@@ -517,6 +520,16 @@ impl Store {
         let db = self.db(&params.db)?;
         let meta = db.collection(&params.collection)?;
         query::run(&db, &meta, params)
+    }
+
+    /// Reads the operation at a cursor of a database's op log.
+    pub fn read_op(&self, db: &str, cursor: u64) -> Result<Op, StoreError> {
+        let db = self.db(db)?;
+        let bytes = db
+            .log
+            .get(keys::log_key(cursor))?
+            .ok_or_else(|| StoreError::Corrupt(format!("no op-log entry at cursor {cursor}")))?;
+        Ok(codec::from_slice(&bytes)?)
     }
 
     /// Reads the changes after cursor `after`, scanning at most `max_scan`

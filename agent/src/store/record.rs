@@ -216,6 +216,12 @@ impl StoredRecord {
         changed
     }
 
+    /// The highest conflict priority of any write the record holds.
+    pub(crate) fn max_priority(&self) -> u8 {
+        let base = self.base.map_or(0, |(b, _)| b.0);
+        self.fields.values().map(|c| c.0.0).fold(base, u8::max)
+    }
+
     /// For a record that is only a tombstone (deleted, with nothing written
     /// since), the clock reading of the delete: once every replica holds
     /// every write up to it, the tombstone can go.

@@ -14,9 +14,7 @@ use fjall::PersistMode;
 
 use super::keys;
 use super::record::{Stamp, StoredRecord};
-use super::writer::{
-    Effect, Group, Plan, Writer, field_values, index_effects, load_for_update,
-};
+use super::writer::{Effect, Group, Plan, Writer, field_values, index_effects, load_for_update};
 use super::{Command, DbState, Reply, Store, StoreError, SyncMeta, lock, sync_meta_key};
 use crate::sync::{Compacted, OpsRead, ReadLimits, SnapshotRead, SyncState, SyncStore};
 use blazedb_proto::api::Durability;
@@ -77,6 +75,7 @@ impl Writer {
                 continue;
             }
             sync.vector.set(op.origin, op.seq);
+            sync.max_priority = sync.max_priority.max(op.priority);
             self.clock.observe(op.hlc);
             head += 1;
             if op.origin == me {
@@ -143,12 +142,21 @@ impl Writer {
                 };
                 let state: StoredRecord = codec::from_slice(&rec.state)?;
                 self.clock.observe(state.version());
+                sync.max_priority = sync.max_priority.max(state.max_priority());
                 let indexes = self.collection_indexes(&group, &mut plan, &db, collection)?;
                 let existing = load_for_update(&group, &plan, &db, &rec.key)?;
                 let old_values = field_values(existing.as_ref(), &indexes);
                 let mut record = existing.unwrap_or_default();
                 if record.merge(&state) {
-                    index_effects(&mut plan, &db, collection, id, &indexes, &old_values, &record);
+                    index_effects(
+                        &mut plan,
+                        &db,
+                        collection,
+                        id,
+                        &indexes,
+                        &old_values,
+                        &record,
+                    );
                     plan.effects.push(Effect::Insert(
                         db.records.clone(),
                         rec.key.clone(),
@@ -303,10 +311,9 @@ impl SyncStore for Store {
     ) -> Result<SnapshotRead, StoreError> {
         let db = self.db(db)?;
         let range = match after {
-            Some(k) => db.records.range::<&[u8], _>((
-                std::ops::Bound::Excluded(k),
-                std::ops::Bound::Unbounded,
-            )),
+            Some(k) => db
+                .records
+                .range::<&[u8], _>((std::ops::Bound::Excluded(k), std::ops::Bound::Unbounded)),
             None => db.records.range::<&[u8], _>(..),
         };
         let (mut records, mut bytes) = (Vec::new(), 0);

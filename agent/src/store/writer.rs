@@ -25,7 +25,7 @@ use super::record::{Stamp, StoredRecord};
 use super::stamped::{self, Holes};
 use super::{
     CollectionMeta, DbMeta, DbState, META_NEXT_DB_ID, Store, StoreError, StoreOptions, SyncMeta,
-    collection_meta_key, db_meta_key, new_epoch, open_keyspaces, read_lock, sync_meta_key,
+    collection_meta_key, db_meta_key, lock, new_epoch, open_keyspaces, read_lock, sync_meta_key,
     write_lock,
 };
 use crate::sync::hlc::HlcClock;
@@ -141,9 +141,7 @@ impl Command {
             Command::Write { reply, .. } => reply(Err(e)),
             Command::CreateDb { reply, .. } => reply(Err(e)),
             Command::DropDb { reply, .. } | Command::Index { reply, .. } => reply(Err(e)),
-            Command::ApplyOps { reply, .. } | Command::MergeSnapshot { reply, .. } => {
-                reply(Err(e))
-            }
+            Command::ApplyOps { reply, .. } | Command::MergeSnapshot { reply, .. } => reply(Err(e)),
             Command::Compact { reply, .. } => reply(Err(e)),
             Command::Shutdown { reply } => reply(Err(e)),
         }
@@ -660,8 +658,12 @@ impl Writer {
         let indexes = self.collection_indexes(group, plan, db, body.collection())?;
 
         // A put or delete made here is newer than everything the record
-        // holds, so without indexes to maintain it need not read the record.
-        let existing = if needs_existing || !indexes.is_empty() {
+        // holds (the clock has seen every write applied here), so without
+        // indexes to maintain it need not read the record -- unless writes
+        // of a higher priority than ours came from elsewhere: those still
+        // win.
+        let outranked = lock(&db.sync).max_priority > write_priority;
+        let existing = if needs_existing || !indexes.is_empty() || outranked {
             load_for_update(group, plan, db, &key)?
         } else {
             None
@@ -702,8 +704,11 @@ impl Writer {
             Some(b) => b,
             None => codec::to_vec(&record)?,
         };
-        plan.effects
-            .push(Effect::Insert(db.records.clone(), key.clone(), record_bytes));
+        plan.effects.push(Effect::Insert(
+            db.records.clone(),
+            key.clone(),
+            record_bytes,
+        ));
         plan.effects.push(Effect::Insert(
             db.log.clone(),
             keys::log_key(cursor).to_vec(),

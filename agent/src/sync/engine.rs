@@ -1024,7 +1024,10 @@ mod tests {
         assert_eq!(a.store().log_len(DB), 0);
         connect(&mut a, &mut b, T0 + 100);
         let sent = exchange(&mut a, &mut b, T0 + 100, T0 + 100);
-        assert!(sent.contains_key("snapshot") && !sent.contains_key("ops"), "{sent:?}");
+        assert!(
+            sent.contains_key("snapshot") && !sent.contains_key("ops"),
+            "{sent:?}"
+        );
         assert_eq!(a.store().visible(DB), b.store().visible(DB));
         assert_eq!(b.store().vector(DB), stable);
     }

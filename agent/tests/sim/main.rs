@@ -8,8 +8,11 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod replica;
 mod world;
 
+use blazed::sync::MemoryStore;
+use replica::{FjallReplica, Replica};
 use world::{Scenario, Stats, World};
 
 fn env_u64(name: &str) -> Option<u64> {
@@ -17,8 +20,12 @@ fn env_u64(name: &str) -> Option<u64> {
 }
 
 fn run_seed(seed: u64) -> Stats {
+    run_seed_on::<MemoryStore>(seed)
+}
+
+fn run_seed_on<R: Replica>(seed: u64) -> Stats {
     let scenario = Scenario::from_seed(seed);
-    let mut world = World::new(scenario);
+    let mut world = World::<R>::new(scenario);
     if let Err(e) = world.run() {
         panic!(
             "seed {seed} failed: {e}\n  scenario: {:?}\n  replay: BLAZEDB_SIM_SEED={seed} BLAZEDB_SIM_TRACE=1 cargo test -p blazed --test sim -- --nocapture",
@@ -58,4 +65,16 @@ fn seeds_converge() {
             "no run dropped a tombstone: {total:?}"
         );
     }
+}
+
+/// A few seeds on the agent's own fjall store, crashes reopening it from
+/// disk.
+#[test]
+fn seeds_converge_on_fjall() {
+    let mut total = Stats::default();
+    for seed in [3, 11, 42] {
+        total += run_seed_on::<FjallReplica>(seed);
+    }
+    eprintln!("fjall seeds: {total:?}");
+    assert!(total.crashes > 0 && total.writes > 100, "{total:?}");
 }

@@ -4,13 +4,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use blazed::sync::{Engine, EngineConfig, Event, MemoryStore, SyncStore};
+
+use crate::replica::Replica;
 use blazedb_proto::api::SyncMode;
 use blazedb_proto::{DeviceId, Fields, Op, OpBody, SyncMessage, Value, VersionVector};
 
 pub(crate) const DB: &str = "bugs";
-
-/// The start of virtual time: a plausible wall clock, in milliseconds.
-const T0: u64 = 1_750_000_000_000;
 
 /// A small, fast, seedable random number generator (SplitMix64).
 #[derive(Debug, Clone)]
@@ -103,11 +102,11 @@ impl Scenario {
     }
 }
 
-struct Node {
+struct Node<R: Replica> {
     id: DeviceId,
-    engine: Option<Engine<MemoryStore>>,
+    engine: Option<Engine<R>>,
     /// The store of a crashed node: what it had on disk.
-    disk: Option<MemoryStore>,
+    disk: Option<R::Disk>,
     skew: i64,
     last_vector: VersionVector,
 }
@@ -147,12 +146,14 @@ impl std::ops::AddAssign for Stats {
 }
 
 /// The simulated world.
-pub(crate) struct World {
+pub(crate) struct World<R: Replica> {
     pub(crate) stats: Stats,
+    /// The start of virtual time.
+    t0: u64,
     s: Scenario,
     rng: Rng,
     now: u64,
-    nodes: Vec<Node>,
+    nodes: Vec<Node<R>>,
     /// Links that are up, with their generation.
     links: BTreeMap<(usize, usize), u64>,
     /// Links cut by a partition, until a time.
@@ -180,15 +181,15 @@ fn pair(a: usize, b: usize) -> (usize, usize) {
     (a.min(b), a.max(b))
 }
 
-impl World {
+impl<R: Replica> World<R> {
     pub(crate) fn new(s: Scenario) -> Self {
+        let t0 = R::t0();
         let mut rng = Rng::new(s.seed.wrapping_mul(31).wrapping_add(7));
         let members: Vec<DeviceId> = (0..s.nodes).map(device).collect();
         let nodes = (0..s.nodes)
             .map(|i| {
-                let mut store = MemoryStore::new(device(i));
                 let priority = u8::from(s.topology == Topology::Star && i == 0);
-                store.create_db(DB, rng.next() >> 1, SyncMode::Sync, priority);
+                let store = R::create(device(i), rng.next() >> 1, priority);
                 Node {
                     id: device(i),
                     engine: None,
@@ -201,8 +202,9 @@ impl World {
         let trace = std::env::var_os("BLAZEDB_SIM_TRACE").is_some();
         let mut w = World {
             stats: Stats::default(),
+            t0,
             rng,
-            now: T0,
+            now: t0,
             nodes,
             links: BTreeMap::new(),
             cut: BTreeMap::new(),
@@ -212,8 +214,8 @@ impl World {
             generation: 0,
             acked: Vec::new(),
             trace,
-            next_write: T0,
-            next_fault: T0 + s.fault_every,
+            next_write: t0,
+            next_fault: t0 + s.fault_every,
             s,
         };
         for i in 0..w.nodes.len() {
@@ -258,7 +260,7 @@ impl World {
 
     fn log(&self, what: impl FnOnce() -> String) {
         if self.trace {
-            eprintln!("[{:>6}] {}", self.now - T0, what());
+            eprintln!("[{:>6}] {}", self.now - self.t0, what());
         }
     }
 
@@ -270,7 +272,7 @@ impl World {
             .expect("a stopped node has a disk");
         let cfg = self.config();
         let wall = self.wall(i);
-        self.nodes[i].engine = Some(Engine::new(self.nodes[i].id, store, cfg, wall));
+        self.nodes[i].engine = Some(Engine::new(self.nodes[i].id, R::boot(store), cfg, wall));
         self.log(|| format!("node {i} up"));
         for j in 0..self.nodes.len() {
             self.try_link(i, j);
@@ -318,7 +320,7 @@ impl World {
             self.unlink(i, j);
         }
         if let Some(e) = self.nodes[i].engine.take() {
-            self.nodes[i].disk = Some(e.into_store());
+            self.nodes[i].disk = Some(e.into_store().crash());
         }
         self.down.insert(i, until);
         self.stats.crashes += 1;
@@ -399,24 +401,30 @@ impl World {
                 id,
                 fields,
             },
-            4..=7 => OpBody::Patch {
-                collection,
-                id,
-                set: fields,
-                unset: if self.rng.chance(0.3) {
-                    vec![field(&mut self.rng)]
+            4..=7 => {
+                let unset: Vec<String> = if self.rng.chance(0.3) {
+                    // A patch sets a field or removes it, not both.
+                    Some(field(&mut self.rng))
+                        .filter(|f| !fields.contains_key(f))
+                        .into_iter()
+                        .collect()
                 } else {
                     Vec::new()
-                },
-            },
+                };
+                OpBody::Patch {
+                    collection,
+                    id,
+                    set: fields,
+                    unset,
+                }
+            }
             _ => OpBody::Delete { collection, id },
         };
         let wall = self.wall(i);
         let e = self.nodes[i].engine.as_mut().expect("node is up");
-        let op = e
-            .store_mut()
-            .write(DB, wall, body)
-            .expect("the database exists");
+        let Some(op) = e.store_mut().write(wall, body) else {
+            return;
+        };
         e.local_commit(DB, wall);
         self.log(|| format!("node {i} wrote ({}, {})", op.origin.short(), op.seq));
         self.acked.push(op);
@@ -522,7 +530,7 @@ impl World {
         let Some(e) = self.nodes[i].engine.as_ref() else {
             return Ok(());
         };
-        let v = e.store().vector(DB);
+        let v = e.store().vector();
         if !v.dominates(&self.nodes[i].last_vector) {
             return Err(format!(
                 "node {i}'s vector went backwards: {:?} after {:?}",
@@ -581,9 +589,9 @@ impl World {
         let Some(e0) = &self.nodes[0].engine else {
             return false;
         };
-        let v0 = e0.store().vector(DB);
+        let v0 = e0.store().vector();
         // Vectors first: they are cheap, and hashing only pays once they agree.
-        let stores: Option<Vec<&MemoryStore>> = self
+        let stores: Option<Vec<&R>> = self
             .nodes
             .iter()
             .map(|n| n.engine.as_ref().map(|e| e.store()))
@@ -591,16 +599,16 @@ impl World {
         let Some(stores) = stores else {
             return false;
         };
-        if !stores.iter().all(|s| s.vector(DB) == v0) {
+        if !stores.iter().all(|s| s.vector() == v0) {
             return false;
         }
-        let h0 = e0.store().state_hash(DB);
-        stores.iter().all(|s| s.state_hash(DB) == h0)
+        let h0 = e0.store().state_hash();
+        stores.iter().all(|s| s.state_hash() == h0)
     }
 
     /// Runs the chaos phase, heals everything, and checks the end state.
     pub(crate) fn run(&mut self) -> Result<(), String> {
-        let chaos_until = T0 + self.s.chaos_ms;
+        let chaos_until = self.t0 + self.s.chaos_ms;
         while self.now < chaos_until {
             self.now = self.next_time(chaos_until);
             if self.now >= self.next_write && self.now < chaos_until {
@@ -649,11 +657,9 @@ impl World {
         for (i, n) in self.nodes.iter().enumerate() {
             if let Some(e) = &n.engine {
                 s += &format!(
-                    "\n  node {i}: hash {:016x} vector {:?} log {} records {}",
-                    e.store().state_hash(DB),
-                    e.store().vector(DB),
-                    e.store().log_len(DB),
-                    e.store().record_count(DB),
+                    "\n  node {i}: hash {:016x} vector {:?}",
+                    e.store().state_hash(),
+                    e.store().vector(),
                 );
             }
         }
@@ -664,7 +670,7 @@ impl World {
             .map(|n| {
                 n.engine
                     .as_ref()
-                    .map(|e| e.store().visible(DB))
+                    .map(|e| e.store().visible())
                     .unwrap_or_default()
             })
             .collect();
@@ -695,7 +701,7 @@ impl World {
         }
         let want = reference.visible(DB);
         for (i, n) in self.nodes.iter().enumerate() {
-            let got = n.engine.as_ref().map(|e| e.store().visible(DB));
+            let got = n.engine.as_ref().map(|e| e.store().visible());
             if got.as_ref() != Some(&want) {
                 return Err(format!(
                     "node {i} differs from the merge of all {} acknowledged writes:\n  want {want:?}\n  got  {got:?}",

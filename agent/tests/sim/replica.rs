@@ -1,0 +1,269 @@
+//! The stores the simulator runs replicas on: the in-memory one, and the
+//! agent's fjall store in a temporary directory.
+
+use std::collections::BTreeMap;
+use std::hash::{DefaultHasher, Hasher};
+use std::sync::{Arc, OnceLock};
+
+use blazed::store::{Store, StoreError, StoreOptions};
+use blazed::sync::{MemoryStore, SyncStore};
+use blazedb_proto::api::{DbSettings, Durability, QueryParams, SyncMode, Write};
+use blazedb_proto::{DeviceId, Epoch, Fields, Op, OpBody, VersionVector, codec};
+
+use crate::world::DB;
+
+/// What the simulator needs of a replica's store, beyond the engine's.
+pub(crate) trait Replica: SyncStore + Sized {
+    /// What survives a crash.
+    type Disk;
+    /// The start of virtual time, in wall-clock milliseconds.
+    fn t0() -> u64;
+    /// A new replica's disk, with the database created.
+    fn create(device: DeviceId, epoch: Epoch, priority: u8) -> Self::Disk;
+    /// Starts from what is on disk.
+    fn boot(disk: Self::Disk) -> Self;
+    /// Stops, keeping only what is on disk.
+    fn crash(self) -> Self::Disk;
+    /// A local write at wall time `wall`, acknowledged when this returns;
+    /// `None` if the store refused it (a patch of a missing record).
+    fn write(&mut self, wall: u64, body: OpBody) -> Option<Op>;
+    /// The live records with their fields.
+    fn visible(&self) -> BTreeMap<(String, String), Fields>;
+    /// The version vector.
+    fn vector(&self) -> VersionVector {
+        self.sync_state(DB).map(|s| s.vector).unwrap_or_default()
+    }
+    /// A hash of `visible`.
+    fn state_hash(&self) -> u64 {
+        let mut h = DefaultHasher::new();
+        for ((c, id), fields) in self.visible() {
+            h.write(c.as_bytes());
+            h.write_u8(0);
+            h.write(id.as_bytes());
+            h.write(&codec::to_vec(&fields).unwrap_or_default());
+        }
+        h.finish()
+    }
+    /// Operations handed to the store out of turn.
+    fn misapplied(&self) -> u64 {
+        0
+    }
+}
+
+impl Replica for MemoryStore {
+    type Disk = MemoryStore;
+
+    fn t0() -> u64 {
+        1_750_000_000_000
+    }
+
+    fn create(device: DeviceId, epoch: Epoch, priority: u8) -> MemoryStore {
+        let mut s = MemoryStore::new(device);
+        s.create_db(DB, epoch, SyncMode::Sync, priority);
+        s
+    }
+
+    fn boot(disk: MemoryStore) -> Self {
+        disk
+    }
+
+    fn crash(self) -> MemoryStore {
+        self
+    }
+
+    fn write(&mut self, wall: u64, body: OpBody) -> Option<Op> {
+        MemoryStore::write(self, DB, wall, body)
+    }
+
+    fn visible(&self) -> BTreeMap<(String, String), Fields> {
+        MemoryStore::visible(self, DB)
+    }
+
+    fn state_hash(&self) -> u64 {
+        MemoryStore::state_hash(self, DB)
+    }
+
+    fn misapplied(&self) -> u64 {
+        MemoryStore::misapplied(self)
+    }
+}
+
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a tokio runtime")
+    })
+}
+
+/// A replica on the agent's own store, in a temporary directory.
+#[derive(Debug, Clone)]
+pub(crate) struct FjallReplica {
+    store: Store,
+    disk: FjallDisk,
+}
+
+/// The directory a fjall replica lives in.
+#[derive(Debug, Clone)]
+pub(crate) struct FjallDisk {
+    dir: Arc<tempfile::TempDir>,
+    device: DeviceId,
+}
+
+impl Replica for FjallReplica {
+    type Disk = FjallDisk;
+
+    fn t0() -> u64 {
+        // The store stamps local writes with the real clock.
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    }
+
+    fn create(device: DeviceId, _epoch: Epoch, priority: u8) -> FjallDisk {
+        let disk = FjallDisk {
+            dir: Arc::new(tempfile::tempdir().expect("a temp dir")),
+            device,
+        };
+        let r = FjallReplica::boot(disk.clone());
+        let settings = DbSettings {
+            durability: Durability::Buffered,
+            sync_mode: SyncMode::Sync,
+            priority,
+        };
+        runtime()
+            .block_on(r.store.create_db(DB, settings, false))
+            .expect("create the database");
+        r.crash()
+    }
+
+    fn boot(disk: FjallDisk) -> Self {
+        let options = StoreOptions {
+            // Small, so compaction reaches the log in a short run.
+            retain_log: 20,
+            ..StoreOptions::default()
+        };
+        let store = Store::open(disk.dir.path(), disk.device, options).expect("open the store");
+        FjallReplica { store, disk }
+    }
+
+    fn crash(self) -> FjallDisk {
+        runtime()
+            .block_on(self.store.shutdown())
+            .expect("stop the store");
+        self.disk
+    }
+
+    fn write(&mut self, _wall: u64, body: OpBody) -> Option<Op> {
+        let write = match body {
+            OpBody::Put {
+                collection,
+                id,
+                fields,
+            } => Write::Put {
+                collection,
+                id: Some(id),
+                fields,
+            },
+            OpBody::Patch {
+                collection,
+                id,
+                set,
+                unset,
+            } => Write::Patch {
+                collection,
+                id,
+                set,
+                unset,
+            },
+            OpBody::Delete { collection, id } => Write::Delete { collection, id },
+        };
+        match runtime().block_on(self.store.write(DB, vec![write])) {
+            Ok(results) => {
+                let cursor = results.first()?.cursor;
+                Some(
+                    self.store
+                        .read_op(DB, cursor)
+                        .expect("the op just written is in the log"),
+                )
+            }
+            // A patch of a missing record is refused, as it is for apps:
+            // nothing was written, so nothing to acknowledge.
+            Err(StoreError::NotFound { .. }) => None,
+            Err(e) => panic!("write failed: {e}"),
+        }
+    }
+
+    fn visible(&self) -> BTreeMap<(String, String), Fields> {
+        let mut out = BTreeMap::new();
+        for c in ["c0", "c1"] {
+            let params = QueryParams {
+                db: DB.into(),
+                collection: c.into(),
+                filters: Vec::new(),
+                order_by: None,
+                desc: false,
+                limit: Some(10_000),
+                cursor: None,
+            };
+            match self.store.query(&params) {
+                Ok(res) => {
+                    for r in res.records {
+                        out.insert((c.to_owned(), r.id), r.fields);
+                    }
+                }
+                Err(StoreError::UnknownCollection { .. }) => {}
+                Err(e) => panic!("query failed: {e}"),
+            }
+        }
+        out
+    }
+}
+
+impl SyncStore for FjallReplica {
+    type Error = <Store as SyncStore>::Error;
+
+    fn databases(&self) -> Vec<String> {
+        self.store.databases()
+    }
+    fn sync_state(&self, db: &str) -> Option<blazed::sync::SyncState> {
+        self.store.sync_state(db)
+    }
+    fn read_ops(
+        &self,
+        db: &str,
+        have: &VersionVector,
+        from: u64,
+        limits: blazed::sync::ReadLimits,
+    ) -> Result<blazed::sync::OpsRead, Self::Error> {
+        self.store.read_ops(db, have, from, limits)
+    }
+    fn apply_ops(&mut self, db: &str, ops: Vec<Op>) -> Result<(), Self::Error> {
+        self.store.apply_ops(db, ops)
+    }
+    fn read_snapshot(
+        &self,
+        db: &str,
+        after: Option<&[u8]>,
+        limits: blazed::sync::ReadLimits,
+    ) -> Result<blazed::sync::SnapshotRead, Self::Error> {
+        self.store.read_snapshot(db, after, limits)
+    }
+    fn merge_snapshot(
+        &mut self,
+        db: &str,
+        records: Vec<blazedb_proto::SnapshotRecord>,
+        complete: Option<&VersionVector>,
+    ) -> Result<(), Self::Error> {
+        self.store.merge_snapshot(db, records, complete)
+    }
+    fn compact(
+        &mut self,
+        db: &str,
+        stable: &VersionVector,
+        tombstones: blazedb_proto::Hlc,
+    ) -> Result<blazed::sync::Compacted, Self::Error> {
+        self.store.compact(db, stable, tombstones)
+    }
+}
