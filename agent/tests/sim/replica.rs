@@ -122,11 +122,10 @@ impl Replica for FjallReplica {
     }
 
     fn create(device: DeviceId, _epoch: Epoch, priority: u8) -> FjallDisk {
-        let disk = FjallDisk {
+        let r = FjallReplica::boot(FjallDisk {
             dir: Arc::new(tempfile::tempdir().expect("a temp dir")),
             device,
-        };
-        let r = FjallReplica::boot(disk.clone());
+        });
         let settings = DbSettings {
             durability: Durability::Buffered,
             sync_mode: SyncMode::Sync,
