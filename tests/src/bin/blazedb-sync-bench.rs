@@ -1,0 +1,245 @@
+//! Benchmarks of the sync engine on the agent's fjall store, beside raw
+//! fjall batch inserts of the same records in the same run.
+//!
+//! ```text
+//! cargo build --release -p blazedb-tests --bins && target/release/blazedb-sync-bench
+//! ```
+//!
+//! - apply: operations from another replica that the engine merges into a
+//!   fresh fjall store, in the engine's batches, with fsync per batch;
+//!   beside raw fjall inserting the same encoded records in batches of the
+//!   same size with the same durability.
+//! - catch-up: a fresh replica on the fjall store receiving every operation
+//!   of a replica that has made 1,000,000 (over an in-memory network, as
+//!   an op stream and again as a snapshot).
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+use std::path::Path;
+use std::time::Instant;
+
+use blazed::store::{Store, StoreOptions};
+use blazed::sync::{Engine, EngineConfig, MemoryStore, SyncStore};
+use blazedb_proto::api::{DbSettings, SyncMode};
+use blazedb_proto::{DeviceId, Fields, Op, OpBody, SyncMessage, Value, codec};
+use clap::Parser;
+use fjall::{KeyspaceCreateOptions, PersistMode};
+
+#[derive(Debug, Parser)]
+#[command(about = "Benchmarks the sync engine beside raw fjall")]
+struct Args {
+    /// Operations in the apply benchmark.
+    #[arg(long, default_value_t = 200_000)]
+    apply_ops: u64,
+    /// Operations in the catch-up benchmark.
+    #[arg(long, default_value_t = 1_000_000)]
+    catch_up_ops: u64,
+    /// Small counts: a smoke run, not a measurement.
+    #[arg(long)]
+    quick: bool,
+}
+
+const DB: &str = "bench";
+/// The start of the benchmark's clock.
+const T0: u64 = 1_750_000_000_000;
+
+fn fields(i: u64) -> Fields {
+    Fields::from([
+        ("title".into(), Value::String(format!("Bug number {i}"))),
+        ("status".into(), Value::String("open".into())),
+        ("priority".into(), Value::Int((i % 5) as i64)),
+        ("owner".into(), Value::String("someone@example.com".into())),
+    ])
+}
+
+/// A replica that has made `n` puts to `records` distinct records.
+fn source(n: u64, records: u64) -> MemoryStore {
+    let mut s = MemoryStore::new(DeviceId([7; 32]));
+    s.create_db(DB, 1, SyncMode::Sync, 0);
+    for i in 0..n {
+        let body = OpBody::Put {
+            collection: "bugs".into(),
+            id: format!("b{:08}", i % records),
+            fields: fields(i),
+        };
+        s.write(DB, T0 + i / 100, body);
+    }
+    s
+}
+
+fn open_store(dir: &Path) -> anyhow::Result<Store> {
+    let store = Store::open(dir, DeviceId([9; 32]), StoreOptions::default())?;
+    let rt = tokio::runtime::Builder::new_current_thread().build()?;
+    rt.block_on(store.create_db(DB, DbSettings::default(), false))?;
+    Ok(store)
+}
+
+fn shutdown(store: &Store) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread().build()?;
+    rt.block_on(store.shutdown())?;
+    Ok(())
+}
+
+/// Raw fjall: the same encoded records, the same batch size, fsync per
+/// batch.
+fn raw_fjall(dir: &Path, ops: &[Op], batch: usize) -> anyhow::Result<f64> {
+    let db = fjall::Database::builder(dir).open()?;
+    let ks = db.keyspace("items", KeyspaceCreateOptions::default)?;
+    let values: Vec<(Vec<u8>, Vec<u8>)> = ops
+        .iter()
+        .map(|op| -> anyhow::Result<_> {
+            let body = OpBody::decode(&op.body)?;
+            let key = format!("{}\0{}", body.collection(), body.id()).into_bytes();
+            let OpBody::Put { fields, .. } = body else {
+                anyhow::bail!("the benchmark makes puts only");
+            };
+            Ok((key, codec::to_vec(&fields)?))
+        })
+        .collect::<Result<_, _>>()?;
+    let t = Instant::now();
+    for chunk in values.chunks(batch) {
+        let mut b = db.batch().durability(Some(PersistMode::SyncAll));
+        for (k, v) in chunk {
+            b.insert(&ks, k.as_slice(), v.as_slice());
+        }
+        b.commit()?;
+    }
+    Ok(ops.len() as f64 / t.elapsed().as_secs_f64())
+}
+
+/// The engine applying `ops` as a peer's `Ops` messages into a fresh
+/// fjall store.
+fn engine_apply(dir: &Path, ops: &[Op], batch: usize) -> anyhow::Result<f64> {
+    let store = open_store(dir)?;
+    let me = store.device();
+    let peer = DeviceId([7; 32]);
+    let mut engine = Engine::new(me, store.clone(), EngineConfig::default(), T0);
+    engine.connected(peer, T0);
+    let epoch = 1;
+    engine.handle(
+        peer,
+        SyncMessage::Vector {
+            db: DB.into(),
+            epoch,
+            vector: Default::default(),
+            want: false,
+            reports: Vec::new(),
+        },
+        T0,
+    );
+    while engine.poll_transmit().is_some() {}
+    let messages: Vec<SyncMessage> = ops
+        .chunks(batch)
+        .map(|c| SyncMessage::Ops {
+            db: DB.into(),
+            epoch,
+            ops: c.to_vec(),
+        })
+        .collect();
+    let t = Instant::now();
+    for m in messages {
+        engine.handle(peer, m, T0);
+        while engine.poll_transmit().is_some() {}
+    }
+    let rate = ops.len() as f64 / t.elapsed().as_secs_f64();
+    let got = store.sync_state(DB).map(|s| s.vector.get(&peer));
+    anyhow::ensure!(
+        got == Some(ops.len() as u64),
+        "applied {got:?} of {} ops",
+        ops.len()
+    );
+    shutdown(&store)?;
+    Ok(rate)
+}
+
+/// A fresh fjall replica catching up with `src` over an in-memory network.
+fn catch_up(dir: &Path, src: MemoryStore, snapshot: bool) -> anyhow::Result<(f64, MemoryStore)> {
+    let store = open_store(dir)?;
+    let (a_id, b_id) = (src.device(), store.device());
+    let want = src.vector(DB);
+    let config = EngineConfig {
+        snapshot_after: if snapshot { 0 } else { u64::MAX },
+        ..EngineConfig::default()
+    };
+    let mut a = Engine::new(a_id, src, config.clone(), T0);
+    let mut b = Engine::new(b_id, store.clone(), config, T0);
+    let t = Instant::now();
+    a.connected(b_id, T0);
+    b.connected(a_id, T0);
+    loop {
+        let mut moved = false;
+        while let Some((_, m)) = a.poll_transmit() {
+            b.handle(a_id, m, T0);
+            moved = true;
+        }
+        while let Some((_, m)) = b.poll_transmit() {
+            a.handle(b_id, m, T0);
+            moved = true;
+        }
+        if !moved {
+            break;
+        }
+    }
+    let secs = t.elapsed().as_secs_f64();
+    let got = store.sync_state(DB).map(|s| s.vector);
+    anyhow::ensure!(
+        got.as_ref() == Some(&want),
+        "caught up to {got:?}, not {want:?}"
+    );
+    shutdown(&store)?;
+    Ok((secs, a.into_store()))
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let (apply_n, catch_n) = if args.quick {
+        (5_000, 20_000)
+    } else {
+        (args.apply_ops, args.catch_up_ops)
+    };
+    let batch = EngineConfig::default().batch.max_items;
+    let tmp = tempfile::tempdir()?;
+
+    println!("sync engine benchmarks (fsync per batch of {batch})");
+    let src = source(apply_n, apply_n);
+    let ops = src
+        .read_ops(
+            DB,
+            &Default::default(),
+            0,
+            blazed::sync::ReadLimits {
+                max_items: usize::MAX,
+                max_bytes: usize::MAX,
+            },
+        )
+        .map(|r| r.ops)
+        .unwrap_or_default();
+    let raw = raw_fjall(&tmp.path().join("raw"), &ops, batch)?;
+    let engine = engine_apply(&tmp.path().join("apply"), &ops, batch)?;
+    println!("apply {apply_n} remote puts of new records:");
+    println!("  raw fjall batch inserts  {raw:>10.0} ops/s");
+    println!(
+        "  engine into fjall store  {engine:>10.0} ops/s  ({:.0}% of raw)",
+        100.0 * engine / raw
+    );
+
+    let t = Instant::now();
+    let src = source(catch_n, catch_n / 4);
+    println!(
+        "catch-up of a fresh replica with {catch_n} ops over {} records (source built in {:.1} s):",
+        catch_n / 4,
+        t.elapsed().as_secs_f64()
+    );
+    let (secs, src) = catch_up(&tmp.path().join("stream"), src, false)?;
+    println!(
+        "  op stream   {secs:>6.2} s  ({:.0} ops/s)",
+        catch_n as f64 / secs
+    );
+    let (secs, _) = catch_up(&tmp.path().join("snapshot"), src, true)?;
+    println!(
+        "  snapshot    {secs:>6.2} s  ({:.0} ops/s equivalent)",
+        catch_n as f64 / secs
+    );
+    Ok(())
+}
