@@ -89,13 +89,26 @@ impl Writer {
                 let indexes = self.collection_indexes(&group, &mut plan, db, body.collection())?;
                 let existing = load_for_update(&group, &plan, db, &key)?;
                 let old_values = field_values(existing.as_ref(), &indexes);
-                let mut record = existing.unwrap_or_default();
-                if record.apply(&Stamp::of(&op), &body) {
+                let stamp = Stamp::of(&op);
+                let (record, changed) = match (existing, body) {
+                    // The common case of catching up: a new record, built
+                    // from the put's fields without copying them.
+                    (None, OpBody::Put { fields, .. }) => {
+                        (StoredRecord::from_put(&stamp, fields), true)
+                    }
+                    (existing, body) => {
+                        let mut r = existing.unwrap_or_default();
+                        let changed = r.apply(&stamp, &body);
+                        (r, changed)
+                    }
+                };
+                if changed {
+                    let (collection, id) = keys::split_record_key(&key).unwrap_or_default();
                     index_effects(
                         &mut plan,
                         db,
-                        body.collection(),
-                        body.id(),
+                        collection,
+                        id,
                         &indexes,
                         &old_values,
                         &record,
