@@ -44,6 +44,17 @@ impl VersionVector {
         seq <= self.get(origin)
     }
 
+    /// Takes in operation `(origin, seq)` if it is the next one from its
+    /// origin, and says whether it was: an operation is held only once,
+    /// and only with every earlier one from its origin.
+    pub fn advance(&mut self, origin: DeviceId, seq: u64) -> bool {
+        let next = self.get(&origin) + 1 == seq;
+        if next {
+            self.set(origin, seq);
+        }
+        next
+    }
+
     /// Raises every entry to at least the one in `other`.
     pub fn merge(&mut self, other: &VersionVector) {
         for (o, s) in &other.0 {
@@ -242,6 +253,9 @@ mod tests {
         assert!(m.dominates(&a) && m.dominates(&b) && !a.dominates(&b));
         assert_eq!(m.ahead_of(&a), 2);
         assert!(a.contains(&dev(2), 5) && !a.contains(&dev(2), 6) && !a.contains(&dev(9), 1));
+        let mut b = a;
+        assert!(!b.advance(dev(2), 5) && !b.advance(dev(2), 7) && b.advance(dev(2), 6));
+        assert!(b.advance(dev(9), 1) && b.get(&dev(9)) == 1);
     }
 
     fn arb_vector() -> impl Strategy<Value = VersionVector> {

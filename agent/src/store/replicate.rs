@@ -14,7 +14,7 @@ use fjall::PersistMode;
 
 use super::keys;
 use super::record::{Stamp, StoredRecord};
-use super::writer::{Effect, Group, Plan, Writer, field_values, index_effects, load_for_update};
+use super::writer::{Effect, Group, Plan, Writer, field_values, load_for_update, plan_record};
 use super::{Command, DbState, Reply, Store, StoreError, SyncMeta, lock, sync_meta_key};
 use crate::sync::{Compacted, OpsRead, ReadLimits, SnapshotRead, SyncState, SyncStore};
 use blazedb_proto::api::Durability;
@@ -71,10 +71,9 @@ impl Writer {
         let counters = *self.counters.entry(db.id).or_default();
         let (mut head, mut local_seq) = (counters.head, counters.local_seq);
         for op in ops {
-            if op.seq != sync.vector.get(&op.origin) + 1 {
+            if !sync.vector.advance(op.origin, op.seq) {
                 continue;
             }
-            sync.vector.set(op.origin, op.seq);
             sync.max_priority = sync.max_priority.max(op.priority);
             self.clock.observe(op.hlc);
             head += 1;
@@ -103,22 +102,7 @@ impl Writer {
                     }
                 };
                 if changed {
-                    let (collection, id) = keys::split_record_key(&key).unwrap_or_default();
-                    index_effects(
-                        &mut plan,
-                        db,
-                        collection,
-                        id,
-                        &indexes,
-                        &old_values,
-                        &record,
-                    );
-                    plan.effects.push(Effect::Insert(
-                        db.records.clone(),
-                        key.clone(),
-                        codec::to_vec(&record)?,
-                    ));
-                    plan.overlay.insert((db.id, key), record);
+                    plan_record(&mut plan, db, key, &indexes, &old_values, record)?;
                 }
             }
             plan.effects.push(Effect::Insert(
@@ -148,7 +132,7 @@ impl Writer {
         let mut plan = Plan::new();
         let result = (|| {
             for rec in records {
-                let Some((collection, id)) = keys::split_record_key(&rec.key) else {
+                let Some((collection, _)) = keys::split_record_key(&rec.key) else {
                     return Err(StoreError::InvalidArgument(
                         "a snapshot record's key is not collection and id".into(),
                     ));
@@ -161,21 +145,7 @@ impl Writer {
                 let old_values = field_values(existing.as_ref(), &indexes);
                 let mut record = existing.unwrap_or_default();
                 if record.merge(&state) {
-                    index_effects(
-                        &mut plan,
-                        &db,
-                        collection,
-                        id,
-                        &indexes,
-                        &old_values,
-                        &record,
-                    );
-                    plan.effects.push(Effect::Insert(
-                        db.records.clone(),
-                        rec.key.clone(),
-                        codec::to_vec(&record)?,
-                    ));
-                    plan.overlay.insert((db.id, rec.key), record);
+                    plan_record(&mut plan, &db, rec.key, &indexes, &old_values, record)?;
                 }
             }
             if let Some(v) = complete {
@@ -253,12 +223,6 @@ impl Store {
     }
 }
 
-fn take<T>(out: &mut Vec<T>, bytes: &mut usize, item: T, size: usize, limits: ReadLimits) -> bool {
-    out.push(item);
-    *bytes += size;
-    out.len() >= limits.max_items || *bytes >= limits.max_bytes
-}
-
 impl SyncStore for Store {
     type Error = StoreError;
 
@@ -298,12 +262,11 @@ impl SyncStore for Store {
                 break;
             }
             let op: Op = codec::from_slice(&v)?;
-            if op.seq != want.get(&op.origin) + 1 {
+            if !want.advance(op.origin, op.seq) {
                 continue;
             }
-            want.set(op.origin, op.seq);
             let size = op.body.len() + 64;
-            if take(&mut ops, &mut bytes, op, size, limits) {
+            if limits.take(&mut ops, &mut bytes, op, size) {
                 return Ok(OpsRead { ops, next: cursor });
             }
         }
@@ -338,7 +301,7 @@ impl SyncStore for Store {
                 key: k.to_vec(),
                 state: v.to_vec(),
             };
-            if take(&mut records, &mut bytes, rec, size, limits) {
+            if limits.take(&mut records, &mut bytes, rec, size) {
                 return Ok(SnapshotRead {
                     records,
                     done: iter.peek().is_none(),

@@ -927,6 +927,28 @@ pub(super) fn field_values(
         .collect()
 }
 
+/// Plans storing a record that changed: its index entries move from the
+/// old field values, its new state is written, and later writes in the
+/// group see it.
+pub(super) fn plan_record(
+    plan: &mut Plan,
+    db: &DbState,
+    key: Vec<u8>,
+    indexes: &BTreeSet<String>,
+    old_values: &[Option<Value>],
+    record: StoredRecord,
+) -> Result<(), StoreError> {
+    let (collection, id) = keys::split_record_key(&key).unwrap_or_default();
+    index_effects(plan, db, collection, id, indexes, old_values, &record);
+    plan.effects.push(Effect::Insert(
+        db.records.clone(),
+        key.clone(),
+        codec::to_vec(&record)?,
+    ));
+    plan.overlay.insert((db.id, key), record);
+    Ok(())
+}
+
 /// Moves a record's index entries from its old field values to its new
 /// ones.
 pub(super) fn index_effects(

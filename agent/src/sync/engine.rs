@@ -605,10 +605,7 @@ impl<S: SyncStore> Engine<S> {
         if n > 0 {
             if let Err(e) = self.store.apply_ops(&db, accepted) {
                 // Not acknowledged, so the peer sends them again.
-                self.events.push_back(Event::StoreFailed {
-                    db,
-                    error: e.to_string(),
-                });
+                self.store_failed(db, &e);
                 return;
             }
             self.events.push_back(Event::Applied {
@@ -661,10 +658,7 @@ impl<S: SyncStore> Engine<S> {
             if let Some(s) = self.links.get_mut(&peer).and_then(|l| l.get_mut(&db)) {
                 s.in_snapshot = None;
             }
-            self.events.push_back(Event::StoreFailed {
-                db,
-                error: e.to_string(),
-            });
+            self.store_failed(db, &e);
             return;
         }
         self.outbox.push_back((
@@ -753,10 +747,7 @@ impl<S: SyncStore> Engine<S> {
                 ) {
                     Ok(r) => r,
                     Err(e) => {
-                        self.events.push_back(Event::StoreFailed {
-                            db: db.to_owned(),
-                            error: e.to_string(),
-                        });
+                        self.store_failed(db, &e);
                         return;
                     }
                 };
@@ -788,10 +779,7 @@ impl<S: SyncStore> Engine<S> {
             {
                 Ok(r) => r,
                 Err(e) => {
-                    self.events.push_back(Event::StoreFailed {
-                        db: db.to_owned(),
-                        error: e.to_string(),
-                    });
+                    self.store_failed(db, &e);
                     return;
                 }
             };
@@ -859,16 +847,17 @@ impl<S: SyncStore> Engine<S> {
                 tombstones: c.tombstones,
             }),
             Ok(_) => {}
-            Err(e) => self.events.push_back(Event::StoreFailed {
-                db: db.to_owned(),
-                error: e.to_string(),
-            }),
+            Err(e) => self.store_failed(db, &e),
         }
     }
 
-    /// How many replicas this engine has reports from for `db`.
-    pub fn reports_known(&self, db: &str) -> usize {
-        self.reports.get(db).map_or(0, |m| m.len())
+    /// Reports a store failure; what failed is retried later (by the
+    /// peer's retransmission, or the next timer).
+    fn store_failed(&mut self, db: impl Into<String>, e: &S::Error) {
+        self.events.push_back(Event::StoreFailed {
+            db: db.into(),
+            error: e.to_string(),
+        });
     }
 }
 

@@ -168,17 +168,6 @@ impl MemoryStore {
     pub fn log_len(&self, db: &str) -> usize {
         self.dbs.get(db).map_or(0, |d| d.log.len())
     }
-
-    /// How many records (tombstones included) the database holds.
-    pub fn record_count(&self, db: &str) -> usize {
-        self.dbs.get(db).map_or(0, |d| d.records.len())
-    }
-}
-
-fn take<T>(out: &mut Vec<T>, bytes: &mut usize, item: T, size: usize, limits: ReadLimits) -> bool {
-    out.push(item);
-    *bytes += size;
-    out.len() >= limits.max_items || *bytes >= limits.max_bytes
 }
 
 impl SyncStore for MemoryStore {
@@ -221,18 +210,17 @@ impl SyncStore for MemoryStore {
         let (mut ops, mut bytes, mut next) = (Vec::new(), 0, start);
         for (cursor, op) in d.log.range(start + 1..) {
             next = *cursor;
-            if op.seq != want.get(&op.origin) + 1 {
+            if !want.advance(op.origin, op.seq) {
                 continue;
             }
-            want.set(op.origin, op.seq);
-            if take(&mut ops, &mut bytes, op.clone(), op.body.len() + 64, limits) {
-                break;
+            if limits.take(&mut ops, &mut bytes, op.clone(), op.body.len() + 64) {
+                return Ok(OpsRead { ops, next });
             }
         }
-        if ops.len() < limits.max_items && bytes < limits.max_bytes {
-            next = next.max(d.head);
-        }
-        Ok(OpsRead { ops, next })
+        Ok(OpsRead {
+            ops,
+            next: next.max(d.head),
+        })
     }
 
     fn apply_ops(&mut self, db: &str, ops: Vec<Op>) -> Result<(), Infallible> {
@@ -278,7 +266,7 @@ impl SyncStore for MemoryStore {
         while let Some((k, r)) = iter.next() {
             let state = codec::to_vec(r).unwrap_or_default();
             let size = k.len() + state.len();
-            let full = take(
+            let full = limits.take(
                 &mut records,
                 &mut bytes,
                 SnapshotRecord {
@@ -286,7 +274,6 @@ impl SyncStore for MemoryStore {
                     state,
                 },
                 size,
-                limits,
             );
             if full {
                 done = iter.peek().is_none();

@@ -32,6 +32,22 @@ pub struct ReadLimits {
     pub max_bytes: usize,
 }
 
+impl ReadLimits {
+    /// Adds an item of `size` bytes to a read, and says whether the read
+    /// is now full.
+    pub(crate) fn take<T>(
+        &self,
+        out: &mut Vec<T>,
+        bytes: &mut usize,
+        item: T,
+        size: usize,
+    ) -> bool {
+        out.push(item);
+        *bytes += size;
+        out.len() >= self.max_items || *bytes >= self.max_bytes
+    }
+}
+
 /// Ops read from the log for a peer.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OpsRead {

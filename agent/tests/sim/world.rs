@@ -185,7 +185,6 @@ impl<R: Replica> World<R> {
     pub(crate) fn new(s: Scenario) -> Self {
         let t0 = R::t0();
         let mut rng = Rng::new(s.seed.wrapping_mul(31).wrapping_add(7));
-        let members: Vec<DeviceId> = (0..s.nodes).map(device).collect();
         let nodes = (0..s.nodes)
             .map(|i| {
                 let priority = u8::from(s.topology == Topology::Star && i == 0);
@@ -219,7 +218,7 @@ impl<R: Replica> World<R> {
             s,
         };
         for i in 0..w.nodes.len() {
-            w.boot(i, &members);
+            w.boot(i);
         }
         w
     }
@@ -265,7 +264,7 @@ impl<R: Replica> World<R> {
     }
 
     /// Starts node `i` from its disk and links it to every reachable node.
-    fn boot(&mut self, i: usize, _members: &[DeviceId]) {
+    fn boot(&mut self, i: usize) {
         let store = self.nodes[i]
             .disk
             .take()
@@ -490,8 +489,7 @@ impl<R: Replica> World<R> {
             .collect();
         for i in back {
             self.down.remove(&i);
-            let members = self.members();
-            self.boot(i, &members);
+            self.boot(i);
         }
     }
 
@@ -631,9 +629,8 @@ impl<R: Replica> World<R> {
         self.cut.clear();
         let downs: Vec<usize> = self.down.keys().copied().collect();
         self.down.clear();
-        let members = self.members();
         for i in downs {
-            self.boot(i, &members);
+            self.boot(i);
         }
         for a in 0..self.nodes.len() {
             for b in a + 1..self.nodes.len() {
