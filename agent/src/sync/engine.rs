@@ -285,10 +285,7 @@ impl<S: SyncStore> Engine<S> {
             .flat_map(|l| l.values())
             .filter(|s| s.in_flight())
             .map(|s| s.progress_at + s.rto);
-        retransmit
-            .chain([self.next_announce, self.next_compact])
-            .min()
-            .unwrap_or(self.next_announce)
+        retransmit.fold(self.next_announce.min(self.next_compact), u64::min)
     }
 
     fn synced_dbs(&self) -> Vec<String> {
@@ -306,14 +303,14 @@ impl<S: SyncStore> Engine<S> {
     /// A link to `peer` came up.
     pub fn connected(&mut self, peer: DeviceId, now: u64) {
         let rto = self.config.retransmit_ms;
-        let streams = self
-            .synced_dbs()
-            .into_iter()
-            .map(|db| (db, Stream::new(now, rto)))
+        let dbs = self.synced_dbs();
+        let streams = dbs
+            .iter()
+            .map(|db| (db.clone(), Stream::new(now, rto)))
             .collect();
         self.links.insert(peer, streams);
-        for db in self.synced_dbs() {
-            self.send_vector(peer, &db, true);
+        for db in &dbs {
+            self.send_vector(peer, db, true);
         }
     }
 
