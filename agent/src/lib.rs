@@ -15,6 +15,7 @@ pub mod config;
 pub mod identity;
 pub mod ipc;
 pub mod lock;
+pub mod mesh;
 pub mod service;
 pub mod store;
 pub mod sync;

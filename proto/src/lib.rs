@@ -8,6 +8,7 @@
 //! - [`value`]: field values and their MessagePack encoding.
 //! - [`op`]: operations, device ids and clock readings.
 //! - [`sync`]: what replicas say to each other to sync a database.
+//! - [`mesh`]: what agents say to each other to form a mesh, and invite codes.
 //!
 //! This crate does no IO. It is the only place that knows the wire
 //! encoding; the agent and the clients go through it.
@@ -16,6 +17,7 @@ pub mod api;
 pub mod codec;
 pub mod error;
 pub mod frame;
+pub mod mesh;
 pub mod message;
 pub mod op;
 pub mod paths;

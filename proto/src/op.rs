@@ -46,10 +46,18 @@ impl DeviceId {
 }
 
 impl fmt::Display for DeviceId {
-    /// Formats the id in groups of seven base32 characters, easy to read aloud.
+    /// Formats the id for people: the 52 base32 characters in four runs of
+    /// 13, each followed by a check character (Luhn mod 32), shown in eight
+    /// groups of seven, easy to read aloud and compare. A mistyped
+    /// character fails the check instead of naming another device.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let s = self.to_base32();
-        for (i, chunk) in s.as_bytes().chunks(7).enumerate() {
+        let plain = self.to_base32();
+        let mut s = Vec::with_capacity(56);
+        for run in plain.as_bytes().chunks(13) {
+            s.extend_from_slice(run);
+            s.push(luhn32(run));
+        }
+        for (i, chunk) in s.chunks(7).enumerate() {
             if i > 0 {
                 f.write_str("-")?;
             }
@@ -57,6 +65,19 @@ impl fmt::Display for DeviceId {
         }
         Ok(())
     }
+}
+
+/// The Luhn mod 32 check character of a run of base32 characters.
+fn luhn32(run: &[u8]) -> u8 {
+    let mut factor = 1;
+    let mut sum = 0;
+    for &c in run {
+        let v = BASE32.iter().position(|&x| x == c).unwrap_or(0) as u32;
+        let addend = factor * v;
+        factor = if factor == 2 { 1 } else { 2 };
+        sum += addend / 32 + addend % 32;
+    }
+    BASE32[((32 - sum % 32) % 32) as usize]
 }
 
 impl fmt::Debug for DeviceId {
@@ -67,22 +88,47 @@ impl fmt::Debug for DeviceId {
 
 /// The text was not a device id.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("not a device id: expected 52 base32 characters (dashes allowed)")]
+#[error(
+    "not a device id: expected 56 base32 characters as `blazectl id` prints them \
+     (dashes allowed), and one of them is wrong or missing"
+)]
 pub struct ParseDeviceIdError;
 
 impl FromStr for DeviceId {
     type Err = ParseDeviceIdError;
 
+    /// Reads the form [`Display`](fmt::Display) writes, checking its check
+    /// characters, or the 52 plain characters of [`DeviceId::to_base32`].
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let chars: Vec<u8> = s
+            .bytes()
+            .filter(|&c| c != b'-')
+            .map(|c| c.to_ascii_uppercase())
+            .collect();
+        let plain: Vec<u8> = match chars.len() {
+            52 => chars,
+            56 => {
+                let mut plain = Vec::with_capacity(52);
+                for run in chars.chunks(14) {
+                    let (body, check) = run.split_at(13);
+                    if luhn32(body) != check[0] {
+                        return Err(ParseDeviceIdError);
+                    }
+                    plain.extend_from_slice(body);
+                }
+                plain
+            }
+            _ => return Err(ParseDeviceIdError),
+        };
         let mut out = [0u8; 32];
         let mut acc: u32 = 0;
         let mut bits = 0;
         let mut n = 0;
         let mut chars = 0;
-        for c in s.bytes().filter(|&c| c != b'-') {
+        for c in plain {
             let v = BASE32
                 .iter()
-                .position(|&x| x == c.to_ascii_uppercase())
+                .position(|&x| x == c)
                 .ok_or(ParseDeviceIdError)? as u32;
             chars += 1;
             acc = (acc << 5) | v;
@@ -221,10 +267,29 @@ mod tests {
     fn device_id_text_round_trips() {
         let id = DeviceId([0xa5; 32]);
         let text = id.to_string();
-        assert_eq!(text.len(), 52 + 7);
+        assert_eq!(text.len(), 56 + 7);
         assert_eq!(text.parse::<DeviceId>(), Ok(id));
-        assert_eq!(id.to_base32().to_lowercase().parse::<DeviceId>(), Ok(id));
+        assert_eq!(text.to_lowercase().parse::<DeviceId>(), Ok(id));
+        assert_eq!(id.to_base32().parse::<DeviceId>(), Ok(id));
         assert!("ABC".parse::<DeviceId>().is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_single_typo_in_a_device_id_is_caught(
+            bytes in proptest::prelude::any::<[u8; 32]>(),
+            at in 0usize..56,
+            by in 1u8..32,
+        ) {
+            let id = DeviceId(bytes);
+            let text = id.to_string();
+            proptest::prop_assert_eq!(text.parse::<DeviceId>(), Ok(id));
+            let mut chars: Vec<u8> = text.bytes().filter(|&c| c != b'-').collect();
+            let pos = BASE32.iter().position(|&x| x == chars[at]).unwrap_or(0);
+            chars[at] = BASE32[(pos + usize::from(by)) % 32];
+            let typo = String::from_utf8(chars).unwrap_or_default();
+            proptest::prop_assert!(typo.parse::<DeviceId>().is_err(), "{} parsed", typo);
+        }
     }
 
     #[test]

@@ -36,7 +36,7 @@ use std::time::Duration;
 
 use blazedb_proto::api::{
     Change, ChangeKind, CollectionInfo, DbInfo, DbSettings, QueryParams, QueryResult, Record,
-    Write, WriteResult,
+    SyncMode, Write, WriteResult,
 };
 use blazedb_proto::{DeviceId, Epoch, Hlc, Op, OpBody, VersionVector, codec};
 use fjall::{Keyspace, KeyspaceCreateOptions};
@@ -122,7 +122,7 @@ pub(crate) fn new_epoch() -> Epoch {
 pub struct DbState {
     pub(crate) name: String,
     pub(crate) id: u32,
-    pub(crate) settings: DbSettings,
+    settings: Mutex<DbSettings>,
     pub(crate) records: Keyspace,
     pub(crate) log: Keyspace,
     pub(crate) index: Keyspace,
@@ -159,6 +159,15 @@ impl DbState {
         self.head.subscribe()
     }
 
+    /// The database's settings.
+    pub fn settings(&self) -> DbSettings {
+        *lock(&self.settings)
+    }
+
+    pub(crate) fn set_settings(&self, settings: DbSettings) {
+        *lock(&self.settings) = settings;
+    }
+
     /// A copy of what sync keeps about the database.
     pub(crate) fn sync_meta(&self) -> SyncMeta {
         lock(&self.sync).clone()
@@ -187,7 +196,7 @@ impl DbState {
             .collect();
         DbInfo {
             name: self.name.clone(),
-            settings: self.settings,
+            settings: self.settings(),
             collections,
             head: self.head(),
         }
@@ -240,6 +249,24 @@ struct Inner {
     dbs: RwLock<HashMap<String, Arc<DbState>>>,
     tx: Mutex<Option<mpsc::Sender<Command>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    notify: std::sync::OnceLock<Notify>,
+}
+
+/// Something the store tells whoever listens (the sync driver).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreNotice {
+    /// Writes to the database were committed.
+    Committed(String),
+    /// The database was created or dropped, or its settings changed.
+    Changed(String),
+}
+
+struct Notify(Box<dyn Fn(StoreNotice) + Send + Sync>);
+
+impl std::fmt::Debug for Notify {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Notify(..)")
+    }
 }
 
 const META_DB: &[u8] = b"db\0";
@@ -310,7 +337,7 @@ impl Store {
             let state = DbState {
                 name: name.clone(),
                 id: m.id,
-                settings: m.settings,
+                settings: Mutex::new(m.settings),
                 records,
                 log,
                 index,
@@ -333,6 +360,7 @@ impl Store {
             dbs: RwLock::new(dbs),
             tx: Mutex::new(Some(tx)),
             writer: Mutex::new(None),
+            notify: std::sync::OnceLock::new(),
         });
         let store = Store { inner };
         let w = writer::Writer::new(store.clone(), fj, meta, rx, options, recovered, next_db_id);
@@ -413,6 +441,25 @@ impl Store {
         .await
     }
 
+    /// Changes how a database takes part in sync.
+    pub async fn set_sync_mode(&self, name: &str, mode: SyncMode) -> Result<DbInfo, StoreError> {
+        let db = name.to_owned();
+        self.call(|reply| Command::SetSyncMode { db, mode, reply })
+            .await
+    }
+
+    /// Sets the one function told of commits and database changes. It is
+    /// called on the writer thread, so it must not block.
+    pub fn on_notice(&self, f: impl Fn(StoreNotice) + Send + Sync + 'static) {
+        let _ = self.inner.notify.set(Notify(Box::new(f)));
+    }
+
+    pub(crate) fn notify(&self, notice: StoreNotice) {
+        if let Some(n) = self.inner.notify.get() {
+            (n.0)(notice);
+        }
+    }
+
     /// Deletes a database.
     pub async fn drop_db(&self, name: &str, if_exists: bool) -> Result<bool, StoreError> {
         let name = name.to_owned();
@@ -478,7 +525,7 @@ impl Store {
     /// The conflict priority of local writes to a database (0 if there is
     /// no such database: the writer refuses those writes anyway).
     pub fn priority_of(&self, db: &str) -> u8 {
-        self.db(db).map_or(0, |d| d.settings.priority)
+        self.db(db).map_or(0, |d| d.settings().priority)
     }
 
     /// Describes one database.

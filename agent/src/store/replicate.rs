@@ -41,7 +41,7 @@ impl Writer {
             .into_iter()
             .map(|c| (db.id, c))
             .collect();
-        match db.settings.durability {
+        match db.settings().durability {
             Durability::Fsync => group.fsync = true,
             Durability::Buffered => group.buffered = true,
         }
@@ -211,7 +211,7 @@ impl Writer {
 }
 
 impl Store {
-    fn call_blocking<T: Send + 'static>(
+    pub(crate) fn call_blocking<T: Send + 'static>(
         &self,
         make: impl FnOnce(Reply<T>) -> Command,
     ) -> Result<T, StoreError> {
@@ -238,7 +238,7 @@ impl SyncStore for Store {
             vector: m.vector,
             floor: m.floor,
             clock: self.clock(),
-            mode: db.settings.sync_mode,
+            mode: db.settings().sync_mode,
         })
     }
 

@@ -16,7 +16,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use blazedb_proto::api::{DbInfo, DbSettings, Durability, Write, WriteResult};
+use blazedb_proto::api::{DbInfo, DbSettings, Durability, SyncMode, Write, WriteResult};
 use blazedb_proto::{DeviceId, Hlc, Op, OpBody, SnapshotRecord, Value, VersionVector, codec};
 use fjall::{Keyspace, PersistMode};
 
@@ -24,7 +24,8 @@ use super::keys;
 use super::record::{Stamp, StoredRecord};
 use super::stamped::{self, Holes};
 use super::{
-    CollectionMeta, DbMeta, DbState, META_NEXT_DB_ID, Store, StoreError, StoreOptions, SyncMeta,
+    CollectionMeta, DbMeta, DbState, META_NEXT_DB_ID, Store, StoreError, StoreNotice, StoreOptions,
+    SyncMeta,
     collection_meta_key, db_meta_key, lock, new_epoch, open_keyspaces, read_lock, sync_meta_key,
     write_lock,
 };
@@ -54,6 +55,15 @@ pub enum Command {
         settings: DbSettings,
         /// Succeed if it exists.
         if_not_exists: bool,
+        /// Gets the database's description.
+        reply: Reply<DbInfo>,
+    },
+    /// Changes a database's sync mode.
+    SetSyncMode {
+        /// The database.
+        db: String,
+        /// The new mode.
+        mode: SyncMode,
         /// Gets the database's description.
         reply: Reply<DbInfo>,
     },
@@ -124,6 +134,7 @@ impl std::fmt::Debug for Command {
             Command::Write { .. } => "Write",
             Command::CreateDb { .. } => "CreateDb",
             Command::DropDb { .. } => "DropDb",
+            Command::SetSyncMode { .. } => "SetSyncMode",
             Command::Index { .. } => "Index",
             Command::ApplyOps { .. } => "ApplyOps",
             Command::MergeSnapshot { .. } => "MergeSnapshot",
@@ -141,6 +152,7 @@ impl Command {
             Command::Write { reply, .. } => reply(Err(e)),
             Command::CreateDb { reply, .. } => reply(Err(e)),
             Command::DropDb { reply, .. } | Command::Index { reply, .. } => reply(Err(e)),
+            Command::SetSyncMode { reply, .. } => reply(Err(e)),
             Command::ApplyOps { reply, .. } | Command::MergeSnapshot { reply, .. } => reply(Err(e)),
             Command::Compact { reply, .. } => reply(Err(e)),
             Command::Shutdown { reply } => reply(Err(e)),
@@ -446,6 +458,7 @@ impl Writer {
                     if_exists,
                     reply,
                 } => reply(self.drop_db(&name, if_exists)),
+                Command::SetSyncMode { db, mode, reply } => reply(self.set_sync_mode(&db, mode)),
                 Command::Index {
                     db,
                     collection,
@@ -567,6 +580,7 @@ impl Writer {
                 db.note_local_seq(me, c.local_seq);
             }
             db.head.send_replace(*head);
+            self.store.notify(StoreNotice::Committed(db.name.clone()));
         }
         self.store.note_clock(self.clock.last());
         std::mem::take(&mut group.replies)
@@ -621,7 +635,7 @@ impl Writer {
                     .new_collections
                     .extend(plan.new_collections.into_iter().map(|c| (db.id, c)));
                 if !results.is_empty() {
-                    match db.settings.durability {
+                    match db.settings().durability {
                         Durability::Fsync => group.fsync = true,
                         Durability::Buffered => group.buffered = true,
                     }
@@ -794,7 +808,7 @@ impl Writer {
         let state = Arc::new(DbState {
             name: name.to_owned(),
             id,
-            settings,
+            settings: std::sync::Mutex::new(settings),
             records,
             log,
             index,
@@ -808,7 +822,29 @@ impl Writer {
         });
         let info = state.info();
         self.store.insert_db(state);
+        self.store.notify(StoreNotice::Changed(name.to_owned()));
         Ok(info)
+    }
+
+    fn set_sync_mode(&mut self, name: &str, mode: SyncMode) -> Result<DbInfo, StoreError> {
+        let db = self.store.db(name)?;
+        let mut settings = db.settings();
+        if settings.sync_mode != mode {
+            settings.sync_mode = mode;
+            let mut batch = self.fj.batch().durability(Some(PersistMode::SyncAll));
+            batch.insert(
+                &self.meta,
+                db_meta_key(name),
+                codec::to_vec(&DbMeta {
+                    id: db.id,
+                    settings,
+                })?,
+            );
+            batch.commit()?;
+            db.set_settings(settings);
+            self.store.notify(StoreNotice::Changed(name.to_owned()));
+        }
+        Ok(db.info())
     }
 
     fn drop_db(&mut self, name: &str, if_exists: bool) -> Result<bool, StoreError> {
@@ -825,6 +861,7 @@ impl Writer {
         }
         batch.commit()?;
         self.store.remove_db(name);
+        self.store.notify(StoreNotice::Changed(name.to_owned()));
         self.counters.remove(&db.id);
         for ks in [&db.records, &db.log, &db.index] {
             if let Err(e) = self.fj.delete_keyspace(ks.clone()) {

@@ -127,6 +127,14 @@ pub enum Event {
         /// Tombstones removed.
         tombstones: u64,
     },
+    /// A peer syncs a database this replica does not have. The caller may
+    /// create it and call [`Engine::database_added`].
+    UnknownDatabase {
+        /// The database.
+        db: String,
+        /// The peer.
+        peer: DeviceId,
+    },
     /// The store failed; what was being done is retried later.
     StoreFailed {
         /// The database.
@@ -344,6 +352,27 @@ impl<S: SyncStore> Engine<S> {
         }
     }
 
+    /// A database was dropped or stopped syncing: forget it on every link.
+    pub fn database_removed(&mut self, db: &str) {
+        for streams in self.links.values_mut() {
+            streams.remove(db);
+        }
+        self.epochs.retain(|(_, d), _| d != db);
+        self.reports.remove(db);
+    }
+
+    /// The mesh's members changed (a device joined or was removed):
+    /// compaction now waits for exactly these replicas.
+    /// Reports from devices no longer members are forgotten, so a removed
+    /// device cannot hold compaction back.
+    pub fn set_members(&mut self, members: Vec<DeviceId>) {
+        let keep: BTreeSet<DeviceId> = members.iter().copied().collect();
+        for hist in self.reports.values_mut() {
+            hist.retain(|d, _| keep.contains(d) || *d == self.me);
+        }
+        self.config.members = members;
+    }
+
     /// A message from `peer` arrived.
     pub fn handle(&mut self, peer: DeviceId, msg: SyncMessage, now: u64) {
         if !self.links.contains_key(&peer) {
@@ -508,6 +537,10 @@ impl<S: SyncStore> Engine<S> {
         now: u64,
     ) {
         let Some(state) = self.store.sync_state(&db) else {
+            if want {
+                self.events
+                    .push_back(Event::UnknownDatabase { db: db.clone(), peer });
+            }
             return;
         };
         if state.mode == SyncMode::Local {

@@ -1,0 +1,279 @@
+//! Runs the sync engine over the real store, on a thread of its own: the
+//! store's calls block on the writer thread, and the engine wants one
+//! caller at a time anyway.
+//!
+//! Sessions hand it messages from peers; the store tells it of commits;
+//! it hands each peer's session the messages the engine wants sent. The
+//! only clock read in sync is here: wall-clock milliseconds, which the
+//! engine compares with operations' clock readings.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use blazedb_proto::api::{DbSettings, SyncMode};
+use blazedb_proto::{DeviceId, SyncMessage};
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::store::{Command, Store, StoreNotice};
+use crate::sync::{Engine, EngineConfig, Event, SyncStore as _};
+
+/// Wall-clock milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// What the driver is told.
+#[derive(Debug)]
+pub enum Input {
+    /// A session with `peer` is up; send its messages to `tx`.
+    Connected {
+        /// The peer.
+        peer: DeviceId,
+        /// Which session, so a late `Disconnected` of an older one is
+        /// ignored.
+        link: u64,
+        /// Where the session takes messages to send.
+        tx: UnboundedSender<SyncMessage>,
+    },
+    /// The session `link` with `peer` ended.
+    Disconnected {
+        /// The peer.
+        peer: DeviceId,
+        /// Which session.
+        link: u64,
+    },
+    /// A message arrived on session `link`.
+    Message {
+        /// The peer.
+        peer: DeviceId,
+        /// Which session.
+        link: u64,
+        /// The message.
+        msg: SyncMessage,
+    },
+    /// The store committed something or a database changed.
+    Notice(StoreNotice),
+    /// The mesh's active members, this device excluded.
+    Members(Vec<DeviceId>),
+    /// Stop the driver.
+    Stop,
+}
+
+/// What is known of the sync with one peer, for `blazectl peers`.
+#[derive(Debug, Clone, Default)]
+pub struct LinkStats {
+    /// When operations or a snapshot from the peer were last applied, or
+    /// the peer last acknowledged something, in ms since the Unix epoch.
+    pub last_sync_ms: Option<u64>,
+    /// Operations applied from the peer.
+    pub ops_in: u64,
+    /// Operations sent to the peer.
+    pub ops_out: u64,
+}
+
+/// Per-peer figures shared with the mesh.
+pub type Stats = Arc<Mutex<BTreeMap<DeviceId, LinkStats>>>;
+
+/// The handle to the driver thread.
+#[derive(Debug)]
+pub struct Driver {
+    tx: mpsc::Sender<Input>,
+    thread: Option<JoinHandle<()>>,
+    stats: Stats,
+}
+
+struct Route {
+    link: u64,
+    tx: UnboundedSender<SyncMessage>,
+}
+
+impl Driver {
+    /// Starts the driver for `store`, whose device is `me`.
+    pub fn start(store: Store, members: Vec<DeviceId>) -> std::io::Result<Driver> {
+        let (tx, rx) = mpsc::channel();
+        let notices = tx.clone();
+        store.on_notice(move |n| {
+            let _ = notices.send(Input::Notice(n));
+        });
+        let stats = Stats::default();
+        let shared = stats.clone();
+        let thread = std::thread::Builder::new()
+            .name("blazed-sync".into())
+            .spawn(move || run(store, members, rx, shared))?;
+        Ok(Driver {
+            tx,
+            thread: Some(thread),
+            stats,
+        })
+    }
+
+    /// Hands the driver an input.
+    pub fn send(&self, input: Input) {
+        let _ = self.tx.send(input);
+    }
+
+    /// A sender for sessions.
+    pub fn sender(&self) -> mpsc::Sender<Input> {
+        self.tx.clone()
+    }
+
+    /// Per-peer figures.
+    pub fn stats(&self) -> BTreeMap<DeviceId, LinkStats> {
+        self.stats.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Stops the thread and waits for it: after this the engine makes no
+    /// more calls into the store.
+    pub fn stop(mut self) {
+        let _ = self.tx.send(Input::Stop);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn run(store: Store, members: Vec<DeviceId>, rx: mpsc::Receiver<Input>, stats: Stats) {
+    let me = store.device();
+    let config = EngineConfig {
+        members,
+        ..EngineConfig::default()
+    };
+    let mut engine = Engine::new(me, store.clone(), config, now_ms());
+    let mut routes: BTreeMap<DeviceId, Route> = BTreeMap::new();
+    loop {
+        let wait = engine.poll_timeout().saturating_sub(now_ms());
+        let first = match rx.recv_timeout(Duration::from_millis(wait.min(60_000))) {
+            Ok(input) => Some(input),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        // Take everything queued, so a burst of commits pumps once.
+        let mut committed = BTreeSet::new();
+        let mut inputs: Vec<Input> = first.into_iter().collect();
+        while inputs.len() < 1024 {
+            match rx.try_recv() {
+                Ok(i) => inputs.push(i),
+                Err(_) => break,
+            }
+        }
+        for input in inputs {
+            let now = now_ms();
+            match input {
+                Input::Connected { peer, link, tx } => {
+                    if routes.contains_key(&peer) {
+                        engine.disconnected(&peer);
+                    }
+                    routes.insert(peer, Route { link, tx });
+                    engine.connected(peer, now);
+                }
+                Input::Disconnected { peer, link } => {
+                    if routes.get(&peer).is_some_and(|r| r.link == link) {
+                        routes.remove(&peer);
+                        engine.disconnected(&peer);
+                    }
+                }
+                Input::Message { peer, link, msg } => {
+                    if routes.get(&peer).is_some_and(|r| r.link == link) {
+                        if matches!(msg, SyncMessage::Vector { .. }) {
+                            note(&stats, peer, |s| s.last_sync_ms = Some(now));
+                        }
+                        engine.handle(peer, msg, now);
+                    }
+                }
+                Input::Notice(StoreNotice::Committed(db)) => {
+                    committed.insert(db);
+                }
+                Input::Notice(StoreNotice::Changed(db)) => {
+                    let synced = engine
+                        .store()
+                        .sync_state(&db)
+                        .is_some_and(|s| s.mode != SyncMode::Local);
+                    if synced {
+                        engine.database_added(&db, now);
+                    } else {
+                        engine.database_removed(&db);
+                    }
+                }
+                Input::Members(m) => engine.set_members(m),
+                Input::Stop => return,
+            }
+        }
+        for db in committed {
+            engine.local_commit(&db, now_ms());
+        }
+        let now = now_ms();
+        if engine.poll_timeout() <= now {
+            engine.handle_timeout(now);
+        }
+        while let Some(event) = engine.poll_event() {
+            on_event(&mut engine, &store, &stats, event);
+        }
+        while let Some((peer, msg)) = engine.poll_transmit() {
+            if let SyncMessage::Ops { ops, .. } = &msg {
+                let n = ops.len() as u64;
+                note(&stats, peer, |s| s.ops_out += n);
+            }
+            if let Some(r) = routes.get(&peer) {
+                let _ = r.tx.send(msg);
+            }
+        }
+    }
+}
+
+fn note(stats: &Stats, peer: DeviceId, f: impl FnOnce(&mut LinkStats)) {
+    if let Ok(mut s) = stats.lock() {
+        f(s.entry(peer).or_default());
+    }
+}
+
+fn on_event(engine: &mut Engine<Store>, store: &Store, stats: &Stats, event: Event) {
+    match event {
+        Event::Applied { db, from, ops } => {
+            tracing::debug!(db, peer = %from.short(), ops, "applied operations");
+            note(stats, from, |s| {
+                s.ops_in += ops as u64;
+                s.last_sync_ms = Some(now_ms());
+            });
+        }
+        Event::SnapshotMerged { db, from } => {
+            tracing::info!(db, peer = %from.short(), "merged a snapshot");
+            note(stats, from, |s| s.last_sync_ms = Some(now_ms()));
+        }
+        Event::UnknownDatabase { db, peer } => {
+            tracing::info!(db, peer = %peer.short(), "a peer syncs a new database: creating it");
+            let created = store.call_blocking(|reply| Command::CreateDb {
+                name: db.clone(),
+                settings: DbSettings::default(),
+                if_not_exists: true,
+                reply,
+            });
+            match created {
+                Ok(_) => engine.database_added(&db, now_ms()),
+                Err(e) => tracing::warn!(db, "cannot create a database a peer syncs: {e}"),
+            }
+        }
+        Event::ClockAhead {
+            db,
+            origin,
+            ahead_ms,
+        } => tracing::warn!(
+            db,
+            origin = %origin.short(),
+            "holding operations stamped {ahead_ms} ms ahead of this device's clock"
+        ),
+        Event::EpochChanged { db, peer } => {
+            tracing::info!(db, peer = %peer.short(), "the peer's database was reset; resyncing")
+        }
+        Event::Compacted {
+            db,
+            ops,
+            tombstones,
+        } => tracing::debug!(db, ops, tombstones, "compacted"),
+        Event::StoreFailed { db, error } => tracing::warn!(db, "sync could not use the store: {error}"),
+    }
+}
