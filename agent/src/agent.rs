@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::identity::Identity;
 use crate::ipc::{self, Ctx};
 use crate::lock::DataDirLock;
+use crate::mesh::Mesh;
 use crate::store::{Store, StoreOptions};
 
 /// Runs the agent until `shutdown` completes, then finishes in-flight
@@ -47,20 +48,37 @@ pub async fn run(
         "blazed {} is ready",
         env!("CARGO_PKG_VERSION")
     );
-    ready(&config);
-
+    let (stop_tx, stop_rx) = watch::channel(false);
+    // Without the mesh the agent still serves local apps; mesh commands
+    // then say why it is not running.
+    let mesh = Mesh::start(
+        config.mesh.clone(),
+        &identity,
+        store.clone(),
+        &config.data_dir,
+        stop_rx.clone(),
+    )
+    .await
+    .map_err(|e| {
+        tracing::error!("the mesh is not running, so nothing syncs: {e:#}");
+        format!("{e:#}")
+    });
     let ctx = Arc::new(Ctx::new(
         store.clone(),
         config.max_frame,
         config.data_dir.clone(),
         config.socket.clone(),
+        mesh.clone(),
     ));
-    let (stop_tx, stop_rx) = watch::channel(false);
     let server = tokio::spawn(ipc::run(listener, ctx, stop_rx));
+    ready(&config);
     shutdown.await;
     tracing::info!("shutting down: finishing in-flight requests");
     let _ = stop_tx.send(true);
     server.await.context("the IPC server task failed")?;
+    if let Ok(mesh) = mesh {
+        mesh.stop().await;
+    }
     store.shutdown().await.context("syncing the store failed")?;
     // The listener removed the socket file when it was dropped; make sure.
     let _ = std::fs::remove_file(&config.socket);

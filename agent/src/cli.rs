@@ -32,6 +32,26 @@ pub struct Args {
     /// The largest IPC frame accepted, in bytes.
     #[arg(long, value_name = "BYTES")]
     pub max_frame: Option<u32>,
+    /// `device`, or `hub`: an always-on relay reachable by address.
+    #[arg(long, value_enum, value_name = "ROLE")]
+    pub role: Option<RoleArg>,
+    /// Where the mesh listens (UDP), `ip:port` (default 0.0.0.0:7340).
+    #[arg(long, env = "BLAZED_LISTEN", value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Do not announce or look for peers with mDNS.
+    #[arg(long)]
+    pub no_mdns: bool,
+    /// Announce and look for peers with mDNS on loopback only (several
+    /// agents on one host).
+    #[arg(long, hide = true)]
+    pub mdns_loopback: bool,
+    /// This device's name, shown to other members (default: host name).
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// An address to dial always, `host:port` (repeatable): a hub, a peer
+    /// mDNS does not reach.
+    #[arg(long = "peer", value_name = "ADDR")]
+    pub peers: Vec<String>,
     /// Something other than running the agent.
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -83,6 +103,15 @@ pub struct InstallArgs {
     pub bin: Option<PathBuf>,
 }
 
+/// A role, as named on the command line.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum RoleArg {
+    /// An ordinary device.
+    Device,
+    /// An always-on relay.
+    Hub,
+}
+
 /// A service manager, as named on the command line.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum ManagerArg {
@@ -105,6 +134,15 @@ pub fn main() -> ExitCode {
         socket: args.socket,
         config: args.config,
         max_frame: args.max_frame,
+        role: args.role.map(|r| match r {
+            RoleArg::Device => blazedb_proto::mesh::Role::Device,
+            RoleArg::Hub => blazedb_proto::mesh::Role::Hub,
+        }),
+        listen: args.listen,
+        no_mdns: args.no_mdns,
+        mdns_loopback: args.mdns_loopback,
+        name: args.name,
+        peers: args.peers,
     }) {
         Ok(c) => c,
         Err(e) => {

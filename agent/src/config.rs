@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use blazedb_proto::frame::DEFAULT_MAX_FRAME;
+use blazedb_proto::mesh::Role;
 use serde::Deserialize;
+
+use crate::mesh::{DEFAULT_PORT, MeshConfig};
 
 /// The environment variable naming the data directory.
 pub const DATA_DIR_ENV: &str = "BLAZED_DATA_DIR";
@@ -29,6 +32,19 @@ pub struct FileConfig {
     pub flush_interval_ms: Option<u64>,
     /// A log filter in `RUST_LOG` syntax, used when `RUST_LOG` is unset.
     pub log: Option<String>,
+    /// `device` (the default) or `hub`.
+    pub role: Option<Role>,
+    /// Where the mesh listens, `ip:port` (UDP).
+    pub listen: Option<String>,
+    /// Whether to find peers with mDNS (default: on for devices, off for
+    /// hubs).
+    pub mdns: Option<bool>,
+    /// This device's name, shown to other members (default: the host name).
+    pub name: Option<String>,
+    /// Addresses to announce instead of the interfaces' own, `host:port`.
+    pub announce: Option<Vec<String>>,
+    /// Addresses always dialled, `host:port`: hubs, far peers.
+    pub peers: Option<Vec<String>>,
 }
 
 /// Settings given on the command line or in the environment.
@@ -42,6 +58,18 @@ pub struct Overrides {
     pub config: Option<PathBuf>,
     /// `--max-frame`.
     pub max_frame: Option<u32>,
+    /// `--role`.
+    pub role: Option<Role>,
+    /// `--listen` or `BLAZED_LISTEN`.
+    pub listen: Option<String>,
+    /// `--no-mdns`.
+    pub no_mdns: bool,
+    /// `--mdns-loopback`: mDNS on loopback only.
+    pub mdns_loopback: bool,
+    /// `--name`.
+    pub name: Option<String>,
+    /// `--peer`, repeatable.
+    pub peers: Vec<String>,
 }
 
 /// The settings the agent runs with.
@@ -59,6 +87,17 @@ pub struct Config {
     pub log: Option<String>,
     /// The config file that was read, if any.
     pub config_file: Option<PathBuf>,
+    /// How the mesh runs.
+    pub mesh: MeshConfig,
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "blazed".to_owned())
 }
 
 /// The data directory used when nothing names one.
@@ -90,7 +129,27 @@ impl Config {
             (1024..=1 << 30).contains(&max_frame),
             "max_frame {max_frame} is out of range: use 1024 to 1073741824 bytes"
         );
+        let role = o.role.or(file.role).unwrap_or_default();
+        let listen = o
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| format!("0.0.0.0:{DEFAULT_PORT}"));
+        let listen = listen.parse().with_context(|| {
+            format!("listen address {listen:?} is not valid: use ip:port, like 0.0.0.0:{DEFAULT_PORT}")
+        })?;
+        let mut peers = file.peers.unwrap_or_default();
+        peers.extend(o.peers);
+        let mesh = MeshConfig {
+            listen,
+            role,
+            name: o.name.or(file.name).unwrap_or_else(host_name),
+            mdns: !o.no_mdns && file.mdns.unwrap_or(role == Role::Device),
+            mdns_loopback_only: o.mdns_loopback,
+            announce: file.announce.unwrap_or_default(),
+            peers,
+        };
         Ok(Config {
+            mesh,
             data_dir: o
                 .data_dir
                 .or(file.data_dir)

@@ -151,6 +151,58 @@ impl Client {
         Ok(self.call::<api::DbList>(&api::Empty {}).await?.databases)
     }
 
+    /// This device's identity and mesh.
+    pub async fn mesh_status(&self) -> Result<api::MeshStatusResult, Error> {
+        self.call::<api::MeshStatus>(&api::Empty {}).await
+    }
+
+    /// Creates a mesh with this device as its first member.
+    pub async fn create_mesh(&self) -> Result<api::MeshStatusResult, Error> {
+        self.call::<api::MeshCreate>(&api::Empty {}).await
+    }
+
+    /// Makes an invite code for another device: valid for `ttl_secs`
+    /// (default an hour), for `uses` devices (default one, 0 for any).
+    pub async fn invite(
+        &self,
+        ttl_secs: Option<u64>,
+        uses: Option<u32>,
+    ) -> Result<api::MeshInviteResult, Error> {
+        self.call::<api::MeshInvite>(&api::MeshInviteParams { ttl_secs, uses })
+            .await
+    }
+
+    /// Joins the mesh of an invite code; returns once the inviter has let
+    /// this device in.
+    pub async fn join(&self, code: &str) -> Result<api::MeshStatusResult, Error> {
+        self.call::<api::MeshJoin>(&api::MeshJoinParams {
+            code: code.to_owned(),
+        })
+        .await
+    }
+
+    /// Removes a device from the mesh, on every member.
+    pub async fn remove_device(&self, device: &str) -> Result<api::MeshStatusResult, Error> {
+        self.call::<api::MeshRemove>(&api::MeshRemoveParams {
+            device: device.to_owned(),
+        })
+        .await
+    }
+
+    /// The mesh's members and their links.
+    pub async fn peers(&self) -> Result<Vec<api::PeerInfo>, Error> {
+        Ok(self.call::<api::Peers>(&api::Empty {}).await?.peers)
+    }
+
+    /// Adds an address (`host:port`) to dial always.
+    pub async fn add_peer(&self, addr: &str) -> Result<(), Error> {
+        self.call::<api::PeerAdd>(&api::PeerAddParams {
+            addr: addr.to_owned(),
+        })
+        .await?;
+        Ok(())
+    }
+
     /// A handle to the database `name` (which may not exist yet).
     pub fn db(&self, name: &str) -> Db {
         Db {
@@ -203,6 +255,16 @@ impl Db {
         self.client
             .call::<api::DbOpen>(&api::DbName {
                 name: self.name.clone(),
+            })
+            .await
+    }
+
+    /// Sets how the database takes part in sync (`Local`: not at all).
+    pub async fn set_sync_mode(&self, mode: SyncMode) -> Result<DbInfo, Error> {
+        self.client
+            .call::<api::DbSync>(&api::DbSyncParams {
+                name: self.name.clone(),
+                sync_mode: mode,
             })
             .await
     }

@@ -102,6 +102,121 @@ methods! {
     Subscribe = "subscribe", SubscribeParams => SubscribeResult;
     /// Ends a subscription.
     Unsubscribe = "unsubscribe", UnsubscribeParams => UnsubscribeResult;
+    /// Sets how a database takes part in sync.
+    DbSync = "db.sync", DbSyncParams => DbInfo;
+    /// This device's identity and mesh.
+    MeshStatus = "mesh.status", Empty => MeshStatusResult;
+    /// Creates a mesh with this device as its first member.
+    MeshCreate = "mesh.create", Empty => MeshStatusResult;
+    /// Makes an invite code that lets another device join the mesh.
+    MeshInvite = "mesh.invite", MeshInviteParams => MeshInviteResult;
+    /// Joins the mesh of an invite code made on another device.
+    MeshJoin = "mesh.join", MeshJoinParams => MeshStatusResult;
+    /// Removes a device from the mesh, on every member.
+    MeshRemove = "mesh.remove", MeshRemoveParams => MeshStatusResult;
+    /// Lists the mesh's members with their links.
+    Peers = "peers", Empty => PeersResult;
+    /// Adds an address to dial always (a hub, a peer mDNS does not reach).
+    PeerAdd = "peer.add", PeerAddParams => CreatedResult;
+}
+
+/// Params of `db.sync`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DbSyncParams {
+    /// The database.
+    pub name: String,
+    /// The new mode; `local` stops sync.
+    pub sync_mode: SyncMode,
+}
+
+/// Result of `mesh.status`, `mesh.create`, `mesh.join` and `mesh.remove`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeshStatusResult {
+    /// This device's id, in the form people compare.
+    pub device_id: String,
+    /// This device's name.
+    pub name: String,
+    /// `device` or `hub`.
+    pub role: String,
+    /// The mesh's id (hex), if this device is in one.
+    pub mesh: Option<String>,
+    /// Where the mesh listens, `ip:port`.
+    pub listen: String,
+    /// The addresses announced to peers.
+    pub addrs: Vec<String>,
+    /// Whether mDNS runs.
+    pub mdns: bool,
+    /// How many other devices are members.
+    pub members: u32,
+}
+
+/// Params of `mesh.invite`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeshInviteParams {
+    /// How long the invite works, in seconds (default one hour).
+    #[serde(default)]
+    pub ttl_secs: Option<u64>,
+    /// How many devices may use it (default one; 0 for any number).
+    #[serde(default)]
+    pub uses: Option<u32>,
+}
+
+/// Result of `mesh.invite`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeshInviteResult {
+    /// The code to give the other device.
+    pub code: String,
+    /// When it stops working, in ms since the Unix epoch.
+    pub expires_ms: u64,
+    /// How many devices may use it; absent for any number.
+    pub uses: Option<u32>,
+}
+
+/// Params of `mesh.join`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeshJoinParams {
+    /// The invite code.
+    pub code: String,
+}
+
+/// Params of `mesh.remove`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeshRemoveParams {
+    /// The device's id, as `blazectl id` or `blazectl peers` prints it.
+    pub device: String,
+}
+
+/// Params of `peer.add`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerAddParams {
+    /// `host:port`.
+    pub addr: String,
+}
+
+/// Result of `peers`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeersResult {
+    /// Every member but this device, removed ones included.
+    pub peers: Vec<PeerInfo>,
+}
+
+/// One member of the mesh, as this device sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeerInfo {
+    /// Its id.
+    pub device_id: String,
+    /// Its name.
+    pub name: String,
+    /// `device` or `hub`.
+    pub role: String,
+    /// `connected`, `offline` or `removed`.
+    pub state: String,
+    /// The connection's remote address, or the last known one.
+    pub address: Option<String>,
+    /// The connection's round-trip time, in milliseconds.
+    pub rtt_ms: Option<f64>,
+    /// When sync with it last made progress, in ms since the Unix epoch.
+    pub last_sync_ms: Option<u64>,
 }
 
 /// The method name of change-event notifications.

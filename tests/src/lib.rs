@@ -97,6 +97,20 @@ impl TestAgent {
         self.dir.path().join("run").join("blazed.sock")
     }
 
+    /// Unless the test says otherwise, agents listen on a loopback port of
+    /// their own and keep off mDNS, so parallel tests do not meet.
+    fn default_mesh_args(&self) -> Vec<&'static str> {
+        let has = |flag: &str| self.extra_args.iter().any(|a| a.starts_with(flag));
+        let mut args = Vec::new();
+        if !has("--listen") {
+            args.extend(["--listen", "127.0.0.1:0"]);
+        }
+        if !has("--mdns-loopback") && !has("--no-mdns") {
+            args.push("--no-mdns");
+        }
+        args
+    }
+
     /// A command for this agent's binary with its data dir and socket set.
     pub fn command(&self) -> Command {
         let mut cmd = Command::new(&self.bin);
@@ -105,6 +119,7 @@ impl TestAgent {
             .arg("--socket")
             .arg(self.socket())
             .args(&self.extra_args)
+            .args(self.default_mesh_args())
             .env_remove("BLAZED_CONFIG")
             // A test run under systemd must not hand its manager's sockets on.
             .env_remove("NOTIFY_SOCKET")

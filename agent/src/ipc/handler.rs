@@ -144,6 +144,21 @@ pub(crate) fn handle(
             });
             Handled::Pending
         }
+        r @ (Request::MeshStatus(_)
+        | Request::MeshCreate(_)
+        | Request::MeshInvite(_)
+        | Request::MeshJoin(_)
+        | Request::MeshRemove(_)
+        | Request::Peers(_)
+        | Request::PeerAdd(_)) => super::mesh_methods::handle(ctx, id, r, tx, out),
+        Request::DbSync(p) => {
+            store.submit(Command::SetSyncMode {
+                db: p.name,
+                mode: p.sync_mode,
+                reply: reply_to(tx, id, max, |info| info),
+            });
+            Handled::Pending
+        }
         Request::IndexCreate(p) => index(ctx, id, p, true, tx),
         Request::IndexDrop(p) => index(ctx, id, p, false, tx),
         Request::Put(p) => write(ctx, out, id, &p.db.clone(), vec![p.into()], tx, true),

@@ -3,6 +3,7 @@
 
 mod conn;
 mod handler;
+mod mesh_methods;
 pub mod listener;
 mod subscription;
 
@@ -15,6 +16,7 @@ use interprocess::local_socket::tokio::Listener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::mesh::Mesh;
 use crate::store::Store;
 
 pub use conn::MAX_IN_FLIGHT;
@@ -32,6 +34,8 @@ pub struct Ctx {
     pub data_dir: PathBuf,
     /// The socket path, for `status`.
     pub socket: PathBuf,
+    /// The mesh, or why it is not running.
+    pub mesh: Result<Mesh, String>,
     connections: AtomicU32,
     subscriptions: AtomicU32,
     next_subscription: AtomicU64,
@@ -39,13 +43,20 @@ pub struct Ctx {
 
 impl Ctx {
     /// Builds the shared state.
-    pub fn new(store: Store, max_frame: u32, data_dir: PathBuf, socket: PathBuf) -> Self {
+    pub fn new(
+        store: Store,
+        max_frame: u32,
+        data_dir: PathBuf,
+        socket: PathBuf,
+        mesh: Result<Mesh, String>,
+    ) -> Self {
         Ctx {
             store,
             max_frame,
             started: Instant::now(),
             data_dir,
             socket,
+            mesh,
             connections: AtomicU32::new(0),
             subscriptions: AtomicU32::new(0),
             next_subscription: AtomicU64::new(1),

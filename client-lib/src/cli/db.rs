@@ -1,4 +1,4 @@
-//! `blazectl db list|create|drop`.
+//! `blazectl db list|create|sync|drop`.
 
 use clap::{Subcommand, ValueEnum};
 
@@ -29,6 +29,15 @@ pub(crate) enum DbCommand {
         #[arg(long)]
         if_not_exists: bool,
     },
+    /// Turn sync of a database on or off (`off`: it never leaves this
+    /// device), or make it pull-only or push-only.
+    Sync {
+        /// The database name.
+        name: String,
+        /// `on`, `off`, `pull` or `push`.
+        #[arg(value_enum)]
+        mode: SyncArg,
+    },
     /// Delete a database and everything in it.
     Drop {
         /// The database name.
@@ -43,6 +52,14 @@ pub(crate) enum DbCommand {
 pub(crate) enum DurabilityArg {
     Fsync,
     Buffered,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum SyncArg {
+    On,
+    Off,
+    Pull,
+    Push,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -106,6 +123,23 @@ pub(crate) async fn run(client: &Client, cmd: DbCommand, opts: Opts) -> anyhow::
                 return print_json(&serde_json::to_value(&info)?);
             }
             println!("created database {}", info.name);
+        }
+        DbCommand::Sync { name, mode } => {
+            let mode = match mode {
+                SyncArg::On => SyncMode::Sync,
+                SyncArg::Off => SyncMode::Local,
+                SyncArg::Pull => SyncMode::Pull,
+                SyncArg::Push => SyncMode::Push,
+            };
+            let info = client.db(&name).set_sync_mode(mode).await?;
+            if opts.json {
+                return print_json(&serde_json::to_value(&info)?);
+            }
+            println!(
+                "database {} now syncs in mode {}",
+                info.name,
+                format!("{:?}", info.settings.sync_mode).to_lowercase()
+            );
         }
         DbCommand::Drop { name, if_exists } => {
             let dropped = client

@@ -3,8 +3,14 @@
 
 mod db;
 mod fields;
+mod id;
 mod index;
+mod invite;
+mod join;
+mod mesh;
 mod output;
+mod peer;
+mod peers;
 mod query;
 mod records;
 mod status;
@@ -54,6 +60,20 @@ enum Command {
     Query(query::QueryArgs),
     /// Stream changes until interrupted.
     Watch(watch::WatchArgs),
+    /// Print this device's id, to read aloud and compare.
+    Id,
+    /// Create a mesh, show it, remove a device from it.
+    #[command(subcommand)]
+    Mesh(mesh::MeshCommand),
+    /// Make a code that lets another device join this mesh.
+    Invite(invite::InviteArgs),
+    /// Join the mesh of a code made by `blazectl invite` on another device.
+    Join(join::JoinArgs),
+    /// List the mesh's members with state, address, RTT and last sync.
+    Peers,
+    /// Add addresses to dial always.
+    #[command(subcommand)]
+    Peer(peer::PeerCommand),
 }
 
 /// Global options every verb sees.
@@ -98,5 +118,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Delete(a) => records::delete(&client, a, opts).await,
         Command::Query(a) => query::run(&client, a, opts).await,
         Command::Watch(a) => watch::run(&client, a, opts).await,
+        Command::Id => id::run(&client, opts).await,
+        Command::Mesh(c) => mesh::run(&client, c, opts).await,
+        Command::Invite(a) => invite::run(&client, a, opts).await,
+        Command::Join(a) => join::run(&client, a, opts).await,
+        Command::Peers => peers::run(&client, opts).await,
+        Command::Peer(c) => peer::run(&client, c, opts).await,
     }
 }

@@ -1,0 +1,34 @@
+//! `blazectl invite`: a code that lets another device join this mesh. The
+//! code is alone on the last line, so scripts can take it with `tail -1`.
+
+use super::Opts;
+use super::output::print_json;
+use crate::Client;
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct InviteArgs {
+    /// How long the code works, in seconds.
+    #[arg(long, default_value_t = 3600)]
+    ttl: u64,
+    /// How many devices may use it (0: any number until it expires).
+    #[arg(long, default_value_t = 1)]
+    uses: u32,
+}
+
+pub(crate) async fn run(client: &Client, args: InviteArgs, opts: Opts) -> anyhow::Result<()> {
+    let r = client.invite(Some(args.ttl), Some(args.uses)).await?;
+    if opts.json {
+        return print_json(&serde_json::to_value(&r)?);
+    }
+    let uses = match r.uses {
+        Some(1) => "one device".to_owned(),
+        Some(n) => format!("{n} devices"),
+        None => "any number of devices".to_owned(),
+    };
+    println!(
+        "On the other device run `blazectl join CODE`. The code works for {} s, for {uses}:",
+        args.ttl
+    );
+    println!("{}", r.code);
+    Ok(())
+}
