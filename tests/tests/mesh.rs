@@ -1,0 +1,244 @@
+//! Agents on one host, each with its own data directory, socket and
+//! loopback port, joined into a mesh by invite: writes reach every member,
+//! conflicts converge, a restarted agent catches up, and devices without an
+//! invite or removed from the mesh get nothing.
+
+use std::collections::BTreeMap;
+
+use blazedb::{Client, Value};
+use blazedb_proto::mesh::Invite;
+use blazedb_tests::{TestAgent, wait_until};
+
+const AGENT: &str = env!("CARGO_BIN_EXE_blazed-test-agent");
+
+/// Every record of `db`/`coll` on this agent, id -> fields; empty if the
+/// database does not exist yet.
+async fn records(client: &Client, db: &str, coll: &str) -> BTreeMap<String, BTreeMap<String, Value>> {
+    match client.db(db).collection(coll).query().fetch_all().await {
+        Ok(rs) => rs
+            .into_iter()
+            .map(|r| (r.id, r.fields.into_iter().collect()))
+            .collect(),
+        Err(_) => BTreeMap::new(),
+    }
+}
+
+async fn connected(client: &Client, n: usize) -> bool {
+    client
+        .peers()
+        .await
+        .map(|ps| ps.iter().filter(|p| p.state == "connected").count() == n)
+        .unwrap_or(false)
+}
+
+/// Starts `n` agents; the first creates a mesh, the others join it.
+async fn mesh_of(n: usize) -> (Vec<TestAgent>, Vec<Client>) {
+    let mut agents = Vec::new();
+    let mut clients = Vec::new();
+    for _ in 0..n {
+        let a = TestAgent::start(AGENT).await.expect("agent");
+        clients.push(a.client().await.expect("client"));
+        agents.push(a);
+    }
+    clients[0].create_mesh().await.expect("create mesh");
+    let code = clients[0]
+        .invite(Some(600), Some(0))
+        .await
+        .expect("invite")
+        .code;
+    for c in &clients[1..] {
+        let s = c.join(&code).await.expect("join");
+        assert!(s.mesh.is_some());
+    }
+    for (i, c) in clients.iter().enumerate() {
+        wait_until(&format!("agent {i} connected to all others"), || {
+            connected(c, n - 1)
+        })
+        .await
+        .expect("full mesh");
+    }
+    (agents, clients)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_agents_joined_by_invite_sync_converge_and_catch_up() {
+    let (mut agents, clients) = mesh_of(3).await;
+    let (a, b, c) = (&clients[0], &clients[1], &clients[2]);
+
+    // A database made on one device appears on the others with its data.
+    a.db("notes").create().await.expect("create");
+    let notes = |cl: &Client| cl.db("notes").collection("n");
+    notes(b)
+        .put("from-b", &serde_json::json!({ "text": "hello from b" }))
+        .await
+        .expect_err("b has no notes database before sync made it");
+    wait_until("notes to reach b", || async {
+        b.databases().await.is_ok_and(|d| d.iter().any(|d| d.name == "notes"))
+    })
+    .await
+    .expect("db synced to b");
+    notes(b)
+        .put("from-b", &serde_json::json!({ "text": "hello from b" }))
+        .await
+        .expect("put on b");
+    for (name, cl) in [("a", a), ("c", c)] {
+        wait_until(&format!("b's write to reach {name}"), || async {
+            records(cl, "notes", "n").await.contains_key("from-b")
+        })
+        .await
+        .expect("propagated");
+    }
+
+    // Conflicting writes to one record on two devices converge everywhere.
+    let (na, nc) = (notes(a), notes(c));
+    let (va, vc) = (
+        serde_json::json!({ "title": "A", "by": "a" }),
+        serde_json::json!({ "title": "C", "tags": 1 }),
+    );
+    let (ra, rc) = tokio::join!(na.put("doc", &va), nc.put("doc", &vc));
+    ra.expect("put a");
+    rc.expect("put c");
+    wait_until("all three to agree", || async {
+        let (x, y, z) = tokio::join!(
+            records(a, "notes", "n"),
+            records(b, "notes", "n"),
+            records(c, "notes", "n")
+        );
+        x.contains_key("doc") && x == y && y == z
+    })
+    .await
+    .expect("converged");
+
+    // C stops; A and B write around it; C comes back and gets exactly that.
+    agents[2].stop().await.expect("stop c");
+    for i in 0..50 {
+        let (w, cl) = if i % 2 == 0 { ("a", a) } else { ("b", b) };
+        notes(cl)
+            .put(&format!("missed-{i}"), &serde_json::json!({ "i": i, "by": w }))
+            .await
+            .expect("put while c is down");
+    }
+    notes(a).delete("from-b").await.expect("delete while c is down");
+    agents[2].restart().await.expect("restart c");
+    let c = agents[2].client().await.expect("client c");
+    wait_until("c to catch up", || async {
+        let (x, z) = tokio::join!(records(a, "notes", "n"), records(&c, "notes", "n"));
+        x.len() == 51 && x == z
+    })
+    .await
+    .expect("caught up");
+    let z = records(&c, "notes", "n").await;
+    assert!(!z.contains_key("from-b"), "the delete made while c was down reached it");
+    assert_eq!(z["missed-49"]["by"], Value::String("b".into()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_and_forged_invites_are_refused() {
+    let (_agents, clients) = mesh_of(1).await;
+    let a = &clients[0];
+    let a_addr = a.mesh_status().await.expect("status").listen;
+    let invite = Invite::from_code(&a.invite(Some(600), Some(1)).await.expect("invite").code)
+        .expect("parse");
+
+    // A device that never got an invite: its own mesh, A's address.
+    let stranger = TestAgent::start(AGENT).await.expect("agent");
+    let s = stranger.client().await.expect("client");
+    s.create_mesh().await.expect("its own mesh");
+    s.add_peer(&a_addr).await.expect("peer add");
+    // A forged invite: the real invite's id and address, another secret.
+    let forged = Invite {
+        secret: [0x5a; 32],
+        ..invite.clone()
+    };
+    let forger = TestAgent::start(AGENT).await.expect("agent");
+    let f = forger.client().await.expect("client");
+    let err = f.join(&forged.to_code()).await.expect_err("forged invite");
+    assert!(err.to_string().contains("refused"), "{err}");
+
+    // The real invite still works once, then no more.
+    let friend = TestAgent::start(AGENT).await.expect("agent");
+    friend
+        .client()
+        .await
+        .expect("client")
+        .join(&invite.to_code())
+        .await
+        .expect("real invite");
+    let late = TestAgent::start(AGENT).await.expect("agent");
+    let err = late
+        .client()
+        .await
+        .expect("client")
+        .join(&invite.to_code())
+        .await
+        .expect_err("used-up invite");
+    assert!(err.to_string().contains("refused"), "{err}");
+
+    // A syncs with its friend only.
+    a.db("private").create().await.expect("create");
+    a.db("private")
+        .collection("c")
+        .put("secret", &serde_json::json!({ "v": 1 }))
+        .await
+        .expect("put");
+    let fr = friend.client().await.expect("client");
+    wait_until("the friend to get the record", || async {
+        records(&fr, "private", "c").await.contains_key("secret")
+    })
+    .await
+    .expect("friend synced");
+    for (who, cl) in [("stranger", &s), ("forger", &f)] {
+        assert!(
+            cl.databases().await.expect("list").iter().all(|d| d.name != "private"),
+            "the {who} got the database"
+        );
+    }
+    let peers = a.peers().await.expect("peers");
+    assert_eq!(peers.len(), 1, "only the friend is a member: {peers:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_device_is_refused_and_gets_nothing_new() {
+    let (_agents, clients) = mesh_of(3).await;
+    let (a, b, c) = (&clients[0], &clients[1], &clients[2]);
+    a.db("team").create().await.expect("create");
+    let team = |cl: &Client| cl.db("team").collection("t");
+    team(a)
+        .put("before", &serde_json::json!({ "v": 1 }))
+        .await
+        .expect("put");
+    for cl in [b, c] {
+        wait_until("the first record everywhere", || async {
+            records(cl, "team", "t").await.contains_key("before")
+        })
+        .await
+        .expect("synced");
+    }
+
+    let b_id = b.mesh_status().await.expect("status").device_id;
+    a.remove_device(&b_id).await.expect("remove b");
+    for (name, cl) in [("a", a), ("c", c)] {
+        wait_until(&format!("{name} to see b removed and unlinked"), || async {
+            cl.peers().await.is_ok_and(|ps| {
+                ps.iter()
+                    .any(|p| p.device_id == b_id && p.state == "removed")
+            })
+        })
+        .await
+        .expect("removal spread");
+    }
+    team(a)
+        .put("after", &serde_json::json!({ "v": 2 }))
+        .await
+        .expect("put");
+    wait_until("c to get the new record", || async {
+        records(c, "team", "t").await.contains_key("after")
+    })
+    .await
+    .expect("c synced");
+    // B stays cut off: it is refused on every reconnect.
+    wait_until("b to have no links", || connected(b, 0))
+        .await
+        .expect("b unlinked");
+    assert!(!records(b, "team", "t").await.contains_key("after"));
+}
