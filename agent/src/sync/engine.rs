@@ -536,14 +536,18 @@ impl<S: SyncStore> Engine<S> {
         reports: Vec<Report>,
         now: u64,
     ) {
-        let Some(state) = self.store.sync_state(&db) else {
-            if want {
-                self.events
-                    .push_back(Event::UnknownDatabase { db: db.clone(), peer });
+        let state = self.store.sync_state(&db);
+        if state.as_ref().is_none_or(|s| s.mode == SyncMode::Local) {
+            // Remember the epoch all the same: if the database is added
+            // later, the peer's operations must not wait for its next
+            // announcement to be accepted.
+            let key = (peer, db.clone());
+            if self.epochs.get(&key).is_none_or(|e| *e <= epoch) {
+                self.epochs.insert(key, epoch);
             }
-            return;
-        };
-        if state.mode == SyncMode::Local {
+            if state.is_none() && want {
+                self.events.push_back(Event::UnknownDatabase { db, peer });
+            }
             return;
         }
         let rto = self.config.retransmit_ms;
