@@ -225,6 +225,9 @@ pub struct Engine<S> {
     epochs: BTreeMap<(DeviceId, String), Epoch>,
     /// Per database, recent reports of each replica, oldest first.
     reports: BTreeMap<String, BTreeMap<DeviceId, VecDeque<Report>>>,
+    /// The latest vector each peer sent for a database not synced here,
+    /// taken up if the database is added.
+    parked: BTreeMap<(DeviceId, String), (Epoch, VersionVector, bool)>,
     outbox: VecDeque<(DeviceId, SyncMessage)>,
     events: VecDeque<Event>,
     next_announce: u64,
@@ -244,6 +247,7 @@ impl<S: SyncStore> Engine<S> {
             links: BTreeMap::new(),
             epochs: BTreeMap::new(),
             reports: BTreeMap::new(),
+            parked: BTreeMap::new(),
             outbox: VecDeque::new(),
             events: VecDeque::new(),
             next_snapshot_id: 1,
@@ -325,6 +329,7 @@ impl<S: SyncStore> Engine<S> {
     /// The link to `peer` went down.
     pub fn disconnected(&mut self, peer: &DeviceId) {
         self.links.remove(peer);
+        self.parked.retain(|(p, _), _| p != peer);
     }
 
     /// Local writes to `db` were committed: push them to peers.
@@ -349,6 +354,9 @@ impl<S: SyncStore> Engine<S> {
                     .or_insert_with(|| Stream::new(now, rto));
             }
             self.send_vector(p, db, true);
+            if let Some((epoch, vector, want)) = self.parked.remove(&(p, db.to_owned())) {
+                self.on_vector(p, db.to_owned(), epoch, vector, want, Vec::new(), now);
+            }
         }
     }
 
@@ -543,7 +551,8 @@ impl<S: SyncStore> Engine<S> {
             // announcement to be accepted.
             let key = (peer, db.clone());
             if self.epochs.get(&key).is_none_or(|e| *e <= epoch) {
-                self.epochs.insert(key, epoch);
+                self.epochs.insert(key.clone(), epoch);
+                self.parked.insert(key, (epoch, vector, want));
             }
             if state.is_none() && want {
                 self.events.push_back(Event::UnknownDatabase { db, peer });
