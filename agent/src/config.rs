@@ -135,7 +135,9 @@ impl Config {
             .or(file.listen)
             .unwrap_or_else(|| format!("0.0.0.0:{DEFAULT_PORT}"));
         let listen = listen.parse().with_context(|| {
-            format!("listen address {listen:?} is not valid: use ip:port, like 0.0.0.0:{DEFAULT_PORT}")
+            format!(
+                "listen address {listen:?} is not valid: use ip:port, like 0.0.0.0:{DEFAULT_PORT}"
+            )
         })?;
         let mut peers = file.peers.unwrap_or_default();
         peers.extend(o.peers);

@@ -266,7 +266,7 @@ mod tests {
             device: DeviceId([n; 32]),
             name: format!("dev{n}"),
             role: Role::Device,
-            removed: n % 2 == 0,
+            removed: n.is_multiple_of(2),
             addrs: vec!["127.0.0.1:7340".into()],
         }
     }

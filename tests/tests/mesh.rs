@@ -13,7 +13,11 @@ const AGENT: &str = env!("CARGO_BIN_EXE_blazed-test-agent");
 
 /// Every record of `db`/`coll` on this agent, id -> fields; empty if the
 /// database does not exist yet.
-async fn records(client: &Client, db: &str, coll: &str) -> BTreeMap<String, BTreeMap<String, Value>> {
+async fn records(
+    client: &Client,
+    db: &str,
+    coll: &str,
+) -> BTreeMap<String, BTreeMap<String, Value>> {
     match client.db(db).collection(coll).query().fetch_all().await {
         Ok(rs) => rs
             .into_iter()
@@ -69,7 +73,9 @@ async fn three_agents_joined_by_invite_sync_converge_and_catch_up() {
     a.db("notes").create().await.expect("create");
     let notes = |cl: &Client| cl.db("notes").collection("n");
     wait_until("notes to reach b", || async {
-        b.databases().await.is_ok_and(|d| d.iter().any(|d| d.name == "notes"))
+        b.databases()
+            .await
+            .is_ok_and(|d| d.iter().any(|d| d.name == "notes"))
     })
     .await
     .expect("db synced to b");
@@ -110,11 +116,17 @@ async fn three_agents_joined_by_invite_sync_converge_and_catch_up() {
     for i in 0..50 {
         let (w, cl) = if i % 2 == 0 { ("a", a) } else { ("b", b) };
         notes(cl)
-            .put(&format!("missed-{i}"), &serde_json::json!({ "i": i, "by": w }))
+            .put(
+                &format!("missed-{i}"),
+                &serde_json::json!({ "i": i, "by": w }),
+            )
             .await
             .expect("put while c is down");
     }
-    notes(a).delete("from-b").await.expect("delete while c is down");
+    notes(a)
+        .delete("from-b")
+        .await
+        .expect("delete while c is down");
     agents[2].restart().await.expect("restart c");
     let c = agents[2].client().await.expect("client c");
     wait_until("c to catch up", || async {
@@ -124,7 +136,10 @@ async fn three_agents_joined_by_invite_sync_converge_and_catch_up() {
     .await
     .expect("caught up");
     let z = records(&c, "notes", "n").await;
-    assert!(!z.contains_key("from-b"), "the delete made while c was down reached it");
+    assert!(
+        !z.contains_key("from-b"),
+        "the delete made while c was down reached it"
+    );
     assert_eq!(z["missed-49"]["by"], Value::String("b".into()));
 }
 
@@ -185,7 +200,11 @@ async fn strangers_and_forged_invites_are_refused() {
     .expect("friend synced");
     for (who, cl) in [("stranger", &s), ("forger", &f)] {
         assert!(
-            cl.databases().await.expect("list").iter().all(|d| d.name != "private"),
+            cl.databases()
+                .await
+                .expect("list")
+                .iter()
+                .all(|d| d.name != "private"),
             "the {who} got the database"
         );
     }

@@ -3,8 +3,8 @@
 
 mod conn;
 mod handler;
-mod mesh_methods;
 pub mod listener;
+mod mesh_methods;
 mod subscription;
 
 use std::path::PathBuf;

@@ -104,7 +104,12 @@ pub(crate) fn start(
     Ok(())
 }
 
-fn announce(daemon: &ServiceDaemon, instance: &str, port: u16, mesh: &MeshId) -> anyhow::Result<()> {
+fn announce(
+    daemon: &ServiceDaemon,
+    instance: &str,
+    port: u16,
+    mesh: &MeshId,
+) -> anyhow::Result<()> {
     let props = [
         ("id", instance.to_owned()),
         ("mesh", mesh.tag()),

@@ -274,6 +274,8 @@ fn on_event(engine: &mut Engine<Store>, store: &Store, stats: &Stats, event: Eve
             ops,
             tombstones,
         } => tracing::debug!(db, ops, tombstones, "compacted"),
-        Event::StoreFailed { db, error } => tracing::warn!(db, "sync could not use the store: {error}"),
+        Event::StoreFailed { db, error } => {
+            tracing::warn!(db, "sync could not use the store: {error}")
+        }
     }
 }

@@ -167,7 +167,11 @@ impl Shared {
             let s = lock(&self.state);
             (
                 s.active_members().map(|m| m.device).collect(),
-                s.members.values().filter(|m| m.removed).map(|m| m.device).collect(),
+                s.members
+                    .values()
+                    .filter(|m| m.removed)
+                    .map(|m| m.device)
+                    .collect(),
             )
         };
         let mut all = members;
@@ -177,8 +181,7 @@ impl Shared {
         let sessions = lock(&self.sessions);
         for (peer, s) in sessions.iter() {
             if removed.contains(peer) {
-                s.conn
-                    .close(close_code::REMOVED, b"removed from the mesh");
+                s.conn.close(close_code::REMOVED, b"removed from the mesh");
             } else {
                 let _ = s.ctl.send(PeerMessage::Members {
                     members: list.clone(),
@@ -219,7 +222,8 @@ impl Shared {
             drop(s);
             let _ = self.mesh_changed.send(None);
             for (_, sess) in lock(&self.sessions).iter() {
-                sess.conn.close(close_code::REMOVED, b"removed from the mesh");
+                sess.conn
+                    .close(close_code::REMOVED, b"removed from the mesh");
             }
             return;
         }
@@ -369,7 +373,10 @@ impl Mesh {
         };
         let members: Vec<DeviceId> = {
             let s = lock(&state);
-            s.active_members().map(|m| m.device).chain([identity.device_id()]).collect()
+            s.active_members()
+                .map(|m| m.device)
+                .chain([identity.device_id()])
+                .collect()
         };
         let driver = Driver::start(store, members)?;
         let mesh_id = lock(&state).keys.as_ref().map(|k| k.id);
@@ -394,7 +401,12 @@ impl Mesh {
         tokio::spawn(accept_loop(shared.clone()));
         tokio::spawn(dial_loop(shared.clone()));
         if config.mdns {
-            discovery::start(shared.clone(), local.port(), config.mdns_loopback_only, mesh_rx)?;
+            discovery::start(
+                shared.clone(),
+                local.port(),
+                config.mdns_loopback_only,
+                mesh_rx,
+            )?;
         }
         tracing::info!(
             listen = %local,
@@ -591,8 +603,11 @@ impl Mesh {
 
     /// Stops sync after the sessions have closed.
     pub async fn stop(self) {
-        self.shared.endpoint.close(close_code::SHUTDOWN, b"agent stopping");
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.shared.endpoint.wait_idle()).await;
+        self.shared
+            .endpoint
+            .close(close_code::SHUTDOWN, b"agent stopping");
+        let _ =
+            tokio::time::timeout(Duration::from_secs(2), self.shared.endpoint.wait_idle()).await;
         if let Ok(driver) = Arc::try_unwrap(self.stats) {
             tokio::task::spawn_blocking(move || driver.stop())
                 .await

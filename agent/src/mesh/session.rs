@@ -97,9 +97,12 @@ async fn refuse(
     conn: &quinn::Connection,
     reason: String,
 ) -> SessionError {
-    let _ = send_msg(send, &PeerMessage::Refused {
-        reason: reason.clone(),
-    })
+    let _ = send_msg(
+        send,
+        &PeerMessage::Refused {
+            reason: reason.clone(),
+        },
+    )
     .await;
     let _ = send.finish();
     // Give the refusal a moment to leave before the connection closes.
@@ -123,12 +126,15 @@ pub(crate) async fn dial_handshake(
         match invite {
             Some(inv) => {
                 let proof = proof::make(&inv.secret, proof::JOIN, &binding, &me);
-                send_msg(&mut send, &PeerMessage::Join {
-                    version: PEER_PROTOCOL_VERSION,
-                    invite: inv.id,
-                    proof,
-                    me: shared.me_as_member(),
-                })
+                send_msg(
+                    &mut send,
+                    &PeerMessage::Join {
+                        version: PEER_PROTOCOL_VERSION,
+                        invite: inv.id,
+                        proof,
+                        me: shared.me_as_member(),
+                    },
+                )
                 .await?;
                 match recv_msg(&mut recv).await? {
                     PeerMessage::Welcome {
@@ -152,12 +158,15 @@ pub(crate) async fn dial_handshake(
                     .keys()
                     .ok_or_else(|| SessionError::Refused("this device is in no mesh".into()))?;
                 let proof = proof::make(&keys.secret, proof::HELLO, &binding, &me);
-                send_msg(&mut send, &PeerMessage::Hello {
-                    version: PEER_PROTOCOL_VERSION,
-                    mesh: keys.id,
-                    proof,
-                    me: shared.me_as_member(),
-                })
+                send_msg(
+                    &mut send,
+                    &PeerMessage::Hello {
+                        version: PEER_PROTOCOL_VERSION,
+                        mesh: keys.id,
+                        proof,
+                        me: shared.me_as_member(),
+                    },
+                )
                 .await?;
                 match recv_msg(&mut recv).await? {
                     PeerMessage::Hello {
@@ -172,9 +181,12 @@ pub(crate) async fn dial_handshake(
                         shared.note_member(&member);
                         Ok(())
                     }
-                    PeerMessage::Hello { .. } => {
-                        Err(refuse(&mut send, conn, "the peer's membership proof is wrong".into()).await)
-                    }
+                    PeerMessage::Hello { .. } => Err(refuse(
+                        &mut send,
+                        conn,
+                        "the peer's membership proof is wrong".into(),
+                    )
+                    .await),
                     other => Err(SessionError::Protocol(format!(
                         "the peer answered with {other:?}"
                     ))),
@@ -215,20 +227,30 @@ pub(crate) async fn accept_handshake(
                     return Err(refuse(&mut send, conn, "not a member of that mesh".into()).await);
                 };
                 if shared.is_removed(&peer) {
-                    return Err(refuse(&mut send, conn, "this device was removed from the mesh".into()).await);
+                    return Err(refuse(
+                        &mut send,
+                        conn,
+                        "this device was removed from the mesh".into(),
+                    )
+                    .await);
                 }
                 if member.device != peer
                     || !proof::check(&keys.secret, proof::HELLO, &binding, &peer, &p)
                 {
-                    return Err(refuse(&mut send, conn, "the membership proof is wrong".into()).await);
+                    return Err(
+                        refuse(&mut send, conn, "the membership proof is wrong".into()).await,
+                    );
                 }
                 let proof = proof::make(&keys.secret, proof::HELLO, &binding, &shared.me);
-                send_msg(&mut send, &PeerMessage::Hello {
-                    version: PEER_PROTOCOL_VERSION,
-                    mesh: keys.id,
-                    proof,
-                    me: shared.me_as_member(),
-                })
+                send_msg(
+                    &mut send,
+                    &PeerMessage::Hello {
+                        version: PEER_PROTOCOL_VERSION,
+                        mesh: keys.id,
+                        proof,
+                        me: shared.me_as_member(),
+                    },
+                )
                 .await?;
                 shared.note_member(&member);
                 Ok((send, recv))
@@ -254,12 +276,15 @@ pub(crate) async fn accept_handshake(
                 };
                 shared.note_member(&member);
                 let proof = proof::make(&secret, proof::WELCOME, &binding, &shared.me);
-                send_msg(&mut send, &PeerMessage::Welcome {
-                    mesh: keys.id,
-                    secret: keys.secret,
-                    proof,
-                    members: shared.member_list(),
-                })
+                send_msg(
+                    &mut send,
+                    &PeerMessage::Welcome {
+                        mesh: keys.id,
+                        secret: keys.secret,
+                        proof,
+                        members: shared.member_list(),
+                    },
+                )
                 .await?;
                 tracing::info!(peer = %peer, name = member.name, "a device joined the mesh with an invite");
                 Ok((send, recv))
@@ -301,9 +326,12 @@ pub(crate) async fn run(
         link,
         tx: sync_tx,
     });
-    let _ = send_msg(&mut ctl_send, &PeerMessage::Members {
-        members: shared.member_list(),
-    })
+    let _ = send_msg(
+        &mut ctl_send,
+        &PeerMessage::Members {
+            members: shared.member_list(),
+        },
+    )
     .await;
 
     let writer = tokio::spawn(write_sync(conn.clone(), sync_rx));

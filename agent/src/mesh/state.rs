@@ -301,10 +301,11 @@ impl MeshState {
         ttl_ms: u64,
         uses: Option<u32>,
     ) -> anyhow::Result<Invite> {
-        let keys = self
-            .keys
-            .as_ref()
-            .ok_or_else(|| anyhow::anyhow!("this device is in no mesh: run `blazectl mesh create` first, or join one"))?;
+        let keys = self.keys.as_ref().ok_or_else(|| {
+            anyhow::anyhow!(
+                "this device is in no mesh: run `blazectl mesh create` first, or join one"
+            )
+        })?;
         let open = OpenInvite {
             id: random()?,
             secret: random()?,

@@ -54,9 +54,7 @@ pub fn certificate(
 ) -> anyhow::Result<(CertificateDer<'static>, PrivateKeyDer<'static>)> {
     let pkcs8 = identity.secret().to_pkcs8_der()?;
     let key = rcgen::KeyPair::try_from(pkcs8.as_bytes())?;
-    let params = rcgen::CertificateParams::new(vec![server_name_for(Some(
-        &identity.device_id(),
-    ))])?;
+    let params = rcgen::CertificateParams::new(vec![server_name_for(Some(&identity.device_id()))])?;
     let cert = params.self_signed(&key)?;
     Ok((
         cert.der().clone(),

@@ -25,9 +25,8 @@ use super::record::{Stamp, StoredRecord};
 use super::stamped::{self, Holes};
 use super::{
     CollectionMeta, DbMeta, DbState, META_NEXT_DB_ID, Store, StoreError, StoreNotice, StoreOptions,
-    SyncMeta,
-    collection_meta_key, db_meta_key, lock, new_epoch, open_keyspaces, read_lock, sync_meta_key,
-    write_lock,
+    SyncMeta, collection_meta_key, db_meta_key, lock, new_epoch, open_keyspaces, read_lock,
+    sync_meta_key, write_lock,
 };
 use crate::sync::hlc::HlcClock;
 

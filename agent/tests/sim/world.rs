@@ -345,7 +345,10 @@ impl<R: Replica> World<R> {
                     self.stats.tombstones += tombstones;
                 }
                 Event::EpochChanged { .. } => self.stats.epoch_changes += 1,
-                Event::StoreFailed { .. } | Event::ClockAhead { .. } | Event::Applied { .. } => {}
+                Event::StoreFailed { .. }
+                | Event::ClockAhead { .. }
+                | Event::Applied { .. }
+                | Event::UnknownDatabase { .. } => {}
             }
         }
         for (peer, msg) in out {

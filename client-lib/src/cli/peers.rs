@@ -34,7 +34,15 @@ pub(crate) async fn run(client: &Client, opts: Opts) -> anyhow::Result<()> {
         })
         .collect();
     print_table(
-        &["DEVICE", "NAME", "ROLE", "STATE", "ADDRESS", "RTT", "LAST SYNC"],
+        &[
+            "DEVICE",
+            "NAME",
+            "ROLE",
+            "STATE",
+            "ADDRESS",
+            "RTT",
+            "LAST SYNC",
+        ],
         rows,
     );
     Ok(())
