@@ -246,4 +246,78 @@ mod tests {
         assert_eq!(device_of_cert(&cert), Some(id.device_id()));
         assert_eq!(device_of_cert(&CertificateDer::from(vec![1, 2, 3])), None);
     }
+
+    #[derive(Debug)]
+    struct Open;
+
+    impl Gate for Open {
+        fn admits(&self, _: &DeviceId) -> bool {
+            true
+        }
+    }
+
+    #[tokio::test]
+    async fn proofs_bind_to_one_connection_and_the_dialler_pins_the_device() {
+        use crate::mesh::proof::{self, Binding};
+        let (da, db) = (
+            tempfile::tempdir().expect("dir"),
+            tempfile::tempdir().expect("dir"),
+        );
+        let a = Identity::load_or_create(da.path()).expect("a");
+        let b = Identity::load_or_create(db.path()).expect("b");
+        let t = Arc::new(quinn::TransportConfig::default());
+        let (server_cfg, _) = quic_configs(&a, Arc::new(Open), t.clone()).expect("a cfg");
+        let (_, client_cfg) = quic_configs(&b, Arc::new(Open), t).expect("b cfg");
+        let loopback = "127.0.0.1:0".parse().expect("addr");
+        let server = quinn::Endpoint::server(server_cfg, loopback).expect("server");
+        let mut client = quinn::Endpoint::client(loopback).expect("client");
+        client.set_default_client_config(client_cfg);
+        let addr = server.local_addr().expect("addr");
+
+        let mut conns = Vec::new();
+        for _ in 0..2 {
+            let dial = client
+                .connect(addr, &server_name_for(Some(&a.device_id())))
+                .expect("connect");
+            let (c, s) = tokio::join!(dial, async {
+                server.accept().await.expect("incoming").await
+            });
+            conns.push((c.expect("client side"), s.expect("server side")));
+        }
+        assert_eq!(peer_device(&conns[0].0), Some(a.device_id()));
+        assert_eq!(peer_device(&conns[0].1), Some(b.device_id()));
+
+        // Both ends of one connection derive the same binding; another
+        // connection between the same devices derives another.
+        let first = Binding::of(&conns[0].0).expect("binding");
+        assert_eq!(first, Binding::of(&conns[0].1).expect("binding"));
+        let second = Binding::of(&conns[1].1).expect("binding");
+        assert_ne!(first, second);
+        let secret = [3u8; 32];
+        let captured = proof::make(&secret, proof::HELLO, &first, &b.device_id());
+        assert!(proof::check(
+            &secret,
+            proof::HELLO,
+            &first,
+            &b.device_id(),
+            &captured
+        ));
+        assert!(
+            !proof::check(&secret, proof::HELLO, &second, &b.device_id(), &captured),
+            "a proof captured on one connection worked on another"
+        );
+
+        // Dialling A's address while expecting another device fails.
+        let other = DeviceId([7; 32]);
+        let dial = client
+            .connect(addr, &server_name_for(Some(&other)))
+            .expect("connect");
+        let (c, _) = tokio::join!(dial, async {
+            if let Some(i) = server.accept().await {
+                let _ = i.await;
+            }
+        });
+        let err = c.expect_err("wrong device");
+        assert!(err.to_string().contains("expected device"), "{err}");
+    }
 }
