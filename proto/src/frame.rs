@@ -26,18 +26,24 @@ pub struct FrameTooLarge {
 /// frame (prefix included), `Ok(None)` when more bytes are needed, and an
 /// error as soon as the prefix declares a payload over `max`.
 pub fn frame_len(buf: &[u8], max: u32) -> Result<Option<usize>, FrameTooLarge> {
-    let Some(prefix) = buf.get(..LEN_PREFIX) else {
+    let Some(prefix) = buf.first_chunk::<LEN_PREFIX>() else {
         return Ok(None);
     };
-    let len = u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]);
+    let total = LEN_PREFIX + payload_len(*prefix, max)?;
+    Ok((buf.len() >= total).then_some(total))
+}
+
+/// The payload length a frame's prefix declares, or an error if it is over
+/// `max`; for readers that take the prefix and the payload separately.
+pub fn payload_len(prefix: [u8; LEN_PREFIX], max: u32) -> Result<usize, FrameTooLarge> {
+    let len = u32::from_be_bytes(prefix);
     if len > max {
         return Err(FrameTooLarge {
             len: u64::from(len),
             max,
         });
     }
-    let total = LEN_PREFIX + len as usize;
-    Ok((buf.len() >= total).then_some(total))
+    Ok(len as usize)
 }
 
 /// Starts a frame at the end of `out`: reserves the length prefix and

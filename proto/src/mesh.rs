@@ -11,7 +11,10 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::base32;
 use crate::codec::{self, CodecError};
+use crate::frame;
+use crate::message::EncodeError;
 use crate::op::DeviceId;
 
 /// The TLS application protocol agents speak.
@@ -167,6 +170,17 @@ impl PeerMessage {
     }
 }
 
+/// Encodes `msg` (a [`PeerMessage`] or a
+/// [`SyncMessage`](crate::SyncMessage)) as one frame for a peer stream,
+/// refusing one over [`MAX_PEER_FRAME`].
+pub fn to_frame<T: Serialize>(msg: &T) -> Result<Vec<u8>, EncodeError> {
+    let mut out = Vec::new();
+    let start = frame::begin_frame(&mut out);
+    codec::encode_into(&mut out, msg)?;
+    frame::finish_frame(&mut out, start, MAX_PEER_FRAME)?;
+    Ok(out)
+}
+
 /// What an invite code carries.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Invite {
@@ -205,7 +219,7 @@ impl Invite {
     pub fn to_code(&self) -> String {
         // Encoding a struct of plain fields into a Vec cannot fail.
         let bytes = codec::to_vec(self).unwrap_or_default();
-        format!("{INVITE_PREFIX}{}", base32_encode(&bytes))
+        format!("{INVITE_PREFIX}{}", base32::encode(&bytes).to_lowercase())
     }
 
     /// Reads a code made by [`Invite::to_code`]. Case and surrounding
@@ -217,43 +231,9 @@ impl Invite {
             .filter(|p| p.eq_ignore_ascii_case(INVITE_PREFIX))
             .map(|_| &code[INVITE_PREFIX.len()..])
             .ok_or(InviteError::Prefix)?;
-        let bytes = base32_decode(body).ok_or(InviteError::Damaged)?;
+        let bytes = base32::decode(body.as_bytes()).ok_or(InviteError::Damaged)?;
         codec::from_slice(&bytes).map_err(|_| InviteError::Damaged)
     }
-}
-
-const BASE32: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
-
-fn base32_encode(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len() * 8 / 5 + 1);
-    let (mut acc, mut bits) = (0u32, 0);
-    for &b in bytes {
-        acc = (acc << 8) | u32::from(b);
-        bits += 8;
-        while bits >= 5 {
-            bits -= 5;
-            out.push(char::from(BASE32[((acc >> bits) & 31) as usize]));
-        }
-    }
-    if bits > 0 {
-        out.push(char::from(BASE32[((acc << (5 - bits)) & 31) as usize]));
-    }
-    out
-}
-
-fn base32_decode(text: &str) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(text.len() * 5 / 8);
-    let (mut acc, mut bits) = (0u32, 0);
-    for c in text.bytes() {
-        let v = BASE32.iter().position(|&x| x == c.to_ascii_lowercase())? as u32;
-        acc = (acc << 5) | v;
-        bits += 5;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-        }
-    }
-    Some(out)
 }
 
 #[cfg(test)]

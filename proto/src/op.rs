@@ -10,6 +10,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::base32;
+
 use crate::codec::{self, CodecError};
 use crate::value::Fields;
 
@@ -17,26 +19,10 @@ use crate::value::Fields;
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct DeviceId(#[serde(with = "serde_bytes")] pub [u8; 32]);
 
-const BASE32: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
-
 impl DeviceId {
     /// The id in base32 without separators (52 characters).
     pub fn to_base32(&self) -> String {
-        let mut out = String::with_capacity(52);
-        let mut acc: u32 = 0;
-        let mut bits = 0;
-        for &b in &self.0 {
-            acc = (acc << 8) | u32::from(b);
-            bits += 8;
-            while bits >= 5 {
-                bits -= 5;
-                out.push(char::from(BASE32[((acc >> bits) & 31) as usize]));
-            }
-        }
-        if bits > 0 {
-            out.push(char::from(BASE32[((acc << (5 - bits)) & 31) as usize]));
-        }
-        out
+        base32::encode(&self.0)
     }
 
     /// A short form for logs and tables: the first 7 characters.
@@ -72,12 +58,12 @@ fn luhn32(run: &[u8]) -> u8 {
     let mut factor = 1;
     let mut sum = 0;
     for &c in run {
-        let v = BASE32.iter().position(|&x| x == c).unwrap_or(0) as u32;
+        let v = u32::from(base32::value(c).unwrap_or(0));
         let addend = factor * v;
         factor = if factor == 2 { 1 } else { 2 };
         sum += addend / 32 + addend % 32;
     }
-    BASE32[((32 - sum % 32) % 32) as usize]
+    base32::ALPHABET[((32 - sum % 32) % 32) as usize]
 }
 
 impl fmt::Debug for DeviceId {
@@ -120,28 +106,8 @@ impl FromStr for DeviceId {
             }
             _ => return Err(ParseDeviceIdError),
         };
-        let mut out = [0u8; 32];
-        let mut acc: u32 = 0;
-        let mut bits = 0;
-        let mut n = 0;
-        let mut chars = 0;
-        for c in plain {
-            let v = BASE32
-                .iter()
-                .position(|&x| x == c)
-                .ok_or(ParseDeviceIdError)? as u32;
-            chars += 1;
-            acc = (acc << 5) | v;
-            bits += 5;
-            if bits >= 8 {
-                bits -= 8;
-                *out.get_mut(n).ok_or(ParseDeviceIdError)? = (acc >> bits) as u8;
-                n += 1;
-            }
-        }
-        if chars != 52 || n != 32 {
-            return Err(ParseDeviceIdError);
-        }
+        let bytes = base32::decode(&plain).ok_or(ParseDeviceIdError)?;
+        let out: [u8; 32] = bytes.try_into().map_err(|_| ParseDeviceIdError)?;
         Ok(DeviceId(out))
     }
 }
@@ -285,8 +251,8 @@ mod tests {
             let text = id.to_string();
             proptest::prop_assert_eq!(text.parse::<DeviceId>(), Ok(id));
             let mut chars: Vec<u8> = text.bytes().filter(|&c| c != b'-').collect();
-            let pos = BASE32.iter().position(|&x| x == chars[at]).unwrap_or(0);
-            chars[at] = BASE32[(pos + usize::from(by)) % 32];
+            let pos = usize::from(base32::value(chars[at]).unwrap_or(0));
+            chars[at] = base32::ALPHABET[(pos + usize::from(by)) % 32];
             let typo = String::from_utf8(chars).unwrap_or_default();
             proptest::prop_assert!(typo.parse::<DeviceId>().is_err(), "{} parsed", typo);
         }

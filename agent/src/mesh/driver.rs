@@ -68,12 +68,8 @@ pub enum Input {
 #[derive(Debug, Clone, Default)]
 pub struct LinkStats {
     /// When operations or a snapshot from the peer were last applied, or
-    /// the peer last acknowledged something, in ms since the Unix epoch.
+    /// the peer last sent its vector, in ms since the Unix epoch.
     pub last_sync_ms: Option<u64>,
-    /// Operations applied from the peer.
-    pub ops_in: u64,
-    /// Operations sent to the peer.
-    pub ops_out: u64,
 }
 
 /// Per-peer figures shared with the mesh.
@@ -110,11 +106,6 @@ impl Driver {
             thread: Some(thread),
             stats,
         })
-    }
-
-    /// Hands the driver an input.
-    pub fn send(&self, input: Input) {
-        let _ = self.tx.send(input);
     }
 
     /// A sender for sessions.
@@ -214,10 +205,6 @@ fn run(store: Store, members: Vec<DeviceId>, rx: mpsc::Receiver<Input>, stats: S
             on_event(&mut engine, &store, &stats, event);
         }
         while let Some((peer, msg)) = engine.poll_transmit() {
-            if let SyncMessage::Ops { ops, .. } = &msg {
-                let n = ops.len() as u64;
-                note(&stats, peer, |s| s.ops_out += n);
-            }
             if let Some(r) = routes.get(&peer) {
                 let _ = r.tx.send(msg);
             }
@@ -235,10 +222,7 @@ fn on_event(engine: &mut Engine<Store>, store: &Store, stats: &Stats, event: Eve
     match event {
         Event::Applied { db, from, ops } => {
             tracing::debug!(db, peer = %from.short(), ops, "applied operations");
-            note(stats, from, |s| {
-                s.ops_in += ops as u64;
-                s.last_sync_ms = Some(now_ms());
-            });
+            note(stats, from, |s| s.last_sync_ms = Some(now_ms()));
         }
         Event::SnapshotMerged { db, from } => {
             tracing::info!(db, peer = %from.short(), "merged a snapshot");

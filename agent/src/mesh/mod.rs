@@ -317,7 +317,7 @@ impl Shared {
 #[derive(Debug, Clone)]
 pub struct Mesh {
     shared: Arc<Shared>,
-    stats: Arc<Driver>,
+    driver: Arc<Driver>,
     config: Arc<MeshConfig>,
     local: SocketAddr,
 }
@@ -416,7 +416,7 @@ impl Mesh {
         );
         Ok(Mesh {
             shared,
-            stats: Arc::new(driver),
+            driver: Arc::new(driver),
             config: Arc::new(config),
             local,
         })
@@ -583,7 +583,7 @@ impl Mesh {
 
     /// The members with their link state.
     pub fn peers(&self) -> Vec<PeerView> {
-        let stats = self.stats.stats();
+        let stats = self.driver.stats();
         let members: Vec<Member> = lock(&self.shared.state).members.values().cloned().collect();
         let sessions = lock(&self.shared.sessions);
         members
@@ -608,7 +608,7 @@ impl Mesh {
             .close(close_code::SHUTDOWN, b"agent stopping");
         let _ =
             tokio::time::timeout(Duration::from_secs(2), self.shared.endpoint.wait_idle()).await;
-        if let Ok(driver) = Arc::try_unwrap(self.stats) {
+        if let Ok(driver) = Arc::try_unwrap(self.driver) {
             tokio::task::spawn_blocking(move || driver.stop())
                 .await
                 .ok();

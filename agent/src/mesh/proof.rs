@@ -37,15 +37,22 @@ impl Binding {
     }
 }
 
-/// What `sender` shows, on the connection `binding`, to prove it holds
-/// `secret`. `purpose` keeps proofs for one use from serving another.
-pub fn make(secret: &[u8; 32], purpose: &[u8], binding: &Binding, sender: &DeviceId) -> [u8; 32] {
+fn mac(secret: &[u8; 32], purpose: &[u8], binding: &Binding, sender: &DeviceId) -> HmacSha256 {
     let mut mac = <HmacSha256 as hmac::KeyInit>::new_from_slice(secret)
         .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
     mac.update(purpose);
     mac.update(&binding.0);
     mac.update(&sender.0);
-    mac.finalize().into_bytes().into()
+    mac
+}
+
+/// What `sender` shows, on the connection `binding`, to prove it holds
+/// `secret`. `purpose` keeps proofs for one use from serving another.
+pub fn make(secret: &[u8; 32], purpose: &[u8], binding: &Binding, sender: &DeviceId) -> [u8; 32] {
+    mac(secret, purpose, binding, sender)
+        .finalize()
+        .into_bytes()
+        .into()
 }
 
 /// Whether `proof` is what [`make`] gives, compared in constant time.
@@ -56,12 +63,9 @@ pub fn check(
     sender: &DeviceId,
     proof: &[u8; 32],
 ) -> bool {
-    let mut mac = <HmacSha256 as hmac::KeyInit>::new_from_slice(secret)
-        .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
-    mac.update(purpose);
-    mac.update(&binding.0);
-    mac.update(&sender.0);
-    mac.verify_slice(proof).is_ok()
+    mac(secret, purpose, binding, sender)
+        .verify_slice(proof)
+        .is_ok()
 }
 
 /// The purpose of a member's `Hello` proof.

@@ -14,7 +14,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use blazedb_proto::mesh::{Invite, MAX_PEER_FRAME, Member, PEER_PROTOCOL_VERSION, PeerMessage};
+use blazedb_proto::frame::{LEN_PREFIX, payload_len};
+use blazedb_proto::mesh::{
+    Invite, MAX_PEER_FRAME, Member, PEER_PROTOCOL_VERSION, PeerMessage, to_frame,
+};
+use blazedb_proto::message::EncodeError;
 use blazedb_proto::{DeviceId, SyncMessage};
 use tokio::sync::mpsc;
 
@@ -35,6 +39,9 @@ pub enum SessionError {
     /// The peer broke the protocol or went away.
     #[error("{0}")]
     Protocol(String),
+    /// A frame was over [`MAX_PEER_FRAME`].
+    #[error("{0}")]
+    TooLarge(String),
 }
 
 fn protocol(e: impl std::fmt::Display) -> SessionError {
@@ -45,40 +52,33 @@ fn protocol(e: impl std::fmt::Display) -> SessionError {
 pub(crate) async fn read_frame(
     recv: &mut quinn::RecvStream,
 ) -> Result<Option<Vec<u8>>, SessionError> {
-    let mut len = [0u8; 4];
-    match recv.read_exact(&mut len).await {
+    let mut prefix = [0u8; LEN_PREFIX];
+    match recv.read_exact(&mut prefix).await {
         Ok(()) => {}
         Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
         Err(e) => return Err(protocol(e)),
     }
-    let len = u32::from_be_bytes(len);
-    if len > MAX_PEER_FRAME {
-        return Err(SessionError::Protocol(format!(
-            "the peer sent a frame of {len} bytes, over the limit of {MAX_PEER_FRAME}"
-        )));
-    }
-    let mut buf = vec![0u8; len as usize];
+    let len = payload_len(prefix, MAX_PEER_FRAME)
+        .map_err(|e| SessionError::TooLarge(format!("the peer sent a {e}")))?;
+    let mut buf = vec![0u8; len];
     recv.read_exact(&mut buf).await.map_err(protocol)?;
     Ok(Some(buf))
 }
 
-/// Writes one frame.
-pub(crate) async fn write_frame(
+/// Writes one message as a frame.
+async fn write_msg<T: serde::Serialize>(
     send: &mut quinn::SendStream,
-    body: &[u8],
+    msg: &T,
 ) -> Result<(), SessionError> {
-    let len = u32::try_from(body.len())
-        .ok()
-        .filter(|&l| l <= MAX_PEER_FRAME)
-        .ok_or_else(|| SessionError::Protocol("a message is over the frame limit".into()))?;
-    let mut frame = Vec::with_capacity(4 + body.len());
-    frame.extend_from_slice(&len.to_be_bytes());
-    frame.extend_from_slice(body);
+    let frame = to_frame(msg).map_err(|e| match e {
+        EncodeError::TooLarge(e) => SessionError::TooLarge(e.to_string()),
+        EncodeError::Codec(e) => protocol(e),
+    })?;
     send.write_all(&frame).await.map_err(protocol)
 }
 
 async fn send_msg(send: &mut quinn::SendStream, msg: &PeerMessage) -> Result<(), SessionError> {
-    write_frame(send, &msg.encode().map_err(protocol)?).await
+    write_msg(send, msg).await
 }
 
 async fn recv_msg(recv: &mut quinn::RecvStream) -> Result<PeerMessage, SessionError> {
@@ -109,6 +109,16 @@ async fn refuse(
     let _ = tokio::time::timeout(Duration::from_millis(200), send.stopped()).await;
     conn.close(close_code::REFUSED, reason.as_bytes());
     SessionError::Refused(reason)
+}
+
+/// This device's `Hello` on the connection `binding`.
+fn hello(shared: &Shared, keys: &MeshKeys, binding: &Binding) -> PeerMessage {
+    PeerMessage::Hello {
+        version: PEER_PROTOCOL_VERSION,
+        mesh: keys.id,
+        proof: proof::make(&keys.secret, proof::HELLO, binding, &shared.me),
+        me: shared.me_as_member(),
+    }
 }
 
 /// The dialler's half of the handshake. With `invite`, joins the mesh
@@ -157,17 +167,7 @@ pub(crate) async fn dial_handshake(
                 let keys = shared
                     .keys()
                     .ok_or_else(|| SessionError::Refused("this device is in no mesh".into()))?;
-                let proof = proof::make(&keys.secret, proof::HELLO, &binding, &me);
-                send_msg(
-                    &mut send,
-                    &PeerMessage::Hello {
-                        version: PEER_PROTOCOL_VERSION,
-                        mesh: keys.id,
-                        proof,
-                        me: shared.me_as_member(),
-                    },
-                )
-                .await?;
+                send_msg(&mut send, &hello(shared, &keys, &binding)).await?;
                 match recv_msg(&mut recv).await? {
                     PeerMessage::Hello {
                         mesh,
@@ -241,17 +241,7 @@ pub(crate) async fn accept_handshake(
                         refuse(&mut send, conn, "the membership proof is wrong".into()).await,
                     );
                 }
-                let proof = proof::make(&keys.secret, proof::HELLO, &binding, &shared.me);
-                send_msg(
-                    &mut send,
-                    &PeerMessage::Hello {
-                        version: PEER_PROTOCOL_VERSION,
-                        mesh: keys.id,
-                        proof,
-                        me: shared.me_as_member(),
-                    },
-                )
-                .await?;
+                send_msg(&mut send, &hello(shared, &keys, &binding)).await?;
                 shared.note_member(&member);
                 Ok((send, recv))
             }
@@ -385,13 +375,6 @@ pub(crate) async fn run(
 async fn write_sync(conn: quinn::Connection, mut rx: mpsc::UnboundedReceiver<SyncMessage>) {
     let mut streams: HashMap<String, quinn::SendStream> = HashMap::new();
     while let Some(msg) = rx.recv().await {
-        let bytes = match msg.encode() {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::error!("cannot encode a sync message: {e}");
-                continue;
-            }
-        };
         let db = msg.db().to_owned();
         if !streams.contains_key(&db) {
             match conn.open_uni().await {
@@ -404,8 +387,14 @@ async fn write_sync(conn: quinn::Connection, mut rx: mpsc::UnboundedReceiver<Syn
         let Some(stream) = streams.get_mut(&db) else {
             return;
         };
-        if write_frame(stream, &bytes).await.is_err() {
-            return;
+        match write_msg(stream, &msg).await {
+            Ok(()) => {}
+            // The engine's batches are far under the frame limit; one
+            // that is not is dropped, and the engine resends its content.
+            Err(SessionError::TooLarge(e)) => {
+                tracing::error!("cannot send a sync message: {e}");
+            }
+            Err(_) => return,
         }
     }
 }
@@ -435,7 +424,7 @@ async fn read_sync(
             Ok(None) => return,
             Err(e) => {
                 tracing::debug!(peer = %peer, "sync stream ended: {e}");
-                if matches!(e, SessionError::Protocol(ref m) if m.contains("over the limit")) {
+                if matches!(e, SessionError::TooLarge(_)) {
                     conn.close(close_code::PROTOCOL, b"frame over the limit");
                 }
                 return;
