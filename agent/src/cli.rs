@@ -52,6 +52,10 @@ pub struct Args {
     /// mDNS does not reach.
     #[arg(long = "peer", value_name = "ADDR")]
     pub peers: Vec<String>,
+    /// An address to tell other members instead of this device's own,
+    /// `host:port` (repeatable): for port forwarding or NAT.
+    #[arg(long = "announce", value_name = "ADDR")]
+    pub announce: Vec<String>,
     /// Something other than running the agent.
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -143,6 +147,7 @@ pub fn main() -> ExitCode {
         mdns_loopback: args.mdns_loopback,
         name: args.name,
         peers: args.peers,
+        announce: args.announce,
     }) {
         Ok(c) => c,
         Err(e) => {

@@ -70,6 +70,8 @@ pub struct Overrides {
     pub name: Option<String>,
     /// `--peer`, repeatable.
     pub peers: Vec<String>,
+    /// `--announce`, repeatable; replaces the file's list when given.
+    pub announce: Vec<String>,
 }
 
 /// The settings the agent runs with.
@@ -147,7 +149,11 @@ impl Config {
             name: o.name.or(file.name).unwrap_or_else(host_name),
             mdns: !o.no_mdns && file.mdns.unwrap_or(role == Role::Device),
             mdns_loopback_only: o.mdns_loopback,
-            announce: file.announce.unwrap_or_default(),
+            announce: if o.announce.is_empty() {
+                file.announce.unwrap_or_default()
+            } else {
+                o.announce
+            },
             peers,
         };
         Ok(Config {

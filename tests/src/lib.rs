@@ -2,6 +2,7 @@
 //! its own data directory and socket in a temporary directory, and is
 //! killed when the handle is dropped.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -39,6 +40,31 @@ where
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     Ok(())
+}
+
+/// Every record of `db`/`coll` on the agent behind `client`, id -> fields;
+/// empty if the database does not exist yet.
+pub async fn records(
+    client: &blazedb::Client,
+    db: &str,
+    coll: &str,
+) -> BTreeMap<String, BTreeMap<String, blazedb::Value>> {
+    match client.db(db).collection(coll).query().fetch_all().await {
+        Ok(rs) => rs
+            .into_iter()
+            .map(|r| (r.id, r.fields.into_iter().collect()))
+            .collect(),
+        Err(_) => BTreeMap::new(),
+    }
+}
+
+/// Whether the agent behind `client` has exactly `n` peers connected.
+pub async fn connected(client: &blazedb::Client, n: usize) -> bool {
+    client
+        .peers()
+        .await
+        .map(|ps| ps.iter().filter(|p| p.state == "connected").count() == n)
+        .unwrap_or(false)
 }
 
 /// A `blazed` process on its own data directory and socket.

@@ -7,33 +7,9 @@ use std::collections::BTreeMap;
 
 use blazedb::{Client, Value};
 use blazedb_proto::mesh::Invite;
-use blazedb_tests::{TestAgent, wait_until};
+use blazedb_tests::{TestAgent, connected, records, wait_until};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_blazed-test-agent");
-
-/// Every record of `db`/`coll` on this agent, id -> fields; empty if the
-/// database does not exist yet.
-async fn records(
-    client: &Client,
-    db: &str,
-    coll: &str,
-) -> BTreeMap<String, BTreeMap<String, Value>> {
-    match client.db(db).collection(coll).query().fetch_all().await {
-        Ok(rs) => rs
-            .into_iter()
-            .map(|r| (r.id, r.fields.into_iter().collect()))
-            .collect(),
-        Err(_) => BTreeMap::new(),
-    }
-}
-
-async fn connected(client: &Client, n: usize) -> bool {
-    client
-        .peers()
-        .await
-        .map(|ps| ps.iter().filter(|p| p.state == "connected").count() == n)
-        .unwrap_or(false)
-}
 
 /// Starts `n` agents; the first creates a mesh, the others join it.
 async fn mesh_of(n: usize) -> (Vec<TestAgent>, Vec<Client>) {
@@ -256,4 +232,124 @@ async fn a_removed_device_is_refused_and_gets_nothing_new() {
         .await
         .expect("b unlinked");
     assert!(!records(b, "team", "t").await.contains_key("after"));
+}
+
+/// An address on loopback where nothing listens.
+fn dead_address() -> String {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    s.local_addr().expect("addr").to_string()
+}
+
+/// Writes `n` records named `{prefix}-{i}` on the agent behind `cl`.
+async fn write_many(cl: &Client, prefix: &str, n: usize) {
+    let coll = cl.db("shared").collection("r");
+    for i in 0..n {
+        coll.put(&format!("{prefix}-{i}"), &serde_json::json!({ "i": i }))
+            .await
+            .expect("put");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spokes_sync_through_a_hub_then_directly_without_duplicates() {
+    let hub = TestAgent::start_with(AGENT, &["--role", "hub"])
+        .await
+        .expect("hub");
+    let h = hub.client().await.expect("client");
+    h.create_mesh().await.expect("create mesh");
+    let hub_addr = h.mesh_status().await.expect("status").listen;
+    let code = h.invite(Some(600), Some(2)).await.expect("invite").code;
+
+    // Each spoke tells the others an address where nothing listens, so the
+    // two reach each other only through the hub until one is given the
+    // other's real address.
+    let dead = dead_address();
+    let mut spokes = Vec::new();
+    for _ in 0..2 {
+        let agent = TestAgent::start_with(AGENT, &["--announce", &dead, "--peer", &hub_addr])
+            .await
+            .expect("spoke");
+        let cl = agent.client().await.expect("client");
+        cl.join(&code).await.expect("join through the hub");
+        spokes.push((agent, cl));
+    }
+    let (a, b) = (&spokes[0].1, &spokes[1].1);
+    wait_until("the hub to link both spokes", || connected(&h, 2))
+        .await
+        .expect("hub linked");
+    for cl in [a, b] {
+        wait_until("a spoke to link the hub", || connected(cl, 1))
+            .await
+            .expect("spoke linked");
+    }
+    let b_status = b.mesh_status().await.expect("status");
+
+    // Through the hub only.
+    a.db("shared").create().await.expect("create");
+    write_many(a, "a1", 20).await;
+    wait_until("the database and a's writes to reach b", || async {
+        records(b, "shared", "r").await.len() == 20
+    })
+    .await
+    .expect("relayed to b");
+    write_many(b, "b1", 20).await;
+    wait_until("b's writes to reach a", || async {
+        records(a, "shared", "r").await.len() == 40
+    })
+    .await
+    .expect("relayed to a");
+    let a_peers = a.peers().await.expect("peers");
+    assert!(
+        a_peers
+            .iter()
+            .all(|p| p.device_id != b_status.device_id || p.state != "connected"),
+        "the spokes were linked directly: {a_peers:?}"
+    );
+    assert!(
+        records(&h, "shared", "r").await.len() == 40,
+        "the hub keeps the relayed database"
+    );
+
+    // A direct link appears beside the hub path.
+    a.add_peer(&b_status.listen).await.expect("peer add");
+    for cl in [a, b] {
+        wait_until("the spokes to link directly", || connected(cl, 2))
+            .await
+            .expect("direct link");
+    }
+    write_many(a, "a2", 20).await;
+    write_many(b, "b2", 20).await;
+    write_many(a, "last", 1).await;
+    wait_until("both spokes and the hub to agree", || async {
+        let (x, y, z) = tokio::join!(
+            records(a, "shared", "r"),
+            records(b, "shared", "r"),
+            records(&h, "shared", "r")
+        );
+        x.len() == 81 && x == y && y == z
+    })
+    .await
+    .expect("converged");
+
+    // B's change log holds every write exactly once, whichever path (or
+    // both) brought it.
+    let a_id = a.mesh_status().await.expect("status").device_id;
+    let mut sub = b
+        .db("shared")
+        .subscribe_from(None, Some(0))
+        .await
+        .expect("subscribe");
+    let mut seen = BTreeMap::new();
+    while !seen.contains_key(&(a_id.clone(), 41)) {
+        let change = tokio::time::timeout(blazedb_tests::DEADLINE, sub.next())
+            .await
+            .expect("the change log to replay")
+            .expect("subscription open");
+        *seen.entry((change.origin, change.seq)).or_insert(0) += 1;
+    }
+    let dups: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(dups.is_empty(), "changes applied twice on b: {dups:?}");
+    let from = |id: &str| seen.keys().filter(|(o, _)| o == id).count();
+    assert_eq!(from(&a_id), 41, "a's writes in b's log");
+    assert_eq!(from(&b_status.device_id), 40, "b's own writes in its log");
 }

@@ -89,6 +89,9 @@ struct DialState {
     in_flight: bool,
     failures: u32,
     next_try_ms: u64,
+    /// The device this target led to last time, so a static peer that is
+    /// already connected (under whatever address) is not dialled again.
+    reached: Option<DeviceId>,
 }
 
 /// What every task of the mesh shares.
@@ -657,12 +660,20 @@ async fn dial(
         .await
         .with_context(|| format!("cannot resolve {addr}"))?
         .collect();
-    let local_v4 = shared.endpoint.local_addr()?.is_ipv4();
+    let local = shared.endpoint.local_addr()?;
+    let local_v4 = local.is_ipv4();
     let target = resolved
         .iter()
         .find(|a| a.is_ipv4() == local_v4 || !local_v4)
         .copied()
         .ok_or_else(|| anyhow::anyhow!("{addr} has no address this endpoint can reach"))?;
+    // A member's loopback address is its own host's: on another host with
+    // the same port it leads back here.
+    let is_self = target.port() == local.port()
+        && (target.ip().is_loopback()
+            || target.ip() == local.ip()
+            || shared.addrs.contains(&target.to_string()));
+    anyhow::ensure!(!is_self, "{addr} is this device's own address");
     let name = tls::server_name_for(device.as_ref());
     let connecting = shared
         .endpoint
@@ -715,11 +726,12 @@ async fn dial_loop(shared: Arc<Shared>) {
             }
             let shared = shared.clone();
             tokio::spawn(async move {
-                let ok = dial_one(&shared, device, &addrs).await;
+                let reached = dial_one(&shared, device, &addrs).await;
                 let mut dials = lock(&shared.dials);
                 let d = dials.entry(key).or_default();
                 d.in_flight = false;
-                if ok {
+                if reached.is_some() {
+                    d.reached = reached;
                     d.failures = 0;
                     d.next_try_ms = now_ms() + session::backoff_ms(0);
                 } else {
@@ -770,10 +782,12 @@ fn dial_targets(shared: &Shared) -> Vec<(String, Option<DeviceId>, Vec<String>)>
         }
     }
     let sessions = lock(&shared.sessions);
+    let dials = lock(&shared.dials);
     for p in &s.static_peers {
+        let known = dials.get(p).and_then(|d| d.reached);
         let reached = sessions
-            .values()
-            .any(|x| x.conn.remote_address().to_string() == *p);
+            .iter()
+            .any(|(dev, x)| Some(*dev) == known || x.conn.remote_address().to_string() == *p);
         if !reached {
             out.push((p.clone(), None, vec![p.clone()]));
         }
@@ -782,8 +796,12 @@ fn dial_targets(shared: &Shared) -> Vec<(String, Option<DeviceId>, Vec<String>)>
 }
 
 /// Dials one target's addresses in turn and runs the session on the first
-/// that answers. Returns whether a session was established.
-async fn dial_one(shared: &Arc<Shared>, device: Option<DeviceId>, addrs: &[String]) -> bool {
+/// that answers. Returns the device reached, if any.
+async fn dial_one(
+    shared: &Arc<Shared>,
+    device: Option<DeviceId>,
+    addrs: &[String],
+) -> Option<DeviceId> {
     for addr in addrs {
         let conn = match dial(shared, addr, device).await {
             Ok(c) => c,
@@ -797,15 +815,15 @@ async fn dial_one(shared: &Arc<Shared>, device: Option<DeviceId>, addrs: &[Strin
         };
         if shared.connected(&peer) {
             conn.close(close_code::DUPLICATE, b"already connected");
-            return true;
+            return Some(peer);
         }
         match session::dial_handshake(shared, &conn, peer, None).await {
             Ok((send, recv)) => {
                 session::run(shared.clone(), conn, peer, true, send, recv).await;
-                return true;
+                return Some(peer);
             }
             Err(e) => tracing::info!(addr, peer = %peer, "could not join the session: {e}"),
         }
     }
-    false
+    None
 }
