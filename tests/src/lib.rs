@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
+pub mod netns;
+
 /// How long a test waits for something that should happen at once.
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
@@ -74,6 +76,7 @@ pub struct TestAgent {
     dir: tempfile::TempDir,
     child: Option<Child>,
     extra_args: Vec<String>,
+    netns: Option<String>,
 }
 
 /// Finds a binary built beside the running test or benchmark.
@@ -110,7 +113,26 @@ impl TestAgent {
             dir,
             child: None,
             extra_args: args.iter().map(|s| (*s).to_owned()).collect(),
+            netns: None,
         })
+    }
+
+    /// Sets up an agent that will run inside the network namespace `ns`,
+    /// without starting it. It gets no mesh arguments but `args`: the
+    /// namespace is its own network.
+    pub fn stopped_in(
+        bin: impl Into<PathBuf>,
+        ns: &str,
+        args: &[&str],
+    ) -> anyhow::Result<TestAgent> {
+        let mut agent = Self::stopped(bin, args)?;
+        agent.netns = Some(ns.to_owned());
+        Ok(agent)
+    }
+
+    /// Replaces the extra command-line arguments for the next start.
+    pub fn set_args(&mut self, args: &[&str]) {
+        self.extra_args = args.iter().map(|s| (*s).to_owned()).collect();
     }
 
     /// The agent's data directory.
@@ -126,6 +148,9 @@ impl TestAgent {
     /// Unless the test says otherwise, agents listen on a loopback port of
     /// their own and keep off mDNS, so parallel tests do not meet.
     fn default_mesh_args(&self) -> Vec<&'static str> {
+        if self.netns.is_some() {
+            return Vec::new();
+        }
         let has = |flag: &str| self.extra_args.iter().any(|a| a.starts_with(flag));
         let mut args = Vec::new();
         if !has("--listen") {
@@ -139,7 +164,14 @@ impl TestAgent {
 
     /// A command for this agent's binary with its data dir and socket set.
     pub fn command(&self) -> Command {
-        let mut cmd = Command::new(&self.bin);
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(&self.bin);
+                c
+            }
+            None => Command::new(&self.bin),
+        };
         cmd.arg("--data-dir")
             .arg(self.data_dir())
             .arg("--socket")

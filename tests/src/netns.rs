@@ -1,0 +1,115 @@
+//! A throwaway lab of network namespaces on one bridge (made by
+//! `tests/netns-lab.sh`), so agents can meet over a real LAN: mDNS,
+//! unplugged links, hosts that cannot reach each other.
+//!
+//! Making namespaces needs root. Where that fails the lab is skipped with
+//! a loud message, unless `BLAZEDB_NETNS=require` (set by CI), where it is
+//! an error.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{Context as _, bail};
+
+/// The environment variable that turns a lab that cannot be made into a
+/// failure.
+pub const REQUIRE_ENV: &str = "BLAZEDB_NETNS";
+
+/// A lab of nodes `a`, `b`, ... in namespaces `{prefix}_a`, ...; removed
+/// when dropped.
+#[derive(Debug)]
+pub struct Lab {
+    prefix: String,
+    net: String,
+}
+
+fn script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("netns-lab.sh")
+}
+
+impl Lab {
+    /// Makes a lab of `n` nodes with addresses `{net}.11`, `{net}.12`, ...
+    /// and no IPv6. Returns `None` after saying why where namespaces cannot
+    /// be made and the lab is not required.
+    pub fn up(prefix: &str, net: &str, n: usize) -> anyhow::Result<Option<Lab>> {
+        let lab = Lab {
+            prefix: prefix.to_owned(),
+            net: net.to_owned(),
+        };
+        let out = lab
+            .script_command()
+            .args(["up", &n.to_string()])
+            .output()
+            .context("cannot run netns-lab.sh")?;
+        if out.status.success() {
+            return Ok(Some(lab));
+        }
+        let why = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+        if std::env::var(REQUIRE_ENV).as_deref() == Ok("require") {
+            bail!("cannot make the network namespace lab ({REQUIRE_ENV}=require): {why}");
+        }
+        eprintln!(
+            "\n*** SKIPPED: network namespace tests need root and iproute2 \
+             (netns-lab.sh up failed: {why}) ***\n"
+        );
+        Ok(None)
+    }
+
+    fn script_command(&self) -> Command {
+        let mut cmd = Command::new("bash");
+        cmd.arg(script())
+            .env("BLZ_PREFIX", &self.prefix)
+            .env("BLZ_NET", &self.net)
+            .env("BLZ_NO_V6", "1");
+        cmd
+    }
+
+    /// The namespace of node `node` (`'a'`, `'b'`, ...).
+    pub fn namespace(&self, node: char) -> String {
+        format!("{}_{node}", self.prefix)
+    }
+
+    /// Node `node`'s address on the lab's LAN.
+    pub fn ip(&self, node: char) -> String {
+        let i = u32::from(node) - u32::from('a') + 11;
+        format!("{}.{i}", self.net)
+    }
+
+    /// Runs `ip -n {namespace} args...` and fails if it does.
+    pub fn ip_cmd(&self, node: char, args: &[&str]) -> anyhow::Result<()> {
+        let out = Command::new("ip")
+            .arg("-n")
+            .arg(self.namespace(node))
+            .args(args)
+            .output()
+            .context("cannot run ip")?;
+        anyhow::ensure!(
+            out.status.success(),
+            "ip -n {} {}: {}",
+            self.namespace(node),
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Ok(())
+    }
+
+    /// Unplugs (`false`) or plugs back (`true`) node `node`'s LAN link.
+    pub fn set_link(&self, node: char, up: bool) -> anyhow::Result<()> {
+        self.ip_cmd(
+            node,
+            &["link", "set", "eth0", if up { "up" } else { "down" }],
+        )
+    }
+
+    /// Makes `from` drop everything it sends to `to`.
+    pub fn cut(&self, from: char, to: char) -> anyhow::Result<()> {
+        let target = format!("{}/32", self.ip(to));
+        self.ip_cmd(from, &["route", "add", "blackhole", &target])
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = self.script_command().arg("down").output();
+    }
+}

@@ -1,0 +1,174 @@
+//! Agents on a LAN of network namespaces (`tests/netns-lab.sh`): they find
+//! each other by mDNS alone, ride out an unplugged link and replay what
+//! was written meanwhile, and converge over a chain A-B-C where A and C
+//! cannot reach each other.
+//!
+//! Needs root; skipped loudly elsewhere, and an error under CI
+//! (`BLAZEDB_NETNS=require`).
+
+use blazedb::Client;
+use blazedb_tests::netns::Lab;
+use blazedb_tests::{TestAgent, connected, records, wait_until};
+
+const AGENT: &str = env!("CARGO_BIN_EXE_blazed-test-agent");
+const NODES: [char; 3] = ['a', 'b', 'c'];
+
+async fn write(cl: &Client, prefix: &str, n: usize) {
+    let coll = cl.db("lab").collection("r");
+    for i in 0..n {
+        coll.put(
+            &format!("{prefix}-{i}"),
+            &serde_json::json!({ "i": i, "by": prefix }),
+        )
+        .await
+        .expect("put");
+    }
+}
+
+/// Waits until every client holds the same `n` records.
+async fn converged(what: &str, clients: &[Client], n: usize) {
+    wait_until(what, || async {
+        let first = records(&clients[0], "lab", "r").await;
+        if first.len() != n {
+            return false;
+        }
+        for cl in &clients[1..] {
+            if records(cl, "lab", "r").await != first {
+                return false;
+            }
+        }
+        true
+    })
+    .await
+    .expect(what);
+}
+
+async fn clients(agents: &[TestAgent]) -> Vec<Client> {
+    let mut out = Vec::new();
+    for a in agents {
+        out.push(a.client().await.expect("client"));
+    }
+    out
+}
+
+async fn peer_state(cl: &Client, device: &str) -> Option<String> {
+    cl.peers()
+        .await
+        .ok()?
+        .into_iter()
+        .find(|p| p.device_id == device)
+        .map(|p| p.state)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lan_mdns_unplugged_link_and_chain() {
+    let Some(lab) = Lab::up("bzt", "10.79.0", NODES.len()).expect("lab") else {
+        return;
+    };
+    let listen = |port: u16| format!("0.0.0.0:{port}");
+    let first = listen(7340);
+    let mut agents = Vec::new();
+    for node in NODES {
+        let mut a = TestAgent::stopped_in(AGENT, &lab.namespace(node), &["--listen", &first])
+            .expect("agent");
+        a.restart().await.expect("start");
+        agents.push(a);
+    }
+    let cls = clients(&agents).await;
+    cls[0].create_mesh().await.expect("create mesh");
+    let code = cls[0]
+        .invite(Some(600), Some(0))
+        .await
+        .expect("invite")
+        .code;
+    for cl in &cls[1..] {
+        cl.join(&code).await.expect("join over the LAN");
+    }
+    for cl in &cls {
+        wait_until("a full mesh", || connected(cl, 2))
+            .await
+            .expect("full mesh");
+    }
+    let ids: Vec<String> = {
+        let mut v = Vec::new();
+        for cl in &cls {
+            v.push(cl.mesh_status().await.expect("status").device_id);
+        }
+        v
+    };
+    cls[0].db("lab").create().await.expect("create db");
+    for (cl, who) in cls.iter().zip(["a0", "b0", "c0"]) {
+        wait_until("the database everywhere", || async {
+            cl.databases()
+                .await
+                .is_ok_and(|ds| ds.iter().any(|d| d.name == "lab"))
+        })
+        .await
+        .expect("db synced");
+        write(cl, who, 10).await;
+    }
+    converged("the first writes everywhere", &cls, 30).await;
+
+    // B's cable is pulled for longer than the idle timeout; both sides
+    // write meanwhile; once it is back, both replay what the other missed.
+    lab.set_link('b', false).expect("unplug b");
+    write(&cls[0], "a-while-b-out", 20).await;
+    write(&cls[1], "b-while-out", 20).await;
+    wait_until("a to notice b is gone", || async {
+        peer_state(&cls[0], &ids[1]).await.as_deref() != Some("connected")
+    })
+    .await
+    .expect("b dropped");
+    assert_eq!(records(&cls[1], "lab", "r").await.len(), 50);
+    lab.set_link('b', true).expect("plug b back");
+    converged("the replay after b's outage", &cls, 70).await;
+
+    // Everyone stops, then starts on a new port, so the addresses they
+    // remember are all stale: only mDNS can bring them together again.
+    let second = listen(7341);
+    for a in &mut agents {
+        a.stop().await.expect("stop");
+    }
+    for a in &mut agents {
+        a.set_args(&["--listen", &second]);
+        a.restart().await.expect("restart");
+    }
+    let cls = clients(&agents).await;
+    for cl in &cls {
+        wait_until("a full mesh found by mDNS", || connected(cl, 2))
+            .await
+            .expect("mDNS mesh");
+    }
+
+    // A and C lose sight of each other; B is the only way between them.
+    for (i, (from, to)) in [('a', 'c'), ('c', 'a')].into_iter().enumerate() {
+        let agent = &mut agents[if i == 0 { 0 } else { 2 }];
+        agent.stop().await.expect("stop");
+        lab.cut(from, to).expect("cut");
+    }
+    agents[0].restart().await.expect("restart a");
+    agents[2].restart().await.expect("restart c");
+    let cls = clients(&agents).await;
+    wait_until("b to link a and c", || connected(&cls[1], 2))
+        .await
+        .expect("chain");
+    write(&cls[0], "a-chain", 10).await;
+    write(&cls[2], "c-chain", 10).await;
+    let (va, vc) = (
+        serde_json::json!({ "title": "from a" }),
+        serde_json::json!({ "title": "from c", "extra": true }),
+    );
+    let lab_a = cls[0].db("lab").collection("r");
+    let lab_c = cls[2].db("lab").collection("r");
+    let (ra, rc) = tokio::join!(lab_a.put("both", &va), lab_c.put("both", &vc));
+    ra.expect("put a");
+    rc.expect("put c");
+    converged("the chain to converge", &cls, 91).await;
+    for (cl, other) in [(&cls[0], &ids[2]), (&cls[2], &ids[0])] {
+        assert_ne!(
+            peer_state(cl, other).await.as_deref(),
+            Some("connected"),
+            "a and c were meant to be cut off from each other"
+        );
+    }
+}
