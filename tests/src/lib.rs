@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
+pub mod bench;
 pub mod netns;
 
 /// How long a test waits for something that should happen at once.

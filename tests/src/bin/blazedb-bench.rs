@@ -24,9 +24,10 @@ use anyhow::{Context as _, bail};
 use blazedb::{Client, Fields, Value};
 use blazedb_proto::api::{DbSettings, Durability};
 use blazedb_proto::frame::LEN_PREFIX;
+use blazedb_tests::bench::{Samples, batched_puts, print_latency, raw_fjall_puts, record};
 use blazedb_tests::{TestAgent, sibling_bin};
 use clap::Parser;
-use fjall::{KeyspaceCreateOptions, PersistMode};
+use fjall::KeyspaceCreateOptions;
 use interprocess::local_socket::tokio::{Listener, Stream};
 use interprocess::local_socket::traits::tokio::{Listener as _, Stream as _};
 use interprocess::local_socket::{GenericFilePath, ListenerOptions, ToFsName};
@@ -130,7 +131,7 @@ async fn run(quick: bool, only: &[String]) -> anyhow::Result<()> {
     if on("puts") || on("gets") {
         let raw_puts = raw_fjall_puts(dir.path(), n.puts, batch)?;
         let store_puts = store_puts(dir.path(), n.puts, batch).await?;
-        let our_puts = batched_puts(&client, n.puts, batch).await?;
+        let our_puts = batched_puts(&client, "bench", n.puts, batch).await?;
         println!("durable puts, batches of {batch}, {} records", n.puts);
         println!(
             "  raw fjall batch insert, SyncAll   {:>12.0} ops/s",
@@ -186,43 +187,6 @@ async fn run(quick: bool, only: &[String]) -> anyhow::Result<()> {
         redis_reference(n.round_trips.max(10_000));
     }
     Ok(())
-}
-
-fn record(i: i64) -> Fields {
-    Fields::from([
-        (
-            "title".to_owned(),
-            Value::String(format!("record number {i:08}")),
-        ),
-        ("status".to_owned(), Value::from("open")),
-        ("priority".to_owned(), Value::Int(i % 10)),
-        ("body".to_owned(), Value::String("x".repeat(40))),
-    ])
-}
-
-/// Latency samples in microseconds.
-struct Samples(Vec<f64>);
-
-impl Samples {
-    fn p(&self, pct: f64) -> f64 {
-        let mut v = self.0.clone();
-        v.sort_by(f64::total_cmp);
-        if v.is_empty() {
-            return f64::NAN;
-        }
-        let idx = ((pct / 100.0) * (v.len() - 1) as f64).round() as usize;
-        v[idx]
-    }
-}
-
-fn print_latency(label: &str, s: &Samples) {
-    let total: f64 = s.0.iter().sum();
-    println!(
-        "  {label:<32} p50 {:>7.1} us  p99 {:>7.1} us  ({:.0} round trips/s)",
-        s.p(50.0),
-        s.p(99.0),
-        s.0.len() as f64 / (total / 1e6)
-    );
 }
 
 async fn get_frame_sizes(coll: &blazedb::Collection) -> anyhow::Result<(usize, usize)> {
@@ -313,24 +277,6 @@ async fn raw_ping_pong(req_len: usize, resp_len: usize, n: usize) -> anyhow::Res
     Ok(Samples(out))
 }
 
-fn raw_fjall_puts(dir: &Path, n: usize, batch: usize) -> anyhow::Result<f64> {
-    let db = fjall::Database::builder(dir.join("raw")).open()?;
-    let ks = db.keyspace("items", KeyspaceCreateOptions::default)?;
-    let values: Vec<Vec<u8>> = (0..n as i64)
-        .map(|i| blazedb_proto::codec::to_vec(&record(i)))
-        .collect::<Result<_, _>>()?;
-    let t = Instant::now();
-    for (chunk_no, chunk) in values.chunks(batch).enumerate() {
-        let mut b = db.batch().durability(Some(PersistMode::SyncAll));
-        for (j, v) in chunk.iter().enumerate() {
-            let key = format!("items\0k{:08}", chunk_no * batch + j);
-            b.insert(&ks, key.into_bytes(), v.as_slice());
-        }
-        b.commit()?;
-    }
-    Ok(n as f64 / t.elapsed().as_secs_f64())
-}
-
 fn raw_fjall_gets(dir: &Path, n: usize, keys: usize) -> anyhow::Result<f64> {
     let db = fjall::Database::builder(dir.join("raw")).open()?;
     let ks = db.keyspace("items", KeyspaceCreateOptions::default)?;
@@ -389,34 +335,6 @@ async fn store_puts(dir: &Path, n: usize, batch: usize) -> anyhow::Result<f64> {
     let rate = n as f64 / t.elapsed().as_secs_f64();
     store.shutdown().await?;
     Ok(rate)
-}
-
-async fn batched_puts(client: &Client, n: usize, batch: usize) -> anyhow::Result<f64> {
-    let db = client.db("bench");
-    let in_flight = 4;
-    let t = Instant::now();
-    let mut handles = Vec::new();
-    let batches = n / batch;
-    for lane in 0..in_flight {
-        let db = db.clone();
-        handles.push(tokio::spawn(async move {
-            let mut b = lane;
-            while b < batches {
-                let mut w = db.batch();
-                for j in 0..batch {
-                    let i = (b * batch + j) as i64;
-                    w = w.put("items", Some(&format!("k{i:08}")), record(i));
-                }
-                w.commit().await?;
-                b += in_flight;
-            }
-            anyhow::Ok(())
-        }));
-    }
-    for h in handles {
-        h.await??;
-    }
-    Ok(n as f64 / t.elapsed().as_secs_f64())
 }
 
 async fn pipelined_gets(client: &Client, n: usize, keys: usize) -> anyhow::Result<f64> {

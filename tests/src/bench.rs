@@ -1,0 +1,115 @@
+//! Pieces the benchmarks share: the record they write, latency samples,
+//! and the raw fjall figure they compare against.
+
+use std::path::Path;
+use std::time::Instant;
+
+use blazedb::{Client, Fields, Value};
+use fjall::{KeyspaceCreateOptions, PersistMode};
+
+/// The record written as number `i`: four fields, about 100 bytes.
+pub fn record(i: i64) -> Fields {
+    Fields::from([
+        (
+            "title".to_owned(),
+            Value::String(format!("record number {i:08}")),
+        ),
+        ("status".to_owned(), Value::from("open")),
+        ("priority".to_owned(), Value::Int(i % 10)),
+        ("body".to_owned(), Value::String("x".repeat(40))),
+    ])
+}
+
+/// Latency samples in microseconds.
+#[derive(Debug, Clone, Default)]
+pub struct Samples(pub Vec<f64>);
+
+impl Samples {
+    /// The `pct` percentile (0 to 100).
+    pub fn p(&self, pct: f64) -> f64 {
+        let mut v = self.0.clone();
+        v.sort_by(f64::total_cmp);
+        if v.is_empty() {
+            return f64::NAN;
+        }
+        let idx = ((pct / 100.0) * (v.len() - 1) as f64).round() as usize;
+        v[idx]
+    }
+}
+
+/// Prints p50, p99 and the rate the samples add up to, one after another.
+pub fn print_latency(label: &str, s: &Samples) {
+    let total: f64 = s.0.iter().sum();
+    println!(
+        "  {label:<32} p50 {:>7.1} us  p99 {:>7.1} us  ({:.0} round trips/s)",
+        s.p(50.0),
+        s.p(99.0),
+        s.0.len() as f64 / (total / 1e6)
+    );
+}
+
+/// Inserts `n` records straight into fjall under `dir`, `batch` to a
+/// durable batch: the ceiling for anything that stores them. Returns
+/// records per second.
+pub fn raw_fjall_puts(dir: &Path, n: usize, batch: usize) -> anyhow::Result<f64> {
+    let db = fjall::Database::builder(dir.join("raw")).open()?;
+    let ks = db.keyspace("items", KeyspaceCreateOptions::default)?;
+    let values: Vec<Vec<u8>> = (0..n as i64)
+        .map(|i| blazedb_proto::codec::to_vec(&record(i)))
+        .collect::<Result<_, _>>()?;
+    let t = Instant::now();
+    for (chunk_no, chunk) in values.chunks(batch).enumerate() {
+        let mut b = db.batch().durability(Some(PersistMode::SyncAll));
+        for (j, v) in chunk.iter().enumerate() {
+            let key = format!("items\0k{:08}", chunk_no * batch + j);
+            b.insert(&ks, key.into_bytes(), v.as_slice());
+        }
+        b.commit()?;
+    }
+    Ok(n as f64 / t.elapsed().as_secs_f64())
+}
+
+/// Writes records `k{i:08}` for `i` in `0..n` to `db`/`items` through the
+/// agent, `batch` to a commit, four commits in flight. Returns records per
+/// second.
+pub async fn batched_puts(
+    client: &Client,
+    db: &str,
+    n: usize,
+    batch: usize,
+) -> anyhow::Result<f64> {
+    let db = client.db(db);
+    let in_flight = 4;
+    let t = Instant::now();
+    let mut handles = Vec::new();
+    let batches = n.div_ceil(batch);
+    for lane in 0..in_flight {
+        let db = db.clone();
+        handles.push(tokio::spawn(async move {
+            let mut b = lane;
+            while b < batches {
+                let mut w = db.batch();
+                for i in b * batch..((b + 1) * batch).min(n) {
+                    let i = i as i64;
+                    w = w.put("items", Some(&format!("k{i:08}")), record(i));
+                }
+                w.commit().await?;
+                b += in_flight;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for h in handles {
+        h.await??;
+    }
+    Ok(n as f64 / t.elapsed().as_secs_f64())
+}
+
+/// A process's resident memory in KiB, from `/proc`.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}

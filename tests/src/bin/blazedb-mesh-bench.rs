@@ -1,0 +1,429 @@
+//! Benchmarks of sync between agents over QUIC, beside the raw limits they
+//! rest on, in one run:
+//!
+//! ```text
+//! cargo build --release -p blazedb-tests --bins && target/release/blazedb-mesh-bench
+//! ```
+//!
+//! - replication throughput from one agent to another (loopback), beside
+//!   raw fjall batch inserts on the same disk and a raw quinn stream;
+//! - one-hop latency, a commit on one agent to the change event on the
+//!   other, on loopback and (as root) across two network namespaces;
+//! - the initial sync of a database to a newly joined device;
+//! - the agents' resident memory, idle and during replication.
+//!
+//! It starts its own agents (the `blazed-test-agent` binary built beside
+//! it) on temporary directories.
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use blazedb::{Client, Fields, Value};
+use blazedb_proto::{DeviceId, Hlc, Op, OpBody, codec};
+use blazedb_tests::bench::{Samples, batched_puts, print_latency, raw_fjall_puts, record, rss_kib};
+use blazedb_tests::netns::Lab;
+use blazedb_tests::{TestAgent, connected, sibling_bin};
+use clap::Parser;
+
+#[derive(Debug, Parser)]
+#[command(about = "Benchmarks sync between blazed agents beside raw fjall and raw quinn")]
+struct Args {
+    /// Run small counts (a smoke run, not a measurement).
+    #[arg(long)]
+    quick: bool,
+    /// Run only these sections (throughput, latency, initial); all when not
+    /// given.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Records replicated in the throughput run.
+    #[arg(long, default_value_t = 200_000)]
+    records: usize,
+    /// Records in the database a new device syncs at join.
+    #[arg(long, default_value_t = 1_000_000)]
+    initial: usize,
+    /// Writes timed one at a time in the latency run.
+    #[arg(long, default_value_t = 2_000)]
+    samples: usize,
+}
+
+/// Records per write batch, as an app importing data would write them.
+const BATCH: usize = 1000;
+/// A record that sorts and is written after all others: once a replica
+/// has it, it has everything before it.
+const LAST: &str = "zz-last";
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(run(args))
+}
+
+async fn run(mut args: Args) -> anyhow::Result<()> {
+    if args.quick {
+        args.records = 10_000;
+        args.initial = 20_000;
+        args.samples = 200;
+    }
+    let on = |section: &str| args.only.is_empty() || args.only.iter().any(|s| s == section);
+    let bin = sibling_bin("blazed-test-agent");
+    if !bin.exists() {
+        bail!(
+            "{} is missing: build it first with `cargo build --release -p blazedb-tests --bins`",
+            bin.display()
+        );
+    }
+    println!(
+        "blazedb-mesh-bench ({} mode)\n",
+        if args.quick { "quick" } else { "full" }
+    );
+    let mut a = TestAgent::start(&bin).await?;
+    let mut b = TestAgent::start(&bin).await?;
+    let (ca, cb) = (a.client().await?, b.client().await?);
+    pair(&ca, &[&cb]).await?;
+
+    if on("throughput") {
+        let idle = (rss(&a), rss(&b));
+        throughput(&ca, &cb, &a, &b, args.records).await?;
+        println!(
+            "  resident memory idle: {} / {} (sender / receiver)\n",
+            idle.0, idle.1
+        );
+    }
+    if on("latency") {
+        let lo = latency(&ca, &cb, args.samples).await?;
+        println!(
+            "one hop, commit on A -> change event on B ({} writes, one at a time)",
+            args.samples
+        );
+        print_latency("loopback", &lo);
+        match lab_latency(&bin, args.samples).await? {
+            Some(lan) => print_latency("two namespaces over a veth LAN", &lan),
+            None => println!("  (namespace LAN skipped: it needs root)"),
+        }
+        println!("  target: p99 < 2000 us across the LAN\n");
+    }
+    if on("initial") {
+        b.kill();
+        initial_sync(&ca, &mut a, &bin, args.initial).await?;
+    }
+    Ok(())
+}
+
+/// Joins `others` to a new mesh made by `first` and waits until all are
+/// linked.
+async fn pair(first: &Client, others: &[&Client]) -> anyhow::Result<()> {
+    if first.mesh_status().await?.mesh.is_none() {
+        first.create_mesh().await?;
+    }
+    let code = first.invite(Some(600), Some(0)).await?.code;
+    for c in others {
+        c.join(&code).await?;
+    }
+    let n = others.len();
+    wait("the mesh to link up", Duration::from_secs(30), || async {
+        connected(first, n).await
+    })
+    .await
+}
+
+/// Polls `cond` every 2 ms until it holds or `limit` passes.
+async fn wait<F, Fut>(what: &str, limit: Duration, mut cond: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let t = Instant::now();
+    while !cond().await {
+        if t.elapsed() > limit {
+            bail!("timed out after {limit:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    Ok(())
+}
+
+async fn has(client: &Client, db: &str, id: &str) -> bool {
+    client
+        .db(db)
+        .collection("items")
+        .get_record(id)
+        .await
+        .is_ok_and(|r| r.is_some())
+}
+
+/// Creates `db` on `from` and waits until `to` has it too.
+async fn shared_db(from: &Client, to: &Client, db: &str) -> anyhow::Result<()> {
+    from.db(db).create().await?;
+    from.db(db)
+        .collection("items")
+        .put_fields("probe", record(0))
+        .await?;
+    wait(
+        "the database to reach the peer",
+        Duration::from_secs(30),
+        || has(to, db, "probe"),
+    )
+    .await
+}
+
+fn rss(agent: &TestAgent) -> String {
+    agent.pid().and_then(rss_kib).map_or_else(
+        || "?".to_owned(),
+        |k| format!("{:.1} MiB", k as f64 / 1024.0),
+    )
+}
+
+/// The highest resident memory of `pids` seen until `stop`.
+fn sample_peak_rss(pids: Vec<u32>, stop: Arc<AtomicBool>) -> Arc<Vec<AtomicU64>> {
+    let peaks: Arc<Vec<AtomicU64>> = Arc::new(pids.iter().map(|_| AtomicU64::new(0)).collect());
+    let out = peaks.clone();
+    tokio::spawn(async move {
+        while !stop.load(Ordering::Relaxed) {
+            for (pid, peak) in pids.iter().zip(peaks.iter()) {
+                if let Some(k) = rss_kib(*pid) {
+                    peak.fetch_max(k, Ordering::Relaxed);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    out
+}
+
+fn mib(kib: &AtomicU64) -> String {
+    format!("{:.1} MiB", kib.load(Ordering::Relaxed) as f64 / 1024.0)
+}
+
+async fn throughput(
+    ca: &Client,
+    cb: &Client,
+    a: &TestAgent,
+    b: &TestAgent,
+    n: usize,
+) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let raw = raw_fjall_puts(dir.path(), n, BATCH)?;
+    let op_bytes = op_size();
+    let quic = raw_quinn(512 << 20).await?;
+    shared_db(ca, cb, "bench").await?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let pids = [a.pid(), b.pid()].into_iter().flatten().collect();
+    let peaks = sample_peak_rss(pids, stop.clone());
+    let t = Instant::now();
+    let local = batched_puts(ca, "bench", n, BATCH).await?;
+    ca.db("bench")
+        .collection("items")
+        .put_fields(LAST, record(0))
+        .await?;
+    wait(
+        "B to receive every record",
+        Duration::from_secs(600),
+        || has(cb, "bench", LAST),
+    )
+    .await?;
+    let secs = t.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    let got = cb
+        .db("bench")
+        .collection("items")
+        .query()
+        .fetch_all()
+        .await?;
+    anyhow::ensure!(
+        got.len() == n + 2,
+        "B holds {} records, expected {}",
+        got.len(),
+        n + 2
+    );
+    let ours = (n + 1) as f64 / secs;
+    println!("replication, {n} records written on A in batches of {BATCH}, until B has them all");
+    println!("  raw fjall batch inserts (B's disk)     {raw:>12.0} records/s");
+    println!(
+        "  raw quinn stream, one process          {:>12.0} records/s  ({:.0} MB/s at {op_bytes} B per op)",
+        quic / op_bytes as f64,
+        quic / 1e6
+    );
+    println!("  A's local writes alone (while syncing) {local:>12.0} records/s");
+    println!(
+        "  A -> B replicated, sustained           {ours:>12.0} records/s  ({:.0}% of raw fjall; target >= 50%)",
+        100.0 * ours / raw
+    );
+    println!(
+        "  resident memory at peak: {} / {} (sender / receiver)",
+        mib(&peaks[0]),
+        mib(&peaks[1])
+    );
+    Ok(())
+}
+
+/// The encoded size of one replicated put of a benchmark record.
+fn op_size() -> usize {
+    let body = OpBody::Put {
+        collection: "items".into(),
+        id: "k00123456".into(),
+        fields: record(123_456),
+    };
+    let op = Op {
+        origin: DeviceId([7; 32]),
+        seq: 123_456,
+        hlc: Hlc(1_750_000_000_000 << Hlc::COUNTER_BITS),
+        priority: 0,
+        body: codec::to_vec(&body).unwrap_or_default(),
+    };
+    codec::to_vec(&op).map_or(0, |v| v.len())
+}
+
+/// Sends `total` bytes over one quinn stream on loopback, in this process;
+/// returns bytes per second.
+async fn raw_quinn(total: usize) -> anyhow::Result<f64> {
+    let cert = rcgen::generate_simple_self_signed(vec!["bench".into()])?;
+    let key = rustls::pki_types::PrivatePkcs8KeyDer::from(cert.signing_key.serialize_der());
+    let server_cfg =
+        quinn::ServerConfig::with_single_cert(vec![cert.cert.der().clone()], key.into())?;
+    let server = quinn::Endpoint::server(server_cfg, "127.0.0.1:0".parse()?)?;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.cert.der().clone())?;
+    let mut client = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+    client.set_default_client_config(quinn::ClientConfig::with_root_certificates(Arc::new(
+        roots,
+    ))?);
+    let addr = server.local_addr()?;
+    let receiver = tokio::spawn(async move {
+        let conn = server.accept().await.context("no connection")?.await?;
+        let mut stream = conn.accept_uni().await?;
+        let mut got = 0usize;
+        let mut buf = vec![0u8; 1 << 20];
+        while let Some(k) = stream.read(&mut buf).await? {
+            got += k;
+        }
+        conn.close(0u32.into(), b"done");
+        anyhow::Ok(got)
+    });
+    let conn = client.connect(addr, "bench")?.await?;
+    let chunk = vec![0x5au8; 1 << 20];
+    let t = Instant::now();
+    let mut send = conn.open_uni().await?;
+    let mut sent = 0;
+    while sent < total {
+        send.write_all(&chunk).await?;
+        sent += chunk.len();
+    }
+    send.finish()?;
+    let got = receiver.await??;
+    let secs = t.elapsed().as_secs_f64();
+    anyhow::ensure!(got == sent, "sent {sent} bytes, {got} arrived");
+    client.wait_idle().await;
+    Ok(got as f64 / secs)
+}
+
+/// Writes on `ca` one at a time and times each until `cb` streams it.
+async fn latency(ca: &Client, cb: &Client, n: usize) -> anyhow::Result<Samples> {
+    let db = "latency";
+    if ca.databases().await?.iter().all(|d| d.name != db) {
+        shared_db(ca, cb, db).await?;
+    }
+    let mut sub = cb.db(db).subscribe().await?;
+    let coll = ca.db(db).collection("items");
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n as i64 {
+        let t = Instant::now();
+        coll.put_fields("x", Fields::from([("i".to_owned(), Value::Int(i))]))
+            .await?;
+        loop {
+            let c = tokio::time::timeout(Duration::from_secs(10), sub.next())
+                .await
+                .context("no change event within 10 s")?
+                .context("the subscription ended")?;
+            if c.fields.get("i") == Some(&Value::Int(i)) {
+                break;
+            }
+        }
+        out.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    Ok(Samples(out))
+}
+
+/// The latency run between agents in two network namespaces, if they can
+/// be made.
+async fn lab_latency(bin: &std::path::Path, n: usize) -> anyhow::Result<Option<Samples>> {
+    let Some(lab) = Lab::up("bzb", "10.80.0", 2)? else {
+        return Ok(None);
+    };
+    let mut agents = Vec::new();
+    for node in ['a', 'b'] {
+        let mut agent =
+            TestAgent::stopped_in(bin, &lab.namespace(node), &["--listen", "0.0.0.0:7340"])?;
+        agent.restart().await?;
+        agents.push(agent);
+    }
+    let (ca, cb) = (agents[0].client().await?, agents[1].client().await?);
+    pair(&ca, &[&cb]).await?;
+    let s = latency(&ca, &cb, n).await?;
+    drop(agents);
+    drop(lab);
+    Ok(Some(s))
+}
+
+/// Writes `n` records on A, then times a new device from `join` until it
+/// holds all of them.
+async fn initial_sync(
+    ca: &Client,
+    a: &mut TestAgent,
+    bin: &std::path::Path,
+    n: usize,
+) -> anyhow::Result<()> {
+    let db = "initial";
+    ca.db(db).create().await?;
+    let t = Instant::now();
+    batched_puts(ca, db, n, BATCH).await?;
+    ca.db(db)
+        .collection("items")
+        .put_fields(LAST, record(0))
+        .await?;
+    let written = t.elapsed().as_secs_f64();
+    let c = TestAgent::start(bin).await?;
+    let cc = c.client().await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let pids = [a.pid(), c.pid()].into_iter().flatten().collect();
+    let peaks = sample_peak_rss(pids, stop.clone());
+    let code = ca.invite(Some(600), Some(1)).await?.code;
+    let t = Instant::now();
+    cc.join(&code).await?;
+    wait(
+        "the new device to hold every record",
+        Duration::from_secs(600),
+        || has(&cc, db, LAST),
+    )
+    .await?;
+    let secs = t.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    let got = cc.db(db).collection("items").query().fetch_all().await?;
+    anyhow::ensure!(
+        got.len() == n + 1,
+        "the new device holds {} records, expected {}",
+        got.len(),
+        n + 1
+    );
+    println!(
+        "initial sync of {n} records to a newly joined device (written on A in {written:.1} s)"
+    );
+    println!(
+        "  join -> all records on the new device  {secs:>8.2} s  ({:.0} records/s; target < 10 s)",
+        n as f64 / secs
+    );
+    println!(
+        "  resident memory at peak: {} / {} (sender / new device)",
+        mib(&peaks[0]),
+        mib(&peaks[1])
+    );
+    Ok(())
+}
