@@ -286,11 +286,18 @@ fn collection_meta_key(db_id: u32, name: &str) -> Vec<u8> {
     [META_COLLECTION, &db_id.to_be_bytes(), name.as_bytes()].concat()
 }
 
+/// The most one keyspace buffers in memory before flushing to disk. A
+/// database has three keyspaces, and a memtable weighs about twice the
+/// data it holds, so fjall's 64 MiB default let one busy database take
+/// hundreds of MiB.
+const MEMTABLE_BYTES: u64 = 16 * 1024 * 1024;
+
 fn open_keyspaces(fj: &fjall::Database, id: u32) -> Result<[Keyspace; 3], StoreError> {
+    let options = || KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES);
     Ok([
-        fj.keyspace(&format!("d{id}_records"), KeyspaceCreateOptions::default)?,
-        fj.keyspace(&format!("d{id}_log"), KeyspaceCreateOptions::default)?,
-        fj.keyspace(&format!("d{id}_index"), KeyspaceCreateOptions::default)?,
+        fj.keyspace(&format!("d{id}_records"), options)?,
+        fj.keyspace(&format!("d{id}_log"), options)?,
+        fj.keyspace(&format!("d{id}_index"), options)?,
     ])
 }
 

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use blazedb::{Client, Fields, Value};
+use blazedb_proto::api::{DbSettings, SyncMode};
 use blazedb_proto::{DeviceId, Hlc, Op, OpBody, codec};
 use blazedb_tests::bench::{Samples, batched_puts, print_latency, raw_fjall_puts, record, rss_kib};
 use blazedb_tests::netns::Lab;
@@ -89,14 +90,11 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
     let (ca, cb) = (a.client().await?, b.client().await?);
     pair(&ca, &[&cb]).await?;
 
-    if on("throughput") {
-        let idle = (rss(&a), rss(&b));
-        throughput(&ca, &cb, &a, &b, args.records).await?;
-        println!(
-            "  resident memory idle: {} / {} (sender / receiver)\n",
-            idle.0, idle.1
-        );
-    }
+    let idle = (rss(&a), rss(&b));
+    println!(
+        "resident memory idle, linked: {} / {} (A / B)\n",
+        idle.0, idle.1
+    );
     if on("latency") {
         let lo = latency(&ca, &cb, args.samples).await?;
         println!(
@@ -109,6 +107,9 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
             None => println!("  (namespace LAN skipped: it needs root)"),
         }
         println!("  target: p99 < 2000 us across the LAN\n");
+    }
+    if on("throughput") {
+        throughput(&ca, &cb, &a, &b, args.records).await?;
     }
     if on("initial") {
         b.kill();
@@ -261,6 +262,38 @@ async fn throughput(
         "  resident memory at peak: {} / {} (sender / receiver)",
         mib(&peaks[0]),
         mib(&peaks[1])
+    );
+
+    // The same through the sync path alone: A writes a database it keeps
+    // to itself, then turns sync on, and B gets a backlog of `n` ops.
+    let db = "backlog";
+    ca.db(db)
+        .create_with(
+            DbSettings {
+                sync_mode: SyncMode::Local,
+                ..Default::default()
+            },
+            false,
+        )
+        .await?;
+    batched_puts(ca, db, n, BATCH).await?;
+    ca.db(db)
+        .collection("items")
+        .put_fields(LAST, record(0))
+        .await?;
+    let t = Instant::now();
+    ca.db(db).set_sync_mode(SyncMode::Sync).await?;
+    wait("B to catch up", Duration::from_secs(600), || {
+        has(cb, db, LAST)
+    })
+    .await?;
+    let secs = t.elapsed().as_secs_f64();
+    let got = cb.db(db).collection("items").query().fetch_all().await?;
+    anyhow::ensure!(got.len() == n + 1, "B caught up with {} records", got.len());
+    let backlog = (n + 1) as f64 / secs;
+    println!(
+        "  backlog of {n} ops, sync turned on    {backlog:>12.0} records/s  ({:.0}% of raw fjall; {secs:.2} s)\n",
+        100.0 * backlog / raw
     );
     Ok(())
 }
