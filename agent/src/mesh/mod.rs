@@ -20,6 +20,9 @@ pub mod session;
 pub mod state;
 pub mod tls;
 
+#[cfg(test)]
+mod tests;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
