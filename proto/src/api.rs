@@ -217,6 +217,10 @@ pub struct PeerInfo {
     pub rtt_ms: Option<f64>,
     /// When sync with it last made progress, in ms since the Unix epoch.
     pub last_sync_ms: Option<u64>,
+    /// Something the user should act on, such as two machines running with
+    /// this device's key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
 }
 
 /// The method name of change-event notifications.

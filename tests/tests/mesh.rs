@@ -353,3 +353,37 @@ async fn spokes_sync_through_a_hub_then_directly_without_duplicates() {
     assert_eq!(from(&a_id), 41, "a's writes in b's log");
     assert_eq!(from(&b_status.device_id), 40, "b's own writes in its log");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cloned_device_is_reported_by_its_peers() {
+    let (mut agents, clients) = mesh_of(2).await;
+    let b = &clients[1];
+    let a_id = clients[0].mesh_status().await.expect("status").device_id;
+
+    // A copy of A's whole data directory (key, mesh, databases) starts on
+    // a port of its own beside A, as after cloning a disk.
+    agents[0].stop().await.expect("stop a");
+    let mut clone = TestAgent::stopped(AGENT, &[]).expect("clone");
+    let copied = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", agents[0].data_dir().display()))
+        .arg(clone.data_dir())
+        .status()
+        .expect("cp");
+    assert!(copied.success());
+    agents[0].restart().await.expect("restart a");
+    clone.restart().await.expect("start the clone");
+
+    wait_until("b to report a running in two places", || async {
+        b.peers().await.is_ok_and(|ps| {
+            ps.iter().any(|p| {
+                p.device_id == a_id
+                    && p.warning
+                        .as_deref()
+                        .is_some_and(|w| w.contains("two machines"))
+            })
+        })
+    })
+    .await
+    .expect("clone reported");
+}

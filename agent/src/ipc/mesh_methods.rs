@@ -87,6 +87,14 @@ fn peers(m: &Mesh) -> PeersResult {
                     .or_else(|| p.member.addrs.first().cloned()),
                 rtt_ms: p.rtt.map(|d| d.as_secs_f64() * 1000.0),
                 last_sync_ms: p.last_sync_ms,
+                warning: p.clone_addrs.map(|addrs| {
+                    let at: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+                    format!(
+                        "live at {} at once: two machines run with this device's key \
+                         (a cloned disk or a restored backup); move device.key away on one",
+                        at.join(" and ")
+                    )
+                }),
             })
             .collect(),
     }

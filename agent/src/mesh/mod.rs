@@ -13,6 +13,7 @@
 //! there is one session: when both dial at once, the connection dialled by
 //! the device with the smaller id is kept, by both sides alike.
 
+mod clones;
 pub mod discovery;
 pub mod driver;
 pub mod proof;
@@ -112,6 +113,7 @@ pub(crate) struct Shared {
     dials: Mutex<BTreeMap<String, DialState>>,
     /// Addresses mDNS found, per device.
     discovered: Mutex<BTreeMap<DeviceId, BTreeSet<SocketAddr>>>,
+    clones: Mutex<clones::CloneWatch>,
     next_link: AtomicU64,
     wake: Notify,
     /// Tells discovery the mesh changed, so it announces the new tag.
@@ -291,6 +293,18 @@ impl Shared {
             if !keep_new {
                 return false;
             }
+            let (old, new) = (existing.conn.remote_address(), conn.remote_address());
+            if existing.dialled == dialled
+                && existing.conn.close_reason().is_none()
+                && lock(&self.clones).replaced_live(peer, old, new, now_ms())
+            {
+                tracing::error!(
+                    peer = %peer,
+                    "device {peer} is live at {old} and at {new} at once: two machines run \
+                     with one key (a cloned disk or a restored backup). Give one of them a new \
+                     identity by moving its device.key away"
+                );
+            }
             existing.conn.close(close_code::DUPLICATE, b"replaced");
         }
         sessions.insert(
@@ -341,6 +355,9 @@ pub struct PeerView {
     pub rtt: Option<Duration>,
     /// When sync with it last made progress, in ms since the Unix epoch.
     pub last_sync_ms: Option<u64>,
+    /// The addresses it was seen live at at once, if two machines seem to
+    /// run with its key.
+    pub clone_addrs: Option<Vec<SocketAddr>>,
 }
 
 impl Mesh {
@@ -399,6 +416,7 @@ impl Mesh {
             sessions: Mutex::new(BTreeMap::new()),
             dials: Mutex::new(BTreeMap::new()),
             discovered: Mutex::new(BTreeMap::new()),
+            clones: Mutex::default(),
             next_link: AtomicU64::new(1),
             wake: Notify::new(),
             mesh_changed,
@@ -592,11 +610,14 @@ impl Mesh {
         let stats = self.driver.stats();
         let members: Vec<Member> = lock(&self.shared.state).members.values().cloned().collect();
         let sessions = lock(&self.shared.sessions);
+        let clones = lock(&self.shared.clones);
+        let now = now_ms();
         members
             .into_iter()
             .map(|m| {
                 let s = sessions.get(&m.device);
                 PeerView {
+                    clone_addrs: clones.suspect(&m.device, now),
                     connected: s.is_some(),
                     address: s.map(|s| s.conn.remote_address()),
                     rtt: s.map(|s| s.conn.rtt()),

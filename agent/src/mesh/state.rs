@@ -254,10 +254,16 @@ impl MeshState {
     /// Records what a member says of itself. Returns whether anything
     /// changed; a removed device stays removed.
     pub fn note_member(&mut self, m: &Member) -> bool {
-        let entry = self.members.entry(m.device).or_insert_with(|| Member {
-            removed: false,
-            ..m.clone()
-        });
+        let Some(entry) = self.members.get_mut(&m.device) else {
+            self.members.insert(
+                m.device,
+                Member {
+                    removed: false,
+                    ..m.clone()
+                },
+            );
+            return true;
+        };
         let before = entry.clone();
         entry.name = m.name.clone();
         entry.role = m.role;
@@ -376,6 +382,13 @@ mod tests {
         s.note_member(&member(1, false));
         assert!(s.is_removed(&DeviceId([1; 32])));
         assert!(!s.admits(&DeviceId([1; 32]), 0));
+    }
+
+    #[test]
+    fn a_new_member_counts_as_a_change_so_it_is_saved() {
+        let mut s = MeshState::default();
+        assert!(s.note_member(&member(3, false)), "a newcomer is a change");
+        assert!(!s.note_member(&member(3, false)), "the same again is not");
     }
 
     #[test]

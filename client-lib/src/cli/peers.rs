@@ -45,5 +45,10 @@ pub(crate) async fn run(client: &Client, opts: Opts) -> anyhow::Result<()> {
         ],
         rows,
     );
+    for p in &peers {
+        if let Some(w) = &p.warning {
+            eprintln!("warning: {} ({}) {w}", p.device_id, p.name);
+        }
+    }
     Ok(())
 }
