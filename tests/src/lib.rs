@@ -30,17 +30,53 @@ pub async fn wait_for<T>(what: &str, mut cond: impl FnMut() -> Option<T>) -> any
 }
 
 /// Polls the async `cond` until it holds, or fails after `DEADLINE`.
-pub async fn wait_until<F, Fut>(what: &str, mut cond: F) -> anyhow::Result<()>
+pub async fn wait_until<F, Fut>(what: &str, cond: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    wait_within(what, DEADLINE, cond).await
+}
+
+/// Polls the async `cond` every 2 ms until it holds, or fails after
+/// `limit`.
+pub async fn wait_within<F, Fut>(what: &str, limit: Duration, mut cond: F) -> anyhow::Result<()>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
     let start = Instant::now();
     while !cond().await {
-        if start.elapsed() > DEADLINE {
-            bail!("timed out after {DEADLINE:?} waiting for {what}");
+        if start.elapsed() > limit {
+            bail!("timed out after {limit:?} waiting for {what}");
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    Ok(())
+}
+
+/// Makes a mesh on `first` (unless it has one), joins `others` to it with
+/// one invite, and waits until every one of them is linked with all the
+/// rest.
+pub async fn join_mesh(first: &blazedb::Client, others: &[&blazedb::Client]) -> anyhow::Result<()> {
+    if first.mesh_status().await?.mesh.is_none() {
+        first.create_mesh().await?;
+    }
+    let code = first.invite(Some(600), Some(0)).await?.code;
+    for c in others {
+        let s = c.join(&code).await?;
+        anyhow::ensure!(s.mesh.is_some(), "joined, yet in no mesh");
+    }
+    let n = others.len();
+    for (i, c) in [first]
+        .into_iter()
+        .chain(others.iter().copied())
+        .enumerate()
+    {
+        wait_until(&format!("agent {i} to link with all {n} others"), || {
+            connected(c, n)
+        })
+        .await?;
     }
     Ok(())
 }

@@ -8,7 +8,7 @@
 
 use blazedb::Client;
 use blazedb_tests::netns::Lab;
-use blazedb_tests::{TestAgent, connected, records, wait_until};
+use blazedb_tests::{TestAgent, connected, join_mesh, records, wait_until};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_blazed-test-agent");
 const NODES: [char; 3] = ['a', 'b', 'c'];
@@ -75,20 +75,9 @@ async fn lan_mdns_unplugged_link_and_chain() {
         agents.push(a);
     }
     let cls = clients(&agents).await;
-    cls[0].create_mesh().await.expect("create mesh");
-    let code = cls[0]
-        .invite(Some(600), Some(0))
+    join_mesh(&cls[0], &[&cls[1], &cls[2]])
         .await
-        .expect("invite")
-        .code;
-    for cl in &cls[1..] {
-        cl.join(&code).await.expect("join over the LAN");
-    }
-    for cl in &cls {
-        wait_until("a full mesh", || connected(cl, 2))
-            .await
-            .expect("full mesh");
-    }
+        .expect("a full mesh over the LAN");
     let ids: Vec<String> = {
         let mut v = Vec::new();
         for cl in &cls {

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use blazedb::{Client, Value};
 use blazedb_proto::mesh::Invite;
-use blazedb_tests::{TestAgent, connected, records, wait_until};
+use blazedb_tests::{TestAgent, connected, join_mesh, records, wait_until};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_blazed-test-agent");
 
@@ -20,23 +20,8 @@ async fn mesh_of(n: usize) -> (Vec<TestAgent>, Vec<Client>) {
         clients.push(a.client().await.expect("client"));
         agents.push(a);
     }
-    clients[0].create_mesh().await.expect("create mesh");
-    let code = clients[0]
-        .invite(Some(600), Some(0))
-        .await
-        .expect("invite")
-        .code;
-    for c in &clients[1..] {
-        let s = c.join(&code).await.expect("join");
-        assert!(s.mesh.is_some());
-    }
-    for (i, c) in clients.iter().enumerate() {
-        wait_until(&format!("agent {i} connected to all others"), || {
-            connected(c, n - 1)
-        })
-        .await
-        .expect("full mesh");
-    }
+    let others: Vec<&Client> = clients[1..].iter().collect();
+    join_mesh(&clients[0], &others).await.expect("full mesh");
     (agents, clients)
 }
 

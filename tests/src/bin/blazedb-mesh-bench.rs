@@ -28,7 +28,7 @@ use blazedb_proto::api::{DbSettings, SyncMode};
 use blazedb_proto::{DeviceId, Hlc, Op, OpBody, codec};
 use blazedb_tests::bench::{Samples, batched_puts, print_latency, raw_fjall_puts, record, rss_kib};
 use blazedb_tests::netns::Lab;
-use blazedb_tests::{TestAgent, connected, sibling_bin};
+use blazedb_tests::{TestAgent, join_mesh, sibling_bin, wait_within as wait};
 use clap::Parser;
 
 #[derive(Debug, Parser)]
@@ -88,7 +88,7 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
     let mut a = TestAgent::start(&bin).await?;
     let mut b = TestAgent::start(&bin).await?;
     let (ca, cb) = (a.client().await?, b.client().await?);
-    pair(&ca, &[&cb]).await?;
+    join_mesh(&ca, &[&cb]).await?;
 
     let idle = (rss(&a), rss(&b));
     println!(
@@ -114,39 +114,6 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
     if on("initial") {
         b.kill();
         initial_sync(&ca, &mut a, &bin, args.initial).await?;
-    }
-    Ok(())
-}
-
-/// Joins `others` to a new mesh made by `first` and waits until all are
-/// linked.
-async fn pair(first: &Client, others: &[&Client]) -> anyhow::Result<()> {
-    if first.mesh_status().await?.mesh.is_none() {
-        first.create_mesh().await?;
-    }
-    let code = first.invite(Some(600), Some(0)).await?.code;
-    for c in others {
-        c.join(&code).await?;
-    }
-    let n = others.len();
-    wait("the mesh to link up", Duration::from_secs(30), || async {
-        connected(first, n).await
-    })
-    .await
-}
-
-/// Polls `cond` every 2 ms until it holds or `limit` passes.
-async fn wait<F, Fut>(what: &str, limit: Duration, mut cond: F) -> anyhow::Result<()>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let t = Instant::now();
-    while !cond().await {
-        if t.elapsed() > limit {
-            bail!("timed out after {limit:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
     }
     Ok(())
 }
@@ -399,7 +366,7 @@ async fn lab_latency(bin: &std::path::Path, n: usize) -> anyhow::Result<Option<S
         agents.push(agent);
     }
     let (ca, cb) = (agents[0].client().await?, agents[1].client().await?);
-    pair(&ca, &[&cb]).await?;
+    join_mesh(&ca, &[&cb]).await?;
     let s = latency(&ca, &cb, n).await?;
     drop(agents);
     drop(lab);
