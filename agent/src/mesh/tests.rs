@@ -54,8 +54,12 @@ impl Rogue {
         }
     }
 
-    /// Connects to `mesh` and completes the member handshake honestly.
-    async fn member_session(&self, mesh: &Mesh) -> quinn::Connection {
+    /// Connects to `mesh` and completes the member handshake honestly;
+    /// the control stream stays open while the returned streams live.
+    async fn member_session(
+        &self,
+        mesh: &Mesh,
+    ) -> (quinn::Connection, (quinn::SendStream, quinn::RecvStream)) {
         let keys = mesh.shared.keys().expect("a mesh");
         let name = tls::server_name_for(Some(&mesh.shared.me));
         let conn = self
@@ -90,9 +94,7 @@ impl Rogue {
             matches!(PeerMessage::decode(&reply), Ok(PeerMessage::Hello { .. })),
             "the agent did not accept an honest member"
         );
-        // Keep the control stream open for the rest of the session.
-        std::mem::forget((send, recv));
-        conn
+        (conn, (send, recv))
     }
 }
 
@@ -138,7 +140,7 @@ async fn a_member_that_breaks_the_protocol_is_cut_off_and_the_agent_goes_on() {
     let rogue = Rogue::new();
 
     // A length over the limit: refused from the prefix, nothing read.
-    let conn = rogue.member_session(&mesh).await;
+    let (conn, _control) = rogue.member_session(&mesh).await;
     let mut s = conn.open_uni().await.expect("stream");
     let over = MAX_PEER_FRAME + 1;
     s.write_all(&over.to_be_bytes()).await.expect("prefix");
@@ -147,7 +149,7 @@ async fn a_member_that_breaks_the_protocol_is_cut_off_and_the_agent_goes_on() {
     assert!(reason.contains("limit"), "{reason}");
 
     // A frame of the right shape whose content is not a sync message.
-    let conn = rogue.member_session(&mesh).await;
+    let (conn, _control) = rogue.member_session(&mesh).await;
     let mut s = conn.open_uni().await.expect("stream");
     let garbage = [0xc1u8; 16];
     let mut frame = (garbage.len() as u32).to_be_bytes().to_vec();
@@ -159,7 +161,7 @@ async fn a_member_that_breaks_the_protocol_is_cut_off_and_the_agent_goes_on() {
     assert!(reason.contains("undecodable"), "{reason}");
 
     // The agent still takes members, and shows this one connected.
-    let conn = rogue.member_session(&mesh).await;
+    let (conn, _control) = rogue.member_session(&mesh).await;
     let me = rogue.id.device_id();
     let start = std::time::Instant::now();
     while !mesh
