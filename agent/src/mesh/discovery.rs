@@ -14,6 +14,7 @@ use blazedb_proto::mesh::{MeshId, PEER_PROTOCOL_VERSION};
 use mdns_sd::{IfKind, ServiceDaemon, ServiceEvent, ServiceInfo};
 use tokio::sync::watch;
 
+use super::driver::now_ms;
 use super::{Shared, lock};
 
 /// The service type agents announce.
@@ -81,7 +82,13 @@ pub(crate) fn start(
                             set.extend(addrs);
                             set.len() != before
                         };
-                        if fresh {
+                        let linked = shared.connected(&device);
+                        if !linked {
+                            // Heard again while unlinked: it is likely
+                            // reachable now, whatever the backoff says.
+                            lock(&shared.dials).retry_soon(Some(&device.to_base32()), now_ms());
+                        }
+                        if fresh || !linked {
                             tracing::debug!(peer = %device.short(), "found by mDNS");
                             shared.wake.notify_one();
                         }

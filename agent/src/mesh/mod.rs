@@ -14,6 +14,7 @@
 //! the device with the smaller id is kept, by both sides alike.
 
 mod clones;
+mod dials;
 pub mod discovery;
 pub mod driver;
 pub mod proof;
@@ -87,17 +88,6 @@ struct SessionEntry {
     ctl: mpsc::UnboundedSender<PeerMessage>,
 }
 
-/// Dial bookkeeping for one target.
-#[derive(Debug, Default, Clone)]
-struct DialState {
-    in_flight: bool,
-    failures: u32,
-    next_try_ms: u64,
-    /// The device this target led to last time, so a static peer that is
-    /// already connected (under whatever address) is not dialled again.
-    reached: Option<DeviceId>,
-}
-
 /// What every task of the mesh shares.
 #[derive(Debug)]
 pub(crate) struct Shared {
@@ -110,7 +100,7 @@ pub(crate) struct Shared {
     client: quinn::ClientConfig,
     pub(crate) driver: std::sync::mpsc::Sender<Input>,
     sessions: Mutex<BTreeMap<DeviceId, SessionEntry>>,
-    dials: Mutex<BTreeMap<String, DialState>>,
+    dials: Mutex<dials::Dials>,
     /// Addresses mDNS found, per device.
     discovered: Mutex<BTreeMap<DeviceId, BTreeSet<SocketAddr>>>,
     clones: Mutex<clones::CloneWatch>,
@@ -316,6 +306,11 @@ impl Shared {
                 ctl,
             },
         );
+        drop(sessions);
+        // A session came up, so the network works: targets that failed
+        // while it was down are tried again now, not a minute from now.
+        lock(&self.dials).retry_soon(None, now_ms());
+        self.wake.notify_one();
         true
     }
 
@@ -414,7 +409,7 @@ impl Mesh {
             client,
             driver: driver.sender(),
             sessions: Mutex::new(BTreeMap::new()),
-            dials: Mutex::new(BTreeMap::new()),
+            dials: Mutex::default(),
             discovered: Mutex::new(BTreeMap::new()),
             clones: Mutex::default(),
             next_link: AtomicU64::new(1),
@@ -739,30 +734,13 @@ async fn dial_loop(shared: Arc<Shared>) {
             return;
         }
         for (key, device, addrs) in dial_targets(&shared) {
-            let now = now_ms();
-            {
-                let mut dials = lock(&shared.dials);
-                let d = dials.entry(key.clone()).or_default();
-                if d.in_flight || d.next_try_ms > now {
-                    continue;
-                }
-                d.in_flight = true;
+            if !lock(&shared.dials).begin(&key, now_ms()) {
+                continue;
             }
             let shared = shared.clone();
             tokio::spawn(async move {
                 let reached = dial_one(&shared, device, &addrs).await;
-                let mut dials = lock(&shared.dials);
-                let d = dials.entry(key).or_default();
-                d.in_flight = false;
-                if reached.is_some() {
-                    d.reached = reached;
-                    d.failures = 0;
-                    d.next_try_ms = now_ms() + session::backoff_ms(0);
-                } else {
-                    d.next_try_ms = now_ms() + session::backoff_ms(d.failures);
-                    d.failures = d.failures.saturating_add(1);
-                }
-                drop(dials);
+                lock(&shared.dials).finished(&key, reached, now_ms(), jitter());
                 shared.wake.notify_one();
             });
         }
@@ -772,6 +750,11 @@ async fn dial_loop(shared: Arc<Shared>) {
             _ = shutdown.changed() => return,
         }
     }
+}
+
+/// A random spread for backoffs.
+fn jitter() -> u16 {
+    state::random::<2>().map_or(0, u16::from_le_bytes)
 }
 
 /// What to dial now: `(key, expected device, addresses)`.
@@ -808,7 +791,7 @@ fn dial_targets(shared: &Shared) -> Vec<(String, Option<DeviceId>, Vec<String>)>
     let sessions = lock(&shared.sessions);
     let dials = lock(&shared.dials);
     for p in &s.static_peers {
-        let known = dials.get(p).and_then(|d| d.reached);
+        let known = dials.reached(p);
         let reached = sessions
             .iter()
             .any(|(dev, x)| Some(*dev) == known || x.conn.remote_address().to_string() == *p);

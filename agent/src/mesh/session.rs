@@ -433,17 +433,6 @@ async fn read_sync(
     }
 }
 
-/// Seconds until a failed dial to one target is tried again: doubling from
-/// one second to a minute, with up to a quarter more at random so devices
-/// that lost the network together do not all come back at once.
-pub(crate) fn backoff_ms(failures: u32) -> u64 {
-    let base = 1000u64.saturating_mul(1 << failures.min(6)).min(60_000);
-    let jitter = super::state::random::<2>()
-        .map(|b| u64::from(u16::from_le_bytes(b)))
-        .unwrap_or(0);
-    base + base / 4 * jitter / 65_535
-}
-
 /// A member record for a device we know only by id.
 pub(crate) fn bare_member(device: DeviceId) -> Member {
     Member {
