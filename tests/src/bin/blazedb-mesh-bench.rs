@@ -98,7 +98,7 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
     if on("latency") {
         let lo = latency(&ca, &cb, args.samples).await?;
         println!(
-            "one hop, commit on A -> change event on B ({} writes, one at a time)",
+            "one hop, put sent to A (committed with fsync) -> change event from B ({} writes, one at a time)",
             args.samples
         );
         print_latency("loopback", &lo);
@@ -328,7 +328,9 @@ async fn raw_quinn(total: usize) -> anyhow::Result<f64> {
     Ok(got as f64 / secs)
 }
 
-/// Writes on `ca` one at a time and times each until `cb` streams it.
+/// Writes on `ca` one at a time and times each from sending the put until
+/// `cb` streams the change: A's commit, the hop, B's commit and both IPC
+/// legs are all inside the figure.
 async fn latency(ca: &Client, cb: &Client, n: usize) -> anyhow::Result<Samples> {
     let db = "latency";
     if ca.databases().await?.iter().all(|d| d.name != db) {
