@@ -97,6 +97,26 @@ pub async fn records(
     }
 }
 
+/// Puts `n` records `{prefix}-{i}` (fields `i` and `by`: the prefix) into
+/// `db`/`coll` on the agent behind `client`, one at a time.
+pub async fn put_numbered(
+    client: &blazedb::Client,
+    db: &str,
+    coll: &str,
+    prefix: &str,
+    n: usize,
+) -> anyhow::Result<()> {
+    let coll = client.db(db).collection(coll);
+    for i in 0..n {
+        coll.put(
+            &format!("{prefix}-{i}"),
+            &serde_json::json!({ "i": i, "by": prefix }),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
 /// Whether the agent behind `client` has exactly `n` peers connected.
 pub async fn connected(client: &blazedb::Client, n: usize) -> bool {
     client

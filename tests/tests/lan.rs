@@ -8,21 +8,13 @@
 
 use blazedb::Client;
 use blazedb_tests::netns::Lab;
-use blazedb_tests::{TestAgent, connected, join_mesh, records, wait_until};
+use blazedb_tests::{TestAgent, connected, join_mesh, put_numbered, records, wait_until};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_blazed-test-agent");
 const NODES: [char; 3] = ['a', 'b', 'c'];
 
 async fn write(cl: &Client, prefix: &str, n: usize) {
-    let coll = cl.db("lab").collection("r");
-    for i in 0..n {
-        coll.put(
-            &format!("{prefix}-{i}"),
-            &serde_json::json!({ "i": i, "by": prefix }),
-        )
-        .await
-        .expect("put");
-    }
+    put_numbered(cl, "lab", "r", prefix, n).await.expect("put");
 }
 
 /// Waits until every client holds the same `n` records.

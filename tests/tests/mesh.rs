@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use blazedb::{Client, Value};
 use blazedb_proto::mesh::Invite;
-use blazedb_tests::{TestAgent, connected, join_mesh, records, wait_until};
+use blazedb_tests::{TestAgent, connected, join_mesh, put_numbered, records, wait_until};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_blazed-test-agent");
 
@@ -227,12 +227,9 @@ fn dead_address() -> String {
 
 /// Writes `n` records named `{prefix}-{i}` on the agent behind `cl`.
 async fn write_many(cl: &Client, prefix: &str, n: usize) {
-    let coll = cl.db("shared").collection("r");
-    for i in 0..n {
-        coll.put(&format!("{prefix}-{i}"), &serde_json::json!({ "i": i }))
-            .await
-            .expect("put");
-    }
+    put_numbered(cl, "shared", "r", prefix, n)
+        .await
+        .expect("put");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -146,10 +146,10 @@ async fn shared_db(from: &Client, to: &Client, db: &str) -> anyhow::Result<()> {
 }
 
 fn rss(agent: &TestAgent) -> String {
-    agent.pid().and_then(rss_kib).map_or_else(
-        || "?".to_owned(),
-        |k| format!("{:.1} MiB", k as f64 / 1024.0),
-    )
+    agent
+        .pid()
+        .and_then(rss_kib)
+        .map_or_else(|| "?".to_owned(), mib)
 }
 
 /// The highest resident memory of `pids` seen until `stop`.
@@ -169,8 +169,8 @@ fn sample_peak_rss(pids: Vec<u32>, stop: Arc<AtomicBool>) -> Arc<Vec<AtomicU64>>
     out
 }
 
-fn mib(kib: &AtomicU64) -> String {
-    format!("{:.1} MiB", kib.load(Ordering::Relaxed) as f64 / 1024.0)
+fn mib(kib: u64) -> String {
+    format!("{:.1} MiB", kib as f64 / 1024.0)
 }
 
 async fn throughput(
@@ -230,8 +230,8 @@ async fn throughput(
     );
     println!(
         "  resident memory at peak: {} / {} (sender / receiver)",
-        mib(&peaks[0]),
-        mib(&peaks[1])
+        mib(peaks[0].load(Ordering::Relaxed)),
+        mib(peaks[1].load(Ordering::Relaxed))
     );
 
     // The same through the sync path alone: A writes a database it keeps
@@ -425,8 +425,8 @@ async fn initial_sync(bin: &std::path::Path, n: usize) -> anyhow::Result<()> {
     );
     println!(
         "  resident memory at peak: {} / {} (sender / new device)",
-        mib(&peaks[0]),
-        mib(&peaks[1])
+        mib(peaks[0].load(Ordering::Relaxed)),
+        mib(peaks[1].load(Ordering::Relaxed))
     );
     Ok(())
 }
