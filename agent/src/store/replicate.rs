@@ -10,11 +10,15 @@
 use std::sync::Arc;
 
 use blazedb_proto::{Hlc, Op, OpBody, SnapshotRecord, VersionVector, codec};
-use fjall::PersistMode;
+use fjall::{PersistMode, Slice};
 
 use super::keys;
 use super::record::{Stamp, StoredRecord};
-use super::writer::{Effect, Group, Plan, Writer, field_values, load_for_update, plan_record};
+use super::stamped;
+use super::writer::{
+    Effect, Group, MAX_PRIORITY, Plan, Writer, field_values, load_for_update, plan_encoded,
+    plan_record,
+};
 use super::{Command, DbState, Reply, Store, StoreError, SyncMeta, lock, sync_meta_key};
 use crate::sync::{Compacted, OpsRead, ReadLimits, SnapshotRead, SyncState, SyncStore};
 use blazedb_proto::api::Durability;
@@ -33,8 +37,8 @@ impl Writer {
         group.effects = plan.effects;
         group.effects.push(Effect::Insert(
             self.meta.clone(),
-            sync_meta_key(db.id),
-            codec::to_vec(&sync)?,
+            sync_meta_key(db.id).into(),
+            codec::to_vec(&sync)?.into(),
         ));
         group.new_collections = plan
             .new_collections
@@ -66,6 +70,7 @@ impl Writer {
     fn plan_and_commit_ops(&mut self, db: &Arc<DbState>, ops: Vec<Op>) -> Result<(), StoreError> {
         let me = self.store.device();
         let mut sync = db.sync_meta();
+        let local_priority = db.settings().priority;
         let group = Group::new();
         let mut plan = Plan::new();
         let counters = *self.counters.entry(db.id).or_default();
@@ -74,6 +79,11 @@ impl Writer {
             if !sync.vector.advance(op.origin, op.seq) {
                 continue;
             }
+            // The clock has observed every write applied here, so an op
+            // later than it, of no lower priority than any write here, is
+            // newer than every stamp in every record.
+            let newest =
+                op.hlc > self.clock.last() && op.priority >= sync.max_priority.max(local_priority);
             sync.max_priority = sync.max_priority.max(op.priority);
             self.clock.observe(op.hlc);
             head += 1;
@@ -84,31 +94,41 @@ impl Writer {
             // A body this replica cannot read is logged and forwarded all
             // the same; it just changes no record here.
             if let Ok(body) = OpBody::decode(&op.body) {
-                let key = keys::record_key(body.collection(), body.id());
+                let key = Slice::from(keys::record_key(body.collection(), body.id()));
                 let indexes = self.collection_indexes(&group, &mut plan, db, body.collection())?;
-                let existing = load_for_update(&group, &plan, db, &key)?;
+                // Such a put or delete replaces the record whatever it
+                // held, so it need not be read (unless indexes must move).
+                let replaces =
+                    newest && indexes.is_empty() && !matches!(body, OpBody::Patch { .. });
+                let existing = if replaces {
+                    None
+                } else {
+                    load_for_update(&group, &plan, db, &key)?
+                };
                 let old_values = field_values(existing.as_ref(), &indexes);
                 let stamp = Stamp::of(&op);
-                let (record, changed) = match (existing, body) {
-                    // The common case of catching up: a new record, built
-                    // from the put's fields without copying them.
-                    (None, OpBody::Put { fields, .. }) => {
-                        (StoredRecord::from_put(&stamp, fields), true)
+                match (existing, body) {
+                    // The common case of catching up: a new record, encoded
+                    // straight from the put's fields.
+                    (None, OpBody::Put { fields, .. })
+                        if indexes.is_empty() && op.priority <= MAX_PRIORITY =>
+                    {
+                        let bytes = stamped::fresh_put_record(&op.origin, op.priority, &fields)?
+                            .fill(&[op.hlc.0]);
+                        plan_encoded(&mut plan, db, key, bytes.into());
                     }
                     (existing, body) => {
-                        let mut r = existing.unwrap_or_default();
-                        let changed = r.apply(&stamp, &body);
-                        (r, changed)
+                        let mut record = existing.unwrap_or_default();
+                        if record.apply(&stamp, &body) {
+                            plan_record(&mut plan, db, key, &indexes, &old_values, &record)?;
+                        }
                     }
-                };
-                if changed {
-                    plan_record(&mut plan, db, key, &indexes, &old_values, record)?;
                 }
             }
             plan.effects.push(Effect::Insert(
                 db.log.clone(),
-                keys::log_key(head).to_vec(),
-                codec::to_vec(&op)?,
+                keys::log_key(head)[..].into(),
+                codec::to_vec(&op)?.into(),
             ));
         }
         sync.cursor = head;
@@ -145,7 +165,14 @@ impl Writer {
                 let old_values = field_values(existing.as_ref(), &indexes);
                 let mut record = existing.unwrap_or_default();
                 if record.merge(&state) {
-                    plan_record(&mut plan, &db, rec.key, &indexes, &old_values, record)?;
+                    plan_record(
+                        &mut plan,
+                        &db,
+                        rec.key.into(),
+                        &indexes,
+                        &old_values,
+                        &record,
+                    )?;
                 }
             }
             if let Some(v) = complete {

@@ -18,7 +18,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use blazedb_proto::api::{DbInfo, DbSettings, Durability, SyncMode, Write, WriteResult};
 use blazedb_proto::{DeviceId, Hlc, Op, OpBody, SnapshotRecord, Value, VersionVector, codec};
-use fjall::{Keyspace, PersistMode};
+use fjall::{Keyspace, PersistMode, Slice};
+use rustc_hash::FxHashMap;
 
 use super::keys;
 use super::record::{Stamp, StoredRecord};
@@ -223,9 +224,41 @@ pub(super) struct Counters {
     pub(super) local_seq: u64,
 }
 
+/// One change to a keyspace, waiting for its commit.
 pub(super) enum Effect {
-    Insert(Keyspace, Vec<u8>, Vec<u8>),
-    Remove(Keyspace, Vec<u8>),
+    Insert(Keyspace, Slice, Slice),
+    Remove(Keyspace, Slice),
+}
+
+/// Records as a plan or a group leaves them, encoded, by database and key,
+/// so that later writes read them before they are committed.
+///
+/// The bytes are shared with the effect that stores them, and decoded only
+/// when a later write reads the same record: most writes are never read
+/// back within their group. It is bounded by the group's size.
+#[derive(Default)]
+pub(super) struct Overlay(FxHashMap<u32, FxHashMap<Slice, Slice>>);
+
+impl Overlay {
+    pub(super) fn get(&self, db: u32, key: &[u8]) -> Option<&Slice> {
+        self.0.get(&db).and_then(|records| records.get(key))
+    }
+
+    pub(super) fn insert(&mut self, db: u32, key: Slice, record: Slice) {
+        self.0.entry(db).or_default().insert(key, record);
+    }
+
+    /// Takes in a later plan's records, which win over ours.
+    pub(super) fn absorb(&mut self, later: Overlay) {
+        for (db, records) in later.0 {
+            match self.0.entry(db) {
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(records);
+                }
+                std::collections::hash_map::Entry::Occupied(mut e) => e.get_mut().extend(records),
+            }
+        }
+    }
 }
 
 pub(super) type WriteOutcome = Result<Vec<WriteResult>, StoreError>;
@@ -235,7 +268,7 @@ pub(super) struct Group {
     pub(super) effects: Vec<Effect>,
     /// Records as this group leaves them, so later writes in the group see
     /// earlier ones before they are committed.
-    pub(super) overlay: HashMap<(u32, Vec<u8>), StoredRecord>,
+    pub(super) overlay: Overlay,
     pub(super) new_collections: HashSet<(u32, String)>,
     pub(super) heads: HashMap<u32, (Arc<DbState>, u64)>,
     pub(super) replies: Vec<(Reply<Vec<WriteResult>>, WriteOutcome)>,
@@ -247,7 +280,7 @@ impl Group {
     pub(super) fn new() -> Self {
         Group {
             effects: Vec::new(),
-            overlay: HashMap::new(),
+            overlay: Overlay::default(),
             new_collections: HashSet::new(),
             heads: HashMap::new(),
             replies: Vec::new(),
@@ -317,7 +350,7 @@ fn wall_ms() -> u64 {
 #[derive(Debug)]
 pub struct PreparedWrite {
     body: OpBody,
-    key: Vec<u8>,
+    key: Slice,
     /// The op-log entry, waiting for its seq and clock reading.
     op: Holes,
     /// For a put, the record it makes when it replaces everything before
@@ -374,7 +407,7 @@ pub fn prepare(
             };
             validate_name("collection", body.collection())?;
             validate_id(body.id())?;
-            let key = keys::record_key(body.collection(), body.id());
+            let key = keys::record_key(body.collection(), body.id()).into();
             let op = stamped::op_entry(origin, priority, &body.encode()?);
             let fresh_record = match &body {
                 OpBody::Put { fields, .. } => {
@@ -629,7 +662,7 @@ impl Writer {
             Ok(results) => {
                 let head = self.counters.get(&db.id).map_or(0, |c| c.head);
                 group.effects.append(&mut plan.effects);
-                group.overlay.extend(plan.overlay);
+                group.overlay.absorb(plan.overlay);
                 group
                     .new_collections
                     .extend(plan.new_collections.into_iter().map(|c| (db.id, c)));
@@ -701,33 +734,33 @@ impl Writer {
 
         let (collection, id) = (body.collection().to_owned(), body.id().to_owned());
         let old_values = field_values(existing.as_ref(), &indexes);
-        let (record, record_bytes) = match (existing, body, fresh_record) {
-            (None, OpBody::Put { fields, .. }, Some(fresh)) => (
-                StoredRecord::from_put(&stamp, fields),
-                Some(fresh.fill(&[hlc.0])),
-            ),
+        let record_bytes = match (existing, body, fresh_record) {
+            (None, OpBody::Put { fields, .. }, Some(fresh)) => {
+                if !indexes.is_empty() {
+                    let record = StoredRecord::from_put(&stamp, fields);
+                    index_effects(plan, db, &collection, &id, &indexes, &old_values, &record);
+                }
+                fresh.fill(&[hlc.0])
+            }
             (existing, body, _) => {
-                let mut r = existing.unwrap_or_default();
-                r.apply(&stamp, &body);
-                (r, None)
+                let mut record = existing.unwrap_or_default();
+                record.apply(&stamp, &body);
+                index_effects(plan, db, &collection, &id, &indexes, &old_values, &record);
+                codec::to_vec(&record)?
             }
         };
-        index_effects(plan, db, &collection, &id, &indexes, &old_values, &record);
-        let record_bytes = match record_bytes {
-            Some(b) => b,
-            None => codec::to_vec(&record)?,
-        };
+        let record_bytes = Slice::from(record_bytes);
         plan.effects.push(Effect::Insert(
             db.records.clone(),
             key.clone(),
-            record_bytes,
+            record_bytes.clone(),
         ));
         plan.effects.push(Effect::Insert(
             db.log.clone(),
-            keys::log_key(cursor).to_vec(),
-            stamped::fill_op(op, seq, hlc),
+            keys::log_key(cursor)[..].into(),
+            stamped::fill_op(op, seq, hlc).into(),
         ));
-        plan.overlay.insert((db.id, key), record);
+        plan.overlay.insert(db.id, key, record_bytes);
         Ok(WriteResult {
             id,
             seq,
@@ -757,8 +790,8 @@ impl Writer {
             plan.new_collections.push(collection.to_owned());
             plan.effects.push(Effect::Insert(
                 self.meta.clone(),
-                collection_meta_key(db.id, collection),
-                codec::to_vec(&CollectionMeta::default())?,
+                collection_meta_key(db.id, collection).into(),
+                codec::to_vec(&CollectionMeta::default())?.into(),
             ));
         }
         Ok(BTreeSet::new())
@@ -924,7 +957,7 @@ impl Writer {
 /// known to succeed.
 pub(super) struct Plan {
     pub(super) effects: Vec<Effect>,
-    pub(super) overlay: HashMap<(u32, Vec<u8>), StoredRecord>,
+    pub(super) overlay: Overlay,
     pub(super) new_collections: Vec<String>,
 }
 
@@ -932,7 +965,7 @@ impl Plan {
     pub(super) fn new() -> Self {
         Plan {
             effects: Vec::new(),
-            overlay: HashMap::new(),
+            overlay: Overlay::default(),
             new_collections: Vec::new(),
         }
     }
@@ -945,9 +978,12 @@ pub(super) fn load_for_update(
     db: &DbState,
     key: &[u8],
 ) -> Result<Option<StoredRecord>, StoreError> {
-    let k = (db.id, key.to_vec());
-    match plan.overlay.get(&k).or_else(|| group.overlay.get(&k)) {
-        Some(r) => Ok(Some(r.clone())),
+    match plan
+        .overlay
+        .get(db.id, key)
+        .or_else(|| group.overlay.get(db.id, key))
+    {
+        Some(bytes) => Ok(Some(codec::from_slice(bytes)?)),
         None => db.load_record(key),
     }
 }
@@ -969,20 +1005,26 @@ pub(super) fn field_values(
 pub(super) fn plan_record(
     plan: &mut Plan,
     db: &DbState,
-    key: Vec<u8>,
+    key: Slice,
     indexes: &BTreeSet<String>,
     old_values: &[Option<Value>],
-    record: StoredRecord,
+    record: &StoredRecord,
 ) -> Result<(), StoreError> {
     let (collection, id) = keys::split_record_key(&key).unwrap_or_default();
-    index_effects(plan, db, collection, id, indexes, old_values, &record);
+    index_effects(plan, db, collection, id, indexes, old_values, record);
+    plan_encoded(plan, db, key, codec::to_vec(record)?.into());
+    Ok(())
+}
+
+/// Plans storing a record's new encoded state, which later writes in the
+/// group see.
+pub(super) fn plan_encoded(plan: &mut Plan, db: &DbState, key: Slice, record: Slice) {
     plan.effects.push(Effect::Insert(
         db.records.clone(),
         key.clone(),
-        codec::to_vec(&record)?,
+        record.clone(),
     ));
-    plan.overlay.insert((db.id, key), record);
-    Ok(())
+    plan.overlay.insert(db.id, key, record);
 }
 
 /// Moves a record's index entries from its old field values to its new
@@ -1003,11 +1045,15 @@ pub(super) fn index_effects(
             continue;
         }
         if let Some(k) = old.and_then(|v| keys::index_key(collection, field, v, id)) {
-            plan.effects.push(Effect::Remove(db.index.clone(), k));
+            plan.effects
+                .push(Effect::Remove(db.index.clone(), k.into()));
         }
         if let Some(k) = new.and_then(|v| keys::index_key(collection, field, v, id)) {
-            plan.effects
-                .push(Effect::Insert(db.index.clone(), k, id.as_bytes().to_vec()));
+            plan.effects.push(Effect::Insert(
+                db.index.clone(),
+                k.into(),
+                id.as_bytes().into(),
+            ));
         }
     }
 }

@@ -1,0 +1,285 @@
+//! The agent's fjall store merges operations from other replicas exactly
+//! as the in-memory reference store does, whatever order they arrive in.
+//!
+//! The store takes shortcuts the reference does not (a put newer than
+//! everything it holds replaces a record without reading it); these tests
+//! hold it to the reference's results.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+
+use blazed::store::{Store, StoreOptions};
+use blazed::sync::{MemoryStore, SyncStore};
+use blazedb_proto::api::{DbSettings, Durability, QueryParams, SyncMode, Write};
+use blazedb_proto::{DeviceId, Fields, Hlc, Op, OpBody, Value};
+use proptest::prelude::*;
+
+const DB: &str = "merge";
+const COLLECTION: &str = "c0";
+/// Far enough in the past that every local write is newer.
+const T0: u64 = 1_750_000_000_000;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// An agent store with one database, and the reference store beside it.
+struct Pair {
+    _dir: tempfile::TempDir,
+    rt: tokio::runtime::Runtime,
+    store: Store,
+    reference: MemoryStore,
+}
+
+impl Pair {
+    fn new(local_priority: u8) -> Pair {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime();
+        let store = Store::open(dir.path(), DeviceId([200; 32]), StoreOptions::default()).unwrap();
+        let settings = DbSettings {
+            durability: Durability::Buffered,
+            sync_mode: SyncMode::Sync,
+            priority: local_priority,
+        };
+        rt.block_on(store.create_db(DB, settings, false)).unwrap();
+        let mut reference = MemoryStore::new(DeviceId([201; 32]));
+        reference.create_db(DB, 1, SyncMode::Sync, local_priority);
+        Pair {
+            _dir: dir,
+            rt,
+            store,
+            reference,
+        }
+    }
+
+    fn apply(&mut self, ops: Vec<Op>) {
+        self.reference.apply_ops(DB, ops.clone()).unwrap();
+        self.store.apply_ops(DB, ops).unwrap();
+    }
+
+    /// A write made on the agent's store, passed on to the reference as
+    /// the operation another replica would receive.
+    fn write_locally(&mut self, write: Write) -> Op {
+        let results = self.rt.block_on(self.store.write(DB, vec![write])).unwrap();
+        let op = self.store.read_op(DB, results[0].cursor).unwrap();
+        self.reference.apply_ops(DB, vec![op.clone()]).unwrap();
+        op
+    }
+
+    fn visible(&self) -> BTreeMap<(String, String), Fields> {
+        let params = QueryParams {
+            db: DB.into(),
+            collection: COLLECTION.into(),
+            filters: Vec::new(),
+            order_by: None,
+            desc: false,
+            limit: Some(10_000),
+            cursor: None,
+        };
+        match self.store.query(&params) {
+            Ok(res) => res
+                .records
+                .into_iter()
+                .map(|r| ((COLLECTION.to_owned(), r.id), r.fields))
+                .collect(),
+            Err(blazed::store::StoreError::UnknownCollection { .. }) => BTreeMap::new(),
+            Err(e) => panic!("query failed: {e}"),
+        }
+    }
+
+    fn assert_agree(&self) {
+        assert_eq!(self.visible(), self.reference.visible(DB));
+    }
+}
+
+impl Drop for Pair {
+    fn drop(&mut self) {
+        let _ = self.rt.block_on(self.store.shutdown());
+    }
+}
+
+fn fields(pairs: &[(&str, i64)]) -> Fields {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), Value::Int(*v)))
+        .collect()
+}
+
+fn op(origin: u8, seq: u64, hlc: Hlc, priority: u8, body: &OpBody) -> Op {
+    Op {
+        origin: DeviceId([origin; 32]),
+        seq,
+        hlc,
+        priority,
+        body: body.encode().unwrap(),
+    }
+}
+
+fn put(id: &str, f: &[(&str, i64)]) -> OpBody {
+    OpBody::Put {
+        collection: COLLECTION.into(),
+        id: id.into(),
+        fields: fields(f),
+    }
+}
+
+#[test]
+fn an_older_remote_put_does_not_replace_a_newer_local_write() {
+    let mut pair = Pair::new(0);
+    pair.write_locally(Write::Put {
+        collection: COLLECTION.into(),
+        id: Some("a".into()),
+        fields: fields(&[("x", 1)]),
+    });
+    // Stamped long before the local write: it loses, field by field.
+    pair.apply(vec![op(1, 1, Hlc::new(T0, 0), 0, &put("a", &[("y", 2)]))]);
+    pair.assert_agree();
+    assert_eq!(
+        pair.visible()[&(COLLECTION.to_owned(), "a".to_owned())],
+        fields(&[("x", 1)])
+    );
+}
+
+#[test]
+fn a_remote_put_of_higher_priority_replaces_a_newer_local_write() {
+    let mut pair = Pair::new(0);
+    pair.write_locally(Write::Put {
+        collection: COLLECTION.into(),
+        id: Some("a".into()),
+        fields: fields(&[("x", 1)]),
+    });
+    pair.apply(vec![op(1, 1, Hlc::new(T0, 0), 5, &put("a", &[("y", 2)]))]);
+    pair.assert_agree();
+    // Now an equal-priority put from elsewhere, later than everything,
+    // still loses to the priority-5 write.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let later = Hlc::new(now_ms + 60_000, 0);
+    pair.apply(vec![op(2, 1, later, 0, &put("a", &[("z", 3)]))]);
+    pair.assert_agree();
+    assert_eq!(
+        pair.visible()[&(COLLECTION.to_owned(), "a".to_owned())],
+        fields(&[("y", 2)])
+    );
+}
+
+#[test]
+fn a_later_remote_patch_keeps_the_fields_it_does_not_touch() {
+    let mut pair = Pair::new(0);
+    pair.apply(vec![
+        op(1, 1, Hlc::new(T0, 0), 0, &put("a", &[("x", 1), ("y", 1)])),
+        op(
+            1,
+            2,
+            Hlc::new(T0 + 1, 0),
+            0,
+            &OpBody::Patch {
+                collection: COLLECTION.into(),
+                id: "a".into(),
+                set: fields(&[("y", 2)]),
+                unset: Vec::new(),
+            },
+        ),
+    ]);
+    pair.assert_agree();
+    assert_eq!(
+        pair.visible()[&(COLLECTION.to_owned(), "a".to_owned())],
+        fields(&[("x", 1), ("y", 2)])
+    );
+}
+
+/// One origin's operations: a priority, and bodies with strictly rising
+/// clock readings.
+fn origin_ops() -> impl Strategy<Value = (u8, Vec<(u64, OpBody)>)> {
+    let field = prop_oneof![Just("f0"), Just("f1"), Just("f2")];
+    let id = prop_oneof![Just("a"), Just("b"), Just("c")];
+    let some_fields = proptest::collection::btree_map(field.clone(), 0i64..4, 0..3);
+    let body = prop_oneof![
+        3 => (id.clone(), some_fields.clone()).prop_map(|(id, f)| OpBody::Put {
+            collection: COLLECTION.into(),
+            id: id.into(),
+            fields: f.into_iter().map(|(k, v)| (k.to_owned(), Value::Int(v))).collect(),
+        }),
+        2 => (id.clone(), some_fields, proptest::collection::vec(field, 0..2)).prop_map(
+            |(id, set, unset)| OpBody::Patch {
+                collection: COLLECTION.into(),
+                id: id.into(),
+                unset: unset
+                    .into_iter()
+                    .filter(|u| !set.contains_key(u))
+                    .map(str::to_owned)
+                    .collect(),
+                set: set.into_iter().map(|(k, v)| (k.to_owned(), Value::Int(v))).collect(),
+            }
+        ),
+        1 => id.prop_map(|id| OpBody::Delete {
+            collection: COLLECTION.into(),
+            id: id.into(),
+        }),
+    ];
+    (
+        0u8..3,
+        0u64..10,
+        proptest::collection::vec((1u64..4, body), 1..8),
+    )
+        .prop_map(|(priority, start, steps)| {
+            let mut at = T0 + start;
+            let ops = steps
+                .into_iter()
+                .map(|(step, body)| {
+                    at += step;
+                    (at, body)
+                })
+                .collect();
+            (priority, ops)
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Three origins' operations, interleaved in any order that keeps each
+    /// origin's own order, and delivered in batches of any size.
+    #[test]
+    fn remote_ops_merge_like_the_reference(
+        local_priority in 0u8..3,
+        origins in proptest::collection::vec(origin_ops(), 3),
+        picks in proptest::collection::vec(0usize..3, 64),
+        batch_sizes in proptest::collection::vec(1usize..5, 64),
+    ) {
+        let mut queues: Vec<std::collections::VecDeque<Op>> = origins
+            .iter()
+            .enumerate()
+            .map(|(o, (priority, ops))| {
+                ops.iter()
+                    .enumerate()
+                    .map(|(i, (ms, body))| {
+                        op(o as u8 + 1, i as u64 + 1, Hlc::new(*ms, 0), *priority, body)
+                    })
+                    .collect()
+            })
+            .collect();
+        let mut order = Vec::new();
+        let mut pick = picks.iter().cycle();
+        while queues.iter().any(|q| !q.is_empty()) {
+            let start = *pick.next().unwrap_or(&0);
+            let q = (start..start + 3).map(|i| i % 3).find(|&i| !queues[i].is_empty()).unwrap_or(0);
+            order.extend(queues[q].pop_front());
+        }
+        let mut pair = Pair::new(local_priority);
+        let mut sizes = batch_sizes.iter().cycle();
+        let mut rest = order.as_slice();
+        while !rest.is_empty() {
+            let n = (*sizes.next().unwrap_or(&1)).min(rest.len());
+            pair.apply(rest[..n].to_vec());
+            rest = &rest[n..];
+        }
+        prop_assert_eq!(pair.visible(), pair.reference.visible(DB));
+    }
+}
