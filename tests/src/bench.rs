@@ -69,6 +69,46 @@ pub fn raw_fjall_puts(dir: &Path, n: usize, batch: usize) -> anyhow::Result<f64>
     Ok(n as f64 / t.elapsed().as_secs_f64())
 }
 
+/// Writes the bytes the store would write for `n` puts of new records
+/// (`k{i:08}` in `items`, [`record`]`(i)`): each one's record and its
+/// op-log entry, in two keyspaces, `batch` puts to a durable batch. The
+/// floor that writing two entries per operation sets, apart from anything
+/// the store does. Returns puts per second.
+pub fn raw_fjall_store_layout(dir: &Path, n: usize, batch: usize) -> anyhow::Result<f64> {
+    let records = (0..n as i64).map(|i| ("items".to_owned(), format!("k{i:08}"), record(i)));
+    raw_fjall_layout_of(dir, records, batch)
+}
+
+/// [`raw_fjall_store_layout`] for any records, given as (collection, id,
+/// fields).
+pub fn raw_fjall_layout_of(
+    dir: &Path,
+    records: impl Iterator<Item = (String, String, Fields)>,
+    batch: usize,
+) -> anyhow::Result<f64> {
+    let origin = blazedb_proto::DeviceId([1; 32]);
+    let hlc = blazedb_proto::Hlc::new(1_750_000_000_000, 0);
+    let layouts: Vec<_> = records
+        .enumerate()
+        .map(|(i, (c, id, fields))| {
+            blazed::store::fresh_put_layout(&origin, &c, &id, fields, i as u64 + 1, hlc)
+        })
+        .collect::<Result<_, _>>()?;
+    let db = fjall::Database::builder(dir.join("raw-layout")).open()?;
+    let records = db.keyspace("records", KeyspaceCreateOptions::default)?;
+    let log = db.keyspace("log", KeyspaceCreateOptions::default)?;
+    let t = Instant::now();
+    for chunk in layouts.chunks(batch) {
+        let mut b = db.batch().durability(Some(PersistMode::SyncAll));
+        for l in chunk {
+            b.insert(&records, l.record_key.as_slice(), l.record.as_slice());
+            b.insert(&log, l.log_key, l.log_entry.as_slice());
+        }
+        b.commit()?;
+    }
+    Ok(layouts.len() as f64 / t.elapsed().as_secs_f64())
+}
+
 /// Writes records `k{i:08}` for `i` in `0..n` to `db`/`items` through the
 /// agent, `batch` to a commit, four commits in flight. Returns records per
 /// second.

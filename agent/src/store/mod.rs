@@ -44,6 +44,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, watch};
 
 pub use error::StoreError;
+pub use stamped::{FreshPutLayout, fresh_put_layout};
 pub use writer::{Command, PreparedWrite, Reply, prepare};
 
 use record::StoredRecord;

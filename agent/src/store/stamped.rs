@@ -99,12 +99,84 @@ pub(crate) fn fill_op(h: Holes, seq: u64, hlc: Hlc) -> Vec<u8> {
     h.fill(&[seq, hlc.0])
 }
 
+/// The bytes a put that creates a record leaves on disk: the record's key
+/// and stored state, and its op-log entry (at cursor `seq`), for a
+/// database of priority 0.
+#[derive(Debug, Clone)]
+pub struct FreshPutLayout {
+    /// The record's key in the records keyspace.
+    pub record_key: Vec<u8>,
+    /// The record as stored.
+    pub record: Vec<u8>,
+    /// The op-log key.
+    pub log_key: [u8; 8],
+    /// The op-log entry.
+    pub log_entry: Vec<u8>,
+}
+
+/// What the store writes for a put that creates a record. Benchmarks write
+/// these bytes with fjall directly to show the floor the store's layout
+/// sets (two entries per write), apart from what the store adds.
+pub fn fresh_put_layout(
+    origin: &DeviceId,
+    collection: &str,
+    id: &str,
+    fields: blazedb_proto::Fields,
+    seq: u64,
+    hlc: Hlc,
+) -> Result<FreshPutLayout, CodecError> {
+    let record = fresh_put_record(origin, 0, &fields)?.fill(&[hlc.0]);
+    let body = blazedb_proto::OpBody::Put {
+        collection: collection.to_owned(),
+        id: id.to_owned(),
+        fields,
+    };
+    Ok(FreshPutLayout {
+        record_key: super::keys::record_key(collection, id),
+        record,
+        log_key: super::keys::log_key(seq),
+        log_entry: fill_op(op_entry(origin, 0, &body.encode()?), seq, hlc),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::store::record::{Stamp, StoredRecord};
-    use blazedb_proto::{Op, Value};
+    use blazedb_proto::{Fields, Op, Value};
     use proptest::prelude::*;
+
+    #[test]
+    fn the_fresh_put_layout_is_what_the_store_writes() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let device = DeviceId([5; 32]);
+        let store = crate::store::Store::open(dir.path(), device, Default::default())
+            .expect("open the store");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a runtime");
+        let fields = Fields::from([("title".to_owned(), Value::from("hello"))]);
+        rt.block_on(store.create_db("d", Default::default(), false))
+            .expect("create the database");
+        let written = rt
+            .block_on(store.write(
+                "d",
+                vec![blazedb_proto::api::Write::Put {
+                    collection: "c".into(),
+                    id: Some("r1".into()),
+                    fields: fields.clone(),
+                }],
+            ))
+            .expect("write");
+        let layout = fresh_put_layout(&device, "c", "r1", fields, written[0].seq, written[0].hlc)
+            .expect("encode");
+        let db = store.db("d").expect("the database");
+        let record = db.records.get(&layout.record_key).expect("read");
+        let entry = db.log.get(layout.log_key).expect("read");
+        assert_eq!(record.as_deref(), Some(&layout.record[..]));
+        assert_eq!(entry.as_deref(), Some(&layout.log_entry[..]));
+        rt.block_on(store.shutdown()).expect("shut down");
+    }
 
     proptest! {
         #[test]
