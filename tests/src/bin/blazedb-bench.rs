@@ -45,6 +45,10 @@ struct Args {
     /// not given.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Records written by the put benchmarks, which the get benchmarks
+    /// then read (default 200000, 5000 with --quick).
+    #[arg(long)]
+    records: Option<usize>,
     /// Internal: serve echo frames on this socket.
     #[arg(long, hide = true)]
     echo_server: Option<String>,
@@ -67,7 +71,7 @@ fn main() -> anyhow::Result<()> {
     if let Some(path) = &args.subscriber {
         return rt.block_on(subscriber(path));
     }
-    rt.block_on(run(args.quick, &args.only))
+    rt.block_on(run(args.quick, &args.only, args.records))
 }
 
 struct Counts {
@@ -77,7 +81,7 @@ struct Counts {
     events: usize,
 }
 
-async fn run(quick: bool, only: &[String]) -> anyhow::Result<()> {
+async fn run(quick: bool, only: &[String], records: Option<usize>) -> anyhow::Result<()> {
     let on = |section: &str| only.is_empty() || only.iter().any(|s| s == section);
     let n = if quick {
         Counts {
@@ -93,6 +97,10 @@ async fn run(quick: bool, only: &[String]) -> anyhow::Result<()> {
             gets: 200_000,
             events: 2_000,
         }
+    };
+    let n = Counts {
+        puts: records.unwrap_or(n.puts),
+        ..n
     };
     let agent_bin = sibling_bin("blazed-test-agent");
     if !agent_bin.exists() {
