@@ -396,3 +396,82 @@ async fn a_client_that_half_closes_still_gets_its_answers() {
     assert!(r.is_ok(), "{r:?}");
     raw.assert_closed();
 }
+
+#[tokio::test]
+async fn a_long_run_of_pipelined_gets_is_answered_in_order() {
+    let (agent, client) = agent_with_data().await;
+    // Gets of records that exist and that do not, and one for a database
+    // that does not, all in one burst, with a write in the middle: long
+    // enough for the agent to share the run among threads.
+    let mut raw = Raw::hello(&agent);
+    let mut burst = Vec::new();
+    let mut sent = Vec::new();
+    let mut frame = |method: &str, params: serde_json::Value, id: u64| {
+        message::encode_request(&mut burst, id, method, &params, DEFAULT_MAX_FRAME)
+            .expect("encode");
+    };
+    for i in 0..400u64 {
+        let id = i + 100;
+        if i == 200 {
+            frame(
+                "put",
+                serde_json::json!({ "db": "bugs", "collection": "bugs", "id": "b3", "fields": { "n": -1 } }),
+                id,
+            );
+            continue;
+        }
+        let (db, rid) = if i == 77 {
+            ("nope".to_owned(), "b1".to_owned())
+        } else {
+            ("bugs".to_owned(), format!("b{}", i % 30))
+        };
+        frame(
+            "get",
+            serde_json::json!({ "db": db, "collection": "bugs", "id": rid }),
+            id,
+        );
+        sent.push((id, i, rid));
+    }
+    raw.send_bytes(&burst);
+
+    let mut order = Vec::new();
+    let mut answers = std::collections::HashMap::new();
+    for _ in 0..400 {
+        let (id, r) = raw.response();
+        order.push(id);
+        answers.insert(id, r);
+    }
+    let gets_in_order: Vec<u64> = order.iter().copied().filter(|&id| id != 300).collect();
+    let sent_ids: Vec<u64> = sent.iter().map(|s| s.0).collect();
+    assert_eq!(gets_in_order, sent_ids, "reads come back in the order sent");
+    assert!(answers[&300].is_ok(), "{:?}", answers[&300]);
+    for (id, i, rid) in &sent {
+        let result = answers.remove(id).expect("answered");
+        if *i == 77 {
+            assert_eq!(code(result), ErrorCode::UnknownDatabase);
+            continue;
+        }
+        let got: blazedb_proto::api::GetResult =
+            codec::from_slice(&result.expect("a get succeeds")).expect("decode");
+        let n: i64 = rid[1..].parse().expect("numbered id");
+        match got.record {
+            Some(r) if n < 20 => {
+                assert_eq!(r.id, *rid);
+                // Reads sent before the write never see it.
+                if n != 3 || *i < 200 {
+                    assert_eq!(r.fields.get("n"), Some(&Value::Int(n)), "{rid} sent {i}");
+                }
+            }
+            None if n >= 20 => {}
+            other => panic!("{rid}: unexpected {other:?}"),
+        }
+    }
+    let b3 = client
+        .db("bugs")
+        .collection("bugs")
+        .get_record("b3")
+        .await
+        .expect("get")
+        .expect("b3");
+    assert_eq!(b3.fields.get("n"), Some(&Value::Int(-1)));
+}

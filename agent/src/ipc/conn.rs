@@ -15,6 +15,10 @@
 //!   that, and while the output buffer is full, the task stops reading, so
 //!   a client that does not read its responses cannot grow the agent's
 //!   memory.
+//! - Reads are answered in the order they were sent, before any request
+//!   sent after them is handled. A run of pipelined gets is shared among
+//!   helper threads, but the run is finished, and its answers written in
+//!   order, before the next request is looked at.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -41,6 +45,10 @@ const OUT_HIGH_WATER: usize = 4 * 1024 * 1024;
 const READ_CHUNK: usize = 64 * 1024;
 /// Event frames a subscription may have queued for the connection.
 const EVENT_QUEUE: usize = 16;
+/// Gets in one run that pay for sharing the run among threads.
+const GETS_PER_THREAD: usize = 32;
+/// The most threads one connection's run of gets is shared among.
+const MAX_READ_THREADS: usize = 4;
 
 /// Where write replies are sent, as whole encoded frames.
 pub(crate) type ReplySender = mpsc::UnboundedSender<Vec<u8>>;
@@ -156,6 +164,67 @@ pub(crate) async fn serve(stream: Stream, ctx: Arc<Ctx>, mut shutdown: watch::Re
     let _ = wr.flush().await;
 }
 
+/// Answers `gets` into a buffer of their response frames.
+fn answer_all(ctx: &Ctx, gets: &[(u64, api::RecordRef)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (id, p) in gets {
+        handler::get(ctx, *id, p, &mut out);
+    }
+    out
+}
+
+type ReadJob = Box<dyn FnOnce() + Send>;
+
+/// Threads that answer parts of long runs of gets, one fewer than the
+/// machine's cores (up to [`MAX_READ_THREADS`] in all), shared by every
+/// connection.
+struct ReadHelpers {
+    count: usize,
+    jobs: std::sync::mpsc::Sender<ReadJob>,
+}
+
+impl ReadHelpers {
+    fn submit(&self, job: ReadJob) {
+        // With no helper left the job is dropped, and with it the sender
+        // its caller waits on, so the caller answers the part itself.
+        let _ = self.jobs.send(job);
+    }
+}
+
+fn read_helpers() -> &'static ReadHelpers {
+    static HELPERS: std::sync::OnceLock<ReadHelpers> = std::sync::OnceLock::new();
+    HELPERS.get_or_init(|| {
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(MAX_READ_THREADS);
+        let (tx, rx) = std::sync::mpsc::channel::<ReadJob>();
+        let rx = Arc::new(std::sync::Mutex::new(rx));
+        let mut count = 0;
+        for i in 1..threads {
+            let rx = rx.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("blazed-read-{i}"))
+                .spawn(move || {
+                    loop {
+                        let job = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                        match job {
+                            // A panicking get loses only its own part,
+                            // which its caller then answers itself.
+                            Ok(job) => {
+                                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                });
+            if spawned.is_ok() {
+                count += 1;
+            }
+        }
+        ReadHelpers { count, jobs: tx }
+    })
+}
+
 /// Makes room for the rest of a frame whose length is known, or for the
 /// next read chunk. The length was checked against the limit already.
 fn reserve_for_next_frame(inbuf: &mut Vec<u8>, max_frame: u32) {
@@ -177,14 +246,16 @@ impl Conn {
     /// bytes they took.
     fn handle_frames(&mut self, buf: &[u8]) -> usize {
         let mut pos = 0;
+        let mut gets = Vec::new();
         while !self.closing {
             match frame::frame_len(&buf[pos..], self.ctx.max_frame) {
                 Ok(Some(n)) => {
-                    self.handle_frame(&buf[pos + LEN_PREFIX..pos + n]);
+                    self.handle_frame(&buf[pos + LEN_PREFIX..pos + n], &mut gets);
                     pos += n;
                 }
                 Ok(None) => break,
                 Err(e) => {
+                    self.answer_gets(&mut gets);
                     self.fail_connection(0, ErrorCode::FrameTooLarge, format!(
                         "{e}; split the request (e.g. smaller batches) or raise the agent's max_frame"
                     ));
@@ -193,7 +264,48 @@ impl Conn {
                 }
             }
         }
+        self.answer_gets(&mut gets);
         if self.closing { buf.len() } else { pos }
+    }
+
+    /// Answers a run of gets, in order. A long run is shared with the read
+    /// helpers: each answers a contiguous part into its own buffer while
+    /// this thread answers the first, and the parts are joined in order.
+    fn answer_gets(&mut self, gets: &mut Vec<(u64, api::RecordRef)>) {
+        let helpers = read_helpers();
+        let threads = (helpers.count + 1).min(gets.len() / GETS_PER_THREAD);
+        if threads <= 1 {
+            for (id, p) in gets.drain(..) {
+                handler::get(&self.ctx, id, &p, &mut self.out);
+            }
+            return;
+        }
+        let run: Arc<[(u64, api::RecordRef)]> = gets.drain(..).collect();
+        let part = run.len().div_ceil(threads);
+        let pending: Vec<_> = (1..threads)
+            .map(|i| {
+                let range = i * part..((i + 1) * part).min(run.len());
+                let (ctx, run_for_job) = (self.ctx.clone(), run.clone());
+                let (tx, rx) = std::sync::mpsc::sync_channel(1);
+                helpers.submit(Box::new(move || {
+                    let _ = tx.send(answer_all(&ctx, &run_for_job[range]));
+                }));
+                (rx, i)
+            })
+            .collect();
+        self.out
+            .extend_from_slice(&answer_all(&self.ctx, &run[..part.min(run.len())]));
+        for (rx, i) in pending {
+            match rx.recv() {
+                Ok(bytes) => self.out.extend_from_slice(&bytes),
+                // The helper is gone (it panicked): answer here instead.
+                Err(_) => {
+                    let range = i * part..((i + 1) * part).min(run.len());
+                    self.out
+                        .extend_from_slice(&answer_all(&self.ctx, &run[range]));
+                }
+            }
+        }
     }
 
     /// Answers request `id` (0 when the frame had none) with an error and
@@ -204,10 +316,13 @@ impl Conn {
         self.closing = true;
     }
 
-    fn handle_frame(&mut self, payload: &[u8]) {
+    /// Handles one request, or adds it to `gets`, the run of gets waiting
+    /// to be answered, which is answered first if this request is not one.
+    fn handle_frame(&mut self, payload: &[u8], gets: &mut Vec<(u64, api::RecordRef)>) {
         let raw = match message::decode_request(payload) {
             Ok(raw) => raw,
             Err(e) => {
+                self.answer_gets(gets);
                 return self.fail_connection(
                     0,
                     ErrorCode::BadFrame,
@@ -219,8 +334,15 @@ impl Conn {
             return self.hello(raw);
         }
         match Request::decode(raw.method, raw.params) {
-            Ok(req) => self.dispatch(raw.id, req),
-            Err(e) => message::encode_error(&mut self.out, raw.id, &e),
+            Ok(Request::Get(p)) => gets.push((raw.id, p)),
+            Ok(req) => {
+                self.answer_gets(gets);
+                self.dispatch(raw.id, req);
+            }
+            Err(e) => {
+                self.answer_gets(gets);
+                message::encode_error(&mut self.out, raw.id, &e);
+            }
         }
     }
 

@@ -4,8 +4,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use blazedb_proto::api::{
-    BatchResult, CreatedResult, DbListResult, DroppedResult, GetResult, IndexParams, Request,
-    StatusResult, Write,
+    BatchResult, CreatedResult, DbListResult, DroppedResult, GetResult, IndexParams, RecordRef,
+    Request, StatusResult, Write,
 };
 use blazedb_proto::message::{self, EncodeError};
 use blazedb_proto::{ErrorCode, ErrorInfo};
@@ -82,6 +82,15 @@ fn done<R: Serialize>(ctx: &Ctx, out: &mut Vec<u8>, id: u64, r: Result<R, StoreE
     Handled::Done
 }
 
+/// Answers a get.
+pub(crate) fn get(ctx: &Ctx, id: u64, p: &RecordRef, out: &mut Vec<u8>) {
+    let result = ctx
+        .store
+        .get(&p.db, &p.collection, &p.id)
+        .map(|record| GetResult { record });
+    done(ctx, out, id, result);
+}
+
 /// Handles every request but hello, subscribe and unsubscribe (which need
 /// the connection's state).
 pub(crate) fn handle(
@@ -118,14 +127,10 @@ pub(crate) fn handle(
                 databases: store.list(),
             }),
         ),
-        Request::Get(p) => done(
-            ctx,
-            out,
-            id,
-            store
-                .get(&p.db, &p.collection, &p.id)
-                .map(|record| GetResult { record }),
-        ),
+        Request::Get(p) => {
+            get(ctx, id, &p, out);
+            Handled::Done
+        }
         Request::Query(p) => done(ctx, out, id, store.query(&p)),
         Request::DbCreate(p) => {
             store.submit(Command::CreateDb {
