@@ -61,24 +61,30 @@ impl Pair {
         self.store.apply_ops(DB, ops).unwrap();
     }
 
-    /// A write made on the agent's store, passed on to the reference as
-    /// the operation another replica would receive.
-    fn write_locally(&mut self, write: Write) -> Op {
+    /// A put made on the agent's store, passed on to the reference as the
+    /// operation another replica would receive.
+    fn put_locally(&mut self, id: &str, f: &[(&str, i64)]) {
+        let write = Write::Put {
+            collection: COLLECTION.into(),
+            id: Some(id.into()),
+            fields: fields(f),
+        };
         let results = self.rt.block_on(self.store.write(DB, vec![write])).unwrap();
         let op = self.store.read_op(DB, results[0].cursor).unwrap();
-        self.reference.apply_ops(DB, vec![op.clone()]).unwrap();
-        op
+        self.reference.apply_ops(DB, vec![op]).unwrap();
+    }
+
+    /// The visible fields of record `id`.
+    fn record(&self, id: &str) -> Fields {
+        self.visible()[&(COLLECTION.to_owned(), id.to_owned())].clone()
     }
 
     fn visible(&self) -> BTreeMap<(String, String), Fields> {
         let params = QueryParams {
             db: DB.into(),
             collection: COLLECTION.into(),
-            filters: Vec::new(),
-            order_by: None,
-            desc: false,
             limit: Some(10_000),
-            cursor: None,
+            ..QueryParams::default()
         };
         match self.store.query(&params) {
             Ok(res) => res
@@ -130,28 +136,17 @@ fn put(id: &str, f: &[(&str, i64)]) -> OpBody {
 #[test]
 fn an_older_remote_put_does_not_replace_a_newer_local_write() {
     let mut pair = Pair::new(0);
-    pair.write_locally(Write::Put {
-        collection: COLLECTION.into(),
-        id: Some("a".into()),
-        fields: fields(&[("x", 1)]),
-    });
+    pair.put_locally("a", &[("x", 1)]);
     // Stamped long before the local write: it loses, field by field.
     pair.apply(vec![op(1, 1, Hlc::new(T0, 0), 0, &put("a", &[("y", 2)]))]);
     pair.assert_agree();
-    assert_eq!(
-        pair.visible()[&(COLLECTION.to_owned(), "a".to_owned())],
-        fields(&[("x", 1)])
-    );
+    assert_eq!(pair.record("a"), fields(&[("x", 1)]));
 }
 
 #[test]
 fn a_remote_put_of_higher_priority_replaces_a_newer_local_write() {
     let mut pair = Pair::new(0);
-    pair.write_locally(Write::Put {
-        collection: COLLECTION.into(),
-        id: Some("a".into()),
-        fields: fields(&[("x", 1)]),
-    });
+    pair.put_locally("a", &[("x", 1)]);
     pair.apply(vec![op(1, 1, Hlc::new(T0, 0), 5, &put("a", &[("y", 2)]))]);
     pair.assert_agree();
     // Now an equal-priority put from elsewhere, later than everything,
@@ -163,10 +158,7 @@ fn a_remote_put_of_higher_priority_replaces_a_newer_local_write() {
     let later = Hlc::new(now_ms + 60_000, 0);
     pair.apply(vec![op(2, 1, later, 0, &put("a", &[("z", 3)]))]);
     pair.assert_agree();
-    assert_eq!(
-        pair.visible()[&(COLLECTION.to_owned(), "a".to_owned())],
-        fields(&[("y", 2)])
-    );
+    assert_eq!(pair.record("a"), fields(&[("y", 2)]));
 }
 
 #[test]
@@ -188,10 +180,7 @@ fn a_later_remote_patch_keeps_the_fields_it_does_not_touch() {
         ),
     ]);
     pair.assert_agree();
-    assert_eq!(
-        pair.visible()[&(COLLECTION.to_owned(), "a".to_owned())],
-        fields(&[("x", 1), ("y", 2)])
-    );
+    assert_eq!(pair.record("a"), fields(&[("x", 1), ("y", 2)]));
 }
 
 /// One origin's operations: a priority, and bodies with strictly rising

@@ -200,11 +200,8 @@ impl Replica for FjallReplica {
             let params = QueryParams {
                 db: DB.into(),
                 collection: c.into(),
-                filters: Vec::new(),
-                order_by: None,
-                desc: false,
                 limit: Some(10_000),
-                cursor: None,
+                ..QueryParams::default()
             };
             match self.store.query(&params) {
                 Ok(res) => {
