@@ -68,11 +68,15 @@ fn seeds_converge() {
 }
 
 /// A few seeds on the agent's own fjall store, crashes reopening it from
-/// disk.
+/// disk; `BLAZEDB_SIM_FJALL_SEEDS=N` runs seeds 0 to N-1 instead.
 #[test]
 fn seeds_converge_on_fjall() {
+    let seeds: Vec<u64> = match env_u64("BLAZEDB_SIM_FJALL_SEEDS") {
+        Some(n) => (0..n).collect(),
+        None => vec![3, 11, 42],
+    };
     let mut total = Stats::default();
-    for seed in [3, 11, 42] {
+    for seed in seeds {
         total += run_seed_on::<FjallReplica>(seed);
     }
     eprintln!("fjall seeds: {total:?}");
