@@ -124,7 +124,9 @@ impl Connection {
         pending: impl FnOnce(u64) -> Pending,
     ) -> Result<(), Error> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let mut buf = Vec::new();
+        // Most requests are a few hundred bytes: start big enough that
+        // encoding rarely grows the buffer.
+        let mut buf = Vec::with_capacity(256);
         let max = self.max_frame.load(Ordering::Relaxed);
         message::encode_request(&mut buf, id, M::NAME, params, max).map_err(|e| match e {
             EncodeError::TooLarge(t) => Error::TooLarge {

@@ -141,9 +141,84 @@ pub fn from_fields<T: serde::de::DeserializeOwned>(
     from_slice(&to_vec(fields)?)
 }
 
-/// Writers for code that assembles MessagePack by hand (to encode once and
-/// fill in a few numbers later). Writing to a `Vec` cannot fail.
+/// Readers and writers for code that handles MessagePack by hand: to
+/// encode once and fill in a few numbers later, or to pass encoded values
+/// on without decoding them. Writing to a `Vec` cannot fail.
 pub mod raw {
+    use super::CodecError;
+
+    /// A cursor over encoded bytes that reads one item at a time. Each
+    /// reader names what it expected in its error, as `what` says it.
+    #[derive(Debug, Clone)]
+    pub struct Reader<'a> {
+        buf: &'a [u8],
+    }
+
+    impl<'a> Reader<'a> {
+        /// A reader at the start of `buf`.
+        pub fn new(buf: &'a [u8]) -> Self {
+            Reader { buf }
+        }
+
+        /// Reads an array header and returns its length.
+        pub fn array_len(&mut self, what: &str) -> Result<u32, CodecError> {
+            rmp::decode::read_array_len(&mut self.buf)
+                .map_err(|_| CodecError(format!("{what} must be a MessagePack array")))
+        }
+
+        /// Reads a map header and returns its number of entries.
+        pub fn map_len(&mut self, what: &str) -> Result<u32, CodecError> {
+            rmp::decode::read_map_len(&mut self.buf)
+                .map_err(|_| CodecError(format!("{what} must be a MessagePack map")))
+        }
+
+        /// Reads an unsigned integer of any width.
+        pub fn uint(&mut self, what: &str) -> Result<u64, CodecError> {
+            rmp::decode::read_int(&mut self.buf)
+                .map_err(|_| CodecError(format!("{what} must be an unsigned integer")))
+        }
+
+        /// Reads a boolean.
+        pub fn bool(&mut self, what: &str) -> Result<bool, CodecError> {
+            rmp::decode::read_bool(&mut self.buf)
+                .map_err(|_| CodecError(format!("{what} must be a boolean")))
+        }
+
+        /// Reads a string, borrowed from the input.
+        pub fn str(&mut self, what: &str) -> Result<&'a str, CodecError> {
+            let err = || CodecError(format!("{what} must be a string"));
+            let len = rmp::decode::read_str_len(&mut self.buf).map_err(|_| err())? as usize;
+            let bytes = self.buf.get(..len).ok_or_else(err)?;
+            self.buf = &self.buf[len..];
+            std::str::from_utf8(bytes).map_err(|_| err())
+        }
+
+        /// Skips one whole value and returns its encoded bytes.
+        pub fn value(&mut self) -> Result<&'a [u8], CodecError> {
+            let len = super::value_len(self.buf)?;
+            let (v, rest) = self.buf.split_at(len);
+            self.buf = rest;
+            Ok(v)
+        }
+
+        /// Whether the next item is nil (it is not consumed).
+        pub fn is_nil(&self) -> bool {
+            self.buf.first() == Some(&0xc0)
+        }
+
+        /// Fails unless every byte has been read.
+        pub fn end(&self) -> Result<(), CodecError> {
+            if self.buf.is_empty() {
+                Ok(())
+            } else {
+                Err(CodecError(format!(
+                    "{} unexpected bytes after the value",
+                    self.buf.len()
+                )))
+            }
+        }
+    }
+
     /// The marker of a 64-bit unsigned integer.
     pub const U64: u8 = 0xcf;
 
@@ -165,6 +240,17 @@ pub mod raw {
     /// Appends an array header.
     pub fn array_len(out: &mut Vec<u8>, len: u32) {
         let _ = rmp::encode::write_array_len(out, len);
+    }
+
+    /// Appends an unsigned integer in its shortest form, as encoding a
+    /// `u64` does.
+    pub fn uint(out: &mut Vec<u8>, v: u64) {
+        let _ = rmp::encode::write_uint(out, v);
+    }
+
+    /// Appends nil.
+    pub fn nil(out: &mut Vec<u8>) {
+        out.push(0xc0);
     }
 
     /// Appends a 64-bit unsigned integer in its 9-byte form and returns

@@ -11,6 +11,7 @@
 
 use serde::Serialize;
 
+use crate::codec::raw::Reader;
 use crate::codec::{self, CodecError};
 use crate::error::ErrorInfo;
 use crate::frame::{self, FrameTooLarge};
@@ -63,56 +64,10 @@ pub enum RawIncoming<'a> {
     },
 }
 
-struct Reader<'a> {
-    buf: &'a [u8],
-}
-
-impl<'a> Reader<'a> {
-    fn array_len(&mut self) -> Result<u32, CodecError> {
-        rmp::decode::read_array_len(&mut self.buf)
-            .map_err(|_| CodecError("a message must be a MessagePack array".into()))
-    }
-
-    fn uint(&mut self, what: &str) -> Result<u64, CodecError> {
-        rmp::decode::read_int(&mut self.buf)
-            .map_err(|_| CodecError(format!("{what} must be an unsigned integer")))
-    }
-
-    fn str(&mut self, what: &str) -> Result<&'a str, CodecError> {
-        let err = || CodecError(format!("{what} must be a string"));
-        let len = rmp::decode::read_str_len(&mut self.buf).map_err(|_| err())? as usize;
-        let bytes = self.buf.get(..len).ok_or_else(err)?;
-        self.buf = &self.buf[len..];
-        std::str::from_utf8(bytes).map_err(|_| err())
-    }
-
-    fn value(&mut self) -> Result<&'a [u8], CodecError> {
-        let len = codec::value_len(self.buf)?;
-        let (v, rest) = self.buf.split_at(len);
-        self.buf = rest;
-        Ok(v)
-    }
-
-    fn is_nil(&self) -> bool {
-        self.buf.first() == Some(&0xc0)
-    }
-
-    fn end(&self) -> Result<(), CodecError> {
-        if self.buf.is_empty() {
-            Ok(())
-        } else {
-            Err(CodecError(format!(
-                "{} unexpected bytes after the message",
-                self.buf.len()
-            )))
-        }
-    }
-}
-
 /// Decodes a request envelope from a frame's payload.
 pub fn decode_request(payload: &[u8]) -> Result<RawRequest<'_>, CodecError> {
-    let mut r = Reader { buf: payload };
-    if r.array_len()? != 4 {
+    let mut r = Reader::new(payload);
+    if r.array_len("a message")? != 4 {
         return Err(CodecError(
             "a request must be an array of 4: [0, id, method, params]".into(),
         ));
@@ -131,8 +86,8 @@ pub fn decode_request(payload: &[u8]) -> Result<RawRequest<'_>, CodecError> {
 
 /// Decodes a response or notification envelope from a frame's payload.
 pub fn decode_incoming(payload: &[u8]) -> Result<RawIncoming<'_>, CodecError> {
-    let mut r = Reader { buf: payload };
-    let len = r.array_len()?;
+    let mut r = Reader::new(payload);
+    let len = r.array_len("a message")?;
     let kind = r.uint("the message type")?;
     let msg = match (kind, len) {
         (1, 4) => {
@@ -187,11 +142,23 @@ pub fn encode_response<R: Serialize + ?Sized>(
     result: &R,
     max_frame: u32,
 ) -> Result<(), EncodeError> {
+    encode_response_with(out, id, max_frame, |out| codec::encode_into(out, result))
+}
+
+/// Appends a whole success-response frame to `out` whose result `write`
+/// appends as MessagePack it assembled itself, such as values passed on
+/// still encoded.
+pub fn encode_response_with(
+    out: &mut Vec<u8>,
+    id: u64,
+    max_frame: u32,
+    write: impl FnOnce(&mut Vec<u8>) -> Result<(), CodecError>,
+) -> Result<(), EncodeError> {
     let start = frame::begin_frame(out);
     let body = (|| {
         codec::encode_into(out, &(TYPE_RESPONSE, id, ()))?;
         out[start + frame::LEN_PREFIX] = 0x94;
-        codec::encode_into(out, result)
+        write(out)
     })();
     finish(out, start, body, max_frame)
 }

@@ -435,7 +435,7 @@ impl<'de> Deserialize<'de> for Value {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::codec;
     use proptest::prelude::*;

@@ -33,19 +33,28 @@ pub(crate) fn encode_result<R: Serialize>(
     result: Result<&R, StoreError>,
     max_frame: u32,
 ) {
-    let err = match result {
-        Ok(r) => match message::encode_response(out, id, r, max_frame) {
-            Ok(()) => return,
-            Err(EncodeError::TooLarge(e)) => ErrorInfo::new(
-                ErrorCode::InvalidArgument,
-                format!(
-                    "the response would be {} bytes, over the frame limit of {}; \
-                     ask for less (a smaller query limit)",
-                    e.len, e.max
-                ),
+    let sent = result.map(|r| message::encode_response(out, id, r, max_frame));
+    error_unless_sent(out, id, sent);
+}
+
+/// Appends an error frame unless the response was encoded: the store
+/// failed, or the response could not be encoded or was over the limit.
+fn error_unless_sent(
+    out: &mut Vec<u8>,
+    id: u64,
+    sent: Result<Result<(), EncodeError>, StoreError>,
+) {
+    let err = match sent {
+        Ok(Ok(())) => return,
+        Ok(Err(EncodeError::TooLarge(e))) => ErrorInfo::new(
+            ErrorCode::InvalidArgument,
+            format!(
+                "the response would be {} bytes, over the frame limit of {}; \
+                 ask for less (a smaller query limit)",
+                e.len, e.max
             ),
-            Err(EncodeError::Codec(e)) => ErrorInfo::new(ErrorCode::Internal, e.to_string()),
-        },
+        ),
+        Ok(Err(EncodeError::Codec(e))) => ErrorInfo::new(ErrorCode::Internal, e.to_string()),
         Err(e) => e.into(),
     };
     message::encode_error(out, id, &err);
@@ -84,11 +93,16 @@ fn done<R: Serialize>(ctx: &Ctx, out: &mut Vec<u8>, id: u64, r: Result<R, StoreE
 
 /// Answers a get.
 pub(crate) fn get(ctx: &Ctx, id: u64, p: &RecordRef, out: &mut Vec<u8>) {
-    let result = ctx
+    // The stored values are passed on as they are encoded.
+    let sent = ctx
         .store
-        .get(&p.db, &p.collection, &p.id)
-        .map(|record| GetResult { record });
-    done(ctx, out, id, result);
+        .get_encoded(&p.db, &p.collection, &p.id, |record| {
+            message::encode_response_with(out, id, ctx.max_frame, |out| {
+                GetResult::encode_from(out, record);
+                Ok(())
+            })
+        });
+    error_unless_sent(out, id, sent);
 }
 
 /// Handles every request but hello, subscribe and unsubscribe (which need

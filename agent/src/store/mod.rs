@@ -35,8 +35,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use blazedb_proto::api::{
-    Change, ChangeKind, CollectionInfo, DbInfo, DbSettings, QueryParams, QueryResult, Record,
-    SyncMode, Write, WriteResult,
+    Change, ChangeKind, CollectionInfo, DbInfo, DbSettings, EncodedRecord, QueryParams,
+    QueryResult, Record, SyncMode, Write, WriteResult,
 };
 use blazedb_proto::{DeviceId, Epoch, Hlc, Op, OpBody, VersionVector, codec};
 use fjall::{Keyspace, KeyspaceCreateOptions};
@@ -47,7 +47,7 @@ pub use error::StoreError;
 pub use stamped::{FreshPutLayout, fresh_put_layout};
 pub use writer::{Command, PreparedWrite, Reply, prepare};
 
-use record::StoredRecord;
+use record::{StoredRecord, Visible};
 
 /// Store tuning.
 #[derive(Debug, Clone)]
@@ -558,16 +558,46 @@ impl Store {
 
     /// Reads one record.
     pub fn get(&self, db: &str, collection: &str, id: &str) -> Result<Option<Record>, StoreError> {
+        self.get_encoded(db, collection, id, |rec| {
+            rec.map(|r| {
+                let fields = r
+                    .fields
+                    .iter()
+                    .map(|(name, value)| Ok(((*name).to_owned(), codec::from_slice(value)?)))
+                    .collect::<Result<_, StoreError>>()?;
+                Ok(Record {
+                    id: id.to_owned(),
+                    fields,
+                    version: r.version,
+                })
+            })
+            .transpose()
+        })?
+    }
+
+    /// Reads one record and hands it to `f` with its field values still
+    /// encoded (`None` when there is no live record with that id), so a
+    /// caller that only passes the values on need not decode them.
+    pub fn get_encoded<R>(
+        &self,
+        db: &str,
+        collection: &str,
+        id: &str,
+        f: impl FnOnce(Option<&EncodedRecord<'_>>) -> R,
+    ) -> Result<R, StoreError> {
         let db = self.db(db)?;
         if !read_lock(&db.collections).contains_key(collection) {
             db.collection(collection)?;
         }
-        let rec = db.load_record(&keys::record_key(collection, id))?;
-        Ok(rec.filter(StoredRecord::is_live).map(|r| Record {
-            id: id.to_owned(),
-            version: r.version(),
-            fields: r.into_fields(),
-        }))
+        let Some(bytes) = db.records.get(keys::record_key(collection, id))? else {
+            return Ok(f(None));
+        };
+        let record = Visible::read(&bytes)?.map(|v| EncodedRecord {
+            id,
+            fields: v.fields,
+            version: v.version,
+        });
+        Ok(f(record.as_ref()))
     }
 
     /// Runs a query.

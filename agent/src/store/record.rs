@@ -10,6 +10,8 @@
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
 
+use blazedb_proto::codec::CodecError;
+use blazedb_proto::codec::raw::Reader;
 use blazedb_proto::{DeviceId, Fields, Hlc, OpBody, Value};
 use serde::{Deserialize, Serialize};
 
@@ -277,9 +279,79 @@ impl StoredRecord {
     }
 }
 
+/// What a read sees of a stored record, taken from its encoded bytes
+/// without decoding them: the visible fields, values still encoded, and
+/// the version. It equals `is_live`, `version` and `into_fields` of the
+/// decoded record (a test checks it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Visible<'a> {
+    /// The clock reading of the latest write that shaped the record.
+    pub(crate) version: Hlc,
+    /// The fields that hold a value, in name order.
+    pub(crate) fields: Vec<(&'a str, &'a [u8])>,
+}
+
+impl Visible<'_> {
+    /// Reads an encoded [`StoredRecord`]; `None` when it is not live (a
+    /// tombstone).
+    pub(crate) fn read(stored: &[u8]) -> Result<Option<Visible<'_>>, CodecError> {
+        let mut r = Reader::new(stored);
+        let mut version = Hlc::default();
+        let mut live_base = false;
+        let mut fields = Vec::new();
+        for _ in 0..r.map_len("a stored record")? {
+            match r.str("a stored record's key")? {
+                "base" if !r.is_nil() => {
+                    if r.array_len("a record's base")? != 2 {
+                        return Err(CodecError(
+                            "a record's base must be [stamp, deleted]".into(),
+                        ));
+                    }
+                    version = version.max(cell_hlc(&mut r)?);
+                    live_base = !r.bool("a record's deleted flag")?;
+                }
+                "fields" => {
+                    for _ in 0..r.map_len("a record's fields")? {
+                        let name = r.str("a field name")?;
+                        if r.array_len("a field")? != 2 {
+                            return Err(CodecError("a field must be [stamp, [value]]".into()));
+                        }
+                        version = version.max(cell_hlc(&mut r)?);
+                        match r.array_len("a field's value")? {
+                            0 => {}
+                            1 => fields.push((name, r.value()?)),
+                            _ => return Err(CodecError("a field holds at most one value".into())),
+                        }
+                    }
+                }
+                // The origins table, and a nil base.
+                _ => {
+                    r.value()?;
+                }
+            }
+        }
+        r.end()?;
+        Ok((live_base || !fields.is_empty()).then_some(Visible { version, fields }))
+    }
+}
+
+/// Reads a [`CellStamp`] and returns its clock reading.
+fn cell_hlc(r: &mut Reader<'_>) -> Result<Hlc, CodecError> {
+    if r.array_len("a stamp")? != 3 {
+        return Err(CodecError(
+            "a stamp must be [priority, clock, origin]".into(),
+        ));
+    }
+    r.uint("a stamp's priority")?;
+    let hlc = Hlc(r.uint("a stamp's clock")?);
+    r.uint("a stamp's origin")?;
+    Ok(hlc)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use blazedb_proto::codec;
     use proptest::prelude::*;
 
     fn stamp(hlc: u64, dev: u8) -> Stamp {
@@ -570,6 +642,37 @@ mod tests {
                 b.apply(s, body);
             }
             prop_assert_eq!(visible(&a), visible(&b));
+        }
+    }
+
+    proptest! {
+        /// Reading a stored record's bytes without decoding them sees what
+        /// the decoded record shows.
+        #[test]
+        fn reading_the_encoded_record_sees_the_decoded_one(
+            ops in proptest::collection::vec(arb_op(), 0..8),
+        ) {
+            let rec = applied(&unique(ops));
+            let bytes = codec::to_vec(&rec).expect("encode");
+            let seen = Visible::read(&bytes).expect("read");
+            let expected = rec.is_live().then(|| {
+                let fields: Vec<(String, Vec<u8>)> = rec
+                    .clone()
+                    .into_fields()
+                    .iter()
+                    .map(|(k, v)| (k.clone(), codec::to_vec(v).expect("encode")))
+                    .collect();
+                (rec.version(), fields)
+            });
+            let seen = seen.map(|v| {
+                let fields: Vec<(String, Vec<u8>)> = v
+                    .fields
+                    .iter()
+                    .map(|(k, b)| ((*k).to_owned(), b.to_vec()))
+                    .collect();
+                (v.version, fields)
+            });
+            prop_assert_eq!(seen, expected);
         }
     }
 }
