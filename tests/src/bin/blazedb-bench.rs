@@ -25,7 +25,8 @@ use blazedb::{Client, Fields, Value};
 use blazedb_proto::api::{DbSettings, Durability};
 use blazedb_proto::frame::LEN_PREFIX;
 use blazedb_tests::bench::{
-    Samples, batched_puts, print_latency, raw_fjall_puts, raw_fjall_store_layout, record,
+    Samples, batched_puts, cpu_seconds, print_latency, raw_fjall_puts, raw_fjall_store_layout,
+    record,
 };
 use blazedb_tests::{TestAgent, sibling_bin};
 use clap::Parser;
@@ -138,10 +139,12 @@ async fn run(quick: bool, only: &[String], records: Option<usize>) -> anyhow::Re
     // 2. Durable batched puts against raw fjall batches.
     let batch = 1000;
     let dir = tempfile::tempdir()?;
+    let mut store_gets = 0.0;
     if on("puts") || on("gets") {
         let raw_puts = raw_fjall_puts(dir.path(), n.puts, batch)?;
         let raw_layout = raw_fjall_store_layout(dir.path(), n.puts, batch)?;
-        let store_puts = store_puts(dir.path(), n.puts, batch).await?;
+        let (store_puts, gets) = store_puts_and_gets(dir.path(), n.puts, batch, n.gets).await?;
+        store_gets = gets;
         let our_puts = batched_puts(&client, "bench", n.puts, batch).await?;
         println!("durable puts, batches of {batch}, {} records", n.puts);
         println!(
@@ -170,7 +173,9 @@ async fn run(quick: bool, only: &[String], records: Option<usize>) -> anyhow::Re
     // 3. Pipelined gets against raw fjall point gets.
     if on("gets") {
         let (raw_gets, raw_table_gets) = raw_fjall_gets(dir.path(), n.gets, n.puts)?;
+        let cpu_before = (cpu_seconds(agent.pid()), cpu_seconds(None));
         let our_gets = pipelined_gets(&client, n.gets, n.puts).await?;
+        let cpu_after = (cpu_seconds(agent.pid()), cpu_seconds(None));
         println!("point gets, {} random keys of {}", n.gets, n.puts);
         println!(
             "  raw fjall get                     {:>12.0} ops/s  (records in the memtable)",
@@ -181,9 +186,20 @@ async fn run(quick: bool, only: &[String], records: Option<usize>) -> anyhow::Re
             raw_table_gets
         );
         println!(
+            "  store only (no IPC), one thread   {:>12.0} ops/s",
+            store_gets
+        );
+        println!(
             "  blazed get, 128 in flight         {:>12.0} ops/s",
             our_gets
         );
+        if let ((Some(a0), Some(c0)), (Some(a1), Some(c1))) = (cpu_before, cpu_after) {
+            println!(
+                "  CPU per get: agent {:.1} us, client {:.1} us",
+                (a1 - a0) * 1e6 / n.gets as f64,
+                (c1 - c0) * 1e6 / n.gets as f64
+            );
+        }
         println!(
             "  ratio blazed/raw: {:.0}% (target >= 80%); blazed/raw from a disk table: {:.0}%\n",
             100.0 * our_gets / raw_gets,
@@ -326,8 +342,14 @@ fn random_gets(ks: &fjall::Keyspace, n: usize, keys: usize) -> anyhow::Result<f6
 }
 
 /// The store alone, in this process: what the agent's IPC layer adds to it
-/// is the difference to the next figure.
-async fn store_puts(dir: &Path, n: usize, batch: usize) -> anyhow::Result<f64> {
+/// is the difference to the agent's figures. Returns the rate of the puts
+/// and then of random gets of what they wrote.
+async fn store_puts_and_gets(
+    dir: &Path,
+    n: usize,
+    batch: usize,
+    gets: usize,
+) -> anyhow::Result<(f64, f64)> {
     let store = blazed::store::Store::open(
         &dir.join("store"),
         blazedb_proto::DeviceId([1; 32]),
@@ -364,9 +386,19 @@ async fn store_puts(dir: &Path, n: usize, batch: usize) -> anyhow::Result<f64> {
     for h in handles {
         h.await??;
     }
-    let rate = n as f64 / t.elapsed().as_secs_f64();
+    let put_rate = n as f64 / t.elapsed().as_secs_f64();
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let t = Instant::now();
+    for _ in 0..gets {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let id = format!("k{:08}", x as usize % n);
+        anyhow::ensure!(store.get("bench", "items", &id)?.is_some(), "{id} missing");
+    }
+    let get_rate = gets as f64 / t.elapsed().as_secs_f64();
     store.shutdown().await?;
-    Ok(rate)
+    Ok((put_rate, get_rate))
 }
 
 async fn pipelined_gets(client: &Client, n: usize, keys: usize) -> anyhow::Result<f64> {
