@@ -173,9 +173,6 @@ async fn run(quick: bool, only: &[String], records: Option<usize>) -> anyhow::Re
     // 3. Pipelined gets against raw fjall point gets.
     if on("gets") {
         let (raw_gets, raw_table_gets) = raw_fjall_gets(dir.path(), n.gets, n.puts)?;
-        let cpu_before = (cpu_seconds(agent.pid()), cpu_seconds(None));
-        let our_gets = pipelined_gets(&client, n.gets, n.puts).await?;
-        let cpu_after = (cpu_seconds(agent.pid()), cpu_seconds(None));
         println!("point gets, {} random keys of {}", n.gets, n.puts);
         println!(
             "  raw fjall get                     {:>12.0} ops/s  (records in the memtable)",
@@ -189,22 +186,29 @@ async fn run(quick: bool, only: &[String], records: Option<usize>) -> anyhow::Re
             "  store only (no IPC), one thread   {:>12.0} ops/s",
             store_gets
         );
-        println!(
-            "  blazed get, 128 in flight         {:>12.0} ops/s",
-            our_gets
-        );
-        if let ((Some(a0), Some(c0)), (Some(a1), Some(c1))) = (cpu_before, cpu_after) {
+        // One untimed pass warms the agent's block cache, as the raw
+        // figure's is. The shallower pipeline is what the target is judged
+        // on; the deeper one shows how much of the cost is per burst.
+        pipelined_gets(&client, n.gets, n.puts, 1024).await?;
+        for depth in [128, 1024] {
+            let cpu_before = (cpu_seconds(agent.pid()), cpu_seconds(None));
+            let our_gets = pipelined_gets(&client, n.gets, n.puts, depth).await?;
+            let cpu_after = (cpu_seconds(agent.pid()), cpu_seconds(None));
             println!(
-                "  CPU per get: agent {:.1} us, client {:.1} us",
-                (a1 - a0) * 1e6 / n.gets as f64,
-                (c1 - c0) * 1e6 / n.gets as f64
+                "  blazed get, {depth:>4} in flight        {:>12.0} ops/s  ({:.0}% of raw, {:.0}% of raw from a disk table)",
+                our_gets,
+                100.0 * our_gets / raw_gets,
+                100.0 * our_gets / raw_table_gets
             );
+            if let ((Some(a0), Some(c0)), (Some(a1), Some(c1))) = (cpu_before, cpu_after) {
+                println!(
+                    "    CPU per get: agent {:.1} us, client {:.1} us",
+                    (a1 - a0) * 1e6 / n.gets as f64,
+                    (c1 - c0) * 1e6 / n.gets as f64
+                );
+            }
         }
-        println!(
-            "  ratio blazed/raw: {:.0}% (target >= 80%); blazed/raw from a disk table: {:.0}%\n",
-            100.0 * our_gets / raw_gets,
-            100.0 * our_gets / raw_table_gets
-        );
+        println!("  target: 128 in flight >= 80% of raw\n");
     }
 
     // 4. Change events to a subscriber in another process.
@@ -317,12 +321,14 @@ async fn raw_ping_pong(req_len: usize, resp_len: usize, n: usize) -> anyhow::Res
 /// Random point gets on the raw fjall database `raw_fjall_puts` wrote:
 /// first as written (the records are still in the memtable), then again
 /// after flushing them to a disk table, as the agent's store holds most
-/// of its records. Returns both rates.
+/// of its records, with the block cache warm. Returns both rates.
 fn raw_fjall_gets(dir: &Path, n: usize, keys: usize) -> anyhow::Result<(f64, f64)> {
     let db = fjall::Database::builder(dir.join("raw")).open()?;
     let ks = db.keyspace("items", KeyspaceCreateOptions::default)?;
     let in_memory = random_gets(&ks, n, keys)?;
     ks.rotate_memtable_and_wait()?;
+    // The first pass fills the block cache, as the agent's warm-up does.
+    random_gets(&ks, n, keys)?;
     let from_tables = random_gets(&ks, n, keys)?;
     Ok((in_memory, from_tables))
 }
@@ -387,23 +393,35 @@ async fn store_puts_and_gets(
         h.await??;
     }
     let put_rate = n as f64 / t.elapsed().as_secs_f64();
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let random_gets = || {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..gets {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let id = format!("k{:08}", x as usize % n);
+            anyhow::ensure!(store.get("bench", "items", &id)?.is_some(), "{id} missing");
+        }
+        anyhow::Ok(())
+    };
+    // The first pass warms the block cache, as for the other get figures.
+    random_gets()?;
     let t = Instant::now();
-    for _ in 0..gets {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        let id = format!("k{:08}", x as usize % n);
-        anyhow::ensure!(store.get("bench", "items", &id)?.is_some(), "{id} missing");
-    }
+    random_gets()?;
     let get_rate = gets as f64 / t.elapsed().as_secs_f64();
     store.shutdown().await?;
     Ok((put_rate, get_rate))
 }
 
-async fn pipelined_gets(client: &Client, n: usize, keys: usize) -> anyhow::Result<f64> {
+/// Random gets from `lanes` tasks on one connection, so that `lanes`
+/// requests are in flight. Returns gets per second.
+async fn pipelined_gets(
+    client: &Client,
+    n: usize,
+    keys: usize,
+    lanes: usize,
+) -> anyhow::Result<f64> {
     let coll = Arc::new(client.db("bench").collection("items"));
-    let lanes = 128;
     let t = Instant::now();
     let mut handles = Vec::new();
     for lane in 0..lanes {
