@@ -11,6 +11,11 @@ use blazedb_proto::DeviceId;
 use p256::SecretKey;
 use sha2::{Digest, Sha256};
 
+/// The device id a public key stands for: the SHA-256 of its SEC1 form.
+pub fn device_id_of(key: &p256::PublicKey) -> DeviceId {
+    DeviceId(Sha256::digest(key.to_sec1_bytes()).into())
+}
+
 /// The key file's name in the data directory.
 pub const KEY_FILE: &str = "device.key";
 
@@ -90,8 +95,7 @@ impl Identity {
     }
 
     fn from_secret(secret: SecretKey) -> Identity {
-        let public = secret.public_key().to_sec1_bytes();
-        let id = DeviceId(Sha256::digest(&public).into());
+        let id = device_id_of(&secret.public_key());
         Identity { secret, id }
     }
 

@@ -14,8 +14,8 @@ use blazedb_proto::mesh::{MeshId, PEER_PROTOCOL_VERSION};
 use mdns_sd::{IfKind, ServiceDaemon, ServiceEvent, ServiceInfo};
 use tokio::sync::watch;
 
-use super::driver::now_ms;
 use super::{Shared, lock};
+use crate::store::wall_ms;
 
 /// The service type agents announce.
 pub const SERVICE_TYPE: &str = "_blazedb._udp.local.";
@@ -73,7 +73,7 @@ pub(crate) fn start(
                             .addresses
                             .iter()
                             .map(|ip| SocketAddr::new(ip.to_ip_addr(), info.port))
-                            .filter(|a| !matches!(a.ip(), std::net::IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80))
+                            .filter(|a| !matches!(a.ip(), std::net::IpAddr::V6(v6) if v6.is_unicast_link_local()))
                             .collect();
                         let fresh = {
                             let mut d = lock(&shared.discovered);
@@ -86,7 +86,7 @@ pub(crate) fn start(
                         if !linked {
                             // Heard again while unlinked: it is likely
                             // reachable now, whatever the backoff says.
-                            lock(&shared.dials).retry_soon(Some(&device.to_base32()), now_ms());
+                            lock(&shared.dials).retry_soon(Some(&device.to_base32()), wall_ms());
                         }
                         if fresh || !linked {
                             tracing::debug!(peer = %device.short(), "found by mDNS");

@@ -17,15 +17,8 @@ use blazedb_proto::api::{DbSettings, SyncMode};
 use blazedb_proto::{DeviceId, SyncMessage};
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::store::{Command, Store, StoreNotice};
+use crate::store::{Command, Store, StoreNotice, wall_ms};
 use crate::sync::{Engine, EngineConfig, Event, SyncStore as _};
-
-/// Wall-clock milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
 
 /// What the driver is told.
 #[derive(Debug)]
@@ -134,10 +127,10 @@ fn run(store: Store, members: Vec<DeviceId>, rx: mpsc::Receiver<Input>, stats: S
         members,
         ..EngineConfig::default()
     };
-    let mut engine = Engine::new(me, store.clone(), config, now_ms());
+    let mut engine = Engine::new(me, store.clone(), config, wall_ms());
     let mut routes: BTreeMap<DeviceId, Route> = BTreeMap::new();
     loop {
-        let wait = engine.poll_timeout().saturating_sub(now_ms());
+        let wait = engine.poll_timeout().saturating_sub(wall_ms());
         let first = match rx.recv_timeout(Duration::from_millis(wait.min(60_000))) {
             Ok(input) => Some(input),
             Err(RecvTimeoutError::Timeout) => None,
@@ -153,7 +146,7 @@ fn run(store: Store, members: Vec<DeviceId>, rx: mpsc::Receiver<Input>, stats: S
             }
         }
         for input in inputs {
-            let now = now_ms();
+            let now = wall_ms();
             match input {
                 Input::Connected { peer, link, tx } => {
                     if routes.contains_key(&peer) {
@@ -195,9 +188,9 @@ fn run(store: Store, members: Vec<DeviceId>, rx: mpsc::Receiver<Input>, stats: S
             }
         }
         for db in committed {
-            engine.local_commit(&db, now_ms());
+            engine.local_commit(&db, wall_ms());
         }
-        let now = now_ms();
+        let now = wall_ms();
         if engine.poll_timeout() <= now {
             engine.handle_timeout(now);
         }
@@ -222,11 +215,11 @@ fn on_event(engine: &mut Engine<Store>, store: &Store, stats: &Stats, event: Eve
     match event {
         Event::Applied { db, from, ops } => {
             tracing::debug!(db, peer = %from.short(), ops, "applied operations");
-            note(stats, from, |s| s.last_sync_ms = Some(now_ms()));
+            note(stats, from, |s| s.last_sync_ms = Some(wall_ms()));
         }
         Event::SnapshotMerged { db, from } => {
             tracing::info!(db, peer = %from.short(), "merged a snapshot");
-            note(stats, from, |s| s.last_sync_ms = Some(now_ms()));
+            note(stats, from, |s| s.last_sync_ms = Some(wall_ms()));
         }
         Event::UnknownDatabase { db, peer } => {
             tracing::info!(db, peer = %peer.short(), "a peer syncs a new database: creating it");
@@ -237,7 +230,7 @@ fn on_event(engine: &mut Engine<Store>, store: &Store, stats: &Stats, event: Eve
                 reply,
             });
             match created {
-                Ok(_) => engine.database_added(&db, now_ms()),
+                Ok(_) => engine.database_added(&db, wall_ms()),
                 Err(e) => tracing::warn!(db, "cannot create a database a peer syncs: {e}"),
             }
         }

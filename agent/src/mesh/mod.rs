@@ -38,7 +38,8 @@ use tokio::sync::{Notify, mpsc, watch};
 
 use crate::identity::Identity;
 use crate::store::Store;
-use driver::{Driver, Input, now_ms};
+use crate::store::wall_ms;
+use driver::{Driver, Input};
 use session::SessionError;
 use state::{MeshKeys, MeshState};
 
@@ -120,7 +121,7 @@ struct StateGate(Arc<Mutex<MeshState>>);
 
 impl tls::Gate for StateGate {
     fn admits(&self, device: &DeviceId) -> bool {
-        lock(&self.0).admits(device, now_ms())
+        lock(&self.0).admits(device, wall_ms())
     }
 }
 
@@ -257,7 +258,7 @@ impl Shared {
     ) -> Option<(MeshKeys, [u8; 32])> {
         let mut s = lock(&self.state);
         let keys = s.keys.clone()?;
-        let secret = s.redeem(invite, now_ms(), check)?;
+        let secret = s.redeem(invite, wall_ms(), check)?;
         self.save(&s);
         Some((keys, secret))
     }
@@ -286,7 +287,7 @@ impl Shared {
             let (old, new) = (existing.conn.remote_address(), conn.remote_address());
             if existing.dialled == dialled
                 && existing.conn.close_reason().is_none()
-                && lock(&self.clones).replaced_live(peer, old, new, now_ms())
+                && lock(&self.clones).replaced_live(peer, old, new, wall_ms())
             {
                 tracing::error!(
                     peer = %peer,
@@ -309,7 +310,7 @@ impl Shared {
         drop(sessions);
         // A session came up, so the network works: targets that failed
         // while it was down are tried again now, not a minute from now.
-        lock(&self.dials).retry_soon(None, now_ms());
+        lock(&self.dials).retry_soon(None, wall_ms());
         self.wake.notify_one();
         true
     }
@@ -508,7 +509,7 @@ impl Mesh {
         let invite = s.new_invite(
             self.shared.me,
             self.shared.addrs.clone(),
-            now_ms(),
+            wall_ms(),
             ttl.as_millis() as u64,
             uses,
         )?;
@@ -528,7 +529,7 @@ impl Mesh {
                 k.id.tag()
             );
         }
-        if invite.expires_ms <= now_ms() {
+        if invite.expires_ms <= wall_ms() {
             anyhow::bail!("the invite has expired: ask for a new one");
         }
         if invite.inviter == self.shared.me {
@@ -606,7 +607,7 @@ impl Mesh {
         let members: Vec<Member> = lock(&self.shared.state).members.values().cloned().collect();
         let sessions = lock(&self.shared.sessions);
         let clones = lock(&self.shared.clones);
-        let now = now_ms();
+        let now = wall_ms();
         members
             .into_iter()
             .map(|m| {
@@ -649,11 +650,13 @@ fn local_addrs(local: SocketAddr) -> Vec<String> {
     let mut loopback = Vec::new();
     for iface in if_addrs::get_if_addrs().unwrap_or_default() {
         let ip = iface.ip();
-        if local.is_ipv4() != ip.is_ipv4() && !local.ip().is_unspecified() {
+        // An IPv4 endpoint cannot answer on IPv6; one bound to `::` takes
+        // both.
+        if local.is_ipv4() && ip.is_ipv6() {
             continue;
         }
         if let std::net::IpAddr::V6(v6) = ip
-            && (v6.segments()[0] & 0xffc0) == 0xfe80
+            && v6.is_unicast_link_local()
         {
             // Link-local addresses need a scope that other hosts lack.
             continue;
@@ -734,13 +737,13 @@ async fn dial_loop(shared: Arc<Shared>) {
             return;
         }
         for (key, device, addrs) in dial_targets(&shared) {
-            if !lock(&shared.dials).begin(&key, now_ms()) {
+            if !lock(&shared.dials).begin(&key, wall_ms()) {
                 continue;
             }
             let shared = shared.clone();
             tokio::spawn(async move {
                 let reached = dial_one(&shared, device, &addrs).await;
-                lock(&shared.dials).finished(&key, reached, now_ms(), jitter());
+                lock(&shared.dials).finished(&key, reached, wall_ms(), jitter());
                 shared.wake.notify_one();
             });
         }

@@ -18,7 +18,6 @@ use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
-use sha2::{Digest as _, Sha256};
 
 use crate::identity::Identity;
 
@@ -36,7 +35,7 @@ pub fn device_of_cert(cert: &CertificateDer<'_>) -> Option<DeviceId> {
     let parsed = rustls::server::ParsedCertificate::try_from(cert).ok()?;
     let spki = parsed.subject_public_key_info();
     let key = p256::PublicKey::from_public_key_der(spki.as_ref()).ok()?;
-    Some(DeviceId(Sha256::digest(key.to_sec1_bytes()).into()))
+    Some(crate::identity::device_id_of(&key))
 }
 
 /// The server name that pins `device` when dialling it.

@@ -108,15 +108,20 @@ pub(crate) struct SyncMeta {
     pub(crate) max_priority: u8,
 }
 
+/// Wall-clock milliseconds since the Unix epoch (0 if the clock is before
+/// it).
+pub(crate) fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// A fresh epoch: later than any made before on a machine whose clock is
 /// right, with random low bits so two replicas never share one.
 pub(crate) fn new_epoch() -> Epoch {
     let mut r = [0u8; 2];
     let _ = getrandom::fill(&mut r);
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
-    (ms << 16) | u64::from(u16::from_be_bytes(r))
+    (wall_ms() << 16) | u64::from(u16::from_be_bytes(r))
 }
 
 /// One open database.

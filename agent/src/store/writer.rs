@@ -338,13 +338,6 @@ fn new_id() -> String {
         .to_string()
 }
 
-fn wall_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// A write validated and encoded on the caller's thread, so that the writer
 /// thread only stamps and stores it.
 #[derive(Debug)]
@@ -725,7 +718,7 @@ impl Writer {
         counters.head += 1;
         counters.local_seq += 1;
         let (cursor, seq) = (counters.head, counters.local_seq);
-        let hlc = self.clock.tick(wall_ms());
+        let hlc = self.clock.tick(super::wall_ms());
         let stamp = Stamp {
             priority: write_priority,
             hlc,
