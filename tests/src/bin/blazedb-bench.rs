@@ -400,7 +400,8 @@ async fn store_puts_and_gets(
             x ^= x >> 7;
             x ^= x << 17;
             let id = format!("k{:08}", x as usize % n);
-            anyhow::ensure!(store.get("bench", "items", &id)?.is_some(), "{id} missing");
+            let found = store.get_encoded("bench", "items", &id, |r| r.is_some())?;
+            anyhow::ensure!(found, "{id} missing");
         }
         anyhow::Ok(())
     };
