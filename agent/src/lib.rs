@@ -9,9 +9,11 @@
 //! - [`agent`]: starts everything and shuts it down.
 //! - [`service`]: systemd and launchd: installing, readiness.
 
+pub mod access;
 pub mod agent;
 pub mod cli;
 pub mod config;
+pub mod crypto;
 pub mod identity;
 pub mod ipc;
 pub mod lock;

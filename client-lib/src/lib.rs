@@ -168,8 +168,20 @@ impl Client {
         ttl_secs: Option<u64>,
         uses: Option<u32>,
     ) -> Result<api::MeshInviteResult, Error> {
-        self.call::<api::MeshInvite>(&api::MeshInviteParams { ttl_secs, uses })
-            .await
+        self.invite_with(api::MeshInviteParams {
+            ttl_secs,
+            uses,
+            teams: Vec::new(),
+        })
+        .await
+    }
+
+    /// Makes an invite code with every setting given, teams included.
+    pub async fn invite_with(
+        &self,
+        params: api::MeshInviteParams,
+    ) -> Result<api::MeshInviteResult, Error> {
+        self.call::<api::MeshInvite>(&params).await
     }
 
     /// Joins the mesh of an invite code; returns once the inviter has let
@@ -181,7 +193,8 @@ impl Client {
         .await
     }
 
-    /// Removes a device from the mesh, on every member.
+    /// Removes a device from the mesh, on every member (admins only).
+    /// `device` is its id, 7 or more of its first characters, or its name.
     pub async fn remove_device(&self, device: &str) -> Result<api::MeshStatusResult, Error> {
         self.call::<api::MeshRemove>(&api::MeshRemoveParams {
             device: device.to_owned(),
@@ -189,18 +202,71 @@ impl Client {
         .await
     }
 
+    /// Makes a device an admin of the mesh, or takes that away (admins
+    /// only).
+    pub async fn set_admin(
+        &self,
+        device: &str,
+        admin: bool,
+    ) -> Result<api::MeshStatusResult, Error> {
+        self.call::<api::MeshAdmin>(&api::MeshAdminParams {
+            device: device.to_owned(),
+            admin,
+        })
+        .await
+    }
+
+    /// Sets a device's name or teams (admins only).
+    pub async fn set_device(
+        &self,
+        device: &str,
+        name: Option<&str>,
+        teams: Option<Vec<String>>,
+    ) -> Result<api::PeerInfo, Error> {
+        self.call::<api::MeshDeviceSet>(&api::MeshDeviceSetParams {
+            device: device.to_owned(),
+            name: name.map(str::to_owned),
+            teams,
+        })
+        .await
+    }
+
+    /// Leaves the mesh: the members are told, this device forgets the
+    /// mesh and keeps its databases.
+    pub async fn leave_mesh(&self) -> Result<api::MeshStatusResult, Error> {
+        self.call::<api::MeshLeave>(&api::Empty {}).await
+    }
+
     /// The mesh's members and their links.
     pub async fn peers(&self) -> Result<Vec<api::PeerInfo>, Error> {
         Ok(self.call::<api::Peers>(&api::Empty {}).await?.peers)
     }
 
-    /// Adds an address (`host:port`) to dial always.
-    pub async fn add_peer(&self, addr: &str) -> Result<(), Error> {
-        self.call::<api::PeerAdd>(&api::PeerAddParams {
-            addr: addr.to_owned(),
-        })
-        .await?;
-        Ok(())
+    /// Adds an address (`host:port`) to dial always. Returns `false` if it
+    /// was there already.
+    pub async fn add_peer(&self, addr: &str) -> Result<bool, Error> {
+        let r = self
+            .call::<api::PeerAdd>(&api::PeerAddParams {
+                addr: addr.to_owned(),
+            })
+            .await?;
+        Ok(r.created)
+    }
+
+    /// Stops dialling an address always. Returns `false` if it was not
+    /// one.
+    pub async fn remove_peer(&self, addr: &str) -> Result<bool, Error> {
+        let r = self
+            .call::<api::PeerRemove>(&api::PeerAddParams {
+                addr: addr.to_owned(),
+            })
+            .await?;
+        Ok(r.dropped)
+    }
+
+    /// The addresses dialled always, with how each fares.
+    pub async fn static_peers(&self) -> Result<Vec<api::StaticPeerInfo>, Error> {
+        Ok(self.call::<api::PeerList>(&api::Empty {}).await?.peers)
     }
 
     /// A handle to the database `name` (which may not exist yet).

@@ -112,12 +112,23 @@ methods! {
     MeshInvite = "mesh.invite", MeshInviteParams => MeshInviteResult;
     /// Joins the mesh of an invite code made on another device.
     MeshJoin = "mesh.join", MeshJoinParams => MeshStatusResult;
-    /// Removes a device from the mesh, on every member.
+    /// Removes a device from the mesh, on every member (admins only).
     MeshRemove = "mesh.remove", MeshRemoveParams => MeshStatusResult;
+    /// Makes a device an admin of the mesh, or takes that away (admins
+    /// only).
+    MeshAdmin = "mesh.admin", MeshAdminParams => MeshStatusResult;
+    /// Sets a device's name or teams (admins only).
+    MeshDeviceSet = "mesh.device.set", MeshDeviceSetParams => PeerInfo;
+    /// This device leaves the mesh and keeps its databases.
+    MeshLeave = "mesh.leave", Empty => MeshStatusResult;
     /// Lists the mesh's members with their links.
     Peers = "peers", Empty => PeersResult;
     /// Adds an address to dial always (a hub, a peer mDNS does not reach).
     PeerAdd = "peer.add", PeerAddParams => CreatedResult;
+    /// Lists the addresses dialled always, with how each fares.
+    PeerList = "peer.list", Empty => PeerListResult;
+    /// Stops dialling an address always.
+    PeerRemove = "peer.remove", PeerAddParams => DroppedResult;
 }
 
 /// Params of `db.sync`.
@@ -148,6 +159,91 @@ pub struct MeshStatusResult {
     pub mdns: bool,
     /// How many other devices are members.
     pub members: u32,
+    /// Whether this device is an admin of the mesh.
+    #[serde(default)]
+    pub admin: bool,
+    /// This device's teams.
+    #[serde(default)]
+    pub teams: Vec<String>,
+    /// The mesh's admins.
+    #[serde(default)]
+    pub admins: Vec<MemberSummary>,
+    /// The epoch of the mesh secret: one more after every rotation.
+    #[serde(default)]
+    pub key_epoch: u32,
+    /// How this device left its last mesh, if it is in none now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub departed: Option<Departed>,
+    /// The addresses dialled always, with how each fares.
+    #[serde(default)]
+    pub static_peers: Vec<StaticPeerInfo>,
+    /// Set by `mesh.join` when this device already was an active member.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub already_member: bool,
+}
+
+/// A device named in a result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberSummary {
+    /// Its id.
+    pub device_id: String,
+    /// Its name.
+    pub name: String,
+}
+
+/// How this device left a mesh.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Departed {
+    /// The mesh's id (hex).
+    pub mesh: String,
+    /// Who removed this device (itself when it left).
+    pub by: MemberSummary,
+    /// When, in ms since the Unix epoch.
+    pub at_ms: u64,
+    /// Whether this device left by itself.
+    pub left: bool,
+}
+
+/// An address dialled always.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StaticPeerInfo {
+    /// `host:port`.
+    pub addr: String,
+    /// `connected` or `unreachable`.
+    pub state: String,
+    /// The device it leads to, while connected.
+    pub device_id: Option<String>,
+    /// Why the last attempt failed, while unreachable.
+    pub last_error: Option<String>,
+}
+
+/// Result of `peer.list`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerListResult {
+    /// The addresses.
+    pub peers: Vec<StaticPeerInfo>,
+}
+
+/// Params of `mesh.admin`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeshAdminParams {
+    /// The device: its id, 7 or more of its first characters, or its name.
+    pub device: String,
+    /// Whether it is to be an admin.
+    pub admin: bool,
+}
+
+/// Params of `mesh.device.set`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeshDeviceSetParams {
+    /// The device: its id, 7 or more of its first characters, or its name.
+    pub device: String,
+    /// Its new name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Its new teams (replacing the old ones).
+    #[serde(default)]
+    pub teams: Option<Vec<String>>,
 }
 
 /// Params of `mesh.invite`.
@@ -159,6 +255,9 @@ pub struct MeshInviteParams {
     /// How many devices may use it (default one; 0 for any number).
     #[serde(default)]
     pub uses: Option<u32>,
+    /// The teams devices that join with it belong to.
+    #[serde(default)]
+    pub teams: Vec<String>,
 }
 
 /// Result of `mesh.invite`.
@@ -182,7 +281,8 @@ pub struct MeshJoinParams {
 /// Params of `mesh.remove`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MeshRemoveParams {
-    /// The device's id, as `blazectl id` or `blazectl peers` prints it.
+    /// The device: its id as `blazectl id` or `blazectl peers` prints it,
+    /// 7 or more of its first characters, or its name.
     pub device: String,
 }
 
@@ -209,8 +309,18 @@ pub struct PeerInfo {
     pub name: String,
     /// `device` or `hub`.
     pub role: String,
-    /// `connected`, `offline` or `removed`.
+    /// Its teams.
+    #[serde(default)]
+    pub teams: Vec<String>,
+    /// Whether it is an admin of the mesh.
+    #[serde(default)]
+    pub admin: bool,
+    /// `connected`, `relayed` (no link, but a connected hub has one),
+    /// `offline` or `removed`.
     pub state: String,
+    /// The hub it is reached through, when `relayed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
     /// The connection's remote address, or the last known one.
     pub address: Option<String>,
     /// The connection's round-trip time, in milliseconds.

@@ -12,7 +12,7 @@ pub(crate) fn value(c: u8) -> Option<u8> {
 
 /// Encodes `bytes` in upper case; a last partial group is padded with zero
 /// bits.
-pub(crate) fn encode(bytes: &[u8]) -> String {
+pub fn encode(bytes: &[u8]) -> String {
     let mut out = String::with_capacity(bytes.len() * 8 / 5 + 1);
     let (mut acc, mut bits) = (0u32, 0);
     for &b in bytes {
@@ -31,7 +31,7 @@ pub(crate) fn encode(bytes: &[u8]) -> String {
 
 /// Decodes base32 text of either case; `None` on any other character.
 /// Bits left over after the last whole byte are dropped.
-pub(crate) fn decode(text: &[u8]) -> Option<Vec<u8>> {
+pub fn decode(text: &[u8]) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(text.len() * 5 / 8);
     let (mut acc, mut bits) = (0u32, 0);
     for &c in text {

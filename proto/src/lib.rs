@@ -14,7 +14,7 @@
 //! encoding; the agent and the clients go through it.
 
 pub mod api;
-mod base32;
+pub mod base32;
 pub mod codec;
 pub mod error;
 pub mod frame;

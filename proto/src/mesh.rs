@@ -9,6 +9,8 @@
 //! one per database and direction. Every stream carries frames: a `u32`
 //! big-endian length, then one MessagePack value.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::base32;
@@ -21,7 +23,7 @@ use crate::op::DeviceId;
 pub const ALPN: &[u8] = b"blazedb/1";
 
 /// The version of the peer protocol, sent in [`PeerMessage::Hello`].
-pub const PEER_PROTOCOL_VERSION: u32 = 1;
+pub const PEER_PROTOCOL_VERSION: u32 = 2;
 
 /// The largest frame a peer may send on any stream, in bytes.
 pub const MAX_PEER_FRAME: u32 = 8 * 1024 * 1024;
@@ -29,7 +31,8 @@ pub const MAX_PEER_FRAME: u32 = 8 * 1024 * 1024;
 /// The label of the TLS exporter from which membership proofs are made.
 pub const PROOF_LABEL: &[u8] = b"EXPORTER-blazedb-mesh-proof";
 
-/// Identifies a mesh. It is not secret: mDNS announces a tag made from it.
+/// Identifies a mesh. It is not secret, but it is never announced: mDNS
+/// carries only tags that members alone can link to a mesh.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct MeshId(#[serde(with = "serde_bytes")] pub [u8; 16]);
 
@@ -86,21 +89,147 @@ pub enum Role {
     Hub,
 }
 
-/// One device of a mesh, as members tell each other.
+/// One device's place in a mesh, as an admin signed it (see [`Signed`]).
+///
+/// A record replaces an older one for the same device when its `version`
+/// is higher; a removed device's record is final.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Member {
+pub struct MemberRecord {
+    /// The mesh the record belongs to.
+    pub mesh: MeshId,
     /// The device.
     pub device: DeviceId,
+    /// The device's public key (SEC1): its id is the key's SHA-256, and
+    /// records it signs are checked against it.
+    #[serde(with = "serde_bytes")]
+    pub key: Vec<u8>,
     /// Its name, for people.
     pub name: String,
-    /// Its role.
+    /// What it is in the mesh.
     #[serde(default)]
     pub role: Role,
-    /// Whether it was removed from the mesh. Removal is final: a removed
-    /// device stays removed whatever other members say.
-    pub removed: bool,
+    /// The teams it belongs to, which access rules select on.
+    #[serde(default)]
+    pub teams: Vec<String>,
+    /// Whether it may sign member records (add, change and remove devices).
+    pub admin: bool,
+    /// Set once the device is removed or leaves; final.
+    pub removed: Option<Removal>,
+    /// Higher versions replace lower ones.
+    pub version: u64,
+    /// The device whose key signed this version.
+    pub signer: DeviceId,
+    /// When it was signed, in ms since the Unix epoch (for people).
+    pub signed_ms: u64,
+}
+
+/// How a device left the mesh.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Removal {
+    /// Who removed it (the device itself when it left).
+    pub by: DeviceId,
+    /// When, in ms since the Unix epoch.
+    pub at_ms: u64,
+    /// Whether the device left by itself.
+    pub left: bool,
+    /// Per database, the highest `seq` of the device's operations that the
+    /// remover held and accepts; replicas refuse the device's operations
+    /// beyond it.
+    pub cutoffs: BTreeMap<String, u64>,
+}
+
+/// Where a device listens, signed by the device itself so no other member
+/// can misdirect its peers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Addresses {
+    /// The mesh.
+    pub mesh: MeshId,
+    /// The device.
+    pub device: DeviceId,
     /// Where it listens, as `host:port`.
     pub addrs: Vec<String>,
+    /// Higher versions replace lower ones.
+    pub version: u64,
+}
+
+/// A new mesh secret, made by an admin when a device left, wrapped for
+/// each member that keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rotation {
+    /// The mesh.
+    pub mesh: MeshId,
+    /// The secret's epoch: one more than the secret it replaces.
+    pub epoch: u32,
+    /// The admin that made it.
+    pub signer: DeviceId,
+    /// Devices that were gone when it was made, and do not get it.
+    pub excluded: Vec<DeviceId>,
+    /// The secret, once for each member.
+    pub keys: Vec<WrappedKey>,
+}
+
+/// A secret wrapped for one device: ECDH of an ephemeral P-256 key with
+/// the device's key, HKDF-SHA256, AES-256-GCM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WrappedKey {
+    /// Who can open it.
+    pub device: DeviceId,
+    /// The ephemeral public key (SEC1).
+    #[serde(with = "serde_bytes")]
+    pub ephemeral: Vec<u8>,
+    /// The nonce, then the ciphertext and its tag.
+    #[serde(with = "serde_bytes")]
+    pub sealed: Vec<u8>,
+}
+
+/// Bytes and a signature over them: `body` is the MessagePack of a
+/// [`MemberRecord`], [`Addresses`] or [`Rotation`], kept as sent so the
+/// signature is checked over exactly what was signed.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Signed {
+    /// The signed value's encoding.
+    #[serde(with = "serde_bytes")]
+    pub body: Vec<u8>,
+    /// ECDSA P-256 with SHA-256 over a purpose label and `body`, as the 64
+    /// bytes `r || s`.
+    #[serde(with = "serde_bytes")]
+    pub sig: Vec<u8>,
+}
+
+impl Signed {
+    /// Decodes the signed value (before its signature is checked).
+    pub fn decode<T: serde::de::DeserializeOwned>(&self) -> Result<T, CodecError> {
+        codec::from_slice(&self.body)
+    }
+
+    /// Encodes `value` as the body to sign.
+    pub fn encode_body<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
+        codec::to_vec(value)
+    }
+}
+
+/// Where a mesh comes from: its id is derived from the creator's id and a
+/// random salt, which binds the creator's key to the id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Genesis {
+    /// The device that created the mesh: its first admin.
+    pub creator: DeviceId,
+    /// The salt.
+    #[serde(with = "serde_bytes")]
+    pub salt: [u8; 16],
+}
+
+/// Everything a member knows of the mesh's membership, as members pass it
+/// on: every member record, every device's addresses, the latest secret
+/// rotation.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Roster {
+    /// Signed [`MemberRecord`]s.
+    pub records: Vec<Signed>,
+    /// Signed [`Addresses`].
+    pub addrs: Vec<Signed>,
+    /// The latest signed [`Rotation`], if the secret was ever rotated.
+    pub rotation: Option<Signed>,
 }
 
 /// A control-stream message.
@@ -112,12 +241,18 @@ pub enum PeerMessage {
         version: u32,
         /// The mesh.
         mesh: MeshId,
+        /// The epoch of the secret the proof is made with.
+        epoch: u32,
         /// HMAC-SHA256 under the mesh secret over this connection's
         /// exported keying material and the sender's id.
         #[serde(with = "serde_bytes")]
         proof: [u8; 32],
-        /// The sender as a member (name, role, addresses).
-        me: Member,
+        /// The sender's own member record and those of its signers, back
+        /// to the creator, so a member that has not heard of it yet can
+        /// check it.
+        chain: Vec<Signed>,
+        /// The sender's signed [`Addresses`].
+        addrs: Signed,
     },
     /// A device with an invite asks to join; sent instead of `Hello`.
     Join {
@@ -129,13 +264,19 @@ pub enum PeerMessage {
         /// HMAC-SHA256 under the invite's secret, made as for `Hello`.
         #[serde(with = "serde_bytes")]
         proof: [u8; 32],
-        /// The sender as a member.
-        me: Member,
+        /// The joining device's name.
+        name: String,
+        /// Its role.
+        role: Role,
     },
     /// The inviter admits a joining device and hands it the mesh's keys.
     Welcome {
         /// The mesh.
         mesh: MeshId,
+        /// Where the mesh id comes from.
+        genesis: Genesis,
+        /// The mesh secret's epoch.
+        epoch: u32,
         /// The mesh secret.
         #[serde(with = "serde_bytes")]
         secret: [u8; 32],
@@ -143,13 +284,38 @@ pub enum PeerMessage {
         /// issued the invite.
         #[serde(with = "serde_bytes")]
         proof: [u8; 32],
-        /// Every member the inviter knows, itself included.
-        members: Vec<Member>,
+        /// The membership, the joining device's new record included.
+        roster: Roster,
     },
-    /// The members the sender knows; sent after `Hello` and on changes.
+    /// The membership the sender knows; sent after the handshake and on
+    /// changes.
     Members {
-        /// The members.
-        members: Vec<Member>,
+        /// The records.
+        roster: Roster,
+    },
+    /// The receiver was removed from the mesh (or left it): its signed
+    /// record says by whom and when. The connection closes.
+    Removed {
+        /// The records of the remover and its signers back to the
+        /// creator, then the removed device's final record.
+        chain: Vec<Signed>,
+    },
+    /// The two sides hold secrets of different epochs. The side with the
+    /// newer one sends its rotation (the other side's copy of the secret is
+    /// wrapped in it) and the membership it follows from; the connection
+    /// closes and the dialler tries again.
+    Rekey {
+        /// The sender's secret epoch.
+        epoch: u32,
+        /// The sender's membership and, when it is the newer side, its
+        /// rotation.
+        roster: Roster,
+    },
+    /// The devices the sender has a session with now, so members can tell
+    /// which devices they reach through a hub.
+    Links {
+        /// The devices.
+        connected: Vec<DeviceId>,
     },
     /// The sender will not talk to the receiver; the connection closes.
     Refused {
@@ -241,13 +407,18 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn member(n: u8) -> Member {
-        Member {
-            device: DeviceId([n; 32]),
-            name: format!("dev{n}"),
-            role: Role::Device,
-            removed: n.is_multiple_of(2),
-            addrs: vec!["127.0.0.1:7340".into()],
+    fn signed(n: u8) -> Signed {
+        Signed {
+            body: vec![n; 5],
+            sig: vec![n; 64],
+        }
+    }
+
+    fn roster() -> Roster {
+        Roster {
+            records: vec![signed(1), signed(2)],
+            addrs: vec![signed(3)],
+            rotation: Some(signed(4)),
         }
     }
 
@@ -257,23 +428,39 @@ mod tests {
             PeerMessage::Hello {
                 version: PEER_PROTOCOL_VERSION,
                 mesh: MeshId([1; 16]),
+                epoch: 3,
                 proof: [2; 32],
-                me: member(1),
+                chain: vec![signed(1)],
+                addrs: signed(2),
             },
             PeerMessage::Join {
                 version: PEER_PROTOCOL_VERSION,
                 invite: [3; 8],
                 proof: [4; 32],
-                me: member(2),
+                name: "laptop".into(),
+                role: Role::Hub,
             },
             PeerMessage::Welcome {
                 mesh: MeshId([5; 16]),
+                genesis: Genesis {
+                    creator: DeviceId([8; 32]),
+                    salt: [9; 16],
+                },
+                epoch: 0,
                 secret: [6; 32],
                 proof: [7; 32],
-                members: vec![member(1), member(2)],
+                roster: roster(),
             },
-            PeerMessage::Members {
-                members: vec![member(3)],
+            PeerMessage::Members { roster: roster() },
+            PeerMessage::Removed {
+                chain: vec![signed(5)],
+            },
+            PeerMessage::Rekey {
+                epoch: 2,
+                roster: roster(),
+            },
+            PeerMessage::Links {
+                connected: vec![DeviceId([1; 32])],
             },
             PeerMessage::Refused {
                 reason: "no".into(),
@@ -282,6 +469,33 @@ mod tests {
             let bytes = msg.encode().expect("encode");
             assert_eq!(PeerMessage::decode(&bytes).expect("decode"), msg);
         }
+    }
+
+    #[test]
+    fn signed_bodies_decode_to_what_was_encoded() {
+        let record = MemberRecord {
+            mesh: MeshId([1; 16]),
+            device: DeviceId([2; 32]),
+            key: vec![4; 65],
+            name: "phone".into(),
+            role: Role::Device,
+            teams: vec!["ios".into()],
+            admin: false,
+            removed: Some(Removal {
+                by: DeviceId([3; 32]),
+                at_ms: 7,
+                left: false,
+                cutoffs: [("notes".to_owned(), 12)].into(),
+            }),
+            version: 2,
+            signer: DeviceId([3; 32]),
+            signed_ms: 7,
+        };
+        let s = Signed {
+            body: Signed::encode_body(&record).expect("encode"),
+            sig: Vec::new(),
+        };
+        assert_eq!(s.decode::<MemberRecord>().expect("decode"), record);
     }
 
     #[test]

@@ -169,7 +169,12 @@ pub(crate) fn handle(
         | Request::MeshJoin(_)
         | Request::MeshRemove(_)
         | Request::Peers(_)
-        | Request::PeerAdd(_)) => super::mesh_methods::handle(ctx, id, r, tx, out),
+        | Request::PeerAdd(_)
+        | Request::MeshAdmin(_)
+        | Request::MeshDeviceSet(_)
+        | Request::MeshLeave(_)
+        | Request::PeerList(_)
+        | Request::PeerRemove(_)) => super::mesh_methods::handle(ctx, id, r, tx, out),
         Request::DbSync(p) => {
             store.submit(Command::SetSyncMode {
                 db: p.name,

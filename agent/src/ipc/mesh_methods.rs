@@ -4,8 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use blazedb_proto::api::{
-    CreatedResult, MeshInviteParams, MeshInviteResult, MeshStatusResult, PeerInfo, PeersResult,
-    Request,
+    CreatedResult, Departed, DroppedResult, MemberSummary, MeshInviteParams, MeshInviteResult,
+    MeshStatusResult, PeerInfo, PeerListResult, PeersResult, Request, StaticPeerInfo,
 };
 use blazedb_proto::mesh::{Invite, Role};
 use blazedb_proto::message;
@@ -15,7 +15,7 @@ use serde::Serialize;
 use super::Ctx;
 use super::conn::ReplySender;
 use super::handler::Handled;
-use crate::mesh::Mesh;
+use crate::mesh::{Mesh, PeerView, Reach};
 
 /// How long an invite works unless the caller says.
 const DEFAULT_INVITE_TTL: Duration = Duration::from_secs(3600);
@@ -47,56 +47,105 @@ fn role_name(role: Role) -> &'static str {
     }
 }
 
-fn status(ctx: &Ctx, m: &Mesh) -> MeshStatusResult {
-    MeshStatusResult {
-        device_id: ctx.store.device().to_string(),
-        name: m.name().to_owned(),
-        role: role_name(m.role()).to_owned(),
-        mesh: m.mesh_id().map(|id| id.to_hex()),
-        listen: m.local_addr().to_string(),
-        addrs: m.addrs().to_vec(),
-        mdns: m.mdns(),
-        members: m.member_count() as u32,
+fn summary(device: &DeviceId, name: &str) -> MemberSummary {
+    MemberSummary {
+        device_id: device.to_string(),
+        name: name.to_owned(),
     }
 }
 
-fn parse_device(text: &str) -> Result<DeviceId, ErrorInfo> {
-    text.parse().map_err(invalid)
+fn static_peers(m: &Mesh) -> Vec<StaticPeerInfo> {
+    m.static_peers()
+        .into_iter()
+        .map(|p| StaticPeerInfo {
+            state: if p.device.is_some() {
+                "connected"
+            } else {
+                "unreachable"
+            }
+            .to_owned(),
+            device_id: p.device.map(|d| d.to_string()),
+            last_error: p.last_error,
+            addr: p.addr,
+        })
+        .collect()
+}
+
+fn status(ctx: &Ctx, m: &Mesh) -> MeshStatusResult {
+    let view = m.membership();
+    MeshStatusResult {
+        device_id: ctx.store.device().to_string(),
+        name: view
+            .me
+            .as_ref()
+            .map_or_else(|| m.name().to_owned(), |r| r.name.clone()),
+        role: role_name(m.role()).to_owned(),
+        mesh: view.mesh.map(|(id, _)| id.to_hex()),
+        listen: m.local_addr().to_string(),
+        addrs: m.addrs(),
+        mdns: m.mdns(),
+        members: view.members as u32,
+        admin: view.me.as_ref().is_some_and(|r| r.admin),
+        teams: view
+            .me
+            .as_ref()
+            .map(|r| r.teams.clone())
+            .unwrap_or_default(),
+        admins: view
+            .admins
+            .iter()
+            .map(|r| summary(&r.device, &r.name))
+            .collect(),
+        key_epoch: view.mesh.map_or(0, |(_, e)| e),
+        departed: view.departed.map(|d| Departed {
+            mesh: d.mesh,
+            by: MemberSummary {
+                device_id: d.by,
+                name: d.by_name,
+            },
+            at_ms: d.at_ms,
+            left: d.left,
+        }),
+        static_peers: static_peers(m),
+        already_member: false,
+    }
+}
+
+fn peer_info(p: PeerView) -> PeerInfo {
+    let (state, via) = match p.reach {
+        Reach::Connected => ("connected", None),
+        Reach::Relayed { via } => ("relayed", Some(via)),
+        Reach::Offline => ("offline", None),
+        Reach::Removed => ("removed", None),
+    };
+    PeerInfo {
+        device_id: p.record.device.to_string(),
+        name: p.record.name.clone(),
+        role: role_name(p.record.role).to_owned(),
+        teams: p.record.teams.clone(),
+        admin: p.record.admin && p.record.removed.is_none(),
+        state: state.to_owned(),
+        via,
+        address: p
+            .address
+            .map(|a| a.to_string())
+            .or_else(|| p.addrs.first().cloned()),
+        rtt_ms: p.rtt.map(|d| d.as_secs_f64() * 1000.0),
+        last_sync_ms: p.last_sync_ms,
+        warning: p.clone_addrs.map(|addrs| {
+            let at: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+            format!(
+                "live at {} at once: two machines run with this device's key \
+                 (a cloned disk or a restored backup); move device.key away on one",
+                at.join(" and ")
+            )
+        }),
+    }
 }
 
 fn peers(m: &Mesh) -> PeersResult {
     PeersResult {
-        peers: m
-            .peers()
-            .into_iter()
-            .map(|p| PeerInfo {
-                device_id: p.member.device.to_string(),
-                name: p.member.name.clone(),
-                role: role_name(p.member.role).to_owned(),
-                state: if p.member.removed {
-                    "removed"
-                } else if p.connected {
-                    "connected"
-                } else {
-                    "offline"
-                }
-                .to_owned(),
-                address: p
-                    .address
-                    .map(|a| a.to_string())
-                    .or_else(|| p.member.addrs.first().cloned()),
-                rtt_ms: p.rtt.map(|d| d.as_secs_f64() * 1000.0),
-                last_sync_ms: p.last_sync_ms,
-                warning: p.clone_addrs.map(|addrs| {
-                    let at: Vec<String> = addrs.iter().map(ToString::to_string).collect();
-                    format!(
-                        "live at {} at once: two machines run with this device's key \
-                         (a cloned disk or a restored backup); move device.key away on one",
-                        at.join(" and ")
-                    )
-                }),
-            })
-            .collect(),
+        peers: m.peers().into_iter().map(peer_info).collect(),
     }
 }
 
@@ -110,12 +159,45 @@ fn invite(m: &Mesh, p: MeshInviteParams) -> Result<MeshInviteResult, ErrorInfo> 
         Some(0) => None,
         Some(n) => Some(n),
     };
-    let invite = m.invite(ttl, uses).map_err(|e| invalid(format!("{e:#}")))?;
+    let teams = clean_teams(p.teams)?;
+    let invite = m
+        .invite(ttl, uses, teams)
+        .map_err(|e| refused(format!("{e:#}")))?;
     Ok(MeshInviteResult {
         code: invite.to_code(),
         expires_ms: invite.expires_ms,
         uses,
     })
+}
+
+/// Teams as given, trimmed, without empties or repeats.
+fn clean_teams(teams: Vec<String>) -> Result<Vec<String>, ErrorInfo> {
+    let mut out: Vec<String> = Vec::new();
+    for t in teams {
+        let t = t.trim().to_owned();
+        if t.is_empty() {
+            continue;
+        }
+        if t.contains(',') || t.chars().any(char::is_whitespace) {
+            return Err(invalid(format!(
+                "{t:?} is not a team name: use letters, digits, - and _"
+            )));
+        }
+        if !out.contains(&t) {
+            out.push(t);
+        }
+    }
+    Ok(out)
+}
+
+/// Refusals of authority (not an admin, the last admin) and other
+/// requests the mesh cannot carry out.
+fn refused(e: impl std::fmt::Display) -> ErrorInfo {
+    ErrorInfo::new(ErrorCode::InvalidArgument, e.to_string())
+}
+
+fn resolve(m: &Mesh, spec: &str) -> Result<DeviceId, ErrorInfo> {
+    m.resolve(spec).map_err(|e| invalid(format!("{e:#}")))
 }
 
 fn check_addr(addr: &str) -> Result<(), ErrorInfo> {
@@ -151,9 +233,47 @@ pub(crate) fn handle(
         Request::MeshInvite(p) => encode(ctx, out, id, mesh(ctx).and_then(|m| invite(m, p))),
         Request::MeshRemove(p) => {
             let r = mesh(ctx).and_then(|m| {
-                let device = parse_device(&p.device)?;
-                m.remove(&device).map_err(|e| invalid(format!("{e:#}")))?;
+                let device = resolve(m, &p.device)?;
+                m.remove(&device).map_err(refused)?;
                 Ok(status(ctx, m))
+            });
+            encode(ctx, out, id, r);
+        }
+        Request::MeshAdmin(p) => {
+            let r = mesh(ctx).and_then(|m| {
+                let device = resolve(m, &p.device)?;
+                m.set_admin(&device, p.admin).map_err(refused)?;
+                Ok(status(ctx, m))
+            });
+            encode(ctx, out, id, r);
+        }
+        Request::MeshDeviceSet(p) => {
+            let r = mesh(ctx).and_then(|m| {
+                let device = resolve(m, &p.device)?;
+                let teams = p.teams.map(clean_teams).transpose()?;
+                if device == ctx.store.device() {
+                    m.set_device(&device, p.name, teams).map_err(refused)?;
+                    let me = m.membership().me.ok_or_else(|| refused("no record"))?;
+                    return Ok(PeerInfo {
+                        device_id: me.device.to_string(),
+                        name: me.name.clone(),
+                        role: role_name(me.role).to_owned(),
+                        teams: me.teams.clone(),
+                        admin: me.admin,
+                        state: "this device".into(),
+                        via: None,
+                        address: None,
+                        rtt_ms: None,
+                        last_sync_ms: None,
+                        warning: None,
+                    });
+                }
+                m.set_device(&device, p.name, teams).map_err(refused)?;
+                m.peers()
+                    .into_iter()
+                    .find(|x| x.record.device == device)
+                    .map(peer_info)
+                    .ok_or_else(|| refused("the device is gone"))
             });
             encode(ctx, out, id, r);
         }
@@ -161,10 +281,44 @@ pub(crate) fn handle(
         Request::PeerAdd(p) => {
             let r = mesh(ctx).and_then(|m| {
                 check_addr(&p.addr)?;
-                m.add_peer(&p.addr).map_err(|e| invalid(format!("{e:#}")))?;
-                Ok(CreatedResult { created: true })
+                let created = m.add_peer(&p.addr).map_err(|e| invalid(format!("{e:#}")))?;
+                Ok(CreatedResult { created })
             });
             encode(ctx, out, id, r);
+        }
+        Request::PeerRemove(p) => {
+            let r = mesh(ctx).and_then(|m| {
+                let dropped = m
+                    .remove_peer(&p.addr)
+                    .map_err(|e| invalid(format!("{e:#}")))?;
+                Ok(DroppedResult { dropped })
+            });
+            encode(ctx, out, id, r);
+        }
+        Request::PeerList(_) => encode(
+            ctx,
+            out,
+            id,
+            mesh(ctx).map(|m| PeerListResult {
+                peers: static_peers(m),
+            }),
+        ),
+        Request::MeshLeave(_) => {
+            let m = match mesh(ctx) {
+                Ok(m) => m.clone(),
+                Err(e) => {
+                    encode::<()>(ctx, out, id, Err(e));
+                    return Handled::Done;
+                }
+            };
+            let (ctx, tx) = (ctx.clone(), tx.clone());
+            tokio::spawn(async move {
+                let r = m.leave().await.map(|()| status(&ctx, &m)).map_err(refused);
+                let mut out = Vec::new();
+                encode(&ctx, &mut out, id, r);
+                let _ = tx.send(out);
+            });
+            return Handled::Pending;
         }
         Request::MeshJoin(p) => {
             let m = match mesh(ctx) {
@@ -186,7 +340,10 @@ pub(crate) fn handle(
                 let r = m
                     .join(&invite)
                     .await
-                    .map(|()| status(&ctx, &m))
+                    .map(|joined| MeshStatusResult {
+                        already_member: !joined,
+                        ..status(&ctx, &m)
+                    })
                     .map_err(|e| ErrorInfo::new(ErrorCode::Other, format!("{e:#}")));
                 let mut out = Vec::new();
                 encode(&ctx, &mut out, id, r);

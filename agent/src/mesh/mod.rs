@@ -17,6 +17,7 @@ mod clones;
 mod dials;
 pub mod discovery;
 pub mod driver;
+pub mod members;
 pub mod proof;
 pub mod session;
 pub mod state;
@@ -33,14 +34,15 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use blazedb_proto::DeviceId;
-use blazedb_proto::mesh::{Invite, Member, MeshId, PeerMessage, Role};
+use blazedb_proto::mesh::{Invite, MemberRecord, MeshId, PeerMessage, Removal, Role};
 use tokio::sync::{Notify, mpsc, watch};
 
+use crate::access::Roster;
 use crate::identity::Identity;
 use crate::store::Store;
 use crate::store::wall_ms;
 use driver::{Driver, Input};
-use session::SessionError;
+use session::{Control, SessionError};
 use state::{MeshKeys, MeshState};
 
 /// QUIC application close codes.
@@ -86,17 +88,21 @@ struct SessionEntry {
     link: u64,
     conn: quinn::Connection,
     dialled: bool,
-    ctl: mpsc::UnboundedSender<PeerMessage>,
+    ctl: mpsc::UnboundedSender<Control>,
 }
 
 /// What every task of the mesh shares.
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) me: DeviceId,
+    identity: Identity,
     name: String,
     role: Role,
-    addrs: Vec<String>,
+    /// The addresses this device announces; refreshed when its interfaces
+    /// change unless they were given.
+    addrs: Mutex<Vec<String>>,
     state: Arc<Mutex<MeshState>>,
+    store: Store,
     endpoint: quinn::Endpoint,
     client: quinn::ClientConfig,
     pub(crate) driver: std::sync::mpsc::Sender<Input>,
@@ -105,10 +111,14 @@ pub(crate) struct Shared {
     /// Addresses mDNS found, per device.
     discovered: Mutex<BTreeMap<DeviceId, BTreeSet<SocketAddr>>>,
     clones: Mutex<clones::CloneWatch>,
+    /// The devices each connected hub says it has a session with.
+    hub_links: Mutex<BTreeMap<DeviceId, BTreeSet<DeviceId>>>,
+    /// The last error dialling each static peer.
+    static_errors: Mutex<BTreeMap<String, String>>,
     next_link: AtomicU64,
     wake: Notify,
-    /// Tells discovery the mesh changed, so it announces the new tag.
-    mesh_changed: watch::Sender<Option<MeshId>>,
+    /// Counts changes of the mesh's keys, so discovery announces new tags.
+    mesh_changed: watch::Sender<u64>,
     pub(crate) shutdown: watch::Receiver<bool>,
 }
 
@@ -120,35 +130,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 struct StateGate(Arc<Mutex<MeshState>>);
 
 impl tls::Gate for StateGate {
-    fn admits(&self, device: &DeviceId) -> bool {
-        lock(&self.0).admits(device, wall_ms())
+    fn admits(&self, _device: &DeviceId) -> bool {
+        lock(&self.0).admits(wall_ms())
     }
 }
 
 impl Shared {
     pub(crate) fn keys(&self) -> Option<MeshKeys> {
         lock(&self.state).keys.clone()
-    }
-
-    pub(crate) fn me_as_member(&self) -> Member {
-        Member {
-            device: self.me,
-            name: self.name.clone(),
-            role: self.role,
-            removed: false,
-            addrs: self.addrs.clone(),
-        }
-    }
-
-    pub(crate) fn is_removed(&self, device: &DeviceId) -> bool {
-        lock(&self.state).is_removed(device)
-    }
-
-    /// Every member known, this device included.
-    pub(crate) fn member_list(&self) -> Vec<Member> {
-        let mut list: Vec<Member> = lock(&self.state).members.values().cloned().collect();
-        list.push(self.me_as_member());
-        list
     }
 
     pub(crate) fn next_link(&self) -> u64 {
@@ -161,106 +150,45 @@ impl Shared {
         }
     }
 
-    fn members_changed(&self) {
-        let (members, removed): (Vec<DeviceId>, Vec<DeviceId>) = {
-            let s = lock(&self.state);
-            (
-                s.active_members().map(|m| m.device).collect(),
-                s.members
-                    .values()
-                    .filter(|m| m.removed)
-                    .map(|m| m.device)
-                    .collect(),
-            )
-        };
-        let mut all = members;
-        all.push(self.me);
-        let _ = self.driver.send(Input::Members(all));
-        let list = self.member_list();
-        let sessions = lock(&self.sessions);
-        for (peer, s) in sessions.iter() {
-            if removed.contains(peer) {
-                s.conn.close(close_code::REMOVED, b"removed from the mesh");
-            } else {
-                let _ = s.ctl.send(PeerMessage::Members {
-                    members: list.clone(),
-                });
-            }
-        }
-        self.wake.notify_one();
-    }
-
-    /// Records what a member says of itself on connecting.
-    pub(crate) fn note_member(&self, m: &Member) {
-        let changed = {
-            let mut s = lock(&self.state);
-            let known = s.members.contains_key(&m.device);
-            let changed = s.note_member(m);
-            if changed {
-                self.save(&s);
-            }
-            changed && !known
-        };
-        if changed {
-            self.members_changed();
-        }
-    }
-
-    /// Merges a member list a peer sent.
-    pub(crate) fn merge_members(&self, list: &[Member]) {
-        if list.iter().any(|m| m.device == self.me && m.removed) {
-            tracing::error!(
-                "this device was removed from the mesh by another member: leaving it. \
-                 Join again with a new invite to sync"
-            );
-            let mut s = lock(&self.state);
-            s.keys = None;
-            s.members.clear();
-            s.invites.clear();
-            self.save(&s);
-            drop(s);
-            let _ = self.mesh_changed.send(None);
-            for (_, sess) in lock(&self.sessions).iter() {
-                sess.conn
-                    .close(close_code::REMOVED, b"removed from the mesh");
-            }
-            return;
-        }
-        let changed = {
-            let mut s = lock(&self.state);
-            let changed = s.merge_members(&self.me, list);
-            if changed {
-                self.save(&s);
-            }
-            changed
-        };
-        if changed {
-            self.members_changed();
-        }
-    }
-
-    pub(crate) fn joined(&self, keys: MeshKeys, members: &[Member]) {
-        let id = keys.id;
-        {
-            let mut s = lock(&self.state);
-            s.keys = Some(keys);
-            s.merge_members(&self.me, members);
-            self.save(&s);
-        }
-        let _ = self.mesh_changed.send(Some(id));
-        self.members_changed();
-    }
-
+    /// Uses up the invite `invite` if `check` accepts its secret and this
+    /// device is an admin that can sign the newcomer's record.
     pub(crate) fn redeem(
         &self,
         invite: &[u8; 8],
         check: impl Fn(&[u8; 32]) -> bool,
-    ) -> Option<(MeshKeys, [u8; 32])> {
+    ) -> Result<state::OpenInvite, String> {
         let mut s = lock(&self.state);
-        let keys = s.keys.clone()?;
-        let secret = s.redeem(invite, wall_ms(), check)?;
+        if !s.roster.as_ref().is_some_and(|r| r.is_admin(&self.me)) {
+            return Err(
+                "the inviter is no longer an admin of the mesh: ask an admin for a new invite"
+                    .into(),
+            );
+        }
+        let redeemed = s
+            .redeem(invite, wall_ms(), check)
+            .ok_or("the invite is unknown, expired, used up or was not proved")?;
         self.save(&s);
-        Some((keys, secret))
+        Ok(redeemed)
+    }
+
+    /// What a connected hub says it is linked to.
+    pub(crate) fn note_links(&self, peer: DeviceId, connected: Vec<DeviceId>) {
+        lock(&self.hub_links).insert(peer, connected.into_iter().collect());
+    }
+
+    /// As a hub, tells every session which devices it is linked with, so
+    /// they can show which devices they reach through it.
+    fn links_changed(&self) {
+        if self.role != Role::Hub {
+            return;
+        }
+        let sessions = lock(&self.sessions);
+        let connected: Vec<DeviceId> = sessions.keys().copied().collect();
+        for s in sessions.values() {
+            let _ = s.ctl.send(Control::Send(Box::new(PeerMessage::Links {
+                connected: connected.clone(),
+            })));
+        }
     }
 
     /// Makes `conn` the session with `peer`, unless another one is kept.
@@ -270,7 +198,7 @@ impl Shared {
         link: u64,
         conn: &quinn::Connection,
         dialled: bool,
-        ctl: mpsc::UnboundedSender<PeerMessage>,
+        ctl: mpsc::UnboundedSender<Control>,
     ) -> bool {
         let mut sessions = lock(&self.sessions);
         if let Some(existing) = sessions.get(&peer) {
@@ -311,6 +239,7 @@ impl Shared {
         // A session came up, so the network works: targets that failed
         // while it was down are tried again now, not a minute from now.
         lock(&self.dials).retry_soon(None, wall_ms());
+        self.links_changed();
         self.wake.notify_one();
         true
     }
@@ -319,8 +248,10 @@ impl Shared {
         let mut sessions = lock(&self.sessions);
         if sessions.get(&peer).is_some_and(|s| s.link == link) {
             sessions.remove(&peer);
+            lock(&self.hub_links).remove(&peer);
         }
         drop(sessions);
+        self.links_changed();
         self.wake.notify_one();
     }
 
@@ -338,13 +269,31 @@ pub struct Mesh {
     local: SocketAddr,
 }
 
+/// How this device reaches a member, as `blazectl peers` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reach {
+    /// A session is up.
+    Connected,
+    /// No session, but a connected hub has one: sync goes through it.
+    Relayed {
+        /// The hub's name.
+        via: String,
+    },
+    /// Not reachable now.
+    Offline,
+    /// Removed from the mesh, or left it.
+    Removed,
+}
+
 /// A member as `blazectl peers` shows it.
 #[derive(Debug, Clone)]
 pub struct PeerView {
-    /// The device.
-    pub member: Member,
-    /// Whether a session is up.
-    pub connected: bool,
+    /// The member's signed record.
+    pub record: MemberRecord,
+    /// Where it says it listens.
+    pub addrs: Vec<String>,
+    /// How it is reached.
+    pub reach: Reach,
     /// The session's remote address.
     pub address: Option<SocketAddr>,
     /// The session's round-trip time.
@@ -354,6 +303,17 @@ pub struct PeerView {
     /// The addresses it was seen live at at once, if two machines seem to
     /// run with its key.
     pub clone_addrs: Option<Vec<SocketAddr>>,
+}
+
+/// A static peer as `blazectl peer list` shows it.
+#[derive(Debug, Clone)]
+pub struct StaticPeerView {
+    /// `host:port`.
+    pub addr: String,
+    /// The device it led to, if a session with it is up.
+    pub device: Option<DeviceId>,
+    /// Why the last dial failed, if it did and no session is up.
+    pub last_error: Option<String>,
 }
 
 impl Mesh {
@@ -391,21 +351,33 @@ impl Mesh {
             config.announce.clone()
         };
         let members: Vec<DeviceId> = {
-            let s = lock(&state);
-            s.active_members()
-                .map(|m| m.device)
-                .chain([identity.device_id()])
-                .collect()
+            let mut s = lock(&state);
+            let me = identity.device_id();
+            if let Some(roster) = s.roster.as_mut()
+                && roster.set_own_addrs(identity.secret(), &addrs, wall_ms())?
+            {
+                s.save()?;
+            }
+            s.roster
+                .as_ref()
+                .map(|r| {
+                    r.records()
+                        .filter(|m| m.removed.is_none())
+                        .map(|m| m.device)
+                        .collect()
+                })
+                .unwrap_or_else(|| vec![me])
         };
-        let driver = Driver::start(store, members)?;
-        let mesh_id = lock(&state).keys.as_ref().map(|k| k.id);
-        let (mesh_changed, mesh_rx) = watch::channel(mesh_id);
+        let driver = Driver::start(store.clone(), members)?;
+        let (mesh_changed, mesh_rx) = watch::channel(0);
         let shared = Arc::new(Shared {
             me: identity.device_id(),
+            identity: identity.clone(),
             name: config.name.clone(),
             role: config.role,
-            addrs,
+            addrs: Mutex::new(addrs),
             state,
+            store,
             endpoint,
             client,
             driver: driver.sender(),
@@ -413,6 +385,8 @@ impl Mesh {
             dials: Mutex::default(),
             discovered: Mutex::new(BTreeMap::new()),
             clones: Mutex::default(),
+            hub_links: Mutex::default(),
+            static_errors: Mutex::default(),
             next_link: AtomicU64::new(1),
             wake: Notify::new(),
             mesh_changed,
@@ -420,6 +394,9 @@ impl Mesh {
         });
         tokio::spawn(accept_loop(shared.clone()));
         tokio::spawn(dial_loop(shared.clone()));
+        if config.announce.is_empty() && local.ip().is_unspecified() {
+            tokio::spawn(watch_interfaces(shared.clone(), local));
+        }
         if config.mdns {
             discovery::start(
                 shared.clone(),
@@ -448,8 +425,8 @@ impl Mesh {
     }
 
     /// The addresses this device announces.
-    pub fn addrs(&self) -> &[String] {
-        &self.shared.addrs
+    pub fn addrs(&self) -> Vec<String> {
+        lock(&self.shared.addrs).clone()
     }
 
     /// The mesh's role setting.
@@ -472,61 +449,84 @@ impl Mesh {
         self.shared.keys().map(|k| k.id)
     }
 
-    /// How many members there are, this device excluded and removed ones
-    /// not counted.
-    pub fn member_count(&self) -> usize {
-        lock(&self.shared.state).active_members().count()
+    /// The membership as this device sees it.
+    pub fn membership(&self) -> members::MembershipView {
+        self.shared.membership()
     }
 
-    /// Creates a new mesh with this device as its only member.
+    /// Creates a new mesh with this device as its first member and admin.
     pub fn create(&self) -> anyhow::Result<MeshId> {
         let id = {
             let mut s = lock(&self.shared.state);
             if let Some(k) = &s.keys {
                 anyhow::bail!(
-                    "this device is already in mesh {}; a device is in one mesh at a time",
-                    k.id.tag()
+                    "this device is already in mesh {}; a device is in one mesh at a time \
+                     (`blazectl mesh leave` first)",
+                    k.id.to_hex()
                 );
             }
+            let mut roster = Roster::create(
+                self.shared.identity.secret(),
+                &self.shared.name,
+                self.shared.role,
+                state::random()?,
+                wall_ms(),
+            )
+            .map_err(|e| anyhow::anyhow!("cannot sign this device's record: {e}"))?;
+            roster
+                .set_own_addrs(self.shared.identity.secret(), &self.addrs(), wall_ms())
+                .map_err(|e| anyhow::anyhow!("cannot sign this device's addresses: {e}"))?;
             let keys = MeshKeys {
-                id: MeshId(state::random()?),
+                id: roster.mesh(),
                 secret: state::random()?,
+                epoch: 0,
             };
             let id = keys.id;
             s.keys = Some(keys);
+            s.roster = Some(roster);
+            s.departed = None;
             s.save()?;
             id
         };
-        let _ = self.shared.mesh_changed.send(Some(id));
-        tracing::info!(mesh = id.tag(), "created a mesh");
+        self.shared.keys_changed();
+        tracing::info!(mesh = id.to_hex(), "created a mesh");
         Ok(id)
     }
 
     /// Issues an invite valid for `ttl`, for `uses` devices (`None`: any
-    /// number).
-    pub fn invite(&self, ttl: Duration, uses: Option<u32>) -> anyhow::Result<Invite> {
-        let mut s = lock(&self.shared.state);
-        let invite = s.new_invite(
-            self.shared.me,
-            self.shared.addrs.clone(),
-            wall_ms(),
-            ttl.as_millis() as u64,
-            uses,
-        )?;
-        s.save()?;
-        Ok(invite)
+    /// number), whose devices join `teams`. Admins only: the inviter signs
+    /// the newcomer's record.
+    pub fn invite(
+        &self,
+        ttl: Duration,
+        uses: Option<u32>,
+        teams: Vec<String>,
+    ) -> anyhow::Result<Invite> {
+        let addrs = self.addrs();
+        self.shared.as_admin(|s, identity| {
+            s.new_invite(
+                identity.device_id(),
+                addrs,
+                wall_ms(),
+                ttl.as_millis() as u64,
+                uses,
+                teams,
+            )
+        })
     }
 
     /// Joins the mesh of `invite` by dialling the inviter; returns once the
-    /// inviter has admitted this device.
-    pub async fn join(&self, invite: &Invite) -> anyhow::Result<()> {
+    /// inviter has admitted this device. Returns `false` if this device
+    /// already is an active member of that mesh.
+    pub async fn join(&self, invite: &Invite) -> anyhow::Result<bool> {
         if let Some(k) = self.shared.keys() {
-            if k.id == invite.mesh {
-                return Ok(());
+            if k.id == invite.mesh && self.shared.is_active(&self.shared.me) {
+                return Ok(false);
             }
             anyhow::bail!(
-                "this device is already in mesh {}; a device is in one mesh at a time",
-                k.id.tag()
+                "this device is already in mesh {}; a device is in one mesh at a time \
+                 (`blazectl mesh leave` first)",
+                k.id.to_hex()
             );
         }
         if invite.expires_ms <= wall_ms() {
@@ -551,7 +551,7 @@ impl Mesh {
                                 send,
                                 recv,
                             ));
-                            return Ok(());
+                            return Ok(true);
                         }
                         Err(SessionError::Refused(r)) => {
                             anyhow::bail!("the inviter refused: {r}")
@@ -565,60 +565,301 @@ impl Mesh {
         Err(last.context("cannot reach the inviter"))
     }
 
-    /// Removes `device` from the mesh, on every member it reaches.
+    /// Finds the member `spec` names: its id, 7 or more of its first
+    /// characters, or its name.
+    pub fn resolve(&self, spec: &str) -> anyhow::Result<DeviceId> {
+        let s = lock(&self.shared.state);
+        let roster = s
+            .roster
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("this device is in no mesh"))?;
+        Ok(roster.resolve(spec)?)
+    }
+
+    /// Removes `device` from the mesh, on every member: its signed record
+    /// says so, with a cut-off per database past which its operations are
+    /// refused, and the mesh secret is rotated. Admins only.
     pub fn remove(&self, device: &DeviceId) -> anyhow::Result<()> {
         if *device == self.shared.me {
-            anyhow::bail!("a device cannot remove itself; remove it from another member");
+            anyhow::bail!("a device cannot remove itself: use `blazectl mesh leave`");
         }
-        {
-            let mut s = lock(&self.shared.state);
-            if s.keys.is_none() {
-                anyhow::bail!("this device is in no mesh");
+        let cutoffs = self.cutoffs(device);
+        let me = self.shared.me;
+        self.shared.as_admin(|s, identity| {
+            let roster = s
+                .roster
+                .as_mut()
+                .ok_or_else(|| anyhow::anyhow!("no mesh"))?;
+            if roster.removal(device).is_some() {
+                anyhow::bail!("device {device} was already removed");
             }
-            let m = s
-                .members
-                .entry(*device)
-                .or_insert_with(|| session::bare_member(*device));
-            m.removed = true;
-            m.addrs.clear();
-            s.save()?;
-        }
+            roster
+                .edit(identity.secret(), device, wall_ms(), |r| {
+                    r.removed = Some(Removal {
+                        by: me,
+                        at_ms: wall_ms(),
+                        left: false,
+                        cutoffs,
+                    })
+                })
+                .map_err(|e| anyhow::anyhow!("cannot remove {device}: {e}"))?;
+            Ok(())
+        })?;
         tracing::info!(device = %device, "removed a device from the mesh");
-        self.shared.members_changed();
         Ok(())
     }
 
-    /// Adds an address to dial always.
-    pub fn add_peer(&self, addr: &str) -> anyhow::Result<()> {
+    /// Per synced database, the highest seq of `device`'s operations this
+    /// replica holds.
+    fn cutoffs(&self, device: &DeviceId) -> BTreeMap<String, u64> {
+        use crate::sync::SyncStore as _;
+        let store = &self.shared.store;
+        store
+            .databases()
+            .into_iter()
+            .filter_map(|db| {
+                let st = store.sync_state(&db)?;
+                Some((db, st.vector.get(device)))
+            })
+            .collect()
+    }
+
+    /// Makes `device` an admin, or takes that away. Admins only; the mesh
+    /// always keeps one admin.
+    pub fn set_admin(&self, device: &DeviceId, admin: bool) -> anyhow::Result<()> {
+        self.shared.as_admin(|s, identity| {
+            let roster = s
+                .roster
+                .as_mut()
+                .ok_or_else(|| anyhow::anyhow!("no mesh"))?;
+            if !roster.is_active(device) {
+                anyhow::bail!("device {device} is not an active member");
+            }
+            let others = roster
+                .records()
+                .filter(|r| r.admin && r.removed.is_none() && r.device != *device)
+                .count();
+            if !admin && others == 0 {
+                anyhow::bail!(
+                    "{device} is the mesh's only admin: make another device an admin first"
+                );
+            }
+            roster
+                .edit(identity.secret(), device, wall_ms(), |r| r.admin = admin)
+                .map_err(|e| anyhow::anyhow!("cannot change {device}: {e}"))?;
+            Ok(())
+        })
+    }
+
+    /// Sets a device's name and teams. Admins only.
+    pub fn set_device(
+        &self,
+        device: &DeviceId,
+        name: Option<String>,
+        teams: Option<Vec<String>>,
+    ) -> anyhow::Result<()> {
+        if let Some(n) = &name
+            && n.trim().is_empty()
         {
+            anyhow::bail!("a device's name cannot be empty");
+        }
+        self.shared.as_admin(|s, identity| {
+            let roster = s
+                .roster
+                .as_mut()
+                .ok_or_else(|| anyhow::anyhow!("no mesh"))?;
+            if !roster.is_active(device) {
+                anyhow::bail!("device {device} is not an active member");
+            }
+            roster
+                .edit(identity.secret(), device, wall_ms(), |r| {
+                    if let Some(n) = name {
+                        r.name = n;
+                    }
+                    if let Some(t) = teams {
+                        r.teams = t;
+                    }
+                })
+                .map_err(|e| anyhow::anyhow!("cannot change {device}: {e}"))?;
+            Ok(())
+        })
+    }
+
+    /// Leaves the mesh: signs this device's own leaving, tells the members
+    /// it is linked with, and forgets the mesh. The databases stay.
+    pub async fn leave(&self) -> anyhow::Result<()> {
+        let me = self.shared.me;
+        let cutoffs = self.cutoffs(&me);
+        let chain = {
             let mut s = lock(&self.shared.state);
-            if !s.static_peers.iter().any(|p| p == addr) {
+            let roster = s
+                .roster
+                .as_mut()
+                .ok_or_else(|| anyhow::anyhow!("this device is in no mesh"))?;
+            let other_admins = roster
+                .records()
+                .filter(|r| r.admin && r.removed.is_none() && r.device != me)
+                .count();
+            let others = roster
+                .records()
+                .filter(|r| r.removed.is_none() && r.device != me)
+                .count();
+            if roster.is_admin(&me) && other_admins == 0 && others > 0 {
+                anyhow::bail!(
+                    "this device is the mesh's only admin: make another member an admin first \
+                     (`blazectl mesh admin add DEVICE`)"
+                );
+            }
+            roster
+                .edit(self.shared.identity.secret(), &me, wall_ms(), |r| {
+                    r.removed = Some(Removal {
+                        by: me,
+                        at_ms: wall_ms(),
+                        left: true,
+                        cutoffs,
+                    })
+                })
+                .map_err(|e| anyhow::anyhow!("cannot sign this device's leaving: {e}"))?;
+            s.save()?;
+            s.roster.as_ref().map(Roster::to_wire).unwrap_or_default()
+        };
+        // Tell every linked member, and give the message a moment to leave.
+        let sent: Vec<_> = {
+            let sessions = lock(&self.shared.sessions);
+            sessions
+                .values()
+                .map(|sess| {
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    let _ = sess.ctl.send(Control::Send(Box::new(PeerMessage::Members {
+                        roster: chain.clone(),
+                    })));
+                    let _ = sess.ctl.send(Control::Flush(tx));
+                    rx
+                })
+                .collect()
+        };
+        for rx in sent {
+            let _ = tokio::time::timeout(Duration::from_secs(2), rx).await;
+        }
+        let rec = lock(&self.shared.state)
+            .roster
+            .as_ref()
+            .and_then(|r| r.record(&me).cloned());
+        if let Some(rec) = rec {
+            let mut s = lock(&self.shared.state);
+            self.shared.forget_mesh(&mut s, &rec);
+        }
+        Ok(())
+    }
+
+    /// Adds an address to dial always. Returns `false` if it was there.
+    pub fn add_peer(&self, addr: &str) -> anyhow::Result<bool> {
+        let added = {
+            let mut s = lock(&self.shared.state);
+            if s.static_peers.iter().any(|p| p == addr) {
+                false
+            } else {
                 s.static_peers.push(addr.to_owned());
                 s.save()?;
+                true
             }
-        }
+        };
         self.shared.wake.notify_one();
-        Ok(())
+        Ok(added)
     }
 
-    /// The members with their link state.
+    /// Stops dialling an address. Returns `false` if it was not there.
+    pub fn remove_peer(&self, addr: &str) -> anyhow::Result<bool> {
+        let mut s = lock(&self.shared.state);
+        let before = s.static_peers.len();
+        s.static_peers.retain(|p| p != addr);
+        if s.static_peers.len() == before {
+            return Ok(false);
+        }
+        s.save()?;
+        lock(&self.shared.static_errors).remove(addr);
+        Ok(true)
+    }
+
+    /// The static peers, with the device each led to or its last error.
+    pub fn static_peers(&self) -> Vec<StaticPeerView> {
+        let peers = lock(&self.shared.state).static_peers.clone();
+        let errors = lock(&self.shared.static_errors);
+        let dials = lock(&self.shared.dials);
+        let sessions = lock(&self.shared.sessions);
+        peers
+            .into_iter()
+            .map(|addr| {
+                let device = dials
+                    .reached(&addr)
+                    .filter(|d| sessions.contains_key(d))
+                    .or_else(|| {
+                        sessions
+                            .iter()
+                            .find(|(_, x)| x.conn.remote_address().to_string() == addr)
+                            .map(|(d, _)| *d)
+                    });
+                StaticPeerView {
+                    last_error: device
+                        .is_none()
+                        .then(|| errors.get(&addr).cloned())
+                        .flatten(),
+                    device,
+                    addr,
+                }
+            })
+            .collect()
+    }
+
+    /// The members with their link state, this device excluded.
     pub fn peers(&self) -> Vec<PeerView> {
         let stats = self.driver.stats();
-        let members: Vec<Member> = lock(&self.shared.state).members.values().cloned().collect();
+        let (records, addrs): (Vec<MemberRecord>, BTreeMap<DeviceId, Vec<String>>) = {
+            let s = lock(&self.shared.state);
+            match s.roster.as_ref() {
+                Some(r) => (
+                    r.records()
+                        .filter(|m| m.device != self.shared.me)
+                        .cloned()
+                        .collect(),
+                    r.records()
+                        .map(|m| (m.device, r.addrs(&m.device).to_vec()))
+                        .collect(),
+                ),
+                None => Default::default(),
+            }
+        };
+        let names: BTreeMap<DeviceId, String> =
+            records.iter().map(|r| (r.device, r.name.clone())).collect();
         let sessions = lock(&self.shared.sessions);
+        let hub_links = lock(&self.shared.hub_links);
         let clones = lock(&self.shared.clones);
         let now = wall_ms();
-        members
+        records
             .into_iter()
             .map(|m| {
                 let s = sessions.get(&m.device);
+                let via = hub_links
+                    .iter()
+                    .find(|(hub, linked)| sessions.contains_key(hub) && linked.contains(&m.device))
+                    .map(|(hub, _)| names.get(hub).cloned().unwrap_or_else(|| hub.short()));
+                let reach = if m.removed.is_some() {
+                    Reach::Removed
+                } else if s.is_some() {
+                    Reach::Connected
+                } else if let Some(via) = via {
+                    Reach::Relayed { via }
+                } else {
+                    Reach::Offline
+                };
                 PeerView {
                     clone_addrs: clones.suspect(&m.device, now),
-                    connected: s.is_some(),
+                    reach,
                     address: s.map(|s| s.conn.remote_address()),
                     rtt: s.map(|s| s.conn.rtt()),
                     last_sync_ms: stats.get(&m.device).and_then(|x| x.last_sync_ms),
-                    member: m,
+                    addrs: addrs.get(&m.device).cloned().unwrap_or_default(),
+                    record: m,
                 }
             })
             .collect()
@@ -694,7 +935,7 @@ async fn dial(
     let is_self = target.port() == local.port()
         && (target.ip().is_loopback()
             || target.ip() == local.ip()
-            || shared.addrs.contains(&target.to_string()));
+            || lock(&shared.addrs).contains(&target.to_string()));
     anyhow::ensure!(!is_self, "{addr} is this device's own address");
     let name = tls::server_name_for(device.as_ref());
     let connecting = shared
@@ -766,10 +1007,18 @@ fn dial_targets(shared: &Shared) -> Vec<(String, Option<DeviceId>, Vec<String>)>
     if s.keys.is_none() {
         return Vec::new();
     }
+    let Some(roster) = s.roster.as_ref() else {
+        return Vec::new();
+    };
     let discovered = lock(&shared.discovered);
     let mut out = Vec::new();
-    let mut devices: BTreeSet<DeviceId> = s.active_members().map(|m| m.device).collect();
+    let mut devices: BTreeSet<DeviceId> = roster
+        .records()
+        .filter(|m| m.removed.is_none())
+        .map(|m| m.device)
+        .collect();
     devices.extend(discovered.keys().filter(|d| !s.is_removed(d)));
+    devices.remove(&shared.me);
     for d in devices {
         if shared.connected(&d) {
             continue;
@@ -780,11 +1029,9 @@ fn dial_targets(shared: &Shared) -> Vec<(String, Option<DeviceId>, Vec<String>)>
             .flatten()
             .map(|a| a.to_string())
             .collect();
-        if let Some(m) = s.members.get(&d) {
-            for a in &m.addrs {
-                if !addrs.contains(a) {
-                    addrs.push(a.clone());
-                }
+        for a in roster.addrs(&d) {
+            if !addrs.contains(a) {
+                addrs.push(a.clone());
             }
         }
         if !addrs.is_empty() {
@@ -817,12 +1064,16 @@ async fn dial_one(
             Ok(c) => c,
             Err(e) => {
                 tracing::debug!(addr, "dial failed: {e:#}");
+                if device.is_none() {
+                    lock(&shared.static_errors).insert(addr.clone(), format!("{e:#}"));
+                }
                 continue;
             }
         };
         let Some(peer) = tls::peer_device(&conn) else {
             continue;
         };
+        lock(&shared.static_errors).remove(addr);
         if shared.connected(&peer) {
             conn.close(close_code::DUPLICATE, b"already connected");
             return Some(peer);
@@ -832,8 +1083,55 @@ async fn dial_one(
                 session::run(shared.clone(), conn, peer, true, send, recv).await;
                 return Some(peer);
             }
-            Err(e) => tracing::info!(addr, peer = %peer, "could not join the session: {e}"),
+            // The keys were exchanged: try again at once.
+            Err(SessionError::Rekeyed) => return Some(peer),
+            Err(e) => {
+                tracing::info!(addr, peer = %peer, "could not join the session: {e}");
+                if device.is_none() {
+                    lock(&shared.static_errors).insert(addr.clone(), e.to_string());
+                }
+            }
         }
     }
     None
+}
+
+/// Keeps the announced addresses in step with the interfaces: when they
+/// change (a new network, a new lease), signs and spreads the new ones.
+async fn watch_interfaces(shared: Arc<Shared>, local: SocketAddr) {
+    let mut shutdown = shared.shutdown.clone();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            _ = shutdown.changed() => return,
+        }
+        let now = local_addrs(local);
+        if *lock(&shared.addrs) == now {
+            continue;
+        }
+        tracing::info!(addrs = ?now, "this device's addresses changed");
+        *lock(&shared.addrs) = now.clone();
+        let changed = {
+            let mut s = lock(&shared.state);
+            let changed = s
+                .roster
+                .as_mut()
+                .map(|r| r.set_own_addrs(shared.identity.secret(), &now, wall_ms()));
+            match changed {
+                Some(Ok(true)) => {
+                    shared.save(&s);
+                    true
+                }
+                Some(Err(e)) => {
+                    tracing::warn!("cannot sign this device's new addresses: {e}");
+                    false
+                }
+                _ => false,
+            }
+        };
+        if changed {
+            shared.keys_changed();
+            shared.members_changed();
+        }
+    }
 }

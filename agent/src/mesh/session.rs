@@ -5,6 +5,13 @@
 //! Invariants:
 //! - Nothing but the handshake is said before the peer has proved it
 //!   belongs to the mesh (or used a valid invite) on this very connection.
+//! - Holding the secret is not enough: a peer is let in only if an admin
+//!   signed it a member record that is not removed.
+//! - A removed device is told so on every connection it makes: its TLS key
+//!   proves who it is, and it gets its own final record and nothing else.
+//! - Two members whose secrets differ in epoch exchange the membership and
+//!   the newer rotation (`Rekey`) and close; each side's copy of the
+//!   secret is wrapped for it alone.
 //! - A peer is told of sync only once the session is registered as the one
 //!   connection with that peer; a duplicate is closed before that.
 //! - Every frame's length is checked against [`MAX_PEER_FRAME`] before it
@@ -16,7 +23,7 @@ use std::time::Duration;
 
 use blazedb_proto::frame::{LEN_PREFIX, payload_len};
 use blazedb_proto::mesh::{
-    Invite, MAX_PEER_FRAME, Member, PEER_PROTOCOL_VERSION, PeerMessage, to_frame,
+    Invite, MAX_PEER_FRAME, PEER_PROTOCOL_VERSION, PeerMessage, Roster, Signed, to_frame,
 };
 use blazedb_proto::message::EncodeError;
 use blazedb_proto::{DeviceId, SyncMessage};
@@ -25,7 +32,7 @@ use tokio::sync::mpsc;
 use super::driver::Input;
 use super::proof::{self, Binding};
 use super::state::MeshKeys;
-use super::{Shared, close_code};
+use super::{Shared, close_code, tls};
 
 /// How long the other side has to prove itself.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -36,12 +43,25 @@ pub enum SessionError {
     /// The peer was not let in, or did not let us in.
     #[error("refused: {0}")]
     Refused(String),
+    /// The two sides held secrets of different epochs and exchanged the
+    /// newer one: dial again.
+    #[error("the mesh secret changed; the newer one was passed on")]
+    Rekeyed,
     /// The peer broke the protocol or went away.
     #[error("{0}")]
     Protocol(String),
     /// A frame was over [`MAX_PEER_FRAME`].
     #[error("{0}")]
     TooLarge(String),
+}
+
+/// What the rest of the mesh asks of a session's control stream.
+#[derive(Debug)]
+pub(crate) enum Control {
+    /// Send this message.
+    Send(Box<PeerMessage>),
+    /// Answer once everything queued before has been written.
+    Flush(tokio::sync::oneshot::Sender<()>),
 }
 
 fn protocol(e: impl std::fmt::Display) -> SessionError {
@@ -92,33 +112,114 @@ async fn recv_msg(recv: &mut quinn::RecvStream) -> Result<PeerMessage, SessionEr
     Ok(msg)
 }
 
+/// Sends `last` (if any), finishes the stream, gives it a moment to leave,
+/// and closes the connection with `code`.
+async fn say_last_and_close(
+    send: &mut quinn::SendStream,
+    conn: &quinn::Connection,
+    last: Option<&PeerMessage>,
+    code: quinn::VarInt,
+    reason: &str,
+) {
+    if let Some(m) = last {
+        let _ = send_msg(send, m).await;
+    }
+    let _ = send.finish();
+    let _ = tokio::time::timeout(Duration::from_millis(500), send.stopped()).await;
+    conn.close(code, reason.as_bytes());
+}
+
 async fn refuse(
     send: &mut quinn::SendStream,
     conn: &quinn::Connection,
     reason: String,
 ) -> SessionError {
-    let _ = send_msg(
-        send,
-        &PeerMessage::Refused {
-            reason: reason.clone(),
-        },
-    )
-    .await;
-    let _ = send.finish();
-    // Give the refusal a moment to leave before the connection closes.
-    let _ = tokio::time::timeout(Duration::from_millis(200), send.stopped()).await;
-    conn.close(close_code::REFUSED, reason.as_bytes());
+    let msg = PeerMessage::Refused {
+        reason: reason.clone(),
+    };
+    say_last_and_close(send, conn, Some(&msg), close_code::REFUSED, &reason).await;
     SessionError::Refused(reason)
 }
 
+/// Tells a removed device so, and closes.
+async fn tell_removed(
+    send: &mut quinn::SendStream,
+    conn: &quinn::Connection,
+    chain: Vec<Signed>,
+) -> SessionError {
+    let msg = PeerMessage::Removed { chain };
+    say_last_and_close(
+        send,
+        conn,
+        Some(&msg),
+        close_code::REMOVED,
+        "removed from the mesh",
+    )
+    .await;
+    SessionError::Refused("the device was removed from the mesh".into())
+}
+
+/// Takes in the sender's chain and addresses from its `Hello`, and checks
+/// that an admin signed it a member record.
+fn check_member(
+    shared: &Shared,
+    peer: &DeviceId,
+    chain: Vec<Signed>,
+    addrs: Signed,
+) -> Result<(), String> {
+    shared.merge_roster(
+        peer,
+        &Roster {
+            records: chain,
+            addrs: vec![addrs],
+            rotation: None,
+        },
+    );
+    if shared.is_active(peer) {
+        return Ok(());
+    }
+    tracing::warn!(
+        peer = %peer,
+        "device {peer} proved it holds the mesh secret but no admin signed it a member record: \
+         refused (was the secret copied to another device?)"
+    );
+    Err("no admin of the mesh signed this device a member record".into())
+}
+
 /// This device's `Hello` on the connection `binding`.
-fn hello(shared: &Shared, keys: &MeshKeys, binding: &Binding) -> PeerMessage {
-    PeerMessage::Hello {
+fn hello(shared: &Shared, binding: &Binding) -> Result<(MeshKeys, PeerMessage), SessionError> {
+    let (keys, chain, addrs) = shared
+        .hello_parts()
+        .ok_or_else(|| SessionError::Refused("this device is in no mesh".into()))?;
+    let msg = PeerMessage::Hello {
         version: PEER_PROTOCOL_VERSION,
         mesh: keys.id,
+        epoch: keys.epoch,
         proof: proof::make(&keys.secret, proof::HELLO, binding, &shared.me),
-        me: shared.me_as_member(),
-    }
+        chain,
+        addrs,
+    };
+    Ok((keys, msg))
+}
+
+/// The peer answered our `Hello` with `Rekey`: take its membership (and
+/// rotation, if newer), and hand it ours if it is the one behind.
+async fn on_rekey(
+    shared: &Shared,
+    send: &mut quinn::SendStream,
+    conn: &quinn::Connection,
+    peer: &DeviceId,
+    their_epoch: u32,
+    roster: &Roster,
+) -> SessionError {
+    shared.merge_roster(peer, roster);
+    let mine = shared.keys().map_or(0, |k| k.epoch);
+    let reply = (their_epoch < mine && shared.is_active(peer)).then(|| PeerMessage::Rekey {
+        epoch: mine,
+        roster: shared.roster_wire(),
+    });
+    say_last_and_close(send, conn, reply.as_ref(), close_code::REFUSED, "rekeyed").await;
+    SessionError::Rekeyed
 }
 
 /// The dialler's half of the handshake. With `invite`, joins the mesh
@@ -142,44 +243,60 @@ pub(crate) async fn dial_handshake(
                         version: PEER_PROTOCOL_VERSION,
                         invite: inv.id,
                         proof,
-                        me: shared.me_as_member(),
+                        name: shared.name.clone(),
+                        role: shared.role,
                     },
                 )
                 .await?;
                 match recv_msg(&mut recv).await? {
                     PeerMessage::Welcome {
                         mesh,
+                        genesis,
+                        epoch,
                         secret,
                         proof: p,
-                        members,
+                        roster,
                     } if mesh == inv.mesh
                         && proof::check(&inv.secret, proof::WELCOME, &binding, &peer, &p) =>
                     {
-                        shared.joined(MeshKeys { id: mesh, secret }, &members);
-                        Ok(())
+                        let keys = MeshKeys {
+                            id: mesh,
+                            secret,
+                            epoch,
+                        };
+                        shared
+                            .joined(keys, genesis, &roster)
+                            .map_err(SessionError::Protocol)
                     }
+                    PeerMessage::Removed { .. } => Err(SessionError::Refused(
+                        "this device was removed from that mesh and cannot join it again \
+                         with the same identity (move device.key away to join as a new device)"
+                            .into(),
+                    )),
                     other => Err(SessionError::Protocol(format!(
                         "the inviter answered with {other:?}"
                     ))),
                 }
             }
             None => {
-                let keys = shared
-                    .keys()
-                    .ok_or_else(|| SessionError::Refused("this device is in no mesh".into()))?;
-                send_msg(&mut send, &hello(shared, &keys, &binding)).await?;
+                let (keys, msg) = hello(shared, &binding)?;
+                send_msg(&mut send, &msg).await?;
                 match recv_msg(&mut recv).await? {
                     PeerMessage::Hello {
                         mesh,
+                        epoch,
                         proof: p,
-                        me: member,
+                        chain,
+                        addrs,
                         ..
                     } if mesh == keys.id
-                        && member.device == peer
+                        && epoch == keys.epoch
                         && proof::check(&keys.secret, proof::HELLO, &binding, &peer, &p) =>
                     {
-                        shared.note_member(&member);
-                        Ok(())
+                        match check_member(shared, &peer, chain, addrs) {
+                            Ok(()) => Ok(()),
+                            Err(why) => Err(refuse(&mut send, conn, why).await),
+                        }
                     }
                     PeerMessage::Hello { .. } => Err(refuse(
                         &mut send,
@@ -187,6 +304,15 @@ pub(crate) async fn dial_handshake(
                         "the peer's membership proof is wrong".into(),
                     )
                     .await),
+                    PeerMessage::Removed { chain } => {
+                        shared.learned_removed(&peer, &chain);
+                        Err(SessionError::Refused(
+                            "this device was removed from the mesh".into(),
+                        ))
+                    }
+                    PeerMessage::Rekey { epoch, roster } => {
+                        Err(on_rekey(shared, &mut send, conn, &peer, epoch, &roster).await)
+                    }
                     other => Err(SessionError::Protocol(format!(
                         "the peer answered with {other:?}"
                     ))),
@@ -210,12 +336,19 @@ pub(crate) async fn accept_handshake(
     let work = async {
         let (mut send, mut recv) = conn.accept_bi().await.map_err(protocol)?;
         let first = recv_msg(&mut recv).await?;
+        // A removed device learns it, whatever it says and whichever key
+        // it holds: its TLS key proved who it is.
+        if let Some(chain) = shared.removal_chain(&peer) {
+            return Err(tell_removed(&mut send, conn, chain).await);
+        }
         match first {
             PeerMessage::Hello {
                 version,
                 mesh,
+                epoch,
                 proof: p,
-                me: member,
+                chain,
+                addrs,
             } => {
                 if version != PEER_PROTOCOL_VERSION {
                     return Err(refuse(&mut send, conn, format!(
@@ -226,57 +359,77 @@ pub(crate) async fn accept_handshake(
                 let Some(keys) = shared.keys().filter(|k| k.id == mesh) else {
                     return Err(refuse(&mut send, conn, "not a member of that mesh".into()).await);
                 };
-                if shared.is_removed(&peer) {
-                    return Err(refuse(
-                        &mut send,
-                        conn,
-                        "this device was removed from the mesh".into(),
-                    )
-                    .await);
+                if epoch != keys.epoch {
+                    // Only a member gets the membership: its record, not
+                    // the secret it cannot prove, says it is one.
+                    if let Err(why) = check_member(shared, &peer, chain, addrs) {
+                        return Err(refuse(&mut send, conn, why).await);
+                    }
+                    let reply = PeerMessage::Rekey {
+                        epoch: keys.epoch,
+                        roster: shared.roster_wire(),
+                    };
+                    if send_msg(&mut send, &reply).await.is_ok() && epoch > keys.epoch {
+                        // The peer holds the newer secret: wait for it.
+                        let answer =
+                            tokio::time::timeout(Duration::from_secs(2), recv_msg(&mut recv));
+                        if let Ok(Ok(PeerMessage::Rekey { roster, .. })) = answer.await {
+                            shared.merge_roster(&peer, &roster);
+                        }
+                    }
+                    say_last_and_close(&mut send, conn, None, close_code::REFUSED, "rekeyed").await;
+                    return Err(SessionError::Rekeyed);
                 }
-                if member.device != peer
-                    || !proof::check(&keys.secret, proof::HELLO, &binding, &peer, &p)
-                {
+                if !proof::check(&keys.secret, proof::HELLO, &binding, &peer, &p) {
                     return Err(
                         refuse(&mut send, conn, "the membership proof is wrong".into()).await,
                     );
                 }
-                send_msg(&mut send, &hello(shared, &keys, &binding)).await?;
-                shared.note_member(&member);
+                if let Err(why) = check_member(shared, &peer, chain, addrs) {
+                    return Err(refuse(&mut send, conn, why).await);
+                }
+                let (_, msg) = hello(shared, &binding)?;
+                send_msg(&mut send, &msg).await?;
                 Ok((send, recv))
             }
             PeerMessage::Join {
                 version,
                 invite,
                 proof: p,
-                me: member,
+                name,
+                role,
             } => {
-                if version != PEER_PROTOCOL_VERSION || member.device != peer {
+                if version != PEER_PROTOCOL_VERSION {
                     return Err(refuse(&mut send, conn, "malformed join".into()).await);
                 }
-                let Some((keys, secret)) = shared.redeem(&invite, |s| {
-                    proof::check(s, proof::JOIN, &binding, &peer, &p)
-                }) else {
-                    return Err(refuse(
-                        &mut send,
-                        conn,
-                        "the invite is unknown, expired, used up or was not proved".into(),
-                    )
-                    .await);
+                let Some(key) = tls::peer_public_key(conn) else {
+                    return Err(refuse(&mut send, conn, "no device key".into()).await);
                 };
-                shared.note_member(&member);
-                let proof = proof::make(&secret, proof::WELCOME, &binding, &shared.me);
+                let redeemed = match shared.redeem(&invite, |s| {
+                    proof::check(s, proof::JOIN, &binding, &peer, &p)
+                }) {
+                    Ok(r) => r,
+                    Err(why) => return Err(refuse(&mut send, conn, why).await),
+                };
+                let (keys, genesis, roster) = match shared.admit(&key, &name, role, redeemed.teams)
+                {
+                    Ok(x) => x,
+                    Err(why) => return Err(refuse(&mut send, conn, why).await),
+                };
+                let proof = proof::make(&redeemed.secret, proof::WELCOME, &binding, &shared.me);
                 send_msg(
                     &mut send,
                     &PeerMessage::Welcome {
                         mesh: keys.id,
+                        genesis,
+                        epoch: keys.epoch,
                         secret: keys.secret,
                         proof,
-                        members: shared.member_list(),
+                        roster,
                     },
                 )
                 .await?;
-                tracing::info!(peer = %peer, name = member.name, "a device joined the mesh with an invite");
+                tracing::info!(peer = %peer, name, "a device joined the mesh with an invite");
                 Ok((send, recv))
             }
             other => Err(SessionError::Protocol(format!(
@@ -303,7 +456,7 @@ pub(crate) async fn run(
     mut ctl_recv: quinn::RecvStream,
 ) {
     let link = shared.next_link();
-    let (ctl_tx, mut ctl_rx) = mpsc::unbounded_channel::<PeerMessage>();
+    let (ctl_tx, mut ctl_rx) = mpsc::unbounded_channel::<Control>();
     if !shared.register(peer, link, &conn, dialled, ctl_tx) {
         conn.close(close_code::DUPLICATE, b"already connected");
         return;
@@ -319,7 +472,7 @@ pub(crate) async fn run(
     let _ = send_msg(
         &mut ctl_send,
         &PeerMessage::Members {
-            members: shared.member_list(),
+            roster: shared.roster_wire(),
         },
     )
     .await;
@@ -331,7 +484,13 @@ pub(crate) async fn run(
         tokio::select! {
             frame = read_frame(&mut ctl_recv) => match frame {
                 Ok(Some(bytes)) => match PeerMessage::decode(&bytes) {
-                    Ok(PeerMessage::Members { members }) => shared.merge_members(&members),
+                    Ok(PeerMessage::Members { roster }) => shared.merge_roster(&peer, &roster),
+                    Ok(PeerMessage::Links { connected }) => shared.note_links(peer, connected),
+                    Ok(PeerMessage::Removed { chain }) => {
+                        if shared.learned_removed(&peer, &chain) {
+                            break "this device was removed from the mesh".into();
+                        }
+                    }
                     Ok(PeerMessage::Refused { reason }) => break format!("refused: {reason}"),
                     Ok(other) => tracing::debug!(peer = %peer, "ignoring {other:?} after the handshake"),
                     Err(e) => {
@@ -345,11 +504,20 @@ pub(crate) async fn run(
                     break e.to_string();
                 }
             },
-            Some(msg) = ctl_rx.recv() => {
-                if let Err(e) = send_msg(&mut ctl_send, &msg).await {
-                    break e.to_string();
+            Some(ctl) = ctl_rx.recv() => match ctl {
+                Control::Send(msg) if matches!(*msg, PeerMessage::Removed { .. }) => {
+                    say_last_and_close(&mut ctl_send, &conn, Some(&msg), close_code::REMOVED, "removed from the mesh").await;
+                    break "the peer was removed from the mesh".into();
                 }
-            }
+                Control::Send(msg) => {
+                    if let Err(e) = send_msg(&mut ctl_send, &msg).await {
+                        break e.to_string();
+                    }
+                }
+                Control::Flush(done) => {
+                    let _ = done.send(());
+                }
+            },
             stream = conn.accept_uni() => match stream {
                 Ok(recv) => {
                     readers.spawn(read_sync(conn.clone(), recv, peer, link, driver.clone()));
@@ -430,16 +598,5 @@ async fn read_sync(
                 return;
             }
         }
-    }
-}
-
-/// A member record for a device we know only by id.
-pub(crate) fn bare_member(device: DeviceId) -> Member {
-    Member {
-        device,
-        name: String::new(),
-        role: Default::default(),
-        removed: false,
-        addrs: Vec::new(),
     }
 }

@@ -1,6 +1,7 @@
-//! A real mesh endpoint against a hand-driven peer that holds the mesh
-//! secret but breaks the protocol after the handshake: the agent closes
-//! that connection with a reason, and keeps serving.
+//! A real mesh endpoint against a hand-driven peer: one that holds the
+//! mesh secret but no member record is refused; a member that breaks the
+//! protocol after the handshake is cut off with a reason, and the agent
+//! keeps serving.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,7 +9,7 @@ use std::time::Duration;
 use blazedb_proto::DeviceId;
 use blazedb_proto::frame::LEN_PREFIX;
 use blazedb_proto::mesh::{
-    MAX_PEER_FRAME, Member, PEER_PROTOCOL_VERSION, PeerMessage, Role, to_frame,
+    Addresses, MAX_PEER_FRAME, PEER_PROTOCOL_VERSION, PeerMessage, Role, to_frame,
 };
 use tokio::sync::watch;
 
@@ -54,12 +55,25 @@ impl Rogue {
         }
     }
 
-    /// Connects to `mesh` and completes the member handshake honestly;
-    /// the control stream stays open while the returned streams live.
-    async fn member_session(
+    /// Has `mesh` (an admin) sign this device a member record, as when an
+    /// invite is redeemed.
+    fn admitted_by(&self, mesh: &Mesh) {
+        let key = crate::access::sign::public_key_bytes(self.id.secret());
+        mesh.shared
+            .admit(&key, "rogue", Role::Device, Vec::new())
+            .expect("admit");
+    }
+
+    /// Connects to `mesh` and sends an honest `Hello`; returns the
+    /// connection, the control stream and the agent's first answer.
+    async fn hello(
         &self,
         mesh: &Mesh,
-    ) -> (quinn::Connection, (quinn::SendStream, quinn::RecvStream)) {
+    ) -> (
+        quinn::Connection,
+        (quinn::SendStream, quinn::RecvStream),
+        Result<PeerMessage, session::SessionError>,
+    ) {
         let keys = mesh.shared.keys().expect("a mesh");
         let name = tls::server_name_for(Some(&mesh.shared.me));
         let conn = self
@@ -70,31 +84,54 @@ impl Rogue {
             .expect("connected");
         let binding = Binding::of(&conn).expect("binding");
         let me = self.id.device_id();
+        let chain = mesh.shared.roster_wire().records;
+        let addrs = Addresses {
+            mesh: keys.id,
+            device: me,
+            addrs: Vec::new(),
+            version: 1,
+        };
         let hello = PeerMessage::Hello {
             version: PEER_PROTOCOL_VERSION,
             mesh: keys.id,
+            epoch: keys.epoch,
             proof: proof::make(&keys.secret, proof::HELLO, &binding, &me),
-            me: Member {
-                device: me,
-                name: "rogue".into(),
-                role: Role::Device,
-                removed: false,
-                addrs: Vec::new(),
-            },
+            chain,
+            addrs: crate::access::sign::sign(
+                self.id.secret(),
+                crate::access::sign::Purpose::Addresses,
+                &addrs,
+            )
+            .expect("sign"),
         };
         let (mut send, mut recv) = conn.open_bi().await.expect("control stream");
         send.write_all(&to_frame(&hello).expect("frame"))
             .await
             .expect("send hello");
-        let reply = session::read_frame(&mut recv)
-            .await
-            .expect("reply")
-            .expect("a frame");
+        let reply = match session::read_frame(&mut recv).await {
+            Ok(Some(bytes)) => match PeerMessage::decode(&bytes) {
+                Ok(PeerMessage::Refused { reason }) => Err(session::SessionError::Refused(reason)),
+                Ok(m) => Ok(m),
+                Err(e) => Err(session::SessionError::Protocol(e.to_string())),
+            },
+            Ok(None) => Err(session::SessionError::Protocol("closed".into())),
+            Err(e) => Err(e),
+        };
+        (conn, (send, recv), reply)
+    }
+
+    /// Connects to `mesh` and completes the member handshake honestly;
+    /// the control stream stays open while the returned streams live.
+    async fn member_session(
+        &self,
+        mesh: &Mesh,
+    ) -> (quinn::Connection, (quinn::SendStream, quinn::RecvStream)) {
+        let (conn, control, reply) = self.hello(mesh).await;
         assert!(
-            matches!(PeerMessage::decode(&reply), Ok(PeerMessage::Hello { .. })),
-            "the agent did not accept an honest member"
+            matches!(reply, Ok(PeerMessage::Hello { .. })),
+            "the agent did not accept an honest member: {reply:?}"
         );
-        (conn, (send, recv))
+        (conn, control)
     }
 }
 
@@ -135,9 +172,32 @@ async fn start_mesh() -> (Mesh, Store, watch::Sender<bool>, tempfile::TempDir) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mesh_secret_without_a_member_record_admits_nobody() {
+    let (mesh, store, stop, _dir) = start_mesh().await;
+    let stranger = Rogue::new();
+    let (conn, _control, reply) = stranger.hello(&mesh).await;
+    match reply {
+        Err(session::SessionError::Refused(why)) => {
+            assert!(why.contains("member record"), "{why}")
+        }
+        other => panic!("a device with the secret and no record got {other:?}"),
+    }
+    let (code, _) = closed_by_agent(&conn).await;
+    assert_eq!(code, close_code::REFUSED);
+    assert!(
+        mesh.peers().is_empty(),
+        "the stranger was taken as a member"
+    );
+    let _ = stop.send(true);
+    mesh.stop().await;
+    store.shutdown().await.expect("store shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_that_breaks_the_protocol_is_cut_off_and_the_agent_goes_on() {
     let (mesh, store, stop, _dir) = start_mesh().await;
     let rogue = Rogue::new();
+    rogue.admitted_by(&mesh);
 
     // A length over the limit: refused from the prefix, nothing read.
     let (conn, _control) = rogue.member_session(&mesh).await;
@@ -167,7 +227,7 @@ async fn a_member_that_breaks_the_protocol_is_cut_off_and_the_agent_goes_on() {
     while !mesh
         .peers()
         .iter()
-        .any(|p| p.member.device == me && p.connected)
+        .any(|p| p.record.device == me && p.reach == super::Reach::Connected)
     {
         assert!(
             conn.close_reason().is_none(),

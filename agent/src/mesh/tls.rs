@@ -5,8 +5,8 @@
 //! The dialler names the device it expects in the server name (its id in
 //! lowercase base32, or [`ANY_DEVICE`] when dialling a bare address), and
 //! its verifier accepts that device only. The listener accepts any device
-//! that [`Gate`] lets in; the session then requires a membership proof
-//! before anything else is said.
+//! while [`Gate`] lets devices in at all; the session then decides by the
+//! device's signed member record and its membership proof.
 
 use std::sync::Arc;
 
@@ -30,12 +30,16 @@ pub trait Gate: Send + Sync + std::fmt::Debug {
     fn admits(&self, device: &DeviceId) -> bool;
 }
 
-/// The device id a certificate's key hashes to.
-pub fn device_of_cert(cert: &CertificateDer<'_>) -> Option<DeviceId> {
+/// The P-256 key a certificate carries.
+fn key_of_cert(cert: &CertificateDer<'_>) -> Option<p256::PublicKey> {
     let parsed = rustls::server::ParsedCertificate::try_from(cert).ok()?;
     let spki = parsed.subject_public_key_info();
-    let key = p256::PublicKey::from_public_key_der(spki.as_ref()).ok()?;
-    Some(crate::identity::device_id_of(&key))
+    p256::PublicKey::from_public_key_der(spki.as_ref()).ok()
+}
+
+/// The device id a certificate's key hashes to.
+pub fn device_of_cert(cert: &CertificateDer<'_>) -> Option<DeviceId> {
+    Some(crate::identity::device_id_of(&key_of_cert(cert)?))
 }
 
 /// The server name that pins `device` when dialling it.
@@ -224,13 +228,23 @@ impl ServerCertVerifier for PinnedServer {
     }
 }
 
-/// The device id of the peer on an established connection.
-pub fn peer_device(conn: &quinn::Connection) -> Option<DeviceId> {
+fn peer_key(conn: &quinn::Connection) -> Option<p256::PublicKey> {
     let certs = conn
         .peer_identity()?
         .downcast::<Vec<CertificateDer<'static>>>()
         .ok()?;
-    device_of_cert(certs.first()?)
+    key_of_cert(certs.first()?)
+}
+
+/// The device id of the peer on an established connection.
+pub fn peer_device(conn: &quinn::Connection) -> Option<DeviceId> {
+    Some(crate::identity::device_id_of(&peer_key(conn)?))
+}
+
+/// The public key (SEC1) of the peer on an established connection, as
+/// member records carry it.
+pub fn peer_public_key(conn: &quinn::Connection) -> Option<Vec<u8>> {
+    Some(peer_key(conn)?.to_sec1_bytes().to_vec())
 }
 
 #[cfg(test)]

@@ -2,8 +2,10 @@
 //! code is alone on the last line, so scripts can take it with `tail -1`.
 
 use super::Opts;
+use super::mesh::split_teams;
 use super::output::print_json;
 use crate::Client;
+use crate::api::MeshInviteParams;
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct InviteArgs {
@@ -13,10 +15,20 @@ pub(crate) struct InviteArgs {
     /// How many devices may use it (0: any number until it expires).
     #[arg(long, default_value_t = 1)]
     uses: u32,
+    /// The teams a device that joins with it belongs to, separated by
+    /// commas.
+    #[arg(long)]
+    teams: Option<String>,
 }
 
 pub(crate) async fn run(client: &Client, args: InviteArgs, opts: Opts) -> anyhow::Result<()> {
-    let r = client.invite(Some(args.ttl), Some(args.uses)).await?;
+    let r = client
+        .invite_with(MeshInviteParams {
+            ttl_secs: Some(args.ttl),
+            uses: Some(args.uses),
+            teams: args.teams.as_deref().map(split_teams).unwrap_or_default(),
+        })
+        .await?;
     if opts.json {
         return print_json(&serde_json::to_value(&r)?);
     }

@@ -15,6 +15,13 @@ pub(crate) async fn run(client: &Client, args: JoinArgs, opts: Opts) -> anyhow::
     if opts.json {
         return print_json(&serde_json::to_value(&s)?);
     }
-    println!("joined mesh {}", s.mesh.as_deref().unwrap_or("?"));
+    if s.already_member {
+        println!(
+            "this device already is a member of mesh {}",
+            s.mesh.as_deref().unwrap_or("?")
+        );
+    } else {
+        println!("joined mesh {}", s.mesh.as_deref().unwrap_or("?"));
+    }
     Ok(())
 }

@@ -62,7 +62,7 @@ enum Command {
     Watch(watch::WatchArgs),
     /// Print this device's id, to read aloud and compare.
     Id,
-    /// Create a mesh, show it, remove a device from it.
+    /// Create a mesh, show it, leave it; admins add and remove devices.
     #[command(subcommand)]
     Mesh(mesh::MeshCommand),
     /// Make a code that lets another device join this mesh.
@@ -71,7 +71,7 @@ enum Command {
     Join(join::JoinArgs),
     /// List the mesh's members with state, address, RTT and last sync.
     Peers,
-    /// Add addresses to dial always.
+    /// Add, list and remove addresses to dial always.
     #[command(subcommand)]
     Peer(peer::PeerCommand),
 }

@@ -52,6 +52,28 @@ pub(crate) fn change_json(c: &Change) -> serde_json::Value {
     })
 }
 
+/// A time in ms since the Unix epoch as `YYYY-MM-DD HH:MM:SS UTC`.
+pub(crate) fn format_ms(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    // Days to a civil date (proleptic Gregorian), after H. Hinnant.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
 /// Prints pretty JSON.
 pub(crate) fn print_json(v: &serde_json::Value) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
@@ -148,5 +170,12 @@ mod tests {
         other.id = "b22".into();
         other.fields.remove("blob");
         insta::assert_snapshot!(records_table(&[sample(), other]));
+    }
+
+    #[test]
+    fn times_print_as_utc_dates() {
+        assert_eq!(format_ms(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(format_ms(951_782_400_000), "2000-02-29 00:00:00 UTC");
+        assert_eq!(format_ms(1_796_184_000_123), "2026-12-02 04:00:00 UTC");
     }
 }

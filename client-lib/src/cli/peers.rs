@@ -25,8 +25,16 @@ pub(crate) async fn run(client: &Client, opts: Opts) -> anyhow::Result<()> {
             vec![
                 p.device_id.clone(),
                 p.name.clone(),
-                p.role.clone(),
-                p.state.clone(),
+                if p.admin {
+                    format!("{}, admin", p.role)
+                } else {
+                    p.role.clone()
+                },
+                p.teams.join(","),
+                match &p.via {
+                    Some(hub) => format!("relayed via {hub}"),
+                    None => p.state.clone(),
+                },
                 p.address.clone().unwrap_or_else(|| "-".into()),
                 p.rtt_ms.map_or("-".into(), |r| format!("{r:.2}ms")),
                 ago(p.last_sync_ms),
@@ -38,6 +46,7 @@ pub(crate) async fn run(client: &Client, opts: Opts) -> anyhow::Result<()> {
             "DEVICE",
             "NAME",
             "ROLE",
+            "TEAMS",
             "STATE",
             "ADDRESS",
             "RTT",
