@@ -353,6 +353,22 @@ impl Mesh {
         let members: Vec<DeviceId> = {
             let mut s = lock(&state);
             let me = identity.device_id();
+            if let Some(roster) = &s.roster
+                && !roster.is_active(&me)
+            {
+                // A copied mesh.json, or a device key moved away: the file
+                // is no membership of this device's.
+                tracing::warn!(
+                    mesh = roster.mesh().to_hex(),
+                    "mesh.json holds no active member record for this device (was the device \
+                     key replaced, or the file copied from another device?): this device is \
+                     in no mesh. Join with an invite"
+                );
+                s.keys = None;
+                s.roster = None;
+                s.invites.clear();
+                s.save()?;
+            }
             if let Some(roster) = s.roster.as_mut()
                 && roster.set_own_addrs(identity.secret(), &addrs, wall_ms())?
             {

@@ -75,6 +75,19 @@ impl Rogue {
         Result<PeerMessage, session::SessionError>,
     ) {
         let keys = mesh.shared.keys().expect("a mesh");
+        self.hello_with(mesh, &keys).await
+    }
+
+    /// As [`Rogue::hello`], proving membership with `keys`.
+    async fn hello_with(
+        &self,
+        mesh: &Mesh,
+        keys: &super::state::MeshKeys,
+    ) -> (
+        quinn::Connection,
+        (quinn::SendStream, quinn::RecvStream),
+        Result<PeerMessage, session::SessionError>,
+    ) {
         let name = tls::server_name_for(Some(&mesh.shared.me));
         let conn = self
             .endpoint
@@ -188,6 +201,36 @@ async fn the_mesh_secret_without_a_member_record_admits_nobody() {
         mesh.peers().is_empty(),
         "the stranger was taken as a member"
     );
+    let _ = stop.send(true);
+    mesh.stop().await;
+    store.shutdown().await.expect("store shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_member_with_the_old_secret_is_told_it_was_removed() {
+    let (mesh, store, stop, _dir) = start_mesh().await;
+    let rogue = Rogue::new();
+    rogue.admitted_by(&mesh);
+    let old_keys = mesh.shared.keys().expect("keys");
+    let (conn, _control) = rogue.member_session(&mesh).await;
+    conn.close(0u32.into(), b"bye");
+    mesh.remove(&rogue.id.device_id()).expect("remove");
+    let new_keys = mesh.shared.keys().expect("keys");
+    assert!(new_keys.epoch > old_keys.epoch && new_keys.secret != old_keys.secret);
+
+    // It comes back with the secret it kept: it is told, and refused.
+    let (conn, _control, reply) = rogue.hello_with(&mesh, &old_keys).await;
+    match reply {
+        Ok(PeerMessage::Removed { chain }) => {
+            let last: blazedb_proto::mesh::MemberRecord =
+                chain.last().expect("its record").decode().expect("record");
+            assert_eq!(last.device, rogue.id.device_id());
+            assert!(last.removed.is_some());
+        }
+        other => panic!("a removed device with the old secret got {other:?}"),
+    }
+    let (code, _) = closed_by_agent(&conn).await;
+    assert_eq!(code, close_code::REMOVED);
     let _ = stop.send(true);
     mesh.stop().await;
     store.shutdown().await.expect("store shutdown");
