@@ -153,3 +153,121 @@ async fn lan_mdns_unplugged_link_and_chain() {
         );
     }
 }
+
+const BROWSE: &str = env!("CARGO_BIN_EXE_blazedb-mdns-browse");
+
+/// What a stranger in `ns` resolves by mDNS within `secs`: one JSON value
+/// per service.
+fn browse_as_stranger(ns: &str, secs: u64) -> Vec<serde_json::Value> {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", ns, BROWSE, &secs.to_string()])
+        .output()
+        .expect("run the browser");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect()
+}
+
+/// The distinct instances among what a browse resolved.
+fn instances(seen: &[serde_json::Value]) -> std::collections::BTreeSet<String> {
+    seen.iter()
+        .filter_map(|v| v["fullname"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lan_strangers_learn_nothing_from_mdns_and_a_removed_device_goes_quiet() {
+    // Three members and a stranger (d) on one LAN.
+    let Some(lab) = Lab::up("bzm", "10.79.1", 4).expect("lab") else {
+        return;
+    };
+    let mut agents = Vec::new();
+    for node in NODES {
+        let mut a =
+            TestAgent::stopped_in(AGENT, &lab.namespace(node), &["--listen", "0.0.0.0:7340"])
+                .expect("agent");
+        a.restart().await.expect("start");
+        agents.push(a);
+    }
+    let cls = clients(&agents).await;
+    join_mesh(&cls[0], &[&cls[1], &cls[2]])
+        .await
+        .expect("a full mesh over the LAN");
+    let mut ids = Vec::new();
+    for cl in &cls {
+        ids.push(cl.mesh_status().await.expect("status"));
+    }
+
+    // Everyone restarts on a new port, so only mDNS brings them together.
+    for a in &mut agents {
+        a.stop().await.expect("stop");
+        a.set_args(&["--listen", "0.0.0.0:7341"]);
+    }
+    for a in &mut agents {
+        a.restart().await.expect("restart");
+    }
+    let started = std::time::Instant::now();
+    let cls = clients(&agents).await;
+    for cl in &cls {
+        wait_until("a full mesh found by mDNS", || connected(cl, 2))
+            .await
+            .expect("mDNS mesh");
+    }
+    let took = started.elapsed();
+    eprintln!("members found each other by mDNS alone in {took:?}");
+    assert!(
+        took < std::time::Duration::from_secs(2),
+        "finding each other by mDNS took {took:?}"
+    );
+
+    // A stranger sees three services and nothing that names a device or
+    // the mesh.
+    let seen = browse_as_stranger(&lab.namespace('d'), 3);
+    assert_eq!(instances(&seen).len(), 3, "{seen:?}");
+    let text = serde_json::to_string(&seen).expect("json").to_lowercase();
+    for s in &ids {
+        let mesh = s.mesh.as_deref().expect("a mesh");
+        let plain: String = s.device_id.chars().filter(|c| *c != '-').collect();
+        for leak in [
+            plain.to_lowercase(),
+            plain[..7].to_lowercase(),
+            s.device_id.to_lowercase(),
+            mesh[..8].to_owned(),
+        ] {
+            assert!(!text.contains(&leak), "mDNS gives away {leak}: {text}");
+        }
+    }
+    for v in &seen {
+        for addr in v["addrs"].as_array().expect("addrs") {
+            let ip = addr.as_str().expect("ip");
+            assert!(
+                ip.starts_with("10.79.1."),
+                "an address the agent does not answer on is announced: {ip}"
+            );
+        }
+    }
+
+    // C is removed: it learns it, stops announcing, and a stranger sees two.
+    cls[0]
+        .remove_device(&ids[2].device_id)
+        .await
+        .expect("remove c");
+    wait_until("c to learn it was removed", || async {
+        cls[2].mesh_status().await.is_ok_and(|s| s.mesh.is_none())
+    })
+    .await
+    .expect("removal learned");
+    let seen = browse_as_stranger(&lab.namespace('d'), 3);
+    assert_eq!(instances(&seen).len(), 2, "{seen:?}");
+    for cl in &cls[..2] {
+        wait_until("a and b to stay linked", || connected(cl, 1))
+            .await
+            .expect("a-b link");
+    }
+}

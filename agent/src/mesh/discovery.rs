@@ -171,7 +171,7 @@ fn found(shared: &Shared, info: &mdns_sd::ResolvedService) {
     if !linked {
         // Heard again while unlinked: it is likely reachable now, whatever
         // the backoff says.
-        lock(&shared.dials).retry_soon(Some(&device.to_base32()), wall_ms());
+        lock(&shared.dials).retry_soon(Some(&super::mdns_dial_key(&device)), wall_ms());
     }
     if fresh || !linked {
         tracing::debug!(peer = %device.short(), "found by mDNS");

@@ -1017,6 +1017,11 @@ fn jitter() -> u16 {
     state::random::<2>().map_or(0, u16::from_le_bytes)
 }
 
+/// The dial key of the addresses mDNS found for `device`.
+pub(crate) fn mdns_dial_key(device: &DeviceId) -> String {
+    format!("mdns:{}", device.to_base32())
+}
+
 /// What to dial now: `(key, expected device, addresses)`.
 fn dial_targets(shared: &Shared) -> Vec<(String, Option<DeviceId>, Vec<String>)> {
     let s = lock(&shared.state);
@@ -1039,19 +1044,26 @@ fn dial_targets(shared: &Shared) -> Vec<(String, Option<DeviceId>, Vec<String>)>
         if shared.connected(&d) {
             continue;
         }
-        let mut addrs: Vec<String> = discovered
+        // What mDNS heard is dialled apart from what the device last
+        // signed: a dial stuck on a stale address (one that times out)
+        // must not hold up the address just heard.
+        let heard: Vec<String> = discovered
             .get(&d)
             .into_iter()
             .flatten()
             .map(|a| a.to_string())
             .collect();
-        for a in roster.addrs(&d) {
-            if !addrs.contains(a) {
-                addrs.push(a.clone());
-            }
+        let signed: Vec<String> = roster
+            .addrs(&d)
+            .iter()
+            .filter(|a| !heard.contains(a))
+            .cloned()
+            .collect();
+        if !heard.is_empty() {
+            out.push((mdns_dial_key(&d), Some(d), heard));
         }
-        if !addrs.is_empty() {
-            out.push((d.to_base32(), Some(d), addrs));
+        if !signed.is_empty() {
+            out.push((d.to_base32(), Some(d), signed));
         }
     }
     let sessions = lock(&shared.sessions);
