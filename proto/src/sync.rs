@@ -165,6 +165,11 @@ pub enum SyncMessage {
         /// from which replicas work out what all of them hold. Empty in
         /// plain acknowledgements.
         reports: Vec<Report>,
+        /// Devices removed from the mesh, each with the `seq` beyond which
+        /// the sender refuses its operations: once the sender holds
+        /// everything up to it, the receiver stops offering the rest.
+        #[serde(default)]
+        refused: Vec<(DeviceId, u64)>,
     },
     /// Operations the receiver lacks, oldest first; per origin the
     /// sequence numbers are contiguous.
@@ -204,6 +209,18 @@ pub enum SyncMessage {
         /// The latest piece merged.
         part: u32,
     },
+    /// Operations of a device removed from the mesh, past its cut-off,
+    /// that other replicas applied before they heard of the removal. The
+    /// sender refused them but cannot undo them itself (it took some of
+    /// the device's late operations too); a receiver that took none
+    /// writes back the records they touched, and one that did passes them
+    /// on.
+    Refuted {
+        /// The database.
+        db: String,
+        /// The operations.
+        ops: Vec<Op>,
+    },
 }
 
 impl SyncMessage {
@@ -213,7 +230,8 @@ impl SyncMessage {
             SyncMessage::Vector { db, .. }
             | SyncMessage::Ops { db, .. }
             | SyncMessage::Snapshot { db, .. }
-            | SyncMessage::SnapshotAck { db, .. } => db,
+            | SyncMessage::SnapshotAck { db, .. }
+            | SyncMessage::Refuted { db, .. } => db,
         }
     }
 
@@ -291,6 +309,11 @@ mod tests {
                     epoch,
                     vector,
                     want: epoch % 2 == 0,
+                    refused: if epoch % 3 == 0 {
+                        vec![(dev(1), epoch / 7)]
+                    } else {
+                        Vec::new()
+                    },
                     reports: reports
                         .into_iter()
                         .map(|(d, vector, c)| Report {
@@ -330,6 +353,16 @@ mod tests {
                 db: "d".into(),
                 id,
                 part
+            }),
+            (any::<u64>(), any::<u64>()).prop_map(|(seq, hlc)| SyncMessage::Refuted {
+                db: "d".into(),
+                ops: vec![Op {
+                    origin: dev(2),
+                    seq,
+                    hlc: Hlc(hlc),
+                    priority: 0,
+                    body: vec![1, 2, 3],
+                }],
             }),
         ]
     }

@@ -376,3 +376,96 @@ async fn static_peers_are_listed_with_their_errors_and_removed() {
     assert!(!ok && text.contains("not a static peer"), "{text}");
     assert!(cl.static_peers().await.expect("list").is_empty());
 }
+
+/// A loopback address with a UDP port nothing listens on now.
+fn free_addr() -> String {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    s.local_addr().expect("addr").to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_devices_writes_during_a_partition_do_not_survive_the_heal() {
+    // Fixed ports, so devices that restart find each other again.
+    let mut agents = Vec::new();
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let addr = free_addr();
+        let a = TestAgent::start_with(AGENT, &["--listen", &addr])
+            .await
+            .expect("agent");
+        clients.push(a.client().await.expect("client"));
+        agents.push(a);
+    }
+    join_mesh(&clients[0], &[&clients[1], &clients[2]])
+        .await
+        .expect("full mesh");
+    let (a, g, h) = (&clients[0], &clients[1], &clients[2]);
+    let h_id = id_of(h).await;
+    a.db("team").create().await.expect("create");
+    let team = |cl: &Client| cl.db("team").collection("t");
+    team(a)
+        .put("doc", &serde_json::json!({ "title": "from a" }))
+        .await
+        .expect("put");
+    team(h)
+        .put("early", &serde_json::json!({ "v": 1 }))
+        .await
+        .expect("put");
+    for cl in [a, g, h] {
+        wait_until("both records everywhere", || async {
+            let r = records(cl, "team", "t").await;
+            r.contains_key("doc") && r.contains_key("early")
+        })
+        .await
+        .expect("synced");
+    }
+
+    // G and H are cut off from A (both off while A acts); A removes H.
+    agents[1].stop().await.expect("stop g");
+    agents[2].stop().await.expect("stop h");
+    a.remove_device(&h_id).await.expect("remove h");
+    agents[0].stop().await.expect("stop a");
+
+    // G and H meet without A: H writes, and G, not knowing, takes it all.
+    agents[1].restart().await.expect("start g");
+    agents[2].restart().await.expect("start h");
+    let (g, h) = (
+        agents[1].client().await.expect("g"),
+        agents[2].client().await.expect("h"),
+    );
+    team(&h)
+        .put("doc", &serde_json::json!({ "title": "from h, late" }))
+        .await
+        .expect("late overwrite");
+    team(&h)
+        .put("late", &serde_json::json!({ "v": 2 }))
+        .await
+        .expect("late record");
+    wait_until("g to take h's late writes", || async {
+        records(&g, "team", "t").await.contains_key("late")
+    })
+    .await
+    .expect("g took them");
+    agents[2].stop().await.expect("stop h");
+
+    // A comes back: the heal undoes H's late writes on G, not A's state.
+    agents[0].restart().await.expect("start a");
+    let a = agents[0].client().await.expect("a");
+    wait_until(
+        "a and g to end identical without h's late writes",
+        || async {
+            let (x, y) = tokio::join!(records(&a, "team", "t"), records(&g, "team", "t"));
+            x == y
+                && !x.contains_key("late")
+                && x.get("doc")
+                    .is_some_and(|d| d["title"] == blazedb::Value::String("from a".into()))
+        },
+    )
+    .await
+    .expect("late writes undone");
+    let r = records(&a, "team", "t").await;
+    assert!(
+        r.contains_key("early"),
+        "h's write from before its removal was lost"
+    );
+}

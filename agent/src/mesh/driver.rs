@@ -18,7 +18,7 @@ use blazedb_proto::{DeviceId, SyncMessage};
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::store::{Command, Store, StoreNotice, wall_ms};
-use crate::sync::{Engine, EngineConfig, Event, SyncStore as _};
+use crate::sync::{Cutoff, Engine, EngineConfig, Event, SyncStore as _};
 
 /// What the driver is told.
 #[derive(Debug)]
@@ -53,6 +53,9 @@ pub enum Input {
     Notice(StoreNotice),
     /// The mesh's active members, this device excluded.
     Members(Vec<DeviceId>),
+    /// Devices removed from the mesh, with where their operations stop
+    /// being accepted.
+    Cutoffs(BTreeMap<DeviceId, Cutoff>),
     /// Stop the driver.
     Stop,
 }
@@ -184,6 +187,7 @@ fn run(store: Store, members: Vec<DeviceId>, rx: mpsc::Receiver<Input>, stats: S
                     }
                 }
                 Input::Members(m) => engine.set_members(m),
+                Input::Cutoffs(c) => engine.set_cutoffs(c),
                 Input::Stop => return,
             }
         }
@@ -251,6 +255,22 @@ fn on_event(engine: &mut Engine<Store>, store: &Store, stats: &Stats, event: Eve
             ops,
             tombstones,
         } => tracing::debug!(db, ops, tombstones, "compacted"),
+        Event::Refused {
+            db,
+            origin,
+            peer,
+            ops,
+        } => tracing::warn!(
+            db,
+            origin = %origin,
+            peer = %peer.short(),
+            "refused {ops} operations of a removed device made after its removal"
+        ),
+        Event::Corrected { db, ops } => tracing::info!(
+            db,
+            records = ops.len(),
+            "wrote back records a removed device changed after its removal"
+        ),
         Event::StoreFailed { db, error } => {
             tracing::warn!(db, "sync could not use the store: {error}")
         }

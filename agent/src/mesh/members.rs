@@ -13,11 +13,13 @@
 //! - A device that learns it was removed (or left) forgets the mesh at
 //!   once: keys, membership and invites; its databases stay.
 
-use blazedb_proto::DeviceId;
+use std::collections::BTreeMap;
+
 use blazedb_proto::mesh::{
     Genesis, MemberRecord, MeshId, PeerMessage, Role, Roster as WireRoster, Rotation, Signed,
     WrappedKey,
 };
+use blazedb_proto::{DeviceId, Hlc};
 
 use super::state::{Departure, MeshKeys, MeshState};
 use super::{Shared, close_code, lock};
@@ -25,6 +27,7 @@ use crate::access::Roster;
 use crate::crypto::wrap;
 use crate::identity::Identity;
 use crate::store::wall_ms;
+use crate::sync::Cutoff;
 
 /// The HKDF context of a mesh secret wrapped for `device`.
 fn secret_context(mesh: &MeshId, epoch: u32, device: &DeviceId) -> Vec<u8> {
@@ -126,6 +129,25 @@ fn rotate_if_needed(state: &mut MeshState, identity: &Identity) -> anyhow::Resul
     };
     tracing::info!(epoch, "rotated the mesh secret after a device left");
     Ok(true)
+}
+
+/// Where each removed device's operations stop being taken, as its
+/// removal says: per database, the highest seq its remover held; elsewhere,
+/// anything stamped after the moment of removal.
+pub(crate) fn cutoffs_of(roster: &Roster) -> BTreeMap<DeviceId, Cutoff> {
+    roster
+        .records()
+        .filter_map(|r| {
+            let removal = r.removed.as_ref()?;
+            Some((
+                r.device,
+                Cutoff {
+                    per_db: removal.cutoffs.clone(),
+                    after: Hlc::new(removal.at_ms, u16::MAX),
+                },
+            ))
+        })
+        .collect()
 }
 
 /// Logs what a merge refused: forgeries and overreach as warnings, a
@@ -310,6 +332,9 @@ impl Shared {
             let Some(roster) = s.roster.as_ref() else {
                 return;
             };
+            let _ = self
+                .driver
+                .send(super::driver::Input::Cutoffs(cutoffs_of(roster)));
             let active: Vec<DeviceId> = roster
                 .records()
                 .filter(|r| r.removed.is_none())

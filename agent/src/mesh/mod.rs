@@ -385,6 +385,11 @@ impl Mesh {
                 .unwrap_or_else(|| vec![me])
         };
         let driver = Driver::start(store.clone(), members)?;
+        if let Some(roster) = lock(&state).roster.as_ref() {
+            let _ = driver
+                .sender()
+                .send(Input::Cutoffs(members::cutoffs_of(roster)));
+        }
         let (mesh_changed, mesh_rx) = watch::channel(0);
         let shared = Arc::new(Shared {
             me: identity.device_id(),

@@ -20,8 +20,8 @@ use super::writer::{
     plan_record,
 };
 use super::{Command, DbState, Reply, Store, StoreError, SyncMeta, lock, sync_meta_key};
-use crate::sync::{Compacted, OpsRead, ReadLimits, SnapshotRead, SyncState, SyncStore};
-use blazedb_proto::api::Durability;
+use crate::sync::{Compacted, Correction, OpsRead, ReadLimits, SnapshotRead, SyncState, SyncStore};
+use blazedb_proto::api::{Durability, Write};
 
 impl Writer {
     /// Commits a plan made for one database, with its sync metadata, and
@@ -354,6 +354,61 @@ impl SyncStore for Store {
             complete,
             reply,
         })
+    }
+
+    fn correct(
+        &mut self,
+        db: &str,
+        records: Vec<Correction>,
+        after: Hlc,
+        _now_ms: u64,
+    ) -> Result<Vec<Op>, StoreError> {
+        self.call_blocking(|reply| Command::Observe { hlc: after, reply })?;
+        let mut writes = Vec::with_capacity(records.len());
+        let mut bodies = Vec::with_capacity(records.len());
+        for c in records {
+            let held = self.get(db, &c.collection, &c.id)?.map(|r| r.fields);
+            let body = c.body(held.as_ref());
+            bodies.push(body.encode()?);
+            writes.push(match body {
+                OpBody::Put {
+                    collection,
+                    id,
+                    fields,
+                } => Write::Put {
+                    collection,
+                    id: Some(id),
+                    fields,
+                },
+                OpBody::Patch {
+                    collection,
+                    id,
+                    set,
+                    unset,
+                } => Write::Patch {
+                    collection,
+                    id,
+                    set,
+                    unset,
+                },
+                OpBody::Delete { collection, id } => Write::Delete { collection, id },
+            });
+        }
+        let priority = self.priority_of(db);
+        let writes = super::writer::prepare(&self.device(), priority, writes)?;
+        let db = db.to_owned();
+        let results = self.call_blocking(|reply| Command::Write { db, writes, reply })?;
+        Ok(results
+            .into_iter()
+            .zip(bodies)
+            .map(|(r, body)| Op {
+                origin: self.device(),
+                seq: r.seq,
+                hlc: r.hlc,
+                priority,
+                body,
+            })
+            .collect())
     }
 
     fn compact(

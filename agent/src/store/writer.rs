@@ -121,6 +121,14 @@ pub enum Command {
         /// Gets what was removed.
         reply: Reply<crate::sync::Compacted>,
     },
+    /// Moves the clock past `hlc`, so later local writes are stamped
+    /// after it.
+    Observe {
+        /// The reading to move past.
+        hlc: Hlc,
+        /// Answered at once.
+        reply: Reply<()>,
+    },
     /// Syncs everything and stops the writer.
     Shutdown {
         /// Answered once everything is on disk.
@@ -139,6 +147,7 @@ impl std::fmt::Debug for Command {
             Command::ApplyOps { .. } => "ApplyOps",
             Command::MergeSnapshot { .. } => "MergeSnapshot",
             Command::Compact { .. } => "Compact",
+            Command::Observe { .. } => "Observe",
             Command::Shutdown { .. } => "Shutdown",
         };
         f.write_str(name)
@@ -155,7 +164,7 @@ impl Command {
             Command::SetSyncMode { reply, .. } => reply(Err(e)),
             Command::ApplyOps { reply, .. } | Command::MergeSnapshot { reply, .. } => reply(Err(e)),
             Command::Compact { reply, .. } => reply(Err(e)),
-            Command::Shutdown { reply } => reply(Err(e)),
+            Command::Observe { reply, .. } | Command::Shutdown { reply } => reply(Err(e)),
         }
     }
 }
@@ -508,6 +517,10 @@ impl Writer {
                     tombstones,
                     reply,
                 } => reply(self.compact(&db, &stable, tombstones)),
+                Command::Observe { hlc, reply } => {
+                    self.clock.observe(hlc);
+                    reply(Ok(()));
+                }
                 Command::Shutdown { reply } => {
                     let res = self.fj.persist(PersistMode::SyncAll).map_err(Into::into);
                     reply(res);

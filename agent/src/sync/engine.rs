@@ -28,10 +28,10 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use blazedb_proto::api::SyncMode;
-use blazedb_proto::{DeviceId, Epoch, Op, Report, SyncMessage, VersionVector};
+use blazedb_proto::{DeviceId, Epoch, Hlc, Op, OpBody, Report, SyncMessage, VersionVector};
 
 use super::hlc::too_far_ahead;
-use super::store::{ReadLimits, SyncStore};
+use super::store::{Correction, ReadLimits, SyncStore};
 
 /// Engine tuning. Times are in milliseconds.
 #[derive(Debug, Clone)]
@@ -39,6 +39,9 @@ pub struct EngineConfig {
     /// Every replica of the mesh this device knows of. Compaction waits
     /// until each of them has reported; with none, nothing is compacted.
     pub members: Vec<DeviceId>,
+    /// Devices removed from the mesh, with where their operations stop
+    /// being accepted.
+    pub cutoffs: BTreeMap<DeviceId, Cutoff>,
     /// Bounds on one `Ops` message.
     pub batch: ReadLimits,
     /// The most operations sent to a peer and not yet acknowledged.
@@ -63,6 +66,7 @@ impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
             members: Vec::new(),
+            cutoffs: BTreeMap::new(),
             batch: ReadLimits {
                 max_items: 512,
                 max_bytes: 256 * 1024,
@@ -78,6 +82,25 @@ impl Default for EngineConfig {
             max_retransmit_ms: 60_000,
             announce_ms: 10_000,
             compact_ms: 60_000,
+        }
+    }
+}
+
+/// Where a removed device's operations stop being accepted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Cutoff {
+    /// Per database, the highest `seq` of the device's operations taken.
+    pub per_db: BTreeMap<String, u64>,
+    /// In a database not listed, operations stamped after this are refused.
+    pub after: Hlc,
+}
+
+impl Cutoff {
+    /// Whether the device's operation `op` in `db` is still taken.
+    pub fn allows(&self, db: &str, op: &Op) -> bool {
+        match self.per_db.get(db) {
+            Some(max) => op.seq <= *max,
+            None => op.hlc <= self.after,
         }
     }
 }
@@ -134,6 +157,26 @@ pub enum Event {
         db: String,
         /// The peer.
         peer: DeviceId,
+    },
+    /// Operations of a removed device beyond its cut-off were refused.
+    Refused {
+        /// The database.
+        db: String,
+        /// The removed device.
+        origin: DeviceId,
+        /// The peer that offered them.
+        peer: DeviceId,
+        /// How many.
+        ops: usize,
+    },
+    /// Records that refused operations touched were written again, as
+    /// this replica holds them, so that replicas which applied the refused
+    /// operations take this state instead.
+    Corrected {
+        /// The database.
+        db: String,
+        /// The operations written.
+        ops: Vec<Op>,
     },
     /// The store failed; what was being done is retried later.
     StoreFailed {
@@ -211,6 +254,10 @@ fn takes(mode: SyncMode) -> bool {
     matches!(mode, SyncMode::Sync | SyncMode::Pull)
 }
 
+/// A peer's latest vector for a database not synced here: epoch, vector,
+/// whether it takes operations, and what it refuses.
+type Parked = (Epoch, VersionVector, bool, Vec<(DeviceId, u64)>);
+
 /// How many of a replica's past reports are kept.
 const REPORT_HISTORY: usize = 16;
 
@@ -227,9 +274,22 @@ pub struct Engine<S> {
     reports: BTreeMap<String, BTreeMap<DeviceId, VecDeque<Report>>>,
     /// The latest vector each peer sent for a database not synced here,
     /// taken up if the database is added.
-    parked: BTreeMap<(DeviceId, String), (Epoch, VersionVector, bool)>,
+    parked: BTreeMap<(DeviceId, String), Parked>,
     outbox: VecDeque<(DeviceId, SyncMessage)>,
     events: VecDeque<Event>,
+    /// Per database and removed device, the seq after which its operations
+    /// were found refused (where the cut-off is a time, not a seq).
+    refused_after: BTreeMap<(String, DeviceId), u64>,
+    /// Per database and removed device, the highest seq of its operations
+    /// refused here: peers need not offer those again.
+    refused_upto: BTreeMap<(String, DeviceId), u64>,
+    /// Per database and removed device, the seqs of its refused operations
+    /// already corrected here, or passed on to be.
+    corrected: BTreeMap<(String, DeviceId), BTreeSet<u64>>,
+    /// Per database, refused operations this replica cannot correct
+    /// itself: passed on to every peer when a link comes up and at every
+    /// announcement, since a message on a link that drops is lost.
+    to_refute: BTreeMap<String, BTreeMap<(DeviceId, u64), Op>>,
     next_announce: u64,
     next_compact: u64,
     next_snapshot_id: u64,
@@ -250,6 +310,10 @@ impl<S: SyncStore> Engine<S> {
             parked: BTreeMap::new(),
             outbox: VecDeque::new(),
             events: VecDeque::new(),
+            refused_after: BTreeMap::new(),
+            refused_upto: BTreeMap::new(),
+            corrected: BTreeMap::new(),
+            to_refute: BTreeMap::new(),
             next_snapshot_id: 1,
         }
     }
@@ -324,6 +388,30 @@ impl<S: SyncStore> Engine<S> {
         for db in &dbs {
             self.send_vector(peer, db, true);
         }
+        self.send_refuted(Some(peer));
+    }
+
+    /// Passes refused operations this replica cannot correct to `peer`
+    /// (every peer with `None`).
+    fn send_refuted(&mut self, peer: Option<DeviceId>) {
+        let peers: Vec<DeviceId> = match peer {
+            Some(p) => vec![p],
+            None => self.links.keys().copied().collect(),
+        };
+        for (db, ops) in &self.to_refute {
+            if ops.is_empty() {
+                continue;
+            }
+            for p in &peers {
+                self.outbox.push_back((
+                    *p,
+                    SyncMessage::Refuted {
+                        db: db.clone(),
+                        ops: ops.values().cloned().collect(),
+                    },
+                ));
+            }
+        }
     }
 
     /// The link to `peer` went down.
@@ -354,8 +442,17 @@ impl<S: SyncStore> Engine<S> {
                     .or_insert_with(|| Stream::new(now, rto));
             }
             self.send_vector(p, db, true);
-            if let Some((epoch, vector, want)) = self.parked.remove(&(p, db.to_owned())) {
-                self.on_vector(p, db.to_owned(), epoch, vector, want, Vec::new(), now);
+            if let Some((epoch, vector, want, refused)) = self.parked.remove(&(p, db.to_owned())) {
+                self.on_vector(
+                    p,
+                    db.to_owned(),
+                    epoch,
+                    vector,
+                    want,
+                    Vec::new(),
+                    refused,
+                    now,
+                );
             }
         }
     }
@@ -381,6 +478,31 @@ impl<S: SyncStore> Engine<S> {
         self.config.members = members;
     }
 
+    /// Devices were removed from the mesh: from now on their operations
+    /// beyond `cutoffs` are refused, and peers are told so.
+    pub fn set_cutoffs(&mut self, cutoffs: BTreeMap<DeviceId, Cutoff>) {
+        if cutoffs == self.config.cutoffs {
+            return;
+        }
+        self.config.cutoffs = cutoffs;
+        let peers: Vec<DeviceId> = self.links.keys().copied().collect();
+        for db in self.synced_dbs() {
+            for p in &peers {
+                self.send_vector(*p, &db, false);
+            }
+        }
+    }
+
+    /// Where this replica stops taking `origin`'s operations in `db`, as
+    /// far as it knows yet.
+    fn refusal_bound(&self, db: &str, origin: &DeviceId) -> Option<u64> {
+        let c = self.config.cutoffs.get(origin)?;
+        c.per_db
+            .get(db)
+            .copied()
+            .or_else(|| self.refused_after.get(&(db.to_owned(), *origin)).copied())
+    }
+
     /// A message from `peer` arrived.
     pub fn handle(&mut self, peer: DeviceId, msg: SyncMessage, now: u64) {
         if !self.links.contains_key(&peer) {
@@ -393,7 +515,8 @@ impl<S: SyncStore> Engine<S> {
                 vector,
                 want,
                 reports,
-            } => self.on_vector(peer, db, epoch, vector, want, reports, now),
+                refused,
+            } => self.on_vector(peer, db, epoch, vector, want, reports, refused, now),
             SyncMessage::Ops { db, epoch, ops } => self.on_ops(peer, db, epoch, ops, now),
             SyncMessage::Snapshot {
                 db,
@@ -410,6 +533,22 @@ impl<S: SyncStore> Engine<S> {
             }
             SyncMessage::SnapshotAck { db, id, part } => {
                 self.on_snapshot_ack(peer, db, id, part, now)
+            }
+            SyncMessage::Refuted { db, ops } => {
+                let ops: Vec<Op> = ops
+                    .into_iter()
+                    .filter(|o| {
+                        o.origin != self.me
+                            && self
+                                .config
+                                .cutoffs
+                                .get(&o.origin)
+                                .is_some_and(|c| !c.allows(&db, o))
+                    })
+                    .collect();
+                if !ops.is_empty() && self.store.sync_state(&db).is_some() {
+                    self.refuse(peer, &db, ops, now);
+                }
             }
         }
     }
@@ -441,6 +580,7 @@ impl<S: SyncStore> Engine<S> {
         }
         if now >= self.next_announce {
             self.next_announce = now + self.config.announce_ms;
+            self.send_refuted(None);
             let peers: Vec<DeviceId> = self.links.keys().copied().collect();
             for db in self.synced_dbs() {
                 self.note_own_report(&db);
@@ -492,6 +632,12 @@ impl<S: SyncStore> Engine<S> {
         } else {
             Vec::new()
         };
+        let refused = self
+            .refused_upto
+            .iter()
+            .filter(|((d, o), _)| d == db && self.config.cutoffs.contains_key(o))
+            .map(|((_, o), seq)| (*o, *seq))
+            .collect();
         self.outbox.push_back((
             peer,
             SyncMessage::Vector {
@@ -500,6 +646,7 @@ impl<S: SyncStore> Engine<S> {
                 vector: state.vector,
                 want: takes(state.mode),
                 reports,
+                refused,
             },
         ));
     }
@@ -542,9 +689,11 @@ impl<S: SyncStore> Engine<S> {
         vector: VersionVector,
         want: bool,
         reports: Vec<Report>,
+        refused: Vec<(DeviceId, u64)>,
         now: u64,
     ) {
         let state = self.store.sync_state(&db);
+        let mine = state.as_ref().map(|s| s.vector.clone()).unwrap_or_default();
         if state.as_ref().is_none_or(|s| s.mode == SyncMode::Local) {
             // Remember the epoch all the same: if the database is added
             // later, the peer's operations must not wait for its next
@@ -552,7 +701,7 @@ impl<S: SyncStore> Engine<S> {
             let key = (peer, db.clone());
             if self.epochs.get(&key).is_none_or(|e| *e <= epoch) {
                 self.epochs.insert(key.clone(), epoch);
-                self.parked.insert(key, (epoch, vector, want));
+                self.parked.insert(key, (epoch, vector, want, refused));
             }
             if state.is_none() && want {
                 self.events.push_back(Event::UnknownDatabase { db, peer });
@@ -591,6 +740,15 @@ impl<S: SyncStore> Engine<S> {
         let acked = s.acked.get_or_insert_with(VersionVector::new);
         acked.merge(&vector);
         s.sent.merge(&vector);
+        // Operations of a removed device the peer has seen and refused
+        // need not be offered again: count them as delivered.
+        for (d, upto) in refused {
+            let upto = upto.min(mine.get(&d));
+            if acked.get(&d) < upto {
+                acked.set(d, upto);
+                s.sent.set(d, s.sent.get(&d).max(upto));
+            }
+        }
         if advanced {
             s.progress_at = now;
             s.rto = rto;
@@ -620,10 +778,28 @@ impl<S: SyncStore> Engine<S> {
         let mut expect = state.vector;
         let mut blocked: BTreeSet<DeviceId> = BTreeSet::new();
         let mut accepted = Vec::new();
+        let mut refused: Vec<Op> = Vec::new();
         let mut peer_holds = VersionVector::new();
         for op in ops {
             if op.seq > peer_holds.get(&op.origin) {
                 peer_holds.set(op.origin, op.seq);
+            }
+            if let Some(c) = self.config.cutoffs.get(&op.origin)
+                && op.origin != self.me
+            {
+                // A removed device's operations: once one is past the
+                // cut-off, so is every later one, and those count as seen.
+                let key = (db.clone(), op.origin);
+                let upto = self.refused_upto.get(&key).copied().unwrap_or(0);
+                if op.seq != expect.get(&op.origin).max(upto) + 1 {
+                    continue;
+                }
+                if upto > 0 || !c.allows(&db, &op) {
+                    self.refused_after.entry(key.clone()).or_insert(op.seq - 1);
+                    self.refused_upto.insert(key, op.seq);
+                    refused.push(op);
+                    continue;
+                }
             }
             if op.seq != expect.get(&op.origin) + 1 || blocked.contains(&op.origin) {
                 continue;
@@ -656,6 +832,9 @@ impl<S: SyncStore> Engine<S> {
                 from: peer,
                 ops: n,
             });
+        }
+        if !refused.is_empty() {
+            self.refuse(peer, &db, refused, now);
         }
         self.send_vector(peer, &db, false);
         if n > 0 {
@@ -741,6 +920,103 @@ impl<S: SyncStore> Engine<S> {
         self.pump(peer, &db, now);
     }
 
+    /// `peer` offered (or passed on) operations of a removed device beyond
+    /// its cut-off, so it or a replica before it applied them. If this
+    /// replica took none of the device's late operations, it writes the
+    /// records they touched again as it holds them, stamped after them:
+    /// the correction spreads like any write and wins over them on every
+    /// replica that took them. Otherwise it cannot tell good values from
+    /// late ones, and passes the operations on to its other peers.
+    fn refuse(&mut self, peer: DeviceId, db: &str, ops: Vec<Op>, now: u64) {
+        let mut by_origin: BTreeMap<DeviceId, Vec<Op>> = BTreeMap::new();
+        for op in ops {
+            by_origin.entry(op.origin).or_default().push(op);
+        }
+        let Some(state) = self.store.sync_state(db) else {
+            return;
+        };
+        for (origin, ops) in by_origin {
+            let key = (db.to_owned(), origin);
+            let done = self.corrected.get(&key);
+            let fresh: Vec<Op> = ops
+                .into_iter()
+                .filter(|o| !done.is_some_and(|d| d.contains(&o.seq)))
+                .collect();
+            if fresh.is_empty() {
+                continue;
+            }
+            let seqs: Vec<u64> = fresh.iter().map(|o| o.seq).collect();
+            self.events.push_back(Event::Refused {
+                db: db.to_owned(),
+                origin,
+                peer,
+                ops: fresh.len(),
+            });
+            let clean = self
+                .refusal_bound(db, &origin)
+                .is_some_and(|b| state.vector.get(&origin) <= b);
+            if !clean {
+                let pending = self.to_refute.entry(db.to_owned()).or_default();
+                for op in &fresh {
+                    pending.insert((op.origin, op.seq), op.clone());
+                }
+                let others: Vec<DeviceId> =
+                    self.links.keys().copied().filter(|p| *p != peer).collect();
+                for p in others {
+                    self.outbox.push_back((
+                        p,
+                        SyncMessage::Refuted {
+                            db: db.to_owned(),
+                            ops: fresh.clone(),
+                        },
+                    ));
+                }
+                self.corrected.entry(key).or_default().extend(seqs);
+                continue;
+            }
+            if !sends(state.mode) {
+                continue;
+            }
+            let mut targets: BTreeMap<(String, String), Option<BTreeSet<String>>> = BTreeMap::new();
+            let mut after = Hlc::default();
+            for op in &fresh {
+                let Ok(body) = OpBody::decode(&op.body) else {
+                    continue;
+                };
+                after = after.max(op.hlc);
+                let entry = targets
+                    .entry((body.collection().to_owned(), body.id().to_owned()))
+                    .or_insert_with(|| Some(BTreeSet::new()));
+                match (&body, entry) {
+                    (OpBody::Patch { set, unset, .. }, Some(fields)) => {
+                        fields.extend(set.keys().cloned());
+                        fields.extend(unset.iter().cloned());
+                    }
+                    (_, entry) => *entry = None,
+                }
+            }
+            let corrections: Vec<Correction> = targets
+                .into_iter()
+                .map(|((collection, id), fields)| Correction {
+                    collection,
+                    id,
+                    fields: fields.map(|f| f.into_iter().collect()),
+                })
+                .collect();
+            match self.store.correct(db, corrections, after, now) {
+                Ok(ops) => {
+                    self.corrected.entry(key).or_default().extend(seqs);
+                    self.events.push_back(Event::Corrected {
+                        db: db.to_owned(),
+                        ops,
+                    });
+                    self.local_commit(db, now);
+                }
+                Err(e) => self.store_failed(db, &e),
+            }
+        }
+    }
+
     /// Sends `peer` what it lacks of `db`, as far as the window allows.
     fn pump(&mut self, peer: DeviceId, db: &str, now: u64) {
         let Some(state) = self.store.sync_state(db) else {
@@ -749,6 +1025,13 @@ impl<S: SyncStore> Engine<S> {
         if !sends(state.mode) {
             return;
         }
+        // A replica holding a removed device's late operations sends them
+        // as operations, which the peer can refuse, not folded into a
+        // snapshot it could not tell them apart in.
+        let tainted = self.config.cutoffs.keys().any(|o| {
+            self.refusal_bound(db, o)
+                .is_some_and(|b| state.vector.get(o) > b)
+        });
         let Some(s) = self.links.get_mut(&peer).and_then(|l| l.get_mut(db)) else {
             return;
         };
@@ -763,7 +1046,7 @@ impl<S: SyncStore> Engine<S> {
                 .floor
                 .iter()
                 .any(|(o, f)| acked.get(o) < *f && state.vector.get(o) > acked.get(o));
-            let far_behind = state.vector.ahead_of(&acked) > self.config.snapshot_after;
+            let far_behind = !tainted && state.vector.ahead_of(&acked) > self.config.snapshot_after;
             if s.force_snapshot || below_floor || far_behind {
                 s.force_snapshot = false;
                 s.out_snapshot = Some(OutSnapshot {
@@ -972,6 +1255,7 @@ mod tests {
             SyncMessage::Ops { .. } => "ops",
             SyncMessage::Snapshot { .. } => "snapshot",
             SyncMessage::SnapshotAck { .. } => "snapshot_ack",
+            SyncMessage::Refuted { .. } => "refuted",
         }
     }
 
@@ -1075,5 +1359,112 @@ mod tests {
         b.handle(dev(1), msg, T0);
         assert_eq!(b.store().misapplied(), 0);
         assert_eq!(b.store().vector(DB).get(&dev(1)), 1);
+    }
+
+    /// Delivers messages among `es` until all are quiet; messages to a
+    /// device not in `es` are lost.
+    fn settle(es: &mut [Engine<MemoryStore>], now: u64) {
+        loop {
+            let mut moved = false;
+            for i in 0..es.len() {
+                let from = es[i].me;
+                while let Some((to, msg)) = es[i].poll_transmit() {
+                    if let Some(j) = es.iter().position(|e| e.me == to) {
+                        es[j].handle(from, msg, now);
+                        moved = true;
+                    }
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    fn link(es: &mut [Engine<MemoryStore>], i: usize, j: usize, up: bool, now: u64) {
+        let (a, b) = (es[i].me, es[j].me);
+        if up {
+            es[i].connected(b, now);
+            es[j].connected(a, now);
+        } else {
+            es[i].disconnected(&b);
+            es[j].disconnected(&a);
+        }
+    }
+
+    #[test]
+    fn a_removed_devices_late_writes_are_refused_and_undone_where_they_landed() {
+        // A (0) is an admin, G (1) a member, H (2) the device A removes. G
+        // and H are cut off from A while H writes; G takes H's writes.
+        let mut es = [engine(1, 1), engine(2, 2), engine(3, 3)];
+        let (a, g, h) = (0, 1, 2);
+        let h_id = es[h].me;
+        for (i, j) in [(a, g), (a, h), (g, h)] {
+            link(&mut es, i, j, true, T0);
+        }
+        put(&mut es[a], T0, "r", 1);
+        put(&mut es[h], T0, "kept", 7);
+        settle(&mut es, T0);
+        link(&mut es, a, g, false, T0);
+        link(&mut es, a, h, false, T0);
+
+        // A removes H, taking H's operations up to what it holds.
+        let cutoff = es[a].store().vector(DB).get(&h_id);
+        assert_eq!(cutoff, 1);
+        let cutoffs = BTreeMap::from([(
+            h_id,
+            Cutoff {
+                per_db: BTreeMap::from([(DB.to_owned(), cutoff)]),
+                after: Hlc::new(T0, 0),
+            },
+        )]);
+        es[a].set_cutoffs(cutoffs.clone());
+
+        // Meanwhile H overwrites A's record and makes a new one; G takes both.
+        let t1 = T0 + 1_000;
+        put(&mut es[h], t1, "r", 99);
+        put(&mut es[h], t1, "late", 5);
+        settle(&mut es, t1);
+        assert_eq!(es[g].store().visible(DB).len(), 3, "G took H's late writes");
+
+        // G meets A again before it hears of the removal, then hears.
+        let t2 = T0 + 2_000;
+        link(&mut es, g, h, false, t2);
+        link(&mut es, a, g, true, t2);
+        settle(&mut es, t2);
+        es[g].set_cutoffs(cutoffs);
+        settle(&mut es, t2);
+
+        assert_eq!(
+            es[a].store().vector(DB).get(&h_id),
+            cutoff,
+            "A applied H's late writes"
+        );
+        let va = es[a].store().visible(DB);
+        assert_eq!(va, es[g].store().visible(DB), "A and G differ");
+        let value = |id: &str| {
+            va.get(&("c".to_owned(), id.to_owned()))
+                .map(|f| f["v"].clone())
+        };
+        assert_eq!(
+            value("r"),
+            Some(Value::Int(1)),
+            "H's late overwrite survived"
+        );
+        assert_eq!(value("late"), None, "H's late record survived");
+        assert_eq!(
+            value("kept"),
+            Some(Value::Int(7)),
+            "H's write before the cut-off was lost"
+        );
+
+        // G stops offering H's refused operations: nothing is in flight.
+        let a_id = es[a].me;
+        let stream = &es[g].links[&a_id][DB];
+        assert_eq!(
+            stream.sent.ahead_of(stream.acked.as_ref().expect("acked")),
+            0,
+            "G still offers refused operations"
+        );
     }
 }

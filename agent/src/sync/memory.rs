@@ -12,7 +12,9 @@ use blazedb_proto::{
 };
 
 use super::hlc::HlcClock;
-use super::store::{Compacted, OpsRead, ReadLimits, SnapshotRead, SyncState, SyncStore};
+use super::store::{
+    Compacted, Correction, OpsRead, ReadLimits, SnapshotRead, SyncState, SyncStore,
+};
 use crate::store::keys;
 use crate::store::record::{Stamp, StoredRecord};
 
@@ -172,6 +174,23 @@ impl MemoryStore {
 
 impl SyncStore for MemoryStore {
     type Error = Infallible;
+
+    fn correct(
+        &mut self,
+        db: &str,
+        records: Vec<Correction>,
+        after: Hlc,
+        now_ms: u64,
+    ) -> Result<Vec<Op>, Infallible> {
+        self.clock.observe(after);
+        let visible = self.visible(db);
+        let mut out = Vec::new();
+        for c in records {
+            let held = visible.get(&(c.collection.clone(), c.id.clone()));
+            out.extend(self.write(db, now_ms, c.body(held)));
+        }
+        Ok(out)
+    }
 
     fn databases(&self) -> Vec<String> {
         self.dbs.keys().cloned().collect()

@@ -14,6 +14,6 @@ pub mod hlc;
 pub mod memory;
 pub mod store;
 
-pub use engine::{Engine, EngineConfig, Event};
+pub use engine::{Cutoff, Engine, EngineConfig, Event};
 pub use memory::MemoryStore;
-pub use store::{Compacted, OpsRead, ReadLimits, SnapshotRead, SyncState, SyncStore};
+pub use store::{Compacted, Correction, OpsRead, ReadLimits, SnapshotRead, SyncState, SyncStore};

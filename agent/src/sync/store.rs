@@ -5,7 +5,7 @@
 //! promises, listed on each method.
 
 use blazedb_proto::api::SyncMode;
-use blazedb_proto::{Epoch, Hlc, Op, SnapshotRecord, VersionVector};
+use blazedb_proto::{Epoch, Fields, Hlc, Op, OpBody, SnapshotRecord, VersionVector};
 
 /// Where a database's sync stands on this replica.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,6 +75,49 @@ pub struct Compacted {
     pub tombstones: u64,
 }
 
+/// A record to write again as this replica holds it (see
+/// [`SyncStore::correct`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Correction {
+    /// The collection.
+    pub collection: String,
+    /// The record id.
+    pub id: String,
+    /// The fields to write again (set as held, or removed where absent);
+    /// `None` for the whole record (a put of it as held, or a delete if it
+    /// is not live here).
+    pub fields: Option<Vec<String>>,
+}
+
+impl Correction {
+    /// The write that puts the record back as `held` (its live fields
+    /// here, or `None` if it is not live here).
+    pub fn body(&self, held: Option<&Fields>) -> OpBody {
+        let (collection, id) = (self.collection.clone(), self.id.clone());
+        match (held, &self.fields) {
+            (None, _) => OpBody::Delete { collection, id },
+            (Some(all), None) => OpBody::Put {
+                collection,
+                id,
+                fields: all.clone(),
+            },
+            (Some(all), Some(names)) => {
+                let (set, unset): (Vec<&String>, Vec<&String>) =
+                    names.iter().partition(|n| all.contains_key(*n));
+                OpBody::Patch {
+                    collection,
+                    id,
+                    set: set
+                        .into_iter()
+                        .filter_map(|n| Some((n.clone(), all.get(n)?.clone())))
+                        .collect(),
+                    unset: unset.into_iter().cloned().collect(),
+                }
+            }
+        }
+    }
+}
+
 /// Storage as the sync engine sees it.
 pub trait SyncStore {
     /// Why a call failed.
@@ -124,6 +167,19 @@ pub trait SyncStore {
         records: Vec<SnapshotRecord>,
         complete: Option<&VersionVector>,
     ) -> Result<(), Self::Error>;
+
+    /// Writes each record of `records` again as this replica holds it, as
+    /// new local operations stamped after `after` (the clock first moves
+    /// past it), so that they win over writes made up to `after`. `now_ms`
+    /// is the wall time. Durable when this returns, like a local write.
+    /// Returns the operations written.
+    fn correct(
+        &mut self,
+        db: &str,
+        records: Vec<Correction>,
+        after: Hlc,
+        now_ms: u64,
+    ) -> Result<Vec<Op>, Self::Error>;
 
     /// Removes from the log operations every replica holds (at or below
     /// `stable`), and tombstones of deletes made at or before `tombstones`

@@ -64,6 +64,10 @@ fn seeds_converge() {
             total.tombstones > 0,
             "no run dropped a tombstone: {total:?}"
         );
+        assert!(
+            total.removals > 0 && total.corrections > 0,
+            "no run undid a removed node's late writes: {total:?}"
+        );
     }
 }
 

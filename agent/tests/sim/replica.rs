@@ -262,4 +262,13 @@ impl SyncStore for FjallReplica {
     ) -> Result<blazed::sync::Compacted, Self::Error> {
         self.store.compact(db, stable, tombstones)
     }
+    fn correct(
+        &mut self,
+        db: &str,
+        records: Vec<blazed::sync::Correction>,
+        after: blazedb_proto::Hlc,
+        now_ms: u64,
+    ) -> Result<Vec<Op>, Self::Error> {
+        self.store.correct(db, records, after, now_ms)
+    }
 }

@@ -3,11 +3,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use blazed::sync::{Engine, EngineConfig, Event, MemoryStore, SyncStore};
+use blazed::sync::{Cutoff, Engine, EngineConfig, Event, MemoryStore, SyncStore};
 
 use crate::replica::Replica;
 use blazedb_proto::api::SyncMode;
-use blazedb_proto::{DeviceId, Fields, Op, OpBody, SyncMessage, Value, VersionVector};
+use blazedb_proto::{DeviceId, Fields, Hlc, Op, OpBody, SyncMessage, Value, VersionVector};
 
 pub(crate) const DB: &str = "bugs";
 
@@ -63,6 +63,10 @@ pub(crate) struct Scenario {
     pub(crate) chaos_ms: u64,
     pub(crate) write_every: u64,
     pub(crate) fault_every: u64,
+    /// A node node 0 (an admin) removes from the mesh, and when (ms into
+    /// the chaos). It goes on writing, and syncing with nodes that have not
+    /// heard of its removal yet.
+    pub(crate) removal: Option<(usize, u64)>,
 }
 
 impl Scenario {
@@ -79,7 +83,7 @@ impl Scenario {
             _ => Topology::Star,
         };
         let skews = (0..nodes).map(|_| r.range(0, 4001) as i64 - 2000).collect();
-        Scenario {
+        let mut scenario = Scenario {
             seed,
             nodes,
             topology,
@@ -90,7 +94,19 @@ impl Scenario {
             chaos_ms: r.range(2_000, 8_000),
             write_every: r.range(10, 60),
             fault_every: r.range(300, 2_000),
+            removal: None,
+        };
+        if r.chance(0.3) {
+            // In a chain only the last node can go without cutting the
+            // rest in two.
+            let node = match scenario.topology {
+                Topology::Chain => nodes - 1,
+                _ => r.range(1, nodes as u64) as usize,
+            };
+            let chaos = scenario.chaos_ms;
+            scenario.removal = Some((node, r.range(chaos / 4, chaos * 3 / 4)));
         }
+        scenario
     }
 
     fn linked(&self, a: usize, b: usize) -> bool {
@@ -131,6 +147,9 @@ pub(crate) struct Stats {
     pub(crate) compacted_ops: u64,
     pub(crate) tombstones: u64,
     pub(crate) epoch_changes: u64,
+    pub(crate) removals: u64,
+    pub(crate) refused: u64,
+    pub(crate) corrections: u64,
 }
 
 impl std::ops::AddAssign for Stats {
@@ -142,6 +161,9 @@ impl std::ops::AddAssign for Stats {
         self.compacted_ops += o.compacted_ops;
         self.tombstones += o.tombstones;
         self.epoch_changes += o.epoch_changes;
+        self.removals += o.removals;
+        self.refused += o.refused;
+        self.corrections += o.corrections;
     }
 }
 
@@ -168,6 +190,18 @@ pub(crate) struct World<R: Replica> {
     trace: bool,
     next_write: u64,
     next_fault: u64,
+    removal: Option<Removal>,
+    /// The operations replicas wrote to undo a removed node's late writes.
+    corrections: Vec<Op>,
+}
+
+/// A removal under way: who, when, the cut-off once node 0 made it, and
+/// which nodes have heard of it (they refuse the node from then on).
+struct Removal {
+    node: usize,
+    at: u64,
+    cutoffs: Option<BTreeMap<DeviceId, Cutoff>>,
+    told: BTreeSet<usize>,
 }
 
 fn device(i: usize) -> DeviceId {
@@ -215,6 +249,13 @@ impl<R: Replica> World<R> {
             trace,
             next_write: t0,
             next_fault: t0 + s.fault_every,
+            removal: s.removal.map(|(node, at)| Removal {
+                node,
+                at: t0 + at,
+                cutoffs: None,
+                told: BTreeSet::new(),
+            }),
+            corrections: Vec::new(),
             s,
         };
         for i in 0..w.nodes.len() {
@@ -234,6 +275,7 @@ impl<R: Replica> World<R> {
     fn config(&self) -> EngineConfig {
         EngineConfig {
             members: self.members(),
+            cutoffs: BTreeMap::new(),
             retransmit_ms: 300,
             max_retransmit_ms: 3_000,
             announce_ms: 1_000,
@@ -271,7 +313,15 @@ impl<R: Replica> World<R> {
             .expect("a stopped node has a disk");
         let cfg = self.config();
         let wall = self.wall(i);
-        self.nodes[i].engine = Some(Engine::new(self.nodes[i].id, R::boot(store), cfg, wall));
+        let mut engine = Engine::new(self.nodes[i].id, R::boot(store), cfg, wall);
+        if let Some(r) = &self.removal
+            && r.told.contains(&i)
+            && let Some(c) = &r.cutoffs
+        {
+            // What a member heard of a removal is on its disk (mesh.json).
+            engine.set_cutoffs(c.clone());
+        }
+        self.nodes[i].engine = Some(engine);
         self.log(|| format!("node {i} up"));
         for j in 0..self.nodes.len() {
             self.try_link(i, j);
@@ -280,7 +330,11 @@ impl<R: Replica> World<R> {
 
     fn try_link(&mut self, a: usize, b: usize) {
         let key = pair(a, b);
+        let refused = self.removal.as_ref().is_some_and(|r| {
+            (a == r.node && r.told.contains(&b)) || (b == r.node && r.told.contains(&a))
+        });
         if !self.s.linked(a, b)
+            || refused
             || self.links.contains_key(&key)
             || self.cut.contains_key(&key)
             || self.nodes[a].engine.is_none()
@@ -345,6 +399,11 @@ impl<R: Replica> World<R> {
                     self.stats.tombstones += tombstones;
                 }
                 Event::EpochChanged { .. } => self.stats.epoch_changes += 1,
+                Event::Refused { .. } => self.stats.refused += 1,
+                Event::Corrected { ops, .. } => {
+                    self.stats.corrections += 1;
+                    self.corrections.extend(ops);
+                }
                 Event::StoreFailed { .. }
                 | Event::ClockAhead { .. }
                 | Event::Applied { .. }
@@ -431,6 +490,70 @@ impl<R: Replica> World<R> {
         self.log(|| format!("node {i} wrote ({}, {})", op.origin.short(), op.seq));
         self.acked.push(op);
         self.stats.writes += 1;
+        self.flush(i);
+    }
+
+    /// Node 0 removes the node when it is time (and node 0 is up); then
+    /// each node linked to one that heard of it hears too, a little later.
+    fn spread_removal(&mut self) {
+        let Some(r) = self.removal.as_ref() else {
+            return;
+        };
+        let (node, at) = (r.node, r.at);
+        if r.cutoffs.is_none() {
+            if self.now < at || self.nodes[0].engine.is_none() {
+                return;
+            }
+            let held = self.nodes[0]
+                .engine
+                .as_ref()
+                .map(|e| e.store().vector().get(&self.nodes[node].id))
+                .unwrap_or(0);
+            let cutoffs = BTreeMap::from([(
+                self.nodes[node].id,
+                Cutoff {
+                    per_db: BTreeMap::from([(DB.to_owned(), held)]),
+                    after: Hlc::new(self.wall(0), u16::MAX),
+                },
+            )]);
+            self.log(|| format!("node 0 removes node {node}, taking its writes up to {held}"));
+            self.stats.removals += 1;
+            if let Some(r) = self.removal.as_mut() {
+                r.cutoffs = Some(cutoffs);
+            }
+            self.tell(0);
+            return;
+        }
+        let told = r.told.clone();
+        let hear: Vec<usize> = self
+            .links
+            .keys()
+            .filter_map(|&(a, b)| match (told.contains(&a), told.contains(&b)) {
+                (true, false) => Some(b),
+                (false, true) => Some(a),
+                _ => None,
+            })
+            .filter(|&x| x != node)
+            .collect();
+        for x in hear {
+            if self.rng.chance(0.2) && !self.removal.as_ref().is_some_and(|r| r.told.contains(&x)) {
+                self.tell(x);
+            }
+        }
+    }
+
+    /// Node `i` hears of the removal: it refuses the node from now on.
+    fn tell(&mut self, i: usize) {
+        let Some(r) = self.removal.as_mut() else {
+            return;
+        };
+        r.told.insert(i);
+        let (node, cutoffs) = (r.node, r.cutoffs.clone().unwrap_or_default());
+        self.log(|| format!("node {i} hears node {node} was removed"));
+        self.unlink(i, node);
+        if let Some(e) = self.nodes[i].engine.as_mut() {
+            e.set_cutoffs(cutoffs);
+        }
         self.flush(i);
     }
 
@@ -586,25 +709,55 @@ impl<R: Replica> World<R> {
         t.max(self.now + 1)
     }
 
+    /// The removed node, once every other node has heard of its removal:
+    /// it is out of the comparison, and so is its entry in the vectors
+    /// (replicas that took its late writes keep them in their vector).
+    fn removed(&self) -> Option<usize> {
+        let r = self.removal.as_ref()?;
+        r.cutoffs.as_ref()?;
+        Some(r.node)
+    }
+
+    fn compared(&self) -> Vec<usize> {
+        let removed = self.removed();
+        (0..self.nodes.len())
+            .filter(|i| Some(*i) != removed)
+            .collect()
+    }
+
+    fn vector_of(&self, i: usize) -> Option<VersionVector> {
+        let mut v = self.nodes[i].engine.as_ref()?.store().vector();
+        if let Some(r) = self.removed() {
+            v.set(self.nodes[r].id, 0);
+        }
+        Some(v)
+    }
+
     fn converged(&self) -> bool {
-        let Some(e0) = &self.nodes[0].engine else {
-            return false;
-        };
-        let v0 = e0.store().vector();
-        // Vectors first: they are cheap, and hashing only pays once they agree.
-        let stores: Option<Vec<&R>> = self
-            .nodes
-            .iter()
-            .map(|n| n.engine.as_ref().map(|e| e.store()))
-            .collect();
-        let Some(stores) = stores else {
-            return false;
-        };
-        if !stores.iter().all(|s| s.vector() == v0) {
+        if let Some(r) = &self.removal
+            && (r.cutoffs.is_none() || r.told.len() + 1 < self.nodes.len())
+        {
             return false;
         }
-        let h0 = e0.store().state_hash();
-        stores.iter().all(|s| s.state_hash() == h0)
+        let nodes = self.compared();
+        let Some(v0) = self.vector_of(nodes[0]) else {
+            return false;
+        };
+        // Vectors first: they are cheap, and hashing only pays once they agree.
+        if !nodes
+            .iter()
+            .all(|i| self.vector_of(*i).as_ref() == Some(&v0))
+        {
+            return false;
+        }
+        let hash = |i: usize| {
+            self.nodes[i]
+                .engine
+                .as_ref()
+                .map(|e| e.store().state_hash())
+        };
+        let h0 = hash(nodes[0]);
+        nodes.iter().all(|i| hash(*i) == h0)
     }
 
     /// Runs the chaos phase, heals everything, and checks the end state.
@@ -621,6 +774,7 @@ impl<R: Replica> World<R> {
                 self.next_fault = self.now + self.rng.range(1, 2 * self.s.fault_every);
             }
             self.recover();
+            self.spread_removal();
             self.deliver_due()?;
             self.tick_engines()?;
         }
@@ -646,6 +800,7 @@ impl<R: Replica> World<R> {
                 return Err(self.divergence());
             }
             self.now = self.next_time(0);
+            self.spread_removal();
             self.deliver_due()?;
             self.tick_engines()?;
         }
@@ -689,8 +844,18 @@ impl<R: Replica> World<R> {
     fn check_against_reference(&self) -> Result<(), String> {
         let mut reference = MemoryStore::new(DeviceId([0xEE; 32]));
         reference.create_db(DB, 0, SyncMode::Sync, 0);
+        // A removed node's writes past its cut-off are refused by design;
+        // the corrections that undo them where they landed are writes too.
+        let cut: Option<(DeviceId, u64)> = self.removal.as_ref().and_then(|r| {
+            let c = r.cutoffs.as_ref()?;
+            let id = self.nodes[r.node].id;
+            Some((id, c.get(&id)?.per_db.get(DB).copied().unwrap_or(0)))
+        });
         let mut by_origin: BTreeMap<DeviceId, Vec<Op>> = BTreeMap::new();
-        for op in &self.acked {
+        for op in self.acked.iter().chain(&self.corrections) {
+            if cut.is_some_and(|(id, max)| op.origin == id && op.seq > max) {
+                continue;
+            }
             by_origin.entry(op.origin).or_default().push(op.clone());
         }
         for (_, mut ops) in by_origin {
@@ -700,8 +865,8 @@ impl<R: Replica> World<R> {
                 .map_err(|e| format!("reference: {e}"))?;
         }
         let want = reference.visible(DB);
-        for (i, n) in self.nodes.iter().enumerate() {
-            let got = n.engine.as_ref().map(|e| e.store().visible());
+        for i in self.compared() {
+            let got = self.nodes[i].engine.as_ref().map(|e| e.store().visible());
             if got.as_ref() != Some(&want) {
                 return Err(format!(
                     "node {i} differs from the merge of all {} acknowledged writes:\n  want {want:?}\n  got  {got:?}",
@@ -739,5 +904,6 @@ fn describe(msg: &SyncMessage) -> String {
             )
         }
         SyncMessage::SnapshotAck { id, part, .. } => format!("snapshot ack {id}.{part}"),
+        SyncMessage::Refuted { ops, .. } => format!("refuted {}", ops.len()),
     }
 }

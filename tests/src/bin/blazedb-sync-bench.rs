@@ -136,6 +136,7 @@ fn engine_apply(dir: &Path, ops: &[Op], batch: usize) -> anyhow::Result<f64> {
             vector: Default::default(),
             want: false,
             reports: Vec::new(),
+            refused: Vec::new(),
         },
         T0,
     );
