@@ -765,6 +765,35 @@ pub enum Write {
     },
 }
 
+impl From<crate::OpBody> for Write {
+    /// The write an operation's body stands for (a put names its id).
+    fn from(body: crate::OpBody) -> Write {
+        match body {
+            crate::OpBody::Put {
+                collection,
+                id,
+                fields,
+            } => Write::Put {
+                collection,
+                id: Some(id),
+                fields,
+            },
+            crate::OpBody::Patch {
+                collection,
+                id,
+                set,
+                unset,
+            } => Write::Patch {
+                collection,
+                id,
+                set,
+                unset,
+            },
+            crate::OpBody::Delete { collection, id } => Write::Delete { collection, id },
+        }
+    }
+}
+
 impl From<PutParams> for Write {
     fn from(p: PutParams) -> Self {
         Write::Put {

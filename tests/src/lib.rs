@@ -81,6 +81,25 @@ pub async fn join_mesh(first: &blazedb::Client, others: &[&blazedb::Client]) -> 
     Ok(())
 }
 
+/// Starts `n` agents from the binary `bin`, each on a loopback port of its
+/// own; the first creates a mesh and the others join it by invite. Returns
+/// the agents and a client of each, once every one is linked with all.
+pub async fn start_mesh(
+    bin: &str,
+    n: usize,
+) -> anyhow::Result<(Vec<TestAgent>, Vec<blazedb::Client>)> {
+    let mut agents = Vec::new();
+    let mut clients = Vec::new();
+    for _ in 0..n {
+        let a = TestAgent::start(bin).await?;
+        clients.push(a.client().await?);
+        agents.push(a);
+    }
+    let others: Vec<&blazedb::Client> = clients[1..].iter().collect();
+    join_mesh(&clients[0], &others).await?;
+    Ok((agents, clients))
+}
+
 /// Every record of `db`/`coll` on the agent behind `client`, id -> fields;
 /// empty if the database does not exist yet.
 pub async fn records(

@@ -35,6 +35,23 @@ async fn converged(what: &str, clients: &[Client], n: usize) {
     .expect(what);
 }
 
+/// Starts an agent in each of the lab's member nodes, listening on
+/// `listen`, and joins them into one mesh over the LAN.
+async fn lab_mesh(lab: &Lab, listen: &str) -> (Vec<TestAgent>, Vec<Client>) {
+    let mut agents = Vec::new();
+    for node in NODES {
+        let mut a = TestAgent::stopped_in(AGENT, &lab.namespace(node), &["--listen", listen])
+            .expect("agent");
+        a.restart().await.expect("start");
+        agents.push(a);
+    }
+    let cls = clients(&agents).await;
+    join_mesh(&cls[0], &[&cls[1], &cls[2]])
+        .await
+        .expect("a full mesh over the LAN");
+    (agents, cls)
+}
+
 async fn clients(agents: &[TestAgent]) -> Vec<Client> {
     let mut out = Vec::new();
     for a in agents {
@@ -58,18 +75,7 @@ async fn lan_mdns_unplugged_link_and_chain() {
         return;
     };
     let listen = |port: u16| format!("0.0.0.0:{port}");
-    let first = listen(7340);
-    let mut agents = Vec::new();
-    for node in NODES {
-        let mut a = TestAgent::stopped_in(AGENT, &lab.namespace(node), &["--listen", &first])
-            .expect("agent");
-        a.restart().await.expect("start");
-        agents.push(a);
-    }
-    let cls = clients(&agents).await;
-    join_mesh(&cls[0], &[&cls[1], &cls[2]])
-        .await
-        .expect("a full mesh over the LAN");
+    let (mut agents, cls) = lab_mesh(&lab, &listen(7340)).await;
     let ids: Vec<String> = {
         let mut v = Vec::new();
         for cl in &cls {
@@ -187,18 +193,7 @@ async fn lan_strangers_learn_nothing_from_mdns_and_a_removed_device_goes_quiet()
     let Some(lab) = Lab::up("bzm", "10.79.1", 4).expect("lab") else {
         return;
     };
-    let mut agents = Vec::new();
-    for node in NODES {
-        let mut a =
-            TestAgent::stopped_in(AGENT, &lab.namespace(node), &["--listen", "0.0.0.0:7340"])
-                .expect("agent");
-        a.restart().await.expect("start");
-        agents.push(a);
-    }
-    let cls = clients(&agents).await;
-    join_mesh(&cls[0], &[&cls[1], &cls[2]])
-        .await
-        .expect("a full mesh over the LAN");
+    let (mut agents, cls) = lab_mesh(&lab, "0.0.0.0:7340").await;
     let mut ids = Vec::new();
     for cl in &cls {
         ids.push(cl.mesh_status().await.expect("status"));

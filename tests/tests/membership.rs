@@ -9,23 +9,16 @@ use std::process::Command;
 use std::time::Duration;
 
 use blazedb::Client;
-use blazedb_tests::{TestAgent, connected, join_mesh, records, wait_until, wait_within};
+use blazedb_tests::{
+    TestAgent, connected, join_mesh, records, start_mesh, wait_until, wait_within,
+};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_blazed-test-agent");
 const CTL: &str = env!("CARGO_BIN_EXE_blazectl-test");
 
 /// Starts `n` agents; the first creates a mesh, the others join it.
 async fn mesh_of(n: usize) -> (Vec<TestAgent>, Vec<Client>) {
-    let mut agents = Vec::new();
-    let mut clients = Vec::new();
-    for _ in 0..n {
-        let a = TestAgent::start(AGENT).await.expect("agent");
-        clients.push(a.client().await.expect("client"));
-        agents.push(a);
-    }
-    let others: Vec<&Client> = clients[1..].iter().collect();
-    join_mesh(&clients[0], &others).await.expect("full mesh");
-    (agents, clients)
+    start_mesh(AGENT, n).await.expect("full mesh")
 }
 
 async fn id_of(cl: &Client) -> String {

@@ -7,22 +7,13 @@ use std::collections::BTreeMap;
 
 use blazedb::{Client, Value};
 use blazedb_proto::mesh::Invite;
-use blazedb_tests::{TestAgent, connected, join_mesh, put_numbered, records, wait_until};
+use blazedb_tests::{TestAgent, connected, put_numbered, records, start_mesh, wait_until};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_blazed-test-agent");
 
 /// Starts `n` agents; the first creates a mesh, the others join it.
 async fn mesh_of(n: usize) -> (Vec<TestAgent>, Vec<Client>) {
-    let mut agents = Vec::new();
-    let mut clients = Vec::new();
-    for _ in 0..n {
-        let a = TestAgent::start(AGENT).await.expect("agent");
-        clients.push(a.client().await.expect("client"));
-        agents.push(a);
-    }
-    let others: Vec<&Client> = clients[1..].iter().collect();
-    join_mesh(&clients[0], &others).await.expect("full mesh");
-    (agents, clients)
+    start_mesh(AGENT, n).await.expect("full mesh")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

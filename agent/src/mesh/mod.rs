@@ -615,14 +615,12 @@ impl Mesh {
                 anyhow::bail!("device {device} was already removed");
             }
             roster
-                .edit(identity.secret(), device, wall_ms(), |r| {
-                    r.removed = Some(Removal {
-                        by: me,
-                        at_ms: wall_ms(),
-                        left: false,
-                        cutoffs,
-                    })
-                })
+                .edit(
+                    identity.secret(),
+                    device,
+                    wall_ms(),
+                    removal(me, false, cutoffs),
+                )
                 .map_err(|e| anyhow::anyhow!("cannot remove {device}: {e}"))?;
             Ok(())
         })?;
@@ -732,14 +730,12 @@ impl Mesh {
                 );
             }
             roster
-                .edit(self.shared.identity.secret(), &me, wall_ms(), |r| {
-                    r.removed = Some(Removal {
-                        by: me,
-                        at_ms: wall_ms(),
-                        left: true,
-                        cutoffs,
-                    })
-                })
+                .edit(
+                    self.shared.identity.secret(),
+                    &me,
+                    wall_ms(),
+                    removal(me, true, cutoffs),
+                )
                 .map_err(|e| anyhow::anyhow!("cannot sign this device's leaving: {e}"))?;
             s.save()?;
             s.roster.as_ref().map(Roster::to_wire).unwrap_or_default()
@@ -900,6 +896,23 @@ impl Mesh {
         } else {
             let _ = self.shared.driver.send(Input::Stop);
         }
+    }
+}
+
+/// The change that marks a member record removed by `by` now (itself, when
+/// `left`), with `cutoffs`.
+fn removal(
+    by: DeviceId,
+    left: bool,
+    cutoffs: BTreeMap<String, u64>,
+) -> impl FnOnce(&mut MemberRecord) {
+    move |r| {
+        r.removed = Some(Removal {
+            by,
+            at_ms: wall_ms(),
+            left,
+            cutoffs,
+        })
     }
 }
 

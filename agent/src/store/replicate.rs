@@ -370,29 +370,7 @@ impl SyncStore for Store {
             let held = self.get(db, &c.collection, &c.id)?.map(|r| r.fields);
             let body = c.body(held.as_ref());
             bodies.push(body.encode()?);
-            writes.push(match body {
-                OpBody::Put {
-                    collection,
-                    id,
-                    fields,
-                } => Write::Put {
-                    collection,
-                    id: Some(id),
-                    fields,
-                },
-                OpBody::Patch {
-                    collection,
-                    id,
-                    set,
-                    unset,
-                } => Write::Patch {
-                    collection,
-                    id,
-                    set,
-                    unset,
-                },
-                OpBody::Delete { collection, id } => Write::Delete { collection, id },
-            });
+            writes.push(Write::from(body));
         }
         let priority = self.priority_of(db);
         let writes = super::writer::prepare(&self.device(), priority, writes)?;

@@ -24,6 +24,10 @@
 //!   not applied (see [`MAX_AHEAD_MS`](super::hlc::MAX_AHEAD_MS)).
 //! - Only operations every replica has reported holding are compacted, and
 //!   only tombstones older than every operation still in flight.
+//! - A removed device's operations past its [`Cutoff`] are never applied.
+//!   A replica that holds none of them corrects the records they touched
+//!   (a local write, stamped after them); one that holds some passes them
+//!   on until a replica that can correct does.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 

@@ -155,29 +155,7 @@ impl Replica for FjallReplica {
     }
 
     fn write(&mut self, _wall: u64, body: OpBody) -> Option<Op> {
-        let write = match body {
-            OpBody::Put {
-                collection,
-                id,
-                fields,
-            } => Write::Put {
-                collection,
-                id: Some(id),
-                fields,
-            },
-            OpBody::Patch {
-                collection,
-                id,
-                set,
-                unset,
-            } => Write::Patch {
-                collection,
-                id,
-                set,
-                unset,
-            },
-            OpBody::Delete { collection, id } => Write::Delete { collection, id },
-        };
+        let write = Write::from(body);
         match runtime().block_on(self.store.write(DB, vec![write])) {
             Ok(results) => {
                 let cursor = results.first()?.cursor;
