@@ -16,6 +16,9 @@
 //!   connection with that peer; a duplicate is closed before that.
 //! - Every frame's length is checked against [`MAX_PEER_FRAME`] before it
 //!   is read.
+//! - Each stream is read by one task that is never cancelled mid-frame
+//!   (the control stream's reader feeds the session loop through a
+//!   channel), and written by one task at a time.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -478,11 +481,23 @@ pub(crate) async fn run(
     .await;
 
     let writer = tokio::spawn(write_sync(conn.clone(), sync_rx));
+    // The control stream is read by a task of its own: a read dropped by
+    // `select!` half-way through a frame would lose the stream's place.
+    let (frames_tx, mut frames) = mpsc::channel(16);
+    let control_reader = tokio::spawn(async move {
+        loop {
+            let frame = read_frame(&mut ctl_recv).await;
+            let end = !matches!(frame, Ok(Some(_)));
+            if frames_tx.send(frame).await.is_err() || end {
+                return;
+            }
+        }
+    });
     let mut readers = tokio::task::JoinSet::new();
     let mut shutdown = shared.shutdown.clone();
     let why = loop {
         tokio::select! {
-            frame = read_frame(&mut ctl_recv) => match frame {
+            Some(frame) = frames.recv() => match frame {
                 Ok(Some(bytes)) => match PeerMessage::decode(&bytes) {
                     Ok(PeerMessage::Members { roster }) => shared.merge_roster(&peer, &roster),
                     Ok(PeerMessage::Links { connected }) => shared.note_links(peer, connected),
@@ -532,6 +547,7 @@ pub(crate) async fn run(
         }
     };
     writer.abort();
+    control_reader.abort();
     readers.abort_all();
     let _ = driver.send(Input::Disconnected { peer, link });
     shared.unregister(peer, link);

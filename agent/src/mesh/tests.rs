@@ -236,6 +236,70 @@ async fn a_removed_member_with_the_old_secret_is_told_it_was_removed() {
     store.shutdown().await.expect("store shutdown");
 }
 
+/// Reads control messages until one satisfies `want`, failing after 5 s.
+async fn expect_control(recv: &mut quinn::RecvStream, want: impl Fn(&PeerMessage) -> bool) {
+    let read = async {
+        loop {
+            let frame = session::read_frame(recv)
+                .await
+                .expect("a control frame")
+                .expect("the stream stays open");
+            if want(&PeerMessage::decode(&frame).expect("decodable")) {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), read)
+        .await
+        .expect("the agent did not send the message");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_control_frame_split_across_a_membership_change_is_read_whole() {
+    let (mesh, store, stop, _dir) = start_mesh().await;
+    let rogue = Rogue::new();
+    rogue.admitted_by(&mesh);
+    let me = rogue.id.device_id();
+    let (conn, (mut send, mut recv)) = rogue.member_session(&mesh).await;
+    let frame = to_frame(&PeerMessage::Members {
+        roster: mesh.shared.roster_wire(),
+    })
+    .expect("frame");
+    for round in 0..3 {
+        // Half a frame arrives; while the agent waits for the rest, the
+        // membership changes and the agent writes to this very stream.
+        send.write_all(&frame[..frame.len() / 2])
+            .await
+            .expect("first half");
+        let name = format!("renamed-{round}");
+        mesh.set_device(&me, Some(name.clone()), None)
+            .expect("rename");
+        expect_control(&mut recv, |m| {
+            matches!(m, PeerMessage::Members { roster }
+                if roster.records.iter().any(|r| r.decode::<blazedb_proto::mesh::MemberRecord>()
+                    .is_ok_and(|r| r.device == me && r.name == name)))
+        })
+        .await;
+        send.write_all(&frame[frame.len() / 2..])
+            .await
+            .expect("second half");
+    }
+    // The agent still reads the stream in step: one more whole message,
+    // one more change seen, and the connection is up.
+    send.write_all(&frame).await.expect("whole frame");
+    mesh.set_device(&me, Some("last".into()), None)
+        .expect("rename");
+    expect_control(&mut recv, |m| matches!(m, PeerMessage::Members { .. })).await;
+    assert!(
+        conn.close_reason().is_none(),
+        "the agent lost its place in the control stream: {:?}",
+        conn.close_reason()
+    );
+    let _ = stop.send(true);
+    mesh.stop().await;
+    store.shutdown().await.expect("store shutdown");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_that_breaks_the_protocol_is_cut_off_and_the_agent_goes_on() {
     let (mesh, store, stop, _dir) = start_mesh().await;
