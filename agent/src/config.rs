@@ -45,6 +45,8 @@ pub struct FileConfig {
     pub announce: Option<Vec<String>>,
     /// Addresses always dialled, `host:port`: hubs, far peers.
     pub peers: Option<Vec<String>>,
+    /// How many other devices (not hubs) to keep links with (default 8).
+    pub member_links: Option<usize>,
 }
 
 /// Settings given on the command line or in the environment.
@@ -155,6 +157,9 @@ impl Config {
                 o.announce
             },
             peers,
+            member_links: file
+                .member_links
+                .unwrap_or(crate::mesh::overlay::DEFAULT_MEMBER_LINKS),
         };
         Ok(Config {
             mesh,

@@ -18,6 +18,7 @@ mod dials;
 pub mod discovery;
 pub mod driver;
 pub mod members;
+pub mod overlay;
 pub mod proof;
 pub mod session;
 pub mod state;
@@ -80,6 +81,9 @@ pub struct MeshConfig {
     pub announce: Vec<String>,
     /// Addresses always dialled (hubs, far peers).
     pub peers: Vec<String>,
+    /// How many other devices (not hubs) this device keeps links with,
+    /// chosen so the mesh stays connected (see [`overlay`]).
+    pub member_links: usize,
 }
 
 /// A connected peer's session, as the rest of the mesh sees it.
@@ -98,6 +102,8 @@ pub(crate) struct Shared {
     identity: Identity,
     name: String,
     role: Role,
+    /// How many ring neighbours to keep links with.
+    member_links: usize,
     /// The addresses this device announces; refreshed when its interfaces
     /// change unless they were given.
     addrs: Mutex<Vec<String>>,
@@ -122,6 +128,9 @@ pub(crate) struct Shared {
     pub(crate) shutdown: watch::Receiver<bool>,
 }
 
+/// Locks a mutex of the mesh. Where one task holds several, it takes them
+/// in this order: `state`, `discovered`, `sessions`, `hub_links`, `clones`,
+/// `dials`, `static_errors`.
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -396,6 +405,7 @@ impl Mesh {
             identity: identity.clone(),
             name: config.name.clone(),
             role: config.role,
+            member_links: config.member_links,
             addrs: Mutex::new(addrs),
             state,
             store,
@@ -801,9 +811,10 @@ impl Mesh {
     /// The static peers, with the device each led to or its last error.
     pub fn static_peers(&self) -> Vec<StaticPeerView> {
         let peers = lock(&self.shared.state).static_peers.clone();
-        let errors = lock(&self.shared.static_errors);
-        let dials = lock(&self.shared.dials);
+        // Sessions before dials, as the dial loop takes them.
         let sessions = lock(&self.shared.sessions);
+        let dials = lock(&self.shared.dials);
+        let errors = lock(&self.shared.static_errors);
         peers
             .into_iter()
             .map(|addr| {
@@ -1051,11 +1062,17 @@ fn dial_targets(shared: &Shared) -> Vec<(String, Option<DeviceId>, Vec<String>)>
     };
     let discovered = lock(&shared.discovered);
     let mut out = Vec::new();
-    let mut devices: BTreeSet<DeviceId> = roster
+    let hubs: BTreeSet<DeviceId> = roster
         .records()
-        .filter(|m| m.removed.is_none())
+        .filter(|m| m.removed.is_none() && m.role == Role::Hub)
         .map(|m| m.device)
         .collect();
+    let ring: BTreeSet<DeviceId> = roster
+        .records()
+        .filter(|m| m.removed.is_none() && m.role != Role::Hub)
+        .map(|m| m.device)
+        .collect();
+    let mut devices = overlay::wanted(&shared.me, &hubs, &ring, shared.member_links);
     devices.extend(discovered.keys().filter(|d| !s.is_removed(d)));
     devices.remove(&shared.me);
     for d in devices {

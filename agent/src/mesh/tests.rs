@@ -176,6 +176,7 @@ async fn start_mesh() -> (Mesh, Store, watch::Sender<bool>, tempfile::TempDir) {
         mdns_loopback_only: false,
         announce: Vec::new(),
         peers: Vec::new(),
+        member_links: super::overlay::DEFAULT_MEMBER_LINKS,
     };
     let mesh = Mesh::start(config, &id, store.clone(), dir.path(), shutdown)
         .await
