@@ -400,6 +400,11 @@ async fn a_removed_devices_writes_during_a_partition_do_not_survive_the_heal() {
         .put("doc", &serde_json::json!({ "title": "from a" }))
         .await
         .expect("put");
+    wait_until("the database to reach h", || async {
+        records(h, "team", "t").await.contains_key("doc")
+    })
+    .await
+    .expect("synced to h");
     team(h)
         .put("early", &serde_json::json!({ "v": 1 }))
         .await

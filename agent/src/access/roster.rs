@@ -99,6 +99,8 @@ pub struct Merged {
     pub rotation: bool,
     /// What was refused, with the device it was about where known.
     pub rejected: Vec<(Option<DeviceId>, Rejection)>,
+    /// What was taken, to pass on to other peers.
+    pub taken: WireRoster,
 }
 
 impl Merged {
@@ -509,7 +511,12 @@ impl Roster {
             let mut refused = Vec::new();
             for s in pending {
                 match self.accept_member(s) {
-                    Ok(changed) => out.members |= changed,
+                    Ok(changed) => {
+                        out.members |= changed;
+                        if changed {
+                            out.taken.records.push(s.clone());
+                        }
+                    }
                     Err(Rejection::SignerUnknown(_) | Rejection::SignerNotAdmin(_)) => {
                         waiting.push(s)
                     }
@@ -523,20 +530,36 @@ impl Roster {
             }
         }
         for s in pending {
-            if let Err(e) = self.accept_member(s) {
-                out.rejected.push((about(s), e));
+            match self.accept_member(s) {
+                Ok(changed) => {
+                    out.members |= changed;
+                    if changed {
+                        out.taken.records.push(s.clone());
+                    }
+                }
+                Err(e) => out.rejected.push((about(s), e)),
             }
         }
         for s in &wire.addrs {
             match self.accept_addrs(s) {
-                Ok(changed) => out.addrs |= changed,
+                Ok(changed) => {
+                    out.addrs |= changed;
+                    if changed {
+                        out.taken.addrs.push(s.clone());
+                    }
+                }
                 Err(Rejection::Stale { .. } | Rejection::RemovalIsFinal(_)) => {}
                 Err(e) => out.rejected.push((None, e)),
             }
         }
         if let Some(s) = &wire.rotation {
             match self.accept_rotation(s) {
-                Ok(changed) => out.rotation = changed,
+                Ok(changed) => {
+                    out.rotation = changed;
+                    if changed {
+                        out.taken.rotation = Some(s.clone());
+                    }
+                }
                 Err(Rejection::Stale { .. }) => {}
                 Err(e) => out.rejected.push((None, e)),
             }

@@ -238,14 +238,16 @@ impl Shared {
                 false
             }
         };
+        let mut delta = merged.taken;
+        if rotated {
+            delta.rotation = s.roster.as_ref().and_then(|r| r.to_wire().rotation);
+        }
         self.save(&s);
         drop(s);
         if rekeyed || rotated {
             self.keys_changed();
         }
-        if merged.members || merged.addrs || rotated {
-            self.members_changed();
-        }
+        self.members_changed(Some((&delta, from)));
     }
 
     /// A member said this device was removed, with `chain`; if the records
@@ -325,8 +327,9 @@ impl Shared {
 
     /// The membership changed: tell the sync driver (for compaction),
     /// every session (removed peers get their removal and are closed) and
-    /// the dial loop.
-    pub(crate) fn members_changed(&self) {
+    /// the dial loop. With `delta`, sessions get only what changed, and
+    /// the peer it came from gets nothing back; without, the whole roster.
+    pub(crate) fn members_changed(&self, delta: Option<(&WireRoster, &DeviceId)>) {
         let (active, wire, removed) = {
             let s = lock(&self.state);
             let Some(roster) = s.roster.as_ref() else {
@@ -348,14 +351,21 @@ impl Shared {
             (active, roster.to_wire(), removed)
         };
         let _ = self.driver.send(super::driver::Input::Members(active));
+        let (roster, from) = match delta {
+            Some((d, from)) => (d, Some(*from)),
+            None => (&wire, None),
+        };
+        let quiet =
+            roster.records.is_empty() && roster.addrs.is_empty() && roster.rotation.is_none();
         let sessions = lock(&self.sessions);
         for (peer, sess) in sessions.iter() {
             let msg = match removed.iter().find(|(d, _)| d == peer) {
                 Some((_, chain)) => PeerMessage::Removed {
                     chain: chain.clone(),
                 },
+                None if quiet || Some(*peer) == from => continue,
                 None => PeerMessage::Members {
-                    roster: wire.clone(),
+                    roster: roster.clone(),
                 },
             };
             let _ = sess.ctl.send(super::session::Control::Send(Box::new(msg)));
@@ -385,15 +395,17 @@ impl Shared {
         let roster = s.roster.as_mut().ok_or("this device is in no mesh")?;
         let device =
             crate::access::sign::device_of_key(key).ok_or("the device's key is not valid")?;
+        let mut delta = WireRoster::default();
         if !roster.is_active(&device) {
-            roster
+            let signed = roster
                 .admit(self.identity.secret(), key, name, role, teams, wall_ms())
                 .map_err(|e| format!("cannot sign the device's member record: {e}"))?;
+            delta.records.push(signed);
         }
         let out = (keys, roster.genesis(), roster.to_wire());
         self.save(&s);
         drop(s);
-        self.members_changed();
+        self.members_changed(Some((&delta, &self.me)));
         Ok(out)
     }
 
@@ -427,7 +439,7 @@ impl Shared {
             self.save(&s);
         }
         self.keys_changed();
-        self.members_changed();
+        self.members_changed(None);
         Ok(())
     }
 
@@ -485,7 +497,7 @@ impl Shared {
         if rotated {
             self.keys_changed();
         }
-        self.members_changed();
+        self.members_changed(None);
         Ok(out)
     }
 }

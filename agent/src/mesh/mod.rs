@@ -1174,7 +1174,7 @@ async fn watch_interfaces(shared: Arc<Shared>, local: SocketAddr) {
         }
         tracing::info!(addrs = ?now, "this device's addresses changed");
         *lock(&shared.addrs) = now.clone();
-        let changed = {
+        let signed = {
             let mut s = lock(&shared.state);
             let changed = s
                 .roster
@@ -1183,18 +1183,24 @@ async fn watch_interfaces(shared: Arc<Shared>, local: SocketAddr) {
             match changed {
                 Some(Ok(true)) => {
                     shared.save(&s);
-                    true
+                    s.roster
+                        .as_ref()
+                        .and_then(|r| r.signed_addrs(&shared.me).cloned())
                 }
                 Some(Err(e)) => {
                     tracing::warn!("cannot sign this device's new addresses: {e}");
-                    false
+                    None
                 }
-                _ => false,
+                _ => None,
             }
         };
-        if changed {
+        if let Some(signed) = signed {
             shared.keys_changed();
-            shared.members_changed();
+            let delta = blazedb_proto::mesh::Roster {
+                addrs: vec![signed],
+                ..Default::default()
+            };
+            shared.members_changed(Some((&delta, &shared.me)));
         }
     }
 }
