@@ -242,7 +242,13 @@ impl Shared {
         if rotated {
             delta.rotation = s.roster.as_ref().and_then(|r| r.to_wire().rotation);
         }
-        self.save(&s);
+        if rekeyed || rotated {
+            self.save(&s);
+        } else {
+            // Gossip is saved in batches: lost in a crash, it comes back
+            // with the next session's roster.
+            self.save_soon();
+        }
         drop(s);
         if rekeyed || rotated {
             self.keys_changed();

@@ -29,7 +29,7 @@ mod tests;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -123,6 +123,9 @@ pub(crate) struct Shared {
     static_errors: Mutex<BTreeMap<String, String>>,
     next_link: AtomicU64,
     wake: Notify,
+    /// The state has changes not yet written to its file.
+    dirty: AtomicBool,
+    save_wake: Notify,
     /// Counts changes of the mesh's keys, so discovery announces new tags.
     mesh_changed: watch::Sender<u64>,
     pub(crate) shutdown: watch::Receiver<bool>,
@@ -154,8 +157,25 @@ impl Shared {
     }
 
     fn save(&self, state: &MeshState) {
+        self.dirty.store(false, Ordering::Relaxed);
         if let Err(e) = state.save() {
             tracing::error!("cannot save the mesh state: {e:#}");
+        }
+    }
+
+    /// Marks the state for saving with the next batch.
+    pub(crate) fn save_soon(&self) {
+        self.dirty.store(true, Ordering::Relaxed);
+        self.save_wake.notify_one();
+    }
+
+    /// Writes the state if it has unsaved changes.
+    fn flush(&self) {
+        if self.dirty.swap(false, Ordering::Relaxed) {
+            let s = lock(&self.state);
+            if let Err(e) = s.save() {
+                tracing::error!("cannot save the mesh state: {e:#}");
+            }
         }
     }
 
@@ -420,11 +440,14 @@ impl Mesh {
             static_errors: Mutex::default(),
             next_link: AtomicU64::new(1),
             wake: Notify::new(),
+            dirty: AtomicBool::new(false),
+            save_wake: Notify::new(),
             mesh_changed,
             shutdown,
         });
         tokio::spawn(accept_loop(shared.clone()));
         tokio::spawn(dial_loop(shared.clone()));
+        tokio::spawn(save_loop(shared.clone()));
         if config.announce.is_empty() && local.ip().is_unspecified() {
             tokio::spawn(watch_interfaces(shared.clone(), local));
         }
@@ -898,6 +921,7 @@ impl Mesh {
         self.shared
             .endpoint
             .close(close_code::SHUTDOWN, b"agent stopping");
+        self.shared.flush();
         let _ =
             tokio::time::timeout(Duration::from_secs(2), self.shared.endpoint.wait_idle()).await;
         if let Ok(driver) = Arc::try_unwrap(self.driver) {
@@ -1040,6 +1064,26 @@ async fn dial_loop(shared: Arc<Shared>) {
         }
     }
 }
+
+/// Writes the state file in batches: at most one write per
+/// [`SAVE_BATCH`] however much gossip arrives, and once more at shutdown.
+async fn save_loop(shared: Arc<Shared>) {
+    let mut shutdown = shared.shutdown.clone();
+    loop {
+        tokio::select! {
+            _ = shared.save_wake.notified() => {}
+            _ = shutdown.changed() => {
+                shared.flush();
+                return;
+            }
+        }
+        tokio::time::sleep(SAVE_BATCH).await;
+        shared.flush();
+    }
+}
+
+/// How long gossip is gathered before the state file is written.
+const SAVE_BATCH: Duration = Duration::from_millis(250);
 
 /// A random spread for backoffs.
 fn jitter() -> u16 {
