@@ -168,6 +168,16 @@ impl Roster {
             .is_some_and(|r| r.removed.is_none() && r.admin)
     }
 
+    /// The active members' records.
+    pub fn active(&self) -> impl Iterator<Item = &MemberRecord> {
+        self.records().filter(|r| r.removed.is_none())
+    }
+
+    /// The active admins' records.
+    pub fn admins(&self) -> impl Iterator<Item = &MemberRecord> {
+        self.active().filter(|r| r.admin)
+    }
+
     /// How `device` left the mesh, if it did.
     pub fn removal(&self, device: &DeviceId) -> Option<&Removal> {
         self.record(device).and_then(|r| r.removed.as_ref())

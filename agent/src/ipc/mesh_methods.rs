@@ -251,8 +251,8 @@ pub(crate) fn handle(
             let r = mesh(ctx).and_then(|m| {
                 let device = resolve(m, &p.device)?;
                 let teams = p.teams.map(clean_teams).transpose()?;
+                m.set_device(&device, p.name, teams).map_err(refused)?;
                 if device == ctx.store.device() {
-                    m.set_device(&device, p.name, teams).map_err(refused)?;
                     let me = m.membership().me.ok_or_else(|| refused("no record"))?;
                     return Ok(PeerInfo {
                         device_id: me.device.to_string(),
@@ -268,7 +268,6 @@ pub(crate) fn handle(
                         warning: None,
                     });
                 }
-                m.set_device(&device, p.name, teams).map_err(refused)?;
                 m.peers()
                     .into_iter()
                     .find(|x| x.record.device == device)

@@ -72,6 +72,7 @@ fn announcement(shared: &Shared) -> Option<Announcement> {
         .filter_map(|a| a.parse::<SocketAddr>().ok())
         .map(|a| a.ip())
         .collect();
+    ips.sort();
     ips.dedup();
     Some(Announcement {
         tag: tag(&keys.secret, &shared.me, wall_ms() / WINDOW_MS),
@@ -145,8 +146,8 @@ fn found(shared: &Shared, info: &mdns_sd::ResolvedService) {
             return;
         };
         let members: Vec<DeviceId> = roster
-            .records()
-            .filter(|r| r.removed.is_none() && r.device != shared.me)
+            .active()
+            .filter(|r| r.device != shared.me)
             .map(|r| r.device)
             .collect();
         match tags_of(keys, &members, wall_ms()).get(tag) {

@@ -101,7 +101,7 @@ fn rotate_if_needed(state: &mut MeshState, identity: &Identity) -> anyhow::Resul
     let epoch = keys.epoch.max(roster.rotation().map_or(0, |r| r.epoch)) + 1;
     let secret = super::state::random::<32>()?;
     let mut wrapped = Vec::new();
-    for rec in roster.records().filter(|r| r.removed.is_none()) {
+    for rec in roster.active() {
         let key = p256::PublicKey::from_sec1_bytes(&rec.key)
             .map_err(|_| anyhow::anyhow!("member {} has no valid key", rec.device))?;
         let (ephemeral, sealed) =
@@ -344,11 +344,7 @@ impl Shared {
             let _ = self
                 .driver
                 .send(super::driver::Input::Cutoffs(cutoffs_of(roster)));
-            let active: Vec<DeviceId> = roster
-                .records()
-                .filter(|r| r.removed.is_none())
-                .map(|r| r.device)
-                .collect();
+            let active: Vec<DeviceId> = roster.active().map(|r| r.device).collect();
             let removed: Vec<(DeviceId, Vec<Signed>)> = roster
                 .records()
                 .filter(|r| r.removed.is_some())
@@ -461,15 +457,8 @@ impl Shared {
         MembershipView {
             mesh: s.keys.as_ref().map(|k| (k.id, k.epoch)),
             me: roster.record(&self.me).cloned(),
-            admins: roster
-                .records()
-                .filter(|r| r.admin && r.removed.is_none())
-                .cloned()
-                .collect(),
-            members: roster
-                .records()
-                .filter(|r| r.removed.is_none() && r.device != self.me)
-                .count(),
+            admins: roster.admins().cloned().collect(),
+            members: roster.active().filter(|r| r.device != self.me).count(),
             departed: s.departed.clone(),
         }
     }
@@ -486,8 +475,7 @@ impl Shared {
         })?;
         if !roster.is_admin(&self.me) {
             let admins: Vec<String> = roster
-                .records()
-                .filter(|r| r.admin && r.removed.is_none())
+                .admins()
                 .map(|r| format!("{} ({})", r.name, r.device))
                 .collect();
             anyhow::bail!(

@@ -405,12 +405,7 @@ impl Mesh {
             }
             s.roster
                 .as_ref()
-                .map(|r| {
-                    r.records()
-                        .filter(|m| m.removed.is_none())
-                        .map(|m| m.device)
-                        .collect()
-                })
+                .map(|r| r.active().map(|m| m.device).collect())
                 .unwrap_or_else(|| vec![me])
         };
         let driver = Driver::start(store.clone(), members)?;
@@ -680,17 +675,8 @@ impl Mesh {
     /// always keeps one admin.
     pub fn set_admin(&self, device: &DeviceId, admin: bool) -> anyhow::Result<()> {
         self.shared.as_admin(|s, identity| {
-            let roster = s
-                .roster
-                .as_mut()
-                .ok_or_else(|| anyhow::anyhow!("no mesh"))?;
-            if !roster.is_active(device) {
-                anyhow::bail!("device {device} is not an active member");
-            }
-            let others = roster
-                .records()
-                .filter(|r| r.admin && r.removed.is_none() && r.device != *device)
-                .count();
+            let roster = roster_for(s, device)?;
+            let others = roster.admins().filter(|r| r.device != *device).count();
             if !admin && others == 0 {
                 anyhow::bail!(
                     "{device} is the mesh's only admin: make another device an admin first"
@@ -716,14 +702,7 @@ impl Mesh {
             anyhow::bail!("a device's name cannot be empty");
         }
         self.shared.as_admin(|s, identity| {
-            let roster = s
-                .roster
-                .as_mut()
-                .ok_or_else(|| anyhow::anyhow!("no mesh"))?;
-            if !roster.is_active(device) {
-                anyhow::bail!("device {device} is not an active member");
-            }
-            roster
+            roster_for(s, device)?
                 .edit(identity.secret(), device, wall_ms(), |r| {
                     if let Some(n) = name {
                         r.name = n;
@@ -748,14 +727,8 @@ impl Mesh {
                 .roster
                 .as_mut()
                 .ok_or_else(|| anyhow::anyhow!("this device is in no mesh"))?;
-            let other_admins = roster
-                .records()
-                .filter(|r| r.admin && r.removed.is_none() && r.device != me)
-                .count();
-            let others = roster
-                .records()
-                .filter(|r| r.removed.is_none() && r.device != me)
-                .count();
+            let other_admins = roster.admins().filter(|r| r.device != me).count();
+            let others = roster.active().filter(|r| r.device != me).count();
             if roster.is_admin(&me) && other_admins == 0 && others > 0 {
                 anyhow::bail!(
                     "this device is the mesh's only admin: make another member an admin first \
@@ -934,6 +907,18 @@ impl Mesh {
     }
 }
 
+/// The roster of `s`, for a change to the active member `device`.
+fn roster_for<'a>(s: &'a mut MeshState, device: &DeviceId) -> anyhow::Result<&'a mut Roster> {
+    let roster = s
+        .roster
+        .as_mut()
+        .ok_or_else(|| anyhow::anyhow!("this device is in no mesh"))?;
+    if !roster.is_active(device) {
+        anyhow::bail!("device {device} is not an active member");
+    }
+    Ok(roster)
+}
+
 /// The change that marks a member record removed by `by` now (itself, when
 /// `left`), with `cutoffs`.
 fn removal(
@@ -1107,13 +1092,13 @@ fn dial_targets(shared: &Shared) -> Vec<(String, Option<DeviceId>, Vec<String>)>
     let discovered = lock(&shared.discovered);
     let mut out = Vec::new();
     let hubs: BTreeSet<DeviceId> = roster
-        .records()
-        .filter(|m| m.removed.is_none() && m.role == Role::Hub)
+        .active()
+        .filter(|m| m.role == Role::Hub)
         .map(|m| m.device)
         .collect();
     let ring: BTreeSet<DeviceId> = roster
-        .records()
-        .filter(|m| m.removed.is_none() && m.role != Role::Hub)
+        .active()
+        .filter(|m| m.role != Role::Hub)
         .map(|m| m.device)
         .collect();
     let mut devices = overlay::wanted(&shared.me, &hubs, &ring, shared.member_links);
