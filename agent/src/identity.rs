@@ -68,15 +68,7 @@ impl Identity {
                 Ok(Identity::from_secret(secret))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let secret = loop {
-                    let mut bytes = [0u8; 32];
-                    getrandom::fill(&mut bytes)
-                        .map_err(|e| IdentityError::Random(e.to_string()))?;
-                    // Almost every 32-byte string is a valid scalar.
-                    if let Ok(k) = SecretKey::from_slice(&bytes) {
-                        break k;
-                    }
-                };
+                let secret = Identity::generate()?.secret;
                 let tmp = dir.join(format!("{KEY_FILE}.tmp"));
                 let mut f = fs::OpenOptions::new()
                     .write(true)
@@ -91,6 +83,19 @@ impl Identity {
                 Ok(Identity::from_secret(secret))
             }
             Err(e) => Err(io(e)),
+        }
+    }
+
+    /// Makes a new identity that lives only in memory, as the hub
+    /// benchmark's simulated devices use.
+    pub fn generate() -> Result<Identity, IdentityError> {
+        loop {
+            let mut bytes = [0u8; 32];
+            getrandom::fill(&mut bytes).map_err(|e| IdentityError::Random(e.to_string()))?;
+            // Almost every 32-byte string is a valid scalar.
+            if let Ok(k) = SecretKey::from_slice(&bytes) {
+                return Ok(Identity::from_secret(k));
+            }
         }
     }
 

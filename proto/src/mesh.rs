@@ -23,7 +23,7 @@ use crate::op::DeviceId;
 pub const ALPN: &[u8] = b"blazedb/1";
 
 /// The version of the peer protocol, sent in [`PeerMessage::Hello`].
-pub const PEER_PROTOCOL_VERSION: u32 = 2;
+pub const PEER_PROTOCOL_VERSION: u32 = 3;
 
 /// The largest frame a peer may send on any stream, in bytes.
 pub const MAX_PEER_FRAME: u32 = 8 * 1024 * 1024;
@@ -317,6 +317,15 @@ pub enum PeerMessage {
         /// The devices.
         connected: Vec<DeviceId>,
     },
+    /// The devices the sender's sessions came up with (`up`) or ended with
+    /// (`down`) since its last `Links` or `LinksChanged`: a hub sends its
+    /// whole list once per session, then only the changes, in batches.
+    LinksChanged {
+        /// Devices now linked.
+        up: Vec<DeviceId>,
+        /// Devices no longer linked.
+        down: Vec<DeviceId>,
+    },
     /// The sender will not talk to the receiver; the connection closes.
     Refused {
         /// Why, for the receiver's logs.
@@ -461,6 +470,10 @@ mod tests {
             },
             PeerMessage::Links {
                 connected: vec![DeviceId([1; 32])],
+            },
+            PeerMessage::LinksChanged {
+                up: vec![DeviceId([2; 32])],
+                down: vec![DeviceId([3; 32])],
             },
             PeerMessage::Refused {
                 reason: "no".into(),

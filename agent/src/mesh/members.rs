@@ -6,7 +6,10 @@
 //! and discovery.
 //!
 //! Invariants:
-//! - Every change is saved before anyone is told of it.
+//! - A change that cannot be had again from peers (a new secret, this
+//!   device's removal) is saved before anyone is told of it. Records
+//!   gossiped or signed here for a joining device are saved in batches: a
+//!   peer that holds them shows them again.
 //! - An admin that holds the records of devices that left after the
 //!   latest secret rotation rotates the secret, so whoever left cannot
 //!   prove membership with a copy of it.
@@ -336,7 +339,7 @@ impl Shared {
     /// the dial loop. With `delta`, sessions get only what changed, and
     /// the peer it came from gets nothing back; without, the whole roster.
     pub(crate) fn members_changed(&self, delta: Option<(&WireRoster, &DeviceId)>) {
-        let (active, wire, removed) = {
+        let (active, news, removed) = {
             let s = lock(&self.state);
             let Some(roster) = s.roster.as_ref() else {
                 return;
@@ -345,34 +348,27 @@ impl Shared {
                 .driver
                 .send(super::driver::Input::Cutoffs(cutoffs_of(roster)));
             let active: Vec<DeviceId> = roster.active().map(|r| r.device).collect();
-            let removed: Vec<(DeviceId, Vec<Signed>)> = roster
+            let removed: BTreeMap<DeviceId, Vec<Signed>> = roster
                 .records()
                 .filter(|r| r.removed.is_some())
                 .map(|r| (r.device, roster.chain(&r.device)))
                 .collect();
-            (active, roster.to_wire(), removed)
+            let news = match delta {
+                Some((d, from)) => (Some(*from).filter(|f| *f != self.me), d.clone()),
+                None => (None, roster.to_wire()),
+            };
+            (active, news, removed)
         };
         let _ = self.driver.send(super::driver::Input::Members(active));
-        let (roster, from) = match delta {
-            Some((d, from)) => (d, Some(*from)),
-            None => (&wire, None),
-        };
-        let quiet =
-            roster.records.is_empty() && roster.addrs.is_empty() && roster.rotation.is_none();
-        let sessions = lock(&self.sessions);
-        for (peer, sess) in sessions.iter() {
-            let msg = match removed.iter().find(|(d, _)| d == peer) {
-                Some((_, chain)) => PeerMessage::Removed {
+        for (peer, sess) in lock(&self.sessions).iter() {
+            if let Some(chain) = removed.get(peer) {
+                let msg = PeerMessage::Removed {
                     chain: chain.clone(),
-                },
-                None if quiet || Some(*peer) == from => continue,
-                None => PeerMessage::Members {
-                    roster: roster.clone(),
-                },
-            };
-            let _ = sess.ctl.send(super::session::Control::Send(Box::new(msg)));
+                };
+                let _ = sess.ctl.send(super::session::Control::Send(Box::new(msg)));
+            }
         }
-        drop(sessions);
+        self.gossip_roster(news.0, news.1);
         self.wake.notify_one();
     }
 
@@ -405,7 +401,9 @@ impl Shared {
             delta.records.push(signed);
         }
         let out = (keys, roster.genesis(), roster.to_wire());
-        self.save(&s);
+        // Saved with the next batch: if a crash loses the record, the
+        // device shows it again (signed by this device) in its `Hello`.
+        self.save_soon();
         drop(s);
         self.members_changed(Some((&delta, &self.me)));
         Ok(out)

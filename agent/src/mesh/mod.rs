@@ -17,6 +17,7 @@ mod clones;
 mod dials;
 pub mod discovery;
 pub mod driver;
+mod gossip;
 pub mod members;
 pub mod overlay;
 pub mod proof;
@@ -126,6 +127,9 @@ pub(crate) struct Shared {
     /// The state has changes not yet written to its file.
     dirty: AtomicBool,
     save_wake: Notify,
+    /// Membership and link news waiting for the next batch.
+    gossip: Mutex<gossip::Pending>,
+    gossip_wake: Notify,
     /// Counts changes of the mesh's keys, so discovery announces new tags.
     mesh_changed: watch::Sender<u64>,
     pub(crate) shutdown: watch::Receiver<bool>,
@@ -133,7 +137,7 @@ pub(crate) struct Shared {
 
 /// Locks a mutex of the mesh. Where one task holds several, it takes them
 /// in this order: `state`, `discovered`, `sessions`, `hub_links`, `clones`,
-/// `dials`, `static_errors`.
+/// `dials`, `static_errors`, `gossip`.
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -196,7 +200,10 @@ impl Shared {
         let redeemed = s
             .redeem(invite, wall_ms(), check)
             .ok_or("the invite is unknown, expired, used up or was not proved")?;
-        self.save(&s);
+        // Saved with the next batch: a crash within it can let an invite
+        // be used once more than it says, which costs less than a write of
+        // the whole state per joining device.
+        self.save_soon();
         Ok(redeemed)
     }
 
@@ -205,19 +212,19 @@ impl Shared {
         lock(&self.hub_links).insert(peer, connected.into_iter().collect());
     }
 
-    /// As a hub, tells every session which devices it is linked with, so
-    /// they can show which devices they reach through it.
-    fn links_changed(&self) {
-        if self.role != Role::Hub {
-            return;
+    /// What changed in a connected hub's links since it last said.
+    pub(crate) fn note_links_changed(
+        &self,
+        peer: DeviceId,
+        up: Vec<DeviceId>,
+        down: Vec<DeviceId>,
+    ) {
+        let mut links = lock(&self.hub_links);
+        let set = links.entry(peer).or_default();
+        for d in down {
+            set.remove(&d);
         }
-        let sessions = lock(&self.sessions);
-        let connected: Vec<DeviceId> = sessions.keys().copied().collect();
-        for s in sessions.values() {
-            let _ = s.ctl.send(Control::Send(Box::new(PeerMessage::Links {
-                connected: connected.clone(),
-            })));
-        }
+        set.extend(up);
     }
 
     /// Makes `conn` the session with `peer`, unless another one is kept.
@@ -255,6 +262,14 @@ impl Shared {
             }
             existing.conn.close(close_code::DUPLICATE, b"replaced");
         }
+        if self.role == Role::Hub {
+            // As a hub, says which devices it is linked with, so members
+            // can show which devices they reach through it: the whole list
+            // once, then the changes in batches.
+            let connected = sessions.keys().copied().chain([peer]).collect();
+            let _ = ctl.send(Control::Send(Box::new(PeerMessage::Links { connected })));
+            self.gossip_link(peer, true);
+        }
         sessions.insert(
             peer,
             SessionEntry {
@@ -268,7 +283,6 @@ impl Shared {
         // A session came up, so the network works: targets that failed
         // while it was down are tried again now, not a minute from now.
         lock(&self.dials).retry_soon(None, wall_ms());
-        self.links_changed();
         self.wake.notify_one();
         true
     }
@@ -278,9 +292,11 @@ impl Shared {
         if sessions.get(&peer).is_some_and(|s| s.link == link) {
             sessions.remove(&peer);
             lock(&self.hub_links).remove(&peer);
+            if self.role == Role::Hub {
+                self.gossip_link(peer, false);
+            }
         }
         drop(sessions);
-        self.links_changed();
         self.wake.notify_one();
     }
 
@@ -362,16 +378,12 @@ impl Mesh {
             }
         }
         let state = Arc::new(Mutex::new(state));
-        let mut transport = quinn::TransportConfig::default();
-        transport
-            .keep_alive_interval(Some(Duration::from_secs(2)))
-            .max_idle_timeout(Some(Duration::from_secs(10).try_into()?));
         let (server, client) = tls::quic_configs(
             identity,
             Arc::new(StateGate(state.clone())),
-            Arc::new(transport),
+            Arc::new(transport_config()),
         )?;
-        let endpoint = quinn::Endpoint::server(server, config.listen)
+        let endpoint = endpoint(config.listen, Some(server))
             .with_context(|| format!("cannot listen on UDP {}", config.listen))?;
         let local = endpoint.local_addr()?;
         let addrs = if config.announce.is_empty() {
@@ -437,12 +449,15 @@ impl Mesh {
             wake: Notify::new(),
             dirty: AtomicBool::new(false),
             save_wake: Notify::new(),
+            gossip: Mutex::default(),
+            gossip_wake: Notify::new(),
             mesh_changed,
             shutdown,
         });
         tokio::spawn(accept_loop(shared.clone()));
         tokio::spawn(dial_loop(shared.clone()));
         tokio::spawn(save_loop(shared.clone()));
+        tokio::spawn(gossip::run(shared.clone()));
         if config.announce.is_empty() && local.ip().is_unspecified() {
             tokio::spawn(watch_interfaces(shared.clone(), local));
         }
@@ -596,6 +611,7 @@ impl Mesh {
                                 self.shared.clone(),
                                 conn,
                                 invite.inviter,
+                                true,
                                 true,
                                 send,
                                 recv,
@@ -1017,7 +1033,9 @@ async fn accept_loop(shared: Arc<Shared>) {
                 return;
             };
             match session::accept_handshake(&shared, &conn, peer).await {
-                Ok((send, recv)) => session::run(shared, conn, peer, false, send, recv).await,
+                Ok((send, recv, joined)) => {
+                    session::run(shared, conn, peer, false, joined, send, recv).await
+                }
                 Err(e) => tracing::info!(peer = %peer, "refused an incoming connection: {e}"),
             }
         });
@@ -1073,6 +1091,48 @@ const SAVE_BATCH: Duration = Duration::from_millis(250);
 /// A random spread for backoffs.
 fn jitter() -> u16 {
     state::random::<2>().map_or(0, u16::from_le_bytes)
+}
+
+/// The UDP socket buffers a mesh endpoint asks for. A hub that a
+/// thousand devices dial at once takes bursts of handshake packets that
+/// overflow the kernel's default buffer (about 200 KiB) and are dropped;
+/// the kernel caps the request at `net.core.rmem_max` and `wmem_max`.
+const UDP_BUFFER: usize = 4 * 1024 * 1024;
+
+/// A QUIC endpoint on `addr` with large socket buffers, taking incoming
+/// connections when given a `server` configuration.
+pub fn endpoint(
+    addr: SocketAddr,
+    server: Option<quinn::ServerConfig>,
+) -> std::io::Result<quinn::Endpoint> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    // A smaller buffer than asked for still works, only with more loss.
+    let _ = socket.set_recv_buffer_size(UDP_BUFFER);
+    let _ = socket.set_send_buffer_size(UDP_BUFFER);
+    socket.bind(&addr.into())?;
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        server,
+        socket.into(),
+        Arc::new(quinn::TokioRuntime),
+    )
+}
+
+/// The QUIC transport settings of every mesh link: a keep-alive well
+/// inside the idle timeout, so a quiet link stays up and a dead one ends
+/// within seconds.
+pub fn transport_config() -> quinn::TransportConfig {
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .keep_alive_interval(Some(Duration::from_secs(2)))
+        .max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(
+            10_000,
+        ))));
+    transport
 }
 
 /// The dial key of the addresses mDNS found for `device`.
@@ -1172,7 +1232,7 @@ async fn dial_one(
         }
         match session::dial_handshake(shared, &conn, peer, None).await {
             Ok((send, recv)) => {
-                session::run(shared.clone(), conn, peer, true, send, recv).await;
+                session::run(shared.clone(), conn, peer, true, false, send, recv).await;
                 return Some(peer);
             }
             // The keys were exchanged: try again at once.

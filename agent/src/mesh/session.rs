@@ -63,6 +63,8 @@ pub enum SessionError {
 pub(crate) enum Control {
     /// Send this message.
     Send(Box<PeerMessage>),
+    /// Send this frame, encoded once for many sessions.
+    Frame(Arc<Vec<u8>>),
     /// Answer once everything queued before has been written.
     Flush(tokio::sync::oneshot::Sender<()>),
 }
@@ -334,7 +336,7 @@ pub(crate) async fn accept_handshake(
     shared: &Arc<Shared>,
     conn: &quinn::Connection,
     peer: DeviceId,
-) -> Result<(quinn::SendStream, quinn::RecvStream), SessionError> {
+) -> Result<(quinn::SendStream, quinn::RecvStream, bool), SessionError> {
     let binding = Binding::of(conn).map_err(protocol)?;
     let work = async {
         let (mut send, mut recv) = conn.accept_bi().await.map_err(protocol)?;
@@ -393,7 +395,7 @@ pub(crate) async fn accept_handshake(
                 }
                 let (_, msg) = hello(shared, &binding)?;
                 send_msg(&mut send, &msg).await?;
-                Ok((send, recv))
+                Ok((send, recv, false))
             }
             PeerMessage::Join {
                 version,
@@ -433,7 +435,7 @@ pub(crate) async fn accept_handshake(
                 )
                 .await?;
                 tracing::info!(peer = %peer, name, "a device joined the mesh with an invite");
-                Ok((send, recv))
+                Ok((send, recv, true))
             }
             other => Err(SessionError::Protocol(format!(
                 "the peer opened with {other:?}"
@@ -449,12 +451,15 @@ pub(crate) async fn accept_handshake(
     }
 }
 
-/// Runs an established session until the connection ends.
+/// Runs an established session until the connection ends. `joined`
+/// says the session began with an invite redeemed, whose `Welcome`
+/// carried the whole membership already.
 pub(crate) async fn run(
     shared: Arc<Shared>,
     conn: quinn::Connection,
     peer: DeviceId,
     dialled: bool,
+    joined: bool,
     mut ctl_send: quinn::SendStream,
     mut ctl_recv: quinn::RecvStream,
 ) {
@@ -472,13 +477,15 @@ pub(crate) async fn run(
         link,
         tx: sync_tx,
     });
-    let _ = send_msg(
-        &mut ctl_send,
-        &PeerMessage::Members {
-            roster: shared.roster_wire(),
-        },
-    )
-    .await;
+    if !joined {
+        let _ = send_msg(
+            &mut ctl_send,
+            &PeerMessage::Members {
+                roster: shared.roster_wire(),
+            },
+        )
+        .await;
+    }
 
     let writer = tokio::spawn(write_sync(conn.clone(), sync_rx));
     // The control stream is read by a task of its own: a read dropped by
@@ -501,6 +508,7 @@ pub(crate) async fn run(
                 Ok(Some(bytes)) => match PeerMessage::decode(&bytes) {
                     Ok(PeerMessage::Members { roster }) => shared.merge_roster(&peer, &roster),
                     Ok(PeerMessage::Links { connected }) => shared.note_links(peer, connected),
+                    Ok(PeerMessage::LinksChanged { up, down }) => shared.note_links_changed(peer, up, down),
                     Ok(PeerMessage::Removed { chain }) => {
                         if shared.learned_removed(&peer, &chain) {
                             break "this device was removed from the mesh".into();
@@ -526,6 +534,11 @@ pub(crate) async fn run(
                 }
                 Control::Send(msg) => {
                     if let Err(e) = send_msg(&mut ctl_send, &msg).await {
+                        break e.to_string();
+                    }
+                }
+                Control::Frame(bytes) => {
+                    if let Err(e) = ctl_send.write_all(&bytes).await {
                         break e.to_string();
                     }
                 }

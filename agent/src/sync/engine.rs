@@ -35,7 +35,7 @@ use blazedb_proto::api::SyncMode;
 use blazedb_proto::{DeviceId, Epoch, Hlc, Op, OpBody, Report, SyncMessage, VersionVector};
 
 use super::hlc::too_far_ahead;
-use super::store::{Correction, ReadLimits, SyncStore};
+use super::store::{Correction, ReadLimits, SyncState, SyncStore};
 
 /// Engine tuning. Times are in milliseconds.
 #[derive(Debug, Clone)]
@@ -224,6 +224,20 @@ struct Stream {
     in_snapshot: Option<(u64, u32)>,
     /// The next snapshot goes out whatever the vectors say.
     force_snapshot: bool,
+    /// What this replica has told the peer it holds, so an
+    /// acknowledgement carries only what changed since.
+    told: VersionVector,
+    /// Per replica, the newest report the peer has from this link (sent
+    /// or received), so each report crosses a link once.
+    reported: BTreeMap<DeviceId, ReportMark>,
+}
+
+/// How new a report is: later epochs, then more operations, then a later
+/// clock are newer.
+type ReportMark = (Epoch, u64, Hlc);
+
+fn mark(r: &Report) -> ReportMark {
+    (r.epoch, r.vector.total(), r.clock)
 }
 
 impl Stream {
@@ -238,6 +252,8 @@ impl Stream {
             out_snapshot: None,
             in_snapshot: None,
             force_snapshot: false,
+            told: VersionVector::new(),
+            reported: BTreeMap::new(),
         }
     }
 
@@ -426,10 +442,7 @@ impl<S: SyncStore> Engine<S> {
 
     /// Local writes to `db` were committed: push them to peers.
     pub fn local_commit(&mut self, db: &str, now: u64) {
-        let peers: Vec<DeviceId> = self.links.keys().copied().collect();
-        for p in peers {
-            self.pump(p, db, now);
-        }
+        self.pump_all(db, None, now);
     }
 
     /// A database was created (or its mode changed): start syncing it with
@@ -615,6 +628,8 @@ impl<S: SyncStore> Engine<S> {
         })
     }
 
+    /// Sends this replica's vector for `db` to `peer`, with the reports
+    /// the peer does not have yet if `with_reports`.
     fn send_vector(&mut self, peer: DeviceId, db: &str, with_reports: bool) {
         let Some(state) = self.store.sync_state(db) else {
             return;
@@ -623,7 +638,7 @@ impl<S: SyncStore> Engine<S> {
             return;
         }
         let reports = if with_reports {
-            let mut r: Vec<Report> = self
+            let mut all: Vec<Report> = self
                 .reports
                 .get(db)
                 .into_iter()
@@ -631,17 +646,32 @@ impl<S: SyncStore> Engine<S> {
                 .filter(|(d, _)| **d != self.me)
                 .filter_map(|(_, h)| h.back().cloned())
                 .collect();
-            r.extend(self.own_report(db));
-            r
+            all.extend(self.own_report(db));
+            // A report the peer already has (it sent it, or got it on this
+            // link) is not sent again: with a thousand replicas behind one
+            // hub, resending all of them at every announcement would cost
+            // a million reports per round.
+            match self.links.get_mut(&peer).and_then(|l| l.get_mut(db)) {
+                Some(s) => all
+                    .into_iter()
+                    .filter(|r| {
+                        let m = mark(r);
+                        let newer = s.reported.get(&r.device).is_none_or(|had| m > *had);
+                        if newer {
+                            s.reported.insert(r.device, m);
+                        }
+                        newer
+                    })
+                    .collect(),
+                None => all,
+            }
         } else {
             Vec::new()
         };
-        let refused = self
-            .refused_upto
-            .iter()
-            .filter(|((d, o), _)| d == db && self.config.cutoffs.contains_key(o))
-            .map(|((_, o), seq)| (*o, *seq))
-            .collect();
+        if let Some(s) = self.links.get_mut(&peer).and_then(|l| l.get_mut(db)) {
+            s.told.clone_from(&state.vector);
+        }
+        let refused = self.refused_of(db);
         self.outbox.push_back((
             peer,
             SyncMessage::Vector {
@@ -653,6 +683,49 @@ impl<S: SyncStore> Engine<S> {
                 refused,
             },
         ));
+    }
+
+    /// Acknowledges operations from `peer` with what this replica's vector
+    /// gained since it last told the peer. Vectors are merged by taking
+    /// maxima and a link delivers in order, so the peer ends with the same
+    /// view as from the whole vector, and an acknowledgement stays small
+    /// however many devices write.
+    fn send_ack(&mut self, peer: DeviceId, db: &str) {
+        let Some(state) = self.store.sync_state(db) else {
+            return;
+        };
+        let Some(s) = self.links.get_mut(&peer).and_then(|l| l.get_mut(db)) else {
+            return;
+        };
+        let mut vector = VersionVector::new();
+        for (o, seq) in state.vector.iter() {
+            if s.told.get(o) < *seq {
+                vector.set(*o, *seq);
+                s.told.set(*o, *seq);
+            }
+        }
+        let refused = self.refused_of(db);
+        self.outbox.push_back((
+            peer,
+            SyncMessage::Vector {
+                db: db.to_owned(),
+                epoch: state.epoch,
+                vector,
+                want: takes(state.mode),
+                reports: Vec::new(),
+                refused,
+            },
+        ));
+    }
+
+    /// The removed devices whose operations in `db` are refused here, and
+    /// up to which seq.
+    fn refused_of(&self, db: &str) -> Vec<(DeviceId, u64)> {
+        self.refused_upto
+            .iter()
+            .filter(|((d, o), _)| d == db && self.config.cutoffs.contains_key(o))
+            .map(|((_, o), seq)| (*o, *seq))
+            .collect()
     }
 
     fn note_own_report(&mut self, db: &str) {
@@ -757,6 +830,11 @@ impl<S: SyncStore> Engine<S> {
             s.progress_at = now;
             s.rto = rto;
         }
+        for r in &reports {
+            let m = mark(r);
+            let had = s.reported.entry(r.device).or_insert(m);
+            *had = m.max(*had);
+        }
         if let Some(snap) = &s.out_snapshot
             && s.acked.as_ref().is_some_and(|a| a.dominates(&snap.vector))
             && snap.all_sent
@@ -840,12 +918,9 @@ impl<S: SyncStore> Engine<S> {
         if !refused.is_empty() {
             self.refuse(peer, &db, refused, now);
         }
-        self.send_vector(peer, &db, false);
+        self.send_ack(peer, &db);
         if n > 0 {
-            let others: Vec<DeviceId> = self.links.keys().copied().filter(|p| *p != peer).collect();
-            for p in others {
-                self.pump(p, &db, now);
-            }
+            self.pump_all(&db, Some(peer), now);
         }
     }
 
@@ -901,10 +976,7 @@ impl<S: SyncStore> Engine<S> {
                 from: peer,
             });
             self.send_vector(peer, &db, false);
-            let others: Vec<DeviceId> = self.links.keys().copied().filter(|p| *p != peer).collect();
-            for p in others {
-                self.pump(p, &db, now);
-            }
+            self.pump_all(&db, Some(peer), now);
         }
     }
 
@@ -1023,9 +1095,29 @@ impl<S: SyncStore> Engine<S> {
 
     /// Sends `peer` what it lacks of `db`, as far as the window allows.
     fn pump(&mut self, peer: DeviceId, db: &str, now: u64) {
+        if let Some(state) = self.store.sync_state(db) {
+            self.pump_with(peer, db, &state, now);
+        }
+    }
+
+    /// Pumps `db` to every peer but `except`, reading the store's state
+    /// once for all of them.
+    fn pump_all(&mut self, db: &str, except: Option<DeviceId>, now: u64) {
         let Some(state) = self.store.sync_state(db) else {
             return;
         };
+        let peers: Vec<DeviceId> = self
+            .links
+            .keys()
+            .copied()
+            .filter(|p| Some(*p) != except)
+            .collect();
+        for p in peers {
+            self.pump_with(p, db, &state, now);
+        }
+    }
+
+    fn pump_with(&mut self, peer: DeviceId, db: &str, state: &SyncState, now: u64) {
         if !sends(state.mode) {
             return;
         }
