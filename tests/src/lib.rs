@@ -153,6 +153,7 @@ pub struct TestAgent {
     child: Option<Child>,
     extra_args: Vec<String>,
     netns: Option<String>,
+    log: Option<PathBuf>,
 }
 
 /// Finds a binary built beside the running test or benchmark.
@@ -190,6 +191,7 @@ impl TestAgent {
             child: None,
             extra_args: args.iter().map(|s| (*s).to_owned()).collect(),
             netns: None,
+            log: None,
         })
     }
 
@@ -204,6 +206,12 @@ impl TestAgent {
         let mut agent = Self::stopped(bin, args)?;
         agent.netns = Some(ns.to_owned());
         Ok(agent)
+    }
+
+    /// Appends the agent's log (its standard error, at level `info`) to
+    /// `path` from the next start on, so a test can read what it said.
+    pub fn log_to(&mut self, path: impl Into<PathBuf>) {
+        self.log = Some(path.into());
     }
 
     /// Replaces the extra command-line arguments for the next start.
@@ -264,6 +272,14 @@ impl TestAgent {
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
             )
             .stdin(Stdio::null());
+        if let Some(path) = &self.log
+            && let Ok(f) = std::fs::File::options()
+                .create(true)
+                .append(true)
+                .open(path)
+        {
+            cmd.stderr(f).env("RUST_LOG", "info");
+        }
         cmd
     }
 
