@@ -20,6 +20,11 @@
 //! With `--json` the last line is one JSON object with the figures (keys
 //! `n`, `join_s`, `join_failed`, `hub_rss_mb`, `fanout_p50_ms`,
 //! `fanout_p99_ms`, `fanout_max_ms`, `hub_cpu_pct`, `hub_idle_cpu_pct`).
+//!
+//! With `--agents 15,30,60` it runs real device agents instead, a mesh of
+//! each size in turn, and prints per size: join time, links per device,
+//! fan-out, and the CPU of all agents together per write above idle, so
+//! its growth with the mesh's size shows in one run.
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -45,6 +50,8 @@ use blazedb_tests::{TestAgent, sibling_bin};
 use clap::Parser;
 use tokio::sync::{mpsc, oneshot, watch};
 
+mod agents;
+
 #[derive(Debug, Parser)]
 #[command(about = "Benchmarks one blazed hub serving many simulated devices")]
 struct Args {
@@ -63,6 +70,14 @@ struct Args {
     /// Print the figures as one JSON object on the last line.
     #[arg(long)]
     json: bool,
+    /// Instead of simulated devices, run real device agents (each its own
+    /// process) in meshes of these sizes, one after another, e.g.
+    /// `--agents 15,30,60`.
+    #[arg(long, value_delimiter = ',')]
+    agents: Vec<usize>,
+    /// Writes in each real-agent mesh's CPU run (20 per second).
+    #[arg(long, default_value_t = 100)]
+    agent_writes: usize,
 }
 
 /// The database every device syncs through the hub.
@@ -283,9 +298,56 @@ fn cpu_pct(pid: u32, before: f64, secs: f64) -> f64 {
     (after - before) / secs * 100.0
 }
 
+/// Runs real device agents in meshes of each size of `--agents`, and
+/// prints a row for each.
+async fn agent_meshes(args: &Args) -> anyhow::Result<()> {
+    println!(
+        "{:>4} {:>8} {:>6} {:>9} {:>10} {:>11} {:>11} {:>15}",
+        "n",
+        "join s",
+        "failed",
+        "links max",
+        "links mean",
+        "fanout p50",
+        "fanout p99",
+        "mesh CPU/write"
+    );
+    let mut rows = Vec::new();
+    for &n in &args.agents {
+        anyhow::ensure!(n >= 2, "a mesh needs at least two devices");
+        let r = agents::run(n, args.rounds.min(10), args.agent_writes).await?;
+        println!(
+            "{:>4} {:>8.2} {:>6} {:>9} {:>10.1} {:>8.1} ms {:>8.1} ms {:>12.2} ms",
+            r.n,
+            r.join_s,
+            r.join_failed,
+            r.links_max,
+            r.links_mean,
+            r.fanout_p50_ms,
+            r.fanout_p99_ms,
+            r.mesh_cpu_ms_per_write
+        );
+        rows.push(r);
+    }
+    if let [first, .., last] = rows.as_slice() {
+        println!(
+            "mesh CPU per write grew {:.1}x for {:.1}x the devices",
+            last.mesh_cpu_ms_per_write / first.mesh_cpu_ms_per_write,
+            last.n as f64 / first.n as f64
+        );
+    }
+    if args.json {
+        println!("{}", serde_json::json!({ "agents": rows }));
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if !args.agents.is_empty() {
+        return agent_meshes(&args).await;
+    }
     anyhow::ensure!(args.n >= 2, "--n must be at least 2");
     let n = args.n;
 
