@@ -15,7 +15,7 @@ pub const DEFAULT_MEMBER_LINKS: usize = 8;
 /// The members `me` dials: `hubs`, and its `k` ring neighbours among
 /// `devices` (the active members that are not hubs, `me` among them unless
 /// it is a hub). A hub dials only other hubs: devices come to it.
-pub(crate) fn wanted(
+pub fn wanted(
     me: &DeviceId,
     hubs: &BTreeSet<DeviceId>,
     devices: &BTreeSet<DeviceId>,

@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use blazed::mesh::overlay;
 use blazed::sync::{Cutoff, Engine, EngineConfig, Event, MemoryStore, SyncStore};
 
 use crate::replica::Replica;
@@ -48,6 +49,10 @@ pub(crate) enum Topology {
     Chain,
     /// Node 0 is a hub with server priority; the others talk only to it.
     Star,
+    /// The agent's bounded overlay: node 0 is a hub, and each other node
+    /// links with its two ring neighbours (`mesh::overlay::wanted` with
+    /// `k = 2`), so most pairs reach each other only by forwarding.
+    Overlay,
 }
 
 /// Everything a seed decides up front.
@@ -80,7 +85,8 @@ impl Scenario {
         let topology = match r.range(0, 10) {
             0..=5 => Topology::Mesh,
             6..=7 => Topology::Chain,
-            _ => Topology::Star,
+            8 => Topology::Star,
+            _ => Topology::Overlay,
         };
         let skews = (0..nodes).map(|_| r.range(0, 4001) as i64 - 2000).collect();
         let mut scenario = Scenario {
@@ -114,6 +120,14 @@ impl Scenario {
             Topology::Mesh => a != b,
             Topology::Chain => a.abs_diff(b) == 1,
             Topology::Star => a != b && (a == 0 || b == 0),
+            Topology::Overlay => {
+                let wants = |x: usize, y: usize| {
+                    let hubs = BTreeSet::from([device(0)]);
+                    let devices = (1..self.nodes).map(device).collect();
+                    overlay::wanted(&device(x), &hubs, &devices, 2).contains(&device(y))
+                };
+                a != b && (wants(a, b) || wants(b, a))
+            }
         }
     }
 }
