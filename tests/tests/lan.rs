@@ -248,7 +248,9 @@ async fn lan_strangers_learn_nothing_from_mdns_and_a_removed_device_goes_quiet()
         }
     }
 
-    // C is removed: it learns it, stops announcing, and a stranger sees two.
+    // C is removed: it learns it, stops announcing, and a stranger sees two
+    // (A and B under the tags of the mesh's new secret).
+    let epoch = ids[0].key_epoch;
     cls[0]
         .remove_device(&ids[2].device_id)
         .await
@@ -258,6 +260,13 @@ async fn lan_strangers_learn_nothing_from_mdns_and_a_removed_device_goes_quiet()
     })
     .await
     .expect("removal learned");
+    for cl in &cls[..2] {
+        wait_until("a and b to take the new secret", || async {
+            cl.mesh_status().await.is_ok_and(|s| s.key_epoch > epoch)
+        })
+        .await
+        .expect("secret rotated");
+    }
     let seen = browse_as_stranger(&lab.namespace('d'), 3);
     assert_eq!(instances(&seen).len(), 2, "{seen:?}");
     for cl in &cls[..2] {

@@ -17,6 +17,7 @@ fn main() -> anyhow::Result<()> {
     let daemon = ServiceDaemon::new()?;
     let events = daemon.browse(blazed::mesh::discovery::SERVICE_TYPE)?;
     let end = Instant::now() + Duration::from_secs(secs);
+    let mut seen = std::collections::BTreeMap::new();
     while let Some(left) = end.checked_duration_since(Instant::now()) {
         match events.recv_timeout(left) {
             Ok(ServiceEvent::ServiceResolved(info)) => {
@@ -37,11 +38,19 @@ fn main() -> anyhow::Result<()> {
                     "addrs": addrs,
                     "txt": txt,
                 });
-                println!("{line}");
+                seen.insert(info.fullname.clone(), line);
+            }
+            // A service renamed within the window (a new mesh secret makes a
+            // new tag) says goodbye under its old name.
+            Ok(ServiceEvent::ServiceRemoved(_, fullname)) => {
+                seen.remove(&fullname);
             }
             Ok(_) => {}
             Err(_) => break,
         }
+    }
+    for line in seen.values() {
+        println!("{line}");
     }
     let _ = daemon.shutdown();
     Ok(())
