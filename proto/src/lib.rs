@@ -28,5 +28,5 @@ pub mod value;
 pub use api::{Method, PROTOCOL_VERSION, Request};
 pub use error::{ErrorCode, ErrorInfo};
 pub use op::{DeviceId, Hlc, Op, OpBody};
-pub use sync::{Epoch, Report, SnapshotRecord, SyncMessage, VersionVector};
+pub use sync::{Epoch, Report, SnapshotRecord, Stable, SyncMessage, VersionVector};
 pub use value::{Fields, Timestamp, Uuid, Value};

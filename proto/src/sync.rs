@@ -132,6 +132,18 @@ pub struct Report {
     pub clock: Hlc,
 }
 
+/// What every replica of a database holds, as a replica that has reports
+/// from all of them works it out. A receiver may compact its op log as far
+/// as this allows without hearing from every replica itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stable {
+    /// Every replica holds at least these operations.
+    pub vector: VersionVector,
+    /// Every replica holds every operation stamped before this, so
+    /// tombstones older than it may go.
+    pub horizon: Hlc,
+}
+
 /// One record of a snapshot: its stored form, with every field's stamp, so
 /// that the receiver merges it like any other replica state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -170,6 +182,11 @@ pub enum SyncMessage {
         /// everything up to it, the receiver stops offering the rest.
         #[serde(default)]
         refused: Vec<(DeviceId, u64)>,
+        /// What every replica holds, as the sender worked out from all
+        /// their reports: a hub sends this to its devices in place of a
+        /// thousand replicas' reports.
+        #[serde(default)]
+        stable: Option<Stable>,
     },
     /// Operations the receiver lacks, oldest first; per origin the
     /// sequence numbers are contiguous.
@@ -307,6 +324,10 @@ mod tests {
                 .prop_map(|(vector, epoch, reports)| SyncMessage::Vector {
                     db: "bugs".into(),
                     epoch,
+                    stable: (epoch % 5 == 0).then(|| Stable {
+                        vector: vector.clone(),
+                        horizon: Hlc(epoch / 2),
+                    }),
                     vector,
                     want: epoch % 2 == 0,
                     refused: if epoch % 3 == 0 {

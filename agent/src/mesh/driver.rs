@@ -53,6 +53,8 @@ pub enum Input {
     Notice(StoreNotice),
     /// The mesh's active members, this device excluded.
     Members(Vec<DeviceId>),
+    /// The mesh's hubs.
+    Hubs(BTreeSet<DeviceId>),
     /// Devices removed from the mesh, with where their operations stop
     /// being accepted.
     Cutoffs(BTreeMap<DeviceId, Cutoff>),
@@ -85,8 +87,9 @@ struct Route {
 }
 
 impl Driver {
-    /// Starts the driver for `store`, whose device is `me`.
-    pub fn start(store: Store, members: Vec<DeviceId>) -> std::io::Result<Driver> {
+    /// Starts the driver for `store`. A hub (`summarize`) tells devices
+    /// what every replica holds instead of passing on every report.
+    pub fn start(store: Store, members: Vec<DeviceId>, summarize: bool) -> std::io::Result<Driver> {
         let (tx, rx) = mpsc::channel();
         let notices = tx.clone();
         store.on_notice(move |n| {
@@ -96,7 +99,7 @@ impl Driver {
         let shared = stats.clone();
         let thread = std::thread::Builder::new()
             .name("blazed-sync".into())
-            .spawn(move || run(store, members, rx, shared))?;
+            .spawn(move || run(store, members, summarize, rx, shared))?;
         Ok(Driver {
             tx,
             thread: Some(thread),
@@ -124,10 +127,17 @@ impl Driver {
     }
 }
 
-fn run(store: Store, members: Vec<DeviceId>, rx: mpsc::Receiver<Input>, stats: Stats) {
+fn run(
+    store: Store,
+    members: Vec<DeviceId>,
+    summarize: bool,
+    rx: mpsc::Receiver<Input>,
+    stats: Stats,
+) {
     let me = store.device();
     let config = EngineConfig {
         members,
+        summarize,
         ..EngineConfig::default()
     };
     let mut engine = Engine::new(me, store.clone(), config, wall_ms());
@@ -187,6 +197,7 @@ fn run(store: Store, members: Vec<DeviceId>, rx: mpsc::Receiver<Input>, stats: S
                     }
                 }
                 Input::Members(m) => engine.set_members(m),
+                Input::Hubs(h) => engine.set_hubs(h),
                 Input::Cutoffs(c) => engine.set_cutoffs(c),
                 Input::Stop => return,
             }

@@ -16,7 +16,7 @@
 //! - A device that learns it was removed (or left) forgets the mesh at
 //!   once: keys, membership and invites; its databases stay.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use blazedb_proto::mesh::{
     Genesis, MemberRecord, MeshId, PeerMessage, Role, Roster as WireRoster, Rotation, Signed,
@@ -31,6 +31,15 @@ use crate::crypto::wrap;
 use crate::identity::Identity;
 use crate::store::wall_ms;
 use crate::sync::Cutoff;
+
+/// The active members that are hubs.
+pub(crate) fn hubs_of(roster: &Roster) -> BTreeSet<DeviceId> {
+    roster
+        .active()
+        .filter(|r| r.role == Role::Hub)
+        .map(|r| r.device)
+        .collect()
+}
 
 /// The HKDF context of a mesh secret wrapped for `device`.
 fn secret_context(mesh: &MeshId, epoch: u32, device: &DeviceId) -> Vec<u8> {
@@ -339,7 +348,7 @@ impl Shared {
     /// the dial loop. With `delta`, sessions get only what changed, and
     /// the peer it came from gets nothing back; without, the whole roster.
     pub(crate) fn members_changed(&self, delta: Option<(&WireRoster, &DeviceId)>) {
-        let (active, news, removed) = {
+        let (active, hubs, news, removed) = {
             let s = lock(&self.state);
             let Some(roster) = s.roster.as_ref() else {
                 return;
@@ -357,9 +366,10 @@ impl Shared {
                 Some((d, from)) => (Some(*from).filter(|f| *f != self.me), d.clone()),
                 None => (None, roster.to_wire()),
             };
-            (active, news, removed)
+            (active, hubs_of(roster), news, removed)
         };
         let _ = self.driver.send(super::driver::Input::Members(active));
+        let _ = self.driver.send(super::driver::Input::Hubs(hubs));
         for (peer, sess) in lock(&self.sessions).iter() {
             if let Some(chain) = removed.get(peer) {
                 let msg = PeerMessage::Removed {

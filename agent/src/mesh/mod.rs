@@ -420,11 +420,12 @@ impl Mesh {
                 .map(|r| r.active().map(|m| m.device).collect())
                 .unwrap_or_else(|| vec![me])
         };
-        let driver = Driver::start(store.clone(), members)?;
+        let driver = Driver::start(store.clone(), members, config.role == Role::Hub)?;
         if let Some(roster) = lock(&state).roster.as_ref() {
             let _ = driver
                 .sender()
                 .send(Input::Cutoffs(members::cutoffs_of(roster)));
+            let _ = driver.sender().send(Input::Hubs(members::hubs_of(roster)));
         }
         let (mesh_changed, mesh_rx) = watch::channel(0);
         let shared = Arc::new(Shared {

@@ -32,7 +32,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use blazedb_proto::api::SyncMode;
-use blazedb_proto::{DeviceId, Epoch, Hlc, Op, OpBody, Report, SyncMessage, VersionVector};
+use blazedb_proto::{DeviceId, Epoch, Hlc, Op, OpBody, Report, Stable, SyncMessage, VersionVector};
 
 use super::hlc::too_far_ahead;
 use super::store::{Correction, ReadLimits, SyncState, SyncStore};
@@ -64,6 +64,11 @@ pub struct EngineConfig {
     pub announce_ms: u64,
     /// How often compaction runs.
     pub compact_ms: u64,
+    /// This replica links with many (a hub): to a peer that is not a hub
+    /// it sends its own report and what every replica holds ([`Stable`]),
+    /// not every replica's report, which with a thousand devices would be
+    /// a million reports per announcement.
+    pub summarize: bool,
 }
 
 impl Default for EngineConfig {
@@ -86,6 +91,7 @@ impl Default for EngineConfig {
             max_retransmit_ms: 60_000,
             announce_ms: 10_000,
             compact_ms: 60_000,
+            summarize: false,
         }
     }
 }
@@ -227,6 +233,8 @@ struct Stream {
     /// What this replica has told the peer it holds, so an
     /// acknowledgement carries only what changed since.
     told: VersionVector,
+    /// The last summary sent to the peer (its total and horizon).
+    told_stable: Option<(u64, Hlc)>,
     /// Per replica, the newest report the peer has from this link (sent
     /// or received), so each report crosses a link once.
     reported: BTreeMap<DeviceId, ReportMark>,
@@ -253,6 +261,7 @@ impl Stream {
             in_snapshot: None,
             force_snapshot: false,
             told: VersionVector::new(),
+            told_stable: None,
             reported: BTreeMap::new(),
         }
     }
@@ -310,6 +319,12 @@ pub struct Engine<S> {
     /// itself: passed on to every peer when a link comes up and at every
     /// announcement, since a message on a link that drops is lost.
     to_refute: BTreeMap<String, BTreeMap<(DeviceId, u64), Op>>,
+    /// Per database, what each peer that summarizes (a hub) last said
+    /// every replica holds.
+    stable_from: BTreeMap<String, BTreeMap<DeviceId, Stable>>,
+    /// The peers that are hubs: a summarizing replica sends them every
+    /// report, not its summary, so hubs can work it out themselves.
+    hubs: BTreeSet<DeviceId>,
     next_announce: u64,
     next_compact: u64,
     next_snapshot_id: u64,
@@ -334,6 +349,8 @@ impl<S: SyncStore> Engine<S> {
             refused_upto: BTreeMap::new(),
             corrected: BTreeMap::new(),
             to_refute: BTreeMap::new(),
+            stable_from: BTreeMap::new(),
+            hubs: BTreeSet::new(),
             next_snapshot_id: 1,
         }
     }
@@ -481,6 +498,7 @@ impl<S: SyncStore> Engine<S> {
         }
         self.epochs.retain(|(_, d), _| d != db);
         self.reports.remove(db);
+        self.stable_from.remove(db);
     }
 
     /// The mesh's members changed (a device joined or was removed):
@@ -493,6 +511,11 @@ impl<S: SyncStore> Engine<S> {
             hist.retain(|d, _| keep.contains(d) || *d == self.me);
         }
         self.config.members = members;
+    }
+
+    /// The mesh's hubs changed.
+    pub fn set_hubs(&mut self, hubs: BTreeSet<DeviceId>) {
+        self.hubs = hubs;
     }
 
     /// Devices were removed from the mesh: from now on their operations
@@ -533,7 +556,18 @@ impl<S: SyncStore> Engine<S> {
                 want,
                 reports,
                 refused,
-            } => self.on_vector(peer, db, epoch, vector, want, reports, refused, now),
+                stable,
+            } => {
+                if let Some(st) = stable
+                    && self.store.sync_state(&db).is_some()
+                {
+                    self.stable_from
+                        .entry(db.clone())
+                        .or_default()
+                        .insert(peer, st);
+                }
+                self.on_vector(peer, db, epoch, vector, want, reports, refused, now)
+            }
             SyncMessage::Ops { db, epoch, ops } => self.on_ops(peer, db, epoch, ops, now),
             SyncMessage::Snapshot {
                 db,
@@ -601,8 +635,13 @@ impl<S: SyncStore> Engine<S> {
             let peers: Vec<DeviceId> = self.links.keys().copied().collect();
             for db in self.synced_dbs() {
                 self.note_own_report(&db);
+                let summary = self
+                    .config
+                    .summarize
+                    .then(|| self.own_stable(&db))
+                    .flatten();
                 for p in &peers {
-                    self.send_vector(*p, &db, true);
+                    self.send_vector_with(*p, &db, true, summary.as_ref());
                 }
             }
         }
@@ -631,21 +670,58 @@ impl<S: SyncStore> Engine<S> {
     /// Sends this replica's vector for `db` to `peer`, with the reports
     /// the peer does not have yet if `with_reports`.
     fn send_vector(&mut self, peer: DeviceId, db: &str, with_reports: bool) {
+        let summary = (with_reports && self.config.summarize)
+            .then(|| self.own_stable(db))
+            .flatten();
+        self.send_vector_with(peer, db, with_reports, summary.as_ref());
+    }
+
+    /// [`Engine::send_vector`] with the summary worked out once for many
+    /// peers.
+    fn send_vector_with(
+        &mut self,
+        peer: DeviceId,
+        db: &str,
+        with_reports: bool,
+        summary: Option<&(VersionVector, Hlc)>,
+    ) {
         let Some(state) = self.store.sync_state(db) else {
             return;
         };
         if state.mode == SyncMode::Local {
             return;
         }
+        let summarize = with_reports && self.config.summarize && !self.hubs.contains(&peer);
+        let stable = match (summarize, summary) {
+            (true, Some((vector, horizon))) => {
+                // Sent again only when it moved.
+                let mark = (vector.total(), *horizon);
+                match self.links.get_mut(&peer).and_then(|l| l.get_mut(db)) {
+                    Some(s) if s.told_stable == Some(mark) => None,
+                    Some(s) => {
+                        s.told_stable = Some(mark);
+                        Some(Stable {
+                            vector: vector.clone(),
+                            horizon: *horizon,
+                        })
+                    }
+                    None => None,
+                }
+            }
+            _ => None,
+        };
         let reports = if with_reports {
-            let mut all: Vec<Report> = self
-                .reports
-                .get(db)
-                .into_iter()
-                .flat_map(|m| m.iter())
-                .filter(|(d, _)| **d != self.me)
-                .filter_map(|(_, h)| h.back().cloned())
-                .collect();
+            let mut all: Vec<Report> = if summarize {
+                Vec::new()
+            } else {
+                self.reports
+                    .get(db)
+                    .into_iter()
+                    .flat_map(|m| m.iter())
+                    .filter(|(d, _)| **d != self.me)
+                    .filter_map(|(_, h)| h.back().cloned())
+                    .collect()
+            };
             all.extend(self.own_report(db));
             // A report the peer already has (it sent it, or got it on this
             // link) is not sent again: with a thousand replicas behind one
@@ -681,6 +757,7 @@ impl<S: SyncStore> Engine<S> {
                 want: takes(state.mode),
                 reports,
                 refused,
+                stable,
             },
         ));
     }
@@ -714,6 +791,7 @@ impl<S: SyncStore> Engine<S> {
                 want: takes(state.mode),
                 reports: Vec::new(),
                 refused,
+                stable: None,
             },
         ));
     }
@@ -1232,19 +1310,35 @@ impl<S: SyncStore> Engine<S> {
         if self.config.members.is_empty() {
             return;
         }
-        let Some(mine) = self.own_report(db) else {
+        let Some((stable, horizon)) = self.own_stable(db).or_else(|| self.peer_stable(db)) else {
             return;
         };
+        match self.store.compact(db, &stable, horizon) {
+            Ok(c) if c.ops > 0 || c.tombstones > 0 => self.events.push_back(Event::Compacted {
+                db: db.to_owned(),
+                ops: c.ops,
+                tombstones: c.tombstones,
+            }),
+            Ok(_) => {}
+            Err(e) => self.store_failed(db, &e),
+        }
+    }
+
+    /// What every replica holds and the tombstone horizon, from the
+    /// reports of every member; `None` while one has not reported.
+    fn own_stable(&self, db: &str) -> Option<(VersionVector, Hlc)> {
+        if self.config.members.is_empty() {
+            return None;
+        }
+        let mine = self.own_report(db)?;
         let hist = self.reports.get(db);
         let mut members: BTreeSet<DeviceId> = self.config.members.iter().copied().collect();
         members.extend(hist.into_iter().flat_map(|m| m.keys().copied()));
         members.remove(&self.me);
         let mut stable = mine.vector.clone();
         for m in &members {
-            match hist.and_then(|h| h.get(m)).and_then(|h| h.back()) {
-                Some(r) => stable = stable.meet(&r.vector),
-                None => return,
-            }
+            let r = hist.and_then(|h| h.get(m)).and_then(|h| h.back())?;
+            stable = stable.meet(&r.vector);
         }
         // Per replica, the latest clock reading before which all its
         // operations are held everywhere; the earliest of those bounds the
@@ -1262,15 +1356,19 @@ impl<S: SyncStore> Engine<S> {
             let h = hist.and_then(|h| h.get(m));
             horizon = horizon.min(usable(m, &mut h.into_iter().flatten()));
         }
-        match self.store.compact(db, &stable, horizon) {
-            Ok(c) if c.ops > 0 || c.tombstones > 0 => self.events.push_back(Event::Compacted {
-                db: db.to_owned(),
-                ops: c.ops,
-                tombstones: c.tombstones,
-            }),
-            Ok(_) => {}
-            Err(e) => self.store_failed(db, &e),
-        }
+        Some((stable, horizon))
+    }
+
+    /// What every replica holds as a peer that heard from all of them
+    /// (a hub) said last, bounded by what this replica holds.
+    fn peer_stable(&self, db: &str) -> Option<(VersionVector, Hlc)> {
+        let mine = self.own_report(db)?;
+        let best = self
+            .stable_from
+            .get(db)?
+            .values()
+            .max_by_key(|s| (s.vector.total(), s.horizon))?;
+        Some((best.vector.meet(&mine.vector), best.horizon))
     }
 
     /// Reports a store failure; what failed is retried later (by the
@@ -1485,6 +1583,76 @@ mod tests {
         } else {
             es[i].disconnected(&b);
             es[j].disconnected(&a);
+        }
+    }
+
+    #[test]
+    fn devices_behind_a_hub_get_its_summary_not_every_report_and_compact_by_it() {
+        // H (0) is a hub; devices D1..D4 link only with it.
+        let members: Vec<DeviceId> = (1..=5).map(dev).collect();
+        let mut es: Vec<Engine<MemoryStore>> = (1..=5)
+            .map(|n| {
+                let mut store = MemoryStore::new(dev(n));
+                store.create_db(DB, u64::from(n), SyncMode::Sync, 0);
+                let config = EngineConfig {
+                    members: members.clone(),
+                    summarize: n == 1,
+                    ..EngineConfig::default()
+                };
+                let mut e = Engine::new(dev(n), store, config, T0);
+                e.set_hubs(BTreeSet::from([dev(1)]));
+                e
+            })
+            .collect();
+        for d in 1..5 {
+            link(&mut es, 0, d, true, T0);
+        }
+        for (d, e) in es.iter_mut().enumerate().skip(1) {
+            put(e, T0, &format!("r{d}"), d as i64);
+        }
+        settle(&mut es, T0);
+        // Two announcement rounds: reports reach the hub, then its summary
+        // reaches the devices.
+        let mut now = T0;
+        let mut reports_to_devices = 0;
+        for _ in 0..2 {
+            now += EngineConfig::default().announce_ms;
+            for e in es.iter_mut() {
+                e.handle_timeout(now);
+            }
+            for (to, msg) in es[0].outbox.iter() {
+                if let SyncMessage::Vector { reports, .. } = msg
+                    && *to != dev(1)
+                {
+                    reports_to_devices = reports_to_devices.max(reports.len());
+                }
+            }
+            settle(&mut es, now);
+        }
+        assert_eq!(
+            reports_to_devices, 1,
+            "the hub passes on only its own report to devices"
+        );
+        assert!(
+            es[1]
+                .reports
+                .get(DB)
+                .is_none_or(|r| !r.contains_key(&dev(3))),
+            "a device holds another device's report"
+        );
+        for (d, e) in es.iter().enumerate().skip(1) {
+            assert_eq!(e.store().log_len(DB), 4, "device {d} before compaction");
+        }
+        now += EngineConfig::default().compact_ms;
+        for e in es.iter_mut() {
+            e.handle_timeout(now);
+        }
+        for (d, e) in es.iter().enumerate() {
+            assert_eq!(
+                e.store().log_len(DB),
+                0,
+                "replica {d} did not compact what every replica holds"
+            );
         }
     }
 

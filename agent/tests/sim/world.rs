@@ -306,7 +306,13 @@ impl<R: Replica> World<R> {
                 max_bytes: 64 * 1024,
             },
             window_pieces: 4,
+            summarize: false,
         }
+    }
+
+    /// Whether node 0 is a hub, which summarizes reports for the others.
+    fn has_hub(&self) -> bool {
+        matches!(self.s.topology, Topology::Star | Topology::Overlay)
     }
 
     fn wall(&self, i: usize) -> u64 {
@@ -325,9 +331,13 @@ impl<R: Replica> World<R> {
             .disk
             .take()
             .expect("a stopped node has a disk");
-        let cfg = self.config();
+        let mut cfg = self.config();
+        cfg.summarize = self.has_hub() && i == 0;
         let wall = self.wall(i);
         let mut engine = Engine::new(self.nodes[i].id, R::boot(store), cfg, wall);
+        if self.has_hub() {
+            engine.set_hubs(BTreeSet::from([self.nodes[0].id]));
+        }
         if let Some(r) = &self.removal
             && r.told.contains(&i)
             && let Some(c) = &r.cutoffs

@@ -137,6 +137,7 @@ fn engine_apply(dir: &Path, ops: &[Op], batch: usize) -> anyhow::Result<f64> {
             want: false,
             reports: Vec::new(),
             refused: Vec::new(),
+            stable: None,
         },
         T0,
     );
