@@ -366,3 +366,18 @@ async fn a_cloned_device_is_reported_by_its_peers() {
     .await
     .expect("clone reported");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inviter_back_on_a_new_port_dials_the_device_it_invited() {
+    // The invited device never learns the inviter's new port; only the
+    // inviter, which got the device's addresses when it joined, can dial.
+    let (mut agents, _) = mesh_of(2).await;
+    agents[0].stop().await.expect("stop the inviter");
+    agents[0].restart().await.expect("restart on a new port");
+    let a = agents[0].client().await.expect("client");
+    wait_until("the inviter to link with the device again", || {
+        connected(&a, 1)
+    })
+    .await
+    .expect("the inviter dialled the device");
+}

@@ -477,14 +477,19 @@ pub(crate) async fn run(
         link,
         tx: sync_tx,
     });
-    if !joined {
-        let _ = send_msg(
-            &mut ctl_send,
-            &PeerMessage::Members {
-                roster: shared.roster_wire(),
-            },
-        )
-        .await;
+    // A session begun with an invite needs no whole roster: the inviter's
+    // `Welcome` carried it, and the inviter lacks only the joiner's own
+    // signed addresses, which it needs to dial the joiner later.
+    let first = match (joined, dialled) {
+        (false, _) => Some(shared.roster_wire()),
+        (true, true) => shared.hello_parts().map(|(_, _, addrs)| Roster {
+            addrs: vec![addrs],
+            ..Roster::default()
+        }),
+        (true, false) => None,
+    };
+    if let Some(roster) = first {
+        let _ = send_msg(&mut ctl_send, &PeerMessage::Members { roster }).await;
     }
 
     let writer = tokio::spawn(write_sync(conn.clone(), sync_rx));
