@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use blazedb::Client;
-use blazedb_tests::{TestAgent, connected, records, wait_within};
+use blazedb_tests::{TestAgent, connected, records, signal, wait_within};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_blazed-test-agent");
 const DEVICES: usize = 30;
@@ -23,6 +23,7 @@ async fn links(cl: &Client) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thirty_devices_join_one_hub_at_once_and_every_write_reaches_all() {
+    let started = std::time::Instant::now();
     let logs = tempfile::tempdir().expect("log dir");
     let log = |name: &str| logs.path().join(format!("{name}.log"));
     let mut hub = TestAgent::stopped(AGENT, &["--role", "hub", "--name", "hub"]).expect("hub");
@@ -55,11 +56,13 @@ async fn thirty_devices_join_one_hub_at_once_and_every_write_reaches_all() {
         let s = r.unwrap_or_else(|e| panic!("device {i} could not join: {e}"));
         assert!(s.mesh.is_some(), "device {i} joined, yet is in no mesh");
     }
+    eprintln!("all joined after {:?}", started.elapsed());
     wait_within("the hub to link every device", PATIENCE, || {
         connected(&h, DEVICES)
     })
     .await
     .expect("hub linked with all");
+    eprintln!("the hub linked with all after {:?}", started.elapsed());
 
     // Three devices write; every device and the hub ends with all three.
     for i in [0, DEVICES / 2, DEVICES - 1] {
@@ -87,6 +90,7 @@ async fn thirty_devices_join_one_hub_at_once_and_every_write_reaches_all() {
         .expect("every write everywhere");
     }
 
+    eprintln!("every write everywhere after {:?}", started.elapsed());
     for (i, cl) in clients.iter().enumerate() {
         let n = links(cl).await;
         assert!(
@@ -95,6 +99,10 @@ async fn thirty_devices_join_one_hub_at_once_and_every_write_reaches_all() {
         );
     }
 
+    // All are told to stop at once; each then has its own deadline.
+    for a in agents.iter().chain([&hub]) {
+        signal(a.pid().expect("running"), "TERM").expect("SIGTERM");
+    }
     for a in agents.iter_mut().chain([&mut hub]) {
         a.stop().await.expect("agent stops");
     }

@@ -60,6 +60,8 @@ pub mod close_code {
     pub const PROTOCOL: VarInt = VarInt::from_u32(3);
     /// The peer was removed from the mesh.
     pub const REMOVED: VarInt = VarInt::from_u32(4);
+    /// The link is not needed: both ends reach each other otherwise.
+    pub const UNNEEDED: VarInt = VarInt::from_u32(5);
 }
 
 /// The UDP port agents listen on unless told otherwise.
@@ -1050,6 +1052,7 @@ async fn dial_loop(shared: Arc<Shared>) {
         if *shutdown.borrow() {
             return;
         }
+        prune_links(&shared);
         for (key, device, addrs) in dial_targets(&shared) {
             if !lock(&shared.dials).begin(&key, wall_ms()) {
                 continue;
@@ -1142,6 +1145,58 @@ pub(crate) fn mdns_dial_key(device: &DeviceId) -> String {
 }
 
 /// What to dial now: `(key, expected device, addresses)`.
+/// The members this device keeps links with: hubs, its ring neighbours
+/// and devices mDNS found (static peers aside).
+fn wanted_members(
+    shared: &Shared,
+    s: &MeshState,
+    discovered: &BTreeMap<DeviceId, BTreeSet<SocketAddr>>,
+) -> BTreeSet<DeviceId> {
+    let Some(roster) = s.roster.as_ref() else {
+        return BTreeSet::new();
+    };
+    let hubs: BTreeSet<DeviceId> = members::hubs_of(roster);
+    let ring: BTreeSet<DeviceId> = roster
+        .active()
+        .filter(|m| m.role != Role::Hub)
+        .map(|m| m.device)
+        .collect();
+    let mut devices = overlay::wanted(&shared.me, &hubs, &ring, shared.member_links);
+    devices.extend(discovered.keys().filter(|d| !s.is_removed(d)));
+    devices.remove(&shared.me);
+    devices
+}
+
+/// Closes sessions this device dialled to members it no longer wants: as
+/// members join, each device's ring neighbours move, and links to the old
+/// ones would pile up. A peer that still wants the link (it has not heard
+/// of the newcomers yet) dials it again; once both agree, it stays closed.
+fn prune_links(shared: &Shared) {
+    let s = lock(&shared.state);
+    if s.keys.is_none() {
+        return;
+    }
+    let discovered = lock(&shared.discovered);
+    let wanted = wanted_members(shared, &s, &discovered);
+    let sessions = lock(&shared.sessions);
+    let dials = lock(&shared.dials);
+    let statics: BTreeSet<DeviceId> = s
+        .static_peers
+        .iter()
+        .filter_map(|p| dials.reached(p))
+        .collect();
+    for (peer, sess) in sessions.iter() {
+        let is_static = statics.contains(peer)
+            || s.static_peers
+                .contains(&sess.conn.remote_address().to_string());
+        if sess.dialled && !wanted.contains(peer) && !is_static {
+            tracing::debug!(peer = %peer, "closing a link this device no longer needs");
+            sess.conn
+                .close(close_code::UNNEEDED, b"link no longer needed");
+        }
+    }
+}
+
 fn dial_targets(shared: &Shared) -> Vec<(String, Option<DeviceId>, Vec<String>)> {
     let s = lock(&shared.state);
     if s.keys.is_none() {
@@ -1152,19 +1207,7 @@ fn dial_targets(shared: &Shared) -> Vec<(String, Option<DeviceId>, Vec<String>)>
     };
     let discovered = lock(&shared.discovered);
     let mut out = Vec::new();
-    let hubs: BTreeSet<DeviceId> = roster
-        .active()
-        .filter(|m| m.role == Role::Hub)
-        .map(|m| m.device)
-        .collect();
-    let ring: BTreeSet<DeviceId> = roster
-        .active()
-        .filter(|m| m.role != Role::Hub)
-        .map(|m| m.device)
-        .collect();
-    let mut devices = overlay::wanted(&shared.me, &hubs, &ring, shared.member_links);
-    devices.extend(discovered.keys().filter(|d| !s.is_removed(d)));
-    devices.remove(&shared.me);
+    let devices = wanted_members(shared, &s, &discovered);
     for d in devices {
         if shared.connected(&d) {
             continue;
