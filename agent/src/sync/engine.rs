@@ -271,7 +271,7 @@ impl Stream {
             || self
                 .acked
                 .as_ref()
-                .is_some_and(|a| self.sent.ahead_of(a) > 0)
+                .is_some_and(|a| self.sent.is_ahead_of(a))
     }
 }
 

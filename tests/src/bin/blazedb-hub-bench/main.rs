@@ -456,8 +456,6 @@ async fn main() -> anyhow::Result<()> {
         println!("  {count} x {why}");
     }
     joined.sort_by_key(|(i, _)| *i);
-    // Slots of the devices that joined: the `held` counters are by index.
-    let slots: Vec<usize> = joined.iter().map(|(i, _)| *i).collect();
     let (ids, commands): (Vec<DeviceId>, Vec<_>) = joined.into_iter().map(|(_, x)| x).unzip();
     let live = commands.len();
     anyhow::ensure!(
@@ -534,38 +532,29 @@ async fn main() -> anyhow::Result<()> {
     // Every device, the writer included, ends holding every write once.
     let want = before_held + total * live as u64;
     let until = Instant::now() + PATIENCE;
+    let mut held: u64;
     loop {
-        let held: u64 = shared.held.iter().map(|h| h.load(Ordering::Relaxed)).sum();
-        if held >= want {
+        held = shared.held.iter().map(|h| h.load(Ordering::Relaxed)).sum();
+        if held >= want || Instant::now() > until {
             break;
         }
-        if Instant::now() > until {
-            let per: Vec<(u64, u64)> = slots
-                .iter()
-                .map(|&i| {
-                    (
-                        shared.held[i].load(Ordering::Relaxed),
-                        shared.got[i].load(Ordering::Relaxed),
-                    )
-                })
-                .collect();
-            let lacking: Vec<_> = per.iter().filter(|(h, _)| *h < total).collect();
-            eprintln!(
-                "{} devices lack writes; first: {:?}",
-                lacking.len(),
-                &lacking[..lacking.len().min(20)]
-            );
-            bail!("after {PATIENCE:?} the devices hold {held} of {want} operations");
-        }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let delivered = (held - before_held) as f64 / (total * live as u64) as f64;
+    if held < want {
+        println!(
+            "sustained: after {PATIENCE:?} the devices held {:.1}% of the {} deliveries",
+            delivered * 100.0,
+            total * live as u64
+        );
     }
     let settle = start.elapsed().as_secs_f64() - secs;
     println!(
         "sustained: {total} writes at {} per second over {live} devices: hub CPU {hub_cpu:.1}% \
-         of one core ({:.2} ms per write), every device held every write {settle:.2} s after \
-         the last",
+         of one core ({:.2} ms per write); {:.1}% delivered {settle:.2} s after the last write",
         args.rate,
         hub_cpu / 100.0 * secs * 1000.0 / total as f64,
+        delivered * 100.0,
     );
 
     if args.json {
@@ -583,6 +572,8 @@ async fn main() -> anyhow::Result<()> {
                 "fanout_missing": incomplete,
                 "hub_cpu_pct": hub_cpu,
                 "hub_idle_cpu_pct": idle_cpu,
+                "sustained_delivered": delivered,
+                "sustained_settle_s": settle,
             })
         );
     }
