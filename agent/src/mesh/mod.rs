@@ -177,11 +177,8 @@ impl Shared {
 
     /// Writes the state if it has unsaved changes.
     fn flush(&self) {
-        if self.dirty.swap(false, Ordering::Relaxed) {
-            let s = lock(&self.state);
-            if let Err(e) = s.save() {
-                tracing::error!("cannot save the mesh state: {e:#}");
-            }
+        if self.dirty.load(Ordering::Relaxed) {
+            self.save(&lock(&self.state));
         }
     }
 

@@ -74,9 +74,7 @@ fn protocol(e: impl std::fmt::Display) -> SessionError {
 }
 
 /// Reads one frame, refusing lengths over the limit before reading them.
-pub(crate) async fn read_frame(
-    recv: &mut quinn::RecvStream,
-) -> Result<Option<Vec<u8>>, SessionError> {
+pub async fn read_frame(recv: &mut quinn::RecvStream) -> Result<Option<Vec<u8>>, SessionError> {
     let mut prefix = [0u8; LEN_PREFIX];
     match recv.read_exact(&mut prefix).await {
         Ok(()) => {}

@@ -747,14 +747,29 @@ impl<S: SyncStore> Engine<S> {
         if let Some(s) = self.links.get_mut(&peer).and_then(|l| l.get_mut(db)) {
             s.told.clone_from(&state.vector);
         }
+        let head = (state.epoch, state.mode);
+        self.push_vector(peer, db, head, state.vector, reports, stable);
+    }
+
+    /// Queues a `Vector` message for `peer` carrying `vector`, for the
+    /// database's epoch and mode in `head`.
+    fn push_vector(
+        &mut self,
+        peer: DeviceId,
+        db: &str,
+        (epoch, mode): (Epoch, SyncMode),
+        vector: VersionVector,
+        reports: Vec<Report>,
+        stable: Option<Stable>,
+    ) {
         let refused = self.refused_of(db);
         self.outbox.push_back((
             peer,
             SyncMessage::Vector {
                 db: db.to_owned(),
-                epoch: state.epoch,
-                vector: state.vector,
-                want: takes(state.mode),
+                epoch,
+                vector,
+                want: takes(mode),
                 reports,
                 refused,
                 stable,
@@ -781,19 +796,14 @@ impl<S: SyncStore> Engine<S> {
                 s.told.set(*o, *seq);
             }
         }
-        let refused = self.refused_of(db);
-        self.outbox.push_back((
+        self.push_vector(
             peer,
-            SyncMessage::Vector {
-                db: db.to_owned(),
-                epoch: state.epoch,
-                vector,
-                want: takes(state.mode),
-                reports: Vec::new(),
-                refused,
-                stable: None,
-            },
-        ));
+            db,
+            (state.epoch, state.mode),
+            vector,
+            Vec::new(),
+            None,
+        );
     }
 
     /// The removed devices whose operations in `db` are refused here, and

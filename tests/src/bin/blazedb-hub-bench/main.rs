@@ -37,13 +37,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, bail};
 use blazed::identity::Identity;
+use blazed::mesh::session::read_frame;
 use blazed::mesh::{endpoint, proof, tls, transport_config};
 use blazed::sync::{Engine, EngineConfig, MemoryStore};
 use blazedb_proto::api::SyncMode;
-use blazedb_proto::frame::{LEN_PREFIX, payload_len};
-use blazedb_proto::mesh::{
-    Invite, MAX_PEER_FRAME, PEER_PROTOCOL_VERSION, PeerMessage, Role, to_frame,
-};
+use blazedb_proto::mesh::{Invite, PEER_PROTOCOL_VERSION, PeerMessage, Role, to_frame};
 use blazedb_proto::{DeviceId, Fields, OpBody, SyncMessage, Value};
 use blazedb_tests::bench::{Samples, cpu_seconds, rss_kib};
 use blazedb_tests::{TestAgent, sibling_bin};
@@ -128,19 +126,6 @@ struct Device {
     engine: Engine<MemoryStore>,
     commands: mpsc::UnboundedReceiver<Command>,
     shared: Arc<Shared>,
-}
-
-async fn read_frame(recv: &mut quinn::RecvStream) -> anyhow::Result<Option<Vec<u8>>> {
-    let mut prefix = [0u8; LEN_PREFIX];
-    match recv.read_exact(&mut prefix).await {
-        Ok(()) => {}
-        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
-        Err(e) => return Err(e.into()),
-    }
-    let len = payload_len(prefix, MAX_PEER_FRAME)?;
-    let mut buf = vec![0u8; len];
-    recv.read_exact(&mut buf).await?;
-    Ok(Some(buf))
 }
 
 /// Dials the hub and redeems the invite, as a joining agent does.
