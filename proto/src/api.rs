@@ -790,6 +790,13 @@ impl From<crate::OpBody> for Write {
                 unset,
             },
             crate::OpBody::Delete { collection, id } => Write::Delete { collection, id },
+            // A refused write changes nothing: an empty patch does the same.
+            crate::OpBody::Rejected { collection, id, .. } => Write::Patch {
+                collection,
+                id,
+                set: Fields::new(),
+                unset: Vec::new(),
+            },
         }
     }
 }
@@ -887,6 +894,12 @@ pub enum ChangeKind {
     Patch,
     /// The record was deleted.
     Delete,
+    /// A write refused under the database's access rules: nothing
+    /// changed. `rejected` says why.
+    Rejected,
+    /// The record left this partial replica: the device may no longer see
+    /// it. It was not deleted anywhere.
+    Evict,
 }
 
 /// One change, as a subscription delivers it.
@@ -910,6 +923,10 @@ pub struct Change {
     pub origin: String,
     /// The write's clock reading.
     pub hlc: Hlc,
+    /// On a `rejected` change: why the write was refused. When it was
+    /// this device's own, the change that puts the record back follows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejected: Option<String>,
 }
 
 /// Params of an `event` notification: changes for one subscription.

@@ -22,11 +22,12 @@ pub mod mesh;
 pub mod message;
 pub mod op;
 pub mod paths;
+pub mod rules;
 pub mod sync;
 pub mod value;
 
 pub use api::{Method, PROTOCOL_VERSION, Request};
 pub use error::{ErrorCode, ErrorInfo};
 pub use op::{DeviceId, Hlc, Op, OpBody};
-pub use sync::{Epoch, Report, SnapshotRecord, Stable, SyncMessage, VersionVector};
+pub use sync::{Epoch, Report, SnapshotRecord, Span, Stable, SyncMessage, VersionVector};
 pub use value::{Fields, Timestamp, Uuid, Value};

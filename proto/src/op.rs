@@ -172,6 +172,17 @@ pub enum OpBody {
         /// The record id.
         id: String,
     },
+    /// A write the replica that first took it refused under the
+    /// database's access rules. It changes nothing; it stands in for the
+    /// write so that the writer's sequence numbers stay contiguous.
+    Rejected {
+        /// The collection.
+        collection: String,
+        /// The record id.
+        id: String,
+        /// Why it was refused.
+        reason: String,
+    },
 }
 
 impl OpBody {
@@ -180,14 +191,18 @@ impl OpBody {
         match self {
             OpBody::Put { collection, .. }
             | OpBody::Patch { collection, .. }
-            | OpBody::Delete { collection, .. } => collection,
+            | OpBody::Delete { collection, .. }
+            | OpBody::Rejected { collection, .. } => collection,
         }
     }
 
     /// The id of the record the operation writes to.
     pub fn id(&self) -> &str {
         match self {
-            OpBody::Put { id, .. } | OpBody::Patch { id, .. } | OpBody::Delete { id, .. } => id,
+            OpBody::Put { id, .. }
+            | OpBody::Patch { id, .. }
+            | OpBody::Delete { id, .. }
+            | OpBody::Rejected { id, .. } => id,
         }
     }
 

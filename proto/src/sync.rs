@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec::{self, CodecError};
 use crate::op::{DeviceId, Hlc, Op};
+use crate::rules::SyncWish;
 
 /// Per origin device, the highest sequence number up to which a replica
 /// holds every operation (or their effect) with no gap.
@@ -173,6 +174,26 @@ pub struct SnapshotRecord {
     pub state: Vec<u8>,
 }
 
+/// A range of record keys: after `after` (from the start when `None`) up
+/// to and including `upto` (to the end when `None`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Span {
+    /// The range starts after this key.
+    #[serde(default)]
+    pub after: Option<serde_bytes::ByteBuf>,
+    /// The range ends with this key.
+    #[serde(default)]
+    pub upto: Option<serde_bytes::ByteBuf>,
+}
+
+impl Span {
+    /// Whether `key` is in the range.
+    pub fn contains(&self, key: &[u8]) -> bool {
+        self.after.as_deref().is_none_or(|a| key > &a[..])
+            && self.upto.as_deref().is_none_or(|u| key <= &u[..])
+    }
+}
+
 /// A message of the sync protocol, about one database.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -204,6 +225,14 @@ pub enum SyncMessage {
         /// thousand replicas' reports.
         #[serde(default)]
         stable: Option<Stable>,
+        /// Less than its access rule allows, which the sender asks to
+        /// receive; everything the rule allows when `None`.
+        #[serde(default)]
+        wish: Option<SyncWish>,
+        /// The sender's records were cut to a view it no longer has (it
+        /// held a partial replica): it wants a whole snapshot.
+        #[serde(default)]
+        lacking: bool,
     },
     /// Operations the receiver lacks, oldest first; per origin the
     /// sequence numbers are contiguous.
@@ -233,6 +262,36 @@ pub enum SyncMessage {
         records: Vec<SnapshotRecord>,
         /// Whether this is the last piece.
         last: bool,
+        /// For a partial replica: the key range this piece stands for.
+        /// The receiver drops what it holds in the range that the piece
+        /// does not carry (the records it may no longer see).
+        #[serde(default)]
+        span: Option<Span>,
+    },
+    /// To a partial replica, in place of `Ops`: what operations it lacks
+    /// did to the records it may see. Each record comes as the sender's
+    /// current state of it, cut to what the receiver may see; records it
+    /// may not see (any more) are named in `evict`.
+    Projected {
+        /// The database.
+        db: String,
+        /// The sender's epoch.
+        epoch: Epoch,
+        /// The sender's whole vector when it read the records: the
+        /// receiver takes the message only if this holds everything it
+        /// has taken before, so a record never goes back to an older
+        /// state.
+        at: VersionVector,
+        /// The operations covered, per origin the first and last seq.
+        covers: Vec<(DeviceId, u64, u64)>,
+        /// The records, cut to what the receiver may see.
+        records: Vec<SnapshotRecord>,
+        /// Keys of records the receiver may not see and must drop.
+        #[serde(default)]
+        evict: Vec<serde_bytes::ByteBuf>,
+        /// The receiver's own writes refused by the sender, with why.
+        #[serde(default)]
+        rejected: Vec<(u64, String)>,
     },
     /// The receiver of a snapshot has merged every piece up to `part`.
     SnapshotAck {
@@ -265,7 +324,8 @@ impl SyncMessage {
             | SyncMessage::Ops { db, .. }
             | SyncMessage::Snapshot { db, .. }
             | SyncMessage::SnapshotAck { db, .. }
-            | SyncMessage::Refuted { db, .. } => db,
+            | SyncMessage::Refuted { db, .. }
+            | SyncMessage::Projected { db, .. } => db,
         }
     }
 

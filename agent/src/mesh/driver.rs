@@ -249,6 +249,18 @@ fn on_event(engine: &mut Engine<Store>, store: &Store, stats: &Stats, event: Eve
                 Err(e) => tracing::warn!(db, "cannot create a database a peer syncs: {e}"),
             }
         }
+        Event::Rejected {
+            db,
+            origin,
+            seq,
+            reason,
+            ..
+        } => tracing::warn!(
+            db,
+            device = %origin.short(),
+            seq,
+            "refused a write under the database's access rules: {reason}"
+        ),
         Event::ClockAhead {
             db,
             origin,

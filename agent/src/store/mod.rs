@@ -21,7 +21,7 @@
 
 mod error;
 pub(crate) mod keys;
-mod query;
+pub(crate) mod query;
 pub(crate) mod record;
 mod replicate;
 mod stamped;
@@ -89,7 +89,7 @@ struct DbMeta {
 
 /// What sync keeps about a database; persisted in the catalog whenever
 /// operations from elsewhere, a snapshot or a compaction change it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub(crate) struct SyncMeta {
     /// The database's epoch on this replica.
     pub(crate) epoch: Epoch,
@@ -106,6 +106,14 @@ pub(crate) struct SyncMeta {
     /// The highest conflict priority of any write received from elsewhere.
     #[serde(default)]
     pub(crate) max_priority: u8,
+    /// Less than the access rules allow, which this device asks to
+    /// receive.
+    #[serde(default)]
+    pub(crate) wish: Option<blazedb_proto::rules::SyncWish>,
+    /// The records were cut to a view and no whole snapshot was merged
+    /// since (see `SyncState::lacking`).
+    #[serde(default)]
+    pub(crate) lacking: bool,
 }
 
 /// Wall-clock milliseconds since the Unix epoch (0 if the clock is before
@@ -665,6 +673,7 @@ impl Store {
 }
 
 fn change_of(cursor: u64, op: &Op, body: OpBody) -> Change {
+    let mut rejected = None;
     let (kind, collection, id, fields, unset) = match body {
         OpBody::Put {
             collection,
@@ -684,8 +693,23 @@ fn change_of(cursor: u64, op: &Op, body: OpBody) -> Change {
             Default::default(),
             Vec::new(),
         ),
+        OpBody::Rejected {
+            collection,
+            id,
+            reason,
+        } => {
+            rejected = Some(reason);
+            (
+                ChangeKind::Rejected,
+                collection,
+                id,
+                Default::default(),
+                Vec::new(),
+            )
+        }
     };
     Change {
+        rejected,
         cursor,
         collection,
         id,

@@ -124,6 +124,7 @@ impl StoredRecord {
             OpBody::Put { fields, .. } => self.put(stamp, fields),
             OpBody::Patch { set, unset, .. } => self.patch(stamp, set, unset),
             OpBody::Delete { .. } => self.reset(stamp, true),
+            OpBody::Rejected { .. } => false,
         }
     }
 
@@ -270,6 +271,56 @@ impl StoredRecord {
             .into_iter()
             .filter_map(|(k, c)| c.1.map(|v| (k, v)))
             .collect()
+    }
+
+    /// The record with the values of `names` taken out, their stamps kept
+    /// (as removals), so a merge still lets them win over older values.
+    pub(crate) fn without_values(&self, names: &std::collections::BTreeSet<String>) -> Self {
+        let mut out = self.clone();
+        for (name, cell) in out.fields.iter_mut() {
+            if names.contains(name) {
+                cell.1 = None;
+            }
+        }
+        out
+    }
+
+    /// Whether the record holds a write of `device`'s stamped `from` or
+    /// later.
+    pub(crate) fn written_by_since(&self, device: &DeviceId, from: Hlc) -> bool {
+        self.base_stamp()
+            .is_some_and(|s| s.origin == *device && s.hlc >= from)
+            || self
+                .field_stamps()
+                .any(|(_, o, hlc)| o == *device && hlc >= from)
+    }
+
+    /// The device of the latest write that shaped the record.
+    pub(crate) fn latest_origin(&self) -> Option<DeviceId> {
+        let base = self.base_stamp().map(|s| (s.hlc, s.origin));
+        self.field_stamps()
+            .map(|(_, o, hlc)| (hlc, o))
+            .chain(base)
+            .max()
+            .map(|(_, o)| o)
+    }
+
+    /// Whether the latest put or delete was a put.
+    pub(crate) fn base_is_put(&self) -> bool {
+        matches!(self.base, Some((_, false)))
+    }
+
+    /// The stamp of the latest put or delete.
+    pub(crate) fn base_stamp(&self) -> Option<Stamp> {
+        self.base.map(|(b, _)| self.stamp(b))
+    }
+
+    /// The device and clock reading of the write that set each field
+    /// (removed fields included).
+    pub(crate) fn field_stamps(&self) -> impl Iterator<Item = (&str, DeviceId, Hlc)> + '_ {
+        self.fields
+            .iter()
+            .map(|(k, c)| (k.as_str(), self.origins[usize::from(c.0.2)], c.0.1))
     }
 
     /// The clock reading of the latest write that shaped the record.

@@ -7,20 +7,24 @@
 //! made them durable. The engine runs on a thread of its own, never on an
 //! async runtime's.
 
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
-use blazedb_proto::{Hlc, Op, OpBody, SnapshotRecord, VersionVector, codec};
+use blazedb_proto::{Hlc, Op, OpBody, SnapshotRecord, Span, VersionVector, codec};
 use fjall::{PersistMode, Slice};
 
 use super::keys;
 use super::record::{Stamp, StoredRecord};
 use super::stamped;
 use super::writer::{
-    Effect, Group, MAX_PRIORITY, Plan, Writer, field_values, load_for_update, plan_encoded,
-    plan_record,
+    Effect, Group, MAX_PRIORITY, Plan, Writer, field_values, index_effects, load_for_update,
+    plan_encoded, plan_record,
 };
 use super::{Command, DbState, Reply, Store, StoreError, SyncMeta, lock, sync_meta_key};
-use crate::sync::{Compacted, Correction, OpsRead, ReadLimits, SnapshotRead, SyncState, SyncStore};
+use crate::sync::{
+    Compacted, Correction, OpsRead, Projection, ReadLimits, Replace, SnapshotRead, SyncState,
+    SyncStore,
+};
 use blazedb_proto::api::{Durability, Write};
 
 impl Writer {
@@ -144,6 +148,7 @@ impl Writer {
         db: &str,
         records: Vec<SnapshotRecord>,
         complete: Option<&VersionVector>,
+        replace: Option<(Span, u64)>,
     ) -> Result<(), StoreError> {
         let db = self.store.db(db)?;
         let start_clock = self.clock;
@@ -151,6 +156,31 @@ impl Writer {
         let group = Group::new();
         let mut plan = Plan::new();
         let result = (|| {
+            if let Some((span, own_held)) = &replace {
+                sync.lacking = true;
+                let from = self.first_unheld(&db, *own_held)?;
+                let carried: HashSet<&[u8]> = records.iter().map(|r| r.key.as_slice()).collect();
+                let range = match &span.after {
+                    Some(a) => db.records.range::<&[u8], _>((
+                        std::ops::Bound::Excluded(&a[..]),
+                        std::ops::Bound::Unbounded,
+                    )),
+                    None => db.records.range::<&[u8], _>(..),
+                };
+                for kv in range {
+                    let (k, v) = kv.into_inner()?;
+                    if !span.contains(&k) {
+                        break;
+                    }
+                    if carried.contains(&k[..]) {
+                        continue;
+                    }
+                    let rec: StoredRecord = codec::from_slice(&v)?;
+                    if !self.holds_own(&rec, from) {
+                        self.plan_drop(&group, &mut plan, &db, k, &rec)?;
+                    }
+                }
+            }
             for rec in records {
                 let Some((collection, _)) = keys::split_record_key(&rec.key) else {
                     return Err(StoreError::InvalidArgument(
@@ -178,6 +208,9 @@ impl Writer {
             if let Some(v) = complete {
                 sync.vector.merge(v);
                 sync.floor.merge(v);
+                if replace.is_none() {
+                    sync.lacking = false;
+                }
                 let me = self.store.device();
                 let c = self.counters.entry(db.id).or_default();
                 c.local_seq = c.local_seq.max(sync.vector.get(&me));
@@ -190,6 +223,198 @@ impl Writer {
             self.clock = start_clock;
         }
         result
+    }
+
+    /// The clock reading of this device's first write after its `held`
+    /// writes to `db`, if the log still has it.
+    fn first_unheld(&self, db: &DbState, held: u64) -> Result<Option<Hlc>, StoreError> {
+        let me = self.store.device();
+        for kv in db.log.iter().rev() {
+            let (_, v) = kv.into_inner()?;
+            let op: Op = codec::from_slice(&v)?;
+            if op.origin == me && op.seq > 0 {
+                if op.seq == held + 1 {
+                    return Ok(Some(op.hlc));
+                }
+                if op.seq <= held {
+                    break;
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Whether a partial replica keeps a record it is told to drop: it
+    /// holds a write of this device's the sender did not have.
+    fn holds_own(&self, rec: &StoredRecord, from: Option<Hlc>) -> bool {
+        from.is_some_and(|f| rec.written_by_since(&self.store.device(), f))
+    }
+
+    /// Plans a record leaving this (partial) replica: no tombstone, its
+    /// index entries go with it.
+    fn plan_drop(
+        &mut self,
+        group: &Group,
+        plan: &mut Plan,
+        db: &Arc<DbState>,
+        key: Slice,
+        rec: &StoredRecord,
+    ) -> Result<(), StoreError> {
+        let (collection, id) = keys::split_record_key(&key).unwrap_or_default();
+        let indexes = self.collection_indexes(group, plan, db, collection)?;
+        let old_values = field_values(Some(rec), &indexes);
+        index_effects(
+            plan,
+            db,
+            collection,
+            id,
+            &indexes,
+            &old_values,
+            &StoredRecord::default(),
+        );
+        plan.effects.push(Effect::Remove(db.records.clone(), key));
+        Ok(())
+    }
+
+    /// On a partial replica: merges a full replica's projection, and logs
+    /// each change (with seq 0, so it is never sent on) for subscribers.
+    pub(super) fn merge_projected(
+        &mut self,
+        db: &str,
+        projection: Projection,
+    ) -> Result<(), StoreError> {
+        let db = self.store.db(db)?;
+        let (start_counters, start_clock) = (self.counters.clone(), self.clock);
+        let result = self.plan_and_commit_projection(&db, projection);
+        if result.is_err() {
+            self.counters = start_counters;
+            self.clock = start_clock;
+        }
+        result
+    }
+
+    fn plan_and_commit_projection(
+        &mut self,
+        db: &Arc<DbState>,
+        p: Projection,
+    ) -> Result<(), StoreError> {
+        let me = self.store.device();
+        let mut sync = db.sync_meta();
+        sync.lacking = true;
+        let group = Group::new();
+        let mut plan = Plan::new();
+        let mut head = self.counters.get(&db.id).map_or(0, |c| c.head);
+        let mut changes: Vec<Op> = Vec::new();
+        if !p.rejected.is_empty() {
+            let wanted: BTreeMap<u64, &String> = p.rejected.iter().map(|(s, r)| (*s, r)).collect();
+            for kv in db.log.iter().rev() {
+                let (_, v) = kv.into_inner()?;
+                let op: Op = codec::from_slice(&v)?;
+                if op.origin != me || op.seq == 0 {
+                    continue;
+                }
+                if let Some(reason) = wanted.get(&op.seq)
+                    && let Ok(body) = OpBody::decode(&op.body)
+                {
+                    changes.push(Op {
+                        origin: me,
+                        seq: 0,
+                        hlc: op.hlc,
+                        priority: 0,
+                        body: OpBody::Rejected {
+                            collection: body.collection().to_owned(),
+                            id: body.id().to_owned(),
+                            reason: (*reason).clone(),
+                        }
+                        .encode()?,
+                    });
+                }
+                if op.seq <= wanted.keys().next().copied().unwrap_or(0) {
+                    break;
+                }
+            }
+        }
+        let from = self.first_unheld(db, p.own_held)?;
+        for key in p.evict {
+            let Some(rec) = load_for_update(&group, &plan, db, &key)? else {
+                continue;
+            };
+            if self.holds_own(&rec, from) {
+                continue;
+            }
+            let (collection, id) = keys::split_record_key(&key).unwrap_or_default();
+            changes.push(Op {
+                origin: rec.latest_origin().unwrap_or(me),
+                seq: 0,
+                hlc: rec.version(),
+                priority: 0,
+                body: OpBody::Delete {
+                    collection: collection.to_owned(),
+                    id: id.to_owned(),
+                }
+                .encode()?,
+            });
+            self.plan_drop(&group, &mut plan, db, key.into(), &rec)?;
+        }
+        for rec in p.records {
+            let Some((collection, id)) = keys::split_record_key(&rec.key) else {
+                return Err(StoreError::InvalidArgument(
+                    "a projected record's key is not collection and id".into(),
+                ));
+            };
+            let (collection, id) = (collection.to_owned(), id.to_owned());
+            let state: StoredRecord = codec::from_slice(&rec.state)?;
+            self.clock.observe(state.version());
+            sync.max_priority = sync.max_priority.max(state.max_priority());
+            let indexes = self.collection_indexes(&group, &mut plan, db, &collection)?;
+            let existing = load_for_update(&group, &plan, db, &rec.key)?;
+            let old_values = field_values(existing.as_ref(), &indexes);
+            let mut record = existing.unwrap_or_default();
+            if !record.merge(&state) {
+                continue;
+            }
+            plan_record(
+                &mut plan,
+                db,
+                rec.key.into(),
+                &indexes,
+                &old_values,
+                &record,
+            )?;
+            let body = if record.is_live() {
+                OpBody::Put {
+                    collection,
+                    id,
+                    fields: record.clone().into_fields(),
+                }
+            } else {
+                OpBody::Delete { collection, id }
+            };
+            changes.push(Op {
+                origin: record.latest_origin().unwrap_or(me),
+                seq: 0,
+                hlc: record.version(),
+                priority: 0,
+                body: body.encode()?,
+            });
+        }
+        for (origin, _, last) in &p.covers {
+            if *last > sync.vector.get(origin) {
+                sync.vector.set(*origin, *last);
+            }
+        }
+        for change in changes {
+            head += 1;
+            plan.effects.push(Effect::Insert(
+                db.log.clone(),
+                keys::log_key(head)[..].into(),
+                codec::to_vec(&change)?.into(),
+            ));
+        }
+        sync.cursor = head;
+        sync.clock = sync.clock.max(self.clock.last());
+        self.counters.entry(db.id).or_default().head = head;
+        self.commit_plan(db, plan, sync, head)
     }
 
     pub(super) fn compact(
@@ -266,6 +491,8 @@ impl SyncStore for Store {
             floor: m.floor,
             clock: self.clock(),
             mode: db.settings().sync_mode,
+            wish: m.wish,
+            lacking: m.lacking,
         })
     }
 
@@ -346,12 +573,35 @@ impl SyncStore for Store {
         db: &str,
         records: Vec<SnapshotRecord>,
         complete: Option<&VersionVector>,
+        replace: Option<Replace<'_>>,
     ) -> Result<(), StoreError> {
         let (db, complete) = (db.to_owned(), complete.cloned());
+        let replace = replace.map(|r| (r.span.clone(), r.own_held));
         self.call_blocking(|reply| Command::MergeSnapshot {
             db,
             records,
             complete,
+            replace,
+            reply,
+        })
+    }
+
+    fn read_records(
+        &self,
+        db: &str,
+        keys: &[Vec<u8>],
+    ) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        let db = self.db(db)?;
+        keys.iter()
+            .map(|k| Ok(db.records.get(k)?.map(|v| v.to_vec())))
+            .collect()
+    }
+
+    fn merge_projected(&mut self, db: &str, projection: Projection) -> Result<(), StoreError> {
+        let db = db.to_owned();
+        self.call_blocking(|reply| Command::MergeProjected {
+            db,
+            projection,
             reply,
         })
     }

@@ -107,7 +107,19 @@ pub enum Command {
         records: Vec<SnapshotRecord>,
         /// With the last piece, the snapshot's vector.
         complete: Option<VersionVector>,
+        /// For a partial replica, the key range the piece replaces and how
+        /// many of this device's writes the sender held.
+        replace: Option<(blazedb_proto::Span, u64)>,
         /// Answered once they are durable.
+        reply: Reply<()>,
+    },
+    /// On a partial replica, takes a full replica's projection.
+    MergeProjected {
+        /// The database's name.
+        db: String,
+        /// What to merge, drop and count as held.
+        projection: crate::sync::Projection,
+        /// Answered once it is durable.
         reply: Reply<()>,
     },
     /// Removes operations and tombstones every replica holds.
@@ -146,6 +158,7 @@ impl std::fmt::Debug for Command {
             Command::Index { .. } => "Index",
             Command::ApplyOps { .. } => "ApplyOps",
             Command::MergeSnapshot { .. } => "MergeSnapshot",
+            Command::MergeProjected { .. } => "MergeProjected",
             Command::Compact { .. } => "Compact",
             Command::Observe { .. } => "Observe",
             Command::Shutdown { .. } => "Shutdown",
@@ -162,7 +175,9 @@ impl Command {
             Command::CreateDb { reply, .. } => reply(Err(e)),
             Command::DropDb { reply, .. } | Command::Index { reply, .. } => reply(Err(e)),
             Command::SetSyncMode { reply, .. } => reply(Err(e)),
-            Command::ApplyOps { reply, .. } | Command::MergeSnapshot { reply, .. } => reply(Err(e)),
+            Command::ApplyOps { reply, .. }
+            | Command::MergeSnapshot { reply, .. }
+            | Command::MergeProjected { reply, .. } => reply(Err(e)),
             Command::Compact { reply, .. } => reply(Err(e)),
             Command::Observe { reply, .. } | Command::Shutdown { reply } => reply(Err(e)),
         }
@@ -217,7 +232,9 @@ pub(crate) fn recover_log_tail(log: &Keyspace, device: &DeviceId) -> Result<LogT
                 .ok_or_else(|| StoreError::Corrupt("op-log key is not 8 bytes".into()))?;
         }
         tail.max_hlc = tail.max_hlc.max(op.hlc);
-        if op.origin == *device {
+        // Seq 0 marks a change a partial replica logged for its
+        // subscribers, not a write of its own.
+        if op.origin == *device && op.seq > 0 {
             tail.local_seq = op.seq;
             break;
         }
@@ -509,8 +526,14 @@ impl Writer {
                     db,
                     records,
                     complete,
+                    replace,
                     reply,
-                } => reply(self.merge_snapshot(&db, records, complete.as_ref())),
+                } => reply(self.merge_snapshot(&db, records, complete.as_ref(), replace)),
+                Command::MergeProjected {
+                    db,
+                    projection,
+                    reply,
+                } => reply(self.merge_projected(&db, projection)),
                 Command::Compact {
                     db,
                     stable,

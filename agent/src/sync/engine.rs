@@ -30,12 +30,17 @@
 //!   on until a replica that can correct does.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 
 use blazedb_proto::api::SyncMode;
+use blazedb_proto::rules::{AccessRules, SyncWish};
 use blazedb_proto::{DeviceId, Epoch, Hlc, Op, OpBody, Report, Stable, SyncMessage, VersionVector};
 
 use super::hlc::too_far_ahead;
 use super::store::{Correction, ReadLimits, SyncState, SyncStore};
+use crate::access::view::{DeviceAttrs, View};
+
+mod partial;
 
 /// Engine tuning. Times are in milliseconds.
 #[derive(Debug, Clone)]
@@ -188,6 +193,21 @@ pub enum Event {
         /// The operations written.
         ops: Vec<Op>,
     },
+    /// A write from a device with restricted access broke the database's
+    /// access rules: it was not applied, and the record it touched was
+    /// written back as this replica holds it.
+    Rejected {
+        /// The database.
+        db: String,
+        /// The device that made the write.
+        origin: DeviceId,
+        /// Its seq.
+        seq: u64,
+        /// Its clock reading.
+        hlc: Hlc,
+        /// Why it was refused.
+        reason: String,
+    },
     /// The store failed; what was being done is retried later.
     StoreFailed {
         /// The database.
@@ -208,6 +228,8 @@ struct OutSnapshot {
     /// The latest piece the peer has merged.
     acked_part: Option<u32>,
     all_sent: bool,
+    /// Cut to what a partial replica may see, replacing what it holds.
+    partial: bool,
 }
 
 /// One database shared with one peer.
@@ -238,6 +260,14 @@ struct Stream {
     /// Per replica, the newest report the peer has from this link (sent
     /// or received), so each report crosses a link once.
     reported: BTreeMap<DeviceId, ReportMark>,
+    /// What the peer may see, when it holds a partial replica: it gets
+    /// projections, not operations, and its writes are checked.
+    view: Option<Arc<View>>,
+    /// The peer's view changed: what it holds is to be replaced by a
+    /// snapshot (cut to its new view, or whole if it is now a full
+    /// replica). Cleared only once the snapshot's last piece is merged,
+    /// since the peer's vector says nothing about what it lacks.
+    refilter: bool,
 }
 
 /// How new a report is: later epochs, then more operations, then a later
@@ -249,7 +279,7 @@ fn mark(r: &Report) -> ReportMark {
 }
 
 impl Stream {
-    fn new(now: u64, rto: u64) -> Self {
+    fn new(now: u64, rto: u64, view: Option<Arc<View>>) -> Self {
         Stream {
             peer_wants: false,
             acked: None,
@@ -263,6 +293,8 @@ impl Stream {
             told: VersionVector::new(),
             told_stable: None,
             reported: BTreeMap::new(),
+            view,
+            refilter: false,
         }
     }
 
@@ -281,6 +313,39 @@ fn sends(mode: SyncMode) -> bool {
 
 fn takes(mode: SyncMode) -> bool {
     matches!(mode, SyncMode::Sync | SyncMode::Pull)
+}
+
+/// The records `ops` touched, as writes that put them back as this replica
+/// holds them (only the fields a patch touched), and the latest clock
+/// reading among the operations, which the writes must come after.
+fn corrections_for(ops: &[Op]) -> (Vec<Correction>, Hlc) {
+    let mut targets: BTreeMap<(String, String), Option<BTreeSet<String>>> = BTreeMap::new();
+    let mut after = Hlc::default();
+    for op in ops {
+        let Ok(body) = OpBody::decode(&op.body) else {
+            continue;
+        };
+        after = after.max(op.hlc);
+        let entry = targets
+            .entry((body.collection().to_owned(), body.id().to_owned()))
+            .or_insert_with(|| Some(BTreeSet::new()));
+        match (&body, entry) {
+            (OpBody::Patch { set, unset, .. }, Some(fields)) => {
+                fields.extend(set.keys().cloned());
+                fields.extend(unset.iter().cloned());
+            }
+            (_, entry) => *entry = None,
+        }
+    }
+    let corrections = targets
+        .into_iter()
+        .map(|((collection, id), fields)| Correction {
+            collection,
+            id,
+            fields: fields.map(|f| f.into_iter().collect()),
+        })
+        .collect();
+    (corrections, after)
 }
 
 /// A peer's latest vector for a database not synced here: epoch, vector,
@@ -325,6 +390,19 @@ pub struct Engine<S> {
     /// The peers that are hubs: a summarizing replica sends them every
     /// report, not its summary, so hubs can work it out themselves.
     hubs: BTreeSet<DeviceId>,
+    /// Per database, its access rules (none: everyone gets everything).
+    rules: BTreeMap<String, AccessRules>,
+    /// What rules select members by.
+    devices: BTreeMap<DeviceId, DeviceAttrs>,
+    /// Per peer and database, the less than everything the peer asks for.
+    wishes: BTreeMap<(DeviceId, String), SyncWish>,
+    /// Per database, corrections this replica wrote for refused writes of
+    /// partial replicas, by the correction's seq: the writer, its seq and
+    /// why, so the writer is told with the correction.
+    rejections: BTreeMap<String, BTreeMap<u64, (DeviceId, u64, String)>>,
+    /// Per database, what this replica may see of it when it holds a
+    /// partial replica (`None`: a full one).
+    own_views: BTreeMap<String, Option<Arc<View>>>,
     next_announce: u64,
     next_compact: u64,
     next_snapshot_id: u64,
@@ -351,6 +429,11 @@ impl<S: SyncStore> Engine<S> {
             to_refute: BTreeMap::new(),
             stable_from: BTreeMap::new(),
             hubs: BTreeSet::new(),
+            rules: BTreeMap::new(),
+            devices: BTreeMap::new(),
+            wishes: BTreeMap::new(),
+            rejections: BTreeMap::new(),
+            own_views: BTreeMap::new(),
             next_snapshot_id: 1,
         }
     }
@@ -415,11 +498,10 @@ impl<S: SyncStore> Engine<S> {
 
     /// A link to `peer` came up.
     pub fn connected(&mut self, peer: DeviceId, now: u64) {
-        let rto = self.config.retransmit_ms;
         let dbs = self.synced_dbs();
         let streams = dbs
             .iter()
-            .map(|db| (db.clone(), Stream::new(now, rto)))
+            .map(|db| (db.clone(), self.new_stream(peer, db, now)))
             .collect();
         self.links.insert(peer, streams);
         for db in &dbs {
@@ -468,12 +550,13 @@ impl<S: SyncStore> Engine<S> {
         if !self.synced_dbs().iter().any(|d| d == db) {
             return;
         }
-        let rto = self.config.retransmit_ms;
+        let own = self.access_of(db, &self.me).view().cloned();
+        self.own_views.insert(db.to_owned(), own);
         let peers: Vec<DeviceId> = self.links.keys().copied().collect();
         for p in peers {
+            let fresh = self.new_stream(p, db, now);
             if let Some(link) = self.links.get_mut(&p) {
-                link.entry(db.to_owned())
-                    .or_insert_with(|| Stream::new(now, rto));
+                link.entry(db.to_owned()).or_insert(fresh);
             }
             self.send_vector(p, db, true);
             if let Some((epoch, vector, want, refused)) = self.parked.remove(&(p, db.to_owned())) {
@@ -485,6 +568,7 @@ impl<S: SyncStore> Engine<S> {
                     want,
                     Vec::new(),
                     refused,
+                    None,
                     now,
                 );
             }
@@ -557,6 +641,8 @@ impl<S: SyncStore> Engine<S> {
                 reports,
                 refused,
                 stable,
+                wish,
+                lacking,
             } => {
                 if let Some(st) = stable
                     && self.store.sync_state(&db).is_some()
@@ -566,7 +652,10 @@ impl<S: SyncStore> Engine<S> {
                         .or_default()
                         .insert(peer, st);
                 }
-                self.on_vector(peer, db, epoch, vector, want, reports, refused, now)
+                if lacking {
+                    self.owe_whole(peer, &db);
+                }
+                self.on_vector(peer, db, epoch, vector, want, reports, refused, wish, now)
             }
             SyncMessage::Ops { db, epoch, ops } => self.on_ops(peer, db, epoch, ops, now),
             SyncMessage::Snapshot {
@@ -577,10 +666,29 @@ impl<S: SyncStore> Engine<S> {
                 vector,
                 records,
                 last,
+                span,
             } => {
                 if self.epoch_matches(peer, &db, epoch) {
-                    self.on_snapshot(peer, db, id, part, vector, records, last, now);
+                    self.on_snapshot(peer, db, id, part, vector, records, last, span, now);
                 }
+            }
+            SyncMessage::Projected {
+                db,
+                epoch,
+                at,
+                covers,
+                records,
+                evict,
+                rejected,
+            } => {
+                let projection = super::store::Projection {
+                    records,
+                    evict: evict.into_iter().map(|k| k.into_vec()).collect(),
+                    covers,
+                    rejected,
+                    own_held: at.get(&self.me),
+                };
+                self.on_projected(peer, db, epoch, &at, projection, now)
             }
             SyncMessage::SnapshotAck { db, id, part } => {
                 self.on_snapshot_ack(peer, db, id, part, now)
@@ -617,8 +725,10 @@ impl<S: SyncStore> Engine<S> {
                     s.cursor = 0;
                     if let Some(snap) = s.out_snapshot.take() {
                         // Start over: pieces after a lost one were ignored.
-                        s.force_snapshot =
-                            !s.acked.as_ref().is_some_and(|a| a.dominates(&snap.vector));
+                        if !snap.partial && !s.refilter {
+                            s.force_snapshot =
+                                !s.acked.as_ref().is_some_and(|a| a.dominates(&snap.vector));
+                        }
                     }
                     s.progress_at = now;
                     s.rto = (s.rto * 2).min(self.config.max_retransmit_ms);
@@ -747,20 +857,23 @@ impl<S: SyncStore> Engine<S> {
         if let Some(s) = self.links.get_mut(&peer).and_then(|l| l.get_mut(db)) {
             s.told.clone_from(&state.vector);
         }
-        let head = (state.epoch, state.mode);
-        self.push_vector(peer, db, head, state.vector, reports, stable);
+        let head = (state.epoch, state.mode, state.lacking);
+        let wish = Some(state.wish.unwrap_or_default());
+        self.push_vector(peer, db, head, state.vector, reports, stable, wish);
     }
 
     /// Queues a `Vector` message for `peer` carrying `vector`, for the
-    /// database's epoch and mode in `head`.
+    /// database's epoch, mode and whether its state is whole in `head`.
+    #[allow(clippy::too_many_arguments)]
     fn push_vector(
         &mut self,
         peer: DeviceId,
         db: &str,
-        (epoch, mode): (Epoch, SyncMode),
+        (epoch, mode, lacking): (Epoch, SyncMode, bool),
         vector: VersionVector,
         reports: Vec<Report>,
         stable: Option<Stable>,
+        wish: Option<SyncWish>,
     ) {
         let refused = self.refused_of(db);
         self.outbox.push_back((
@@ -773,6 +886,8 @@ impl<S: SyncStore> Engine<S> {
                 reports,
                 refused,
                 stable,
+                wish,
+                lacking,
             },
         ));
     }
@@ -799,9 +914,10 @@ impl<S: SyncStore> Engine<S> {
         self.push_vector(
             peer,
             db,
-            (state.epoch, state.mode),
+            (state.epoch, state.mode, state.lacking),
             vector,
             Vec::new(),
+            None,
             None,
         );
     }
@@ -855,8 +971,12 @@ impl<S: SyncStore> Engine<S> {
         want: bool,
         reports: Vec<Report>,
         refused: Vec<(DeviceId, u64)>,
+        wish: Option<SyncWish>,
         now: u64,
     ) {
+        if let Some(w) = wish {
+            self.note_wish(peer, &db, w, now);
+        }
         let state = self.store.sync_state(&db);
         let mine = state.as_ref().map(|s| s.vector.clone()).unwrap_or_default();
         if state.as_ref().is_none_or(|s| s.mode == SyncMode::Local) {
@@ -874,6 +994,7 @@ impl<S: SyncStore> Engine<S> {
             return;
         }
         let rto = self.config.retransmit_ms;
+        let fresh = self.new_stream(peer, &db, now);
         let key = (peer, db.clone());
         let changed = match self.epochs.get(&key) {
             Some(e) if *e > epoch => return, // a stale message from before a reset
@@ -884,13 +1005,11 @@ impl<S: SyncStore> Engine<S> {
         let Some(link) = self.links.get_mut(&peer) else {
             return;
         };
-        let s = link
-            .entry(db.clone())
-            .or_insert_with(|| Stream::new(now, rto));
+        let s = link.entry(db.clone()).or_insert(fresh);
         if changed {
             // Nothing remembered about the peer holds any more: exchange
             // everything again, state first.
-            *s = Stream::new(now, rto);
+            *s = Stream::new(now, rto, s.view.clone());
             s.force_snapshot = true;
             if let Some(m) = self.reports.get_mut(&db) {
                 m.remove(&peer);
@@ -926,6 +1045,7 @@ impl<S: SyncStore> Engine<S> {
         if let Some(snap) = &s.out_snapshot
             && s.acked.as_ref().is_some_and(|a| a.dominates(&snap.vector))
             && snap.all_sent
+            && !s.refilter
         {
             s.out_snapshot = None;
             s.cursor = 0;
@@ -945,12 +1065,25 @@ impl<S: SyncStore> Engine<S> {
         if !takes(state.mode) || !self.epoch_matches(peer, &db, epoch) {
             return;
         }
+        // A partial replica takes projections only; from a partial
+        // replica, only its own writes are taken (it passes nothing on).
+        if self.own_view(&db).is_some() {
+            return;
+        }
+        let from_partial = self
+            .links
+            .get(&peer)
+            .and_then(|l| l.get(&db))
+            .is_some_and(|s| s.view.is_some());
         let mut expect = state.vector;
         let mut blocked: BTreeSet<DeviceId> = BTreeSet::new();
         let mut accepted = Vec::new();
         let mut refused: Vec<Op> = Vec::new();
         let mut peer_holds = VersionVector::new();
         for op in ops {
+            if from_partial && op.origin != peer {
+                continue;
+            }
             if op.seq > peer_holds.get(&op.origin) {
                 peer_holds.set(op.origin, op.seq);
             }
@@ -990,6 +1123,7 @@ impl<S: SyncStore> Engine<S> {
         if let Some(s) = self.links.get_mut(&peer).and_then(|l| l.get_mut(&db)) {
             s.sent.merge(&peer_holds);
         }
+        let (accepted, rejected) = self.screen(&db, accepted);
         let n = accepted.len();
         if n > 0 {
             if let Err(e) = self.store.apply_ops(&db, accepted) {
@@ -1005,6 +1139,9 @@ impl<S: SyncStore> Engine<S> {
         }
         if !refused.is_empty() {
             self.refuse(peer, &db, refused, now);
+        }
+        if !rejected.is_empty() {
+            self.correct_rejected(&db, rejected, now);
         }
         self.send_ack(peer, &db);
         if n > 0 {
@@ -1022,12 +1159,21 @@ impl<S: SyncStore> Engine<S> {
         vector: VersionVector,
         records: Vec<blazedb_proto::SnapshotRecord>,
         last: bool,
+        span: Option<blazedb_proto::Span>,
         now: u64,
     ) {
         let Some(state) = self.store.sync_state(&db) else {
             return;
         };
         if !takes(state.mode) {
+            return;
+        }
+        // A partial replica takes only snapshots cut for it, and only ones
+        // at least as new as what it holds; a full one never takes those.
+        let partial = self.own_view(&db).is_some();
+        if partial != span.is_some()
+            || (partial && part == 0 && !self.covers_all(&vector, &state.vector))
+        {
             return;
         }
         let Some(s) = self.links.get_mut(&peer).and_then(|l| l.get_mut(&db)) else {
@@ -1043,7 +1189,11 @@ impl<S: SyncStore> Engine<S> {
         }
         s.in_snapshot = (!last).then_some((id, part + 1));
         let complete = last.then_some(&vector);
-        if let Err(e) = self.store.merge_snapshot(&db, records, complete) {
+        let replace = span.as_ref().map(|span| super::store::Replace {
+            span,
+            own_held: vector.get(&self.me),
+        });
+        if let Err(e) = self.store.merge_snapshot(&db, records, complete, replace) {
             if let Some(s) = self.links.get_mut(&peer).and_then(|l| l.get_mut(&db)) {
                 s.in_snapshot = None;
             }
@@ -1079,6 +1229,14 @@ impl<S: SyncStore> Engine<S> {
             return;
         }
         snap.acked_part = Some(part);
+        if snap.all_sent && part + 1 == snap.next_part {
+            // The peer holds the whole snapshot: what it holds is replaced.
+            s.refilter = false;
+            if snap.partial || s.acked.as_ref().is_some_and(|a| a.dominates(&snap.vector)) {
+                s.out_snapshot = None;
+                s.cursor = 0;
+            }
+        }
         s.progress_at = now;
         s.rto = self.config.retransmit_ms;
         self.pump(peer, &db, now);
@@ -1141,32 +1299,7 @@ impl<S: SyncStore> Engine<S> {
             if !sends(state.mode) {
                 continue;
             }
-            let mut targets: BTreeMap<(String, String), Option<BTreeSet<String>>> = BTreeMap::new();
-            let mut after = Hlc::default();
-            for op in &fresh {
-                let Ok(body) = OpBody::decode(&op.body) else {
-                    continue;
-                };
-                after = after.max(op.hlc);
-                let entry = targets
-                    .entry((body.collection().to_owned(), body.id().to_owned()))
-                    .or_insert_with(|| Some(BTreeSet::new()));
-                match (&body, entry) {
-                    (OpBody::Patch { set, unset, .. }, Some(fields)) => {
-                        fields.extend(set.keys().cloned());
-                        fields.extend(unset.iter().cloned());
-                    }
-                    (_, entry) => *entry = None,
-                }
-            }
-            let corrections: Vec<Correction> = targets
-                .into_iter()
-                .map(|((collection, id), fields)| Correction {
-                    collection,
-                    id,
-                    fields: fields.map(|f| f.into_iter().collect()),
-                })
-                .collect();
+            let (corrections, after) = corrections_for(&fresh);
             match self.store.correct(db, corrections, after, now) {
                 Ok(ops) => {
                     self.corrected.entry(key).or_default().extend(seqs);
@@ -1179,6 +1312,16 @@ impl<S: SyncStore> Engine<S> {
                 Err(e) => self.store_failed(db, &e),
             }
         }
+    }
+
+    /// A stream for a link to `peer` coming up, with what the peer may
+    /// see.
+    fn new_stream(&self, peer: DeviceId, db: &str, now: u64) -> Stream {
+        let view = self.access_of(db, &peer).view().cloned();
+        let mut s = Stream::new(now, self.config.retransmit_ms, view);
+        // A partial replica may hold what it may no longer see.
+        s.refilter = s.view.is_some();
+        s
     }
 
     /// Sends `peer` what it lacks of `db`, as far as the window allows.
@@ -1209,6 +1352,23 @@ impl<S: SyncStore> Engine<S> {
         if !sends(state.mode) {
             return;
         }
+        let peer_view = self
+            .links
+            .get(&peer)
+            .and_then(|l| l.get(db))
+            .and_then(|s| s.view.clone());
+        if self.own_view(db).is_some() {
+            // A partial replica passes on nothing but its own writes, and
+            // only to full replicas.
+            if peer_view.is_none() {
+                self.pump_own(peer, db, state, now);
+            }
+            return;
+        }
+        if let Some(view) = peer_view {
+            self.pump_partial(peer, db, state, &view, now);
+            return;
+        }
         // A replica holding a removed device's late operations sends them
         // as operations, which the peer can refuse, not folded into a
         // snapshot it could not tell them apart in.
@@ -1225,13 +1385,15 @@ impl<S: SyncStore> Engine<S> {
         if !s.peer_wants {
             return;
         }
-        if s.out_snapshot.is_none() {
+        // A replica whose records were cut to a view has no whole state
+        // to give: it passes on operations only.
+        if s.out_snapshot.is_none() && !state.lacking {
             let below_floor = state
                 .floor
                 .iter()
                 .any(|(o, f)| acked.get(o) < *f && state.vector.get(o) > acked.get(o));
             let far_behind = !tainted && state.vector.ahead_of(&acked) > self.config.snapshot_after;
-            if s.force_snapshot || below_floor || far_behind {
+            if s.force_snapshot || s.refilter || below_floor || far_behind {
                 s.force_snapshot = false;
                 s.out_snapshot = Some(OutSnapshot {
                     id: self.next_snapshot_id,
@@ -1240,6 +1402,7 @@ impl<S: SyncStore> Engine<S> {
                     next_part: 0,
                     acked_part: None,
                     all_sent: false,
+                    partial: false,
                 });
                 self.next_snapshot_id += 1;
                 s.cursor = 0;
@@ -1275,6 +1438,7 @@ impl<S: SyncStore> Engine<S> {
                         vector: snap.vector.clone(),
                         records: read.records,
                         last: read.done,
+                        span: None,
                     },
                 ));
                 snap.next_part += 1;

@@ -7,13 +7,15 @@ use std::convert::Infallible;
 use std::hash::{DefaultHasher, Hasher};
 
 use blazedb_proto::api::SyncMode;
+use blazedb_proto::rules::SyncWish;
 use blazedb_proto::{
     DeviceId, Epoch, Fields, Hlc, Op, OpBody, SnapshotRecord, VersionVector, codec,
 };
 
 use super::hlc::HlcClock;
 use super::store::{
-    Compacted, Correction, OpsRead, ReadLimits, SnapshotRead, SyncState, SyncStore,
+    Compacted, Correction, OpsRead, Projection, ReadLimits, Replace, SnapshotRead, SyncState,
+    SyncStore,
 };
 use crate::store::keys;
 use crate::store::record::{Stamp, StoredRecord};
@@ -32,9 +34,24 @@ struct MemDb {
     positions: BTreeMap<DeviceId, BTreeMap<u64, u64>>,
     vector: VersionVector,
     floor: VersionVector,
+    wish: Option<SyncWish>,
+    lacking: bool,
 }
 
 impl MemDb {
+    /// The clock reading of `device`'s first write after its `held`
+    /// writes, if the log has it: records holding a write of `device`'s
+    /// that late are kept when a partial replica drops records.
+    fn first_unheld(&self, device: &DeviceId, held: u64) -> Option<Hlc> {
+        let cursor = self.positions.get(device)?.get(&(held + 1))?;
+        Some(self.log.get(cursor)?.hlc)
+    }
+
+    /// Whether the record holds a write of `device`'s from `from` on.
+    fn holds_own(rec: &StoredRecord, device: &DeviceId, from: Option<Hlc>) -> bool {
+        from.is_some_and(|from| rec.written_by_since(device, from))
+    }
+
     fn append(&mut self, op: Op) {
         self.head += 1;
         self.vector.set(op.origin, op.seq);
@@ -48,6 +65,37 @@ impl MemDb {
     fn apply(&mut self, stamp: &Stamp, body: &OpBody) {
         let key = keys::record_key(body.collection(), body.id());
         self.records.entry(key).or_default().apply(stamp, body);
+    }
+}
+
+/// Who wrote what of one record: what tests check stores against.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecordStamps {
+    /// The latest put's (or delete's) device and clock reading.
+    pub base: Option<(DeviceId, Hlc)>,
+    /// Whether that was a put: the record lives without any field.
+    pub put: bool,
+    /// Each field's, removed ones included.
+    pub fields: BTreeMap<String, (DeviceId, Hlc)>,
+}
+
+impl RecordStamps {
+    fn of(r: &StoredRecord) -> Self {
+        RecordStamps {
+            base: r.base_stamp().map(|s| (s.origin, s.hlc)),
+            put: r.base_is_put(),
+            fields: r
+                .field_stamps()
+                .map(|(name, o, hlc)| (name.to_owned(), (o, hlc)))
+                .collect(),
+        }
+    }
+
+    /// Reads them from a record's stored form (as a snapshot carries it).
+    pub fn decode(state: &[u8]) -> Option<Self> {
+        codec::from_slice::<StoredRecord>(state)
+            .ok()
+            .map(|r| Self::of(&r))
     }
 }
 
@@ -91,7 +139,31 @@ impl MemoryStore {
             positions: BTreeMap::new(),
             vector: VersionVector::new(),
             floor: VersionVector::new(),
+            wish: None,
+            lacking: false,
         });
+    }
+
+    /// Sets what this replica asks to receive of a database.
+    pub fn set_wish(&mut self, db: &str, wish: Option<SyncWish>) {
+        if let Some(d) = self.dbs.get_mut(db) {
+            d.wish = wish;
+        }
+    }
+
+    /// Per live record, who wrote what (see [`RecordStamps`]).
+    pub fn stamps(&self, db: &str) -> BTreeMap<(String, String), RecordStamps> {
+        let Some(d) = self.dbs.get(db) else {
+            return BTreeMap::new();
+        };
+        d.records
+            .iter()
+            .filter(|(_, r)| r.is_live())
+            .filter_map(|(k, r)| {
+                let (c, id) = keys::split_record_key(k)?;
+                Some(((c.to_owned(), id.to_owned()), RecordStamps::of(r)))
+            })
+            .collect()
     }
 
     /// Gives a database a new epoch, as a restore or reset does.
@@ -204,6 +276,8 @@ impl SyncStore for MemoryStore {
             floor: d.floor.clone(),
             clock: self.clock.last(),
             mode: d.mode,
+            wish: d.wish.clone(),
+            lacking: d.lacking,
         })
     }
 
@@ -307,10 +381,23 @@ impl SyncStore for MemoryStore {
         db: &str,
         records: Vec<SnapshotRecord>,
         complete: Option<&VersionVector>,
+        replace: Option<Replace<'_>>,
     ) -> Result<(), Infallible> {
+        let me = self.device;
         let Some(d) = self.dbs.get_mut(db) else {
             return Ok(());
         };
+        if let Some(r) = replace {
+            d.lacking = true;
+            let carried: std::collections::BTreeSet<&[u8]> =
+                records.iter().map(|r| r.key.as_slice()).collect();
+            let from = d.first_unheld(&me, r.own_held);
+            d.records.retain(|k, rec| {
+                !r.span.contains(k)
+                    || carried.contains(k.as_slice())
+                    || MemDb::holds_own(rec, &me, from)
+            });
+        }
         for rec in records {
             // A record that does not decode came from a broken peer; the
             // engine checked the message, so skip it rather than fail.
@@ -322,6 +409,53 @@ impl SyncStore for MemoryStore {
         if let Some(v) = complete {
             d.vector.merge(v);
             d.floor.merge(v);
+            if replace.is_none() {
+                d.lacking = false;
+            }
+        }
+        Ok(())
+    }
+
+    fn read_records(
+        &self,
+        db: &str,
+        keys: &[Vec<u8>],
+    ) -> Result<Vec<Option<Vec<u8>>>, Infallible> {
+        let Some(d) = self.dbs.get(db) else {
+            return Ok(vec![None; keys.len()]);
+        };
+        Ok(keys
+            .iter()
+            .map(|k| d.records.get(k).map(|r| codec::to_vec(r).unwrap_or_default()))
+            .collect())
+    }
+
+    fn merge_projected(&mut self, db: &str, p: Projection) -> Result<(), Infallible> {
+        let me = self.device;
+        let Some(d) = self.dbs.get_mut(db) else {
+            return Ok(());
+        };
+        d.lacking = true;
+        let from = d.first_unheld(&me, p.own_held);
+        for key in p.evict {
+            if d
+                .records
+                .get(&key)
+                .is_some_and(|rec| !MemDb::holds_own(rec, &me, from))
+            {
+                d.records.remove(&key);
+            }
+        }
+        for rec in p.records {
+            if let Ok(state) = codec::from_slice::<StoredRecord>(&rec.state) {
+                self.clock.observe(state.version());
+                d.records.entry(rec.key).or_default().merge(&state);
+            }
+        }
+        for (origin, _, last) in p.covers {
+            if last > d.vector.get(&origin) {
+                d.vector.set(origin, last);
+            }
         }
         Ok(())
     }

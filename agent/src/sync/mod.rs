@@ -15,5 +15,13 @@ pub mod memory;
 pub mod store;
 
 pub use engine::{Cutoff, Engine, EngineConfig, Event};
-pub use memory::MemoryStore;
-pub use store::{Compacted, Correction, OpsRead, ReadLimits, SnapshotRead, SyncState, SyncStore};
+pub use memory::{MemoryStore, RecordStamps};
+
+/// The key a record has in snapshots and projections (and in the store).
+pub fn record_key(collection: &str, id: &str) -> Vec<u8> {
+    crate::store::keys::record_key(collection, id)
+}
+pub use store::{
+    Compacted, Correction, OpsRead, Projection, ReadLimits, Replace, SnapshotRead, SyncState,
+    SyncStore,
+};

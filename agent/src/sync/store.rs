@@ -5,10 +5,11 @@
 //! promises, listed on each method.
 
 use blazedb_proto::api::SyncMode;
-use blazedb_proto::{Epoch, Fields, Hlc, Op, OpBody, SnapshotRecord, VersionVector};
+use blazedb_proto::rules::SyncWish;
+use blazedb_proto::{DeviceId, Epoch, Fields, Hlc, Op, OpBody, SnapshotRecord, Span, VersionVector};
 
 /// Where a database's sync stands on this replica.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SyncState {
     /// The database's epoch on this replica.
     pub epoch: Epoch,
@@ -21,6 +22,41 @@ pub struct SyncState {
     pub clock: Hlc,
     /// How the database takes part in sync.
     pub mode: SyncMode,
+    /// Less than its access rules allow, which this replica asks for.
+    pub wish: Option<SyncWish>,
+    /// The records were cut to a view (this replica held a partial one)
+    /// and no whole snapshot has been merged since: what the vector counts
+    /// as held may be missing in part.
+    pub lacking: bool,
+}
+
+/// What a partial replica takes from a full one in place of operations
+/// (see [`SyncStore::merge_projected`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Projection {
+    /// Records as the sender holds them, cut to what this replica may see.
+    pub records: Vec<SnapshotRecord>,
+    /// Keys of records this replica may no longer hold.
+    pub evict: Vec<Vec<u8>>,
+    /// The operations whose effect this brings, per origin the first and
+    /// last seq: the vector rises to the last.
+    pub covers: Vec<(DeviceId, u64, u64)>,
+    /// This replica's own writes the sender refused, with why.
+    pub rejected: Vec<(u64, String)>,
+    /// How many of this replica's own writes the sender held: a record
+    /// holding a later write of this replica's is kept, not evicted.
+    pub own_held: u64,
+}
+
+/// A snapshot piece that replaces what a partial replica holds in a key
+/// range (see [`SyncStore::merge_snapshot`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Replace<'a> {
+    /// The range the piece stands for.
+    pub span: &'a Span,
+    /// How many of this replica's own writes the sender held, as in
+    /// [`Projection::own_held`].
+    pub own_held: u64,
 }
 
 /// Bounds on one read of the op log or of a snapshot.
@@ -160,13 +196,35 @@ pub trait SyncStore {
 
     /// Merges records of another replica's snapshot into this one. With
     /// `complete`, the snapshot's last piece: every piece has been merged,
-    /// so the vector and the floor rise to at least `complete`'s.
+    /// so the vector and the floor rise to at least `complete`'s. With
+    /// `replace` (a partial replica's snapshot), records in the piece's
+    /// range that it does not carry are dropped first, unless they hold a
+    /// write of this replica's the sender did not have, and the state is
+    /// `lacking` from then on; a whole snapshot's last piece ends that.
     fn merge_snapshot(
         &mut self,
         db: &str,
         records: Vec<SnapshotRecord>,
         complete: Option<&VersionVector>,
+        replace: Option<Replace<'_>>,
     ) -> Result<(), Self::Error>;
+
+    /// Reads records by key, in their stored form (tombstones included);
+    /// `None` for a key never written here.
+    fn read_records(
+        &self,
+        db: &str,
+        keys: &[Vec<u8>],
+    ) -> Result<Vec<Option<Vec<u8>>>, Self::Error>;
+
+    /// On a partial replica: merges projected records, drops evicted ones
+    /// (not deleting them: they only leave this replica) unless they hold
+    /// a write of this replica's the sender did not have, and raises the
+    /// vector over the operations covered; the state is `lacking` from then
+    /// on. Local subscribers see each
+    /// change, and a rejection of this replica's own write with its
+    /// reason. Durable when this returns.
+    fn merge_projected(&mut self, db: &str, projection: Projection) -> Result<(), Self::Error>;
 
     /// Writes each record of `records` again as this replica holds it, as
     /// new local operations stamped after `after` (the clock first moves

@@ -6,7 +6,7 @@ use std::hash::{DefaultHasher, Hasher};
 use std::sync::{Arc, OnceLock};
 
 use blazed::store::{Store, StoreError, StoreOptions};
-use blazed::sync::{MemoryStore, SyncStore};
+use blazed::sync::{MemoryStore, RecordStamps, SyncStore};
 use blazedb_proto::api::{DbSettings, Durability, QueryParams, SyncMode, Write};
 use blazedb_proto::{DeviceId, Epoch, Fields, Op, OpBody, VersionVector, codec};
 
@@ -48,6 +48,10 @@ pub(crate) trait Replica: SyncStore + Sized {
     fn misapplied(&self) -> u64 {
         0
     }
+    /// Who wrote what of each live record, where the store can tell.
+    fn stamps(&self) -> Option<BTreeMap<(String, String), RecordStamps>> {
+        None
+    }
 }
 
 impl Replica for MemoryStore {
@@ -85,6 +89,10 @@ impl Replica for MemoryStore {
 
     fn misapplied(&self) -> u64 {
         MemoryStore::misapplied(self)
+    }
+
+    fn stamps(&self) -> Option<BTreeMap<(String, String), RecordStamps>> {
+        Some(MemoryStore::stamps(self, DB))
     }
 }
 
@@ -172,6 +180,16 @@ impl Replica for FjallReplica {
         }
     }
 
+    fn stamps(&self) -> Option<BTreeMap<(String, String), RecordStamps>> {
+        let mut out = BTreeMap::new();
+        for (c, id) in self.visible().into_keys() {
+            let key = blazed::sync::record_key(&c, &id);
+            let state = self.store.read_records(DB, &[key]).ok()?.pop().flatten()?;
+            out.insert((c, id), RecordStamps::decode(&state)?);
+        }
+        Some(out)
+    }
+
     fn visible(&self) -> BTreeMap<(String, String), Fields> {
         let mut out = BTreeMap::new();
         for c in ["c0", "c1"] {
@@ -229,8 +247,23 @@ impl SyncStore for FjallReplica {
         db: &str,
         records: Vec<blazedb_proto::SnapshotRecord>,
         complete: Option<&VersionVector>,
+        replace: Option<blazed::sync::Replace<'_>>,
     ) -> Result<(), Self::Error> {
-        self.store.merge_snapshot(db, records, complete)
+        self.store.merge_snapshot(db, records, complete, replace)
+    }
+    fn read_records(
+        &self,
+        db: &str,
+        keys: &[Vec<u8>],
+    ) -> Result<Vec<Option<Vec<u8>>>, Self::Error> {
+        self.store.read_records(db, keys)
+    }
+    fn merge_projected(
+        &mut self,
+        db: &str,
+        projection: blazed::sync::Projection,
+    ) -> Result<(), Self::Error> {
+        self.store.merge_projected(db, projection)
     }
     fn compact(
         &mut self,

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use blazed::mesh::overlay;
 use blazed::sync::{Cutoff, Engine, EngineConfig, Event, MemoryStore, SyncStore};
 
+use crate::access::{AccessPlan, Grant};
 use crate::replica::Replica;
 use blazedb_proto::api::SyncMode;
 use blazedb_proto::{DeviceId, Fields, Hlc, Op, OpBody, SyncMessage, Value, VersionVector};
@@ -72,6 +73,9 @@ pub(crate) struct Scenario {
     /// the chaos). It goes on writing, and syncing with nodes that have not
     /// heard of its removal yet.
     pub(crate) removal: Option<(usize, u64)>,
+    /// Nodes with restricted access (partial replicas), by access rules
+    /// node 0 signs; a second version may replace the first mid-run.
+    pub(crate) access: Option<AccessPlan>,
 }
 
 impl Scenario {
@@ -101,6 +105,7 @@ impl Scenario {
             write_every: r.range(10, 60),
             fault_every: r.range(300, 2_000),
             removal: None,
+            access: None,
         };
         if r.chance(0.3) {
             // In a chain only the last node can go without cutting the
@@ -111,6 +116,16 @@ impl Scenario {
             };
             let chaos = scenario.chaos_ms;
             scenario.removal = Some((node, r.range(chaos / 4, chaos * 3 / 4)));
+        }
+        if r.chance(0.35) {
+            // A partial replica passes nothing on: in a chain only the end
+            // may be one. Runs with rules remove no node.
+            let candidates: Vec<usize> = match scenario.topology {
+                Topology::Chain => vec![nodes - 1],
+                _ => (1..nodes).collect(),
+            };
+            scenario.access = Some(AccessPlan::random(&mut r, &candidates, scenario.chaos_ms));
+            scenario.removal = None;
         }
         scenario
     }
@@ -139,6 +154,10 @@ struct Node<R: Replica> {
     disk: Option<R::Disk>,
     skew: i64,
     last_vector: VersionVector,
+    /// The version of the access rules the node holds (0: none).
+    rules_version: u64,
+    /// When it hears of the second version.
+    hears_rules_at: u64,
 }
 
 struct InFlight {
@@ -164,6 +183,8 @@ pub(crate) struct Stats {
     pub(crate) removals: u64,
     pub(crate) refused: u64,
     pub(crate) corrections: u64,
+    pub(crate) rejected: u64,
+    pub(crate) partial_runs: u64,
 }
 
 impl std::ops::AddAssign for Stats {
@@ -178,6 +199,8 @@ impl std::ops::AddAssign for Stats {
         self.removals += o.removals;
         self.refused += o.refused;
         self.corrections += o.corrections;
+        self.rejected += o.rejected;
+        self.partial_runs += o.partial_runs;
     }
 }
 
@@ -205,8 +228,13 @@ pub(crate) struct World<R: Replica> {
     next_write: u64,
     next_fault: u64,
     removal: Option<Removal>,
-    /// The operations replicas wrote to undo a removed node's late writes.
+    /// The operations replicas wrote to undo a removed node's late writes
+    /// and writes refused under the access rules.
     corrections: Vec<Op>,
+    /// Writes refused under the access rules, by origin and seq, and by
+    /// origin and clock reading.
+    rejected: BTreeSet<(DeviceId, u64)>,
+    rejected_stamps: BTreeSet<(DeviceId, Hlc)>,
 }
 
 /// A removal under way: who, when, the cut-off once node 0 made it, and
@@ -243,6 +271,8 @@ impl<R: Replica> World<R> {
                     disk: Some(store),
                     skew: s.skews[i],
                     last_vector: VersionVector::new(),
+                    rules_version: u64::from(s.access.is_some()),
+                    hears_rules_at: 0,
                 }
             })
             .collect();
@@ -270,8 +300,17 @@ impl<R: Replica> World<R> {
                 told: BTreeSet::new(),
             }),
             corrections: Vec::new(),
+            rejected: BTreeSet::new(),
+            rejected_stamps: BTreeSet::new(),
             s,
         };
+        if let Some((at, _)) = w.s.access.as_ref().and_then(|a| a.second.as_ref()) {
+            let at = t0 + at;
+            for i in 0..w.nodes.len() {
+                w.nodes[i].hears_rules_at = at + w.rng.range(0, 1_000);
+            }
+        }
+        w.stats.partial_runs = u64::from(w.s.access.is_some());
         for i in 0..w.nodes.len() {
             w.boot(i);
         }
@@ -345,11 +384,92 @@ impl<R: Replica> World<R> {
             // What a member heard of a removal is on its disk (mesh.json).
             engine.set_cutoffs(c.clone());
         }
+        if let Some(rules) = self.rules_of(self.nodes[i].rules_version) {
+            // What rules a member holds are on its disk.
+            engine.set_rules(rules, wall);
+        }
         self.nodes[i].engine = Some(engine);
         self.log(|| format!("node {i} up"));
         for j in 0..self.nodes.len() {
             self.try_link(i, j);
         }
+    }
+
+    /// The grants of one version of the rules (1 or 2).
+    fn grants(&self, version: u64) -> Option<&BTreeMap<usize, Grant>> {
+        let plan = self.s.access.as_ref()?;
+        match version {
+            1 => Some(&plan.first),
+            2 => plan.second.as_ref().map(|(_, g)| g),
+            _ => None,
+        }
+    }
+
+    fn rules_of(&self, version: u64) -> Option<blazedb_proto::rules::AccessRules> {
+        let grants = self.grants(version)?;
+        Some(AccessPlan::rules(grants, version, device))
+    }
+
+    /// The latest version of the rules in the run.
+    fn final_version(&self) -> u64 {
+        match &self.s.access {
+            None => 0,
+            Some(a) if a.second.is_some() => 2,
+            Some(_) => 1,
+        }
+    }
+
+    /// Nodes hear of the second version of the rules when it is their time.
+    fn spread_rules(&mut self, everyone: bool) {
+        let last = self.final_version();
+        if last < 2 {
+            return;
+        }
+        for i in 0..self.nodes.len() {
+            let due = everyone || self.now >= self.nodes[i].hears_rules_at;
+            if self.nodes[i].rules_version == last || !due || self.nodes[i].engine.is_none() {
+                continue;
+            }
+            self.nodes[i].rules_version = last;
+            let rules = self.rules_of(last).expect("the final version exists");
+            let wall = self.wall(i);
+            self.log(|| format!("node {i} takes rules version {last}"));
+            if let Some(e) = self.nodes[i].engine.as_mut() {
+                e.set_rules(rules, wall);
+            }
+            self.flush(i);
+        }
+    }
+
+    /// A partial replica must never hold what every version of its rules
+    /// in play forbids.
+    fn check_partial(&self, i: usize) -> Result<(), String> {
+        let Some(e) = self.nodes[i].engine.as_ref() else {
+            return Ok(());
+        };
+        let versions: Vec<u64> = (1..=self.final_version()).collect();
+        let grants: Option<Vec<&Grant>> = versions
+            .iter()
+            .map(|v| self.grants(*v).and_then(|g| g.get(&i)))
+            .collect();
+        let Some(grants) = grants.filter(|g| !g.is_empty()) else {
+            return Ok(());
+        };
+        let stamps = e.store().stamps();
+        for (key, fields) in e.store().visible() {
+            let st = stamps.as_ref().and_then(|s| s.get(&key));
+            let why: Vec<String> = grants
+                .iter()
+                .filter_map(|g| g.forbids(&key, &fields, st, self.nodes[i].id))
+                .collect();
+            if why.len() == grants.len() {
+                return Err(format!(
+                    "partial node {i} {}: {key:?} {fields:?} (stamps {st:?})",
+                    why[0]
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn try_link(&mut self, a: usize, b: usize) {
@@ -427,6 +547,13 @@ impl<R: Replica> World<R> {
                 Event::Corrected { ops, .. } => {
                     self.stats.corrections += 1;
                     self.corrections.extend(ops);
+                }
+                Event::Rejected {
+                    origin, seq, hlc, ..
+                } => {
+                    self.stats.rejected += 1;
+                    self.rejected.insert((origin, seq));
+                    self.rejected_stamps.insert((origin, hlc));
                 }
                 Event::StoreFailed { .. }
                 | Event::ClockAhead { .. }
@@ -670,6 +797,7 @@ impl<R: Replica> World<R> {
             }
             self.flush(m.to);
             self.check_vector(m.to)?;
+            self.check_partial(m.to)?;
         }
         Ok(())
     }
@@ -763,6 +891,10 @@ impl<R: Replica> World<R> {
         {
             return false;
         }
+        let last = self.final_version();
+        if self.nodes.iter().any(|n| n.rules_version != last) {
+            return false;
+        }
         let nodes = self.compared();
         let Some(v0) = self.vector_of(nodes[0]) else {
             return false;
@@ -780,8 +912,25 @@ impl<R: Replica> World<R> {
                 .as_ref()
                 .map(|e| e.store().state_hash())
         };
-        let h0 = hash(nodes[0]);
-        nodes.iter().all(|i| hash(*i) == h0)
+        let (partial, full): (Vec<usize>, Vec<usize>) =
+            nodes.iter().partition(|i| self.final_grant(**i).is_some());
+        let h0 = hash(full[0]);
+        if !full.iter().all(|i| hash(*i) == h0) {
+            return false;
+        }
+        let Some(store) = self.nodes[full[0]].engine.as_ref().map(|e| e.store()) else {
+            return false;
+        };
+        let (whole, stamps) = (store.visible(), store.stamps());
+        partial.iter().all(|i| {
+            let want = self.final_grant(*i).map(|g| g.project(&whole, stamps.as_ref()));
+            self.nodes[*i].engine.as_ref().map(|e| e.store().visible()) == want
+        })
+    }
+
+    /// What node `i` may see under the final rules, if it is partial.
+    fn final_grant(&self, i: usize) -> Option<&Grant> {
+        self.grants(self.final_version())?.get(&i)
     }
 
     /// Runs the chaos phase, heals everything, and checks the end state.
@@ -799,6 +948,7 @@ impl<R: Replica> World<R> {
             }
             self.recover();
             self.spread_removal();
+            self.spread_rules(false);
             self.deliver_due()?;
             self.tick_engines()?;
         }
@@ -813,6 +963,7 @@ impl<R: Replica> World<R> {
         for i in downs {
             self.boot(i);
         }
+        self.spread_rules(true);
         for a in 0..self.nodes.len() {
             for b in a + 1..self.nodes.len() {
                 self.try_link(a, b);
@@ -880,6 +1031,20 @@ impl<R: Replica> World<R> {
             if cut.is_some_and(|(id, max)| op.origin == id && op.seq > max) {
                 continue;
             }
+            if self.rejected.contains(&(op.origin, op.seq)) {
+                // Refused under the access rules: it stands in the log as
+                // a write that changes nothing.
+                let mut op = op.clone();
+                op.body = OpBody::Rejected {
+                    collection: String::new(),
+                    id: String::new(),
+                    reason: String::new(),
+                }
+                .encode()
+                .unwrap_or_default();
+                by_origin.entry(op.origin).or_default().push(op);
+                continue;
+            }
             by_origin.entry(op.origin).or_default().push(op.clone());
         }
         for (_, mut ops) in by_origin {
@@ -888,9 +1053,25 @@ impl<R: Replica> World<R> {
                 .apply_ops(DB, ops)
                 .map_err(|e| format!("reference: {e}"))?;
         }
-        let want = reference.visible(DB);
+        let whole = reference.visible(DB);
+        let whole_stamps = reference.stamps(DB);
         for i in self.compared() {
             let got = self.nodes[i].engine.as_ref().map(|e| e.store().visible());
+            let want = match self.final_grant(i) {
+                Some(g) => g.project(&whole, Some(&whole_stamps)),
+                None => whole.clone(),
+            };
+            // No refused write shows anywhere, the writer's replica included.
+            let stamps = self.nodes[i].engine.as_ref().and_then(|e| e.store().stamps());
+            for (key, rec) in stamps.iter().flatten() {
+                for (field, stamp) in &rec.fields {
+                    if self.rejected_stamps.contains(stamp) {
+                        return Err(format!(
+                            "node {i} still shows a refused write: {key:?} field {field}"
+                        ));
+                    }
+                }
+            }
             if got.as_ref() != Some(&want) {
                 return Err(format!(
                     "node {i} differs from the merge of all {} acknowledged writes:\n  want {want:?}\n  got  {got:?}",
@@ -929,5 +1110,19 @@ fn describe(msg: &SyncMessage) -> String {
         }
         SyncMessage::SnapshotAck { id, part, .. } => format!("snapshot ack {id}.{part}"),
         SyncMessage::Refuted { ops, .. } => format!("refuted {}", ops.len()),
+        SyncMessage::Projected {
+            covers,
+            records,
+            evict,
+            ..
+        } => format!(
+            "projected {:?}, {} records, {} evicted",
+            covers
+                .iter()
+                .map(|(o, f, l)| format!("{}:{f}-{l}", o.short()))
+                .collect::<Vec<_>>(),
+            records.len(),
+            evict.len()
+        ),
     }
 }

@@ -1,0 +1,608 @@
+//! Partial replicas: devices whose access rule (or own wish) gives them
+//! less than the whole database.
+//!
+//! A full replica sends a partial one `Projected` messages instead of
+//! `Ops`: for each batch of operations the peer lacks, the current state
+//! of every record they touched, cut to the peer's view, and the keys of
+//! touched records it may not see (evictions). When the peer's view
+//! changes (new rules, teams or wish), a snapshot cut to the view replaces
+//! what it holds, range by range.
+//!
+//! A partial replica takes a projection only if it was read at a state
+//! that holds everything the replica has taken before (`at` covers its
+//! vector, its own writes aside), so a record never goes back to an older
+//! state, and every operation it counts as held has had its effect shown.
+//! It passes on nothing but its own writes, and only to full replicas.
+//!
+//! Writes of a device with restricted access are checked by every full
+//! replica that takes them (`screen`): a refused write is kept in the log
+//! as `OpBody::Rejected`, which changes nothing and keeps the writer's
+//! sequence contiguous, and the replica writes the record back as it holds
+//! it, stamped after the refused write (`correct_rejected`). That
+//! correction wins wherever the write landed first, the writer's own
+//! replica included, which is told why with it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use blazedb_proto::rules::{AccessRules, SyncWish};
+use blazedb_proto::{DeviceId, Op, OpBody, SnapshotRecord, Span, SyncMessage, VersionVector, codec};
+use serde_bytes::ByteBuf;
+
+use super::{Engine, Event, OutSnapshot, corrections_for, sends};
+use crate::access::view::{self, Access, DeviceAttrs, View};
+use crate::store::keys;
+use crate::store::record::{Stamp, StoredRecord};
+use crate::sync::store::{Projection, SyncState, SyncStore};
+
+/// How many refused writes per database are remembered to tell their
+/// writers about with the correction.
+const REJECTIONS_KEPT: usize = 4096;
+
+impl<S: SyncStore> Engine<S> {
+    /// Takes a database's access rules; a newer version replaces an older
+    /// one. Links whose peer now sees something else are re-cut.
+    pub fn set_rules(&mut self, rules: AccessRules, now: u64) {
+        if self
+            .rules
+            .get(&rules.db)
+            .is_some_and(|r| r.version >= rules.version)
+        {
+            return;
+        }
+        self.rules.insert(rules.db.clone(), rules);
+        self.refresh_views(now);
+    }
+
+    /// The access rules of `db`, if it has any.
+    pub fn rules(&self, db: &str) -> Option<&AccessRules> {
+        self.rules.get(db)
+    }
+
+    /// Takes what rules select members by (names, teams, hubs).
+    pub fn set_devices(&mut self, devices: BTreeMap<DeviceId, DeviceAttrs>, now: u64) {
+        if devices == self.devices {
+            return;
+        }
+        self.devices = devices;
+        self.refresh_views(now);
+    }
+
+    /// This replica's own wish for `db` changed in its store: peers are
+    /// told, and cut what they send to match.
+    pub fn wish_changed(&mut self, db: &str, now: u64) {
+        let peers: Vec<DeviceId> = self.links.keys().copied().collect();
+        for p in peers {
+            self.send_vector(p, db, false);
+        }
+        self.refresh_views(now);
+    }
+
+    /// The access `device` has to `db`, its own wish included.
+    pub fn access_of(&self, db: &str, device: &DeviceId) -> Access {
+        let wish = if *device == self.me {
+            self.store.sync_state(db).and_then(|s| s.wish)
+        } else {
+            self.wishes.get(&(*device, db.to_owned())).cloned()
+        };
+        view::access(
+            self.rules.get(db),
+            device,
+            self.devices.get(device),
+            wish.as_ref(),
+        )
+    }
+
+    /// What this replica may see of `db`, when it holds a partial replica.
+    pub(super) fn own_view(&self, db: &str) -> Option<Arc<View>> {
+        self.own_views.get(db).cloned().flatten()
+    }
+
+    /// Works out again what this replica and each peer may see, and
+    /// re-cuts every link where that changed.
+    pub(super) fn refresh_views(&mut self, now: u64) {
+        let mut moved: Vec<(DeviceId, String)> = Vec::new();
+        for db in self.store.databases() {
+            let own = self.access_of(&db, &self.me).view().cloned();
+            if self.own_views.get(&db) != Some(&own) {
+                self.own_views.insert(db.clone(), own);
+                moved.extend(self.links.keys().map(|p| (*p, db.clone())));
+            }
+        }
+        let mut views = Vec::new();
+        for (peer, streams) in &self.links {
+            for db in streams.keys() {
+                views.push((*peer, db.clone(), self.access_of(db, peer).view().cloned()));
+            }
+        }
+        for (peer, db, new) in views {
+            let Some(s) = self.links.get_mut(&peer).and_then(|l| l.get_mut(&db)) else {
+                continue;
+            };
+            if s.view == new {
+                continue;
+            }
+            let was_partial = s.view.is_some();
+            s.view = new;
+            s.out_snapshot = None;
+            s.cursor = 0;
+            if let Some(a) = &s.acked {
+                s.sent = a.clone();
+            }
+            if s.view.is_some() {
+                s.refilter = true;
+            }
+            moved.push((peer, db));
+        }
+        moved.sort();
+        moved.dedup();
+        for (peer, db) in moved {
+            self.pump(peer, &db, now);
+        }
+    }
+
+    /// A peer said its records of `db` were cut to a view it no longer
+    /// has: if it is a full replica now, it is owed a whole snapshot.
+    pub(super) fn owe_whole(&mut self, peer: DeviceId, db: &str) {
+        let me_whole = self.own_view(db).is_none()
+            && self.store.sync_state(db).is_some_and(|s| !s.lacking);
+        if let Some(s) = self.links.get_mut(&peer).and_then(|l| l.get_mut(db))
+            && s.view.is_none()
+            && me_whole
+            && !s.out_snapshot.as_ref().is_some_and(|o| !o.partial)
+        {
+            s.refilter = true;
+        }
+    }
+
+    /// A peer said what it asks for of `db`.
+    pub(super) fn note_wish(&mut self, peer: DeviceId, db: &str, wish: SyncWish, now: u64) {
+        let key = (peer, db.to_owned());
+        let wish = (!wish.is_everything()).then_some(wish);
+        if self.wishes.get(&key) == wish.as_ref() {
+            return;
+        }
+        match wish {
+            Some(w) => self.wishes.insert(key, w),
+            None => self.wishes.remove(&key),
+        };
+        self.refresh_views(now);
+    }
+
+    /// Whether a state read at `at` holds everything `mine` holds, this
+    /// replica's own writes aside.
+    pub(super) fn covers_all(&self, at: &VersionVector, mine: &VersionVector) -> bool {
+        mine.iter()
+            .all(|(o, seq)| *o == self.me || at.get(o) >= *seq)
+    }
+
+    /// Checks writes of devices with restricted access before they are
+    /// applied, in order, each against the record as the writes before it
+    /// left it. Returns the operations to apply (refused ones turned into
+    /// `Rejected`) and the refused ones as written, with why.
+    pub(super) fn screen(&self, db: &str, ops: Vec<Op>) -> (Vec<Op>, Vec<(Op, String)>) {
+        let Some(rules) = self.rules.get(db).filter(|r| r.restricts()) else {
+            return (ops, Vec::new());
+        };
+        let mut views: BTreeMap<DeviceId, Option<Arc<View>>> = BTreeMap::new();
+        // Records as the operations screened so far leave them.
+        let mut overlay: BTreeMap<Vec<u8>, Option<StoredRecord>> = BTreeMap::new();
+        let mut out = Vec::with_capacity(ops.len());
+        let mut rejected = Vec::new();
+        for mut op in ops {
+            let view = if op.origin == self.me {
+                None
+            } else {
+                views
+                    .entry(op.origin)
+                    .or_insert_with(|| {
+                        // The rule alone decides what a device may write;
+                        // its wish only narrows what it receives.
+                        view::access(Some(rules), &op.origin, self.devices.get(&op.origin), None)
+                            .view()
+                            .cloned()
+                    })
+                    .clone()
+            };
+            let Ok(body) = OpBody::decode(&op.body) else {
+                out.push(op);
+                continue;
+            };
+            let key = keys::record_key(body.collection(), body.id());
+            let stamp = Stamp::of(&op);
+            match view {
+                Some(view) if !matches!(body, OpBody::Rejected { .. }) => {
+                    let before = match overlay.get(&key) {
+                        Some(r) => r.clone(),
+                        None => self.stored_record(db, &key),
+                    };
+                    let mut after = before.clone().unwrap_or_default();
+                    after.apply(&stamp, &body);
+                    match view.check_write(&body, before.as_ref(), &after) {
+                        Ok(()) => {
+                            overlay.insert(key, Some(after));
+                        }
+                        Err(reason) => {
+                            overlay.insert(key, before);
+                            rejected.push((op.clone(), reason.clone()));
+                            let stand_in = OpBody::Rejected {
+                                collection: body.collection().to_owned(),
+                                id: body.id().to_owned(),
+                                reason,
+                            };
+                            op.body = stand_in.encode().unwrap_or_default();
+                        }
+                    }
+                }
+                _ => {
+                    if let Some(Some(rec)) = overlay.get_mut(&key) {
+                        rec.apply(&stamp, &body);
+                    } else if let Some(slot) = overlay.get_mut(&key) {
+                        let mut rec = StoredRecord::default();
+                        rec.apply(&stamp, &body);
+                        *slot = Some(rec);
+                    }
+                }
+            }
+            out.push(op);
+        }
+        (out, rejected)
+    }
+
+    /// The record at `key` as the store holds it.
+    fn stored_record(&self, db: &str, key: &[u8]) -> Option<StoredRecord> {
+        let read = self.store.read_records(db, &[key.to_vec()]).ok()?;
+        let bytes = read.into_iter().next().flatten()?;
+        codec::from_slice(&bytes).ok()
+    }
+
+    /// Writes back the records refused writes touched, as this replica
+    /// holds them, and remembers which correction answers which write.
+    pub(super) fn correct_rejected(&mut self, db: &str, rejected: Vec<(Op, String)>, now: u64) {
+        let mut by_record: BTreeMap<Vec<u8>, (DeviceId, u64, String)> = BTreeMap::new();
+        for (op, reason) in &rejected {
+            self.events.push_back(Event::Rejected {
+                db: db.to_owned(),
+                origin: op.origin,
+                seq: op.seq,
+                hlc: op.hlc,
+                reason: reason.clone(),
+            });
+            if let Ok(body) = OpBody::decode(&op.body) {
+                by_record.insert(
+                    keys::record_key(body.collection(), body.id()),
+                    (op.origin, op.seq, reason.clone()),
+                );
+            }
+        }
+        if !self.store.sync_state(db).is_some_and(|s| sends(s.mode)) {
+            return;
+        }
+        let ops: Vec<Op> = rejected.into_iter().map(|(op, _)| op).collect();
+        let (corrections, after) = corrections_for(&ops);
+        match self.store.correct(db, corrections, after, now) {
+            Ok(written) => {
+                let told = self.rejections.entry(db.to_owned()).or_default();
+                for w in &written {
+                    let Ok(body) = OpBody::decode(&w.body) else {
+                        continue;
+                    };
+                    if let Some(r) = by_record.get(&keys::record_key(body.collection(), body.id())) {
+                        told.insert(w.seq, r.clone());
+                    }
+                }
+                while told.len() > REJECTIONS_KEPT {
+                    told.pop_first();
+                }
+                self.events.push_back(Event::Corrected {
+                    db: db.to_owned(),
+                    ops: written,
+                });
+                self.local_commit(db, now);
+            }
+            Err(e) => self.store_failed(db, &e),
+        }
+    }
+
+    /// Sends a full replica this (partial) replica's own writes it lacks.
+    pub(super) fn pump_own(&mut self, peer: DeviceId, db: &str, state: &SyncState, now: u64) {
+        let me = self.me;
+        let Some(s) = self.links.get_mut(&peer).and_then(|l| l.get_mut(db)) else {
+            return;
+        };
+        let Some(acked) = s.acked.clone() else {
+            return;
+        };
+        if !s.peer_wants {
+            return;
+        }
+        while s.sent.ahead_of(&acked) < self.config.window_ops {
+            let read = match self
+                .store
+                .read_ops(db, &s.sent, s.cursor, self.config.batch)
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    self.store_failed(db, &e);
+                    return;
+                }
+            };
+            s.cursor = read.next;
+            if read.ops.is_empty() {
+                break;
+            }
+            let ops: Vec<Op> = read.ops.into_iter().filter(|o| o.origin == me).collect();
+            if ops.is_empty() {
+                continue;
+            }
+            if !s.in_flight() {
+                s.progress_at = now;
+            }
+            for op in &ops {
+                s.sent.set(op.origin, op.seq);
+            }
+            self.outbox.push_back((
+                peer,
+                SyncMessage::Ops {
+                    db: db.to_owned(),
+                    epoch: state.epoch,
+                    ops,
+                },
+            ));
+        }
+    }
+
+    /// Sends a partial replica what it lacks, cut to `view`: a replacing
+    /// snapshot when its view changed or it is below the log, else
+    /// projections of what the operations it lacks did.
+    pub(super) fn pump_partial(
+        &mut self,
+        peer: DeviceId,
+        db: &str,
+        state: &SyncState,
+        view: &Arc<View>,
+        now: u64,
+    ) {
+        let me = self.me;
+        let Some(s) = self.links.get_mut(&peer).and_then(|l| l.get_mut(db)) else {
+            return;
+        };
+        let Some(acked) = s.acked.clone() else {
+            return;
+        };
+        if !s.peer_wants {
+            return;
+        }
+        if s.out_snapshot.is_none() {
+            let below_floor = state
+                .floor
+                .iter()
+                .any(|(o, f)| acked.get(o) < *f && state.vector.get(o) > acked.get(o));
+            // Replacing what the peer holds with an older state would undo
+            // operations it counts as held: wait until this replica holds
+            // all of them (the peer's own writes aside).
+            let current = acked
+                .iter()
+                .all(|(o, seq)| *o == peer || state.vector.get(o) >= *seq);
+            if (s.refilter || s.force_snapshot || below_floor) && current {
+                s.force_snapshot = false;
+                s.out_snapshot = Some(OutSnapshot {
+                    id: self.next_snapshot_id,
+                    vector: state.vector.clone(),
+                    after: None,
+                    next_part: 0,
+                    acked_part: None,
+                    all_sent: false,
+                    partial: true,
+                });
+                self.next_snapshot_id += 1;
+                s.cursor = 0;
+                s.progress_at = now;
+            }
+        }
+        if let Some(snap) = s.out_snapshot.as_mut() {
+            while !snap.all_sent
+                && snap.next_part - snap.acked_part.map_or(0, |p| p + 1) < self.config.window_pieces
+            {
+                let read = match self.store.read_snapshot(
+                    db,
+                    snap.after.as_deref(),
+                    self.config.snapshot_piece,
+                ) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        self.store_failed(db, &e);
+                        return;
+                    }
+                };
+                let from = snap.after.take();
+                snap.after = read.records.last().map(|r| r.key.clone()).or(from.clone());
+                snap.all_sent = read.done;
+                let span = Span {
+                    after: from.map(ByteBuf::from),
+                    upto: if read.done {
+                        None
+                    } else {
+                        snap.after.clone().map(ByteBuf::from)
+                    },
+                };
+                let records = read
+                    .records
+                    .into_iter()
+                    .filter_map(|r| project(view, r.key, &r.state))
+                    .collect();
+                self.outbox.push_back((
+                    peer,
+                    SyncMessage::Snapshot {
+                        db: db.to_owned(),
+                        epoch: state.epoch,
+                        id: snap.id,
+                        part: snap.next_part,
+                        vector: snap.vector.clone(),
+                        records,
+                        last: read.done,
+                        span: Some(span),
+                    },
+                ));
+                snap.next_part += 1;
+            }
+            return;
+        }
+        // Corrections of this peer's refused writes, by correction seq.
+        let told: BTreeMap<u64, (u64, String)> = self
+            .rejections
+            .get(db)
+            .into_iter()
+            .flatten()
+            .filter(|(_, (writer, _, _))| *writer == peer)
+            .map(|(c, (_, seq, reason))| (*c, (*seq, reason.clone())))
+            .collect();
+        while s.sent.ahead_of(&acked) < self.config.window_ops {
+            let read = match self
+                .store
+                .read_ops(db, &s.sent, s.cursor, self.config.batch)
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    self.store_failed(db, &e);
+                    return;
+                }
+            };
+            s.cursor = read.next;
+            if read.ops.is_empty() {
+                break;
+            }
+            if !s.in_flight() {
+                s.progress_at = now;
+            }
+            let mut covers: BTreeMap<DeviceId, (u64, u64)> = BTreeMap::new();
+            // Per record touched, whether it may have to leave the peer.
+            let mut touched: BTreeMap<Vec<u8>, bool> = BTreeMap::new();
+            let mut rejected = Vec::new();
+            for op in &read.ops {
+                s.sent.set(op.origin, op.seq);
+                covers
+                    .entry(op.origin)
+                    .and_modify(|c| c.1 = op.seq)
+                    .or_insert((op.seq, op.seq));
+                let Ok(body) = OpBody::decode(&op.body) else {
+                    continue;
+                };
+                let answers = (op.origin == me).then(|| told.get(&op.seq)).flatten();
+                if let Some((seq, reason)) = answers {
+                    rejected.push((*seq, reason.clone()));
+                }
+                // Evictions name records: only for records the peer may
+                // hold, so it learns nothing of the others.
+                let may_leave = answers.is_some()
+                    || op.origin == peer
+                    || (view.sees_collection(body.collection())
+                        && match &body {
+                            OpBody::Patch { set, unset, .. } => {
+                                set.keys().chain(unset).any(|f| view.filters_on(f))
+                            }
+                            _ => true,
+                        });
+                *touched
+                    .entry(keys::record_key(body.collection(), body.id()))
+                    .or_default() |= may_leave;
+            }
+            let keys: Vec<Vec<u8>> = touched.keys().cloned().collect();
+            let states = match self.store.read_records(db, &keys) {
+                Ok(r) => r,
+                Err(e) => {
+                    self.store_failed(db, &e);
+                    return;
+                }
+            };
+            let (mut records, mut evict) = (Vec::new(), Vec::new());
+            for ((key, may_leave), state) in touched.into_iter().zip(states) {
+                match state.and_then(|st| project(view, key.clone(), &st)) {
+                    Some(r) => records.push(r),
+                    None if may_leave => evict.push(ByteBuf::from(key)),
+                    None => {}
+                }
+            }
+            let mut at = state.vector.clone();
+            for (o, (_, last)) in &covers {
+                if *last > at.get(o) {
+                    at.set(*o, *last);
+                }
+            }
+            self.outbox.push_back((
+                peer,
+                SyncMessage::Projected {
+                    db: db.to_owned(),
+                    epoch: state.epoch,
+                    at,
+                    covers: covers.into_iter().map(|(o, (f, l))| (o, f, l)).collect(),
+                    records,
+                    evict,
+                    rejected,
+                },
+            ));
+        }
+    }
+
+    /// On a partial replica: a projection from a full one arrived.
+    pub(super) fn on_projected(
+        &mut self,
+        peer: DeviceId,
+        db: String,
+        epoch: blazedb_proto::Epoch,
+        at: &VersionVector,
+        projection: Projection,
+        now: u64,
+    ) {
+        let _ = now;
+        let Some(state) = self.store.sync_state(&db) else {
+            return;
+        };
+        if !super::takes(state.mode)
+            || !self.epoch_matches(peer, &db, epoch)
+            || self.own_view(&db).is_none()
+        {
+            return;
+        }
+        let gap = projection
+            .covers
+            .iter()
+            .any(|(o, first, _)| *first > state.vector.get(o) + 1);
+        if gap || !self.covers_all(at, &state.vector) {
+            // Older than what this replica took from elsewhere, or after a
+            // lost message: the sender goes back and sends it again.
+            return;
+        }
+        let ops: u64 = projection
+            .covers
+            .iter()
+            .map(|(o, first, last)| last.saturating_sub((*first).max(state.vector.get(o) + 1)) + 1)
+            .sum();
+        if let Err(e) = self.store.merge_projected(&db, projection) {
+            self.store_failed(db, &e);
+            return;
+        }
+        self.events.push_back(Event::Applied {
+            db: db.clone(),
+            from: peer,
+            ops: usize::try_from(ops).unwrap_or(usize::MAX),
+        });
+        self.send_ack(peer, &db);
+    }
+}
+
+/// A record as a partial replica with `view` may receive it, or `None` if
+/// it may not see it.
+fn project(view: &View, key: Vec<u8>, state: &[u8]) -> Option<SnapshotRecord> {
+    let rec: StoredRecord = codec::from_slice(state).ok()?;
+    let (collection, id) = keys::split_record_key(&key)?;
+    if !view.sees(collection, id, &rec) {
+        return None;
+    }
+    let state = if view.exclude.is_empty() {
+        state.to_vec()
+    } else {
+        codec::to_vec(&view.project(&rec)).ok()?
+    };
+    Some(SnapshotRecord { key, state })
+}
