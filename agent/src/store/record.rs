@@ -195,6 +195,17 @@ impl StoredRecord {
     /// merging two states gives the state of applying both their writes.
     /// Returns whether anything changed.
     pub(crate) fn merge(&mut self, other: &StoredRecord) -> bool {
+        self.merge_with(other, false)
+    }
+
+    /// [`StoredRecord::merge`] on a partial replica, for a state cut to
+    /// its view: a field the sender left without its value (excluded for
+    /// this replica) loses the value here too.
+    pub(crate) fn merge_cut(&mut self, other: &StoredRecord) -> bool {
+        self.merge_with(other, true)
+    }
+
+    fn merge_with(&mut self, other: &StoredRecord, cut: bool) -> bool {
         let mut changed = false;
         if let Some((b, deleted)) = other.base {
             changed |= self.reset(&other.stamp(b), deleted);
@@ -206,10 +217,15 @@ impl StoredRecord {
             if self.base_cmp(&stamp) == Ordering::Greater {
                 continue;
             }
-            let newer = self
-                .fields
-                .get(name)
-                .is_none_or(|c| self.stamp(c.0) < stamp);
+            // One stamp is one write, so one value: the same stamp with
+            // and without a value means a copy was cut to a view. A whole
+            // copy fills the value in; a cut one takes it out on the
+            // partial replica it was cut for.
+            let newer = self.fields.get(name).is_none_or(|c| {
+                let held = self.stamp(c.0);
+                held < stamp
+                    || (held == stamp && c.1.is_some() != cell.1.is_some() && cut == cell.1.is_none())
+            });
             if newer {
                 let cs = self.cell_stamp(&stamp);
                 self.fields.insert(name.clone(), Cell(cs, cell.1.clone()));

@@ -194,7 +194,12 @@ impl Writer {
                 let existing = load_for_update(&group, &plan, &db, &rec.key)?;
                 let old_values = field_values(existing.as_ref(), &indexes);
                 let mut record = existing.unwrap_or_default();
-                if record.merge(&state) {
+                let changed = if replace.is_some() {
+                    record.merge_cut(&state)
+                } else {
+                    record.merge(&state)
+                };
+                if changed {
                     plan_record(
                         &mut plan,
                         &db,
@@ -370,7 +375,7 @@ impl Writer {
             let existing = load_for_update(&group, &plan, db, &rec.key)?;
             let old_values = field_values(existing.as_ref(), &indexes);
             let mut record = existing.unwrap_or_default();
-            if !record.merge(&state) {
+            if !record.merge_cut(&state) {
                 continue;
             }
             plan_record(

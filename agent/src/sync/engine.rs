@@ -1366,7 +1366,10 @@ impl<S: SyncStore> Engine<S> {
             return;
         }
         if let Some(view) = peer_view {
-            self.pump_partial(peer, db, state, &view, now);
+            // Records cut to another view cannot be cut to this one.
+            if !state.lacking {
+                self.pump_partial(peer, db, state, &view, now);
+            }
             return;
         }
         // A replica holding a removed device's late operations sends them

@@ -398,12 +398,18 @@ impl SyncStore for MemoryStore {
                     || MemDb::holds_own(rec, &me, from)
             });
         }
+        let cut = replace.is_some();
         for rec in records {
             // A record that does not decode came from a broken peer; the
             // engine checked the message, so skip it rather than fail.
             if let Ok(state) = codec::from_slice::<StoredRecord>(&rec.state) {
                 self.clock.observe(state.version());
-                d.records.entry(rec.key).or_default().merge(&state);
+                let held = d.records.entry(rec.key).or_default();
+                if cut {
+                    held.merge_cut(&state);
+                } else {
+                    held.merge(&state);
+                }
             }
         }
         if let Some(v) = complete {
@@ -449,7 +455,7 @@ impl SyncStore for MemoryStore {
         for rec in p.records {
             if let Ok(state) = codec::from_slice::<StoredRecord>(&rec.state) {
                 self.clock.observe(state.version());
-                d.records.entry(rec.key).or_default().merge(&state);
+                d.records.entry(rec.key).or_default().merge_cut(&state);
             }
         }
         for (origin, _, last) in p.covers {

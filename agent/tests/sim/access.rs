@@ -130,7 +130,9 @@ impl Grant {
         let status_ok = self
             .status_below
             .is_none_or(|b| matches!(held.get("status"), Some(Value::Int(s)) if *s < b));
-        if !outside && !status_ok && !own("status") && !all_own {
+        // A put of its own may have removed the status.
+        let own_put = stamps.base.is_some_and(|(o, _)| o == me) && !held.contains_key("status");
+        if !outside && !status_ok && !own("status") && !all_own && !own_put {
             return Some("holds a record its filter does not match".into());
         }
         None
