@@ -340,7 +340,31 @@ impl Writer {
             }
         }
         let from = self.first_unheld(db, p.own_held)?;
-        for key in p.evict {
+        let mut evict = p.evict;
+        if let Some(view) = &p.view {
+            // This device's writes a full replica has judged: a record
+            // they touched that the view does not see was refused.
+            for kv in db.log.iter().rev() {
+                let (_, v) = kv.into_inner()?;
+                let op: Op = codec::from_slice(&v)?;
+                if op.origin != me || op.seq == 0 || op.seq > p.own_held {
+                    continue;
+                }
+                if op.seq <= p.own_from {
+                    break;
+                }
+                let Ok(body) = OpBody::decode(&op.body) else {
+                    continue;
+                };
+                let key = keys::record_key(body.collection(), body.id());
+                let seen = load_for_update(&group, &plan, db, &key)?
+                    .is_some_and(|r| view.sees(body.collection(), body.id(), &r));
+                if !seen {
+                    evict.push(key);
+                }
+            }
+        }
+        for key in evict {
             let Some(rec) = load_for_update(&group, &plan, db, &key)? else {
                 continue;
             };

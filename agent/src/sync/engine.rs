@@ -403,6 +403,10 @@ pub struct Engine<S> {
     /// Per database, what this replica may see of it when it holds a
     /// partial replica (`None`: a full one).
     own_views: BTreeMap<String, Option<Arc<View>>>,
+    /// Per database, up to which seq this (partial) replica's own writes
+    /// have been judged by a full replica and swept (see
+    /// `Projection::view`).
+    own_judged: BTreeMap<String, u64>,
     next_announce: u64,
     next_compact: u64,
     next_snapshot_id: u64,
@@ -434,6 +438,7 @@ impl<S: SyncStore> Engine<S> {
             wishes: BTreeMap::new(),
             rejections: BTreeMap::new(),
             own_views: BTreeMap::new(),
+            own_judged: BTreeMap::new(),
             next_snapshot_id: 1,
         }
     }
@@ -687,6 +692,8 @@ impl<S: SyncStore> Engine<S> {
                     covers,
                     rejected,
                     own_held: at.get(&self.me),
+                    view: None,
+                    own_from: 0,
                 };
                 self.on_projected(peer, db, epoch, &at, projection, now)
             }

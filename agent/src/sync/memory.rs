@@ -443,7 +443,26 @@ impl SyncStore for MemoryStore {
         };
         d.lacking = true;
         let from = d.first_unheld(&me, p.own_held);
-        for key in p.evict {
+        let mut evict = p.evict;
+        if let Some(view) = &p.view {
+            let judged = d
+                .positions
+                .get(&me)
+                .into_iter()
+                .flat_map(|seqs| seqs.range(p.own_from + 1..p.own_held.max(p.own_from) + 1))
+                .filter_map(|(_, cursor)| OpBody::decode(&d.log.get(cursor)?.body).ok());
+            for body in judged {
+                let key = keys::record_key(body.collection(), body.id());
+                let seen = d
+                    .records
+                    .get(&key)
+                    .is_some_and(|r| view.sees(body.collection(), body.id(), r));
+                if !seen {
+                    evict.push(key);
+                }
+            }
+        }
+        for key in evict {
             if d
                 .records
                 .get(&key)

@@ -46,6 +46,13 @@ pub struct Projection {
     /// How many of this replica's own writes the sender held: a record
     /// holding a later write of this replica's is kept, not evicted.
     pub own_held: u64,
+    /// What this replica may see. Its own writes after `own_from`, up to
+    /// `own_held`, have been judged by a full replica: a record they
+    /// touched that the view does not see was refused (or has left the
+    /// view since) and is dropped.
+    pub view: Option<std::sync::Arc<crate::access::view::View>>,
+    /// See `view`.
+    pub own_from: u64,
 }
 
 /// A snapshot piece that replaces what a partial replica holds in a key

@@ -573,6 +573,10 @@ impl<S: SyncStore> Engine<S> {
             // lost message: the sender goes back and sends it again.
             return;
         }
+        let mut projection = projection;
+        projection.view = self.own_view(&db);
+        projection.own_from = self.own_judged.get(&db).copied().unwrap_or(0);
+        let judged = projection.own_held;
         let ops: u64 = projection
             .covers
             .iter()
@@ -582,6 +586,9 @@ impl<S: SyncStore> Engine<S> {
             self.store_failed(db, &e);
             return;
         }
+        if judged > projection_from(&self.own_judged, &db) {
+            self.own_judged.insert(db.clone(), judged);
+        }
         self.events.push_back(Event::Applied {
             db: db.clone(),
             from: peer,
@@ -589,6 +596,10 @@ impl<S: SyncStore> Engine<S> {
         });
         self.send_ack(peer, &db);
     }
+}
+
+fn projection_from(judged: &BTreeMap<String, u64>, db: &str) -> u64 {
+    judged.get(db).copied().unwrap_or(0)
 }
 
 /// A record as a partial replica with `view` may receive it, or `None` if
