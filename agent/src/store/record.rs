@@ -219,12 +219,14 @@ impl StoredRecord {
             }
             // One stamp is one write, so one value: the same stamp with
             // and without a value means a copy was cut to a view. A whole
-            // copy fills the value in; a cut one takes it out on the
-            // partial replica it was cut for.
+            // copy fills the value in; on a partial replica, a copy cut to
+            // its current view says which values it may hold.
             let newer = self.fields.get(name).is_none_or(|c| {
                 let held = self.stamp(c.0);
                 held < stamp
-                    || (held == stamp && c.1.is_some() != cell.1.is_some() && cut == cell.1.is_none())
+                    || (held == stamp
+                        && c.1.is_some() != cell.1.is_some()
+                        && (cut || cell.1.is_some()))
             });
             if newer {
                 let cs = self.cell_stamp(&stamp);

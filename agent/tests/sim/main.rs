@@ -69,6 +69,10 @@ fn seeds_converge() {
             total.removals > 0 && total.corrections > 0,
             "no run undid a removed node's late writes: {total:?}"
         );
+        assert!(
+            total.partial_runs > 0 && total.rejected > 0,
+            "no run had a partial replica whose writes were refused: {total:?}"
+        );
     }
 }
 

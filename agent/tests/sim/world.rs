@@ -1004,6 +1004,26 @@ impl<R: Replica> World<R> {
                     .unwrap_or_default()
             })
             .collect();
+        // And where a partial replica differs from what its rules let it see.
+        let full = (0..self.nodes.len()).find(|i| self.final_grant(*i).is_none());
+        if let Some(store) = full.and_then(|f| self.nodes[f].engine.as_ref()).map(|e| e.store()) {
+            let (whole, stamps) = (store.visible(), store.stamps());
+            for (i, view) in views.iter().enumerate() {
+                let Some(g) = self.final_grant(i) else {
+                    continue;
+                };
+                let want = g.project(&whole, stamps.as_ref());
+                for k in want.keys().chain(view.keys()).collect::<BTreeSet<_>>() {
+                    if want.get(k) != view.get(k) {
+                        s += &format!(
+                            "\n  partial node {i} {k:?}: want {:?} got {:?}",
+                            want.get(k),
+                            view.get(k)
+                        );
+                    }
+                }
+            }
+        }
         let keys: BTreeSet<_> = views.iter().flat_map(|v| v.keys().cloned()).collect();
         for k in keys {
             let vals: Vec<_> = views.iter().map(|v| v.get(&k)).collect();
