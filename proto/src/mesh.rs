@@ -230,6 +230,10 @@ pub struct Roster {
     pub addrs: Vec<Signed>,
     /// The latest signed [`Rotation`], if the secret was ever rotated.
     pub rotation: Option<Signed>,
+    /// Signed [`AccessRules`](crate::rules::AccessRules), the newest
+    /// version per database.
+    #[serde(default)]
+    pub rules: Vec<Signed>,
 }
 
 /// A control-stream message.

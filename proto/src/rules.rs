@@ -16,6 +16,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::api::{Filter, FilterOp};
+use crate::mesh::MeshId;
 use crate::op::DeviceId;
 use crate::value::Value;
 
@@ -183,6 +184,8 @@ pub struct AccessRule {
 /// The access rules of one database, as an admin signs them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AccessRules {
+    /// The mesh they belong to.
+    pub mesh: MeshId,
     /// The database they govern.
     pub db: String,
     /// Higher versions replace lower ones.
@@ -259,6 +262,7 @@ mod tests {
     #[test]
     fn rules_round_trip_and_say_whether_they_restrict() {
         let mut rules = AccessRules {
+            mesh: MeshId([3; 16]),
             db: "bugs".into(),
             version: 3,
             default: AccessLevel::ReadWrite,

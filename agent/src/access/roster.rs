@@ -17,6 +17,7 @@
 use std::collections::BTreeMap;
 
 use blazedb_proto::DeviceId;
+use blazedb_proto::rules::AccessRules;
 use blazedb_proto::mesh::{
     Addresses, Genesis, MemberRecord, MeshId, Removal, Role, Roster as WireRoster, Rotation, Signed,
 };
@@ -97,6 +98,8 @@ pub struct Merged {
     pub addrs: bool,
     /// A newer rotation was taken.
     pub rotation: bool,
+    /// Newer access rules were taken.
+    pub rules: bool,
     /// What was refused, with the device it was about where known.
     pub rejected: Vec<(Option<DeviceId>, Rejection)>,
     /// What was taken, to pass on to other peers.
@@ -106,7 +109,7 @@ pub struct Merged {
 impl Merged {
     /// Whether anything changed.
     pub fn changed(&self) -> bool {
-        self.members || self.addrs || self.rotation
+        self.members || self.addrs || self.rotation || self.rules
     }
 }
 
@@ -118,6 +121,7 @@ pub struct Roster {
     members: BTreeMap<DeviceId, Held<MemberRecord>>,
     addrs: BTreeMap<DeviceId, Held<Addresses>>,
     rotation: Option<Held<Rotation>>,
+    rules: BTreeMap<String, Held<AccessRules>>,
 }
 
 impl Roster {
@@ -129,6 +133,7 @@ impl Roster {
             members: BTreeMap::new(),
             addrs: BTreeMap::new(),
             rotation: None,
+            rules: BTreeMap::new(),
         }
     }
 
@@ -211,7 +216,63 @@ impl Roster {
             records: self.members.values().map(|h| h.signed.clone()).collect(),
             addrs: self.addrs.values().map(|h| h.signed.clone()).collect(),
             rotation: self.rotation.as_ref().map(|h| h.signed.clone()),
+            rules: self.rules.values().map(|h| h.signed.clone()).collect(),
         }
+    }
+
+    /// The access rules of `db`, if an admin set any.
+    pub fn rules(&self, db: &str) -> Option<&AccessRules> {
+        self.rules.get(db).map(|h| &h.value)
+    }
+
+    /// Every database's access rules.
+    pub fn all_rules(&self) -> impl Iterator<Item = &AccessRules> {
+        self.rules.values().map(|h| &h.value)
+    }
+
+    /// Takes a database's access rules signed by an admin if they are
+    /// newer than the ones held (an equal version with greater bytes wins,
+    /// so two admins' concurrent edits end alike everywhere).
+    pub fn accept_rules(&mut self, signed: &Signed) -> Result<bool, Rejection> {
+        let r: AccessRules = signed.decode().map_err(|_| Rejection::Undecodable)?;
+        if r.mesh != self.mesh {
+            return Err(Rejection::WrongMesh);
+        }
+        if let Some(h) = self.rules.get(&r.db) {
+            if h.signed == *signed {
+                return Ok(false);
+            }
+            if (r.version, &signed.body) <= (h.value.version, &h.signed.body) {
+                return Err(Rejection::Stale {
+                    held: h.value.version,
+                    got: r.version,
+                });
+            }
+        }
+        let Some(signer) = self.record(&r.signer) else {
+            return Err(Rejection::SignerUnknown(r.signer));
+        };
+        if signer.removed.is_some() || !signer.admin {
+            return Err(Rejection::SignerNotAdmin(r.signer));
+        }
+        if !sign::verify(&signer.key, Purpose::Rules, signed) {
+            return Err(Rejection::BadSignature(r.signer));
+        }
+        self.rules.insert(
+            r.db.clone(),
+            Held {
+                value: r,
+                signed: signed.clone(),
+            },
+        );
+        Ok(true)
+    }
+
+    /// Signs `rules` with `key` and takes them: they fail exactly as a
+    /// forged copy would if this device may not set them.
+    pub fn take_rules(&mut self, key: &p256::SecretKey, rules: &AccessRules) -> Result<(), Rejection> {
+        let signed = sign::sign(key, Purpose::Rules, rules).map_err(|_| Rejection::Undecodable)?;
+        self.accept_rules(&signed).map(|_| ())
     }
 
     /// `device`'s record and those of its signers, back to the creator:
@@ -559,6 +620,18 @@ impl Roster {
                     }
                 }
                 Err(Rejection::Stale { .. } | Rejection::RemovalIsFinal(_)) => {}
+                Err(e) => out.rejected.push((None, e)),
+            }
+        }
+        for s in &wire.rules {
+            match self.accept_rules(s) {
+                Ok(changed) => {
+                    out.rules |= changed;
+                    if changed {
+                        out.taken.rules.push(s.clone());
+                    }
+                }
+                Err(Rejection::Stale { .. }) => {}
                 Err(e) => out.rejected.push((None, e)),
             }
         }

@@ -19,6 +19,8 @@ pub enum Purpose {
     Addresses,
     /// A secret [`Rotation`](blazedb_proto::mesh::Rotation).
     Rotation,
+    /// A database's [`AccessRules`](blazedb_proto::rules::AccessRules).
+    Rules,
 }
 
 impl Purpose {
@@ -27,6 +29,7 @@ impl Purpose {
             Purpose::Member => b"blazedb member record\0",
             Purpose::Addresses => b"blazedb addresses\0",
             Purpose::Rotation => b"blazedb secret rotation\0",
+            Purpose::Rules => b"blazedb access rules\0",
         }
     }
 }

@@ -288,6 +288,7 @@ mod tests {
 
     fn team_rules() -> AccessRules {
         AccessRules {
+            mesh: blazedb_proto::mesh::MeshId([3; 16]),
             db: "bugs".into(),
             version: 1,
             default: AccessLevel::ReadWrite,

@@ -175,7 +175,7 @@ fn check_member(
         &Roster {
             records: chain,
             addrs: vec![addrs],
-            rotation: None,
+            ..Roster::default()
         },
     );
     if shared.is_active(peer) {

@@ -102,6 +102,8 @@ struct StateFile {
     addrs: Vec<SignedFile>,
     rotation: Option<SignedFile>,
     #[serde(default)]
+    rules: Vec<SignedFile>,
+    #[serde(default)]
     invites: Vec<InviteFile>,
     #[serde(default)]
     static_peers: Vec<String>,
@@ -207,6 +209,7 @@ impl MeshState {
                         .as_ref()
                         .map(|s| s.read().ok_or_else(|| bad("the rotation")))
                         .transpose()?,
+                    rules: read(&file.rules)?,
                 };
                 let merged = roster.merge(&wire);
                 for (device, why) in merged.rejected {
@@ -262,6 +265,7 @@ impl MeshState {
             records: wire.records.iter().map(SignedFile::of).collect(),
             addrs: wire.addrs.iter().map(SignedFile::of).collect(),
             rotation: wire.rotation.as_ref().map(SignedFile::of),
+            rules: wire.rules.iter().map(SignedFile::of).collect(),
             invites: self
                 .invites
                 .iter()

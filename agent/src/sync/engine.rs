@@ -1178,8 +1178,10 @@ impl<S: SyncStore> Engine<S> {
         // A partial replica takes only snapshots cut for it, and only ones
         // at least as new as what it holds; a full one never takes those.
         let partial = self.own_view(&db).is_some();
+        // Nor does a replica that lacks a whole state take one that holds
+        // less than it counts as held.
         if partial != span.is_some()
-            || (partial && part == 0 && !self.covers_all(&vector, &state.vector))
+            || ((partial || state.lacking) && part == 0 && !self.covers_all(&vector, &state.vector))
         {
             return;
         }
@@ -1403,7 +1405,13 @@ impl<S: SyncStore> Engine<S> {
                 .iter()
                 .any(|(o, f)| acked.get(o) < *f && state.vector.get(o) > acked.get(o));
             let far_behind = !tainted && state.vector.ahead_of(&acked) > self.config.snapshot_after;
-            if s.force_snapshot || s.refilter || below_floor || far_behind {
+            // A peer owed a whole state gets it from a state that holds
+            // everything it counts as held.
+            let owed = s.refilter
+                && acked
+                    .iter()
+                    .all(|(o, seq)| *o == peer || state.vector.get(o) >= *seq);
+            if s.force_snapshot || owed || below_floor || far_behind {
                 s.force_snapshot = false;
                 s.out_snapshot = Some(OutSnapshot {
                     id: self.next_snapshot_id,

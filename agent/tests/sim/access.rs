@@ -173,6 +173,7 @@ impl AccessPlan {
         device: impl Fn(usize) -> DeviceId,
     ) -> AccessRules {
         AccessRules {
+            mesh: blazedb_proto::mesh::MeshId([9; 16]),
             db: crate::world::DB.to_owned(),
             version,
             default: AccessLevel::ReadWrite,

@@ -122,13 +122,14 @@ impl<S: SyncStore> Engine<S> {
             if s.view == new {
                 continue;
             }
-            let was_partial = s.view.is_some();
             s.view = new;
             s.out_snapshot = None;
             s.cursor = 0;
             if let Some(a) = &s.acked {
                 s.sent = a.clone();
             }
+            // A peer now partial gets what it holds replaced; one now full
+            // says it lacks a whole state (`Vector::lacking`).
             if s.view.is_some() {
                 s.refilter = true;
             }
