@@ -267,6 +267,10 @@ pub enum SyncMessage {
         /// does not carry (the records it may no longer see).
         #[serde(default)]
         span: Option<Span>,
+        /// The records are cut to what the receiver, a partial replica,
+        /// may see.
+        #[serde(default)]
+        cut: bool,
     },
     /// To a partial replica, in place of `Ops`: what operations it lacks
     /// did to the records it may see. Each record comes as the sender's

@@ -148,7 +148,7 @@ impl Writer {
         db: &str,
         records: Vec<SnapshotRecord>,
         complete: Option<&VersionVector>,
-        replace: Option<(Span, u64)>,
+        replace: Option<(Span, u64, bool)>,
     ) -> Result<(), StoreError> {
         let db = self.store.db(db)?;
         let start_clock = self.clock;
@@ -156,8 +156,8 @@ impl Writer {
         let group = Group::new();
         let mut plan = Plan::new();
         let result = (|| {
-            if let Some((span, own_held)) = &replace {
-                sync.lacking = true;
+            if let Some((span, own_held, cut)) = &replace {
+                sync.lacking |= *cut;
                 let from = self.first_unheld(&db, *own_held)?;
                 let carried: HashSet<&[u8]> = records.iter().map(|r| r.key.as_slice()).collect();
                 let range = match &span.after {
@@ -213,7 +213,7 @@ impl Writer {
             if let Some(v) = complete {
                 sync.vector.merge(v);
                 sync.floor.merge(v);
-                if replace.is_none() {
+                if replace.as_ref().is_none_or(|r| !r.2) {
                     sync.lacking = false;
                 }
                 let me = self.store.device();
@@ -605,7 +605,7 @@ impl SyncStore for Store {
         replace: Option<Replace<'_>>,
     ) -> Result<(), StoreError> {
         let (db, complete) = (db.to_owned(), complete.cloned());
-        let replace = replace.map(|r| (r.span.clone(), r.own_held));
+        let replace = replace.map(|r| (r.span.clone(), r.own_held, r.cut));
         self.call_blocking(|reply| Command::MergeSnapshot {
             db,
             records,

@@ -109,7 +109,7 @@ pub enum Command {
         complete: Option<VersionVector>,
         /// For a partial replica, the key range the piece replaces and how
         /// many of this device's writes the sender held.
-        replace: Option<(blazedb_proto::Span, u64)>,
+        replace: Option<(blazedb_proto::Span, u64, bool)>,
         /// Answered once they are durable.
         reply: Reply<()>,
     },

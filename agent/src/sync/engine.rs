@@ -217,6 +217,17 @@ pub enum Event {
     },
 }
 
+/// A piece of a snapshot, as received.
+struct SnapshotPiece {
+    id: u64,
+    part: u32,
+    vector: VersionVector,
+    records: Vec<blazedb_proto::SnapshotRecord>,
+    last: bool,
+    span: Option<blazedb_proto::Span>,
+    cut: bool,
+}
+
 /// A snapshot being sent to one peer.
 #[derive(Debug, Clone)]
 struct OutSnapshot {
@@ -228,8 +239,11 @@ struct OutSnapshot {
     /// The latest piece the peer has merged.
     acked_part: Option<u32>,
     all_sent: bool,
-    /// Cut to what a partial replica may see, replacing what it holds.
+    /// Cut to what a partial replica may see.
     partial: bool,
+    /// Replacing what the peer holds, range by range (to a partial
+    /// replica, or one that held a cut state).
+    replace: bool,
 }
 
 /// One database shared with one peer.
@@ -313,6 +327,19 @@ fn sends(mode: SyncMode) -> bool {
 
 fn takes(mode: SyncMode) -> bool {
     matches!(mode, SyncMode::Sync | SyncMode::Pull)
+}
+
+/// The key range a snapshot piece stands for: after the previous piece's
+/// last key, up to its own (to the end for the last piece).
+fn piece_span(from: Option<Vec<u8>>, upto: &Option<Vec<u8>>, last: bool) -> blazedb_proto::Span {
+    blazedb_proto::Span {
+        after: from.map(serde_bytes::ByteBuf::from),
+        upto: if last {
+            None
+        } else {
+            upto.clone().map(serde_bytes::ByteBuf::from)
+        },
+    }
 }
 
 /// The records `ops` touched, as writes that put them back as this replica
@@ -672,9 +699,19 @@ impl<S: SyncStore> Engine<S> {
                 records,
                 last,
                 span,
+                cut,
             } => {
                 if self.epoch_matches(peer, &db, epoch) {
-                    self.on_snapshot(peer, db, id, part, vector, records, last, span, now);
+                    let piece = SnapshotPiece {
+                        id,
+                        part,
+                        vector,
+                        records,
+                        last,
+                        span,
+                        cut,
+                    };
+                    self.on_snapshot(peer, db, piece, now);
                 }
             }
             SyncMessage::Projected {
@@ -1157,33 +1194,44 @@ impl<S: SyncStore> Engine<S> {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn on_snapshot(
-        &mut self,
-        peer: DeviceId,
-        db: String,
-        id: u64,
-        part: u32,
-        vector: VersionVector,
-        records: Vec<blazedb_proto::SnapshotRecord>,
-        last: bool,
-        span: Option<blazedb_proto::Span>,
-        now: u64,
-    ) {
+    fn on_snapshot(&mut self, peer: DeviceId, db: String, piece: SnapshotPiece, now: u64) {
+        let SnapshotPiece {
+            id,
+            part,
+            vector,
+            records,
+            last,
+            span,
+            cut,
+        } = piece;
         let Some(state) = self.store.sync_state(&db) else {
             return;
         };
         if !takes(state.mode) {
             return;
         }
-        // A partial replica takes only snapshots cut for it, and only ones
-        // at least as new as what it holds; a full one never takes those.
+        // A partial replica takes only snapshots cut for it, replacing
+        // what it holds; a full one never takes those.
         let partial = self.own_view(&db).is_some();
-        // Nor does a replica that lacks a whole state take one that holds
-        // less than it counts as held.
-        if partial != span.is_some()
-            || ((partial || state.lacking) && part == 0 && !self.covers_all(&vector, &state.vector))
-        {
+        if partial != cut || (cut && span.is_none()) {
             return;
+        }
+        if partial || state.lacking {
+            // A replica that holds a cut state takes a snapshot only from
+            // a state holding all it counts as held, checked at every
+            // piece (what it took from elsewhere meanwhile may be newer),
+            // and one snapshot at a time: pieces of two would replace each
+            // other's records with older ones.
+            let busy = self
+                .links
+                .iter()
+                .any(|(p, l)| *p != peer && l.get(&db).is_some_and(|s| s.in_snapshot.is_some()));
+            if !self.covers_all(&vector, &state.vector) || (part == 0 && busy) {
+                if let Some(s) = self.links.get_mut(&peer).and_then(|l| l.get_mut(&db)) {
+                    s.in_snapshot = None;
+                }
+                return;
+            }
         }
         let Some(s) = self.links.get_mut(&peer).and_then(|l| l.get_mut(&db)) else {
             return;
@@ -1201,6 +1249,7 @@ impl<S: SyncStore> Engine<S> {
         let replace = span.as_ref().map(|span| super::store::Replace {
             span,
             own_held: vector.get(&self.me),
+            cut,
         });
         if let Err(e) = self.store.merge_snapshot(&db, records, complete, replace) {
             if let Some(s) = self.links.get_mut(&peer).and_then(|l| l.get_mut(&db)) {
@@ -1421,6 +1470,7 @@ impl<S: SyncStore> Engine<S> {
                     acked_part: None,
                     all_sent: false,
                     partial: false,
+                    replace: owed,
                 });
                 self.next_snapshot_id += 1;
                 s.cursor = 0;
@@ -1442,10 +1492,10 @@ impl<S: SyncStore> Engine<S> {
                         return;
                     }
                 };
-                if let Some(r) = read.records.last() {
-                    snap.after = Some(r.key.clone());
-                }
+                let from = snap.after.take();
+                snap.after = read.records.last().map(|r| r.key.clone()).or(from.clone());
                 snap.all_sent = read.done;
+                let span = snap.replace.then(|| piece_span(from, &snap.after, read.done));
                 self.outbox.push_back((
                     peer,
                     SyncMessage::Snapshot {
@@ -1456,7 +1506,8 @@ impl<S: SyncStore> Engine<S> {
                         vector: snap.vector.clone(),
                         records: read.records,
                         last: read.done,
-                        span: None,
+                        span,
+                        cut: false,
                     },
                 ));
                 snap.next_part += 1;

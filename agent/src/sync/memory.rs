@@ -388,7 +388,7 @@ impl SyncStore for MemoryStore {
             return Ok(());
         };
         if let Some(r) = replace {
-            d.lacking = true;
+            d.lacking |= r.cut;
             let carried: std::collections::BTreeSet<&[u8]> =
                 records.iter().map(|r| r.key.as_slice()).collect();
             let from = d.first_unheld(&me, r.own_held);
@@ -415,7 +415,7 @@ impl SyncStore for MemoryStore {
         if let Some(v) = complete {
             d.vector.merge(v);
             d.floor.merge(v);
-            if replace.is_none() {
+            if replace.is_none_or(|r| !r.cut) {
                 d.lacking = false;
             }
         }

@@ -64,6 +64,9 @@ pub struct Replace<'a> {
     /// How many of this replica's own writes the sender held, as in
     /// [`Projection::own_held`].
     pub own_held: u64,
+    /// Whether the records are cut to this replica's view (it holds a
+    /// partial replica), or whole (it held one and is owed a whole state).
+    pub cut: bool,
 }
 
 /// Bounds on one read of the op log or of a snapshot.
@@ -206,8 +209,8 @@ pub trait SyncStore {
     /// so the vector and the floor rise to at least `complete`'s. With
     /// `replace` (a partial replica's snapshot), records in the piece's
     /// range that it does not carry are dropped first, unless they hold a
-    /// write of this replica's the sender did not have, and the state is
-    /// `lacking` from then on; a whole snapshot's last piece ends that.
+    /// write of this replica's the sender did not have; a cut snapshot
+    /// leaves the state `lacking`, a whole one's last piece ends that.
     fn merge_snapshot(
         &mut self,
         db: &str,

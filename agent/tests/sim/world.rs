@@ -792,8 +792,22 @@ impl<R: Replica> World<R> {
             if self.trace {
                 self.log(|| format!("{} -> {}: {}", m.from, m.to, describe(&m.msg)));
             }
+            let before = (self.trace && self.final_grant(m.to).is_some())
+                .then(|| self.nodes[m.to].engine.as_ref().map(|e| e.store().visible()))
+                .flatten();
             if let Some(e) = self.nodes[m.to].engine.as_mut() {
                 e.handle(from, m.msg, wall);
+            }
+            if let (Some(before), Some(e)) = (before, self.nodes[m.to].engine.as_ref()) {
+                // What a partial replica's records did, key by key.
+                let after = e.store().visible();
+                for k in before.keys().chain(after.keys()).collect::<BTreeSet<_>>() {
+                    if before.get(k) != after.get(k) {
+                        self.log(|| {
+                            format!("  node {} {k:?}: {:?} -> {:?}", m.to, before.get(k), after.get(k))
+                        });
+                    }
+                }
             }
             self.flush(m.to);
             self.check_vector(m.to)?;
@@ -1136,13 +1150,19 @@ fn describe(msg: &SyncMessage) -> String {
             evict,
             ..
         } => format!(
-            "projected {:?}, {} records, {} evicted",
+            "projected {:?}, records {:?}, evicted {:?}",
             covers
                 .iter()
                 .map(|(o, f, l)| format!("{}:{f}-{l}", o.short()))
                 .collect::<Vec<_>>(),
-            records.len(),
-            evict.len()
+            records
+                .iter()
+                .map(|r| String::from_utf8_lossy(&r.key).replace('\0', "/"))
+                .collect::<Vec<_>>(),
+            evict
+                .iter()
+                .map(|k| String::from_utf8_lossy(k).replace('\0', "/"))
+                .collect::<Vec<_>>()
         ),
     }
 }

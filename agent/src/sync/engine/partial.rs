@@ -26,7 +26,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use blazedb_proto::rules::{AccessRules, SyncWish};
-use blazedb_proto::{DeviceId, Op, OpBody, SnapshotRecord, Span, SyncMessage, VersionVector, codec};
+use blazedb_proto::{DeviceId, Op, OpBody, SnapshotRecord, SyncMessage, VersionVector, codec};
 use serde_bytes::ByteBuf;
 
 use super::{Engine, Event, OutSnapshot, corrections_for, sends};
@@ -395,6 +395,7 @@ impl<S: SyncStore> Engine<S> {
                     acked_part: None,
                     all_sent: false,
                     partial: true,
+                    replace: true,
                 });
                 self.next_snapshot_id += 1;
                 s.cursor = 0;
@@ -419,14 +420,7 @@ impl<S: SyncStore> Engine<S> {
                 let from = snap.after.take();
                 snap.after = read.records.last().map(|r| r.key.clone()).or(from.clone());
                 snap.all_sent = read.done;
-                let span = Span {
-                    after: from.map(ByteBuf::from),
-                    upto: if read.done {
-                        None
-                    } else {
-                        snap.after.clone().map(ByteBuf::from)
-                    },
-                };
+                let span = super::piece_span(from, &snap.after, read.done);
                 let records = read
                     .records
                     .into_iter()
@@ -443,6 +437,7 @@ impl<S: SyncStore> Engine<S> {
                         records,
                         last: read.done,
                         span: Some(span),
+                        cut: true,
                     },
                 ));
                 snap.next_part += 1;
