@@ -1221,16 +1221,20 @@ impl<S: SyncStore> Engine<S> {
             // a state holding all it counts as held, checked at every
             // piece (what it took from elsewhere meanwhile may be newer),
             // and one snapshot at a time: pieces of two would replace each
-            // other's records with older ones.
-            let busy = self
-                .links
-                .iter()
-                .any(|(p, l)| *p != peer && l.get(&db).is_some_and(|s| s.in_snapshot.is_some()));
-            if !self.covers_all(&vector, &state.vector) || (part == 0 && busy) {
+            // other's records with older ones. A new one wins; the sender
+            // of the other starts again later.
+            if !self.covers_all(&vector, &state.vector) {
                 if let Some(s) = self.links.get_mut(&peer).and_then(|l| l.get_mut(&db)) {
                     s.in_snapshot = None;
                 }
                 return;
+            }
+            if part == 0 {
+                for (p, l) in self.links.iter_mut() {
+                    if let Some(s) = l.get_mut(&db).filter(|_| *p != peer) {
+                        s.in_snapshot = None;
+                    }
+                }
             }
         }
         let Some(s) = self.links.get_mut(&peer).and_then(|l| l.get_mut(&db)) else {

@@ -458,11 +458,22 @@ impl<R: Replica> World<R> {
         let stamps = e.store().stamps();
         for (key, fields) in e.store().visible() {
             let st = stamps.as_ref().and_then(|s| s.get(&key));
+            // While rules change, copies cut to either version meet in
+            // one record: each part must be allowed by some version.
             let why: Vec<String> = grants
                 .iter()
                 .filter_map(|g| g.forbids(&key, &fields, st, self.nodes[i].id))
                 .collect();
-            if why.len() == grants.len() {
+            let field_ok = |f: &String| {
+                grants.iter().any(|g| g.exclude.as_ref() != Some(f))
+                    || st.and_then(|s| s.fields.get(f)).is_some_and(|(o, _)| *o == self.nodes[i].id)
+            };
+            let record_only = grants.iter().any(|g| {
+                let mut without = fields.clone();
+                without.retain(|f, _| g.exclude.as_ref() != Some(f));
+                g.forbids(&key, &without, st, self.nodes[i].id).is_none()
+            });
+            if why.len() == grants.len() && !(record_only && fields.keys().all(field_ok)) {
                 return Err(format!(
                     "partial node {i} {}: {key:?} {fields:?} (stamps {st:?})",
                     why[0]
