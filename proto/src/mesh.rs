@@ -432,6 +432,7 @@ mod tests {
             records: vec![signed(1), signed(2)],
             addrs: vec![signed(3)],
             rotation: Some(signed(4)),
+            rules: vec![signed(5)],
         }
     }
 

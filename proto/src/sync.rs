@@ -425,6 +425,12 @@ mod tests {
                             clock: Hlc(c)
                         })
                         .collect(),
+                    wish: (epoch % 7 == 0).then(|| SyncWish {
+                        collections: Some(vec!["bugs".into()]),
+                        filter: Vec::new(),
+                        exclude: vec!["big".into()],
+                    }),
+                    lacking: epoch % 11 == 0,
                 }),
             (any::<u64>(), proptest::collection::vec(arb_op(), 0..4)).prop_map(|(epoch, ops)| {
                 SyncMessage::Ops {
@@ -450,7 +456,29 @@ mod tests {
                         state
                     }],
                     last,
+                    span: (id % 3 == 0).then(|| Span {
+                        after: Some(serde_bytes::ByteBuf::from(b"c\0a".to_vec())),
+                        upto: None,
+                    }),
+                    cut: id % 2 == 0,
                 }),
+            (arb_vector(), proptest::collection::vec(arb_op(), 0..3)).prop_map(|(at, ops)| {
+                SyncMessage::Projected {
+                    db: "d".into(),
+                    epoch: 3,
+                    covers: ops.iter().map(|o| (o.origin, o.seq, o.seq)).collect(),
+                    records: ops
+                        .iter()
+                        .map(|o| SnapshotRecord {
+                            key: b"c\0r".to_vec(),
+                            state: o.body.clone(),
+                        })
+                        .collect(),
+                    evict: vec![serde_bytes::ByteBuf::from(b"c\0x".to_vec())],
+                    rejected: ops.iter().map(|o| (o.seq, "no".to_owned())).collect(),
+                    at,
+                }
+            }),
             (any::<u64>(), any::<u32>()).prop_map(|(id, part)| SyncMessage::SnapshotAck {
                 db: "d".into(),
                 id,

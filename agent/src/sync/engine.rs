@@ -1697,6 +1697,7 @@ mod tests {
             SyncMessage::Snapshot { .. } => "snapshot",
             SyncMessage::SnapshotAck { .. } => "snapshot_ack",
             SyncMessage::Refuted { .. } => "refuted",
+            SyncMessage::Projected { .. } => "projected",
         }
     }
 

@@ -39,7 +39,7 @@ pub(crate) fn record_json(r: &Record) -> serde_json::Value {
 
 /// A change as JSON, one line of `watch --json`.
 pub(crate) fn change_json(c: &Change) -> serde_json::Value {
-    json!({
+    let mut out = json!({
         "cursor": c.cursor,
         "kind": c.kind,
         "collection": c.collection,
@@ -49,7 +49,11 @@ pub(crate) fn change_json(c: &Change) -> serde_json::Value {
         "unset": c.unset,
         "origin": c.origin,
         "hlc": c.hlc.0,
-    })
+    });
+    if let (Some(why), Some(map)) = (&c.rejected, out.as_object_mut()) {
+        map.insert("rejected".into(), json!(why));
+    }
+    out
 }
 
 /// A time in ms since the Unix epoch as `YYYY-MM-DD HH:MM:SS UTC`.

@@ -39,10 +39,15 @@ pub(crate) async fn run(client: &Client, a: WatchArgs, opts: Opts) -> anyhow::Re
                 ChangeKind::Put => "put",
                 ChangeKind::Patch => "patch",
                 ChangeKind::Delete => "delete",
+                ChangeKind::Rejected => "rejected",
+                ChangeKind::Evict => "evict",
             };
             let mut fields = value_json(&Value::Map(c.fields)).to_string();
             if !c.unset.is_empty() {
                 fields.push_str(&format!(" unset {}", c.unset.join(",")));
+            }
+            if let Some(why) = &c.rejected {
+                fields = format!("refused: {why}");
             }
             println!(
                 "{:>8}  {kind:<6}  {}/{}  {fields}",

@@ -138,6 +138,8 @@ fn engine_apply(dir: &Path, ops: &[Op], batch: usize) -> anyhow::Result<f64> {
             reports: Vec::new(),
             refused: Vec::new(),
             stable: None,
+            wish: None,
+            lacking: false,
         },
         T0,
     );
