@@ -331,6 +331,49 @@ impl Db {
             .call::<api::DbSync>(&api::DbSyncParams {
                 name: self.name.clone(),
                 sync_mode: mode,
+                wish: None,
+            })
+            .await
+    }
+
+    /// Sets how the database takes part in sync and what of it this
+    /// device asks to receive (never more than its access rule allows;
+    /// an empty wish asks for all of it).
+    pub async fn set_sync(
+        &self,
+        mode: SyncMode,
+        wish: blazedb_proto::rules::SyncWish,
+    ) -> Result<DbInfo, Error> {
+        self.client
+            .call::<api::DbSync>(&api::DbSyncParams {
+                name: self.name.clone(),
+                sync_mode: mode,
+                wish: Some(wish),
+            })
+            .await
+    }
+
+    /// Sets the database's access rules (this device must be a mesh
+    /// admin); they reach every member, which enforces them.
+    pub async fn set_rules(
+        &self,
+        default: blazedb_proto::rules::AccessLevel,
+        rules: Vec<api::RuleSpec>,
+    ) -> Result<api::DbRulesResult, Error> {
+        self.client
+            .call::<api::DbRulesSet>(&api::DbRulesSetParams {
+                db: self.name.clone(),
+                default,
+                rules,
+            })
+            .await
+    }
+
+    /// The database's access rules, and what they give this device.
+    pub async fn rules(&self) -> Result<api::DbRulesResult, Error> {
+        self.client
+            .call::<api::DbRulesGet>(&api::DbName {
+                name: self.name.clone(),
             })
             .await
     }

@@ -104,6 +104,11 @@ methods! {
     Unsubscribe = "unsubscribe", UnsubscribeParams => UnsubscribeResult;
     /// Sets how a database takes part in sync.
     DbSync = "db.sync", DbSyncParams => DbInfo;
+    /// Sets a database's access rules, signed by this device (mesh admins
+    /// only).
+    DbRulesSet = "db.rules.set", DbRulesSetParams => DbRulesResult;
+    /// A database's access rules, and what they give this device.
+    DbRulesGet = "db.rules.get", DbName => DbRulesResult;
     /// This device's identity and mesh.
     MeshStatus = "mesh.status", Empty => MeshStatusResult;
     /// Creates a mesh with this device as its first member.
@@ -132,12 +137,66 @@ methods! {
 }
 
 /// Params of `db.sync`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DbSyncParams {
     /// The database.
     pub name: String,
     /// The new mode; `local` stops sync.
     pub sync_mode: SyncMode,
+    /// Less than the access rules allow, which this device asks to
+    /// receive; an empty wish asks for all of it again. Left as it is when
+    /// missing.
+    #[serde(default)]
+    pub wish: Option<crate::rules::SyncWish>,
+}
+
+/// One rule of `db.rules.set`: as [`AccessRule`](crate::rules::AccessRule),
+/// with devices named as on the command line (`device:NAME-OR-ID`,
+/// `team:NAME`, `role:hub`, `*`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RuleSpec {
+    /// The devices it applies to.
+    pub devices: Vec<String>,
+    /// The collections they may see; all when missing.
+    #[serde(default)]
+    pub collections: Option<Vec<String>>,
+    /// Conditions a record must meet to be seen.
+    #[serde(default, rename = "where")]
+    pub filter: Vec<crate::rules::RuleFilter>,
+    /// Fields never sent to them nor taken from them.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// `none`, `read` or `read-write`.
+    pub access: crate::rules::AccessLevel,
+}
+
+/// Params of `db.rules.set`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DbRulesSetParams {
+    /// The database.
+    pub db: String,
+    /// What devices no rule selects get (`read-write` when missing).
+    #[serde(default = "full_access")]
+    pub default: crate::rules::AccessLevel,
+    /// The rules, first match wins.
+    pub rules: Vec<RuleSpec>,
+}
+
+fn full_access() -> crate::rules::AccessLevel {
+    crate::rules::AccessLevel::ReadWrite
+}
+
+/// Result of `db.rules.set` and `db.rules.get`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DbRulesResult {
+    /// The database.
+    pub db: String,
+    /// Its rules as an admin signed them; nil when none were set.
+    pub rules: Option<crate::rules::AccessRules>,
+    /// The names of the devices the rules and their signer name, by id.
+    pub names: std::collections::BTreeMap<String, String>,
+    /// What this device gets: `full`, or its partial view in words.
+    pub this_device: String,
 }
 
 /// Result of `mesh.status`, `mesh.create`, `mesh.join` and `mesh.remove`.

@@ -36,6 +36,38 @@ pub enum Access {
 }
 
 impl Access {
+    /// The access in words, as `db rules show` prints it.
+    pub fn describe(&self) -> String {
+        let Access::Partial(v) = self else {
+            return "full".into();
+        };
+        if !v.sees_anything() {
+            return "none".into();
+        }
+        let mut parts = vec![if v.write { "read-write" } else { "read" }.to_owned()];
+        if let Some(c) = &v.collections {
+            parts.push(format!(
+                "collections {}",
+                c.iter().cloned().collect::<Vec<_>>().join(", ")
+            ));
+        }
+        if !v.filter.is_empty() {
+            let conds: Vec<String> = v
+                .filter
+                .iter()
+                .map(|f| format!("{} {} {}", f.field, f.op.as_str(), f.value))
+                .collect();
+            parts.push(format!("where {}", conds.join(" and ")));
+        }
+        if !v.exclude.is_empty() {
+            parts.push(format!(
+                "without {}",
+                v.exclude.iter().cloned().collect::<Vec<_>>().join(", ")
+            ));
+        }
+        format!("partial: {}", parts.join("; "))
+    }
+
     /// The view, for a partial replica.
     pub fn view(&self) -> Option<&Arc<View>> {
         match self {

@@ -172,6 +172,8 @@ pub(crate) fn handle(
         | Request::PeerAdd(_)
         | Request::MeshAdmin(_)
         | Request::MeshDeviceSet(_)
+        | Request::DbRulesSet(_)
+        | Request::DbRulesGet(_)
         | Request::MeshLeave(_)
         | Request::PeerList(_)
         | Request::PeerRemove(_)) => super::mesh_methods::handle(ctx, id, r, tx, out),
@@ -179,6 +181,7 @@ pub(crate) fn handle(
             store.submit(Command::SetSyncMode {
                 db: p.name,
                 mode: p.sync_mode,
+                wish: p.wish,
                 reply: reply_to(tx, id, max, |info| info),
             });
             Handled::Pending

@@ -276,6 +276,22 @@ pub(crate) fn handle(
             });
             encode(ctx, out, id, r);
         }
+        Request::DbRulesSet(p) => {
+            let db = p.db.clone();
+            let r = mesh(ctx).and_then(|m| {
+                ctx.store.db(&db).map_err(|e| invalid(format!("{e}")))?;
+                m.set_rules(p).map_err(|e| refused(format!("{e:#}")))?;
+                Ok(m.rules(&db, ctx.store.wish(&db).as_ref()))
+            });
+            encode(ctx, out, id, r);
+        }
+        Request::DbRulesGet(p) => {
+            let r = mesh(ctx).and_then(|m| {
+                ctx.store.db(&p.name).map_err(|e| invalid(format!("{e}")))?;
+                Ok(m.rules(&p.name, ctx.store.wish(&p.name).as_ref()))
+            });
+            encode(ctx, out, id, r);
+        }
         Request::Peers(_) => encode(ctx, out, id, mesh(ctx).map(peers)),
         Request::PeerAdd(p) => {
             let r = mesh(ctx).and_then(|m| {

@@ -18,7 +18,9 @@ use blazedb_proto::{DeviceId, SyncMessage};
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::store::{Command, Store, StoreNotice, wall_ms};
+use crate::access::view::DeviceAttrs;
 use crate::sync::{Cutoff, Engine, EngineConfig, Event, SyncStore as _};
+use blazedb_proto::rules::AccessRules;
 
 /// What the driver is told.
 #[derive(Debug)]
@@ -58,6 +60,13 @@ pub enum Input {
     /// Devices removed from the mesh, with where their operations stop
     /// being accepted.
     Cutoffs(BTreeMap<DeviceId, Cutoff>),
+    /// Every database's access rules, and what they select members by.
+    Access {
+        /// The rules, per database.
+        rules: Vec<AccessRules>,
+        /// Members' names, teams and roles.
+        devices: BTreeMap<DeviceId, DeviceAttrs>,
+    },
     /// Stop the driver.
     Stop,
 }
@@ -192,6 +201,8 @@ fn run(
                         .is_some_and(|s| s.mode != SyncMode::Local);
                     if synced {
                         engine.database_added(&db, now);
+                        // Its wish may have changed too: peers are told.
+                        engine.wish_changed(&db, now);
                     } else {
                         engine.database_removed(&db);
                     }
@@ -199,6 +210,12 @@ fn run(
                 Input::Members(m) => engine.set_members(m),
                 Input::Hubs(h) => engine.set_hubs(h),
                 Input::Cutoffs(c) => engine.set_cutoffs(c),
+                Input::Access { rules, devices } => {
+                    for r in rules {
+                        engine.set_rules(r, now);
+                    }
+                    engine.set_devices(devices, now);
+                }
                 Input::Stop => return,
             }
         }

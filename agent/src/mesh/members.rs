@@ -41,6 +41,25 @@ pub(crate) fn hubs_of(roster: &Roster) -> BTreeSet<DeviceId> {
         .collect()
 }
 
+/// Every database's access rules, and what they select members by, for
+/// the sync driver.
+pub(crate) fn access_of(roster: &Roster) -> super::driver::Input {
+    super::driver::Input::Access {
+        rules: roster.all_rules().cloned().collect(),
+        devices: roster
+            .active()
+            .map(|r| {
+                let attrs = crate::access::view::DeviceAttrs {
+                    name: r.name.clone(),
+                    teams: r.teams.clone(),
+                    hub: r.role == Role::Hub,
+                };
+                (r.device, attrs)
+            })
+            .collect(),
+    }
+}
+
 /// The HKDF context of a mesh secret wrapped for `device`.
 fn secret_context(mesh: &MeshId, epoch: u32, device: &DeviceId) -> Vec<u8> {
     let mut c = b"blazedb mesh secret\0".to_vec();
@@ -356,6 +375,7 @@ impl Shared {
             let _ = self
                 .driver
                 .send(super::driver::Input::Cutoffs(cutoffs_of(roster)));
+            let _ = self.driver.send(access_of(roster));
             let active: Vec<DeviceId> = roster.active().map(|r| r.device).collect();
             let removed: BTreeMap<DeviceId, Vec<Signed>> = roster
                 .records()

@@ -40,6 +40,9 @@ use blazedb_proto::mesh::{Invite, MemberRecord, MeshId, PeerMessage, Removal, Ro
 use tokio::sync::{Notify, mpsc, watch};
 
 use crate::access::Roster;
+use crate::access::view::DeviceAttrs;
+use blazedb_proto::api::{DbRulesResult, DbRulesSetParams, FilterOp, RuleSpec};
+use blazedb_proto::rules::{AccessRule, AccessRules, DeviceAttr, Selector, SyncWish};
 use crate::identity::Identity;
 use crate::store::Store;
 use crate::store::wall_ms;
@@ -425,6 +428,7 @@ impl Mesh {
                 .sender()
                 .send(Input::Cutoffs(members::cutoffs_of(roster)));
             let _ = driver.sender().send(Input::Hubs(members::hubs_of(roster)));
+            let _ = driver.sender().send(members::access_of(roster));
         }
         let (mesh_changed, mesh_rx) = watch::channel(0);
         let shared = Arc::new(Shared {
@@ -689,6 +693,65 @@ impl Mesh {
 
     /// Makes `device` an admin, or takes that away. Admins only; the mesh
     /// always keeps one admin.
+    pub fn set_rules(&self, p: DbRulesSetParams) -> anyhow::Result<()> {
+        self.shared.as_admin(|s, identity| {
+            let roster = s
+                .roster
+                .as_mut()
+                .ok_or_else(|| anyhow::anyhow!("this device is in no mesh"))?;
+            let rules = p
+                .rules
+                .into_iter()
+                .enumerate()
+                .map(|(i, spec)| {
+                    rule_of(roster, spec).with_context(|| format!("rule {} of {}", i + 1, p.db))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let version = roster.rules(&p.db).map_or(1, |r| r.version + 1);
+            let rules = AccessRules {
+                mesh: roster.mesh(),
+                db: p.db.clone(),
+                version,
+                default: p.default,
+                rules,
+                signer: identity.device_id(),
+                signed_ms: wall_ms(),
+            };
+            roster
+                .take_rules(identity.secret(), &rules)
+                .map_err(|e| anyhow::anyhow!("cannot set the rules of {}: {e}", p.db))
+        })
+    }
+
+    /// A database's access rules, the names of the devices they and their
+    /// signer name, and what they give this device (with its `wish`).
+    pub fn rules(&self, db: &str, wish: Option<&SyncWish>) -> DbRulesResult {
+        let s = lock(&self.shared.state);
+        let roster = s.roster.as_ref();
+        let rules = roster.and_then(|r| r.rules(db)).cloned();
+        let names = roster
+            .map(|r| {
+                r.records()
+                    .map(|m| (m.device.to_string(), m.name.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let me = self.shared.me;
+        let attrs = roster.and_then(|r| r.record(&me)).map(|m| DeviceAttrs {
+            name: m.name.clone(),
+            teams: m.teams.clone(),
+            hub: m.role == Role::Hub,
+        });
+        let access = crate::access::view::access(rules.as_ref(), &me, attrs.as_ref(), wish);
+        DbRulesResult {
+            db: db.to_owned(),
+            rules,
+            names,
+            this_device: access.describe(),
+        }
+    }
+
+    /// Makes a device an admin of the mesh, or takes that away.
     pub fn set_admin(&self, device: &DeviceId, admin: bool) -> anyhow::Result<()> {
         self.shared.as_admin(|s, identity| {
             let roster = roster_for(s, device)?;
@@ -924,6 +987,35 @@ impl Mesh {
 }
 
 /// The roster of `s`, for a change to the active member `device`.
+/// A rule as the command line gave it, with its devices resolved to ids.
+fn rule_of(roster: &Roster, spec: RuleSpec) -> anyhow::Result<AccessRule> {
+    if spec.devices.is_empty() {
+        anyhow::bail!("a rule must say which devices it is for (devices = [\"team:ios\"], ...)");
+    }
+    let devices = spec
+        .devices
+        .iter()
+        .map(|d| match d.strip_prefix("device:") {
+            Some(name) => roster.resolve(name).map(Selector::Device).map_err(anyhow::Error::from),
+            None => d.parse::<Selector>().map_err(anyhow::Error::from),
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    for f in &spec.filter {
+        if f.device == Some(DeviceAttr::Team) && !matches!(f.op, FilterOp::Eq | FilterOp::Ne) {
+            anyhow::bail!(
+                "{f}: a device's teams are a list; compare them with = or != only"
+            );
+        }
+    }
+    Ok(AccessRule {
+        devices,
+        collections: spec.collections,
+        filter: spec.filter,
+        exclude: spec.exclude,
+        access: spec.access,
+    })
+}
+
 fn roster_for<'a>(s: &'a mut MeshState, device: &DeviceId) -> anyhow::Result<&'a mut Roster> {
     let roster = s
         .roster

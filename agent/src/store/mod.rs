@@ -462,10 +462,20 @@ impl Store {
         .await
     }
 
+    /// What this device asks to receive of a database, if less than all.
+    pub fn wish(&self, name: &str) -> Option<blazedb_proto::rules::SyncWish> {
+        self.db(name).ok()?.sync_meta().wish
+    }
+
     /// Changes how a database takes part in sync.
     pub async fn set_sync_mode(&self, name: &str, mode: SyncMode) -> Result<DbInfo, StoreError> {
         let db = name.to_owned();
-        self.call(|reply| Command::SetSyncMode { db, mode, reply })
+        self.call(|reply| Command::SetSyncMode {
+            db,
+            mode,
+            wish: None,
+            reply,
+        })
             .await
     }
 

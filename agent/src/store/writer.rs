@@ -64,6 +64,8 @@ pub enum Command {
         db: String,
         /// The new mode.
         mode: SyncMode,
+        /// What this device asks to receive, when it changes.
+        wish: Option<blazedb_proto::rules::SyncWish>,
         /// Gets the database's description.
         reply: Reply<DbInfo>,
     },
@@ -509,7 +511,12 @@ impl Writer {
                     if_exists,
                     reply,
                 } => reply(self.drop_db(&name, if_exists)),
-                Command::SetSyncMode { db, mode, reply } => reply(self.set_sync_mode(&db, mode)),
+                Command::SetSyncMode {
+                    db,
+                    mode,
+                    wish,
+                    reply,
+                } => reply(self.set_sync_mode(&db, mode, wish)),
                 Command::Index {
                     db,
                     collection,
@@ -887,8 +894,23 @@ impl Writer {
         Ok(info)
     }
 
-    fn set_sync_mode(&mut self, name: &str, mode: SyncMode) -> Result<DbInfo, StoreError> {
+    fn set_sync_mode(
+        &mut self,
+        name: &str,
+        mode: SyncMode,
+        wish: Option<blazedb_proto::rules::SyncWish>,
+    ) -> Result<DbInfo, StoreError> {
         let db = self.store.db(name)?;
+        let wish = wish.map(|w| (!w.is_everything()).then_some(w));
+        if let Some(wish) = wish.filter(|w| *w != db.sync_meta().wish) {
+            let mut sync = db.sync_meta();
+            sync.wish = wish;
+            let mut batch = self.fj.batch().durability(Some(PersistMode::SyncAll));
+            batch.insert(&self.meta, sync_meta_key(db.id), codec::to_vec(&sync)?);
+            batch.commit()?;
+            *lock(&db.sync) = sync;
+            self.store.notify(StoreNotice::Changed(name.to_owned()));
+        }
         let mut settings = db.settings();
         if settings.sync_mode != mode {
             settings.sync_mode = mode;

@@ -1,4 +1,4 @@
-//! `blazectl db list|create|sync|drop`.
+//! `blazectl db list|create|sync|rules|drop`.
 
 use clap::{Subcommand, ValueEnum};
 
@@ -30,13 +30,34 @@ pub(crate) enum DbCommand {
         if_not_exists: bool,
     },
     /// Turn sync of a database on or off (`off`: it never leaves this
-    /// device), or make it pull-only or push-only.
+    /// device), or make it pull-only or push-only; and, optionally, ask to
+    /// receive less than the access rules allow.
     Sync {
         /// The database name.
         name: String,
         /// `on`, `off`, `pull` or `push`.
         #[arg(value_enum)]
         mode: SyncArg,
+        /// Receive only these collections (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        collections: Option<Vec<String>>,
+        /// Receive only records meeting this condition (repeatable), e.g.
+        /// 'status != archived'.
+        #[arg(long = "where")]
+        filter: Vec<String>,
+        /// Never receive these fields (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        exclude: Vec<String>,
+        /// Ask for everything the access rules allow again.
+        #[arg(long, conflicts_with_all = ["collections", "filter", "exclude"])]
+        everything: bool,
+    },
+    /// Show or set a database's access rules: who may see and write what.
+    Rules {
+        /// The database name.
+        name: String,
+        #[command(subcommand)]
+        action: super::rules::RulesAction,
     },
     /// Delete a database and everything in it.
     Drop {
@@ -124,14 +145,35 @@ pub(crate) async fn run(client: &Client, cmd: DbCommand, opts: Opts) -> anyhow::
             }
             println!("created database {}", info.name);
         }
-        DbCommand::Sync { name, mode } => {
+        DbCommand::Sync {
+            name,
+            mode,
+            collections,
+            filter,
+            exclude,
+            everything,
+        } => {
             let mode = match mode {
                 SyncArg::On => SyncMode::Sync,
                 SyncArg::Off => SyncMode::Local,
                 SyncArg::Pull => SyncMode::Pull,
                 SyncArg::Push => SyncMode::Push,
             };
-            let info = client.db(&name).set_sync_mode(mode).await?;
+            let asks = collections.is_some() || !filter.is_empty() || !exclude.is_empty();
+            let db = client.db(&name);
+            let info = if asks || everything {
+                let wish = blazedb_proto::rules::SyncWish {
+                    collections,
+                    filter: filter
+                        .iter()
+                        .map(|f| super::fields::parse_filter(f))
+                        .collect::<anyhow::Result<_>>()?,
+                    exclude,
+                };
+                db.set_sync(mode, wish).await?
+            } else {
+                db.set_sync_mode(mode).await?
+            };
             if opts.json {
                 return print_json(&serde_json::to_value(&info)?);
             }
@@ -141,6 +183,7 @@ pub(crate) async fn run(client: &Client, cmd: DbCommand, opts: Opts) -> anyhow::
                 format!("{:?}", info.settings.sync_mode).to_lowercase()
             );
         }
+        DbCommand::Rules { name, action } => super::rules::run(client, &name, action, opts).await?,
         DbCommand::Drop { name, if_exists } => {
             let dropped = client
                 .call::<crate::api::DbDrop>(&crate::api::DbDropParams {

@@ -3,6 +3,7 @@
 
 mod db;
 mod fields;
+mod rules;
 mod id;
 mod index;
 mod invite;
