@@ -35,6 +35,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 
 pub use blazedb_proto::api;
+pub use blazedb_proto::rules;
 pub use blazedb_proto::api::{
     Change, ChangeKind, Durability, Filter, FilterOp, ID_FIELD, Record, StatusResult, SyncMode,
     WriteResult,
