@@ -35,12 +35,12 @@ use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 
 pub use blazedb_proto::api;
-pub use blazedb_proto::rules;
 pub use blazedb_proto::api::{
     Change, ChangeKind, Durability, Filter, FilterOp, ID_FIELD, Record, StatusResult, SyncMode,
     WriteResult,
 };
 pub use blazedb_proto::paths::default_socket_path;
+pub use blazedb_proto::rules;
 pub use blazedb_proto::{ErrorCode, ErrorInfo, Fields, Hlc, Timestamp, Uuid, Value};
 
 #[cfg(feature = "cli")]

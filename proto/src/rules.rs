@@ -285,7 +285,10 @@ mod tests {
         });
         assert!(rules.restricts());
         let bytes = codec::to_vec(&rules).expect("encode");
-        assert_eq!(codec::from_slice::<AccessRules>(&bytes).expect("decode"), rules);
+        assert_eq!(
+            codec::from_slice::<AccessRules>(&bytes).expect("decode"),
+            rules
+        );
         assert_eq!(rules.rules[0].filter[0].to_string(), "team = $device.team");
     }
 }

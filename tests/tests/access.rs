@@ -131,7 +131,9 @@ async fn each_team_sees_only_its_bugs_and_refused_writes_are_corrected() {
     assert!(!b1.contains_key("largeAttachment"), "{b1:?}");
     let shown = ios.db(DB).rules().await.expect("rules on a device");
     assert!(
-        shown.this_device.starts_with("partial: read-write; collections bugs; where team in"),
+        shown
+            .this_device
+            .starts_with("partial: read-write; collections bugs; where team in"),
         "{}",
         shown.this_device
     );
@@ -143,7 +145,9 @@ async fn each_team_sees_only_its_bugs_and_refused_writes_are_corrected() {
     // A bug moved to team web leaves ios and reaches web.
     bugs.patch(
         "b1",
-        [("team".to_owned(), Value::from("web"))].into_iter().collect(),
+        [("team".to_owned(), Value::from("web"))]
+            .into_iter()
+            .collect(),
         &[],
     )
     .await
@@ -163,7 +167,10 @@ async fn each_team_sees_only_its_bugs_and_refused_writes_are_corrected() {
         .await
         .expect("ios writes its own bug");
     ios_bugs
-        .put("b2", &serde_json::json!({ "team": "ios", "title": "taken" }))
+        .put(
+            "b2",
+            &serde_json::json!({ "team": "ios", "title": "taken" }),
+        )
         .await
         .expect("written locally, judged by the hub");
     ios_bugs
@@ -176,11 +183,17 @@ async fn each_team_sees_only_its_bugs_and_refused_writes_are_corrected() {
         )
         .await
         .expect("written locally");
-    wait_within("the hub to take b3 and refuse the rest", PATIENCE, || async {
-        let on_hub = records(&hub, DB, "bugs").await;
-        on_hub.get("b3").is_some_and(|b| !b.contains_key("largeAttachment"))
-            && on_hub.get("b2").and_then(|b| b.get("title")) == Some(&Value::from("b2"))
-    })
+    wait_within(
+        "the hub to take b3 and refuse the rest",
+        PATIENCE,
+        || async {
+            let on_hub = records(&hub, DB, "bugs").await;
+            on_hub
+                .get("b3")
+                .is_some_and(|b| !b.contains_key("largeAttachment"))
+                && on_hub.get("b2").and_then(|b| b.get("title")) == Some(&Value::from("b2"))
+        },
+    )
     .await
     .expect("hub state");
     wait_within("ios to be corrected", PATIENCE, || async {
@@ -202,7 +215,10 @@ async fn each_team_sees_only_its_bugs_and_refused_writes_are_corrected() {
     }
     told.sort();
     assert_eq!(told[0].0, "b2");
-    assert!(told[0].1.contains("outside what this device may see"), "{told:?}");
+    assert!(
+        told[0].1.contains("outside what this device may see"),
+        "{told:?}"
+    );
     assert_eq!(told[1].0, "b3");
     assert!(told[1].1.contains("excluded"), "{told:?}");
 

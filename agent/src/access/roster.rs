@@ -17,10 +17,10 @@
 use std::collections::BTreeMap;
 
 use blazedb_proto::DeviceId;
-use blazedb_proto::rules::AccessRules;
 use blazedb_proto::mesh::{
     Addresses, Genesis, MemberRecord, MeshId, Removal, Role, Roster as WireRoster, Rotation, Signed,
 };
+use blazedb_proto::rules::AccessRules;
 use sha2::{Digest as _, Sha256};
 
 use super::sign::{self, Purpose};
@@ -270,7 +270,11 @@ impl Roster {
 
     /// Signs `rules` with `key` and takes them: they fail exactly as a
     /// forged copy would if this device may not set them.
-    pub fn take_rules(&mut self, key: &p256::SecretKey, rules: &AccessRules) -> Result<(), Rejection> {
+    pub fn take_rules(
+        &mut self,
+        key: &p256::SecretKey,
+        rules: &AccessRules,
+    ) -> Result<(), Rejection> {
         let signed = sign::sign(key, Purpose::Rules, rules).map_err(|_| Rejection::Undecodable)?;
         self.accept_rules(&signed).map(|_| ())
     }

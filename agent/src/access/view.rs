@@ -395,7 +395,7 @@ mod tests {
         assert!(!reader.view().expect("partial").write);
         assert_eq!(access(Some(&rules), &dev(3), None, None), Access::Full);
         assert_eq!(access(None, &dev(3), None, None), Access::Full);
-        let mut closed = rules.clone();
+        let mut closed = rules;
         closed.default = AccessLevel::None;
         let v = access(Some(&closed), &dev(3), None, None);
         assert!(!v.view().expect("partial").sees_anything());
@@ -435,7 +435,10 @@ mod tests {
             after
         };
         let ok = patch(&[("title", "x")]);
-        assert_eq!(view.check_write(&ok, Some(&mine), &apply(&mine, &ok)), Ok(()));
+        assert_eq!(
+            view.check_write(&ok, Some(&mine), &apply(&mine, &ok)),
+            Ok(())
+        );
         let into_theirs = view.check_write(&ok, Some(&theirs), &apply(&theirs, &ok));
         assert!(into_theirs.expect_err("refused").contains("outside"));
         let move_out = patch(&[("team", "web")]);
@@ -468,7 +471,11 @@ mod tests {
         assert_eq!(v.filter.len(), 2);
         assert!(v.exclude.contains("log") && v.exclude.contains("largeAttachment"));
         let full = access(None, &dev(2), None, Some(&wish));
-        assert!(full.view().expect("a wish alone makes a partial replica").write);
+        assert!(
+            full.view()
+                .expect("a wish alone makes a partial replica")
+                .write
+        );
         let nothing = access(None, &dev(2), None, Some(&SyncWish::default()));
         assert_eq!(nothing, Access::Full);
     }

@@ -17,8 +17,8 @@ use blazedb_proto::api::{DbSettings, SyncMode};
 use blazedb_proto::{DeviceId, SyncMessage};
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::store::{Command, Store, StoreNotice, wall_ms};
 use crate::access::view::DeviceAttrs;
+use crate::store::{Command, Store, StoreNotice, wall_ms};
 use crate::sync::{Cutoff, Engine, EngineConfig, Event, SyncStore as _};
 use blazedb_proto::rules::AccessRules;
 
@@ -48,8 +48,8 @@ pub enum Input {
         peer: DeviceId,
         /// Which session.
         link: u64,
-        /// The message.
-        msg: SyncMessage,
+        /// The message (boxed: some are large).
+        msg: Box<SyncMessage>,
     },
     /// The store committed something or a database changed.
     Notice(StoreNotice),
@@ -185,10 +185,10 @@ fn run(
                 }
                 Input::Message { peer, link, msg } => {
                     if routes.get(&peer).is_some_and(|r| r.link == link) {
-                        if matches!(msg, SyncMessage::Vector { .. }) {
+                        if matches!(*msg, SyncMessage::Vector { .. }) {
                             note(&stats, peer, |s| s.last_sync_ms = Some(now));
                         }
-                        engine.handle(peer, msg, now);
+                        engine.handle(peer, *msg, now);
                     }
                 }
                 Input::Notice(StoreNotice::Committed(db)) => {

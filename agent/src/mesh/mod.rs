@@ -41,11 +41,11 @@ use tokio::sync::{Notify, mpsc, watch};
 
 use crate::access::Roster;
 use crate::access::view::DeviceAttrs;
-use blazedb_proto::api::{DbRulesResult, DbRulesSetParams, FilterOp, RuleSpec};
-use blazedb_proto::rules::{AccessRule, AccessRules, DeviceAttr, Selector, SyncWish};
 use crate::identity::Identity;
 use crate::store::Store;
 use crate::store::wall_ms;
+use blazedb_proto::api::{DbRulesResult, DbRulesSetParams, FilterOp, RuleSpec};
+use blazedb_proto::rules::{AccessRule, AccessRules, DeviceAttr, Selector, SyncWish};
 use driver::{Driver, Input};
 use session::{Control, SessionError};
 use state::{MeshKeys, MeshState};
@@ -996,15 +996,16 @@ fn rule_of(roster: &Roster, spec: RuleSpec) -> anyhow::Result<AccessRule> {
         .devices
         .iter()
         .map(|d| match d.strip_prefix("device:") {
-            Some(name) => roster.resolve(name).map(Selector::Device).map_err(anyhow::Error::from),
+            Some(name) => roster
+                .resolve(name)
+                .map(Selector::Device)
+                .map_err(anyhow::Error::from),
             None => d.parse::<Selector>().map_err(anyhow::Error::from),
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     for f in &spec.filter {
         if f.device == Some(DeviceAttr::Team) && !matches!(f.op, FilterOp::Eq | FilterOp::Ne) {
-            anyhow::bail!(
-                "{f}: a device's teams are a list; compare them with = or != only"
-            );
+            anyhow::bail!("{f}: a device's teams are a list; compare them with = or != only");
         }
     }
     Ok(AccessRule {

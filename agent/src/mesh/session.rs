@@ -611,6 +611,7 @@ async fn read_sync(
         match read_frame(&mut recv).await {
             Ok(Some(bytes)) => match SyncMessage::decode(&bytes) {
                 Ok(msg) => {
+                    let msg = Box::new(msg);
                     if driver.send(Input::Message { peer, link, msg }).is_err() {
                         return;
                     }

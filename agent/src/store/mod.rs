@@ -476,7 +476,7 @@ impl Store {
             wish: None,
             reply,
         })
-            .await
+        .await
     }
 
     /// Sets the one function told of commits and database changes. It is

@@ -615,11 +615,7 @@ impl SyncStore for Store {
         })
     }
 
-    fn read_records(
-        &self,
-        db: &str,
-        keys: &[Vec<u8>],
-    ) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+    fn read_records(&self, db: &str, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
         let db = self.db(db)?;
         keys.iter()
             .map(|k| Ok(db.records.get(k)?.map(|v| v.to_vec())))

@@ -1499,7 +1499,9 @@ impl<S: SyncStore> Engine<S> {
                 let from = snap.after.take();
                 snap.after = read.records.last().map(|r| r.key.clone()).or(from.clone());
                 snap.all_sent = read.done;
-                let span = snap.replace.then(|| piece_span(from, &snap.after, read.done));
+                let span = snap
+                    .replace
+                    .then(|| piece_span(from, &snap.after, read.done));
                 self.outbox.push_back((
                     peer,
                     SyncMessage::Snapshot {

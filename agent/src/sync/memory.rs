@@ -422,17 +422,17 @@ impl SyncStore for MemoryStore {
         Ok(())
     }
 
-    fn read_records(
-        &self,
-        db: &str,
-        keys: &[Vec<u8>],
-    ) -> Result<Vec<Option<Vec<u8>>>, Infallible> {
+    fn read_records(&self, db: &str, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, Infallible> {
         let Some(d) = self.dbs.get(db) else {
             return Ok(vec![None; keys.len()]);
         };
         Ok(keys
             .iter()
-            .map(|k| d.records.get(k).map(|r| codec::to_vec(r).unwrap_or_default()))
+            .map(|k| {
+                d.records
+                    .get(k)
+                    .map(|r| codec::to_vec(r).unwrap_or_default())
+            })
             .collect())
     }
 
@@ -463,8 +463,7 @@ impl SyncStore for MemoryStore {
             }
         }
         for key in evict {
-            if d
-                .records
+            if d.records
                 .get(&key)
                 .is_some_and(|rec| !MemDb::holds_own(rec, &me, from))
             {

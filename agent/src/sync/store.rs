@@ -6,7 +6,9 @@
 
 use blazedb_proto::api::SyncMode;
 use blazedb_proto::rules::SyncWish;
-use blazedb_proto::{DeviceId, Epoch, Fields, Hlc, Op, OpBody, SnapshotRecord, Span, VersionVector};
+use blazedb_proto::{
+    DeviceId, Epoch, Fields, Hlc, Op, OpBody, SnapshotRecord, Span, VersionVector,
+};
 
 /// Where a database's sync stands on this replica.
 #[derive(Debug, Clone, PartialEq)]
@@ -221,11 +223,8 @@ pub trait SyncStore {
 
     /// Reads records by key, in their stored form (tombstones included);
     /// `None` for a key never written here.
-    fn read_records(
-        &self,
-        db: &str,
-        keys: &[Vec<u8>],
-    ) -> Result<Vec<Option<Vec<u8>>>, Self::Error>;
+    fn read_records(&self, db: &str, keys: &[Vec<u8>])
+    -> Result<Vec<Option<Vec<u8>>>, Self::Error>;
 
     /// On a partial replica: merges projected records, drops evicted ones
     /// (not deleting them: they only leave this replica) unless they hold

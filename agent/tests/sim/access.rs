@@ -5,9 +5,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use blazed::sync::RecordStamps;
 use blazedb_proto::api::FilterOp;
 use blazedb_proto::rules::{AccessLevel, AccessRule, AccessRules, RuleFilter, Selector};
-use blazed::sync::RecordStamps;
 use blazedb_proto::{DeviceId, Fields, Value};
 
 use crate::world::Rng;

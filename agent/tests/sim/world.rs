@@ -466,7 +466,9 @@ impl<R: Replica> World<R> {
                 .collect();
             let field_ok = |f: &String| {
                 grants.iter().any(|g| g.exclude.as_ref() != Some(f))
-                    || st.and_then(|s| s.fields.get(f)).is_some_and(|(o, _)| *o == self.nodes[i].id)
+                    || st
+                        .and_then(|s| s.fields.get(f))
+                        .is_some_and(|(o, _)| *o == self.nodes[i].id)
             };
             let record_only = grants.iter().any(|g| {
                 let mut without = fields.clone();
@@ -804,7 +806,12 @@ impl<R: Replica> World<R> {
                 self.log(|| format!("{} -> {}: {}", m.from, m.to, describe(&m.msg)));
             }
             let before = (self.trace && self.final_grant(m.to).is_some())
-                .then(|| self.nodes[m.to].engine.as_ref().map(|e| e.store().visible()))
+                .then(|| {
+                    self.nodes[m.to]
+                        .engine
+                        .as_ref()
+                        .map(|e| e.store().visible())
+                })
                 .flatten();
             if let Some(e) = self.nodes[m.to].engine.as_mut() {
                 e.handle(from, m.msg, wall);
@@ -815,7 +822,12 @@ impl<R: Replica> World<R> {
                 for k in before.keys().chain(after.keys()).collect::<BTreeSet<_>>() {
                     if before.get(k) != after.get(k) {
                         self.log(|| {
-                            format!("  node {} {k:?}: {:?} -> {:?}", m.to, before.get(k), after.get(k))
+                            format!(
+                                "  node {} {k:?}: {:?} -> {:?}",
+                                m.to,
+                                before.get(k),
+                                after.get(k)
+                            )
                         });
                     }
                 }
@@ -948,7 +960,9 @@ impl<R: Replica> World<R> {
         };
         let (whole, stamps) = (store.visible(), store.stamps());
         partial.iter().all(|i| {
-            let want = self.final_grant(*i).map(|g| g.project(&whole, stamps.as_ref()));
+            let want = self
+                .final_grant(*i)
+                .map(|g| g.project(&whole, stamps.as_ref()));
             self.nodes[*i].engine.as_ref().map(|e| e.store().visible()) == want
         })
     }
@@ -1031,7 +1045,10 @@ impl<R: Replica> World<R> {
             .collect();
         // And where a partial replica differs from what its rules let it see.
         let full = (0..self.nodes.len()).find(|i| self.final_grant(*i).is_none());
-        if let Some(store) = full.and_then(|f| self.nodes[f].engine.as_ref()).map(|e| e.store()) {
+        if let Some(store) = full
+            .and_then(|f| self.nodes[f].engine.as_ref())
+            .map(|e| e.store())
+        {
             let (whole, stamps) = (store.visible(), store.stamps());
             for (i, view) in views.iter().enumerate() {
                 let Some(g) = self.final_grant(i) else {
@@ -1107,7 +1124,10 @@ impl<R: Replica> World<R> {
                 None => whole.clone(),
             };
             // No refused write shows anywhere, the writer's replica included.
-            let stamps = self.nodes[i].engine.as_ref().and_then(|e| e.store().stamps());
+            let stamps = self.nodes[i]
+                .engine
+                .as_ref()
+                .and_then(|e| e.store().stamps());
             for (key, rec) in stamps.iter().flatten() {
                 for (field, stamp) in &rec.fields {
                     if self.rejected_stamps.contains(stamp) {

@@ -3,7 +3,6 @@
 
 mod db;
 mod fields;
-mod rules;
 mod id;
 mod index;
 mod invite;
@@ -14,6 +13,7 @@ mod peer;
 mod peers;
 mod query;
 mod records;
+mod rules;
 mod status;
 mod watch;
 

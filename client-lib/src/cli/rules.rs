@@ -70,15 +70,21 @@ struct RuleEntry {
 fn rule_filter(expr: &str) -> anyhow::Result<RuleFilter> {
     let f = parse_filter(expr)?;
     let device = match &f.value {
-        Value::String(s) if s.starts_with("$device.") => Some(DeviceAttr::parse(s).with_context(
-            || format!("{expr:?}: use $device.id, $device.name or $device.team"),
-        )?),
+        Value::String(s) if s.starts_with("$device.") => {
+            Some(DeviceAttr::parse(s).with_context(|| {
+                format!("{expr:?}: use $device.id, $device.name or $device.team")
+            })?)
+        }
         _ => None,
     };
     Ok(RuleFilter {
         field: f.field,
         op: f.op,
-        value: if device.is_some() { Value::Null } else { f.value },
+        value: if device.is_some() {
+            Value::Null
+        } else {
+            f.value
+        },
         device,
     })
 }
@@ -122,7 +128,10 @@ fn selector_text(s: &Selector, r: &DbRulesResult) -> String {
 
 fn show(r: &DbRulesResult) {
     let Some(rules) = &r.rules else {
-        println!("database {} has no access rules: every member gets all of it", r.db);
+        println!(
+            "database {} has no access rules: every member gets all of it",
+            r.db
+        );
         println!("this device: {}", r.this_device);
         return;
     };
@@ -226,7 +235,10 @@ mod tests {
         assert_eq!(rules.len(), 2);
         let f = &rules[0].filter;
         assert_eq!(f[0].device, Some(DeviceAttr::Team));
-        assert_eq!((f[1].op, &f[1].value), (FilterOp::Ne, &Value::from("archived")));
+        assert_eq!(
+            (f[1].op, &f[1].value),
+            (FilterOp::Ne, &Value::from("archived"))
+        );
         assert_eq!(rules[1].access, AccessLevel::Read);
     }
 
@@ -234,7 +246,9 @@ mod tests {
     fn mistakes_in_a_rules_file_are_named() {
         let unknown = read_rules("[[rule]]\ndevices = [\"*\"]\naccess = \"read\"\nwho = 1\n");
         assert!(format!("{:#}", unknown.expect_err("unknown key")).contains("who"));
-        let attr = read_rules("[[rule]]\ndevices = [\"*\"]\nwhere = [\"a = $device.age\"]\naccess = \"read\"\n");
+        let attr = read_rules(
+            "[[rule]]\ndevices = [\"*\"]\nwhere = [\"a = $device.age\"]\naccess = \"read\"\n",
+        );
         assert!(format!("{:#}", attr.expect_err("bad attr")).contains("$device.team"));
         let level = read_rules("default = \"some\"\n");
         assert!(level.is_err());

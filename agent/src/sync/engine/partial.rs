@@ -145,12 +145,12 @@ impl<S: SyncStore> Engine<S> {
     /// A peer said its records of `db` were cut to a view it no longer
     /// has: if it is a full replica now, it is owed a whole snapshot.
     pub(super) fn owe_whole(&mut self, peer: DeviceId, db: &str) {
-        let me_whole = self.own_view(db).is_none()
-            && self.store.sync_state(db).is_some_and(|s| !s.lacking);
+        let me_whole =
+            self.own_view(db).is_none() && self.store.sync_state(db).is_some_and(|s| !s.lacking);
         if let Some(s) = self.links.get_mut(&peer).and_then(|l| l.get_mut(db))
             && s.view.is_none()
             && me_whole
-            && !s.out_snapshot.as_ref().is_some_and(|o| !o.partial)
+            && s.out_snapshot.as_ref().is_none_or(|o| o.partial)
         {
             s.refilter = true;
         }
@@ -288,7 +288,8 @@ impl<S: SyncStore> Engine<S> {
                     let Ok(body) = OpBody::decode(&w.body) else {
                         continue;
                     };
-                    if let Some(r) = by_record.get(&keys::record_key(body.collection(), body.id())) {
+                    if let Some(r) = by_record.get(&keys::record_key(body.collection(), body.id()))
+                    {
                         told.insert(w.seq, r.clone());
                     }
                 }
