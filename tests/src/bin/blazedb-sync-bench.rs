@@ -11,7 +11,12 @@
 //!   same size with the same durability.
 //! - catch-up: a fresh replica on the fjall store receiving every operation
 //!   of a replica that has made 1,000,000 (over an in-memory network, as
-//!   an op stream and again as a snapshot).
+//!   an op stream and again as a snapshot), and again as a partial replica
+//!   whose access rule lets it see a fifth of the records (`priority = 1`,
+//!   an indexed field) without one field.
+//! - checked apply: the apply benchmark again with the operations' writer
+//!   under an access rule, so each write is checked against the record it
+//!   changes before it is applied.
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -21,7 +26,9 @@ use std::time::Instant;
 
 use blazed::store::{Store, StoreOptions};
 use blazed::sync::{Engine, EngineConfig, MemoryStore, SyncStore};
-use blazedb_proto::api::{DbSettings, SyncMode};
+use blazedb_proto::api::{DbSettings, FilterOp, QueryParams, SyncMode};
+use blazedb_proto::mesh::MeshId;
+use blazedb_proto::rules::{AccessLevel, AccessRule, AccessRules, RuleFilter, Selector};
 use blazedb_proto::{DeviceId, Fields, Op, OpBody, SyncMessage, Value, codec};
 use blazedb_tests::bench::raw_fjall_layout_of;
 use clap::Parser;
@@ -121,11 +128,19 @@ fn raw_fjall(dir: &Path, ops: &[Op], batch: usize) -> anyhow::Result<f64> {
 
 /// The engine applying `ops` as a peer's `Ops` messages into a fresh
 /// fjall store.
-fn engine_apply(dir: &Path, ops: &[Op], batch: usize) -> anyhow::Result<f64> {
+fn engine_apply(
+    dir: &Path,
+    ops: &[Op],
+    batch: usize,
+    rules: Option<AccessRules>,
+) -> anyhow::Result<f64> {
     let store = open_store(dir)?;
     let me = store.device();
     let peer = DeviceId([7; 32]);
     let mut engine = Engine::new(me, store.clone(), EngineConfig::default(), T0);
+    if let Some(r) = rules {
+        engine.set_rules(r, T0);
+    }
     engine.connected(peer, T0);
     let epoch = 1;
     engine.handle(
@@ -169,8 +184,15 @@ fn engine_apply(dir: &Path, ops: &[Op], batch: usize) -> anyhow::Result<f64> {
 }
 
 /// A fresh fjall replica catching up with `src` over an in-memory network.
-fn catch_up(dir: &Path, src: MemoryStore, snapshot: bool) -> anyhow::Result<(f64, MemoryStore)> {
+fn catch_up(
+    dir: &Path,
+    src: MemoryStore,
+    snapshot: bool,
+    partial: bool,
+) -> anyhow::Result<(f64, MemoryStore)> {
     let store = open_store(dir)?;
+    let rt = tokio::runtime::Builder::new_current_thread().build()?;
+    rt.block_on(store.set_index(DB, "bugs", "priority", true))?;
     let (a_id, b_id) = (src.device(), store.device());
     let want = src.vector(DB);
     let config = EngineConfig {
@@ -179,6 +201,11 @@ fn catch_up(dir: &Path, src: MemoryStore, snapshot: bool) -> anyhow::Result<(f64
     };
     let mut a = Engine::new(a_id, src, config.clone(), T0);
     let mut b = Engine::new(b_id, store.clone(), config, T0);
+    if partial {
+        let rule = rules_for(b_id, vec![filter("priority", FilterOp::Eq, Value::Int(1))]);
+        a.set_rules(rule.clone(), T0);
+        b.set_rules(rule, T0);
+    }
     let t = Instant::now();
     a.connected(b_id, T0);
     b.connected(a_id, T0);
@@ -202,8 +229,52 @@ fn catch_up(dir: &Path, src: MemoryStore, snapshot: bool) -> anyhow::Result<(f64
         got.as_ref() == Some(&want),
         "caught up to {got:?}, not {want:?}"
     );
+    if partial {
+        let held = store.query(&QueryParams {
+            db: DB.into(),
+            collection: "bugs".into(),
+            limit: Some(10_000),
+            ..QueryParams::default()
+        })?;
+        let allowed = |r: &blazedb_proto::api::Record| {
+            r.fields.get("priority") == Some(&Value::Int(1)) && !r.fields.contains_key("owner")
+        };
+        anyhow::ensure!(
+            !held.records.is_empty() && held.records.iter().all(allowed),
+            "the partial replica holds records or fields its rule forbids"
+        );
+    }
     shutdown(&store)?;
     Ok((secs, a.into_store()))
+}
+
+fn filter(field: &str, op: FilterOp, value: Value) -> RuleFilter {
+    RuleFilter {
+        field: field.into(),
+        op,
+        value,
+        device: None,
+    }
+}
+
+/// Rules that restrict `device` to collection `bugs`, records meeting
+/// `filter`, and no `owner` field.
+fn rules_for(device: DeviceId, filter: Vec<RuleFilter>) -> AccessRules {
+    AccessRules {
+        mesh: MeshId([1; 16]),
+        db: DB.into(),
+        version: 1,
+        default: AccessLevel::ReadWrite,
+        rules: vec![AccessRule {
+            devices: vec![Selector::Device(device)],
+            collections: Some(vec!["bugs".into()]),
+            filter,
+            exclude: vec!["owner".into()],
+            access: AccessLevel::ReadWrite,
+        }],
+        signer: device,
+        signed_ms: 0,
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -232,7 +303,7 @@ fn main() -> anyhow::Result<()> {
         .unwrap_or_default();
     let raw = raw_fjall(&tmp.path().join("raw"), &ops, batch)?;
     let layout = raw_fjall_layout_of(tmp.path(), puts_of(&ops)?.into_iter(), batch)?;
-    let engine = engine_apply(&tmp.path().join("apply"), &ops, batch)?;
+    let engine = engine_apply(&tmp.path().join("apply"), &ops, batch, None)?;
     println!("apply {apply_n} remote puts of new records:");
     println!("  raw fjall batch inserts  {raw:>10.0} ops/s");
     println!("  raw fjall, store layout  {layout:>10.0} ops/s  (record + op-log entry per op)");
@@ -249,15 +320,45 @@ fn main() -> anyhow::Result<()> {
         catch_n / 4,
         t.elapsed().as_secs_f64()
     );
-    let (secs, src) = catch_up(&tmp.path().join("stream"), src, false)?;
+    let (full, src) = catch_up(&tmp.path().join("stream"), src, false, false)?;
     println!(
-        "  op stream   {secs:>6.2} s  ({:.0} ops/s)",
-        catch_n as f64 / secs
+        "  op stream   {full:>6.2} s  ({:.0} ops/s)",
+        catch_n as f64 / full
     );
-    let (secs, _) = catch_up(&tmp.path().join("snapshot"), src, true)?;
+    let (secs, src) = catch_up(&tmp.path().join("snapshot"), src, true, false)?;
     println!(
         "  snapshot    {secs:>6.2} s  ({:.0} ops/s equivalent)",
         catch_n as f64 / secs
+    );
+    let (secs, _) = catch_up(&tmp.path().join("partial"), src, false, true)?;
+    println!(
+        "  partial     {secs:>6.2} s  ({:.0} ops/s; {:.0}% of the op stream's rate; where priority = 1, without owner)",
+        catch_n as f64 / secs,
+        100.0 * full / secs
+    );
+
+    // The writer is a device under a rule every one of its writes meets,
+    // so all are applied, each after a check.
+    let src_ops: Vec<Op> = ops;
+    let writer = DeviceId([7; 32]);
+    let open = rules_for(
+        writer,
+        vec![filter("priority", FilterOp::Lt, Value::Int(10))],
+    );
+    let mut open_rule = open;
+    open_rule.rules[0].exclude.clear();
+    let plain = engine_apply(&tmp.path().join("plain"), &src_ops, batch, None)?;
+    let checked = engine_apply(
+        &tmp.path().join("checked"),
+        &src_ops,
+        batch,
+        Some(open_rule),
+    )?;
+    println!("apply {apply_n} remote puts, the writer unrestricted and then under a rule:");
+    println!("  unrestricted   {plain:>10.0} ops/s");
+    println!(
+        "  checked        {checked:>10.0} ops/s  (the check costs {:.0}% of apply throughput)",
+        100.0 * (1.0 - checked / plain)
     );
     Ok(())
 }

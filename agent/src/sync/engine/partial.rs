@@ -187,25 +187,51 @@ impl<S: SyncStore> Engine<S> {
         };
         let mut views: BTreeMap<DeviceId, Option<Arc<View>>> = BTreeMap::new();
         // Records as the operations screened so far leave them.
-        let mut overlay: BTreeMap<Vec<u8>, Option<StoredRecord>> = BTreeMap::new();
+        let mut view_of = |origin: &DeviceId| {
+            if *origin == self.me {
+                return None;
+            }
+            views
+                .entry(*origin)
+                .or_insert_with(|| {
+                    // The rule alone decides what a device may write; its
+                    // wish only narrows what it receives.
+                    view::access(Some(rules), origin, self.devices.get(origin), None)
+                        .view()
+                        .cloned()
+                })
+                .clone()
+        };
+        let bodies: Vec<Option<OpBody>> =
+            ops.iter().map(|o| OpBody::decode(&o.body).ok()).collect();
+        let restricted: Vec<Option<Arc<View>>> = ops.iter().map(|o| view_of(&o.origin)).collect();
+        // The records checked writes touch, read in one go.
+        let keys: Vec<Vec<u8>> = bodies
+            .iter()
+            .zip(&restricted)
+            .filter_map(|(b, v)| {
+                let b = b
+                    .as_ref()
+                    .filter(|b| !matches!(b, OpBody::Rejected { .. }))?;
+                v.as_ref()?;
+                Some(keys::record_key(b.collection(), b.id()))
+            })
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let mut overlay: BTreeMap<Vec<u8>, Option<StoredRecord>> =
+            match self.store.read_records(db, &keys) {
+                Ok(states) => keys
+                    .into_iter()
+                    .zip(states)
+                    .map(|(k, s)| (k, s.and_then(|b| codec::from_slice(&b).ok())))
+                    .collect(),
+                Err(_) => BTreeMap::new(),
+            };
         let mut out = Vec::with_capacity(ops.len());
         let mut rejected = Vec::new();
-        for mut op in ops {
-            let view = if op.origin == self.me {
-                None
-            } else {
-                views
-                    .entry(op.origin)
-                    .or_insert_with(|| {
-                        // The rule alone decides what a device may write;
-                        // its wish only narrows what it receives.
-                        view::access(Some(rules), &op.origin, self.devices.get(&op.origin), None)
-                            .view()
-                            .cloned()
-                    })
-                    .clone()
-            };
-            let Ok(body) = OpBody::decode(&op.body) else {
+        for ((mut op, body), view) in ops.into_iter().zip(bodies).zip(restricted) {
+            let Some(body) = body else {
                 out.push(op);
                 continue;
             };
