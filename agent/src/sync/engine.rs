@@ -1481,43 +1481,8 @@ impl<S: SyncStore> Engine<S> {
                 s.progress_at = now;
             }
         }
-        if let Some(snap) = s.out_snapshot.as_mut() {
-            while !snap.all_sent
-                && snap.next_part - snap.acked_part.map_or(0, |p| p + 1) < self.config.window_pieces
-            {
-                let read = match self.store.read_snapshot(
-                    db,
-                    snap.after.as_deref(),
-                    self.config.snapshot_piece,
-                ) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        self.store_failed(db, &e);
-                        return;
-                    }
-                };
-                let from = snap.after.take();
-                snap.after = read.records.last().map(|r| r.key.clone()).or(from.clone());
-                snap.all_sent = read.done;
-                let span = snap
-                    .replace
-                    .then(|| piece_span(from, &snap.after, read.done));
-                self.outbox.push_back((
-                    peer,
-                    SyncMessage::Snapshot {
-                        db: db.to_owned(),
-                        epoch: state.epoch,
-                        id: snap.id,
-                        part: snap.next_part,
-                        vector: snap.vector.clone(),
-                        records: read.records,
-                        last: read.done,
-                        span,
-                        cut: false,
-                    },
-                ));
-                snap.next_part += 1;
-            }
+        if s.out_snapshot.is_some() {
+            self.send_snapshot_pieces(peer, db, state, None);
             // Operations wait until the snapshot is in.
             return;
         }
@@ -1550,6 +1515,70 @@ impl<S: SyncStore> Engine<S> {
                     ops: read.ops,
                 },
             ));
+        }
+    }
+
+    /// Sends the pieces of the snapshot under way to `peer` that the
+    /// window allows, cut to `view` for a partial replica. Pieces that
+    /// replace what the peer holds say which key range each stands for.
+    fn send_snapshot_pieces(
+        &mut self,
+        peer: DeviceId,
+        db: &str,
+        state: &SyncState,
+        view: Option<&View>,
+    ) {
+        let Some(snap) = self
+            .links
+            .get_mut(&peer)
+            .and_then(|l| l.get_mut(db))
+            .and_then(|s| s.out_snapshot.as_mut())
+        else {
+            return;
+        };
+        while !snap.all_sent
+            && snap.next_part - snap.acked_part.map_or(0, |p| p + 1) < self.config.window_pieces
+        {
+            let read = match self.store.read_snapshot(
+                db,
+                snap.after.as_deref(),
+                self.config.snapshot_piece,
+            ) {
+                Ok(r) => r,
+                Err(e) => {
+                    self.store_failed(db, &e);
+                    return;
+                }
+            };
+            let from = snap.after.take();
+            snap.after = read.records.last().map(|r| r.key.clone()).or(from.clone());
+            snap.all_sent = read.done;
+            let span = snap
+                .replace
+                .then(|| piece_span(from, &snap.after, read.done));
+            let records = match view {
+                None => read.records,
+                Some(v) => read
+                    .records
+                    .into_iter()
+                    .filter_map(|r| partial::project(v, r.key, &r.state))
+                    .collect(),
+            };
+            self.outbox.push_back((
+                peer,
+                SyncMessage::Snapshot {
+                    db: db.to_owned(),
+                    epoch: state.epoch,
+                    id: snap.id,
+                    part: snap.next_part,
+                    vector: snap.vector.clone(),
+                    records,
+                    last: read.done,
+                    span,
+                    cut: view.is_some(),
+                },
+            ));
+            snap.next_part += 1;
         }
     }
 

@@ -429,46 +429,8 @@ impl<S: SyncStore> Engine<S> {
                 s.progress_at = now;
             }
         }
-        if let Some(snap) = s.out_snapshot.as_mut() {
-            while !snap.all_sent
-                && snap.next_part - snap.acked_part.map_or(0, |p| p + 1) < self.config.window_pieces
-            {
-                let read = match self.store.read_snapshot(
-                    db,
-                    snap.after.as_deref(),
-                    self.config.snapshot_piece,
-                ) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        self.store_failed(db, &e);
-                        return;
-                    }
-                };
-                let from = snap.after.take();
-                snap.after = read.records.last().map(|r| r.key.clone()).or(from.clone());
-                snap.all_sent = read.done;
-                let span = super::piece_span(from, &snap.after, read.done);
-                let records = read
-                    .records
-                    .into_iter()
-                    .filter_map(|r| project(view, r.key, &r.state))
-                    .collect();
-                self.outbox.push_back((
-                    peer,
-                    SyncMessage::Snapshot {
-                        db: db.to_owned(),
-                        epoch: state.epoch,
-                        id: snap.id,
-                        part: snap.next_part,
-                        vector: snap.vector.clone(),
-                        records,
-                        last: read.done,
-                        span: Some(span),
-                        cut: true,
-                    },
-                ));
-                snap.next_part += 1;
-            }
+        if s.out_snapshot.is_some() {
+            self.send_snapshot_pieces(peer, db, state, Some(view));
             return;
         }
         // Corrections of this peer's refused writes, by correction seq.
@@ -627,7 +589,7 @@ fn projection_from(judged: &BTreeMap<String, u64>, db: &str) -> u64 {
 
 /// A record as a partial replica with `view` may receive it, or `None` if
 /// it may not see it.
-fn project(view: &View, key: Vec<u8>, state: &[u8]) -> Option<SnapshotRecord> {
+pub(super) fn project(view: &View, key: Vec<u8>, state: &[u8]) -> Option<SnapshotRecord> {
     let rec: StoredRecord = codec::from_slice(state).ok()?;
     let (collection, id) = keys::split_record_key(&key)?;
     if !view.sees(collection, id, &rec) {
