@@ -217,6 +217,38 @@ pub enum Event {
     },
 }
 
+impl OutSnapshot {
+    fn new(id: u64, vector: VersionVector, partial: bool, replace: bool) -> Self {
+        OutSnapshot {
+            id,
+            vector,
+            after: None,
+            next_part: 0,
+            acked_part: None,
+            all_sent: false,
+            partial,
+            replace,
+        }
+    }
+}
+
+/// Whether a peer that acknowledged `acked` lacks operations the log no
+/// longer holds.
+fn below_floor(state: &SyncState, acked: &VersionVector) -> bool {
+    state
+        .floor
+        .iter()
+        .any(|(o, f)| acked.get(o) < *f && state.vector.get(o) > acked.get(o))
+}
+
+/// Whether this replica holds everything `peer` acknowledged, the peer's
+/// own writes aside.
+fn holds_all(state: &SyncState, acked: &VersionVector, peer: &DeviceId) -> bool {
+    acked
+        .iter()
+        .all(|(o, seq)| o == peer || state.vector.get(o) >= *seq)
+}
+
 /// A piece of a snapshot, as received.
 struct SnapshotPiece {
     id: u64,
@@ -1453,29 +1485,19 @@ impl<S: SyncStore> Engine<S> {
         // A replica whose records were cut to a view has no whole state
         // to give: it passes on operations only.
         if s.out_snapshot.is_none() && !state.lacking {
-            let below_floor = state
-                .floor
-                .iter()
-                .any(|(o, f)| acked.get(o) < *f && state.vector.get(o) > acked.get(o));
+            let below_floor = below_floor(state, &acked);
             let far_behind = !tainted && state.vector.ahead_of(&acked) > self.config.snapshot_after;
             // A peer owed a whole state gets it from a state that holds
             // everything it counts as held.
-            let owed = s.refilter
-                && acked
-                    .iter()
-                    .all(|(o, seq)| *o == peer || state.vector.get(o) >= *seq);
+            let owed = s.refilter && holds_all(state, &acked, &peer);
             if s.force_snapshot || owed || below_floor || far_behind {
                 s.force_snapshot = false;
-                s.out_snapshot = Some(OutSnapshot {
-                    id: self.next_snapshot_id,
-                    vector: state.vector.clone(),
-                    after: None,
-                    next_part: 0,
-                    acked_part: None,
-                    all_sent: false,
-                    partial: false,
-                    replace: owed,
-                });
+                s.out_snapshot = Some(OutSnapshot::new(
+                    self.next_snapshot_id,
+                    state.vector.clone(),
+                    false,
+                    owed,
+                ));
                 self.next_snapshot_id += 1;
                 s.cursor = 0;
                 s.progress_at = now;

@@ -402,28 +402,19 @@ impl<S: SyncStore> Engine<S> {
             return;
         }
         if s.out_snapshot.is_none() {
-            let below_floor = state
-                .floor
-                .iter()
-                .any(|(o, f)| acked.get(o) < *f && state.vector.get(o) > acked.get(o));
+            let below_floor = super::below_floor(state, &acked);
             // Replacing what the peer holds with an older state would undo
             // operations it counts as held: wait until this replica holds
             // all of them (the peer's own writes aside).
-            let current = acked
-                .iter()
-                .all(|(o, seq)| *o == peer || state.vector.get(o) >= *seq);
+            let current = super::holds_all(state, &acked, &peer);
             if (s.refilter || s.force_snapshot || below_floor) && current {
                 s.force_snapshot = false;
-                s.out_snapshot = Some(OutSnapshot {
-                    id: self.next_snapshot_id,
-                    vector: state.vector.clone(),
-                    after: None,
-                    next_part: 0,
-                    acked_part: None,
-                    all_sent: false,
-                    partial: true,
-                    replace: true,
-                });
+                s.out_snapshot = Some(OutSnapshot::new(
+                    self.next_snapshot_id,
+                    state.vector.clone(),
+                    true,
+                    true,
+                ));
                 self.next_snapshot_id += 1;
                 s.cursor = 0;
                 s.progress_at = now;
