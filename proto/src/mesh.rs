@@ -22,8 +22,10 @@ use crate::op::DeviceId;
 /// The TLS application protocol agents speak.
 pub const ALPN: &[u8] = b"blazedb/1";
 
-/// The version of the peer protocol, sent in [`PeerMessage::Hello`].
-pub const PEER_PROTOCOL_VERSION: u32 = 3;
+/// The version of the peer protocol, sent in [`PeerMessage::Hello`]. 4
+/// added access rules, partial replicas (`Projected`, cut snapshots) and
+/// refused writes (`OpBody::Rejected`).
+pub const PEER_PROTOCOL_VERSION: u32 = 4;
 
 /// The largest frame a peer may send on any stream, in bytes.
 pub const MAX_PEER_FRAME: u32 = 8 * 1024 * 1024;
