@@ -3,15 +3,18 @@
 //!
 //! The store takes shortcuts the reference does not (a put newer than
 //! everything it holds replaces a record without reading it); these tests
-//! hold it to the reference's results.
+//! hold it to the reference's results, the refusals of writes checked
+//! against an access rule included.
 
 #![allow(clippy::unwrap_used)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
+use blazed::access::view::View;
 use blazed::store::{Store, StoreOptions};
-use blazed::sync::{MemoryStore, SyncStore};
-use blazedb_proto::api::{DbSettings, Durability, QueryParams, SyncMode, Write};
+use blazed::sync::{MemoryStore, Refusal, SyncStore, WriteScreen};
+use blazedb_proto::api::{DbSettings, Durability, Filter, FilterOp, QueryParams, SyncMode, Write};
 use blazedb_proto::{DeviceId, Fields, Hlc, Op, OpBody, Value};
 use proptest::prelude::*;
 
@@ -57,8 +60,16 @@ impl Pair {
     }
 
     fn apply(&mut self, ops: Vec<Op>) {
-        self.reference.apply_ops(DB, ops.clone()).unwrap();
-        self.store.apply_ops(DB, ops).unwrap();
+        self.apply_screened(ops, &WriteScreen::default());
+    }
+
+    /// Applies `ops` to both stores, checking writes as `screen` says, and
+    /// returns the writes both refused.
+    fn apply_screened(&mut self, ops: Vec<Op>, screen: &WriteScreen) -> Vec<Refusal> {
+        let expected = self.reference.apply_ops(DB, ops.clone(), screen).unwrap();
+        let refused = self.store.apply_ops(DB, ops, screen).unwrap();
+        assert_eq!(refused, expected, "refusals differ from the reference's");
+        refused
     }
 
     /// A put made on the agent's store, passed on to the reference as the
@@ -71,7 +82,9 @@ impl Pair {
         };
         let results = self.rt.block_on(self.store.write(DB, vec![write])).unwrap();
         let op = self.store.read_op(DB, results[0].cursor).unwrap();
-        self.reference.apply_ops(DB, vec![op]).unwrap();
+        self.reference
+            .apply_ops(DB, vec![op], &WriteScreen::default())
+            .unwrap();
     }
 
     /// The visible fields of record `id`.
@@ -234,14 +247,17 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
     /// Three origins' operations, interleaved in any order that keeps each
-    /// origin's own order, and delivered in batches of any size.
+    /// origin's own order, and delivered in batches of any size; the first
+    /// origin's writes checked against an access rule or not.
     #[test]
     fn remote_ops_merge_like_the_reference(
         local_priority in 0u8..3,
         origins in proptest::collection::vec(origin_ops(), 3),
         picks in proptest::collection::vec(0usize..3, 64),
         batch_sizes in proptest::collection::vec(1usize..5, 64),
+        restricted in any::<bool>(),
     ) {
+        let screen = screen_of(restricted);
         let mut queues: Vec<std::collections::VecDeque<Op>> = origins
             .iter()
             .enumerate()
@@ -264,11 +280,81 @@ proptest! {
         let mut pair = Pair::new(local_priority);
         let mut sizes = batch_sizes.iter().cycle();
         let mut rest = order.as_slice();
+        let mut refused = 0;
         while !rest.is_empty() {
             let n = (*sizes.next().unwrap_or(&1)).min(rest.len());
-            pair.apply(rest[..n].to_vec());
+            refused += pair.apply_screened(rest[..n].to_vec(), &screen).len();
             rest = &rest[n..];
         }
         prop_assert_eq!(pair.visible(), pair.reference.visible(DB));
+        // What was refused is logged as a stand-in, so the vector still
+        // counts every operation.
+        let applied = pair.store.sync_state(DB).unwrap().vector;
+        prop_assert_eq!(applied, pair.reference.sync_state(DB).unwrap().vector);
+        if !restricted {
+            prop_assert_eq!(refused, 0);
+        }
     }
+}
+
+/// Checks origin 1's writes, when `restricted`, against a rule that lets
+/// it see and write only records whose `f0` is not 3, and never `f2`.
+fn screen_of(restricted: bool) -> WriteScreen {
+    let mut screen = WriteScreen::default();
+    if restricted {
+        let view = View {
+            write: true,
+            collections: None,
+            filter: vec![Filter {
+                field: "f0".into(),
+                op: FilterOp::Ne,
+                value: Value::Int(3),
+            }],
+            exclude: BTreeSet::from(["f2".to_owned()]),
+        };
+        screen.restrict(DeviceId([1; 32]), Arc::new(view));
+    }
+    screen
+}
+
+#[test]
+fn refused_writes_change_nothing_and_are_reported() {
+    let mut pair = Pair::new(0);
+    let screen = screen_of(true);
+    let ok = op(1, 1, Hlc::new(T0 + 1, 0), 0, &put("a", &[("f0", 1)]));
+    let excluded = op(1, 2, Hlc::new(T0 + 2, 0), 0, &put("b", &[("f2", 1)]));
+    let moves_out = op(1, 3, Hlc::new(T0 + 3, 0), 0, &put("a", &[("f0", 3)]));
+    let refused = pair.apply_screened(vec![ok, excluded.clone(), moves_out], &screen);
+    let reasons: Vec<(u64, &str)> = refused
+        .iter()
+        .map(|r| (r.op.seq, r.reason.as_str()))
+        .collect();
+    assert_eq!(
+        reasons,
+        vec![
+            (2, "field \"f2\" is excluded for this device"),
+            (
+                3,
+                "the write would put record c0/a outside what this device may see"
+            ),
+        ]
+    );
+    assert_eq!(
+        refused[0].op, excluded,
+        "the refusal keeps the write as made"
+    );
+    assert_eq!(pair.record("a"), fields(&[("f0", 1)]));
+    assert!(
+        !pair
+            .visible()
+            .contains_key(&(COLLECTION.to_owned(), "b".to_owned()))
+    );
+    assert_eq!(
+        pair.store
+            .sync_state(DB)
+            .unwrap()
+            .vector
+            .get(&DeviceId([1; 32])),
+        3
+    );
 }

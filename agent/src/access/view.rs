@@ -147,6 +147,49 @@ impl View {
         after: &StoredRecord,
     ) -> Result<(), String> {
         let (collection, id) = (body.collection(), body.id());
+        self.check_fields_written(body)?;
+        let existed = before.is_some_and(StoredRecord::is_live);
+        if existed && before.is_some_and(|b| !self.sees(collection, id, b)) {
+            return Err(format!(
+                "record {collection}/{id} is outside what this device may see"
+            ));
+        }
+        if let OpBody::Delete { .. } = body {
+            return Ok(());
+        }
+        if !self.sees(collection, id, after) {
+            return Err(moved_out(collection, id));
+        }
+        Ok(())
+    }
+
+    /// [`View::check_write`] for a put of a record this replica has never
+    /// held (its state after the write is just the put's fields), without
+    /// building that state.
+    pub(crate) fn check_create(&self, body: &OpBody) -> Result<(), String> {
+        self.check_fields_written(body)?;
+        let OpBody::Put {
+            collection,
+            id,
+            fields,
+        } = body
+        else {
+            return Ok(());
+        };
+        if !self
+            .filter
+            .iter()
+            .all(|f| query::fields_match(f, id, fields))
+        {
+            return Err(moved_out(collection, id));
+        }
+        Ok(())
+    }
+
+    /// The checks of a write that need no record: access, collection and
+    /// excluded fields.
+    fn check_fields_written(&self, body: &OpBody) -> Result<(), String> {
+        let collection = body.collection();
         if !self.write {
             return Err("this device may only read the database".into());
         }
@@ -162,20 +205,6 @@ impl View {
         };
         if let Some(f) = touched.iter().find(|f| self.exclude.contains(f.as_str())) {
             return Err(format!("field {f:?} is excluded for this device"));
-        }
-        let existed = before.is_some_and(StoredRecord::is_live);
-        if existed && before.is_some_and(|b| !self.sees(collection, id, b)) {
-            return Err(format!(
-                "record {collection}/{id} is outside what this device may see"
-            ));
-        }
-        if let OpBody::Delete { .. } = body {
-            return Ok(());
-        }
-        if !self.sees(collection, id, after) {
-            return Err(format!(
-                "the write would put record {collection}/{id} outside what this device may see"
-            ));
         }
         Ok(())
     }
@@ -193,6 +222,12 @@ impl View {
         self.exclude.extend(wish.exclude.iter().cloned());
         self
     }
+}
+
+/// Why a write that would take a record out of the writer's view is
+/// refused.
+fn moved_out(collection: &str, id: &str) -> String {
+    format!("the write would put record {collection}/{id} outside what this device may see")
 }
 
 fn selects(sel: &Selector, device: &DeviceId, attrs: Option<&DeviceAttrs>) -> bool {

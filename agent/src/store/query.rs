@@ -17,7 +17,7 @@ use std::cmp::Ordering;
 use std::collections::BTreeSet;
 
 use blazedb_proto::api::{Filter, FilterOp, ID_FIELD, QueryParams, QueryResult, Record};
-use blazedb_proto::{Value, codec};
+use blazedb_proto::{Fields, Value, codec};
 use serde::{Deserialize, Serialize};
 
 use super::keys;
@@ -89,8 +89,22 @@ fn equal(a: &Value, b: &Value) -> bool {
 
 /// Whether a record passes one filter.
 pub(crate) fn matches(f: &Filter, id: &str, rec: &StoredRecord) -> bool {
-    let v = field_value(&f.field, id, rec);
-    let Some(v) = v.as_deref() else {
+    value_matches(f, field_value(&f.field, id, rec).as_deref())
+}
+
+/// Whether a record made of just `fields` passes one filter.
+pub(crate) fn fields_match(f: &Filter, id: &str, fields: &Fields) -> bool {
+    if f.field == ID_FIELD {
+        value_matches(f, Some(&Value::String(id.to_owned())))
+    } else {
+        value_matches(f, fields.get(&f.field))
+    }
+}
+
+/// Whether a record whose filtered field holds `v` (`None`: it has no
+/// such field) passes the filter.
+fn value_matches(f: &Filter, v: Option<&Value>) -> bool {
+    let Some(v) = v else {
         return f.op == FilterOp::Ne;
     };
     let same_kind = || v.type_rank() == f.value.type_rank();

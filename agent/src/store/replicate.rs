@@ -22,8 +22,8 @@ use super::writer::{
 };
 use super::{Command, DbState, Reply, Store, StoreError, SyncMeta, lock, sync_meta_key};
 use crate::sync::{
-    Compacted, Correction, OpsRead, Projection, ReadLimits, Replace, SnapshotRead, SyncState,
-    SyncStore,
+    Compacted, Correction, OpsRead, Projection, ReadLimits, Refusal, Replace, SnapshotRead,
+    SyncState, SyncStore, WriteScreen,
 };
 use blazedb_proto::api::{Durability, Write};
 
@@ -60,10 +60,15 @@ impl Writer {
         Ok(())
     }
 
-    pub(super) fn apply_ops(&mut self, db: &str, ops: Vec<Op>) -> Result<(), StoreError> {
+    pub(super) fn apply_ops(
+        &mut self,
+        db: &str,
+        ops: Vec<Op>,
+        screen: &WriteScreen,
+    ) -> Result<Vec<Refusal>, StoreError> {
         let db = self.store.db(db)?;
         let (start_counters, start_clock) = (self.counters.clone(), self.clock);
-        let result = self.plan_and_commit_ops(&db, ops);
+        let result = self.plan_and_commit_ops(&db, ops, screen);
         if result.is_err() {
             self.counters = start_counters;
             self.clock = start_clock;
@@ -71,7 +76,12 @@ impl Writer {
         result
     }
 
-    fn plan_and_commit_ops(&mut self, db: &Arc<DbState>, ops: Vec<Op>) -> Result<(), StoreError> {
+    fn plan_and_commit_ops(
+        &mut self,
+        db: &Arc<DbState>,
+        ops: Vec<Op>,
+        screen: &WriteScreen,
+    ) -> Result<Vec<Refusal>, StoreError> {
         let me = self.store.device();
         let mut sync = db.sync_meta();
         let local_priority = db.settings().priority;
@@ -79,7 +89,8 @@ impl Writer {
         let mut plan = Plan::new();
         let counters = *self.counters.entry(db.id).or_default();
         let (mut head, mut local_seq) = (counters.head, counters.local_seq);
-        for op in ops {
+        let mut refused = Vec::new();
+        for mut op in ops {
             if !sync.vector.advance(op.origin, op.seq) {
                 continue;
             }
@@ -100,10 +111,14 @@ impl Writer {
             if let Ok(body) = OpBody::decode(&op.body) {
                 let key = Slice::from(keys::record_key(body.collection(), body.id()));
                 let indexes = self.collection_indexes(&group, &mut plan, db, body.collection())?;
+                let check = screen.view_for(&op.origin, &body);
                 // Such a put or delete replaces the record whatever it
-                // held, so it need not be read (unless indexes must move).
-                let replaces =
-                    newest && indexes.is_empty() && !matches!(body, OpBody::Patch { .. });
+                // held, so it need not be read (unless indexes must move,
+                // or the write is checked against it).
+                let replaces = newest
+                    && indexes.is_empty()
+                    && check.is_none()
+                    && !matches!(body, OpBody::Patch { .. });
                 let existing = if replaces {
                     None
                 } else {
@@ -111,20 +126,36 @@ impl Writer {
                 };
                 let old_values = field_values(existing.as_ref(), &indexes);
                 let stamp = Stamp::of(&op);
-                match (existing, body) {
+                match (existing, &body) {
                     // The common case of catching up: a new record, encoded
                     // straight from the put's fields.
                     (None, OpBody::Put { fields, .. })
                         if indexes.is_empty() && op.priority <= MAX_PRIORITY =>
                     {
-                        let bytes = stamped::fresh_put_record(&op.origin, op.priority, &fields)?
-                            .fill(&[op.hlc.0]);
-                        plan_encoded(&mut plan, db, key, bytes.into());
+                        match check.map(|v| v.check_create(&body)) {
+                            Some(Err(reason)) => {
+                                refused.push(Refusal::refuse(&mut op, &body, reason));
+                            }
+                            _ => {
+                                let bytes =
+                                    stamped::fresh_put_record(&op.origin, op.priority, fields)?
+                                        .fill(&[op.hlc.0]);
+                                plan_encoded(&mut plan, db, key, bytes.into());
+                            }
+                        }
                     }
-                    (existing, body) => {
+                    (existing, _) => {
+                        let before = check.and(existing.clone());
                         let mut record = existing.unwrap_or_default();
-                        if record.apply(&stamp, &body) {
-                            plan_record(&mut plan, db, key, &indexes, &old_values, &record)?;
+                        let changed = record.apply(&stamp, &body);
+                        match check.map(|v| v.check_write(&body, before.as_ref(), &record)) {
+                            Some(Err(reason)) => {
+                                refused.push(Refusal::refuse(&mut op, &body, reason));
+                            }
+                            _ if changed => {
+                                plan_record(&mut plan, db, key, &indexes, &old_values, &record)?;
+                            }
+                            _ => {}
                         }
                     }
                 }
@@ -140,7 +171,8 @@ impl Writer {
         let c = self.counters.entry(db.id).or_default();
         c.head = head;
         c.local_seq = local_seq;
-        self.commit_plan(db, plan, sync, head)
+        self.commit_plan(db, plan, sync, head)?;
+        Ok(refused)
     }
 
     pub(super) fn merge_snapshot(
@@ -557,9 +589,20 @@ impl SyncStore for Store {
         Ok(OpsRead { ops, next })
     }
 
-    fn apply_ops(&mut self, db: &str, ops: Vec<Op>) -> Result<(), StoreError> {
+    fn apply_ops(
+        &mut self,
+        db: &str,
+        ops: Vec<Op>,
+        screen: &WriteScreen,
+    ) -> Result<Vec<Refusal>, StoreError> {
         let db = db.to_owned();
-        self.call_blocking(|reply| Command::ApplyOps { db, ops, reply })
+        let screen = screen.clone();
+        self.call_blocking(|reply| Command::ApplyOps {
+            db,
+            ops,
+            screen,
+            reply,
+        })
     }
 
     fn read_snapshot(

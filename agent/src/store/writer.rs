@@ -30,6 +30,7 @@ use super::{
     sync_meta_key, write_lock,
 };
 use crate::sync::hlc::HlcClock;
+use crate::sync::{Refusal, WriteScreen};
 
 /// How a command's outcome is handed back: called once, on the writer
 /// thread, so it must not block.
@@ -98,8 +99,10 @@ pub enum Command {
         db: String,
         /// The operations, each extending the vector by one.
         ops: Vec<Op>,
-        /// Answered once they are durable.
-        reply: Reply<()>,
+        /// The writers whose operations are checked first.
+        screen: WriteScreen,
+        /// Answered once they are durable, with the refused writes.
+        reply: Reply<Vec<Refusal>>,
     },
     /// Merges records of another replica's snapshot.
     MergeSnapshot {
@@ -177,9 +180,10 @@ impl Command {
             Command::CreateDb { reply, .. } => reply(Err(e)),
             Command::DropDb { reply, .. } | Command::Index { reply, .. } => reply(Err(e)),
             Command::SetSyncMode { reply, .. } => reply(Err(e)),
-            Command::ApplyOps { reply, .. }
-            | Command::MergeSnapshot { reply, .. }
-            | Command::MergeProjected { reply, .. } => reply(Err(e)),
+            Command::ApplyOps { reply, .. } => reply(Err(e)),
+            Command::MergeSnapshot { reply, .. } | Command::MergeProjected { reply, .. } => {
+                reply(Err(e))
+            }
             Command::Compact { reply, .. } => reply(Err(e)),
             Command::Observe { reply, .. } | Command::Shutdown { reply } => reply(Err(e)),
         }
@@ -528,7 +532,12 @@ impl Writer {
                         .db(&db)
                         .and_then(|db| self.set_index(&db, &collection, &field, create)),
                 ),
-                Command::ApplyOps { db, ops, reply } => reply(self.apply_ops(&db, ops)),
+                Command::ApplyOps {
+                    db,
+                    ops,
+                    screen,
+                    reply,
+                } => reply(self.apply_ops(&db, ops, &screen)),
                 Command::MergeSnapshot {
                     db,
                     records,

@@ -1199,13 +1199,17 @@ impl<S: SyncStore> Engine<S> {
         if let Some(s) = self.links.get_mut(&peer).and_then(|l| l.get_mut(&db)) {
             s.sent.merge(&peer_holds);
         }
-        let (accepted, rejected) = self.screen(&db, accepted);
+        let screen = self.write_screen(&db, &accepted);
         let n = accepted.len();
+        let mut rejected = Vec::new();
         if n > 0 {
-            if let Err(e) = self.store.apply_ops(&db, accepted) {
-                // Not acknowledged, so the peer sends them again.
-                self.store_failed(db, &e);
-                return;
+            match self.store.apply_ops(&db, accepted, &screen) {
+                Ok(r) => rejected = r,
+                Err(e) => {
+                    // Not acknowledged, so the peer sends them again.
+                    self.store_failed(db, &e);
+                    return;
+                }
             }
             self.events.push_back(Event::Applied {
                 db: db.clone(),

@@ -14,8 +14,8 @@ use blazedb_proto::{
 
 use super::hlc::HlcClock;
 use super::store::{
-    Compacted, Correction, OpsRead, Projection, ReadLimits, Replace, SnapshotRead, SyncState,
-    SyncStore,
+    Compacted, Correction, OpsRead, Projection, ReadLimits, Refusal, Replace, SnapshotRead,
+    SyncState, SyncStore, WriteScreen,
 };
 use crate::store::keys;
 use crate::store::record::{Stamp, StoredRecord};
@@ -316,11 +316,17 @@ impl SyncStore for MemoryStore {
         })
     }
 
-    fn apply_ops(&mut self, db: &str, ops: Vec<Op>) -> Result<(), Infallible> {
+    fn apply_ops(
+        &mut self,
+        db: &str,
+        ops: Vec<Op>,
+        screen: &WriteScreen,
+    ) -> Result<Vec<Refusal>, Infallible> {
+        let mut refused = Vec::new();
         let Some(d) = self.dbs.get_mut(db) else {
-            return Ok(());
+            return Ok(refused);
         };
-        for op in ops {
+        for mut op in ops {
             if op.seq != d.vector.get(&op.origin) + 1 {
                 self.misapplied += 1;
                 continue;
@@ -329,11 +335,26 @@ impl SyncStore for MemoryStore {
             // A body this replica cannot read is logged and forwarded all
             // the same; it just changes no record here.
             if let Ok(body) = OpBody::decode(&op.body) {
-                d.apply(&Stamp::of(&op), &body);
+                let stamp = Stamp::of(&op);
+                match screen.view_for(&op.origin, &body) {
+                    None => d.apply(&stamp, &body),
+                    Some(view) => {
+                        let key = keys::record_key(body.collection(), body.id());
+                        let before = d.records.get(&key);
+                        let mut after = before.cloned().unwrap_or_default();
+                        after.apply(&stamp, &body);
+                        match view.check_write(&body, before, &after) {
+                            Ok(()) => {
+                                d.records.insert(key, after);
+                            }
+                            Err(reason) => refused.push(Refusal::refuse(&mut op, &body, reason)),
+                        }
+                    }
+                }
             }
             d.append(op);
         }
-        Ok(())
+        Ok(refused)
     }
 
     fn read_snapshot(

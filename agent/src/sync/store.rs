@@ -4,11 +4,16 @@
 //! simulator, on [`MemoryStore`](super::MemoryStore). Both keep the same
 //! promises, listed on each method.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
 use blazedb_proto::api::SyncMode;
 use blazedb_proto::rules::SyncWish;
 use blazedb_proto::{
     DeviceId, Epoch, Fields, Hlc, Op, OpBody, SnapshotRecord, Span, VersionVector,
 };
+
+use crate::access::view::View;
 
 /// Where a database's sync stands on this replica.
 #[derive(Debug, Clone, PartialEq)]
@@ -52,7 +57,7 @@ pub struct Projection {
     /// `own_held`, have been judged by a full replica: a record they
     /// touched that the view does not see was refused (or has left the
     /// view since) and is dropped.
-    pub view: Option<std::sync::Arc<crate::access::view::View>>,
+    pub view: Option<Arc<View>>,
     /// See `view`.
     pub own_from: u64,
 }
@@ -69,6 +74,69 @@ pub struct Replace<'a> {
     /// Whether the records are cut to this replica's view (it holds a
     /// partial replica), or whole (it held one and is owed a whole state).
     pub cut: bool,
+}
+
+/// The writers whose operations a replica checks before it applies them
+/// (see [`SyncStore::apply_ops`]): devices with restricted access, each
+/// with what it may see and write.
+#[derive(Debug, Clone, Default)]
+pub struct WriteScreen {
+    views: BTreeMap<DeviceId, Arc<View>>,
+}
+
+impl WriteScreen {
+    /// Checks the writes of `device` against `view`.
+    pub fn restrict(&mut self, device: DeviceId, view: Arc<View>) {
+        self.views.insert(device, view);
+    }
+
+    /// Whether no write is checked.
+    pub fn is_empty(&self) -> bool {
+        self.views.is_empty()
+    }
+
+    /// The view the write `body` of `origin` is checked against, if it is
+    /// checked. A `Rejected` stand-in changes nothing, so it needs none.
+    pub(crate) fn view_for(&self, origin: &DeviceId, body: &OpBody) -> Option<&View> {
+        if matches!(body, OpBody::Rejected { .. }) {
+            return None;
+        }
+        self.views.get(origin).map(|v| &**v)
+    }
+}
+
+/// A write the [`WriteScreen`] refused: it changed nothing, and the log
+/// holds an `OpBody::Rejected` in its place.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refusal {
+    /// The operation as its writer made it.
+    pub op: Op,
+    /// Why it was refused, for the writer and the log.
+    pub reason: String,
+}
+
+impl Refusal {
+    /// Refuses `op`, whose body is `body`: `op` becomes the stand-in to log
+    /// in its place, and the refusal keeps it as written.
+    pub(crate) fn refuse(op: &mut Op, body: &OpBody, reason: String) -> Refusal {
+        // Should the stand-in not encode, an empty body is one no replica
+        // can read, which changes nothing anywhere just the same.
+        let stand_in = OpBody::Rejected {
+            collection: body.collection().to_owned(),
+            id: body.id().to_owned(),
+            reason: reason.clone(),
+        }
+        .encode()
+        .unwrap_or_default();
+        let written = std::mem::replace(&mut op.body, stand_in);
+        Refusal {
+            op: Op {
+                body: written,
+                ..op.clone()
+            },
+            reason,
+        }
+    }
 }
 
 /// Bounds on one read of the op log or of a snapshot.
@@ -195,7 +263,17 @@ pub trait SyncStore {
     /// database's durability) when this returns. The caller passes only
     /// operations that extend the vector contiguously. The replica's clock
     /// moves to at least the latest operation's.
-    fn apply_ops(&mut self, db: &str, ops: Vec<Op>) -> Result<(), Self::Error>;
+    ///
+    /// A write of a device the screen restricts is checked against the
+    /// record as the operations before it leave it (`View::check_write`);
+    /// a refused one changes nothing and is logged as `OpBody::Rejected`.
+    /// Returns the refused writes.
+    fn apply_ops(
+        &mut self,
+        db: &str,
+        ops: Vec<Op>,
+        screen: &WriteScreen,
+    ) -> Result<Vec<Refusal>, Self::Error>;
 
     /// Reads the records after key `after` (from the start when `None`)
     /// in their stored form, tombstones included.

@@ -231,8 +231,13 @@ impl SyncStore for FjallReplica {
     ) -> Result<blazed::sync::OpsRead, Self::Error> {
         self.store.read_ops(db, have, from, limits)
     }
-    fn apply_ops(&mut self, db: &str, ops: Vec<Op>) -> Result<(), Self::Error> {
-        self.store.apply_ops(db, ops)
+    fn apply_ops(
+        &mut self,
+        db: &str,
+        ops: Vec<Op>,
+        screen: &blazed::sync::WriteScreen,
+    ) -> Result<Vec<blazed::sync::Refusal>, Self::Error> {
+        self.store.apply_ops(db, ops, screen)
     }
     fn read_snapshot(
         &self,

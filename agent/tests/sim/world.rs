@@ -1112,7 +1112,7 @@ impl<R: Replica> World<R> {
         for (_, mut ops) in by_origin {
             ops.sort_by_key(|o| o.seq);
             reference
-                .apply_ops(DB, ops)
+                .apply_ops(DB, ops, &Default::default())
                 .map_err(|e| format!("reference: {e}"))?;
         }
         let whole = reference.visible(DB);

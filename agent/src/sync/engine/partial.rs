@@ -15,14 +15,15 @@
 //! It passes on nothing but its own writes, and only to full replicas.
 //!
 //! Writes of a device with restricted access are checked by every full
-//! replica that takes them (`screen`): a refused write is kept in the log
+//! replica that takes them (`write_screen` names the devices; the store
+//! checks each write as it applies it): a refused write is kept in the log
 //! as `OpBody::Rejected`, which changes nothing and keeps the writer's
 //! sequence contiguous, and the replica writes the record back as it holds
 //! it, stamped after the refused write (`correct_rejected`). That
 //! correction wins wherever the write landed first, the writer's own
 //! replica included, which is told why with it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use blazedb_proto::rules::{AccessRules, SyncWish};
@@ -32,8 +33,8 @@ use serde_bytes::ByteBuf;
 use super::{Engine, Event, OutSnapshot, corrections_for, sends};
 use crate::access::view::{self, Access, DeviceAttrs, View};
 use crate::store::keys;
-use crate::store::record::{Stamp, StoredRecord};
-use crate::sync::store::{Projection, SyncState, SyncStore};
+use crate::store::record::StoredRecord;
+use crate::sync::store::{Projection, Refusal, SyncState, SyncStore, WriteScreen};
 
 /// How many refused writes per database are remembered to tell their
 /// writers about with the correction.
@@ -177,117 +178,35 @@ impl<S: SyncStore> Engine<S> {
             .all(|(o, seq)| *o == self.me || at.get(o) >= *seq)
     }
 
-    /// Checks writes of devices with restricted access before they are
-    /// applied, in order, each against the record as the writes before it
-    /// left it. Returns the operations to apply (refused ones turned into
-    /// `Rejected`) and the refused ones as written, with why.
-    pub(super) fn screen(&self, db: &str, ops: Vec<Op>) -> (Vec<Op>, Vec<(Op, String)>) {
+    /// The writers among `ops` whose writes the store checks before it
+    /// applies them: devices the rules give restricted access. The rule
+    /// alone decides what a device may write; its wish only narrows what
+    /// it receives.
+    pub(super) fn write_screen(&self, db: &str, ops: &[Op]) -> WriteScreen {
+        let mut screen = WriteScreen::default();
         let Some(rules) = self.rules.get(db).filter(|r| r.restricts()) else {
-            return (ops, Vec::new());
+            return screen;
         };
-        let mut views: BTreeMap<DeviceId, Option<Arc<View>>> = BTreeMap::new();
-        // Records as the operations screened so far leave them.
-        let mut view_of = |origin: &DeviceId| {
-            if *origin == self.me {
-                return None;
-            }
-            views
-                .entry(*origin)
-                .or_insert_with(|| {
-                    // The rule alone decides what a device may write; its
-                    // wish only narrows what it receives.
-                    view::access(Some(rules), origin, self.devices.get(origin), None)
-                        .view()
-                        .cloned()
-                })
-                .clone()
-        };
-        let bodies: Vec<Option<OpBody>> =
-            ops.iter().map(|o| OpBody::decode(&o.body).ok()).collect();
-        let restricted: Vec<Option<Arc<View>>> = ops.iter().map(|o| view_of(&o.origin)).collect();
-        // The records checked writes touch, read in one go.
-        let keys: Vec<Vec<u8>> = bodies
+        let origins: BTreeSet<DeviceId> = ops
             .iter()
-            .zip(&restricted)
-            .filter_map(|(b, v)| {
-                let b = b
-                    .as_ref()
-                    .filter(|b| !matches!(b, OpBody::Rejected { .. }))?;
-                v.as_ref()?;
-                Some(keys::record_key(b.collection(), b.id()))
-            })
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
+            .map(|o| o.origin)
+            .filter(|o| *o != self.me)
             .collect();
-        let mut overlay: BTreeMap<Vec<u8>, Option<StoredRecord>> =
-            match self.store.read_records(db, &keys) {
-                Ok(states) => keys
-                    .into_iter()
-                    .zip(states)
-                    .map(|(k, s)| (k, s.and_then(|b| codec::from_slice(&b).ok())))
-                    .collect(),
-                Err(_) => BTreeMap::new(),
-            };
-        let mut out = Vec::with_capacity(ops.len());
-        let mut rejected = Vec::new();
-        for ((mut op, body), view) in ops.into_iter().zip(bodies).zip(restricted) {
-            let Some(body) = body else {
-                out.push(op);
-                continue;
-            };
-            let key = keys::record_key(body.collection(), body.id());
-            let stamp = Stamp::of(&op);
-            match view {
-                Some(view) if !matches!(body, OpBody::Rejected { .. }) => {
-                    let before = match overlay.get(&key) {
-                        Some(r) => r.clone(),
-                        None => self.stored_record(db, &key),
-                    };
-                    let mut after = before.clone().unwrap_or_default();
-                    after.apply(&stamp, &body);
-                    match view.check_write(&body, before.as_ref(), &after) {
-                        Ok(()) => {
-                            overlay.insert(key, Some(after));
-                        }
-                        Err(reason) => {
-                            overlay.insert(key, before);
-                            rejected.push((op.clone(), reason.clone()));
-                            let stand_in = OpBody::Rejected {
-                                collection: body.collection().to_owned(),
-                                id: body.id().to_owned(),
-                                reason,
-                            };
-                            op.body = stand_in.encode().unwrap_or_default();
-                        }
-                    }
-                }
-                _ => {
-                    if let Some(Some(rec)) = overlay.get_mut(&key) {
-                        rec.apply(&stamp, &body);
-                    } else if let Some(slot) = overlay.get_mut(&key) {
-                        let mut rec = StoredRecord::default();
-                        rec.apply(&stamp, &body);
-                        *slot = Some(rec);
-                    }
-                }
+        for origin in origins {
+            if let Some(v) =
+                view::access(Some(rules), &origin, self.devices.get(&origin), None).view()
+            {
+                screen.restrict(origin, v.clone());
             }
-            out.push(op);
         }
-        (out, rejected)
-    }
-
-    /// The record at `key` as the store holds it.
-    fn stored_record(&self, db: &str, key: &[u8]) -> Option<StoredRecord> {
-        let read = self.store.read_records(db, &[key.to_vec()]).ok()?;
-        let bytes = read.into_iter().next().flatten()?;
-        codec::from_slice(&bytes).ok()
+        screen
     }
 
     /// Writes back the records refused writes touched, as this replica
     /// holds them, and remembers which correction answers which write.
-    pub(super) fn correct_rejected(&mut self, db: &str, rejected: Vec<(Op, String)>, now: u64) {
+    pub(super) fn correct_rejected(&mut self, db: &str, rejected: Vec<Refusal>, now: u64) {
         let mut by_record: BTreeMap<Vec<u8>, (DeviceId, u64, String)> = BTreeMap::new();
-        for (op, reason) in &rejected {
+        for Refusal { op, reason } in &rejected {
             self.events.push_back(Event::Rejected {
                 db: db.to_owned(),
                 origin: op.origin,
@@ -305,7 +224,7 @@ impl<S: SyncStore> Engine<S> {
         if !self.store.sync_state(db).is_some_and(|s| sends(s.mode)) {
             return;
         }
-        let ops: Vec<Op> = rejected.into_iter().map(|(op, _)| op).collect();
+        let ops: Vec<Op> = rejected.into_iter().map(|r| r.op).collect();
         let (corrections, after) = corrections_for(&ops);
         match self.store.correct(db, corrections, after, now) {
             Ok(written) => {
