@@ -229,8 +229,10 @@ pub enum SyncMessage {
         /// receive; everything the rule allows when `None`.
         #[serde(default)]
         wish: Option<SyncWish>,
-        /// The sender's records were cut to a view it no longer has (it
-        /// held a partial replica): it wants a whole snapshot.
+        /// The sender's records were cut to a view it no longer has: a
+        /// full replica that held a partial one wants a whole snapshot, a
+        /// partial one whose view changed wants a snapshot cut to its
+        /// current view.
         #[serde(default)]
         lacking: bool,
     },

@@ -466,6 +466,11 @@ pub struct Engine<S> {
     /// have been judged by a full replica and swept (see
     /// `Projection::view`).
     own_judged: BTreeMap<String, u64>,
+    /// Databases this (partial) replica holds cut to another view than
+    /// its current one, until a snapshot cut to the current one has
+    /// replaced them: it says so (`Vector::lacking`) so a full replica
+    /// sends one.
+    recut: BTreeSet<String>,
     next_announce: u64,
     next_compact: u64,
     next_snapshot_id: u64,
@@ -498,6 +503,7 @@ impl<S: SyncStore> Engine<S> {
             rejections: BTreeMap::new(),
             own_views: BTreeMap::new(),
             own_judged: BTreeMap::new(),
+            recut: BTreeSet::new(),
             next_snapshot_id: 1,
         }
     }
@@ -933,7 +939,7 @@ impl<S: SyncStore> Engine<S> {
         if let Some(s) = self.links.get_mut(&peer).and_then(|l| l.get_mut(db)) {
             s.told.clone_from(&state.vector);
         }
-        let head = (state.epoch, state.mode, state.lacking);
+        let head = (state.epoch, state.mode, self.says_lacking(db, &state));
         let wish = Some(state.wish.unwrap_or_default());
         self.push_vector(peer, db, head, state.vector, reports, stable, wish);
     }
@@ -977,6 +983,7 @@ impl<S: SyncStore> Engine<S> {
         let Some(state) = self.store.sync_state(db) else {
             return;
         };
+        let lacking = self.says_lacking(db, &state);
         let Some(s) = self.links.get_mut(&peer).and_then(|l| l.get_mut(db)) else {
             return;
         };
@@ -990,7 +997,7 @@ impl<S: SyncStore> Engine<S> {
         self.push_vector(
             peer,
             db,
-            (state.epoch, state.mode, state.lacking),
+            (state.epoch, state.mode, lacking),
             vector,
             Vec::new(),
             None,
@@ -1286,11 +1293,18 @@ impl<S: SyncStore> Engine<S> {
         }
         s.in_snapshot = (!last).then_some((id, part + 1));
         let complete = last.then_some(&vector);
-        let replace = span.as_ref().map(|span| super::store::Replace {
-            span,
-            own_held: vector.get(&self.me),
-            cut,
-        });
+        // Only a replica holding a cut state needs what it holds replaced;
+        // a whole one merges the pieces like any snapshot, so that a piece
+        // read before writes it took meanwhile cannot drop their records.
+        let replaces = partial || state.lacking;
+        let replace = span
+            .as_ref()
+            .filter(|_| replaces)
+            .map(|span| super::store::Replace {
+                span,
+                own_held: vector.get(&self.me),
+                cut,
+            });
         if let Err(e) = self.store.merge_snapshot(&db, records, complete, replace) {
             if let Some(s) = self.links.get_mut(&peer).and_then(|l| l.get_mut(&db)) {
                 s.in_snapshot = None;
@@ -1307,6 +1321,9 @@ impl<S: SyncStore> Engine<S> {
             },
         ));
         if last {
+            if cut {
+                self.recut.remove(&db);
+            }
             self.events.push_back(Event::SnapshotMerged {
                 db: db.clone(),
                 from: peer,

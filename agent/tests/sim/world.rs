@@ -651,7 +651,15 @@ impl<R: Replica> World<R> {
             return;
         };
         e.local_commit(DB, wall);
-        self.log(|| format!("node {i} wrote ({}, {})", op.origin.short(), op.seq));
+        self.log(|| {
+            let body = OpBody::decode(&op.body).map(|b| format!("{b:?}"));
+            format!(
+                "node {i} wrote ({}, {}): {}",
+                op.origin.short(),
+                op.seq,
+                body.unwrap_or_default()
+            )
+        });
         self.acked.push(op);
         self.stats.writes += 1;
         self.flush(i);

@@ -103,11 +103,39 @@ impl<S: SyncStore> Engine<S> {
     /// re-cuts every link where that changed.
     pub(super) fn refresh_views(&mut self, now: u64) {
         let mut moved: Vec<(DeviceId, String)> = Vec::new();
+        let mut recut = Vec::new();
         for db in self.store.databases() {
             let own = self.access_of(&db, &self.me).view().cloned();
             if self.own_views.get(&db) != Some(&own) {
+                // What this replica holds was cut to another view (or, on
+                // the first look, maybe was): unless it holds nothing, it
+                // asks for a snapshot cut to the new one. A full replica
+                // asks for a whole one by its stored `lacking` instead.
+                let holds = self
+                    .store
+                    .sync_state(&db)
+                    .is_some_and(|s| s.vector.total() > 0);
+                if own.is_some() && holds {
+                    recut.push(db.clone());
+                } else {
+                    self.recut.remove(&db);
+                }
                 self.own_views.insert(db.clone(), own);
                 moved.extend(self.links.keys().map(|p| (*p, db.clone())));
+            }
+        }
+        for db in recut {
+            // A snapshot under way may be cut to the old view: it must not
+            // count as the one asked for.
+            for streams in self.links.values_mut() {
+                if let Some(s) = streams.get_mut(&db) {
+                    s.in_snapshot = None;
+                }
+            }
+            let peers: Vec<DeviceId> = self.links.keys().copied().collect();
+            self.recut.insert(db.clone());
+            for p in peers {
+                self.send_vector(p, &db, false);
             }
         }
         let mut views = Vec::new();
@@ -144,16 +172,32 @@ impl<S: SyncStore> Engine<S> {
     }
 
     /// A peer said its records of `db` were cut to a view it no longer
-    /// has: if it is a full replica now, it is owed a whole snapshot.
+    /// has: if it is a full replica now, it is owed a whole snapshot; if
+    /// it is a partial one, a snapshot cut to its view (unless one is
+    /// under way).
     pub(super) fn owe_whole(&mut self, peer: DeviceId, db: &str) {
         let me_whole =
             self.own_view(db).is_none() && self.store.sync_state(db).is_some_and(|s| !s.lacking);
         if let Some(s) = self.links.get_mut(&peer).and_then(|l| l.get_mut(db))
-            && s.view.is_none()
             && me_whole
-            && s.out_snapshot.as_ref().is_none_or(|o| o.partial)
         {
-            s.refilter = true;
+            let owed = match (&s.view, &s.out_snapshot) {
+                (None, snap) => snap.as_ref().is_none_or(|o| o.partial),
+                (Some(_), snap) => snap.is_none(),
+            };
+            if owed {
+                s.refilter = true;
+            }
+        }
+    }
+
+    /// Whether this replica says it lacks records of `db`: a partial one
+    /// when it holds them cut to another view than its current one, a
+    /// full one when they are cut at all (`SyncState::lacking`).
+    pub(super) fn says_lacking(&self, db: &str, state: &SyncState) -> bool {
+        match self.own_view(db) {
+            Some(_) => self.recut.contains(db),
+            None => state.lacking,
         }
     }
 
@@ -393,8 +437,11 @@ impl<S: SyncStore> Engine<S> {
                     || op.origin == peer
                     || (view.sees_collection(body.collection())
                         && match &body {
+                            // Unsetting the last field of a record that
+                            // was only ever patched ends it, whatever the
+                            // field.
                             OpBody::Patch { set, unset, .. } => {
-                                set.keys().chain(unset).any(|f| view.filters_on(f))
+                                !unset.is_empty() || set.keys().any(|f| view.filters_on(f))
                             }
                             _ => true,
                         });
