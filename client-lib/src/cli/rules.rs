@@ -21,7 +21,7 @@ use serde::Deserialize;
 
 use super::Opts;
 use super::fields::parse_filter;
-use super::output::{format_ms, print_json, print_table};
+use super::output::{format_ms, print_json, table};
 use crate::Client;
 use crate::api::{DbRulesResult, RuleSpec};
 use blazedb_proto::Value;
@@ -126,26 +126,20 @@ fn selector_text(s: &Selector, r: &DbRulesResult) -> String {
     }
 }
 
-fn show(r: &DbRulesResult) {
+/// The rules as people read them: who signed them, a table of rules in
+/// the order they apply, and what this device gets.
+fn rules_text(r: &DbRulesResult) -> String {
     let Some(rules) = &r.rules else {
-        println!(
-            "database {} has no access rules: every member gets all of it",
-            r.db
+        return format!(
+            "database {} has no access rules: every member gets all of it\nthis device: {}\n",
+            r.db, r.this_device
         );
-        println!("this device: {}", r.this_device);
-        return;
     };
     let signer = r
         .names
         .get(&rules.signer.to_string())
         .cloned()
         .unwrap_or_else(|| rules.signer.to_string());
-    println!(
-        "database {}: rules version {}, signed by {signer} at {}",
-        r.db,
-        rules.version,
-        format_ms(rules.signed_ms)
-    );
     let rows = rules
         .rules
         .iter()
@@ -179,11 +173,43 @@ fn show(r: &DbRulesResult) {
             String::new(),
         ]))
         .collect();
-    print_table(
-        &["#", "DEVICES", "ACCESS", "COLLECTIONS", "WHERE", "EXCLUDED"],
-        rows,
-    );
-    println!("this device: {}", r.this_device);
+    format!(
+        "database {}: rules version {}, signed by {signer} at {}\n{}this device: {}\n",
+        r.db,
+        rules.version,
+        format_ms(rules.signed_ms),
+        table(
+            &["#", "DEVICES", "ACCESS", "COLLECTIONS", "WHERE", "EXCLUDED"],
+            rows,
+        ),
+        r.this_device
+    )
+}
+
+/// The rules for `--json`: device ids in the form people compare, with
+/// the names of those the mesh knows.
+fn rules_json(r: &DbRulesResult) -> serde_json::Value {
+    let rules = r.rules.as_ref().map(|rules| {
+        serde_json::json!({
+            "version": rules.version,
+            "signer": rules.signer.to_string(),
+            "signed_ms": rules.signed_ms,
+            "default": rules.default.as_str(),
+            "rules": rules.rules.iter().map(|rule| serde_json::json!({
+                "devices": rule.devices.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "collections": rule.collections,
+                "where": rule.filter.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "exclude": rule.exclude,
+                "access": rule.access.as_str(),
+            })).collect::<Vec<_>>(),
+        })
+    });
+    serde_json::json!({
+        "db": r.db,
+        "rules": rules,
+        "names": r.names,
+        "this_device": r.this_device,
+    })
 }
 
 pub(crate) async fn run(
@@ -203,16 +229,20 @@ pub(crate) async fn run(
         }
     };
     if opts.json {
-        return print_json(&serde_json::to_value(&result)?);
+        return print_json(&rules_json(&result));
     }
-    show(&result);
+    print!("{}", rules_text(&result));
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use blazedb_proto::DeviceId;
     use blazedb_proto::api::FilterOp;
+    use blazedb_proto::mesh::MeshId;
+    use blazedb_proto::rules::{AccessRule, AccessRules};
+    use std::collections::BTreeMap;
 
     #[test]
     fn a_rules_file_reads_into_rules() {
@@ -240,6 +270,89 @@ mod tests {
             (FilterOp::Ne, &Value::from("archived"))
         );
         assert_eq!(rules[1].access, AccessLevel::Read);
+    }
+
+    /// Rules as `db rules show` gets them: one rule per kind of selector.
+    fn sample() -> DbRulesResult {
+        let (phone, admin) = (DeviceId([3; 32]), DeviceId([9; 32]));
+        let (default, specs) = read_rules(
+            r#"
+            default = "read"
+            [[rule]]
+            devices = ["team:ios", "role:hub"]
+            collections = ["bugs"]
+            where = ["team = $device.team", "status != archived"]
+            exclude = ["largeAttachment"]
+            access = "read-write"
+            [[rule]]
+            devices = ["*"]
+            access = "none"
+            "#,
+        )
+        .expect("valid");
+        let mut rules: Vec<AccessRule> = specs
+            .into_iter()
+            .map(|s| AccessRule {
+                devices: s
+                    .devices
+                    .iter()
+                    .map(|d| d.parse().expect("selector"))
+                    .collect(),
+                collections: s.collections,
+                filter: s.filter,
+                exclude: s.exclude,
+                access: s.access,
+            })
+            .collect();
+        rules.insert(
+            1,
+            AccessRule {
+                devices: vec![Selector::Device(phone)],
+                collections: None,
+                filter: Vec::new(),
+                exclude: Vec::new(),
+                access: AccessLevel::Read,
+            },
+        );
+        DbRulesResult {
+            db: "bugs".into(),
+            rules: Some(AccessRules {
+                mesh: MeshId([1; 16]),
+                db: "bugs".into(),
+                version: 3,
+                default,
+                rules,
+                signer: admin,
+                signed_ms: 1_796_184_000_000,
+            }),
+            names: BTreeMap::from([
+                (phone.to_string(), "phone".to_owned()),
+                (admin.to_string(), "laptop".to_owned()),
+            ]),
+            this_device: "partial: read-write; collections bugs; where team in [\"ios\"]".into(),
+        }
+    }
+
+    #[test]
+    fn rules_show_json_snapshot() {
+        insta::assert_json_snapshot!(rules_json(&sample()));
+    }
+
+    #[test]
+    fn rules_show_text_snapshot() {
+        insta::assert_snapshot!(rules_text(&sample()));
+    }
+
+    #[test]
+    fn no_rules_say_so() {
+        let none = DbRulesResult {
+            rules: None,
+            this_device: "full".into(),
+            ..sample()
+        };
+        let json = rules_json(&none);
+        assert_eq!(json["rules"], serde_json::Value::Null);
+        assert!(rules_text(&none).contains("has no access rules"));
     }
 
     #[test]
