@@ -525,6 +525,23 @@ mod tests {
             let _ = SyncMessage::decode(&bytes);
         }
 
+        /// Damaged messages of every kind (bytes changed, the end cut
+        /// off) reach deep into the decoder, which random bytes seldom do.
+        #[test]
+        fn damaged_messages_never_panic(
+            msg in arb_message(),
+            changes in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..4),
+            keep in any::<prop::sample::Index>(),
+        ) {
+            let mut bytes = msg.encode().expect("encode");
+            for (at, b) in changes {
+                let i = at.index(bytes.len());
+                bytes[i] = b;
+            }
+            let _ = SyncMessage::decode(&bytes);
+            let _ = SyncMessage::decode(&bytes[..keep.index(bytes.len())]);
+        }
+
         #[test]
         fn merge_is_the_least_upper_bound(a in arb_vector(), b in arb_vector()) {
             let mut m = a.clone();
