@@ -249,17 +249,6 @@ fn holds_all(state: &SyncState, acked: &VersionVector, peer: &DeviceId) -> bool 
         .all(|(o, seq)| o == peer || state.vector.get(o) >= *seq)
 }
 
-/// A piece of a snapshot, as received.
-struct SnapshotPiece {
-    id: u64,
-    part: u32,
-    vector: VersionVector,
-    records: Vec<blazedb_proto::SnapshotRecord>,
-    last: bool,
-    span: Option<blazedb_proto::Span>,
-    cut: bool,
-}
-
 /// A snapshot being sent to one peer.
 #[derive(Debug, Clone)]
 struct OutSnapshot {
@@ -728,30 +717,7 @@ impl<S: SyncStore> Engine<S> {
                 self.on_vector(peer, db, epoch, vector, want, reports, refused, wish, now)
             }
             SyncMessage::Ops { db, epoch, ops } => self.on_ops(peer, db, epoch, ops, now),
-            SyncMessage::Snapshot {
-                db,
-                epoch,
-                id,
-                part,
-                vector,
-                records,
-                last,
-                span,
-                cut,
-            } => {
-                if self.epoch_matches(peer, &db, epoch) {
-                    let piece = SnapshotPiece {
-                        id,
-                        part,
-                        vector,
-                        records,
-                        last,
-                        span,
-                        cut,
-                    };
-                    self.on_snapshot(peer, db, piece, now);
-                }
-            }
+            piece @ SyncMessage::Snapshot { .. } => self.on_snapshot(peer, piece, now),
             SyncMessage::Projected {
                 db,
                 epoch,
@@ -1236,9 +1202,11 @@ impl<S: SyncStore> Engine<S> {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn on_snapshot(&mut self, peer: DeviceId, db: String, piece: SnapshotPiece, now: u64) {
-        let SnapshotPiece {
+    /// A piece of a snapshot (`SyncMessage::Snapshot`) arrived.
+    fn on_snapshot(&mut self, peer: DeviceId, piece: SyncMessage, now: u64) {
+        let SyncMessage::Snapshot {
+            db,
+            epoch,
             id,
             part,
             vector,
@@ -1246,7 +1214,13 @@ impl<S: SyncStore> Engine<S> {
             last,
             span,
             cut,
-        } = piece;
+        } = piece
+        else {
+            return;
+        };
+        if !self.epoch_matches(peer, &db, epoch) {
+            return;
+        }
         let Some(state) = self.store.sync_state(&db) else {
             return;
         };
@@ -1529,35 +1503,52 @@ impl<S: SyncStore> Engine<S> {
             // Operations wait until the snapshot is in.
             return;
         }
-        while s.sent.ahead_of(&acked) < self.config.window_ops {
-            let read = match self
-                .store
-                .read_ops(db, &s.sent, s.cursor, self.config.batch)
-            {
-                Ok(r) => r,
-                Err(e) => {
-                    self.store_failed(db, &e);
-                    return;
-                }
-            };
-            s.cursor = read.next;
-            if read.ops.is_empty() {
-                break;
-            }
-            if !s.in_flight() {
-                s.progress_at = now;
-            }
-            for op in &read.ops {
-                s.sent.set(op.origin, op.seq);
-            }
+        while let Some(ops) = self.read_window(peer, db) {
+            self.mark_sent(peer, db, &ops, now);
             self.outbox.push_back((
                 peer,
                 SyncMessage::Ops {
                     db: db.to_owned(),
                     epoch: state.epoch,
-                    ops: read.ops,
+                    ops,
                 },
             ));
+        }
+    }
+
+    /// The next batch of operations from the log that `peer` lacks, if
+    /// its window has room: `None` once it is full, the log has no more,
+    /// or the read failed.
+    fn read_window(&mut self, peer: DeviceId, db: &str) -> Option<Vec<Op>> {
+        let s = self.links.get_mut(&peer)?.get_mut(db)?;
+        if s.sent.ahead_of(s.acked.as_ref()?) >= self.config.window_ops {
+            return None;
+        }
+        let read = match self
+            .store
+            .read_ops(db, &s.sent, s.cursor, self.config.batch)
+        {
+            Ok(r) => r,
+            Err(e) => {
+                self.store_failed(db, &e);
+                return None;
+            }
+        };
+        s.cursor = read.next;
+        (!read.ops.is_empty()).then_some(read.ops)
+    }
+
+    /// Counts `ops` as sent to `peer`; the retransmit clock starts now if
+    /// nothing was in flight.
+    fn mark_sent(&mut self, peer: DeviceId, db: &str, ops: &[Op], now: u64) {
+        let Some(s) = self.links.get_mut(&peer).and_then(|l| l.get_mut(db)) else {
+            return;
+        };
+        if !s.in_flight() {
+            s.progress_at = now;
+        }
+        for op in ops {
+            s.sent.set(op.origin, op.seq);
         }
     }
 

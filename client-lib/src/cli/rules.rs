@@ -244,24 +244,24 @@ mod tests {
     use blazedb_proto::rules::{AccessRule, AccessRules};
     use std::collections::BTreeMap;
 
+    /// A rules file with a rule of each kind.
+    const EXAMPLE: &str = r#"
+        default = "read"
+        [[rule]]
+        devices = ["team:ios", "role:hub"]
+        collections = ["bugs"]
+        where = ["team = $device.team", "status != archived"]
+        exclude = ["largeAttachment"]
+        access = "read-write"
+        [[rule]]
+        devices = ["*"]
+        access = "none"
+        "#;
+
     #[test]
     fn a_rules_file_reads_into_rules() {
-        let (default, rules) = read_rules(
-            r#"
-            default = "none"
-            [[rule]]
-            devices = ["team:ios"]
-            collections = ["bugs"]
-            where = ["team = $device.team", "status != archived"]
-            exclude = ["largeAttachment"]
-            access = "read-write"
-            [[rule]]
-            devices = ["*"]
-            access = "read"
-            "#,
-        )
-        .expect("valid");
-        assert_eq!(default, AccessLevel::None);
+        let (default, rules) = read_rules(EXAMPLE).expect("valid");
+        assert_eq!(default, AccessLevel::Read);
         assert_eq!(rules.len(), 2);
         let f = &rules[0].filter;
         assert_eq!(f[0].device, Some(DeviceAttr::Team));
@@ -269,27 +269,15 @@ mod tests {
             (f[1].op, &f[1].value),
             (FilterOp::Ne, &Value::from("archived"))
         );
-        assert_eq!(rules[1].access, AccessLevel::Read);
+        assert_eq!(rules[0].exclude, ["largeAttachment"]);
+        assert_eq!(rules[1].access, AccessLevel::None);
+        assert_eq!(rules[1].collections, None);
     }
 
     /// Rules as `db rules show` gets them: one rule per kind of selector.
     fn sample() -> DbRulesResult {
         let (phone, admin) = (DeviceId([3; 32]), DeviceId([9; 32]));
-        let (default, specs) = read_rules(
-            r#"
-            default = "read"
-            [[rule]]
-            devices = ["team:ios", "role:hub"]
-            collections = ["bugs"]
-            where = ["team = $device.team", "status != archived"]
-            exclude = ["largeAttachment"]
-            access = "read-write"
-            [[rule]]
-            devices = ["*"]
-            access = "none"
-            "#,
-        )
-        .expect("valid");
+        let (default, specs) = read_rules(EXAMPLE).expect("valid");
         let mut rules: Vec<AccessRule> = specs
             .into_iter()
             .map(|s| AccessRule {

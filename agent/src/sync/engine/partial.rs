@@ -301,37 +301,15 @@ impl<S: SyncStore> Engine<S> {
         let Some(s) = self.links.get_mut(&peer).and_then(|l| l.get_mut(db)) else {
             return;
         };
-        let Some(acked) = s.acked.clone() else {
-            return;
-        };
-        if !s.peer_wants {
+        if s.acked.is_none() || !s.peer_wants {
             return;
         }
-        while s.sent.ahead_of(&acked) < self.config.window_ops {
-            let read = match self
-                .store
-                .read_ops(db, &s.sent, s.cursor, self.config.batch)
-            {
-                Ok(r) => r,
-                Err(e) => {
-                    self.store_failed(db, &e);
-                    return;
-                }
-            };
-            s.cursor = read.next;
-            if read.ops.is_empty() {
-                break;
-            }
-            let ops: Vec<Op> = read.ops.into_iter().filter(|o| o.origin == me).collect();
+        while let Some(ops) = self.read_window(peer, db) {
+            let ops: Vec<Op> = ops.into_iter().filter(|o| o.origin == me).collect();
             if ops.is_empty() {
                 continue;
             }
-            if !s.in_flight() {
-                s.progress_at = now;
-            }
-            for op in &ops {
-                s.sent.set(op.origin, op.seq);
-            }
+            self.mark_sent(peer, db, &ops, now);
             self.outbox.push_back((
                 peer,
                 SyncMessage::Ops {
@@ -396,30 +374,13 @@ impl<S: SyncStore> Engine<S> {
             .filter(|(_, (writer, _, _))| *writer == peer)
             .map(|(c, (_, seq, reason))| (*c, (*seq, reason.clone())))
             .collect();
-        while s.sent.ahead_of(&acked) < self.config.window_ops {
-            let read = match self
-                .store
-                .read_ops(db, &s.sent, s.cursor, self.config.batch)
-            {
-                Ok(r) => r,
-                Err(e) => {
-                    self.store_failed(db, &e);
-                    return;
-                }
-            };
-            s.cursor = read.next;
-            if read.ops.is_empty() {
-                break;
-            }
-            if !s.in_flight() {
-                s.progress_at = now;
-            }
+        while let Some(ops) = self.read_window(peer, db) {
+            self.mark_sent(peer, db, &ops, now);
             let mut covers: BTreeMap<DeviceId, (u64, u64)> = BTreeMap::new();
             // Per record touched, whether it may have to leave the peer.
             let mut touched: BTreeMap<Vec<u8>, bool> = BTreeMap::new();
             let mut rejected = Vec::new();
-            for op in &read.ops {
-                s.sent.set(op.origin, op.seq);
+            for op in &ops {
                 covers
                     .entry(op.origin)
                     .and_modify(|c| c.1 = op.seq)
