@@ -333,6 +333,14 @@ impl Stream {
         }
     }
 
+    /// Starts sending `snap` in place of operations.
+    fn start_snapshot(&mut self, snap: OutSnapshot, now: u64) {
+        self.force_snapshot = false;
+        self.out_snapshot = Some(snap);
+        self.cursor = 0;
+        self.progress_at = now;
+    }
+
     fn in_flight(&self) -> bool {
         self.out_snapshot.is_some()
             || self
@@ -1486,16 +1494,10 @@ impl<S: SyncStore> Engine<S> {
             // everything it counts as held.
             let owed = s.refilter && holds_all(state, &acked, &peer);
             if s.force_snapshot || owed || below_floor || far_behind {
-                s.force_snapshot = false;
-                s.out_snapshot = Some(OutSnapshot::new(
-                    self.next_snapshot_id,
-                    state.vector.clone(),
-                    false,
-                    owed,
-                ));
+                let snap =
+                    OutSnapshot::new(self.next_snapshot_id, state.vector.clone(), false, owed);
+                s.start_snapshot(snap, now);
                 self.next_snapshot_id += 1;
-                s.cursor = 0;
-                s.progress_at = now;
             }
         }
         if s.out_snapshot.is_some() {

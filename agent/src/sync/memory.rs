@@ -153,17 +153,22 @@ impl MemoryStore {
 
     /// Per live record, who wrote what (see [`RecordStamps`]).
     pub fn stamps(&self, db: &str) -> BTreeMap<(String, String), RecordStamps> {
-        let Some(d) = self.dbs.get(db) else {
-            return BTreeMap::new();
-        };
-        d.records
-            .iter()
+        self.live(db)
+            .map(|(k, r)| (k, RecordStamps::of(r)))
+            .collect()
+    }
+
+    /// The live records of `db`, by (collection, id).
+    fn live(&self, db: &str) -> impl Iterator<Item = ((String, String), &StoredRecord)> {
+        self.dbs
+            .get(db)
+            .into_iter()
+            .flat_map(|d| d.records.iter())
             .filter(|(_, r)| r.is_live())
             .filter_map(|(k, r)| {
                 let (c, id) = keys::split_record_key(k)?;
-                Some(((c.to_owned(), id.to_owned()), RecordStamps::of(r)))
+                Some(((c.to_owned(), id.to_owned()), r))
             })
-            .collect()
     }
 
     /// Gives a database a new epoch, as a restore or reset does.
@@ -198,16 +203,8 @@ impl MemoryStore {
 
     /// The live records, by (collection, id), with their visible fields.
     pub fn visible(&self, db: &str) -> BTreeMap<(String, String), Fields> {
-        let Some(d) = self.dbs.get(db) else {
-            return BTreeMap::new();
-        };
-        d.records
-            .iter()
-            .filter(|(_, r)| r.is_live())
-            .filter_map(|(k, r)| {
-                let (c, id) = keys::split_record_key(k)?;
-                Some(((c.to_owned(), id.to_owned()), r.clone().into_fields()))
-            })
+        self.live(db)
+            .map(|(k, r)| (k, r.clone().into_fields()))
             .collect()
     }
 

@@ -349,16 +349,10 @@ impl<S: SyncStore> Engine<S> {
             // all of them (the peer's own writes aside).
             let current = super::holds_all(state, &acked, &peer);
             if (s.refilter || s.force_snapshot || below_floor) && current {
-                s.force_snapshot = false;
-                s.out_snapshot = Some(OutSnapshot::new(
-                    self.next_snapshot_id,
-                    state.vector.clone(),
-                    true,
-                    true,
-                ));
+                let snap =
+                    OutSnapshot::new(self.next_snapshot_id, state.vector.clone(), true, true);
+                s.start_snapshot(snap, now);
                 self.next_snapshot_id += 1;
-                s.cursor = 0;
-                s.progress_at = now;
             }
         }
         if s.out_snapshot.is_some() {
