@@ -23,6 +23,7 @@ pub mod message;
 pub mod op;
 pub mod paths;
 pub mod rules;
+pub mod sealed;
 pub mod sync;
 pub mod value;
 

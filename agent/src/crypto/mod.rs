@@ -1,4 +1,6 @@
-//! Cryptography shared by the mesh and, later, end-to-end encrypted
-//! databases: wrapping a secret for one device's key.
+//! Cryptography shared by the mesh and end-to-end encrypted databases:
+//! wrapping a secret for one device's key, and sealing op bodies under a
+//! database's content key.
 
+pub mod seal;
 pub mod wrap;

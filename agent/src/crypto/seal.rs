@@ -1,0 +1,329 @@
+//! Sealing op bodies of end-to-end encrypted databases, and handing their
+//! keys to devices.
+//!
+//! Each such database has a 256-bit content key per key epoch. A body is
+//! sealed with AES-256-GCM under the epoch's key, with the op's readable
+//! header as associated data (layout in `blazedb_proto::sealed`). Nonces
+//! are random: 96 bits drawn from the OS for every op, so a restored
+//! backup that makes an op with a seq it made before still draws a fresh
+//! nonce. Random nonces keep the chance of a repeat negligible up to 2^32
+//! ops under one key; a database rotates its key long before (see
+//! [`ROTATE_AFTER`]).
+//!
+//! A content key reaches a device wrapped for that device's key
+//! ([`super::wrap`]) in a context naming the mesh, the database, the epoch
+//! and the recipient, so a wrapped key opens nowhere else.
+
+use aes_gcm::aead::{Aead as _, KeyInit as _, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use blazedb_proto::DeviceId;
+use blazedb_proto::mesh::MeshId;
+use blazedb_proto::sealed::{NONCE_LEN, SealedBody, SealedOp};
+use p256::{PublicKey, SecretKey};
+
+use super::wrap::{self, WrapError};
+
+/// Ops sealed under one key epoch after which the database moves to a new
+/// epoch, well inside the 2^32 that random nonces allow.
+pub const ROTATE_AFTER: u64 = 1 << 30;
+
+/// One epoch of a database's content key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ContentKey {
+    /// The key epoch; later epochs replace earlier ones for new ops.
+    pub epoch: u32,
+    key: [u8; 32],
+}
+
+impl std::fmt::Debug for ContentKey {
+    /// Shows the epoch, never the key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ContentKey")
+            .field("epoch", &self.epoch)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a body could not be sealed or opened, or a key handed over.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SealError {
+    /// The OS gave no randomness.
+    #[error("no randomness from the OS: {0}")]
+    Random(String),
+    /// The body is not a sealed body this build reads.
+    #[error("the op body is not sealed, or sealed in a newer layout")]
+    NotSealed,
+    /// This device holds no key of the epoch the body is sealed under.
+    #[error("this device holds no key of epoch {0} of the database")]
+    NoKey(u32),
+    /// The body was changed, moved to another op, or sealed under another
+    /// key of the same epoch.
+    #[error("the sealed op body does not open: damaged, or not made for this op")]
+    Damaged,
+    /// A wrapped key did not open for this device.
+    #[error(transparent)]
+    Wrap(#[from] WrapError),
+}
+
+fn random<const N: usize>() -> Result<[u8; N], SealError> {
+    let mut buf = [0u8; N];
+    getrandom::fill(&mut buf).map_err(|e| SealError::Random(e.to_string()))?;
+    Ok(buf)
+}
+
+impl ContentKey {
+    /// A new random key for `epoch`.
+    pub fn generate(epoch: u32) -> Result<ContentKey, SealError> {
+        Ok(ContentKey {
+            epoch,
+            key: random()?,
+        })
+    }
+
+    /// A key from its bytes, as it was stored or unwrapped.
+    pub fn from_bytes(epoch: u32, key: [u8; 32]) -> ContentKey {
+        ContentKey { epoch, key }
+    }
+
+    /// The key's bytes, for storing it on this device.
+    pub fn to_bytes(&self) -> [u8; 32] {
+        self.key
+    }
+
+    /// Seals `body` as the body of `op`.
+    pub fn seal(&self, op: &SealedOp<'_>, body: &[u8]) -> Result<Vec<u8>, SealError> {
+        let nonce = random::<NONCE_LEN>()?;
+        let aad = op.associated_data(self.epoch);
+        let ciphertext = Aes256Gcm::new(&self.key.into())
+            .encrypt(
+                &Nonce::from(nonce),
+                Payload {
+                    msg: body,
+                    aad: &aad,
+                },
+            )
+            .map_err(|_| SealError::Damaged)?;
+        Ok(SealedBody {
+            key_epoch: self.epoch,
+            nonce,
+            ciphertext: &ciphertext,
+        }
+        .to_bytes())
+    }
+
+    /// The context a key of this epoch is wrapped in for `recipient`.
+    fn wrap_context(mesh: &MeshId, db: &str, epoch: u32, recipient: &DeviceId) -> Vec<u8> {
+        let mut out = b"blazedb content key v1\0".to_vec();
+        out.extend_from_slice(&mesh.0);
+        out.extend_from_slice(&(db.len() as u64).to_be_bytes());
+        out.extend_from_slice(db.as_bytes());
+        out.extend_from_slice(&epoch.to_be_bytes());
+        out.extend_from_slice(&recipient.0);
+        out
+    }
+
+    /// Wraps this key for the device `recipient`, whose public key is
+    /// `recipient_key`. Returns the ephemeral public key and the sealed key.
+    pub fn wrap_for(
+        &self,
+        mesh: &MeshId,
+        db: &str,
+        recipient: &DeviceId,
+        recipient_key: &PublicKey,
+    ) -> Result<(Vec<u8>, Vec<u8>), SealError> {
+        let context = Self::wrap_context(mesh, db, self.epoch, recipient);
+        Ok(wrap::wrap(recipient_key, &self.key, &context)?)
+    }
+
+    /// Opens a key of `epoch` that [`ContentKey::wrap_for`] wrapped for this
+    /// device (`me`, whose private key is `secret`).
+    pub fn unwrap(
+        mesh: &MeshId,
+        db: &str,
+        epoch: u32,
+        me: &DeviceId,
+        secret: &SecretKey,
+        ephemeral: &[u8],
+        sealed: &[u8],
+    ) -> Result<ContentKey, SealError> {
+        let context = Self::wrap_context(mesh, db, epoch, me);
+        let key = wrap::unwrap(secret, ephemeral, sealed, &context)?;
+        Ok(ContentKey { epoch, key })
+    }
+}
+
+/// Opens the sealed body of `op` with the key of its epoch, which `key_of`
+/// gives if this device holds it.
+pub fn open<'k>(
+    key_of: impl FnOnce(u32) -> Option<&'k ContentKey>,
+    op: &SealedOp<'_>,
+    body: &[u8],
+) -> Result<Vec<u8>, SealError> {
+    let sealed = SealedBody::parse(body).ok_or(SealError::NotSealed)?;
+    let key = key_of(sealed.key_epoch).ok_or(SealError::NoKey(sealed.key_epoch))?;
+    let aad = op.associated_data(sealed.key_epoch);
+    Aes256Gcm::new(&key.key.into())
+        .decrypt(
+            &Nonce::from(sealed.nonce),
+            Payload {
+                msg: sealed.ciphertext,
+                aad: &aad,
+            },
+        )
+        .map_err(|_| SealError::Damaged)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use blazedb_proto::Hlc;
+    use proptest::prelude::*;
+
+    const MESH: MeshId = MeshId([5; 16]);
+    const ORIGIN: DeviceId = DeviceId([9; 32]);
+
+    fn op(db: &str, seq: u64) -> SealedOp<'_> {
+        SealedOp {
+            mesh: &MESH,
+            db,
+            origin: &ORIGIN,
+            seq,
+            hlc: Hlc(1_000 + seq),
+            priority: 0,
+        }
+    }
+
+    #[test]
+    fn a_sealed_body_opens_only_as_its_own_op() {
+        let key = ContentKey::generate(1).expect("key");
+        let body = b"put bugs/1 title=secret".to_vec();
+        let sealed = key.seal(&op("notes", 4), &body).expect("seal");
+        assert!(blazedb_proto::sealed::is_sealed(&sealed));
+        assert!(
+            !sealed.windows(6).any(|w| w == b"secret"),
+            "the plain body shows through"
+        );
+        let open_as =
+            |o: &SealedOp<'_>, bytes: &[u8]| open(|e| (e == key.epoch).then_some(&key), o, bytes);
+        assert_eq!(open_as(&op("notes", 4), &sealed), Ok(body));
+        assert_eq!(
+            open_as(&op("notes", 5), &sealed),
+            Err(SealError::Damaged),
+            "another seq"
+        );
+        assert_eq!(
+            open_as(&op("other", 4), &sealed),
+            Err(SealError::Damaged),
+            "another db"
+        );
+        let moved = SealedOp {
+            priority: 1,
+            ..op("notes", 4)
+        };
+        assert_eq!(
+            open_as(&moved, &sealed),
+            Err(SealError::Damaged),
+            "another priority"
+        );
+        let mut epoch_changed = sealed.clone();
+        epoch_changed[5] = 2;
+        let both = [key.clone(), ContentKey::from_bytes(2, key.to_bytes())];
+        assert_eq!(
+            open(
+                |e| both.iter().find(|k| k.epoch == e),
+                &op("notes", 4),
+                &epoch_changed
+            ),
+            Err(SealError::Damaged),
+            "the same key bytes under another epoch"
+        );
+        assert_eq!(
+            open(|_| None, &op("notes", 4), &sealed),
+            Err(SealError::NoKey(1))
+        );
+        let other = ContentKey::generate(1).expect("key");
+        assert_eq!(
+            open(|_| Some(&other), &op("notes", 4), &sealed),
+            Err(SealError::Damaged),
+            "another key of the same epoch"
+        );
+        assert_eq!(
+            open(|_| Some(&key), &op("notes", 4), b"\x81\xa1a\x01"),
+            Err(SealError::NotSealed)
+        );
+    }
+
+    #[test]
+    fn two_seals_of_one_body_differ() {
+        let key = ContentKey::generate(1).expect("key");
+        let a = key.seal(&op("n", 1), b"same").expect("seal");
+        let b = key.seal(&op("n", 1), b"same").expect("seal");
+        assert_ne!(a, b, "a nonce was reused");
+    }
+
+    #[test]
+    fn a_wrapped_key_opens_only_for_its_device_database_and_epoch() {
+        let key = ContentKey::generate(3).expect("key");
+        let alice = SecretKey::from_slice(&[1; 32]).expect("scalar");
+        let bob = SecretKey::from_slice(&[2; 32]).expect("scalar");
+        let (a_id, b_id) = (DeviceId([1; 32]), DeviceId([2; 32]));
+        let (eph, sealed) = key
+            .wrap_for(&MESH, "notes", &a_id, &alice.public_key())
+            .expect("wrap");
+        let got = ContentKey::unwrap(&MESH, "notes", 3, &a_id, &alice, &eph, &sealed);
+        assert_eq!(got, Ok(key.clone()));
+        let not = |r: Result<ContentKey, SealError>| matches!(r, Err(SealError::Wrap(_)));
+        assert!(not(ContentKey::unwrap(
+            &MESH, "notes", 3, &b_id, &bob, &eph, &sealed
+        )));
+        assert!(not(ContentKey::unwrap(
+            &MESH, "notes", 3, &b_id, &alice, &eph, &sealed
+        )));
+        assert!(not(ContentKey::unwrap(
+            &MESH, "other", 3, &a_id, &alice, &eph, &sealed
+        )));
+        assert!(not(ContentKey::unwrap(
+            &MESH, "notes", 4, &a_id, &alice, &eph, &sealed
+        )));
+        assert!(not(ContentKey::unwrap(
+            &MeshId([6; 16]),
+            "notes",
+            3,
+            &a_id,
+            &alice,
+            &eph,
+            &sealed
+        )));
+        assert_eq!(
+            format!("{key:?}"),
+            "ContentKey { epoch: 3, .. }",
+            "a key in a log"
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn seal_and_open_round_trip(
+            body in proptest::collection::vec(any::<u8>(), 0..300),
+            seq in 1u64..1_000_000,
+            epoch in any::<u32>(),
+        ) {
+            let key = ContentKey::generate(epoch).expect("key");
+            let sealed = key.seal(&op("db", seq), &body).expect("seal");
+            prop_assert_eq!(open(|_| Some(&key), &op("db", seq), &sealed), Ok(body));
+        }
+
+        #[test]
+        fn any_changed_byte_is_refused(
+            body in proptest::collection::vec(any::<u8>(), 0..100),
+            at in any::<prop::sample::Index>(),
+            flip in 1u8..=255,
+        ) {
+            let key = ContentKey::generate(1).expect("key");
+            let mut sealed = key.seal(&op("db", 1), &body).expect("seal");
+            let i = at.index(sealed.len());
+            sealed[i] ^= flip;
+            prop_assert!(open(|e| (e == 1).then_some(&key), &op("db", 1), &sealed).is_err());
+        }
+    }
+}
