@@ -3,8 +3,7 @@
 //! key, so it is stable for as long as the key file is kept.
 
 use std::fs;
-use std::io::Write as _;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use blazedb_proto::DeviceId;
@@ -69,17 +68,7 @@ impl Identity {
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let secret = Identity::generate()?.secret;
-                let tmp = dir.join(format!("{KEY_FILE}.tmp"));
-                let mut f = fs::OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .mode(0o600)
-                    .open(&tmp)
-                    .map_err(io)?;
-                f.write_all(&secret.to_bytes()).map_err(io)?;
-                f.sync_all().map_err(io)?;
-                fs::rename(&tmp, &path).map_err(io)?;
+                crate::private_file::write(&path, &secret.to_bytes()).map_err(io)?;
                 Ok(Identity::from_secret(secret))
             }
             Err(e) => Err(io(e)),

@@ -18,6 +18,7 @@ pub mod identity;
 pub mod ipc;
 pub mod lock;
 pub mod mesh;
+pub mod private_file;
 pub mod service;
 pub mod store;
 pub mod sync;

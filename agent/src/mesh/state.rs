@@ -8,8 +8,6 @@
 //!   is no authority of its own.
 //! - A device in no mesh holds no secret and no roster.
 
-use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
 use blazedb_proto::DeviceId;
@@ -281,19 +279,8 @@ impl MeshState {
             departed: self.departed.clone(),
         };
         let text = serde_json::to_string_pretty(&file)?;
-        let tmp = self.path.with_extension("json.tmp");
-        let write = || -> std::io::Result<()> {
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            f.write_all(text.as_bytes())?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &self.path)
-        };
-        write().map_err(|e| anyhow::anyhow!("cannot write {}: {e}", self.path.display()))
+        crate::private_file::write(&self.path, text.as_bytes())
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", self.path.display()))
     }
 
     /// Whether a device may finish a TLS handshake: there is a mesh it
