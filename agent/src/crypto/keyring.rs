@@ -93,7 +93,9 @@ impl Keyring {
             for (epoch, key) in epochs {
                 let bytes = parse_hex::<32>(&key)
                     .ok_or_else(|| malformed(format!("key {epoch} of {db} is not 32 hex bytes")))?;
-                held.insert(epoch, ContentKey::from_bytes(epoch, bytes));
+                let key =
+                    ContentKey::from_bytes(epoch, bytes).map_err(|e| malformed(e.to_string()))?;
+                held.insert(epoch, key);
             }
             keys.insert(db, held);
         }

@@ -3,12 +3,15 @@
 //!
 //! Each such database has a 256-bit content key per key epoch. A body is
 //! sealed with AES-256-GCM under the epoch's key, with the op's readable
-//! header as associated data (layout in `blazedb_proto::sealed`). Nonces
-//! are random: 96 bits drawn from the OS for every op, so a restored
-//! backup that makes an op with a seq it made before still draws a fresh
-//! nonce. Random nonces keep the chance of a repeat negligible up to 2^32
-//! ops under one key; a database rotates its key long before (see
-//! [`ROTATE_AFTER`]).
+//! header as associated data (layout in `blazedb_proto::sealed`).
+//!
+//! Nonces never depend on the op or on anything stored: each time a key
+//! is loaded or made, it draws a 64-bit random prefix from the OS, and its
+//! nonces are that prefix and a 32-bit count. A restored backup that makes
+//! an op with a seq it made before therefore still uses a fresh nonce, and
+//! a nonce repeats only if two loads of one key draw the same prefix. One
+//! load seals at most 2^32 bodies; a database moves to a new key epoch
+//! long before (see [`ROTATE_AFTER`]).
 //!
 //! A content key reaches a device wrapped for that device's key
 //! ([`super::wrap`]) in a context naming the mesh, the database, the epoch
@@ -20,6 +23,8 @@ use blazedb_proto::DeviceId;
 use blazedb_proto::mesh::MeshId;
 use blazedb_proto::sealed::{NONCE_LEN, SealedBody, SealedOp};
 use p256::{PublicKey, SecretKey};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::wrap::{self, WrapError};
 
@@ -28,12 +33,29 @@ use super::wrap::{self, WrapError};
 pub const ROTATE_AFTER: u64 = 1 << 30;
 
 /// One epoch of a database's content key.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct ContentKey {
     /// The key epoch; later epochs replace earlier ones for new ops.
     pub epoch: u32,
     key: [u8; 32],
+    cipher: Aes256Gcm,
+    nonces: Arc<Nonces>,
 }
+
+/// Where a loaded key's nonces come from: a random prefix and a count,
+/// shared by the key's clones.
+struct Nonces {
+    prefix: [u8; 8],
+    next: AtomicU64,
+}
+
+impl PartialEq for ContentKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.epoch == other.epoch && self.key == other.key
+    }
+}
+
+impl Eq for ContentKey {}
 
 impl std::fmt::Debug for ContentKey {
     /// Shows the epoch, never the key.
@@ -56,6 +78,9 @@ pub enum SealError {
     /// This device holds no key of the epoch the body is sealed under.
     #[error("this device holds no key of epoch {0} of the database")]
     NoKey(u32),
+    /// This load of the key sealed all the bodies it may.
+    #[error("key epoch {0} sealed 2^32 bodies since it was loaded; rotate the key")]
+    Exhausted(u32),
     /// The body was changed, moved to another op, or sealed under another
     /// key of the same epoch.
     #[error("the sealed op body does not open: damaged, or not made for this op")]
@@ -74,15 +99,30 @@ fn random<const N: usize>() -> Result<[u8; N], SealError> {
 impl ContentKey {
     /// A new random key for `epoch`.
     pub fn generate(epoch: u32) -> Result<ContentKey, SealError> {
+        ContentKey::from_bytes(epoch, random()?)
+    }
+
+    /// A key from its bytes, as it was stored or unwrapped, with a fresh
+    /// nonce prefix.
+    pub fn from_bytes(epoch: u32, key: [u8; 32]) -> Result<ContentKey, SealError> {
         Ok(ContentKey {
             epoch,
-            key: random()?,
+            key,
+            cipher: Aes256Gcm::new(&key.into()),
+            nonces: Arc::new(Nonces {
+                prefix: random()?,
+                next: AtomicU64::new(0),
+            }),
         })
     }
 
-    /// A key from its bytes, as it was stored or unwrapped.
-    pub fn from_bytes(epoch: u32, key: [u8; 32]) -> ContentKey {
-        ContentKey { epoch, key }
+    fn next_nonce(&self) -> Result<[u8; NONCE_LEN], SealError> {
+        let n = self.nonces.next.fetch_add(1, Ordering::Relaxed);
+        let count = u32::try_from(n).map_err(|_| SealError::Exhausted(self.epoch))?;
+        let mut nonce = [0u8; NONCE_LEN];
+        nonce[..8].copy_from_slice(&self.nonces.prefix);
+        nonce[8..].copy_from_slice(&count.to_be_bytes());
+        Ok(nonce)
     }
 
     /// The key's bytes, for storing it on this device.
@@ -92,9 +132,10 @@ impl ContentKey {
 
     /// Seals `body` as the body of `op`.
     pub fn seal(&self, op: &SealedOp<'_>, body: &[u8]) -> Result<Vec<u8>, SealError> {
-        let nonce = random::<NONCE_LEN>()?;
+        let nonce = self.next_nonce()?;
         let aad = op.associated_data(self.epoch);
-        let ciphertext = Aes256Gcm::new(&self.key.into())
+        let ciphertext = self
+            .cipher
             .encrypt(
                 &Nonce::from(nonce),
                 Payload {
@@ -148,7 +189,7 @@ impl ContentKey {
     ) -> Result<ContentKey, SealError> {
         let context = Self::wrap_context(mesh, db, epoch, me);
         let key = wrap::unwrap(secret, ephemeral, sealed, &context)?;
-        Ok(ContentKey { epoch, key })
+        ContentKey::from_bytes(epoch, key)
     }
 }
 
@@ -162,7 +203,7 @@ pub fn open<'k>(
     let sealed = SealedBody::parse(body).ok_or(SealError::NotSealed)?;
     let key = key_of(sealed.key_epoch).ok_or(SealError::NoKey(sealed.key_epoch))?;
     let aad = op.associated_data(sealed.key_epoch);
-    Aes256Gcm::new(&key.key.into())
+    key.cipher
         .decrypt(
             &Nonce::from(sealed.nonce),
             Payload {
@@ -227,7 +268,10 @@ mod tests {
         );
         let mut epoch_changed = sealed.clone();
         epoch_changed[5] = 2;
-        let both = [key.clone(), ContentKey::from_bytes(2, key.to_bytes())];
+        let both = [
+            key.clone(),
+            ContentKey::from_bytes(2, key.to_bytes()).expect("key"),
+        ];
         assert_eq!(
             open(
                 |e| both.iter().find(|k| k.epoch == e),
@@ -254,11 +298,16 @@ mod tests {
     }
 
     #[test]
-    fn two_seals_of_one_body_differ() {
+    fn two_seals_of_one_body_differ_even_after_a_reload() {
         let key = ContentKey::generate(1).expect("key");
-        let a = key.seal(&op("n", 1), b"same").expect("seal");
+        let reloaded = ContentKey::from_bytes(1, key.to_bytes()).expect("key");
+        let nonce = |b: &[u8]| b[6..18].to_vec();
+        let clone = key.clone();
+        let a = clone.seal(&op("n", 1), b"same").expect("seal");
         let b = key.seal(&op("n", 1), b"same").expect("seal");
-        assert_ne!(a, b, "a nonce was reused");
+        let c = reloaded.seal(&op("n", 1), b"same").expect("seal");
+        assert_ne!(nonce(&a), nonce(&b), "a clone reused a nonce");
+        assert_ne!(nonce(&a), nonce(&c), "a reloaded key reused a nonce");
     }
 
     #[test]

@@ -17,6 +17,9 @@
 //! - checked apply: the apply benchmark again with the operations' writer
 //!   under an access rule, so each write is checked against the record it
 //!   changes before it is applied.
+//! - sealing: the apply benchmark's op bodies sealed and opened under a
+//!   database content key (end-to-end encryption), per second, beside the
+//!   apply rate: the share of apply throughput the crypto would take.
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -24,11 +27,13 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::path::Path;
 use std::time::Instant;
 
+use blazed::crypto::seal::{ContentKey, open};
 use blazed::store::{Store, StoreOptions};
 use blazed::sync::{Engine, EngineConfig, MemoryStore, SyncStore};
 use blazedb_proto::api::{DbSettings, FilterOp, QueryParams, SyncMode};
 use blazedb_proto::mesh::MeshId;
 use blazedb_proto::rules::{AccessLevel, AccessRule, AccessRules, RuleFilter, Selector};
+use blazedb_proto::sealed::SealedOp;
 use blazedb_proto::{DeviceId, Fields, Op, OpBody, SyncMessage, Value, codec};
 use blazedb_tests::bench::raw_fjall_layout_of;
 use clap::Parser;
@@ -360,5 +365,47 @@ fn main() -> anyhow::Result<()> {
         "  checked        {checked:>10.0} ops/s  (the check costs {:.0}% of apply throughput)",
         100.0 * (1.0 - checked / plain)
     );
+
+    let (seal, open) = seal_and_open(&src_ops)?;
+    let share = |rate: f64| 100.0 * plain / rate;
+    println!("seal and open the same {apply_n} op bodies under a content key (AES-256-GCM):");
+    println!(
+        "  seal           {seal:>10.0} ops/s  ({:.1}% of the time of applying them)",
+        share(seal)
+    );
+    println!(
+        "  open           {open:>10.0} ops/s  ({:.1}% of the time of applying them)",
+        share(open)
+    );
     Ok(())
+}
+
+/// Seals every op's body as the op's own, then opens each again; returns
+/// both rates.
+fn seal_and_open(ops: &[Op]) -> anyhow::Result<(f64, f64)> {
+    let key = ContentKey::generate(1)?;
+    let mesh = MeshId([1; 16]);
+    fn header<'a>(mesh: &'a MeshId, o: &'a Op) -> SealedOp<'a> {
+        SealedOp {
+            mesh,
+            db: DB,
+            origin: &o.origin,
+            seq: o.seq,
+            hlc: o.hlc,
+            priority: o.priority,
+        }
+    }
+    let t = Instant::now();
+    let sealed = ops
+        .iter()
+        .map(|o| key.seal(&header(&mesh, o), &o.body))
+        .collect::<Result<Vec<_>, _>>()?;
+    let seal_rate = ops.len() as f64 / t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    for (o, s) in ops.iter().zip(&sealed) {
+        let body = open(|_| Some(&key), &header(&mesh, o), s)?;
+        anyhow::ensure!(body == o.body, "a body opened to other bytes");
+    }
+    let open_rate = ops.len() as f64 / t.elapsed().as_secs_f64();
+    Ok((seal_rate, open_rate))
 }
