@@ -1506,16 +1506,21 @@ impl<S: SyncStore> Engine<S> {
             return;
         }
         while let Some(ops) = self.read_window(peer, db) {
-            self.mark_sent(peer, db, &ops, now);
-            self.outbox.push_back((
-                peer,
-                SyncMessage::Ops {
-                    db: db.to_owned(),
-                    epoch: state.epoch,
-                    ops,
-                },
-            ));
+            self.send_ops(peer, db, state.epoch, ops, now);
         }
+    }
+
+    /// Sends `ops` to `peer` and counts them as sent.
+    fn send_ops(&mut self, peer: DeviceId, db: &str, epoch: Epoch, ops: Vec<Op>, now: u64) {
+        self.mark_sent(peer, db, &ops, now);
+        self.outbox.push_back((
+            peer,
+            SyncMessage::Ops {
+                db: db.to_owned(),
+                epoch,
+                ops,
+            },
+        ));
     }
 
     /// The next batch of operations from the log that `peer` lacks, if

@@ -306,18 +306,9 @@ impl<S: SyncStore> Engine<S> {
         }
         while let Some(ops) = self.read_window(peer, db) {
             let ops: Vec<Op> = ops.into_iter().filter(|o| o.origin == me).collect();
-            if ops.is_empty() {
-                continue;
+            if !ops.is_empty() {
+                self.send_ops(peer, db, state.epoch, ops, now);
             }
-            self.mark_sent(peer, db, &ops, now);
-            self.outbox.push_back((
-                peer,
-                SyncMessage::Ops {
-                    db: db.to_owned(),
-                    epoch: state.epoch,
-                    ops,
-                },
-            ));
         }
     }
 
