@@ -68,6 +68,8 @@ impl Pair {
     fn apply_screened(&mut self, ops: Vec<Op>, screen: &WriteScreen) -> Vec<Refusal> {
         let expected = self.reference.apply_ops(DB, ops.clone(), screen).unwrap();
         let refused = self.store.apply_ops(DB, ops, screen).unwrap();
+        assert!(refused.unopened.is_empty(), "a plain op did not open");
+        let (expected, refused) = (expected.refused, refused.refused);
         assert_eq!(refused, expected, "refusals differ from the reference's");
         refused
     }

@@ -496,6 +496,35 @@ pub struct DbSettings {
     /// whatever their clocks say. A hub or parent device sets it above the
     /// others' to win ties ("server priority"); 0 by default.
     pub priority: u8,
+    /// Who may read the database's operations as they travel: `none` (any
+    /// member holding the database, hubs included, which may then filter
+    /// and merge) or `e2e` (only devices holding its content key). Fixed
+    /// when the database is made.
+    pub encryption: Encryption,
+}
+
+/// How a database's operations travel through the mesh.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Encryption {
+    /// Operations travel as written (inside each link's TLS): every replica
+    /// can read them, a hub included.
+    #[default]
+    None,
+    /// Operation bodies are sealed on the device that writes them with the
+    /// database's content key; a replica without the key relays them
+    /// without reading them.
+    E2e,
+}
+
+impl Encryption {
+    /// The name `db list` shows.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Encryption::None => "none",
+            Encryption::E2e => "e2e",
+        }
+    }
 }
 
 /// Params of `db.create`.
@@ -548,6 +577,11 @@ pub struct DbInfo {
     pub collections: Vec<CollectionInfo>,
     /// The cursor of its latest change (0 before any).
     pub head: u64,
+    /// For an `e2e` database, the newest content-key epoch this device
+    /// holds: `None` when it holds none, and can then only relay the
+    /// database's operations, not read them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_epoch: Option<u32>,
 }
 
 /// Result of `db.list`.

@@ -44,6 +44,9 @@ pub enum ErrorCode {
     Storage,
     /// The peer is not allowed to use this agent.
     PermissionDenied,
+    /// The database is end-to-end encrypted and this device holds no key
+    /// to read it.
+    Sealed,
     /// The agent is shutting down.
     ShuttingDown,
     /// A bug in the agent.
@@ -72,6 +75,7 @@ impl ErrorCode {
             ErrorCode::CursorExpired => "cursor_expired",
             ErrorCode::StorageFull => "storage_full",
             ErrorCode::Storage => "storage",
+            ErrorCode::Sealed => "sealed",
             ErrorCode::PermissionDenied => "permission_denied",
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::Internal => "internal",

@@ -10,12 +10,12 @@
 //! with it and a replica tells the two apart without a key. The second
 //! byte is the layout's version.
 //!
-//! The associated data names the mesh, the database and the op's readable
-//! header (origin, seq, clock reading, priority) and the key epoch, so a
-//! sealed body opens only as the op it was made for: a relay can neither
-//! alter it nor move it to another database, seq or epoch.
+//! The associated data names the database, the op's readable header
+//! (origin, seq, clock reading, priority) and the key epoch, so a sealed
+//! body opens only as the op it was made for: a relay can neither alter it
+//! nor move it to another database, seq or epoch. (The mesh needs no
+//! naming: a content key is drawn at random for one database of one mesh.)
 
-use crate::mesh::MeshId;
 use crate::op::{DeviceId, Hlc};
 
 /// The first byte of every sealed body.
@@ -78,8 +78,6 @@ pub fn is_sealed(body: &[u8]) -> bool {
 /// The op a sealed body belongs to: everything a relay can read of it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SealedOp<'a> {
-    /// The mesh the database belongs to.
-    pub mesh: &'a MeshId,
     /// The database.
     pub db: &'a str,
     /// The device that made the write.
@@ -92,14 +90,24 @@ pub struct SealedOp<'a> {
     pub priority: u8,
 }
 
-impl SealedOp<'_> {
+impl<'a> SealedOp<'a> {
+    /// The readable header of `op`, an op of the database `db`.
+    pub fn of(db: &'a str, op: &'a crate::Op) -> SealedOp<'a> {
+        SealedOp {
+            db,
+            origin: &op.origin,
+            seq: op.seq,
+            hlc: op.hlc,
+            priority: op.priority,
+        }
+    }
+
     /// The associated data a body of this op is sealed with, under the key
     /// of `key_epoch`. Every part has a fixed length or a length prefix,
     /// so two different ops never give the same bytes.
     pub fn associated_data(&self, key_epoch: u32) -> Vec<u8> {
         let mut out = Vec::with_capacity(96 + self.db.len());
         out.extend_from_slice(b"blazedb sealed op v1\0");
-        out.extend_from_slice(&self.mesh.0);
         out.extend_from_slice(&(self.db.len() as u64).to_be_bytes());
         out.extend_from_slice(self.db.as_bytes());
         out.extend_from_slice(&self.origin.0);
@@ -167,10 +175,8 @@ mod tests {
             a in (any::<u8>(), "[a-z]{0,3}", any::<u64>(), any::<u64>(), any::<u8>(), any::<u32>()),
             b in (any::<u8>(), "[a-z]{0,3}", any::<u64>(), any::<u64>(), any::<u8>(), any::<u32>()),
         ) {
-            let mesh = MeshId([1; 16]);
             let data = |(o, db, seq, hlc, priority, epoch): &(u8, String, u64, u64, u8, u32)| {
                 SealedOp {
-                    mesh: &mesh,
                     db,
                     origin: &DeviceId([*o; 32]),
                     seq: *seq,

@@ -235,6 +235,11 @@ pub enum SyncMessage {
         /// current view.
         #[serde(default)]
         lacking: bool,
+        /// The database is end-to-end encrypted on the sender: its op
+        /// bodies are sealed, and a replica creating it from this message
+        /// makes it so too.
+        #[serde(default)]
+        sealed: bool,
     },
     /// Operations the receiver lacks, oldest first; per origin the
     /// sequence numbers are contiguous.
@@ -406,6 +411,7 @@ mod tests {
             )
                 .prop_map(|(vector, epoch, reports)| SyncMessage::Vector {
                     db: "bugs".into(),
+                    sealed: epoch % 7 == 0,
                     epoch,
                     stable: (epoch % 5 == 0).then(|| Stable {
                         vector: vector.clone(),

@@ -112,6 +112,14 @@ impl Keyring {
         self.keys.get(db)?.get(&epoch)
     }
 
+    /// Every key of `db` held, oldest epoch first.
+    pub fn all(&self, db: &str) -> Vec<ContentKey> {
+        self.keys
+            .get(db)
+            .map(|k| k.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// Takes a key of `db`, durably. Returns whether it was new; the same
     /// key again changes nothing.
     pub fn insert(&mut self, db: &str, key: ContentKey) -> Result<bool, KeyringError> {

@@ -225,7 +225,6 @@ mod tests {
 
     fn op(db: &str, seq: u64) -> SealedOp<'_> {
         SealedOp {
-            mesh: &MESH,
             db,
             origin: &ORIGIN,
             seq,

@@ -151,6 +151,7 @@ pub(crate) fn handle(
                 name: p.name,
                 settings: p.settings,
                 if_not_exists: p.if_not_exists,
+                make_key: true,
                 reply: reply_to(tx, id, max, |info| info),
             });
             Handled::Pending

@@ -31,6 +31,7 @@ pub(crate) fn start(
     events: mpsc::Sender<Vec<u8>>,
 ) -> Result<(u64, u64, JoinHandle<()>), StoreError> {
     let db = ctx.store.db(&p.db)?;
+    ctx.store.readable(&db)?;
     let head = db.head();
     let cursor = match p.since {
         Some(since) if since > head => {

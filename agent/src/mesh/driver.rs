@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use blazedb_proto::api::{DbSettings, SyncMode};
+use blazedb_proto::api::{DbSettings, Encryption, SyncMode};
 use blazedb_proto::{DeviceId, SyncMessage};
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -253,12 +253,21 @@ fn on_event(engine: &mut Engine<Store>, store: &Store, stats: &Stats, event: Eve
             tracing::info!(db, peer = %from.short(), "merged a snapshot");
             note(stats, from, |s| s.last_sync_ms = Some(wall_ms()));
         }
-        Event::UnknownDatabase { db, peer } => {
-            tracing::info!(db, peer = %peer.short(), "a peer syncs a new database: creating it");
+        Event::UnknownDatabase { db, peer, sealed } => {
+            tracing::info!(db, peer = %peer.short(), sealed, "a peer syncs a new database: creating it");
+            let settings = DbSettings {
+                encryption: if sealed {
+                    Encryption::E2e
+                } else {
+                    Encryption::None
+                },
+                ..DbSettings::default()
+            };
             let created = store.call_blocking(|reply| Command::CreateDb {
                 name: db.clone(),
-                settings: DbSettings::default(),
+                settings,
                 if_not_exists: true,
+                make_key: false,
                 reply,
             });
             match created {
@@ -310,6 +319,20 @@ fn on_event(engine: &mut Engine<Store>, store: &Store, stats: &Stats, event: Eve
             db,
             records = ops.len(),
             "wrote back records a removed device changed after its removal"
+        ),
+        Event::Unopened { db, peer, unopened } => tracing::warn!(
+            db,
+            origin = %unopened.origin.short(),
+            seq = unopened.seq,
+            peer = %peer.short(),
+            "an op did not open, so it was not applied: {}",
+            unopened.reason
+        ),
+        Event::EncryptionDiffers { db, peer, sealed } => tracing::warn!(
+            db,
+            peer = %peer.short(),
+            "not syncing this database with the peer: it is end-to-end encrypted on {} only",
+            if sealed { "the peer" } else { "this device" }
         ),
         Event::StoreFailed { db, error } => {
             tracing::warn!(db, "sync could not use the store: {error}")

@@ -46,6 +46,17 @@ pub enum StoreError {
     /// The stored data is not what this version expects.
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// The database is end-to-end encrypted and this device holds no key
+    /// to read or write it.
+    #[error(
+        "database {0:?} is end-to-end encrypted and this device holds no key for it \
+         (it relays the database without reading it); a device that holds the key \
+         grants it to members with access (an admin grants a hub: blazectl db key grant {0} DEVICE)"
+    )]
+    Sealed(String),
+    /// The content keys could not be read or kept.
+    #[error("{0}")]
+    Keys(#[from] crate::crypto::keyring::KeyringError),
     /// The store is shutting down.
     #[error("the agent is shutting down")]
     ShuttingDown,
@@ -80,7 +91,10 @@ impl StoreError {
             StoreError::InvalidArgument(_) => ErrorCode::InvalidArgument,
             StoreError::TypeMismatch(_) => ErrorCode::TypeMismatch,
             StoreError::Full(_) => ErrorCode::StorageFull,
-            StoreError::Storage(_) | StoreError::Corrupt(_) => ErrorCode::Storage,
+            StoreError::Storage(_) | StoreError::Corrupt(_) | StoreError::Keys(_) => {
+                ErrorCode::Storage
+            }
+            StoreError::Sealed(_) => ErrorCode::Sealed,
             StoreError::ShuttingDown => ErrorCode::ShuttingDown,
         }
     }

@@ -24,6 +24,7 @@ pub(crate) mod keys;
 pub(crate) mod query;
 pub(crate) mod record;
 mod replicate;
+mod sealing;
 mod stamped;
 mod writer;
 
@@ -213,6 +214,7 @@ impl DbState {
             settings: self.settings(),
             collections,
             head: self.head(),
+            key_epoch: None,
         }
     }
 
@@ -264,6 +266,8 @@ struct Inner {
     tx: Mutex<Option<mpsc::Sender<Command>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
     notify: std::sync::OnceLock<Notify>,
+    /// The content keys of end-to-end encrypted databases held here.
+    keys: RwLock<crate::crypto::keyring::Keyring>,
 }
 
 /// Something the store tells whoever listens (the sync driver).
@@ -318,6 +322,9 @@ fn open_keyspaces(fj: &fjall::Database, id: u32) -> Result<[Keyspace; 3], StoreE
 impl Store {
     /// Opens (or creates) the store in `path` for the device `device`.
     pub fn open(path: &Path, device: DeviceId, options: StoreOptions) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(path)
+            .map_err(|e| StoreError::Storage(format!("cannot create {}: {e}", path.display())))?;
+        let keys = crate::crypto::keyring::Keyring::load(path)?;
         let fj = fjall::Database::builder(path)
             .cache_size(options.cache_bytes)
             .open()?;
@@ -382,6 +389,7 @@ impl Store {
             tx: Mutex::new(Some(tx)),
             writer: Mutex::new(None),
             notify: std::sync::OnceLock::new(),
+            keys: RwLock::new(keys),
         });
         let store = Store { inner };
         let w = writer::Writer::new(store.clone(), fj, meta, rx, options, recovered, next_db_id);
@@ -457,6 +465,7 @@ impl Store {
             name,
             settings,
             if_not_exists,
+            make_key: true,
             reply,
         })
         .await
@@ -561,14 +570,14 @@ impl Store {
 
     /// Describes one database.
     pub fn db_info(&self, name: &str) -> Result<DbInfo, StoreError> {
-        Ok(self.db(name)?.info())
+        Ok(self.info_of(&*self.db(name)?))
     }
 
     /// Describes every database, by name.
     pub fn list(&self) -> Vec<DbInfo> {
         let mut out: Vec<DbInfo> = read_lock(&self.inner.dbs)
             .values()
-            .map(|d| d.info())
+            .map(|d| self.info_of(d))
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
         out
@@ -609,6 +618,7 @@ impl Store {
         f: impl FnOnce(Option<&EncodedRecord<'_>>) -> R,
     ) -> Result<R, StoreError> {
         let db = self.db(db)?;
+        self.readable(&db)?;
         if !read_lock(&db.collections).contains_key(collection) {
             db.collection(collection)?;
         }
@@ -626,6 +636,7 @@ impl Store {
     /// Runs a query.
     pub fn query(&self, params: &QueryParams) -> Result<QueryResult, StoreError> {
         let db = self.db(&params.db)?;
+        self.readable(&db)?;
         let meta = db.collection(&params.collection)?;
         query::run(&db, &meta, params)
     }
@@ -650,6 +661,8 @@ impl Store {
         collection: Option<&str>,
         max_scan: usize,
     ) -> Result<(Vec<Change>, u64), StoreError> {
+        self.readable(db)?;
+        let reader = self.reader(db);
         let mut changes = Vec::new();
         let mut last = after;
         let start = keys::log_key(after.saturating_add(1));
@@ -658,7 +671,13 @@ impl Store {
             last = keys::cursor_of_log_key(&k)
                 .ok_or_else(|| StoreError::Corrupt("op-log key is not 8 bytes".into()))?;
             let op: Op = codec::from_slice(&v)?;
-            let body = OpBody::decode(&op.body)?;
+            let body = match reader.read(&db.name, &op) {
+                sealing::Body::Readable(plain) => OpBody::decode(&plain)?,
+                sealing::Body::Blind => return Err(StoreError::Sealed(db.name.clone())),
+                // Logged before this device held its keys, and damaged:
+                // it changed nothing here.
+                sealing::Body::Refused(_) => continue,
+            };
             if collection.is_some_and(|c| c != body.collection()) {
                 continue;
             }

@@ -15,6 +15,7 @@ use fjall::{PersistMode, Slice};
 
 use super::keys;
 use super::record::{Stamp, StoredRecord};
+use super::sealing::{Body, Reader, seal_body};
 use super::stamped;
 use super::writer::{
     Effect, Group, MAX_PRIORITY, Plan, Writer, field_values, index_effects, load_for_update,
@@ -22,8 +23,8 @@ use super::writer::{
 };
 use super::{Command, DbState, Reply, Store, StoreError, SyncMeta, lock, sync_meta_key};
 use crate::sync::{
-    Compacted, Correction, OpsRead, Projection, ReadLimits, Refusal, Replace, SnapshotRead,
-    SyncState, SyncStore, WriteScreen,
+    Applied, Compacted, Correction, OpsRead, Projection, ReadLimits, Refusal, Replace,
+    SnapshotRead, SyncState, SyncStore, WriteScreen,
 };
 use blazedb_proto::api::{Durability, Write};
 
@@ -65,7 +66,7 @@ impl Writer {
         db: &str,
         ops: Vec<Op>,
         screen: &WriteScreen,
-    ) -> Result<Vec<Refusal>, StoreError> {
+    ) -> Result<Applied, StoreError> {
         let db = self.store.db(db)?;
         let (start_counters, start_clock) = (self.counters.clone(), self.clock);
         let result = self.plan_and_commit_ops(&db, ops, screen);
@@ -81,8 +82,10 @@ impl Writer {
         db: &Arc<DbState>,
         ops: Vec<Op>,
         screen: &WriteScreen,
-    ) -> Result<Vec<Refusal>, StoreError> {
+    ) -> Result<Applied, StoreError> {
         let me = self.store.device();
+        let reader = self.store.reader(db);
+        let mut unopened = Vec::new();
         let mut sync = db.sync_meta();
         let local_priority = db.settings().priority;
         let group = Group::new();
@@ -91,9 +94,20 @@ impl Writer {
         let (mut head, mut local_seq) = (counters.head, counters.local_seq);
         let mut refused = Vec::new();
         for mut op in ops {
-            if !sync.vector.advance(op.origin, op.seq) {
+            if sync.vector.get(&op.origin) + 1 != op.seq {
                 continue;
             }
+            let plain = match reader.read(&db.name, &op) {
+                Body::Readable(p) => Some(p.into_owned()),
+                Body::Blind => None,
+                Body::Refused(why) => {
+                    // Its origin's later ops now leave a gap, so they are
+                    // skipped too, and the vector stays contiguous.
+                    unopened.push(why);
+                    continue;
+                }
+            };
+            sync.vector.advance(op.origin, op.seq);
             // The clock has observed every write applied here, so an op
             // later than it, of no lower priority than any write here, is
             // newer than every stamp in every record.
@@ -108,7 +122,7 @@ impl Writer {
             }
             // A body this replica cannot read is logged and forwarded all
             // the same; it just changes no record here.
-            if let Ok(body) = OpBody::decode(&op.body) {
+            if let Some(Ok(body)) = plain.as_deref().map(OpBody::decode) {
                 let key = Slice::from(keys::record_key(body.collection(), body.id()));
                 let indexes = self.collection_indexes(&group, &mut plan, db, body.collection())?;
                 let check = screen.view_for(&op.origin, &body);
@@ -135,6 +149,7 @@ impl Writer {
                         match check.map(|v| v.check_create(&body)) {
                             Some(Err(reason)) => {
                                 refused.push(Refusal::refuse(&mut op, &body, reason));
+                                reseal(&reader, &db.name, &mut op)?;
                             }
                             _ => {
                                 let bytes =
@@ -151,6 +166,7 @@ impl Writer {
                         match check.map(|v| v.check_write(&body, before.as_ref(), &record)) {
                             Some(Err(reason)) => {
                                 refused.push(Refusal::refuse(&mut op, &body, reason));
+                                reseal(&reader, &db.name, &mut op)?;
                             }
                             _ if changed => {
                                 plan_record(&mut plan, db, key, &indexes, &old_values, &record)?;
@@ -172,7 +188,68 @@ impl Writer {
         c.head = head;
         c.local_seq = local_seq;
         self.commit_plan(db, plan, sync, head)?;
-        Ok(refused)
+        Ok(Applied { refused, unopened })
+    }
+
+    /// Applies every op logged for `name` to its records, once this
+    /// device holds keys for a database it held blind (see
+    /// [`Command::Materialize`]). Commits every so many ops, so memory
+    /// stays bounded; applying an op twice changes nothing.
+    pub(super) fn materialize(&mut self, name: &str) -> Result<u64, StoreError> {
+        const CHUNK: usize = 10_000;
+        let db = self.store.db(name)?;
+        let reader = self.store.reader(&db);
+        if !matches!(reader, Reader::Keys(_)) {
+            return Ok(0);
+        }
+        let (mut applied, mut unreadable) = (0u64, 0u64);
+        let mut after = 0u64;
+        loop {
+            let group = Group::new();
+            let mut plan = Plan::new();
+            let mut seen = 0;
+            for kv in db.log.range(keys::log_key(after + 1)..).take(CHUNK) {
+                let (k, v) = kv.into_inner()?;
+                after = keys::cursor_of_log_key(&k).unwrap_or(u64::MAX);
+                seen += 1;
+                let op: Op = codec::from_slice(&v)?;
+                let body = match reader.read(&db.name, &op) {
+                    Body::Readable(plain) => OpBody::decode(&plain).ok(),
+                    _ => None,
+                };
+                let Some(body) = body else {
+                    unreadable += 1;
+                    continue;
+                };
+                let key = Slice::from(keys::record_key(body.collection(), body.id()));
+                let indexes = self.collection_indexes(&group, &mut plan, &db, body.collection())?;
+                let existing = load_for_update(&group, &plan, &db, &key)?;
+                let old_values = field_values(existing.as_ref(), &indexes);
+                let mut record = existing.unwrap_or_default();
+                if record.apply(&Stamp::of(&op), &body) {
+                    plan_record(&mut plan, &db, key, &indexes, &old_values, &record)?;
+                }
+                applied += 1;
+            }
+            if seen == 0 {
+                break;
+            }
+            let head = self.counters.get(&db.id).map_or(0, |c| c.head);
+            self.commit_plan(&db, plan, db.sync_meta(), head)?;
+        }
+        if unreadable > 0 {
+            tracing::warn!(
+                db = name,
+                unreadable,
+                "ops logged while this device held no key do not open with the keys it holds now"
+            );
+        }
+        tracing::info!(
+            db = name,
+            ops = applied,
+            "applied the ops held before this device had the key"
+        );
+        Ok(applied)
     }
 
     pub(super) fn merge_snapshot(
@@ -523,6 +600,18 @@ impl Writer {
     }
 }
 
+/// Seals the stand-in of a refused write in an end-to-end encrypted
+/// database, under the newest key held, with the refused op's header.
+fn reseal(reader: &Reader, db: &str, op: &mut Op) -> Result<(), StoreError> {
+    if let Reader::Keys(keys) = reader
+        && let Some(key) = keys.last()
+    {
+        let header = blazedb_proto::sealed::SealedOp::of(db, op);
+        op.body = seal_body(key, &header, &op.body)?;
+    }
+    Ok(())
+}
+
 impl Store {
     pub(crate) fn call_blocking<T: Send + 'static>(
         &self,
@@ -554,6 +643,7 @@ impl SyncStore for Store {
             mode: db.settings().sync_mode,
             wish: m.wish,
             lacking: m.lacking,
+            sealed: db.e2e(),
         })
     }
 
@@ -594,7 +684,7 @@ impl SyncStore for Store {
         db: &str,
         ops: Vec<Op>,
         screen: &WriteScreen,
-    ) -> Result<Vec<Refusal>, StoreError> {
+    ) -> Result<Applied, StoreError> {
         let db = db.to_owned();
         let screen = screen.clone();
         self.call_blocking(|reply| Command::ApplyOps {

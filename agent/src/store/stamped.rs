@@ -22,6 +22,11 @@ impl Holes {
         self.holes.push(at);
     }
 
+    /// The last `len` bytes (an op entry's body is its last field).
+    pub(crate) fn tail(&self, len: usize) -> &[u8] {
+        &self.bytes[self.bytes.len() - len..]
+    }
+
     /// Fills the holes, in order, with `values` (the last one repeats).
     pub(crate) fn fill(mut self, values: &[u64]) -> Vec<u8> {
         for (i, at) in self.holes.iter().enumerate() {

@@ -16,21 +16,25 @@ use std::sync::atomic::AtomicBool;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use blazedb_proto::api::{DbInfo, DbSettings, Durability, SyncMode, Write, WriteResult};
+use blazedb_proto::api::{
+    DbInfo, DbSettings, Durability, Encryption, SyncMode, Write, WriteResult,
+};
 use blazedb_proto::{DeviceId, Hlc, Op, OpBody, SnapshotRecord, Value, VersionVector, codec};
 use fjall::{Keyspace, PersistMode, Slice};
 use rustc_hash::FxHashMap;
 
 use super::keys;
 use super::record::{Stamp, StoredRecord};
+use super::sealing::seal_body;
 use super::stamped::{self, Holes};
 use super::{
     CollectionMeta, DbMeta, DbState, META_NEXT_DB_ID, Store, StoreError, StoreNotice, StoreOptions,
     SyncMeta, collection_meta_key, db_meta_key, lock, new_epoch, open_keyspaces, read_lock,
     sync_meta_key, write_lock,
 };
+use crate::sync::WriteScreen;
 use crate::sync::hlc::HlcClock;
-use crate::sync::{Refusal, WriteScreen};
+use blazedb_proto::sealed::SealedOp;
 
 /// How a command's outcome is handed back: called once, on the writer
 /// thread, so it must not block.
@@ -56,8 +60,19 @@ pub enum Command {
         settings: DbSettings,
         /// Succeed if it exists.
         if_not_exists: bool,
+        /// For an `e2e` database, make its first content key here (this
+        /// device creates it, rather than taking it from a peer).
+        make_key: bool,
         /// Gets the database's description.
         reply: Reply<DbInfo>,
+    },
+    /// Applies every op logged for an `e2e` database this device held
+    /// blind until it got the database's key.
+    Materialize {
+        /// The database's name.
+        db: String,
+        /// Gets how many ops were applied.
+        reply: Reply<u64>,
     },
     /// Changes a database's sync mode.
     SetSyncMode {
@@ -101,8 +116,9 @@ pub enum Command {
         ops: Vec<Op>,
         /// The writers whose operations are checked first.
         screen: WriteScreen,
-        /// Answered once they are durable, with the refused writes.
-        reply: Reply<Vec<Refusal>>,
+        /// Answered once they are durable, with the refused writes and the
+        /// ops that did not open.
+        reply: Reply<crate::sync::Applied>,
     },
     /// Merges records of another replica's snapshot.
     MergeSnapshot {
@@ -158,6 +174,7 @@ impl std::fmt::Debug for Command {
         let name = match self {
             Command::Write { .. } => "Write",
             Command::CreateDb { .. } => "CreateDb",
+            Command::Materialize { .. } => "Materialize",
             Command::DropDb { .. } => "DropDb",
             Command::SetSyncMode { .. } => "SetSyncMode",
             Command::Index { .. } => "Index",
@@ -178,6 +195,7 @@ impl Command {
         match self {
             Command::Write { reply, .. } => reply(Err(e)),
             Command::CreateDb { reply, .. } => reply(Err(e)),
+            Command::Materialize { reply, .. } => reply(Err(e)),
             Command::DropDb { reply, .. } | Command::Index { reply, .. } => reply(Err(e)),
             Command::SetSyncMode { reply, .. } => reply(Err(e)),
             Command::ApplyOps { reply, .. } => reply(Err(e)),
@@ -378,6 +396,8 @@ pub struct PreparedWrite {
     key: Slice,
     /// The op-log entry, waiting for its seq and clock reading.
     op: Holes,
+    /// The length of the encoded body, which ends `op`.
+    body_len: usize,
     /// For a put, the record it makes when it replaces everything before
     /// it, waiting for its clock reading.
     fresh_record: Option<Holes>,
@@ -433,7 +453,8 @@ pub fn prepare(
             validate_name("collection", body.collection())?;
             validate_id(body.id())?;
             let key = keys::record_key(body.collection(), body.id()).into();
-            let op = stamped::op_entry(origin, priority, &body.encode()?);
+            let encoded = body.encode()?;
+            let op = stamped::op_entry(origin, priority, &encoded);
             let fresh_record = match &body {
                 OpBody::Put { fields, .. } => {
                     Some(stamped::fresh_put_record(origin, priority, fields)?)
@@ -444,6 +465,7 @@ pub fn prepare(
                 body,
                 key,
                 op,
+                body_len: encoded.len(),
                 fresh_record,
                 priority,
             })
@@ -508,8 +530,10 @@ impl Writer {
                     name,
                     settings,
                     if_not_exists,
+                    make_key,
                     reply,
-                } => reply(self.create_db(&name, settings, if_not_exists)),
+                } => reply(self.create_db(&name, settings, if_not_exists, make_key)),
+                Command::Materialize { db, reply } => reply(self.materialize(&db)),
                 Command::DropDb {
                     name,
                     if_exists,
@@ -742,9 +766,21 @@ impl Writer {
             body,
             key,
             op,
+            body_len,
             fresh_record,
             priority: write_priority,
         } = write;
+        // An end-to-end encrypted database's ops are sealed here, once
+        // stamped: the seq and clock reading are part of what binds them.
+        let seal_with = if db.e2e() {
+            Some(
+                self.store
+                    .current_key(&db.name)
+                    .ok_or_else(|| StoreError::Sealed(db.name.clone()))?,
+            )
+        } else {
+            None
+        };
         let needs_existing = matches!(body, OpBody::Patch { .. });
         let indexes = self.collection_indexes(group, plan, db, body.collection())?;
 
@@ -800,10 +836,29 @@ impl Writer {
             key.clone(),
             record_bytes.clone(),
         ));
+        let entry = match seal_with {
+            None => stamped::fill_op(op, seq, hlc),
+            Some(key) => {
+                let origin = self.store.device();
+                let header = SealedOp {
+                    db: &db.name,
+                    origin: &origin,
+                    seq,
+                    hlc,
+                    priority: write_priority,
+                };
+                let sealed = seal_body(&key, &header, op.tail(body_len))?;
+                stamped::fill_op(
+                    stamped::op_entry(&origin, write_priority, &sealed),
+                    seq,
+                    hlc,
+                )
+            }
+        };
         plan.effects.push(Effect::Insert(
             db.log.clone(),
             keys::log_key(cursor)[..].into(),
-            stamped::fill_op(op, seq, hlc).into(),
+            entry.into(),
         ));
         plan.overlay.insert(db.id, key, record_bytes);
         Ok(WriteResult {
@@ -847,6 +902,7 @@ impl Writer {
         name: &str,
         settings: DbSettings,
         if_not_exists: bool,
+        make_key: bool,
     ) -> Result<DbInfo, StoreError> {
         validate_name("database", name)?;
         if settings.priority > MAX_PRIORITY {
@@ -857,7 +913,7 @@ impl Writer {
         }
         if let Ok(existing) = self.store.db(name) {
             return if if_not_exists {
-                Ok(existing.info())
+                Ok(self.store.info_of(&existing))
             } else {
                 Err(StoreError::DatabaseExists(name.to_owned()))
             };
@@ -897,7 +953,10 @@ impl Writer {
                 ..SyncMeta::default()
             }),
         });
-        let info = state.info();
+        if settings.encryption == Encryption::E2e && make_key {
+            self.store.make_first_key(name)?;
+        }
+        let info = self.store.info_of(&state);
         self.store.insert_db(state);
         self.store.notify(StoreNotice::Changed(name.to_owned()));
         Ok(info)
@@ -936,7 +995,7 @@ impl Writer {
             db.set_settings(settings);
             self.store.notify(StoreNotice::Changed(name.to_owned()));
         }
-        Ok(db.info())
+        Ok(self.store.info_of(&db))
     }
 
     fn drop_db(&mut self, name: &str, if_exists: bool) -> Result<bool, StoreError> {
@@ -953,6 +1012,9 @@ impl Writer {
         }
         batch.commit()?;
         self.store.remove_db(name);
+        if let Err(e) = self.store.forget_keys(name) {
+            tracing::warn!("could not forget the keys of dropped database {name}: {e}");
+        }
         self.store.notify(StoreNotice::Changed(name.to_owned()));
         self.counters.remove(&db.id);
         for ks in [&db.records, &db.log, &db.index] {

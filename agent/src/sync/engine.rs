@@ -172,6 +172,30 @@ pub enum Event {
         db: String,
         /// The peer.
         peer: DeviceId,
+        /// The database is end-to-end encrypted on the peer.
+        sealed: bool,
+    },
+    /// An operation of an end-to-end encrypted database did not open here
+    /// (see [`SyncStore::apply_ops`]): it was not applied, and is asked
+    /// for again like any operation not received.
+    Unopened {
+        /// The database.
+        db: String,
+        /// The peer that sent it.
+        peer: DeviceId,
+        /// Which op, and why.
+        unopened: super::store::Unopened,
+    },
+    /// A peer holds a database of the same name that is end-to-end
+    /// encrypted where this one is not, or the other way round: the two
+    /// are not synced.
+    EncryptionDiffers {
+        /// The database.
+        db: String,
+        /// The peer.
+        peer: DeviceId,
+        /// Whether the peer's is end-to-end encrypted.
+        sealed: bool,
     },
     /// Operations of a removed device beyond its cut-off were refused.
     Refused {
@@ -627,12 +651,12 @@ impl<S: SyncStore> Engine<S> {
             }
             self.send_vector(p, db, true);
             if let Some((epoch, vector, want, refused)) = self.parked.remove(&(p, db.to_owned())) {
+                let sealed = self.store.sync_state(db).is_some_and(|s| s.sealed);
                 self.on_vector(
                     p,
                     db.to_owned(),
                     epoch,
-                    vector,
-                    want,
+                    (vector, want, sealed),
                     Vec::new(),
                     refused,
                     None,
@@ -710,7 +734,15 @@ impl<S: SyncStore> Engine<S> {
                 stable,
                 wish,
                 lacking,
+                sealed,
             } => {
+                if let Some(have) = self.store.sync_state(&db)
+                    && have.sealed != sealed
+                {
+                    self.events
+                        .push_back(Event::EncryptionDiffers { db, peer, sealed });
+                    return;
+                }
                 if let Some(st) = stable
                     && self.store.sync_state(&db).is_some()
                 {
@@ -722,7 +754,16 @@ impl<S: SyncStore> Engine<S> {
                 if lacking {
                     self.owe_whole(peer, &db);
                 }
-                self.on_vector(peer, db, epoch, vector, want, reports, refused, wish, now)
+                self.on_vector(
+                    peer,
+                    db,
+                    epoch,
+                    (vector, want, sealed),
+                    reports,
+                    refused,
+                    wish,
+                    now,
+                )
             }
             SyncMessage::Ops { db, epoch, ops } => self.on_ops(peer, db, epoch, ops, now),
             piece @ SyncMessage::Snapshot { .. } => self.on_snapshot(peer, piece, now),
@@ -913,7 +954,12 @@ impl<S: SyncStore> Engine<S> {
         if let Some(s) = self.links.get_mut(&peer).and_then(|l| l.get_mut(db)) {
             s.told.clone_from(&state.vector);
         }
-        let head = (state.epoch, state.mode, self.says_lacking(db, &state));
+        let head = (
+            state.epoch,
+            state.mode,
+            self.says_lacking(db, &state),
+            state.sealed,
+        );
         let wish = Some(state.wish.unwrap_or_default());
         self.push_vector(peer, db, head, state.vector, reports, stable, wish);
     }
@@ -925,7 +971,7 @@ impl<S: SyncStore> Engine<S> {
         &mut self,
         peer: DeviceId,
         db: &str,
-        (epoch, mode, lacking): (Epoch, SyncMode, bool),
+        (epoch, mode, lacking, sealed): (Epoch, SyncMode, bool, bool),
         vector: VersionVector,
         reports: Vec<Report>,
         stable: Option<Stable>,
@@ -944,6 +990,7 @@ impl<S: SyncStore> Engine<S> {
                 stable,
                 wish,
                 lacking,
+                sealed,
             },
         ));
     }
@@ -971,7 +1018,7 @@ impl<S: SyncStore> Engine<S> {
         self.push_vector(
             peer,
             db,
-            (state.epoch, state.mode, lacking),
+            (state.epoch, state.mode, lacking, state.sealed),
             vector,
             Vec::new(),
             None,
@@ -1024,8 +1071,7 @@ impl<S: SyncStore> Engine<S> {
         peer: DeviceId,
         db: String,
         epoch: Epoch,
-        vector: VersionVector,
-        want: bool,
+        (vector, want, sealed): (VersionVector, bool, bool),
         reports: Vec<Report>,
         refused: Vec<(DeviceId, u64)>,
         wish: Option<SyncWish>,
@@ -1046,7 +1092,8 @@ impl<S: SyncStore> Engine<S> {
                 self.parked.insert(key, (epoch, vector, want, refused));
             }
             if state.is_none() && want {
-                self.events.push_back(Event::UnknownDatabase { db, peer });
+                self.events
+                    .push_back(Event::UnknownDatabase { db, peer, sealed });
             }
             return;
         }
@@ -1185,7 +1232,16 @@ impl<S: SyncStore> Engine<S> {
         let mut rejected = Vec::new();
         if n > 0 {
             match self.store.apply_ops(&db, accepted, &screen) {
-                Ok(r) => rejected = r,
+                Ok(applied) => {
+                    rejected = applied.refused;
+                    for u in applied.unopened {
+                        self.events.push_back(Event::Unopened {
+                            db: db.clone(),
+                            peer,
+                            unopened: u,
+                        });
+                    }
+                }
                 Err(e) => {
                     // Not acknowledged, so the peer sends them again.
                     self.store_failed(db, &e);

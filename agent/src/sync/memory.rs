@@ -14,8 +14,8 @@ use blazedb_proto::{
 
 use super::hlc::HlcClock;
 use super::store::{
-    Compacted, Correction, OpsRead, Projection, ReadLimits, Refusal, Replace, SnapshotRead,
-    SyncState, SyncStore, WriteScreen,
+    Applied, Compacted, Correction, OpsRead, Projection, ReadLimits, Refusal, Replace,
+    SnapshotRead, SyncState, SyncStore, WriteScreen,
 };
 use crate::store::keys;
 use crate::store::record::{Stamp, StoredRecord};
@@ -275,6 +275,7 @@ impl SyncStore for MemoryStore {
             mode: d.mode,
             wish: d.wish.clone(),
             lacking: d.lacking,
+            sealed: false,
         })
     }
 
@@ -318,10 +319,10 @@ impl SyncStore for MemoryStore {
         db: &str,
         ops: Vec<Op>,
         screen: &WriteScreen,
-    ) -> Result<Vec<Refusal>, Infallible> {
+    ) -> Result<Applied, Infallible> {
         let mut refused = Vec::new();
         let Some(d) = self.dbs.get_mut(db) else {
-            return Ok(refused);
+            return Ok(Applied::default());
         };
         for mut op in ops {
             if op.seq != d.vector.get(&op.origin) + 1 {
@@ -351,7 +352,10 @@ impl SyncStore for MemoryStore {
             }
             d.append(op);
         }
-        Ok(refused)
+        Ok(Applied {
+            refused,
+            unopened: Vec::new(),
+        })
     }
 
     fn read_snapshot(

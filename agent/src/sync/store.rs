@@ -35,6 +35,8 @@ pub struct SyncState {
     /// and no whole snapshot has been merged since: what the vector counts
     /// as held may be missing in part.
     pub lacking: bool,
+    /// The database is end-to-end encrypted: op bodies are sealed.
+    pub sealed: bool,
 }
 
 /// What a partial replica takes from a full one in place of operations
@@ -137,6 +139,32 @@ impl Refusal {
             reason,
         }
     }
+}
+
+/// Why an op of an `e2e` database could not be opened, as reported to the
+/// sync engine: the op was not applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unopened {
+    /// The op's origin.
+    pub origin: DeviceId,
+    /// Its seq.
+    pub seq: u64,
+    /// Why, for the log and `status`.
+    pub reason: String,
+    /// Whether the op is damaged (altered, or sealed under another key of
+    /// its epoch), rather than waiting for a key this device lacks.
+    pub damaged: bool,
+}
+
+/// What [`SyncStore::apply_ops`] did besides applying operations.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Applied {
+    /// Writes the screen refused: logged as `OpBody::Rejected`.
+    pub refused: Vec<Refusal>,
+    /// Operations not applied nor logged, because their sealed bodies did
+    /// not open here: their origin's later operations were not applied
+    /// either.
+    pub unopened: Vec<Unopened>,
 }
 
 /// Bounds on one read of the op log or of a snapshot.
@@ -267,13 +295,17 @@ pub trait SyncStore {
     /// A write of a device the screen restricts is checked against the
     /// record as the operations before it leave it (`View::check_write`);
     /// a refused one changes nothing and is logged as `OpBody::Rejected`.
-    /// Returns the refused writes.
+    ///
+    /// In an end-to-end encrypted database, a replica holding the key
+    /// opens each body first; one that does not open is neither applied
+    /// nor logged, and stops its origin's operations there. A replica
+    /// without any key logs sealed bodies without applying them.
     fn apply_ops(
         &mut self,
         db: &str,
         ops: Vec<Op>,
         screen: &WriteScreen,
-    ) -> Result<Vec<Refusal>, Self::Error>;
+    ) -> Result<Applied, Self::Error>;
 
     /// Reads the records after key `after` (from the start when `None`)
     /// in their stored form, tombstones included.

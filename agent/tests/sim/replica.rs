@@ -236,7 +236,7 @@ impl SyncStore for FjallReplica {
         db: &str,
         ops: Vec<Op>,
         screen: &blazed::sync::WriteScreen,
-    ) -> Result<Vec<blazed::sync::Refusal>, Self::Error> {
+    ) -> Result<blazed::sync::Applied, Self::Error> {
         self.store.apply_ops(db, ops, screen)
     }
     fn read_snapshot(

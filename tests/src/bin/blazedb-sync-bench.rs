@@ -160,6 +160,7 @@ fn engine_apply(
             stable: None,
             wish: None,
             lacking: false,
+            sealed: false,
         },
         T0,
     );

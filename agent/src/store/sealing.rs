@@ -1,0 +1,459 @@
+//! End-to-end encrypted databases in the store.
+//!
+//! The store keeps the content keys this device holds (the keyring, in
+//! the store's directory) beside the databases they open. On a device that
+//! holds a database's key, records are stored readable (this device may
+//! read them) and op-log entries hold the bodies sealed, exactly as they
+//! travel, so that relaying an op never seals it again. A device without
+//! the key holds the database *blind*: its op log only, no records, no
+//! collections, and nothing in it readable.
+//!
+//! Invariants:
+//! - No op body of an `e2e` database is written to the op log unsealed,
+//!   nor taken from a peer unsealed.
+//! - An op a key holder cannot open is neither applied nor logged: its
+//!   origin's later ops wait behind it, and the sync engine asks again.
+//! - When a blind device gets its first key, every logged op is applied
+//!   (records merge the same whatever the order, so ops applied twice
+//!   change nothing).
+
+use blazedb_proto::Op;
+use blazedb_proto::api::{DbInfo, Encryption};
+use blazedb_proto::sealed::{SealedOp, is_sealed};
+
+use super::{DbState, Store, StoreError, read_lock, write_lock};
+use crate::crypto::seal::{self, ContentKey, SealError};
+use crate::sync::Unopened;
+
+impl Unopened {
+    fn of(op: &Op, e: &SealError) -> Unopened {
+        let (reason, damaged) = match e {
+            SealError::NoKey(epoch) => (
+                format!("sealed under key epoch {epoch}, which this device does not hold"),
+                false,
+            ),
+            SealError::NotSealed => (
+                "not sealed, in an end-to-end encrypted database".to_owned(),
+                true,
+            ),
+            other => (
+                format!("does not open under its epoch's key ({other}): altered or forged"),
+                true,
+            ),
+        };
+        Unopened {
+            origin: op.origin,
+            seq: op.seq,
+            reason,
+            damaged,
+        }
+    }
+}
+
+/// How this replica reads the bodies of one database's ops.
+pub(crate) enum Reader {
+    /// The database is not end-to-end encrypted: bodies are plain.
+    Plain,
+    /// This replica holds none of the database's keys: it logs and relays
+    /// sealed bodies without reading them.
+    Blind,
+    /// This replica holds keys of the database: it opens what they open.
+    Keys(Vec<ContentKey>),
+}
+
+/// One op's body as this replica reads it.
+pub(crate) enum Body<'a> {
+    /// The body to apply (plain, or opened).
+    Readable(std::borrow::Cow<'a, [u8]>),
+    /// A sealed body a blind replica logs without applying.
+    Blind,
+    /// A body that may not be applied nor logged.
+    Refused(Unopened),
+}
+
+impl Reader {
+    /// Reads the body of `op`, an op of the database `db`.
+    pub(crate) fn read<'a>(&self, db: &str, op: &'a Op) -> Body<'a> {
+        match self {
+            Reader::Plain => Body::Readable(std::borrow::Cow::Borrowed(&op.body)),
+            Reader::Blind if is_sealed(&op.body) => Body::Blind,
+            Reader::Blind => Body::Refused(Unopened::of(op, &SealError::NotSealed)),
+            Reader::Keys(keys) => {
+                let header = SealedOp::of(db, op);
+                match seal::open(|e| keys.iter().find(|k| k.epoch == e), &header, &op.body) {
+                    Ok(plain) => Body::Readable(std::borrow::Cow::Owned(plain)),
+                    Err(e) => Body::Refused(Unopened::of(op, &e)),
+                }
+            }
+        }
+    }
+}
+
+impl DbState {
+    /// Whether the database is end-to-end encrypted.
+    pub(crate) fn e2e(&self) -> bool {
+        self.settings().encryption == Encryption::E2e
+    }
+}
+
+impl Store {
+    /// The key new ops of `db` are sealed with: the newest epoch held.
+    pub fn current_key(&self, db: &str) -> Option<ContentKey> {
+        read_lock(&self.inner.keys).current(db).cloned()
+    }
+
+    /// The newest key epoch of `db` this device holds.
+    pub fn key_epoch(&self, db: &str) -> Option<u32> {
+        self.current_key(db).map(|k| k.epoch)
+    }
+
+    /// Every key of `db` this device holds, oldest first.
+    pub fn keys_of(&self, db: &str) -> Vec<ContentKey> {
+        read_lock(&self.inner.keys).all(db)
+    }
+
+    /// How this replica reads the ops of `db`.
+    pub(crate) fn reader(&self, db: &DbState) -> Reader {
+        if !db.e2e() {
+            return Reader::Plain;
+        }
+        match self.keys_of(&db.name) {
+            keys if keys.is_empty() => Reader::Blind,
+            keys => Reader::Keys(keys),
+        }
+    }
+
+    /// Fails with [`StoreError::Sealed`] if `db` is end-to-end encrypted
+    /// and this device cannot read it.
+    pub(crate) fn readable(&self, db: &DbState) -> Result<(), StoreError> {
+        if db.e2e() && self.current_key(&db.name).is_none() {
+            return Err(StoreError::Sealed(db.name.clone()));
+        }
+        Ok(())
+    }
+
+    /// Takes a key of `db`, durably. Returns whether it was new. The first
+    /// key of a database held blind so far makes the writer apply every
+    /// op logged for it.
+    pub fn add_key(&self, db: &str, key: ContentKey) -> Result<bool, StoreError> {
+        let first = self.current_key(db).is_none();
+        let added = write_lock(&self.inner.keys).insert(db, key)?;
+        if added && first && self.db(db).is_ok_and(|d| d.e2e()) {
+            let db = db.to_owned();
+            self.submit(super::Command::Materialize {
+                db,
+                reply: Box::new(|r| {
+                    if let Err(e) = r {
+                        tracing::warn!("could not apply the ops held blind until now: {e}");
+                    }
+                }),
+            });
+        }
+        Ok(added)
+    }
+
+    /// Makes the first key of a database created here.
+    pub(crate) fn make_first_key(&self, db: &str) -> Result<(), StoreError> {
+        if self.current_key(db).is_some() {
+            return Ok(());
+        }
+        let key = ContentKey::generate(1)
+            .map_err(|e| StoreError::Storage(format!("cannot make a content key: {e}")))?;
+        write_lock(&self.inner.keys).insert(db, key)?;
+        Ok(())
+    }
+
+    /// Forgets the keys of a dropped database.
+    pub(crate) fn forget_keys(&self, db: &str) -> Result<(), StoreError> {
+        Ok(write_lock(&self.inner.keys).forget(db)?)
+    }
+
+    /// A database's description, with the key epoch this device holds.
+    pub(crate) fn info_of(&self, db: &DbState) -> DbInfo {
+        let mut info = db.info();
+        if db.e2e() {
+            info.key_epoch = self.key_epoch(&db.name);
+        }
+        info
+    }
+}
+
+/// Seals `body` as the body of the op `header` under `key`.
+pub(crate) fn seal_body(
+    key: &ContentKey,
+    header: &SealedOp<'_>,
+    body: &[u8],
+) -> Result<Vec<u8>, StoreError> {
+    key.seal(header, body)
+        .map_err(|e| StoreError::Storage(format!("cannot seal an op: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use blazedb_proto::api::{DbSettings, Encryption, Write};
+    use blazedb_proto::{DeviceId, Fields, Value, VersionVector};
+
+    use super::*;
+    use crate::sync::{ReadLimits, SyncStore as _, WriteScreen};
+
+    const MARK: &str = "zebra-marker";
+
+    struct Dev {
+        _dir: tempfile::TempDir,
+        store: Store,
+    }
+
+    fn dev(n: u8) -> Dev {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let store =
+            Store::open(dir.path(), DeviceId([n; 32]), Default::default()).expect("the store");
+        Dev { _dir: dir, store }
+    }
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a runtime")
+    }
+
+    fn e2e() -> DbSettings {
+        DbSettings {
+            encryption: Encryption::E2e,
+            ..DbSettings::default()
+        }
+    }
+
+    /// Writes `n` marked records on `d`'s e2e database "notes" and returns
+    /// the ops as a peer receives them.
+    fn write_marked(rt: &tokio::runtime::Runtime, d: &Dev, n: usize) -> Vec<Op> {
+        let writes = (0..n)
+            .map(|i| Write::Put {
+                collection: format!("{MARK}-col"),
+                id: Some(format!("{MARK}-{i}")),
+                fields: Fields::from([(format!("{MARK}-field"), Value::from(MARK))]),
+            })
+            .collect();
+        rt.block_on(d.store.write("notes", writes)).expect("write");
+        d.store
+            .read_ops(
+                "notes",
+                &VersionVector::new(),
+                0,
+                ReadLimits {
+                    max_items: 1000,
+                    max_bytes: 1 << 20,
+                },
+            )
+            .expect("read the log")
+            .ops
+    }
+
+    fn shows(bytes: &[u8]) -> bool {
+        bytes.windows(MARK.len()).any(|w| w == MARK.as_bytes())
+    }
+
+    #[test]
+    fn a_writer_logs_sealed_bodies_and_a_keyless_replica_holds_them_blind_until_its_key() {
+        let rt = rt();
+        let (a, mut b) = (dev(1), dev(2));
+        let info = rt
+            .block_on(a.store.create_db("notes", e2e(), false))
+            .expect("create");
+        assert_eq!(info.key_epoch, Some(1), "the creator makes the first key");
+        let ops = write_marked(&rt, &a, 3);
+        assert_eq!(ops.len(), 3);
+        for op in &ops {
+            assert!(is_sealed(&op.body), "a logged body is plain");
+            assert!(!shows(&op.body));
+        }
+        let got = a
+            .store
+            .get("notes", &format!("{MARK}-col"), &format!("{MARK}-1"));
+        assert!(
+            got.expect("read").is_some(),
+            "the writer reads its own record"
+        );
+
+        // B made the database from a peer's announcement: it holds no key.
+        let made = rt
+            .block_on(b.store.call(|reply| super::super::Command::CreateDb {
+                name: "notes".into(),
+                settings: e2e(),
+                if_not_exists: false,
+                make_key: false,
+                reply,
+            }))
+            .expect("create on b");
+        assert_eq!(made.key_epoch, None);
+        let applied = b
+            .store
+            .apply_ops("notes", ops.clone(), &WriteScreen::default())
+            .expect("apply");
+        assert!(applied.unopened.is_empty());
+        let state = b.store.sync_state("notes").expect("state");
+        assert_eq!(
+            state.vector.get(&DeviceId([1; 32])),
+            3,
+            "held blind, counted"
+        );
+        let err = b
+            .store
+            .get("notes", &format!("{MARK}-col"), &format!("{MARK}-1"))
+            .expect_err("a blind replica reads nothing");
+        assert!(matches!(err, StoreError::Sealed(_)), "{err}");
+        assert!(
+            b.store
+                .db("notes")
+                .expect("db")
+                .collections
+                .read()
+                .expect("lock")
+                .is_empty()
+        );
+        let relayed = b
+            .store
+            .read_ops(
+                "notes",
+                &VersionVector::new(),
+                0,
+                ReadLimits {
+                    max_items: 1000,
+                    max_bytes: 1 << 20,
+                },
+            )
+            .expect("read")
+            .ops;
+        assert_eq!(relayed, ops, "a blind replica relays the ops as they came");
+
+        // Its key arrives: everything logged is applied.
+        let key = a.store.current_key("notes").expect("a's key");
+        assert!(b.store.add_key("notes", key).expect("add the key"));
+        // The writer applies them on its thread, in queue order: a later
+        // command's answer means they are applied.
+        rt.block_on(b.store.create_db("barrier", Default::default(), true))
+            .expect("round trip");
+        let found = b
+            .store
+            .get("notes", &format!("{MARK}-col"), &format!("{MARK}-2"))
+            .expect("read");
+        let found = found.expect("the record after the key came");
+        assert_eq!(found.fields[&format!("{MARK}-field")], Value::from(MARK));
+        rt.block_on(a.store.shutdown()).expect("shut down");
+        rt.block_on(b.store.shutdown()).expect("shut down");
+    }
+
+    #[test]
+    fn an_altered_op_is_neither_applied_nor_logged_and_stops_its_origin_there() {
+        let rt = rt();
+        let (a, mut b) = (dev(1), dev(2));
+        rt.block_on(a.store.create_db("notes", e2e(), false))
+            .expect("create");
+        rt.block_on(b.store.create_db("notes", e2e(), false))
+            .expect("create");
+        // B holds A's key in place of the one it made.
+        let mut b_keys = b.store.inner.keys.write().expect("lock");
+        b_keys.forget("notes").expect("forget");
+        b_keys
+            .insert("notes", a.store.current_key("notes").expect("key"))
+            .expect("insert");
+        drop(b_keys);
+        let mut ops = write_marked(&rt, &a, 3);
+        let last = ops[1].body.len() - 1;
+        ops[1].body[last] ^= 1;
+        let applied = b
+            .store
+            .apply_ops("notes", ops.clone(), &WriteScreen::default())
+            .expect("apply");
+        assert_eq!(applied.unopened.len(), 1, "{applied:?}");
+        assert!(applied.unopened[0].damaged);
+        assert_eq!(applied.unopened[0].seq, 2);
+        let origin = DeviceId([1; 32]);
+        assert_eq!(
+            b.store
+                .sync_state("notes")
+                .expect("state")
+                .vector
+                .get(&origin),
+            1
+        );
+        let col = format!("{MARK}-col");
+        assert!(
+            b.store
+                .get("notes", &col, &format!("{MARK}-0"))
+                .expect("read")
+                .is_some()
+        );
+        assert!(
+            b.store
+                .get("notes", &col, &format!("{MARK}-2"))
+                .expect("read")
+                .is_none()
+        );
+
+        // The same op unaltered, from another path, opens.
+        let fresh = write_marked(&rt, &a, 0);
+        let applied = b
+            .store
+            .apply_ops("notes", fresh[1..].to_vec(), &WriteScreen::default())
+            .expect("apply");
+        assert!(applied.unopened.is_empty());
+        assert_eq!(
+            b.store
+                .sync_state("notes")
+                .expect("state")
+                .vector
+                .get(&origin),
+            3
+        );
+
+        // A plain body in an e2e database is refused too.
+        let mut plain = fresh[2].clone();
+        plain.seq = 4;
+        plain.body = blazedb_proto::OpBody::Delete {
+            collection: col,
+            id: format!("{MARK}-0"),
+        }
+        .encode()
+        .expect("encode");
+        let applied = b
+            .store
+            .apply_ops("notes", vec![plain], &WriteScreen::default())
+            .expect("apply");
+        assert_eq!(applied.unopened.len(), 1);
+        assert_eq!(
+            b.store
+                .sync_state("notes")
+                .expect("state")
+                .vector
+                .get(&origin),
+            3
+        );
+        rt.block_on(a.store.shutdown()).expect("shut down");
+        rt.block_on(b.store.shutdown()).expect("shut down");
+    }
+
+    #[test]
+    fn writes_and_reads_of_a_database_without_its_key_say_sealed() {
+        let rt = rt();
+        let d = dev(1);
+        rt.block_on(d.store.call(|reply| super::super::Command::CreateDb {
+            name: "notes".into(),
+            settings: e2e(),
+            if_not_exists: false,
+            make_key: false,
+            reply,
+        }))
+        .expect("create");
+        let put = Write::Put {
+            collection: "c".into(),
+            id: Some("x".into()),
+            fields: Fields::new(),
+        };
+        let err = rt
+            .block_on(d.store.write("notes", vec![put]))
+            .expect_err("no key to seal with");
+        assert_eq!(err.code(), blazedb_proto::ErrorCode::Sealed, "{err}");
+        assert!(err.to_string().contains("db key grant"), "{err}");
+        rt.block_on(d.store.shutdown()).expect("shut down");
+    }
+}
