@@ -47,6 +47,7 @@ impl Pair {
             durability: Durability::Buffered,
             sync_mode: SyncMode::Sync,
             priority: local_priority,
+            ..DbSettings::default()
         };
         rt.block_on(store.create_db(DB, settings, false)).unwrap();
         let mut reference = MemoryStore::new(DeviceId([201; 32]));

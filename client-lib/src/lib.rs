@@ -370,6 +370,19 @@ impl Db {
             .await
     }
 
+    /// Gives `device` (a member, by name, id or id prefix) every key of
+    /// this end-to-end encrypted database the agent's device holds (mesh
+    /// admins only; meant for hubs, as devices with access get keys on
+    /// their own).
+    pub async fn grant_key(&self, device: &str) -> Result<api::DbKeyGrantResult, Error> {
+        self.client
+            .call::<api::DbKeyGrant>(&api::DbKeyGrantParams {
+                name: self.name.clone(),
+                device: device.to_owned(),
+            })
+            .await
+    }
+
     /// The database's access rules, and what they give this device.
     pub async fn rules(&self) -> Result<api::DbRulesResult, Error> {
         self.client

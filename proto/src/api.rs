@@ -109,6 +109,10 @@ methods! {
     DbRulesSet = "db.rules.set", DbRulesSetParams => DbRulesResult;
     /// A database's access rules, and what they give this device.
     DbRulesGet = "db.rules.get", DbName => DbRulesResult;
+    /// Gives a member (a hub: devices with access get keys on their own)
+    /// every key of an end-to-end encrypted database this device holds
+    /// (admins only).
+    DbKeyGrant = "db.key.grant", DbKeyGrantParams => DbKeyGrantResult;
     /// This device's identity and mesh.
     MeshStatus = "mesh.status", Empty => MeshStatusResult;
     /// Creates a mesh with this device as its first member.
@@ -168,6 +172,24 @@ pub struct RuleSpec {
     pub exclude: Vec<String>,
     /// `none`, `read` or `read-write`.
     pub access: crate::rules::AccessLevel,
+}
+
+/// Params of `db.key.grant`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DbKeyGrantParams {
+    /// The database.
+    pub name: String,
+    /// The member, by name, id or id prefix.
+    pub device: String,
+}
+
+/// Result of `db.key.grant`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DbKeyGrantResult {
+    /// The member's id.
+    pub device_id: String,
+    /// How many key epochs were granted now (0: it had them all).
+    pub granted: u32,
 }
 
 /// Params of `db.rules.set`.

@@ -236,6 +236,30 @@ pub struct Roster {
     /// version per database.
     #[serde(default)]
     pub rules: Vec<Signed>,
+    /// Signed [`KeyGrant`]s: end-to-end encrypted databases' content
+    /// keys, each wrapped for one member.
+    #[serde(default)]
+    pub grants: Vec<Signed>,
+}
+
+/// One epoch of an end-to-end encrypted database's content key, wrapped
+/// for one member by a member that holds it. Relays (hubs included) pass
+/// it on without being able to open it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyGrant {
+    /// The mesh.
+    pub mesh: MeshId,
+    /// The database.
+    pub db: String,
+    /// The key epoch.
+    pub epoch: u32,
+    /// The member that wrapped it and signed this.
+    pub granter: DeviceId,
+    /// When, in wall-clock milliseconds.
+    pub at_ms: u64,
+    /// The key, wrapped for its recipient (`key.device`) in a context
+    /// naming the mesh, the database, the epoch and the recipient.
+    pub key: WrappedKey,
 }
 
 /// A control-stream message.
@@ -435,6 +459,7 @@ mod tests {
             addrs: vec![signed(3)],
             rotation: Some(signed(4)),
             rules: vec![signed(5)],
+            grants: vec![signed(6)],
         }
     }
 

@@ -136,6 +136,26 @@ pub async fn put_numbered(
     Ok(())
 }
 
+/// Every file at or under `path` (a file, or a directory searched
+/// recursively) whose bytes hold `needle`.
+pub fn files_holding(path: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    if path.is_file() {
+        let holds = std::fs::read(path).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle));
+        return if holds {
+            vec![path.to_path_buf()]
+        } else {
+            Vec::new()
+        };
+    }
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .flat_map(|e| files_holding(&e.path(), needle))
+        .collect()
+}
+
 /// Whether the agent behind `client` has exactly `n` peers connected.
 pub async fn connected(client: &blazedb::Client, n: usize) -> bool {
     client

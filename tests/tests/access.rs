@@ -2,14 +2,13 @@
 //! a read-only `qa` device share one hub; an admin's rules give each team
 //! only its own bugs, never `largeAttachment`, and `qa` nothing to write.
 
-use std::path::Path;
 use std::time::Duration;
 
 use blazedb::api::{ChangeKind, RuleSpec};
 use blazedb::rules::{AccessLevel, DeviceAttr, RuleFilter};
 use blazedb::{Client, Value};
 use blazedb_proto::api::{FilterOp, MeshInviteParams};
-use blazedb_tests::{TestAgent, records, wait_within};
+use blazedb_tests::{TestAgent, files_holding, records, wait_within};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_blazed-test-agent");
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -39,21 +38,6 @@ fn read_only(selector: &str) -> RuleSpec {
         exclude: Vec::new(),
         access: AccessLevel::Read,
     }
-}
-
-/// Whether any file under `dir` holds `needle`.
-fn found_in(dir: &Path, needle: &[u8]) -> bool {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return false;
-    };
-    entries.flatten().any(|e| {
-        let p = e.path();
-        if p.is_dir() {
-            found_in(&p, needle)
-        } else {
-            std::fs::read(&p).is_ok_and(|bytes| bytes.windows(needle.len()).any(|w| w == needle))
-        }
-    })
 }
 
 async fn ids(cl: &Client) -> Vec<String> {
@@ -138,7 +122,7 @@ async fn each_team_sees_only_its_bugs_and_refused_writes_are_corrected() {
         shown.this_device
     );
     assert!(
-        !found_in(&ios_agent.data_dir(), marker.as_bytes()),
+        files_holding(&ios_agent.data_dir(), marker.as_bytes()).is_empty(),
         "the excluded field's value is in the ios device's files"
     );
 
@@ -251,7 +235,7 @@ async fn each_team_sees_only_its_bugs_and_refused_writes_are_corrected() {
     })
     .await
     .expect("ios sees all");
-    assert!(!found_in(&ios_agent.data_dir(), marker.as_bytes()));
+    assert!(files_holding(&ios_agent.data_dir(), marker.as_bytes()).is_empty());
 
     // A device that is no admin cannot set rules.
     let refused = ios

@@ -18,7 +18,8 @@ use std::collections::BTreeMap;
 
 use blazedb_proto::DeviceId;
 use blazedb_proto::mesh::{
-    Addresses, Genesis, MemberRecord, MeshId, Removal, Role, Roster as WireRoster, Rotation, Signed,
+    Addresses, Genesis, KeyGrant, MemberRecord, MeshId, Removal, Role, Roster as WireRoster,
+    Rotation, Signed,
 };
 use blazedb_proto::rules::AccessRules;
 use sha2::{Digest as _, Sha256};
@@ -100,6 +101,8 @@ pub struct Merged {
     pub rotation: bool,
     /// Newer access rules were taken.
     pub rules: bool,
+    /// Key grants were taken.
+    pub grants: bool,
     /// What was refused, with the device it was about where known.
     pub rejected: Vec<(Option<DeviceId>, Rejection)>,
     /// What was taken, to pass on to other peers.
@@ -109,7 +112,7 @@ pub struct Merged {
 impl Merged {
     /// Whether anything changed.
     pub fn changed(&self) -> bool {
-        self.members || self.addrs || self.rotation || self.rules
+        self.members || self.addrs || self.rotation || self.rules || self.grants
     }
 }
 
@@ -122,6 +125,8 @@ pub struct Roster {
     addrs: BTreeMap<DeviceId, Held<Addresses>>,
     rotation: Option<Held<Rotation>>,
     rules: BTreeMap<String, Held<AccessRules>>,
+    /// By database, key epoch and recipient.
+    grants: BTreeMap<(String, u32, DeviceId), Held<KeyGrant>>,
 }
 
 impl Roster {
@@ -134,6 +139,7 @@ impl Roster {
             addrs: BTreeMap::new(),
             rotation: None,
             rules: BTreeMap::new(),
+            grants: BTreeMap::new(),
         }
     }
 
@@ -217,7 +223,85 @@ impl Roster {
             addrs: self.addrs.values().map(|h| h.signed.clone()).collect(),
             rotation: self.rotation.as_ref().map(|h| h.signed.clone()),
             rules: self.rules.values().map(|h| h.signed.clone()).collect(),
+            grants: self.grants.values().map(|h| h.signed.clone()).collect(),
         }
+    }
+
+    /// Every key grant held, by database, key epoch and recipient.
+    pub fn grants(&self) -> impl Iterator<Item = &KeyGrant> {
+        self.grants.values().map(|h| &h.value)
+    }
+
+    /// Whether a grant of `db`'s key of `epoch` for `recipient` is held.
+    pub fn has_grant(&self, db: &str, epoch: u32, recipient: &DeviceId) -> bool {
+        self.grants
+            .contains_key(&(db.to_owned(), epoch, *recipient))
+    }
+
+    /// Takes a key grant if its granter is an active member that may give
+    /// the key to its recipient: any member for a device, an admin for a
+    /// hub (a hub that an admin gave an earlier epoch gets later ones from
+    /// any holder). Of two grants for one recipient and epoch, the lower
+    /// granter id's is kept, then the greater bytes, so all end alike.
+    pub fn accept_grant(&mut self, signed: &Signed) -> Result<bool, Rejection> {
+        let g: KeyGrant = signed.decode().map_err(|_| Rejection::Undecodable)?;
+        if g.mesh != self.mesh {
+            return Err(Rejection::WrongMesh);
+        }
+        let slot = (g.db.clone(), g.epoch, g.key.device);
+        if let Some(h) = self.grants.get(&slot) {
+            if h.signed == *signed {
+                return Ok(false);
+            }
+            let rank = |g: &KeyGrant, s: &Signed| (std::cmp::Reverse(g.granter), s.body.clone());
+            if rank(&g, signed) <= rank(&h.value, &h.signed) {
+                return Err(Rejection::Stale {
+                    held: u64::from(h.value.epoch),
+                    got: u64::from(g.epoch),
+                });
+            }
+        }
+        let Some(granter) = self.record(&g.granter).filter(|r| r.removed.is_none()) else {
+            return Err(Rejection::SignerUnknown(g.granter));
+        };
+        let (granter_admin, granter_key) = (granter.admin, granter.key.clone());
+        let Some(recipient) = self.record(&g.key.device).filter(|r| r.removed.is_none()) else {
+            return Err(Rejection::SignerUnknown(g.key.device));
+        };
+        if recipient.role == Role::Hub && !granter_admin {
+            let admin_gave = self.grants.values().any(|h| {
+                h.value.db == g.db
+                    && h.value.key.device == g.key.device
+                    && self.is_admin(&h.value.granter)
+            });
+            if !admin_gave {
+                return Err(Rejection::SignerNotAdmin(g.granter));
+            }
+        }
+        if !sign::verify(&granter_key, Purpose::KeyGrant, signed) {
+            return Err(Rejection::BadSignature(g.granter));
+        }
+        self.grants.insert(
+            slot,
+            Held {
+                value: g,
+                signed: signed.clone(),
+            },
+        );
+        Ok(true)
+    }
+
+    /// Signs `grant` with `key` and takes it, as a copy from a peer would
+    /// be taken. Returns the signed grant, to pass on.
+    pub fn take_grant(
+        &mut self,
+        key: &p256::SecretKey,
+        grant: &KeyGrant,
+    ) -> Result<Signed, Rejection> {
+        let signed =
+            sign::sign(key, Purpose::KeyGrant, grant).map_err(|_| Rejection::Undecodable)?;
+        self.accept_grant(&signed)?;
+        Ok(signed)
     }
 
     /// The access rules of `db`, if an admin set any.
@@ -633,6 +717,18 @@ impl Roster {
                     out.rules |= changed;
                     if changed {
                         out.taken.rules.push(s.clone());
+                    }
+                }
+                Err(Rejection::Stale { .. }) => {}
+                Err(e) => out.rejected.push((None, e)),
+            }
+        }
+        for s in &wire.grants {
+            match self.accept_grant(s) {
+                Ok(changed) => {
+                    out.grants |= changed;
+                    if changed {
+                        out.taken.grants.push(s.clone());
                     }
                 }
                 Err(Rejection::Stale { .. }) => {}

@@ -21,6 +21,8 @@ pub enum Purpose {
     Rotation,
     /// A database's [`AccessRules`](blazedb_proto::rules::AccessRules).
     Rules,
+    /// A [`KeyGrant`](blazedb_proto::mesh::KeyGrant).
+    KeyGrant,
 }
 
 impl Purpose {
@@ -30,6 +32,7 @@ impl Purpose {
             Purpose::Addresses => b"blazedb addresses\0",
             Purpose::Rotation => b"blazedb secret rotation\0",
             Purpose::Rules => b"blazedb access rules\0",
+            Purpose::KeyGrant => b"blazedb key grant\0",
         }
     }
 }

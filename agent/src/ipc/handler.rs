@@ -175,6 +175,7 @@ pub(crate) fn handle(
         | Request::MeshDeviceSet(_)
         | Request::DbRulesSet(_)
         | Request::DbRulesGet(_)
+        | Request::DbKeyGrant(_)
         | Request::MeshLeave(_)
         | Request::PeerList(_)
         | Request::PeerRemove(_)) => super::mesh_methods::handle(ctx, id, r, tx, out),

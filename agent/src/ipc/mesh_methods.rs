@@ -4,8 +4,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use blazedb_proto::api::{
-    CreatedResult, Departed, DroppedResult, MemberSummary, MeshInviteParams, MeshInviteResult,
-    MeshStatusResult, PeerInfo, PeerListResult, PeersResult, Request, StaticPeerInfo,
+    CreatedResult, DbKeyGrantResult, Departed, DroppedResult, MemberSummary, MeshInviteParams,
+    MeshInviteResult, MeshStatusResult, PeerInfo, PeerListResult, PeersResult, Request,
+    StaticPeerInfo,
 };
 use blazedb_proto::mesh::{Invite, Role};
 use blazedb_proto::message;
@@ -282,6 +283,27 @@ pub(crate) fn handle(
                 ctx.store.db(&db).map_err(|e| invalid(format!("{e}")))?;
                 m.set_rules(p).map_err(|e| refused(format!("{e:#}")))?;
                 Ok(m.rules(&db, ctx.store.wish(&db).as_ref()))
+            });
+            encode(ctx, out, id, r);
+        }
+        Request::DbKeyGrant(p) => {
+            let r = mesh(ctx).and_then(|m| {
+                let db = ctx.store.db(&p.name).map_err(|e| invalid(format!("{e}")))?;
+                if !db.is_e2e() {
+                    return Err(invalid(format!(
+                        "database {} is not end-to-end encrypted: every member with access \
+                         reads it already",
+                        p.name
+                    )));
+                }
+                let device = resolve(m, &p.device)?;
+                let granted = m
+                    .grant_key(&p.name, &device)
+                    .map_err(|e| refused(format!("{e:#}")))?;
+                Ok(DbKeyGrantResult {
+                    device_id: device.to_string(),
+                    granted,
+                })
             });
             encode(ctx, out, id, r);
         }

@@ -55,6 +55,8 @@ fn union<'a>(
         }
         out.records.extend(r.records.iter().cloned());
         out.addrs.extend(r.addrs.iter().cloned());
+        out.rules.extend(r.rules.iter().cloned());
+        out.grants.extend(r.grants.iter().cloned());
         if r.rotation.is_some() {
             out.rotation.clone_from(&r.rotation);
         }
@@ -63,7 +65,11 @@ fn union<'a>(
 }
 
 fn is_quiet(r: &WireRoster) -> bool {
-    r.records.is_empty() && r.addrs.is_empty() && r.rotation.is_none()
+    r.records.is_empty()
+        && r.addrs.is_empty()
+        && r.rotation.is_none()
+        && r.rules.is_empty()
+        && r.grants.is_empty()
 }
 
 fn frame(msg: &PeerMessage) -> Option<Arc<Vec<u8>>> {

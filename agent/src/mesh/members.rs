@@ -367,6 +367,7 @@ impl Shared {
     /// the dial loop. With `delta`, sessions get only what changed, and
     /// the peer it came from gets nothing back; without, the whole roster.
     pub(crate) fn members_changed(&self, delta: Option<(&WireRoster, &DeviceId)>) {
+        self.exchange_keys();
         let (active, hubs, news, removed) = {
             let s = lock(&self.state);
             let Some(roster) = s.roster.as_ref() else {

@@ -18,6 +18,7 @@ mod dials;
 pub mod discovery;
 pub mod driver;
 mod gossip;
+mod keys;
 pub mod members;
 pub mod overlay;
 pub mod proof;
@@ -462,6 +463,7 @@ impl Mesh {
         tokio::spawn(dial_loop(shared.clone()));
         tokio::spawn(save_loop(shared.clone()));
         tokio::spawn(gossip::run(shared.clone()));
+        tokio::spawn(keys::run(shared.clone()));
         if config.announce.is_empty() && local.ip().is_unspecified() {
             tokio::spawn(watch_interfaces(shared.clone(), local));
         }
@@ -721,6 +723,13 @@ impl Mesh {
                 .take_rules(identity.secret(), &rules)
                 .map_err(|e| anyhow::anyhow!("cannot set the rules of {}: {e}", p.db))
         })
+    }
+
+    /// Grants every key of the end-to-end encrypted database `db` this
+    /// device holds to `device` (admins only). Returns how many epochs
+    /// were granted now.
+    pub fn grant_key(&self, db: &str, device: &DeviceId) -> anyhow::Result<u32> {
+        self.shared.grant_keys_to(db, device)
     }
 
     /// A database's access rules, the names of the devices they and their

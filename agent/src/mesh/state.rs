@@ -102,6 +102,8 @@ struct StateFile {
     #[serde(default)]
     rules: Vec<SignedFile>,
     #[serde(default)]
+    grants: Vec<SignedFile>,
+    #[serde(default)]
     invites: Vec<InviteFile>,
     #[serde(default)]
     static_peers: Vec<String>,
@@ -208,6 +210,7 @@ impl MeshState {
                         .map(|s| s.read().ok_or_else(|| bad("the rotation")))
                         .transpose()?,
                     rules: read(&file.rules)?,
+                    grants: read(&file.grants)?,
                 };
                 let merged = roster.merge(&wire);
                 for (device, why) in merged.rejected {
@@ -264,6 +267,7 @@ impl MeshState {
             addrs: wire.addrs.iter().map(SignedFile::of).collect(),
             rotation: wire.rotation.as_ref().map(SignedFile::of),
             rules: wire.rules.iter().map(SignedFile::of).collect(),
+            grants: wire.grants.iter().map(SignedFile::of).collect(),
             invites: self
                 .invites
                 .iter()

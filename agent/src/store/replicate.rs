@@ -643,7 +643,7 @@ impl SyncStore for Store {
             mode: db.settings().sync_mode,
             wish: m.wish,
             lacking: m.lacking,
-            sealed: db.e2e(),
+            sealed: db.is_e2e(),
         })
     }
 

@@ -91,7 +91,7 @@ impl Reader {
 
 impl DbState {
     /// Whether the database is end-to-end encrypted.
-    pub(crate) fn e2e(&self) -> bool {
+    pub fn is_e2e(&self) -> bool {
         self.settings().encryption == Encryption::E2e
     }
 }
@@ -114,7 +114,7 @@ impl Store {
 
     /// How this replica reads the ops of `db`.
     pub(crate) fn reader(&self, db: &DbState) -> Reader {
-        if !db.e2e() {
+        if !db.is_e2e() {
             return Reader::Plain;
         }
         match self.keys_of(&db.name) {
@@ -126,7 +126,7 @@ impl Store {
     /// Fails with [`StoreError::Sealed`] if `db` is end-to-end encrypted
     /// and this device cannot read it.
     pub(crate) fn readable(&self, db: &DbState) -> Result<(), StoreError> {
-        if db.e2e() && self.current_key(&db.name).is_none() {
+        if db.is_e2e() && self.current_key(&db.name).is_none() {
             return Err(StoreError::Sealed(db.name.clone()));
         }
         Ok(())
@@ -138,7 +138,7 @@ impl Store {
     pub fn add_key(&self, db: &str, key: ContentKey) -> Result<bool, StoreError> {
         let first = self.current_key(db).is_none();
         let added = write_lock(&self.inner.keys).insert(db, key)?;
-        if added && first && self.db(db).is_ok_and(|d| d.e2e()) {
+        if added && first && self.db(db).is_ok_and(|d| d.is_e2e()) {
             let db = db.to_owned();
             self.submit(super::Command::Materialize {
                 db,
@@ -171,7 +171,7 @@ impl Store {
     /// A database's description, with the key epoch this device holds.
     pub(crate) fn info_of(&self, db: &DbState) -> DbInfo {
         let mut info = db.info();
-        if db.e2e() {
+        if db.is_e2e() {
             info.key_epoch = self.key_epoch(&db.name);
         }
         info

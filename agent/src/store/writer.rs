@@ -772,7 +772,7 @@ impl Writer {
         } = write;
         // An end-to-end encrypted database's ops are sealed here, once
         // stamped: the seq and clock reading are part of what binds them.
-        let seal_with = if db.e2e() {
+        let seal_with = if db.is_e2e() {
             Some(
                 self.store
                     .current_key(&db.name)

@@ -138,6 +138,7 @@ impl Replica for FjallReplica {
             durability: Durability::Buffered,
             sync_mode: SyncMode::Sync,
             priority,
+            ..DbSettings::default()
         };
         runtime()
             .block_on(r.store.create_db(DB, settings, false))

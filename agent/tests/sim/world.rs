@@ -572,6 +572,9 @@ impl<R: Replica> World<R> {
                 | Event::ClockAhead { .. }
                 | Event::Applied { .. }
                 | Event::UnknownDatabase { .. } => {}
+                ev @ (Event::Unopened { .. } | Event::EncryptionDiffers { .. }) => {
+                    panic!("the simulator seals nothing, yet: {ev:?}")
+                }
             }
         }
         for (peer, msg) in out {

@@ -1,4 +1,4 @@
-//! `blazectl db list|create|sync|rules|drop`.
+//! `blazectl db list|create|sync|rules|key|drop`.
 
 use clap::{Subcommand, ValueEnum};
 
@@ -25,9 +25,21 @@ pub(crate) enum DbCommand {
         /// wins over any clock. Give a hub a higher one than its devices.
         #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=127))]
         priority: u8,
+        /// Seal its operations end to end: only devices holding its key
+        /// read them; hubs relay them blind unless an admin grants them
+        /// the key (`db key grant`). Fixed once made.
+        #[arg(long)]
+        e2e: bool,
         /// Succeed if it exists already.
         #[arg(long)]
         if_not_exists: bool,
+    },
+    /// Manage an end-to-end encrypted database's keys.
+    Key {
+        /// The database name.
+        name: String,
+        #[command(subcommand)]
+        action: KeyAction,
     },
     /// Turn sync of a database on or off (`off`: it never leaves this
     /// device), or make it pull-only or push-only; and, optionally, ask to
@@ -69,6 +81,26 @@ pub(crate) enum DbCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub(crate) enum KeyAction {
+    /// Give a member every key of the database this device holds: for a
+    /// hub, which then reads, filters and compacts the database (admins
+    /// only; devices with access get keys on their own).
+    Grant {
+        /// The member, by name, id or id prefix.
+        device: String,
+    },
+}
+
+/// How `db list` shows a database's encryption.
+fn encryption(d: &crate::api::DbInfo) -> String {
+    match (d.settings.encryption, d.key_epoch) {
+        (crate::api::Encryption::None, _) => "none".into(),
+        (crate::api::Encryption::E2e, Some(epoch)) => format!("e2e (key {epoch})"),
+        (crate::api::Encryption::E2e, None) => "e2e (no key: relayed blind)".into(),
+    }
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub(crate) enum DurabilityArg {
     Fsync,
@@ -105,6 +137,7 @@ pub(crate) async fn run(client: &Client, cmd: DbCommand, opts: Opts) -> anyhow::
                         d.name.clone(),
                         format!("{:?}", d.settings.durability).to_lowercase(),
                         format!("{:?}", d.settings.sync_mode).to_lowercase(),
+                        encryption(d),
                         d.collections
                             .iter()
                             .map(|c| c.name.as_str())
@@ -114,13 +147,24 @@ pub(crate) async fn run(client: &Client, cmd: DbCommand, opts: Opts) -> anyhow::
                     ]
                 })
                 .collect();
-            print_table(&["NAME", "DURABILITY", "MODE", "COLLECTIONS", "HEAD"], rows);
+            print_table(
+                &[
+                    "NAME",
+                    "DURABILITY",
+                    "MODE",
+                    "ENCRYPTION",
+                    "COLLECTIONS",
+                    "HEAD",
+                ],
+                rows,
+            );
         }
         DbCommand::Create {
             name,
             durability,
             mode,
             priority,
+            e2e,
             if_not_exists,
         } => {
             let settings = DbSettings {
@@ -135,6 +179,11 @@ pub(crate) async fn run(client: &Client, cmd: DbCommand, opts: Opts) -> anyhow::
                     ModeArg::Local => SyncMode::Local,
                 },
                 priority,
+                encryption: if e2e {
+                    crate::api::Encryption::E2e
+                } else {
+                    crate::api::Encryption::None
+                },
             };
             let info = client
                 .db(&name)
@@ -184,6 +233,22 @@ pub(crate) async fn run(client: &Client, cmd: DbCommand, opts: Opts) -> anyhow::
             );
         }
         DbCommand::Rules { name, action } => super::rules::run(client, &name, action, opts).await?,
+        DbCommand::Key {
+            name,
+            action: KeyAction::Grant { device },
+        } => {
+            let r = client.db(&name).grant_key(&device).await?;
+            if opts.json {
+                return print_json(&serde_json::to_value(&r)?);
+            }
+            match r.granted {
+                0 => println!(
+                    "{} holds every key of {name} this device holds",
+                    r.device_id
+                ),
+                n => println!("granted {n} key epoch(s) of {name} to {}", r.device_id),
+            }
+        }
         DbCommand::Drop { name, if_exists } => {
             let dropped = client
                 .call::<crate::api::DbDrop>(&crate::api::DbDropParams {

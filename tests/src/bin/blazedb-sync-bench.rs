@@ -385,26 +385,15 @@ fn main() -> anyhow::Result<()> {
 /// both rates.
 fn seal_and_open(ops: &[Op]) -> anyhow::Result<(f64, f64)> {
     let key = ContentKey::generate(1)?;
-    let mesh = MeshId([1; 16]);
-    fn header<'a>(mesh: &'a MeshId, o: &'a Op) -> SealedOp<'a> {
-        SealedOp {
-            mesh,
-            db: DB,
-            origin: &o.origin,
-            seq: o.seq,
-            hlc: o.hlc,
-            priority: o.priority,
-        }
-    }
     let t = Instant::now();
     let sealed = ops
         .iter()
-        .map(|o| key.seal(&header(&mesh, o), &o.body))
+        .map(|o| key.seal(&SealedOp::of(DB, o), &o.body))
         .collect::<Result<Vec<_>, _>>()?;
     let seal_rate = ops.len() as f64 / t.elapsed().as_secs_f64();
     let t = Instant::now();
     for (o, s) in ops.iter().zip(&sealed) {
-        let body = open(|_| Some(&key), &header(&mesh, o), s)?;
+        let body = open(|_| Some(&key), &SealedOp::of(DB, o), s)?;
         anyhow::ensure!(body == o.body, "a body opened to other bytes");
     }
     let open_rate = ops.len() as f64 / t.elapsed().as_secs_f64();

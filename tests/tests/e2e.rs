@@ -1,0 +1,160 @@
+//! End-to-end encrypted databases through a blind hub: the hub stores and
+//! relays what it cannot read, devices with access get the key from one
+//! another, and a device catches up from the hub alone.
+
+use std::time::Duration;
+
+use blazedb::api::{DbInfo, DbSettings, Encryption};
+use blazedb::{Client, ErrorCode, Value};
+use blazedb_tests::{TestAgent, files_holding, records, wait_within};
+
+const AGENT: &str = env!("CARGO_BIN_EXE_blazed-test-agent");
+const DB: &str = "notes";
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// The database on the agent behind `cl`, once it has it.
+async fn db_info(cl: &Client) -> Option<DbInfo> {
+    cl.databases()
+        .await
+        .ok()?
+        .into_iter()
+        .find(|d| d.name == DB)
+}
+
+/// Writes `n` records whose collection, ids, field names and values all
+/// carry `mark`.
+async fn write_marked(cl: &Client, mark: &str, from: usize, n: usize) {
+    let coll = cl.db(DB).collection(&format!("{mark}-col"));
+    for i in from..from + n {
+        coll.put(
+            &format!("{mark}-id-{i}"),
+            &serde_json::Map::from_iter([(
+                format!("{mark}-field"),
+                serde_json::Value::from(format!("{mark}-value-{i}")),
+            )]),
+        )
+        .await
+        .expect("write");
+    }
+}
+
+async fn device(hub: &Client, name: &str, log: std::path::PathBuf) -> (TestAgent, Client) {
+    let mut agent = TestAgent::stopped(AGENT, &["--name", name]).expect("agent");
+    agent.log_to(log);
+    agent.restart().await.expect("agent starts");
+    let cl = agent.client().await.expect("client");
+    let code = hub.invite(Some(600), Some(1)).await.expect("invite").code;
+    cl.join(&code).await.expect("join");
+    (agent, cl)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blind_hub_relays_what_it_cannot_read_and_serves_catch_up_alone() {
+    let mark = format!("qzmark{}", std::process::id());
+    let logs = tempfile::tempdir().expect("log dir");
+    let log = |name: &str| logs.path().join(format!("{name}.log"));
+    let mut hub_agent =
+        TestAgent::stopped(AGENT, &["--role", "hub", "--name", "hub"]).expect("hub");
+    hub_agent.log_to(log("hub"));
+    hub_agent.restart().await.expect("hub starts");
+    let hub = hub_agent.client().await.expect("hub client");
+    hub.create_mesh().await.expect("mesh");
+
+    let (mut a_agent, a) = device(&hub, "alpha", log("alpha")).await;
+    let made = a
+        .db(DB)
+        .create_with(
+            DbSettings {
+                encryption: Encryption::E2e,
+                ..DbSettings::default()
+            },
+            false,
+        )
+        .await
+        .expect("create an e2e database");
+    assert_eq!(made.settings.encryption, Encryption::E2e);
+    assert_eq!(made.key_epoch, Some(1), "the creator holds the first key");
+    write_marked(&a, &mark, 0, 20).await;
+
+    let (mut b_agent, b) = device(&hub, "bravo", log("bravo")).await;
+    let col = format!("{mark}-col");
+    wait_within(
+        "bravo to get the key and read alpha's records",
+        PATIENCE,
+        || async { records(&b, DB, &col).await.len() == 20 },
+    )
+    .await
+    .expect("bravo reads everything");
+    let got = records(&b, DB, &col).await;
+    assert_eq!(
+        got[&format!("{mark}-id-3")][&format!("{mark}-field")],
+        Value::from(format!("{mark}-value-3"))
+    );
+    write_marked(&b, &mark, 20, 5).await;
+
+    // The hub holds the database blind: all 25 ops, no key, no reads.
+    wait_within("the hub to hold every op", PATIENCE, || async {
+        db_info(&hub).await.is_some_and(|d| d.head >= 25)
+    })
+    .await
+    .expect("the hub relays");
+    let on_hub = db_info(&hub).await.expect("the hub's database");
+    assert_eq!(on_hub.settings.encryption, Encryption::E2e);
+    assert_eq!(on_hub.key_epoch, None, "the hub got a key nobody gave it");
+    assert!(
+        on_hub.collections.is_empty(),
+        "the hub knows collection names"
+    );
+    let err = hub
+        .db(DB)
+        .collection(&col)
+        .query()
+        .fetch_all()
+        .await
+        .expect_err("the hub reads a database it holds no key for");
+    assert_eq!(err.code(), Some(ErrorCode::Sealed), "{err}");
+
+    // A third device joins and gets its key while alpha is there, then
+    // leaves while alpha and bravo write more and go offline.
+    let (mut c_agent, c) = device(&hub, "charlie", log("charlie")).await;
+    wait_within("charlie to get the key", PATIENCE, || async {
+        db_info(&c).await.is_some_and(|d| d.key_epoch == Some(1))
+    })
+    .await
+    .expect("charlie holds the key");
+    c_agent.stop().await.expect("charlie stops");
+    write_marked(&a, &mark, 25, 30).await;
+    wait_within("the hub to hold the new ops", PATIENCE, || async {
+        db_info(&hub).await.is_some_and(|d| d.head >= 55)
+    })
+    .await
+    .expect("the hub relays the new ops");
+    a_agent.stop().await.expect("alpha stops");
+    b_agent.stop().await.expect("bravo stops");
+    c_agent.restart().await.expect("charlie starts again");
+    let c = c_agent.client().await.expect("client");
+    wait_within(
+        "charlie to catch up from the hub alone",
+        PATIENCE,
+        || async { records(&c, DB, &col).await.len() == 55 },
+    )
+    .await
+    .expect("charlie reads everything, with only the hub online");
+
+    // Nothing the devices wrote is readable anywhere on the hub: not in
+    // its store (journals and tables), nor in its logs. The same search
+    // finds the marks on a device, so it would see them.
+    hub_agent.stop().await.expect("hub stops");
+    c_agent.stop().await.expect("charlie stops");
+    let on_hub = files_holding(&hub_agent.data_dir(), mark.as_bytes());
+    assert!(
+        on_hub.is_empty(),
+        "the hub's files show the records: {on_hub:?}"
+    );
+    let in_log = files_holding(&log("hub"), mark.as_bytes());
+    assert!(in_log.is_empty(), "the hub's log shows the records");
+    assert!(
+        !files_holding(&c_agent.data_dir(), mark.as_bytes()).is_empty(),
+        "the search finds nothing even on a device that holds the records"
+    );
+}
