@@ -22,7 +22,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, bail};
 use blazedb::{Client, Fields, Value};
-use blazedb_proto::api::{DbSettings, Durability};
+use blazedb_proto::api::{DbSettings, Durability, Encryption};
 use blazedb_proto::frame::LEN_PREFIX;
 use blazedb_tests::bench::{
     Samples, batched_puts, cpu_seconds, print_latency, raw_fjall_puts, raw_fjall_store_layout,
@@ -146,6 +146,17 @@ async fn run(quick: bool, only: &[String], records: Option<usize>) -> anyhow::Re
         let (store_puts, gets) = store_puts_and_gets(dir.path(), n.puts, batch, n.gets).await?;
         store_gets = gets;
         let our_puts = batched_puts(&client, "bench", n.puts, batch).await?;
+        client
+            .db("bench-e2e")
+            .create_with(
+                DbSettings {
+                    encryption: Encryption::E2e,
+                    ..Default::default()
+                },
+                false,
+            )
+            .await?;
+        let e2e_puts = batched_puts(&client, "bench-e2e", n.puts, batch).await?;
         println!("durable puts, batches of {batch}, {} records", n.puts);
         println!(
             "  raw fjall batch insert, SyncAll   {:>12.0} ops/s",
@@ -162,6 +173,11 @@ async fn run(quick: bool, only: &[String], records: Option<usize>) -> anyhow::Re
         println!(
             "  blazed batch put, fsync           {:>12.0} ops/s",
             our_puts
+        );
+        println!(
+            "  blazed batch put, fsync, e2e db   {:>12.0} ops/s  ({:.0}% of plaintext; target >= 80%)",
+            e2e_puts,
+            100.0 * e2e_puts / our_puts
         );
         println!(
             "  ratio blazed/raw: {:.0}% (target >= 60%); blazed/layout floor: {:.0}%\n",

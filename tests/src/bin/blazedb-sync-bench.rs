@@ -30,7 +30,7 @@ use std::time::Instant;
 use blazed::crypto::seal::{ContentKey, open};
 use blazed::store::{Store, StoreOptions};
 use blazed::sync::{Engine, EngineConfig, MemoryStore, SyncStore};
-use blazedb_proto::api::{DbSettings, FilterOp, QueryParams, SyncMode};
+use blazedb_proto::api::{DbSettings, Encryption, FilterOp, QueryParams, SyncMode};
 use blazedb_proto::mesh::MeshId;
 use blazedb_proto::rules::{AccessLevel, AccessRule, AccessRules, RuleFilter, Selector};
 use blazedb_proto::sealed::SealedOp;
@@ -82,10 +82,39 @@ fn source(n: u64, records: u64) -> MemoryStore {
 }
 
 fn open_store(dir: &Path) -> anyhow::Result<Store> {
+    open_store_with(dir, None)
+}
+
+/// A store with the database, end-to-end encrypted under `key` if given.
+fn open_store_with(dir: &Path, key: Option<&ContentKey>) -> anyhow::Result<Store> {
     let store = Store::open(dir, DeviceId([9; 32]), StoreOptions::default())?;
     let rt = tokio::runtime::Builder::new_current_thread().build()?;
-    rt.block_on(store.create_db(DB, DbSettings::default(), false))?;
+    let settings = DbSettings {
+        encryption: if key.is_some() {
+            Encryption::E2e
+        } else {
+            Encryption::None
+        },
+        ..DbSettings::default()
+    };
+    if let Some(key) = key {
+        store.add_key(DB, key.clone())?;
+    }
+    rt.block_on(store.create_db(DB, settings, false))?;
     Ok(store)
+}
+
+/// `ops` with their bodies sealed under `key`, as a writer of an e2e
+/// database sends them.
+fn sealed(ops: &[Op], key: &ContentKey) -> anyhow::Result<Vec<Op>> {
+    ops.iter()
+        .map(|o| {
+            Ok(Op {
+                body: key.seal(&SealedOp::of(DB, o), &o.body)?,
+                ..o.clone()
+            })
+        })
+        .collect()
 }
 
 fn shutdown(store: &Store) -> anyhow::Result<()> {
@@ -138,8 +167,9 @@ fn engine_apply(
     ops: &[Op],
     batch: usize,
     rules: Option<AccessRules>,
+    key: Option<&ContentKey>,
 ) -> anyhow::Result<f64> {
-    let store = open_store(dir)?;
+    let store = open_store_with(dir, key)?;
     let me = store.device();
     let peer = DeviceId([7; 32]);
     let mut engine = Engine::new(me, store.clone(), EngineConfig::default(), T0);
@@ -160,7 +190,7 @@ fn engine_apply(
             stable: None,
             wish: None,
             lacking: false,
-            sealed: false,
+            sealed: key.is_some(),
         },
         T0,
     );
@@ -309,7 +339,7 @@ fn main() -> anyhow::Result<()> {
         .unwrap_or_default();
     let raw = raw_fjall(&tmp.path().join("raw"), &ops, batch)?;
     let layout = raw_fjall_layout_of(tmp.path(), puts_of(&ops)?.into_iter(), batch)?;
-    let engine = engine_apply(&tmp.path().join("apply"), &ops, batch, None)?;
+    let engine = engine_apply(&tmp.path().join("apply"), &ops, batch, None, None)?;
     println!("apply {apply_n} remote puts of new records:");
     println!("  raw fjall batch inserts  {raw:>10.0} ops/s");
     println!("  raw fjall, store layout  {layout:>10.0} ops/s  (record + op-log entry per op)");
@@ -353,18 +383,37 @@ fn main() -> anyhow::Result<()> {
     );
     let mut open_rule = open;
     open_rule.rules[0].exclude.clear();
-    let plain = engine_apply(&tmp.path().join("plain"), &src_ops, batch, None)?;
+    let plain = engine_apply(&tmp.path().join("plain"), &src_ops, batch, None, None)?;
     let checked = engine_apply(
         &tmp.path().join("checked"),
         &src_ops,
         batch,
         Some(open_rule),
+        None,
     )?;
     println!("apply {apply_n} remote puts, the writer unrestricted and then under a rule:");
     println!("  unrestricted   {plain:>10.0} ops/s");
     println!(
         "  checked        {checked:>10.0} ops/s  (the check costs {:.0}% of apply throughput)",
         100.0 * (1.0 - checked / plain)
+    );
+
+    // The same puts into an end-to-end encrypted database: each body
+    // opened before it is applied, and logged sealed.
+    let key = ContentKey::generate(1)?;
+    let sealed_ops = sealed(&src_ops, &key)?;
+    let e2e = engine_apply(
+        &tmp.path().join("e2e"),
+        &sealed_ops,
+        batch,
+        None,
+        Some(&key),
+    )?;
+    println!("apply {apply_n} remote puts, plaintext database and then e2e:");
+    println!("  plaintext      {plain:>10.0} ops/s");
+    println!(
+        "  e2e            {e2e:>10.0} ops/s  ({:.0}% of plaintext; target >= 80%)",
+        100.0 * e2e / plain
     );
 
     let (seal, open) = seal_and_open(&src_ops)?;
