@@ -383,6 +383,17 @@ impl Db {
             .await
     }
 
+    /// Makes the next key epoch of this end-to-end encrypted database and
+    /// grants it to every member that may hold it; returns the database
+    /// with its new `key_epoch`.
+    pub async fn rotate_key(&self) -> Result<DbInfo, Error> {
+        self.client
+            .call::<api::DbKeyRotate>(&api::DbName {
+                name: self.name.clone(),
+            })
+            .await
+    }
+
     /// The database's access rules, and what they give this device.
     pub async fn rules(&self) -> Result<api::DbRulesResult, Error> {
         self.client

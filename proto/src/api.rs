@@ -113,6 +113,10 @@ methods! {
     /// every key of an end-to-end encrypted database this device holds
     /// (admins only).
     DbKeyGrant = "db.key.grant", DbKeyGrantParams => DbKeyGrantResult;
+    /// Makes the next key epoch of an end-to-end encrypted database and
+    /// grants it to every member that may hold it; new operations are
+    /// sealed under it.
+    DbKeyRotate = "db.key.rotate", DbName => DbInfo;
     /// This device's identity and mesh.
     MeshStatus = "mesh.status", Empty => MeshStatusResult;
     /// Creates a mesh with this device as its first member.

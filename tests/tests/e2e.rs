@@ -158,3 +158,139 @@ async fn a_blind_hub_relays_what_it_cannot_read_and_serves_catch_up_alone() {
         "the search finds nothing even on a device that holds the records"
     );
 }
+
+/// Every op of `db` in the store under `data_dir` (the agent stopped).
+fn ops_in(store: &blazed::store::Store) -> Vec<blazedb_proto::Op> {
+    use blazed::sync::SyncStore as _;
+    store
+        .read_ops(
+            DB,
+            &Default::default(),
+            0,
+            blazed::sync::ReadLimits {
+                max_items: usize::MAX,
+                max_bytes: usize::MAX,
+            },
+        )
+        .expect("read the log")
+        .ops
+}
+
+fn open_store(agent: &TestAgent) -> blazed::store::Store {
+    // The device id only names this store's own writes, and these stores
+    // take none.
+    blazed::store::Store::open(
+        &agent.data_dir().join("store"),
+        blazedb_proto::DeviceId([0; 32]),
+        Default::default(),
+    )
+    .expect("open a stopped agent's store")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_a_device_rotates_the_key_so_it_cannot_open_later_ops() {
+    use blazed::sync::SyncStore as _;
+    let mark = format!("qzrot{}", std::process::id());
+    let logs = tempfile::tempdir().expect("log dir");
+    let log = |name: &str| logs.path().join(format!("{name}.log"));
+    let mut hub_agent =
+        TestAgent::stopped(AGENT, &["--role", "hub", "--name", "hub"]).expect("hub");
+    hub_agent.log_to(log("hub"));
+    hub_agent.restart().await.expect("hub starts");
+    let hub = hub_agent.client().await.expect("hub client");
+    hub.create_mesh().await.expect("mesh");
+    let (mut a_agent, a) = device(&hub, "alpha", log("alpha")).await;
+    a.db(DB)
+        .create_with(
+            DbSettings {
+                encryption: Encryption::E2e,
+                ..DbSettings::default()
+            },
+            false,
+        )
+        .await
+        .expect("create an e2e database");
+    write_marked(&a, &mark, 0, 5).await;
+    let (mut b_agent, b) = device(&hub, "bravo", log("bravo")).await;
+    let col = format!("{mark}-col");
+    wait_within("bravo to read alpha's records", PATIENCE, || async {
+        records(&b, DB, &col).await.len() == 5
+    })
+    .await
+    .expect("bravo reads the first records");
+    let bravo_id = b.mesh_status().await.expect("status").device_id;
+
+    hub.remove_device(&bravo_id)
+        .await
+        .expect("the admin removes bravo");
+    wait_within("alpha to make the next key", PATIENCE, || async {
+        db_info(&a).await.is_some_and(|d| d.key_epoch == Some(2))
+    })
+    .await
+    .expect("the key rotates");
+    write_marked(&a, &mark, 5, 5).await;
+    // By hand, too.
+    let rotated = a.db(DB).rotate_key().await.expect("rotate by hand");
+    assert_eq!(rotated.key_epoch, Some(3));
+    write_marked(&a, &mark, 10, 1).await;
+
+    a_agent.stop().await.expect("alpha stops");
+    b_agent.stop().await.expect("bravo stops");
+    hub_agent.stop().await.expect("hub stops");
+
+    // Bravo's store is fed alpha's whole log, past any membership check.
+    let alpha_store = open_store(&a_agent);
+    let ops = ops_in(&alpha_store);
+    let epochs: Vec<u32> = ops
+        .iter()
+        .map(|o| {
+            blazedb_proto::sealed::SealedBody::parse(&o.body)
+                .expect("a sealed body")
+                .key_epoch
+        })
+        .collect();
+    assert_eq!(epochs[..5], [1; 5], "the first writes");
+    assert_eq!(epochs[5..10], [2; 5], "the writes after bravo was removed");
+    assert_eq!(epochs[10..], [3], "the write after the rotation by hand");
+    let mut bravo_store = open_store(&b_agent);
+    let alpha_id = ops[0].origin;
+    let before = bravo_store
+        .sync_state(DB)
+        .expect("bravo's db")
+        .vector
+        .get(&alpha_id);
+    assert_eq!(before, 5);
+    let applied = bravo_store
+        .apply_ops(DB, ops, &Default::default())
+        .expect("apply");
+    assert_eq!(applied.unopened.len(), 1, "{applied:?}");
+    assert!(!applied.unopened[0].damaged);
+    assert!(
+        applied.unopened[0].reason.contains("epoch 2"),
+        "{}",
+        applied.unopened[0].reason
+    );
+    assert_eq!(
+        bravo_store
+            .sync_state(DB)
+            .expect("bravo's db")
+            .vector
+            .get(&alpha_id),
+        5,
+        "bravo applied an op it cannot open"
+    );
+    let old = bravo_store
+        .get(DB, &col, &format!("{mark}-id-2"))
+        .expect("read");
+    assert!(old.is_some(), "bravo lost what it read before");
+    let new = bravo_store
+        .get(DB, &col, &format!("{mark}-id-7"))
+        .expect("read");
+    assert!(new.is_none(), "bravo reads a write made after its removal");
+    let on_alpha = alpha_store
+        .get(DB, &col, &format!("{mark}-id-7"))
+        .expect("read");
+    assert!(on_alpha.is_some(), "alpha's own later write");
+    alpha_store.shutdown().await.expect("shut down");
+    bravo_store.shutdown().await.expect("shut down");
+}

@@ -176,6 +176,7 @@ pub(crate) fn handle(
         | Request::DbRulesSet(_)
         | Request::DbRulesGet(_)
         | Request::DbKeyGrant(_)
+        | Request::DbKeyRotate(_)
         | Request::MeshLeave(_)
         | Request::PeerList(_)
         | Request::PeerRemove(_)) => super::mesh_methods::handle(ctx, id, r, tx, out),

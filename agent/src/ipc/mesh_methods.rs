@@ -307,6 +307,23 @@ pub(crate) fn handle(
             });
             encode(ctx, out, id, r);
         }
+        Request::DbKeyRotate(p) => {
+            let r = mesh(ctx).and_then(|m| {
+                let db = ctx.store.db(&p.name).map_err(|e| invalid(format!("{e}")))?;
+                if !db.is_e2e() {
+                    return Err(invalid(format!(
+                        "database {} is not end-to-end encrypted: it has no key",
+                        p.name
+                    )));
+                }
+                m.rotate_key(&p.name)
+                    .map_err(|e| refused(format!("{e:#}")))?;
+                ctx.store
+                    .db_info(&p.name)
+                    .map_err(|e| invalid(format!("{e}")))
+            });
+            encode(ctx, out, id, r);
+        }
         Request::DbRulesGet(p) => {
             let r = mesh(ctx).and_then(|m| {
                 ctx.store.db(&p.name).map_err(|e| invalid(format!("{e}")))?;

@@ -13,7 +13,16 @@
 //!   hubs only once an admin gave them an earlier grant. Removed devices
 //!   get nothing new.
 //! - Only an admin gives a hub its first key (`db key grant`).
+//! - When a device that held a database's newest key may hold it no more
+//!   (it was removed, or the rules no longer let it read the database),
+//!   the holder of that key with the lowest id among those that may still
+//!   hold it makes the next epoch, and grants it like any other: new ops
+//!   are sealed under it, which the device that lost access cannot open.
+//!   One rotator, chosen alike by every holder from the same membership,
+//!   keeps two devices from making rival keys of one epoch. A rotator that
+//!   is offline rotates when it is back.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use blazedb_proto::DeviceId;
@@ -47,6 +56,41 @@ fn may_hold(roster: &Roster, db: &str, device: &DeviceId) -> bool {
         hub: false,
     };
     access(roster.rules(db), device, Some(&attrs), None).describe() != "none"
+}
+
+/// The devices that held `db`'s key of `epoch`: every granter and
+/// recipient of a grant of it.
+fn holders(roster: &Roster, db: &str, epoch: u32) -> BTreeSet<DeviceId> {
+    roster
+        .grants()
+        .filter(|g| g.db == db && g.epoch == epoch)
+        .flat_map(|g| [g.granter, g.key.device])
+        .collect()
+}
+
+/// The newest key epoch of `db` any grant names.
+fn newest_granted(roster: &Roster, db: &str) -> u32 {
+    roster
+        .grants()
+        .filter(|g| g.db == db)
+        .map(|g| g.epoch)
+        .max()
+        .unwrap_or(0)
+}
+
+/// Whether this device (`me`, holding `db`'s key of `epoch`, the newest)
+/// is the one to make the next epoch: a device that held it may hold it
+/// no more, and `me` has the lowest id of those that still may.
+fn rotates(roster: &Roster, db: &str, epoch: u32, me: &DeviceId) -> bool {
+    if newest_granted(roster, db) > epoch {
+        // Someone made a newer one; this device's grant is on its way.
+        return false;
+    }
+    let held = holders(roster, db, epoch);
+    let (keep, lost): (Vec<DeviceId>, Vec<DeviceId>) = held
+        .into_iter()
+        .partition(|d| d == me || may_hold(roster, db, d));
+    !lost.is_empty() && keep.iter().min() == Some(me)
 }
 
 /// Wraps `key` of `db` for `device` and signs the grant as `granter`.
@@ -119,6 +163,23 @@ impl Shared {
             }
         }
 
+        for info in store.list() {
+            let Some(epoch) = info.key_epoch else {
+                continue;
+            };
+            if rotates(roster, &info.name, epoch, &self.me) {
+                let next = ContentKey::generate(epoch + 1).map_err(anyhow::Error::from);
+                match next.and_then(|k| store.add_key(&info.name, k).map_err(anyhow::Error::from)) {
+                    Ok(_) => tracing::info!(
+                        db = info.name,
+                        epoch = epoch + 1,
+                        "a device that held the database's key may no longer: made the next key"
+                    ),
+                    Err(e) => tracing::warn!(db = info.name, "cannot make the next key: {e}"),
+                }
+            }
+        }
+
         let mut news = WireRoster::default();
         let members: Vec<DeviceId> = roster
             .active()
@@ -182,6 +243,30 @@ impl Shared {
             }
             Ok(made)
         })
+    }
+}
+
+impl Shared {
+    /// Makes the next key epoch of `db` by hand, and grants it to every
+    /// member that may hold it. Returns the new epoch.
+    pub(crate) fn rotate_key(&self, db: &str) -> anyhow::Result<u32> {
+        let Some(current) = self.store.key_epoch(db) else {
+            anyhow::bail!("this device holds no key of {db}: rotate it on a device that does");
+        };
+        let newest = lock(&self.state)
+            .roster
+            .as_ref()
+            .map_or(0, |r| newest_granted(r, db));
+        if newest > current {
+            anyhow::bail!(
+                "key epoch {newest} of {db} exists already and has not reached this device yet; \
+                 try again once it has (blazectl db list shows the epoch held)"
+            );
+        }
+        self.store.add_key(db, ContentKey::generate(current + 1)?)?;
+        tracing::info!(db, epoch = current + 1, "made the next key by hand");
+        self.exchange_keys();
+        Ok(current + 1)
     }
 }
 

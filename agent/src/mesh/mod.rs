@@ -732,6 +732,12 @@ impl Mesh {
         self.shared.grant_keys_to(db, device)
     }
 
+    /// Makes the next key epoch of the end-to-end encrypted database `db`
+    /// and grants it. Returns the new epoch.
+    pub fn rotate_key(&self, db: &str) -> anyhow::Result<u32> {
+        self.shared.rotate_key(db)
+    }
+
     /// A database's access rules, the names of the devices they and their
     /// signer name, and what they give this device (with its `wish`).
     pub fn rules(&self, db: &str, wish: Option<&SyncWish>) -> DbRulesResult {

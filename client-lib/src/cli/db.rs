@@ -90,6 +90,10 @@ pub(crate) enum KeyAction {
         /// The member, by name, id or id prefix.
         device: String,
     },
+    /// Make the next key epoch and grant it to every member that may hold
+    /// it; new writes are sealed under it. Done on its own when a device
+    /// that held the key is removed or loses access.
+    Rotate,
 }
 
 /// How `db list` shows a database's encryption.
@@ -233,6 +237,19 @@ pub(crate) async fn run(client: &Client, cmd: DbCommand, opts: Opts) -> anyhow::
             );
         }
         DbCommand::Rules { name, action } => super::rules::run(client, &name, action, opts).await?,
+        DbCommand::Key {
+            name,
+            action: KeyAction::Rotate,
+        } => {
+            let info = client.db(&name).rotate_key().await?;
+            if opts.json {
+                return print_json(&serde_json::to_value(&info)?);
+            }
+            println!(
+                "{name} now seals new writes under key epoch {}",
+                info.key_epoch.unwrap_or_default()
+            );
+        }
         DbCommand::Key {
             name,
             action: KeyAction::Grant { device },
