@@ -45,6 +45,11 @@ pub struct Args {
     /// agents on one host).
     #[arg(long, hide = true)]
     pub mdns_loopback: bool,
+    /// How many operations of an end-to-end encrypted database a key
+    /// holder writes or takes before handing a blind hub a new sealed
+    /// checkpoint (default 10000).
+    #[arg(long, value_name = "OPS")]
+    pub checkpoint_ops: Option<u64>,
     /// This device's name, shown to other members (default: host name).
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
@@ -145,6 +150,7 @@ pub fn main() -> ExitCode {
         listen: args.listen,
         no_mdns: args.no_mdns,
         mdns_loopback: args.mdns_loopback,
+        checkpoint_ops: args.checkpoint_ops,
         name: args.name,
         peers: args.peers,
         announce: args.announce,

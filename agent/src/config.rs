@@ -47,6 +47,10 @@ pub struct FileConfig {
     pub peers: Option<Vec<String>>,
     /// How many other devices (not hubs) to keep links with (default 8).
     pub member_links: Option<usize>,
+    /// How many operations of an end-to-end encrypted database a key
+    /// holder holds more than the last sealed checkpoint it gave a blind
+    /// hub before it gives it a new one (default 10000).
+    pub checkpoint_ops: Option<u64>,
 }
 
 /// Settings given on the command line or in the environment.
@@ -68,6 +72,8 @@ pub struct Overrides {
     pub no_mdns: bool,
     /// `--mdns-loopback`: mDNS on loopback only.
     pub mdns_loopback: bool,
+    /// `--checkpoint-ops`.
+    pub checkpoint_ops: Option<u64>,
     /// `--name`.
     pub name: Option<String>,
     /// `--peer`, repeatable.
@@ -160,6 +166,11 @@ impl Config {
             member_links: file
                 .member_links
                 .unwrap_or(crate::mesh::overlay::DEFAULT_MEMBER_LINKS),
+            checkpoint_ops: o
+                .checkpoint_ops
+                .or(file.checkpoint_ops)
+                .unwrap_or(crate::sync::EngineConfig::default().checkpoint_ops)
+                .max(1),
         };
         Ok(Config {
             mesh,

@@ -608,6 +608,11 @@ pub struct DbInfo {
     /// database's operations, not read them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_epoch: Option<u32>,
+    /// How many operations this replica holds, its own and every other
+    /// device's (held in the log, or folded into its records or a
+    /// checkpoint).
+    #[serde(default)]
+    pub ops_held: u64,
 }
 
 /// Result of `db.list`.

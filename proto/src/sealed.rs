@@ -119,6 +119,43 @@ impl<'a> SealedOp<'a> {
     }
 }
 
+/// One part of a sealed checkpoint: what its associated data binds it to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckpointPart<'a> {
+    /// The database.
+    pub db: &'a str,
+    /// The checkpoint's id.
+    pub id: u64,
+    /// The part's number.
+    pub part: u32,
+    /// How many parts the checkpoint has.
+    pub parts: u32,
+    /// What the checkpoint holds.
+    pub vector: &'a crate::VersionVector,
+}
+
+impl CheckpointPart<'_> {
+    /// The associated data the part is sealed with under the key of
+    /// `key_epoch`: a relay can neither move a part to another checkpoint
+    /// or place, drop parts unnoticed, nor claim it holds more.
+    pub fn associated_data(&self, key_epoch: u32) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64 + self.db.len() + 40 * self.vector.len());
+        out.extend_from_slice(b"blazedb checkpoint v1\0");
+        out.extend_from_slice(&(self.db.len() as u64).to_be_bytes());
+        out.extend_from_slice(self.db.as_bytes());
+        out.extend_from_slice(&self.id.to_be_bytes());
+        out.extend_from_slice(&self.part.to_be_bytes());
+        out.extend_from_slice(&self.parts.to_be_bytes());
+        out.extend_from_slice(&(self.vector.len() as u64).to_be_bytes());
+        for (origin, seq) in self.vector.iter() {
+            out.extend_from_slice(&origin.0);
+            out.extend_from_slice(&seq.to_be_bytes());
+        }
+        out.extend_from_slice(&key_epoch.to_be_bytes());
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

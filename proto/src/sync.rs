@@ -112,6 +112,16 @@ impl VersionVector {
         self.0.values().sum()
     }
 
+    /// How many origins have entries.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether no origin has an entry.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// The entries, by origin.
     pub fn iter(&self) -> impl Iterator<Item = (&DeviceId, &u64)> {
         self.0.iter()
@@ -240,6 +250,32 @@ pub enum SyncMessage {
         /// makes it so too.
         #[serde(default)]
         sealed: bool,
+        /// The database is end-to-end encrypted and the sender holds none
+        /// of its keys: it takes sealed checkpoints, never snapshots.
+        #[serde(default)]
+        blind: bool,
+    },
+    /// One part of a sealed checkpoint of an end-to-end encrypted
+    /// database: its records as of `vector`, encoded and sealed part by
+    /// part by a device holding the key. A replica without the key keeps
+    /// the newest it has whole and passes it on in place of a snapshot; a
+    /// replica with the key merges it like a snapshot.
+    Checkpoint {
+        /// The database.
+        db: String,
+        /// The sender's epoch.
+        epoch: Epoch,
+        /// Which checkpoint: chosen at random by the device that made it.
+        id: u64,
+        /// What the checkpoint holds.
+        vector: VersionVector,
+        /// This part's number, from 0.
+        part: u32,
+        /// How many parts there are.
+        parts: u32,
+        /// The sealed part (`crate::sealed` layout).
+        #[serde(with = "serde_bytes")]
+        sealed: Vec<u8>,
     },
     /// Operations the receiver lacks, oldest first; per origin the
     /// sequence numbers are contiguous.
@@ -334,6 +370,7 @@ impl SyncMessage {
             SyncMessage::Vector { db, .. }
             | SyncMessage::Ops { db, .. }
             | SyncMessage::Snapshot { db, .. }
+            | SyncMessage::Checkpoint { db, .. }
             | SyncMessage::SnapshotAck { db, .. }
             | SyncMessage::Refuted { db, .. }
             | SyncMessage::Projected { db, .. } => db,
@@ -412,6 +449,7 @@ mod tests {
                 .prop_map(|(vector, epoch, reports)| SyncMessage::Vector {
                     db: "bugs".into(),
                     sealed: epoch % 7 == 0,
+                    blind: epoch % 11 == 0,
                     epoch,
                     stable: (epoch % 5 == 0).then(|| Stable {
                         vector: vector.clone(),
@@ -469,6 +507,20 @@ mod tests {
                         upto: None,
                     }),
                     cut: id % 2 == 0,
+                }),
+            (
+                any::<u64>(),
+                arb_vector(),
+                proptest::collection::vec(any::<u8>(), 0..40)
+            )
+                .prop_map(|(id, vector, sealed)| SyncMessage::Checkpoint {
+                    db: "d".into(),
+                    epoch: 9,
+                    id,
+                    vector,
+                    part: (id % 4) as u32,
+                    parts: 4,
+                    sealed,
                 }),
             (arb_vector(), proptest::collection::vec(arb_op(), 0..3)).prop_map(|(at, ops)| {
                 SyncMessage::Projected {

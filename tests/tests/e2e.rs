@@ -38,8 +38,11 @@ async fn write_marked(cl: &Client, mark: &str, from: usize, n: usize) {
     }
 }
 
+/// Devices hand the hub a sealed checkpoint every 20 ops, so that tests
+/// see it kept, and the ops it covers dropped.
 async fn device(hub: &Client, name: &str, log: std::path::PathBuf) -> (TestAgent, Client) {
-    let mut agent = TestAgent::stopped(AGENT, &["--name", name]).expect("agent");
+    let mut agent =
+        TestAgent::stopped(AGENT, &["--name", name, "--checkpoint-ops", "20"]).expect("agent");
     agent.log_to(log);
     agent.restart().await.expect("agent starts");
     let cl = agent.client().await.expect("client");
@@ -94,7 +97,7 @@ async fn a_blind_hub_relays_what_it_cannot_read_and_serves_catch_up_alone() {
 
     // The hub holds the database blind: all 25 ops, no key, no reads.
     wait_within("the hub to hold every op", PATIENCE, || async {
-        db_info(&hub).await.is_some_and(|d| d.head >= 25)
+        db_info(&hub).await.is_some_and(|d| d.ops_held >= 25)
     })
     .await
     .expect("the hub relays");
@@ -125,12 +128,38 @@ async fn a_blind_hub_relays_what_it_cannot_read_and_serves_catch_up_alone() {
     c_agent.stop().await.expect("charlie stops");
     write_marked(&a, &mark, 25, 30).await;
     wait_within("the hub to hold the new ops", PATIENCE, || async {
-        db_info(&hub).await.is_some_and(|d| d.head >= 55)
+        db_info(&hub).await.is_some_and(|d| d.ops_held >= 55)
     })
     .await
     .expect("the hub relays the new ops");
+    let hub_log = log("hub");
+    // Alpha hands the hub a checkpoint every 20 ops: one covering more
+    // than charlie holds (at most 25) leaves charlie below what the hub
+    // still logs.
+    wait_within(
+        "the hub to keep a checkpoint past charlie",
+        PATIENCE,
+        || async {
+            std::fs::read_to_string(&hub_log).is_ok_and(|t| {
+                t.lines()
+                    .filter(|l| l.contains("kept a sealed checkpoint"))
+                    .filter_map(|l| {
+                        l.split("covers=")
+                            .nth(1)?
+                            .split_whitespace()
+                            .next()?
+                            .parse()
+                            .ok()
+                    })
+                    .any(|covers: u64| covers >= 40)
+            })
+        },
+    )
+    .await
+    .expect("the hub keeps a checkpoint and drops the ops it covers");
     a_agent.stop().await.expect("alpha stops");
     b_agent.stop().await.expect("bravo stops");
+    let c_log_before = std::fs::read_to_string(log("charlie")).map_or(0, |t| t.len());
     c_agent.restart().await.expect("charlie starts again");
     let c = c_agent.client().await.expect("client");
     wait_within(
@@ -140,6 +169,11 @@ async fn a_blind_hub_relays_what_it_cannot_read_and_serves_catch_up_alone() {
     )
     .await
     .expect("charlie reads everything, with only the hub online");
+    let c_log = std::fs::read_to_string(log("charlie")).expect("charlie's log");
+    assert!(
+        c_log[c_log_before..].contains("took a sealed checkpoint"),
+        "charlie caught up without the hub's checkpoint"
+    );
 
     // Nothing the devices wrote is readable anywhere on the hub: not in
     // its store (journals and tables), nor in its logs. The same search

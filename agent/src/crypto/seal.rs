@@ -132,17 +132,16 @@ impl ContentKey {
 
     /// Seals `body` as the body of `op`.
     pub fn seal(&self, op: &SealedOp<'_>, body: &[u8]) -> Result<Vec<u8>, SealError> {
+        self.seal_with(&op.associated_data(self.epoch), body)
+    }
+
+    /// Seals `body` with `aad` as associated data, in the sealed-body
+    /// layout (which names this key's epoch).
+    pub fn seal_with(&self, aad: &[u8], body: &[u8]) -> Result<Vec<u8>, SealError> {
         let nonce = self.next_nonce()?;
-        let aad = op.associated_data(self.epoch);
         let ciphertext = self
             .cipher
-            .encrypt(
-                &Nonce::from(nonce),
-                Payload {
-                    msg: body,
-                    aad: &aad,
-                },
-            )
+            .encrypt(&Nonce::from(nonce), Payload { msg: body, aad })
             .map_err(|_| SealError::Damaged)?;
         Ok(SealedBody {
             key_epoch: self.epoch,
@@ -200,9 +199,19 @@ pub fn open<'k>(
     op: &SealedOp<'_>,
     body: &[u8],
 ) -> Result<Vec<u8>, SealError> {
-    let sealed = SealedBody::parse(body).ok_or(SealError::NotSealed)?;
+    open_with(key_of, |epoch| op.associated_data(epoch), body)
+}
+
+/// Opens bytes sealed by [`ContentKey::seal_with`], with the associated
+/// data `aad_of` gives for the key epoch they name.
+pub fn open_with<'k>(
+    key_of: impl FnOnce(u32) -> Option<&'k ContentKey>,
+    aad_of: impl FnOnce(u32) -> Vec<u8>,
+    sealed: &[u8],
+) -> Result<Vec<u8>, SealError> {
+    let sealed = SealedBody::parse(sealed).ok_or(SealError::NotSealed)?;
     let key = key_of(sealed.key_epoch).ok_or(SealError::NoKey(sealed.key_epoch))?;
-    let aad = op.associated_data(sealed.key_epoch);
+    let aad = aad_of(sealed.key_epoch);
     key.cipher
         .decrypt(
             &Nonce::from(sealed.nonce),

@@ -98,7 +98,12 @@ struct Route {
 impl Driver {
     /// Starts the driver for `store`. A hub (`summarize`) tells devices
     /// what every replica holds instead of passing on every report.
-    pub fn start(store: Store, members: Vec<DeviceId>, summarize: bool) -> std::io::Result<Driver> {
+    pub fn start(
+        store: Store,
+        members: Vec<DeviceId>,
+        summarize: bool,
+        checkpoint_ops: u64,
+    ) -> std::io::Result<Driver> {
         let (tx, rx) = mpsc::channel();
         let notices = tx.clone();
         store.on_notice(move |n| {
@@ -108,7 +113,7 @@ impl Driver {
         let shared = stats.clone();
         let thread = std::thread::Builder::new()
             .name("blazed-sync".into())
-            .spawn(move || run(store, members, summarize, rx, shared))?;
+            .spawn(move || run(store, members, summarize, checkpoint_ops, rx, shared))?;
         Ok(Driver {
             tx,
             thread: Some(thread),
@@ -140,6 +145,7 @@ fn run(
     store: Store,
     members: Vec<DeviceId>,
     summarize: bool,
+    checkpoint_ops: u64,
     rx: mpsc::Receiver<Input>,
     stats: Stats,
 ) {
@@ -147,6 +153,7 @@ fn run(
     let config = EngineConfig {
         members,
         summarize,
+        checkpoint_ops,
         ..EngineConfig::default()
     };
     let mut engine = Engine::new(me, store.clone(), config, wall_ms());
@@ -328,6 +335,13 @@ fn on_event(engine: &mut Engine<Store>, store: &Store, stats: &Stats, event: Eve
             "an op did not open, so it was not applied: {}",
             unopened.reason
         ),
+        Event::CheckpointTaken { db, from, parts } => {
+            tracing::info!(db, peer = %from.short(), parts, "took a sealed checkpoint");
+            note(stats, from, |s| s.last_sync_ms = Some(wall_ms()));
+        }
+        Event::CheckpointSent { db, to, parts } => {
+            tracing::info!(db, peer = %to.short(), parts, "sent a sealed checkpoint")
+        }
         Event::EncryptionDiffers { db, peer, sealed } => tracing::warn!(
             db,
             peer = %peer.short(),

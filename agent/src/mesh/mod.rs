@@ -91,6 +91,9 @@ pub struct MeshConfig {
     /// How many other devices (not hubs) this device keeps links with,
     /// chosen so the mesh stays connected (see [`overlay`]).
     pub member_links: usize,
+    /// Operations between the sealed checkpoints a key holder gives a
+    /// blind hub.
+    pub checkpoint_ops: u64,
 }
 
 /// A connected peer's session, as the rest of the mesh sees it.
@@ -423,7 +426,12 @@ impl Mesh {
                 .map(|r| r.active().map(|m| m.device).collect())
                 .unwrap_or_else(|| vec![me])
         };
-        let driver = Driver::start(store.clone(), members, config.role == Role::Hub)?;
+        let driver = Driver::start(
+            store.clone(),
+            members,
+            config.role == Role::Hub,
+            config.checkpoint_ops,
+        )?;
         if let Some(roster) = lock(&state).roster.as_ref() {
             let _ = driver
                 .sender()

@@ -177,6 +177,7 @@ async fn start_mesh() -> (Mesh, Store, watch::Sender<bool>, tempfile::TempDir) {
         announce: Vec::new(),
         peers: Vec::new(),
         member_links: super::overlay::DEFAULT_MEMBER_LINKS,
+        checkpoint_ops: 10_000,
     };
     let mesh = Mesh::start(config, &id, store.clone(), dir.path(), shutdown)
         .await

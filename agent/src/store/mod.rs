@@ -19,6 +19,7 @@
 //! - A database's `head` is advanced only after the batch holding the change
 //!   committed, so a subscriber woken by it can read the change.
 
+mod checkpoint;
 mod error;
 pub(crate) mod keys;
 pub(crate) mod query;
@@ -215,6 +216,7 @@ impl DbState {
             collections,
             head: self.head(),
             key_epoch: None,
+            ops_held: self.sync_meta().vector.total(),
         }
     }
 

@@ -23,7 +23,7 @@ use super::writer::{
 };
 use super::{Command, DbState, Reply, Store, StoreError, SyncMeta, lock, sync_meta_key};
 use crate::sync::{
-    Applied, Compacted, Correction, OpsRead, Projection, ReadLimits, Refusal, Replace,
+    Applied, Checkpoint, Compacted, Correction, OpsRead, Projection, ReadLimits, Refusal, Replace,
     SnapshotRead, SyncState, SyncStore, WriteScreen,
 };
 use blazedb_proto::api::{Durability, Write};
@@ -199,8 +199,12 @@ impl Writer {
         const CHUNK: usize = 10_000;
         let db = self.store.db(name)?;
         let reader = self.store.reader(&db);
-        if !matches!(reader, Reader::Keys(_)) {
+        let Reader::Keys(held) = &reader else {
             return Ok(0);
+        };
+        if let Some(c) = self.store.kept_checkpoint(name)? {
+            let pieces = super::checkpoint::open_parts(name, &c, held)?;
+            self.merge_pieces(name, pieces, &c.vector)?;
         }
         let (mut applied, mut unreadable) = (0u64, 0u64);
         let mut after = 0u64;
@@ -260,6 +264,11 @@ impl Writer {
         replace: Option<(Span, u64, bool)>,
     ) -> Result<(), StoreError> {
         let db = self.store.db(db)?;
+        if matches!(self.store.reader(&db), Reader::Blind) {
+            // Records in the clear must never land on a replica without
+            // the key; the engine sends it checkpoints instead.
+            return Err(StoreError::Sealed(db.name.clone()));
+        }
         let start_clock = self.clock;
         let mut sync = db.sync_meta();
         let group = Group::new();
@@ -398,6 +407,9 @@ impl Writer {
         projection: Projection,
     ) -> Result<(), StoreError> {
         let db = self.store.db(db)?;
+        if matches!(self.store.reader(&db), Reader::Blind) {
+            return Err(StoreError::Sealed(db.name.clone()));
+        }
         let (start_counters, start_clock) = (self.counters.clone(), self.clock);
         let result = self.plan_and_commit_projection(&db, projection);
         if result.is_err() {
@@ -564,8 +576,19 @@ impl Writer {
         let db = self.store.db(db)?;
         let mut sync = db.sync_meta();
         let head = self.counters.get(&db.id).map_or(0, |c| c.head);
-        // Local subscribers read the log too: keep its newest entries.
-        let keep_from = head.saturating_sub(self.options.retain_log);
+        let blind = matches!(self.store.reader(&db), Reader::Blind);
+        // A blind replica drops only what its checkpoint covers, and has no
+        // local subscribers; others keep the newest entries for theirs.
+        let stable = &if blind {
+            self.blind_stable(&db, stable)?
+        } else {
+            stable.clone()
+        };
+        let keep_from = if blind {
+            head
+        } else {
+            head.saturating_sub(self.options.retain_log)
+        };
         let mut out = Compacted::default();
         let mut batch = self.fj.batch();
         // Remove a prefix of the log, so what is left stays contiguous.
@@ -644,6 +667,7 @@ impl SyncStore for Store {
             wish: m.wish,
             lacking: m.lacking,
             sealed: db.is_e2e(),
+            blind: db.is_e2e() && self.current_key(&db.name).is_none(),
         })
     }
 
@@ -753,6 +777,23 @@ impl SyncStore for Store {
         keys.iter()
             .map(|k| Ok(db.records.get(k)?.map(|v| v.to_vec())))
             .collect()
+    }
+
+    fn make_checkpoint(&self, db: &str) -> Result<Option<Checkpoint>, StoreError> {
+        self.make_checkpoint_of(db)
+    }
+
+    fn checkpoint(&self, db: &str) -> Result<Option<Checkpoint>, StoreError> {
+        self.kept_checkpoint(db)
+    }
+
+    fn take_checkpoint(&mut self, db: &str, checkpoint: Checkpoint) -> Result<bool, StoreError> {
+        let db = db.to_owned();
+        self.call_blocking(|reply| Command::TakeCheckpoint {
+            db,
+            checkpoint,
+            reply,
+        })
     }
 
     fn merge_projected(&mut self, db: &str, projection: Projection) -> Result<(), StoreError> {

@@ -456,4 +456,94 @@ mod tests {
         assert!(err.to_string().contains("db key grant"), "{err}");
         rt.block_on(d.store.shutdown()).expect("shut down");
     }
+
+    #[test]
+    fn a_checkpoint_is_kept_blind_in_place_of_the_ops_it_covers_and_merged_with_the_key() {
+        let rt = rt();
+        let (a, mut hub, mut c) = (dev(1), dev(2), dev(3));
+        rt.block_on(a.store.create_db("notes", e2e(), false))
+            .expect("create");
+        for d in [&hub, &c] {
+            rt.block_on(d.store.call(|reply| super::super::Command::CreateDb {
+                name: "notes".into(),
+                settings: e2e(),
+                if_not_exists: false,
+                make_key: false,
+                reply,
+            }))
+            .expect("create");
+        }
+        let ops = write_marked(&rt, &a, 30);
+        hub.store
+            .apply_ops("notes", ops[..10].to_vec(), &WriteScreen::default())
+            .expect("apply");
+        let checkpoint = a
+            .store
+            .make_checkpoint("notes")
+            .expect("make")
+            .expect("a key holder makes one");
+        assert_eq!(checkpoint.vector.total(), 30);
+        assert!(
+            checkpoint.parts.iter().all(|p| !shows(p)),
+            "a part shows the records"
+        );
+
+        // The blind hub keeps it, counts what it covers, drops those ops.
+        assert!(
+            hub.store
+                .take_checkpoint("notes", checkpoint.clone())
+                .expect("take")
+        );
+        let state = hub.store.sync_state("notes").expect("state");
+        assert_eq!(state.vector.total(), 30);
+        assert_eq!(state.floor.total(), 30);
+        let limits = ReadLimits {
+            max_items: 1000,
+            max_bytes: 1 << 20,
+        };
+        let logged = hub
+            .store
+            .read_ops("notes", &VersionVector::new(), 0, limits)
+            .expect("read");
+        assert!(
+            logged.ops.is_empty(),
+            "ops the checkpoint covers are still logged"
+        );
+        assert_eq!(
+            hub.store.checkpoint("notes").expect("read"),
+            Some(checkpoint.clone())
+        );
+        assert!(
+            !hub.store
+                .take_checkpoint("notes", checkpoint.clone())
+                .expect("take"),
+            "the same checkpoint again"
+        );
+
+        // A key holder merges what the hub hands on; an altered part is
+        // refused whole.
+        let kept = hub.store.checkpoint("notes").expect("read").expect("kept");
+        let key = a.store.current_key("notes").expect("key");
+        c.store.add_key("notes", key).expect("key");
+        let mut altered = kept.clone();
+        altered.parts[0][30] ^= 1;
+        assert!(!c.store.take_checkpoint("notes", altered).expect("take"));
+        assert_eq!(
+            c.store.sync_state("notes").expect("state").vector.total(),
+            0
+        );
+        assert!(c.store.take_checkpoint("notes", kept).expect("take"));
+        assert_eq!(
+            c.store.sync_state("notes").expect("state").vector.total(),
+            30
+        );
+        let got = c
+            .store
+            .get("notes", &format!("{MARK}-col"), &format!("{MARK}-29"))
+            .expect("read");
+        assert!(got.is_some(), "a record of the checkpoint");
+        for d in [a, hub, c] {
+            rt.block_on(d.store.shutdown()).expect("shut down");
+        }
+    }
 }

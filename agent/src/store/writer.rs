@@ -66,6 +66,16 @@ pub enum Command {
         /// Gets the database's description.
         reply: Reply<DbInfo>,
     },
+    /// Takes a whole sealed checkpoint (see
+    /// [`SyncStore::take_checkpoint`](crate::sync::SyncStore::take_checkpoint)).
+    TakeCheckpoint {
+        /// The database's name.
+        db: String,
+        /// The checkpoint.
+        checkpoint: crate::sync::Checkpoint,
+        /// Gets whether it was taken.
+        reply: Reply<bool>,
+    },
     /// Applies every op logged for an `e2e` database this device held
     /// blind until it got the database's key.
     Materialize {
@@ -175,6 +185,7 @@ impl std::fmt::Debug for Command {
             Command::Write { .. } => "Write",
             Command::CreateDb { .. } => "CreateDb",
             Command::Materialize { .. } => "Materialize",
+            Command::TakeCheckpoint { .. } => "TakeCheckpoint",
             Command::DropDb { .. } => "DropDb",
             Command::SetSyncMode { .. } => "SetSyncMode",
             Command::Index { .. } => "Index",
@@ -196,6 +207,7 @@ impl Command {
             Command::Write { reply, .. } => reply(Err(e)),
             Command::CreateDb { reply, .. } => reply(Err(e)),
             Command::Materialize { reply, .. } => reply(Err(e)),
+            Command::TakeCheckpoint { reply, .. } => reply(Err(e)),
             Command::DropDb { reply, .. } | Command::Index { reply, .. } => reply(Err(e)),
             Command::SetSyncMode { reply, .. } => reply(Err(e)),
             Command::ApplyOps { reply, .. } => reply(Err(e)),
@@ -534,6 +546,11 @@ impl Writer {
                     reply,
                 } => reply(self.create_db(&name, settings, if_not_exists, make_key)),
                 Command::Materialize { db, reply } => reply(self.materialize(&db)),
+                Command::TakeCheckpoint {
+                    db,
+                    checkpoint,
+                    reply,
+                } => reply(self.take_checkpoint(&db, checkpoint)),
                 Command::DropDb {
                     name,
                     if_exists,

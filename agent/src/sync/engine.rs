@@ -41,6 +41,7 @@ use super::store::{Correction, ReadLimits, SyncState, SyncStore};
 use crate::access::view::{DeviceAttrs, View};
 
 mod partial;
+mod sealed;
 
 /// Engine tuning. Times are in milliseconds.
 #[derive(Debug, Clone)]
@@ -74,6 +75,13 @@ pub struct EngineConfig {
     /// not every replica's report, which with a thousand devices would be
     /// a million reports per announcement.
     pub summarize: bool,
+    /// A replica holding an end-to-end encrypted database's key sends a
+    /// new sealed checkpoint to a peer without the key once it holds this
+    /// many operations more than the last one it sent that peer.
+    pub checkpoint_ops: u64,
+    /// How long a replica that sent a checkpoint in place of a snapshot
+    /// waits for the peer to take it before sending operations anyway.
+    pub checkpoint_wait_ms: u64,
 }
 
 impl Default for EngineConfig {
@@ -97,6 +105,8 @@ impl Default for EngineConfig {
             announce_ms: 10_000,
             compact_ms: 60_000,
             summarize: false,
+            checkpoint_ops: 10_000,
+            checkpoint_wait_ms: 30_000,
         }
     }
 }
@@ -185,6 +195,25 @@ pub enum Event {
         peer: DeviceId,
         /// Which op, and why.
         unopened: super::store::Unopened,
+    },
+    /// A sealed checkpoint from a peer was taken: kept whole (this replica
+    /// holds no key) or merged like a snapshot.
+    CheckpointTaken {
+        /// The database.
+        db: String,
+        /// The peer.
+        from: DeviceId,
+        /// How many parts it had.
+        parts: usize,
+    },
+    /// A sealed checkpoint was sent to a peer.
+    CheckpointSent {
+        /// The database.
+        db: String,
+        /// The peer.
+        to: DeviceId,
+        /// How many parts it had.
+        parts: usize,
     },
     /// A peer holds a database of the same name that is end-to-end
     /// encrypted where this one is not, or the other way round: the two
@@ -327,6 +356,13 @@ struct Stream {
     /// replica). Cleared only once the snapshot's last piece is merged,
     /// since the peer's vector says nothing about what it lacks.
     refilter: bool,
+    /// The database is sealed and the peer holds none of its keys: it
+    /// gets checkpoints, never snapshots.
+    peer_blind: bool,
+    /// The last checkpoint sent to the peer, and when.
+    checkpoint_sent: Option<sealed::Sent>,
+    /// The checkpoint being received, part by part.
+    in_checkpoint: Option<sealed::Incoming>,
 }
 
 /// How new a report is: later epochs, then more operations, then a later
@@ -354,6 +390,9 @@ impl Stream {
             reported: BTreeMap::new(),
             view,
             refilter: false,
+            peer_blind: false,
+            checkpoint_sent: None,
+            in_checkpoint: None,
         }
     }
 
@@ -656,7 +695,7 @@ impl<S: SyncStore> Engine<S> {
                     p,
                     db.to_owned(),
                     epoch,
-                    (vector, want, sealed),
+                    (vector, want, sealed, false),
                     Vec::new(),
                     refused,
                     None,
@@ -735,6 +774,7 @@ impl<S: SyncStore> Engine<S> {
                 wish,
                 lacking,
                 sealed,
+                blind,
             } => {
                 if let Some(have) = self.store.sync_state(&db)
                     && have.sealed != sealed
@@ -758,7 +798,7 @@ impl<S: SyncStore> Engine<S> {
                     peer,
                     db,
                     epoch,
-                    (vector, want, sealed),
+                    (vector, want, sealed, blind),
                     reports,
                     refused,
                     wish,
@@ -767,6 +807,7 @@ impl<S: SyncStore> Engine<S> {
             }
             SyncMessage::Ops { db, epoch, ops } => self.on_ops(peer, db, epoch, ops, now),
             piece @ SyncMessage::Snapshot { .. } => self.on_snapshot(peer, piece, now),
+            part @ SyncMessage::Checkpoint { .. } => self.on_checkpoint(peer, part, now),
             SyncMessage::Projected {
                 db,
                 epoch,
@@ -958,7 +999,7 @@ impl<S: SyncStore> Engine<S> {
             state.epoch,
             state.mode,
             self.says_lacking(db, &state),
-            state.sealed,
+            (state.sealed, state.blind),
         );
         let wish = Some(state.wish.unwrap_or_default());
         self.push_vector(peer, db, head, state.vector, reports, stable, wish);
@@ -971,7 +1012,7 @@ impl<S: SyncStore> Engine<S> {
         &mut self,
         peer: DeviceId,
         db: &str,
-        (epoch, mode, lacking, sealed): (Epoch, SyncMode, bool, bool),
+        (epoch, mode, lacking, (sealed, blind)): (Epoch, SyncMode, bool, (bool, bool)),
         vector: VersionVector,
         reports: Vec<Report>,
         stable: Option<Stable>,
@@ -991,6 +1032,7 @@ impl<S: SyncStore> Engine<S> {
                 wish,
                 lacking,
                 sealed,
+                blind,
             },
         ));
     }
@@ -1018,7 +1060,12 @@ impl<S: SyncStore> Engine<S> {
         self.push_vector(
             peer,
             db,
-            (state.epoch, state.mode, lacking, state.sealed),
+            (
+                state.epoch,
+                state.mode,
+                lacking,
+                (state.sealed, state.blind),
+            ),
             vector,
             Vec::new(),
             None,
@@ -1071,7 +1118,7 @@ impl<S: SyncStore> Engine<S> {
         peer: DeviceId,
         db: String,
         epoch: Epoch,
-        (vector, want, sealed): (VersionVector, bool, bool),
+        (vector, want, sealed, blind): (VersionVector, bool, bool, bool),
         reports: Vec<Report>,
         refused: Vec<(DeviceId, u64)>,
         wish: Option<SyncWish>,
@@ -1124,6 +1171,7 @@ impl<S: SyncStore> Engine<S> {
             });
         }
         s.peer_wants = want;
+        s.peer_blind = blind;
         let advanced = s.acked.as_ref().is_none_or(|a| !a.dominates(&vector));
         let acked = s.acked.get_or_insert_with(VersionVector::new);
         acked.merge(&vector);
@@ -1525,6 +1573,20 @@ impl<S: SyncStore> Engine<S> {
             }
             return;
         }
+        // A sealed database's records go in the clear only between
+        // replicas holding its key; a blind one on either side gets or
+        // gives sealed checkpoints instead.
+        if state.sealed
+            && (state.blind
+                || self
+                    .links
+                    .get(&peer)
+                    .and_then(|l| l.get(db))
+                    .is_some_and(|s| s.peer_blind))
+        {
+            self.pump_sealed(peer, db, state, now);
+            return;
+        }
         // A replica holding a removed device's late operations sends them
         // as operations, which the peer can refuse, not folded into a
         // snapshot it could not tell them apart in.
@@ -1826,6 +1888,7 @@ mod tests {
             SyncMessage::SnapshotAck { .. } => "snapshot_ack",
             SyncMessage::Refuted { .. } => "refuted",
             SyncMessage::Projected { .. } => "projected",
+            SyncMessage::Checkpoint { .. } => "checkpoint",
         }
     }
 

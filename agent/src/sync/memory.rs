@@ -276,6 +276,7 @@ impl SyncStore for MemoryStore {
             wish: d.wish.clone(),
             lacking: d.lacking,
             sealed: false,
+            blind: false,
         })
     }
 

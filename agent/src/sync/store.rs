@@ -37,6 +37,22 @@ pub struct SyncState {
     pub lacking: bool,
     /// The database is end-to-end encrypted: op bodies are sealed.
     pub sealed: bool,
+    /// The database is sealed and this replica holds none of its keys: it
+    /// keeps the op log and a sealed checkpoint, no records.
+    pub blind: bool,
+}
+
+/// A sealed checkpoint of an end-to-end encrypted database: its records as
+/// of `vector`, encoded and sealed in parts (see
+/// `SyncMessage::Checkpoint`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// Chosen at random by the replica that made it.
+    pub id: u64,
+    /// What it holds.
+    pub vector: VersionVector,
+    /// The sealed parts, in order.
+    pub parts: Vec<Vec<u8>>,
 }
 
 /// What a partial replica takes from a full one in place of operations
@@ -357,6 +373,30 @@ pub trait SyncStore {
         after: Hlc,
         now_ms: u64,
     ) -> Result<Vec<Op>, Self::Error>;
+
+    /// On a replica holding an end-to-end encrypted database's key: its
+    /// records as of its vector, sealed in parts. `None` where there is
+    /// nothing to make one from.
+    fn make_checkpoint(&self, db: &str) -> Result<Option<Checkpoint>, Self::Error> {
+        let _ = db;
+        Ok(None)
+    }
+
+    /// On a replica without the key: the sealed checkpoint it keeps.
+    fn checkpoint(&self, db: &str) -> Result<Option<Checkpoint>, Self::Error> {
+        let _ = db;
+        Ok(None)
+    }
+
+    /// Takes a whole checkpoint. A replica without the key keeps it if it
+    /// holds more than the one kept, raises its vector and floor to it and
+    /// drops the logged operations it covers; one with the key merges its
+    /// records as a snapshot's. Returns whether it was taken. Durable when
+    /// this returns.
+    fn take_checkpoint(&mut self, db: &str, checkpoint: Checkpoint) -> Result<bool, Self::Error> {
+        let _ = (db, checkpoint);
+        Ok(false)
+    }
 
     /// Removes from the log operations every replica holds (at or below
     /// `stable`), and tombstones of deletes made at or before `tombstones`

@@ -346,6 +346,7 @@ impl<R: Replica> World<R> {
             },
             window_pieces: 4,
             summarize: false,
+            ..EngineConfig::default()
         }
     }
 
@@ -572,7 +573,10 @@ impl<R: Replica> World<R> {
                 | Event::ClockAhead { .. }
                 | Event::Applied { .. }
                 | Event::UnknownDatabase { .. } => {}
-                ev @ (Event::Unopened { .. } | Event::EncryptionDiffers { .. }) => {
+                ev @ (Event::Unopened { .. }
+                | Event::EncryptionDiffers { .. }
+                | Event::CheckpointTaken { .. }
+                | Event::CheckpointSent { .. }) => {
                     panic!("the simulator seals nothing, yet: {ev:?}")
                 }
             }
@@ -1186,6 +1190,11 @@ fn describe(msg: &SyncMessage) -> String {
         }
         SyncMessage::SnapshotAck { id, part, .. } => format!("snapshot ack {id}.{part}"),
         SyncMessage::Refuted { ops, .. } => format!("refuted {}", ops.len()),
+        SyncMessage::Checkpoint {
+            id, part, parts, ..
+        } => {
+            format!("checkpoint {id} part {part} of {parts}")
+        }
         SyncMessage::Projected {
             covers,
             records,

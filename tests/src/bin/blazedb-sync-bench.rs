@@ -191,6 +191,7 @@ fn engine_apply(
             wish: None,
             lacking: false,
             sealed: key.is_some(),
+            blind: false,
         },
         T0,
     );
