@@ -515,7 +515,7 @@ mod tests {
         );
         assert!(
             !hub.store
-                .take_checkpoint("notes", checkpoint.clone())
+                .take_checkpoint("notes", checkpoint)
                 .expect("take"),
             "the same checkpoint again"
         );
