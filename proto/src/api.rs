@@ -480,6 +480,29 @@ pub struct StatusResult {
     pub connections: u32,
     /// How many subscriptions are open.
     pub subscriptions: u32,
+    /// Operations of end-to-end encrypted databases that did not open
+    /// here and are not applied: asked for again until a whole copy
+    /// arrives.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unopened: Vec<UnopenedOp>,
+}
+
+/// An operation that did not open on this device (`status`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnopenedOp {
+    /// The database.
+    pub db: String,
+    /// The device that wrote it.
+    pub origin: String,
+    /// Its seq: this and the origin's later operations wait.
+    pub seq: u64,
+    /// How many copies of it did not open.
+    pub times: u32,
+    /// Why the latest did not.
+    pub reason: String,
+    /// Refused again and again (altered or forged, not merely waiting for
+    /// a key): reported as quarantined, still never applied.
+    pub quarantined: bool,
 }
 
 /// When a write is acknowledged.

@@ -130,6 +130,7 @@ pub(crate) fn handle(
                 databases: store.db_count() as u32,
                 connections: ctx.connections.load(Ordering::Relaxed),
                 subscriptions: ctx.subscriptions.load(Ordering::Relaxed),
+                unopened: store.unopened(),
             }),
         ),
         Request::DbOpen(p) => done(ctx, out, id, store.db_info(&p.name)),

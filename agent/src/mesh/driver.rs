@@ -327,14 +327,17 @@ fn on_event(engine: &mut Engine<Store>, store: &Store, stats: &Stats, event: Eve
             records = ops.len(),
             "wrote back records a removed device changed after its removal"
         ),
-        Event::Unopened { db, peer, unopened } => tracing::warn!(
-            db,
-            origin = %unopened.origin.short(),
-            seq = unopened.seq,
-            peer = %peer.short(),
-            "an op did not open, so it was not applied: {}",
-            unopened.reason
-        ),
+        Event::Unopened { db, peer, unopened } => {
+            tracing::warn!(
+                db,
+                origin = %unopened.origin.short(),
+                seq = unopened.seq,
+                peer = %peer.short(),
+                "an op did not open, so it was not applied: {}",
+                unopened.reason
+            );
+            store.note_unopened(&db, &unopened);
+        }
         Event::CheckpointTaken { db, from, parts } => {
             tracing::info!(db, peer = %from.short(), parts, "took a sealed checkpoint");
             note(stats, from, |s| s.last_sync_ms = Some(wall_ms()));

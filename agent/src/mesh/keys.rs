@@ -30,7 +30,7 @@ use blazedb_proto::mesh::{KeyGrant, Role, Roster as WireRoster, WrappedKey};
 
 use super::{Shared, lock};
 use crate::access::Roster;
-use crate::access::view::{DeviceAttrs, access};
+use crate::access::view::{Access, DeviceAttrs, access};
 use crate::crypto::seal::ContentKey;
 use crate::store::wall_ms;
 
@@ -55,7 +55,10 @@ fn may_hold(roster: &Roster, db: &str, device: &DeviceId) -> bool {
         teams: rec.teams.clone(),
         hub: false,
     };
-    access(roster.rules(db), device, Some(&attrs), None).describe() != "none"
+    match access(roster.rules(db), device, Some(&attrs), None) {
+        Access::Full => true,
+        Access::Partial(view) => view.sees_anything(),
+    }
 }
 
 /// The devices that held `db`'s key of `epoch`: every granter and

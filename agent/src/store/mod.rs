@@ -270,6 +270,8 @@ struct Inner {
     notify: std::sync::OnceLock<Notify>,
     /// The content keys of end-to-end encrypted databases held here.
     keys: RwLock<crate::crypto::keyring::Keyring>,
+    /// Ops of e2e databases that did not open, by database, origin, seq.
+    unopened: Mutex<BTreeMap<(String, DeviceId, u64), sealing::Noted>>,
 }
 
 /// Something the store tells whoever listens (the sync driver).
@@ -392,6 +394,7 @@ impl Store {
             writer: Mutex::new(None),
             notify: std::sync::OnceLock::new(),
             keys: RwLock::new(keys),
+            unopened: Mutex::default(),
         });
         let store = Store { inner };
         let w = writer::Writer::new(store.clone(), fj, meta, rx, options, recovered, next_db_id);

@@ -96,7 +96,54 @@ impl DbState {
     }
 }
 
+/// How many damaged copies of one op make it quarantined in `status`.
+pub(crate) const QUARANTINE_AFTER: u32 = 3;
+
+/// What is known of an op that did not open here.
+#[derive(Debug, Clone)]
+pub(crate) struct Noted {
+    times: u32,
+    reason: String,
+    damaged: bool,
+}
+
 impl Store {
+    /// Notes that an op of `db` did not open, for `status`.
+    pub fn note_unopened(&self, db: &str, u: &Unopened) {
+        let mut noted = super::lock(&self.inner.unopened);
+        let n = noted
+            .entry((db.to_owned(), u.origin, u.seq))
+            .or_insert_with(|| Noted {
+                times: 0,
+                reason: String::new(),
+                damaged: false,
+            });
+        n.times = n.times.saturating_add(1);
+        n.reason.clone_from(&u.reason);
+        n.damaged |= u.damaged;
+    }
+
+    /// The ops that did not open here and are still not held, oldest
+    /// origin and seq first.
+    pub fn unopened(&self) -> Vec<blazedb_proto::api::UnopenedOp> {
+        let mut noted = super::lock(&self.inner.unopened);
+        noted.retain(|(db, origin, seq), _| {
+            self.db(db)
+                .is_ok_and(|d| d.sync_meta().vector.get(origin) < *seq)
+        });
+        noted
+            .iter()
+            .map(|((db, origin, seq), n)| blazedb_proto::api::UnopenedOp {
+                db: db.clone(),
+                origin: origin.to_string(),
+                seq: *seq,
+                times: n.times,
+                reason: n.reason.clone(),
+                quarantined: n.damaged && n.times >= QUARANTINE_AFTER,
+            })
+            .collect()
+    }
+
     /// The key new ops of `db` are sealed with: the newest epoch held.
     pub fn current_key(&self, db: &str) -> Option<ContentKey> {
         read_lock(&self.inner.keys).current(db).cloned()

@@ -17,5 +17,20 @@ pub(crate) async fn run(client: &Client, opts: Opts) -> anyhow::Result<()> {
     println!("databases      {}", s.databases);
     println!("connections    {}", s.connections);
     println!("subscriptions  {}", s.subscriptions);
+    for u in &s.unopened {
+        println!(
+            "{} {}/{} seq {}: did not open {} time(s): {}",
+            if u.quarantined {
+                "QUARANTINED"
+            } else {
+                "unopened   "
+            },
+            u.db,
+            u.origin,
+            u.seq,
+            u.times,
+            u.reason
+        );
+    }
     Ok(())
 }

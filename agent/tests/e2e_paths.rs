@@ -1,0 +1,189 @@
+//! An end-to-end encrypted database over two paths: a blind hub that
+//! alters a sealed op on its way to a device, and the op's writer, linked
+//! to that device directly. Sync engines over real stores, driven by hand
+//! with the hub's messages passed through a tampering relay.
+
+#![allow(clippy::unwrap_used)]
+
+use blazed::store::{Command, Store, StoreOptions};
+use blazed::sync::{Engine, EngineConfig, Event, SyncStore};
+use blazedb_proto::api::{DbSettings, Encryption, Write};
+use blazedb_proto::{DeviceId, Fields, SyncMessage, Value, VersionVector};
+
+const DB: &str = "notes";
+
+/// The wall clock: local writes are stamped by it, and an engine holds
+/// back operations stamped far ahead of the time it is given.
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+struct Node {
+    _dir: tempfile::TempDir,
+    store: Store,
+    engine: Engine<Store>,
+    events: Vec<Event>,
+}
+
+fn e2e() -> DbSettings {
+    DbSettings {
+        encryption: Encryption::E2e,
+        ..DbSettings::default()
+    }
+}
+
+fn node(n: u8, make_key: bool) -> Node {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), DeviceId([n; 32]), StoreOptions::default()).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    store.submit(Command::CreateDb {
+        name: DB.into(),
+        settings: e2e(),
+        if_not_exists: false,
+        make_key,
+        reply: Box::new(move |r| {
+            let _ = tx.send(r.map(|_| ()));
+        }),
+    });
+    rx.recv().unwrap().unwrap();
+    let engine = Engine::new(
+        store.device(),
+        store.clone(),
+        EngineConfig::default(),
+        now(),
+    );
+    Node {
+        _dir: dir,
+        store,
+        engine,
+        events: Vec::new(),
+    }
+}
+
+/// Passes messages between `a` and `b` until neither has more, each from
+/// `a` through `relay` (which may alter it).
+fn exchange(a: &mut Node, b: &mut Node, relay: &mut dyn FnMut(&mut SyncMessage)) {
+    let (a_id, b_id) = (a.store.device(), b.store.device());
+    a.engine.connected(b_id, now());
+    b.engine.connected(a_id, now());
+    loop {
+        let mut moved = false;
+        while let Some((_, mut m)) = a.engine.poll_transmit() {
+            relay(&mut m);
+            b.engine.handle(a_id, m, now());
+            moved = true;
+        }
+        while let Some((_, m)) = b.engine.poll_transmit() {
+            a.engine.handle(b_id, m, now());
+            moved = true;
+        }
+        for n in [&mut *a, &mut *b] {
+            while let Some(e) = n.engine.poll_event() {
+                n.events.push(e);
+            }
+        }
+        if !moved {
+            break;
+        }
+    }
+    a.engine.disconnected(&b_id);
+    b.engine.disconnected(&a_id);
+}
+
+fn held(n: &Node, origin: &DeviceId) -> u64 {
+    n.store.sync_state(DB).unwrap().vector.get(origin)
+}
+
+fn record(n: &Node, id: &str) -> Option<Fields> {
+    n.store.get(DB, "secret", id).unwrap().map(|r| r.fields)
+}
+
+#[test]
+fn an_op_altered_at_the_hub_is_refused_and_the_writer_brings_it_whole() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let mut writer = node(1, true);
+    let mut hub = node(2, false);
+    let mut device = node(3, false);
+    let key = writer.store.current_key(DB).unwrap();
+    device.store.add_key(DB, key).unwrap();
+    let origin = writer.store.device();
+    let writes = (1..=3)
+        .map(|i| Write::Put {
+            collection: "secret".into(),
+            id: Some(format!("r{i}")),
+            fields: Fields::from([("n".to_owned(), Value::Int(i))]),
+        })
+        .collect();
+    rt.block_on(writer.store.write(DB, writes)).unwrap();
+    writer.engine.local_commit(DB, now());
+
+    exchange(&mut writer, &mut hub, &mut |_| {});
+    assert_eq!(held(&hub, &origin), 3, "the blind hub holds every op");
+
+    // The hub passes the second op on with one byte of its body flipped.
+    let mut altered = 0;
+    exchange(&mut hub, &mut device, &mut |m| {
+        if let SyncMessage::Ops { ops, .. } = m {
+            for op in ops.iter_mut().filter(|o| o.seq == 2) {
+                let last = op.body.len() - 1;
+                op.body[last] ^= 0x40;
+                altered += 1;
+            }
+        }
+    });
+    assert!(altered > 0, "the relay never saw the op to alter");
+    assert_eq!(
+        held(&device, &origin),
+        1,
+        "the device counts an op it refused"
+    );
+    assert!(record(&device, "r1").is_some());
+    assert!(
+        record(&device, "r2").is_none(),
+        "the altered op was applied"
+    );
+    assert!(
+        record(&device, "r3").is_none(),
+        "an op after the gap was applied"
+    );
+    let logged = device
+        .store
+        .read_ops(
+            DB,
+            &VersionVector::new(),
+            0,
+            blazed::sync::ReadLimits {
+                max_items: 100,
+                max_bytes: 1 << 20,
+            },
+        )
+        .unwrap()
+        .ops;
+    assert_eq!(logged.len(), 1, "the altered op was logged");
+    assert!(
+        device.events.iter().any(|e| matches!(
+            e,
+            Event::Unopened { unopened, .. } if unopened.seq == 2 && unopened.damaged
+        )),
+        "the refusal was not reported: {:?}",
+        device.events
+    );
+
+    // The writer, linked directly, brings the op as it made it.
+    exchange(&mut writer, &mut device, &mut |_| {});
+    assert_eq!(held(&device, &origin), 3);
+    assert_eq!(
+        record(&device, "r2").unwrap()["n"],
+        Value::Int(2),
+        "the whole op did not arrive by the other path"
+    );
+    assert!(record(&device, "r3").is_some());
+    for n in [writer, hub, device] {
+        rt.block_on(n.store.shutdown()).unwrap();
+    }
+}
