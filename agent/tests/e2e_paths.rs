@@ -5,7 +5,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use blazed::store::{Command, Store, StoreOptions};
+use blazed::store::{Store, StoreOptions};
 use blazed::sync::{Engine, EngineConfig, Event, SyncStore};
 use blazedb_proto::api::{DbSettings, Encryption, Write};
 use blazedb_proto::{DeviceId, Fields, SyncMessage, Value, VersionVector};
@@ -35,20 +35,14 @@ fn e2e() -> DbSettings {
     }
 }
 
-fn node(n: u8, make_key: bool) -> Node {
+fn node(rt: &tokio::runtime::Runtime, n: u8, make_key: bool) -> Node {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), DeviceId([n; 32]), StoreOptions::default()).unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    store.submit(Command::CreateDb {
-        name: DB.into(),
-        settings: e2e(),
-        if_not_exists: false,
-        make_key,
-        reply: Box::new(move |r| {
-            let _ = tx.send(r.map(|_| ()));
-        }),
-    });
-    rx.recv().unwrap().unwrap();
+    if make_key {
+        rt.block_on(store.create_db(DB, e2e(), false)).unwrap();
+    } else {
+        rt.block_on(store.create_db_from_peer(DB, e2e())).unwrap();
+    }
     let engine = Engine::new(
         store.device(),
         store.clone(),
@@ -106,9 +100,9 @@ fn an_op_altered_at_the_hub_is_refused_and_the_writer_brings_it_whole() {
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
-    let mut writer = node(1, true);
-    let mut hub = node(2, false);
-    let mut device = node(3, false);
+    let mut writer = node(&rt, 1, true);
+    let mut hub = node(&rt, 2, false);
+    let mut device = node(&rt, 3, false);
     let key = writer.store.current_key(DB).unwrap();
     device.store.add_key(DB, key).unwrap();
     let origin = writer.store.device();

@@ -38,6 +38,30 @@ async fn write_marked(cl: &Client, mark: &str, from: usize, n: usize) {
     }
 }
 
+/// A hub that makes the mesh, its log in `log`.
+async fn start_hub(log: std::path::PathBuf) -> (TestAgent, Client) {
+    let mut agent = TestAgent::stopped(AGENT, &["--role", "hub", "--name", "hub"]).expect("hub");
+    agent.log_to(log);
+    agent.restart().await.expect("hub starts");
+    let hub = agent.client().await.expect("hub client");
+    hub.create_mesh().await.expect("mesh");
+    (agent, hub)
+}
+
+/// Makes the test's database, end-to-end encrypted, on the agent of `cl`.
+async fn create_e2e(cl: &Client) -> DbInfo {
+    cl.db(DB)
+        .create_with(
+            DbSettings {
+                encryption: Encryption::E2e,
+                ..DbSettings::default()
+            },
+            false,
+        )
+        .await
+        .expect("create an e2e database")
+}
+
 /// Devices hand the hub a sealed checkpoint every 20 ops, so that tests
 /// see it kept, and the ops it covers dropped.
 async fn device(hub: &Client, name: &str, log: std::path::PathBuf) -> (TestAgent, Client) {
@@ -56,25 +80,10 @@ async fn a_blind_hub_relays_what_it_cannot_read_and_serves_catch_up_alone() {
     let mark = format!("qzmark{}", std::process::id());
     let logs = tempfile::tempdir().expect("log dir");
     let log = |name: &str| logs.path().join(format!("{name}.log"));
-    let mut hub_agent =
-        TestAgent::stopped(AGENT, &["--role", "hub", "--name", "hub"]).expect("hub");
-    hub_agent.log_to(log("hub"));
-    hub_agent.restart().await.expect("hub starts");
-    let hub = hub_agent.client().await.expect("hub client");
-    hub.create_mesh().await.expect("mesh");
+    let (mut hub_agent, hub) = start_hub(log("hub")).await;
 
     let (mut a_agent, a) = device(&hub, "alpha", log("alpha")).await;
-    let made = a
-        .db(DB)
-        .create_with(
-            DbSettings {
-                encryption: Encryption::E2e,
-                ..DbSettings::default()
-            },
-            false,
-        )
-        .await
-        .expect("create an e2e database");
+    let made = create_e2e(&a).await;
     assert_eq!(made.settings.encryption, Encryption::E2e);
     assert_eq!(made.key_epoch, Some(1), "the creator holds the first key");
     write_marked(&a, &mark, 0, 20).await;
@@ -227,23 +236,9 @@ async fn removing_a_device_rotates_the_key_so_it_cannot_open_later_ops() {
     let mark = format!("qzrot{}", std::process::id());
     let logs = tempfile::tempdir().expect("log dir");
     let log = |name: &str| logs.path().join(format!("{name}.log"));
-    let mut hub_agent =
-        TestAgent::stopped(AGENT, &["--role", "hub", "--name", "hub"]).expect("hub");
-    hub_agent.log_to(log("hub"));
-    hub_agent.restart().await.expect("hub starts");
-    let hub = hub_agent.client().await.expect("hub client");
-    hub.create_mesh().await.expect("mesh");
+    let (mut hub_agent, hub) = start_hub(log("hub")).await;
     let (mut a_agent, a) = device(&hub, "alpha", log("alpha")).await;
-    a.db(DB)
-        .create_with(
-            DbSettings {
-                encryption: Encryption::E2e,
-                ..DbSettings::default()
-            },
-            false,
-        )
-        .await
-        .expect("create an e2e database");
+    create_e2e(&a).await;
     write_marked(&a, &mark, 0, 5).await;
     let (mut b_agent, b) = device(&hub, "bravo", log("bravo")).await;
     let col = format!("{mark}-col");

@@ -476,6 +476,24 @@ impl Store {
         .await
     }
 
+    /// Creates a database a peer syncs: an end-to-end encrypted one gets
+    /// no key made here (keys come from members that hold them).
+    pub async fn create_db_from_peer(
+        &self,
+        name: &str,
+        settings: DbSettings,
+    ) -> Result<DbInfo, StoreError> {
+        let name = name.to_owned();
+        self.call(|reply| Command::CreateDb {
+            name,
+            settings,
+            if_not_exists: true,
+            make_key: false,
+            reply,
+        })
+        .await
+    }
+
     /// What this device asks to receive of a database, if less than all.
     pub fn wish(&self, name: &str) -> Option<blazedb_proto::rules::SyncWish> {
         self.db(name).ok()?.sync_meta().wish

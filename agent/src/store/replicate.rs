@@ -97,8 +97,9 @@ impl Writer {
             if sync.vector.get(&op.origin) + 1 != op.seq {
                 continue;
             }
-            let plain = match reader.read(&db.name, &op) {
-                Body::Readable(p) => Some(p.into_owned()),
+            // Decoded here, so a plain body is read in place, not copied.
+            let decoded = match reader.read(&db.name, &op) {
+                Body::Readable(p) => OpBody::decode(&p).ok(),
                 Body::Blind => None,
                 Body::Refused(why) => {
                     // Its origin's later ops now leave a gap, so they are
@@ -122,7 +123,7 @@ impl Writer {
             }
             // A body this replica cannot read is logged and forwarded all
             // the same; it just changes no record here.
-            if let Some(Ok(body)) = plain.as_deref().map(OpBody::decode) {
+            if let Some(body) = decoded {
                 let key = Slice::from(keys::record_key(body.collection(), body.id()));
                 let indexes = self.collection_indexes(&group, &mut plan, db, body.collection())?;
                 let check = screen.view_for(&op.origin, &body);

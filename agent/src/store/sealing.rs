@@ -323,13 +323,7 @@ mod tests {
 
         // B made the database from a peer's announcement: it holds no key.
         let made = rt
-            .block_on(b.store.call(|reply| super::super::Command::CreateDb {
-                name: "notes".into(),
-                settings: e2e(),
-                if_not_exists: false,
-                make_key: false,
-                reply,
-            }))
+            .block_on(b.store.create_db_from_peer("notes", e2e()))
             .expect("create on b");
         assert_eq!(made.key_epoch, None);
         let applied = b
@@ -483,14 +477,8 @@ mod tests {
     fn writes_and_reads_of_a_database_without_its_key_say_sealed() {
         let rt = rt();
         let d = dev(1);
-        rt.block_on(d.store.call(|reply| super::super::Command::CreateDb {
-            name: "notes".into(),
-            settings: e2e(),
-            if_not_exists: false,
-            make_key: false,
-            reply,
-        }))
-        .expect("create");
+        rt.block_on(d.store.create_db_from_peer("notes", e2e()))
+            .expect("create");
         let put = Write::Put {
             collection: "c".into(),
             id: Some("x".into()),
@@ -511,14 +499,8 @@ mod tests {
         rt.block_on(a.store.create_db("notes", e2e(), false))
             .expect("create");
         for d in [&hub, &c] {
-            rt.block_on(d.store.call(|reply| super::super::Command::CreateDb {
-                name: "notes".into(),
-                settings: e2e(),
-                if_not_exists: false,
-                make_key: false,
-                reply,
-            }))
-            .expect("create");
+            rt.block_on(d.store.create_db_from_peer("notes", e2e()))
+                .expect("create");
         }
         let ops = write_marked(&rt, &a, 30);
         hub.store

@@ -568,6 +568,11 @@ impl<S: SyncStore> Engine<S> {
         }
     }
 
+    /// This replica's device id.
+    pub fn me(&self) -> DeviceId {
+        self.me
+    }
+
     /// The store.
     pub fn store(&self) -> &S {
         &self.store

@@ -245,22 +245,7 @@ fn catch_up(
         b.set_rules(rule, T0);
     }
     let t = Instant::now();
-    a.connected(b_id, T0);
-    b.connected(a_id, T0);
-    loop {
-        let mut moved = false;
-        while let Some((_, m)) = a.poll_transmit() {
-            b.handle(a_id, m, T0);
-            moved = true;
-        }
-        while let Some((_, m)) = b.poll_transmit() {
-            a.handle(b_id, m, T0);
-            moved = true;
-        }
-        if !moved {
-            break;
-        }
-    }
+    settle(&mut a, &mut b);
     let secs = t.elapsed().as_secs_f64();
     let got = store.sync_state(DB).map(|s| s.vector);
     anyhow::ensure!(
@@ -318,20 +303,14 @@ fn blind_catch_up(dir: &Path, src: &MemoryStore, tail: usize) -> anyhow::Result<
     shutdown(&maker)?;
     // The hub holds the database blind: the checkpoint, then the tail.
     let mut hub = Store::open(&dir.join("hub"), DeviceId([8; 32]), StoreOptions::default())?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    hub.submit(blazed::store::Command::CreateDb {
-        name: DB.into(),
-        settings: DbSettings {
+    let rt = tokio::runtime::Builder::new_current_thread().build()?;
+    rt.block_on(hub.create_db_from_peer(
+        DB,
+        DbSettings {
             encryption: Encryption::E2e,
             ..DbSettings::default()
         },
-        if_not_exists: false,
-        make_key: false,
-        reply: Box::new(move |r| {
-            let _ = tx.send(r.map(|_| ()));
-        }),
-    });
-    rx.recv()??;
+    ))?;
     anyhow::ensure!(
         hub.take_checkpoint(DB, checkpoint)?,
         "the hub took no checkpoint"
@@ -349,6 +328,22 @@ fn blind_catch_up(dir: &Path, src: &MemoryStore, tail: usize) -> anyhow::Result<
     let mut a = Engine::new(a_id, hub.clone(), EngineConfig::default(), T0);
     let mut b = Engine::new(b_id, replica.clone(), EngineConfig::default(), T0);
     let t = Instant::now();
+    settle(&mut a, &mut b);
+    let secs = t.elapsed().as_secs_f64();
+    let got = replica.sync_state(DB).map(|s| s.vector);
+    anyhow::ensure!(
+        got.as_ref() == Some(&want),
+        "caught up to {got:?}, not {want:?}"
+    );
+    shutdown(&hub)?;
+    shutdown(&replica)?;
+    Ok((secs, setup))
+}
+
+/// Links `a` and `b` and passes messages between them until neither has
+/// more.
+fn settle<A: SyncStore, B: SyncStore>(a: &mut Engine<A>, b: &mut Engine<B>) {
+    let (a_id, b_id) = (a.me(), b.me());
     a.connected(b_id, T0);
     b.connected(a_id, T0);
     loop {
@@ -365,15 +360,6 @@ fn blind_catch_up(dir: &Path, src: &MemoryStore, tail: usize) -> anyhow::Result<
             break;
         }
     }
-    let secs = t.elapsed().as_secs_f64();
-    let got = replica.sync_state(DB).map(|s| s.vector);
-    anyhow::ensure!(
-        got.as_ref() == Some(&want),
-        "caught up to {got:?}, not {want:?}"
-    );
-    shutdown(&hub)?;
-    shutdown(&replica)?;
-    Ok((secs, setup))
 }
 
 fn filter(field: &str, op: FilterOp, value: Value) -> RuleFilter {
