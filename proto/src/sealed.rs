@@ -27,7 +27,7 @@ pub const NONCE_LEN: usize = 12;
 /// The AES-GCM tag's length, in bytes.
 pub const TAG_LEN: usize = 16;
 /// The bytes before the ciphertext.
-const HEADER_LEN: usize = 2 + 4 + NONCE_LEN;
+pub const HEADER_LEN: usize = 2 + 4 + NONCE_LEN;
 
 /// A sealed body's parts, borrowed from its bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,11 +60,17 @@ impl<'a> SealedBody<'a> {
     /// The body's bytes.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(HEADER_LEN + self.ciphertext.len());
-        out.extend_from_slice(&[SEALED_MARK, SEALED_VERSION]);
-        out.extend_from_slice(&self.key_epoch.to_be_bytes());
-        out.extend_from_slice(&self.nonce);
+        SealedBody::write_header(&mut out, self.key_epoch, &self.nonce);
         out.extend_from_slice(self.ciphertext);
         out
+    }
+
+    /// Appends the [`HEADER_LEN`] bytes that come before the ciphertext,
+    /// for a sealer that encrypts in place after them.
+    pub fn write_header(out: &mut Vec<u8>, key_epoch: u32, nonce: &[u8; NONCE_LEN]) {
+        out.extend_from_slice(&[SEALED_MARK, SEALED_VERSION]);
+        out.extend_from_slice(&key_epoch.to_be_bytes());
+        out.extend_from_slice(nonce);
     }
 }
 

@@ -20,6 +20,44 @@ pub fn record(i: i64) -> Fields {
     ])
 }
 
+/// Rounds in a side-by-side comparison of two rates.
+pub const ROUNDS: usize = 5;
+
+/// The middle of `rates`.
+pub fn median(rates: &mut [f64]) -> f64 {
+    rates.sort_by(f64::total_cmp);
+    rates.get(rates.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// Measures two rates side by side: `a` and then `b`, each given the
+/// round's number, for [`ROUNDS`] rounds; returns the median of each. On a
+/// shared machine one pair of runs swings more than most differences
+/// worth measuring, so the two alternate and medians are compared.
+pub async fn alternating(
+    mut a: impl AsyncFnMut(usize) -> anyhow::Result<f64>,
+    mut b: impl AsyncFnMut(usize) -> anyhow::Result<f64>,
+) -> anyhow::Result<(f64, f64)> {
+    let (mut of_a, mut of_b) = (Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        of_a.push(a(round).await?);
+        of_b.push(b(round).await?);
+    }
+    Ok((median(&mut of_a), median(&mut of_b)))
+}
+
+/// [`alternating`] for rates measured without a runtime.
+pub fn alternating_blocking(
+    mut a: impl FnMut(usize) -> anyhow::Result<f64>,
+    mut b: impl FnMut(usize) -> anyhow::Result<f64>,
+) -> anyhow::Result<(f64, f64)> {
+    let (mut of_a, mut of_b) = (Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        of_a.push(a(round)?);
+        of_b.push(b(round)?);
+    }
+    Ok((median(&mut of_a), median(&mut of_b)))
+}
+
 /// Latency samples in microseconds.
 #[derive(Debug, Clone, Default)]
 pub struct Samples(pub Vec<f64>);

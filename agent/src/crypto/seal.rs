@@ -17,12 +17,11 @@
 //! ([`super::wrap`]) in a context naming the mesh, the database, the epoch
 //! and the recipient, so a wrapped key opens nowhere else.
 
-use aes_gcm::aead::{Aead as _, KeyInit as _, Payload};
-use aes_gcm::{Aes256Gcm, Nonce};
 use blazedb_proto::DeviceId;
 use blazedb_proto::mesh::MeshId;
-use blazedb_proto::sealed::{NONCE_LEN, SealedBody, SealedOp};
+use blazedb_proto::sealed::{HEADER_LEN, NONCE_LEN, SealedBody, SealedOp, TAG_LEN};
 use p256::{PublicKey, SecretKey};
+use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -38,7 +37,10 @@ pub struct ContentKey {
     /// The key epoch; later epochs replace earlier ones for new ops.
     pub epoch: u32,
     key: [u8; 32],
-    cipher: Aes256Gcm,
+    // ring's AES-GCM rather than the `aes-gcm` crate's: the same cipher,
+    // two to three times faster on the short bodies of ops, which every
+    // local write and every applied remote op pays on one thread.
+    cipher: Arc<LessSafeKey>,
     nonces: Arc<Nonces>,
 }
 
@@ -108,7 +110,9 @@ impl ContentKey {
         Ok(ContentKey {
             epoch,
             key,
-            cipher: Aes256Gcm::new(&key.into()),
+            cipher: Arc::new(LessSafeKey::new(
+                UnboundKey::new(&AES_256_GCM, &key).map_err(|_| SealError::Damaged)?,
+            )),
             nonces: Arc::new(Nonces {
                 prefix: random()?,
                 next: AtomicU64::new(0),
@@ -139,16 +143,19 @@ impl ContentKey {
     /// layout (which names this key's epoch).
     pub fn seal_with(&self, aad: &[u8], body: &[u8]) -> Result<Vec<u8>, SealError> {
         let nonce = self.next_nonce()?;
-        let ciphertext = self
+        let mut out = Vec::with_capacity(HEADER_LEN + body.len() + TAG_LEN);
+        SealedBody::write_header(&mut out, self.epoch, &nonce);
+        out.extend_from_slice(body);
+        let tag = self
             .cipher
-            .encrypt(&Nonce::from(nonce), Payload { msg: body, aad })
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad),
+                &mut out[HEADER_LEN..],
+            )
             .map_err(|_| SealError::Damaged)?;
-        Ok(SealedBody {
-            key_epoch: self.epoch,
-            nonce,
-            ciphertext: &ciphertext,
-        }
-        .to_bytes())
+        out.extend_from_slice(tag.as_ref());
+        Ok(out)
     }
 
     /// The context a key of this epoch is wrapped in for `recipient`.
@@ -212,15 +219,18 @@ pub fn open_with<'k>(
     let sealed = SealedBody::parse(sealed).ok_or(SealError::NotSealed)?;
     let key = key_of(sealed.key_epoch).ok_or(SealError::NoKey(sealed.key_epoch))?;
     let aad = aad_of(sealed.key_epoch);
-    key.cipher
-        .decrypt(
-            &Nonce::from(sealed.nonce),
-            Payload {
-                msg: sealed.ciphertext,
-                aad: &aad,
-            },
+    let mut plain = sealed.ciphertext.to_vec();
+    let len = key
+        .cipher
+        .open_in_place(
+            Nonce::assume_unique_for_key(sealed.nonce),
+            Aad::from(&aad),
+            &mut plain,
         )
-        .map_err(|_| SealError::Damaged)
+        .map_err(|_| SealError::Damaged)?
+        .len();
+    plain.truncate(len);
+    Ok(plain)
 }
 
 #[cfg(test)]
@@ -240,6 +250,29 @@ mod tests {
             hlc: Hlc(1_000 + seq),
             priority: 0,
         }
+    }
+
+    /// Sealed bodies are plain AES-256-GCM: another implementation of the
+    /// cipher (the `aes-gcm` crate) opens them from the layout alone, so a
+    /// client in another language can too.
+    #[test]
+    fn a_sealed_body_is_standard_aes_256_gcm() {
+        use aes_gcm::aead::{Aead as _, KeyInit as _, Payload};
+        let key = ContentKey::generate(3).expect("key");
+        let body = b"put bugs/1 title=standard".to_vec();
+        let sealed = key.seal(&op("notes", 8), &body).expect("seal");
+        let parts = SealedBody::parse(&sealed).expect("layout");
+        assert_eq!(parts.key_epoch, 3);
+        let other = aes_gcm::Aes256Gcm::new(&key.to_bytes().into());
+        let aad = op("notes", 8).associated_data(3);
+        let opened = other.decrypt(
+            &aes_gcm::Nonce::from(parts.nonce),
+            Payload {
+                msg: parts.ciphertext,
+                aad: &aad,
+            },
+        );
+        assert_eq!(opened.as_deref(), Ok(&body[..]));
     }
 
     #[test]

@@ -36,7 +36,7 @@ use blazedb_proto::mesh::MeshId;
 use blazedb_proto::rules::{AccessLevel, AccessRule, AccessRules, RuleFilter, Selector};
 use blazedb_proto::sealed::SealedOp;
 use blazedb_proto::{DeviceId, Fields, Op, OpBody, SyncMessage, Value, codec};
-use blazedb_tests::bench::raw_fjall_layout_of;
+use blazedb_tests::bench::{ROUNDS, alternating_blocking, raw_fjall_layout_of};
 use clap::Parser;
 use fjall::{KeyspaceCreateOptions, PersistMode};
 
@@ -487,26 +487,26 @@ fn main() -> anyhow::Result<()> {
     // opened before it is applied, and logged sealed.
     let key = ContentKey::generate(1)?;
     let sealed_ops = sealed(&src_ops, &key)?;
-    // Alternate the two, several rounds, and compare medians: on a shared
-    // machine a single pair of runs swings more than the difference.
-    let (mut plains, mut e2es) = (Vec::new(), Vec::new());
-    for round in 0..ROUNDS {
-        plains.push(engine_apply(
-            &tmp.path().join(format!("plain-{round}")),
-            &src_ops,
-            batch,
-            None,
-            None,
-        )?);
-        e2es.push(engine_apply(
-            &tmp.path().join(format!("e2e-{round}")),
-            &sealed_ops,
-            batch,
-            None,
-            Some(&key),
-        )?);
-    }
-    let (plain_median, e2e) = (median(&mut plains), median(&mut e2es));
+    let (plain_median, e2e) = alternating_blocking(
+        |round| {
+            engine_apply(
+                &tmp.path().join(format!("plain-{round}")),
+                &src_ops,
+                batch,
+                None,
+                None,
+            )
+        },
+        |round| {
+            engine_apply(
+                &tmp.path().join(format!("e2e-{round}")),
+                &sealed_ops,
+                batch,
+                None,
+                Some(&key),
+            )
+        },
+    )?;
     println!(
         "apply {apply_n} remote puts, plaintext and e2e alternating, median of {ROUNDS} rounds:"
     );
@@ -528,15 +528,6 @@ fn main() -> anyhow::Result<()> {
         share(open)
     );
     Ok(())
-}
-
-/// Rounds of the plaintext / e2e apply comparison.
-const ROUNDS: usize = 5;
-
-/// The middle of `rates`.
-fn median(rates: &mut [f64]) -> f64 {
-    rates.sort_by(f64::total_cmp);
-    rates[rates.len() / 2]
 }
 
 /// Seals every op's body as the op's own, then opens each again; returns
