@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use tokio::sync::watch;
 
+use crate::apps::Apps;
 use crate::config::Config;
 use crate::identity::Identity;
 use crate::ipc::{self, Ctx};
@@ -40,7 +41,11 @@ pub async fn run(
         },
     )
     .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
-    let listener = ipc::listener::bind(&config.socket)?;
+    let apps = Arc::new(
+        Apps::open(&config.data_dir)
+            .with_context(|| format!("cannot load the apps in {}", config.data_dir.display()))?,
+    );
+    let listener = ipc::listener::bind(&config.socket, config.socket_group.as_deref())?;
     tracing::info!(
         device = %identity.device_id(),
         data_dir = %config.data_dir.display(),
@@ -69,6 +74,8 @@ pub async fn run(
         config.data_dir.clone(),
         config.socket.clone(),
         mesh.clone(),
+        apps,
+        config.require_app_tokens,
     ));
     let server = tokio::spawn(ipc::run(listener, ctx, stop_rx));
     ready(&config);

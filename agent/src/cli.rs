@@ -50,6 +50,15 @@ pub struct Args {
     /// checkpoint (default 10000).
     #[arg(long, value_name = "OPS")]
     pub checkpoint_ops: Option<u64>,
+    /// Serve processes of the agent's own user only with a token: the
+    /// owner token (in the data directory, read by blazectl) or an app's.
+    #[arg(long)]
+    pub require_app_tokens: bool,
+    /// Let members of this group reach the socket (directory 0750, socket
+    /// 0660), for a system agent serving apps of several users; each
+    /// user's apps still need a token bound to their uid.
+    #[arg(long, value_name = "GROUP")]
+    pub socket_group: Option<String>,
     /// This device's name, shown to other members (default: host name).
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
@@ -151,6 +160,8 @@ pub fn main() -> ExitCode {
         no_mdns: args.no_mdns,
         mdns_loopback: args.mdns_loopback,
         checkpoint_ops: args.checkpoint_ops,
+        require_app_tokens: args.require_app_tokens,
+        socket_group: args.socket_group,
         name: args.name,
         peers: args.peers,
         announce: args.announce,

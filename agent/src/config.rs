@@ -51,6 +51,15 @@ pub struct FileConfig {
     /// holder holds more than the last sealed checkpoint it gave a blind
     /// hub before it gives it a new one (default 10000).
     pub checkpoint_ops: Option<u64>,
+    /// Whether processes of the agent's own user need a token too: the
+    /// owner token (blazectl reads it from the data directory) or an
+    /// app's (default false).
+    pub require_app_tokens: Option<bool>,
+    /// A group whose members may reach the socket (its directory becomes
+    /// 0750 and the socket 0660, both of that group), for a system agent
+    /// serving apps of several users. Private to the agent's user when
+    /// missing.
+    pub socket_group: Option<String>,
 }
 
 /// Settings given on the command line or in the environment.
@@ -74,6 +83,10 @@ pub struct Overrides {
     pub mdns_loopback: bool,
     /// `--checkpoint-ops`.
     pub checkpoint_ops: Option<u64>,
+    /// `--require-app-tokens`.
+    pub require_app_tokens: bool,
+    /// `--socket-group`.
+    pub socket_group: Option<String>,
     /// `--name`.
     pub name: Option<String>,
     /// `--peer`, repeatable.
@@ -99,6 +112,10 @@ pub struct Config {
     pub config_file: Option<PathBuf>,
     /// How the mesh runs.
     pub mesh: MeshConfig,
+    /// Whether processes of the agent's own user need a token too.
+    pub require_app_tokens: bool,
+    /// The group that may reach the socket, if any.
+    pub socket_group: Option<String>,
 }
 
 fn host_name() -> String {
@@ -110,12 +127,7 @@ fn host_name() -> String {
         .unwrap_or_else(|| "blazed".to_owned())
 }
 
-/// The data directory used when nothing names one.
-pub fn default_data_dir() -> PathBuf {
-    directories::ProjectDirs::from("", "", "blazedb")
-        .map(|d| d.data_dir().to_path_buf())
-        .unwrap_or_else(|| PathBuf::from(".blazedb"))
-}
+pub use blazedb_proto::paths::default_data_dir;
 
 fn default_config_file() -> Option<PathBuf> {
     directories::ProjectDirs::from("", "", "blazedb").map(|d| d.config_dir().join(CONFIG_FILE))
@@ -186,6 +198,8 @@ impl Config {
             flush_interval: Duration::from_millis(file.flush_interval_ms.unwrap_or(200).max(1)),
             log: file.log,
             config_file,
+            require_app_tokens: o.require_app_tokens || file.require_app_tokens.unwrap_or(false),
+            socket_group: o.socket_group.or(file.socket_group),
         })
     }
 }

@@ -11,6 +11,7 @@
 
 pub mod access;
 pub mod agent;
+pub mod apps;
 pub mod cli;
 pub mod config;
 pub mod crypto;

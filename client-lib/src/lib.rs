@@ -39,7 +39,8 @@ pub use blazedb_proto::api::{
     Change, ChangeKind, Durability, Filter, FilterOp, ID_FIELD, Record, StatusResult, SyncMode,
     WriteResult,
 };
-pub use blazedb_proto::paths::default_socket_path;
+pub use blazedb_proto::apps::{self, AppAccess, AppGrant, AppInfo};
+pub use blazedb_proto::paths::{OWNER_TOKEN_FILE, default_data_dir, default_socket_path};
 pub use blazedb_proto::rules;
 pub use blazedb_proto::{ErrorCode, ErrorInfo, Fields, Hlc, Timestamp, Uuid, Value};
 
@@ -96,25 +97,74 @@ pub struct Client {
     hello: Arc<api::HelloResult>,
 }
 
+/// The environment variable naming the app a client connects as.
+pub const APP_ENV: &str = "BLAZEDB_APP";
+/// The environment variable holding that app's token.
+pub const APP_TOKEN_ENV: &str = "BLAZEDB_APP_TOKEN";
+
+/// Who a client says it is when it connects.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Login {
+    /// The client's name, for the agent's logs.
+    pub client: String,
+    /// The app to connect as, with its token; the device's owner when
+    /// missing.
+    pub app: Option<String>,
+    /// The app's token, or without `app` the owner token.
+    pub token: Option<String>,
+}
+
+impl Login {
+    /// The owner, or the app named by `BLAZEDB_APP` with the token in
+    /// `BLAZEDB_APP_TOKEN` when they are set.
+    pub fn from_env(client: &str) -> Login {
+        let var = |name| std::env::var(name).ok().filter(|v: &String| !v.is_empty());
+        Login {
+            client: client.to_owned(),
+            app: var(APP_ENV),
+            token: var(APP_TOKEN_ENV),
+        }
+    }
+
+    /// The app `app` with its `token`.
+    pub fn app(app: &str, token: &str) -> Login {
+        Login {
+            client: env!("CARGO_PKG_NAME").to_owned(),
+            app: Some(app.to_owned()),
+            token: Some(token.to_owned()),
+        }
+    }
+}
+
 impl Client {
     /// Connects to the agent at the default socket (`$BLAZED_SOCKET`, or
-    /// `blazed.sock` in the runtime directory).
+    /// `blazed.sock` in the runtime directory), as the app in
+    /// `BLAZEDB_APP` and `BLAZEDB_APP_TOKEN` if they are set.
     pub async fn connect() -> Result<Client, Error> {
         Client::connect_to(default_socket_path()).await
     }
 
-    /// Connects to the agent listening on `socket`.
+    /// Connects to the agent listening on `socket`, as the app in
+    /// `BLAZEDB_APP` and `BLAZEDB_APP_TOKEN` if they are set.
     pub async fn connect_to(socket: impl AsRef<Path>) -> Result<Client, Error> {
-        Client::connect_as(socket, env!("CARGO_PKG_NAME")).await
+        Client::connect_with(socket, Login::from_env(env!("CARGO_PKG_NAME"))).await
     }
 
-    /// Connects and names the client in the agent's logs.
-    pub async fn connect_as(socket: impl AsRef<Path>, name: &str) -> Result<Client, Error> {
+    /// Connects to the agent at the default socket as the app `app`,
+    /// with its token.
+    pub async fn connect_as(app: &str, token: &str) -> Result<Client, Error> {
+        Client::connect_with(default_socket_path(), Login::app(app, token)).await
+    }
+
+    /// Connects to the agent listening on `socket` as `login` says.
+    pub async fn connect_with(socket: impl AsRef<Path>, login: Login) -> Result<Client, Error> {
         let conn = conn::Connection::open(socket.as_ref()).await?;
         let hello = conn
             .call::<api::Hello>(&api::HelloParams {
                 protocol: blazedb_proto::PROTOCOL_VERSION,
-                client: name.to_owned(),
+                client: login.client,
+                app: login.app,
+                token: login.token,
             })
             .await?;
         conn.max_frame.store(hello.max_frame, Ordering::Relaxed);
@@ -122,6 +172,11 @@ impl Client {
             conn: Arc::new(conn),
             hello: Arc::new(hello),
         })
+    }
+
+    /// The app the agent took this client for; `None` for the owner.
+    pub fn app(&self) -> Option<&str> {
+        self.hello.app.as_deref()
     }
 
     /// The id of the agent's device.
@@ -241,6 +296,73 @@ impl Client {
     /// The mesh's members and their links.
     pub async fn peers(&self) -> Result<Vec<api::PeerInfo>, Error> {
         Ok(self.call::<api::Peers>(&api::Empty {}).await?.peers)
+    }
+
+    /// Adds a local app with `grants` (owner only); returns it with its
+    /// token, which is shown this once. `uid` binds it to another user's
+    /// processes.
+    pub async fn add_app(
+        &self,
+        name: &str,
+        grants: Vec<AppGrant>,
+        uid: Option<u32>,
+    ) -> Result<apps::AppAddResult, Error> {
+        self.call::<api::AppAdd>(&apps::AppAddParams {
+            name: name.to_owned(),
+            grants,
+            uid,
+        })
+        .await
+    }
+
+    /// Every local app (owner only).
+    pub async fn apps(&self) -> Result<Vec<AppInfo>, Error> {
+        Ok(self.call::<api::AppList>(&api::Empty {}).await?.apps)
+    }
+
+    /// One local app (owner only).
+    pub async fn app_info(&self, name: &str) -> Result<AppInfo, Error> {
+        self.call::<api::AppShow>(&apps::AppName {
+            name: name.to_owned(),
+        })
+        .await
+    }
+
+    /// Removes an app and cuts its connections (owner only). Returns
+    /// `false` if there was none of that name.
+    pub async fn remove_app(&self, name: &str) -> Result<bool, Error> {
+        let r = self
+            .call::<api::AppRemove>(&apps::AppName {
+                name: name.to_owned(),
+            })
+            .await?;
+        Ok(r.dropped)
+    }
+
+    /// Gives an app `grant`, replacing its grant on the same database and
+    /// collection (owner only).
+    pub async fn grant_app(&self, name: &str, grant: AppGrant) -> Result<AppInfo, Error> {
+        self.call::<api::AppGrantAdd>(&apps::AppGrantParams {
+            name: name.to_owned(),
+            grant,
+        })
+        .await
+    }
+
+    /// Takes back an app's grants on `db`, or on one collection of it, and
+    /// cuts its connections (owner only).
+    pub async fn revoke_app(
+        &self,
+        name: &str,
+        db: &str,
+        collection: Option<&str>,
+    ) -> Result<AppInfo, Error> {
+        self.call::<api::AppRevoke>(&apps::AppRevokeParams {
+            name: name.to_owned(),
+            db: db.to_owned(),
+            collection: collection.map(str::to_owned),
+        })
+        .await
     }
 
     /// Adds an address (`host:port`) to dial always. Returns `false` if it

@@ -7,6 +7,7 @@
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::apps::{AppAddParams, AppAddResult, AppGrantParams, AppInfo, AppListResult, AppName, AppRevokeParams};
 use crate::codec;
 use crate::error::{ErrorCode, ErrorInfo};
 use crate::op::Hlc;
@@ -142,6 +143,21 @@ methods! {
     PeerList = "peer.list", Empty => PeerListResult;
     /// Stops dialling an address always.
     PeerRemove = "peer.remove", PeerAddParams => DroppedResult;
+    /// Adds a local app with grants; returns its token, shown once
+    /// (owner only).
+    AppAdd = "app.add", AppAddParams => AppAddResult;
+    /// Lists the local apps (owner only).
+    AppList = "app.list", Empty => AppListResult;
+    /// Describes one app (owner only).
+    AppShow = "app.show", AppName => AppInfo;
+    /// Removes an app and cuts its connections (owner only).
+    AppRemove = "app.remove", AppName => DroppedResult;
+    /// Adds a grant to an app, or replaces its grant on the same
+    /// database and collection (owner only).
+    AppGrantAdd = "app.grant", AppGrantParams => AppInfo;
+    /// Takes grants back from an app and cuts its connections (owner
+    /// only).
+    AppRevoke = "app.revoke", AppRevokeParams => AppInfo;
 }
 
 /// Params of `db.sync`.
@@ -439,13 +455,20 @@ pub struct SubscriptionEndParams {
 pub struct Empty {}
 
 /// Params of `hello`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HelloParams {
     /// The protocol version the client speaks.
     pub protocol: u32,
     /// The client's name, for the agent's logs.
     #[serde(default)]
     pub client: String,
+    /// The app this client connects as, with its `token`; the device's
+    /// owner when missing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
+    /// The app's token, or without `app` the owner token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
 }
 
 /// Result of `hello`.
@@ -459,6 +482,9 @@ pub struct HelloResult {
     pub device_id: String,
     /// The largest frame payload the agent accepts, in bytes.
     pub max_frame: u32,
+    /// The app the agent took this client for; missing for the owner.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
 }
 
 /// Result of `status`.

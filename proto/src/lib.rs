@@ -14,6 +14,7 @@
 //! encoding; the agent and the clients go through it.
 
 pub mod api;
+pub mod apps;
 pub mod base32;
 pub mod codec;
 pub mod error;

@@ -34,6 +34,17 @@ pub fn default_socket_path() -> PathBuf {
     }
 }
 
+/// The data directory the agent uses when nothing names one.
+pub fn default_data_dir() -> PathBuf {
+    directories::ProjectDirs::from("", "", "blazedb")
+        .map(|d| d.data_dir().to_path_buf())
+        .unwrap_or_else(|| PathBuf::from(".blazedb"))
+}
+
+/// The owner token's file in a data directory (mode 0600): it lets
+/// blazectl act as the device's owner where the agent asks for tokens.
+pub const OWNER_TOKEN_FILE: &str = "owner.token";
+
 fn current_uid() -> u32 {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() }

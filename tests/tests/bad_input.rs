@@ -35,6 +35,7 @@ impl Raw {
             &HelloParams {
                 protocol: PROTOCOL_VERSION,
                 client: "raw".into(),
+                ..Default::default()
             },
         );
         assert!(r.is_ok(), "hello failed: {r:?}");
@@ -190,7 +191,7 @@ async fn requests_before_hello_are_refused() {
         "hello",
         &HelloParams {
             protocol: 99,
-            client: String::new(),
+            ..Default::default()
         },
     );
     assert_eq!(code(r), ErrorCode::UnsupportedProtocol);

@@ -33,9 +33,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use super::authorize::authorize;
 use super::handler::{self, Handled};
 use super::subscription;
 use super::{Ctx, listener};
+use crate::apps::{Access, Connected, Credentials, FieldLimit, Ticket};
 
 /// Writes a connection may have waiting on the store.
 pub const MAX_IN_FLIGHT: usize = 4096;
@@ -53,8 +55,18 @@ const MAX_READ_THREADS: usize = 4;
 /// Where write replies are sent, as whole encoded frames.
 pub(crate) type ReplySender = mpsc::UnboundedSender<Vec<u8>>;
 
+/// A get waiting in a run: its request id, the record, and the fields the
+/// connection may see of it.
+type PendingGet = (u64, api::RecordRef, FieldLimit);
+
 struct Conn {
     ctx: Arc<Ctx>,
+    peer_uid: Option<u32>,
+    /// Who the client is: the owner until `hello` says otherwise.
+    access: Access,
+    /// For an app, what its rights are checked against when apps change.
+    ticket: Option<Ticket>,
+    _connected: Option<Connected>,
     handshaken: bool,
     closing: bool,
     in_flight: usize,
@@ -70,25 +82,16 @@ pub(crate) async fn serve(stream: Stream, ctx: Arc<Ctx>, mut shutdown: watch::Re
     let peer_uid = stream.peer_creds().ok().and_then(|c| c.euid());
     // `&Stream` reads and writes, so both halves can borrow one stream.
     let (mut rd, mut wr) = (&stream, &stream);
-    if peer_uid != Some(listener::agent_uid()) {
-        tracing::warn!(?peer_uid, "refused a client of another user");
-        let mut out = Vec::new();
-        message::encode_error(
-            &mut out,
-            0,
-            &ErrorInfo::new(
-                ErrorCode::PermissionDenied,
-                "this agent serves only its own user's processes",
-            ),
-        );
-        let _ = wr.write_all(&out).await;
-        return;
-    }
 
     let (reply_tx, mut reply_rx) = mpsc::unbounded_channel();
     let (event_tx, mut event_rx) = mpsc::channel(EVENT_QUEUE);
+    let mut app_changes = None;
     let mut conn = Conn {
         ctx,
+        peer_uid,
+        access: Access::Owner,
+        ticket: None,
+        _connected: None,
         handshaken: false,
         closing: false,
         in_flight: 0,
@@ -113,6 +116,11 @@ pub(crate) async fn serve(stream: Stream, ctx: Arc<Ctx>, mut shutdown: watch::Re
             && conn.in_flight < MAX_IN_FLIGHT
             && conn.out.len() < OUT_HIGH_WATER;
         let want_events = conn.out.len() < OUT_HIGH_WATER && !conn.closing;
+        if conn.ticket.is_some() && app_changes.is_none() {
+            app_changes = Some(conn.ctx.apps.changes());
+            // A change between the login and now is not missed.
+            conn.refresh_access();
+        }
         let pending = &conn.out[written..];
         tokio::select! {
             biased;
@@ -155,6 +163,7 @@ pub(crate) async fn serve(stream: Stream, ctx: Arc<Ctx>, mut shutdown: watch::Re
                 }
             },
             _ = shutdown.changed() => conn.closing = true,
+            () = apps_changed(&mut app_changes) => conn.refresh_access(),
         }
     }
 
@@ -164,11 +173,23 @@ pub(crate) async fn serve(stream: Stream, ctx: Arc<Ctx>, mut shutdown: watch::Re
     let _ = wr.flush().await;
 }
 
+/// Waits until the apps change; forever when the connection is not an
+/// app's.
+async fn apps_changed(changes: &mut Option<watch::Receiver<u64>>) {
+    if let Some(rx) = changes
+        && rx.changed().await.is_ok()
+    {
+        return;
+    }
+    std::future::pending().await
+
+}
+
 /// Answers `gets` into a buffer of their response frames.
-fn answer_all(ctx: &Ctx, gets: &[(u64, api::RecordRef)]) -> Vec<u8> {
+fn answer_all(ctx: &Ctx, gets: &[PendingGet]) -> Vec<u8> {
     let mut out = Vec::new();
-    for (id, p) in gets {
-        handler::get(ctx, *id, p, &mut out);
+    for (id, p, fields) in gets {
+        handler::get(ctx, *id, p, fields, &mut out);
     }
     out
 }
@@ -244,6 +265,28 @@ fn reserve_for_next_frame(inbuf: &mut Vec<u8>, max_frame: u32) {
 impl Conn {
     /// Handles every complete frame at the start of `buf`; returns how many
     /// bytes they took.
+    /// Takes the app's rights as they are now, or cuts the connection when
+    /// it lost any since it connected.
+    fn refresh_access(&mut self) {
+        let Some(ticket) = &self.ticket else { return };
+        match self.ctx.apps.view(ticket) {
+            Some(view) => self.access = Access::App(view),
+            None if !self.closing => {
+                tracing::info!(app = %ticket.name, "cut a connection: the app lost a grant or was removed");
+                let message = format!(
+                    "app {:?} was removed or lost a grant: this connection and its \
+                     subscriptions are closed; connect again to use what it may now",
+                    ticket.name
+                );
+                for (_, task) in self.subscriptions.drain() {
+                    task.abort();
+                }
+                self.fail_connection(0, ErrorCode::PermissionDenied, message);
+            }
+            None => {}
+        }
+    }
+
     fn handle_frames(&mut self, buf: &[u8]) -> usize {
         let mut pos = 0;
         let mut gets = Vec::new();
@@ -271,16 +314,16 @@ impl Conn {
     /// Answers a run of gets, in order. A long run is shared with the read
     /// helpers: each answers a contiguous part into its own buffer while
     /// this thread answers the first, and the parts are joined in order.
-    fn answer_gets(&mut self, gets: &mut Vec<(u64, api::RecordRef)>) {
+    fn answer_gets(&mut self, gets: &mut Vec<PendingGet>) {
         let helpers = read_helpers();
         let threads = (helpers.count + 1).min(gets.len() / GETS_PER_THREAD);
         if threads <= 1 {
-            for (id, p) in gets.drain(..) {
-                handler::get(&self.ctx, id, &p, &mut self.out);
+            for (id, p, fields) in gets.drain(..) {
+                handler::get(&self.ctx, id, &p, &fields, &mut self.out);
             }
             return;
         }
-        let run: Arc<[(u64, api::RecordRef)]> = gets.drain(..).collect();
+        let run: Arc<[PendingGet]> = gets.drain(..).collect();
         let part = run.len().div_ceil(threads);
         let pending: Vec<_> = (1..threads)
             .map(|i| {
@@ -318,7 +361,7 @@ impl Conn {
 
     /// Handles one request, or adds it to `gets`, the run of gets waiting
     /// to be answered, which is answered first if this request is not one.
-    fn handle_frame(&mut self, payload: &[u8], gets: &mut Vec<(u64, api::RecordRef)>) {
+    fn handle_frame(&mut self, payload: &[u8], gets: &mut Vec<PendingGet>) {
         let raw = match message::decode_request(payload) {
             Ok(raw) => raw,
             Err(e) => {
@@ -333,17 +376,22 @@ impl Conn {
         if !self.handshaken {
             return self.hello(raw);
         }
-        match Request::decode(raw.method, raw.params) {
-            Ok(Request::Get(p)) => gets.push((raw.id, p)),
-            Ok(req) => {
-                self.answer_gets(gets);
-                self.dispatch(raw.id, req);
-            }
-            Err(e) => {
-                self.answer_gets(gets);
-                message::encode_error(&mut self.out, raw.id, &e);
-            }
-        }
+        let refused = match Request::decode(raw.method, raw.params) {
+            Ok(Request::Get(p)) => match self.access.rights(&p.db, &p.collection) {
+                Ok(rights) => return gets.push((raw.id, p, rights.fields)),
+                Err(e) => e,
+            },
+            Ok(req) => match authorize(&self.access, &req) {
+                Ok(()) => {
+                    self.answer_gets(gets);
+                    return self.dispatch(raw.id, req);
+                }
+                Err(e) => e,
+            },
+            Err(e) => e,
+        };
+        self.answer_gets(gets);
+        message::encode_error(&mut self.out, raw.id, &refused);
     }
 
     fn hello(&mut self, raw: RawRequest<'_>) {
@@ -378,13 +426,40 @@ impl Conn {
             self.closing = true;
             return;
         }
-        tracing::debug!(client = %params.client, "client connected");
+        let credentials = Credentials {
+            app: params.app.as_deref(),
+            token: params.token.as_deref(),
+            peer_uid: self.peer_uid,
+        };
+        let login = self.ctx.apps.login(
+            credentials,
+            listener::agent_uid(),
+            self.ctx.require_app_tokens,
+        );
+        let (access, ticket) = match login {
+            Ok(login) => login,
+            Err(e) => {
+                tracing::warn!(
+                    client = %params.client,
+                    app = ?params.app,
+                    peer_uid = ?self.peer_uid,
+                    "refused a client: {}",
+                    e.message
+                );
+                return self.fail_connection(raw.id, e.code, e.message);
+            }
+        };
+        tracing::debug!(client = %params.client, app = ?access.app(), "client connected");
+        self._connected = ticket.as_ref().map(|t| self.ctx.apps.connected(t));
+        self.ticket = ticket;
+        self.access = access;
         self.handshaken = true;
         let result = HelloResult {
             protocol: PROTOCOL_VERSION,
             agent: format!("blazed {}", env!("CARGO_PKG_VERSION")),
             device_id: self.ctx.store.device().to_string(),
             max_frame: self.ctx.max_frame,
+            app: self.access.app().map(str::to_owned),
         };
         self.respond(raw.id, &result);
     }
@@ -396,7 +471,7 @@ impl Conn {
     fn dispatch(&mut self, id: u64, req: Request) {
         match req {
             Request::Subscribe(p) => {
-                match subscription::start(&self.ctx, p, self.event_tx.clone()) {
+                match subscription::start(&self.ctx, p, &self.access, self.event_tx.clone()) {
                     Ok((sub_id, cursor, task)) => {
                         self.subscriptions.insert(sub_id, task);
                         self.respond(
@@ -420,7 +495,14 @@ impl Conn {
                 };
                 self.respond(id, &UnsubscribeResult { removed });
             }
-            other => match handler::handle(&self.ctx, id, other, &self.reply_tx, &mut self.out) {
+            other => match handler::handle(
+                &self.ctx,
+                id,
+                other,
+                &self.access,
+                &self.reply_tx,
+                &mut self.out,
+            ) {
                 Handled::Done => {}
                 Handled::Pending => self.in_flight += 1,
             },

@@ -4,8 +4,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use blazedb_proto::api::{
-    BatchResult, CreatedResult, DbListResult, DroppedResult, GetResult, IndexParams, RecordRef,
-    Request, StatusResult, Write,
+    BatchResult, CreatedResult, DbCreateParams, DbListResult, DroppedResult, EncodedRecord,
+    GetResult, IndexParams, RecordRef, Request, StatusResult, Write,
 };
 use blazedb_proto::message::{self, EncodeError};
 use blazedb_proto::{ErrorCode, ErrorInfo};
@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use super::Ctx;
 use super::conn::ReplySender;
+use crate::apps::{Access, FieldLimit};
 use crate::store::{Command, Reply, StoreError, prepare};
 
 /// Whether a request was answered or will be answered through the reply
@@ -91,12 +92,29 @@ fn done<R: Serialize>(ctx: &Ctx, out: &mut Vec<u8>, id: u64, r: Result<R, StoreE
     Handled::Done
 }
 
-/// Answers a get.
-pub(crate) fn get(ctx: &Ctx, id: u64, p: &RecordRef, out: &mut Vec<u8>) {
+/// Answers a get, with only the fields in `fields`.
+pub(crate) fn get(ctx: &Ctx, id: u64, p: &RecordRef, fields: &FieldLimit, out: &mut Vec<u8>) {
     // The stored values are passed on as they are encoded.
     let sent = ctx
         .store
         .get_encoded(&p.db, &p.collection, &p.id, |record| {
+            let limited;
+            let record = match (record, fields) {
+                (Some(r), Some(only)) => {
+                    limited = EncodedRecord {
+                        id: r.id,
+                        fields: r
+                            .fields
+                            .iter()
+                            .filter(|(name, _)| only.contains(*name))
+                            .copied()
+                            .collect(),
+                        version: r.version,
+                    };
+                    Some(&limited)
+                }
+                (record, _) => record,
+            };
             message::encode_response_with(out, id, ctx.max_frame, |out| {
                 GetResult::encode_from(out, record);
                 Ok(())
@@ -106,64 +124,91 @@ pub(crate) fn get(ctx: &Ctx, id: u64, p: &RecordRef, out: &mut Vec<u8>) {
 }
 
 /// Handles every request but hello, subscribe and unsubscribe (which need
-/// the connection's state).
+/// the connection's state), for a connection with `access`, which
+/// [`super::authorize`] has let make it.
 pub(crate) fn handle(
     ctx: &Arc<Ctx>,
     id: u64,
     req: Request,
+    access: &Access,
     tx: &ReplySender,
     out: &mut Vec<u8>,
 ) -> Handled {
     let store = &ctx.store;
     let max = ctx.max_frame;
     match req {
-        Request::Status(_) => done(
-            ctx,
-            out,
-            id,
-            Ok(StatusResult {
-                agent: format!("blazed {}", env!("CARGO_PKG_VERSION")),
-                device_id: store.device().to_string(),
-                data_dir: ctx.data_dir.display().to_string(),
-                socket: ctx.socket.display().to_string(),
-                uptime_ms: ctx.started.elapsed().as_millis() as u64,
-                databases: store.db_count() as u32,
-                connections: ctx.connections.load(Ordering::Relaxed),
-                subscriptions: ctx.subscriptions.load(Ordering::Relaxed),
-                unopened: store.unopened(),
-            }),
-        ),
+        Request::Status(_) => {
+            let mut unopened = store.unopened();
+            unopened.retain(|u| access.sees_db(&u.db));
+            let databases = match access {
+                Access::Owner => store.db_count(),
+                Access::App(_) => store.list().iter().filter(|d| access.sees_db(&d.name)).count(),
+            };
+            done(
+                ctx,
+                out,
+                id,
+                Ok(StatusResult {
+                    agent: format!("blazed {}", env!("CARGO_PKG_VERSION")),
+                    device_id: store.device().to_string(),
+                    data_dir: ctx.data_dir.display().to_string(),
+                    socket: ctx.socket.display().to_string(),
+                    uptime_ms: ctx.started.elapsed().as_millis() as u64,
+                    databases: databases as u32,
+                    connections: ctx.connections.load(Ordering::Relaxed),
+                    subscriptions: ctx.subscriptions.load(Ordering::Relaxed),
+                    unopened,
+                }),
+            )
+        }
         Request::DbOpen(p) => done(ctx, out, id, store.db_info(&p.name)),
-        Request::DbList(_) => done(
-            ctx,
-            out,
-            id,
-            Ok(DbListResult {
-                databases: store.list(),
-            }),
-        ),
+        Request::DbList(_) => {
+            let mut databases = store.list();
+            databases.retain(|d| access.sees_db(&d.name));
+            done(ctx, out, id, Ok(DbListResult { databases }))
+        }
         Request::Get(p) => {
-            get(ctx, id, &p, out);
+            let fields = access.rights(&p.db, &p.collection).ok().and_then(|r| r.fields);
+            get(ctx, id, &p, &fields, out);
             Handled::Done
         }
-        Request::Query(p) => done(ctx, out, id, store.query(&p)),
-        Request::DbCreate(p) => {
-            store.submit(Command::CreateDb {
-                name: p.name,
-                settings: p.settings,
-                if_not_exists: p.if_not_exists,
-                make_key: true,
-                reply: reply_to(tx, id, max, |info| info),
+        Request::Query(p) => {
+            let result = store.query(&p).map(|mut r| {
+                if let Ok(rights) = access.rights(&p.db, &p.collection)
+                    && rights.fields.is_some()
+                {
+                    for record in &mut r.records {
+                        record.fields.retain(|name, _| rights.sees(name));
+                    }
+                }
+                r
             });
-            Handled::Pending
+            done(ctx, out, id, result)
         }
+        Request::DbCreate(p) => create_db(ctx, id, p, access, tx, out),
         Request::DbDrop(p) => {
+            let apps = ctx.apps.clone();
+            let name = p.name.clone();
             store.submit(Command::DropDb {
                 name: p.name,
                 if_exists: p.if_exists,
-                reply: reply_to(tx, id, max, |dropped| DroppedResult { dropped }),
+                reply: reply_to(tx, id, max, move |dropped| {
+                    if dropped {
+                        apps.disown(&name);
+                    }
+                    DroppedResult { dropped }
+                }),
             });
             Handled::Pending
+        }
+        r @ (Request::AppAdd(_)
+        | Request::AppList(_)
+        | Request::AppShow(_)
+        | Request::AppRemove(_)
+        | Request::AppGrantAdd(_)
+        | Request::AppRevoke(_)) => {
+            super::app_methods::handle(ctx, id, r, out);
+            Handled::Done
         }
         r @ (Request::MeshStatus(_)
         | Request::MeshCreate(_)
@@ -205,6 +250,54 @@ pub(crate) fn handle(
             )),
         ),
     }
+}
+
+/// Creates a database. One an app makes is its own: the claim is saved
+/// before the database is made, and dropped again if it is not.
+fn create_db(
+    ctx: &Ctx,
+    id: u64,
+    p: DbCreateParams,
+    access: &Access,
+    tx: &ReplySender,
+    out: &mut Vec<u8>,
+) -> Handled {
+    let mut disown_on_failure = None;
+    if let Access::App(app) = access {
+        if ctx.store.db(&p.name).is_ok() {
+            if let Err(e) = access.check_db(&p.name) {
+                message::encode_error(out, id, &e);
+                return Handled::Done;
+            }
+        } else {
+            match ctx.apps.claim(&app.name, &p.name) {
+                Ok(true) => disown_on_failure = Some((ctx.apps.clone(), p.name.clone())),
+                Ok(false) => {}
+                Err(e) => {
+                    message::encode_error(out, id, &e);
+                    return Handled::Done;
+                }
+            }
+        }
+    }
+    ctx.store.submit(Command::CreateDb {
+        name: p.name,
+        settings: p.settings,
+        if_not_exists: p.if_not_exists,
+        make_key: true,
+        reply: Box::new({
+            let reply = reply_to(tx, id, ctx.max_frame, |info| info);
+            move |result| {
+                if result.is_err()
+                    && let Some((apps, name)) = disown_on_failure
+                {
+                    apps.disown(&name);
+                }
+                reply(result)
+            }
+        }),
+    });
+    Handled::Pending
 }
 
 fn index(ctx: &Ctx, id: u64, p: IndexParams, create: bool, tx: &ReplySender) -> Handled {

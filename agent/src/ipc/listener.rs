@@ -5,6 +5,11 @@
 //! connect in the window between bind and chmod. A socket file left by a
 //! crashed agent is replaced; one that still answers belongs to a running
 //! agent and is left alone.
+//!
+//! A system agent serving several users' apps names a socket group: the
+//! directory is then 0750 and the socket 0660, both of that group, and
+//! every process of another user still needs an app token bound to its
+//! uid (see [`crate::apps`]).
 
 use std::fs;
 use std::io;
@@ -33,6 +38,9 @@ pub enum BindError {
         /// Its mode.
         mode: u32,
     },
+    /// The socket group does not exist.
+    #[error("socket group {0:?} does not exist; create it (groupadd) or name another")]
+    NoGroup(String),
     /// Something else failed.
     #[error("cannot listen on {path}: {source}")]
     Io {
@@ -48,17 +56,43 @@ fn current_euid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
-/// Binds the listening socket at `path`.
-pub fn bind(path: &Path) -> Result<Listener, BindError> {
+/// The id of the group called `name`.
+fn group_id(name: &str) -> Result<u32, BindError> {
+    let missing = || BindError::NoGroup(name.to_owned());
+    let c_name = std::ffi::CString::new(name).map_err(|_| missing())?;
+    // SAFETY: `c_name` is a valid C string; getgrnam returns null or a
+    // pointer to a static entry, read at once, before any other call.
+    let entry = unsafe { libc::getgrnam(c_name.as_ptr()) };
+    if entry.is_null() {
+        return Err(missing());
+    }
+    // SAFETY: checked non-null above.
+    Ok(unsafe { (*entry).gr_gid })
+}
+
+/// Gives `path` to the group `gid`, keeping its owner.
+fn chgrp(path: &Path, gid: u32) -> io::Result<()> {
+    std::os::unix::fs::chown(path, None, Some(gid))
+}
+
+/// Binds the listening socket at `path`: private to the agent's user, or
+/// also reachable by the members of `group`.
+pub fn bind(path: &Path, group: Option<&str>) -> Result<Listener, BindError> {
     let io_err = |source| BindError::Io {
         path: path.display().to_string(),
         source,
+    };
+    let gid = group.map(group_id).transpose()?;
+    let (dir_mode, socket_mode) = if gid.is_some() {
+        (0o750, 0o660)
+    } else {
+        (0o700, 0o600)
     };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         if !dir.exists() {
             fs::DirBuilder::new()
                 .recursive(true)
-                .mode(0o700)
+                .mode(dir_mode)
                 .create(dir)
                 .map_err(io_err)?;
         }
@@ -66,9 +100,13 @@ pub fn bind(path: &Path) -> Result<Listener, BindError> {
         let mode = meta.permissions().mode();
         let sticky = mode & 0o1000 != 0;
         if meta.uid() == current_euid() {
-            // Our own directory: make sure it is private.
-            if mode & 0o077 != 0 && !sticky {
-                fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_err)?;
+            // Our own directory: make sure it is private (to the group,
+            // when there is one).
+            if (mode & 0o777 != dir_mode || gid.is_some_and(|g| g != meta.gid())) && !sticky {
+                if let Some(gid) = gid {
+                    chgrp(dir, gid).map_err(io_err)?;
+                }
+                fs::set_permissions(dir, fs::Permissions::from_mode(dir_mode)).map_err(io_err)?;
             }
         } else if mode & 0o022 != 0 && !sticky {
             return Err(BindError::UnsafeDir {
@@ -88,14 +126,18 @@ pub fn bind(path: &Path) -> Result<Listener, BindError> {
     }
 
     let name = path.to_fs_name::<GenericFilePath>().map_err(io_err)?;
-    ListenerOptions::new()
+    let listener = ListenerOptions::new()
         .name(name)
-        .mode(0o600)
+        .mode(socket_mode)
         .create_tokio()
         .map_err(|e| match e.kind() {
             io::ErrorKind::AddrInUse => BindError::InUse(path.display().to_string()),
             _ => io_err(e),
-        })
+        })?;
+    if let Some(gid) = gid {
+        chgrp(path, gid).map_err(io_err)?;
+    }
+    Ok(listener)
 }
 
 /// Accepts the next connection.

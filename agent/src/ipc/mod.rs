@@ -1,6 +1,8 @@
 //! The local socket server: local apps and `blazectl` talk to the agent
 //! here, in the protocol of `docs/PROTOCOL.md`.
 
+mod app_methods;
+mod authorize;
 mod conn;
 mod handler;
 pub mod listener;
@@ -16,6 +18,7 @@ use interprocess::local_socket::tokio::Listener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::apps::Apps;
 use crate::mesh::Mesh;
 use crate::store::Store;
 
@@ -36,6 +39,10 @@ pub struct Ctx {
     pub socket: PathBuf,
     /// The mesh, or why it is not running.
     pub mesh: Result<Mesh, String>,
+    /// The local apps and their grants.
+    pub apps: Arc<Apps>,
+    /// Whether processes of the agent's own user need the owner token.
+    pub require_app_tokens: bool,
     connections: AtomicU32,
     subscriptions: AtomicU32,
     next_subscription: AtomicU64,
@@ -49,6 +56,8 @@ impl Ctx {
         data_dir: PathBuf,
         socket: PathBuf,
         mesh: Result<Mesh, String>,
+        apps: Arc<Apps>,
+        require_app_tokens: bool,
     ) -> Self {
         Ctx {
             store,
@@ -57,6 +66,8 @@ impl Ctx {
             data_dir,
             socket,
             mesh,
+            apps,
+            require_app_tokens,
             connections: AtomicU32::new(0),
             subscriptions: AtomicU32::new(0),
             next_subscription: AtomicU64::new(1),

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use blazedb_proto::api::{
-    Change, EVENT_METHOD, EventParams, SUBSCRIPTION_END_METHOD, SubscribeParams,
+    Change, ChangeKind, EVENT_METHOD, EventParams, SUBSCRIPTION_END_METHOD, SubscribeParams,
     SubscriptionEndParams,
 };
 use blazedb_proto::message::{self, EncodeError};
@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::Ctx;
+use crate::apps::Access;
 use crate::store::{DbState, StoreError};
 
 /// Log entries read per event batch at most.
@@ -28,6 +29,7 @@ const SCAN_BATCH: usize = 512;
 pub(crate) fn start(
     ctx: &Arc<Ctx>,
     p: SubscribeParams,
+    access: &Access,
     events: mpsc::Sender<Vec<u8>>,
 ) -> Result<(u64, u64, JoinHandle<()>), StoreError> {
     let db = ctx.store.db(&p.db)?;
@@ -46,9 +48,14 @@ pub(crate) fn start(
     };
     let id = ctx.next_subscription.fetch_add(1, Ordering::Relaxed);
     let counted = Counted::new(ctx.clone());
+    let access = access.clone();
     let task = tokio::spawn(async move {
         let _counted = counted;
-        if let Err(e) = run(&_counted.0, &db, id, p.collection, cursor, &events).await {
+        let scope = Scope {
+            collection: p.collection,
+            access,
+        };
+        if let Err(e) = run(&_counted.0, &db, id, &scope, cursor, &events).await {
             end(&_counted.0, id, e, &events).await;
         }
     });
@@ -128,11 +135,44 @@ async fn send_changes(
     Ok(true)
 }
 
+/// What a subscription delivers.
+struct Scope {
+    /// Only this collection, if given.
+    collection: Option<String>,
+    /// Who subscribed: an app gets only the collections and fields it may
+    /// read.
+    access: Access,
+}
+
+impl Scope {
+    /// Cuts `changes` down to what the subscriber may see: changes to
+    /// collections it may not read go, and so do fields it may not see; a
+    /// patch of hidden fields only goes whole, so nothing tells that they
+    /// changed.
+    fn cut(&self, db: &str, changes: &mut Vec<Change>) {
+        if self.access.is_owner() {
+            return;
+        }
+        changes.retain_mut(|c| {
+            let Ok(rights) = self.access.rights(db, &c.collection) else {
+                return false;
+            };
+            if rights.fields.is_none() {
+                return true;
+            }
+            let had_fields = !c.fields.is_empty() || !c.unset.is_empty();
+            c.fields.retain(|name, _| rights.sees(name));
+            c.unset.retain(|name| rights.sees(name));
+            !(c.kind == ChangeKind::Patch && had_fields && c.fields.is_empty() && c.unset.is_empty())
+        });
+    }
+}
+
 async fn run(
     ctx: &Ctx,
     db: &DbState,
     id: u64,
-    collection: Option<String>,
+    scope: &Scope,
     mut cursor: u64,
     events: &mpsc::Sender<Vec<u8>>,
 ) -> Result<(), StoreError> {
@@ -143,13 +183,14 @@ async fn run(
         }
         let head = *head_rx.borrow_and_update();
         while cursor < head {
-            let (changes, last) =
+            let (mut changes, last) =
                 ctx.store
-                    .read_changes(db, cursor, collection.as_deref(), SCAN_BATCH)?;
+                    .read_changes(db, cursor, scope.collection.as_deref(), SCAN_BATCH)?;
             if last == cursor {
                 break;
             }
             cursor = last;
+            scope.cut(db.name(), &mut changes);
             if !changes.is_empty() && !send_changes(ctx, id, changes, events).await? {
                 return Ok(());
             }

@@ -1,6 +1,7 @@
 //! `blazectl`, the command line client: one module per verb, all built on
 //! the client crate.
 
+mod app;
 mod db;
 mod fields;
 mod id;
@@ -17,12 +18,13 @@ mod rules;
 mod status;
 mod watch;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
-use crate::Client;
+use crate::{Client, ErrorCode, Login, OWNER_TOKEN_FILE, default_data_dir};
 
 /// Talk to the local BlazeDB agent.
 #[derive(Debug, Parser)]
@@ -34,6 +36,11 @@ pub struct Cli {
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
+    /// The owner token's file, for an agent that asks for tokens
+    /// (default: owner.token in the default data directory, tried when
+    /// the agent refuses a connection without it).
+    #[arg(long, global = true, value_name = "PATH", env = "BLAZEDB_OWNER_TOKEN_FILE")]
+    owner_token_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -42,6 +49,9 @@ pub struct Cli {
 enum Command {
     /// Show the agent's status.
     Status,
+    /// Local apps and what each may read and write.
+    #[command(subcommand)]
+    App(app::AppCommand),
     /// Create, list and drop databases.
     #[command(subcommand)]
     Db(db::DbCommand),
@@ -105,12 +115,50 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// Connects as the app in `BLAZEDB_APP` if set, else as the owner: with
+/// the owner token from `token_file` if given, else without a token, and
+/// with the default data directory's owner token if the agent asks for
+/// one.
+async fn connect(socket: &Path, token_file: Option<PathBuf>) -> anyhow::Result<Client> {
+    let login = Login::from_env("blazectl");
+    if login.app.is_some() {
+        return Ok(Client::connect_with(socket, login).await?);
+    }
+    let read_token = |path: &Path| {
+        std::fs::read_to_string(path)
+            .map(|t| t.trim().to_owned())
+            .with_context(|| format!("cannot read the owner token from {}", path.display()))
+    };
+    if let Some(path) = token_file {
+        let token = Some(read_token(&path)?);
+        return Ok(Client::connect_with(socket, Login { token, ..login }).await?);
+    }
+    match Client::connect_with(socket, login.clone()).await {
+        Err(e) if e.code() == Some(ErrorCode::PermissionDenied) => {
+            let path = default_data_dir().join(OWNER_TOKEN_FILE);
+            match read_token(&path) {
+                Ok(token) => Ok(Client::connect_with(
+                    socket,
+                    Login {
+                        token: Some(token),
+                        ..login
+                    },
+                )
+                .await?),
+                Err(_) => Err(e.into()),
+            }
+        }
+        other => Ok(other?),
+    }
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let socket = crate::resolve_socket(cli.socket);
-    let client = Client::connect_as(&socket, "blazectl").await?;
+    let client = connect(&socket, cli.owner_token_file).await?;
     let opts = Opts { json: cli.json };
     match cli.command {
         Command::Status => status::run(&client, opts).await,
+        Command::App(c) => app::run(&client, c, opts).await,
         Command::Db(c) => db::run(&client, c, opts).await,
         Command::Index(c) => index::run(&client, c, opts).await,
         Command::Put(a) => records::put(&client, a, opts).await,
