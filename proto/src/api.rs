@@ -7,7 +7,9 @@
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::apps::{AppAddParams, AppAddResult, AppGrantParams, AppInfo, AppListResult, AppName, AppRevokeParams};
+use crate::apps::{
+    AppAddParams, AppAddResult, AppGrantParams, AppInfo, AppListResult, AppName, AppRevokeParams,
+};
 use crate::codec;
 use crate::error::{ErrorCode, ErrorInfo};
 use crate::op::Hlc;

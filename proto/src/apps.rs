@@ -12,7 +12,9 @@
 use serde::{Deserialize, Serialize};
 
 /// What an app may do where a grant applies.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum AppAccess {
     /// Get, query and subscribe.
@@ -197,7 +199,10 @@ mod tests {
         assert_eq!(g.to_string(), "bugs/bugs:read fields id,title");
         let g = AppGrant::parse("notes:read-write", None).expect("grant");
         assert_eq!((g.collection, g.access), (None, AppAccess::ReadWrite));
-        assert_eq!(AppGrant::parse("notes", None).expect("grant").access, AppAccess::Read);
+        assert_eq!(
+            AppGrant::parse("notes", None).expect("grant").access,
+            AppAccess::Read
+        );
         for bad in ["", ":read", "notes/", "notes:write", "notes/x:admin"] {
             assert!(AppGrant::parse(bad, None).is_err(), "{bad:?} was taken");
         }

@@ -50,7 +50,9 @@ pub enum AppsError {
         source: std::io::Error,
     },
     /// `apps.json` is not what this agent writes.
-    #[error("{path} is damaged ({source}); restore it from a backup or remove it to forget every app")]
+    #[error(
+        "{path} is damaged ({source}); restore it from a backup or remove it to forget every app"
+    )]
     Damaged {
         /// The file.
         path: PathBuf,
@@ -170,7 +172,9 @@ fn check_name(name: &str) -> Result<(), ErrorInfo> {
     } else {
         Err(ErrorInfo::new(
             ErrorCode::InvalidArgument,
-            format!("app name {name:?} is not allowed: use 1 to 64 letters, digits, '-', '_' or '.'"),
+            format!(
+                "app name {name:?} is not allowed: use 1 to 64 letters, digits, '-', '_' or '.'"
+            ),
         ))
     }
 }
@@ -207,9 +211,8 @@ impl Apps {
         let owner_token = match std::fs::read_to_string(&token_path) {
             Ok(token) => sha256(token.trim()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let token = new_token().map_err(|e| {
-                    io(&token_path)(std::io::Error::other(e.message.clone()))
-                })?;
+                let token = new_token()
+                    .map_err(|e| io(&token_path)(std::io::Error::other(e.message)))?;
                 private_file::write(&token_path, format!("{token}\n").as_bytes())
                     .map_err(io(&token_path))?;
                 sha256(&token)
@@ -341,7 +344,10 @@ impl Apps {
 
     /// Counts a connection of the app in `ticket` until the guard drops.
     pub fn connected(self: &Arc<Self>, ticket: &Ticket) -> Connected {
-        *self.lock_connections().entry(ticket.name.clone()).or_default() += 1;
+        *self
+            .lock_connections()
+            .entry(ticket.name.clone())
+            .or_default() += 1;
         Connected {
             apps: self.clone(),
             name: ticket.name.clone(),
@@ -440,12 +446,16 @@ impl Apps {
         self.change(|f| {
             let r = f.apps.get_mut(name).ok_or_else(|| no_app(name))?;
             let before = r.grants.len();
-            r.grants
-                .retain(|g| g.db != db || (collection.is_some() && g.collection.as_deref() != collection));
+            r.grants.retain(|g| {
+                g.db != db || (collection.is_some() && g.collection.as_deref() != collection)
+            });
             if r.grants.len() == before {
                 return Err(ErrorInfo::new(
                     ErrorCode::NotFound,
-                    format!("app {name:?} has no grant on {db}{}", collection.map(|c| format!("/{c}")).unwrap_or_default()),
+                    format!(
+                        "app {name:?} has no grant on {db}{}",
+                        collection.map(|c| format!("/{c}")).unwrap_or_default()
+                    ),
                 ));
             }
             r.cuts += 1;
@@ -458,7 +468,12 @@ impl Apps {
     /// crash never leaves an app's database without its owner. Returns
     /// whether the claim is new.
     pub fn claim(&self, name: &str, db: &str) -> Result<bool, ErrorInfo> {
-        if self.read().apps.get(name).is_some_and(|r| r.owned.contains(db)) {
+        if self
+            .read()
+            .apps
+            .get(name)
+            .is_some_and(|r| r.owned.contains(db))
+        {
             return Ok(false);
         }
         self.change(|f| {
@@ -479,7 +494,11 @@ impl Apps {
                 Ok(())
             });
             if let Err(e) = result {
-                tracing::warn!(db, "could not forget which app made the database: {}", e.message);
+                tracing::warn!(
+                    db,
+                    "could not forget which app made the database: {}",
+                    e.message
+                );
             }
         }
     }
@@ -556,22 +575,83 @@ mod tests {
             .expect("login");
         assert_eq!(access.app(), Some("dash"));
         assert!(apps.view(&ticket.expect("ticket")).is_some());
-        for (app, token) in [("dash", other.as_str()), ("nobody", token.as_str()), ("dash", "blz_x")] {
-            let e = apps.login(creds(Some(app), Some(token), ME), ME, false).expect_err("refused");
+        for (app, token) in [
+            ("dash", other.as_str()),
+            ("nobody", token.as_str()),
+            ("dash", "blz_x"),
+        ] {
+            let e = apps
+                .login(creds(Some(app), Some(token), ME), ME, false)
+                .expect_err("refused");
             assert_eq!(e.code, ErrorCode::PermissionDenied);
         }
-        assert!(apps.login(creds(Some("dash"), None, ME), ME, false).is_err());
+        assert!(
+            apps.login(creds(Some("dash"), None, ME), ME, false)
+                .is_err()
+        );
         // A removed and re-added app has a new token; the old one is dead.
         apps.remove("dash").expect("remove");
         let (_, fresh) = apps.add("dash", vec![], None).expect("add again");
-        assert!(apps.login(creds(Some("dash"), Some(&token), ME), ME, false).is_err());
-        assert!(apps.login(creds(Some("dash"), Some(&fresh), ME), ME, false).is_ok());
+        assert!(
+            apps.login(creds(Some("dash"), Some(&token), ME), ME, false)
+                .is_err()
+        );
+        assert!(
+            apps.login(creds(Some("dash"), Some(&fresh), ME), ME, false)
+                .is_ok()
+        );
         // Only the hash is on disk, and the file is the owner's alone.
         let stored = std::fs::read_to_string(dir.path().join(APPS_FILE)).expect("file");
         assert!(!stored.contains(&fresh[TOKEN_PREFIX.len()..]));
         use std::os::unix::fs::PermissionsExt as _;
-        let mode = std::fs::metadata(dir.path().join(APPS_FILE)).expect("meta").permissions().mode();
+        let mode = std::fs::metadata(dir.path().join(APPS_FILE))
+            .expect("meta")
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o077, 0);
+    }
+
+    /// A wrong token takes as long to refuse whether it shares a long
+    /// prefix with the right one, shares none, or names no app at all:
+    /// medians of interleaved trials, within a margin far wider than any
+    /// early-exit comparison of 32 bytes would leave and far narrower than
+    /// the hash itself.
+    #[test]
+    fn refusing_a_token_takes_the_same_time_however_it_is_wrong() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let apps = Apps::open(dir.path()).expect("open");
+        let (_, token) = apps.add("dash", vec![], None).expect("add");
+        let mut near = token.clone();
+        near.pop();
+        near.push(if token.ends_with('a') { 'b' } else { 'a' });
+        let far = format!(
+            "{TOKEN_PREFIX}{}",
+            "z".repeat(token.len() - TOKEN_PREFIX.len())
+        );
+        let cases = [
+            ("dash", near.as_str()),
+            ("dash", far.as_str()),
+            ("ghost", token.as_str()),
+        ];
+        let mut times = vec![Vec::new(); cases.len()];
+        for _ in 0..3000 {
+            for (i, (app, t)) in cases.iter().enumerate() {
+                let start = std::time::Instant::now();
+                let r = apps.login(creds(Some(app), Some(t), ME), ME, false);
+                times[i].push(start.elapsed().as_nanos());
+                assert!(r.is_err());
+            }
+        }
+        let medians: Vec<u128> = times
+            .iter_mut()
+            .map(|t| {
+                t.sort_unstable();
+                t[t.len() / 2]
+            })
+            .collect();
+        let (lo, hi) = (medians.iter().min().copied(), medians.iter().max().copied());
+        let (lo, hi) = (lo.unwrap_or(0).max(1), hi.unwrap_or(0));
+        assert!(hi * 10 < lo * 15, "refusal times differ: {medians:?} ns");
     }
 
     #[test]
@@ -580,17 +660,42 @@ mod tests {
         let apps = Apps::open(dir.path()).expect("open");
         let owner = std::fs::read_to_string(dir.path().join(OWNER_TOKEN_FILE)).expect("token");
         let owner = owner.trim();
-        assert!(apps.login(creds(None, None, ME), ME, false).expect("owner").0.is_owner());
+        assert!(
+            apps.login(creds(None, None, ME), ME, false)
+                .expect("owner")
+                .0
+                .is_owner()
+        );
         assert!(apps.login(creds(None, None, ME), ME, true).is_err());
-        assert!(apps.login(creds(None, Some(owner), ME), ME, true).expect("owner").0.is_owner());
+        assert!(
+            apps.login(creds(None, Some(owner), ME), ME, true)
+                .expect("owner")
+                .0
+                .is_owner()
+        );
         assert!(apps.login(creds(None, None, 1001), ME, false).is_err());
-        assert!(apps.login(creds(None, Some(owner), 1001), ME, false).is_err());
+        assert!(
+            apps.login(creds(None, Some(owner), 1001), ME, false)
+                .is_err()
+        );
         let (_, token) = apps.add("theirs", vec![], Some(1001)).expect("add");
-        assert!(apps.login(creds(Some("theirs"), Some(&token), 1001), ME, false).is_ok());
-        assert!(apps.login(creds(Some("theirs"), Some(&token), 1002), ME, false).is_err());
-        assert!(apps.login(creds(Some("theirs"), Some(&token), ME), ME, false).is_err());
+        assert!(
+            apps.login(creds(Some("theirs"), Some(&token), 1001), ME, false)
+                .is_ok()
+        );
+        assert!(
+            apps.login(creds(Some("theirs"), Some(&token), 1002), ME, false)
+                .is_err()
+        );
+        assert!(
+            apps.login(creds(Some("theirs"), Some(&token), ME), ME, false)
+                .is_err()
+        );
         let (_, mine) = apps.add("mine", vec![], None).expect("add");
-        assert!(apps.login(creds(Some("mine"), Some(&mine), 1001), ME, false).is_err());
+        assert!(
+            apps.login(creds(Some("mine"), Some(&mine), 1001), ME, false)
+                .is_err()
+        );
     }
 
     #[test]

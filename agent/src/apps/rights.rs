@@ -136,7 +136,11 @@ impl Access {
             Access::App(v) if v.owned.contains(db) => return Ok(Rights::full()),
             Access::App(v) => v,
         };
-        let on_db = || v.grants.iter().find(|g| g.db == db && g.collection.is_none());
+        let on_db = || {
+            v.grants
+                .iter()
+                .find(|g| g.db == db && g.collection.is_none())
+        };
         let grant = v
             .grants
             .iter()
@@ -199,7 +203,12 @@ impl Access {
 
     /// Refuses a write to `collection` of `db` that changes `touch`
     /// unless the grants allow it.
-    pub fn check_touch(&self, db: &str, collection: &str, touch: Touch<'_>) -> Result<(), ErrorInfo> {
+    pub fn check_touch(
+        &self,
+        db: &str,
+        collection: &str,
+        touch: Touch<'_>,
+    ) -> Result<(), ErrorInfo> {
         if self.is_owner() {
             return Ok(());
         }
@@ -219,7 +228,11 @@ impl Access {
                  delete replaces the whole record: patch the granted fields instead"
             ))),
             Touch::Fields(set, unset) => {
-                match set.keys().chain(unset).find(|f| !fields.contains(f.as_str())) {
+                match set
+                    .keys()
+                    .chain(unset)
+                    .find(|f| !fields.contains(f.as_str()))
+                {
                     Some(f) => Err(denied(format!(
                         "field {f:?} of {db}/{collection} is not granted to app {app:?}"
                     ))),
@@ -242,8 +255,8 @@ pub enum Touch<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use blazedb_proto::api::FilterOp;
     use blazedb_proto::Value;
+    use blazedb_proto::api::FilterOp;
 
     fn dashboard() -> Access {
         Access::App(Arc::new(AppView {
@@ -291,11 +304,23 @@ mod tests {
             op: FilterOp::Eq,
             value: Value::Int(1),
         };
-        assert!(app.check_query("bugs", "bugs", &[on("title")], None).is_ok());
-        assert!(app.check_query("bugs", "bugs", &[on("$id")], Some("status")).is_ok());
+        assert!(
+            app.check_query("bugs", "bugs", &[on("title")], None)
+                .is_ok()
+        );
+        assert!(
+            app.check_query("bugs", "bugs", &[on("$id")], Some("status"))
+                .is_ok()
+        );
         let refused = app.check_query("bugs", "bugs", &[on("secret")], None);
-        assert_eq!(refused.map_err(|e| e.code), Err(ErrorCode::PermissionDenied));
-        assert!(app.check_query("bugs", "bugs", &[], Some("secret")).is_err());
+        assert_eq!(
+            refused.map_err(|e| e.code),
+            Err(ErrorCode::PermissionDenied)
+        );
+        assert!(
+            app.check_query("bugs", "bugs", &[], Some("secret"))
+                .is_err()
+        );
     }
 
     #[test]
@@ -312,8 +337,16 @@ mod tests {
                     .expect("grant"),
             ],
         }));
-        assert!(limited.check_write("bugs", &patch("bugs", "status")).is_ok());
-        assert!(limited.check_write("bugs", &patch("bugs", "title")).is_err());
+        assert!(
+            limited
+                .check_write("bugs", &patch("bugs", "status"))
+                .is_ok()
+        );
+        assert!(
+            limited
+                .check_write("bugs", &patch("bugs", "title"))
+                .is_err()
+        );
         let delete = Write::Delete {
             collection: "bugs".into(),
             id: "1".into(),

@@ -24,12 +24,19 @@ pub(crate) fn handle(ctx: &Ctx, id: u64, req: Request, out: &mut Vec<u8>) {
             if r.is_ok() {
                 tracing::info!(app = %p.name, "app added");
             }
-            encode(ctx, out, id, r.map(|(app, token)| AppAddResult { app, token }));
+            encode(
+                ctx,
+                out,
+                id,
+                r.map(|(app, token)| AppAddResult { app, token }),
+            );
         }
         Request::AppList(_) => encode(ctx, out, id, Ok(AppListResult { apps: apps.list() })),
         Request::AppShow(p) => encode(ctx, out, id, apps.show(&p.name)),
         Request::AppRemove(p) => {
-            let r = apps.remove(&p.name).map(|dropped| DroppedResult { dropped });
+            let r = apps
+                .remove(&p.name)
+                .map(|dropped| DroppedResult { dropped });
             encode(ctx, out, id, r);
         }
         Request::AppGrantAdd(p) => encode(ctx, out, id, apps.grant(&p.name, p.grant)),

@@ -40,7 +40,10 @@ pub(crate) fn authorize(access: &Access, req: &Request) -> Result<(), ErrorInfo>
         Request::Patch(p) => {
             access.check_touch(&p.db, &p.collection, Touch::Fields(&p.set, &p.unset))
         }
-        Request::Batch(p) => p.writes.iter().try_for_each(|w| access.check_write(&p.db, w)),
+        Request::Batch(p) => p
+            .writes
+            .iter()
+            .try_for_each(|w| access.check_write(&p.db, w)),
         other => access.owner_only(&format!("call {}", other.method())),
     }
 }

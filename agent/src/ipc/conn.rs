@@ -182,7 +182,6 @@ async fn apps_changed(changes: &mut Option<watch::Receiver<u64>>) {
         return;
     }
     std::future::pending().await
-
 }
 
 /// Answers `gets` into a buffer of their response frames.

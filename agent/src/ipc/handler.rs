@@ -142,7 +142,11 @@ pub(crate) fn handle(
             unopened.retain(|u| access.sees_db(&u.db));
             let databases = match access {
                 Access::Owner => store.db_count(),
-                Access::App(_) => store.list().iter().filter(|d| access.sees_db(&d.name)).count(),
+                Access::App(_) => store
+                    .list()
+                    .iter()
+                    .filter(|d| access.sees_db(&d.name))
+                    .count(),
             };
             done(
                 ctx,
@@ -168,7 +172,10 @@ pub(crate) fn handle(
             done(ctx, out, id, Ok(DbListResult { databases }))
         }
         Request::Get(p) => {
-            let fields = access.rights(&p.db, &p.collection).ok().and_then(|r| r.fields);
+            let fields = access
+                .rights(&p.db, &p.collection)
+                .ok()
+                .and_then(|r| r.fields);
             get(ctx, id, &p, &fields, out);
             Handled::Done
         }

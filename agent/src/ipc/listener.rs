@@ -135,7 +135,10 @@ pub fn bind(path: &Path, group: Option<&str>) -> Result<Listener, BindError> {
             _ => io_err(e),
         })?;
     if let Some(gid) = gid {
+        // The mode given at bind passes through the umask, which usually
+        // takes the group's write bit.
         chgrp(path, gid).map_err(io_err)?;
+        fs::set_permissions(path, fs::Permissions::from_mode(socket_mode)).map_err(io_err)?;
     }
     Ok(listener)
 }

@@ -163,7 +163,10 @@ impl Scope {
             let had_fields = !c.fields.is_empty() || !c.unset.is_empty();
             c.fields.retain(|name, _| rights.sees(name));
             c.unset.retain(|name| rights.sees(name));
-            !(c.kind == ChangeKind::Patch && had_fields && c.fields.is_empty() && c.unset.is_empty())
+            !(c.kind == ChangeKind::Patch
+                && had_fields
+                && c.fields.is_empty()
+                && c.unset.is_empty())
         });
     }
 }

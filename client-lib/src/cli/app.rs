@@ -75,7 +75,8 @@ fn print_app(app: &AppInfo) {
     println!("app          {}", app.name);
     println!(
         "user         {}",
-        app.uid.map_or_else(|| "the agent's own".into(), |u| format!("uid {u}"))
+        app.uid
+            .map_or_else(|| "the agent's own".into(), |u| format!("uid {u}"))
     );
     println!("grants       {}", grants_text(app));
     let dbs = if app.databases.is_empty() {
@@ -145,7 +146,10 @@ pub(crate) async fn run(client: &Client, cmd: AppCommand, opts: Opts) -> anyhow:
             if opts.json {
                 return print_json(&serde_json::json!({ "app": name, "removed": removed }));
             }
-            anyhow::ensure!(removed, "there is no app {name:?} (see `blazectl app list`)");
+            anyhow::ensure!(
+                removed,
+                "there is no app {name:?} (see `blazectl app list`)"
+            );
             println!("removed app {name}; its connections are closed");
         }
         AppCommand::Grant { name, spec, fields } => {

@@ -39,7 +39,12 @@ pub struct Cli {
     /// The owner token's file, for an agent that asks for tokens
     /// (default: owner.token in the default data directory, tried when
     /// the agent refuses a connection without it).
-    #[arg(long, global = true, value_name = "PATH", env = "BLAZEDB_OWNER_TOKEN_FILE")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "PATH",
+        env = "BLAZEDB_OWNER_TOKEN_FILE"
+    )]
     owner_token_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
