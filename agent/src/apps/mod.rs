@@ -211,8 +211,8 @@ impl Apps {
         let owner_token = match std::fs::read_to_string(&token_path) {
             Ok(token) => sha256(token.trim()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let token = new_token()
-                    .map_err(|e| io(&token_path)(std::io::Error::other(e.message)))?;
+                let token =
+                    new_token().map_err(|e| io(&token_path)(std::io::Error::other(e.message)))?;
                 private_file::write(&token_path, format!("{token}\n").as_bytes())
                     .map_err(io(&token_path))?;
                 sha256(&token)
@@ -505,11 +505,7 @@ impl Apps {
 }
 
 fn view_of(name: &str, r: &AppRecord) -> AppView {
-    AppView {
-        name: name.to_owned(),
-        owned: r.owned.clone(),
-        grants: r.grants.clone(),
-    }
+    AppView::new(name.to_owned(), r.owned.clone(), r.grants.clone())
 }
 
 /// `grants` with `new` added, each replacing a grant of the same scope;

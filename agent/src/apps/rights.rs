@@ -37,6 +37,28 @@ pub struct AppView {
     pub owned: BTreeSet<String>,
     /// Its grants.
     pub grants: Vec<AppGrant>,
+    /// Each grant's field list as a set, made once rather than per request.
+    limits: Vec<FieldLimit>,
+}
+
+impl AppView {
+    /// The view of the app `name`, which made `owned` and holds `grants`.
+    pub fn new(name: String, owned: BTreeSet<String>, grants: Vec<AppGrant>) -> AppView {
+        let limits = grants
+            .iter()
+            .map(|g| {
+                g.fields
+                    .as_ref()
+                    .map(|f| Arc::new(f.iter().cloned().collect()))
+            })
+            .collect();
+        AppView {
+            name,
+            owned,
+            grants,
+            limits,
+        }
+    }
 }
 
 /// The fields of a collection an app may see: `None` for all of them.
@@ -139,12 +161,12 @@ impl Access {
         let on_db = || {
             v.grants
                 .iter()
-                .find(|g| g.db == db && g.collection.is_none())
+                .position(|g| g.db == db && g.collection.is_none())
         };
-        let grant = v
+        let at = v
             .grants
             .iter()
-            .find(|g| g.db == db && g.collection.as_deref() == Some(collection))
+            .position(|g| g.db == db && g.collection.as_deref() == Some(collection))
             .or_else(on_db)
             .ok_or_else(|| {
                 self.check_db(db).err().unwrap_or_else(|| {
@@ -155,11 +177,8 @@ impl Access {
                 })
             })?;
         Ok(Rights {
-            write: grant.access == AppAccess::ReadWrite,
-            fields: grant
-                .fields
-                .as_ref()
-                .map(|f| Arc::new(f.iter().cloned().collect())),
+            write: v.grants[at].access == AppAccess::ReadWrite,
+            fields: v.limits[at].clone(),
         })
     }
 
@@ -259,10 +278,10 @@ mod tests {
     use blazedb_proto::api::FilterOp;
 
     fn dashboard() -> Access {
-        Access::App(Arc::new(AppView {
-            name: "dashboard".into(),
-            owned: BTreeSet::from(["mine".to_owned()]),
-            grants: vec![
+        Access::App(Arc::new(AppView::new(
+            "dashboard".into(),
+            BTreeSet::from(["mine".to_owned()]),
+            vec![
                 AppGrant::parse(
                     "bugs/bugs:read",
                     Some(vec!["title".into(), "status".into()]),
@@ -270,7 +289,7 @@ mod tests {
                 .expect("grant"),
                 AppGrant::parse("notes:read-write", None).expect("grant"),
             ],
-        }))
+        )))
     }
 
     fn patch(collection: &str, field: &str) -> Write {
@@ -329,14 +348,14 @@ mod tests {
         assert!(app.check_write("bugs", &patch("bugs", "title")).is_err());
         assert!(app.check_write("notes", &patch("n", "anything")).is_ok());
         assert!(app.check_write("mine", &patch("n", "anything")).is_ok());
-        let limited = Access::App(Arc::new(AppView {
-            name: "editor".into(),
-            owned: BTreeSet::new(),
-            grants: vec![
+        let limited = Access::App(Arc::new(AppView::new(
+            "editor".into(),
+            BTreeSet::new(),
+            vec![
                 AppGrant::parse("bugs/bugs:read-write", Some(vec!["status".into()]))
                     .expect("grant"),
             ],
-        }));
+        )));
         assert!(
             limited
                 .check_write("bugs", &patch("bugs", "status"))

@@ -21,11 +21,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, bail};
-use blazedb::{Client, Fields, Value};
+use blazedb::{AppGrant, Client, Fields, Login, Value};
 use blazedb_proto::api::{DbSettings, Durability, Encryption};
 use blazedb_proto::frame::LEN_PREFIX;
 use blazedb_tests::bench::{
-    ROUNDS, Samples, alternating, batched_puts, cpu_seconds, print_latency, raw_fjall_puts,
+    ROUNDS, Samples, alternating, batched_puts, cpu_seconds, median, print_latency, raw_fjall_puts,
     raw_fjall_store_layout, record,
 };
 use blazedb_tests::{TestAgent, sibling_bin};
@@ -243,7 +243,12 @@ async fn run(quick: bool, only: &[String], records: Option<usize>) -> anyhow::Re
         println!("  target: 128 in flight >= 80% of raw\n");
     }
 
-    // 4. Change events to a subscriber in another process.
+    // 4. The same gets and puts through a granted app and as the owner.
+    if on("apps") {
+        apps_beside_owner(&agent, &client, &n).await?;
+    }
+
+    // 5. Change events to a subscriber in another process.
     for durability in [Durability::Fsync, Durability::Buffered] {
         if !on("events") {
             break;
@@ -281,6 +286,96 @@ async fn fresh_db(
         )
         .await?;
     Ok(name)
+}
+
+/// Gets and puts as the owner, through an app granted read-write on the
+/// whole database, and through one granted four fields of the collection,
+/// alternating; the grant check must cost at most 5%.
+async fn apps_beside_owner(agent: &TestAgent, owner: &Client, n: &Counts) -> anyhow::Result<()> {
+    let db = owner.db("bench-apps");
+    db.create().await?;
+    db.collection("items")
+        .put_fields("probe", record(0))
+        .await?;
+    let grant = |spec: &str, fields: Option<Vec<String>>| {
+        AppGrant::parse(spec, fields).map_err(anyhow::Error::msg)
+    };
+    let writer = owner
+        .add_app(
+            "bench-writer",
+            vec![grant("bench-apps:read-write", None)?],
+            None,
+        )
+        .await?;
+    let fields = ["title", "status", "priority"].map(str::to_owned).to_vec();
+    let reader = owner
+        .add_app(
+            "bench-reader",
+            vec![grant("bench-apps/items:read", Some(fields))?],
+            None,
+        )
+        .await?;
+    let writer_client =
+        Client::connect_with(agent.socket(), Login::app("bench-writer", &writer.token)).await?;
+    let reader_client =
+        Client::connect_with(agent.socket(), Login::app("bench-reader", &reader.token)).await?;
+    // Many short rounds, the three clients in turn: the difference is a
+    // lookup per request, far below this machine's swings.
+    let rounds = 10;
+    let per_round = (n.round_trips / 5).max(100);
+    let clients = [owner, &writer_client, &reader_client];
+    let mut p50s = vec![Vec::new(); clients.len()];
+    let mut cpu = vec![0.0; clients.len()];
+    for _ in 0..rounds {
+        for (i, client) in clients.iter().enumerate() {
+            let coll = client.db("bench-apps").collection("items");
+            let before = cpu_seconds(agent.pid());
+            p50s[i].push(get_round_trips(&coll, per_round).await?.p(50.0));
+            if let (Some(b), Some(a)) = (before, cpu_seconds(agent.pid())) {
+                cpu[i] += a - b;
+            }
+        }
+    }
+    let gets = (rounds * per_round) as f64;
+    println!(
+        "through an app and as the owner, in turn: {rounds} rounds of {per_round} gets, then {ROUNDS} of puts"
+    );
+    let labels = ["owner", "app (read-write)", "app (4 fields)"];
+    let owner_p50 = median(&mut p50s[0].clone());
+    for (i, label) in labels.iter().enumerate() {
+        let p50 = median(&mut p50s[i]);
+        println!(
+            "  get round trip, {label:<17} p50 {p50:>6.1} us ({:>+5.1}%), agent CPU {:.2} us per get ({:>+5.1}%)",
+            100.0 * (p50 / owner_p50 - 1.0),
+            cpu[i] * 1e6 / gets,
+            100.0 * (cpu[i] / cpu[0] - 1.0)
+        );
+    }
+    println!("  target: a get through an app costs <= 5% more than as the owner");
+    let puts = n.puts / ROUNDS;
+    let fresh = async |round: usize, who: &str| -> anyhow::Result<String> {
+        let name = format!("bench-apps-{who}-{round}");
+        owner.db(&name).create().await?;
+        owner
+            .grant_app("bench-writer", grant(&format!("{name}:read-write"), None)?)
+            .await?;
+        Ok(name)
+    };
+    let (owner_puts, app_puts) = alternating(
+        async |round| batched_puts(owner, &fresh(round, "owner").await?, puts, 1000).await,
+        async |round| batched_puts(&writer_client, &fresh(round, "app").await?, puts, 1000).await,
+    )
+    .await?;
+    println!(
+        "  batch put, fsync, owner               {:>8.0} ops/s",
+        owner_puts
+    );
+    println!(
+        "  batch put, fsync, app (read-write)    {:>8.0} ops/s  ({:.1}% of the owner; target >= 95%)\n",
+        app_puts,
+        100.0 * app_puts / owner_puts
+    );
+    Ok(())
 }
 
 async fn get_frame_sizes(coll: &blazedb::Collection) -> anyhow::Result<(usize, usize)> {
