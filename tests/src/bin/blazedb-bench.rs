@@ -10,6 +10,10 @@
 //! (itself, in another process) and fjall on another temporary directory.
 //! If `redis-server` and `redis-benchmark` are installed, it runs them on a
 //! Unix socket too, as the reference users know.
+//!
+//! Sections (`--only`): `rtt`, `puts` (with an end-to-end encrypted
+//! database beside a plaintext one), `gets`, `apps` (gets and puts through
+//! a granted app beside the owner), `events`, `redis`.
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
