@@ -3,17 +3,9 @@
 
 use blazedb_proto::api::{DroppedResult, Request};
 use blazedb_proto::apps::{AppAddResult, AppListResult};
-use blazedb_proto::{ErrorInfo, message};
-use serde::Serialize;
 
 use super::Ctx;
-
-fn encode<R: Serialize>(ctx: &Ctx, out: &mut Vec<u8>, id: u64, r: Result<R, ErrorInfo>) {
-    match r {
-        Ok(v) => super::handler::encode_result(out, id, Ok(&v), ctx.max_frame),
-        Err(e) => message::encode_error(out, id, &e),
-    }
-}
+use super::mesh_methods::encode;
 
 /// Answers an `app.*` request into `out`.
 pub(crate) fn handle(ctx: &Ctx, id: u64, req: Request, out: &mut Vec<u8>) {

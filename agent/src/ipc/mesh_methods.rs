@@ -21,7 +21,8 @@ use crate::mesh::{Mesh, PeerView, Reach};
 /// How long an invite works unless the caller says.
 const DEFAULT_INVITE_TTL: Duration = Duration::from_secs(3600);
 
-fn encode<R: Serialize>(ctx: &Ctx, out: &mut Vec<u8>, id: u64, r: Result<R, ErrorInfo>) {
+/// Appends the response to request `id`: its result, or why it failed.
+pub(super) fn encode<R: Serialize>(ctx: &Ctx, out: &mut Vec<u8>, id: u64, r: Result<R, ErrorInfo>) {
     match r {
         Ok(v) => super::handler::encode_result(out, id, Ok(&v), ctx.max_frame),
         Err(e) => message::encode_error(out, id, &e),

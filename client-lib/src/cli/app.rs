@@ -4,7 +4,7 @@
 use clap::Subcommand;
 
 use super::Opts;
-use super::output::{print_json, print_table};
+use super::output::{print_json, table};
 use crate::{AppGrant, AppInfo, Client};
 
 #[derive(Debug, Subcommand)]
@@ -71,21 +71,44 @@ fn grants_text(app: &AppInfo) -> String {
     grants.join("; ")
 }
 
-fn print_app(app: &AppInfo) {
-    println!("app          {}", app.name);
-    println!(
-        "user         {}",
-        app.uid
-            .map_or_else(|| "the agent's own".into(), |u| format!("uid {u}"))
-    );
-    println!("grants       {}", grants_text(app));
+/// One app as `app show` prints it.
+fn app_text(app: &AppInfo) -> String {
+    let user = app
+        .uid
+        .map_or_else(|| "the agent's own".into(), |u| format!("uid {u}"));
     let dbs = if app.databases.is_empty() {
         "-".into()
     } else {
         app.databases.join(", ")
     };
-    println!("databases    {dbs} (made by the app: full access)");
-    println!("connections  {}", app.connections);
+    format!(
+        "app          {}\nuser         {user}\ngrants       {}\n\
+         databases    {dbs} (made by the app: full access)\nconnections  {}\n",
+        app.name,
+        grants_text(app),
+        app.connections
+    )
+}
+
+fn print_app(app: &AppInfo) {
+    print!("{}", app_text(app));
+}
+
+/// The apps as `app list` prints them.
+fn apps_table(apps: &[AppInfo]) -> String {
+    let rows = apps
+        .iter()
+        .map(|a| {
+            vec![
+                a.name.clone(),
+                a.uid.map_or_else(|| "-".into(), |u| u.to_string()),
+                grants_text(a),
+                a.databases.len().to_string(),
+                a.connections.to_string(),
+            ]
+        })
+        .collect();
+    table(&["APP", "UID", "GRANTS", "OWN DBS", "CONNECTIONS"], rows)
 }
 
 pub(crate) async fn run(client: &Client, cmd: AppCommand, opts: Opts) -> anyhow::Result<()> {
@@ -120,19 +143,7 @@ pub(crate) async fn run(client: &Client, cmd: AppCommand, opts: Opts) -> anyhow:
             if opts.json {
                 return print_json(&serde_json::to_value(&apps)?);
             }
-            let rows = apps
-                .iter()
-                .map(|a| {
-                    vec![
-                        a.name.clone(),
-                        a.uid.map_or_else(|| "-".into(), |u| u.to_string()),
-                        grants_text(a),
-                        a.databases.len().to_string(),
-                        a.connections.to_string(),
-                    ]
-                })
-                .collect();
-            print_table(&["APP", "UID", "GRANTS", "OWN DBS", "CONNECTIONS"], rows);
+            print!("{}", apps_table(&apps));
         }
         AppCommand::Show { name } => {
             let app = client.app_info(&name).await?;
@@ -173,4 +184,59 @@ pub(crate) async fn run(client: &Client, cmd: AppCommand, opts: Opts) -> anyhow:
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Vec<AppInfo> {
+        vec![
+            AppInfo {
+                name: "dashboard".into(),
+                uid: None,
+                grants: vec![
+                    AppGrant::parse(
+                        "bugs/bugs:read",
+                        Some(
+                            ["id", "title", "status", "priority"]
+                                .map(str::to_owned)
+                                .to_vec(),
+                        ),
+                    )
+                    .expect("grant"),
+                ],
+                databases: vec![],
+                connections: 2,
+            },
+            AppInfo {
+                name: "bugtracker".into(),
+                uid: Some(1001),
+                grants: vec![AppGrant::parse("notes:read-write", None).expect("grant")],
+                databases: vec!["bugs".into()],
+                connections: 0,
+            },
+        ]
+    }
+
+    #[test]
+    fn app_list_json_snapshot() {
+        insta::assert_json_snapshot!(serde_json::to_value(sample()).expect("json"));
+    }
+
+    #[test]
+    fn app_list_table_snapshot() {
+        insta::assert_snapshot!(apps_table(&sample()));
+    }
+
+    #[test]
+    fn app_show_text_snapshot() {
+        insta::assert_snapshot!(app_text(&sample()[1]));
+    }
+
+    #[test]
+    fn a_grant_spec_that_is_wrong_says_how_to_write_it() {
+        let e = grant("bugs:write", None).expect_err("refused");
+        assert!(e.to_string().contains("read-write"), "{e}");
+    }
 }
