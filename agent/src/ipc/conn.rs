@@ -262,8 +262,6 @@ fn reserve_for_next_frame(inbuf: &mut Vec<u8>, max_frame: u32) {
 }
 
 impl Conn {
-    /// Handles every complete frame at the start of `buf`; returns how many
-    /// bytes they took.
     /// Takes the app's rights as they are now, or cuts the connection when
     /// it lost any since it connected.
     fn refresh_access(&mut self) {
@@ -286,6 +284,8 @@ impl Conn {
         }
     }
 
+    /// Handles every complete frame at the start of `buf`; returns how many
+    /// bytes they took.
     fn handle_frames(&mut self, buf: &[u8]) -> usize {
         let mut pos = 0;
         let mut gets = Vec::new();
