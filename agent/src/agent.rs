@@ -9,10 +9,12 @@ use tokio::sync::watch;
 
 use crate::apps::Apps;
 use crate::config::Config;
+use crate::http;
 use crate::identity::Identity;
 use crate::ipc::{self, Ctx};
 use crate::lock::DataDirLock;
 use crate::mesh::Mesh;
+use crate::metrics::Metrics;
 use crate::store::{Store, StoreOptions};
 
 /// Runs the agent until `shutdown` completes, then finishes in-flight
@@ -32,11 +34,13 @@ pub async fn run(
         .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
     let _lock = DataDirLock::acquire(&config.data_dir)?;
     let identity = Identity::load_or_create(&config.data_dir)?;
+    let metrics = Metrics::new(config.metrics);
     let store = Store::open(
         &config.data_dir.join("store"),
         identity.device_id(),
         StoreOptions {
             flush_interval: config.flush_interval,
+            commit_seconds: metrics.commit_seconds(),
             ..StoreOptions::default()
         },
     )
@@ -68,6 +72,17 @@ pub async fn run(
         tracing::error!("the mesh is not running, so nothing syncs: {e:#}");
         format!("{e:#}")
     });
+    let http = match &config.http {
+        Some(h) => match http::bind(h, &config.data_dir).await {
+            Ok(bound) => Ok(bound),
+            Err(e) if h.explicit => return Err(e),
+            Err(e) => {
+                tracing::warn!("the dashboard is not served: {e:#}");
+                Err(format!("{e:#}"))
+            }
+        },
+        None => Err("it is turned off (--no-http, or http = \"off\")".to_owned()),
+    };
     let ctx = Arc::new(Ctx::new(
         store.clone(),
         config.max_frame,
@@ -76,12 +91,21 @@ pub async fn run(
         mesh.clone(),
         apps,
         config.require_app_tokens,
+        metrics,
+        http.as_ref().map(|b| b.info.clone()).map_err(Clone::clone),
     ));
+    let dashboard = http.ok().map(|bound| {
+        tracing::info!(url = %bound.info.metrics_url.trim_end_matches("metrics"), "serving the dashboard");
+        tokio::spawn(http::run(bound, ctx.clone()))
+    });
     let server = tokio::spawn(ipc::run(listener, ctx, stop_rx));
     ready(&config);
     shutdown.await;
     tracing::info!("shutting down: finishing in-flight requests");
     let _ = stop_tx.send(true);
+    if let Some(d) = dashboard {
+        d.abort();
+    }
     server.await.context("the IPC server task failed")?;
     if let Ok(mesh) = mesh {
         mesh.stop().await;

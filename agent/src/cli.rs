@@ -62,6 +62,16 @@ pub struct Args {
     /// This device's name, shown to other members (default: host name).
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
+    /// Where to serve the dashboard and Prometheus metrics, `ip:port` on
+    /// loopback (default 127.0.0.1:7341).
+    #[arg(long, env = "BLAZED_HTTP", value_name = "ADDR")]
+    pub http: Option<String>,
+    /// Do not serve the dashboard and metrics.
+    #[arg(long)]
+    pub no_http: bool,
+    /// Do not count metrics (the dashboard then shows no rates).
+    #[arg(long)]
+    pub no_metrics: bool,
     /// An address to dial always, `host:port` (repeatable): a hub, a peer
     /// mDNS does not reach.
     #[arg(long = "peer", value_name = "ADDR")]
@@ -165,6 +175,9 @@ pub fn main() -> ExitCode {
         name: args.name,
         peers: args.peers,
         announce: args.announce,
+        http: args.http,
+        no_http: args.no_http,
+        no_metrics: args.no_metrics,
     }) {
         Ok(c) => c,
         Err(e) => {

@@ -60,6 +60,12 @@ pub struct FileConfig {
     /// serving apps of several users. Private to the agent's user when
     /// missing.
     pub socket_group: Option<String>,
+    /// Where the dashboard and metrics are served, `ip:port` on loopback
+    /// (default 127.0.0.1:7341), or `off`.
+    pub http: Option<String>,
+    /// Whether to count what the metrics report (default true). Off, the
+    /// dashboard shows no rates and `/metrics` no counts.
+    pub metrics: Option<bool>,
 }
 
 /// Settings given on the command line or in the environment.
@@ -93,6 +99,25 @@ pub struct Overrides {
     pub peers: Vec<String>,
     /// `--announce`, repeatable; replaces the file's list when given.
     pub announce: Vec<String>,
+    /// `--http` or `BLAZED_HTTP`.
+    pub http: Option<String>,
+    /// `--no-http`.
+    pub no_http: bool,
+    /// `--no-metrics`.
+    pub no_metrics: bool,
+}
+
+/// Where the dashboard is served by default.
+pub const DEFAULT_HTTP: &str = "127.0.0.1:7341";
+
+/// Where the dashboard and metrics are served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpConfig {
+    /// A loopback address.
+    pub addr: std::net::SocketAddr,
+    /// Named by the user, so failing to bind it stops the agent; the
+    /// default only warns (a second agent on the machine finds it taken).
+    pub explicit: bool,
 }
 
 /// The settings the agent runs with.
@@ -116,6 +141,33 @@ pub struct Config {
     pub require_app_tokens: bool,
     /// The group that may reach the socket, if any.
     pub socket_group: Option<String>,
+    /// Where the dashboard and metrics are served; `None` when off.
+    pub http: Option<HttpConfig>,
+    /// Whether metrics are counted.
+    pub metrics: bool,
+}
+
+/// Parses where to serve HTTP: `off`, or an `ip:port` on loopback, since
+/// the dashboard is for this machine's user only.
+fn http_config(given: Option<String>, no_http: bool) -> anyhow::Result<Option<HttpConfig>> {
+    if no_http {
+        return Ok(None);
+    }
+    let explicit = given.is_some();
+    let text = given.unwrap_or_else(|| DEFAULT_HTTP.to_owned());
+    if text == "off" {
+        return Ok(None);
+    }
+    let addr: std::net::SocketAddr = text.parse().map_err(|_| {
+        anyhow::anyhow!(
+            "http address {text:?} is not valid: use ip:port, like {DEFAULT_HTTP}, or off"
+        )
+    })?;
+    anyhow::ensure!(
+        addr.ip().is_loopback(),
+        "http address {addr} is not on loopback: the dashboard and metrics are served to this          machine only (use 127.0.0.1:PORT or [::1]:PORT, and a reverse proxy or an SSH tunnel          to reach them from elsewhere)"
+    );
+    Ok(Some(HttpConfig { addr, explicit }))
 }
 
 fn host_name() -> String {
@@ -161,6 +213,8 @@ impl Config {
                 "listen address {listen:?} is not valid: use ip:port, like 0.0.0.0:{DEFAULT_PORT}"
             )
         })?;
+        let http = http_config(o.http.or(file.http), o.no_http)?;
+        let metrics = !o.no_metrics && file.metrics.unwrap_or(true);
         let mut peers = file.peers.unwrap_or_default();
         peers.extend(o.peers);
         let mesh = MeshConfig {
@@ -183,6 +237,7 @@ impl Config {
                 .or(file.checkpoint_ops)
                 .unwrap_or(crate::sync::EngineConfig::default().checkpoint_ops)
                 .max(1),
+            count_traffic: metrics,
         };
         Ok(Config {
             mesh,
@@ -200,6 +255,8 @@ impl Config {
             config_file,
             require_app_tokens: o.require_app_tokens || file.require_app_tokens.unwrap_or(false),
             socket_group: o.socket_group.or(file.socket_group),
+            http,
+            metrics,
         })
     }
 }
@@ -232,6 +289,36 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from("/from/flag"));
         assert_eq!(c.socket, PathBuf::from("/file.sock"));
         assert_eq!(c.max_frame, 4096);
+    }
+
+    #[test]
+    fn http_is_served_on_loopback_only() {
+        let c = Config::resolve(Overrides::default()).expect("defaults");
+        assert_eq!(
+            c.http,
+            Some(HttpConfig {
+                addr: DEFAULT_HTTP.parse().expect("addr"),
+                explicit: false
+            })
+        );
+        let off = Config::resolve(Overrides {
+            no_http: true,
+            ..Default::default()
+        })
+        .expect("off");
+        assert_eq!(off.http, None);
+        let err = Config::resolve(Overrides {
+            http: Some("0.0.0.0:7341".into()),
+            ..Default::default()
+        })
+        .expect_err("not loopback");
+        assert!(format!("{err:#}").contains("not on loopback"), "{err:#}");
+        let v6 = Config::resolve(Overrides {
+            http: Some("[::1]:0".into()),
+            ..Default::default()
+        })
+        .expect("v6 loopback");
+        assert!(v6.http.is_some_and(|h| h.explicit));
     }
 
     #[test]

@@ -3,6 +3,8 @@
 //!
 //! - [`store`]: databases, records, the op log, group commit (fjall).
 //! - [`ipc`]: the local socket server.
+//! - [`mesh`]: peers, QUIC sessions, membership; [`sync`] over them.
+//! - [`http`]: the local dashboard and Prometheus [`metrics`].
 //! - [`sync`]: IO-free sync logic (the hybrid logical clock).
 //! - [`identity`]: the device key and id.
 //! - [`config`]: flags, environment and config file.
@@ -15,10 +17,12 @@ pub mod apps;
 pub mod cli;
 pub mod config;
 pub mod crypto;
+pub mod http;
 pub mod identity;
 pub mod ipc;
 pub mod lock;
 pub mod mesh;
+pub mod metrics;
 pub mod private_file;
 pub mod service;
 pub mod store;

@@ -13,6 +13,7 @@ use crate::apps::{
 use crate::codec;
 use crate::error::{ErrorCode, ErrorInfo};
 use crate::op::Hlc;
+use crate::topology::{DashboardResult, TopologyResult};
 use crate::value::{Fields, Value};
 
 /// The protocol version this crate speaks.
@@ -160,6 +161,12 @@ methods! {
     /// Takes grants back from an app and cuts its connections (owner
     /// only).
     AppRevoke = "app.revoke", AppRevokeParams => AppInfo;
+    /// This device's link with every member, per database, with rates
+    /// and lag (owner only).
+    Topology = "topology", Empty => TopologyResult;
+    /// Where the local dashboard and metrics are served, with their
+    /// tokens (owner only).
+    Dashboard = "dashboard", Empty => DashboardResult;
 }
 
 /// Params of `db.sync`.

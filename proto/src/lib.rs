@@ -9,6 +9,8 @@
 //! - [`op`]: operations, device ids and clock readings.
 //! - [`sync`]: what replicas say to each other to sync a database.
 //! - [`mesh`]: what agents say to each other to form a mesh, and invite codes.
+//! - [`topology`]: what the agent shows of its links and where its
+//!   dashboard is.
 //!
 //! This crate does no IO. It is the only place that knows the wire
 //! encoding; the agent and the clients go through it.
@@ -26,6 +28,7 @@ pub mod paths;
 pub mod rules;
 pub mod sealed;
 pub mod sync;
+pub mod topology;
 pub mod value;
 
 pub use api::{Method, PROTOCOL_VERSION, Request};

@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use crate::codec::raw::Reader;
 use crate::codec::{self, CodecError};
-use crate::error::ErrorInfo;
+use crate::error::{ErrorCode, ErrorInfo};
 use crate::frame::{self, FrameTooLarge};
 
 /// The envelope type of a request.
@@ -117,6 +117,39 @@ pub fn decode_incoming(payload: &[u8]) -> Result<RawIncoming<'_>, CodecError> {
     Ok(msg)
 }
 
+/// The request ids and outcomes (`None` for success, else the error's
+/// code) of the response frames in `buf`, whole frames back to back with
+/// their length prefixes; other frames are skipped. For counting, so it
+/// reads no further into a success than its envelope.
+pub fn response_outcomes(buf: &[u8]) -> impl Iterator<Item = (u64, Option<ErrorCode>)> + '_ {
+    let mut rest = buf;
+    std::iter::from_fn(move || {
+        loop {
+            let len = frame::frame_len(rest, u32::MAX).ok().flatten()?;
+            let payload = rest.get(frame::LEN_PREFIX..len)?;
+            rest = &rest[len..];
+            let mut r = Reader::new(payload);
+            if !matches!(r.array_len("a message"), Ok(4))
+                || !matches!(r.uint("the message type"), Ok(1))
+            {
+                continue;
+            }
+            let Ok(id) = r.uint("the request id") else {
+                continue;
+            };
+            if r.is_nil() {
+                return Some((id, None));
+            }
+            let code = r
+                .value()
+                .ok()
+                .and_then(|v| codec::from_slice::<ErrorInfo>(v).ok())
+                .map_or(ErrorCode::Internal, |e| e.code);
+            return Some((id, Some(code)));
+        }
+    })
+}
+
 /// Appends a whole request frame to `out`.
 pub fn encode_request<P: Serialize + ?Sized>(
     out: &mut Vec<u8>,
@@ -197,6 +230,25 @@ fn finish(
     }
     frame::finish_frame(out, start, max_frame)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod outcome_tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_are_read_from_responses_and_notifications_are_skipped() {
+        let mut buf = Vec::new();
+        encode_response(&mut buf, 7, &"fine", u32::MAX).expect("encode");
+        encode_notification(&mut buf, "change", &1u8, u32::MAX).expect("encode");
+        encode_error(
+            &mut buf,
+            9,
+            &ErrorInfo::new(ErrorCode::UnknownDatabase, "no such database"),
+        );
+        let got: Vec<_> = response_outcomes(&buf).collect();
+        assert_eq!(got, vec![(7, None), (9, Some(ErrorCode::UnknownDatabase))]);
+    }
 }
 
 #[cfg(test)]

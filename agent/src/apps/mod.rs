@@ -107,7 +107,7 @@ pub struct Apps {
     connections: Mutex<BTreeMap<String, u32>>,
 }
 
-fn sha256(token: &str) -> [u8; 32] {
+pub(crate) fn sha256(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
@@ -127,7 +127,7 @@ fn unhex(text: &str) -> Option<[u8; 32]> {
 }
 
 /// Compares two hashes in time that does not depend on where they differ.
-fn same_hash(a: &[u8; 32], b: &[u8; 32]) -> bool {
+pub(crate) fn same_hash(a: &[u8; 32], b: &[u8; 32]) -> bool {
     let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
     std::hint::black_box(diff) == 0
 }

@@ -74,6 +74,9 @@ struct Conn {
     reply_tx: ReplySender,
     event_tx: mpsc::Sender<Vec<u8>>,
     subscriptions: HashMap<u64, JoinHandle<()>>,
+    /// The method of each request answered through the reply channel, by
+    /// id, to count its outcome (only when metrics are on).
+    pending_methods: HashMap<u64, &'static str>,
 }
 
 /// Serves one connection until the client leaves, the connection must be
@@ -99,6 +102,7 @@ pub(crate) async fn serve(stream: Stream, ctx: Arc<Ctx>, mut shutdown: watch::Re
         reply_tx,
         event_tx,
         subscriptions: HashMap::new(),
+        pending_methods: HashMap::new(),
     };
     let mut inbuf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     let mut written = 0usize;
@@ -136,10 +140,10 @@ pub(crate) async fn serve(stream: Stream, ctx: Arc<Ctx>, mut shutdown: watch::Re
             },
             Some(frame) = reply_rx.recv() => {
                 conn.in_flight -= 1;
-                conn.out.extend_from_slice(&frame);
+                conn.replied(&frame);
                 while let Ok(frame) = reply_rx.try_recv() {
                     conn.in_flight -= 1;
-                    conn.out.extend_from_slice(&frame);
+                    conn.replied(&frame);
                 }
             }
             Some(frame) = event_rx.recv(), if want_events => {
@@ -313,7 +317,38 @@ impl Conn {
     /// Answers a run of gets, in order. A long run is shared with the read
     /// helpers: each answers a contiguous part into its own buffer while
     /// this thread answers the first, and the parts are joined in order.
+    /// Takes a response that came through the reply channel.
+    fn replied(&mut self, frame: &[u8]) {
+        if self.ctx.metrics.enabled() {
+            for (id, code) in message::response_outcomes(frame) {
+                if let Some(method) = self.pending_methods.remove(&id) {
+                    self.ctx.metrics.request(method, code);
+                }
+            }
+        }
+        self.out.extend_from_slice(frame);
+    }
+
+    /// Counts the responses to `method` written to the output from
+    /// `start` on.
+    fn tally(&self, start: usize, method: &'static str) {
+        if self.ctx.metrics.enabled() {
+            for (_, code) in message::response_outcomes(&self.out[start..]) {
+                self.ctx.metrics.request(method, code);
+            }
+        }
+    }
+
     fn answer_gets(&mut self, gets: &mut Vec<PendingGet>) {
+        if gets.is_empty() {
+            return;
+        }
+        let start = self.out.len();
+        self.answer_gets_here_and_on_helpers(gets);
+        self.tally(start, <api::Get as api::Method>::NAME);
+    }
+
+    fn answer_gets_here_and_on_helpers(&mut self, gets: &mut Vec<PendingGet>) {
         let helpers = read_helpers();
         let threads = (helpers.count + 1).min(gets.len() / GETS_PER_THREAD);
         if threads <= 1 {
@@ -390,6 +425,12 @@ impl Conn {
             Err(e) => e,
         };
         self.answer_gets(gets);
+        let method = api::ALL_METHODS
+            .iter()
+            .find(|m| **m == raw.method)
+            .copied()
+            .unwrap_or("unknown");
+        self.ctx.metrics.request(method, Some(refused.code));
         message::encode_error(&mut self.out, raw.id, &refused);
     }
 
@@ -468,6 +509,7 @@ impl Conn {
     }
 
     fn dispatch(&mut self, id: u64, req: Request) {
+        let (method, start) = (req.method(), self.out.len());
         match req {
             Request::Subscribe(p) => {
                 match subscription::start(&self.ctx, p, &self.access, self.event_tx.clone()) {
@@ -503,8 +545,15 @@ impl Conn {
                 &mut self.out,
             ) {
                 Handled::Done => {}
-                Handled::Pending => self.in_flight += 1,
+                Handled::Pending => {
+                    self.in_flight += 1;
+                    if self.ctx.metrics.enabled() {
+                        self.pending_methods.insert(id, method);
+                    }
+                    return;
+                }
             },
         }
+        self.tally(start, method);
     }
 }

@@ -1,11 +1,10 @@
 //! Answers requests: reads at once, writes through the store's writer.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use blazedb_proto::api::{
     BatchResult, CreatedResult, DbCreateParams, DbListResult, DroppedResult, EncodedRecord,
-    GetResult, IndexParams, RecordRef, Request, StatusResult, Write,
+    GetResult, IndexParams, RecordRef, Request, Write,
 };
 use blazedb_proto::message::{self, EncodeError};
 use blazedb_proto::{ErrorCode, ErrorInfo};
@@ -137,34 +136,7 @@ pub(crate) fn handle(
     let store = &ctx.store;
     let max = ctx.max_frame;
     match req {
-        Request::Status(_) => {
-            let mut unopened = store.unopened();
-            unopened.retain(|u| access.sees_db(&u.db));
-            let databases = match access {
-                Access::Owner => store.db_count(),
-                Access::App(_) => store
-                    .list()
-                    .iter()
-                    .filter(|d| access.sees_db(&d.name))
-                    .count(),
-            };
-            done(
-                ctx,
-                out,
-                id,
-                Ok(StatusResult {
-                    agent: format!("blazed {}", env!("CARGO_PKG_VERSION")),
-                    device_id: store.device().to_string(),
-                    data_dir: ctx.data_dir.display().to_string(),
-                    socket: ctx.socket.display().to_string(),
-                    uptime_ms: ctx.started.elapsed().as_millis() as u64,
-                    databases: databases as u32,
-                    connections: ctx.connections.load(Ordering::Relaxed),
-                    subscriptions: ctx.subscriptions.load(Ordering::Relaxed),
-                    unopened,
-                }),
-            )
-        }
+        Request::Status(_) => done(ctx, out, id, Ok(ctx.status(access))),
         Request::DbOpen(p) => done(ctx, out, id, store.db_info(&p.name)),
         Request::DbList(_) => {
             let mut databases = store.list();
@@ -232,7 +204,9 @@ pub(crate) fn handle(
         | Request::DbKeyRotate(_)
         | Request::MeshLeave(_)
         | Request::PeerList(_)
-        | Request::PeerRemove(_)) => super::mesh_methods::handle(ctx, id, r, tx, out),
+        | Request::PeerRemove(_)
+        | Request::Topology(_)
+        | Request::Dashboard(_)) => super::mesh_methods::handle(ctx, id, r, tx, out),
         Request::DbSync(p) => {
             store.submit(Command::SetSyncMode {
                 db: p.name,

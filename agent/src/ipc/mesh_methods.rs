@@ -8,7 +8,7 @@ use blazedb_proto::api::{
     MeshInviteResult, MeshStatusResult, PeerInfo, PeerListResult, PeersResult, Request,
     StaticPeerInfo,
 };
-use blazedb_proto::mesh::{Invite, Role};
+use blazedb_proto::mesh::Invite;
 use blazedb_proto::message;
 use blazedb_proto::{DeviceId, ErrorCode, ErrorInfo};
 use serde::Serialize;
@@ -16,7 +16,7 @@ use serde::Serialize;
 use super::Ctx;
 use super::conn::ReplySender;
 use super::handler::Handled;
-use crate::mesh::{Mesh, PeerView, Reach};
+use crate::mesh::{Mesh, PeerView, Reach, role_name};
 
 /// How long an invite works unless the caller says.
 const DEFAULT_INVITE_TTL: Duration = Duration::from_secs(3600);
@@ -40,13 +40,6 @@ fn mesh(ctx: &Ctx) -> Result<&Mesh, ErrorInfo> {
             format!("the mesh is not running on this agent: {why}"),
         )
     })
-}
-
-fn role_name(role: Role) -> &'static str {
-    match role {
-        Role::Device => "device",
-        Role::Hub => "hub",
-    }
 }
 
 fn summary(device: &DeviceId, name: &str) -> MemberSummary {
@@ -358,6 +351,32 @@ pub(crate) fn handle(
                 peers: static_peers(m),
             }),
         ),
+        Request::Dashboard(_) => {
+            let r = ctx.dashboard.clone().map_err(|why| {
+                ErrorInfo::new(
+                    ErrorCode::Other,
+                    format!("the dashboard is not served: {why}"),
+                )
+            });
+            encode(ctx, out, id, r);
+        }
+        Request::Topology(_) => {
+            let m = match mesh(ctx) {
+                Ok(m) => m.clone(),
+                Err(e) => {
+                    encode::<()>(ctx, out, id, Err(e));
+                    return Handled::Done;
+                }
+            };
+            let (ctx, tx) = (ctx.clone(), tx.clone());
+            tokio::spawn(async move {
+                let r = Ok::<_, ErrorInfo>(m.topology().await);
+                let mut out = Vec::new();
+                encode(&ctx, &mut out, id, r);
+                let _ = tx.send(out);
+            });
+            return Handled::Pending;
+        }
         Request::MeshLeave(_) => {
             let m = match mesh(ctx) {
                 Ok(m) => m.clone(),

@@ -18,8 +18,12 @@ use interprocess::local_socket::tokio::Listener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::apps::Apps;
+use blazedb_proto::api::StatusResult;
+use blazedb_proto::topology::DashboardResult;
+
+use crate::apps::{Access, Apps};
 use crate::mesh::Mesh;
+use crate::metrics::Metrics;
 use crate::store::Store;
 
 pub use conn::MAX_IN_FLIGHT;
@@ -43,6 +47,10 @@ pub struct Ctx {
     pub apps: Arc<Apps>,
     /// Whether processes of the agent's own user need the owner token.
     pub require_app_tokens: bool,
+    /// What the agent counts.
+    pub metrics: Arc<Metrics>,
+    /// Where the dashboard is served, or why it is not.
+    pub dashboard: Result<DashboardResult, String>,
     connections: AtomicU32,
     subscriptions: AtomicU32,
     next_subscription: AtomicU64,
@@ -58,6 +66,8 @@ impl Ctx {
         mesh: Result<Mesh, String>,
         apps: Arc<Apps>,
         require_app_tokens: bool,
+        metrics: Arc<Metrics>,
+        dashboard: Result<DashboardResult, String>,
     ) -> Self {
         Ctx {
             store,
@@ -68,9 +78,39 @@ impl Ctx {
             mesh,
             apps,
             require_app_tokens,
+            metrics,
+            dashboard,
             connections: AtomicU32::new(0),
             subscriptions: AtomicU32::new(0),
             next_subscription: AtomicU64::new(1),
+        }
+    }
+}
+
+impl Ctx {
+    /// The agent's status, as `access` may see it.
+    pub fn status(&self, access: &Access) -> StatusResult {
+        let mut unopened = self.store.unopened();
+        unopened.retain(|u| access.sees_db(&u.db));
+        let databases = match access {
+            Access::Owner => self.store.db_count(),
+            Access::App(_) => self
+                .store
+                .list()
+                .iter()
+                .filter(|d| access.sees_db(&d.name))
+                .count(),
+        };
+        StatusResult {
+            agent: format!("blazed {}", env!("CARGO_PKG_VERSION")),
+            device_id: self.store.device().to_string(),
+            data_dir: self.data_dir.display().to_string(),
+            socket: self.socket.display().to_string(),
+            uptime_ms: self.started.elapsed().as_millis() as u64,
+            databases: databases as u32,
+            connections: self.connections.load(Ordering::Relaxed),
+            subscriptions: self.subscriptions.load(Ordering::Relaxed),
+            unopened,
         }
     }
 }

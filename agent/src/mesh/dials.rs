@@ -68,6 +68,14 @@ impl Dials {
         }
     }
 
+    /// Whether a dial of `key` is under way, and when the next one is due
+    /// if the last failed.
+    pub(crate) fn waiting(&self, key: &str) -> Option<(bool, Option<u64>)> {
+        self.targets
+            .get(key)
+            .map(|t| (t.in_flight, (t.failures > 0).then_some(t.next_try_ms)))
+    }
+
     /// The device `key` led to last time.
     pub(crate) fn reached(&self, key: &str) -> Option<DeviceId> {
         self.targets.get(key).and_then(|t| t.reached)

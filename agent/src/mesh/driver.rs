@@ -19,7 +19,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use crate::access::view::DeviceAttrs;
 use crate::store::{Command, Store, StoreNotice, wall_ms};
-use crate::sync::{Cutoff, Engine, EngineConfig, Event, SyncStore as _};
+use crate::sync::{Cutoff, Engine, EngineConfig, Event, LinkReport, SyncStore as _};
 use blazedb_proto::rules::AccessRules;
 
 /// What the driver is told.
@@ -67,20 +67,16 @@ pub enum Input {
         /// Members' names, teams and roles.
         devices: BTreeMap<DeviceId, DeviceAttrs>,
     },
+    /// Report where every database stands with every connected peer.
+    Links(tokio::sync::oneshot::Sender<Vec<LinkReport>>),
     /// Stop the driver.
     Stop,
 }
 
-/// What is known of the sync with one peer, for `blazectl peers`.
-#[derive(Debug, Clone, Default)]
-pub struct LinkStats {
-    /// When operations or a snapshot from the peer were last applied, or
-    /// the peer last sent its vector, in ms since the Unix epoch.
-    pub last_sync_ms: Option<u64>,
-}
-
-/// Per-peer figures shared with the mesh.
-pub type Stats = Arc<Mutex<BTreeMap<DeviceId, LinkStats>>>;
+/// When sync of each database with each peer last made progress:
+/// operations or a snapshot from the peer were applied, or the peer sent
+/// its vector; in ms since the Unix epoch.
+pub type Stats = Arc<Mutex<BTreeMap<(DeviceId, String), u64>>>;
 
 /// The handle to the driver thread.
 #[derive(Debug)]
@@ -126,9 +122,24 @@ impl Driver {
         self.tx.clone()
     }
 
-    /// Per-peer figures.
-    pub fn stats(&self) -> BTreeMap<DeviceId, LinkStats> {
+    /// When sync of each database with each peer last made progress.
+    pub fn last_sync(&self) -> BTreeMap<(DeviceId, String), u64> {
         self.stats.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Where every database stands with every connected peer; empty if the
+    /// engine does not answer within `wait` (it is busy applying a large
+    /// snapshot, say).
+    pub async fn link_reports(&self, wait: Duration) -> Vec<LinkReport> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.tx.send(Input::Links(tx)).is_err() {
+            return Vec::new();
+        }
+        tokio::time::timeout(wait, rx)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default()
     }
 
     /// Stops the thread and waits for it: after this the engine makes no
@@ -192,8 +203,8 @@ fn run(
                 }
                 Input::Message { peer, link, msg } => {
                     if routes.get(&peer).is_some_and(|r| r.link == link) {
-                        if matches!(*msg, SyncMessage::Vector { .. }) {
-                            note(&stats, peer, |s| s.last_sync_ms = Some(now));
+                        if let SyncMessage::Vector { db, .. } = &*msg {
+                            note(&stats, peer, db, now);
                         }
                         engine.handle(peer, *msg, now);
                     }
@@ -223,6 +234,9 @@ fn run(
                     }
                     engine.set_devices(devices, now);
                 }
+                Input::Links(reply) => {
+                    let _ = reply.send(engine.link_reports(now));
+                }
                 Input::Stop => return,
             }
         }
@@ -244,9 +258,14 @@ fn run(
     }
 }
 
-fn note(stats: &Stats, peer: DeviceId, f: impl FnOnce(&mut LinkStats)) {
+fn note(stats: &Stats, peer: DeviceId, db: &str, now: u64) {
     if let Ok(mut s) = stats.lock() {
-        f(s.entry(peer).or_default());
+        match s.get_mut(&(peer, db.to_owned())) {
+            Some(at) => *at = now,
+            None => {
+                s.insert((peer, db.to_owned()), now);
+            }
+        }
     }
 }
 
@@ -254,11 +273,11 @@ fn on_event(engine: &mut Engine<Store>, store: &Store, stats: &Stats, event: Eve
     match event {
         Event::Applied { db, from, ops } => {
             tracing::debug!(db, peer = %from.short(), ops, "applied operations");
-            note(stats, from, |s| s.last_sync_ms = Some(wall_ms()));
+            note(stats, from, &db, wall_ms());
         }
         Event::SnapshotMerged { db, from } => {
             tracing::info!(db, peer = %from.short(), "merged a snapshot");
-            note(stats, from, |s| s.last_sync_ms = Some(wall_ms()));
+            note(stats, from, &db, wall_ms());
         }
         Event::UnknownDatabase { db, peer, sealed } => {
             tracing::info!(db, peer = %peer.short(), sealed, "a peer syncs a new database: creating it");
@@ -340,7 +359,7 @@ fn on_event(engine: &mut Engine<Store>, store: &Store, stats: &Stats, event: Eve
         }
         Event::CheckpointTaken { db, from, parts } => {
             tracing::info!(db, peer = %from.short(), parts, "took a sealed checkpoint");
-            note(stats, from, |s| s.last_sync_ms = Some(wall_ms()));
+            note(stats, from, &db, wall_ms());
         }
         Event::CheckpointSent { db, to, parts } => {
             tracing::info!(db, peer = %to.short(), parts, "sent a sealed checkpoint")

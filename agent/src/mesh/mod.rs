@@ -25,6 +25,8 @@ pub mod proof;
 pub mod session;
 pub mod state;
 pub mod tls;
+pub mod topology;
+pub mod traffic;
 
 #[cfg(test)]
 mod tests;
@@ -94,6 +96,9 @@ pub struct MeshConfig {
     /// Operations between the sealed checkpoints a key holder gives a
     /// blind hub.
     pub checkpoint_ops: u64,
+    /// Count what each link carries (off only to measure what counting
+    /// costs).
+    pub count_traffic: bool,
 }
 
 /// A connected peer's session, as the rest of the mesh sees it.
@@ -129,8 +134,11 @@ pub(crate) struct Shared {
     clones: Mutex<clones::CloneWatch>,
     /// The devices each connected hub says it has a session with.
     hub_links: Mutex<BTreeMap<DeviceId, BTreeSet<DeviceId>>>,
-    /// The last error dialling each static peer.
-    static_errors: Mutex<BTreeMap<String, String>>,
+    /// The last error dialling each target, by dial key (a static peer's
+    /// key is its address).
+    dial_errors: Mutex<BTreeMap<String, String>>,
+    /// What each link carries.
+    traffic: Arc<traffic::Traffic>,
     next_link: AtomicU64,
     wake: Notify,
     /// The state has changes not yet written to its file.
@@ -144,9 +152,17 @@ pub(crate) struct Shared {
     pub(crate) shutdown: watch::Receiver<bool>,
 }
 
+/// A role's name as the protocol spells it.
+pub fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Device => "device",
+        Role::Hub => "hub",
+    }
+}
+
 /// Locks a mutex of the mesh. Where one task holds several, it takes them
 /// in this order: `state`, `discovered`, `sessions`, `hub_links`, `clones`,
-/// `dials`, `static_errors`, `gossip`.
+/// `dials`, `dial_errors`, `gossip`.
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -457,7 +473,8 @@ impl Mesh {
             discovered: Mutex::new(BTreeMap::new()),
             clones: Mutex::default(),
             hub_links: Mutex::default(),
-            static_errors: Mutex::default(),
+            dial_errors: Mutex::default(),
+            traffic: Arc::new(traffic::Traffic::new(config.count_traffic)),
             next_link: AtomicU64::new(1),
             wake: Notify::new(),
             dirty: AtomicBool::new(false),
@@ -902,7 +919,7 @@ impl Mesh {
             return Ok(false);
         }
         s.save()?;
-        lock(&self.shared.static_errors).remove(addr);
+        lock(&self.shared.dial_errors).remove(addr);
         Ok(true)
     }
 
@@ -912,7 +929,7 @@ impl Mesh {
         // Sessions before dials, as the dial loop takes them.
         let sessions = lock(&self.shared.sessions);
         let dials = lock(&self.shared.dials);
-        let errors = lock(&self.shared.static_errors);
+        let errors = lock(&self.shared.dial_errors);
         peers
             .into_iter()
             .map(|addr| {
@@ -939,7 +956,7 @@ impl Mesh {
 
     /// The members with their link state, this device excluded.
     pub fn peers(&self) -> Vec<PeerView> {
-        let stats = self.driver.stats();
+        let last_sync = self.driver.last_sync();
         let (records, addrs): (Vec<MemberRecord>, BTreeMap<DeviceId, Vec<String>>) = {
             let s = lock(&self.shared.state);
             match s.roster.as_ref() {
@@ -983,7 +1000,11 @@ impl Mesh {
                     reach,
                     address: s.map(|s| s.conn.remote_address()),
                     rtt: s.map(|s| s.conn.rtt()),
-                    last_sync_ms: stats.get(&m.device).and_then(|x| x.last_sync_ms),
+                    last_sync_ms: last_sync
+                        .range((m.device, String::new())..)
+                        .take_while(|((d, _), _)| *d == m.device)
+                        .map(|(_, at)| *at)
+                        .max(),
                     addrs: addrs.get(&m.device).cloned().unwrap_or_default(),
                     record: m,
                 }
@@ -1172,7 +1193,7 @@ async fn dial_loop(shared: Arc<Shared>) {
             }
             let shared = shared.clone();
             tokio::spawn(async move {
-                let reached = dial_one(&shared, device, &addrs).await;
+                let reached = dial_one(&shared, &key, device, &addrs).await;
                 lock(&shared.dials).finished(&key, reached, wall_ms(), jitter());
                 shared.wake.notify_one();
             });
@@ -1365,6 +1386,7 @@ fn dial_targets(shared: &Shared) -> Vec<(String, Option<DeviceId>, Vec<String>)>
 /// that answers. Returns the device reached, if any.
 async fn dial_one(
     shared: &Arc<Shared>,
+    key: &str,
     device: Option<DeviceId>,
     addrs: &[String],
 ) -> Option<DeviceId> {
@@ -1373,16 +1395,14 @@ async fn dial_one(
             Ok(c) => c,
             Err(e) => {
                 tracing::debug!(addr, "dial failed: {e:#}");
-                if device.is_none() {
-                    lock(&shared.static_errors).insert(addr.clone(), format!("{e:#}"));
-                }
+                note_dial_error(shared, key, device, addr, format!("{e:#}"));
                 continue;
             }
         };
         let Some(peer) = tls::peer_device(&conn) else {
             continue;
         };
-        lock(&shared.static_errors).remove(addr);
+        lock(&shared.dial_errors).remove(key);
         if shared.connected(&peer) {
             conn.close(close_code::DUPLICATE, b"already connected");
             return Some(peer);
@@ -1396,13 +1416,22 @@ async fn dial_one(
             Err(SessionError::Rekeyed) => return Some(peer),
             Err(e) => {
                 tracing::info!(addr, peer = %peer, "could not join the session: {e}");
-                if device.is_none() {
-                    lock(&shared.static_errors).insert(addr.clone(), e.to_string());
-                }
+                note_dial_error(shared, key, device, addr, e.to_string());
             }
         }
     }
     None
+}
+
+/// Keeps why dialling `key` failed. A member's addresses are several, so
+/// its error names the one that failed; a static peer's key is its
+/// address.
+fn note_dial_error(shared: &Shared, key: &str, device: Option<DeviceId>, addr: &str, e: String) {
+    let e = match device {
+        Some(_) => format!("{addr}: {e}"),
+        None => e,
+    };
+    lock(&shared.dial_errors).insert(key.to_owned(), e);
 }
 
 /// Keeps the announced addresses in step with the interfaces: when they

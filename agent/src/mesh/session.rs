@@ -35,6 +35,7 @@ use tokio::sync::mpsc;
 use super::driver::Input;
 use super::proof::{self, Binding};
 use super::state::MeshKeys;
+use super::traffic::{Traffic, Way};
 use super::{Shared, close_code, tls};
 
 /// How long the other side has to prove itself.
@@ -88,20 +89,21 @@ pub async fn read_frame(recv: &mut quinn::RecvStream) -> Result<Option<Vec<u8>>,
     Ok(Some(buf))
 }
 
-/// Writes one message as a frame.
+/// Writes one message as a frame; returns the frame's length.
 async fn write_msg<T: serde::Serialize>(
     send: &mut quinn::SendStream,
     msg: &T,
-) -> Result<(), SessionError> {
+) -> Result<usize, SessionError> {
     let frame = to_frame(msg).map_err(|e| match e {
         EncodeError::TooLarge(e) => SessionError::TooLarge(e.to_string()),
         EncodeError::Codec(e) => protocol(e),
     })?;
-    send.write_all(&frame).await.map_err(protocol)
+    send.write_all(&frame).await.map_err(protocol)?;
+    Ok(frame.len())
 }
 
 async fn send_msg(send: &mut quinn::SendStream, msg: &PeerMessage) -> Result<(), SessionError> {
-    write_msg(send, msg).await
+    write_msg(send, msg).await.map(drop)
 }
 
 async fn recv_msg(recv: &mut quinn::RecvStream) -> Result<PeerMessage, SessionError> {
@@ -490,7 +492,12 @@ pub(crate) async fn run(
         let _ = send_msg(&mut ctl_send, &PeerMessage::Members { roster }).await;
     }
 
-    let writer = tokio::spawn(write_sync(conn.clone(), sync_rx));
+    let writer = tokio::spawn(write_sync(
+        conn.clone(),
+        sync_rx,
+        peer,
+        shared.traffic.clone(),
+    ));
     // The control stream is read by a task of its own: a read dropped by
     // `select!` half-way through a frame would lose the stream's place.
     let (frames_tx, mut frames) = mpsc::channel(16);
@@ -551,7 +558,7 @@ pub(crate) async fn run(
             },
             stream = conn.accept_uni() => match stream {
                 Ok(recv) => {
-                    readers.spawn(read_sync(conn.clone(), recv, peer, link, driver.clone()));
+                    readers.spawn(read_sync(conn.clone(), recv, peer, link, driver.clone(), shared.traffic.clone()));
                 }
                 Err(e) => break e.to_string(),
             },
@@ -572,7 +579,12 @@ pub(crate) async fn run(
 
 /// Sends the engine's messages, each database on a stream of its own so a
 /// large snapshot of one does not hold up the others.
-async fn write_sync(conn: quinn::Connection, mut rx: mpsc::UnboundedReceiver<SyncMessage>) {
+async fn write_sync(
+    conn: quinn::Connection,
+    mut rx: mpsc::UnboundedReceiver<SyncMessage>,
+    peer: DeviceId,
+    traffic: Arc<Traffic>,
+) {
     let mut streams: HashMap<String, quinn::SendStream> = HashMap::new();
     while let Some(msg) = rx.recv().await {
         let db = msg.db().to_owned();
@@ -588,7 +600,7 @@ async fn write_sync(conn: quinn::Connection, mut rx: mpsc::UnboundedReceiver<Syn
             return;
         };
         match write_msg(stream, &msg).await {
-            Ok(()) => {}
+            Ok(bytes) => traffic.count(peer, Way::Out, &msg, bytes),
             // The engine's batches are far under the frame limit; one
             // that is not is dropped, and the engine resends its content.
             Err(SessionError::TooLarge(e)) => {
@@ -606,11 +618,13 @@ async fn read_sync(
     peer: DeviceId,
     link: u64,
     driver: std::sync::mpsc::Sender<Input>,
+    traffic: Arc<Traffic>,
 ) {
     loop {
         match read_frame(&mut recv).await {
             Ok(Some(bytes)) => match SyncMessage::decode(&bytes) {
                 Ok(msg) => {
+                    traffic.count(peer, Way::In, &msg, bytes.len() + LEN_PREFIX);
                     let msg = Box::new(msg);
                     if driver.send(Input::Message { peer, link, msg }).is_err() {
                         return;

@@ -178,6 +178,7 @@ async fn start_mesh() -> (Mesh, Store, watch::Sender<bool>, tempfile::TempDir) {
         peers: Vec::new(),
         member_links: super::overlay::DEFAULT_MEMBER_LINKS,
         checkpoint_ops: 10_000,
+        count_traffic: true,
     };
     let mesh = Mesh::start(config, &id, store.clone(), dir.path(), shutdown)
         .await

@@ -51,6 +51,20 @@ pub use writer::{Command, PreparedWrite, Reply, prepare};
 
 use record::{StoredRecord, Visible};
 
+/// How large a database is (for metrics): counts are fjall's estimates,
+/// which count an overwritten or deleted key until compaction drops it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DbSize {
+    /// The database.
+    pub name: String,
+    /// About how many records (tombstones included).
+    pub records: u64,
+    /// About how many op-log entries.
+    pub log_entries: u64,
+    /// Bytes of its tables on disk (not counting the shared journal).
+    pub disk_bytes: u64,
+}
+
 /// Store tuning.
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
@@ -63,6 +77,8 @@ pub struct StoreOptions {
     /// How many of the newest op-log entries compaction keeps, so that
     /// local subscribers can resume from a cursor that recent.
     pub retain_log: u64,
+    /// Where to record how long each commit takes, in seconds.
+    pub commit_seconds: Option<prometheus_client::metrics::histogram::Histogram>,
 }
 
 impl Default for StoreOptions {
@@ -72,6 +88,7 @@ impl Default for StoreOptions {
             max_group: 1024,
             cache_bytes: 64 * 1024 * 1024,
             retain_log: 100_000,
+            commit_seconds: None,
         }
     }
 }
@@ -601,6 +618,21 @@ impl Store {
         let mut out: Vec<DbInfo> = read_lock(&self.inner.dbs)
             .values()
             .map(|d| self.info_of(d))
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    /// How large each database is on disk, by name.
+    pub fn sizes(&self) -> Vec<DbSize> {
+        let mut out: Vec<DbSize> = read_lock(&self.inner.dbs)
+            .values()
+            .map(|d| DbSize {
+                name: d.name.clone(),
+                records: d.records.approximate_len() as u64,
+                log_entries: d.log.approximate_len() as u64,
+                disk_bytes: d.records.disk_space() + d.log.disk_space() + d.index.disk_space(),
+            })
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
         out

@@ -715,7 +715,11 @@ impl Writer {
         if group.fsync {
             batch = batch.durability(Some(PersistMode::SyncAll));
         }
+        let started = self.options.commit_seconds.as_ref().map(|_| Instant::now());
         batch.commit()?;
+        if let (Some(h), Some(t)) = (&self.options.commit_seconds, started) {
+            h.observe(t.elapsed().as_secs_f64());
+        }
         if group.fsync {
             self.unsynced_since = None;
         } else if group.buffered && self.unsynced_since.is_none() {

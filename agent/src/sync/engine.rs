@@ -40,8 +40,11 @@ use super::hlc::too_far_ahead;
 use super::store::{Correction, ReadLimits, SyncState, SyncStore};
 use crate::access::view::{DeviceAttrs, View};
 
+mod lag;
 mod partial;
 mod sealed;
+
+pub use lag::LinkReport;
 
 /// Engine tuning. Times are in milliseconds.
 #[derive(Debug, Clone)]
@@ -531,6 +534,8 @@ pub struct Engine<S> {
     /// replaced them: it says so (`Vector::lacking`) so a full replica
     /// sends one.
     recut: BTreeSet<String>,
+    /// When this replica's vector grew, to date what peers lack.
+    arrivals: lag::Arrivals,
     next_announce: u64,
     next_compact: u64,
     next_snapshot_id: u64,
@@ -546,6 +551,7 @@ impl<S: SyncStore> Engine<S> {
             next_compact: now + config.compact_ms,
             config,
             links: BTreeMap::new(),
+            arrivals: lag::Arrivals::default(),
             epochs: BTreeMap::new(),
             reports: BTreeMap::new(),
             parked: BTreeMap::new(),
@@ -694,6 +700,9 @@ impl<S: SyncStore> Engine<S> {
                 link.entry(db.to_owned()).or_insert(fresh);
             }
             self.send_vector(p, db, true);
+            // Operations the old mode held back go out now, not at the
+            // next announcement.
+            self.pump(p, db, now);
             if let Some((epoch, vector, want, refused)) = self.parked.remove(&(p, db.to_owned())) {
                 let sealed = self.store.sync_state(db).is_some_and(|s| s.sealed);
                 self.on_vector(
@@ -716,6 +725,7 @@ impl<S: SyncStore> Engine<S> {
             streams.remove(db);
         }
         self.epochs.retain(|(_, d), _| d != db);
+        self.arrivals.forget(db);
         self.reports.remove(db);
         self.stable_from.remove(db);
     }
@@ -1543,6 +1553,7 @@ impl<S: SyncStore> Engine<S> {
         let Some(state) = self.store.sync_state(db) else {
             return;
         };
+        self.arrivals.note(db, &state.vector, now);
         let peers: Vec<DeviceId> = self
             .links
             .keys()

@@ -14,7 +14,7 @@ pub mod hlc;
 pub mod memory;
 pub mod store;
 
-pub use engine::{Cutoff, Engine, EngineConfig, Event};
+pub use engine::{Cutoff, Engine, EngineConfig, Event, LinkReport};
 pub use memory::{MemoryStore, RecordStamps};
 
 /// The key a record has in snapshots and projections (and in the store).
