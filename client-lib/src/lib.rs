@@ -298,6 +298,18 @@ impl Client {
         Ok(self.call::<api::Peers>(&api::Empty {}).await?.peers)
     }
 
+    /// This device's link with every member, per database, with rates and
+    /// lag (owner only).
+    pub async fn topology(&self) -> Result<blazedb_proto::topology::TopologyResult, Error> {
+        self.call::<api::Topology>(&api::Empty {}).await
+    }
+
+    /// Where the agent serves its dashboard and metrics, with their tokens
+    /// (owner only).
+    pub async fn dashboard(&self) -> Result<blazedb_proto::topology::DashboardResult, Error> {
+        self.call::<api::Dashboard>(&api::Empty {}).await
+    }
+
     /// Adds a local app with `grants` (owner only); returns it with its
     /// token, which is shown this once. `uid` binds it to another user's
     /// processes.

@@ -251,12 +251,16 @@ impl TestAgent {
 
     /// Unless the test says otherwise, agents listen on a loopback port of
     /// their own and keep off mDNS, so parallel tests do not meet.
+    /// Each serves its dashboard on a loopback port of its own.
     fn default_mesh_args(&self) -> Vec<&'static str> {
-        if self.netns.is_some() {
-            return Vec::new();
-        }
         let has = |flag: &str| self.extra_args.iter().any(|a| a.starts_with(flag));
         let mut args = Vec::new();
+        if !has("--http") && !has("--no-http") {
+            args.extend(["--http", "127.0.0.1:0"]);
+        }
+        if self.netns.is_some() {
+            return args;
+        }
         if !has("--listen") {
             args.extend(["--listen", "127.0.0.1:0"]);
         }
@@ -283,6 +287,7 @@ impl TestAgent {
             .args(&self.extra_args)
             .args(self.default_mesh_args())
             .env_remove("BLAZED_CONFIG")
+            .env_remove("BLAZED_HTTP")
             // A test run under systemd must not hand its manager's sockets on.
             .env_remove("NOTIFY_SOCKET")
             .env_remove("LISTEN_FDS")

@@ -2,6 +2,7 @@
 //! the client crate.
 
 mod app;
+mod dashboard;
 mod db;
 mod fields;
 mod id;
@@ -16,6 +17,7 @@ mod query;
 mod records;
 mod rules;
 mod status;
+mod topology;
 mod watch;
 
 use std::path::{Path, PathBuf};
@@ -52,7 +54,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Show the agent's status.
+    /// Show the agent, the mesh, its peers and every database's sync.
     Status,
     /// Local apps and what each may read and write.
     #[command(subcommand)]
@@ -90,6 +92,11 @@ enum Command {
     /// Add, list and remove addresses to dial always.
     #[command(subcommand)]
     Peer(peer::PeerCommand),
+    /// This device's links, per database, with rates and lag; `--dot`
+    /// for Graphviz.
+    Topology(topology::TopologyArgs),
+    /// Print the local dashboard's address and open it in a browser.
+    Dashboard(dashboard::DashboardArgs),
 }
 
 /// Global options every verb sees.
@@ -178,5 +185,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Join(a) => join::run(&client, a, opts).await,
         Command::Peers => peers::run(&client, opts).await,
         Command::Peer(c) => peer::run(&client, c, opts).await,
+        Command::Topology(a) => topology::run(&client, a, opts).await,
+        Command::Dashboard(a) => dashboard::run(&client, a, opts).await,
     }
 }

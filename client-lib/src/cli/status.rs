@@ -1,24 +1,124 @@
-//! `blazectl status`.
+//! `blazectl status`: the agent, the mesh, its peers and every database's
+//! sync in one view.
+
+use std::fmt::Write as _;
+
+use blazedb_proto::api::{DbInfo, MeshStatusResult, StatusResult};
+use blazedb_proto::topology::{DashboardResult, TopologyResult};
+use serde_json::json;
 
 use super::Opts;
-use super::output::print_json;
+use super::output::{print_json, table};
+use super::topology::{ago, direction, lag, per_s, span, state};
 use crate::Client;
 
+/// Everything `status` shows. What the connection may not see (an app's
+/// view of the mesh), or what is not running, is `None`.
+#[derive(Debug)]
+pub(crate) struct StatusView {
+    pub(crate) agent: StatusResult,
+    pub(crate) mesh: Option<MeshStatusResult>,
+    pub(crate) topology: Option<TopologyResult>,
+    pub(crate) databases: Vec<DbInfo>,
+    pub(crate) dashboard: Option<DashboardResult>,
+}
+
 pub(crate) async fn run(client: &Client, opts: Opts) -> anyhow::Result<()> {
-    let s = client.status().await?;
+    let view = StatusView {
+        agent: client.status().await?,
+        mesh: client.mesh_status().await.ok(),
+        topology: client.topology().await.ok(),
+        databases: client.databases().await?,
+        dashboard: client.dashboard().await.ok(),
+    };
     if opts.json {
-        return print_json(&serde_json::to_value(&s)?);
+        return print_json(&status_json(&view)?);
     }
-    println!("agent          {}", s.agent);
-    println!("device         {}", s.device_id);
-    println!("data dir       {}", s.data_dir);
-    println!("socket         {}", s.socket);
-    println!("uptime         {:.1}s", s.uptime_ms as f64 / 1000.0);
-    println!("databases      {}", s.databases);
-    println!("connections    {}", s.connections);
-    println!("subscriptions  {}", s.subscriptions);
-    for u in &s.unopened {
-        println!(
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    print!("{}", status_text(&view, now));
+    Ok(())
+}
+
+/// The dashboard's address without its token.
+fn dashboard_addr(d: &DashboardResult) -> &str {
+    d.url.split('?').next().unwrap_or(&d.url)
+}
+
+/// The status's own fields, then `mesh`, `peers` (this device's links),
+/// `databases` and `dashboard`.
+pub(crate) fn status_json(v: &StatusView) -> anyhow::Result<serde_json::Value> {
+    let mut out = serde_json::to_value(&v.agent)?;
+    if let Some(map) = out.as_object_mut() {
+        map.insert("mesh".into(), serde_json::to_value(&v.mesh)?);
+        map.insert(
+            "peers".into(),
+            serde_json::to_value(v.topology.as_ref().map(|t| &t.links))?,
+        );
+        map.insert("databases".into(), serde_json::to_value(&v.databases)?);
+        map.insert(
+            "dashboard".into(),
+            json!(v.dashboard.as_ref().map(dashboard_addr)),
+        );
+    }
+    Ok(out)
+}
+
+/// The view for people: a few lines on the agent and the mesh, then a
+/// table of peers and one of databases.
+pub(crate) fn status_text(v: &StatusView, now: u64) -> String {
+    let a = &v.agent;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "agent      {}, up {}, {} client(s), {} subscription(s)",
+        a.agent,
+        span(a.uptime_ms),
+        a.connections,
+        a.subscriptions
+    );
+    let _ = writeln!(out, "device     {}", a.device_id);
+    match &v.mesh {
+        Some(m) => {
+            let _ = writeln!(
+                out,
+                "name       {} ({}{})",
+                m.name,
+                m.role,
+                if m.admin { ", admin" } else { "" }
+            );
+            let _ = writeln!(
+                out,
+                "mesh       {}, {} other member(s), listening on {}{}",
+                m.mesh
+                    .as_deref()
+                    .map_or("none (blazectl mesh create, or join)", |id| &id
+                        [..id.len().min(12)]),
+                m.members,
+                m.listen,
+                if m.mdns { ", mDNS on" } else { "" }
+            );
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "mesh       not shown (not running, or not for this app)"
+            );
+        }
+    }
+    let _ = writeln!(out, "data       {}", a.data_dir);
+    let _ = writeln!(out, "socket     {}", a.socket);
+    if let Some(d) = &v.dashboard {
+        let _ = writeln!(
+            out,
+            "dashboard  {} (blazectl dashboard opens it)",
+            dashboard_addr(d)
+        );
+    }
+    for u in &a.unopened {
+        let _ = writeln!(
+            out,
             "{} {}/{} seq {}: did not open {} time(s): {}",
             if u.quarantined {
                 "QUARANTINED"
@@ -32,5 +132,175 @@ pub(crate) async fn run(client: &Client, opts: Opts) -> anyhow::Result<()> {
             u.reason
         );
     }
-    Ok(())
+    if let Some(t) = &v.topology
+        && !t.links.is_empty()
+    {
+        out.push('\n');
+        let rows = t
+            .links
+            .iter()
+            .map(|l| {
+                let sum = |f: fn(&blazedb_proto::topology::DbLink) -> f64| {
+                    l.databases.iter().map(f).sum::<f64>()
+                };
+                let worst = l.databases.iter().max_by_key(|d| d.lag_ops.unwrap_or(0));
+                vec![
+                    l.name.clone(),
+                    l.role.clone(),
+                    state(l),
+                    l.address.clone().unwrap_or_else(|| "-".into()),
+                    l.rtt_ms.map_or("-".into(), |r| format!("{r:.1}ms")),
+                    per_s(sum(|d| d.ops_in_per_s)),
+                    per_s(sum(|d| d.ops_out_per_s)),
+                    worst.map_or("-".into(), lag),
+                    ago(l.databases.iter().filter_map(|d| d.last_sync_ms).max(), now),
+                ]
+            })
+            .collect();
+        out.push_str(&table(
+            &[
+                "PEER",
+                "ROLE",
+                "STATE",
+                "ADDRESS",
+                "RTT",
+                "IN OPS/S",
+                "OUT OPS/S",
+                "LAG",
+                "LAST SYNC",
+            ],
+            rows,
+        ));
+    }
+    if !v.databases.is_empty() {
+        out.push('\n');
+        let rows = v
+            .databases
+            .iter()
+            .map(|d| {
+                let links: Vec<_> = v
+                    .topology
+                    .iter()
+                    .flat_map(|t| &t.links)
+                    .flat_map(|l| {
+                        l.databases
+                            .iter()
+                            .filter(|x| x.db == d.name)
+                            .map(move |x| (l, x))
+                    })
+                    .collect();
+                let peers: Vec<String> = links
+                    .iter()
+                    .map(|(l, x)| format!("{} {}", direction(x), l.name))
+                    .collect();
+                let max_lag = links.iter().max_by_key(|(_, x)| x.lag_ops.unwrap_or(0));
+                vec![
+                    d.name.clone(),
+                    format!("{:?}", d.settings.sync_mode).to_lowercase(),
+                    d.settings.encryption.as_str().to_owned(),
+                    d.head.to_string(),
+                    d.ops_held.to_string(),
+                    if peers.is_empty() {
+                        "-".into()
+                    } else {
+                        peers.join(", ")
+                    },
+                    max_lag.map_or("-".into(), |(_, x)| lag(x)),
+                ]
+            })
+            .collect();
+        out.push_str(&table(
+            &[
+                "DATABASE",
+                "MODE",
+                "ENCRYPTION",
+                "HEAD",
+                "OPS HELD",
+                "PEERS",
+                "MAX LAG",
+            ],
+            rows,
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use blazedb_proto::api::{DbSettings, Encryption, SyncMode};
+
+    fn sample() -> StatusView {
+        let topology = super::super::topology::tests::sample();
+        StatusView {
+            agent: StatusResult {
+                agent: "blazed 0.1.0".into(),
+                device_id: topology.device_id.clone(),
+                data_dir: "/var/lib/blazed".into(),
+                socket: "/run/blazed/blazed.sock".into(),
+                uptime_ms: 93_000,
+                databases: 2,
+                connections: 1,
+                subscriptions: 0,
+                unopened: Vec::new(),
+            },
+            mesh: Some(MeshStatusResult {
+                device_id: topology.device_id.clone(),
+                name: "hub1".into(),
+                role: "hub".into(),
+                mesh: Some("0123456789abcdef".into()),
+                listen: "0.0.0.0:7340".into(),
+                addrs: vec!["192.0.2.1:7340".into()],
+                mdns: false,
+                members: 2,
+                admin: true,
+                teams: Vec::new(),
+                admins: Vec::new(),
+                key_epoch: 1,
+                departed: None,
+                static_peers: Vec::new(),
+                already_member: false,
+            }),
+            databases: vec![
+                DbInfo {
+                    name: "notes".into(),
+                    settings: DbSettings::default(),
+                    collections: Vec::new(),
+                    head: 1225,
+                    key_epoch: None,
+                    ops_held: 1225,
+                },
+                DbInfo {
+                    name: "secrets".into(),
+                    settings: DbSettings {
+                        sync_mode: SyncMode::Pull,
+                        encryption: Encryption::E2e,
+                        ..DbSettings::default()
+                    },
+                    collections: Vec::new(),
+                    head: 0,
+                    key_epoch: None,
+                    ops_held: 40,
+                },
+            ],
+            topology: Some(topology),
+            dashboard: Some(DashboardResult {
+                url: "http://127.0.0.1:7341/?token=SECRET".into(),
+                metrics_url: "http://127.0.0.1:7341/metrics".into(),
+                metrics_token: "SECRET2".into(),
+            }),
+        }
+    }
+
+    #[test]
+    fn status_text_snapshot() {
+        insta::assert_snapshot!(status_text(&sample(), 1_764_745_200_000));
+    }
+
+    #[test]
+    fn status_json_snapshot() {
+        let v = status_json(&sample()).expect("json");
+        assert!(!v.to_string().contains("SECRET"), "no token in status");
+        insta::assert_json_snapshot!(v);
+    }
 }
