@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 
 pub mod bench;
+pub mod browser;
+pub mod http;
 pub mod netns;
 
 /// How long a test waits for something that should happen at once.

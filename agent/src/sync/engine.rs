@@ -1286,9 +1286,18 @@ impl<S: SyncStore> Engine<S> {
             expect.set(op.origin, op.seq);
             accepted.push(op);
         }
-        // The peer holds what it sent, so it need not get it back.
+        // The peer holds what it sent: that counts as its acknowledgement,
+        // or the retransmit timer would send its own operations back to it
+        // (it acknowledges only batches it receives).
         if let Some(s) = self.links.get_mut(&peer).and_then(|l| l.get_mut(&db)) {
             s.sent.merge(&peer_holds);
+            if let Some(acked) = s.acked.as_mut()
+                && !acked.dominates(&peer_holds)
+            {
+                acked.merge(&peer_holds);
+                s.progress_at = now;
+                s.rto = self.config.retransmit_ms;
+            }
         }
         let screen = self.write_screen(&db, &accepted);
         let n = accepted.len();
@@ -1928,6 +1937,29 @@ mod tests {
         assert_eq!(a.store().state_hash(DB), b.store().state_hash(DB));
         // b acknowledged: a knows b holds all it has.
         assert_eq!(a.acked(&b.me, DB), Some(&a.store().vector(DB)));
+    }
+
+    #[test]
+    fn a_peers_own_operations_are_never_sent_back_to_it() {
+        let (mut a, mut b) = (engine(1, 10), engine(2, 20));
+        connect(&mut a, &mut b, T0);
+        exchange(&mut a, &mut b, T0, T0);
+        // a writes on; b takes each batch and sends nothing back but acks.
+        let mut now = T0;
+        for i in 0..50 {
+            now += 100;
+            put(&mut a, now, &format!("r{i}"), i);
+            let from_a = exchange(&mut a, &mut b, now, now);
+            assert_eq!(from_a.get("ops"), Some(&1));
+            // Past b's retransmit wait: what b counts as in flight to a
+            // must not include a's own operations.
+            b.handle_timeout(now + 3_000);
+            while let Some((_, msg)) = b.poll_transmit() {
+                assert_ne!(kind(&msg), "ops", "b sent a's operations back: {msg:?}");
+                a.handle(b.me, msg, now);
+            }
+        }
+        assert_eq!(a.store().state_hash(DB), b.store().state_hash(DB));
     }
 
     #[test]
