@@ -85,12 +85,14 @@ pub async fn run(
     };
     let ctx = Arc::new(Ctx::new(
         store.clone(),
-        config.max_frame,
-        config.data_dir.clone(),
-        config.socket.clone(),
+        ipc::Settings {
+            max_frame: config.max_frame,
+            data_dir: config.data_dir.clone(),
+            socket: config.socket.clone(),
+            require_app_tokens: config.require_app_tokens,
+        },
         mesh.clone(),
         apps,
-        config.require_app_tokens,
         metrics,
         http.as_ref().map(|b| b.info.clone()).map_err(Clone::clone),
     ));

@@ -56,28 +56,38 @@ pub struct Ctx {
     next_subscription: AtomicU64,
 }
 
+/// What the socket server is told of the agent's settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The largest frame accepted, in bytes.
+    pub max_frame: u32,
+    /// The data directory, for `status`.
+    pub data_dir: PathBuf,
+    /// The socket path, for `status`.
+    pub socket: PathBuf,
+    /// Whether processes of the agent's own user need the owner token.
+    pub require_app_tokens: bool,
+}
+
 impl Ctx {
     /// Builds the shared state.
     pub fn new(
         store: Store,
-        max_frame: u32,
-        data_dir: PathBuf,
-        socket: PathBuf,
+        settings: Settings,
         mesh: Result<Mesh, String>,
         apps: Arc<Apps>,
-        require_app_tokens: bool,
         metrics: Arc<Metrics>,
         dashboard: Result<DashboardResult, String>,
     ) -> Self {
         Ctx {
             store,
-            max_frame,
+            max_frame: settings.max_frame,
             started: Instant::now(),
-            data_dir,
-            socket,
+            data_dir: settings.data_dir,
+            socket: settings.socket,
             mesh,
             apps,
-            require_app_tokens,
+            require_app_tokens: settings.require_app_tokens,
             metrics,
             dashboard,
             connections: AtomicU32::new(0),

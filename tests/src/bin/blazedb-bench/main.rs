@@ -13,7 +13,10 @@
 //!
 //! Sections (`--only`): `rtt`, `puts` (with an end-to-end encrypted
 //! database beside a plaintext one), `gets`, `apps` (gets and puts through
-//! a granted app beside the owner), `events`, `redis`.
+//! a granted app beside the owner), `metrics` (puts and replication with
+//! metrics on and off), `events`, `redis`.
+
+mod metrics;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -46,8 +49,8 @@ struct Args {
     /// Run small counts (a smoke run, not a measurement).
     #[arg(long)]
     quick: bool,
-    /// Run only these sections (rtt, puts, gets, events, redis); all when
-    /// not given.
+    /// Run only these sections (rtt, puts, gets, apps, metrics, events,
+    /// redis); all when not given.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Records written by the put benchmarks, which the get benchmarks
@@ -252,7 +255,12 @@ async fn run(quick: bool, only: &[String], records: Option<usize>) -> anyhow::Re
         apps_beside_owner(&agent, &client, &n).await?;
     }
 
-    // 5. Change events to a subscriber in another process.
+    // 5. Puts and replication with metrics counted and not.
+    if on("metrics") {
+        metrics::run(&agent_bin, n.puts / 4).await?;
+    }
+
+    // 6. Change events to a subscriber in another process.
     for durability in [Durability::Fsync, Durability::Buffered] {
         if !on("events") {
             break;
