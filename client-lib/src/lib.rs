@@ -460,6 +460,23 @@ impl Db {
             .await
     }
 
+    /// Changes the conflict priority of this device's writes or the
+    /// durability of writes, from the next write on; `None` keeps one as
+    /// it is.
+    pub async fn set_settings(
+        &self,
+        priority: Option<u8>,
+        durability: Option<api::Durability>,
+    ) -> Result<DbInfo, Error> {
+        self.client
+            .call::<api::DbSet>(&api::DbSetParams {
+                name: self.name.clone(),
+                priority,
+                durability,
+            })
+            .await
+    }
+
     /// Sets how the database takes part in sync (`Local`: not at all).
     pub async fn set_sync_mode(&self, mode: SyncMode) -> Result<DbInfo, Error> {
         self.client

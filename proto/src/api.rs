@@ -108,6 +108,8 @@ methods! {
     Unsubscribe = "unsubscribe", UnsubscribeParams => UnsubscribeResult;
     /// Sets how a database takes part in sync.
     DbSync = "db.sync", DbSyncParams => DbInfo;
+    /// Changes a database's conflict priority or durability, at once.
+    DbSet = "db.set", DbSetParams => DbInfo;
     /// Sets a database's access rules, signed by this device (mesh admins
     /// only).
     DbRulesSet = "db.rules.set", DbRulesSetParams => DbRulesResult;
@@ -181,6 +183,19 @@ pub struct DbSyncParams {
     /// missing.
     #[serde(default)]
     pub wish: Option<crate::rules::SyncWish>,
+}
+
+/// Params of `db.set`: what is missing stays as it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DbSetParams {
+    /// The database.
+    pub name: String,
+    /// The conflict priority of this device's writes from now on.
+    #[serde(default)]
+    pub priority: Option<u8>,
+    /// The durability of writes from now on.
+    #[serde(default)]
+    pub durability: Option<Durability>,
 }
 
 /// One rule of `db.rules.set`: as [`AccessRule`](crate::rules::AccessRule),

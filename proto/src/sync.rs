@@ -254,6 +254,16 @@ pub enum SyncMessage {
         /// of its keys: it takes sealed checkpoints, never snapshots.
         #[serde(default)]
         blind: bool,
+        /// Whether the sender gives operations for this database (its mode
+        /// is `sync` or `push`): a replica without the database creates it
+        /// to take them.
+        #[serde(default)]
+        sends: bool,
+        /// The sender's settings for the database, in announcements (not
+        /// in acknowledgements): a replica creating the database copies
+        /// its durability and conflict priority.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        settings: Option<crate::api::DbSettings>,
     },
     /// One part of a sealed checkpoint of an end-to-end encrypted
     /// database: its records as of `vector`, encoded and sealed part by
@@ -457,6 +467,11 @@ mod tests {
                     }),
                     vector,
                     want: epoch % 2 == 0,
+                    sends: epoch % 4 == 0,
+                    settings: (epoch % 6 == 0).then(|| crate::api::DbSettings {
+                        priority: (epoch % 100) as u8,
+                        ..Default::default()
+                    }),
                     refused: if epoch % 3 == 0 {
                         vec![(dev(1), epoch / 7)]
                     } else {

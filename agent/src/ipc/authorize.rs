@@ -24,6 +24,7 @@ pub(crate) fn authorize(access: &Access, req: &Request) -> Result<(), ErrorInfo>
         Request::DbOpen(p) => access.check_db(&p.name),
         Request::DbDrop(p) => access.check_admin(&p.name, "drop"),
         Request::DbSync(p) => access.check_admin(&p.name, "change how it syncs"),
+        Request::DbSet(p) => access.check_admin(&p.name, "change the settings of"),
         Request::IndexCreate(p) | Request::IndexDrop(p) => {
             access.check_admin(&p.db, "change the indexes of")
         }

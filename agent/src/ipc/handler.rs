@@ -216,6 +216,15 @@ pub(crate) fn handle(
             });
             Handled::Pending
         }
+        Request::DbSet(p) => {
+            store.submit(Command::SetSettings {
+                db: p.name,
+                priority: p.priority,
+                durability: p.durability,
+                reply: reply_to(tx, id, max, |info| info),
+            });
+            Handled::Pending
+        }
         Request::IndexCreate(p) => index(ctx, id, p, true, tx),
         Request::IndexDrop(p) => index(ctx, id, p, false, tx),
         Request::Put(p) => write(ctx, out, id, &p.db.clone(), vec![p.into()], tx, true),

@@ -279,15 +279,26 @@ fn on_event(engine: &mut Engine<Store>, store: &Store, stats: &Stats, event: Eve
             tracing::info!(db, peer = %from.short(), "merged a snapshot");
             note(stats, from, &db, wall_ms());
         }
-        Event::UnknownDatabase { db, peer, sealed } => {
+        Event::UnknownDatabase {
+            db,
+            peer,
+            sealed,
+            settings: theirs,
+        } => {
             tracing::info!(db, peer = %peer.short(), sealed, "a peer syncs a new database: creating it");
+            // Its durability and priority as its creator gave them; it
+            // syncs both ways here, whatever the peer's direction, so that
+            // a push-only database reaches a collector.
+            let theirs = theirs.unwrap_or_default();
             let settings = DbSettings {
                 encryption: if sealed {
                     Encryption::E2e
                 } else {
                     Encryption::None
                 },
-                ..DbSettings::default()
+                sync_mode: SyncMode::Sync,
+                durability: theirs.durability,
+                priority: theirs.priority,
             };
             let created = store.call_blocking(|reply| Command::CreateDb {
                 name: db.clone(),

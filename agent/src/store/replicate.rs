@@ -665,6 +665,7 @@ impl SyncStore for Store {
             floor: m.floor,
             clock: self.clock(),
             mode: db.settings().sync_mode,
+            settings: db.settings(),
             wish: m.wish,
             lacking: m.lacking,
             sealed: db.is_e2e(),

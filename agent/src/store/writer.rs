@@ -95,6 +95,17 @@ pub enum Command {
         /// Gets the database's description.
         reply: Reply<DbInfo>,
     },
+    /// Changes a database's conflict priority or durability.
+    SetSettings {
+        /// The database.
+        db: String,
+        /// The new priority, if it changes.
+        priority: Option<u8>,
+        /// The new durability, if it changes.
+        durability: Option<Durability>,
+        /// Gets the database's description.
+        reply: Reply<DbInfo>,
+    },
     /// Deletes a database.
     DropDb {
         /// Its name.
@@ -188,6 +199,7 @@ impl std::fmt::Debug for Command {
             Command::TakeCheckpoint { .. } => "TakeCheckpoint",
             Command::DropDb { .. } => "DropDb",
             Command::SetSyncMode { .. } => "SetSyncMode",
+            Command::SetSettings { .. } => "SetSettings",
             Command::Index { .. } => "Index",
             Command::ApplyOps { .. } => "ApplyOps",
             Command::MergeSnapshot { .. } => "MergeSnapshot",
@@ -210,6 +222,7 @@ impl Command {
             Command::TakeCheckpoint { reply, .. } => reply(Err(e)),
             Command::DropDb { reply, .. } | Command::Index { reply, .. } => reply(Err(e)),
             Command::SetSyncMode { reply, .. } => reply(Err(e)),
+            Command::SetSettings { reply, .. } => reply(Err(e)),
             Command::ApplyOps { reply, .. } => reply(Err(e)),
             Command::MergeSnapshot { reply, .. } | Command::MergeProjected { reply, .. } => {
                 reply(Err(e))
@@ -562,6 +575,12 @@ impl Writer {
                     wish,
                     reply,
                 } => reply(self.set_sync_mode(&db, mode, wish)),
+                Command::SetSettings {
+                    db,
+                    priority,
+                    durability,
+                    reply,
+                } => reply(self.set_settings(&db, priority, durability)),
                 Command::Index {
                     db,
                     collection,
@@ -1003,20 +1022,43 @@ impl Writer {
         let mut settings = db.settings();
         if settings.sync_mode != mode {
             settings.sync_mode = mode;
-            let mut batch = self.fj.batch().durability(Some(PersistMode::SyncAll));
-            batch.insert(
-                &self.meta,
-                db_meta_key(name),
-                codec::to_vec(&DbMeta {
-                    id: db.id,
-                    settings,
-                })?,
-            );
-            batch.commit()?;
-            db.set_settings(settings);
-            self.store.notify(StoreNotice::Changed(name.to_owned()));
+            self.save_settings(&db, settings)?;
         }
         Ok(self.store.info_of(&db))
+    }
+
+    fn set_settings(
+        &mut self,
+        name: &str,
+        priority: Option<u8>,
+        durability: Option<Durability>,
+    ) -> Result<DbInfo, StoreError> {
+        let db = self.store.db(name)?;
+        let mut settings = db.settings();
+        settings.priority = priority.unwrap_or(settings.priority);
+        settings.durability = durability.unwrap_or(settings.durability);
+        if settings != db.settings() {
+            self.save_settings(&db, settings)?;
+        }
+        Ok(self.store.info_of(&db))
+    }
+
+    /// Makes `settings` the database's, durably, and tells sync: later
+    /// writes and announcements use them at once.
+    fn save_settings(&mut self, db: &DbState, settings: DbSettings) -> Result<(), StoreError> {
+        let mut batch = self.fj.batch().durability(Some(PersistMode::SyncAll));
+        batch.insert(
+            &self.meta,
+            db_meta_key(&db.name),
+            codec::to_vec(&DbMeta {
+                id: db.id,
+                settings,
+            })?,
+        );
+        batch.commit()?;
+        db.set_settings(settings);
+        self.store.notify(StoreNotice::Changed(db.name.clone()));
+        Ok(())
     }
 
     fn drop_db(&mut self, name: &str, if_exists: bool) -> Result<bool, StoreError> {

@@ -187,6 +187,8 @@ pub enum Event {
         peer: DeviceId,
         /// The database is end-to-end encrypted on the peer.
         sealed: bool,
+        /// The peer's settings for it, when it announced them.
+        settings: Option<blazedb_proto::api::DbSettings>,
     },
     /// An operation of an end-to-end encrypted database did not open here
     /// (see [`SyncStore::apply_ops`]): it was not applied, and is asked
@@ -470,6 +472,16 @@ fn corrections_for(ops: &[Op]) -> (Vec<Correction>, Hlc) {
     (corrections, after)
 }
 
+/// What a `Vector` message carries besides its head: the vector, and in
+/// announcements the reports, summary, wish and settings.
+type Announced = (
+    VersionVector,
+    Vec<Report>,
+    Option<Stable>,
+    Option<SyncWish>,
+    Option<blazedb_proto::api::DbSettings>,
+);
+
 /// A peer's latest vector for a database not synced here: epoch, vector,
 /// whether it takes operations, and what it refuses.
 type Parked = (Epoch, VersionVector, bool, Vec<(DeviceId, u64)>);
@@ -704,12 +716,11 @@ impl<S: SyncStore> Engine<S> {
             // next announcement.
             self.pump(p, db, now);
             if let Some((epoch, vector, want, refused)) = self.parked.remove(&(p, db.to_owned())) {
-                let sealed = self.store.sync_state(db).is_some_and(|s| s.sealed);
                 self.on_vector(
                     p,
                     db.to_owned(),
                     epoch,
-                    (vector, want, sealed, false),
+                    (vector, want, false),
                     Vec::new(),
                     refused,
                     None,
@@ -790,8 +801,19 @@ impl<S: SyncStore> Engine<S> {
                 lacking,
                 sealed,
                 blind,
+                sends,
+                settings,
             } => {
-                if let Some(have) = self.store.sync_state(&db)
+                let have = self.store.sync_state(&db);
+                if have.is_none() && (want || sends) {
+                    self.events.push_back(Event::UnknownDatabase {
+                        db: db.clone(),
+                        peer,
+                        sealed,
+                        settings,
+                    });
+                }
+                if let Some(have) = have
                     && have.sealed != sealed
                 {
                     self.events
@@ -813,7 +835,7 @@ impl<S: SyncStore> Engine<S> {
                     peer,
                     db,
                     epoch,
-                    (vector, want, sealed, blind),
+                    (vector, want, blind),
                     reports,
                     refused,
                     wish,
@@ -1017,21 +1039,20 @@ impl<S: SyncStore> Engine<S> {
             (state.sealed, state.blind),
         );
         let wish = Some(state.wish.unwrap_or_default());
-        self.push_vector(peer, db, head, state.vector, reports, stable, wish);
+        let announced = (state.vector, reports, stable, wish, Some(state.settings));
+        self.push_vector(peer, db, head, announced);
     }
 
     /// Queues a `Vector` message for `peer` carrying `vector`, for the
-    /// database's epoch, mode and whether its state is whole in `head`.
-    #[allow(clippy::too_many_arguments)]
+    /// database's epoch, mode and whether its state is whole in `head`;
+    /// an announcement also carries reports, the summary, the wish and the
+    /// settings.
     fn push_vector(
         &mut self,
         peer: DeviceId,
         db: &str,
         (epoch, mode, lacking, (sealed, blind)): (Epoch, SyncMode, bool, (bool, bool)),
-        vector: VersionVector,
-        reports: Vec<Report>,
-        stable: Option<Stable>,
-        wish: Option<SyncWish>,
+        (vector, reports, stable, wish, settings): Announced,
     ) {
         let refused = self.refused_of(db);
         self.outbox.push_back((
@@ -1041,6 +1062,8 @@ impl<S: SyncStore> Engine<S> {
                 epoch,
                 vector,
                 want: takes(mode),
+                sends: sends(mode),
+                settings,
                 reports,
                 refused,
                 stable,
@@ -1081,10 +1104,7 @@ impl<S: SyncStore> Engine<S> {
                 lacking,
                 (state.sealed, state.blind),
             ),
-            vector,
-            Vec::new(),
-            None,
-            None,
+            (vector, Vec::new(), None, None, None),
         );
     }
 
@@ -1133,7 +1153,7 @@ impl<S: SyncStore> Engine<S> {
         peer: DeviceId,
         db: String,
         epoch: Epoch,
-        (vector, want, sealed, blind): (VersionVector, bool, bool, bool),
+        (vector, want, blind): (VersionVector, bool, bool),
         reports: Vec<Report>,
         refused: Vec<(DeviceId, u64)>,
         wish: Option<SyncWish>,
@@ -1152,10 +1172,6 @@ impl<S: SyncStore> Engine<S> {
             if self.epochs.get(&key).is_none_or(|e| *e <= epoch) {
                 self.epochs.insert(key.clone(), epoch);
                 self.parked.insert(key, (epoch, vector, want, refused));
-            }
-            if state.is_none() && want {
-                self.events
-                    .push_back(Event::UnknownDatabase { db, peer, sealed });
             }
             return;
         }

@@ -273,6 +273,11 @@ impl SyncStore for MemoryStore {
             floor: d.floor.clone(),
             clock: self.clock.last(),
             mode: d.mode,
+            settings: blazedb_proto::api::DbSettings {
+                sync_mode: d.mode,
+                priority: d.priority,
+                ..Default::default()
+            },
             wish: d.wish.clone(),
             lacking: d.lacking,
             sealed: false,

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use blazedb_proto::api::SyncMode;
+use blazedb_proto::api::{DbSettings, SyncMode};
 use blazedb_proto::rules::SyncWish;
 use blazedb_proto::{
     DeviceId, Epoch, Fields, Hlc, Op, OpBody, SnapshotRecord, Span, VersionVector,
@@ -29,6 +29,9 @@ pub struct SyncState {
     pub clock: Hlc,
     /// How the database takes part in sync.
     pub mode: SyncMode,
+    /// All its settings (`mode` and `sealed` repeat two of them), which a
+    /// replica creating the database from this one's announcement copies.
+    pub settings: DbSettings,
     /// Less than its access rules allow, which this replica asks for.
     pub wish: Option<SyncWish>,
     /// The records were cut to a view (this replica held a partial one)

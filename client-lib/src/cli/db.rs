@@ -64,6 +64,18 @@ pub(crate) enum DbCommand {
         #[arg(long, conflicts_with_all = ["collections", "filter", "exclude"])]
         everything: bool,
     },
+    /// Change a database's conflict priority or durability, at once.
+    Set {
+        /// The database name.
+        name: String,
+        /// The conflict priority of this device's writes from now on
+        /// (0-127): higher wins over any clock.
+        #[arg(long, value_parser = clap::value_parser!(u8).range(0..=127))]
+        priority: Option<u8>,
+        /// When writes are acknowledged from now on.
+        #[arg(long, value_enum)]
+        durability: Option<DurabilityArg>,
+    },
     /// Show or set a database's access rules: who may see and write what.
     Rules {
         /// The database name.
@@ -109,6 +121,15 @@ fn encryption(d: &crate::api::DbInfo) -> String {
 pub(crate) enum DurabilityArg {
     Fsync,
     Buffered,
+}
+
+impl DurabilityArg {
+    fn into_durability(self) -> Durability {
+        match self {
+            DurabilityArg::Fsync => Durability::Fsync,
+            DurabilityArg::Buffered => Durability::Buffered,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -172,10 +193,7 @@ pub(crate) async fn run(client: &Client, cmd: DbCommand, opts: Opts) -> anyhow::
             if_not_exists,
         } => {
             let settings = DbSettings {
-                durability: match durability {
-                    DurabilityArg::Fsync => Durability::Fsync,
-                    DurabilityArg::Buffered => Durability::Buffered,
-                },
+                durability: durability.into_durability(),
                 sync_mode: match mode {
                     ModeArg::Sync => SyncMode::Sync,
                     ModeArg::Pull => SyncMode::Pull,
@@ -234,6 +252,29 @@ pub(crate) async fn run(client: &Client, cmd: DbCommand, opts: Opts) -> anyhow::
                 "database {} now syncs in mode {}",
                 info.name,
                 format!("{:?}", info.settings.sync_mode).to_lowercase()
+            );
+        }
+        DbCommand::Set {
+            name,
+            priority,
+            durability,
+        } => {
+            anyhow::ensure!(
+                priority.is_some() || durability.is_some(),
+                "nothing to change: give --priority N or --durability fsync|buffered"
+            );
+            let info = client
+                .db(&name)
+                .set_settings(priority, durability.map(DurabilityArg::into_durability))
+                .await?;
+            if opts.json {
+                return print_json(&serde_json::to_value(&info)?);
+            }
+            println!(
+                "database {} now has priority {} and durability {}",
+                info.name,
+                info.settings.priority,
+                format!("{:?}", info.settings.durability).to_lowercase()
             );
         }
         DbCommand::Rules { name, action } => super::rules::run(client, &name, action, opts).await?,

@@ -193,6 +193,8 @@ fn engine_apply(
             lacking: false,
             sealed: key.is_some(),
             blind: false,
+            sends: true,
+            settings: None,
         },
         T0,
     );
