@@ -117,6 +117,11 @@ async fn a_priority_set_at_run_time_wins_the_next_conflicts() {
         .await
         .expect("set priority");
     assert_eq!(info.settings.priority, 5);
+    let too_high = hub_like.db("shared").set_settings(Some(200), None).await;
+    assert!(
+        too_high.is_err_and(|e| e.to_string().contains("use 0 to 127")),
+        "a priority over 127 is refused"
+    );
     let put = |cl: &Client, x: i64| {
         let coll = cl.db("shared").collection("r");
         async move { coll.put("k", &serde_json::json!({ "x": x })).await }

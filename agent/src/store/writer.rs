@@ -1034,6 +1034,11 @@ impl Writer {
         durability: Option<Durability>,
     ) -> Result<DbInfo, StoreError> {
         let db = self.store.db(name)?;
+        if let Some(p) = priority.filter(|p| *p > MAX_PRIORITY) {
+            return Err(StoreError::InvalidArgument(format!(
+                "priority {p} is not allowed: use 0 to {MAX_PRIORITY}"
+            )));
+        }
         let mut settings = db.settings();
         settings.priority = priority.unwrap_or(settings.priority);
         settings.durability = durability.unwrap_or(settings.durability);
