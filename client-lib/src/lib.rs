@@ -477,6 +477,18 @@ impl Db {
             .await
     }
 
+    /// Sets the devices this device syncs the database with, each by id,
+    /// id prefix or name, with a direction; `None` syncs it with every
+    /// member again. Applies at once.
+    pub async fn set_peers(&self, peers: Option<Vec<api::DbPeer>>) -> Result<DbInfo, Error> {
+        self.client
+            .call::<api::DbPeers>(&api::DbPeersParams {
+                name: self.name.clone(),
+                peers,
+            })
+            .await
+    }
+
     /// Sets how the database takes part in sync (`Local`: not at all).
     pub async fn set_sync_mode(&self, mode: SyncMode) -> Result<DbInfo, Error> {
         self.client

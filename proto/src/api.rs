@@ -110,6 +110,9 @@ methods! {
     DbSync = "db.sync", DbSyncParams => DbInfo;
     /// Changes a database's conflict priority or durability, at once.
     DbSet = "db.set", DbSetParams => DbInfo;
+    /// Sets which devices this device syncs a database with, and which
+    /// way, at once.
+    DbPeers = "db.peers", DbPeersParams => DbInfo;
     /// Sets a database's access rules, signed by this device (mesh admins
     /// only).
     DbRulesSet = "db.rules.set", DbRulesSetParams => DbRulesResult;
@@ -686,6 +689,29 @@ pub struct DbInfo {
     /// checkpoint).
     #[serde(default)]
     pub ops_held: u64,
+    /// The devices it syncs with, each with a direction; every member
+    /// when missing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peers: Option<Vec<DbPeer>>,
+}
+
+/// A device a database syncs with, and which way.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DbPeer {
+    /// The device: in results its id; in `db.peers` params also an id
+    /// prefix or a name.
+    pub device: String,
+    /// `sync` (both ways), `pull` (only from it), `push` (only to it).
+    pub sync_mode: SyncMode,
+}
+
+/// Params of `db.peers`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DbPeersParams {
+    /// The database.
+    pub name: String,
+    /// The devices it syncs with from now on; every member when nil.
+    pub peers: Option<Vec<DbPeer>>,
 }
 
 /// Result of `db.list`.

@@ -1,13 +1,16 @@
 //! Who syncs what with whom, and changing it while agents run: a
 //! push-only database reaching a collector with its creator's settings,
-//! writes held back by `pull` leaving as soon as sync is back on, and a
-//! conflict priority changed at run time.
+//! writes held back by `pull` leaving as soon as sync is back on, a
+//! conflict priority changed at run time, and the shapes per-database
+//! peer lists make of one mesh: a chain, a broadcast, an aggregation, and
+//! a star turned into a mesh live.
 
 use std::time::Duration;
 
 use blazedb::{Client, Value};
-use blazedb_proto::api::{DbSettings, Durability, SyncMode};
-use blazedb_tests::{put_numbered, records, start_mesh, wait_until, wait_within};
+use blazedb_proto::api::{DbPeer, DbSettings, Durability, SyncMode};
+use blazedb_proto::topology::DbLink;
+use blazedb_tests::{TestAgent, put_numbered, records, start_mesh, wait_until, wait_within};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_blazed-test-agent");
 
@@ -150,4 +153,183 @@ async fn a_priority_set_at_run_time_wins_the_next_conflicts() {
     for cl in [hub_like, device] {
         assert_eq!(field(cl, "shared", "k").await, Some(Value::Int(1)));
     }
+}
+
+/// Three agents in one mesh, each linked with both others, with `db`
+/// created on each (so no peer list is ever bypassed by a creation), and
+/// their device ids.
+async fn three_with(db: &str) -> (Vec<TestAgent>, Vec<Client>, Vec<String>) {
+    let (agents, cls) = start_mesh(AGENT, 3).await.expect("mesh");
+    let mut ids = Vec::new();
+    for cl in &cls {
+        cl.db(db).create_if_missing().await.expect("create");
+        ids.push(cl.mesh_status().await.expect("status").device_id);
+    }
+    (agents, cls, ids)
+}
+
+fn only(device: &str, sync_mode: SyncMode) -> Option<Vec<DbPeer>> {
+    Some(vec![DbPeer {
+        device: device.to_owned(),
+        sync_mode,
+    }])
+}
+
+/// What `cl`'s link to `peer` carries of `db`.
+async fn carried(cl: &Client, peer: &str, db: &str) -> DbLink {
+    let t = cl.topology().await.expect("topology");
+    t.links
+        .into_iter()
+        .find(|l| l.device_id == peer)
+        .and_then(|l| l.databases.into_iter().find(|d| d.db == db))
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_carries_writes_end_to_end_through_its_middle() {
+    let (_agents, cls, ids) = three_with("log").await;
+    let (a, b, c) = (&cls[0], &cls[1], &cls[2]);
+    // a - b - c: the ends sync `log` with the middle only.
+    a.db("log")
+        .set_peers(only(&ids[1], SyncMode::Sync))
+        .await
+        .expect("a");
+    let info = c
+        .db("log")
+        .set_peers(only(&ids[1], SyncMode::Sync))
+        .await
+        .expect("c");
+    assert_eq!(info.peers.map(|p| p.len()), Some(1));
+    put_numbered(a, "log", "r", "a", 20).await.expect("put");
+    put_numbered(c, "log", "r", "c", 20).await.expect("put");
+    for (name, cl) in [("a", a), ("b", b), ("c", c)] {
+        wait_until(&format!("{name} to hold both ends' writes"), || async {
+            records(cl, "log", "r").await.len() == 40
+        })
+        .await
+        .expect("converged");
+    }
+    // Nothing went between the ends directly.
+    let (a_to_c, c_to_a) = (
+        carried(a, &ids[2], "log").await,
+        carried(c, &ids[0], "log").await,
+    );
+    assert!(
+        !a_to_c.sending && !a_to_c.taking && a_to_c.ops_out == 0,
+        "{a_to_c:?}"
+    );
+    assert!(
+        !c_to_a.sending && !c_to_a.taking && c_to_a.ops_in == 0,
+        "{c_to_a:?}"
+    );
+    assert!(carried(b, &ids[0], "log").await.ops_in >= 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broadcast_reaches_devices_that_only_pull() {
+    let (_agents, cls, ids) = three_with("news").await;
+    let (source, d1, d2) = (&cls[0], &cls[1], &cls[2]);
+    for d in [d1, d2] {
+        d.db("news")
+            .set_peers(only(&ids[0], SyncMode::Pull))
+            .await
+            .expect("pull");
+    }
+    put_numbered(source, "news", "r", "s", 10)
+        .await
+        .expect("put");
+    // d1 writes locally; it never leaves d1.
+    put_numbered(d1, "news", "r", "d1", 1).await.expect("put");
+    put_numbered(source, "news", "r", "later", 1)
+        .await
+        .expect("put");
+    for d in [d1, d2] {
+        wait_until("a device to pull the source's news", || async {
+            records(d, "news", "r").await.contains_key("later-0")
+        })
+        .await
+        .expect("broadcast");
+    }
+    assert_eq!(
+        records(source, "news", "r").await.len(),
+        11,
+        "the source took nothing"
+    );
+    assert_eq!(
+        records(d2, "news", "r").await.len(),
+        11,
+        "d2 got only the source's"
+    );
+    assert_eq!(records(d1, "news", "r").await.len(), 12);
+    let up = carried(d1, &ids[0], "news").await;
+    assert!(up.taking && !up.sending && up.ops_out == 0, "{up:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_push_to_a_collector_and_get_nothing_back() {
+    let (_agents, cls, ids) = three_with("metrics").await;
+    let (collector, d1, d2) = (&cls[0], &cls[1], &cls[2]);
+    for d in [d1, d2] {
+        d.db("metrics")
+            .set_peers(only(&ids[0], SyncMode::Push))
+            .await
+            .expect("push");
+    }
+    put_numbered(d1, "metrics", "r", "d1", 5)
+        .await
+        .expect("put");
+    put_numbered(d2, "metrics", "r", "d2", 5)
+        .await
+        .expect("put");
+    put_numbered(collector, "metrics", "r", "c", 1)
+        .await
+        .expect("put");
+    wait_until("the collector to hold every device's metrics", || async {
+        records(collector, "metrics", "r").await.len() == 11
+    })
+    .await
+    .expect("collected");
+    for (d, peer_of_other) in [(d1, &ids[2]), (d2, &ids[1])] {
+        let down = carried(d, &ids[0], "metrics").await;
+        assert!(down.sending && !down.taking && down.ops_in == 0, "{down:?}");
+        assert_eq!(carried(d, peer_of_other, "metrics").await.ops_in, 0);
+        assert_eq!(
+            records(d, "metrics", "r").await.len(),
+            5,
+            "a device holds its own only"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_star_becomes_a_mesh_while_it_runs() {
+    let (_agents, cls, ids) = three_with("live").await;
+    let (a, c) = (&cls[0], &cls[2]);
+    a.db("live")
+        .set_peers(only(&ids[1], SyncMode::Sync))
+        .await
+        .expect("a");
+    c.db("live")
+        .set_peers(only(&ids[1], SyncMode::Sync))
+        .await
+        .expect("c");
+    put_numbered(a, "live", "r", "star", 10).await.expect("put");
+    wait_until("c to get a's writes through b", || async {
+        records(c, "live", "r").await.len() == 10
+    })
+    .await
+    .expect("through the middle");
+    assert_eq!(carried(c, &ids[0], "live").await.ops_in, 0);
+
+    // Every member again, at once: a's next writes go to c directly.
+    a.db("live").set_peers(None).await.expect("a");
+    let info = c.db("live").set_peers(None).await.expect("c");
+    assert_eq!(info.peers, None);
+    put_numbered(a, "live", "r", "mesh", 10).await.expect("put");
+    wait_until("a and c to sync directly", || async {
+        let d = carried(c, &ids[0], "live").await;
+        d.taking && d.sending && d.ops_in > 0 && records(c, "live", "r").await.len() == 20
+    })
+    .await
+    .expect("direct");
 }

@@ -126,6 +126,10 @@ fn unhex(text: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
+/// What a name that is no app's is checked against: no token hashes to
+/// it.
+const NO_APP_HASH: &str = "ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff";
+
 /// Compares two hashes in time that does not depend on where they differ.
 pub(crate) fn same_hash(a: &[u8; 32], b: &[u8; 32]) -> bool {
     let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
@@ -275,11 +279,10 @@ impl Apps {
                 let hash = sha256(token);
                 let state = self.read();
                 let record = state.apps.get(name);
-                let stored = record
-                    .and_then(|r| unhex(&r.token_sha256))
+                // Decoded and compared whether or not the app exists, so a
+                // name that is not an app takes as long as a wrong token.
+                let stored = unhex(record.map_or(NO_APP_HASH, |r| r.token_sha256.as_str()))
                     .unwrap_or([0xff; 32]);
-                // Compared whether or not the app exists, so a name that
-                // is not an app takes as long as a wrong token.
                 let matches = same_hash(&hash, &stored);
                 let (Some(record), true) = (record, matches) else {
                     return Err(denied(format!(

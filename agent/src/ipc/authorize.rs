@@ -25,6 +25,7 @@ pub(crate) fn authorize(access: &Access, req: &Request) -> Result<(), ErrorInfo>
         Request::DbDrop(p) => access.check_admin(&p.name, "drop"),
         Request::DbSync(p) => access.check_admin(&p.name, "change how it syncs"),
         Request::DbSet(p) => access.check_admin(&p.name, "change the settings of"),
+        Request::DbPeers(p) => access.check_admin(&p.name, "change whom it syncs with"),
         Request::IndexCreate(p) | Request::IndexDrop(p) => {
             access.check_admin(&p.db, "change the indexes of")
         }

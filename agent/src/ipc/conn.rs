@@ -314,9 +314,6 @@ impl Conn {
         if self.closing { buf.len() } else { pos }
     }
 
-    /// Answers a run of gets, in order. A long run is shared with the read
-    /// helpers: each answers a contiguous part into its own buffer while
-    /// this thread answers the first, and the parts are joined in order.
     /// Takes a response that came through the reply channel.
     fn replied(&mut self, frame: &[u8]) {
         if self.ctx.metrics.enabled() {
@@ -339,6 +336,7 @@ impl Conn {
         }
     }
 
+    /// Answers a run of gets, in order, and counts them.
     fn answer_gets(&mut self, gets: &mut Vec<PendingGet>) {
         if gets.is_empty() {
             return;
@@ -348,6 +346,9 @@ impl Conn {
         self.tally(start, <api::Get as api::Method>::NAME);
     }
 
+    /// A long run is shared with the read helpers: each answers a
+    /// contiguous part into its own buffer while this thread answers the
+    /// first, and the parts are joined in order.
     fn answer_gets_here_and_on_helpers(&mut self, gets: &mut Vec<PendingGet>) {
         let helpers = read_helpers();
         let threads = (helpers.count + 1).min(gets.len() / GETS_PER_THREAD);

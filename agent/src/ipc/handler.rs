@@ -62,7 +62,7 @@ fn error_unless_sent(
 
 /// A reply for the writer thread that encodes the outcome (mapped through
 /// `map`) and sends the frame to the connection.
-fn reply_to<T, R>(
+pub(super) fn reply_to<T, R>(
     tx: &ReplySender,
     id: u64,
     max_frame: u32,
@@ -206,7 +206,8 @@ pub(crate) fn handle(
         | Request::PeerList(_)
         | Request::PeerRemove(_)
         | Request::Topology(_)
-        | Request::Dashboard(_)) => super::mesh_methods::handle(ctx, id, r, tx, out),
+        | Request::Dashboard(_)
+        | Request::DbPeers(_)) => super::mesh_methods::handle(ctx, id, r, tx, out),
         Request::DbSync(p) => {
             store.submit(Command::SetSyncMode {
                 db: p.name,

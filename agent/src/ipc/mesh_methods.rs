@@ -4,9 +4,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use blazedb_proto::api::{
-    CreatedResult, DbKeyGrantResult, Departed, DroppedResult, MemberSummary, MeshInviteParams,
-    MeshInviteResult, MeshStatusResult, PeerInfo, PeerListResult, PeersResult, Request,
-    StaticPeerInfo,
+    CreatedResult, DbKeyGrantResult, DbPeer, Departed, DroppedResult, MemberSummary,
+    MeshInviteParams, MeshInviteResult, MeshStatusResult, PeerInfo, PeerListResult, PeersResult,
+    Request, StaticPeerInfo, SyncMode,
 };
 use blazedb_proto::mesh::Invite;
 use blazedb_proto::message;
@@ -17,6 +17,7 @@ use super::Ctx;
 use super::conn::ReplySender;
 use super::handler::Handled;
 use crate::mesh::{Mesh, PeerView, Reach, role_name};
+use crate::store::Command;
 
 /// How long an invite works unless the caller says.
 const DEFAULT_INVITE_TTL: Duration = Duration::from_secs(3600);
@@ -206,6 +207,71 @@ fn check_addr(addr: &str) -> Result<(), ErrorInfo> {
     }
 }
 
+/// The devices a database is to sync with, named as the user named them,
+/// as ids: each once, not this device, and with a direction (leaving a
+/// device out is how it gets none).
+fn db_peers(
+    ctx: &Ctx,
+    peers: Option<Vec<DbPeer>>,
+) -> Result<Option<Vec<(DeviceId, SyncMode)>>, ErrorInfo> {
+    let Some(peers) = peers else {
+        return Ok(None);
+    };
+    let m = mesh(ctx)?;
+    let mut out: Vec<(DeviceId, SyncMode)> = Vec::new();
+    for p in peers {
+        let device = resolve(m, &p.device)?;
+        if device == ctx.store.device() {
+            return Err(invalid(
+                "a database syncs with other devices: leave this one out",
+            ));
+        }
+        if p.sync_mode == SyncMode::Local {
+            return Err(invalid(format!(
+                "{}: a peer is synced with on, pull or push; leave it out to sync nothing with it",
+                p.device
+            )));
+        }
+        match out.iter_mut().find(|(d, _)| *d == device) {
+            Some(had) => had.1 = p.sync_mode,
+            None => out.push((device, p.sync_mode)),
+        }
+    }
+    out.sort_by_key(|(d, _)| *d);
+    Ok(Some(out))
+}
+
+/// Answers request `id` through the reply channel once `work`, given the
+/// running mesh, is done; at once if the mesh is not running.
+fn answer_later<R, Fut>(
+    ctx: &Arc<Ctx>,
+    id: u64,
+    tx: &ReplySender,
+    out: &mut Vec<u8>,
+    work: impl FnOnce(Mesh, Arc<Ctx>) -> Fut,
+) -> Handled
+where
+    R: Serialize + Send + 'static,
+    Fut: std::future::Future<Output = Result<R, ErrorInfo>> + Send + 'static,
+{
+    let m = match mesh(ctx) {
+        Ok(m) => m.clone(),
+        Err(e) => {
+            encode::<()>(ctx, out, id, Err(e));
+            return Handled::Done;
+        }
+    };
+    let work = work(m, ctx.clone());
+    let (ctx, tx) = (ctx.clone(), tx.clone());
+    tokio::spawn(async move {
+        let r = work.await;
+        let mut out = Vec::new();
+        encode(&ctx, &mut out, id, r);
+        let _ = tx.send(out);
+    });
+    Handled::Pending
+}
+
 /// Handles a mesh method.
 pub(crate) fn handle(
     ctx: &Arc<Ctx>,
@@ -351,6 +417,21 @@ pub(crate) fn handle(
                 peers: static_peers(m),
             }),
         ),
+        Request::DbPeers(p) => {
+            let peers = match db_peers(ctx, p.peers) {
+                Ok(peers) => peers,
+                Err(e) => {
+                    encode::<()>(ctx, out, id, Err(e));
+                    return Handled::Done;
+                }
+            };
+            ctx.store.submit(Command::SetPeers {
+                db: p.name,
+                peers,
+                reply: super::handler::reply_to(tx, id, ctx.max_frame, |info| info),
+            });
+            return Handled::Pending;
+        }
         Request::Dashboard(_) => {
             let r = ctx.dashboard.clone().map_err(|why| {
                 ErrorInfo::new(
@@ -361,47 +442,16 @@ pub(crate) fn handle(
             encode(ctx, out, id, r);
         }
         Request::Topology(_) => {
-            let m = match mesh(ctx) {
-                Ok(m) => m.clone(),
-                Err(e) => {
-                    encode::<()>(ctx, out, id, Err(e));
-                    return Handled::Done;
-                }
-            };
-            let (ctx, tx) = (ctx.clone(), tx.clone());
-            tokio::spawn(async move {
-                let r = Ok::<_, ErrorInfo>(m.topology().await);
-                let mut out = Vec::new();
-                encode(&ctx, &mut out, id, r);
-                let _ = tx.send(out);
+            return answer_later(ctx, id, tx, out, |m, _| async move {
+                Ok::<_, ErrorInfo>(m.topology().await)
             });
-            return Handled::Pending;
         }
         Request::MeshLeave(_) => {
-            let m = match mesh(ctx) {
-                Ok(m) => m.clone(),
-                Err(e) => {
-                    encode::<()>(ctx, out, id, Err(e));
-                    return Handled::Done;
-                }
-            };
-            let (ctx, tx) = (ctx.clone(), tx.clone());
-            tokio::spawn(async move {
-                let r = m.leave().await.map(|()| status(&ctx, &m)).map_err(refused);
-                let mut out = Vec::new();
-                encode(&ctx, &mut out, id, r);
-                let _ = tx.send(out);
+            return answer_later(ctx, id, tx, out, |m, ctx| async move {
+                m.leave().await.map(|()| status(&ctx, &m)).map_err(refused)
             });
-            return Handled::Pending;
         }
         Request::MeshJoin(p) => {
-            let m = match mesh(ctx) {
-                Ok(m) => m.clone(),
-                Err(e) => {
-                    encode::<()>(ctx, out, id, Err(e));
-                    return Handled::Done;
-                }
-            };
             let invite = match Invite::from_code(&p.code) {
                 Ok(i) => i,
                 Err(e) => {
@@ -409,21 +459,15 @@ pub(crate) fn handle(
                     return Handled::Done;
                 }
             };
-            let (ctx, tx) = (ctx.clone(), tx.clone());
-            tokio::spawn(async move {
-                let r = m
-                    .join(&invite)
+            return answer_later(ctx, id, tx, out, |m, ctx| async move {
+                m.join(&invite)
                     .await
                     .map(|joined| MeshStatusResult {
                         already_member: !joined,
                         ..status(&ctx, &m)
                     })
-                    .map_err(|e| ErrorInfo::new(ErrorCode::Other, format!("{e:#}")));
-                let mut out = Vec::new();
-                encode(&ctx, &mut out, id, r);
-                let _ = tx.send(out);
+                    .map_err(|e| ErrorInfo::new(ErrorCode::Other, format!("{e:#}")))
             });
-            return Handled::Pending;
         }
         other => {
             let e = ErrorInfo::new(

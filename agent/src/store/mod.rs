@@ -37,7 +37,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use blazedb_proto::api::{
-    Change, ChangeKind, CollectionInfo, DbInfo, DbSettings, EncodedRecord, QueryParams,
+    Change, ChangeKind, CollectionInfo, DbInfo, DbPeer, DbSettings, EncodedRecord, QueryParams,
     QueryResult, Record, SyncMode, Write, WriteResult,
 };
 use blazedb_proto::{DeviceId, Epoch, Hlc, Op, OpBody, VersionVector, codec};
@@ -133,6 +133,10 @@ pub(crate) struct SyncMeta {
     /// since (see `SyncState::lacking`).
     #[serde(default)]
     pub(crate) lacking: bool,
+    /// The devices this database syncs with, each with a direction; every
+    /// member when `None` (see `SyncState::peers`).
+    #[serde(default)]
+    pub(crate) peers: Option<Vec<(DeviceId, SyncMode)>>,
 }
 
 /// Wall-clock milliseconds since the Unix epoch (0 if the clock is before
@@ -234,6 +238,15 @@ impl DbState {
             head: self.head(),
             key_epoch: None,
             ops_held: self.sync_meta().vector.total(),
+            peers: self.sync_meta().peers.map(|peers| {
+                peers
+                    .into_iter()
+                    .map(|(d, sync_mode)| DbPeer {
+                        device: d.to_string(),
+                        sync_mode,
+                    })
+                    .collect()
+            }),
         }
     }
 

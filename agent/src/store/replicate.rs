@@ -666,6 +666,7 @@ impl SyncStore for Store {
             clock: self.clock(),
             mode: db.settings().sync_mode,
             settings: db.settings(),
+            peers: m.peers.map(|p| p.into_iter().collect()),
             wish: m.wish,
             lacking: m.lacking,
             sealed: db.is_e2e(),

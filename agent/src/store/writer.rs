@@ -106,6 +106,15 @@ pub enum Command {
         /// Gets the database's description.
         reply: Reply<DbInfo>,
     },
+    /// Sets which devices a database syncs with, and which way.
+    SetPeers {
+        /// The database.
+        db: String,
+        /// The devices; every member when `None`.
+        peers: Option<Vec<(DeviceId, SyncMode)>>,
+        /// Gets the database's description.
+        reply: Reply<DbInfo>,
+    },
     /// Deletes a database.
     DropDb {
         /// Its name.
@@ -200,6 +209,7 @@ impl std::fmt::Debug for Command {
             Command::DropDb { .. } => "DropDb",
             Command::SetSyncMode { .. } => "SetSyncMode",
             Command::SetSettings { .. } => "SetSettings",
+            Command::SetPeers { .. } => "SetPeers",
             Command::Index { .. } => "Index",
             Command::ApplyOps { .. } => "ApplyOps",
             Command::MergeSnapshot { .. } => "MergeSnapshot",
@@ -223,6 +233,7 @@ impl Command {
             Command::DropDb { reply, .. } | Command::Index { reply, .. } => reply(Err(e)),
             Command::SetSyncMode { reply, .. } => reply(Err(e)),
             Command::SetSettings { reply, .. } => reply(Err(e)),
+            Command::SetPeers { reply, .. } => reply(Err(e)),
             Command::ApplyOps { reply, .. } => reply(Err(e)),
             Command::MergeSnapshot { reply, .. } | Command::MergeProjected { reply, .. } => {
                 reply(Err(e))
@@ -581,6 +592,7 @@ impl Writer {
                     durability,
                     reply,
                 } => reply(self.set_settings(&db, priority, durability)),
+                Command::SetPeers { db, peers, reply } => reply(self.set_peers(&db, peers)),
                 Command::Index {
                     db,
                     collection,
@@ -1044,6 +1056,24 @@ impl Writer {
         settings.durability = durability.unwrap_or(settings.durability);
         if settings != db.settings() {
             self.save_settings(&db, settings)?;
+        }
+        Ok(self.store.info_of(&db))
+    }
+
+    fn set_peers(
+        &mut self,
+        name: &str,
+        peers: Option<Vec<(DeviceId, SyncMode)>>,
+    ) -> Result<DbInfo, StoreError> {
+        let db = self.store.db(name)?;
+        let mut sync = db.sync_meta();
+        if sync.peers != peers {
+            sync.peers = peers;
+            let mut batch = self.fj.batch().durability(Some(PersistMode::SyncAll));
+            batch.insert(&self.meta, sync_meta_key(db.id), codec::to_vec(&sync)?);
+            batch.commit()?;
+            *lock(&db.sync) = sync;
+            self.store.notify(StoreNotice::Changed(name.to_owned()));
         }
         Ok(self.store.info_of(&db))
     }

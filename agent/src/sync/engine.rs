@@ -1034,7 +1034,7 @@ impl<S: SyncStore> Engine<S> {
         }
         let head = (
             state.epoch,
-            state.mode,
+            state.mode_with(&peer),
             self.says_lacking(db, &state),
             (state.sealed, state.blind),
         );
@@ -1100,7 +1100,7 @@ impl<S: SyncStore> Engine<S> {
             db,
             (
                 state.epoch,
-                state.mode,
+                state.mode_with(&peer),
                 lacking,
                 (state.sealed, state.blind),
             ),
@@ -1245,7 +1245,7 @@ impl<S: SyncStore> Engine<S> {
         let Some(state) = self.store.sync_state(&db) else {
             return;
         };
-        if !takes(state.mode) || !self.epoch_matches(peer, &db, epoch) {
+        if !takes(state.mode_with(&peer)) || !self.epoch_matches(peer, &db, epoch) {
             return;
         }
         // A partial replica takes projections only; from a partial
@@ -1376,7 +1376,7 @@ impl<S: SyncStore> Engine<S> {
         let Some(state) = self.store.sync_state(&db) else {
             return;
         };
-        if !takes(state.mode) {
+        if !takes(state.mode_with(&peer)) {
             return;
         }
         // A partial replica takes only snapshots cut for it, replacing
@@ -1591,7 +1591,7 @@ impl<S: SyncStore> Engine<S> {
     }
 
     fn pump_with(&mut self, peer: DeviceId, db: &str, state: &SyncState, now: u64) {
-        if !sends(state.mode) {
+        if !sends(state.mode_with(&peer)) {
             return;
         }
         let peer_view = self

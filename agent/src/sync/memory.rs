@@ -278,6 +278,7 @@ impl SyncStore for MemoryStore {
                 priority: d.priority,
                 ..Default::default()
             },
+            peers: None,
             wish: d.wish.clone(),
             lacking: d.lacking,
             sealed: false,

@@ -32,6 +32,9 @@ pub struct SyncState {
     /// All its settings (`mode` and `sealed` repeat two of them), which a
     /// replica creating the database from this one's announcement copies.
     pub settings: DbSettings,
+    /// The devices this replica syncs the database with, each with a
+    /// direction that narrows `mode`; every peer, in `mode`, when `None`.
+    pub peers: Option<BTreeMap<DeviceId, SyncMode>>,
     /// Less than its access rules allow, which this replica asks for.
     pub wish: Option<SyncWish>,
     /// The records were cut to a view (this replica held a partial one)
@@ -43,6 +46,29 @@ pub struct SyncState {
     /// The database is sealed and this replica holds none of its keys: it
     /// keeps the op log and a sealed checkpoint, no records.
     pub blind: bool,
+}
+
+impl SyncState {
+    /// How the database syncs with `peer`: its mode, narrowed by the
+    /// direction its peer list gives `peer` (not at all if the list leaves
+    /// `peer` out).
+    pub fn mode_with(&self, peer: &DeviceId) -> SyncMode {
+        let Some(peers) = &self.peers else {
+            return self.mode;
+        };
+        let link = peers.get(peer).copied().unwrap_or(SyncMode::Local);
+        let gives = |m: SyncMode| matches!(m, SyncMode::Sync | SyncMode::Push);
+        let takes = |m: SyncMode| matches!(m, SyncMode::Sync | SyncMode::Pull);
+        match (
+            gives(self.mode) && gives(link),
+            takes(self.mode) && takes(link),
+        ) {
+            (true, true) => SyncMode::Sync,
+            (true, false) => SyncMode::Push,
+            (false, true) => SyncMode::Pull,
+            (false, false) => SyncMode::Local,
+        }
+    }
 }
 
 /// A sealed checkpoint of an end-to-end encrypted database: its records as

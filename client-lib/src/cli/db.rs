@@ -76,6 +76,14 @@ pub(crate) enum DbCommand {
         #[arg(long, value_enum)]
         durability: Option<DurabilityArg>,
     },
+    /// Show or choose the devices this device syncs a database with, and
+    /// which way (every member, both ways, unless chosen).
+    Peers {
+        /// The database name.
+        name: String,
+        #[command(subcommand)]
+        action: Option<PeersAction>,
+    },
     /// Show or set a database's access rules: who may see and write what.
     Rules {
         /// The database name.
@@ -91,6 +99,67 @@ pub(crate) enum DbCommand {
         #[arg(long)]
         if_exists: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum PeersAction {
+    /// Sync only with these devices: `NAME` (both ways), `NAME=pull`
+    /// (only take from it) or `NAME=push` (only give to it).
+    Set {
+        /// Devices by name, id or id prefix, each with an optional
+        /// `=on|pull|push`.
+        #[arg(required = true)]
+        devices: Vec<String>,
+    },
+    /// Add a device to the chosen ones, or change its direction.
+    Add {
+        /// The device, by name, id or id prefix.
+        device: String,
+        /// `on`, `pull` or `push`.
+        #[arg(long, value_enum, default_value = "on")]
+        mode: LinkArg,
+    },
+    /// Stop syncing the database with a device.
+    Remove {
+        /// The device, by name, id or id prefix.
+        device: String,
+    },
+    /// Sync with every member, both ways, again.
+    All,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum LinkArg {
+    On,
+    Pull,
+    Push,
+}
+
+impl LinkArg {
+    fn mode(self) -> SyncMode {
+        match self {
+            LinkArg::On => SyncMode::Sync,
+            LinkArg::Pull => SyncMode::Pull,
+            LinkArg::Push => SyncMode::Push,
+        }
+    }
+}
+
+/// Parses `NAME`, `NAME=on`, `NAME=pull` or `NAME=push`.
+fn db_peer(spec: &str) -> anyhow::Result<crate::api::DbPeer> {
+    let (device, mode) = match spec.split_once('=') {
+        None => (spec, LinkArg::On),
+        Some((d, m)) => (
+            d,
+            <LinkArg as ValueEnum>::from_str(m, true).map_err(|_| {
+                anyhow::anyhow!("{spec:?}: the direction is on, pull or push, like {d}=pull")
+            })?,
+        ),
+    };
+    Ok(crate::api::DbPeer {
+        device: device.to_owned(),
+        sync_mode: mode.mode(),
+    })
 }
 
 #[derive(Debug, Subcommand)]
@@ -277,6 +346,7 @@ pub(crate) async fn run(client: &Client, cmd: DbCommand, opts: Opts) -> anyhow::
                 format!("{:?}", info.settings.durability).to_lowercase()
             );
         }
+        DbCommand::Peers { name, action } => peers(client, &name, action, opts).await?,
         DbCommand::Rules { name, action } => super::rules::run(client, &name, action, opts).await?,
         DbCommand::Key {
             name,
@@ -326,4 +396,103 @@ pub(crate) async fn run(client: &Client, cmd: DbCommand, opts: Opts) -> anyhow::
         }
     }
     Ok(())
+}
+
+/// `db peers`: shows the chosen devices, or changes them.
+async fn peers(
+    client: &Client,
+    name: &str,
+    action: Option<PeersAction>,
+    opts: Opts,
+) -> anyhow::Result<()> {
+    let db = client.db(name);
+    let current = db.info().await?.peers;
+    let same = |a: &str, b: &str| a == b || a.starts_with(b);
+    let info = match action {
+        None => db.info().await?,
+        Some(PeersAction::All) => db.set_peers(None).await?,
+        Some(PeersAction::Set { devices }) => {
+            let peers = devices
+                .iter()
+                .map(|d| db_peer(d))
+                .collect::<anyhow::Result<_>>()?;
+            db.set_peers(Some(peers)).await?
+        }
+        Some(PeersAction::Add { device, mode }) => {
+            let Some(mut peers) = current else {
+                anyhow::bail!(
+                    "{name} syncs with every member already; `db peers {name} set DEVICE...` \
+                     names the only ones"
+                );
+            };
+            peers.push(crate::api::DbPeer {
+                device,
+                sync_mode: mode.mode(),
+            });
+            db.set_peers(Some(peers)).await?
+        }
+        Some(PeersAction::Remove { device }) => {
+            let members = client.peers().await?;
+            let gone = members
+                .iter()
+                .find(|p| p.name == device || same(&p.device_id, &device))
+                .map(|p| p.device_id.clone())
+                .ok_or_else(|| {
+                    anyhow::anyhow!("no member {device:?}: blazectl peers lists them")
+                })?;
+            let peers: Vec<crate::api::DbPeer> = match current {
+                Some(peers) => peers.into_iter().filter(|p| p.device != gone).collect(),
+                None => members
+                    .iter()
+                    .filter(|p| p.device_id != gone && p.state != "removed")
+                    .map(|p| crate::api::DbPeer {
+                        device: p.device_id.clone(),
+                        sync_mode: SyncMode::Sync,
+                    })
+                    .collect(),
+            };
+            db.set_peers(Some(peers)).await?
+        }
+    };
+    if opts.json {
+        return print_json(&serde_json::to_value(&info)?);
+    }
+    let Some(peers) = info.peers else {
+        println!(
+            "{name} syncs with every member, both ways (mode {})",
+            mode_name(info.settings.sync_mode)
+        );
+        return Ok(());
+    };
+    let names: std::collections::BTreeMap<String, String> = client
+        .peers()
+        .await
+        .map(|ps| ps.into_iter().map(|p| (p.device_id, p.name)).collect())
+        .unwrap_or_default();
+    let rows = peers
+        .iter()
+        .map(|p| {
+            vec![
+                names.get(&p.device).cloned().unwrap_or_else(|| "-".into()),
+                p.device.clone(),
+                match p.sync_mode {
+                    SyncMode::Sync => "on",
+                    SyncMode::Pull => "pull",
+                    SyncMode::Push => "push",
+                    SyncMode::Local => "off",
+                }
+                .to_owned(),
+            ]
+        })
+        .collect();
+    println!(
+        "{name} syncs only with (its mode: {}):",
+        mode_name(info.settings.sync_mode)
+    );
+    print_table(&["NAME", "DEVICE", "DIRECTION"], rows);
+    Ok(())
+}
+
+fn mode_name(mode: SyncMode) -> String {
+    format!("{mode:?}").to_lowercase()
 }

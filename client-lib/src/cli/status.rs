@@ -269,6 +269,7 @@ mod tests {
                     head: 1225,
                     key_epoch: None,
                     ops_held: 1225,
+                    peers: None,
                 },
                 DbInfo {
                     name: "secrets".into(),
@@ -281,6 +282,7 @@ mod tests {
                     head: 0,
                     key_epoch: None,
                     ops_held: 40,
+                    peers: None,
                 },
             ],
             topology: Some(topology),

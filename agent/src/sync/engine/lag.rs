@@ -118,7 +118,8 @@ impl<S: SyncStore> Engine<S> {
                 let Some(s) = streams.get(&db) else {
                     continue;
                 };
-                let sending = sends(state.mode) && s.peer_wants;
+                let mode = state.mode_with(peer);
+                let sending = sends(mode) && s.peer_wants;
                 let lag_ops = s
                     .acked
                     .as_ref()
@@ -133,7 +134,7 @@ impl<S: SyncStore> Engine<S> {
                     peer: *peer,
                     db: db.clone(),
                     sending,
-                    taking: takes(state.mode),
+                    taking: takes(mode),
                     sealed: state.sealed,
                     lag_ops,
                     lag_since,

@@ -446,7 +446,7 @@ impl<S: SyncStore> Engine<S> {
         let Some(state) = self.store.sync_state(&db) else {
             return;
         };
-        if !super::takes(state.mode)
+        if !super::takes(state.mode_with(&peer))
             || !self.epoch_matches(peer, &db, epoch)
             || self.own_view(&db).is_none()
         {
