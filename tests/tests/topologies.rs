@@ -333,3 +333,86 @@ async fn a_star_becomes_a_mesh_while_it_runs() {
     .await
     .expect("direct");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_climb_a_two_level_hub_hierarchy_and_come_down_in_another_region() {
+    // A central hub, two regional hubs, and one device under each region.
+    let central = TestAgent::start_with(AGENT, &["--role", "hub", "--name", "central"])
+        .await
+        .expect("central");
+    let c = central.client().await.expect("client");
+    c.create_mesh().await.expect("mesh");
+    let central_addr = c.mesh_status().await.expect("status").listen;
+    let code = c.invite(Some(600), Some(4)).await.expect("invite").code;
+    let mut agents = vec![central];
+    let mut cls = vec![c];
+    for (name, role) in [
+        ("north", "hub"),
+        ("south", "hub"),
+        ("n1", "device"),
+        ("s1", "device"),
+    ] {
+        let a = TestAgent::start_with(
+            AGENT,
+            &["--role", role, "--name", name, "--peer", &central_addr],
+        )
+        .await
+        .expect("agent");
+        let cl = a.client().await.expect("client");
+        cl.join(&code).await.expect("join");
+        agents.push(a);
+        cls.push(cl);
+    }
+    let mut ids = Vec::new();
+    for cl in &cls {
+        cl.db("inventory")
+            .create_if_missing()
+            .await
+            .expect("create");
+        ids.push(cl.mesh_status().await.expect("status").device_id);
+    }
+    let [central_id, north, south, n1, s1] = [0, 1, 2, 3, 4].map(|i| ids[i].clone());
+    let peer = |d: &str| DbPeer {
+        device: d.to_owned(),
+        sync_mode: SyncMode::Sync,
+    };
+    // Each device syncs with its region's hub; each regional hub with its
+    // devices and the central hub; the central hub with the regions.
+    let lists = [
+        (0, vec![peer(&north), peer(&south)]),
+        (1, vec![peer(&central_id), peer(&n1)]),
+        (2, vec![peer(&central_id), peer(&s1)]),
+        (3, vec![peer(&north)]),
+        (4, vec![peer(&south)]),
+    ];
+    for (i, list) in lists {
+        cls[i]
+            .db("inventory")
+            .set_peers(Some(list))
+            .await
+            .expect("peers");
+    }
+    put_numbered(&cls[3], "inventory", "r", "n1", 10)
+        .await
+        .expect("put");
+    put_numbered(&cls[4], "inventory", "r", "s1", 10)
+        .await
+        .expect("put");
+    for (i, cl) in cls.iter().enumerate() {
+        wait_until(
+            &format!("agent {i} to hold both regions' writes"),
+            || async { records(cl, "inventory", "r").await.len() == 20 },
+        )
+        .await
+        .expect("converged");
+    }
+    // n1's writes went up through north only: no other link carried them.
+    for other in [&central_id, &south, &s1] {
+        let d = carried(&cls[3], other, "inventory").await;
+        assert!(d.ops_out == 0 && d.ops_in == 0, "n1 and {other}: {d:?}");
+    }
+    assert!(carried(&cls[1], &central_id, "inventory").await.ops_out >= 10);
+    assert!(carried(&cls[0], &south, "inventory").await.ops_out >= 10);
+    assert_eq!(carried(&cls[0], &n1, "inventory").await.ops_out, 0);
+    drop(agents);
+}
