@@ -13,6 +13,7 @@ use blazedb_proto::topology::DbLink;
 use blazedb_tests::{TestAgent, put_numbered, records, start_mesh, wait_until, wait_within};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_blazed-test-agent");
+const CTL: &str = env!("CARGO_BIN_EXE_blazectl-test");
 
 async fn field(cl: &Client, db: &str, id: &str) -> Option<Value> {
     records(cl, db, "r").await.get(id)?.get("x").cloned()
@@ -187,19 +188,34 @@ async fn carried(cl: &Client, peer: &str, db: &str) -> DbLink {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chain_carries_writes_end_to_end_through_its_middle() {
-    let (_agents, cls, ids) = three_with("log").await;
+    let (agents, cls, ids) = three_with("log").await;
     let (a, b, c) = (&cls[0], &cls[1], &cls[2]);
-    // a - b - c: the ends sync `log` with the middle only.
+    // a - b - c: the ends sync `log` with the middle only; c's list is set
+    // with blazectl, naming b by an id prefix.
     a.db("log")
         .set_peers(only(&ids[1], SyncMode::Sync))
         .await
         .expect("a");
-    let info = c
-        .db("log")
-        .set_peers(only(&ids[1], SyncMode::Sync))
-        .await
-        .expect("c");
-    assert_eq!(info.peers.map(|p| p.len()), Some(1));
+    let ctl = |args: &[&str]| {
+        let out = std::process::Command::new(CTL)
+            .arg("--socket")
+            .arg(agents[2].socket())
+            .args(args)
+            .output()
+            .expect("blazectl");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8")
+    };
+    ctl(&["db", "peers", "log", "set", &ids[1][..12]]);
+    let shown: serde_json::Value =
+        serde_json::from_str(&ctl(&["--json", "db", "peers", "log", "show"])).expect("json");
+    assert_eq!(shown["peers"][0]["device"], ids[1].as_str(), "{shown}");
+    assert_eq!(shown["peers"][0]["sync_mode"], "sync");
+    assert!(ctl(&["db", "peers", "log"]).contains(&ids[1]));
     put_numbered(a, "log", "r", "a", 20).await.expect("put");
     put_numbered(c, "log", "r", "c", 20).await.expect("put");
     for (name, cl) in [("a", a), ("b", b), ("c", c)] {

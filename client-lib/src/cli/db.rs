@@ -103,6 +103,8 @@ pub(crate) enum DbCommand {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum PeersAction {
+    /// Show the chosen devices (the same as no subcommand).
+    Show,
     /// Sync only with these devices: `NAME` (both ways), `NAME=pull`
     /// (only take from it) or `NAME=push` (only give to it).
     Set {
@@ -409,7 +411,7 @@ async fn peers(
     let current = db.info().await?.peers;
     let same = |a: &str, b: &str| a == b || a.starts_with(b);
     let info = match action {
-        None => db.info().await?,
+        None | Some(PeersAction::Show) => db.info().await?,
         Some(PeersAction::All) => db.set_peers(None).await?,
         Some(PeersAction::Set { devices }) => {
             let peers = devices
