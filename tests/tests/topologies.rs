@@ -432,3 +432,67 @@ async fn writes_climb_a_two_level_hub_hierarchy_and_come_down_in_another_region(
     assert_eq!(carried(&cls[0], &n1, "inventory").await.ops_out, 0);
     drop(agents);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hub_and_spoke_becomes_a_mesh_while_it_runs() {
+    let hub = TestAgent::start_with(AGENT, &["--role", "hub", "--name", "hub"])
+        .await
+        .expect("hub");
+    let h = hub.client().await.expect("client");
+    h.create_mesh().await.expect("mesh");
+    let hub_addr = h.mesh_status().await.expect("status").listen;
+    let code = h.invite(Some(600), Some(2)).await.expect("invite").code;
+    let mut agents = vec![hub];
+    let mut spokes = Vec::new();
+    for name in ["a", "b"] {
+        let agent = TestAgent::start_with(AGENT, &["--peer", &hub_addr, "--name", name])
+            .await
+            .expect("spoke");
+        let cl = agent.client().await.expect("client");
+        cl.join(&code).await.expect("join");
+        agents.push(agent);
+        spokes.push(cl);
+    }
+    let hub_id = h.mesh_status().await.expect("status").device_id;
+    let b_id = spokes[1].mesh_status().await.expect("status").device_id;
+    for cl in [&h, &spokes[0], &spokes[1]] {
+        cl.db("tasks").create_if_missing().await.expect("create");
+    }
+    // Hub and spoke: each spoke syncs `tasks` with the hub only.
+    for cl in &spokes {
+        cl.db("tasks")
+            .set_peers(only(&hub_id, SyncMode::Sync))
+            .await
+            .expect("hub only");
+    }
+    let (a, b) = (&spokes[0], &spokes[1]);
+    put_numbered(a, "tasks", "r", "spoke", 10)
+        .await
+        .expect("put");
+    wait_until("b to get a's tasks through the hub", || async {
+        records(b, "tasks", "r").await.len() == 10
+    })
+    .await
+    .expect("through the hub");
+    assert_eq!(carried(a, &b_id, "tasks").await.ops_out, 0);
+
+    // A mesh: the spokes sync with every member, each other included.
+    for cl in &spokes {
+        cl.db("tasks").set_peers(None).await.expect("everyone");
+    }
+    put_numbered(a, "tasks", "r", "mesh", 10)
+        .await
+        .expect("put");
+    wait_until("a to send b its tasks directly", || async {
+        let d = carried(a, &b_id, "tasks").await;
+        d.sending && d.ops_out > 0 && records(b, "tasks", "r").await.len() == 20
+    })
+    .await
+    .expect("direct");
+    assert_eq!(
+        records(&h, "tasks", "r").await.len(),
+        20,
+        "the hub still gets all"
+    );
+    drop(agents);
+}
