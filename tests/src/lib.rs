@@ -158,6 +158,24 @@ pub fn files_holding(path: &Path, needle: &[u8]) -> Vec<PathBuf> {
         .collect()
 }
 
+/// Runs the blazectl binary `bin` against the agent at `socket` and
+/// returns what it printed; fails the test, with its error output, if it
+/// fails.
+pub fn blazectl_ok(bin: &str, socket: &Path, args: &[&str]) -> String {
+    let out = Command::new(bin)
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .output()
+        .expect("run blazectl");
+    assert!(
+        out.status.success(),
+        "blazectl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("blazectl prints UTF-8")
+}
+
 /// Whether the agent behind `client` has exactly `n` peers connected.
 pub async fn connected(client: &blazedb::Client, n: usize) -> bool {
     client

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use blazedb::Client;
 use blazedb_proto::topology::{DbLink, LinkState, TopologyResult};
 use blazedb_tests::browser::{self, Browser};
-use blazedb_tests::{TestAgent, connected, http, put_numbered, records, wait_until};
+use blazedb_tests::{TestAgent, blazectl_ok, connected, http, put_numbered, records, wait_until};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_blazed-test-agent");
 const CTL: &str = env!("CARGO_BIN_EXE_blazectl-test");
@@ -150,20 +150,7 @@ async fn topology_status_and_metrics_follow_the_writes() {
     .expect("relayed");
 
     // blazectl shows the same.
-    let ctl = |args: &[&str]| {
-        let out = std::process::Command::new(CTL)
-            .arg("--socket")
-            .arg(&s.hub_socket)
-            .args(args)
-            .output()
-            .expect("blazectl");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).expect("utf-8")
-    };
+    let ctl = |args: &[&str]| blazectl_ok(CTL, &s.hub_socket, args);
     let status: serde_json::Value =
         serde_json::from_str(&ctl(&["status", "--json"])).expect("json");
     assert_eq!(

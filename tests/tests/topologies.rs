@@ -10,7 +10,9 @@ use std::time::Duration;
 use blazedb::{Client, Value};
 use blazedb_proto::api::{DbPeer, DbSettings, Durability, SyncMode};
 use blazedb_proto::topology::DbLink;
-use blazedb_tests::{TestAgent, put_numbered, records, start_mesh, wait_until, wait_within};
+use blazedb_tests::{
+    TestAgent, blazectl_ok, put_numbered, records, start_mesh, wait_until, wait_within,
+};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_blazed-test-agent");
 const CTL: &str = env!("CARGO_BIN_EXE_blazectl-test");
@@ -196,20 +198,7 @@ async fn a_chain_carries_writes_end_to_end_through_its_middle() {
         .set_peers(only(&ids[1], SyncMode::Sync))
         .await
         .expect("a");
-    let ctl = |args: &[&str]| {
-        let out = std::process::Command::new(CTL)
-            .arg("--socket")
-            .arg(agents[2].socket())
-            .args(args)
-            .output()
-            .expect("blazectl");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).expect("utf-8")
-    };
+    let ctl = |args: &[&str]| blazectl_ok(CTL, &agents[2].socket(), args);
     ctl(&["db", "peers", "log", "set", &ids[1][..12]]);
     let shown: serde_json::Value =
         serde_json::from_str(&ctl(&["--json", "db", "peers", "log", "show"])).expect("json");

@@ -231,14 +231,15 @@ impl DbState {
                 indexes: meta.indexes.iter().cloned().collect(),
             })
             .collect();
+        let sync = self.sync_meta();
         DbInfo {
             name: self.name.clone(),
             settings: self.settings(),
             collections,
             head: self.head(),
             key_epoch: None,
-            ops_held: self.sync_meta().vector.total(),
-            peers: self.sync_meta().peers.map(|peers| {
+            ops_held: sync.vector.total(),
+            peers: sync.peers.map(|peers| {
                 peers
                     .into_iter()
                     .map(|(d, sync_mode)| DbPeer {

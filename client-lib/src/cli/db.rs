@@ -408,10 +408,11 @@ async fn peers(
     opts: Opts,
 ) -> anyhow::Result<()> {
     let db = client.db(name);
-    let current = db.info().await?.peers;
+    let before = db.info().await?;
+    let current = before.peers.clone();
     let same = |a: &str, b: &str| a == b || a.starts_with(b);
     let info = match action {
-        None | Some(PeersAction::Show) => db.info().await?,
+        None | Some(PeersAction::Show) => before,
         Some(PeersAction::All) => db.set_peers(None).await?,
         Some(PeersAction::Set { devices }) => {
             let peers = devices
