@@ -5,6 +5,7 @@ use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use blazedb_proto::error::one_line;
 use clap::{Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 
@@ -181,7 +182,7 @@ pub fn main() -> ExitCode {
     }) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("blazed: {e:#}");
+            eprintln!("blazed: {}", one_line(e.as_ref()));
             return ExitCode::from(2);
         }
     };
@@ -204,8 +205,9 @@ pub fn main() -> ExitCode {
     match runtime.block_on(crate::agent::run(config, shutdown, notify::ready)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("blazed: {e:#}");
+            // Logs go to stderr too: one line there, not a log line and
+            // this.
+            eprintln!("blazed: {}", one_line(e.as_ref()));
             ExitCode::FAILURE
         }
     }
@@ -231,7 +233,7 @@ fn exit(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("blazed: {e:#}");
+            eprintln!("blazed: {}", one_line(e.as_ref()));
             ExitCode::FAILURE
         }
     }

@@ -76,9 +76,17 @@ fn lock(routes: &Mutex<Routes>) -> std::sync::MutexGuard<'_, Routes> {
 
 impl Connection {
     pub(crate) async fn open(path: &Path) -> Result<Connection, Error> {
-        let not_running = |source| Error::AgentNotRunning {
+        let not_running = |source: std::io::Error| Error::AgentNotRunning {
             path: path.display().to_string(),
-            source,
+            // Connecting to a directory is "refused", which misleads.
+            source: if path.is_dir() {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "it is a directory, not the agent's socket",
+                )
+            } else {
+                source
+            },
         };
         let name = path.to_fs_name::<GenericFilePath>().map_err(not_running)?;
         let stream = Stream::connect(name).await.map_err(not_running)?;

@@ -517,18 +517,23 @@ impl Db {
             .await
     }
 
-    /// Sets the database's access rules (this device must be a mesh
-    /// admin); they reach every member, which enforces them.
+    /// Sets the database's access rules and links (this device must be a
+    /// mesh admin): what devices no rule selects get, the rules (first
+    /// match wins) and who syncs with whom (every member with every other
+    /// when `links` is empty). They replace the ones before, reach every
+    /// member, and every member enforces them.
     pub async fn set_rules(
         &self,
         default: blazedb_proto::rules::AccessLevel,
         rules: Vec<api::RuleSpec>,
+        links: Vec<api::LinkSpec>,
     ) -> Result<api::DbRulesResult, Error> {
         self.client
             .call::<api::DbRulesSet>(&api::DbRulesSetParams {
                 db: self.name.clone(),
                 default,
                 rules,
+                links,
             })
             .await
     }

@@ -249,6 +249,22 @@ pub struct DbRulesSetParams {
     pub default: crate::rules::AccessLevel,
     /// The rules, first match wins.
     pub rules: Vec<RuleSpec>,
+    /// Who syncs the database with whom, first match wins; every member
+    /// with every other when empty.
+    #[serde(default)]
+    pub links: Vec<LinkSpec>,
+}
+
+/// One link of `db.rules.set`, with devices named as people write them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkSpec {
+    /// One end: `device:NAME` (a name, id or id prefix), `team:NAME`,
+    /// `role:hub` or `*`.
+    pub devices: Vec<String>,
+    /// The other end, written the same way.
+    pub peers: Vec<String>,
+    /// The direction as `devices` see it.
+    pub sync_mode: SyncMode,
 }
 
 fn full_access() -> crate::rules::AccessLevel {
@@ -266,6 +282,10 @@ pub struct DbRulesResult {
     pub names: std::collections::BTreeMap<String, String>,
     /// What this device gets: `full`, or its partial view in words.
     pub this_device: String,
+    /// The members the rules' links give this device to sync the
+    /// database with, and which way; nil when the rules have no links.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub links_here: Option<Vec<DbPeer>>,
 }
 
 /// Result of `mesh.status`, `mesh.create`, `mesh.join` and `mesh.remove`.

@@ -109,3 +109,49 @@ impl ErrorInfo {
         }
     }
 }
+
+/// An error and its causes on one line, `: `-separated, leaving out a
+/// cause whose words the line already holds (many messages quote their
+/// cause), so nothing is said twice.
+pub fn one_line(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !text.is_empty() && !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        cause = c.source();
+    }
+    line
+}
+
+#[cfg(test)]
+mod one_line_tests {
+    use super::one_line;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot open {path} ({source})")]
+    struct Quoting {
+        path: &'static str,
+        source: std::io::Error,
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("starting the store")]
+    struct Outer(#[source] Quoting);
+
+    #[test]
+    fn each_cause_is_said_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let e = Outer(Quoting {
+            path: "/x",
+            source: io,
+        });
+        assert_eq!(
+            one_line(&e),
+            "starting the store: cannot open /x (no such file)"
+        );
+    }
+}

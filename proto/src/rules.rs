@@ -9,13 +9,18 @@
 //!
 //! A device may also ask for less than its rule allows ([`SyncWish`]):
 //! what it receives is what both allow.
+//!
+//! The same signed document may say who syncs the database with whom
+//! ([`LinkRule`]): hub-and-spoke, broadcast, aggregation, chains and
+//! hierarchies of hubs are a few lines of it. A device's own peer list
+//! (`db.peers`) overrides the links for that device.
 
 use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::api::{Filter, FilterOp};
+use crate::api::{Filter, FilterOp, SyncMode};
 use crate::mesh::MeshId;
 use crate::op::DeviceId;
 use crate::value::Value;
@@ -198,6 +203,49 @@ pub struct AccessRules {
     pub signer: DeviceId,
     /// When it was signed, in ms since the Unix epoch (for people).
     pub signed_ms: u64,
+    /// Who syncs the database with whom, in order: the first link that
+    /// joins two devices (either way round) decides. Every member syncs
+    /// with every other when there are none; when there are some, two
+    /// devices no link joins do not sync the database with each other.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub links: Vec<LinkRule>,
+}
+
+/// A link between two sets of devices over which a database syncs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkRule {
+    /// One end: the devices the direction is said for.
+    pub devices: Vec<Selector>,
+    /// The other end.
+    pub peers: Vec<Selector>,
+    /// The direction as `devices` see it: `sync` (both ways), `pull`
+    /// (they take from `peers`), `push` (they give to `peers`) or `local`
+    /// (no sync between them). `peers` see it the other way round.
+    pub sync_mode: SyncMode,
+}
+
+impl LinkRule {
+    /// The direction `me` syncs with `peer` by this link, if it joins
+    /// them; `selects` says whether a selector picks a device.
+    pub fn between(
+        &self,
+        me: &DeviceId,
+        peer: &DeviceId,
+        selects: impl Fn(&Selector, &DeviceId) -> bool,
+    ) -> Option<SyncMode> {
+        let any = |sels: &[Selector], d: &DeviceId| sels.iter().any(|s| selects(s, d));
+        if any(&self.devices, me) && any(&self.peers, peer) {
+            Some(self.sync_mode)
+        } else if any(&self.peers, me) && any(&self.devices, peer) {
+            Some(match self.sync_mode {
+                SyncMode::Pull => SyncMode::Push,
+                SyncMode::Push => SyncMode::Pull,
+                m => m,
+            })
+        } else {
+            None
+        }
+    }
 }
 
 impl AccessRules {
@@ -275,6 +323,7 @@ mod tests {
             }],
             signer: DeviceId([1; 32]),
             signed_ms: 5,
+            links: Vec::new(),
         };
         assert!(!rules.restricts());
         rules.rules[0].filter.push(RuleFilter {

@@ -317,15 +317,28 @@ impl TestAgent {
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
             )
             .stdin(Stdio::null());
-        if let Some(path) = &self.log
-            && let Ok(f) = std::fs::File::options()
+        let append = |path: &Path| {
+            std::fs::File::options()
                 .create(true)
                 .append(true)
                 .open(path)
+        };
+        if let Some(path) = &self.log
+            && let Ok(f) = append(path)
         {
             cmd.stderr(f).env("RUST_LOG", "info");
+        } else if let Ok(f) = append(&self.quiet_log()) {
+            // Kept aside, and shown only if the test fails: tests that
+            // provoke errors on purpose must not fill a passing run with
+            // alarming lines.
+            cmd.stderr(f);
         }
         cmd
+    }
+
+    /// Where the agent's standard error goes unless `log_to` said.
+    fn quiet_log(&self) -> PathBuf {
+        self.dir.path().join("agent.log")
     }
 
     /// Starts the agent from `cmd`, usually [`TestAgent::command`] with
@@ -352,7 +365,8 @@ impl TestAgent {
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten())
             {
-                bail!("the agent exited at start: {status}");
+                let said = std::fs::read_to_string(self.quiet_log()).unwrap_or_default();
+                bail!("the agent exited at start: {status}\n{said}");
             }
             if start.elapsed() > DEADLINE {
                 bail!("the agent did not listen on {} in time", socket.display());
@@ -410,5 +424,14 @@ pub fn signal(pid: u32, name: &str) -> anyhow::Result<()> {
 impl Drop for TestAgent {
     fn drop(&mut self) {
         self.kill();
+        if std::thread::panicking()
+            && let Ok(log) = std::fs::read_to_string(self.quiet_log())
+            && !log.is_empty()
+        {
+            eprintln!(
+                "--- what agent {} said ---\n{log}",
+                self.dir.path().display()
+            );
+        }
     }
 }

@@ -75,6 +75,7 @@ async fn each_team_sees_only_its_bugs_and_refused_writes_are_corrected() {
         .set_rules(
             AccessLevel::ReadWrite,
             vec![team_rule(), read_only("team:qa")],
+            Vec::new(),
         )
         .await
         .expect("an admin sets rules");
@@ -227,6 +228,7 @@ async fn each_team_sees_only_its_bugs_and_refused_writes_are_corrected() {
         .set_rules(
             AccessLevel::ReadWrite,
             vec![all_teams, team_rule(), read_only("team:qa")],
+            Vec::new(),
         )
         .await
         .expect("new rules");
@@ -240,7 +242,7 @@ async fn each_team_sees_only_its_bugs_and_refused_writes_are_corrected() {
     // A device that is no admin cannot set rules.
     let refused = ios
         .db(DB)
-        .set_rules(AccessLevel::ReadWrite, Vec::new())
+        .set_rules(AccessLevel::ReadWrite, Vec::new(), Vec::new())
         .await
         .expect_err("not an admin");
     assert!(refused.to_string().contains("only an admin"), "{refused}");

@@ -144,6 +144,50 @@ async fn sigterm_finishes_writes_and_exits_cleanly() {
     assert_eq!(rec.expect("kept").fields["x"], Value::Int(1));
 }
 
+/// The limit a test holds shutdown to: the target is 300 ms, with room
+/// for a loaded test machine; a close waiting on a gone peer took 2 s.
+const QUICK_STOP: std::time::Duration = std::time::Duration::from_secs(1);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_is_quick_when_a_peer_just_went_away() {
+    let (mut agents, cls) = blazedb_tests::start_mesh(AGENT, 2).await.expect("mesh");
+    cls[0].db("d").create().await.expect("create");
+    blazedb_tests::put_numbered(&cls[0], "d", "r", "x", 20)
+        .await
+        .expect("put");
+    blazedb_tests::wait_until("the peer to hold the writes", || async {
+        blazedb_tests::records(&cls[1], "d", "r").await.len() == 20
+    })
+    .await
+    .expect("synced");
+    agents[1].kill();
+    let start = std::time::Instant::now();
+    let status = agents[0].stop().await.expect("stop");
+    let took = start.elapsed();
+    assert!(status.success(), "exit status {status}");
+    assert!(took < QUICK_STOP, "shutdown took {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_is_quick_while_dialing_a_peer_that_never_answers() {
+    // A bound socket that reads nothing: the handshake never completes.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let addr = silent.local_addr().expect("addr").to_string();
+    let mut agent = TestAgent::start_with(AGENT, &["--peer", &addr])
+        .await
+        .expect("agent");
+    let client = agent.client().await.expect("client");
+    client.create_mesh().await.expect("mesh");
+    let mut buf = [0u8; 2048];
+    silent.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    silent.recv_from(&mut buf).expect("the agent dials");
+    let start = std::time::Instant::now();
+    let status = agent.stop().await.expect("stop");
+    let took = start.elapsed();
+    assert!(status.success(), "exit status {status}");
+    assert!(took < QUICK_STOP, "shutdown took {took:?}");
+}
+
 #[tokio::test]
 async fn a_second_agent_on_the_same_data_dir_refuses_to_start() {
     let agent = TestAgent::start(AGENT).await.expect("agent");
@@ -158,6 +202,7 @@ async fn a_second_agent_on_the_same_data_dir_refuses_to_start() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("already running"), "{err}");
+    assert_eq!(err.lines().count(), 1, "said once, on one line: {err}");
     assert!(
         err.contains(&agent.pid().expect("pid").to_string()),
         "{err}"

@@ -3,7 +3,8 @@
 //! writes held back by `pull` leaving as soon as sync is back on, a
 //! conflict priority changed at run time, and the shapes per-database
 //! peer lists make of one mesh: a chain, a broadcast, an aggregation, and
-//! a star turned into a mesh live.
+//! a star turned into a mesh live; and the same shapes set mesh-wide by an
+//! admin's signed links, which a device's own list overrides.
 
 use std::time::Duration;
 
@@ -484,4 +485,167 @@ async fn hub_and_spoke_becomes_a_mesh_while_it_runs() {
         "the hub still gets all"
     );
     drop(agents);
+}
+
+/// Sets `tasks`'s links with `blazectl db rules set` on the admin's agent.
+fn set_links(agent: &TestAgent, links: &str) {
+    let file = agent.data_dir().join("links.toml");
+    std::fs::write(&file, links).expect("write the rules file");
+    let path = file.to_str().expect("utf-8 path");
+    blazectl_ok(CTL, &agent.socket(), &["db", "rules", "tasks", "set", path]);
+}
+
+/// The version of `tasks`'s rules `cl` holds.
+async fn links_version(cl: &Client) -> u64 {
+    cl.db("tasks")
+        .rules()
+        .await
+        .ok()
+        .and_then(|r| r.rules)
+        .map_or(0, |r| r.version)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_shapes_the_mesh_with_signed_links_and_a_device_may_override_them() {
+    let hub = TestAgent::start_with(AGENT, &["--role", "hub", "--name", "hub"])
+        .await
+        .expect("hub");
+    let h = hub.client().await.expect("client");
+    h.create_mesh().await.expect("mesh");
+    let hub_addr = h.mesh_status().await.expect("status").listen;
+    let code = h.invite(Some(600), Some(2)).await.expect("invite").code;
+    let mut spokes = Vec::new();
+    let mut spoke_agents = Vec::new();
+    for name in ["a", "b"] {
+        let agent = TestAgent::start_with(AGENT, &["--peer", &hub_addr, "--name", name])
+            .await
+            .expect("spoke");
+        let cl = agent.client().await.expect("client");
+        cl.join(&code).await.expect("join");
+        spoke_agents.push(agent);
+        spokes.push(cl);
+    }
+    let (a, b) = (&spokes[0], &spokes[1]);
+    let hub_id = h.mesh_status().await.expect("status").device_id;
+    let (a_id, b_id) = (
+        a.mesh_status().await.expect("status").device_id,
+        b.mesh_status().await.expect("status").device_id,
+    );
+    for cl in [&h, a, b] {
+        cl.db("tasks").create_if_missing().await.expect("create");
+    }
+
+    // Hub and spoke, in one link the hub's admin signs.
+    set_links(
+        &hub,
+        "[[link]]\ndevices = [\"*\"]\npeers = [\"role:hub\"]\nmode = \"on\"\n",
+    );
+    for cl in [a, b] {
+        wait_until("the links to reach the spokes", || async {
+            links_version(cl).await == 1
+        })
+        .await
+        .expect("gossiped");
+    }
+    let shown = blazectl_ok(CTL, &spoke_agents[0].socket(), &["db", "peers", "tasks"]);
+    assert!(
+        shown.contains("as the mesh's links say")
+            && shown.contains(&hub_id)
+            && !shown.contains(&b_id),
+        "{shown}"
+    );
+    let rules = blazectl_ok(
+        CTL,
+        &spoke_agents[0].socket(),
+        &["db", "rules", "tasks", "show"],
+    );
+    assert!(
+        rules.contains("this device syncs with: hub (on)"),
+        "{rules}"
+    );
+    put_numbered(a, "tasks", "r", "spoke", 10)
+        .await
+        .expect("put");
+    wait_until("b to get a's tasks through the hub", || async {
+        records(b, "tasks", "r").await.len() == 10
+    })
+    .await
+    .expect("through the hub");
+    let direct = carried(a, &b_id, "tasks").await;
+    assert!(!direct.sending && direct.ops_out == 0, "{direct:?}");
+
+    // A broadcast: the devices now only pull from the hub.
+    set_links(
+        &hub,
+        "[[link]]\ndevices = [\"*\"]\npeers = [\"role:hub\"]\nmode = \"pull\"\n",
+    );
+    wait_until("a to stop sending to the hub", || async {
+        let up = carried(a, &hub_id, "tasks").await;
+        up.taking && !up.sending
+    })
+    .await
+    .expect("pull only");
+    put_numbered(a, "tasks", "r", "held", 1).await.expect("put");
+    put_numbered(&h, "tasks", "r", "news", 1)
+        .await
+        .expect("put");
+    for cl in [a, b] {
+        wait_until("a spoke to pull the hub's news", || async {
+            records(cl, "tasks", "r").await.contains_key("news-0")
+        })
+        .await
+        .expect("broadcast");
+    }
+    assert!(
+        !records(&h, "tasks", "r").await.contains_key("held-0"),
+        "a's write stays on a"
+    );
+
+    // Back to both ways: what a held back leaves within a second of the
+    // new links reaching it.
+    set_links(
+        &hub,
+        "[[link]]\ndevices = [\"*\"]\npeers = [\"role:hub\"]\n",
+    );
+    wait_until("the new links to reach a", || async {
+        links_version(a).await == 3
+    })
+    .await
+    .expect("gossiped");
+    wait_within(
+        "a's held write to reach the hub",
+        Duration::from_secs(1),
+        || async { records(&h, "tasks", "r").await.contains_key("held-0") },
+    )
+    .await
+    .expect("within a second");
+
+    // A device's own list wins over the links: a and b sync directly.
+    a.db("tasks")
+        .set_peers(Some(vec![
+            DbPeer {
+                device: hub_id.clone(),
+                sync_mode: SyncMode::Sync,
+            },
+            DbPeer {
+                device: b_id.clone(),
+                sync_mode: SyncMode::Sync,
+            },
+        ]))
+        .await
+        .expect("a's own list");
+    b.db("tasks")
+        .set_peers(only(&a_id, SyncMode::Sync))
+        .await
+        .expect("b's own list");
+    put_numbered(a, "tasks", "r", "direct", 5)
+        .await
+        .expect("put");
+    wait_until("a to send b its tasks directly", || async {
+        let d = carried(a, &b_id, "tasks").await;
+        d.ops_out >= 5 && records(b, "tasks", "r").await.contains_key("direct-4")
+    })
+    .await
+    .expect("direct");
+    drop((spoke_agents, hub));
 }

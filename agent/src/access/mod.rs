@@ -7,7 +7,10 @@
 //!   that decide which records a member accepts. IO-free.
 //! - [`view`]: a database's access rules resolved for one device: what it
 //!   may see and write. IO-free.
+//! - [`links`]: a database's links resolved for a pair of devices: which
+//!   way they sync it. IO-free.
 
+pub mod links;
 pub mod roster;
 pub mod sign;
 pub mod view;

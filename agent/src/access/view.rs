@@ -230,7 +230,7 @@ fn moved_out(collection: &str, id: &str) -> String {
     format!("the write would put record {collection}/{id} outside what this device may see")
 }
 
-fn selects(sel: &Selector, device: &DeviceId, attrs: Option<&DeviceAttrs>) -> bool {
+pub(crate) fn selects(sel: &Selector, device: &DeviceId, attrs: Option<&DeviceAttrs>) -> bool {
     match sel {
         Selector::Everyone => true,
         Selector::Device(d) => d == device,
@@ -382,6 +382,7 @@ mod tests {
             ],
             signer: dev(1),
             signed_ms: 0,
+            links: Vec::new(),
         }
     }
 

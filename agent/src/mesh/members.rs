@@ -27,6 +27,7 @@ use blazedb_proto::{DeviceId, Hlc};
 use super::state::{Departure, MeshKeys, MeshState};
 use super::{Shared, close_code, lock};
 use crate::access::Roster;
+use crate::access::view::DeviceAttrs;
 use crate::crypto::wrap;
 use crate::identity::Identity;
 use crate::store::wall_ms;
@@ -46,18 +47,23 @@ pub(crate) fn hubs_of(roster: &Roster) -> BTreeSet<DeviceId> {
 pub(crate) fn access_of(roster: &Roster) -> super::driver::Input {
     super::driver::Input::Access {
         rules: roster.all_rules().cloned().collect(),
-        devices: roster
-            .active()
-            .map(|r| {
-                let attrs = crate::access::view::DeviceAttrs {
-                    name: r.name.clone(),
-                    teams: r.teams.clone(),
-                    hub: r.role == Role::Hub,
-                };
-                (r.device, attrs)
-            })
-            .collect(),
+        devices: attrs_of(roster),
     }
+}
+
+/// What rules select each active member by.
+pub(crate) fn attrs_of(roster: &Roster) -> BTreeMap<DeviceId, DeviceAttrs> {
+    roster
+        .active()
+        .map(|r| {
+            let attrs = DeviceAttrs {
+                name: r.name.clone(),
+                teams: r.teams.clone(),
+                hub: r.role == Role::Hub,
+            };
+            (r.device, attrs)
+        })
+        .collect()
 }
 
 /// The HKDF context of a mesh secret wrapped for `device`.

@@ -43,12 +43,13 @@ use blazedb_proto::mesh::{Invite, MemberRecord, MeshId, PeerMessage, Removal, Ro
 use tokio::sync::{Notify, mpsc, watch};
 
 use crate::access::Roster;
-use crate::access::view::DeviceAttrs;
 use crate::identity::Identity;
 use crate::store::Store;
 use crate::store::wall_ms;
-use blazedb_proto::api::{DbRulesResult, DbRulesSetParams, FilterOp, RuleSpec};
-use blazedb_proto::rules::{AccessRule, AccessRules, DeviceAttr, Selector, SyncWish};
+use blazedb_proto::api::{
+    DbPeer, DbRulesResult, DbRulesSetParams, FilterOp, LinkSpec, RuleSpec, SyncMode,
+};
+use blazedb_proto::rules::{AccessRule, AccessRules, DeviceAttr, LinkRule, Selector, SyncWish};
 use driver::{Driver, Input};
 use session::{Control, SessionError};
 use state::{MeshKeys, MeshState};
@@ -72,6 +73,9 @@ pub mod close_code {
 
 /// The UDP port agents listen on unless told otherwise.
 pub const DEFAULT_PORT: u16 = 7340;
+
+/// How long shutdown waits for connection closes to be sent.
+const CLOSE_GRACE: Duration = Duration::from_millis(150);
 
 /// How the mesh runs.
 #[derive(Debug, Clone)]
@@ -734,6 +738,14 @@ impl Mesh {
                     rule_of(roster, spec).with_context(|| format!("rule {} of {}", i + 1, p.db))
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
+            let links = p
+                .links
+                .into_iter()
+                .enumerate()
+                .map(|(i, spec)| {
+                    link_of(roster, spec).with_context(|| format!("link {} of {}", i + 1, p.db))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
             let version = roster.rules(&p.db).map_or(1, |r| r.version + 1);
             let rules = AccessRules {
                 mesh: roster.mesh(),
@@ -743,6 +755,7 @@ impl Mesh {
                 rules,
                 signer: identity.device_id(),
                 signed_ms: wall_ms(),
+                links,
             };
             roster
                 .take_rules(identity.secret(), &rules)
@@ -764,7 +777,8 @@ impl Mesh {
     }
 
     /// A database's access rules, the names of the devices they and their
-    /// signer name, and what they give this device (with its `wish`).
+    /// signer name, what they give this device (with its `wish`), and the
+    /// members their links give it to sync with.
     pub fn rules(&self, db: &str, wish: Option<&SyncWish>) -> DbRulesResult {
         let s = lock(&self.shared.state);
         let roster = s.roster.as_ref();
@@ -777,17 +791,27 @@ impl Mesh {
             })
             .unwrap_or_default();
         let me = self.shared.me;
-        let attrs = roster.and_then(|r| r.record(&me)).map(|m| DeviceAttrs {
-            name: m.name.clone(),
-            teams: m.teams.clone(),
-            hub: m.role == Role::Hub,
+        let devices = roster.map(members::attrs_of).unwrap_or_default();
+        let access = crate::access::view::access(rules.as_ref(), &me, devices.get(&me), wish);
+        let links_here = rules.as_ref().filter(|r| !r.links.is_empty()).map(|r| {
+            devices
+                .keys()
+                .filter(|d| **d != me)
+                .filter_map(|d| {
+                    let mode = crate::access::links::link_mode(Some(r), &me, d, &devices)?;
+                    (mode != SyncMode::Local).then(|| DbPeer {
+                        device: d.to_string(),
+                        sync_mode: mode,
+                    })
+                })
+                .collect()
         });
-        let access = crate::access::view::access(rules.as_ref(), &me, attrs.as_ref(), wish);
         DbRulesResult {
             db: db.to_owned(),
             rules,
             names,
             this_device: access.describe(),
+            links_here,
         }
     }
 
@@ -1018,8 +1042,10 @@ impl Mesh {
             .endpoint
             .close(close_code::SHUTDOWN, b"agent stopping");
         self.shared.flush();
-        let _ =
-            tokio::time::timeout(Duration::from_secs(2), self.shared.endpoint.wait_idle()).await;
+        // Long enough for the close to reach live peers; a peer that just
+        // went away never answers it, and notices by its idle timeout, so
+        // waiting for it would only hold the shutdown up.
+        let _ = tokio::time::timeout(CLOSE_GRACE, self.shared.endpoint.wait_idle()).await;
         if let Ok(driver) = Arc::try_unwrap(self.driver) {
             tokio::task::spawn_blocking(move || driver.stop())
                 .await
@@ -1036,17 +1062,7 @@ fn rule_of(roster: &Roster, spec: RuleSpec) -> anyhow::Result<AccessRule> {
     if spec.devices.is_empty() {
         anyhow::bail!("a rule must say which devices it is for (devices = [\"team:ios\"], ...)");
     }
-    let devices = spec
-        .devices
-        .iter()
-        .map(|d| match d.strip_prefix("device:") {
-            Some(name) => roster
-                .resolve(name)
-                .map(Selector::Device)
-                .map_err(anyhow::Error::from),
-            None => d.parse::<Selector>().map_err(anyhow::Error::from),
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let devices = selectors(roster, &spec.devices)?;
     for f in &spec.filter {
         if f.device == Some(DeviceAttr::Team) && !matches!(f.op, FilterOp::Eq | FilterOp::Ne) {
             anyhow::bail!("{f}: a device's teams are a list; compare them with = or != only");
@@ -1059,6 +1075,32 @@ fn rule_of(roster: &Roster, spec: RuleSpec) -> anyhow::Result<AccessRule> {
         exclude: spec.exclude,
         access: spec.access,
     })
+}
+
+fn link_of(roster: &Roster, spec: LinkSpec) -> anyhow::Result<LinkRule> {
+    if spec.devices.is_empty() || spec.peers.is_empty() {
+        anyhow::bail!("a link must name both its ends (devices = [\"*\"], peers = [\"role:hub\"])");
+    }
+    Ok(LinkRule {
+        devices: selectors(roster, &spec.devices)?,
+        peers: selectors(roster, &spec.peers)?,
+        sync_mode: spec.sync_mode,
+    })
+}
+
+/// Reads selectors as people write them: `device:` takes a member's name,
+/// id or id prefix, which is signed as the full id.
+fn selectors(roster: &Roster, written: &[String]) -> anyhow::Result<Vec<Selector>> {
+    written
+        .iter()
+        .map(|d| match d.strip_prefix("device:") {
+            Some(name) => roster
+                .resolve(name)
+                .map(Selector::Device)
+                .map_err(anyhow::Error::from),
+            None => d.parse::<Selector>().map_err(anyhow::Error::from),
+        })
+        .collect()
 }
 
 fn roster_for<'a>(s: &'a mut MeshState, device: &DeviceId) -> anyhow::Result<&'a mut Roster> {

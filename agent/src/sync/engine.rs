@@ -38,6 +38,7 @@ use blazedb_proto::{DeviceId, Epoch, Hlc, Op, OpBody, Report, Stable, SyncMessag
 
 use super::hlc::too_far_ahead;
 use super::store::{Correction, ReadLimits, SyncState, SyncStore};
+use crate::access::links;
 use crate::access::view::{DeviceAttrs, View};
 
 mod lag;
@@ -753,6 +754,14 @@ impl<S: SyncStore> Engine<S> {
         self.config.members = members;
     }
 
+    /// How `db` syncs with `peer`: by this replica's own peer list when it
+    /// has one, else by the links of the database's rules, narrowing its
+    /// mode either way.
+    pub(crate) fn mode_with(&self, db: &str, state: &SyncState, peer: &DeviceId) -> SyncMode {
+        let admin = links::link_mode(self.rules.get(db), &self.me, peer, &self.devices);
+        state.mode_with(peer, admin)
+    }
+
     /// The mesh's hubs changed.
     pub fn set_hubs(&mut self, hubs: BTreeSet<DeviceId>) {
         self.hubs = hubs;
@@ -1034,7 +1043,7 @@ impl<S: SyncStore> Engine<S> {
         }
         let head = (
             state.epoch,
-            state.mode_with(&peer),
+            self.mode_with(db, &state, &peer),
             self.says_lacking(db, &state),
             (state.sealed, state.blind),
         );
@@ -1100,7 +1109,7 @@ impl<S: SyncStore> Engine<S> {
             db,
             (
                 state.epoch,
-                state.mode_with(&peer),
+                self.mode_with(db, &state, &peer),
                 lacking,
                 (state.sealed, state.blind),
             ),
@@ -1245,7 +1254,7 @@ impl<S: SyncStore> Engine<S> {
         let Some(state) = self.store.sync_state(&db) else {
             return;
         };
-        if !takes(state.mode_with(&peer)) || !self.epoch_matches(peer, &db, epoch) {
+        if !takes(self.mode_with(&db, &state, &peer)) || !self.epoch_matches(peer, &db, epoch) {
             return;
         }
         // A partial replica takes projections only; from a partial
@@ -1376,7 +1385,7 @@ impl<S: SyncStore> Engine<S> {
         let Some(state) = self.store.sync_state(&db) else {
             return;
         };
-        if !takes(state.mode_with(&peer)) {
+        if !takes(self.mode_with(&db, &state, &peer)) {
             return;
         }
         // A partial replica takes only snapshots cut for it, replacing
@@ -1591,7 +1600,7 @@ impl<S: SyncStore> Engine<S> {
     }
 
     fn pump_with(&mut self, peer: DeviceId, db: &str, state: &SyncState, now: u64) {
-        if !sends(state.mode_with(&peer)) {
+        if !sends(self.mode_with(db, state, &peer)) {
             return;
         }
         let peer_view = self
@@ -1953,6 +1962,75 @@ mod tests {
         assert_eq!(a.store().state_hash(DB), b.store().state_hash(DB));
         // b acknowledged: a knows b holds all it has.
         assert_eq!(a.acked(&b.me, DB), Some(&a.store().vector(DB)));
+    }
+
+    /// Rules for `DB` with `links` and nothing else restricted.
+    fn linked(version: u64, links: Vec<blazedb_proto::rules::LinkRule>) -> AccessRules {
+        AccessRules {
+            mesh: blazedb_proto::mesh::MeshId([1; 16]),
+            db: DB.into(),
+            version,
+            default: blazedb_proto::rules::AccessLevel::ReadWrite,
+            rules: Vec::new(),
+            signer: dev(1),
+            signed_ms: 0,
+            links,
+        }
+    }
+
+    #[test]
+    fn signed_links_steer_the_sync_and_a_device_list_overrides_them() {
+        use blazedb_proto::rules::{LinkRule, Selector};
+        let (mut a, mut b) = (engine(1, 10), engine(2, 20));
+        // a pushes to b: b takes a's writes and gives nothing back.
+        let push = linked(
+            1,
+            vec![LinkRule {
+                devices: vec![Selector::Device(dev(1))],
+                peers: vec![Selector::Everyone],
+                sync_mode: SyncMode::Push,
+            }],
+        );
+        a.set_rules(push.clone(), T0);
+        b.set_rules(push, T0);
+        connect(&mut a, &mut b, T0);
+        put(&mut a, T0, "x", 1);
+        put(&mut b, T0, "y", 2);
+        exchange(&mut a, &mut b, T0, T0);
+        assert_eq!(b.store().visible(DB).len(), 2, "b took a's write");
+        assert_eq!(a.store().visible(DB).len(), 1, "a took nothing");
+
+        // b's own list says both ways: it gives, but a still only gives.
+        let mut state = b.store().sync_state(DB).expect("db");
+        state.peers = Some(BTreeMap::from([(dev(1), SyncMode::Sync)]));
+        assert_eq!(b.mode_with(DB, &state, &dev(1)), SyncMode::Sync);
+        assert_eq!(
+            a.mode_with(DB, &a.store().sync_state(DB).expect("db"), &dev(2)),
+            SyncMode::Push
+        );
+
+        // New links that join nobody stop even a's pushes; then none at
+        // all (every member with every other) lets b's write through at
+        // once, without waiting for a timer.
+        let apart = linked(
+            2,
+            vec![LinkRule {
+                devices: vec![Selector::Team("nobody".into())],
+                peers: vec![Selector::Everyone],
+                sync_mode: SyncMode::Sync,
+            }],
+        );
+        a.set_rules(apart.clone(), T0 + 10);
+        b.set_rules(apart, T0 + 10);
+        exchange(&mut a, &mut b, T0 + 10, T0 + 10);
+        put(&mut a, T0 + 20, "z", 3);
+        let sent = exchange(&mut a, &mut b, T0 + 20, T0 + 20);
+        assert_eq!(sent.get("ops"), None, "{sent:?}");
+        a.set_rules(linked(3, Vec::new()), T0 + 30);
+        b.set_rules(linked(3, Vec::new()), T0 + 30);
+        exchange(&mut a, &mut b, T0 + 30, T0 + 30);
+        assert_eq!(a.store().state_hash(DB), b.store().state_hash(DB));
+        assert_eq!(a.store().visible(DB).len(), 3);
     }
 
     #[test]

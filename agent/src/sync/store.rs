@@ -49,25 +49,31 @@ pub struct SyncState {
 }
 
 impl SyncState {
-    /// How the database syncs with `peer`: its mode, narrowed by the
-    /// direction its peer list gives `peer` (not at all if the list leaves
-    /// `peer` out).
-    pub fn mode_with(&self, peer: &DeviceId) -> SyncMode {
-        let Some(peers) = &self.peers else {
-            return self.mode;
-        };
-        let link = peers.get(peer).copied().unwrap_or(SyncMode::Local);
-        let gives = |m: SyncMode| matches!(m, SyncMode::Sync | SyncMode::Push);
-        let takes = |m: SyncMode| matches!(m, SyncMode::Sync | SyncMode::Pull);
-        match (
-            gives(self.mode) && gives(link),
-            takes(self.mode) && takes(link),
-        ) {
-            (true, true) => SyncMode::Sync,
-            (true, false) => SyncMode::Push,
-            (false, true) => SyncMode::Pull,
-            (false, false) => SyncMode::Local,
+    /// How the database syncs with `peer` by this replica's own settings:
+    /// its mode, narrowed by the direction its peer list gives `peer` (not
+    /// at all if the list leaves `peer` out), or by `admin` (what the
+    /// mesh's links say) when it has no list of its own.
+    pub fn mode_with(&self, peer: &DeviceId, admin: Option<SyncMode>) -> SyncMode {
+        match &self.peers {
+            Some(peers) => narrow(
+                self.mode,
+                peers.get(peer).copied().unwrap_or(SyncMode::Local),
+            ),
+            None => admin.map_or(self.mode, |link| narrow(self.mode, link)),
         }
+    }
+}
+
+/// A database's `mode` narrowed by one link's direction: it gives only
+/// where both give, and takes only where both take.
+fn narrow(mode: SyncMode, link: SyncMode) -> SyncMode {
+    let gives = |m: SyncMode| matches!(m, SyncMode::Sync | SyncMode::Push);
+    let takes = |m: SyncMode| matches!(m, SyncMode::Sync | SyncMode::Pull);
+    match (gives(mode) && gives(link), takes(mode) && takes(link)) {
+        (true, true) => SyncMode::Sync,
+        (true, false) => SyncMode::Push,
+        (false, true) => SyncMode::Pull,
+        (false, false) => SyncMode::Local,
     }
 }
 

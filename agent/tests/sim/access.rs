@@ -180,6 +180,7 @@ impl AccessPlan {
             rules: grants.iter().map(|(i, g)| g.rule(device(*i))).collect(),
             signer: device(0),
             signed_ms: 0,
+            links: Vec::new(),
         }
     }
 }

@@ -3,7 +3,7 @@
 use clap::{Subcommand, ValueEnum};
 
 use super::Opts;
-use super::output::{print_json, print_table};
+use super::output::{mode_word, print_json, print_table};
 use crate::api::DbSettings;
 use crate::{Client, Durability, SyncMode};
 
@@ -18,8 +18,9 @@ pub(crate) enum DbCommand {
         /// When writes are acknowledged.
         #[arg(long, value_enum, default_value = "fsync")]
         durability: DurabilityArg,
-        /// How the database takes part in sync.
-        #[arg(long, value_enum, default_value = "sync")]
+        /// How the database takes part in sync: `on` (both ways), `pull`,
+        /// `push` or `off` (it never leaves this device).
+        #[arg(long, value_enum, default_value = "on")]
         mode: ModeArg,
         /// The conflict priority of this device's writes (0-127): higher
         /// wins over any clock. Give a hub a higher one than its devices.
@@ -49,7 +50,7 @@ pub(crate) enum DbCommand {
         name: String,
         /// `on`, `off`, `pull` or `push`.
         #[arg(value_enum)]
-        mode: SyncArg,
+        mode: ModeArg,
         /// Receive only these collections (comma-separated).
         #[arg(long, value_delimiter = ',')]
         collections: Option<Vec<String>>,
@@ -203,20 +204,27 @@ impl DurabilityArg {
     }
 }
 
+/// A database's sync mode as `blazectl` takes it; the protocol's names
+/// (`sync`, `local`) are accepted too.
 #[derive(Debug, Clone, Copy, ValueEnum)]
-pub(crate) enum SyncArg {
+pub(crate) enum ModeArg {
+    #[value(alias = "sync")]
     On,
+    #[value(alias = "local")]
     Off,
     Pull,
     Push,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub(crate) enum ModeArg {
-    Sync,
-    Pull,
-    Push,
-    Local,
+impl ModeArg {
+    fn mode(self) -> SyncMode {
+        match self {
+            ModeArg::On => SyncMode::Sync,
+            ModeArg::Off => SyncMode::Local,
+            ModeArg::Pull => SyncMode::Pull,
+            ModeArg::Push => SyncMode::Push,
+        }
+    }
 }
 
 pub(crate) async fn run(client: &Client, cmd: DbCommand, opts: Opts) -> anyhow::Result<()> {
@@ -232,7 +240,7 @@ pub(crate) async fn run(client: &Client, cmd: DbCommand, opts: Opts) -> anyhow::
                     vec![
                         d.name.clone(),
                         format!("{:?}", d.settings.durability).to_lowercase(),
-                        format!("{:?}", d.settings.sync_mode).to_lowercase(),
+                        mode_word(d.settings.sync_mode).to_owned(),
                         encryption(d),
                         d.collections
                             .iter()
@@ -265,12 +273,7 @@ pub(crate) async fn run(client: &Client, cmd: DbCommand, opts: Opts) -> anyhow::
         } => {
             let settings = DbSettings {
                 durability: durability.into_durability(),
-                sync_mode: match mode {
-                    ModeArg::Sync => SyncMode::Sync,
-                    ModeArg::Pull => SyncMode::Pull,
-                    ModeArg::Push => SyncMode::Push,
-                    ModeArg::Local => SyncMode::Local,
-                },
+                sync_mode: mode.mode(),
                 priority,
                 encryption: if e2e {
                     crate::api::Encryption::E2e
@@ -295,12 +298,7 @@ pub(crate) async fn run(client: &Client, cmd: DbCommand, opts: Opts) -> anyhow::
             exclude,
             everything,
         } => {
-            let mode = match mode {
-                SyncArg::On => SyncMode::Sync,
-                SyncArg::Off => SyncMode::Local,
-                SyncArg::Pull => SyncMode::Pull,
-                SyncArg::Push => SyncMode::Push,
-            };
+            let mode = mode.mode();
             let asks = collections.is_some() || !filter.is_empty() || !exclude.is_empty();
             let db = client.db(&name);
             let info = if asks || everything {
@@ -322,7 +320,7 @@ pub(crate) async fn run(client: &Client, cmd: DbCommand, opts: Opts) -> anyhow::
             println!(
                 "database {} now syncs in mode {}",
                 info.name,
-                format!("{:?}", info.settings.sync_mode).to_lowercase()
+                mode_word(info.settings.sync_mode)
             );
         }
         DbCommand::Set {
@@ -422,11 +420,14 @@ async fn peers(
             db.set_peers(Some(peers)).await?
         }
         Some(PeersAction::Add { device, mode }) => {
-            let Some(mut peers) = current else {
-                anyhow::bail!(
-                    "{name} syncs with every member already; `db peers {name} set DEVICE...` \
-                     names the only ones"
-                );
+            let mut peers = match current {
+                Some(peers) => peers,
+                None => mesh_links(client, name).await?.ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "{name} syncs with every member already; `db peers {name} set DEVICE...` \
+                         names the only ones"
+                    )
+                })?,
             };
             peers.push(crate::api::DbPeer {
                 device,
@@ -443,29 +444,39 @@ async fn peers(
                 .ok_or_else(|| {
                     anyhow::anyhow!("no member {device:?}: blazectl peers lists them")
                 })?;
-            let peers: Vec<crate::api::DbPeer> = match current {
-                Some(peers) => peers.into_iter().filter(|p| p.device != gone).collect(),
-                None => members
-                    .iter()
-                    .filter(|p| p.device_id != gone && p.state != "removed")
-                    .map(|p| crate::api::DbPeer {
-                        device: p.device_id.clone(),
-                        sync_mode: SyncMode::Sync,
-                    })
-                    .collect(),
+            let from = match current {
+                Some(peers) => peers,
+                None => match mesh_links(client, name).await? {
+                    Some(peers) => peers,
+                    None => members
+                        .iter()
+                        .filter(|p| p.state != "removed")
+                        .map(|p| crate::api::DbPeer {
+                            device: p.device_id.clone(),
+                            sync_mode: SyncMode::Sync,
+                        })
+                        .collect(),
+                },
             };
+            let peers = from.into_iter().filter(|p| p.device != gone).collect();
             db.set_peers(Some(peers)).await?
         }
     };
     if opts.json {
         return print_json(&serde_json::to_value(&info)?);
     }
-    let Some(peers) = info.peers else {
-        println!(
-            "{name} syncs with every member, both ways (mode {})",
-            mode_name(info.settings.sync_mode)
-        );
-        return Ok(());
+    let (peers, whose) = match info.peers {
+        Some(peers) => (peers, "as this device chose"),
+        None => match mesh_links(client, name).await? {
+            Some(peers) => (peers, "as the mesh's links say"),
+            None => {
+                println!(
+                    "{name} syncs with every member, both ways (mode {})",
+                    mode_word(info.settings.sync_mode)
+                );
+                return Ok(());
+            }
+        },
     };
     let names: std::collections::BTreeMap<String, String> = client
         .peers()
@@ -478,24 +489,27 @@ async fn peers(
             vec![
                 names.get(&p.device).cloned().unwrap_or_else(|| "-".into()),
                 p.device.clone(),
-                match p.sync_mode {
-                    SyncMode::Sync => "on",
-                    SyncMode::Pull => "pull",
-                    SyncMode::Push => "push",
-                    SyncMode::Local => "off",
-                }
-                .to_owned(),
+                mode_word(p.sync_mode).to_owned(),
             ]
         })
         .collect();
     println!(
-        "{name} syncs only with (its mode: {}):",
-        mode_name(info.settings.sync_mode)
+        "{name} syncs only with these, {whose} (its mode: {}):",
+        mode_word(info.settings.sync_mode)
     );
     print_table(&["NAME", "DEVICE", "DIRECTION"], rows);
     Ok(())
 }
 
-fn mode_name(mode: SyncMode) -> String {
-    format!("{mode:?}").to_lowercase()
+/// The members the database's signed links give this device, if its
+/// rules have links. An agent whose mesh is not running has none.
+async fn mesh_links(
+    client: &Client,
+    name: &str,
+) -> anyhow::Result<Option<Vec<crate::api::DbPeer>>> {
+    match client.db(name).rules().await {
+        Ok(r) => Ok(r.links_here),
+        Err(crate::Error::Agent(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }

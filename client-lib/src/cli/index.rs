@@ -55,12 +55,12 @@ pub(crate) async fn run(client: &Client, cmd: IndexCommand, opts: Opts) -> anyho
     if opts.json {
         return print_json(&serde_json::json!({ "changed": changed }));
     }
-    let what = if create { "created" } else { "dropped" };
     let (c, f) = (&params.collection, &params.field);
-    if changed {
-        println!("{what} index on {c}.{f}");
-    } else {
-        println!("nothing to do: index on {c}.{f} was already {what}");
+    match (create, changed) {
+        (true, true) => println!("created index on {c}.{f}"),
+        (true, false) => println!("nothing to do: {c}.{f} is indexed already"),
+        (false, true) => println!("dropped index on {c}.{f}"),
+        (false, false) => println!("nothing to do: {c}.{f} has no index"),
     }
     Ok(())
 }

@@ -146,7 +146,21 @@ pub(crate) async fn run(client: &Client, cmd: MeshCommand, opts: Opts) -> anyhow
         return Ok(());
     }
     let s = match &cmd {
-        MeshCommand::Status => client.mesh_status().await?,
+        MeshCommand::Status => match client.mesh_status().await {
+            Ok(s) => s,
+            // The mesh is not running (its port was taken, or it is
+            // turned off): still say who this device is, in the form
+            // asked for, and fail.
+            Err(crate::Error::Agent(e)) if opts.json => {
+                print_json(&serde_json::json!({
+                    "device_id": client.device_id(),
+                    "mesh": null,
+                    "error": e.message,
+                }))?;
+                anyhow::bail!("{}", e.message);
+            }
+            Err(e) => return Err(e.into()),
+        },
         MeshCommand::Create => client.create_mesh().await?,
         MeshCommand::Remove { device } => client.remove_device(device).await?,
         MeshCommand::Leave => client.leave_mesh().await?,

@@ -30,7 +30,14 @@ use crate::{Client, ErrorCode, Login, OWNER_TOKEN_FILE, default_data_dir};
 
 /// Talk to the local BlazeDB agent.
 #[derive(Debug, Parser)]
-#[command(name = "blazectl", version, about)]
+#[command(
+    name = "blazectl",
+    version,
+    about = "blazectl: read, write and watch BlazeDB databases, and run the mesh, \
+             through the local blazed agent",
+    after_help = "Each command takes --json for output programs read. The agent's socket \
+                  is found on its own; set BLAZED_SOCKET or --socket to use another."
+)]
 pub struct Cli {
     /// The agent's socket (default: $BLAZED_SOCKET, then the runtime directory).
     #[arg(long, global = true, value_name = "PATH")]
@@ -107,6 +114,7 @@ pub(crate) struct Opts {
 
 /// Runs `blazectl` with the process's arguments.
 pub fn main() -> ExitCode {
+    die_quietly_on_closed_stdout();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -121,9 +129,22 @@ pub fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("blazectl: {e:#}");
+            eprintln!("blazectl: {}", blazedb_proto::error::one_line(e.as_ref()));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Makes a write to a closed pipe end the process as it ends `cat` or
+/// `ls` (`blazectl db list | head`), instead of failing the write, which
+/// `println!` turns into a panic. Rust starts programs with `SIGPIPE`
+/// ignored; this puts back the default.
+fn die_quietly_on_closed_stdout() {
+    // SAFETY: called first thing in `main`, before any other thread
+    // exists; setting a signal's disposition to its default has no
+    // further preconditions.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

@@ -57,6 +57,17 @@ pub(crate) fn change_json(c: &Change) -> serde_json::Value {
 }
 
 /// A time in ms since the Unix epoch as `YYYY-MM-DD HH:MM:SS UTC`.
+/// A sync mode as `blazectl` writes it everywhere: `on`, `pull`, `push`
+/// or `off` (the protocol's `sync`, `pull`, `push` and `local`).
+pub(crate) fn mode_word(mode: crate::SyncMode) -> &'static str {
+    match mode {
+        crate::SyncMode::Sync => "on",
+        crate::SyncMode::Pull => "pull",
+        crate::SyncMode::Push => "push",
+        crate::SyncMode::Local => "off",
+    }
+}
+
 pub(crate) fn format_ms(ms: u64) -> String {
     let secs = ms / 1000;
     let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);

@@ -71,9 +71,15 @@ pub(crate) async fn get(client: &Client, a: RecordArgs, opts: Opts) -> anyhow::R
         .collection(&a.collection)
         .get_record(&a.id)
         .await?;
+    let missing = || anyhow::anyhow!("no record {} in {}/{}", a.id, a.db, a.collection);
     match (rec, opts.json) {
         (Some(r), true) => print_json(&record_json(&r)),
-        (None, true) => print_json(&serde_json::Value::Null),
+        // JSON readers get `null`, and the exit code is the same as
+        // without `--json`.
+        (None, true) => {
+            print_json(&serde_json::Value::Null)?;
+            Err(missing())
+        }
         (Some(r), false) => {
             let width = r.fields.keys().map(|k| k.len()).max().unwrap_or(0).max(2);
             println!("{:<width$}  {}", "id", r.id);
@@ -87,7 +93,7 @@ pub(crate) async fn get(client: &Client, a: RecordArgs, opts: Opts) -> anyhow::R
             }
             Ok(())
         }
-        (None, false) => anyhow::bail!("no record {} in {}/{}", a.id, a.db, a.collection),
+        (None, false) => Err(missing()),
     }
 }
 

@@ -1,6 +1,8 @@
 //! `blazectl db rules NAME set FILE.toml | show`: a database's access
-//! rules. The file says what devices no rule selects get, then the rules
-//! in order (the first that selects a device decides):
+//! rules and links. The file says what devices no rule selects get, then
+//! the rules in order (the first that selects a device decides), then who
+//! syncs with whom (the first link that joins two devices decides; every
+//! member with every other when there is no link):
 //!
 //! ```toml
 //! default = "read-write"        # or "read", "none"
@@ -11,6 +13,11 @@
 //! where = ["team = $device.team"]      # $device.id, $device.name, $device.team
 //! exclude = ["largeAttachment"]        # never sent to them
 //! access = "read-write"                # or "read", "none"
+//!
+//! [[link]]
+//! devices = ["*"]                      # one end, selected as in rules
+//! peers = ["role:hub"]                 # the other end
+//! mode = "on"                          # as `devices` see it: on, pull, push, off
 //! ```
 
 use std::path::PathBuf;
@@ -21,11 +28,11 @@ use serde::Deserialize;
 
 use super::Opts;
 use super::fields::parse_filter;
-use super::output::{format_ms, print_json, table};
+use super::output::{format_ms, mode_word, print_json, table};
 use crate::Client;
-use crate::api::{DbRulesResult, RuleSpec};
+use crate::api::{DbRulesResult, LinkSpec, RuleSpec, SyncMode};
 use blazedb_proto::Value;
-use blazedb_proto::rules::{AccessLevel, DeviceAttr, RuleFilter, Selector};
+use blazedb_proto::rules::{AccessLevel, AccessRules, DeviceAttr, RuleFilter, Selector};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum RulesAction {
@@ -46,6 +53,33 @@ struct RulesFile {
     default: AccessLevel,
     #[serde(default, rename = "rule")]
     rules: Vec<RuleEntry>,
+    #[serde(default, rename = "link")]
+    links: Vec<LinkEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LinkEntry {
+    devices: Vec<String>,
+    peers: Vec<String>,
+    #[serde(default = "both_ways")]
+    mode: String,
+}
+
+fn both_ways() -> String {
+    "on".into()
+}
+
+/// Reads a link's direction: `on` (or `sync`), `pull`, `push` or `off`
+/// (or `local`).
+fn link_mode(word: &str) -> anyhow::Result<SyncMode> {
+    Ok(match word {
+        "on" | "sync" => SyncMode::Sync,
+        "pull" => SyncMode::Pull,
+        "push" => SyncMode::Push,
+        "off" | "local" => SyncMode::Local,
+        other => anyhow::bail!("mode {other:?}: use on, pull, push or off"),
+    })
 }
 
 fn read_write() -> AccessLevel {
@@ -89,9 +123,29 @@ fn rule_filter(expr: &str) -> anyhow::Result<RuleFilter> {
     })
 }
 
+/// What a rules file holds, as `db.rules.set` takes it.
+#[derive(Debug)]
+struct RulesSpec {
+    default: AccessLevel,
+    rules: Vec<RuleSpec>,
+    links: Vec<LinkSpec>,
+}
+
 /// Reads a rules file into what `db.rules.set` takes.
-fn read_rules(text: &str) -> anyhow::Result<(AccessLevel, Vec<RuleSpec>)> {
+fn read_rules(text: &str) -> anyhow::Result<RulesSpec> {
     let file: RulesFile = toml::from_str(text)?;
+    let links = file
+        .links
+        .into_iter()
+        .enumerate()
+        .map(|(i, l)| {
+            Ok(LinkSpec {
+                devices: l.devices,
+                peers: l.peers,
+                sync_mode: link_mode(&l.mode).with_context(|| format!("link {}", i + 1))?,
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
     let rules = file
         .rules
         .into_iter()
@@ -112,7 +166,11 @@ fn read_rules(text: &str) -> anyhow::Result<(AccessLevel, Vec<RuleSpec>)> {
             })
         })
         .collect::<anyhow::Result<_>>()?;
-    Ok((file.default, rules))
+    Ok(RulesSpec {
+        default: file.default,
+        rules,
+        links,
+    })
 }
 
 /// A selector with device ids shown as names where known.
@@ -174,7 +232,7 @@ fn rules_text(r: &DbRulesResult) -> String {
         ]))
         .collect();
     format!(
-        "database {}: rules version {}, signed by {signer} at {}\n{}this device: {}\n",
+        "database {}: rules version {}, signed by {signer} at {}\n{}this device: {}\n{}",
         r.db,
         rules.version,
         format_ms(rules.signed_ms),
@@ -182,7 +240,50 @@ fn rules_text(r: &DbRulesResult) -> String {
             &["#", "DEVICES", "ACCESS", "COLLECTIONS", "WHERE", "EXCLUDED"],
             rows,
         ),
-        r.this_device
+        r.this_device,
+        links_text(rules, r),
+    )
+}
+
+/// The rules' links as people read them, and whom they give this device.
+fn links_text(rules: &AccessRules, r: &DbRulesResult) -> String {
+    let Some(here) = &r.links_here else {
+        return "links: none, every member syncs with every other\n".into();
+    };
+    let ends = |sels: &[Selector]| {
+        sels.iter()
+            .map(|s| selector_text(s, r))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let rows = rules
+        .links
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            vec![
+                (i + 1).to_string(),
+                ends(&l.devices),
+                mode_word(l.sync_mode).to_owned(),
+                ends(&l.peers),
+            ]
+        })
+        .collect();
+    let peers = if here.is_empty() {
+        "no member".to_owned()
+    } else {
+        here.iter()
+            .map(|p| {
+                let name = r.names.get(&p.device).unwrap_or(&p.device);
+                format!("{name} ({})", mode_word(p.sync_mode))
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!(
+        "links (the first that joins two devices decides; unjoined devices do not sync):\n{}\
+         this device syncs with: {peers}\n",
+        table(&["#", "DEVICES", "MODE", "PEERS"], rows)
     )
 }
 
@@ -202,6 +303,11 @@ fn rules_json(r: &DbRulesResult) -> serde_json::Value {
                 "exclude": rule.exclude,
                 "access": rule.access.as_str(),
             })).collect::<Vec<_>>(),
+            "links": rules.links.iter().map(|l| serde_json::json!({
+                "devices": l.devices.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "peers": l.peers.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "mode": mode_word(l.sync_mode),
+            })).collect::<Vec<_>>(),
         })
     });
     serde_json::json!({
@@ -209,6 +315,10 @@ fn rules_json(r: &DbRulesResult) -> serde_json::Value {
         "rules": rules,
         "names": r.names,
         "this_device": r.this_device,
+        "links_here": r.links_here.as_ref().map(|peers| peers.iter().map(|p| serde_json::json!({
+            "device": p.device,
+            "mode": mode_word(p.sync_mode),
+        })).collect::<Vec<_>>()),
     })
 }
 
@@ -223,9 +333,11 @@ pub(crate) async fn run(
         RulesAction::Set { file } => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("cannot read {}", file.display()))?;
-            let (default, rules) =
-                read_rules(&text).with_context(|| format!("in {}", file.display()))?;
-            client.db(db).set_rules(default, rules).await?
+            let spec = read_rules(&text).with_context(|| format!("in {}", file.display()))?;
+            client
+                .db(db)
+                .set_rules(spec.default, spec.rules, spec.links)
+                .await?
         }
     };
     if opts.json {
@@ -241,7 +353,7 @@ mod tests {
     use blazedb_proto::DeviceId;
     use blazedb_proto::api::FilterOp;
     use blazedb_proto::mesh::MeshId;
-    use blazedb_proto::rules::{AccessRule, AccessRules};
+    use blazedb_proto::rules::{AccessRule, LinkRule};
     use std::collections::BTreeMap;
 
     /// A rules file with a rule of each kind.
@@ -256,12 +368,27 @@ mod tests {
         [[rule]]
         devices = ["*"]
         access = "none"
+        [[link]]
+        devices = ["team:ios"]
+        peers = ["role:hub"]
+        mode = "pull"
+        [[link]]
+        devices = ["role:hub"]
+        peers = ["role:hub", "*"]
         "#;
 
     #[test]
     fn a_rules_file_reads_into_rules() {
-        let (default, rules) = read_rules(EXAMPLE).expect("valid");
+        let RulesSpec {
+            default,
+            rules,
+            links,
+        } = read_rules(EXAMPLE).expect("valid");
         assert_eq!(default, AccessLevel::Read);
+        assert_eq!(links.len(), 2);
+        assert_eq!(links[0].sync_mode, SyncMode::Pull);
+        assert_eq!(links[1].sync_mode, SyncMode::Sync, "on by default");
+        assert_eq!(links[1].peers, ["role:hub", "*"]);
         assert_eq!(rules.len(), 2);
         let f = &rules[0].filter;
         assert_eq!(f[0].device, Some(DeviceAttr::Team));
@@ -277,8 +404,9 @@ mod tests {
     /// Rules as `db rules show` gets them: one rule per kind of selector.
     fn sample() -> DbRulesResult {
         let (phone, admin) = (DeviceId([3; 32]), DeviceId([9; 32]));
-        let (default, specs) = read_rules(EXAMPLE).expect("valid");
-        let mut rules: Vec<AccessRule> = specs
+        let spec = read_rules(EXAMPLE).expect("valid");
+        let mut rules: Vec<AccessRule> = spec
+            .rules
             .into_iter()
             .map(|s| AccessRule {
                 devices: s
@@ -308,16 +436,29 @@ mod tests {
                 mesh: MeshId([1; 16]),
                 db: "bugs".into(),
                 version: 3,
-                default,
+                default: spec.default,
                 rules,
                 signer: admin,
                 signed_ms: 1_796_184_000_000,
+                links: spec
+                    .links
+                    .into_iter()
+                    .map(|l| LinkRule {
+                        devices: l.devices.iter().map(|d| d.parse().expect("sel")).collect(),
+                        peers: l.peers.iter().map(|d| d.parse().expect("sel")).collect(),
+                        sync_mode: l.sync_mode,
+                    })
+                    .collect(),
             }),
             names: BTreeMap::from([
                 (phone.to_string(), "phone".to_owned()),
                 (admin.to_string(), "laptop".to_owned()),
             ]),
             this_device: "partial: read-write; collections bugs; where team in [\"ios\"]".into(),
+            links_here: Some(vec![crate::api::DbPeer {
+                device: admin.to_string(),
+                sync_mode: SyncMode::Pull,
+            }]),
         }
     }
 
@@ -336,6 +477,7 @@ mod tests {
         let none = DbRulesResult {
             rules: None,
             this_device: "full".into(),
+            links_here: None,
             ..sample()
         };
         let json = rules_json(&none);
@@ -353,5 +495,11 @@ mod tests {
         assert!(format!("{:#}", attr.expect_err("bad attr")).contains("$device.team"));
         let level = read_rules("default = \"some\"\n");
         assert!(level.is_err());
+        let mode = read_rules("[[link]]\ndevices = [\"*\"]\npeers = [\"*\"]\nmode = \"up\"\n");
+        let err = format!("{:#}", mode.expect_err("bad mode"));
+        assert!(
+            err.contains("link 1") && err.contains("on, pull, push or off"),
+            "{err}"
+        );
     }
 }

@@ -196,7 +196,7 @@ pub(crate) fn status_text(v: &StatusView, now: u64) -> String {
                 let max_lag = links.iter().max_by_key(|(_, x)| x.lag_ops.unwrap_or(0));
                 vec![
                     d.name.clone(),
-                    format!("{:?}", d.settings.sync_mode).to_lowercase(),
+                    super::output::mode_word(d.settings.sync_mode).to_owned(),
                     d.settings.encryption.as_str().to_owned(),
                     d.head.to_string(),
                     d.ops_held.to_string(),

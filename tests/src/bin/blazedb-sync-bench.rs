@@ -390,6 +390,7 @@ fn rules_for(device: DeviceId, filter: Vec<RuleFilter>) -> AccessRules {
         }],
         signer: device,
         signed_ms: 0,
+        links: Vec::new(),
     }
 }
 

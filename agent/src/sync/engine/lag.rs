@@ -118,7 +118,7 @@ impl<S: SyncStore> Engine<S> {
                 let Some(s) = streams.get(&db) else {
                     continue;
                 };
-                let mode = state.mode_with(peer);
+                let mode = self.mode_with(&db, &state, peer);
                 let sending = sends(mode) && s.peer_wants;
                 let lag_ops = s
                     .acked

@@ -42,17 +42,21 @@ const REJECTIONS_KEPT: usize = 4096;
 
 impl<S: SyncStore> Engine<S> {
     /// Takes a database's access rules; a newer version replaces an older
-    /// one. Links whose peer now sees something else are re-cut.
+    /// one. Links whose peer now sees something else are re-cut; when the
+    /// rules' links change, every peer is told at once which way the
+    /// database now syncs with it.
     pub fn set_rules(&mut self, rules: AccessRules, now: u64) {
-        if self
-            .rules
-            .get(&rules.db)
-            .is_some_and(|r| r.version >= rules.version)
-        {
+        let old = self.rules.get(&rules.db);
+        if old.is_some_and(|r| r.version >= rules.version) {
             return;
         }
-        self.rules.insert(rules.db.clone(), rules);
+        let relinked = old.map_or(!rules.links.is_empty(), |r| r.links != rules.links);
+        let db = rules.db.clone();
+        self.rules.insert(db.clone(), rules);
         self.refresh_views(now);
+        if relinked {
+            self.database_added(&db, now);
+        }
     }
 
     /// The access rules of `db`, if it has any.
@@ -67,6 +71,17 @@ impl<S: SyncStore> Engine<S> {
         }
         self.devices = devices;
         self.refresh_views(now);
+        // Teams and roles pick the ends of links: re-announce databases
+        // whose links may now join other devices.
+        let linked: Vec<String> = self
+            .rules
+            .values()
+            .filter(|r| !r.links.is_empty())
+            .map(|r| r.db.clone())
+            .collect();
+        for db in linked {
+            self.database_added(&db, now);
+        }
     }
 
     /// This replica's own wish for `db` changed in its store: peers are
@@ -446,7 +461,7 @@ impl<S: SyncStore> Engine<S> {
         let Some(state) = self.store.sync_state(&db) else {
             return;
         };
-        if !super::takes(state.mode_with(&peer))
+        if !super::takes(self.mode_with(&db, &state, &peer))
             || !self.epoch_matches(peer, &db, epoch)
             || self.own_view(&db).is_none()
         {

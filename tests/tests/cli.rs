@@ -1,0 +1,165 @@
+//! `blazectl` as people use it: one word for each sync mode, the same exit
+//! code with and without `--json`, one clear line per error, and no panic
+//! when its reader goes away.
+
+use std::process::{Command, Stdio};
+
+use blazedb_tests::{TestAgent, blazectl_ok};
+
+const AGENT: &str = env!("CARGO_BIN_EXE_blazed-test-agent");
+const CTL: &str = env!("CARGO_BIN_EXE_blazectl-test");
+
+/// Runs blazectl against `socket`; returns whether it succeeded, and what
+/// it printed on stdout and stderr.
+fn blazectl(socket: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(CTL)
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .output()
+        .expect("run blazectl");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn sync_modes_are_on_pull_push_and_off_everywhere() {
+    let agent = TestAgent::start(AGENT).await.expect("agent");
+    let ctl = |args: &[&str]| blazectl_ok(CTL, &agent.socket(), args);
+    ctl(&["db", "create", "notes", "--mode", "off"]);
+    ctl(&["db", "create", "feed", "--mode", "pull"]);
+    // The protocol's own names are accepted too.
+    ctl(&["db", "create", "old", "--mode", "local"]);
+    let list = ctl(&["db", "list"]);
+    let mode_of = |db: &str| {
+        list.lines()
+            .find(|l| l.starts_with(db))
+            .and_then(|l| l.split_whitespace().nth(2))
+            .map(str::to_owned)
+    };
+    assert_eq!(mode_of("notes").as_deref(), Some("off"), "{list}");
+    assert_eq!(mode_of("feed").as_deref(), Some("pull"), "{list}");
+    assert_eq!(mode_of("old").as_deref(), Some("off"), "{list}");
+    assert!(ctl(&["db", "sync", "notes", "on"]).contains("now syncs in mode on"));
+    assert!(ctl(&["db", "sync", "notes", "local"]).contains("now syncs in mode off"));
+}
+
+#[tokio::test]
+async fn a_missing_record_fails_the_same_with_and_without_json() {
+    let agent = TestAgent::start(AGENT).await.expect("agent");
+    blazectl_ok(CTL, &agent.socket(), &["db", "create", "notes"]);
+    blazectl_ok(
+        CTL,
+        &agent.socket(),
+        &["put", "notes", "todo", "t1", "x:=1"],
+    );
+    let (ok, out, err) = blazectl(&agent.socket(), &["get", "notes", "todo", "nope"]);
+    assert!(
+        !ok && out.is_empty() && err.contains("no record nope"),
+        "{err}"
+    );
+    let (ok, out, err) = blazectl(&agent.socket(), &["--json", "get", "notes", "todo", "nope"]);
+    assert!(!ok, "--json exits as without it");
+    assert_eq!(out.trim(), "null", "JSON readers still get a value");
+    assert!(err.contains("no record nope"), "{err}");
+}
+
+#[test]
+fn without_an_agent_the_error_is_one_line_that_says_it_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = dir.path().join("no.sock");
+    let (ok, _, err) = blazectl(&missing, &["status"]);
+    assert!(!ok);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert_eq!(
+        err.matches("No such file").count(),
+        1,
+        "the OS error once: {err}"
+    );
+    assert!(err.contains("start it with `blazed`"), "{err}");
+
+    let (ok, _, err) = blazectl(dir.path(), &["status"]);
+    assert!(!ok);
+    assert!(
+        err.contains("is a directory") && !err.contains("refused"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_reader_that_goes_away_does_not_make_blazectl_panic() {
+    let agent = TestAgent::start(AGENT).await.expect("agent");
+    for i in 0..40 {
+        blazectl_ok(
+            CTL,
+            &agent.socket(),
+            &["db", "create", &format!("database-with-a-long-name-{i}")],
+        );
+    }
+    for args in [&["--json", "db", "list"][..], &["db", "list"][..]] {
+        let mut child = Command::new(CTL)
+            .arg("--socket")
+            .arg(agent.socket())
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run blazectl");
+        // Like `| head -0`: the reader is gone before blazectl writes.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().expect("wait");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert!(err.is_empty(), "{args:?}: nothing to say: {err}");
+    }
+}
+
+#[tokio::test]
+async fn dropping_an_index_that_never_was_says_so() {
+    let agent = TestAgent::start(AGENT).await.expect("agent");
+    let ctl = |args: &[&str]| blazectl_ok(CTL, &agent.socket(), args);
+    ctl(&["db", "create", "notes"]);
+    ctl(&["put", "notes", "todo", "t1", "priority:=3"]);
+    let never = ctl(&["index", "drop", "notes", "todo", "priority"]);
+    assert!(never.contains("todo.priority has no index"), "{never}");
+    assert!(ctl(&["index", "create", "notes", "todo", "priority"]).contains("created"));
+    let twice = ctl(&["index", "create", "notes", "todo", "priority"]);
+    assert!(twice.contains("indexed already"), "{twice}");
+    assert!(ctl(&["index", "drop", "notes", "todo", "priority"]).contains("dropped index"));
+}
+
+#[test]
+fn help_opens_with_what_the_tool_does() {
+    let out = Command::new(CTL).arg("--help").output().expect("run");
+    let help = String::from_utf8_lossy(&out.stdout);
+    let first = help.lines().next().unwrap_or_default();
+    assert!(first.starts_with("blazectl: "), "{help}");
+    assert!(!help.contains("Async client"), "{help}");
+}
+
+#[tokio::test]
+async fn the_id_and_a_json_mesh_status_survive_a_mesh_port_in_use() {
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").to_string();
+    let agent = TestAgent::start_with(AGENT, &["--listen", &port])
+        .await
+        .expect("the agent serves apps without its mesh");
+    let id = blazectl_ok(CTL, &agent.socket(), &["id"]);
+    let hello_id = agent.client().await.expect("client").device_id().to_owned();
+    assert_eq!(id.trim(), hello_id);
+
+    let (ok, out, err) = blazectl(&agent.socket(), &["--json", "mesh", "status"]);
+    assert!(!ok, "the mesh is not running");
+    let status: serde_json::Value = serde_json::from_str(&out).expect("JSON even so");
+    assert_eq!(status["device_id"], hello_id.as_str());
+    assert!(status["mesh"].is_null());
+    assert!(
+        status["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{status}"
+    );
+    assert!(err.contains("mesh"), "{err}");
+    drop(taken);
+}
