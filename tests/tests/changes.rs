@@ -218,3 +218,63 @@ async fn dropping_a_database_ends_its_subscriptions_with_a_reason() {
     .await
     .expect("count back to zero");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_a_snapshot_brings_are_in_the_change_stream() {
+    let (_agents, cls) = blazedb_tests::start_mesh(AGENT, 2).await.expect("mesh");
+    let (a, b) = (&cls[0], &cls[1]);
+    a.db("notes").create().await.expect("create");
+    blazedb_tests::put_numbered(a, "notes", "r", "n", 30)
+        .await
+        .expect("put");
+    a.db("notes")
+        .collection("r")
+        .delete("n-0")
+        .await
+        .expect("delete");
+    blazedb_tests::wait_until("b to hold a's notes", || async {
+        blazedb_tests::records(b, "notes", "r").await.len() == 29
+    })
+    .await
+    .expect("synced");
+
+    // b starts the database over (a new epoch): a sends its state whole,
+    // as a snapshot.
+    b.db("notes").drop_db().await.expect("drop");
+    b.db("notes").create_if_missing().await.expect("again");
+    blazedb_tests::wait_until("b to get the notes back", || async {
+        blazedb_tests::records(b, "notes", "r").await.len() == 29
+    })
+    .await
+    .expect("by snapshot");
+    let info = b.db("notes").info().await.expect("info");
+    assert!(info.head > 0, "the change log moved: {info:?}");
+
+    // An app building its copy from cursor 0 ends with what b holds.
+    let mut sub = b
+        .db("notes")
+        .subscribe_from(None, Some(0))
+        .await
+        .expect("subscribe");
+    let mut copy: std::collections::BTreeMap<String, std::collections::BTreeMap<String, Value>> =
+        std::collections::BTreeMap::new();
+    while sub.cursor() < info.head {
+        let c = tokio::time::timeout(DEADLINE, sub.next())
+            .await
+            .expect("in time")
+            .expect("a change");
+        match c.kind {
+            blazedb::ChangeKind::Put => {
+                copy.insert(c.id, c.fields.into_iter().collect());
+            }
+            _ => {
+                copy.remove(&c.id);
+            }
+        }
+    }
+    let held = blazedb_tests::records(b, "notes", "r").await;
+    assert_eq!(copy.len(), held.len());
+    for (id, fields) in &held {
+        assert_eq!(copy.get(id), Some(fields), "{id}");
+    }
+}

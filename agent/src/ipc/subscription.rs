@@ -43,7 +43,17 @@ pub(crate) fn start(
                 p.db
             )));
         }
-        Some(since) => since,
+        Some(since) => {
+            let trimmed = db.trimmed();
+            if since < trimmed {
+                return Err(StoreError::CursorExpired {
+                    db: p.db,
+                    since,
+                    trimmed,
+                });
+            }
+            since
+        }
         None => head,
     };
     let id = ctx.next_subscription.fetch_add(1, Ordering::Relaxed);

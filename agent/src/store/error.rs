@@ -60,6 +60,19 @@ pub enum StoreError {
     /// The store is shutting down.
     #[error("the agent is shutting down")]
     ShuttingDown,
+    /// A subscription's cursor is older than the change log kept.
+    #[error(
+        "the changes of {db:?} up to cursor {trimmed} were compacted away, and cursor {since} \
+         is older: read the records again (query) and subscribe from the head db.open gives"
+    )]
+    CursorExpired {
+        /// The database.
+        db: String,
+        /// The cursor asked for.
+        since: u64,
+        /// The newest cursor compacted away.
+        trimmed: u64,
+    },
 }
 
 fn known_list(known: &[String]) -> String {
@@ -96,6 +109,7 @@ impl StoreError {
             }
             StoreError::Sealed(_) => ErrorCode::Sealed,
             StoreError::ShuttingDown => ErrorCode::ShuttingDown,
+            StoreError::CursorExpired { .. } => ErrorCode::CursorExpired,
         }
     }
 }

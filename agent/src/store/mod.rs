@@ -137,6 +137,10 @@ pub(crate) struct SyncMeta {
     /// member when `None` (see `SyncState::peers`).
     #[serde(default)]
     pub(crate) peers: Option<Vec<(DeviceId, SyncMode)>>,
+    /// The newest log cursor compaction removed: changes up to it cannot
+    /// be replayed to subscribers.
+    #[serde(default)]
+    pub(crate) trimmed: u64,
 }
 
 /// Wall-clock milliseconds since the Unix epoch (0 if the clock is before
@@ -208,6 +212,11 @@ impl DbState {
     /// A copy of what sync keeps about the database.
     pub(crate) fn sync_meta(&self) -> SyncMeta {
         lock(&self.sync).clone()
+    }
+
+    /// The newest change-log cursor compacted away (0 when none was).
+    pub(crate) fn trimmed(&self) -> u64 {
+        lock(&self.sync).trimmed
     }
 
     /// Records that this device's writes up to `seq` are committed.
@@ -731,6 +740,14 @@ impl Store {
         max_scan: usize,
     ) -> Result<(Vec<Change>, u64), StoreError> {
         self.readable(db)?;
+        let trimmed = db.trimmed();
+        if after < trimmed {
+            return Err(StoreError::CursorExpired {
+                db: db.name.clone(),
+                since: after,
+                trimmed,
+            });
+        }
         let reader = self.reader(db);
         let mut changes = Vec::new();
         let mut last = after;

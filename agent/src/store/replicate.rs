@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
-use blazedb_proto::{Hlc, Op, OpBody, SnapshotRecord, Span, VersionVector, codec};
+use blazedb_proto::{DeviceId, Hlc, Op, OpBody, SnapshotRecord, Span, VersionVector, codec};
 use fjall::{PersistMode, Slice};
 
 use super::keys;
@@ -270,10 +270,15 @@ impl Writer {
             // the key; the engine sends it checkpoints instead.
             return Err(StoreError::Sealed(db.name.clone()));
         }
-        let start_clock = self.clock;
+        let (start_counters, start_clock) = (self.counters.clone(), self.clock);
+        let me = self.store.device();
         let mut sync = db.sync_meta();
         let group = Group::new();
         let mut plan = Plan::new();
+        // What changed is logged for subscribers, as a partial replica
+        // logs a projection: an app reading the change stream from
+        // cursor 0 sees every record a snapshot brought.
+        let mut changes: Vec<Op> = Vec::new();
         let result = (|| {
             if let Some((span, own_held, cut)) = &replace {
                 sync.lacking |= *cut;
@@ -296,6 +301,9 @@ impl Writer {
                     }
                     let rec: StoredRecord = codec::from_slice(&v)?;
                     if !self.holds_own(&rec, from) {
+                        if rec.is_live() {
+                            changes.push(record_change(me, &k, &rec, false)?);
+                        }
                         self.plan_drop(&group, &mut plan, &db, k, &rec)?;
                     }
                 }
@@ -312,12 +320,18 @@ impl Writer {
                 let indexes = self.collection_indexes(&group, &mut plan, &db, collection)?;
                 let existing = load_for_update(&group, &plan, &db, &rec.key)?;
                 let old_values = field_values(existing.as_ref(), &indexes);
+                let existing_live = existing.as_ref().is_some_and(StoredRecord::is_live);
                 let mut record = existing.unwrap_or_default();
                 let changed = if replace.is_some() {
                     record.merge_cut(&state)
                 } else {
                     record.merge(&state)
                 };
+                // A tombstone of a record never seen here changes nothing
+                // a subscriber saw.
+                if changed && (record.is_live() || existing_live) {
+                    changes.push(record_change(me, &rec.key, &record, record.is_live())?);
+                }
                 if changed {
                     plan_record(
                         &mut plan,
@@ -340,10 +354,11 @@ impl Writer {
                 c.local_seq = c.local_seq.max(sync.vector.get(&me));
             }
             sync.clock = sync.clock.max(self.clock.last());
-            let head = self.counters.get(&db.id).map_or(0, |c| c.head);
+            let head = self.log_changes(&db, &mut plan, std::mem::take(&mut changes), &mut sync)?;
             self.commit_plan(&db, plan, sync, head)
         })();
         if result.is_err() {
+            self.counters = start_counters;
             self.clock = start_clock;
         }
         result
@@ -430,7 +445,6 @@ impl Writer {
         sync.lacking = true;
         let group = Group::new();
         let mut plan = Plan::new();
-        let mut head = self.counters.get(&db.id).map_or(0, |c| c.head);
         let mut changes: Vec<Op> = Vec::new();
         if !p.rejected.is_empty() {
             let wanted: BTreeMap<u64, &String> = p.rejected.iter().map(|(s, r)| (*s, r)).collect();
@@ -493,27 +507,16 @@ impl Writer {
             if self.holds_own(&rec, from) {
                 continue;
             }
-            let (collection, id) = keys::split_record_key(&key).unwrap_or_default();
-            changes.push(Op {
-                origin: rec.latest_origin().unwrap_or(me),
-                seq: 0,
-                hlc: rec.version(),
-                priority: 0,
-                body: OpBody::Delete {
-                    collection: collection.to_owned(),
-                    id: id.to_owned(),
-                }
-                .encode()?,
-            });
+            changes.push(record_change(me, &key, &rec, false)?);
             self.plan_drop(&group, &mut plan, db, key.into(), &rec)?;
         }
         for rec in p.records {
-            let Some((collection, id)) = keys::split_record_key(&rec.key) else {
+            let Some((collection, _)) = keys::split_record_key(&rec.key) else {
                 return Err(StoreError::InvalidArgument(
                     "a projected record's key is not collection and id".into(),
                 ));
             };
-            let (collection, id) = (collection.to_owned(), id.to_owned());
+            let collection = collection.to_owned();
             let state: StoredRecord = codec::from_slice(&rec.state)?;
             self.clock.observe(state.version());
             sync.max_priority = sync.max_priority.max(state.max_priority());
@@ -524,6 +527,7 @@ impl Writer {
             if !record.merge_cut(&state) {
                 continue;
             }
+            changes.push(record_change(me, &rec.key, &record, record.is_live())?);
             plan_record(
                 &mut plan,
                 db,
@@ -532,28 +536,27 @@ impl Writer {
                 &old_values,
                 &record,
             )?;
-            let body = if record.is_live() {
-                OpBody::Put {
-                    collection,
-                    id,
-                    fields: record.clone().into_fields(),
-                }
-            } else {
-                OpBody::Delete { collection, id }
-            };
-            changes.push(Op {
-                origin: record.latest_origin().unwrap_or(me),
-                seq: 0,
-                hlc: record.version(),
-                priority: 0,
-                body: body.encode()?,
-            });
         }
         for (origin, _, last) in &p.covers {
             if *last > sync.vector.get(origin) {
                 sync.vector.set(*origin, *last);
             }
         }
+        let head = self.log_changes(db, &mut plan, changes, &mut sync)?;
+        sync.clock = sync.clock.max(self.clock.last());
+        self.commit_plan(db, plan, sync, head)
+    }
+
+    /// Plans `changes` (seq 0 entries, never sent on) into the log after
+    /// the database's head, for subscribers; returns the new head.
+    fn log_changes(
+        &mut self,
+        db: &Arc<DbState>,
+        plan: &mut Plan,
+        changes: Vec<Op>,
+        sync: &mut SyncMeta,
+    ) -> Result<u64, StoreError> {
+        let mut head = self.counters.get(&db.id).map_or(0, |c| c.head);
         for change in changes {
             head += 1;
             plan.effects.push(Effect::Insert(
@@ -563,9 +566,8 @@ impl Writer {
             ));
         }
         sync.cursor = head;
-        sync.clock = sync.clock.max(self.clock.last());
         self.counters.entry(db.id).or_default().head = head;
-        self.commit_plan(db, plan, sync, head)
+        Ok(head)
     }
 
     pub(super) fn compact(
@@ -604,6 +606,7 @@ impl Writer {
             if op.seq > sync.floor.get(&op.origin) {
                 sync.floor.set(op.origin, op.seq);
             }
+            sync.trimmed = sync.trimmed.max(cursor);
             out.ops += 1;
         }
         for kv in db.records.iter() {
@@ -622,6 +625,36 @@ impl Writer {
         *lock(&db.sync) = sync;
         Ok(out)
     }
+}
+
+/// The change a subscriber sees when a record at `key` reaches `rec`
+/// other than by an operation of its own (a snapshot, a projection, an
+/// eviction): its whole state as a `put` when `live`, else a `delete`.
+/// Logged with seq 0, so sync never sends it on.
+fn record_change(
+    me: DeviceId,
+    key: &[u8],
+    rec: &StoredRecord,
+    live: bool,
+) -> Result<Op, StoreError> {
+    let (collection, id) = keys::split_record_key(key).unwrap_or_default();
+    let (collection, id) = (collection.to_owned(), id.to_owned());
+    let body = if live {
+        OpBody::Put {
+            collection,
+            id,
+            fields: rec.clone().into_fields(),
+        }
+    } else {
+        OpBody::Delete { collection, id }
+    };
+    Ok(Op {
+        origin: rec.latest_origin().unwrap_or(me),
+        seq: 0,
+        hlc: rec.version(),
+        priority: 0,
+        body: body.encode()?,
+    })
 }
 
 /// Seals the stand-in of a refused write in an end-to-end encrypted

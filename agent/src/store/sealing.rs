@@ -78,6 +78,12 @@ impl Reader {
             Reader::Plain => Body::Readable(std::borrow::Cow::Borrowed(&op.body)),
             Reader::Blind if is_sealed(&op.body) => Body::Blind,
             Reader::Blind => Body::Refused(Unopened::of(op, &SealError::NotSealed)),
+            // A change this replica logged for its subscribers (seq 0: a
+            // snapshot's record, never sent on) is kept as the records
+            // are, in the clear on a device holding the key.
+            Reader::Keys(_) if op.seq == 0 && !is_sealed(&op.body) => {
+                Body::Readable(std::borrow::Cow::Borrowed(&op.body))
+            }
             Reader::Keys(keys) => {
                 let header = SealedOp::of(db, op);
                 match seal::open(|e| keys.iter().find(|k| k.epoch == e), &header, &op.body) {
