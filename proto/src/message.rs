@@ -218,6 +218,67 @@ pub fn encode_notification<P: Serialize + ?Sized>(
     finish(out, start, body, max_frame)
 }
 
+/// How many bytes, at most, the `event` frame carrying one change takes
+/// beyond the encoding of the write's body ([`OpBody`](crate::OpBody))
+/// that made it: the agent refuses a write whose body is within this of
+/// the frame limit, so that every change it makes can be sent.
+pub fn change_event_overhead() -> usize {
+    use crate::api::{Change, ChangeKind, EVENT_METHOD, EventParams};
+    use crate::{Fields, Hlc, OpBody};
+    static OVERHEAD: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *OVERHEAD.get_or_init(|| {
+        // Field values and names cost the same in both; numbers and the
+        // origin (a device id) are taken at their longest.
+        let origin = "X".repeat(63);
+        let empty = || (String::new(), String::new(), Fields::new());
+        let cases = [
+            (ChangeKind::Put, {
+                let (collection, id, fields) = empty();
+                OpBody::Put {
+                    collection,
+                    id,
+                    fields,
+                }
+            }),
+            (ChangeKind::Patch, {
+                let (collection, id, set) = empty();
+                OpBody::Patch {
+                    collection,
+                    id,
+                    set,
+                    unset: Vec::new(),
+                }
+            }),
+        ];
+        cases
+            .into_iter()
+            .map(|(kind, body)| {
+                let body_len = body.encode().map_or(0, |b| b.len());
+                let params = EventParams {
+                    subscription: u64::MAX,
+                    changes: vec![Change {
+                        cursor: u64::MAX,
+                        collection: String::new(),
+                        id: String::new(),
+                        kind,
+                        seq: u64::MAX,
+                        fields: Fields::new(),
+                        unset: Vec::new(),
+                        origin: origin.clone(),
+                        hlc: Hlc(u64::MAX),
+                        rejected: None,
+                    }],
+                    cursor: u64::MAX,
+                };
+                let mut frame = Vec::new();
+                let _ = encode_notification(&mut frame, EVENT_METHOD, &params, u32::MAX);
+                frame.len().saturating_sub(body_len)
+            })
+            .max()
+            .unwrap_or(0)
+    })
+}
+
 fn finish(
     out: &mut Vec<u8>,
     start: usize,
@@ -322,5 +383,43 @@ mod tests {
             let _ = decode_request(&bytes);
             let _ = decode_incoming(&bytes);
         }
+    }
+}
+
+#[cfg(test)]
+mod overhead_tests {
+    use super::*;
+    use crate::api::{Change, ChangeKind, EVENT_METHOD, EventParams};
+    use crate::{Fields, Hlc, OpBody, Value};
+
+    #[test]
+    fn a_write_that_fits_by_the_overhead_makes_an_event_that_fits() {
+        let overhead = change_event_overhead();
+        assert!((100..400).contains(&overhead), "{overhead}");
+        let fields = Fields::from([("big".to_owned(), Value::String("x".repeat(3000)))]);
+        let body = OpBody::Put {
+            collection: "notes".into(),
+            id: "a".into(),
+            fields: fields.clone(),
+        };
+        let max = u32::try_from(body.encode().expect("encode").len() + overhead).expect("small");
+        let params = EventParams {
+            subscription: u64::MAX,
+            changes: vec![Change {
+                cursor: u64::MAX,
+                collection: "notes".into(),
+                id: "a".into(),
+                kind: ChangeKind::Put,
+                seq: u64::MAX,
+                fields,
+                unset: Vec::new(),
+                origin: "X".repeat(63),
+                hlc: Hlc(u64::MAX),
+                rejected: None,
+            }],
+            cursor: u64::MAX,
+        };
+        let mut frame = Vec::new();
+        encode_notification(&mut frame, EVENT_METHOD, &params, max).expect("fits");
     }
 }

@@ -167,6 +167,52 @@ async fn frame_limit_is_configurable() {
 }
 
 #[tokio::test]
+async fn a_write_near_the_frame_limit_never_breaks_a_subscription() {
+    const MAX: usize = 4096;
+    let agent = TestAgent::start_with(AGENT, &["--max-frame", &MAX.to_string()])
+        .await
+        .expect("agent");
+    let client = agent.client().await.expect("client");
+    let db = client.db("d");
+    db.create().await.expect("create");
+    let mut sub = db.subscribe().await.expect("subscribe");
+    let coll = db.collection("c");
+    let put = |len: usize| {
+        let fields = [("big".to_owned(), Value::String("x".repeat(len)))].into();
+        coll.put_fields("a", fields)
+    };
+    // The request fits the frame, but its change event would not.
+    let err = put(MAX - 100).await.expect_err("refused");
+    assert_eq!(err.code(), Some(ErrorCode::InvalidArgument), "{err}");
+    let text = err.to_string();
+    let number_after = |words: &str| -> usize {
+        text.split(words)
+            .nth(1)
+            .and_then(|t| t.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("the error says {words:?}: {text}"))
+    };
+    let (encoded, most) = (number_after(" is "), number_after("at most "));
+    assert!(most < MAX - 100 && most > MAX - 400, "{text}");
+    // The largest write allowed reaches the subscriber; one byte more is
+    // refused; and the subscription goes on.
+    let largest = most - (encoded - (MAX - 100));
+    put(largest).await.expect("the largest write");
+    put(largest + 1).await.expect_err("one byte more");
+    db.collection("c")
+        .put_fields("b", [("n".to_owned(), Value::Int(1))].into())
+        .await
+        .expect("put");
+    for id in ["a", "b"] {
+        let c = tokio::time::timeout(Duration::from_secs(20), sub.next())
+            .await
+            .expect("in time")
+            .expect("the subscription goes on");
+        assert_eq!(c.id, id);
+    }
+}
+
+#[tokio::test]
 async fn undecodable_frame_gets_an_error_and_a_clean_close() {
     let (agent, _client) = agent_with_data().await;
     let mut raw = Raw::hello(&agent);

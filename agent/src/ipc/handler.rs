@@ -324,6 +324,21 @@ fn write(
         Ok(w) => w,
         Err(e) => return done::<()>(ctx, out, id, Err(e)),
     };
+    // Every change must reach subscribers in one event: a write whose
+    // event would be over the frame limit is refused here, not found
+    // unsendable later.
+    let most = (ctx.max_frame as usize).saturating_sub(message::change_event_overhead());
+    if let Some(w) = writes.iter().find(|w| w.body_len() > most) {
+        let e = StoreError::InvalidArgument(format!(
+            "the write of {}/{} is {} bytes encoded; a write may take at most {most} \
+             (the frame limit, {}, less what its change event adds)",
+            w.collection(),
+            w.id(),
+            w.body_len(),
+            ctx.max_frame
+        ));
+        return done::<()>(ctx, out, id, Err(e));
+    }
     let reply: Reply<Vec<_>> = if single {
         reply_to(tx, id, ctx.max_frame, |mut results: Vec<_>| {
             results.remove(0)

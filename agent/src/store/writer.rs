@@ -441,6 +441,24 @@ pub struct PreparedWrite {
     priority: u8,
 }
 
+impl PreparedWrite {
+    /// The length of the write's encoded body: its collection, id and
+    /// fields.
+    pub fn body_len(&self) -> usize {
+        self.body_len
+    }
+
+    /// The collection it writes.
+    pub fn collection(&self) -> &str {
+        self.body.collection()
+    }
+
+    /// The record it writes.
+    pub fn id(&self) -> &str {
+        self.body.id()
+    }
+}
+
 /// Validates writes made on this device (`origin`) to a database whose
 /// conflict priority is `priority`, and encodes what can be encoded before
 /// they are stamped.
