@@ -31,9 +31,10 @@ pub struct Timestamp(pub i64);
 impl Timestamp {
     /// Builds a timestamp from whole seconds and nanoseconds past them.
     pub fn from_parts(secs: i64, nanos: u32) -> Option<Self> {
-        secs.checked_mul(1_000_000_000)
-            .and_then(|n| n.checked_add(i64::from(nanos)))
-            .map(Timestamp)
+        // In i128: the earliest timestamp's seconds times 10^9 are below
+        // i64's range although the sum with its nanoseconds is not.
+        let n = i128::from(secs) * 1_000_000_000 + i128::from(nanos);
+        i64::try_from(n).ok().map(Timestamp)
     }
 
     /// Splits the timestamp into whole seconds and nanoseconds past them.
@@ -156,8 +157,8 @@ impl Value {
             (Bool(a), Bool(b)) => a.cmp(b),
             (Int(a), Int(b)) => a.cmp(b),
             (Float(a), Float(b)) => cmp_f64(*a, *b),
-            (Int(a), Float(b)) => cmp_f64(*a as f64, *b),
-            (Float(a), Int(b)) => cmp_f64(*a, *b as f64),
+            (Int(a), Float(b)) => cmp_int_float(*a, *b),
+            (Float(a), Int(b)) => cmp_int_float(*b, *a).reverse(),
             (String(a), String(b)) => a.cmp(b),
             (Bytes(a), Bytes(b)) => a.cmp(b),
             (Uuid(a), Uuid(b)) => a.cmp(b),
@@ -199,6 +200,33 @@ impl Value {
             _ => None,
         }
     }
+}
+
+/// Compares an integer with a float exactly, whatever their size: `2^53
+/// + 1` is above the float `2^53`, which it would equal if converted.
+/// `-0.0` is `0`, and a NaN is above every number (below, if its sign bit
+/// is set), as in [`cmp_f64`].
+fn cmp_int_float(a: i64, b: f64) -> Ordering {
+    // 2^63, exact as a float: every i64 is below it and at or above its
+    // negation.
+    const TWO_63: f64 = 9_223_372_036_854_775_808.0;
+    if b.is_nan() {
+        return if b.is_sign_negative() {
+            Ordering::Greater
+        } else {
+            Ordering::Less
+        };
+    }
+    if b >= TWO_63 {
+        return Ordering::Less;
+    }
+    if b < -TWO_63 {
+        return Ordering::Greater;
+    }
+    let whole = b.trunc();
+    // In range and whole, so the conversion is exact; so is `b - whole`.
+    let by_whole = a.cmp(&(whole as i64));
+    by_whole.then_with(|| 0.0.partial_cmp(&(b - whole)).unwrap_or(Ordering::Equal))
 }
 
 /// Compares floats as numbers (`-0.0` equals `0.0`), with NaN after
@@ -503,6 +531,55 @@ pub(crate) mod tests {
         // fixext4 marker, type -1, then seconds as u32.
         assert_eq!(&bytes[..2], &[0xd6, 0xff]);
         assert_eq!(&bytes[2..], &1_700_000_000u32.to_be_bytes());
+    }
+
+    #[test]
+    fn the_documented_first_and_last_timestamps_round_trip() {
+        // 1677-09-21T00:12:43.145224192Z and 2262-04-11T23:47:16.854775807Z.
+        for n in [i64::MIN, i64::MAX] {
+            let v = Value::Timestamp(Timestamp(n));
+            let bytes = codec::to_vec(&v).expect("encode");
+            assert_eq!(codec::from_slice::<Value>(&bytes).expect("decode"), v);
+        }
+        assert_eq!(
+            Timestamp(i64::MIN).to_parts(),
+            (-9_223_372_037, 145_224_192)
+        );
+        assert_eq!(Timestamp::from_parts(-9_223_372_037, 145_224_191), None);
+    }
+
+    #[test]
+    fn big_integers_compare_exactly_with_floats() {
+        let two_53 = 1i64 << 53;
+        let f = Value::Float(two_53 as f64);
+        assert_eq!(Value::Int(two_53).total_cmp(&f), Ordering::Equal);
+        assert_eq!(Value::Int(two_53 + 1).total_cmp(&f), Ordering::Greater);
+        assert_eq!(f.total_cmp(&Value::Int(two_53 + 1)), Ordering::Less);
+        assert_eq!(
+            Value::Int(i64::MAX).total_cmp(&Value::Float(9.3e18)),
+            Ordering::Less
+        );
+        assert_eq!(
+            Value::Int(i64::MIN).total_cmp(&Value::Float(-9.3e18)),
+            Ordering::Greater
+        );
+        assert_eq!(Value::Int(3).total_cmp(&Value::Float(3.5)), Ordering::Less);
+        assert_eq!(
+            Value::Int(-3).total_cmp(&Value::Float(-3.5)),
+            Ordering::Greater
+        );
+        assert_eq!(
+            Value::Int(0).total_cmp(&Value::Float(-0.0)),
+            Ordering::Equal
+        );
+        assert_eq!(
+            Value::Int(i64::MAX).total_cmp(&Value::Float(f64::NAN)),
+            Ordering::Less
+        );
+        assert_eq!(
+            Value::Int(i64::MIN).total_cmp(&Value::Float(-f64::NAN)),
+            Ordering::Greater
+        );
     }
 
     #[test]

@@ -46,6 +46,25 @@ fn make_records(rng: &mut Rng, n: usize) -> Vec<(String, Fields)> {
             if rng.below(3) == 0 {
                 f.insert("tag".into(), Value::List(vec![Value::Int(1)]));
             }
+            // Numbers where floats and integers part ways: beyond 2^53,
+            // and the two zeros.
+            let two_53 = 1i64 << 53;
+            let tricky = [
+                Value::Int(two_53 - 1),
+                Value::Int(two_53),
+                Value::Int(two_53 + 1),
+                Value::Float(two_53 as f64),
+                Value::Int(i64::MAX),
+                Value::Float(9.3e18),
+                Value::Int(0),
+                Value::Float(0.0),
+                Value::Float(-0.0),
+                Value::Float(-0.5),
+            ];
+            f.insert(
+                "n".into(),
+                tricky[rng.below(tricky.len() as u64) as usize].clone(),
+            );
             (format!("r{:03}-{}", rng.below(1000), i), f)
         })
         .collect()
@@ -136,6 +155,18 @@ fn cases() -> Vec<Vec<Filter>> {
         vec![filter("tag", Eq, Value::List(vec![Value::Int(1)]))],
         vec![filter("$id", Prefix, Value::from("r1"))],
         vec![filter("$id", Lt, Value::from("r5"))],
+        vec![filter("n", Lt, Value::Int((1 << 53) + 1))],
+        vec![filter("n", Le, Value::Float((1u64 << 53) as f64))],
+        vec![filter("n", Gt, Value::Int(1 << 53))],
+        vec![filter("n", Ge, Value::Int(i64::MAX))],
+        vec![filter("n", Eq, Value::Int((1 << 53) + 1))],
+        vec![filter("n", Eq, Value::Float(-0.0))],
+        vec![filter("n", Lt, Value::Int(0))],
+        vec![filter(
+            "n",
+            In,
+            Value::List(vec![Value::Int((1 << 53) + 1), Value::Int(0)]),
+        )],
     ]
 }
 
@@ -218,6 +249,7 @@ async fn queries_match_a_reference_with_and_without_indexes() {
     check_all(&coll, &records, "no index").await;
     assert!(coll.create_index("priority").await.expect("index"));
     assert!(coll.create_index("status").await.expect("index"));
+    assert!(coll.create_index("n").await.expect("index"));
     check_all(&coll, &records, "indexed").await;
 
     // Writes after the index exists keep it right.

@@ -163,10 +163,11 @@ fn index_ranges(collection: &str, f: &Filter) -> Option<Vec<(Vec<u8>, Vec<u8>)>>
                 .map(|x| with(x).map(|k| (k.clone(), after(k))))
                 .collect::<Option<Vec<_>>>()?
         }
-        FilterOp::Lt => vec![(kind_start(v)?, with(v)?)],
-        FilterOp::Le => vec![(kind_start(v)?, after(with(v)?))],
-        FilterOp::Gt => vec![(after(with(v)?), kind_end(v)?)],
-        FilterOp::Ge => vec![(with(v)?, kind_end(v)?)],
+        // Keys only narrow: numbers beyond ±2^53 share keys with their
+        // neighbours, so strict bounds take the boundary key in too, and
+        // every candidate is checked against the filter itself.
+        FilterOp::Lt | FilterOp::Le => vec![(kind_start(v)?, after(with(v)?))],
+        FilterOp::Gt | FilterOp::Ge => vec![(with(v)?, kind_end(v)?)],
         FilterOp::Prefix => {
             let Value::String(p) = v else { return None };
             let mut k = base.clone();
