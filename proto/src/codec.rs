@@ -6,8 +6,9 @@
 
 use serde::Serialize;
 
-/// How deeply values may nest before decoding refuses them. It bounds the
-/// stack a hostile frame can make the decoder use.
+/// How many lists and maps deep a decoded value may nest (the value
+/// itself counting as one when it is a list or map). It bounds the stack
+/// a hostile frame can make the decoder use.
 pub const MAX_DEPTH: usize = 128;
 
 /// A value could not be encoded or decoded.
@@ -41,7 +42,9 @@ pub fn encode_into<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) -> Resul
 /// Decodes one MessagePack value from `bytes`; trailing bytes are an error.
 pub fn from_slice<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     let mut de = rmp_serde::Deserializer::new(std::io::Cursor::new(bytes));
-    de.set_max_depth(MAX_DEPTH);
+    // The decoder refuses a container at its limit: one more lets
+    // exactly MAX_DEPTH of them nest, as `skip` does.
+    de.set_max_depth(MAX_DEPTH + 1);
     let value = T::deserialize(&mut de).map_err(CodecError::decode)?;
     let used = de.position() as usize;
     if used != bytes.len() {
@@ -79,14 +82,15 @@ fn be(bytes: &[u8], pos: &mut usize, n: usize) -> Result<usize, CodecError> {
 }
 
 fn skip(bytes: &[u8], pos: &mut usize, depth: usize) -> Result<(), CodecError> {
-    if depth > MAX_DEPTH {
-        return Err(CodecError(format!(
-            "value nests deeper than {MAX_DEPTH} levels"
-        )));
-    }
     let marker = *bytes
         .get(*pos)
         .ok_or_else(|| CodecError("truncated MessagePack value".into()))?;
+    let container = matches!(marker, 0x80..=0x9f | 0xdc..=0xdf);
+    if container && depth >= MAX_DEPTH {
+        return Err(CodecError(format!(
+            "value nests deeper than {MAX_DEPTH} lists and maps"
+        )));
+    }
     *pos += 1;
     let (items, data) = match marker {
         0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => (0, 0),
@@ -297,5 +301,29 @@ mod tests {
         bytes.push(0xc0);
         assert!(value_len(&bytes).is_err());
         assert!(from_slice::<crate::Value>(&bytes).is_err());
+    }
+}
+
+#[cfg(test)]
+mod depth_tests {
+    use super::*;
+
+    fn nested(lists: usize) -> Vec<u8> {
+        let mut bytes = vec![0x91u8; lists];
+        bytes.push(0x01);
+        bytes
+    }
+
+    #[test]
+    fn skipping_and_decoding_allow_the_same_depth() {
+        let at_limit = nested(MAX_DEPTH);
+        assert!(value_len(&at_limit).is_ok());
+        assert_eq!(
+            from_slice::<crate::Value>(&at_limit).map(|v| v.depth()),
+            Ok(MAX_DEPTH)
+        );
+        let over = nested(MAX_DEPTH + 1);
+        assert!(value_len(&over).is_err());
+        assert!(from_slice::<crate::Value>(&over).is_err());
     }
 }

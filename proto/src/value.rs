@@ -87,6 +87,11 @@ impl Timestamp {
     }
 }
 
+/// How many lists and maps deep a field value may nest. Every message
+/// that carries a value (a write, a record read back, an event, a synced
+/// operation) then stays well inside the codec's limit.
+pub const MAX_VALUE_DEPTH: usize = 100;
+
 /// A field value.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
@@ -126,6 +131,16 @@ impl Value {
             Value::Timestamp(_) => "timestamp",
             Value::List(_) => "list",
             Value::Map(_) => "map",
+        }
+    }
+
+    /// How many lists and maps deep the value nests: 0 for a scalar, 1
+    /// for a list of scalars.
+    pub fn depth(&self) -> usize {
+        match self {
+            Value::List(items) => 1 + items.iter().map(Value::depth).max().unwrap_or(0),
+            Value::Map(m) => 1 + m.values().map(Value::depth).max().unwrap_or(0),
+            _ => 0,
         }
     }
 

@@ -213,6 +213,47 @@ async fn a_write_near_the_frame_limit_never_breaks_a_subscription() {
 }
 
 #[tokio::test]
+async fn nesting_limits_are_the_documented_ones_with_their_codes() {
+    use blazedb_proto::api::PutParams;
+    let (agent, _client) = agent_with_data().await;
+    let put = |lists: usize| {
+        let mut v = Value::Int(1);
+        for _ in 0..lists {
+            v = Value::List(vec![v]);
+        }
+        PutParams {
+            db: "bugs".into(),
+            collection: "deep".into(),
+            id: Some("deep".into()),
+            fields: [("x".to_owned(), v)].into(),
+        }
+    };
+    let mut raw = Raw::hello(&agent);
+    // A value may nest 100 lists and maps, and reads back whole.
+    raw.send("put", &put(100));
+    raw.response().1.expect("100 levels are taken");
+    raw.send(
+        "get",
+        &serde_json::json!({"db": "bugs", "collection": "deep", "id": "deep"}),
+    );
+    raw.response().1.expect("and read back");
+    // Deeper values are refused; the connection stays.
+    for lists in [101, 126] {
+        raw.send("put", &put(lists));
+        assert_eq!(
+            code(raw.response().1),
+            ErrorCode::InvalidArgument,
+            "{lists}"
+        );
+    }
+    // Params nesting past 128 lists and maps are not decoded at all.
+    raw.send("put", &put(127));
+    assert_eq!(code(raw.response().1), ErrorCode::BadFrame);
+    raw.assert_closed();
+    assert_data_intact(&agent).await;
+}
+
+#[tokio::test]
 async fn undecodable_frame_gets_an_error_and_a_clean_close() {
     let (agent, _client) = agent_with_data().await;
     let mut raw = Raw::hello(&agent);

@@ -19,7 +19,10 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use blazedb_proto::api::{
     DbInfo, DbSettings, Durability, Encryption, SyncMode, Write, WriteResult,
 };
-use blazedb_proto::{DeviceId, Hlc, Op, OpBody, SnapshotRecord, Value, VersionVector, codec};
+use blazedb_proto::value::MAX_VALUE_DEPTH;
+use blazedb_proto::{
+    DeviceId, Fields, Hlc, Op, OpBody, SnapshotRecord, Value, VersionVector, codec,
+};
 use fjall::{Keyspace, PersistMode, Slice};
 use rustc_hash::FxHashMap;
 
@@ -409,6 +412,21 @@ fn validate_fields<'a>(names: impl IntoIterator<Item = &'a String>) -> Result<()
         .try_for_each(|n| validate_name("field", n))
 }
 
+/// Refuses a value nested deeper than a record read back, an event or a
+/// synced operation could carry.
+fn validate_depth(fields: &Fields) -> Result<(), StoreError> {
+    for (name, v) in fields {
+        let depth = v.depth();
+        if depth > MAX_VALUE_DEPTH {
+            return Err(StoreError::InvalidArgument(format!(
+                "field {name:?} nests {depth} lists and maps deep; a value may nest at most \
+                 {MAX_VALUE_DEPTH}"
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn new_id() -> String {
     let mut bytes = [0u8; 16];
     // Without an OS random source nothing else here would work either.
@@ -477,6 +495,7 @@ pub fn prepare(
                     fields,
                 } => {
                     validate_fields(fields.keys())?;
+                    validate_depth(&fields)?;
                     OpBody::Put {
                         id: id.unwrap_or_else(new_id),
                         collection,
@@ -490,6 +509,7 @@ pub fn prepare(
                     unset,
                 } => {
                     validate_fields(set.keys().chain(&unset))?;
+                    validate_depth(&set)?;
                     if let Some(both) = unset.iter().find(|f| set.contains_key(*f)) {
                         return Err(StoreError::InvalidArgument(format!(
                             "field {both:?} is both set and unset; a patch may do one or the other"
