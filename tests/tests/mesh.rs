@@ -391,3 +391,57 @@ async fn an_inviter_back_on_a_new_port_dials_the_device_it_invited() {
     .await
     .expect("the inviter dialled the device");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_dropped_here_stays_dropped_until_made_here_again() {
+    let (mut agents, mut cls) = mesh_of(2).await;
+    cls[0].db("notes").create().await.expect("create");
+    put_numbered(&cls[0], "notes", "r", "n", 5)
+        .await
+        .expect("put");
+    wait_until("b to hold the notes", || async {
+        records(&cls[1], "notes", "r").await.len() == 5
+    })
+    .await
+    .expect("synced");
+
+    assert!(cls[1].db("notes").drop_db().await.expect("drop"));
+    agents[1].stop().await.expect("stop");
+    agents[1].restart().await.expect("restart");
+    cls[1] = agents[1].client().await.expect("client");
+    // a writes on, and makes a database b has never had: once that one
+    // arrives, b has heard a announce the dropped one too.
+    put_numbered(&cls[0], "notes", "r", "later", 1)
+        .await
+        .expect("put");
+    cls[0].db("marker").create().await.expect("create");
+    put_numbered(&cls[0], "marker", "r", "m", 1)
+        .await
+        .expect("put");
+    wait_until("b to take a's new database", || async {
+        records(&cls[1], "marker", "r").await.len() == 1
+    })
+    .await
+    .expect("marker");
+    let names: Vec<String> = cls[1]
+        .databases()
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|d| d.name)
+        .collect();
+    assert!(!names.contains(&"notes".to_owned()), "{names:?}");
+    assert_eq!(
+        records(&cls[0], "notes", "r").await.len(),
+        6,
+        "a keeps its own"
+    );
+
+    // Made here again, it syncs again.
+    cls[1].db("notes").create().await.expect("create again");
+    wait_until("b to hold the notes again", || async {
+        records(&cls[1], "notes", "r").await.len() == 6
+    })
+    .await
+    .expect("synced again");
+}

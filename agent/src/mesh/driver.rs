@@ -18,7 +18,7 @@ use blazedb_proto::{DeviceId, SyncMessage};
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::access::view::DeviceAttrs;
-use crate::store::{Command, Store, StoreNotice, wall_ms};
+use crate::store::{Command, Store, StoreError, StoreNotice, wall_ms};
 use crate::sync::{Cutoff, Engine, EngineConfig, Event, LinkReport, SyncStore as _};
 use blazedb_proto::rules::AccessRules;
 
@@ -309,6 +309,9 @@ fn on_event(engine: &mut Engine<Store>, store: &Store, stats: &Stats, event: Eve
             });
             match created {
                 Ok(_) => engine.database_added(&db, wall_ms()),
+                Err(StoreError::DroppedHere(_)) => {
+                    tracing::debug!(db, "a peer syncs a database dropped here: not taken");
+                }
                 Err(e) => tracing::warn!(db, "cannot create a database a peer syncs: {e}"),
             }
         }

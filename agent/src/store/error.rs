@@ -60,6 +60,13 @@ pub enum StoreError {
     /// The store is shutting down.
     #[error("the agent is shutting down")]
     ShuttingDown,
+    /// The database was dropped on this device: a peer's copy does not
+    /// bring it back.
+    #[error(
+        "database {0:?} was dropped on this device, so peers' copies are not taken back; \
+         `blazectl db create {0}` makes it here again and syncs it"
+    )]
+    DroppedHere(String),
     /// A subscription's cursor is older than the change log kept.
     #[error(
         "the changes of {db:?} up to cursor {trimmed} were compacted away, and cursor {since} \
@@ -110,6 +117,7 @@ impl StoreError {
             StoreError::Sealed(_) => ErrorCode::Sealed,
             StoreError::ShuttingDown => ErrorCode::ShuttingDown,
             StoreError::CursorExpired { .. } => ErrorCode::CursorExpired,
+            StoreError::DroppedHere(_) => ErrorCode::InvalidArgument,
         }
     }
 }

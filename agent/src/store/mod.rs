@@ -334,10 +334,17 @@ impl std::fmt::Debug for Notify {
 const META_DB: &[u8] = b"db\0";
 const META_COLLECTION: &[u8] = b"col\0";
 const META_NEXT_DB_ID: &[u8] = b"next_db_id";
+/// Names of databases dropped on this device, which peers' copies do not
+/// bring back.
+const META_DROPPED: &[u8] = b"dropped\0";
 const META_SYNC: &[u8] = b"sync\0";
 
 fn sync_meta_key(db_id: u32) -> Vec<u8> {
     [META_SYNC, &db_id.to_be_bytes()].concat()
+}
+
+fn dropped_key(name: &str) -> Vec<u8> {
+    [META_DROPPED, name.as_bytes()].concat()
 }
 
 fn db_meta_key(name: &str) -> Vec<u8> {

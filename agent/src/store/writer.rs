@@ -32,8 +32,8 @@ use super::sealing::seal_body;
 use super::stamped::{self, Holes};
 use super::{
     CollectionMeta, DbMeta, DbState, META_NEXT_DB_ID, Store, StoreError, StoreNotice, StoreOptions,
-    SyncMeta, collection_meta_key, db_meta_key, lock, new_epoch, open_keyspaces, read_lock,
-    sync_meta_key, write_lock,
+    SyncMeta, collection_meta_key, db_meta_key, dropped_key, lock, new_epoch, open_keyspaces,
+    read_lock, sync_meta_key, write_lock,
 };
 use crate::sync::WriteScreen;
 use crate::sync::hlc::HlcClock;
@@ -1008,9 +1008,18 @@ impl Writer {
                 Err(StoreError::DatabaseExists(name.to_owned()))
             };
         }
+        // A database made from a peer's announcement (`make_key` false)
+        // stays away once dropped here; one made here clears that.
+        let dropped = self.meta.get(dropped_key(name))?.is_some();
+        if dropped && !make_key {
+            return Err(StoreError::DroppedHere(name.to_owned()));
+        }
         let id = self.next_db_id;
         let [records, log, index] = open_keyspaces(&self.fj, id)?;
         let mut batch = self.fj.batch().durability(Some(PersistMode::SyncAll));
+        if dropped {
+            batch.remove(&self.meta, dropped_key(name));
+        }
         batch.insert(&self.meta, META_NEXT_DB_ID, codec::to_vec(&(id + 1))?);
         batch.insert(
             &self.meta,
@@ -1143,6 +1152,7 @@ impl Writer {
         let mut batch = self.fj.batch().durability(Some(PersistMode::SyncAll));
         batch.remove(&self.meta, db_meta_key(name));
         batch.remove(&self.meta, sync_meta_key(db.id));
+        batch.insert(&self.meta, dropped_key(name), []);
         for c in read_lock(&db.collections).keys() {
             batch.remove(&self.meta, collection_meta_key(db.id, c));
         }

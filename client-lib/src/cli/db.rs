@@ -92,7 +92,9 @@ pub(crate) enum DbCommand {
         #[command(subcommand)]
         action: super::rules::RulesAction,
     },
-    /// Delete a database and everything in it.
+    /// Delete a database and everything in it, on this device only: the
+    /// other members keep theirs, and theirs no longer come back here
+    /// until `db create` makes it here again.
     Drop {
         /// The database name.
         name: String,
