@@ -163,3 +163,39 @@ async fn the_id_and_a_json_mesh_status_survive_a_mesh_port_in_use() {
     assert!(err.contains("mesh"), "{err}");
     drop(taken);
 }
+
+#[tokio::test]
+async fn a_forgotten_id_and_typed_values_are_handled_as_a_user_means_them() {
+    let agent = TestAgent::start(AGENT).await.expect("agent");
+    let ctl = |args: &[&str]| blazectl_ok(CTL, &agent.socket(), args);
+    ctl(&["db", "create", "notes"]);
+    let (ok, _, err) = blazectl(&agent.socket(), &["put", "notes", "todo", "x=1"]);
+    assert!(!ok && err.contains("looks like a field"), "{err}");
+
+    ctl(&[
+        "put",
+        "notes",
+        "todo",
+        "t1",
+        r#"when:={"$timestamp":"2026-12-01T10:00:00Z"}"#,
+        r#"odd:={"$map":{"$timestamp":1}}"#,
+    ]);
+    let got: serde_json::Value =
+        serde_json::from_str(&ctl(&["--json", "get", "notes", "todo", "t1"])).expect("json");
+    assert_eq!(
+        got["fields"]["when"],
+        serde_json::json!({"$timestamp": 1_796_119_200_000_000_000_i64})
+    );
+    assert_eq!(
+        got["fields"]["odd"],
+        serde_json::json!({"$map": {"$timestamp": 1}})
+    );
+    // The same value shows the same in a get and in a query table.
+    let get = ctl(&["get", "notes", "todo", "t1"]);
+    let table = ctl(&["query", "notes", "todo"]);
+    let shown = r#"{"$map":{"$timestamp":1}}"#;
+    assert!(
+        get.contains(shown) && table.contains(shown),
+        "{get}\n{table}"
+    );
+}

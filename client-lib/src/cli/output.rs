@@ -2,7 +2,8 @@
 //!
 //! JSON has no bytes, UUID or timestamp, so those print as
 //! `{"$bytes": "<hex>"}`, `{"$uuid": "<uuid>"}` and
-//! `{"$timestamp": <nanoseconds since the epoch>}`.
+//! `{"$timestamp": <nanoseconds since the epoch>}`, and a map with a key
+//! starting with `$` as `{"$map": {...}}`; blazectl reads them back.
 
 use serde_json::json;
 
@@ -23,8 +24,26 @@ pub(crate) fn value_json(v: &Value) -> serde_json::Value {
         Value::Timestamp(t) => json!({ "$timestamp": t.0 }),
         Value::List(items) => serde_json::Value::Array(items.iter().map(value_json).collect()),
         Value::Map(m) => {
-            serde_json::Value::Object(m.iter().map(|(k, v)| (k.clone(), value_json(v))).collect())
+            let obj = serde_json::Value::Object(
+                m.iter().map(|(k, v)| (k.clone(), value_json(v))).collect(),
+            );
+            // A map with a `$` key would read like a typed value: say it
+            // is a map.
+            if m.keys().any(|k| k.starts_with('$')) {
+                json!({ "$map": obj })
+            } else {
+                obj
+            }
         }
+    }
+}
+
+/// A value as a table cell or a `get` line: scalars as text, lists and
+/// maps as JSON, the same wherever it is shown.
+pub(crate) fn value_text(v: &Value) -> String {
+    match v {
+        Value::List(_) | Value::Map(_) => value_json(v).to_string(),
+        _ => v.to_string(),
     }
 }
 
@@ -142,7 +161,7 @@ pub(crate) fn records_table(records: &[Record]) -> String {
             row.extend(
                 names
                     .iter()
-                    .map(|n| r.fields.get(*n).map(|v| v.to_string()).unwrap_or_default()),
+                    .map(|n| r.fields.get(*n).map(value_text).unwrap_or_default()),
             );
             row
         })

@@ -4,9 +4,9 @@ use clap::Args;
 
 use super::Opts;
 use super::fields::parse_fields;
-use super::output::{print_json, record_json, value_json};
+use super::output::{print_json, record_json, value_text};
 use crate::api::{Put, PutParams};
-use crate::{Client, Value, WriteResult};
+use crate::{Client, WriteResult};
 
 #[derive(Debug, Args)]
 pub(crate) struct RecordArgs {
@@ -54,6 +54,16 @@ fn print_write(what: &str, r: &WriteResult, opts: Opts) -> anyhow::Result<()> {
 }
 
 pub(crate) async fn put(client: &Client, a: PutArgs, opts: Opts) -> anyhow::Result<()> {
+    // `put db coll title=x` (the id forgotten) would make a record with id
+    // `title=x` and no fields.
+    anyhow::ensure!(
+        !(a.fields.is_empty() && a.id.contains('=')),
+        "{:?} looks like a field, not an id: write put {} {} ID {} (ID - lets the agent pick one)",
+        a.id,
+        a.db,
+        a.collection,
+        a.id
+    );
     let params = PutParams {
         fields: parse_fields(&a.fields)?,
         // `-` lets the agent pick the id; the result says which.
@@ -84,12 +94,7 @@ pub(crate) async fn get(client: &Client, a: RecordArgs, opts: Opts) -> anyhow::R
             let width = r.fields.keys().map(|k| k.len()).max().unwrap_or(0).max(2);
             println!("{:<width$}  {}", "id", r.id);
             for (k, v) in &r.fields {
-                match v {
-                    Value::Map(_) | Value::List(_) => {
-                        println!("{k:<width$}  {}", value_json(v));
-                    }
-                    _ => println!("{k:<width$}  {v}"),
-                }
+                println!("{k:<width$}  {}", value_text(v));
             }
             Ok(())
         }
