@@ -199,3 +199,132 @@ async fn a_forgotten_id_and_typed_values_are_handled_as_a_user_means_them() {
         "{get}\n{table}"
     );
 }
+
+#[test]
+fn completions_and_a_man_page_come_without_an_agent() {
+    let run = |args: &[&str]| {
+        let out = Command::new(CTL)
+            .args(["--socket", "/nonexistent/blazed.sock"])
+            .args(args)
+            .output()
+            .expect("run");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8")
+    };
+    for shell in ["bash", "zsh", "fish"] {
+        let script = run(&["completions", shell]);
+        assert!(
+            script.contains("blazectl") && script.contains("topology"),
+            "{shell}"
+        );
+    }
+    let man = run(&["man"]);
+    assert!(
+        man.contains(".TH blazectl") && man.contains("dashboard"),
+        "{man}"
+    );
+}
+
+#[tokio::test]
+async fn an_export_imports_back_to_the_same_records_and_values() {
+    use blazedb::Value;
+    let agent = TestAgent::start(AGENT).await.expect("agent");
+    let client = agent.client().await.expect("client");
+    let source = client.db("notes");
+    source.create().await.expect("create");
+    let typed: blazedb::Fields = [
+        (
+            "when".to_owned(),
+            Value::Timestamp(blazedb::Timestamp(i64::MIN)),
+        ),
+        ("blob".to_owned(), Value::Bytes(vec![0, 1, 0xff])),
+        (
+            "uuid".to_owned(),
+            Value::Uuid(
+                "67e55044-10b1-426f-9247-bb680e5fe0c8"
+                    .parse()
+                    .expect("uuid"),
+            ),
+        ),
+        ("big".to_owned(), Value::Int(i64::MAX)),
+        ("x".to_owned(), Value::Float(-0.5)),
+        (
+            "nested".to_owned(),
+            Value::Map(
+                [(
+                    "$odd".to_owned(),
+                    Value::List(vec![Value::Null, Value::Bool(true)]),
+                )]
+                .into(),
+            ),
+        ),
+        ("text".to_owned(), Value::from("line\nbreak \"quoted\"")),
+    ]
+    .into();
+    source
+        .collection("a")
+        .put_fields("t1", typed)
+        .await
+        .expect("put");
+    for i in 0..700 {
+        source
+            .collection("b")
+            .put_fields(
+                &format!("r{i:03}"),
+                [("n".to_owned(), Value::Int(i))].into(),
+            )
+            .await
+            .expect("put");
+    }
+    let export = Command::new(CTL)
+        .arg("--socket")
+        .arg(agent.socket())
+        .args(["export", "notes"])
+        .output()
+        .expect("export");
+    assert!(
+        export.status.success(),
+        "{}",
+        String::from_utf8_lossy(&export.stderr)
+    );
+    assert_eq!(export.stdout.iter().filter(|b| **b == b'\n').count(), 701);
+
+    let mut import = Command::new(CTL)
+        .arg("--socket")
+        .arg(agent.socket())
+        .args(["import", "copy"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("import");
+    {
+        use std::io::Write as _;
+        let mut stdin = import.stdin.take().expect("stdin");
+        stdin.write_all(&export.stdout).expect("feed");
+    }
+    let done = import.wait_with_output().expect("wait");
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    for c in ["a", "b"] {
+        let of = |db: &str| {
+            let coll = client.db(db).collection(c);
+            async move {
+                coll.query()
+                    .fetch_all()
+                    .await
+                    .expect("query")
+                    .into_iter()
+                    .map(|r| (r.id, r.fields))
+                    .collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(of("copy").await, of("notes").await, "collection {c}");
+    }
+}

@@ -2,8 +2,10 @@
 //! the client crate.
 
 mod app;
+mod completions;
 mod dashboard;
 mod db;
+mod export;
 mod fields;
 mod id;
 mod index;
@@ -104,6 +106,20 @@ enum Command {
     Topology(topology::TopologyArgs),
     /// Print the local dashboard's address and open it in a browser.
     Dashboard(dashboard::DashboardArgs),
+    /// Print shell completions: `blazectl completions bash >
+    /// ~/.local/share/bash-completion/completions/blazectl`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff): `blazectl man > blazectl.1`.
+    Man,
+    /// Write a database's records as JSON lines: `export DB > backup.jsonl`.
+    Export(export::ExportArgs),
+    /// Put records from JSON lines (as `export` writes them) into a
+    /// database: `import DB < backup.jsonl`.
+    Import(export::ImportArgs),
 }
 
 /// Global options every verb sees.
@@ -186,6 +202,11 @@ async fn connect(socket: &Path, token_file: Option<PathBuf>) -> anyhow::Result<C
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Completions { shell } => return completions::completions(shell),
+        Command::Man => return completions::man(),
+        _ => {}
+    }
     let socket = crate::resolve_socket(cli.socket);
     let client = connect(&socket, cli.owner_token_file).await?;
     let opts = Opts { json: cli.json };
@@ -208,5 +229,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Peer(c) => peer::run(&client, c, opts).await,
         Command::Topology(a) => topology::run(&client, a, opts).await,
         Command::Dashboard(a) => dashboard::run(&client, a, opts).await,
+        Command::Export(a) => export::export(&client, a, opts).await,
+        Command::Import(a) => export::import(&client, a, opts).await,
+        Command::Completions { .. } | Command::Man => unreachable!("handled before connecting"),
     }
 }
