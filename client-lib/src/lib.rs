@@ -822,6 +822,16 @@ impl Query {
         })
     }
 
+    /// Fetches every page and returns all the records as `T`s, as
+    /// [`Collection::get`] returns one.
+    pub async fn fetch_all_as<T: DeserializeOwned>(&self) -> Result<Vec<T>, Error> {
+        self.fetch_all()
+            .await?
+            .iter()
+            .map(|r| r.decode().map_err(|e| Error::Codec(e.0)))
+            .collect()
+    }
+
     /// Fetches every page and returns all the records.
     pub async fn fetch_all(&self) -> Result<Vec<Record>, Error> {
         let mut q = self.clone();

@@ -832,6 +832,14 @@ pub struct Record {
     pub version: Hlc,
 }
 
+impl Record {
+    /// The record's fields as a `T` (any type serde can build from a
+    /// map of them), as `Collection::get` returns it.
+    pub fn decode<T: serde::de::DeserializeOwned>(&self) -> Result<T, crate::codec::CodecError> {
+        crate::codec::from_fields(&self.fields)
+    }
+}
+
 /// Result of `get`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GetResult {

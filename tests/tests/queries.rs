@@ -274,3 +274,57 @@ async fn queries_match_a_reference_with_and_without_indexes() {
         .expect_err("garbage cursor");
     assert_eq!(err.code(), Some(blazedb::ErrorCode::InvalidArgument));
 }
+
+#[tokio::test]
+async fn query_results_come_back_as_the_callers_type() {
+    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct Bug {
+        title: String,
+        priority: i64,
+    }
+    let agent = TestAgent::start(AGENT).await.expect("agent");
+    let client = agent.client().await.expect("client");
+    client.db("t").create().await.expect("create");
+    let bugs = client.db("t").collection("bugs");
+    for (title, priority) in [("a", 1), ("b", 5), ("c", 9)] {
+        bugs.insert(&Bug {
+            title: title.into(),
+            priority,
+        })
+        .await
+        .expect("insert");
+    }
+    let mut urgent: Vec<Bug> = bugs
+        .query()
+        .filter("priority", blazedb::FilterOp::Gt, 3)
+        .fetch_all_as()
+        .await
+        .expect("typed");
+    urgent.sort_by_key(|b| b.priority);
+    assert_eq!(
+        urgent,
+        [
+            Bug {
+                title: "b".into(),
+                priority: 5
+            },
+            Bug {
+                title: "c".into(),
+                priority: 9
+            }
+        ]
+    );
+    let raw = bugs.query().fetch_all().await.expect("raw");
+    let one: Bug = raw[0].decode().expect("decode");
+    assert!(["a", "b", "c"].contains(&one.title.as_str()));
+    // A record that is not a Bug says so instead of passing.
+    bugs.put_fields("odd", [("title".to_owned(), blazedb::Value::Int(1))].into())
+        .await
+        .expect("put");
+    let err = bugs
+        .query()
+        .fetch_all_as::<Bug>()
+        .await
+        .expect_err("not a Bug");
+    assert!(matches!(err, blazedb::Error::Codec(_)), "{err}");
+}
