@@ -254,6 +254,48 @@ async fn nesting_limits_are_the_documented_ones_with_their_codes() {
 }
 
 #[tokio::test]
+async fn bin_where_str_is_expected_is_taken_as_the_str_it_spells() {
+    use serde_bytes::Bytes;
+    use std::collections::BTreeMap;
+    #[derive(serde::Serialize)]
+    struct Put<'a> {
+        db: &'a Bytes,
+        collection: &'a Bytes,
+        id: &'a str,
+        fields: BTreeMap<&'a str, BTreeMap<&'a Bytes, i64>>,
+    }
+    let (agent, client) = agent_with_data().await;
+    let mut raw = Raw::hello(&agent);
+    let inner = BTreeMap::from([(Bytes::new(b"k"), 1)]);
+    let put = Put {
+        db: Bytes::new(b"bugs"),
+        collection: Bytes::new(b"bin"),
+        id: "x",
+        fields: BTreeMap::from([("v", inner)]),
+    };
+    raw.call("put", &put)
+        .expect("bin that spells UTF-8 is taken");
+    let rec = client
+        .db("bugs")
+        .collection("bin")
+        .get_record("x")
+        .await
+        .expect("get")
+        .expect("written");
+    assert_eq!(
+        rec.fields["v"],
+        Value::Map([("k".to_owned(), Value::Int(1))].into()),
+        "the key reads back as a str"
+    );
+    let not_utf8 = Put {
+        collection: Bytes::new(&[0xff, 0xfe]),
+        ..put
+    };
+    assert_eq!(code(raw.call("put", &not_utf8)), ErrorCode::InvalidParams);
+    assert_data_intact(&agent).await;
+}
+
+#[tokio::test]
 async fn undecodable_frame_gets_an_error_and_a_clean_close() {
     let (agent, _client) = agent_with_data().await;
     let mut raw = Raw::hello(&agent);
