@@ -405,8 +405,11 @@ pub struct Invite {
     pub expires_ms: u64,
 }
 
-/// The prefix of every invite code.
-pub const INVITE_PREFIX: &str = "blz1-";
+/// The prefix of every invite code made now.
+pub const INVITE_PREFIX: &str = "blz2-";
+
+/// The prefix of the first, longer form (MessagePack), still read.
+const INVITE_PREFIX_V1: &str = "blz1-";
 
 /// The text was not an invite code.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -420,25 +423,136 @@ pub enum InviteError {
 }
 
 impl Invite {
-    /// The invite as a code: the prefix, then base32 of its encoding.
+    /// Encodes the invite as a code to paste or scan: `blz2-` and base32
+    /// of a fixed layout (version, mesh, id, secret, inviter, expiry in
+    /// seconds, addresses as IP and port, a CRC-32), about 170
+    /// characters with one address. Loopback addresses are left out when
+    /// there are others: a device on the same machine finds the inviter
+    /// without them, and far devices cannot use them.
     pub fn to_code(&self) -> String {
-        // Encoding a struct of plain fields into a Vec cannot fail.
-        let bytes = codec::to_vec(self).unwrap_or_default();
-        format!("{INVITE_PREFIX}{}", base32::encode(&bytes).to_lowercase())
+        let mut b = vec![2u8];
+        b.extend_from_slice(&self.mesh.0);
+        b.extend_from_slice(&self.id);
+        b.extend_from_slice(&self.secret);
+        b.extend_from_slice(&self.inviter.0);
+        let secs = self.expires_ms.div_ceil(1000);
+        b.extend_from_slice(&u32::try_from(secs).unwrap_or(u32::MAX).to_be_bytes());
+        let parsed: Vec<(&String, Option<std::net::SocketAddr>)> =
+            self.addrs.iter().map(|a| (a, a.parse().ok())).collect();
+        let far = |a: &Option<std::net::SocketAddr>| !a.is_some_and(|a| a.ip().is_loopback());
+        let any_far = parsed.iter().any(|(_, a)| far(a));
+        for (text, addr) in parsed.iter().filter(|(_, a)| !any_far || far(a)) {
+            match addr {
+                Some(std::net::SocketAddr::V4(a)) => {
+                    b.push(4);
+                    b.extend_from_slice(&a.ip().octets());
+                    b.extend_from_slice(&a.port().to_be_bytes());
+                }
+                Some(std::net::SocketAddr::V6(a)) => {
+                    b.push(6);
+                    b.extend_from_slice(&a.ip().octets());
+                    b.extend_from_slice(&a.port().to_be_bytes());
+                }
+                None if text.len() <= 255 => {
+                    b.push(0);
+                    b.push(text.len() as u8);
+                    b.extend_from_slice(text.as_bytes());
+                }
+                None => {}
+            }
+        }
+        b.extend_from_slice(&crc32(&b).to_be_bytes());
+        format!("{INVITE_PREFIX}{}", base32::encode(&b).to_lowercase())
     }
 
-    /// Reads a code made by [`Invite::to_code`]. Case and surrounding
-    /// whitespace do not matter.
+    /// Reads a code made by [`Invite::to_code`] (or the older `blz1-`
+    /// form). Case and surrounding whitespace do not matter; a code with
+    /// anything changed, cut or added is refused.
     pub fn from_code(code: &str) -> Result<Invite, InviteError> {
         let code = code.trim();
-        let body = code
-            .get(..INVITE_PREFIX.len())
-            .filter(|p| p.eq_ignore_ascii_case(INVITE_PREFIX))
-            .map(|_| &code[INVITE_PREFIX.len()..])
-            .ok_or(InviteError::Prefix)?;
+        let prefix = code.get(..INVITE_PREFIX.len()).ok_or(InviteError::Prefix)?;
+        let body = &code[INVITE_PREFIX.len()..];
         let bytes = base32::decode(body.as_bytes()).ok_or(InviteError::Damaged)?;
-        codec::from_slice(&bytes).map_err(|_| InviteError::Damaged)
+        // Base32 drops leftover bits: a character added at the end would
+        // otherwise pass unnoticed.
+        if !base32::encode(&bytes).eq_ignore_ascii_case(body) {
+            return Err(InviteError::Damaged);
+        }
+        if prefix.eq_ignore_ascii_case(INVITE_PREFIX_V1) {
+            return codec::from_slice(&bytes).map_err(|_| InviteError::Damaged);
+        }
+        if !prefix.eq_ignore_ascii_case(INVITE_PREFIX) {
+            return Err(InviteError::Prefix);
+        }
+        decode_v2(&bytes).ok_or(InviteError::Damaged)
     }
+}
+
+fn decode_v2(b: &[u8]) -> Option<Invite> {
+    let (body, sum) = b.split_at(b.len().checked_sub(4)?);
+    if crc32(body).to_be_bytes() != sum {
+        return None;
+    }
+    let mut r = body;
+    let mut take = |n: usize| -> Option<&[u8]> {
+        let (head, rest) = r.split_at_checked(n)?;
+        r = rest;
+        Some(head)
+    };
+    if take(1)? != [2] {
+        return None;
+    }
+    let mesh = MeshId(take(16)?.try_into().ok()?);
+    let id = take(8)?.try_into().ok()?;
+    let secret = take(32)?.try_into().ok()?;
+    let inviter = DeviceId(take(32)?.try_into().ok()?);
+    let secs = u32::from_be_bytes(take(4)?.try_into().ok()?);
+    let mut addrs = Vec::new();
+    while let Some(tag) = take(1) {
+        let port = |b: &[u8]| u16::from_be_bytes([b[0], b[1]]);
+        match tag[0] {
+            4 => {
+                let a = take(6)?;
+                let ip = std::net::Ipv4Addr::new(a[0], a[1], a[2], a[3]);
+                addrs.push(std::net::SocketAddr::from((ip, port(&a[4..]))).to_string());
+            }
+            6 => {
+                let a = take(18)?;
+                let ip: [u8; 16] = a[..16].try_into().ok()?;
+                let ip = std::net::Ipv6Addr::from(ip);
+                addrs.push(std::net::SocketAddr::from((ip, port(&a[16..]))).to_string());
+            }
+            0 => {
+                let len = usize::from(take(1)?[0]);
+                addrs.push(String::from_utf8(take(len)?.to_vec()).ok()?);
+            }
+            _ => return None,
+        }
+    }
+    Some(Invite {
+        mesh,
+        id,
+        secret,
+        inviter,
+        addrs,
+        expires_ms: u64::from(secs) * 1000,
+    })
+}
+
+/// CRC-32 (IEEE), to refuse an invite code with a character changed.
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xedb8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
 }
 
 #[cfg(test)]
@@ -543,11 +657,61 @@ mod tests {
         assert_eq!(s.decode::<MemberRecord>().expect("decode"), record);
     }
 
+    fn sample_invite(addrs: &[&str]) -> Invite {
+        Invite {
+            mesh: MeshId([7; 16]),
+            id: [8; 8],
+            secret: [9; 32],
+            inviter: DeviceId([10; 32]),
+            addrs: addrs.iter().map(|a| (*a).to_owned()).collect(),
+            expires_ms: 1_796_119_200_000,
+        }
+    }
+
     #[test]
     fn a_damaged_invite_is_refused() {
         assert_eq!(Invite::from_code("hello"), Err(InviteError::Prefix));
-        assert_eq!(Invite::from_code("blz1-!!"), Err(InviteError::Damaged));
+        assert_eq!(Invite::from_code("blz2-!!"), Err(InviteError::Damaged));
         assert_eq!(Invite::from_code("blz1-abc"), Err(InviteError::Damaged));
+        let code = sample_invite(&["192.168.1.5:7340"]).to_code();
+        for extra in ["a", "q", "7"] {
+            let longer = format!("{code}{extra}");
+            assert_eq!(
+                Invite::from_code(&longer),
+                Err(InviteError::Damaged),
+                "{extra}"
+            );
+        }
+        let mut changed = code.clone().into_bytes();
+        let i = changed.len() / 2;
+        changed[i] = if changed[i] == b'a' { b'b' } else { b'a' };
+        let changed = String::from_utf8(changed).expect("ascii");
+        assert_eq!(Invite::from_code(&changed), Err(InviteError::Damaged));
+        assert_eq!(
+            Invite::from_code(&code[..code.len() - 1]),
+            Err(InviteError::Damaged)
+        );
+    }
+
+    #[test]
+    fn invite_codes_are_short_and_leave_loopback_out_when_they_can() {
+        let lan = sample_invite(&["127.0.0.1:7340", "192.168.1.5:7340"]);
+        let code = lan.to_code();
+        assert!(code.len() < 180, "{} characters: {code}", code.len());
+        let back = Invite::from_code(&code).expect("valid");
+        assert_eq!(back.addrs, ["192.168.1.5:7340"]);
+        let alone = sample_invite(&["127.0.0.1:7340", "[::1]:7340"]);
+        assert_eq!(Invite::from_code(&alone.to_code()), Ok(alone));
+    }
+
+    #[test]
+    fn codes_of_the_first_form_are_still_read() {
+        let invite = sample_invite(&["127.0.0.1:7340"]);
+        let v1 = format!(
+            "blz1-{}",
+            crate::base32::encode(&codec::to_vec(&invite).expect("encode")).to_lowercase()
+        );
+        assert_eq!(Invite::from_code(&v1), Ok(invite));
     }
 
     #[test]
@@ -565,10 +729,17 @@ mod tests {
             id in any::<[u8; 8]>(),
             secret in any::<[u8; 32]>(),
             inviter in any::<[u8; 32]>(),
-            addrs in proptest::collection::vec("[a-z0-9.:]{1,20}", 0..4),
-            expires_ms in any::<u64>(),
+            ips in proptest::collection::vec((1u8..127, any::<[u8; 3]>(), any::<u16>()), 0..3),
+            hosts in proptest::collection::vec("[a-z]{1,12}\\.example:[0-9]{1,5}", 0..2),
+            expires_s in any::<u32>(),
             upper in any::<bool>(),
         ) {
+            let mut addrs: Vec<String> = ips
+                .iter()
+                .map(|(a, bcd, port)| format!("{a}.{}.{}.{}:{port}", bcd[0], bcd[1], bcd[2]))
+                .collect();
+            addrs.extend(hosts);
+            let expires_ms = u64::from(expires_s) * 1000;
             let invite = Invite { mesh: MeshId(mesh), id, secret, inviter: DeviceId(inviter), addrs, expires_ms };
             let mut code = invite.to_code();
             if upper {

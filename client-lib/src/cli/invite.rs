@@ -1,5 +1,8 @@
 //! `blazectl invite`: a code that lets another device join this mesh. The
-//! code is alone on the last line, so scripts can take it with `tail -1`.
+//! code is alone on the last line, so scripts can take it with `tail -1`;
+//! on a terminal a QR code of it comes first, for a phone's camera.
+
+use std::io::IsTerminal as _;
 
 use super::Opts;
 use super::mesh::split_teams;
@@ -37,10 +40,38 @@ pub(crate) async fn run(client: &Client, args: InviteArgs, opts: Opts) -> anyhow
         Some(n) => format!("{n} devices"),
         None => "any number of devices".to_owned(),
     };
+    if std::io::stdout().is_terminal()
+        && let Some(qr) = qr_text(&r.code)
+    {
+        println!("{qr}");
+    }
     println!(
         "On the other device run `blazectl join CODE`. The code works for {} s, for {uses}:",
         args.ttl
     );
     println!("{}", r.code);
     Ok(())
+}
+
+/// The code as a QR code drawn with half blocks. Upper case, so that it
+/// fits QR's compact alphanumeric mode; codes are read in either case.
+fn qr_text(code: &str) -> Option<String> {
+    let qr = qrcode::QrCode::new(code.to_uppercase().as_bytes()).ok()?;
+    Some(
+        qr.render::<qrcode::render::unicode::Dense1x2>()
+            .quiet_zone(true)
+            .build(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_code_fits_a_qr_a_terminal_can_show() {
+        let code = format!("blz2-{}", "a".repeat(170));
+        let qr = super::qr_text(&code).expect("encodes");
+        let rows = qr.lines().count();
+        let cols = qr.lines().map(|l| l.chars().count()).max().unwrap_or(0);
+        assert!(rows <= 40 && cols <= 80, "{rows} x {cols}");
+    }
 }
