@@ -423,8 +423,10 @@ async fn writes_climb_a_two_level_hub_hierarchy_and_come_down_in_another_region(
     drop(agents);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hub_and_spoke_becomes_a_mesh_while_it_runs() {
+/// A hub that made a mesh and two devices, `a` and `b`, joined to it by
+/// invite, each with the database `tasks`: the agents (hub first), the
+/// hub's client and the devices' clients.
+async fn hub_with_spokes() -> (Vec<TestAgent>, Client, Vec<Client>) {
     let hub = TestAgent::start_with(AGENT, &["--role", "hub", "--name", "hub"])
         .await
         .expect("hub");
@@ -443,11 +445,17 @@ async fn hub_and_spoke_becomes_a_mesh_while_it_runs() {
         agents.push(agent);
         spokes.push(cl);
     }
-    let hub_id = h.mesh_status().await.expect("status").device_id;
-    let b_id = spokes[1].mesh_status().await.expect("status").device_id;
-    for cl in [&h, &spokes[0], &spokes[1]] {
+    for cl in std::iter::once(&h).chain(&spokes) {
         cl.db("tasks").create_if_missing().await.expect("create");
     }
+    (agents, h, spokes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hub_and_spoke_becomes_a_mesh_while_it_runs() {
+    let (agents, h, spokes) = hub_with_spokes().await;
+    let hub_id = h.mesh_status().await.expect("status").device_id;
+    let b_id = spokes[1].mesh_status().await.expect("status").device_id;
     // Hub and spoke: each spoke syncs `tasks` with the hub only.
     for cl in &spokes {
         cl.db("tasks")
@@ -507,37 +515,18 @@ async fn links_version(cl: &Client) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admin_shapes_the_mesh_with_signed_links_and_a_device_may_override_them() {
-    let hub = TestAgent::start_with(AGENT, &["--role", "hub", "--name", "hub"])
-        .await
-        .expect("hub");
-    let h = hub.client().await.expect("client");
-    h.create_mesh().await.expect("mesh");
-    let hub_addr = h.mesh_status().await.expect("status").listen;
-    let code = h.invite(Some(600), Some(2)).await.expect("invite").code;
-    let mut spokes = Vec::new();
-    let mut spoke_agents = Vec::new();
-    for name in ["a", "b"] {
-        let agent = TestAgent::start_with(AGENT, &["--peer", &hub_addr, "--name", name])
-            .await
-            .expect("spoke");
-        let cl = agent.client().await.expect("client");
-        cl.join(&code).await.expect("join");
-        spoke_agents.push(agent);
-        spokes.push(cl);
-    }
+    let (agents, h, spokes) = hub_with_spokes().await;
+    let (hub, spoke_agents) = (&agents[0], &agents[1..]);
     let (a, b) = (&spokes[0], &spokes[1]);
     let hub_id = h.mesh_status().await.expect("status").device_id;
     let (a_id, b_id) = (
         a.mesh_status().await.expect("status").device_id,
         b.mesh_status().await.expect("status").device_id,
     );
-    for cl in [&h, a, b] {
-        cl.db("tasks").create_if_missing().await.expect("create");
-    }
 
     // Hub and spoke, in one link the hub's admin signs.
     set_links(
-        &hub,
+        hub,
         "[[link]]\ndevices = [\"*\"]\npeers = [\"role:hub\"]\nmode = \"on\"\n",
     );
     for cl in [a, b] {
@@ -576,7 +565,7 @@ async fn an_admin_shapes_the_mesh_with_signed_links_and_a_device_may_override_th
 
     // A broadcast: the devices now only pull from the hub.
     set_links(
-        &hub,
+        hub,
         "[[link]]\ndevices = [\"*\"]\npeers = [\"role:hub\"]\nmode = \"pull\"\n",
     );
     wait_until("a to stop sending to the hub", || async {
@@ -603,10 +592,7 @@ async fn an_admin_shapes_the_mesh_with_signed_links_and_a_device_may_override_th
 
     // Back to both ways: what a held back leaves within a second of the
     // new links reaching it.
-    set_links(
-        &hub,
-        "[[link]]\ndevices = [\"*\"]\npeers = [\"role:hub\"]\n",
-    );
+    set_links(hub, "[[link]]\ndevices = [\"*\"]\npeers = [\"role:hub\"]\n");
     wait_until("the new links to reach a", || async {
         links_version(a).await == 3
     })
@@ -647,5 +633,5 @@ async fn an_admin_shapes_the_mesh_with_signed_links_and_a_device_may_override_th
     })
     .await
     .expect("direct");
-    drop((spoke_agents, hub));
+    drop(agents);
 }
