@@ -198,6 +198,20 @@ async fn a_forgotten_id_and_typed_values_are_handled_as_a_user_means_them() {
         get.contains(shown) && table.contains(shown),
         "{get}\n{table}"
     );
+
+    // A quoted number compared by order is text: said when nothing matches.
+    ctl(&["put", "notes", "todo", "t2", "priority:=5"]);
+    let (ok, out, err) = blazectl(
+        &agent.socket(),
+        &["query", "notes", "todo", "--where", r#"priority>"3""#],
+    );
+    assert!(ok && !out.contains("t2"), "{out}");
+    assert!(err.contains("quoted"), "{err}");
+    let (ok, out, err) = blazectl(
+        &agent.socket(),
+        &["query", "notes", "todo", "--where", "priority>3"],
+    );
+    assert!(ok && out.contains("t2") && err.is_empty(), "{out}{err}");
 }
 
 #[test]

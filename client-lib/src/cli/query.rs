@@ -5,7 +5,7 @@ use clap::Args;
 use super::Opts;
 use super::fields::parse_filter;
 use super::output::{print_json, record_json, records_table};
-use crate::Client;
+use crate::{Client, FilterOp};
 
 #[derive(Debug, Args)]
 pub(crate) struct QueryArgs {
@@ -40,8 +40,19 @@ pub(crate) async fn run(client: &Client, a: QueryArgs, opts: Opts) -> anyhow::Re
         .collection(&a.collection)
         .query()
         .limit(a.limit);
-    for f in &a.filters {
-        let f = parse_filter(f)?;
+    // A quoted number compared by order (`priority>"3"`) is text, which
+    // sorts after every number: said below if nothing matches.
+    let mut quoted_numbers = Vec::new();
+    for text in &a.filters {
+        let f = parse_filter(text)?;
+        let ordered = !matches!(f.op, FilterOp::Eq | FilterOp::Ne | FilterOp::Prefix);
+        if ordered
+            && f.value
+                .as_str()
+                .is_some_and(|v| v.trim().parse::<f64>().is_ok())
+        {
+            quoted_numbers.push(text.clone());
+        }
         q = q.filter(&f.field, f.op, f.value);
     }
     if let Some(o) = &a.order_by {
@@ -66,6 +77,14 @@ pub(crate) async fn run(client: &Client, a: QueryArgs, opts: Opts) -> anyhow::Re
         }));
     }
     print!("{}", records_table(&records));
+    if records.is_empty() {
+        for text in &quoted_numbers {
+            eprintln!(
+                "note: in {text:?} the value is quoted, so it is text and matches only text; \
+                 leave the quotes out to compare with a number"
+            );
+        }
+    }
     if let Some(c) = next {
         eprintln!("more: --cursor {c}");
     }
