@@ -287,6 +287,15 @@ async fn devices_push_to_a_collector_and_get_nothing_back() {
     put_numbered(d2, "metrics", "r", "d2", 5)
         .await
         .expect("put");
+    // The collector learns that the devices take nothing before it writes.
+    for id in [&ids[1], &ids[2]] {
+        wait_until("the collector to stop sending to a device", || async {
+            let l = carried(collector, id, "metrics").await;
+            l.taking && !l.sending
+        })
+        .await
+        .expect("told");
+    }
     put_numbered(collector, "metrics", "r", "c", 1)
         .await
         .expect("put");
