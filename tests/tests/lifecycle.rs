@@ -41,16 +41,17 @@ async fn acknowledged_writes_survive_kill_9(durability: Durability) {
             for i in 0i64.. {
                 let id = format!("w{w}-{}", i % 50);
                 let ok = if i % 5 == 0 {
-                    let id2 = format!("w{w}-b{}", i % 7);
-                    let batch = db
-                        .batch()
-                        .put("items", Some(&id), [("v".to_owned(), Value::Int(i))].into())
-                        .put(
-                            "items",
-                            Some(&id2),
-                            [("v".to_owned(), Value::Int(i))].into(),
-                        );
-                    batch.commit().await.map(|_| vec![id, id2])
+                    // Batches of 20: the commit groups' op-log chunks
+                    // hold many entries when the agent is killed.
+                    let ids: Vec<String> = std::iter::once(id)
+                        .chain((0..19).map(|k| format!("w{w}-b{}-{k}", i % 7)))
+                        .collect();
+                    let mut batch = db.batch();
+                    for id in &ids {
+                        batch =
+                            batch.put("items", Some(id), [("v".to_owned(), Value::Int(i))].into());
+                    }
+                    batch.commit().await.map(|_| ids)
                 } else {
                     coll.put_fields(&id, [("v".to_owned(), Value::Int(i))].into())
                         .await

@@ -19,10 +19,11 @@
 //!   one batch.
 
 use blazedb_proto::sealed::CheckpointPart;
-use blazedb_proto::{Op, SnapshotRecord, VersionVector, codec};
+use blazedb_proto::{SnapshotRecord, VersionVector, codec};
 use fjall::PersistMode;
 use serde::{Deserialize, Serialize};
 
+use super::oplog::{self, Trim};
 use super::sealing::Reader;
 use super::writer::Writer;
 use super::{DbState, Store, StoreError, lock, sync_meta_key};
@@ -210,15 +211,14 @@ impl Writer {
             parts: c.parts.len() as u32,
         };
         batch.insert(&db.index, META, codec::to_vec(&meta)?);
-        let mut dropped = 0u64;
-        for kv in db.log.iter() {
-            let (k, v) = kv.into_inner()?;
-            let op: Op = codec::from_slice(&v)?;
-            if op.seq <= c.vector.get(&op.origin) {
-                batch.remove(&db.log, k);
-                dropped += 1;
-            }
-        }
+        let dropped = oplog::remove_where(&db.log, &mut batch, |entry| {
+            let op = entry.op()?;
+            Ok(if op.seq <= c.vector.get(&op.origin) {
+                Trim::Drop
+            } else {
+                Trim::Keep
+            })
+        })?;
         sync.vector.merge(&c.vector);
         sync.floor.merge(&c.vector);
         batch.insert(&self.meta, sync_meta_key(db.id), codec::to_vec(&sync)?);

@@ -1,8 +1,8 @@
 //! Key layouts inside the store's keyspaces.
 //!
 //! - records: `collection 0x00 id`
-//! - op log: the change cursor as a big-endian `u64`, so the log iterates
-//!   in commit order
+//! - op log: the cursor of a chunk's first entry as a big-endian `u64`, so
+//!   the log iterates in commit order (chunks: [`super::oplog`])
 //! - index: `collection 0x00 field 0x00 value-key id`, where the value key
 //!   sorts in the order queries compare values in (see [`value_key`])
 
@@ -37,12 +37,12 @@ pub(crate) fn split_record_key(key: &[u8]) -> Option<(&str, &str)> {
     ))
 }
 
-/// The key of an op-log entry.
+/// The key of an op-log chunk whose first entry has `cursor`.
 pub(crate) fn log_key(cursor: u64) -> [u8; 8] {
     cursor.to_be_bytes()
 }
 
-/// The cursor of an op-log key.
+/// The cursor of an op-log key (its chunk's first entry).
 pub(crate) fn cursor_of_log_key(key: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(key.try_into().ok()?))
 }

@@ -22,6 +22,7 @@
 mod checkpoint;
 mod error;
 pub(crate) mod keys;
+mod oplog;
 pub(crate) mod query;
 pub(crate) mod record;
 mod replicate;
@@ -46,7 +47,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, watch};
 
 pub use error::StoreError;
-pub use stamped::{FreshPutLayout, fresh_put_layout};
+pub use stamped::{FreshPutLayout, fresh_put_layout, log_chunks};
 pub use writer::{Command, PreparedWrite, Reply, prepare};
 
 use record::{StoredRecord, Visible};
@@ -404,8 +405,8 @@ impl Store {
                 },
             };
             // Local writes since the vector was last stored.
-            for kv in log.range(keys::log_key(sync.cursor + 1)..) {
-                let op: Op = codec::from_slice(&kv.value()?)?;
+            for entry in oplog::after(&log, sync.cursor) {
+                let op = entry?.op()?;
                 if op.seq > sync.vector.get(&op.origin) {
                     sync.vector.set(op.origin, op.seq);
                 }
@@ -660,7 +661,8 @@ impl Store {
             .map(|d| DbSize {
                 name: d.name.clone(),
                 records: d.records.approximate_len() as u64,
-                log_entries: d.log.approximate_len() as u64,
+                // Entries are stored in chunks: count cursors instead.
+                log_entries: d.head().saturating_sub(d.trimmed()),
                 disk_bytes: d.records.disk_space() + d.log.disk_space() + d.index.disk_space(),
             })
             .collect();
@@ -729,11 +731,9 @@ impl Store {
     /// Reads the operation at a cursor of a database's op log.
     pub fn read_op(&self, db: &str, cursor: u64) -> Result<Op, StoreError> {
         let db = self.db(db)?;
-        let bytes = db
-            .log
-            .get(keys::log_key(cursor))?
-            .ok_or_else(|| StoreError::Corrupt(format!("no op-log entry at cursor {cursor}")))?;
-        Ok(codec::from_slice(&bytes)?)
+        oplog::get(&db.log, cursor)?
+            .ok_or_else(|| StoreError::Corrupt(format!("no op-log entry at cursor {cursor}")))?
+            .op()
     }
 
     /// Reads the changes after cursor `after`, scanning at most `max_scan`
@@ -758,12 +758,10 @@ impl Store {
         let reader = self.reader(db);
         let mut changes = Vec::new();
         let mut last = after;
-        let start = keys::log_key(after.saturating_add(1));
-        for kv in db.log.range(start..).take(max_scan) {
-            let (k, v) = kv.into_inner()?;
-            last = keys::cursor_of_log_key(&k)
-                .ok_or_else(|| StoreError::Corrupt("op-log key is not 8 bytes".into()))?;
-            let op: Op = codec::from_slice(&v)?;
+        for entry in oplog::after(&db.log, after).take(max_scan) {
+            let entry = entry?;
+            last = entry.cursor;
+            let op = entry.op()?;
             let body = match reader.read(&db.name, &op) {
                 sealing::Body::Readable(plain) => OpBody::decode(&plain)?,
                 sealing::Body::Blind => return Err(StoreError::Sealed(db.name.clone())),

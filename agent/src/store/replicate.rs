@@ -14,6 +14,7 @@ use blazedb_proto::{DeviceId, Hlc, Op, OpBody, SnapshotRecord, Span, VersionVect
 use fjall::{PersistMode, Slice};
 
 use super::keys;
+use super::oplog::{self, Trim};
 use super::record::{Stamp, StoredRecord};
 use super::sealing::{Body, Reader, seal_body};
 use super::stamped;
@@ -177,11 +178,12 @@ impl Writer {
                     }
                 }
             }
-            plan.effects.push(Effect::Insert(
-                db.log.clone(),
-                keys::log_key(head)[..].into(),
-                codec::to_vec(&op)?.into(),
-            ));
+            plan.effects.push(Effect::Log {
+                db: db.id,
+                log: db.log.clone(),
+                cursor: head,
+                entry: codec::to_vec(&op)?,
+            });
         }
         sync.cursor = head;
         sync.clock = sync.clock.max(self.clock.last());
@@ -213,11 +215,11 @@ impl Writer {
             let group = Group::new();
             let mut plan = Plan::new();
             let mut seen = 0;
-            for kv in db.log.range(keys::log_key(after + 1)..).take(CHUNK) {
-                let (k, v) = kv.into_inner()?;
-                after = keys::cursor_of_log_key(&k).unwrap_or(u64::MAX);
+            for entry in oplog::after(&db.log, after).take(CHUNK) {
+                let entry = entry?;
+                after = entry.cursor;
                 seen += 1;
-                let op: Op = codec::from_slice(&v)?;
+                let op = entry.op()?;
                 let body = match reader.read(&db.name, &op) {
                     Body::Readable(plain) => OpBody::decode(&plain).ok(),
                     _ => None,
@@ -368,9 +370,8 @@ impl Writer {
     /// writes to `db`, if the log still has it.
     fn first_unheld(&self, db: &DbState, held: u64) -> Result<Option<Hlc>, StoreError> {
         let me = self.store.device();
-        for kv in db.log.iter().rev() {
-            let (_, v) = kv.into_inner()?;
-            let op: Op = codec::from_slice(&v)?;
+        for entry in oplog::newest_first(&db.log) {
+            let op = entry?.op()?;
             if op.origin == me && op.seq > 0 {
                 if op.seq == held + 1 {
                     return Ok(Some(op.hlc));
@@ -448,9 +449,8 @@ impl Writer {
         let mut changes: Vec<Op> = Vec::new();
         if !p.rejected.is_empty() {
             let wanted: BTreeMap<u64, &String> = p.rejected.iter().map(|(s, r)| (*s, r)).collect();
-            for kv in db.log.iter().rev() {
-                let (_, v) = kv.into_inner()?;
-                let op: Op = codec::from_slice(&v)?;
+            for entry in oplog::newest_first(&db.log) {
+                let op = entry?.op()?;
                 if op.origin != me || op.seq == 0 {
                     continue;
                 }
@@ -480,9 +480,8 @@ impl Writer {
         if let Some(view) = &p.view {
             // This device's writes a full replica has judged: a record
             // they touched that the view does not see was refused.
-            for kv in db.log.iter().rev() {
-                let (_, v) = kv.into_inner()?;
-                let op: Op = codec::from_slice(&v)?;
+            for entry in oplog::newest_first(&db.log) {
+                let op = entry?.op()?;
                 if op.origin != me || op.seq == 0 || op.seq > p.own_held {
                     continue;
                 }
@@ -559,11 +558,12 @@ impl Writer {
         let mut head = self.counters.get(&db.id).map_or(0, |c| c.head);
         for change in changes {
             head += 1;
-            plan.effects.push(Effect::Insert(
-                db.log.clone(),
-                keys::log_key(head)[..].into(),
-                codec::to_vec(&change)?.into(),
-            ));
+            plan.effects.push(Effect::Log {
+                db: db.id,
+                log: db.log.clone(),
+                cursor: head,
+                entry: codec::to_vec(&change)?,
+            });
         }
         sync.cursor = head;
         self.counters.entry(db.id).or_default().head = head;
@@ -595,20 +595,17 @@ impl Writer {
         let mut out = Compacted::default();
         let mut batch = self.fj.batch();
         // Remove a prefix of the log, so what is left stays contiguous.
-        for kv in db.log.iter() {
-            let (k, v) = kv.into_inner()?;
-            let cursor = keys::cursor_of_log_key(&k).unwrap_or(u64::MAX);
-            let op: Op = codec::from_slice(&v)?;
-            if cursor > keep_from || op.seq > stable.get(&op.origin) {
-                break;
+        out.ops = oplog::remove_where(&db.log, &mut batch, |entry| {
+            let op = entry.op()?;
+            if entry.cursor > keep_from || op.seq > stable.get(&op.origin) {
+                return Ok(Trim::Stop);
             }
-            batch.remove(&db.log, k);
             if op.seq > sync.floor.get(&op.origin) {
                 sync.floor.set(op.origin, op.seq);
             }
-            sync.trimmed = sync.trimmed.max(cursor);
-            out.ops += 1;
-        }
+            sync.trimmed = sync.trimmed.max(entry.cursor);
+            Ok(Trim::Drop)
+        })?;
         for kv in db.records.iter() {
             let (k, v) = kv.into_inner()?;
             let r: StoredRecord = codec::from_slice(&v)?;
@@ -718,15 +715,14 @@ impl SyncStore for Store {
         let head = db.head();
         let mut want = have.clone();
         let (mut ops, mut bytes) = (Vec::new(), 0);
-        for kv in db.log.range(keys::log_key(from.saturating_add(1))..) {
-            let (k, v) = kv.into_inner()?;
-            let cursor = keys::cursor_of_log_key(&k)
-                .ok_or_else(|| StoreError::Corrupt("op-log key is not 8 bytes".into()))?;
+        for entry in oplog::after(&db.log, from) {
+            let entry = entry?;
+            let cursor = entry.cursor;
             if cursor > head {
                 // Committed but not yet published: next time.
                 break;
             }
-            let op: Op = codec::from_slice(&v)?;
+            let op = entry.op()?;
             if !want.advance(op.origin, op.seq) {
                 continue;
             }

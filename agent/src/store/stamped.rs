@@ -120,8 +120,8 @@ pub struct FreshPutLayout {
 }
 
 /// What the store writes for a put that creates a record. Benchmarks write
-/// these bytes with fjall directly to show the floor the store's layout
-/// sets (two entries per write), apart from what the store adds.
+/// these bytes with fjall directly (the log entries as [`log_chunks`]) to
+/// show the floor the store's layout sets, apart from what the store adds.
 pub fn fresh_put_layout(
     origin: &DeviceId,
     collection: &str,
@@ -142,6 +142,19 @@ pub fn fresh_put_layout(
         log_key: super::keys::log_key(seq),
         log_entry: fill_op(op_entry(origin, 0, &body.encode()?), seq, hlc),
     })
+}
+
+/// The op-log chunks the store writes for `entries` (cursor and entry, in
+/// cursor order) committed in one group: benchmarks write them to show the
+/// floor the layout sets.
+pub fn log_chunks<'a>(
+    entries: impl IntoIterator<Item = (u64, &'a [u8])>,
+) -> Vec<([u8; 8], Vec<u8>)> {
+    let mut chunker = super::oplog::Chunker::default();
+    for (cursor, entry) in entries {
+        chunker.push(cursor, entry);
+    }
+    chunker.finish().collect()
 }
 
 #[cfg(test)]
@@ -177,7 +190,9 @@ mod tests {
             .expect("encode");
         let db = store.db("d").expect("the database");
         let record = db.records.get(&layout.record_key).expect("read");
-        let entry = db.log.get(layout.log_key).expect("read");
+        let entry = super::super::oplog::get(&db.log, written[0].cursor)
+            .expect("read")
+            .map(|e| e.bytes().to_vec());
         assert_eq!(record.as_deref(), Some(&layout.record[..]));
         assert_eq!(entry.as_deref(), Some(&layout.log_entry[..]));
         rt.block_on(store.shutdown()).expect("shut down");

@@ -26,7 +26,6 @@ use blazedb_proto::{
 use fjall::{Keyspace, PersistMode, Slice};
 use rustc_hash::FxHashMap;
 
-use super::keys;
 use super::record::{Stamp, StoredRecord};
 use super::sealing::seal_body;
 use super::stamped::{self, Holes};
@@ -35,6 +34,7 @@ use super::{
     SyncMeta, collection_meta_key, db_meta_key, dropped_key, lock, new_epoch, open_keyspaces,
     read_lock, sync_meta_key, write_lock,
 };
+use super::{keys, oplog};
 use crate::sync::WriteScreen;
 use crate::sync::hlc::HlcClock;
 use blazedb_proto::sealed::SealedOp;
@@ -287,12 +287,11 @@ pub(crate) fn recover_log_tail(log: &Keyspace, device: &DeviceId) -> Result<LogT
     // Walk back from the end until the local device's latest op: its seq
     // continues from there. Ops are appended in clock order locally, so the
     // last entry also holds the latest local reading.
-    for kv in log.iter().rev() {
-        let (k, v) = kv.into_inner()?;
-        let op: Op = codec::from_slice(&v)?;
+    for entry in oplog::newest_first(log) {
+        let entry = entry?;
+        let op = entry.op()?;
         if tail.head == 0 {
-            tail.head = keys::cursor_of_log_key(&k)
-                .ok_or_else(|| StoreError::Corrupt("op-log key is not 8 bytes".into()))?;
+            tail.head = entry.cursor;
         }
         tail.max_hlc = tail.max_hlc.max(op.hlc);
         // Seq 0 marks a change a partial replica logged for its
@@ -317,6 +316,14 @@ pub(super) struct Counters {
 pub(super) enum Effect {
     Insert(Keyspace, Slice, Slice),
     Remove(Keyspace, Slice),
+    /// An op-log entry of database `db` at `cursor`: the group's entries
+    /// of one database are stored as chunks ([`oplog`]).
+    Log {
+        db: u32,
+        log: Keyspace,
+        cursor: u64,
+        entry: Vec<u8>,
+    },
 }
 
 /// Records as a plan or a group leaves them, encoded, by database and key,
@@ -775,10 +782,32 @@ impl Writer {
 
     pub(super) fn commit(&mut self, group: &mut Group) -> Result<(), StoreError> {
         let mut batch = self.fj.batch();
+        // Few databases per group: a list beats a map.
+        let mut logs: Vec<(u32, Keyspace, oplog::Chunker)> = Vec::new();
         for effect in group.effects.drain(..) {
             match effect {
                 Effect::Insert(ks, k, v) => batch.insert(&ks, k, v),
                 Effect::Remove(ks, k) => batch.remove(&ks, k),
+                Effect::Log {
+                    db,
+                    log,
+                    cursor,
+                    entry,
+                } => {
+                    let at = match logs.iter().position(|(id, ..)| *id == db) {
+                        Some(at) => at,
+                        None => {
+                            logs.push((db, log, oplog::Chunker::default()));
+                            logs.len() - 1
+                        }
+                    };
+                    logs[at].2.push(cursor, &entry);
+                }
+            }
+        }
+        for (_, log, chunker) in logs {
+            for (key, chunk) in chunker.finish() {
+                batch.insert(&log, key, chunk);
             }
         }
         if group.fsync {
@@ -945,11 +974,12 @@ impl Writer {
                 )
             }
         };
-        plan.effects.push(Effect::Insert(
-            db.log.clone(),
-            keys::log_key(cursor)[..].into(),
-            entry.into(),
-        ));
+        plan.effects.push(Effect::Log {
+            db: db.id,
+            log: db.log.clone(),
+            cursor,
+            entry,
+        });
         plan.overlay.insert(db.id, key, record_bytes);
         Ok(WriteResult {
             id,

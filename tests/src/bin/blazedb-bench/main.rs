@@ -181,7 +181,7 @@ async fn run(quick: bool, only: &[String], records: Option<usize>) -> anyhow::Re
             raw_puts
         );
         println!(
-            "  raw fjall, the store's layout     {:>12.0} ops/s  (record + op-log entry per put)",
+            "  raw fjall, the store's layout     {:>12.0} ops/s  (records + the batch's log chunk)",
             raw_layout
         );
         println!(
