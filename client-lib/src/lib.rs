@@ -724,6 +724,18 @@ impl Collection {
         Ok(self.db.client.call::<api::Get>(&params).await?.record)
     }
 
+    /// Reads many records by id in one request: one entry per id, in the
+    /// same order, `None` where there is no such record. At most
+    /// [`api::MAX_GET_MANY`] ids a call.
+    pub async fn get_many<I: AsRef<str>>(&self, ids: &[I]) -> Result<Vec<Option<Record>>, Error> {
+        let params = api::GetManyParams {
+            db: self.db.name.clone(),
+            collection: self.name.clone(),
+            ids: ids.iter().map(|id| id.as_ref().to_owned()).collect(),
+        };
+        Ok(self.db.client.call::<api::GetMany>(&params).await?.records)
+    }
+
     /// Starts a query over the collection.
     pub fn query(&self) -> Query {
         Query {

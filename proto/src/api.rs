@@ -98,6 +98,8 @@ methods! {
     Delete = "delete", RecordRef => WriteResult;
     /// Reads a record by id.
     Get = "get", RecordRef => GetResult;
+    /// Reads many records of one collection by id, in one request.
+    GetMany = "get_many", GetManyParams => GetManyResult;
     /// Finds records by field filters.
     Query = "query", QueryParams => QueryResult;
     /// Applies many writes to one database atomically.
@@ -808,6 +810,20 @@ pub struct RecordRef {
     pub id: String,
 }
 
+/// The most ids one `get_many` may name.
+pub const MAX_GET_MANY: usize = 10_000;
+
+/// Params of `get_many`: records of one collection by id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GetManyParams {
+    /// The database.
+    pub db: String,
+    /// The collection.
+    pub collection: String,
+    /// The record ids, at most [`MAX_GET_MANY`]; an id may repeat.
+    pub ids: Vec<String>,
+}
+
 /// What a write did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WriteResult {
@@ -860,6 +876,25 @@ pub struct EncodedRecord<'a> {
     pub version: Hlc,
 }
 
+/// Result of `get_many`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GetManyResult {
+    /// One entry per id asked for, in the same order: the record, or nil
+    /// when there is none with that id.
+    pub records: Vec<Option<Record>>,
+}
+
+impl GetManyResult {
+    /// Appends the start of a `GetManyResult` of `count` records: follow
+    /// it with each record's [`GetResult::encode_record`].
+    pub fn encode_head(out: &mut Vec<u8>, count: usize) {
+        use codec::raw;
+        raw::map_len(out, 1);
+        raw::str(out, "records");
+        raw::array_len(out, u32::try_from(count).unwrap_or(u32::MAX));
+    }
+}
+
 impl GetResult {
     /// Appends what encoding a `GetResult` of `record` gives, byte for
     /// byte, without decoding its values.
@@ -867,6 +902,12 @@ impl GetResult {
         use codec::raw;
         raw::map_len(out, 1);
         raw::str(out, "record");
+        Self::encode_record(out, record);
+    }
+
+    /// Appends what encoding `record` (an `Option<Record>`) gives.
+    pub fn encode_record(out: &mut Vec<u8>, record: Option<&EncodedRecord<'_>>) {
+        use codec::raw;
         let Some(r) = record else {
             raw::nil(out);
             return;
@@ -1228,5 +1269,42 @@ mod tests {
             out,
             codec::to_vec(&GetResult { record: None }).expect("encode")
         );
+    }
+
+    proptest! {
+        #[test]
+        fn a_get_many_result_from_encoded_values_is_the_ordinary_encoding(
+            records in proptest::collection::vec(proptest::option::of((
+                ".{0,12}",
+                proptest::collection::btree_map(".{0,8}", arb_value(), 0..4),
+                any::<u64>(),
+            )), 0..20),
+        ) {
+            type Encoded = (String, Vec<(String, Vec<u8>)>, u64);
+            let encoded: Vec<Option<Encoded>> = records
+                .iter()
+                .map(|r| r.as_ref().map(|(id, fields, v)| {
+                    let f = fields.iter().map(|(k, v)| (k.clone(), codec::to_vec(v).expect("encode"))).collect();
+                    (id.clone(), f, *v)
+                }))
+                .collect();
+            let mut out = Vec::new();
+            GetManyResult::encode_head(&mut out, encoded.len());
+            for r in &encoded {
+                let raw = r.as_ref().map(|(id, fields, v)| EncodedRecord {
+                    id,
+                    fields: fields.iter().map(|(k, v)| (k.as_str(), v.as_slice())).collect(),
+                    version: Hlc(*v),
+                });
+                GetResult::encode_record(&mut out, raw.as_ref());
+            }
+            let want = GetManyResult {
+                records: records
+                    .into_iter()
+                    .map(|r| r.map(|(id, fields, v)| Record { id, fields, version: Hlc(v) }))
+                    .collect(),
+            };
+            prop_assert_eq!(out, codec::to_vec(&want).expect("encode"));
+        }
     }
 }

@@ -74,6 +74,11 @@ async fn a_dashboard_sees_exactly_its_grant_and_cannot_write() -> anyhow::Result
     // get and query: the granted fields, no more.
     let b1 = bugs.get_record("b1").await?.expect("b1");
     assert_eq!(names(&b1.fields), granted);
+    let many = bugs.get_many(&["b1", "b2"]).await?;
+    for rec in many.iter().flatten() {
+        assert_eq!(names(&rec.fields), granted, "get_many cuts as get does");
+    }
+    assert_eq!(many[0].as_ref(), Some(&b1));
     let open = bugs
         .query()
         .filter("status", FilterOp::Eq, "open")
@@ -94,6 +99,12 @@ async fn a_dashboard_sees_exactly_its_grant_and_cannot_write() -> anyhow::Result
         dash.db("bugs")
             .collection("internal")
             .get_record("i1")
+            .await
+    ));
+    assert!(denied(
+        dash.db("bugs")
+            .collection("internal")
+            .get_many(&["i1"])
             .await
     ));
     assert!(denied(dash.db("private").info().await));

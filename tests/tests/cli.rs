@@ -65,6 +65,35 @@ async fn a_missing_record_fails_the_same_with_and_without_json() {
     assert!(!ok, "--json exits as without it");
     assert_eq!(out.trim(), "null", "JSON readers still get a value");
     assert!(err.contains("no record nope"), "{err}");
+
+    // Several ids: one request, every record found, the missing named.
+    let (ok, out, err) = blazectl(
+        &agent.socket(),
+        &["--json", "get", "notes", "todo", "t1", "nope", "t1"],
+    );
+    assert!(!ok && err.contains("no record nope"), "{err}");
+    let got: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let ids: Vec<_> = got
+        .as_array()
+        .expect("an array, one entry per id")
+        .iter()
+        .map(|r| r.get("id").cloned().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            serde_json::json!("t1"),
+            serde_json::Value::Null,
+            serde_json::json!("t1")
+        ]
+    );
+    blazectl_ok(
+        CTL,
+        &agent.socket(),
+        &["put", "notes", "todo", "t2", "x:=2"],
+    );
+    let text = blazectl_ok(CTL, &agent.socket(), &["get", "notes", "todo", "t1", "t2"]);
+    assert!(text.contains("t1") && text.contains("t2"), "{text}");
 }
 
 #[test]

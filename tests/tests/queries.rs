@@ -328,3 +328,64 @@ async fn query_results_come_back_as_the_callers_type() {
         .expect_err("not a Bug");
     assert!(matches!(err, blazedb::Error::Codec(_)), "{err}");
 }
+
+#[tokio::test]
+async fn get_many_answers_each_id_in_the_order_asked() {
+    let agent = TestAgent::start_with(AGENT, &["--max-frame", "65536"])
+        .await
+        .expect("agent");
+    let client = agent.client().await.expect("client");
+    client.db("t").create().await.expect("create");
+    let items = client.db("t").collection("items");
+    for i in 0..50i64 {
+        items
+            .put_fields(&format!("k{i}"), [("n".to_owned(), Value::Int(i))].into())
+            .await
+            .expect("put");
+    }
+    items.delete("k7").await.expect("delete");
+    // Present, missing, deleted and repeated ids, in an order of our own.
+    let ids = ["k42", "nope", "k7", "k3", "k42", "k0"];
+    let got = items.get_many(&ids).await.expect("get_many");
+    assert_eq!(got.len(), ids.len());
+    for (id, rec) in ids.iter().zip(&got) {
+        let single = items.get_record(id).await.expect("get");
+        assert_eq!(rec, &single, "{id}: get_many answers as get does");
+    }
+    let present: Vec<&str> = got.iter().flatten().map(|r| r.id.as_str()).collect();
+    assert_eq!(present, ["k42", "k3", "k42", "k0"]);
+    assert!(items.get_many::<&str>(&[]).await.expect("none").is_empty());
+
+    // An unknown collection fails the whole request, as a get does.
+    let err = client
+        .db("t")
+        .collection("nothing")
+        .get_many(&["k1"])
+        .await
+        .expect_err("unknown collection");
+    assert!(err.to_string().contains("no collection"), "{err}");
+    // Too many ids, or an answer over the frame limit, says what to do.
+    let many: Vec<String> = (0..=blazedb_proto::api::MAX_GET_MANY)
+        .map(|i| format!("k{i}"))
+        .collect();
+    let err = items.get_many(&many).await.expect_err("too many ids");
+    assert!(err.to_string().contains("split them"), "{err}");
+    let big = "x".repeat(4000);
+    for i in 0..20 {
+        items
+            .put_fields(
+                &format!("big{i}"),
+                [("b".to_owned(), Value::from(big.as_str()))].into(),
+            )
+            .await
+            .expect("put");
+    }
+    let bigs: Vec<String> = (0..20).map(|i| format!("big{i}")).collect();
+    let err = items
+        .get_many(&bigs)
+        .await
+        .expect_err("over the frame limit");
+    assert!(err.to_string().contains("fewer ids"), "{err}");
+    // The connection goes on.
+    assert_eq!(items.get_many(&bigs[..2]).await.expect("fits").len(), 2);
+}

@@ -30,6 +30,7 @@ pub(crate) fn authorize(access: &Access, req: &Request) -> Result<(), ErrorInfo>
             access.check_admin(&p.db, "change the indexes of")
         }
         Request::Get(p) => access.rights(&p.db, &p.collection).map(drop),
+        Request::GetMany(p) => access.rights(&p.db, &p.collection).map(drop),
         Request::Query(p) => access
             .check_query(&p.db, &p.collection, &p.filters, p.order_by.as_deref())
             .map(drop),

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use blazedb_proto::api::{
     BatchResult, CreatedResult, DbCreateParams, DbListResult, DroppedResult, EncodedRecord,
-    GetResult, IndexParams, RecordRef, Request, Write,
+    GetManyParams, GetManyResult, GetResult, IndexParams, MAX_GET_MANY, RecordRef, Request, Write,
 };
 use blazedb_proto::message::{self, EncodeError};
 use blazedb_proto::{ErrorCode, ErrorInfo};
@@ -50,7 +50,7 @@ fn error_unless_sent(
             ErrorCode::InvalidArgument,
             format!(
                 "the response would be {} bytes, over the frame limit of {}; \
-                 ask for less (a smaller query limit)",
+                 ask for less (a smaller query limit, fewer ids)",
                 e.len, e.max
             ),
         ),
@@ -91,35 +91,78 @@ fn done<R: Serialize>(ctx: &Ctx, out: &mut Vec<u8>, id: u64, r: Result<R, StoreE
     Handled::Done
 }
 
+/// Calls `f` with `record` cut to the fields in `fields`.
+fn limited<R>(
+    record: Option<&EncodedRecord<'_>>,
+    fields: &FieldLimit,
+    f: impl FnOnce(Option<&EncodedRecord<'_>>) -> R,
+) -> R {
+    match (record, fields) {
+        (Some(r), Some(only)) => f(Some(&EncodedRecord {
+            id: r.id,
+            fields: r
+                .fields
+                .iter()
+                .filter(|(name, _)| only.contains(*name))
+                .copied()
+                .collect(),
+            version: r.version,
+        })),
+        (record, _) => f(record),
+    }
+}
+
 /// Answers a get, with only the fields in `fields`.
 pub(crate) fn get(ctx: &Ctx, id: u64, p: &RecordRef, fields: &FieldLimit, out: &mut Vec<u8>) {
     // The stored values are passed on as they are encoded.
     let sent = ctx
         .store
         .get_encoded(&p.db, &p.collection, &p.id, |record| {
-            let limited;
-            let record = match (record, fields) {
-                (Some(r), Some(only)) => {
-                    limited = EncodedRecord {
-                        id: r.id,
-                        fields: r
-                            .fields
-                            .iter()
-                            .filter(|(name, _)| only.contains(*name))
-                            .copied()
-                            .collect(),
-                        version: r.version,
-                    };
-                    Some(&limited)
-                }
-                (record, _) => record,
-            };
-            message::encode_response_with(out, id, ctx.max_frame, |out| {
-                GetResult::encode_from(out, record);
-                Ok(())
+            limited(record, fields, |record| {
+                message::encode_response_with(out, id, ctx.max_frame, |out| {
+                    GetResult::encode_from(out, record);
+                    Ok(())
+                })
             })
         });
     error_unless_sent(out, id, sent);
+}
+
+/// Answers a get_many, each record with only the fields in `fields`.
+pub(crate) fn get_many(
+    ctx: &Ctx,
+    id: u64,
+    p: &GetManyParams,
+    fields: &FieldLimit,
+    out: &mut Vec<u8>,
+) {
+    if p.ids.len() > MAX_GET_MANY {
+        let e = StoreError::InvalidArgument(format!(
+            "get_many names {} ids, more than the {MAX_GET_MANY} one request may: \
+             split them over several requests",
+            p.ids.len()
+        ));
+        return error_unless_sent(out, id, Err(e));
+    }
+    let (start, mut read) = (out.len(), Ok(()));
+    let sent = message::encode_response_with(out, id, ctx.max_frame, |out| {
+        GetManyResult::encode_head(out, p.ids.len());
+        read = ctx.store.get_many_encoded(
+            &p.db,
+            &p.collection,
+            p.ids.iter().map(String::as_str),
+            |record| limited(record, fields, |r| GetResult::encode_record(out, r)),
+        );
+        Ok(())
+    });
+    match read {
+        Ok(()) => error_unless_sent(out, id, Ok(sent)),
+        Err(e) => {
+            // Whatever was encoded of the response goes.
+            out.truncate(start);
+            error_unless_sent(out, id, Err(e));
+        }
+    }
 }
 
 /// Handles every request but hello, subscribe and unsubscribe (which need
@@ -149,6 +192,14 @@ pub(crate) fn handle(
                 .ok()
                 .and_then(|r| r.fields);
             get(ctx, id, &p, &fields, out);
+            Handled::Done
+        }
+        Request::GetMany(p) => {
+            let fields = access
+                .rights(&p.db, &p.collection)
+                .ok()
+                .and_then(|r| r.fields);
+            get_many(ctx, id, &p, &fields, out);
             Handled::Done
         }
         Request::Query(p) => {

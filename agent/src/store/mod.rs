@@ -720,6 +720,41 @@ impl Store {
         Ok(f(record.as_ref()))
     }
 
+    /// Reads the records `ids` of one collection, handing each (or `None`
+    /// where there is none) to `each` in order, with its values as stored.
+    /// The database and collection are looked up once for all of them.
+    pub fn get_many_encoded<'i>(
+        &self,
+        db: &str,
+        collection: &str,
+        ids: impl IntoIterator<Item = &'i str>,
+        mut each: impl FnMut(Option<&EncodedRecord<'_>>),
+    ) -> Result<(), StoreError> {
+        let db = self.db(db)?;
+        self.readable(&db)?;
+        if !read_lock(&db.collections).contains_key(collection) {
+            db.collection(collection)?;
+        }
+        // One key buffer for all: only the id part changes.
+        let mut key = keys::collection_prefix(collection);
+        let prefix = key.len();
+        for id in ids {
+            key.truncate(prefix);
+            key.extend_from_slice(id.as_bytes());
+            let Some(bytes) = db.records.get(&key)? else {
+                each(None);
+                continue;
+            };
+            let record = Visible::read(&bytes)?.map(|v| EncodedRecord {
+                id,
+                fields: v.fields,
+                version: v.version,
+            });
+            each(record.as_ref());
+        }
+        Ok(())
+    }
+
     /// Runs a query.
     pub fn query(&self, params: &QueryParams) -> Result<QueryResult, StoreError> {
         let db = self.db(&params.db)?;

@@ -77,8 +77,8 @@ enum Command {
     /// Write a whole record: `put DB COLLECTION ID title=Fix priority:=5`
     /// (ID `-` lets the agent pick one).
     Put(records::PutArgs),
-    /// Read a record.
-    Get(records::RecordArgs),
+    /// Read a record, or several in one request: `get DB COLLECTION ID...`.
+    Get(records::GetArgs),
     /// Change some fields of a record: `patch DB COLLECTION ID status=done`.
     Patch(records::PatchArgs),
     /// Delete a record.

@@ -19,6 +19,17 @@ pub(crate) struct RecordArgs {
 }
 
 #[derive(Debug, Args)]
+pub(crate) struct GetArgs {
+    /// The database.
+    db: String,
+    /// The collection.
+    collection: String,
+    /// The record ids (several are read in one request).
+    #[arg(required = true, num_args = 1..)]
+    ids: Vec<String>,
+}
+
+#[derive(Debug, Args)]
 pub(crate) struct PutArgs {
     /// The database.
     db: String,
@@ -75,30 +86,43 @@ pub(crate) async fn put(client: &Client, a: PutArgs, opts: Opts) -> anyhow::Resu
     print_write("put", &r, opts)
 }
 
-pub(crate) async fn get(client: &Client, a: RecordArgs, opts: Opts) -> anyhow::Result<()> {
-    let rec = client
-        .db(&a.db)
-        .collection(&a.collection)
-        .get_record(&a.id)
-        .await?;
-    let missing = || anyhow::anyhow!("no record {} in {}/{}", a.id, a.db, a.collection);
-    match (rec, opts.json) {
-        (Some(r), true) => print_json(&record_json(&r)),
-        // JSON readers get `null`, and the exit code is the same as
-        // without `--json`.
-        (None, true) => {
-            print_json(&serde_json::Value::Null)?;
-            Err(missing())
+pub(crate) async fn get(client: &Client, a: GetArgs, opts: Opts) -> anyhow::Result<()> {
+    let coll = client.db(&a.db).collection(&a.collection);
+    let records = match a.ids.as_slice() {
+        [id] => vec![coll.get_record(id).await?],
+        ids => coll.get_many(ids).await?,
+    };
+    let missing: Vec<&str> = a
+        .ids
+        .iter()
+        .zip(&records)
+        .filter(|(_, r)| r.is_none())
+        .map(|(id, _)| id.as_str())
+        .collect();
+    let json = |r: &Option<crate::Record>| r.as_ref().map_or(serde_json::Value::Null, record_json);
+    if opts.json {
+        // One id: the record (or `null`); several: an array in the order
+        // asked. The exit code is the same as without `--json`.
+        match records.as_slice() {
+            [r] => print_json(&json(r))?,
+            _ => print_json(&records.iter().map(json).collect())?,
         }
-        (Some(r), false) => {
+    } else {
+        for (i, r) in records.iter().flatten().enumerate() {
+            if i > 0 {
+                println!();
+            }
             let width = r.fields.keys().map(|k| k.len()).max().unwrap_or(0).max(2);
             println!("{:<width$}  {}", "id", r.id);
             for (k, v) in &r.fields {
                 println!("{k:<width$}  {}", value_text(v));
             }
-            Ok(())
         }
-        (None, false) => Err(missing()),
+    }
+    match missing.as_slice() {
+        [] => Ok(()),
+        [id] => anyhow::bail!("no record {id} in {}/{}", a.db, a.collection),
+        ids => anyhow::bail!("no records {} in {}/{}", ids.join(", "), a.db, a.collection),
     }
 }
 
