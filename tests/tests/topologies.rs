@@ -496,11 +496,12 @@ async fn hub_and_spoke_becomes_a_mesh_while_it_runs() {
     })
     .await
     .expect("direct");
-    assert_eq!(
-        records(&h, "tasks", "r").await.len(),
-        20,
-        "the hub still gets all"
-    );
+    // The hub still gets all, whichever link carries them first.
+    wait_until("the hub to hold all 20", || async {
+        records(&h, "tasks", "r").await.len() == 20
+    })
+    .await
+    .expect("the hub still gets all");
     drop(agents);
 }
 
