@@ -1,0 +1,154 @@
+//! `--callgrind`: instructions per put and per get, counted by valgrind's
+//! callgrind for the agent's process and for raw fjall doing the same
+//! work. Instruction counts repeat from run to run where wall-clock rates
+//! on a shared machine swing two- or threefold, so a change to either
+//! path shows in them.
+//!
+//! Each figure is the difference of two runs that differ only in the
+//! number of operations (`small` and `large`), divided by that
+//! difference: start-up, set-up and shutdown cancel out.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context as _, bail};
+use blazedb::Client;
+use blazedb_tests::bench::{batched_puts, raw_fjall_puts};
+use blazedb_tests::{TestAgent, sibling_bin};
+use fjall::KeyspaceCreateOptions;
+
+/// Records the get runs read from.
+const GET_KEYS: usize = 4000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Work {
+    Puts,
+    Gets,
+}
+
+/// Counts and prints instructions per put and per get, agent and raw.
+pub(crate) async fn run(quick: bool, json: bool) -> anyhow::Result<()> {
+    let have = Command::new("valgrind").arg("--version").output();
+    if !have.is_ok_and(|o| o.status.success()) {
+        bail!("valgrind is not installed (apt-get install valgrind)");
+    }
+    let (small, large) = if quick { (1000, 2000) } else { (2000, 6000) };
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path();
+    println!("blazedb-bench --callgrind: instructions per operation ({small} and {large} ops)\n");
+    let mut figures = serde_json::Map::new();
+    for work in [Work::Puts, Work::Gets] {
+        let agent = per_op(small, large, |n| agent_run(dir, work, n)).await?;
+        let raw = per_op(small, large, |n| async move { raw_run(dir, work, n) }).await?;
+        let (name, what) = match work {
+            Work::Puts => ("put", "durable batched puts (1000 a batch)"),
+            Work::Gets => ("get", "random point gets (128 in flight)"),
+        };
+        println!("{what}");
+        println!("  raw fjall          {raw:>10.0} instructions per op");
+        println!(
+            "  blazed (agent)     {agent:>10.0} instructions per op  ({:.2}x raw)\n",
+            agent / raw
+        );
+        figures.insert(format!("callgrind_{name}_agent_ir"), agent.into());
+        figures.insert(format!("callgrind_{name}_raw_ir"), raw.into());
+        figures.insert(format!("callgrind_{name}_ratio_raw"), (agent / raw).into());
+    }
+    if json {
+        println!("{}", serde_json::Value::Object(figures));
+    }
+    Ok(())
+}
+
+/// Instructions per operation: the difference of a `large` and a `small`
+/// run over the difference in operations.
+async fn per_op<F: Future<Output = anyhow::Result<u64>>>(
+    small: usize,
+    large: usize,
+    mut run: impl FnMut(usize) -> F,
+) -> anyhow::Result<f64> {
+    let a = run(small).await?;
+    let b = run(large).await?;
+    Ok(b.saturating_sub(a) as f64 / (large - small) as f64)
+}
+
+/// Runs an agent under callgrind, has it do `n` puts (or write
+/// [`GET_KEYS`] records and then do `n` gets), stops it and returns the
+/// instructions it ran.
+async fn agent_run(dir: &Path, work: Work, n: usize) -> anyhow::Result<u64> {
+    let out = dir.join(format!("agent-{work:?}-{n}.callgrind"));
+    let script = dir.join(format!("agent-{work:?}-{n}.sh"));
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nexec valgrind -q --tool=callgrind --callgrind-out-file={} {} \"$@\"\n",
+            out.display(),
+            sibling_bin("blazed-test-agent").display()
+        ),
+    )?;
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let mut agent = TestAgent::stopped(&script, &["--no-metrics", "--no-http"])?;
+    agent.restart().await?;
+    let client = Client::connect_to(agent.socket()).await?;
+    client.db("bench").create().await?;
+    match work {
+        Work::Puts => {
+            batched_puts(&client, "bench", n, 1000).await?;
+        }
+        Work::Gets => {
+            batched_puts(&client, "bench", GET_KEYS, 1000).await?;
+            super::pipelined_gets(&client, n, GET_KEYS, 128).await?;
+        }
+    }
+    drop(client);
+    agent.stop().await?;
+    instructions(&out)
+}
+
+/// Runs raw fjall under callgrind in a child process of this binary.
+fn raw_run(dir: &Path, work: Work, n: usize) -> anyhow::Result<u64> {
+    let out = dir.join(format!("raw-{work:?}-{n}.callgrind"));
+    let status = Command::new("valgrind")
+        .arg("-q")
+        .arg("--tool=callgrind")
+        .arg(format!("--callgrind-out-file={}", out.display()))
+        .arg(std::env::current_exe()?)
+        .arg("--raw-fjall")
+        .arg(if work == Work::Puts { "puts" } else { "gets" })
+        .arg(n.to_string())
+        .status()?;
+    anyhow::ensure!(status.success(), "the raw fjall run failed: {status}");
+    instructions(&out)
+}
+
+/// The raw side, in the child: `n` durable batched inserts, or
+/// [`GET_KEYS`] inserts and then `n` random gets.
+pub(crate) fn raw_fjall(what: &str, n: usize) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    match what {
+        "puts" => {
+            raw_fjall_puts(dir.path(), n, 1000)?;
+        }
+        "gets" => {
+            raw_fjall_puts(dir.path(), GET_KEYS, 1000)?;
+            let db = fjall::Database::builder(dir.path().join("raw")).open()?;
+            let ks = db.keyspace("items", KeyspaceCreateOptions::default)?;
+            super::random_gets(&ks, n, GET_KEYS)?;
+        }
+        other => bail!("--raw-fjall takes puts or gets, not {other}"),
+    }
+    Ok(())
+}
+
+/// The total instructions in a callgrind output file.
+fn instructions(path: &PathBuf) -> anyhow::Result<u64> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("no callgrind output at {}", path.display()))?;
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix("totals:")
+                .or_else(|| l.strip_prefix("summary:"))
+        })
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .with_context(|| format!("no instruction total in {}", path.display()))
+}
