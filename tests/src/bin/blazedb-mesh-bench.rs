@@ -52,6 +52,16 @@ struct Args {
     /// Writes timed one at a time in the latency run.
     #[arg(long, default_value_t = 2_000)]
     samples: usize,
+    /// Print one JSON object with the figures and ratios as the last line.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Figures for `--json`, by key.
+type Figures = serde_json::Map<String, serde_json::Value>;
+
+fn note(figures: &mut Figures, key: &str, value: f64) {
+    figures.insert(key.to_owned(), serde_json::json!(value));
 }
 
 /// Records per write batch, as an app importing data would write them.
@@ -87,6 +97,7 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
         "blazedb-mesh-bench ({} mode)\n",
         if args.quick { "quick" } else { "full" }
     );
+    let mut figures = Figures::new();
     let mut a = TestAgent::start(&bin).await?;
     let mut b = TestAgent::start(&bin).await?;
     let (ca, cb) = (a.client().await?, b.client().await?);
@@ -104,14 +115,18 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
             args.samples
         );
         print_latency("loopback", &lo);
+        note(&mut figures, "hop_loopback_p99_us", lo.p(99.0));
         match lab_latency(&bin, args.samples).await? {
-            Some(lan) => print_latency("two namespaces over a veth LAN", &lan),
+            Some(lan) => {
+                print_latency("two namespaces over a veth LAN", &lan);
+                note(&mut figures, "hop_lan_p99_us", lan.p(99.0));
+            }
             None => println!("  (namespace LAN skipped: it needs root)"),
         }
         println!("  target: p99 < 2000 us across the LAN\n");
     }
     if on("throughput") {
-        throughput(&ca, &cb, &a, &b, args.records).await?;
+        throughput(&ca, &cb, &a, &b, args.records, &mut figures).await?;
     }
     if on("initial") {
         // The earlier sections leave fjall compacting in the background:
@@ -119,6 +134,9 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
         a.kill();
         b.kill();
         initial_sync(&bin, args.initial).await?;
+    }
+    if args.json {
+        println!("{}", serde_json::Value::Object(figures));
     }
     Ok(())
 }
@@ -181,6 +199,7 @@ async fn throughput(
     a: &TestAgent,
     b: &TestAgent,
     n: usize,
+    figures: &mut Figures,
 ) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let raw = raw_fjall_puts(dir.path(), n, BATCH)?;
@@ -222,7 +241,7 @@ async fn throughput(
     println!("replication, {n} records written on A in batches of {BATCH}, until B has them all");
     println!("  raw fjall batch inserts (B's disk)     {raw:>12.0} records/s");
     println!(
-        "  raw fjall, the store's layout          {layout:>12.0} records/s  (record + op-log entry)"
+        "  raw fjall, the store's layout          {layout:>12.0} records/s  (records + a log chunk per batch)"
     );
     println!(
         "  raw quinn stream, one process          {:>12.0} records/s  ({:.0} MB/s at {op_bytes} B per op)",
@@ -240,6 +259,10 @@ async fn throughput(
         mib(peaks[0].load(Ordering::Relaxed)),
         mib(peaks[1].load(Ordering::Relaxed))
     );
+    note(figures, "raw_put_rate", raw);
+    note(figures, "layout_put_rate", layout);
+    note(figures, "replication_rate", ours);
+    note(figures, "replication_ratio_raw", ours / raw);
 
     // The same through the sync path alone: A writes a database it keeps
     // to itself, then turns sync on, and B gets a backlog of `n` ops.
@@ -273,6 +296,8 @@ async fn throughput(
         100.0 * backlog / raw,
         100.0 * backlog / layout
     );
+    note(figures, "backlog_rate", backlog);
+    note(figures, "backlog_ratio_raw", backlog / raw);
     Ok(())
 }
 

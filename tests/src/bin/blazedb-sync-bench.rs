@@ -52,6 +52,9 @@ struct Args {
     /// Small counts: a smoke run, not a measurement.
     #[arg(long)]
     quick: bool,
+    /// Print one JSON object with the figures and ratios as the last line.
+    #[arg(long)]
+    json: bool,
 }
 
 const DB: &str = "bench";
@@ -403,6 +406,10 @@ fn main() -> anyhow::Result<()> {
     };
     let batch = EngineConfig::default().batch.max_items;
     let tmp = tempfile::tempdir()?;
+    let mut figures = serde_json::Map::new();
+    let mut note = |key: &str, value: f64| {
+        figures.insert(key.to_owned(), serde_json::json!(value));
+    };
 
     println!("sync engine benchmarks (fsync per batch of {batch})");
     let src = source(apply_n, apply_n);
@@ -423,12 +430,16 @@ fn main() -> anyhow::Result<()> {
     let engine = engine_apply(&tmp.path().join("apply"), &ops, batch, None, None)?;
     println!("apply {apply_n} remote puts of new records:");
     println!("  raw fjall batch inserts  {raw:>10.0} ops/s");
-    println!("  raw fjall, store layout  {layout:>10.0} ops/s  (record + op-log entry per op)");
+    println!("  raw fjall, store layout  {layout:>10.0} ops/s  (records + a log chunk per batch)");
     println!(
-        "  engine into fjall store  {engine:>10.0} ops/s  ({:.0}% of raw; {:.0}% of the layout floor)",
+        "  engine into fjall store  {engine:>10.0} ops/s  ({:.0}% of raw, target >= 60%; {:.0}% of the layout floor)",
         100.0 * engine / raw,
         100.0 * engine / layout
     );
+    note("raw_put_rate", raw);
+    note("layout_put_rate", layout);
+    note("apply_rate", engine);
+    note("apply_ratio_raw", engine / raw);
 
     let t = Instant::now();
     let src = source(catch_n, catch_n / 4);
@@ -442,11 +453,13 @@ fn main() -> anyhow::Result<()> {
         "  op stream   {full:>6.2} s  ({:.0} ops/s)",
         catch_n as f64 / full
     );
+    note("catch_up_stream_s", full);
     let (secs, src) = catch_up(&tmp.path().join("snapshot"), src, true, false)?;
     println!(
         "  snapshot    {secs:>6.2} s  ({:.0} ops/s equivalent)",
         catch_n as f64 / secs
     );
+    note("catch_up_snapshot_s", secs);
     let (secs, src) = catch_up(&tmp.path().join("partial"), src, false, true)?;
     println!(
         "  partial     {secs:>6.2} s  ({:.0} ops/s; {:.0}% of the op stream's rate; where priority = 1, without owner)",
@@ -518,6 +531,7 @@ fn main() -> anyhow::Result<()> {
         "  e2e            {e2e:>10.0} ops/s  ({:.0}% of plaintext; target >= 80%)",
         100.0 * e2e / plain_median
     );
+    note("e2e_apply_ratio_plain", e2e / plain_median);
 
     let (seal, open) = seal_and_open(&src_ops)?;
     let share = |rate: f64| 100.0 * plain / rate;
@@ -530,6 +544,9 @@ fn main() -> anyhow::Result<()> {
         "  open           {open:>10.0} ops/s  ({:.1}% of the time of applying them)",
         share(open)
     );
+    if args.json {
+        println!("{}", serde_json::Value::Object(figures));
+    }
     Ok(())
 }
 

@@ -27,14 +27,20 @@ enum Work {
 }
 
 /// Counts and prints instructions per put and per get, agent and raw.
-pub(crate) async fn run(quick: bool, json: bool) -> anyhow::Result<()> {
+pub(crate) async fn run(quick: bool, json: bool, keep: Option<PathBuf>) -> anyhow::Result<()> {
     let have = Command::new("valgrind").arg("--version").output();
     if !have.is_ok_and(|o| o.status.success()) {
         bail!("valgrind is not installed (apt-get install valgrind)");
     }
     let (small, large) = if quick { (1000, 2000) } else { (2000, 6000) };
     let tmp = tempfile::tempdir()?;
-    let dir = tmp.path();
+    let dir = match &keep {
+        Some(d) => {
+            std::fs::create_dir_all(d)?;
+            d.as_path()
+        }
+        None => tmp.path(),
+    };
     println!("blazedb-bench --callgrind: instructions per operation ({small} and {large} ops)\n");
     let mut figures = serde_json::Map::new();
     for work in [Work::Puts, Work::Gets] {

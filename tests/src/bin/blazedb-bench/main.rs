@@ -71,6 +71,10 @@ struct Args {
     /// for the agent and for raw fjall, instead of timing them.
     #[arg(long)]
     callgrind: bool,
+    /// With `--callgrind`, keep callgrind's files in this directory (to
+    /// read with `callgrind_annotate`).
+    #[arg(long, value_name = "DIR")]
+    callgrind_out: Option<std::path::PathBuf>,
     /// Internal: subscribe on this socket and print each change's latency.
     #[arg(long, hide = true)]
     subscriber: Option<String>,
@@ -94,7 +98,7 @@ fn main() -> anyhow::Result<()> {
         return callgrind::raw_fjall(what, n.parse()?);
     }
     if args.callgrind {
-        return rt.block_on(callgrind::run(args.quick, args.json));
+        return rt.block_on(callgrind::run(args.quick, args.json, args.callgrind_out));
     }
     let mut figures = serde_json::Map::new();
     rt.block_on(run(args.quick, &args.only, args.records, &mut figures))?;
