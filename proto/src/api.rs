@@ -51,6 +51,17 @@ macro_rules! methods {
         impl Request {
             /// Decodes the params of the method called `method`.
             pub fn decode(method: &str, params: &[u8]) -> Result<Request, ErrorInfo> {
+                // The write path's common shapes are decoded by hand;
+                // anything else goes to serde (see `fast`).
+                match method {
+                    "put" => if let Some(p) = crate::fast::put_params(params) {
+                        return Ok(Request::Put(p));
+                    },
+                    "batch" => if let Some(p) = crate::fast::batch_params(params) {
+                        return Ok(Request::Batch(p));
+                    },
+                    _ => {}
+                }
                 match method {
                     $( $name => codec::from_slice(params).map(Request::$variant).map_err(|e| {
                         ErrorInfo::new(ErrorCode::InvalidParams, format!("invalid params for {}: {e}", $name))

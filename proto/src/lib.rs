@@ -20,6 +20,7 @@ pub mod apps;
 pub mod base32;
 pub mod codec;
 pub mod error;
+mod fast;
 pub mod frame;
 pub mod mesh;
 pub mod message;

@@ -213,7 +213,11 @@ impl OpBody {
 
     /// Decodes the bytes an [`Op`] carries.
     pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
-        codec::from_slice(bytes)
+        // Puts are decoded by hand; anything else goes to serde.
+        match crate::fast::op_body(bytes) {
+            Some(body) => Ok(body),
+            None => codec::from_slice(bytes),
+        }
     }
 }
 

@@ -1,0 +1,382 @@
+//! Hand-written decoders for the shapes on the write path: `put` and
+//! `batch` params and op bodies, in the canonical form `codec` encodes
+//! (structs as maps, enums as `{"variant": fields}`).
+//!
+//! Decoding through serde costs most of a write's CPU (every value goes
+//! through the generic `deserialize_any` machinery). These decoders take
+//! the common case only and give up (`None`) on anything else: another
+//! form serde also accepts (structs as arrays, extension values, 32-bit
+//! floats, bytes where a string is expected), deep nesting, or input
+//! serde refuses. The caller then decodes with serde, so what is accepted
+//! and how it is refused are serde's, and a proptest checks that whenever
+//! these decoders answer, serde answers the same.
+
+use std::collections::BTreeMap;
+
+use crate::api::{BatchParams, PutParams, Write};
+use crate::op::OpBody;
+use crate::value::{Fields, Value};
+
+/// Nesting beyond this is left to serde (which enforces the real limit).
+const MAX_NEST: usize = 32;
+
+struct Cursor<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn byte(&mut self) -> Option<u8> {
+        let b = *self.buf.get(self.pos)?;
+        self.pos += 1;
+        Some(b)
+    }
+
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let end = self.pos.checked_add(n)?;
+        let out = self.buf.get(self.pos..end)?;
+        self.pos = end;
+        Some(out)
+    }
+
+    fn be(&mut self, n: usize) -> Option<u64> {
+        Some(
+            self.take(n)?
+                .iter()
+                .fold(0u64, |acc, b| (acc << 8) | u64::from(*b)),
+        )
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.buf.get(self.pos).copied()
+    }
+
+    fn str_len(&mut self, marker: u8) -> Option<usize> {
+        Some(match marker {
+            0xa0..=0xbf => usize::from(marker & 0x1f),
+            0xd9 => self.be(1)? as usize,
+            0xda => self.be(2)? as usize,
+            0xdb => self.be(4)? as usize,
+            _ => return None,
+        })
+    }
+
+    fn str(&mut self) -> Option<&'a str> {
+        let marker = self.byte()?;
+        let len = self.str_len(marker)?;
+        std::str::from_utf8(self.take(len)?).ok()
+    }
+
+    fn map_len(&mut self) -> Option<usize> {
+        Some(match self.byte()? {
+            m @ 0x80..=0x8f => usize::from(m & 0x0f),
+            0xde => self.be(2)? as usize,
+            0xdf => self.be(4)? as usize,
+            _ => return None,
+        })
+    }
+
+    fn array_len(&mut self) -> Option<usize> {
+        Some(match self.byte()? {
+            m @ 0x90..=0x9f => usize::from(m & 0x0f),
+            0xdc => self.be(2)? as usize,
+            0xdd => self.be(4)? as usize,
+            _ => return None,
+        })
+    }
+
+    fn value(&mut self, depth: usize) -> Option<Value> {
+        let marker = self.byte()?;
+        Some(match marker {
+            0x00..=0x7f => Value::Int(i64::from(marker)),
+            0xe0..=0xff => Value::Int(i64::from(marker as i8)),
+            0xc0 => Value::Null,
+            0xc2 => Value::Bool(false),
+            0xc3 => Value::Bool(true),
+            0xcc => Value::Int(self.be(1)? as i64),
+            0xcd => Value::Int(self.be(2)? as i64),
+            0xce => Value::Int(self.be(4)? as i64),
+            0xcf => Value::Int(i64::try_from(self.be(8)?).ok()?),
+            0xd0 => Value::Int(i64::from(self.be(1)? as u8 as i8)),
+            0xd1 => Value::Int(i64::from(self.be(2)? as u16 as i16)),
+            0xd2 => Value::Int(i64::from(self.be(4)? as u32 as i32)),
+            0xd3 => Value::Int(self.be(8)? as i64),
+            0xcb => Value::Float(f64::from_bits(self.be(8)?)),
+            0xa0..=0xbf | 0xd9 | 0xda | 0xdb => {
+                let len = self.str_len(marker)?;
+                Value::String(std::str::from_utf8(self.take(len)?).ok()?.to_owned())
+            }
+            0xc4..=0xc6 => {
+                let len = self.be(1 << (marker - 0xc4))? as usize;
+                Value::Bytes(self.take(len)?.to_vec())
+            }
+            0x90..=0x9f | 0xdc | 0xdd => {
+                if depth >= MAX_NEST {
+                    return None;
+                }
+                self.pos -= 1;
+                let len = self.array_len()?;
+                // The length is the sender's: grow as items arrive.
+                let mut items = Vec::with_capacity(len.min(64));
+                for _ in 0..len {
+                    items.push(self.value(depth + 1)?);
+                }
+                Value::List(items)
+            }
+            0x80..=0x8f | 0xde | 0xdf => {
+                if depth >= MAX_NEST {
+                    return None;
+                }
+                self.pos -= 1;
+                Value::Map(self.fields(depth + 1)?)
+            }
+            // Extensions (uuid, timestamp) and 32-bit floats: serde's.
+            _ => return None,
+        })
+    }
+
+    fn fields(&mut self, depth: usize) -> Option<Fields> {
+        let len = self.map_len()?;
+        let mut out = BTreeMap::new();
+        for _ in 0..len {
+            let key = self.str()?.to_owned();
+            let value = self.value(depth)?;
+            // A repeated key: the later one wins, as with serde.
+            out.insert(key, value);
+        }
+        Some(out)
+    }
+
+    /// Skips a field serde would ignore: only simple values, so that
+    /// nothing serde refuses is passed over.
+    fn ignored(&mut self) -> Option<()> {
+        self.value(MAX_NEST - 1).map(drop)
+    }
+
+    fn end(&self) -> Option<()> {
+        (self.pos == self.buf.len()).then_some(())
+    }
+}
+
+/// Sets `slot` unless it was set: serde refuses a repeated field.
+fn once<T>(slot: &mut Option<T>, value: T) -> Option<()> {
+    if slot.is_some() {
+        return None;
+    }
+    *slot = Some(value);
+    Some(())
+}
+
+/// The fields of a write or op body, whichever of them appear.
+#[derive(Default)]
+struct WriteFields {
+    db: Option<String>,
+    collection: Option<String>,
+    id: Option<Option<String>>,
+    fields: Option<Fields>,
+}
+
+fn write_fields(c: &mut Cursor<'_>, with_db: bool) -> Option<WriteFields> {
+    let mut w = WriteFields::default();
+    for _ in 0..c.map_len()? {
+        match c.str()? {
+            "db" if with_db => once(&mut w.db, c.str()?.to_owned())?,
+            "collection" => once(&mut w.collection, c.str()?.to_owned())?,
+            "id" => {
+                let id = if c.peek()? == 0xc0 {
+                    c.byte()?;
+                    None
+                } else {
+                    Some(c.str()?.to_owned())
+                };
+                once(&mut w.id, id)?;
+            }
+            "fields" => once(&mut w.fields, c.fields(1)?)?,
+            _ => c.ignored()?,
+        }
+    }
+    Some(w)
+}
+
+/// Decodes `put` params, or `None` to leave them to serde.
+pub(crate) fn put_params(bytes: &[u8]) -> Option<PutParams> {
+    let mut c = Cursor { buf: bytes, pos: 0 };
+    let w = write_fields(&mut c, true)?;
+    c.end()?;
+    Some(PutParams {
+        db: w.db?,
+        collection: w.collection?,
+        id: w.id.flatten(),
+        fields: w.fields?,
+    })
+}
+
+/// Decodes `batch` params whose writes are all puts, or `None` to leave
+/// them to serde.
+pub(crate) fn batch_params(bytes: &[u8]) -> Option<BatchParams> {
+    let mut c = Cursor { buf: bytes, pos: 0 };
+    let (mut db, mut writes) = (None, None);
+    for _ in 0..c.map_len()? {
+        match c.str()? {
+            "db" => once(&mut db, c.str()?.to_owned())?,
+            "writes" => {
+                let len = c.array_len()?;
+                let mut out = Vec::with_capacity(len.min(4096));
+                for _ in 0..len {
+                    if c.map_len()? != 1 || c.str()? != "put" {
+                        return None;
+                    }
+                    let w = write_fields(&mut c, false)?;
+                    out.push(Write::Put {
+                        collection: w.collection?,
+                        id: w.id.flatten(),
+                        fields: w.fields?,
+                    });
+                }
+                once(&mut writes, out)?;
+            }
+            _ => c.ignored()?,
+        }
+    }
+    c.end()?;
+    Some(BatchParams {
+        db: db?,
+        writes: writes?,
+    })
+}
+
+/// Decodes an op body that is a put, or `None` to leave it to serde.
+pub(crate) fn op_body(bytes: &[u8]) -> Option<OpBody> {
+    let mut c = Cursor { buf: bytes, pos: 0 };
+    if c.map_len()? != 1 || c.str()? != "put" {
+        return None;
+    }
+    let w = write_fields(&mut c, false)?;
+    c.end()?;
+    Some(OpBody::Put {
+        collection: w.collection?,
+        // An op body's id is required: a nil one is serde's to refuse.
+        id: w.id??,
+        fields: w.fields?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec;
+    use crate::value::tests::arb_value;
+    use proptest::prelude::*;
+
+    fn arb_fields() -> impl Strategy<Value = Fields> {
+        proptest::collection::btree_map(".{0,8}", arb_value(), 0..6)
+    }
+
+    fn arb_put() -> impl Strategy<Value = PutParams> {
+        (
+            ".{0,6}",
+            ".{0,6}",
+            proptest::option::of(".{0,8}"),
+            arb_fields(),
+        )
+            .prop_map(|(db, collection, id, fields)| PutParams {
+                db,
+                collection,
+                id,
+                fields,
+            })
+    }
+
+    /// Bytes near `bytes`: one byte changed, cut short, or one added.
+    fn mutated(bytes: Vec<u8>, at: usize, to: u8, how: u8) -> Vec<u8> {
+        let mut b = bytes;
+        if b.is_empty() {
+            return b;
+        }
+        let at = at % b.len();
+        match how % 3 {
+            0 => b[at] = to,
+            1 => b.truncate(at),
+            _ => b.insert(at, to),
+        }
+        b
+    }
+
+    proptest! {
+        #[test]
+        fn put_params_decode_as_serde_does(p in arb_put(), at in any::<usize>(), to in any::<u8>(), how in any::<u8>()) {
+            let bytes = codec::to_vec(&p).expect("encode");
+            let serde: PutParams = codec::from_slice(&bytes).expect("decode");
+            // Extension values and the like are serde's: when the fast
+            // decoder answers, it answers as serde.
+            if let Some(fast) = put_params(&bytes) {
+                prop_assert_eq!(&fast, &serde);
+            }
+            let near = mutated(bytes, at, to, how);
+            if let Some(fast) = put_params(&near) {
+                prop_assert_eq!(Ok(fast), codec::from_slice::<PutParams>(&near));
+            }
+        }
+
+        #[test]
+        fn batch_params_decode_as_serde_does(
+            puts in proptest::collection::vec(arb_put(), 0..5),
+            delete in any::<bool>(),
+            at in any::<usize>(), to in any::<u8>(), how in any::<u8>(),
+        ) {
+            let mut writes: Vec<Write> = puts
+                .into_iter()
+                .map(|p| Write::Put { collection: p.collection, id: p.id, fields: p.fields })
+                .collect();
+            if delete {
+                writes.push(Write::Delete { collection: "c".into(), id: "x".into() });
+            }
+            let p = BatchParams { db: "d".into(), writes };
+            let bytes = codec::to_vec(&p).expect("encode");
+            match batch_params(&bytes) {
+                Some(fast) => prop_assert_eq!(fast, p),
+                None => prop_assert!(delete || bytes.iter().any(|b| matches!(b, 0xc7..=0xc9 | 0xd4..=0xd8 | 0xca)),
+                    "a batch of plain puts is decoded"),
+            }
+            let near = mutated(bytes, at, to, how);
+            if let Some(fast) = batch_params(&near) {
+                prop_assert_eq!(Ok(fast), codec::from_slice::<BatchParams>(&near));
+            }
+        }
+
+        #[test]
+        fn op_bodies_decode_as_serde_does(p in arb_put(), at in any::<usize>(), to in any::<u8>(), how in any::<u8>()) {
+            let body = OpBody::Put { collection: p.collection, id: p.id.unwrap_or_default(), fields: p.fields };
+            let bytes = body.encode().expect("encode");
+            if let Some(fast) = op_body(&bytes) {
+                prop_assert_eq!(&fast, &body);
+            }
+            let near = mutated(bytes, at, to, how);
+            if let Some(fast) = op_body(&near) {
+                prop_assert_eq!(Ok(fast), codec::from_slice::<OpBody>(&near));
+            }
+        }
+    }
+
+    #[test]
+    fn plain_puts_take_the_fast_path() {
+        let p = PutParams {
+            db: "d".into(),
+            collection: "c".into(),
+            id: Some("r".into()),
+            fields: Fields::from([
+                ("n".to_owned(), Value::Int(-5)),
+                ("big".to_owned(), Value::Int(i64::MAX)),
+                ("f".to_owned(), Value::Float(1.5)),
+                ("s".to_owned(), Value::from("x".repeat(300).as_str())),
+                ("b".to_owned(), Value::Bytes(vec![1; 70_000])),
+                (
+                    "l".to_owned(),
+                    Value::List(vec![Value::Null, Value::Bool(true)]),
+                ),
+            ]),
+        };
+        let bytes = codec::to_vec(&p).expect("encode");
+        assert_eq!(put_params(&bytes), Some(p));
+    }
+}
