@@ -257,6 +257,50 @@ pub mod raw {
         out.push(0xc0);
     }
 
+    /// Appends a value, byte for byte as encoding it through serde does,
+    /// without serde's per-value cost (extension values still take it).
+    pub fn value(out: &mut Vec<u8>, v: &crate::Value) -> Result<(), CodecError> {
+        use crate::Value;
+        match v {
+            Value::Null => nil(out),
+            Value::Bool(b) => out.push(if *b { 0xc3 } else { 0xc2 }),
+            Value::Int(i) => {
+                let _ = rmp::encode::write_sint(out, *i);
+            }
+            Value::Float(f) => {
+                let _ = rmp::encode::write_f64(out, *f);
+            }
+            Value::String(s) => str(out, s),
+            Value::Bytes(b) => bin(out, b),
+            Value::List(items) => {
+                array_len(out, len_u32(items.len())?);
+                for item in items {
+                    value(out, item)?;
+                }
+            }
+            Value::Map(m) => {
+                fields(out, m)?;
+            }
+            Value::Uuid(_) | Value::Timestamp(_) => super::encode_into(out, v)?,
+        }
+        Ok(())
+    }
+
+    /// Appends a map of fields, as encoding it through serde does.
+    pub fn fields(out: &mut Vec<u8>, m: &crate::Fields) -> Result<(), CodecError> {
+        map_len(out, len_u32(m.len())?);
+        for (k, v) in m {
+            str(out, k);
+            value(out, v)?;
+        }
+        Ok(())
+    }
+
+    fn len_u32(len: usize) -> Result<u32, CodecError> {
+        u32::try_from(len)
+            .map_err(|_| CodecError("a list or map holds more than 2^32 items".into()))
+    }
+
     /// Appends a 64-bit unsigned integer in its 9-byte form and returns
     /// where its 8 value bytes start, so [`patch_u64`] can change it.
     pub fn u64_fixed(out: &mut Vec<u8>, v: u64) -> usize {

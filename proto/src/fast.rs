@@ -345,6 +345,15 @@ mod tests {
         }
 
         #[test]
+        fn values_and_put_bodies_encode_by_hand_as_serde_does(v in arb_value(), p in arb_put()) {
+            let mut out = Vec::new();
+            codec::raw::value(&mut out, &v).expect("encode");
+            prop_assert_eq!(out, codec::to_vec(&v).expect("encode"));
+            let body = OpBody::Put { collection: p.collection, id: p.id.unwrap_or_default(), fields: p.fields };
+            prop_assert_eq!(body.encode().expect("encode"), codec::to_vec(&body).expect("encode"));
+        }
+
+        #[test]
         fn op_bodies_decode_as_serde_does(p in arb_put(), at in any::<usize>(), to in any::<u8>(), how in any::<u8>()) {
             let body = OpBody::Put { collection: p.collection, id: p.id.unwrap_or_default(), fields: p.fields };
             let bytes = body.encode().expect("encode");
@@ -378,5 +387,34 @@ mod tests {
         };
         let bytes = codec::to_vec(&p).expect("encode");
         assert_eq!(put_params(&bytes), Some(p));
+    }
+
+    #[test]
+    fn integers_at_every_width_boundary_encode_and_decode_as_serde_does() {
+        let edges = [
+            0i64,
+            1,
+            31,
+            32,
+            127,
+            128,
+            255,
+            256,
+            65_535,
+            65_536,
+            u32::MAX as i64,
+            1 << 32,
+        ];
+        for v in edges
+            .iter()
+            .flat_map(|e| [*e, -*e, e - 1, -e - 1, e + 1])
+            .chain([i64::MIN, i64::MAX])
+        {
+            let mut out = Vec::new();
+            codec::raw::value(&mut out, &Value::Int(v)).expect("encode");
+            assert_eq!(out, codec::to_vec(&Value::Int(v)).expect("encode"), "{v}");
+            let mut c = Cursor { buf: &out, pos: 0 };
+            assert_eq!(c.value(0), Some(Value::Int(v)), "{v}");
+        }
     }
 }

@@ -208,7 +208,29 @@ impl OpBody {
 
     /// Encodes the body into the bytes an [`Op`] carries.
     pub fn encode(&self) -> Result<Vec<u8>, CodecError> {
-        codec::to_vec(self)
+        match self {
+            // Puts by hand, byte for byte as serde encodes them.
+            OpBody::Put {
+                collection,
+                id,
+                fields,
+            } => {
+                use codec::raw;
+                let mut out =
+                    Vec::with_capacity(64 + collection.len() + id.len() + 32 * fields.len());
+                raw::map_len(&mut out, 1);
+                raw::str(&mut out, "put");
+                raw::map_len(&mut out, 3);
+                raw::str(&mut out, "collection");
+                raw::str(&mut out, collection);
+                raw::str(&mut out, "id");
+                raw::str(&mut out, id);
+                raw::str(&mut out, "fields");
+                raw::fields(&mut out, fields)?;
+                Ok(out)
+            }
+            _ => codec::to_vec(self),
+        }
     }
 
     /// Decodes the bytes an [`Op`] carries.

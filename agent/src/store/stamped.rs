@@ -6,7 +6,7 @@
 //! that integers are always 9 bytes wide; decoding accepts any width. Tests
 //! check the bytes decode to the same value as the ordinary path.
 
-use blazedb_proto::codec::{self, CodecError, raw};
+use blazedb_proto::codec::{CodecError, raw};
 use blazedb_proto::{DeviceId, Fields, Hlc};
 
 /// Encoded bytes with 8-byte holes to fill in.
@@ -70,7 +70,7 @@ pub(crate) fn fresh_put_record(
         h.bytes.push(0x92);
         stamp(&mut h);
         h.bytes.push(0x91);
-        codec::encode_into(&mut h.bytes, value)?;
+        raw::value(&mut h.bytes, value)?;
     }
     Ok(h)
 }
@@ -161,7 +161,7 @@ pub fn log_chunks<'a>(
 mod tests {
     use super::*;
     use crate::store::record::{Stamp, StoredRecord};
-    use blazedb_proto::{Fields, Op, Value};
+    use blazedb_proto::{Fields, Op, Value, codec};
     use proptest::prelude::*;
 
     #[test]
