@@ -46,8 +46,9 @@ pub(crate) fn fresh_put_record(
     fields: &Fields,
 ) -> Result<Holes, CodecError> {
     let mut h = Holes {
-        bytes: Vec::with_capacity(128 + fields.len() * 32),
-        holes: Vec::new(),
+        // Stamps, names and typical values: most records fit at once.
+        bytes: Vec::with_capacity(128 + fields.len() * 64),
+        holes: Vec::with_capacity(1 + fields.len()),
     };
     let stamp = |h: &mut Holes| {
         // CellStamp(priority, hlc, origin index 0)
@@ -80,7 +81,7 @@ pub(crate) fn fresh_put_record(
 pub(crate) fn op_entry(origin: &DeviceId, priority: u8, body: &[u8]) -> Holes {
     let mut h = Holes {
         bytes: Vec::with_capacity(80 + body.len()),
-        holes: Vec::new(),
+        holes: Vec::with_capacity(2),
     };
     // `Op` leaves a zero priority out.
     raw::map_len(&mut h.bytes, if priority == 0 { 4 } else { 5 });
