@@ -112,6 +112,12 @@ fn limited<R>(
     }
 }
 
+/// The fields of `db`/`collection` a connection with `access` sees
+/// (`None`: all of them).
+fn granted(access: &Access, db: &str, collection: &str) -> FieldLimit {
+    access.rights(db, collection).ok().and_then(|r| r.fields)
+}
+
 /// Answers a get, with only the fields in `fields`.
 pub(crate) fn get(ctx: &Ctx, id: u64, p: &RecordRef, fields: &FieldLimit, out: &mut Vec<u8>) {
     // The stored values are passed on as they are encoded.
@@ -187,19 +193,11 @@ pub(crate) fn handle(
             done(ctx, out, id, Ok(DbListResult { databases }))
         }
         Request::Get(p) => {
-            let fields = access
-                .rights(&p.db, &p.collection)
-                .ok()
-                .and_then(|r| r.fields);
-            get(ctx, id, &p, &fields, out);
+            get(ctx, id, &p, &granted(access, &p.db, &p.collection), out);
             Handled::Done
         }
         Request::GetMany(p) => {
-            let fields = access
-                .rights(&p.db, &p.collection)
-                .ok()
-                .and_then(|r| r.fields);
-            get_many(ctx, id, &p, &fields, out);
+            get_many(ctx, id, &p, &granted(access, &p.db, &p.collection), out);
             Handled::Done
         }
         Request::Query(p) => {
