@@ -380,7 +380,9 @@ impl Visible<'_> {
                     live_base = !r.bool("a record's deleted flag")?;
                 }
                 "fields" => {
-                    for _ in 0..r.map_len("a record's fields")? {
+                    let n = r.map_len("a record's fields")?;
+                    fields.reserve((n as usize).min(256));
+                    for _ in 0..n {
                         let name = r.str("a field name")?;
                         if r.array_len("a field")? != 2 {
                             return Err(CodecError("a field must be [stamp, [value]]".into()));
