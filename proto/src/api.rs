@@ -60,6 +60,15 @@ macro_rules! methods {
                     "batch" => if let Some(p) = crate::fast::batch_params(params) {
                         return Ok(Request::Batch(p));
                     },
+                    "get" => if let Some(p) = crate::fast::record_ref(params) {
+                        return Ok(Request::Get(p));
+                    },
+                    "get_many" => if let Some(p) = crate::fast::get_many_params(params) {
+                        return Ok(Request::GetMany(p));
+                    },
+                    "delete" => if let Some(p) = crate::fast::record_ref(params) {
+                        return Ok(Request::Delete(p));
+                    },
                     _ => {}
                 }
                 match method {

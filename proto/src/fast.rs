@@ -1,6 +1,6 @@
-//! Hand-written decoders for the shapes on the write path: `put` and
-//! `batch` params and op bodies, in the canonical form `codec` encodes
-//! (structs as maps, enums as `{"variant": fields}`).
+//! Hand-written decoders for the shapes on the hot paths: `put`, `batch`,
+//! `get`, `get_many` and `delete` params and op bodies, in the canonical
+//! form `codec` encodes (structs as maps, enums as `{"variant": fields}`).
 //!
 //! Decoding through serde costs most of a write's CPU (every value goes
 //! through the generic `deserialize_any` machinery). These decoders take
@@ -13,7 +13,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::api::{BatchParams, PutParams, Write};
+use crate::api::{BatchParams, GetManyParams, PutParams, RecordRef, Write};
 use crate::op::OpBody;
 use crate::value::{Fields, Value};
 
@@ -245,6 +245,54 @@ pub(crate) fn batch_params(bytes: &[u8]) -> Option<BatchParams> {
     })
 }
 
+/// Decodes params naming one record (`get`, `delete`), or `None` to
+/// leave them to serde.
+pub(crate) fn record_ref(bytes: &[u8]) -> Option<RecordRef> {
+    let mut c = Cursor { buf: bytes, pos: 0 };
+    let (mut db, mut collection, mut id) = (None, None, None);
+    for _ in 0..c.map_len()? {
+        match c.str()? {
+            "db" => once(&mut db, c.str()?.to_owned())?,
+            "collection" => once(&mut collection, c.str()?.to_owned())?,
+            "id" => once(&mut id, c.str()?.to_owned())?,
+            _ => c.ignored()?,
+        }
+    }
+    c.end()?;
+    Some(RecordRef {
+        db: db?,
+        collection: collection?,
+        id: id?,
+    })
+}
+
+/// Decodes `get_many` params, or `None` to leave them to serde.
+pub(crate) fn get_many_params(bytes: &[u8]) -> Option<GetManyParams> {
+    let mut c = Cursor { buf: bytes, pos: 0 };
+    let (mut db, mut collection, mut ids) = (None, None, None);
+    for _ in 0..c.map_len()? {
+        match c.str()? {
+            "db" => once(&mut db, c.str()?.to_owned())?,
+            "collection" => once(&mut collection, c.str()?.to_owned())?,
+            "ids" => {
+                let len = c.array_len()?;
+                let mut out = Vec::with_capacity(len.min(4096));
+                for _ in 0..len {
+                    out.push(c.str()?.to_owned());
+                }
+                once(&mut ids, out)?;
+            }
+            _ => c.ignored()?,
+        }
+    }
+    c.end()?;
+    Some(GetManyParams {
+        db: db?,
+        collection: collection?,
+        ids: ids?,
+    })
+}
+
 /// Decodes an op body that is a put, or `None` to leave it to serde.
 pub(crate) fn op_body(bytes: &[u8]) -> Option<OpBody> {
     let mut c = Cursor { buf: bytes, pos: 0 };
@@ -351,6 +399,27 @@ mod tests {
             prop_assert_eq!(out, codec::to_vec(&v).expect("encode"));
             let body = OpBody::Put { collection: p.collection, id: p.id.unwrap_or_default(), fields: p.fields };
             prop_assert_eq!(body.encode().expect("encode"), codec::to_vec(&body).expect("encode"));
+        }
+
+        #[test]
+        fn read_params_decode_as_serde_does(
+            db in ".{0,6}", collection in ".{0,6}", ids in proptest::collection::vec(".{0,6}", 0..5),
+            at in any::<usize>(), to in any::<u8>(), how in any::<u8>(),
+        ) {
+            let one = RecordRef { db: db.clone(), collection: collection.clone(), id: ids.first().cloned().unwrap_or_default() };
+            let bytes = codec::to_vec(&one).expect("encode");
+            prop_assert_eq!(record_ref(&bytes), Some(one));
+            let near = mutated(bytes, at, to, how);
+            if let Some(fast) = record_ref(&near) {
+                prop_assert_eq!(Ok(fast), codec::from_slice::<RecordRef>(&near));
+            }
+            let many = GetManyParams { db, collection, ids };
+            let bytes = codec::to_vec(&many).expect("encode");
+            prop_assert_eq!(get_many_params(&bytes), Some(many));
+            let near = mutated(bytes, at, to, how);
+            if let Some(fast) = get_many_params(&near) {
+                prop_assert_eq!(Ok(fast), codec::from_slice::<GetManyParams>(&near));
+            }
         }
 
         #[test]
