@@ -147,6 +147,51 @@ impl<'a> Cursor<'a> {
         Some(out)
     }
 
+    /// Passes over a value that [`Cursor::value`] would decode, without
+    /// building it; returns its bytes.
+    fn checked(&mut self, depth: usize) -> Option<&'a [u8]> {
+        let start = self.pos;
+        let marker = self.byte()?;
+        match marker {
+            0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => {}
+            0xcc..=0xce | 0xd0..=0xd3 | 0xcb => {
+                let n = match marker {
+                    0xcc | 0xd0 => 1,
+                    0xcd | 0xd1 => 2,
+                    0xce | 0xd2 => 4,
+                    _ => 8,
+                };
+                self.take(n)?;
+            }
+            0xcf => {
+                i64::try_from(self.be(8)?).ok()?;
+            }
+            0xa0..=0xbf | 0xd9..=0xdb => {
+                let len = self.str_len(marker)?;
+                std::str::from_utf8(self.take(len)?).ok()?;
+            }
+            0xc4..=0xc6 => {
+                let len = self.be(1 << (marker - 0xc4))? as usize;
+                self.take(len)?;
+            }
+            0x90..=0x9f | 0xdc | 0xdd if depth < MAX_NEST => {
+                self.pos -= 1;
+                for _ in 0..self.array_len()? {
+                    self.checked(depth + 1)?;
+                }
+            }
+            0x80..=0x8f | 0xde | 0xdf if depth < MAX_NEST => {
+                self.pos -= 1;
+                for _ in 0..self.map_len()? {
+                    self.str()?;
+                    self.checked(depth + 1)?;
+                }
+            }
+            _ => return None,
+        }
+        Some(&self.buf[start..self.pos])
+    }
+
     /// Skips a field serde would ignore: only simple values, so that
     /// nothing serde refuses is passed over.
     fn ignored(&mut self) -> Option<()> {
@@ -293,6 +338,57 @@ pub(crate) fn get_many_params(bytes: &[u8]) -> Option<GetManyParams> {
     })
 }
 
+/// A put's body read in place: its collection, id, and each field's name
+/// and encoded value, in name order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawPut<'a> {
+    /// The collection.
+    pub collection: &'a str,
+    /// The record id.
+    pub id: &'a str,
+    /// The fields, names strictly increasing, each value as encoded.
+    pub fields: Vec<(&'a str, &'a [u8])>,
+}
+
+impl<'a> RawPut<'a> {
+    /// Reads a put's body without decoding its values. `Some` only when
+    /// [`OpBody::decode`] gives a put with these fields (each value's
+    /// bytes decoding to its value) and the names come in order, once
+    /// each; `None` for anything else, which is then decoded.
+    pub fn parse(bytes: &'a [u8]) -> Option<Self> {
+        let mut c = Cursor { buf: bytes, pos: 0 };
+        if c.map_len()? != 1 || c.str()? != "put" {
+            return None;
+        }
+        let (mut collection, mut id, mut fields) = (None, None, None);
+        for _ in 0..c.map_len()? {
+            match c.str()? {
+                "collection" => once(&mut collection, c.str()?)?,
+                "id" => once(&mut id, c.str()?)?,
+                "fields" => {
+                    let len = c.map_len()?;
+                    let mut out: Vec<(&str, &[u8])> = Vec::with_capacity(len.min(256));
+                    for _ in 0..len {
+                        let name = c.str()?;
+                        if out.last().is_some_and(|(last, _)| *last >= name) {
+                            return None;
+                        }
+                        out.push((name, c.checked(1)?));
+                    }
+                    once(&mut fields, out)?;
+                }
+                _ => c.ignored()?,
+            }
+        }
+        c.end()?;
+        Some(RawPut {
+            collection: collection?,
+            id: id?,
+            fields: fields?,
+        })
+    }
+}
+
 /// Decodes an op body that is a put, or `None` to leave it to serde.
 pub(crate) fn op_body(bytes: &[u8]) -> Option<OpBody> {
     let mut c = Cursor { buf: bytes, pos: 0 };
@@ -423,6 +519,30 @@ mod tests {
         }
 
         #[test]
+        fn a_raw_put_reads_what_decoding_gives(p in arb_put(), at in any::<usize>(), to in any::<u8>(), how in any::<u8>()) {
+            let body = OpBody::Put { collection: p.collection, id: p.id.unwrap_or_default(), fields: p.fields };
+            let bytes = body.encode().expect("encode");
+            let same = |bytes: &[u8]| -> Result<(), TestCaseError> {
+                if let Some(raw) = RawPut::parse(bytes) {
+                    let Ok(OpBody::Put { collection, id, fields }) = OpBody::decode(bytes) else {
+                        return Err(TestCaseError::fail("a raw put that does not decode as a put"));
+                    };
+                    prop_assert_eq!(raw.collection, collection.as_str());
+                    prop_assert_eq!(raw.id, id.as_str());
+                    let names: Vec<&str> = raw.fields.iter().map(|(n, _)| *n).collect();
+                    prop_assert_eq!(names, fields.keys().map(String::as_str).collect::<Vec<_>>());
+                    for (name, value) in &raw.fields {
+                        let decoded = codec::from_slice::<Value>(value);
+                        prop_assert_eq!(Ok(&fields[*name]), decoded.as_ref());
+                    }
+                }
+                Ok(())
+            };
+            same(&bytes)?;
+            same(&mutated(bytes, at, to, how))?;
+        }
+
+        #[test]
         fn op_bodies_decode_as_serde_does(p in arb_put(), at in any::<usize>(), to in any::<u8>(), how in any::<u8>()) {
             let body = OpBody::Put { collection: p.collection, id: p.id.unwrap_or_default(), fields: p.fields };
             let bytes = body.encode().expect("encode");
@@ -455,7 +575,16 @@ mod tests {
             ]),
         };
         let bytes = codec::to_vec(&p).expect("encode");
-        assert_eq!(put_params(&bytes), Some(p));
+        assert_eq!(put_params(&bytes), Some(p.clone()));
+        let body = OpBody::Put {
+            collection: p.collection,
+            id: p.id.unwrap_or_default(),
+            fields: p.fields,
+        }
+        .encode()
+        .expect("encode");
+        let raw = RawPut::parse(&body).expect("a plain put reads raw");
+        assert_eq!(raw.fields.len(), 6);
     }
 
     #[test]

@@ -10,7 +10,9 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
-use blazedb_proto::{DeviceId, Hlc, Op, OpBody, SnapshotRecord, Span, VersionVector, codec};
+use blazedb_proto::{
+    DeviceId, Hlc, Op, OpBody, RawPut, SnapshotRecord, Span, VersionVector, codec,
+};
 use fjall::{PersistMode, Slice};
 
 use super::keys;
@@ -22,7 +24,7 @@ use super::writer::{
     Effect, Group, MAX_PRIORITY, Plan, Writer, field_values, index_effects, load_for_update,
     plan_encoded, plan_record,
 };
-use super::{Command, DbState, Reply, Store, StoreError, SyncMeta, lock, sync_meta_key};
+use super::{Command, DbState, Reply, Store, StoreError, SyncMeta, lock, read_lock, sync_meta_key};
 use crate::sync::{
     Applied, Checkpoint, Compacted, Correction, OpsRead, Projection, ReadLimits, Refusal, Replace,
     SnapshotRead, SyncState, SyncStore, WriteScreen,
@@ -98,8 +100,29 @@ impl Writer {
             if sync.vector.get(&op.origin) + 1 != op.seq {
                 continue;
             }
+            // The clock has observed every write applied here, so an op
+            // later than it, of no lower priority than any write here, is
+            // newer than every stamp in every record.
+            let newest =
+                op.hlc > self.clock.last() && op.priority >= sync.max_priority.max(local_priority);
+            // The common case of catching up, a plain put newer than
+            // everything, unchecked, into a collection without indexes,
+            // replaces its record whatever it held: the record is built
+            // from the body's bytes, no value decoded.
+            let raw_put = (newest
+                && op.priority <= MAX_PRIORITY
+                && screen.is_empty()
+                && matches!(reader, Reader::Plain))
+            .then(|| RawPut::parse(&op.body))
+            .flatten()
+            .filter(|put| {
+                read_lock(&db.collections)
+                    .get(put.collection)
+                    .is_none_or(|c| c.indexes.is_empty())
+            });
             // Decoded here, so a plain body is read in place, not copied.
             let decoded = match reader.read(&db.name, &op) {
+                _ if raw_put.is_some() => None,
                 Body::Readable(p) => OpBody::decode(&p).ok(),
                 Body::Blind => None,
                 Body::Refused(why) => {
@@ -110,11 +133,6 @@ impl Writer {
                 }
             };
             sync.vector.advance(op.origin, op.seq);
-            // The clock has observed every write applied here, so an op
-            // later than it, of no lower priority than any write here, is
-            // newer than every stamp in every record.
-            let newest =
-                op.hlc > self.clock.last() && op.priority >= sync.max_priority.max(local_priority);
             sync.max_priority = sync.max_priority.max(op.priority);
             self.clock.observe(op.hlc);
             head += 1;
@@ -122,9 +140,16 @@ impl Writer {
                 // This device's own writes, back from a peer after a restore.
                 local_seq = local_seq.max(op.seq);
             }
+            if let Some(put) = raw_put {
+                self.collection_indexes(&group, &mut plan, db, put.collection)?;
+                let key = Slice::from(keys::record_key(put.collection, put.id));
+                let bytes = stamped::fresh_put_record_raw(&op.origin, op.priority, &put.fields)
+                    .fill(&[op.hlc.0]);
+                plan_encoded(&mut plan, db, key, bytes.into());
+            }
             // A body this replica cannot read is logged and forwarded all
             // the same; it just changes no record here.
-            if let Some(body) = decoded {
+            else if let Some(body) = decoded {
                 let key = Slice::from(keys::record_key(body.collection(), body.id()));
                 let indexes = self.collection_indexes(&group, &mut plan, db, body.collection())?;
                 let check = screen.view_for(&op.origin, &body);

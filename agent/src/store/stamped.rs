@@ -37,6 +37,63 @@ impl Holes {
     }
 }
 
+/// [`fresh_put_record`] from a put's encoded field values (names in
+/// order, as [`blazedb_proto::RawPut`] gives them), copied, not decoded.
+pub(crate) fn fresh_put_record_raw(
+    origin: &DeviceId,
+    priority: u8,
+    fields: &[(&str, &[u8])],
+) -> Holes {
+    let size = fields
+        .iter()
+        .map(|(n, v)| n.len() + v.len() + 16)
+        .sum::<usize>();
+    let mut h = record_head(origin, priority, fields.len(), 96 + size);
+    for (name, value) in fields {
+        raw::str(&mut h.bytes, name);
+        h.field_stamp(priority);
+        h.bytes.extend_from_slice(value);
+    }
+    h
+}
+
+/// A fresh record's bytes up to its fields, and the header of a map of
+/// `fields` of them.
+fn record_head(origin: &DeviceId, priority: u8, fields: usize, capacity: usize) -> Holes {
+    let mut h = Holes {
+        bytes: Vec::with_capacity(capacity),
+        holes: Vec::with_capacity(1 + fields),
+    };
+    raw::map_len(&mut h.bytes, 3);
+    raw::str(&mut h.bytes, "origins");
+    raw::array_len(&mut h.bytes, 1);
+    raw::bin(&mut h.bytes, &origin.0);
+    raw::str(&mut h.bytes, "base");
+    h.bytes.push(0x92);
+    h.stamp(priority);
+    h.bytes.push(0xc2);
+    raw::str(&mut h.bytes, "fields");
+    raw::map_len(&mut h.bytes, fields as u32);
+    h
+}
+
+impl Holes {
+    /// A `CellStamp(priority, hlc, origin index 0)` with a hole for the
+    /// clock.
+    fn stamp(&mut self, priority: u8) {
+        self.bytes.extend_from_slice(&[0x93, priority.min(0x7f)]);
+        self.hole();
+        self.bytes.push(0);
+    }
+
+    /// A field's `[stamp, [` before its one value.
+    fn field_stamp(&mut self, priority: u8) {
+        self.bytes.push(0x92);
+        self.stamp(priority);
+        self.bytes.push(0x91);
+    }
+}
+
 /// The stored record of a put that replaces everything before it, as
 /// `StoredRecord::from_put` would encode, with one hole: the clock reading
 /// (fill with `[hlc]`).
@@ -45,32 +102,11 @@ pub(crate) fn fresh_put_record(
     priority: u8,
     fields: &Fields,
 ) -> Result<Holes, CodecError> {
-    let mut h = Holes {
-        // Stamps, names and typical values: most records fit at once.
-        bytes: Vec::with_capacity(128 + fields.len() * 64),
-        holes: Vec::with_capacity(1 + fields.len()),
-    };
-    let stamp = |h: &mut Holes| {
-        // CellStamp(priority, hlc, origin index 0)
-        h.bytes.extend_from_slice(&[0x93, priority.min(0x7f)]);
-        h.hole();
-        h.bytes.push(0);
-    };
-    raw::map_len(&mut h.bytes, 3);
-    raw::str(&mut h.bytes, "origins");
-    raw::array_len(&mut h.bytes, 1);
-    raw::bin(&mut h.bytes, &origin.0);
-    raw::str(&mut h.bytes, "base");
-    h.bytes.push(0x92);
-    stamp(&mut h);
-    h.bytes.push(0xc2);
-    raw::str(&mut h.bytes, "fields");
-    raw::map_len(&mut h.bytes, fields.len() as u32);
+    // Stamps, names and typical values: most records fit at once.
+    let mut h = record_head(origin, priority, fields.len(), 128 + fields.len() * 64);
     for (name, value) in fields {
         raw::str(&mut h.bytes, name);
-        h.bytes.push(0x92);
-        stamp(&mut h);
-        h.bytes.push(0x91);
+        h.field_stamp(priority);
         raw::value(&mut h.bytes, value)?;
     }
     Ok(h)
@@ -211,7 +247,14 @@ mod tests {
             let bytes = fresh_put_record(&origin, priority, &fields).expect("encode").fill(&[hlc]);
             let decoded: StoredRecord = codec::from_slice(&bytes).expect("decode");
             let stamp = Stamp { priority, hlc: Hlc(hlc), origin };
-            prop_assert_eq!(decoded, StoredRecord::from_put(&stamp, fields));
+            prop_assert_eq!(decoded, StoredRecord::from_put(&stamp, fields.clone()));
+            // From the encoded values: the same bytes.
+            let encoded: Vec<(String, Vec<u8>)> = fields
+                .iter()
+                .map(|(k, v)| (k.clone(), codec::to_vec(v).expect("encode")))
+                .collect();
+            let raw: Vec<(&str, &[u8])> = encoded.iter().map(|(k, v)| (k.as_str(), v.as_slice())).collect();
+            prop_assert_eq!(fresh_put_record_raw(&origin, priority, &raw).fill(&[hlc]), bytes);
         }
 
         #[test]
