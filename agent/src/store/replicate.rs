@@ -105,25 +105,9 @@ impl Writer {
             // newer than every stamp in every record.
             let newest =
                 op.hlc > self.clock.last() && op.priority >= sync.max_priority.max(local_priority);
-            // The common case of catching up, a plain put newer than
-            // everything, unchecked, into a collection without indexes,
-            // replaces its record whatever it held: the record is built
-            // from the body's bytes, no value decoded.
-            let raw_put = (newest
-                && op.priority <= MAX_PRIORITY
-                && screen.is_empty()
-                && matches!(reader, Reader::Plain))
-            .then(|| RawPut::parse(&op.body))
-            .flatten()
-            .filter(|put| {
-                read_lock(&db.collections)
-                    .get(put.collection)
-                    .is_none_or(|c| c.indexes.is_empty())
-            });
-            // Decoded here, so a plain body is read in place, not copied.
-            let decoded = match reader.read(&db.name, &op) {
-                _ if raw_put.is_some() => None,
-                Body::Readable(p) => OpBody::decode(&p).ok(),
+            // Read here, so a plain body is read in place, not copied.
+            let plain = match reader.read(&db.name, &op) {
+                Body::Readable(p) => Some(p),
                 Body::Blind => None,
                 Body::Refused(why) => {
                     // Its origin's later ops now leave a gap, so they are
@@ -131,6 +115,30 @@ impl Writer {
                     unopened.push(why);
                     continue;
                 }
+            };
+            // The common case of catching up, a put newer than everything,
+            // unchecked, into a collection without indexes, replaces its
+            // record whatever it held: the record is built from the
+            // body's bytes, no value decoded.
+            let mut built = false;
+            if newest
+                && op.priority <= MAX_PRIORITY
+                && screen.is_empty()
+                && let Some(put) = plain.as_deref().and_then(RawPut::parse)
+                && read_lock(&db.collections)
+                    .get(put.collection)
+                    .is_none_or(|c| c.indexes.is_empty())
+            {
+                self.collection_indexes(&group, &mut plan, db, put.collection)?;
+                let key = Slice::from(keys::record_key(put.collection, put.id));
+                let bytes = stamped::fresh_put_record_raw(&op.origin, op.priority, &put.fields)
+                    .fill(&[op.hlc.0]);
+                plan_encoded(&mut plan, db, key, bytes.into());
+                built = true;
+            }
+            let decoded = match plain {
+                Some(p) if !built => OpBody::decode(&p).ok(),
+                _ => None,
             };
             sync.vector.advance(op.origin, op.seq);
             sync.max_priority = sync.max_priority.max(op.priority);
@@ -140,16 +148,9 @@ impl Writer {
                 // This device's own writes, back from a peer after a restore.
                 local_seq = local_seq.max(op.seq);
             }
-            if let Some(put) = raw_put {
-                self.collection_indexes(&group, &mut plan, db, put.collection)?;
-                let key = Slice::from(keys::record_key(put.collection, put.id));
-                let bytes = stamped::fresh_put_record_raw(&op.origin, op.priority, &put.fields)
-                    .fill(&[op.hlc.0]);
-                plan_encoded(&mut plan, db, key, bytes.into());
-            }
             // A body this replica cannot read is logged and forwarded all
             // the same; it just changes no record here.
-            else if let Some(body) = decoded {
+            if let Some(body) = decoded {
                 let key = Slice::from(keys::record_key(body.collection(), body.id()));
                 let indexes = self.collection_indexes(&group, &mut plan, db, body.collection())?;
                 let check = screen.view_for(&op.origin, &body);
