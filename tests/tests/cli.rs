@@ -2,6 +2,7 @@
 //! code with and without `--json`, one clear line per error, and no panic
 //! when its reader goes away.
 
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 use blazedb_tests::{TestAgent, blazectl_ok};
@@ -245,19 +246,8 @@ async fn a_forgotten_id_and_typed_values_are_handled_as_a_user_means_them() {
 
 #[test]
 fn completions_and_a_man_page_come_without_an_agent() {
-    let run = |args: &[&str]| {
-        let out = Command::new(CTL)
-            .args(["--socket", "/nonexistent/blazed.sock"])
-            .args(args)
-            .output()
-            .expect("run");
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).expect("utf-8")
-    };
+    // A socket nobody listens on: these must not need the agent.
+    let run = |args: &[&str]| blazectl_ok(CTL, Path::new("/nonexistent/blazed.sock"), args);
     for shell in ["bash", "zsh", "fish"] {
         let script = run(&["completions", shell]);
         assert!(

@@ -704,20 +704,12 @@ impl Store {
         id: &str,
         f: impl FnOnce(Option<&EncodedRecord<'_>>) -> R,
     ) -> Result<R, StoreError> {
-        let db = self.db(db)?;
-        self.readable(&db)?;
-        if !read_lock(&db.collections).contains_key(collection) {
-            db.collection(collection)?;
-        }
-        let Some(bytes) = db.records.get(keys::record_key(collection, id))? else {
-            return Ok(f(None));
-        };
-        let record = Visible::read(&bytes)?.map(|v| EncodedRecord {
-            id,
-            fields: v.fields,
-            version: v.version,
-        });
-        Ok(f(record.as_ref()))
+        let (mut f, mut out) = (Some(f), None);
+        self.get_many_encoded(db, collection, [id], |record| {
+            out = f.take().map(|f| f(record));
+        })?;
+        // One id asked for, so `each` ran once.
+        out.ok_or_else(|| StoreError::Corrupt("a get read no answer".into()))
     }
 
     /// Reads the records `ids` of one collection, handing each (or `None`

@@ -33,7 +33,6 @@ const CHUNK_BYTES: usize = 256 * 1024;
 
 /// One log entry: its cursor and its bytes, shared with the chunk it was
 /// read from (no copy).
-#[derive(Clone)]
 pub(crate) struct Entry {
     /// The entry's cursor.
     pub(crate) cursor: u64,
