@@ -41,10 +41,19 @@ pub async fn run(
         StoreOptions {
             flush_interval: config.flush_interval,
             commit_seconds: metrics.commit_seconds(),
+            new_device: identity.is_new(),
             ..StoreOptions::default()
         },
     )
     .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
+    if let Some(why) = &store.incarnation_info().changed {
+        tracing::warn!(
+            incarnation = store.incarnation(),
+            "the store cannot prove it is as the last run left it ({why}): local writes now count \
+             under a new write incarnation, so none reuses a seq peers hold; writes the last run \
+             had not yet synced to disk or to a peer may be missing"
+        );
+    }
     let apps = Arc::new(
         Apps::open(&config.data_dir)
             .with_context(|| format!("cannot load the apps in {}", config.data_dir.display()))?,

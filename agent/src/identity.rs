@@ -23,6 +23,7 @@ pub const KEY_FILE: &str = "device.key";
 pub struct Identity {
     secret: SecretKey,
     id: DeviceId,
+    new: bool,
 }
 
 impl std::fmt::Debug for Identity {
@@ -64,12 +65,12 @@ impl Identity {
                     .map_err(|_| IdentityError::Malformed(path.display().to_string()))?;
                 // Keep the key private even if someone loosened the mode.
                 fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).map_err(io)?;
-                Ok(Identity::from_secret(secret))
+                Ok(Identity::from_secret(secret, false))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let secret = Identity::generate()?.secret;
                 crate::private_file::write(&path, &secret.to_bytes()).map_err(io)?;
-                Ok(Identity::from_secret(secret))
+                Ok(Identity::from_secret(secret, true))
             }
             Err(e) => Err(io(e)),
         }
@@ -83,14 +84,20 @@ impl Identity {
             getrandom::fill(&mut bytes).map_err(|e| IdentityError::Random(e.to_string()))?;
             // Almost every 32-byte string is a valid scalar.
             if let Ok(k) = SecretKey::from_slice(&bytes) {
-                return Ok(Identity::from_secret(k));
+                return Ok(Identity::from_secret(k, true));
             }
         }
     }
 
-    fn from_secret(secret: SecretKey) -> Identity {
+    fn from_secret(secret: SecretKey, new: bool) -> Identity {
         let id = device_id_of(&secret.public_key());
-        Identity { secret, id }
+        Identity { secret, id, new }
+    }
+
+    /// Whether the identity was made by this start: nothing was written
+    /// under it before.
+    pub fn is_new(&self) -> bool {
+        self.new
     }
 
     /// The device id.

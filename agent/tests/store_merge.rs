@@ -137,6 +137,7 @@ fn op(origin: u8, seq: u64, hlc: Hlc, priority: u8, body: &OpBody) -> Op {
         seq,
         hlc,
         priority,
+        incarnation: 0,
         body: body.encode().unwrap(),
     }
 }

@@ -580,6 +580,16 @@ pub struct StatusResult {
     /// arrives.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unopened: Vec<UnopenedOp>,
+    /// The write incarnation local writes carry in this run (0: the
+    /// device's first). It changes whenever the store cannot prove it is
+    /// as the last run left it, so no seq is ever handed out twice.
+    #[serde(default)]
+    pub incarnation: u32,
+    /// Why this run took a new write incarnation (a crash, a restore from
+    /// a backup, a copied data directory), if it did: writes the last run
+    /// had not yet synced to disk or to a peer may be missing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_incarnation: Option<String>,
 }
 
 /// An operation that did not open on this device (`status`).

@@ -136,8 +136,14 @@ pub struct Removal {
     pub left: bool,
     /// Per database, the highest `seq` of the device's operations that the
     /// remover held and accepts; replicas refuse the device's operations
-    /// beyond it.
+    /// beyond it. These count the device's first write incarnation.
     pub cutoffs: BTreeMap<String, u64>,
+    /// The same for the device's later write incarnations: per database,
+    /// per incarnation the remover held operations of, the highest `seq`
+    /// held. In a database in `cutoffs`, operations of an incarnation not
+    /// listed here are refused.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub incarnations: BTreeMap<String, BTreeMap<u32, u64>>,
 }
 
 /// Where a device listens, signed by the device itself so no other member
@@ -645,6 +651,7 @@ mod tests {
                 at_ms: 7,
                 left: false,
                 cutoffs: [("notes".to_owned(), 12)].into(),
+                incarnations: [("notes".to_owned(), [(7, 3)].into())].into(),
             }),
             version: 2,
             signer: DeviceId([3; 32]),

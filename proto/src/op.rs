@@ -29,6 +29,38 @@ impl DeviceId {
     pub fn short(&self) -> String {
         self.to_base32()[..7].to_owned()
     }
+
+    /// The id this device's writes of `incarnation` are counted under (in
+    /// version vectors and record stamps). Incarnation 0 is the device id
+    /// itself; a later one differs from it in the last four bytes only, so
+    /// a writer's device is known by the first 28 ([`same_device`]).
+    ///
+    /// [`same_device`]: DeviceId::same_device
+    pub fn writer(&self, incarnation: u32) -> DeviceId {
+        let mut id = *self;
+        for (b, x) in id.0[28..].iter_mut().zip(incarnation.to_be_bytes()) {
+            *b ^= x;
+        }
+        id
+    }
+
+    /// Whether two ids (a device's and a writer's, or two writers') belong
+    /// to the same device.
+    pub fn same_device(&self, other: &DeviceId) -> bool {
+        self.0[..28] == other.0[..28]
+    }
+
+    /// The incarnation of this device that `writer` stands for, if it is
+    /// one of this device's writers.
+    pub fn incarnation_of(&self, writer: &DeviceId) -> Option<u32> {
+        self.same_device(writer).then(|| {
+            let mut x = [0u8; 4];
+            for (i, b) in x.iter_mut().enumerate() {
+                *b = self.0[28 + i] ^ writer.0[28 + i];
+            }
+            u32::from_be_bytes(x)
+        })
+    }
 }
 
 impl fmt::Display for DeviceId {
@@ -247,12 +279,16 @@ fn is_zero(p: &u8) -> bool {
     *p == 0
 }
 
+fn is_zero_u32(n: &u32) -> bool {
+    *n == 0
+}
+
 /// One operation as it is stored in the op log and sent between replicas.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Op {
     /// The device that made the write.
     pub origin: DeviceId,
-    /// Contiguous per origin and database, starting at 1.
+    /// Contiguous per writer ([`Op::writer`]) and database, starting at 1.
     pub seq: u64,
     /// When the write was made, by the origin's hybrid logical clock.
     pub hlc: Hlc,
@@ -261,14 +297,47 @@ pub struct Op {
     /// Left out of the encoding when zero.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub priority: u8,
+    /// The origin's write incarnation: it changes whenever the origin's
+    /// store may have gone back in time (a crash, a restore, a copy), so a
+    /// seq is never handed out twice under one writer id
+    /// ([`Op::writer`]). Left out of the encoding when zero.
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub incarnation: u32,
     /// The encoded [`OpBody`], possibly sealed.
     #[serde(with = "serde_bytes")]
     pub body: Vec<u8>,
 }
 
+impl Op {
+    /// The id the op is counted under: its origin's writer of its
+    /// incarnation. Version vectors, dedup by `(writer, seq)` and record
+    /// stamps use it; whatever asks *which device* wrote (rules, removals)
+    /// uses `origin`.
+    pub fn writer(&self) -> DeviceId {
+        self.origin.writer(self.incarnation)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn writers_of_one_device_differ_but_share_it() {
+        let id = DeviceId([0xa5; 32]);
+        assert_eq!(id.writer(0), id);
+        assert_ne!(id.writer(1), id);
+        assert_ne!(id.writer(1), id.writer(2));
+        assert!(id.same_device(&id.writer(7)));
+        assert!(id.writer(3).same_device(&id.writer(9)));
+        assert!(!id.same_device(&DeviceId([0xa4; 32]).writer(1)));
+        assert_eq!(
+            id.incarnation_of(&id.writer(0x0102_0304)),
+            Some(0x0102_0304)
+        );
+        assert_eq!(id.incarnation_of(&id), Some(0));
+        assert_eq!(id.incarnation_of(&DeviceId([0xa4; 32])), None);
+    }
 
     #[test]
     fn device_id_text_round_trips() {

@@ -11,7 +11,7 @@
 //! byte is the layout's version.
 //!
 //! The associated data names the database, the op's readable header
-//! (origin, seq, clock reading, priority) and the key epoch, so a sealed
+//! (writer, seq, clock reading, priority) and the key epoch, so a sealed
 //! body opens only as the op it was made for: a relay can neither alter it
 //! nor move it to another database, seq or epoch. (The mesh needs no
 //! naming: a content key is drawn at random for one database of one mesh.)
@@ -86,8 +86,9 @@ pub fn is_sealed(body: &[u8]) -> bool {
 pub struct SealedOp<'a> {
     /// The database.
     pub db: &'a str,
-    /// The device that made the write.
-    pub origin: &'a DeviceId,
+    /// The writer that made it ([`crate::Op::writer`]): the device itself
+    /// in its first incarnation.
+    pub writer: DeviceId,
     /// Its seq.
     pub seq: u64,
     /// Its clock reading.
@@ -101,7 +102,7 @@ impl<'a> SealedOp<'a> {
     pub fn of(db: &'a str, op: &'a crate::Op) -> SealedOp<'a> {
         SealedOp {
             db,
-            origin: &op.origin,
+            writer: op.writer(),
             seq: op.seq,
             hlc: op.hlc,
             priority: op.priority,
@@ -116,7 +117,7 @@ impl<'a> SealedOp<'a> {
         out.extend_from_slice(b"blazedb sealed op v1\0");
         out.extend_from_slice(&(self.db.len() as u64).to_be_bytes());
         out.extend_from_slice(self.db.as_bytes());
-        out.extend_from_slice(&self.origin.0);
+        out.extend_from_slice(&self.writer.0);
         out.extend_from_slice(&self.seq.to_be_bytes());
         out.extend_from_slice(&self.hlc.0.to_be_bytes());
         out.push(self.priority);
@@ -221,7 +222,7 @@ mod tests {
             let data = |(o, db, seq, hlc, priority, epoch): &(u8, String, u64, u64, u8, u32)| {
                 SealedOp {
                     db,
-                    origin: &DeviceId([*o; 32]),
+                    writer: DeviceId([*o; 32]),
                     seq: *seq,
                     hlc: Hlc(*hlc),
                     priority: *priority,

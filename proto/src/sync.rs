@@ -445,6 +445,7 @@ mod tests {
                 seq,
                 hlc: Hlc(hlc),
                 priority: d % 2,
+                incarnation: u32::from(d % 3) * 0x1_0001,
                 body,
             })
     }
@@ -566,6 +567,7 @@ mod tests {
                     seq,
                     hlc: Hlc(hlc),
                     priority: 0,
+                    incarnation: 0,
                     body: vec![1, 2, 3],
                 }],
             }),

@@ -337,10 +337,11 @@ async fn spokes_sync_through_a_hub_then_directly_without_duplicates() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cloned_device_is_reported_by_its_peers() {
+async fn a_cloned_device_is_reported_by_its_peers_and_both_copies_writes_arrive() {
     let (mut agents, clients) = mesh_of(2).await;
     let b = &clients[1];
     let a_id = clients[0].mesh_status().await.expect("status").device_id;
+    clients[0].db("notes").create().await.expect("create");
 
     // A copy of A's whole data directory (key, mesh, databases) starts on
     // a port of its own beside A, as after cloning a disk.
@@ -375,6 +376,116 @@ async fn a_cloned_device_is_reported_by_its_peers() {
     )
     .await
     .expect("clone reported");
+
+    // Both copies write at once: each in a write incarnation of its own
+    // (the clone's store is a copy, so it took a new one), so neither's
+    // writes are taken for the other's, and every replica gets all ten.
+    let (a, c) = (
+        agents[0].client().await.expect("a"),
+        clone.client().await.expect("clone"),
+    );
+    let (a_status, c_status) = (
+        a.status().await.expect("a status"),
+        c.status().await.expect("clone status"),
+    );
+    assert_eq!(a_status.new_incarnation, None, "a stopped cleanly");
+    assert!(
+        c_status
+            .new_incarnation
+            .as_deref()
+            .is_some_and(|w| w.contains("copied or restored")),
+        "{c_status:?}"
+    );
+    assert_ne!(a_status.incarnation, c_status.incarnation);
+    let (wa, wc) = tokio::join!(
+        put_numbered(&a, "notes", "n", "original", 5),
+        put_numbered(&c, "notes", "n", "clone", 5)
+    );
+    wa.expect("writes on a");
+    wc.expect("writes on the clone");
+    wait_within(
+        "b to hold the writes of both copies",
+        Duration::from_secs(60),
+        || async { records(b, "notes", "n").await.len() == 10 },
+    )
+    .await
+    .expect("no write of either copy lost");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_restored_from_a_backup_loses_no_write_and_reuses_no_seq() {
+    let (mut agents, clients) = mesh_of(2).await;
+    let b = &clients[1];
+    let a = &clients[0];
+    a.db("notes").create().await.expect("create");
+    put_numbered(a, "notes", "n", "before", 3)
+        .await
+        .expect("writes before the backup");
+    wait_until("b to hold a's first writes", || async {
+        records(b, "notes", "n").await.len() == 3
+    })
+    .await
+    .expect("synced");
+
+    // A backup of A's data directory, taken while it is stopped.
+    agents[0].stop().await.expect("stop a");
+    let backup = tempfile::tempdir().expect("backup dir");
+    let copy = |from: &std::path::Path, to: &std::path::Path| {
+        let done = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(format!("{}/.", from.display()))
+            .arg(to)
+            .status()
+            .expect("cp");
+        assert!(done.success());
+    };
+    copy(&agents[0].data_dir(), backup.path());
+
+    // A writes on, and B takes those writes.
+    agents[0].restart().await.expect("restart a");
+    let a = agents[0].client().await.expect("client a");
+    put_numbered(&a, "notes", "n", "after", 3)
+        .await
+        .expect("writes after the backup");
+    wait_until("b to hold a's later writes", || async {
+        records(b, "notes", "n").await.len() == 6
+    })
+    .await
+    .expect("synced");
+
+    // A's disk goes back to the backup, and A writes again while offline
+    // from B's point of view until it links again.
+    agents[0].stop().await.expect("stop a again");
+    std::fs::remove_dir_all(agents[0].data_dir()).expect("wipe a");
+    std::fs::create_dir(agents[0].data_dir()).expect("mkdir");
+    copy(backup.path(), &agents[0].data_dir());
+    agents[0].restart().await.expect("start the restored a");
+    let a = agents[0].client().await.expect("client a");
+    let status = a.status().await.expect("status");
+    assert!(
+        status
+            .new_incarnation
+            .as_deref()
+            .is_some_and(|w| w.contains("copied or restored")),
+        "the restore was not noticed: {status:?}"
+    );
+    put_numbered(&a, "notes", "n", "restored", 3)
+        .await
+        .expect("writes after the restore");
+
+    // Every replica ends with every write: B gets the restored A's new
+    // writes (their seqs are new), A gets back the writes it lost.
+    for (name, cl) in [("a", &a), ("b", b)] {
+        wait_until(&format!("{name} to hold all nine writes"), || async {
+            records(cl, "notes", "n").await.len() == 9
+        })
+        .await
+        .expect("no acknowledged write lost");
+    }
+    assert_eq!(
+        records(&a, "notes", "n").await,
+        records(b, "notes", "n").await
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

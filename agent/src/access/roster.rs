@@ -956,6 +956,7 @@ mod tests {
             at_ms: 1,
             left: false,
             cutoffs: BTreeMap::new(),
+            incarnations: BTreeMap::new(),
         });
         assert_eq!(
             r.accept_member(&signed(&d[2], &rm)),
@@ -970,6 +971,7 @@ mod tests {
             at_ms: 1,
             left: false,
             cutoffs: BTreeMap::new(),
+            incarnations: BTreeMap::new(),
         });
         assert_eq!(r.accept_member(&signed(&d[0], &rm)), Ok(true));
         let late = record(&g, &d[3], &d[1], 1, false);
@@ -1036,6 +1038,7 @@ mod tests {
             at_ms: 5,
             left: true,
             cutoffs: BTreeMap::new(),
+            incarnations: BTreeMap::new(),
         });
         assert_eq!(r.accept_member(&signed(&d[2], &promote)), Ok(true));
         assert!(!r.is_active(&d[2].id));

@@ -245,7 +245,7 @@ mod tests {
     fn op(db: &str, seq: u64) -> SealedOp<'_> {
         SealedOp {
             db,
-            origin: &ORIGIN,
+            writer: ORIGIN,
             seq,
             hlc: Hlc(1_000 + seq),
             priority: 0,
@@ -306,6 +306,15 @@ mod tests {
             open_as(&moved, &sealed),
             Err(SealError::Damaged),
             "another priority"
+        );
+        let other_writer = SealedOp {
+            writer: ORIGIN.writer(7),
+            ..op("notes", 4)
+        };
+        assert_eq!(
+            open_as(&other_writer, &sealed),
+            Err(SealError::Damaged),
+            "another incarnation of the device"
         );
         let mut epoch_changed = sealed.clone();
         epoch_changed[5] = 2;

@@ -369,7 +369,12 @@ fn write(
     // Validation and encoding happen here, on the connection's task, in
     // parallel with the writer thread.
     let priority = ctx.store.priority_of(&db);
-    let writes = match prepare(&ctx.store.device(), priority, writes) {
+    let writes = match prepare(
+        &ctx.store.device(),
+        ctx.store.incarnation(),
+        priority,
+        writes,
+    ) {
         Ok(w) => w,
         Err(e) => return done::<()>(ctx, out, id, Err(e)),
     };

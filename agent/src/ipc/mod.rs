@@ -121,6 +121,8 @@ impl Ctx {
             connections: self.connections.load(Ordering::Relaxed),
             subscriptions: self.subscriptions.load(Ordering::Relaxed),
             unopened,
+            incarnation: self.store.incarnation(),
+            new_incarnation: self.store.incarnation_info().changed.clone(),
         }
     }
 }

@@ -180,6 +180,7 @@ pub(crate) fn cutoffs_of(roster: &Roster) -> BTreeMap<DeviceId, Cutoff> {
                 r.device,
                 Cutoff {
                     per_db: removal.cutoffs.clone(),
+                    incarnations: removal.incarnations.clone(),
                     after: Hlc::new(removal.at_ms, u16::MAX),
                 },
             ))

@@ -708,18 +708,30 @@ impl Mesh {
     }
 
     /// Per synced database, the highest seq of `device`'s operations this
-    /// replica holds.
-    fn cutoffs(&self, device: &DeviceId) -> BTreeMap<String, u64> {
+    /// replica holds: of its first write incarnation, and of each later one.
+    fn cutoffs(&self, device: &DeviceId) -> Cutoffs {
         use crate::sync::SyncStore as _;
         let store = &self.shared.store;
-        store
-            .databases()
-            .into_iter()
-            .filter_map(|db| {
-                let st = store.sync_state(&db)?;
-                Some((db, st.vector.get(device)))
-            })
-            .collect()
+        let mut out = Cutoffs::default();
+        for db in store.databases() {
+            let Some(st) = store.sync_state(&db) else {
+                continue;
+            };
+            let mut later = BTreeMap::new();
+            for (w, seq) in st.vector.iter() {
+                match device.incarnation_of(w) {
+                    Some(0) | None => {}
+                    Some(n) => {
+                        later.insert(n, *seq);
+                    }
+                }
+            }
+            if !later.is_empty() {
+                out.1.insert(db.clone(), later);
+            }
+            out.0.insert(db, st.vector.get(device));
+        }
+        out
     }
 
     /// Makes `device` an admin, or takes that away. Admins only; the mesh
@@ -1114,12 +1126,16 @@ fn roster_for<'a>(s: &'a mut MeshState, device: &DeviceId) -> anyhow::Result<&'a
     Ok(roster)
 }
 
+/// Per database, the highest seq held of a device's first write
+/// incarnation, and of each later one ([`Removal`]).
+type Cutoffs = (BTreeMap<String, u64>, BTreeMap<String, BTreeMap<u32, u64>>);
+
 /// The change that marks a member record removed by `by` now (itself, when
 /// `left`), with `cutoffs`.
 fn removal(
     by: DeviceId,
     left: bool,
-    cutoffs: BTreeMap<String, u64>,
+    (cutoffs, incarnations): Cutoffs,
 ) -> impl FnOnce(&mut MemberRecord) {
     move |r| {
         r.removed = Some(Removal {
@@ -1127,6 +1143,7 @@ fn removal(
             at_ms: wall_ms(),
             left,
             cutoffs,
+            incarnations,
         })
     }
 }

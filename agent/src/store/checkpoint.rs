@@ -213,7 +213,7 @@ impl Writer {
         batch.insert(&db.index, META, codec::to_vec(&meta)?);
         let dropped = oplog::remove_where(&db.log, &mut batch, |entry| {
             let op = entry.op()?;
-            Ok(if op.seq <= c.vector.get(&op.origin) {
+            Ok(if op.seq <= c.vector.get(&op.writer()) {
                 Trim::Drop
             } else {
                 Trim::Keep

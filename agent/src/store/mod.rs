@@ -21,6 +21,7 @@
 
 mod checkpoint;
 mod error;
+pub mod incarnation;
 pub(crate) mod keys;
 mod oplog;
 pub(crate) mod query;
@@ -80,6 +81,12 @@ pub struct StoreOptions {
     pub retain_log: u64,
     /// Where to record how long each commit takes, in seconds.
     pub commit_seconds: Option<prometheus_client::metrics::histogram::Histogram>,
+    /// Whether the device was made in this start, so that nothing it wrote
+    /// can be out there: a new store then counts its writes under the
+    /// device id itself ([`incarnation`]). The agent says so only when it
+    /// made the device key; otherwise a new store in the directory of a
+    /// device that wrote before takes a new write incarnation.
+    pub new_device: bool,
 }
 
 impl Default for StoreOptions {
@@ -90,6 +97,7 @@ impl Default for StoreOptions {
             cache_bytes: 64 * 1024 * 1024,
             retain_log: 100_000,
             commit_seconds: None,
+            new_device: true,
         }
     }
 }
@@ -134,6 +142,10 @@ pub(crate) struct SyncMeta {
     /// since (see `SyncState::lacking`).
     #[serde(default)]
     pub(crate) lacking: bool,
+    /// The store started without proof it was as the last run left it, and
+    /// no whole snapshot was merged since (see `SyncState::restored`).
+    #[serde(default)]
+    pub(crate) restored: bool,
     /// The devices this database syncs with, each with a direction; every
     /// member when `None` (see `SyncState::peers`).
     #[serde(default)]
@@ -303,6 +315,10 @@ pub struct Store {
 #[derive(Debug)]
 struct Inner {
     device: DeviceId,
+    /// The write incarnation of this start.
+    incarnation: incarnation::Incarnation,
+    /// The store's directory.
+    path: std::path::PathBuf,
     /// The writer's clock after its latest commit.
     clock: std::sync::atomic::AtomicU64,
     dbs: RwLock<HashMap<String, Arc<DbState>>>,
@@ -381,6 +397,9 @@ impl Store {
             .cache_size(options.cache_bytes)
             .open()?;
         let meta = fj.keyspace("meta", KeyspaceCreateOptions::default)?;
+        let fresh = options.new_device && meta.is_empty()?;
+        let incarnation = incarnation::begin(path, &fj, &meta, fresh)?;
+        let writer = device.writer(incarnation.number);
 
         let mut dbs = HashMap::new();
         let mut recovered = writer::Recovered::default();
@@ -396,7 +415,6 @@ impl Store {
                 let cname = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
                 collections.insert(cname, codec::from_slice::<CollectionMeta>(&v)?);
             }
-            let mut tail = writer::recover_log_tail(&log, &device)?;
             let mut sync: SyncMeta = match meta.get(sync_meta_key(m.id))? {
                 Some(v) => codec::from_slice(&v)?,
                 None => SyncMeta {
@@ -405,13 +423,12 @@ impl Store {
                 },
             };
             // Local writes since the vector was last stored.
-            for entry in oplog::after(&log, sync.cursor) {
-                let op = entry?.op()?;
-                if op.seq > sync.vector.get(&op.origin) {
-                    sync.vector.set(op.origin, op.seq);
-                }
-            }
-            tail.local_seq = tail.local_seq.max(sync.vector.get(&device));
+            let mut tail = writer::recover_log_tail(&log, sync.cursor, &mut sync.vector)?;
+            tail.local_seq = sync.vector.get(&writer);
+            // A state that went back in time may hold records whose
+            // deletes peers have since forgotten: it asks for a whole
+            // state to replace its own.
+            sync.restored |= incarnation.went_back;
             tail.max_hlc = tail.max_hlc.max(sync.clock);
             recovered.note(m.id, &tail);
             let state = DbState {
@@ -436,6 +453,8 @@ impl Store {
         let (tx, rx) = mpsc::channel();
         let inner = Arc::new(Inner {
             device,
+            incarnation,
+            path: path.to_owned(),
             clock: std::sync::atomic::AtomicU64::new(recovered.max_hlc().0),
             dbs: RwLock::new(dbs),
             tx: Mutex::new(Some(tx)),
@@ -469,6 +488,27 @@ impl Store {
         self.inner.device
     }
 
+    /// The write incarnation of this start, and why it changed if it did.
+    pub fn incarnation_info(&self) -> &incarnation::Incarnation {
+        &self.inner.incarnation
+    }
+
+    /// The write incarnation local writes carry.
+    pub fn incarnation(&self) -> u32 {
+        self.inner.incarnation.number
+    }
+
+    /// The id local writes are counted under: the device's writer of this
+    /// incarnation ([`DeviceId::writer`]).
+    pub fn writer(&self) -> DeviceId {
+        self.inner.device.writer(self.inner.incarnation.number)
+    }
+
+    /// The store's directory.
+    fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
     /// Hands a command to the writer thread.
     pub fn submit(&self, cmd: Command) {
         let tx = self.inner.tx.lock().unwrap_or_else(|e| e.into_inner());
@@ -500,7 +540,12 @@ impl Store {
         db: &str,
         writes: Vec<Write>,
     ) -> Result<Vec<WriteResult>, StoreError> {
-        let writes = prepare(&self.device(), self.priority_of(db), writes)?;
+        let writes = prepare(
+            &self.device(),
+            self.incarnation(),
+            self.priority_of(db),
+            writes,
+        )?;
         let db = db.to_owned();
         self.call(|reply| Command::Write { db, writes, reply })
             .await

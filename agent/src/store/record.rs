@@ -28,12 +28,13 @@ pub(crate) struct Stamp {
 }
 
 impl Stamp {
-    /// The stamp of an operation.
+    /// The stamp of an operation: its writer, not just its device, so two
+    /// incarnations of one device never tie.
     pub(crate) fn of(op: &blazedb_proto::Op) -> Stamp {
         Stamp {
             priority: op.priority,
             hlc: op.hlc,
-            origin: op.origin,
+            origin: op.writer(),
         }
     }
 }
@@ -303,14 +304,14 @@ impl StoredRecord {
         out
     }
 
-    /// Whether the record holds a write of `device`'s stamped `from` or
-    /// later.
+    /// Whether the record holds a write of `device`'s (in any
+    /// incarnation) stamped `from` or later.
     pub(crate) fn written_by_since(&self, device: &DeviceId, from: Hlc) -> bool {
         self.base_stamp()
-            .is_some_and(|s| s.origin == *device && s.hlc >= from)
+            .is_some_and(|s| s.origin.same_device(device) && s.hlc >= from)
             || self
                 .field_stamps()
-                .any(|(_, o, hlc)| o == *device && hlc >= from)
+                .any(|(_, o, hlc)| o.same_device(device) && hlc >= from)
     }
 
     /// The device of the latest write that shaped the record.

@@ -86,7 +86,7 @@ impl Writer {
         ops: Vec<Op>,
         screen: &WriteScreen,
     ) -> Result<Applied, StoreError> {
-        let me = self.store.device();
+        let me = self.store.writer();
         let reader = self.store.reader(db);
         let mut unopened = Vec::new();
         let mut sync = db.sync_meta();
@@ -97,7 +97,8 @@ impl Writer {
         let (mut head, mut local_seq) = (counters.head, counters.local_seq);
         let mut refused = Vec::new();
         for mut op in ops {
-            if sync.vector.get(&op.origin) + 1 != op.seq {
+            let writer = op.writer();
+            if sync.vector.get(&writer) + 1 != op.seq {
                 continue;
             }
             // The clock has observed every write applied here, so an op
@@ -131,7 +132,7 @@ impl Writer {
             {
                 self.collection_indexes(&group, &mut plan, db, put.collection)?;
                 let key = Slice::from(keys::record_key(put.collection, put.id));
-                let bytes = stamped::fresh_put_record_raw(&op.origin, op.priority, &put.fields)
+                let bytes = stamped::fresh_put_record_raw(&writer, op.priority, &put.fields)
                     .fill(&[op.hlc.0]);
                 plan_encoded(&mut plan, db, key, bytes.into());
                 built = true;
@@ -140,12 +141,13 @@ impl Writer {
                 Some(p) if !built => OpBody::decode(&p).ok(),
                 _ => None,
             };
-            sync.vector.advance(op.origin, op.seq);
+            sync.vector.advance(writer, op.seq);
             sync.max_priority = sync.max_priority.max(op.priority);
             self.clock.observe(op.hlc);
             head += 1;
-            if op.origin == me {
-                // This device's own writes, back from a peer after a restore.
+            if writer == me {
+                // This start's own writes, back from a peer (never, unless
+                // a copy of the store ran beside this one).
                 local_seq = local_seq.max(op.seq);
             }
             // A body this replica cannot read is logged and forwarded all
@@ -181,7 +183,7 @@ impl Writer {
                             }
                             _ => {
                                 let bytes =
-                                    stamped::fresh_put_record(&op.origin, op.priority, fields)?
+                                    stamped::fresh_put_record(&writer, op.priority, fields)?
                                         .fill(&[op.hlc.0]);
                                 plan_encoded(&mut plan, db, key, bytes.into());
                             }
@@ -299,7 +301,7 @@ impl Writer {
             return Err(StoreError::Sealed(db.name.clone()));
         }
         let (start_counters, start_clock) = (self.counters.clone(), self.clock);
-        let me = self.store.device();
+        let me = self.store.writer();
         let mut sync = db.sync_meta();
         let group = Group::new();
         let mut plan = Plan::new();
@@ -376,8 +378,9 @@ impl Writer {
                 sync.floor.merge(v);
                 if replace.as_ref().is_none_or(|r| !r.2) {
                     sync.lacking = false;
+                    sync.restored = false;
                 }
-                let me = self.store.device();
+                let me = self.store.writer();
                 let c = self.counters.entry(db.id).or_default();
                 c.local_seq = c.local_seq.max(sync.vector.get(&me));
             }
@@ -395,10 +398,10 @@ impl Writer {
     /// The clock reading of this device's first write after its `held`
     /// writes to `db`, if the log still has it.
     fn first_unheld(&self, db: &DbState, held: u64) -> Result<Option<Hlc>, StoreError> {
-        let me = self.store.device();
+        let me = self.store.writer();
         for entry in oplog::newest_first(&db.log) {
             let op = entry?.op()?;
-            if op.origin == me && op.seq > 0 {
+            if op.writer() == me && op.seq > 0 {
                 if op.seq == held + 1 {
                     return Ok(Some(op.hlc));
                 }
@@ -467,7 +470,7 @@ impl Writer {
         db: &Arc<DbState>,
         p: Projection,
     ) -> Result<(), StoreError> {
-        let me = self.store.device();
+        let me = self.store.writer();
         let mut sync = db.sync_meta();
         sync.lacking = true;
         let group = Group::new();
@@ -477,17 +480,18 @@ impl Writer {
             let wanted: BTreeMap<u64, &String> = p.rejected.iter().map(|(s, r)| (*s, r)).collect();
             for entry in oplog::newest_first(&db.log) {
                 let op = entry?.op()?;
-                if op.origin != me || op.seq == 0 {
+                if op.writer() != me || op.seq == 0 {
                     continue;
                 }
                 if let Some(reason) = wanted.get(&op.seq)
                     && let Ok(body) = OpBody::decode(&op.body)
                 {
                     changes.push(Op {
-                        origin: me,
+                        origin: op.origin,
                         seq: 0,
                         hlc: op.hlc,
                         priority: 0,
+                        incarnation: op.incarnation,
                         body: OpBody::Rejected {
                             collection: body.collection().to_owned(),
                             id: body.id().to_owned(),
@@ -508,7 +512,7 @@ impl Writer {
             // they touched that the view does not see was refused.
             for entry in oplog::newest_first(&db.log) {
                 let op = entry?.op()?;
-                if op.origin != me || op.seq == 0 || op.seq > p.own_held {
+                if op.writer() != me || op.seq == 0 || op.seq > p.own_held {
                     continue;
                 }
                 if op.seq <= p.own_from {
@@ -623,11 +627,12 @@ impl Writer {
         // Remove a prefix of the log, so what is left stays contiguous.
         out.ops = oplog::remove_where(&db.log, &mut batch, |entry| {
             let op = entry.op()?;
-            if entry.cursor > keep_from || op.seq > stable.get(&op.origin) {
+            let writer = op.writer();
+            if entry.cursor > keep_from || op.seq > stable.get(&writer) {
                 return Ok(Trim::Stop);
             }
-            if op.seq > sync.floor.get(&op.origin) {
-                sync.floor.set(op.origin, op.seq);
+            if op.seq > sync.floor.get(&writer) {
+                sync.floor.set(writer, op.seq);
             }
             sync.trimmed = sync.trimmed.max(entry.cursor);
             Ok(Trim::Drop)
@@ -672,10 +677,13 @@ fn record_change(
         OpBody::Delete { collection, id }
     };
     Ok(Op {
+        // The latest writer's id (a device's own in its first
+        // incarnation): a record's stamps keep nothing else.
         origin: rec.latest_origin().unwrap_or(me),
         seq: 0,
         hlc: rec.version(),
         priority: 0,
+        incarnation: 0,
         body: body.encode()?,
     })
 }
@@ -712,6 +720,10 @@ impl SyncStore for Store {
         self.list().into_iter().map(|d| d.name).collect()
     }
 
+    fn writer(&self) -> DeviceId {
+        Store::writer(self)
+    }
+
     fn sync_state(&self, db: &str) -> Option<SyncState> {
         let db = self.db(db).ok()?;
         let m = db.sync_meta();
@@ -725,6 +737,7 @@ impl SyncStore for Store {
             peers: m.peers.map(|p| p.into_iter().collect()),
             wish: m.wish,
             lacking: m.lacking,
+            restored: m.restored,
             sealed: db.is_e2e(),
             blind: db.is_e2e() && self.current_key(&db.name).is_none(),
         })
@@ -749,7 +762,7 @@ impl SyncStore for Store {
                 break;
             }
             let op = entry.op()?;
-            if !want.advance(op.origin, op.seq) {
+            if !want.advance(op.writer(), op.seq) {
                 continue;
             }
             let size = op.body.len() + 64;
@@ -880,7 +893,7 @@ impl SyncStore for Store {
             writes.push(Write::from(body));
         }
         let priority = self.priority_of(db);
-        let writes = super::writer::prepare(&self.device(), priority, writes)?;
+        let writes = super::writer::prepare(&self.device(), self.incarnation(), priority, writes)?;
         let db = db.to_owned();
         let results = self.call_blocking(|reply| Command::Write { db, writes, reply })?;
         Ok(results
@@ -891,6 +904,7 @@ impl SyncStore for Store {
                 seq: r.seq,
                 hlc: r.hlc,
                 priority,
+                incarnation: self.incarnation(),
                 body,
             })
             .collect())

@@ -42,7 +42,7 @@ impl Unopened {
             ),
         };
         Unopened {
-            origin: op.origin,
+            origin: op.writer(),
             seq: op.seq,
             reason,
             damaged,

@@ -114,13 +114,14 @@ pub(crate) fn fresh_put_record(
 
 /// An op-log entry (`Op`) with two holes: its sequence number and its clock
 /// reading (fill with `[seq, hlc]`).
-pub(crate) fn op_entry(origin: &DeviceId, priority: u8, body: &[u8]) -> Holes {
+pub(crate) fn op_entry(origin: &DeviceId, incarnation: u32, priority: u8, body: &[u8]) -> Holes {
     let mut h = Holes {
         bytes: Vec::with_capacity(80 + body.len()),
         holes: Vec::with_capacity(2),
     };
-    // `Op` leaves a zero priority out.
-    raw::map_len(&mut h.bytes, if priority == 0 { 4 } else { 5 });
+    // `Op` leaves a zero priority and a zero incarnation out.
+    let len = 4 + u32::from(priority != 0) + u32::from(incarnation != 0);
+    raw::map_len(&mut h.bytes, len);
     raw::str(&mut h.bytes, "origin");
     raw::bin(&mut h.bytes, &origin.0);
     raw::str(&mut h.bytes, "seq");
@@ -130,6 +131,10 @@ pub(crate) fn op_entry(origin: &DeviceId, priority: u8, body: &[u8]) -> Holes {
     if priority != 0 {
         raw::str(&mut h.bytes, "priority");
         h.bytes.push(priority.min(0x7f));
+    }
+    if incarnation != 0 {
+        raw::str(&mut h.bytes, "incarnation");
+        raw::uint(&mut h.bytes, u64::from(incarnation));
     }
     raw::str(&mut h.bytes, "body");
     raw::bin(&mut h.bytes, body);
@@ -177,7 +182,7 @@ pub fn fresh_put_layout(
         record_key: super::keys::record_key(collection, id),
         record,
         log_key: super::keys::log_key(seq),
-        log_entry: fill_op(op_entry(origin, 0, &body.encode()?), seq, hlc),
+        log_entry: fill_op(op_entry(origin, 0, 0, &body.encode()?), seq, hlc),
     })
 }
 
@@ -200,6 +205,17 @@ mod tests {
     use crate::store::record::{Stamp, StoredRecord};
     use blazedb_proto::{Fields, Op, Value, codec};
     use proptest::prelude::*;
+
+    /// How many bytes MessagePack's shortest form of `n` takes.
+    fn width(n: u64) -> usize {
+        match n {
+            0..=0x7f => 1,
+            0x80..=0xff => 2,
+            0x100..=0xffff => 3,
+            0x1_0000..=0xffff_ffff => 5,
+            _ => 9,
+        }
+    }
 
     #[test]
     fn the_fresh_put_layout_is_what_the_store_writes() {
@@ -263,11 +279,15 @@ mod tests {
             seq in any::<u64>(),
             hlc in any::<u64>(),
             priority in prop_oneof![Just(0u8), 0u8..=127],
+            incarnation in prop_oneof![Just(0u32), any::<u32>()],
         ) {
             let origin = DeviceId([3; 32]);
-            let bytes = fill_op(op_entry(&origin, priority, &body), seq, Hlc(hlc));
+            let bytes = fill_op(op_entry(&origin, incarnation, priority, &body), seq, Hlc(hlc));
             let decoded: Op = codec::from_slice(&bytes).expect("decode");
-            prop_assert_eq!(decoded, Op { origin, seq, hlc: Hlc(hlc), priority, body });
+            let op = Op { origin, seq, hlc: Hlc(hlc), priority, incarnation, body };
+            // Byte for byte what serde writes, but for the holes' width.
+            prop_assert_eq!(bytes.len(), codec::to_vec(&op).expect("encode").len() + 18 - width(seq) - width(hlc));
+            prop_assert_eq!(decoded, op);
         }
     }
 }

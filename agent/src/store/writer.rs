@@ -280,25 +280,26 @@ impl Recovered {
     }
 }
 
-/// Reads the end of an op log: its last cursor, the last sequence number of
-/// `device`, and the latest clock reading.
-pub(crate) fn recover_log_tail(log: &Keyspace, device: &DeviceId) -> Result<LogTail, StoreError> {
+/// Reads the end of an op log: its last cursor, and from the entries after
+/// `from` (where the stored vector was written), the latest clock reading
+/// and how far each writer's seqs went, into `vector`.
+pub(crate) fn recover_log_tail(
+    log: &Keyspace,
+    from: u64,
+    vector: &mut VersionVector,
+) -> Result<LogTail, StoreError> {
     let mut tail = LogTail::default();
-    // Walk back from the end until the local device's latest op: its seq
-    // continues from there. Ops are appended in clock order locally, so the
-    // last entry also holds the latest local reading.
-    for entry in oplog::newest_first(log) {
-        let entry = entry?;
-        let op = entry.op()?;
-        if tail.head == 0 {
-            tail.head = entry.cursor;
-        }
+    if let Some(newest) = oplog::newest_first(log).next() {
+        tail.head = newest?.cursor;
+    }
+    for entry in oplog::after(log, from) {
+        let op = entry?.op()?;
         tail.max_hlc = tail.max_hlc.max(op.hlc);
         // Seq 0 marks a change a partial replica logged for its
-        // subscribers, not a write of its own.
-        if op.origin == *device && op.seq > 0 {
-            tail.local_seq = op.seq;
-            break;
+        // subscribers, not a write.
+        let writer = op.writer();
+        if op.seq > vector.get(&writer) {
+            vector.set(writer, op.seq);
         }
     }
     Ok(tail)
@@ -484,11 +485,12 @@ impl PreparedWrite {
     }
 }
 
-/// Validates writes made on this device (`origin`) to a database whose
-/// conflict priority is `priority`, and encodes what can be encoded before
-/// they are stamped.
+/// Validates writes made on this device (`origin`, in its write
+/// incarnation `incarnation`) to a database whose conflict priority is
+/// `priority`, and encodes what can be encoded before they are stamped.
 pub fn prepare(
     origin: &DeviceId,
+    incarnation: u32,
     priority: u8,
     writes: Vec<Write>,
 ) -> Result<Vec<PreparedWrite>, StoreError> {
@@ -535,10 +537,11 @@ pub fn prepare(
             validate_id(body.id())?;
             let key = keys::record_key(body.collection(), body.id()).into();
             let encoded = body.encode()?;
-            let op = stamped::op_entry(origin, priority, &encoded);
+            let op = stamped::op_entry(origin, incarnation, priority, &encoded);
+            let writer = origin.writer(incarnation);
             let fresh_record = match &body {
                 OpBody::Put { fields, .. } => {
-                    Some(stamped::fresh_put_record(origin, priority, fields)?)
+                    Some(stamped::fresh_put_record(&writer, priority, fields)?)
                 }
                 _ => None,
             };
@@ -678,7 +681,18 @@ impl Writer {
                     reply(Ok(()));
                 }
                 Command::Shutdown { reply } => {
-                    let res = self.fj.persist(PersistMode::SyncAll).map_err(Into::into);
+                    // The mark says the store is exactly as this run left
+                    // it, so it is made only once everything is on disk.
+                    let res = self
+                        .fj
+                        .persist(PersistMode::SyncAll)
+                        .map_err(Into::into)
+                        .and_then(|()| {
+                            super::incarnation::mark_clean_stop(
+                                self.store.path(),
+                                self.store.incarnation(),
+                            )
+                        });
                     reply(res);
                     break;
                 }
@@ -768,7 +782,7 @@ impl Writer {
                 write_lock(&db.collections).entry(name.clone()).or_default();
             }
         }
-        let me = self.store.device();
+        let me = self.store.writer();
         for (db, head) in group.heads.values() {
             if let Some(c) = self.counters.get(&db.id) {
                 db.note_local_seq(me, c.local_seq);
@@ -929,7 +943,7 @@ impl Writer {
         let stamp = Stamp {
             priority: write_priority,
             hlc,
-            origin: self.store.device(),
+            origin: self.store.writer(),
         };
 
         let (collection, id) = (body.collection().to_owned(), body.id().to_owned());
@@ -958,17 +972,17 @@ impl Writer {
         let entry = match seal_with {
             None => stamped::fill_op(op, seq, hlc),
             Some(key) => {
-                let origin = self.store.device();
+                let (origin, incarnation) = (self.store.device(), self.store.incarnation());
                 let header = SealedOp {
                     db: &db.name,
-                    origin: &origin,
+                    writer: self.store.writer(),
                     seq,
                     hlc,
                     priority: write_priority,
                 };
                 let sealed = seal_body(&key, &header, op.tail(body_len))?;
                 stamped::fill_op(
-                    stamped::op_entry(&origin, write_priority, &sealed),
+                    stamped::op_entry(&origin, incarnation, write_priority, &sealed),
                     seq,
                     hlc,
                 )

@@ -118,8 +118,12 @@ impl Default for EngineConfig {
 /// Where a removed device's operations stop being accepted.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Cutoff {
-    /// Per database, the highest `seq` of the device's operations taken.
+    /// Per database, the highest `seq` of the device's operations (in its
+    /// first incarnation) taken.
     pub per_db: BTreeMap<String, u64>,
+    /// Per database in `per_db`, the same for the device's later write
+    /// incarnations; one not listed had no operation taken.
+    pub incarnations: BTreeMap<String, BTreeMap<u32, u64>>,
     /// In a database not listed, operations stamped after this are refused.
     pub after: Hlc,
 }
@@ -127,10 +131,25 @@ pub struct Cutoff {
 impl Cutoff {
     /// Whether the device's operation `op` in `db` is still taken.
     pub fn allows(&self, db: &str, op: &Op) -> bool {
-        match self.per_db.get(db) {
-            Some(max) => op.seq <= *max,
+        match self.held(db, op.incarnation) {
+            Some(max) => op.seq <= max,
             None => op.hlc <= self.after,
         }
+    }
+
+    /// The highest seq of the device's `incarnation` taken in `db`, if the
+    /// cut-off counts `db` by seq.
+    pub fn held(&self, db: &str, incarnation: u32) -> Option<u64> {
+        let first = self.per_db.get(db)?;
+        Some(match incarnation {
+            0 => *first,
+            n => self
+                .incarnations
+                .get(db)
+                .and_then(|m| m.get(&n))
+                .copied()
+                .unwrap_or(0),
+        })
     }
 }
 
@@ -258,7 +277,8 @@ pub enum Event {
     Rejected {
         /// The database.
         db: String,
-        /// The device that made the write.
+        /// The writer that made it ([`Op::writer`]): its device's id in
+        /// the device's first write incarnation.
         origin: DeviceId,
         /// Its seq.
         seq: u64,
@@ -535,6 +555,9 @@ pub struct Engine<S> {
     /// partial replicas, by the correction's seq: the writer, its seq and
     /// why, so the writer is told with the correction.
     rejections: BTreeMap<String, BTreeMap<u64, (DeviceId, u64, String)>>,
+    /// Per peer, the writer of the latest of its own operations taken: its
+    /// current write incarnation.
+    peer_writers: BTreeMap<DeviceId, DeviceId>,
     /// Per database, what this replica may see of it when it holds a
     /// partial replica (`None`: a full one).
     own_views: BTreeMap<String, Option<Arc<View>>>,
@@ -580,6 +603,7 @@ impl<S: SyncStore> Engine<S> {
             devices: BTreeMap::new(),
             wishes: BTreeMap::new(),
             rejections: BTreeMap::new(),
+            peer_writers: BTreeMap::new(),
             own_views: BTreeMap::new(),
             own_judged: BTreeMap::new(),
             recut: BTreeSet::new(),
@@ -782,14 +806,25 @@ impl<S: SyncStore> Engine<S> {
         }
     }
 
-    /// Where this replica stops taking `origin`'s operations in `db`, as
+    /// Where this replica stops taking `writer`'s operations in `db`, as
     /// far as it knows yet.
-    fn refusal_bound(&self, db: &str, origin: &DeviceId) -> Option<u64> {
-        let c = self.config.cutoffs.get(origin)?;
-        c.per_db
-            .get(db)
-            .copied()
-            .or_else(|| self.refused_after.get(&(db.to_owned(), *origin)).copied())
+    fn refusal_bound(&self, db: &str, writer: &DeviceId) -> Option<u64> {
+        let (device, c) = self.cutoff_of(writer)?;
+        device
+            .incarnation_of(writer)
+            .and_then(|n| c.held(db, n))
+            .or_else(|| self.refused_after.get(&(db.to_owned(), *writer)).copied())
+    }
+
+    /// The removed device `writer` belongs to, with its cut-off.
+    fn cutoff_of(&self, writer: &DeviceId) -> Option<(&DeviceId, &Cutoff)> {
+        let (mut lo, mut hi) = (*writer, *writer);
+        lo.0[28..].fill(0);
+        hi.0[28..].fill(0xff);
+        self.config
+            .cutoffs
+            .range(lo..=hi)
+            .find(|(d, _)| d.same_device(writer))
     }
 
     /// A message from `peer` arrived.
@@ -868,7 +903,7 @@ impl<S: SyncStore> Engine<S> {
                     evict: evict.into_iter().map(|k| k.into_vec()).collect(),
                     covers,
                     rejected,
-                    own_held: at.get(&self.me),
+                    own_held: at.get(&self.store.writer()),
                     view: None,
                     own_from: 0,
                 };
@@ -1276,17 +1311,18 @@ impl<S: SyncStore> Engine<S> {
             if from_partial && op.origin != peer {
                 continue;
             }
-            if op.seq > peer_holds.get(&op.origin) {
-                peer_holds.set(op.origin, op.seq);
+            let writer = op.writer();
+            if op.seq > peer_holds.get(&writer) {
+                peer_holds.set(writer, op.seq);
             }
             if let Some(c) = self.config.cutoffs.get(&op.origin)
                 && op.origin != self.me
             {
                 // A removed device's operations: once one is past the
                 // cut-off, so is every later one, and those count as seen.
-                let key = (db.clone(), op.origin);
+                let key = (db.clone(), writer);
                 let upto = self.refused_upto.get(&key).copied().unwrap_or(0);
-                if op.seq != expect.get(&op.origin).max(upto) + 1 {
+                if op.seq != expect.get(&writer).max(upto) + 1 {
                     continue;
                 }
                 if upto > 0 || !c.allows(&db, &op) {
@@ -1296,7 +1332,7 @@ impl<S: SyncStore> Engine<S> {
                     continue;
                 }
             }
-            if op.seq != expect.get(&op.origin) + 1 || blocked.contains(&op.origin) {
+            if op.seq != expect.get(&writer) + 1 || blocked.contains(&writer) {
                 continue;
             }
             if op.origin != self.me && too_far_ahead(op.hlc, now) {
@@ -1305,10 +1341,13 @@ impl<S: SyncStore> Engine<S> {
                     origin: op.origin,
                     ahead_ms: op.hlc.millis().saturating_sub(now),
                 });
-                blocked.insert(op.origin);
+                blocked.insert(writer);
                 continue;
             }
-            expect.set(op.origin, op.seq);
+            expect.set(writer, op.seq);
+            if op.origin == peer {
+                self.peer_writers.insert(peer, writer);
+            }
             accepted.push(op);
         }
         // The peer holds what it sent: that counts as its acknowledgement,
@@ -1394,7 +1433,7 @@ impl<S: SyncStore> Engine<S> {
         if partial != cut || (cut && span.is_none()) {
             return;
         }
-        if partial || state.lacking {
+        if partial || state.lacking || state.restored {
             // A replica that holds a cut state takes a snapshot only from
             // a state holding all it counts as held, checked at every
             // piece (what it took from elsewhere meanwhile may be newer),
@@ -1431,13 +1470,13 @@ impl<S: SyncStore> Engine<S> {
         // Only a replica holding a cut state needs what it holds replaced;
         // a whole one merges the pieces like any snapshot, so that a piece
         // read before writes it took meanwhile cannot drop their records.
-        let replaces = partial || state.lacking;
+        let replaces = partial || state.lacking || state.restored;
         let replace = span
             .as_ref()
             .filter(|_| replaces)
             .map(|span| super::store::Replace {
                 span,
-                own_held: vector.get(&self.me),
+                own_held: vector.get(&self.store.writer()),
                 cut,
             });
         if let Err(e) = self.store.merge_snapshot(&db, records, complete, replace) {
@@ -1500,15 +1539,17 @@ impl<S: SyncStore> Engine<S> {
     /// replica that took them. Otherwise it cannot tell good values from
     /// late ones, and passes the operations on to its other peers.
     fn refuse(&mut self, peer: DeviceId, db: &str, ops: Vec<Op>, now: u64) {
-        let mut by_origin: BTreeMap<DeviceId, Vec<Op>> = BTreeMap::new();
+        // Seqs count per writer, so refusals are kept per writer.
+        let mut by_writer: BTreeMap<DeviceId, Vec<Op>> = BTreeMap::new();
         for op in ops {
-            by_origin.entry(op.origin).or_default().push(op);
+            by_writer.entry(op.writer()).or_default().push(op);
         }
         let Some(state) = self.store.sync_state(db) else {
             return;
         };
-        for (origin, ops) in by_origin {
-            let key = (db.to_owned(), origin);
+        for (writer, ops) in by_writer {
+            let origin = ops[0].origin;
+            let key = (db.to_owned(), writer);
             let done = self.corrected.get(&key);
             let fresh: Vec<Op> = ops
                 .into_iter()
@@ -1525,12 +1566,12 @@ impl<S: SyncStore> Engine<S> {
                 ops: fresh.len(),
             });
             let clean = self
-                .refusal_bound(db, &origin)
-                .is_some_and(|b| state.vector.get(&origin) <= b);
+                .refusal_bound(db, &writer)
+                .is_some_and(|b| state.vector.get(&writer) <= b);
             if !clean {
                 let pending = self.to_refute.entry(db.to_owned()).or_default();
                 for op in &fresh {
-                    pending.insert((op.origin, op.seq), op.clone());
+                    pending.insert((writer, op.seq), op.clone());
                 }
                 let others: Vec<DeviceId> =
                     self.links.keys().copied().filter(|p| *p != peer).collect();
@@ -1618,7 +1659,7 @@ impl<S: SyncStore> Engine<S> {
         }
         if let Some(view) = peer_view {
             // Records cut to another view cannot be cut to this one.
-            if !state.lacking {
+            if !state.lacking && !state.restored {
                 self.pump_partial(peer, db, state, &view, now);
             }
             return;
@@ -1655,12 +1696,13 @@ impl<S: SyncStore> Engine<S> {
         }
         // A replica whose records were cut to a view has no whole state
         // to give: it passes on operations only.
-        if s.out_snapshot.is_none() && !state.lacking {
+        if s.out_snapshot.is_none() && !state.lacking && !state.restored {
             let below_floor = below_floor(state, &acked);
             let far_behind = !tainted && state.vector.ahead_of(&acked) > self.config.snapshot_after;
             // A peer owed a whole state gets it from a state that holds
-            // everything it counts as held.
-            let owed = s.refilter && holds_all(state, &acked, &peer);
+            // everything it counts as held (and no late operation of a
+            // removed device, which the peer could not take out again).
+            let owed = s.refilter && !tainted && holds_all(state, &acked, &peer);
             if s.force_snapshot || owed || below_floor || far_behind {
                 let snap =
                     OutSnapshot::new(self.next_snapshot_id, state.vector.clone(), false, owed);
@@ -1723,7 +1765,7 @@ impl<S: SyncStore> Engine<S> {
             s.progress_at = now;
         }
         for op in ops {
-            s.sent.set(op.origin, op.seq);
+            s.sent.set(op.writer(), op.seq);
         }
     }
 
@@ -2261,6 +2303,7 @@ mod tests {
             Cutoff {
                 per_db: BTreeMap::from([(DB.to_owned(), cutoff)]),
                 after: Hlc::new(T0, 0),
+                ..Cutoff::default()
             },
         )]);
         es[a].set_cutoffs(cutoffs.clone());

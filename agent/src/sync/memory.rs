@@ -36,6 +36,7 @@ struct MemDb {
     floor: VersionVector,
     wish: Option<SyncWish>,
     lacking: bool,
+    restored: bool,
 }
 
 impl MemDb {
@@ -54,9 +55,9 @@ impl MemDb {
 
     fn append(&mut self, op: Op) {
         self.head += 1;
-        self.vector.set(op.origin, op.seq);
+        self.vector.set(op.writer(), op.seq);
         self.positions
-            .entry(op.origin)
+            .entry(op.writer())
             .or_default()
             .insert(op.seq, self.head);
         self.log.insert(self.head, op);
@@ -103,6 +104,8 @@ impl RecordStamps {
 #[derive(Debug, Clone)]
 pub struct MemoryStore {
     device: DeviceId,
+    /// The write incarnation local writes carry.
+    incarnation: u32,
     clock: HlcClock,
     dbs: BTreeMap<String, MemDb>,
     /// Operations handed to `apply_ops` that did not extend the vector by
@@ -115,6 +118,7 @@ impl MemoryStore {
     pub fn new(device: DeviceId) -> Self {
         MemoryStore {
             device,
+            incarnation: 0,
             clock: HlcClock::new(Hlc::default()),
             dbs: BTreeMap::new(),
             misapplied: 0,
@@ -124,6 +128,20 @@ impl MemoryStore {
     /// The device whose writes this store stamps.
     pub fn device(&self) -> DeviceId {
         self.device
+    }
+
+    /// Counts local writes from now on under incarnation `n`, as a store
+    /// does when it starts without proof that it is at its newest state.
+    pub fn set_incarnation(&mut self, n: u32) {
+        self.incarnation = n;
+        for d in self.dbs.values_mut() {
+            d.restored = true;
+        }
+    }
+
+    /// The id local writes are counted under.
+    fn local_writer(&self) -> DeviceId {
+        self.device.writer(self.incarnation)
     }
 
     /// Creates a database (no-op if it exists). `priority` is the conflict
@@ -141,6 +159,7 @@ impl MemoryStore {
             floor: VersionVector::new(),
             wish: None,
             lacking: false,
+            restored: false,
         });
     }
 
@@ -183,17 +202,19 @@ impl MemoryStore {
     pub fn write(&mut self, db: &str, now_ms: u64, body: OpBody) -> Option<Op> {
         let d = self.dbs.get_mut(db)?;
         let hlc = self.clock.tick(now_ms);
+        let writer = self.device.writer(self.incarnation);
         let stamp = Stamp {
             priority: d.priority,
             hlc,
-            origin: self.device,
+            origin: writer,
         };
         d.apply(&stamp, &body);
         let op = Op {
             origin: self.device,
-            seq: d.vector.get(&self.device) + 1,
+            seq: d.vector.get(&writer) + 1,
             hlc,
             priority: d.priority,
+            incarnation: self.incarnation,
             // A body we just built always encodes.
             body: body.encode().unwrap_or_default(),
         };
@@ -244,6 +265,10 @@ impl MemoryStore {
 impl SyncStore for MemoryStore {
     type Error = Infallible;
 
+    fn writer(&self) -> DeviceId {
+        self.local_writer()
+    }
+
     fn correct(
         &mut self,
         db: &str,
@@ -281,6 +306,7 @@ impl SyncStore for MemoryStore {
             peers: None,
             wish: d.wish.clone(),
             lacking: d.lacking,
+            restored: d.restored,
             sealed: false,
             blind: false,
         })
@@ -308,7 +334,7 @@ impl SyncStore for MemoryStore {
         let (mut ops, mut bytes, mut next) = (Vec::new(), 0, start);
         for (cursor, op) in d.log.range(start + 1..) {
             next = *cursor;
-            if !want.advance(op.origin, op.seq) {
+            if !want.advance(op.writer(), op.seq) {
                 continue;
             }
             if limits.take(&mut ops, &mut bytes, op.clone(), op.body.len() + 64) {
@@ -332,7 +358,7 @@ impl SyncStore for MemoryStore {
             return Ok(Applied::default());
         };
         for mut op in ops {
-            if op.seq != d.vector.get(&op.origin) + 1 {
+            if op.seq != d.vector.get(&op.writer()) + 1 {
                 self.misapplied += 1;
                 continue;
             }
@@ -412,7 +438,7 @@ impl SyncStore for MemoryStore {
         complete: Option<&VersionVector>,
         replace: Option<Replace<'_>>,
     ) -> Result<(), Infallible> {
-        let me = self.device;
+        let me = self.local_writer();
         let Some(d) = self.dbs.get_mut(db) else {
             return Ok(());
         };
@@ -446,6 +472,7 @@ impl SyncStore for MemoryStore {
             d.floor.merge(v);
             if replace.is_none_or(|r| !r.cut) {
                 d.lacking = false;
+                d.restored = false;
             }
         }
         Ok(())
@@ -466,7 +493,7 @@ impl SyncStore for MemoryStore {
     }
 
     fn merge_projected(&mut self, db: &str, p: Projection) -> Result<(), Infallible> {
-        let me = self.device;
+        let me = self.local_writer();
         let Some(d) = self.dbs.get_mut(db) else {
             return Ok(());
         };

@@ -41,6 +41,12 @@ pub struct SyncState {
     /// and no whole snapshot has been merged since: what the vector counts
     /// as held may be missing in part.
     pub lacking: bool,
+    /// The replica started without proof that its store was as it left it
+    /// (a crash, a restore from a backup, a copy) and no whole snapshot
+    /// has been merged since: it may hold records whose deletes every
+    /// peer has compacted away. It asks for a whole state to replace its
+    /// own and gives none of its own meanwhile, as a `lacking` one does.
+    pub restored: bool,
     /// The database is end-to-end encrypted: op bodies are sealed.
     pub sealed: bool,
     /// The database is sealed and this replica holds none of its keys: it
@@ -196,7 +202,8 @@ impl Refusal {
 /// sync engine: the op was not applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unopened {
-    /// The op's origin.
+    /// The op's writer ([`Op::writer`]): its origin device, unless that
+    /// device was in a later write incarnation.
     pub origin: DeviceId,
     /// Its seq.
     pub seq: u64,
@@ -320,6 +327,10 @@ pub trait SyncStore {
 
     /// The databases this replica holds, by name, whatever their mode.
     fn databases(&self) -> Vec<String>;
+
+    /// The id this replica's local writes are counted under: its device's
+    /// writer of the current write incarnation.
+    fn writer(&self) -> DeviceId;
 
     /// Where the database's sync stands, or `None` if there is no such
     /// database.

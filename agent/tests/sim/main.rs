@@ -25,15 +25,20 @@ fn run_seed(seed: u64) -> Stats {
 }
 
 fn run_seed_on<R: Replica>(seed: u64) -> Stats {
+    try_seed_on::<R>(seed).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Runs one seed; a failure says what went wrong and how to replay it.
+fn try_seed_on<R: Replica>(seed: u64) -> Result<Stats, String> {
     let scenario = Scenario::from_seed(seed);
     let mut world = World::<R>::new(scenario);
-    if let Err(e) = world.run() {
-        panic!(
+    match world.run() {
+        Ok(()) => Ok(world.stats),
+        Err(e) => Err(format!(
             "seed {seed} failed: {e}\n  scenario: {:?}\n  replay: BLAZEDB_SIM_SEED={seed} BLAZEDB_SIM_TRACE=1 cargo test -p blazed --test sim -- --nocapture",
             world.scenario()
-        );
+        )),
     }
-    world.stats
 }
 
 #[test]
@@ -46,13 +51,23 @@ fn seeds_converge() {
     let count = env_u64("BLAZEDB_SIM_SEEDS").unwrap_or(1000);
     let start = std::time::Instant::now();
     let mut total = Stats::default();
+    // Every seed runs, so one run lists every failing seed.
+    let mut failed = Vec::new();
     for seed in first..first + count {
-        total += run_seed(seed);
+        match try_seed_on::<MemoryStore>(seed) {
+            Ok(stats) => total += stats,
+            Err(e) => {
+                eprintln!("{e}");
+                failed.push(seed);
+            }
+        }
     }
     eprintln!(
-        "{count} seeds from {first} converged in {:.1} s: {total:?}",
-        start.elapsed().as_secs_f64()
+        "{count} seeds from {first} ran in {:.1} s, {} failed: {total:?}",
+        start.elapsed().as_secs_f64(),
+        failed.len()
     );
+    assert!(failed.is_empty(), "failing seeds: {failed:?}");
     // The runs must exercise every mechanism, or passing means little.
     if count >= 100 {
         assert!(total.crashes > 0 && total.partitions > 0, "{total:?}");
@@ -72,6 +87,10 @@ fn seeds_converge() {
         assert!(
             total.partial_runs > 0 && total.rejected > 0,
             "no run had a partial replica whose writes were refused: {total:?}"
+        );
+        assert!(
+            total.restores > 0,
+            "no node was restored from a backup: {total:?}"
         );
     }
 }

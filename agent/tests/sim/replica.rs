@@ -24,6 +24,24 @@ pub(crate) trait Replica: SyncStore + Sized {
     fn boot(disk: Self::Disk) -> Self;
     /// Stops, keeping only what is on disk.
     fn crash(self) -> Self::Disk;
+    /// A copy of what is on disk now (a backup), where the store can make
+    /// one cheaply.
+    fn backup(&self) -> Option<Self::Disk> {
+        None
+    }
+    /// `disk` started without proof that it is the newest state (restored
+    /// from a backup): local writes from now on count under a new write
+    /// incarnation, as the agent's store does on such a start.
+    fn restored(disk: Self::Disk, incarnation: u32) -> Self::Disk {
+        let _ = incarnation;
+        disk
+    }
+    /// The version vector kept on `disk`, where the store can read it
+    /// without booting.
+    fn disk_vector(disk: &Self::Disk) -> Option<VersionVector> {
+        let _ = disk;
+        None
+    }
     /// A local write at wall time `wall`, acknowledged when this returns;
     /// `None` if the store refused it (a patch of a missing record).
     fn write(&mut self, wall: u64, body: OpBody) -> Option<Op>;
@@ -73,6 +91,19 @@ impl Replica for MemoryStore {
 
     fn crash(self) -> MemoryStore {
         self
+    }
+
+    fn backup(&self) -> Option<MemoryStore> {
+        Some(self.clone())
+    }
+
+    fn restored(mut disk: MemoryStore, incarnation: u32) -> MemoryStore {
+        disk.set_incarnation(incarnation);
+        disk
+    }
+
+    fn disk_vector(disk: &MemoryStore) -> Option<VersionVector> {
+        Some(disk.vector(DB))
     }
 
     fn write(&mut self, wall: u64, body: OpBody) -> Option<Op> {
@@ -219,6 +250,9 @@ impl SyncStore for FjallReplica {
 
     fn databases(&self) -> Vec<String> {
         self.store.databases()
+    }
+    fn writer(&self) -> DeviceId {
+        SyncStore::writer(&self.store)
     }
     fn sync_state(&self, db: &str) -> Option<blazed::sync::SyncState> {
         self.store.sync_state(db)

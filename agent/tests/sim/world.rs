@@ -76,6 +76,9 @@ pub(crate) struct Scenario {
     /// Nodes with restricted access (partial replicas), by access rules
     /// node 0 signs; a second version may replace the first mid-run.
     pub(crate) access: Option<AccessPlan>,
+    /// Whether nodes back their disks up and are restored from the
+    /// backups (going back in time) along the way.
+    pub(crate) restores: bool,
 }
 
 impl Scenario {
@@ -106,6 +109,7 @@ impl Scenario {
             fault_every: r.range(300, 2_000),
             removal: None,
             access: None,
+            restores: false,
         };
         if r.chance(0.3) {
             // In a chain only the last node can go without cutting the
@@ -127,6 +131,12 @@ impl Scenario {
             scenario.access = Some(AccessPlan::random(&mut r, &candidates, scenario.chaos_ms));
             scenario.removal = None;
         }
+        // Drawn last, so every other choice of a seed stays as it was.
+        // Restores with partial replicas or a removal do not converge yet
+        // (a restored partial replica's own judged writes, a cut-off made
+        // by a replica gone back in time): runs keep them apart.
+        scenario.restores =
+            r.chance(0.4) && scenario.access.is_none() && scenario.removal.is_none();
         scenario
     }
 
@@ -152,6 +162,8 @@ struct Node<R: Replica> {
     engine: Option<Engine<R>>,
     /// The store of a crashed node: what it had on disk.
     disk: Option<R::Disk>,
+    /// A copy of its disk taken earlier, that a restore goes back to.
+    backup: Option<R::Disk>,
     skew: i64,
     last_vector: VersionVector,
     /// The version of the access rules the node holds (0: none).
@@ -175,6 +187,7 @@ struct InFlight {
 pub(crate) struct Stats {
     pub(crate) writes: u64,
     pub(crate) crashes: u64,
+    pub(crate) restores: u64,
     pub(crate) partitions: u64,
     pub(crate) snapshots: u64,
     pub(crate) compacted_ops: u64,
@@ -191,6 +204,7 @@ impl std::ops::AddAssign for Stats {
     fn add_assign(&mut self, o: Stats) {
         self.writes += o.writes;
         self.crashes += o.crashes;
+        self.restores += o.restores;
         self.partitions += o.partitions;
         self.snapshots += o.snapshots;
         self.compacted_ops += o.compacted_ops;
@@ -269,6 +283,7 @@ impl<R: Replica> World<R> {
                     id: device(i),
                     engine: None,
                     disk: Some(store),
+                    backup: None,
                     skew: s.skews[i],
                     last_vector: VersionVector::new(),
                     rules_version: u64::from(s.access.is_some()),
@@ -538,6 +553,52 @@ impl<R: Replica> World<R> {
         self.log(|| format!("node {i} crashed"));
     }
 
+    /// Node `i` stops and comes back at `until` from its backup, in a new
+    /// write incarnation: its disk goes back in time. Only once another
+    /// replica holds every write it made, so no acknowledged write is gone
+    /// with the disk (no store can keep those) and every one must show
+    /// everywhere in the end.
+    fn restore(&mut self, i: usize, until: u64) {
+        let Some(mine) = self.nodes[i].engine.as_ref().map(|e| e.store().vector()) else {
+            return;
+        };
+        let mut elsewhere = VersionVector::new();
+        for (j, node) in self.nodes.iter().enumerate() {
+            let held = match (&node.engine, &node.disk) {
+                (Some(e), _) => Some(e.store().vector()),
+                (None, Some(d)) => R::disk_vector(d),
+                _ => None,
+            };
+            if j != i
+                && let Some(v) = held
+            {
+                elsewhere.merge(&v);
+            }
+        }
+        let id = self.nodes[i].id;
+        if mine
+            .iter()
+            .any(|(w, seq)| w.same_device(&id) && elsewhere.get(w) < *seq)
+        {
+            return;
+        }
+        let Some(backup) = self.nodes[i].backup.take() else {
+            return;
+        };
+        self.crash(i, until);
+        let incarnation = loop {
+            let n = self.rng.next() as u32;
+            if n != 0 {
+                break n;
+            }
+        };
+        self.nodes[i].disk = Some(R::restored(backup, incarnation));
+        // Going back to the backup is the one way a vector may shrink.
+        self.nodes[i].last_vector = VersionVector::new();
+        self.stats.restores += 1;
+        self.log(|| format!("node {i} restored from its backup, incarnation {incarnation}"));
+    }
+
     /// Moves node `i`'s outgoing messages onto the network.
     fn flush(&mut self, i: usize) {
         let Some(e) = self.nodes[i].engine.as_mut() else {
@@ -683,15 +744,22 @@ impl<R: Replica> World<R> {
             if self.now < at || self.nodes[0].engine.is_none() {
                 return;
             }
-            let held = self.nodes[0]
+            let id = self.nodes[node].id;
+            let vector = self.nodes[0]
                 .engine
                 .as_ref()
-                .map(|e| e.store().vector().get(&self.nodes[node].id))
-                .unwrap_or(0);
+                .map(|e| e.store().vector())
+                .unwrap_or_default();
+            let held = vector.get(&id);
+            let later: BTreeMap<u32, u64> = vector
+                .iter()
+                .filter_map(|(w, seq)| Some((id.incarnation_of(w).filter(|n| *n != 0)?, *seq)))
+                .collect();
             let cutoffs = BTreeMap::from([(
-                self.nodes[node].id,
+                id,
                 Cutoff {
                     per_db: BTreeMap::from([(DB.to_owned(), held)]),
+                    incarnations: BTreeMap::from([(DB.to_owned(), later)]),
                     after: Hlc::new(self.wall(0), u16::MAX),
                 },
             )]);
@@ -738,6 +806,19 @@ impl<R: Replica> World<R> {
 
     fn fault(&mut self) {
         let n = self.nodes.len();
+        if self.s.restores && self.rng.chance(0.3) {
+            let i = self.rng.range(0, n as u64) as usize;
+            if let Some(e) = self.nodes[i].engine.as_ref() {
+                if self.nodes[i].backup.is_none() || self.rng.chance(0.5) {
+                    self.nodes[i].backup = e.store().backup();
+                    self.log(|| format!("node {i} backed up"));
+                } else {
+                    let until = self.now + self.rng.range(200, 3_000);
+                    self.restore(i, until);
+                }
+            }
+            return;
+        }
         match self.rng.range(0, 3) {
             0 => {
                 let i = self.rng.range(0, n as u64) as usize;
@@ -1098,17 +1179,19 @@ impl<R: Replica> World<R> {
         reference.create_db(DB, 0, SyncMode::Sync, 0);
         // A removed node's writes past its cut-off are refused by design;
         // the corrections that undo them where they landed are writes too.
-        let cut: Option<(DeviceId, u64)> = self.removal.as_ref().and_then(|r| {
-            let c = r.cutoffs.as_ref()?;
+        let cut = self.removal.as_ref().and_then(|r| {
             let id = self.nodes[r.node].id;
-            Some((id, c.get(&id)?.per_db.get(DB).copied().unwrap_or(0)))
+            Some((id, r.cutoffs.as_ref()?.get(&id)?.clone()))
         });
-        let mut by_origin: BTreeMap<DeviceId, Vec<Op>> = BTreeMap::new();
+        let mut by_writer: BTreeMap<DeviceId, Vec<Op>> = BTreeMap::new();
         for op in self.acked.iter().chain(&self.corrections) {
-            if cut.is_some_and(|(id, max)| op.origin == id && op.seq > max) {
+            if cut
+                .as_ref()
+                .is_some_and(|(id, c)| op.origin == *id && !c.allows(DB, op))
+            {
                 continue;
             }
-            if self.rejected.contains(&(op.origin, op.seq)) {
+            if self.rejected.contains(&(op.writer(), op.seq)) {
                 // Refused under the access rules: it stands in the log as
                 // a write that changes nothing.
                 let mut op = op.clone();
@@ -1119,12 +1202,12 @@ impl<R: Replica> World<R> {
                 }
                 .encode()
                 .unwrap_or_default();
-                by_origin.entry(op.origin).or_default().push(op);
+                by_writer.entry(op.writer()).or_default().push(op);
                 continue;
             }
-            by_origin.entry(op.origin).or_default().push(op.clone());
+            by_writer.entry(op.writer()).or_default().push(op.clone());
         }
-        for (_, mut ops) in by_origin {
+        for (_, mut ops) in by_writer {
             ops.sort_by_key(|o| o.seq);
             reference
                 .apply_ops(DB, ops, &Default::default())

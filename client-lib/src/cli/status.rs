@@ -116,6 +116,13 @@ pub(crate) fn status_text(v: &StatusView, now: u64) -> String {
             dashboard_addr(d)
         );
     }
+    if let Some(why) = &a.new_incarnation {
+        let _ = writeln!(
+            out,
+            "writes     new incarnation {} at this start: {why}",
+            a.incarnation
+        );
+    }
     for u in &a.unopened {
         let _ = writeln!(
             out,
@@ -243,6 +250,8 @@ mod tests {
                 connections: 1,
                 subscriptions: 0,
                 unopened: Vec::new(),
+                incarnation: 0,
+                new_incarnation: None,
             },
             mesh: Some(MeshStatusResult {
                 device_id: topology.device_id.clone(),
@@ -297,6 +306,21 @@ mod tests {
     #[test]
     fn status_text_snapshot() {
         insta::assert_snapshot!(status_text(&sample(), 1_764_745_200_000));
+    }
+
+    #[test]
+    fn a_new_write_incarnation_is_shown_with_why() {
+        let mut v = sample();
+        assert!(!status_text(&v, 0).contains("incarnation"));
+        v.agent.incarnation = 77;
+        v.agent.new_incarnation = Some("the agent did not stop cleanly last time".into());
+        let text = status_text(&v, 0);
+        assert!(
+            text.contains(
+                "writes     new incarnation 77 at this start: the agent did not stop cleanly"
+            ),
+            "{text}"
+        );
     }
 
     #[test]

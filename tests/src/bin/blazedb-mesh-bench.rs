@@ -313,6 +313,7 @@ fn op_size() -> usize {
         seq: 123_456,
         hlc: Hlc(1_750_000_000_000 << Hlc::COUNTER_BITS),
         priority: 0,
+        incarnation: 0,
         body: codec::to_vec(&body).unwrap_or_default(),
     };
     codec::to_vec(&op).map_or(0, |v| v.len())

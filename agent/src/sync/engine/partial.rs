@@ -212,7 +212,7 @@ impl<S: SyncStore> Engine<S> {
     pub(super) fn says_lacking(&self, db: &str, state: &SyncState) -> bool {
         match self.own_view(db) {
             Some(_) => self.recut.contains(db),
-            None => state.lacking,
+            None => state.lacking || state.restored,
         }
     }
 
@@ -234,7 +234,7 @@ impl<S: SyncStore> Engine<S> {
     /// replica's own writes aside.
     pub(super) fn covers_all(&self, at: &VersionVector, mine: &VersionVector) -> bool {
         mine.iter()
-            .all(|(o, seq)| *o == self.me || at.get(o) >= *seq)
+            .all(|(o, seq)| o.same_device(&self.me) || at.get(o) >= *seq)
     }
 
     /// The writers among `ops` whose writes the store checks before it
@@ -268,7 +268,7 @@ impl<S: SyncStore> Engine<S> {
         for Refusal { op, reason } in &rejected {
             self.events.push_back(Event::Rejected {
                 db: db.to_owned(),
-                origin: op.origin,
+                origin: op.writer(),
                 seq: op.seq,
                 hlc: op.hlc,
                 reason: reason.clone(),
@@ -276,7 +276,7 @@ impl<S: SyncStore> Engine<S> {
             if let Ok(body) = OpBody::decode(&op.body) {
                 by_record.insert(
                     keys::record_key(body.collection(), body.id()),
-                    (op.origin, op.seq, reason.clone()),
+                    (op.writer(), op.seq, reason.clone()),
                 );
             }
         }
@@ -338,7 +338,10 @@ impl<S: SyncStore> Engine<S> {
         view: &Arc<View>,
         now: u64,
     ) {
-        let me = self.me;
+        let me = self.store.writer();
+        // The peer's writes it is told about are those of its current
+        // incarnation: it matches them to its own by seq.
+        let peer_writer = self.peer_writers.get(&peer).copied().unwrap_or(peer);
         let Some(s) = self.links.get_mut(&peer).and_then(|l| l.get_mut(db)) else {
             return;
         };
@@ -371,7 +374,7 @@ impl<S: SyncStore> Engine<S> {
             .get(db)
             .into_iter()
             .flatten()
-            .filter(|(_, (writer, _, _))| *writer == peer)
+            .filter(|(_, (writer, _, _))| *writer == peer_writer)
             .map(|(c, (_, seq, reason))| (*c, (*seq, reason.clone())))
             .collect();
         while let Some(ops) = self.read_window(peer, db) {
@@ -382,13 +385,13 @@ impl<S: SyncStore> Engine<S> {
             let mut rejected = Vec::new();
             for op in &ops {
                 covers
-                    .entry(op.origin)
+                    .entry(op.writer())
                     .and_modify(|c| c.1 = op.seq)
                     .or_insert((op.seq, op.seq));
                 let Ok(body) = OpBody::decode(&op.body) else {
                     continue;
                 };
-                let answers = (op.origin == me).then(|| told.get(&op.seq)).flatten();
+                let answers = (op.writer() == me).then(|| told.get(&op.seq)).flatten();
                 if let Some((seq, reason)) = answers {
                     rejected.push((*seq, reason.clone()));
                 }
