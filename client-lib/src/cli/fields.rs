@@ -144,7 +144,7 @@ fn rfc3339(text: &str) -> anyhow::Result<crate::Timestamp> {
 }
 
 /// Parses `name=text` / `name:=json` arguments (or one JSON object).
-pub(crate) fn parse_fields(args: &[String]) -> anyhow::Result<Fields> {
+pub fn parse_fields(args: &[String]) -> anyhow::Result<Fields> {
     if let [one] = args
         && one.trim_start().starts_with('{')
     {
@@ -189,7 +189,7 @@ fn loose_value(expr: &str, text: &str) -> anyhow::Result<Value> {
 }
 
 /// Parses one `--where` expression.
-pub(crate) fn parse_filter(expr: &str) -> anyhow::Result<Filter> {
+pub fn parse_filter(expr: &str) -> anyhow::Result<Filter> {
     for (word, op) in [(" in ", FilterOp::In), (" prefix ", FilterOp::Prefix)] {
         if let Some((field, value)) = expr.split_once(word) {
             let value = match op {

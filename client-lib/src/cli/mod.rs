@@ -6,7 +6,7 @@ mod completions;
 mod dashboard;
 mod db;
 mod export;
-mod fields;
+pub mod fields;
 mod id;
 mod index;
 mod invite;

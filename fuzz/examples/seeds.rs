@@ -1,0 +1,165 @@
+//! Writes the seed corpora of the fuzz targets into `fuzz/corpus/`, from
+//! what the tests send: `cargo run -p blazedb-fuzz --example seeds`.
+//! Inputs the fuzzer finds are kept beside them.
+
+use std::path::Path;
+
+use blazedb_proto::codec;
+use blazedb_proto::mesh::{Invite, MeshId, PeerMessage, Role};
+use blazedb_proto::message;
+use blazedb_proto::{DeviceId, Hlc, Op, OpBody, SyncMessage, Value};
+use serde_json::json;
+
+fn main() -> anyhow::Result<()> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus");
+    let mut seeds: Vec<(&str, &str, Vec<u8>)> = Vec::new();
+
+    let requests = [
+        (
+            "put",
+            json!({"db": "notes", "collection": "todo", "id": "t1", "fields": {"title": "milk", "n": 3}}),
+        ),
+        (
+            "get",
+            json!({"db": "notes", "collection": "todo", "id": "t1"}),
+        ),
+        (
+            "get_many",
+            json!({"db": "notes", "collection": "todo", "ids": ["t1", "t2"]}),
+        ),
+        (
+            "batch",
+            json!({"db": "notes", "writes": [{"put": {"collection": "todo", "id": "a", "fields": {"x": 1}}}, {"delete": {"collection": "todo", "id": "b"}}]}),
+        ),
+        (
+            "query",
+            json!({"db": "notes", "collection": "todo", "where": [{"field": "n", "op": ">=", "value": 2}], "limit": 10}),
+        ),
+        ("subscribe", json!({"db": "notes", "since": 4})),
+        ("hello", json!({"protocol": 1, "client": "fuzz"})),
+        ("db.create", json!({"name": "notes", "sync_mode": "sync"})),
+    ];
+    for (i, (method, params)) in requests.iter().enumerate() {
+        let mut frame = Vec::new();
+        message::encode_request(&mut frame, i as u64 + 1, method, params, 1 << 20)?;
+        seeds.push(("frame", method, frame.clone()));
+        seeds.push(("request", method, frame[4..].to_vec()));
+    }
+
+    let op = |seq: u64, body: &OpBody| -> anyhow::Result<Op> {
+        Ok(Op {
+            origin: DeviceId([1; 32]),
+            seq,
+            hlc: Hlc(1_750_000_000_000 << Hlc::COUNTER_BITS),
+            priority: 0,
+            incarnation: if seq.is_multiple_of(2) { 0 } else { 7 },
+            body: body.encode()?,
+        })
+    };
+    let put = OpBody::Put {
+        collection: "todo".into(),
+        id: "t1".into(),
+        fields: [
+            ("title".to_owned(), Value::String("milk".into())),
+            ("n".to_owned(), Value::Int(3)),
+        ]
+        .into(),
+    };
+    let delete = OpBody::Delete {
+        collection: "todo".into(),
+        id: "t2".into(),
+    };
+    let ops = SyncMessage::Ops {
+        db: "notes".into(),
+        epoch: 5,
+        ops: vec![op(1, &put)?, op(2, &delete)?],
+    };
+    seeds.push(("sync_message", "ops", ops.encode()?));
+    let ack = SyncMessage::SnapshotAck {
+        db: "notes".into(),
+        id: 3,
+        part: 1,
+    };
+    seeds.push(("sync_message", "snapshot_ack", ack.encode()?));
+    seeds.push(("value", "put_body", put.encode()?));
+    seeds.push(("value", "delete_body", delete.encode()?));
+    let value = Value::Map(
+        [
+            (
+                "list".to_owned(),
+                Value::List(vec![
+                    Value::Int(-1),
+                    Value::Float(2.5),
+                    Value::Bool(true),
+                    Value::Null,
+                ]),
+            ),
+            ("bytes".to_owned(), Value::Bytes(vec![0, 1, 2])),
+        ]
+        .into(),
+    );
+    seeds.push(("value", "map", codec::to_vec(&value)?));
+
+    let join = PeerMessage::Join {
+        version: 1,
+        invite: [4; 8],
+        proof: [5; 32],
+        name: "laptop".into(),
+        role: Role::Device,
+    };
+    seeds.push(("peer_message", "join", join.encode()?));
+
+    let invite = Invite {
+        mesh: MeshId([9; 16]),
+        id: [1; 8],
+        secret: [2; 32],
+        inviter: DeviceId([3; 32]),
+        addrs: vec!["192.0.2.7:7340".into(), "[2001:db8::1]:7340".into()],
+        expires_ms: 1_800_000_000_000,
+    };
+    seeds.push(("invite", "two_addrs", invite.to_code().into_bytes()));
+
+    for (name, text) in [
+        ("team", "team:ios"),
+        ("hubs", "role:hub"),
+        ("everyone", "*"),
+    ] {
+        seeds.push(("selector", name, text.as_bytes().to_vec()));
+    }
+    let device = format!("device:{}", DeviceId([3; 32]));
+    seeds.push(("selector", "device", device.into_bytes()));
+
+    for (name, text) in [
+        ("pairs", "title=milk\0n:=3\0tags:=[\"a\",\"b\"]"),
+        (
+            "object",
+            "{\"when\": {\"$timestamp\": \"2026-12-01T10:00:00Z\"}, \"u\": {\"$uuid\": \"6f1c2b7e-0000-4000-8000-000000000000\"}}",
+        ),
+        ("bytes", "b:={\"$bytes\": \"00ff\"}"),
+    ] {
+        seeds.push(("cli_fields", name, text.as_bytes().to_vec()));
+    }
+    for (name, text) in [
+        ("compare", "n >= 3"),
+        ("in", "status in [\"open\",\"done\"]"),
+        ("prefix", "title prefix mi"),
+        ("not", "done != true"),
+    ] {
+        seeds.push(("cli_filter", name, text.as_bytes().to_vec()));
+    }
+
+    let key = blazedb_fuzz::sealing_key();
+    seeds.push((
+        "sealed",
+        "put",
+        key.seal(&blazedb_fuzz::SEALED_OP, &put.encode()?)?,
+    ));
+    seeds.push(("sealed", "empty", Vec::new()));
+
+    for (target, name, bytes) in seeds {
+        let dir = root.join(target);
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join(format!("seed-{name}")), bytes)?;
+    }
+    Ok(())
+}
