@@ -6,9 +6,9 @@
 #
 # Needs a nightly toolchain (`rustup toolchain install nightly`) and a C++
 # compiler for libFuzzer. New inputs that reach new code are kept in
-# fuzz/corpus/TARGET/ (the normal test run replays them all); a crashing
-# input is written to fuzz/artifacts/TARGET/ -- fix the bug, then move the
-# input into the corpus so it stays fixed.
+# fuzz/corpus/TARGET/ (locally: git keeps only seed-* and crash-*); a
+# crashing input is written to fuzz/artifacts/TARGET/ -- fix the bug, then
+# copy it to fuzz/corpus/TARGET/crash-WHAT so the test run keeps it fixed.
 set -euo pipefail
 cd "$(dirname "$0")"
 

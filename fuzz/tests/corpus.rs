@@ -1,7 +1,6 @@
-//! Replays every input kept in `fuzz/corpus/<target>/` (seeds from the
-//! tests and whatever the fuzzer found worth keeping, crashes it found
-//! included once fixed) through its target: the fuzzing runs' findings
-//! stay fixed in the normal test run, in well under a second.
+//! Replays every input in `fuzz/corpus/<target>/` through its target:
+//! the seeds and the inputs that once crashed it (kept in git), and
+//! whatever a local fuzzing run added. What the fuzzer found stays fixed.
 
 use std::path::Path;
 

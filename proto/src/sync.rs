@@ -126,6 +126,15 @@ impl VersionVector {
     pub fn iter(&self) -> impl Iterator<Item = (&DeviceId, &u64)> {
         self.0.iter()
     }
+
+    /// The entries of `device`'s writers, one per write incarnation held
+    /// ([`DeviceId::writer`]).
+    pub fn writers_of(&self, device: &DeviceId) -> impl Iterator<Item = (&DeviceId, &u64)> {
+        let (mut lo, mut hi) = (*device, *device);
+        lo.0[28..].fill(0);
+        hi.0[28..].fill(0xff);
+        self.0.range(lo..=hi)
+    }
 }
 
 impl FromIterator<(DeviceId, u64)> for VersionVector {
@@ -405,6 +414,23 @@ mod tests {
 
     fn dev(n: u8) -> DeviceId {
         DeviceId([n; 32])
+    }
+
+    #[test]
+    fn a_devices_writers_are_found_among_others() {
+        let v: VersionVector = [
+            (dev(1), 3),
+            (dev(1).writer(9), 4),
+            (dev(1).writer(u32::MAX), 5),
+            (dev(2), 6),
+            (dev(0).writer(1), 7),
+        ]
+        .into_iter()
+        .collect();
+        let found: Vec<u64> = v.writers_of(&dev(1)).map(|(_, s)| *s).collect();
+        assert_eq!(found.len(), 3);
+        assert!(found.iter().all(|s| [3, 4, 5].contains(s)));
+        assert_eq!(v.writers_of(&dev(3)).count(), 0);
     }
 
     #[test]

@@ -717,15 +717,11 @@ impl Mesh {
             let Some(st) = store.sync_state(&db) else {
                 continue;
             };
-            let mut later = BTreeMap::new();
-            for (w, seq) in st.vector.iter() {
-                match device.incarnation_of(w) {
-                    Some(0) | None => {}
-                    Some(n) => {
-                        later.insert(n, *seq);
-                    }
-                }
-            }
+            let later: BTreeMap<u32, u64> = st
+                .vector
+                .writers_of(device)
+                .filter_map(|(w, seq)| Some((device.incarnation_of(w).filter(|n| *n != 0)?, *seq)))
+                .collect();
             if !later.is_empty() {
                 out.1.insert(db.clone(), later);
             }

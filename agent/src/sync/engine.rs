@@ -1681,9 +1681,11 @@ impl<S: SyncStore> Engine<S> {
         // A replica holding a removed device's late operations sends them
         // as operations, which the peer can refuse, not folded into a
         // snapshot it could not tell them apart in.
-        let tainted = self.config.cutoffs.keys().any(|o| {
-            self.refusal_bound(db, o)
-                .is_some_and(|b| state.vector.get(o) > b)
+        let tainted = self.config.cutoffs.keys().any(|d| {
+            state
+                .vector
+                .writers_of(d)
+                .any(|(w, seq)| self.refusal_bound(db, w).is_some_and(|b| *seq > b))
         });
         let Some(s) = self.links.get_mut(&peer).and_then(|l| l.get_mut(db)) else {
             return;

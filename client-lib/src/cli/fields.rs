@@ -86,6 +86,11 @@ fn typed(kind: &str, v: &serde_json::Value) -> anyhow::Result<Value> {
 }
 
 fn unhex(hex: &str) -> anyhow::Result<Vec<u8>> {
+    // Checked first, so the pairs below never cut a character in two.
+    anyhow::ensure!(
+        hex.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{hex:?}: $bytes takes hex digits"
+    );
     anyhow::ensure!(
         hex.len().is_multiple_of(2),
         "{hex:?}: $bytes takes pairs of hex digits"
@@ -105,7 +110,14 @@ fn rfc3339(text: &str) -> anyhow::Result<crate::Timestamp> {
         || anyhow::anyhow!("{text:?}: write a time as 2026-12-01T10:00:00Z (UTC, Z at the end)");
     let body = text.strip_suffix('Z').ok_or_else(bad)?;
     let (date, time) = body.split_once('T').ok_or_else(bad)?;
-    let num = |s: &str| s.parse::<i64>().map_err(|_| bad());
+    // Digits only: no sign, and a year of at most four (RFC 3339), so the
+    // day count below cannot overflow.
+    let num = |s: &str| {
+        if s.is_empty() || s.len() > 4 || !s.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad());
+        }
+        s.parse::<i64>().map_err(|_| bad())
+    };
     let d: Vec<&str> = date.split('-').collect();
     let [y, mo, da] = d.as_slice() else {
         return Err(bad());
@@ -125,7 +137,7 @@ fn rfc3339(text: &str) -> anyhow::Result<crate::Timestamp> {
     let nanos = if frac.is_empty() {
         0
     } else {
-        num(&format!("{frac:0<9}"))?
+        format!("{frac:0<9}").parse::<i64>().map_err(|_| bad())?
     };
     // Days from 1970-01-01 to the date (proleptic Gregorian calendar).
     let (yy, mm) = if mo <= 2 {
@@ -298,6 +310,32 @@ mod tests {
         assert_eq!(f["b"], Value::List(vec![Value::Bool(true)]));
         assert!(parse_fields(&["novalue".into()]).is_err());
         assert!(parse_fields(&["n:=nope".into()]).is_err());
+    }
+
+    #[test]
+    fn bytes_take_hex_digits_only_and_other_characters_are_an_error() {
+        let f = parse_fields(&[r#"b:={"$bytes": "00ff"}"#.into()]).expect("parse");
+        assert_eq!(f["b"], Value::Bytes(vec![0, 0xff]));
+        // A character of two bytes where a hex digit belongs (found by the
+        // cli_fields fuzz target) is refused, not a panic.
+        let err = parse_fields(&["b:={\"$bytes\": \"0\u{41e}f\"}".into()]).expect_err("refused");
+        assert!(format!("{err:#}").contains("hex digits"), "{err:#}");
+    }
+
+    #[test]
+    fn times_out_of_range_or_signed_are_an_error() {
+        let ok = parse_fields(&[r#"t:={"$timestamp": "2026-12-01T10:00:00.5Z"}"#.into()]);
+        assert!(ok.is_ok(), "{ok:?}");
+        // Found by the cli_fields fuzz target: a year of 21 digits
+        // overflowed the day count; a signed minute passed the range check.
+        for text in [
+            "000499214638560428524-12-01T011:00:-1200Z",
+            "2026-12-01T10:-5:00Z",
+            "2026-12-01T10:00:+5Z",
+        ] {
+            let arg = format!(r#"t:={{"$timestamp": "{text}"}}"#);
+            assert!(parse_fields(&[arg]).is_err(), "{text}");
+        }
     }
 
     #[test]
