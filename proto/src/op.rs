@@ -50,6 +50,15 @@ impl DeviceId {
         self.0[..28] == other.0[..28]
     }
 
+    /// Every id a writer of this device can have, as a range of ids (they
+    /// share the first 28 bytes), to look them up in an ordered map.
+    pub fn writers(&self) -> std::ops::RangeInclusive<DeviceId> {
+        let (mut lo, mut hi) = (*self, *self);
+        lo.0[28..].fill(0);
+        hi.0[28..].fill(0xff);
+        lo..=hi
+    }
+
     /// The incarnation of this device that `writer` stands for, if it is
     /// one of this device's writers.
     pub fn incarnation_of(&self, writer: &DeviceId) -> Option<u32> {

@@ -130,10 +130,7 @@ impl VersionVector {
     /// The entries of `device`'s writers, one per write incarnation held
     /// ([`DeviceId::writer`]).
     pub fn writers_of(&self, device: &DeviceId) -> impl Iterator<Item = (&DeviceId, &u64)> {
-        let (mut lo, mut hi) = (*device, *device);
-        lo.0[28..].fill(0);
-        hi.0[28..].fill(0xff);
-        self.0.range(lo..=hi)
+        self.0.range(device.writers())
     }
 }
 

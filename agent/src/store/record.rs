@@ -23,7 +23,8 @@ pub(crate) struct Stamp {
     pub(crate) priority: u8,
     /// The write's clock reading.
     pub(crate) hlc: Hlc,
-    /// The writing device.
+    /// The writer ([`blazedb_proto::Op::writer`]): the writing device in
+    /// one write incarnation.
     pub(crate) origin: DeviceId,
 }
 

@@ -818,12 +818,9 @@ impl<S: SyncStore> Engine<S> {
 
     /// The removed device `writer` belongs to, with its cut-off.
     fn cutoff_of(&self, writer: &DeviceId) -> Option<(&DeviceId, &Cutoff)> {
-        let (mut lo, mut hi) = (*writer, *writer);
-        lo.0[28..].fill(0);
-        hi.0[28..].fill(0xff);
         self.config
             .cutoffs
-            .range(lo..=hi)
+            .range(writer.writers())
             .find(|(d, _)| d.same_device(writer))
     }
 
