@@ -13,6 +13,9 @@ const DEVICES: usize = 30;
 /// for a link being replaced.
 const MAX_LINKS: usize = 10;
 const PATIENCE: Duration = Duration::from_secs(90);
+/// How long a device's link count may stay over the bound while the
+/// overlay replaces a link.
+const SETTLE: Duration = Duration::from_secs(10);
 
 /// How many peers the agent behind `cl` is linked with now.
 async fn links(cl: &Client) -> usize {
@@ -91,11 +94,18 @@ async fn thirty_devices_join_one_hub_at_once_and_every_write_reaches_all() {
     }
 
     eprintln!("every write everywhere after {:?}", started.elapsed());
+    // A device may briefly hold one link more while the overlay swaps a
+    // ring neighbour, so each count is given time to settle rather than
+    // read at one instant; a device that stays over the bound fails.
     for (i, cl) in clients.iter().enumerate() {
-        let n = links(cl).await;
+        let settled = wait_within(&format!("device {i}'s links to settle"), SETTLE, || async {
+            (1..=MAX_LINKS).contains(&links(cl).await)
+        })
+        .await;
         assert!(
-            (1..=MAX_LINKS).contains(&n),
-            "device {i} keeps {n} links; a device sharing only a hub keeps at most {MAX_LINKS}"
+            settled.is_ok(),
+            "device {i} keeps {} links; a device sharing only a hub keeps at most {MAX_LINKS}",
+            links(cl).await
         );
     }
 
