@@ -763,6 +763,22 @@ impl Collection {
             .created)
     }
 
+    /// Removes the secondary index on `field`; returns false if there was
+    /// none.
+    pub async fn drop_index(&self, field: &str) -> Result<bool, Error> {
+        let params = api::IndexParams {
+            db: self.db.name.clone(),
+            collection: self.name.clone(),
+            field: field.to_owned(),
+        };
+        Ok(self
+            .db
+            .client
+            .call::<api::IndexDrop>(&params)
+            .await?
+            .dropped)
+    }
+
     /// Streams changes to this collection, replaying those after `since`.
     pub async fn subscribe(&self, since: Option<u64>) -> Result<Subscription, Error> {
         self.db.subscribe_from(Some(&self.name), since).await

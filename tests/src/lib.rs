@@ -14,6 +14,41 @@ pub mod browser;
 pub mod http;
 pub mod netns;
 
+/// A small deterministic generator (xorshift), so a failing run replays
+/// from its seed.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator started from `seed` (0 is replaced, as xorshift would
+    /// stay at 0 for ever).
+    pub fn new(seed: u64) -> Rng {
+        Rng(if seed == 0 {
+            0x9e37_79b9_7f4a_7c15
+        } else {
+            seed
+        })
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// A number in `0..n` (`n` > 0).
+    pub fn below(&mut self, n: u64) -> i64 {
+        (self.next_u64() % n) as i64
+    }
+
+    /// True with probability `p`.
+    pub fn chance(&mut self, p: f64) -> bool {
+        ((self.next_u64() >> 11) as f64 / (1u64 << 53) as f64) < p
+    }
+}
+
 /// How long a test waits for something that should happen at once.
 pub const DEADLINE: Duration = Duration::from_secs(20);
 

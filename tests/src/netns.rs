@@ -6,8 +6,9 @@
 //! a loud message, unless `BLAZEDB_NETNS=require` (set by CI), where it is
 //! an error.
 
-use std::path::PathBuf;
-use std::process::Command;
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Stdio};
 
 use anyhow::{Context as _, bail};
 
@@ -105,6 +106,111 @@ impl Lab {
     pub fn cut(&self, from: char, to: char) -> anyhow::Result<()> {
         let target = format!("{}/32", self.ip(to));
         self.ip_cmd(from, &["route", "add", "blackhole", &target])
+    }
+
+    /// Lets `from` reach `to` again after [`Lab::cut`].
+    pub fn uncut(&self, from: char, to: char) -> anyhow::Result<()> {
+        let target = format!("{}/32", self.ip(to));
+        self.ip_cmd(from, &["route", "del", "blackhole", &target])
+    }
+
+    /// Delays every packet node `node` sends on the LAN by `delay_ms` and
+    /// drops a `loss` share of them, with the delayer `bin`
+    /// (`blazedb-netem`) on an NFQUEUE in the node's namespace. The
+    /// impairment lasts until the returned handle is stopped or dropped.
+    pub fn impair(
+        &self,
+        node: char,
+        bin: &Path,
+        delay_ms: u64,
+        loss: f64,
+        seed: u64,
+    ) -> anyhow::Result<Impairment> {
+        let ns = self.namespace(node);
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &ns])
+            .arg(bin)
+            .args(["--delay-ms", &delay_ms.to_string()])
+            .args(["--loss", &loss.to_string()])
+            .args(["--seed", &seed.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("cannot start {}", bin.display()))?;
+        let mut out = BufReader::new(child.stdout.take().context("delayer stdout")?);
+        let mut line = String::new();
+        out.read_line(&mut line)?;
+        if line.trim() != "ready" {
+            let _ = child.kill();
+            bail!("the delayer in {ns} did not start: {line:?}");
+        }
+        let imp = Impairment {
+            ns,
+            child: Some(child),
+            out,
+        };
+        imp.iptables("-A")?;
+        Ok(imp)
+    }
+}
+
+/// A node's outgoing traffic delayed and thinned by a `blazedb-netem`
+/// process (see [`Lab::impair`]).
+#[derive(Debug)]
+pub struct Impairment {
+    ns: String,
+    child: Option<Child>,
+    out: BufReader<ChildStdout>,
+}
+
+/// What a delayer did to the packets it saw.
+#[derive(Debug, Clone, Copy, serde::Deserialize)]
+pub struct ImpairmentCounts {
+    /// Packets let through after the delay.
+    pub passed: u64,
+    /// Packets dropped.
+    pub dropped: u64,
+}
+
+impl Impairment {
+    /// Adds (`-A`) or deletes (`-D`) the rule that queues the node's LAN
+    /// traffic for the delayer.
+    fn iptables(&self, op: &str) -> anyhow::Result<()> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.ns, "iptables-legacy", op])
+            .args(["OUTPUT", "-o", "eth0", "-j", "NFQUEUE", "--queue-num", "0"])
+            .output()
+            .context("cannot run iptables-legacy")?;
+        anyhow::ensure!(
+            out.status.success(),
+            "iptables-legacy {op} in {}: {}",
+            self.ns,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Ok(())
+    }
+
+    /// Ends the impairment and returns what the delayer did.
+    pub fn stop(mut self) -> anyhow::Result<ImpairmentCounts> {
+        self.iptables("-D")?;
+        let mut child = self.child.take().context("stopped twice")?;
+        // Closing its standard input tells the delayer to report and exit.
+        drop(child.stdin.take());
+        let mut line = String::new();
+        self.out.read_line(&mut line)?;
+        child.wait()?;
+        serde_json::from_str(&line)
+            .with_context(|| format!("the delayer in {} reported {line:?}", self.ns))
+    }
+}
+
+impl Drop for Impairment {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = self.iptables("-D");
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 

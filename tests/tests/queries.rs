@@ -5,24 +5,9 @@ use std::cmp::Ordering;
 
 use blazedb::{Fields, FilterOp, Record, Value};
 use blazedb_proto::api::Filter;
-use blazedb_tests::TestAgent;
+use blazedb_tests::{Rng, TestAgent};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_blazed-test-agent");
-
-/// A small deterministic generator, so failures replay.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> i64 {
-        (self.next() % n) as i64
-    }
-}
 
 fn make_records(rng: &mut Rng, n: usize) -> Vec<(String, Fields)> {
     let statuses = ["open", "closed", "wontfix", "open-later"];
@@ -223,7 +208,7 @@ async fn queries_match_a_reference_with_and_without_indexes() {
     let client = agent.client().await.expect("client");
     client.db("q").create().await.expect("create");
     let coll = client.db("q").collection("bugs");
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut rng = Rng::new(0x9e37_79b9_7f4a_7c15);
     let mut records = make_records(&mut rng, 300);
     let mut batch = client.db("q").batch();
     for (id, f) in &records {
