@@ -46,6 +46,20 @@ pub async fn run(
         },
     )
     .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
+    for tail in store.dropped_tails() {
+        let heads: Vec<String> = store
+            .list()
+            .iter()
+            .map(|d| format!("{} at {}", d.name, d.head))
+            .collect();
+        tracing::warn!(
+            "recovery: {tail}. After a crash they most likely held a write that was never \
+             acknowledged; otherwise acknowledged writes in them are lost unless a peer holds \
+             them. Each change log now ends where recovery left it ({}); cursors past those \
+             ends that apps saw before are void",
+            heads.join(", ")
+        );
+    }
     if let Some(why) = &store.incarnation_info().changed {
         tracing::warn!(
             incarnation = store.incarnation(),

@@ -146,6 +146,11 @@ async fn sigterm_finishes_writes_and_exits_cleanly() {
 
     agent.restart().await.expect("restart");
     let client = agent.client().await.expect("client");
+    // A clean stop proves the store: nothing is reported as dropped (fjall
+    // cuts the unused room off the journal at the first start, which is
+    // no damage), and the incarnation stays.
+    let status = client.status().await.expect("status");
+    assert_eq!(status.new_incarnation, None, "{status:?}");
     let rec = client
         .db("d")
         .collection("c")
@@ -153,6 +158,87 @@ async fn sigterm_finishes_writes_and_exits_cleanly() {
         .await
         .expect("get");
     assert_eq!(rec.expect("kept").fields["x"], Value::Int(1));
+}
+
+/// A journal whose end was lost after a clean stop (a disk that lied about
+/// fsync, a copy taken mid-write): the start says what recovery dropped,
+/// and the writes after it count under a new write incarnation.
+#[tokio::test]
+async fn a_journal_cut_short_is_reported_and_no_seq_is_reused() {
+    let logs = tempfile::tempdir().expect("log dir");
+    let log = logs.path().join("agent.log");
+    let mut agent = TestAgent::stopped(AGENT, &[]).expect("agent");
+    agent.log_to(&log);
+    agent.restart().await.expect("start");
+    let client = agent.client().await.expect("client");
+    client.db("d").create().await.expect("create");
+    let coll = client.db("d").collection("c");
+    for i in 0..20 {
+        coll.put_fields(&format!("r{i}"), [("x".to_owned(), Value::Int(i))].into())
+            .await
+            .expect("put");
+    }
+    let before = client.status().await.expect("status").incarnation;
+    assert!(agent.stop().await.expect("stop").success());
+
+    // Cut the last third off the data in the newest journal (fjall makes
+    // journals long up front; the rest is zeros): the last writes' batches
+    // go, and one batch is left torn.
+    let store = agent.data_dir().join("store");
+    let journal = std::fs::read_dir(&store)
+        .expect("store dir")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "jnl"))
+        .max_by_key(|p| p.file_stem().and_then(|n| n.to_str()?.parse::<u64>().ok()))
+        .expect("a journal");
+    let bytes = std::fs::read(&journal).expect("read journal");
+    let data = bytes.iter().rposition(|b| *b != 0).map_or(0, |i| i + 1) as u64;
+    assert!(data > 1000, "the journal holds the writes");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&journal)
+        .expect("open journal")
+        .set_len(data - data / 3)
+        .expect("cut");
+
+    agent.restart().await.expect("restart");
+    let client = agent.client().await.expect("client");
+    let status = client.status().await.expect("status");
+    let why = status.new_incarnation.clone().unwrap_or_default();
+    assert!(
+        why.contains("damaged and were dropped") && why.contains(&journal.display().to_string()),
+        "status names the damaged journal: {status:?}"
+    );
+    assert_ne!(status.incarnation, before, "a new write incarnation");
+    let said = std::fs::read_to_string(&log).expect("log");
+    assert!(
+        said.lines()
+            .any(|l| l.contains("WARN") && l.contains("recovery: the last") && l.contains("d at ")),
+        "the log says what recovery dropped and where the change log now ends:\n{said}"
+    );
+    let kept = client.db("d").info().await.expect("info").head;
+    assert!(
+        kept < 20,
+        "the cut took the last write with it (head {kept})"
+    );
+
+    // New writes take seqs under the new writer id, so none collides with
+    // a seq the lost write may have carried to a peer.
+    let coll = client.db("d").collection("c");
+    coll.put_fields("after", [("x".to_owned(), Value::Int(99))].into())
+        .await
+        .expect("a write after recovery");
+    let mut sub = client
+        .db("d")
+        .subscribe_from(None, Some(kept))
+        .await
+        .expect("subscribe");
+    let c = tokio::time::timeout(DEADLINE, sub.next())
+        .await
+        .expect("in time")
+        .expect("change");
+    assert_eq!(c.cursor, kept + 1, "the change log goes on from its head");
+    assert_eq!(c.seq, 1, "the new writer's seqs start at 1");
 }
 
 /// The limit a test holds shutdown to: the target is 300 ms, with room

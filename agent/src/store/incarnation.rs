@@ -26,6 +26,7 @@ use std::path::Path;
 use fjall::{Keyspace, PersistMode};
 
 use super::StoreError;
+use super::journal::DroppedTail;
 
 /// The clean-stop mark's file name in the store's directory.
 const MARK_FILE: &str = "clean-stop";
@@ -58,14 +59,16 @@ enum Mark {
 
 /// Decides the incarnation for a start of the store in `dir`, whose meta
 /// keyspace is `meta`; `fresh` says the store was empty and the device new
-/// (its writes cannot be out there already). Removes the mark and stores
-/// a new number durably before returning, so no write is taken under an
+/// (its writes cannot be out there already), and `dropped` lists the
+/// journal tails recovery cut off. Removes the mark and stores a new
+/// number durably before returning, so no write is taken under an
 /// incarnation a crash could forget.
 pub(super) fn begin(
     dir: &Path,
     fj: &fjall::Database,
     meta: &Keyspace,
     fresh: bool,
+    dropped: &[DroppedTail],
 ) -> Result<Incarnation, StoreError> {
     let stored: Option<u32> = match meta.get(META_INCARNATION)? {
         Some(v) => Some(u32::from_be_bytes(v.as_ref().try_into().map_err(|_| {
@@ -74,15 +77,18 @@ pub(super) fn begin(
         None => None,
     };
     let mark = take_mark(dir)?;
+    // A clean stop synced everything, so a journal cut short since then
+    // lost acknowledged writes: the store went back in time.
     let went_back = matches!(mark, Mark::Foreign(_) | Mark::Clean(_));
     let changed = match (stored, mark) {
-        (Some(n), Mark::Clean(m)) if n == m => {
+        (Some(n), Mark::Clean(m)) if n == m && dropped.is_empty() => {
             return Ok(Incarnation {
                 number: n,
                 changed: None,
                 went_back: false,
             });
         }
+        (Some(n), Mark::Clean(m)) if n == m => "it stopped cleanly last time".to_owned(),
         (None, _) if fresh => {
             store_number(fj, meta, 0)?;
             return Ok(Incarnation {
@@ -99,6 +105,9 @@ pub(super) fn begin(
         (_, Mark::Missing) => "the agent did not stop cleanly last time".to_owned(),
         (_, Mark::Foreign(why)) => why,
     };
+    let changed = dropped
+        .iter()
+        .fold(changed, |why, tail| format!("{why}, and {tail}"));
     let number = loop {
         let n = random_u32()?;
         if n != 0 && Some(n) != stored {
@@ -221,7 +230,7 @@ mod tests {
         let store = dir.path().join("store");
         let first = {
             let (fj, meta) = open(&store);
-            let first = begin(&store, &fj, &meta, true).expect("begin");
+            let first = begin(&store, &fj, &meta, true, &[]).expect("begin");
             assert_eq!(
                 first,
                 Incarnation {
@@ -236,7 +245,7 @@ mod tests {
         // No mark: the last run was killed.
         let second = {
             let (fj, meta) = open(&store);
-            let second = begin(&store, &fj, &meta, false).expect("begin");
+            let second = begin(&store, &fj, &meta, false, &[]).expect("begin");
             assert_ne!(second.number, first.number);
             assert!(
                 second
@@ -257,7 +266,7 @@ mod tests {
             fs::copy(&entry, &to).expect("copy");
         }
         let (fj, meta) = open(&copy);
-        let copied = begin(&copy, &fj, &meta, false).expect("begin");
+        let copied = begin(&copy, &fj, &meta, false, &[]).expect("begin");
         assert_ne!(copied.number, second.number);
         assert!(
             copied
@@ -270,7 +279,7 @@ mod tests {
         // The original, stopped cleanly, keeps its incarnation, once.
         let (fj, meta) = open(&store);
         assert_eq!(
-            begin(&store, &fj, &meta, false).expect("begin"),
+            begin(&store, &fj, &meta, false, &[]).expect("begin"),
             Incarnation {
                 number: second.number,
                 changed: None,
@@ -280,7 +289,7 @@ mod tests {
         drop((fj, meta));
         let (fj, meta) = open(&store);
         assert_ne!(
-            begin(&store, &fj, &meta, false).expect("begin").number,
+            begin(&store, &fj, &meta, false, &[]).expect("begin").number,
             second.number
         );
     }
@@ -289,7 +298,7 @@ mod tests {
     fn a_new_store_of_a_device_that_wrote_before_takes_a_new_incarnation() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (fj, meta) = open(dir.path());
-        let inc = begin(dir.path(), &fj, &meta, false).expect("begin");
+        let inc = begin(dir.path(), &fj, &meta, false, &[]).expect("begin");
         assert_ne!(inc.number, 0);
         assert!(
             inc.changed

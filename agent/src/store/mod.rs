@@ -22,6 +22,7 @@
 mod checkpoint;
 mod error;
 pub mod incarnation;
+pub mod journal;
 pub(crate) mod keys;
 mod oplog;
 pub(crate) mod query;
@@ -317,6 +318,8 @@ struct Inner {
     device: DeviceId,
     /// The write incarnation of this start.
     incarnation: incarnation::Incarnation,
+    /// The journal tails this start's recovery dropped.
+    dropped_tails: Vec<journal::DroppedTail>,
     /// The store's directory.
     path: std::path::PathBuf,
     /// The writer's clock after its latest commit.
@@ -393,12 +396,14 @@ impl Store {
         std::fs::create_dir_all(path)
             .map_err(|e| StoreError::Storage(format!("cannot create {}: {e}", path.display())))?;
         let keys = crate::crypto::keyring::Keyring::load(path)?;
+        let journals = journal::data_ends(path)?;
         let fj = fjall::Database::builder(path)
             .cache_size(options.cache_bytes)
             .open()?;
+        let dropped_tails = journal::dropped_tails(&journals, &journal::lengths(path)?);
         let meta = fj.keyspace("meta", KeyspaceCreateOptions::default)?;
         let fresh = options.new_device && meta.is_empty()?;
-        let incarnation = incarnation::begin(path, &fj, &meta, fresh)?;
+        let incarnation = incarnation::begin(path, &fj, &meta, fresh, &dropped_tails)?;
         let writer = device.writer(incarnation.number);
 
         let mut dbs = HashMap::new();
@@ -454,6 +459,7 @@ impl Store {
         let inner = Arc::new(Inner {
             device,
             incarnation,
+            dropped_tails,
             path: path.to_owned(),
             clock: std::sync::atomic::AtomicU64::new(recovered.max_hlc().0),
             dbs: RwLock::new(dbs),
@@ -491,6 +497,12 @@ impl Store {
     /// The write incarnation of this start, and why it changed if it did.
     pub fn incarnation_info(&self) -> &incarnation::Incarnation {
         &self.inner.incarnation
+    }
+
+    /// The damaged journal tails fjall's recovery dropped when this store
+    /// was opened (empty when nothing was damaged).
+    pub fn dropped_tails(&self) -> &[journal::DroppedTail] {
+        &self.inner.dropped_tails
     }
 
     /// The write incarnation local writes carry.
