@@ -170,6 +170,9 @@ pub struct ImpairmentCounts {
     pub passed: u64,
     /// Packets dropped.
     pub dropped: u64,
+    /// Packets the kernel dropped while they were held (their device went
+    /// down).
+    pub vanished: u64,
 }
 
 impl Impairment {
@@ -188,6 +191,14 @@ impl Impairment {
             String::from_utf8_lossy(&out.stderr).trim()
         );
         Ok(())
+    }
+
+    /// Whether the delayer still runs (while it does not, the node's LAN
+    /// traffic goes nowhere).
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     /// Ends the impairment and returns what the delayer did.

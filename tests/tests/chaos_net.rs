@@ -176,12 +176,18 @@ async fn five_agents_converge_through_loss_delay_and_partitions() {
     eprintln!("network chaos: {rounds} rounds, BLAZEDB_CHAOS_SEED={seed}");
     let mut rng = Rng::new(seed);
 
+    let logs = tempfile::tempdir().expect("log dir");
     let mut agents = Vec::new();
     let mut clients = Vec::new();
     for node in NODES {
-        let mut a =
-            TestAgent::stopped_in(AGENT, &lab.namespace(node), &["--listen", "0.0.0.0:7350"])
-                .expect("agent");
+        let name = node.to_string();
+        let mut a = TestAgent::stopped_in(
+            AGENT,
+            &lab.namespace(node),
+            &["--listen", "0.0.0.0:7350", "--name", &name],
+        )
+        .expect("agent");
+        a.log_to(logs.path().join(format!("{node}.log")));
         a.restart().await.expect("start");
         clients.push(a.client().await.expect("client"));
         agents.push(a);
@@ -286,9 +292,33 @@ async fn five_agents_converge_through_loss_delay_and_partitions() {
             lab.set_link(node, true).expect("plug back");
         }
         let healed = Instant::now();
-        let state = converged(&clients, CONVERGE_WITHIN)
-            .await
-            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        let state = match converged(&clients, CONVERGE_WITHIN).await {
+            Ok(state) => state,
+            Err(e) => {
+                let mut links = String::new();
+                for (node, cl) in NODES.iter().zip(&clients) {
+                    let peers: Vec<String> = cl
+                        .peers()
+                        .await
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|p| format!("{}={}", p.name, p.state))
+                        .collect();
+                    links.push_str(&format!("\n  {node}: {}", peers.join(" ")));
+                }
+                let mut dead = Vec::new();
+                for (node, imp) in NODES.iter().zip(&mut impairments) {
+                    if !imp.running() {
+                        dead.push(*node);
+                    }
+                }
+                panic!(
+                    "round {round}: {e}; links:{links}\ndelayers that died: {dead:?}\n\
+                     agent logs are in {}",
+                    logs.keep().display()
+                );
+            }
+        };
         let took = healed.elapsed();
         eprintln!(
             "round {round}: all five converged {took:?} after the heal, {} records",

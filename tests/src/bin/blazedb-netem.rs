@@ -12,9 +12,11 @@
 //!
 //! It prints `ready` once it holds the queue, runs until its standard
 //! input closes, and then prints one JSON line with what it did:
-//! `{"passed": N, "dropped": N}`. Without the rule's `--queue-bypass`, the
-//! namespace sends nothing while no delayer runs, so a delayer that dies
-//! shows as a dead network rather than as a network without faults.
+//! `{"passed": N, "dropped": N, "vanished": N}` (vanished: packets the
+//! kernel dropped while they were held, as when their device went down).
+//! Without the rule's `--queue-bypass`, the namespace sends nothing while
+//! no delayer runs, so a delayer that dies shows as a dead network rather
+//! than as a network without faults.
 
 use std::collections::VecDeque;
 use std::io::{ErrorKind, Read as _, Write as _};
@@ -71,7 +73,7 @@ fn main() -> anyhow::Result<()> {
     let delay = Duration::from_millis(args.delay_ms);
     let mut rng = Rng::new(args.seed);
     let mut held: VecDeque<(Instant, nfq::Message)> = VecDeque::new();
-    let (mut passed, mut dropped) = (0u64, 0u64);
+    let (mut passed, mut dropped, mut vanished) = (0u64, 0u64, 0u64);
     while !done.load(Ordering::Relaxed) {
         loop {
             match queue.recv() {
@@ -86,6 +88,10 @@ fn main() -> anyhow::Result<()> {
                     }
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                // The kernel answers a verdict on a packet it no longer
+                // holds (its device went down, say) with ENOENT, read here
+                // like any message: the packet is gone, the queue is fine.
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => vanished += 1,
                 Err(e) => return Err(e).context("reading the netfilter queue"),
             }
         }
@@ -101,7 +107,7 @@ fn main() -> anyhow::Result<()> {
     }
     println!(
         "{}",
-        serde_json::json!({ "passed": passed, "dropped": dropped })
+        serde_json::json!({ "passed": passed, "dropped": dropped, "vanished": vanished })
     );
     Ok(())
 }
