@@ -612,17 +612,43 @@ impl Db {
         collection: Option<&str>,
         since: Option<u64>,
     ) -> Result<Subscription, Error> {
+        self.subscribe_with(collection, since, None).await
+    }
+
+    /// Resumes a subscription after `since`, a cursor of the change log
+    /// `log` (both from [`Subscription::resume_point`]): fails with
+    /// `cursor_expired` when the agent has since handed that cursor out
+    /// again (it restarted after a crash, a restore or a damaged journal),
+    /// so the caller reads the records again instead of missing changes.
+    pub async fn resume(
+        &self,
+        collection: Option<&str>,
+        since: u64,
+        log: u64,
+    ) -> Result<Subscription, Error> {
+        self.subscribe_with(collection, Some(since), Some(log))
+            .await
+    }
+
+    async fn subscribe_with(
+        &self,
+        collection: Option<&str>,
+        since: Option<u64>,
+        log: Option<u64>,
+    ) -> Result<Subscription, Error> {
         let (tx, rx) = mpsc::unbounded_channel();
         let params = api::SubscribeParams {
             db: self.name.clone(),
             collection: collection.map(str::to_owned),
             since,
+            log,
         };
         let r = self.client.conn.subscribe(&params, tx).await?;
         Ok(Subscription {
             client: self.client.clone(),
             id: r.subscription,
             cursor: r.cursor,
+            log: r.log,
             rx,
             ready: std::collections::VecDeque::new(),
             ended: None,
@@ -946,12 +972,19 @@ pub struct Subscription {
     client: Client,
     id: u64,
     cursor: u64,
+    log: u64,
     rx: mpsc::UnboundedReceiver<conn::SubMsg>,
     ready: std::collections::VecDeque<Change>,
     ended: Option<ErrorInfo>,
 }
 
 impl Subscription {
+    /// Where to resume from later: the change log's id and the cursor of
+    /// the last change handed out. Keep both; pass them to [`Db::resume`].
+    pub fn resume_point(&self) -> (u64, u64) {
+        (self.log, self.cursor)
+    }
+
     /// The cursor of the last change handed out (or where the subscription
     /// started): pass it as `since` to resume after it.
     pub fn cursor(&self) -> u64 {

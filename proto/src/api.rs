@@ -745,6 +745,10 @@ pub struct DbInfo {
     /// when missing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peers: Option<Vec<DbPeer>>,
+    /// The id of its change log on this device: cursors are meaningful
+    /// with the log they came from (see `SubscribeParams::log`).
+    #[serde(default)]
+    pub log: u64,
 }
 
 /// A device a database syncs with, and which way.
@@ -1181,6 +1185,14 @@ pub struct SubscribeParams {
     /// missing.
     #[serde(default)]
     pub since: Option<u64>,
+    /// The change log `since` came from (a `log` of `db.open` or of an
+    /// earlier subscription's result). When given, a cursor this log no
+    /// longer vouches for (the agent started after a crash, a restore or a
+    /// damaged journal, and handed that cursor out again) is refused with
+    /// `cursor_expired` instead of resuming at a change the subscriber may
+    /// not have seen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<u64>,
 }
 
 /// Result of `subscribe`.
@@ -1190,6 +1202,10 @@ pub struct SubscribeResult {
     pub subscription: u64,
     /// The cursor the subscription starts after.
     pub cursor: u64,
+    /// The change log its cursors belong to: keep it with the last cursor
+    /// seen, and pass both to resume.
+    #[serde(default)]
+    pub log: u64,
 }
 
 /// Params of `unsubscribe`.

@@ -173,6 +173,19 @@ pub async fn put_numbered(
     Ok(())
 }
 
+/// Copies everything in the directory `from` into the directory `to`
+/// with `cp -a` (keeping modes and times, making new inodes), as a user
+/// backing up or cloning a data directory would.
+pub fn copy_dir(from: &Path, to: &Path) {
+    let done = Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", from.display()))
+        .arg(to)
+        .status()
+        .expect("run cp");
+    assert!(done.success(), "cp -a {} {}", from.display(), to.display());
+}
+
 /// Every file at or under `path` (a file, or a directory searched
 /// recursively) whose bytes hold `needle`.
 pub fn files_holding(path: &Path, needle: &[u8]) -> Vec<PathBuf> {

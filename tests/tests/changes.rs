@@ -278,3 +278,105 @@ async fn records_a_snapshot_brings_are_in_the_change_stream() {
         assert_eq!(copy.get(id), Some(fields), "{id}");
     }
 }
+
+/// A subscriber that keeps its cursor with the change log it came from is
+/// refused, not misled, once the agent hands that cursor out again: here
+/// after its data directory was restored from a backup and new writes
+/// passed the old head. A cursor the backup still holds resumes, and a
+/// plain crash keeps every cursor up to the recovered head.
+#[tokio::test]
+async fn a_cursor_handed_out_again_after_a_restore_is_refused() {
+    let mut agent = TestAgent::start(AGENT).await.expect("agent");
+    let client = agent.client().await.expect("client");
+    let db = client.db("d");
+    db.create().await.expect("create");
+    let put = |client: blazedb::Client, from: usize, n: usize| async move {
+        let coll = client.db("d").collection("c");
+        for i in from..from + n {
+            coll.put_fields(
+                &format!("r{i}"),
+                [("i".to_owned(), Value::Int(i as i64))].into(),
+            )
+            .await
+            .expect("put");
+        }
+    };
+    put(client.clone(), 0, 5).await;
+    agent.stop().await.expect("stop");
+    let backup = tempfile::tempdir().expect("backup dir");
+    blazedb_tests::copy_dir(&agent.data_dir(), backup.path());
+
+    // Five more writes, all seen by a subscriber that keeps its place.
+    agent.restart().await.expect("restart");
+    let client = agent.client().await.expect("client");
+    put(client.clone(), 5, 5).await;
+    let mut sub = client
+        .db("d")
+        .subscribe_from(None, Some(0))
+        .await
+        .expect("subscribe");
+    let mut early = None;
+    for want in 1..=10 {
+        let c = tokio::time::timeout(DEADLINE, sub.next())
+            .await
+            .expect("in time")
+            .expect("change");
+        assert_eq!(c.cursor, want);
+        if want == 4 {
+            early = Some(sub.resume_point());
+        }
+    }
+    let (log, last) = sub.resume_point();
+    assert_eq!(last, 10);
+    let (early_log, early_cursor) = early.expect("seen");
+    assert_eq!(early_log, log);
+
+    // The disk goes back to the backup; the agent writes seven others.
+    agent.stop().await.expect("stop");
+    std::fs::remove_dir_all(agent.data_dir()).expect("wipe");
+    std::fs::create_dir(agent.data_dir()).expect("mkdir");
+    blazedb_tests::copy_dir(backup.path(), &agent.data_dir());
+    agent.restart().await.expect("start the restored copy");
+    let client = agent.client().await.expect("client");
+    put(client.clone(), 100, 7).await;
+    let info = client.db("d").info().await.expect("info");
+    assert_eq!(info.head, 12, "the backup's 5 and the 7 new ones");
+    assert_ne!(info.log, log, "the restored change log has a new id");
+
+    // Cursor 10 now names a different change: resuming there is refused.
+    let refused = client
+        .db("d")
+        .resume(None, last, log)
+        .await
+        .expect_err("a cursor handed out again");
+    assert_eq!(refused.code(), Some(blazedb::ErrorCode::CursorExpired));
+    assert!(
+        refused.to_string().contains("handed out again"),
+        "{refused}"
+    );
+    // Cursor 4 is in the backup too: it resumes at the backup's fifth
+    // write, then the new ones.
+    let mut sub = client
+        .db("d")
+        .resume(None, early_cursor, early_log)
+        .await
+        .expect("a cursor the restored log still holds");
+    let c = tokio::time::timeout(DEADLINE, sub.next())
+        .await
+        .expect("in time")
+        .expect("change");
+    assert_eq!((c.cursor, c.id.as_str()), (5, "r4"));
+    assert_eq!(sub.resume_point().0, info.log);
+
+    // After kill -9 every cursor up to the recovered head keeps its place.
+    let (log, head) = (info.log, info.head);
+    agent.kill();
+    agent.restart().await.expect("restart after kill");
+    let client = agent.client().await.expect("client");
+    assert_ne!(client.db("d").info().await.expect("info").log, log);
+    client
+        .db("d")
+        .resume(None, head, log)
+        .await
+        .expect("a cursor up to the recovered head survives a crash");
+}

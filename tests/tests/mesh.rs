@@ -9,7 +9,7 @@ use std::time::Duration;
 use blazedb::{Client, Value};
 use blazedb_proto::mesh::Invite;
 use blazedb_tests::{
-    TestAgent, connected, put_numbered, records, start_mesh, wait_until, wait_within,
+    TestAgent, connected, copy_dir, put_numbered, records, start_mesh, wait_until, wait_within,
 };
 
 const AGENT: &str = env!("CARGO_BIN_EXE_blazed-test-agent");
@@ -347,13 +347,7 @@ async fn a_cloned_device_is_reported_by_its_peers_and_both_copies_writes_arrive(
     // a port of its own beside A, as after cloning a disk.
     agents[0].stop().await.expect("stop a");
     let mut clone = TestAgent::stopped(AGENT, &[]).expect("clone");
-    let copied = std::process::Command::new("cp")
-        .arg("-a")
-        .arg(format!("{}/.", agents[0].data_dir().display()))
-        .arg(clone.data_dir())
-        .status()
-        .expect("cp");
-    assert!(copied.success());
+    copy_dir(&agents[0].data_dir(), &clone.data_dir());
     agents[0].restart().await.expect("restart a");
     clone.restart().await.expect("start the clone");
 
@@ -430,16 +424,7 @@ async fn a_device_restored_from_a_backup_loses_no_write_and_reuses_no_seq() {
     // A backup of A's data directory, taken while it is stopped.
     agents[0].stop().await.expect("stop a");
     let backup = tempfile::tempdir().expect("backup dir");
-    let copy = |from: &std::path::Path, to: &std::path::Path| {
-        let done = std::process::Command::new("cp")
-            .arg("-a")
-            .arg(format!("{}/.", from.display()))
-            .arg(to)
-            .status()
-            .expect("cp");
-        assert!(done.success());
-    };
-    copy(&agents[0].data_dir(), backup.path());
+    copy_dir(&agents[0].data_dir(), backup.path());
 
     // A writes on, and B takes those writes.
     agents[0].restart().await.expect("restart a");
@@ -458,7 +443,7 @@ async fn a_device_restored_from_a_backup_loses_no_write_and_reuses_no_seq() {
     agents[0].stop().await.expect("stop a again");
     std::fs::remove_dir_all(agents[0].data_dir()).expect("wipe a");
     std::fs::create_dir(agents[0].data_dir()).expect("mkdir");
-    copy(backup.path(), &agents[0].data_dir());
+    copy_dir(backup.path(), &agents[0].data_dir());
     agents[0].restart().await.expect("start the restored a");
     let a = agents[0].client().await.expect("client a");
     let status = a.status().await.expect("status");

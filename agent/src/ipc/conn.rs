@@ -514,13 +514,14 @@ impl Conn {
         match req {
             Request::Subscribe(p) => {
                 match subscription::start(&self.ctx, p, &self.access, self.event_tx.clone()) {
-                    Ok((sub_id, cursor, task)) => {
+                    Ok((sub_id, cursor, log, task)) => {
                         self.subscriptions.insert(sub_id, task);
                         self.respond(
                             id,
                             &SubscribeResult {
                                 subscription: sub_id,
                                 cursor,
+                                log,
                             },
                         );
                     }

@@ -24,17 +24,28 @@ use crate::store::{DbState, StoreError};
 /// Log entries read per event batch at most.
 const SCAN_BATCH: usize = 512;
 
-/// Starts a subscription; returns its id, the cursor it starts after, and
-/// its task.
+/// Starts a subscription; returns its id, the cursor it starts after, the
+/// change log's id, and its task.
 pub(crate) fn start(
     ctx: &Arc<Ctx>,
     p: SubscribeParams,
     access: &Access,
     events: mpsc::Sender<Vec<u8>>,
-) -> Result<(u64, u64, JoinHandle<()>), StoreError> {
+) -> Result<(u64, u64, u64, JoinHandle<()>), StoreError> {
     let db = ctx.store.db(&p.db)?;
     ctx.store.readable(&db)?;
     let head = db.head();
+    if let (Some(since), Some(log)) = (p.since, p.log)
+        && let Some(kept) = db.log_vouched(log)
+        && since > kept
+    {
+        return Err(StoreError::CursorVoid {
+            db: p.db,
+            since,
+            kept,
+        });
+    }
+    let log = db.log_id();
     let cursor = match p.since {
         Some(since) if since > head => {
             return Err(StoreError::InvalidArgument(format!(
@@ -69,7 +80,7 @@ pub(crate) fn start(
             end(&_counted.0, id, e, &events).await;
         }
     });
-    Ok((id, cursor, task))
+    Ok((id, cursor, log, task))
 }
 
 /// Counts an open subscription for `status` while it lives, however its

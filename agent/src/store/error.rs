@@ -80,6 +80,21 @@ pub enum StoreError {
         /// The newest cursor compacted away.
         trimmed: u64,
     },
+    /// A subscription's cursor belongs to a change log this replica no
+    /// longer vouches for past an earlier point.
+    #[error(
+        "cursor {since} of {db:?} was handed out again: the agent started after a crash, a \
+         restore or a damaged journal, and the change log it came from is kept only up to \
+         cursor {kept}; read the records again (query) and subscribe from the head db.open gives"
+    )]
+    CursorVoid {
+        /// The database.
+        db: String,
+        /// The cursor asked for.
+        since: u64,
+        /// The last cursor of that log still vouched for.
+        kept: u64,
+    },
 }
 
 fn known_list(known: &[String]) -> String {
@@ -116,7 +131,9 @@ impl StoreError {
             }
             StoreError::Sealed(_) => ErrorCode::Sealed,
             StoreError::ShuttingDown => ErrorCode::ShuttingDown,
-            StoreError::CursorExpired { .. } => ErrorCode::CursorExpired,
+            StoreError::CursorExpired { .. } | StoreError::CursorVoid { .. } => {
+                ErrorCode::CursorExpired
+            }
             StoreError::DroppedHere(_) => ErrorCode::InvalidArgument,
         }
     }

@@ -24,6 +24,7 @@ mod error;
 pub mod incarnation;
 pub mod journal;
 pub(crate) mod keys;
+mod log_id;
 mod oplog;
 pub(crate) mod query;
 pub(crate) mod record;
@@ -44,7 +45,7 @@ use blazedb_proto::api::{
     QueryResult, Record, SyncMode, Write, WriteResult,
 };
 use blazedb_proto::{DeviceId, Epoch, Hlc, Op, OpBody, VersionVector, codec};
-use fjall::{Keyspace, KeyspaceCreateOptions};
+use fjall::{Keyspace, KeyspaceCreateOptions, PersistMode};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, watch};
 
@@ -155,6 +156,9 @@ pub(crate) struct SyncMeta {
     /// be replayed to subscribers.
     #[serde(default)]
     pub(crate) trimmed: u64,
+    /// Which change log the cursors belong to.
+    #[serde(default)]
+    pub(crate) log: log_id::LogId,
 }
 
 /// Wall-clock milliseconds since the Unix epoch (0 if the clock is before
@@ -228,6 +232,17 @@ impl DbState {
         lock(&self.sync).clone()
     }
 
+    /// The id of the change log as it runs now.
+    pub(crate) fn log_id(&self) -> u64 {
+        lock(&self.sync).log.id
+    }
+
+    /// The last cursor of change log `log` that still names the same change
+    /// (`None`: all up to the head do; see [`log_id::LogId::vouched`]).
+    pub(crate) fn log_vouched(&self, log: u64) -> Option<u64> {
+        lock(&self.sync).log.vouched(log)
+    }
+
     /// The newest change-log cursor compacted away (0 when none was).
     pub(crate) fn trimmed(&self) -> u64 {
         lock(&self.sync).trimmed
@@ -262,6 +277,7 @@ impl DbState {
             head: self.head(),
             key_epoch: None,
             ops_held: sync.vector.total(),
+            log: sync.log.id,
             peers: sync.peers.map(|peers| {
                 peers
                     .into_iter()
@@ -408,6 +424,7 @@ impl Store {
 
         let mut dbs = HashMap::new();
         let mut recovered = writer::Recovered::default();
+        let mut restarted = fj.batch().durability(Some(PersistMode::SyncAll));
         for kv in meta.prefix(META_DB) {
             let (k, v) = kv.into_inner()?;
             let name = String::from_utf8_lossy(&k[META_DB.len()..]).into_owned();
@@ -424,6 +441,7 @@ impl Store {
                 Some(v) => codec::from_slice(&v)?,
                 None => SyncMeta {
                     epoch: new_epoch(),
+                    log: log_id::LogId::new(),
                     ..SyncMeta::default()
                 },
             };
@@ -434,6 +452,12 @@ impl Store {
             // deletes peers have since forgotten: it asks for a whole
             // state to replace its own.
             sync.restored |= incarnation.went_back;
+            // Cursors past the recovered head may have been seen by
+            // subscribers and are handed out again: the log takes a new id.
+            if incarnation.changed.is_some() {
+                sync.log.restart(tail.head);
+                restarted.insert(&meta, sync_meta_key(m.id), codec::to_vec(&sync)?);
+            }
             tail.max_hlc = tail.max_hlc.max(sync.clock);
             recovered.note(m.id, &tail);
             let state = DbState {
@@ -450,6 +474,7 @@ impl Store {
             };
             dbs.insert(name, Arc::new(state));
         }
+        restarted.commit()?;
         let next_db_id = match meta.get(META_NEXT_DB_ID)? {
             Some(v) => codec::from_slice(&v)?,
             None => 1,

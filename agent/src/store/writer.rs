@@ -1070,15 +1070,12 @@ impl Writer {
             db_meta_key(name),
             codec::to_vec(&DbMeta { id, settings })?,
         );
-        let epoch = new_epoch();
-        batch.insert(
-            &self.meta,
-            sync_meta_key(id),
-            codec::to_vec(&SyncMeta {
-                epoch,
-                ..SyncMeta::default()
-            })?,
-        );
+        let fresh = SyncMeta {
+            epoch: new_epoch(),
+            log: super::log_id::LogId::new(),
+            ..SyncMeta::default()
+        };
+        batch.insert(&self.meta, sync_meta_key(id), codec::to_vec(&fresh)?);
         batch.commit()?;
         self.next_db_id = id + 1;
         let state = Arc::new(DbState {
@@ -1091,10 +1088,7 @@ impl Writer {
             collections: Default::default(),
             head: tokio::sync::watch::Sender::new(0),
             dropped: AtomicBool::new(false),
-            sync: std::sync::Mutex::new(SyncMeta {
-                epoch,
-                ..SyncMeta::default()
-            }),
+            sync: std::sync::Mutex::new(fresh),
         });
         if settings.encryption == Encryption::E2e && make_key {
             self.store.make_first_key(name)?;

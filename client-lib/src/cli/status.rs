@@ -279,6 +279,7 @@ mod tests {
                     key_epoch: None,
                     ops_held: 1225,
                     peers: None,
+                    log: 7,
                 },
                 DbInfo {
                     name: "secrets".into(),
@@ -292,6 +293,7 @@ mod tests {
                     key_epoch: None,
                     ops_held: 40,
                     peers: None,
+                    log: 9,
                 },
             ],
             topology: Some(topology),

@@ -16,18 +16,24 @@ pub(crate) struct WatchArgs {
     /// Replay every change after this cursor first.
     #[arg(long)]
     since: Option<u64>,
+    /// The change log `--since` came from (printed with it): refuses a
+    /// cursor the agent has since handed out again, after a crash or a
+    /// restore, instead of resuming at the wrong change.
+    #[arg(long, requires = "since")]
+    log: Option<u64>,
 }
 
 pub(crate) async fn run(client: &Client, a: WatchArgs, opts: Opts) -> anyhow::Result<()> {
-    let mut sub = client
-        .db(&a.db)
-        .subscribe_from(a.collection.as_deref(), a.since)
-        .await?;
+    let db = client.db(&a.db);
+    let mut sub = match (a.since, a.log) {
+        (Some(since), Some(log)) => db.resume(a.collection.as_deref(), since, log).await?,
+        _ => db.subscribe_from(a.collection.as_deref(), a.since).await?,
+    };
     if !opts.json {
+        let (log, cursor) = sub.resume_point();
         eprintln!(
-            "watching {} after cursor {} (ctrl-c to stop)",
-            a.db,
-            sub.cursor()
+            "watching {} after cursor {cursor} of log {log} (ctrl-c to stop)",
+            a.db
         );
     }
     while let Some(c) = sub.next().await {
@@ -55,8 +61,6 @@ pub(crate) async fn run(client: &Client, a: WatchArgs, opts: Opts) -> anyhow::Re
             );
         }
     }
-    anyhow::bail!(
-        "lost the connection to the agent (resume with --since {})",
-        sub.cursor()
-    )
+    let (log, cursor) = sub.resume_point();
+    anyhow::bail!("lost the connection to the agent (resume with --since {cursor} --log {log})")
 }
