@@ -94,6 +94,31 @@ pub enum Command {
     InstallService(InstallArgs),
     /// Stops and disables the service and removes its unit or plist.
     UninstallService(ServiceArgs),
+    /// Looks for damaged files in a stopped agent's store by reading every
+    /// entry; with --rebuild, keeps what can be read of a damaged database
+    /// and takes the rest back from peers. Exits with 1 while damage is
+    /// left.
+    Repair(RepairArgs),
+}
+
+/// `repair`'s arguments.
+#[derive(Debug, clap::Args)]
+pub struct RepairArgs {
+    /// The agent's data directory (default: as for the agent).
+    #[arg(long, env = "BLAZED_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// A TOML config file naming the data directory.
+    #[arg(long, env = "BLAZED_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Rebuild damaged databases: indexes from the records; records and
+    /// change log from what can still be read, and the rest from peers.
+    #[arg(long)]
+    pub rebuild: bool,
+    /// Move the whole store aside (for a store that cannot be opened):
+    /// the next start begins empty and takes every synced database back
+    /// from peers.
+    #[arg(long, conflicts_with = "rebuild")]
+    pub set_aside: bool,
 }
 
 /// Which service `install-service` and `uninstall-service` act on.
@@ -157,6 +182,7 @@ pub fn main() -> ExitCode {
         None => {}
         Some(Command::InstallService(a)) => return exit(install_service(a)),
         Some(Command::UninstallService(a)) => return exit(uninstall_service(a)),
+        Some(Command::Repair(a)) => return repair(a),
     }
     let config = match Config::resolve(Overrides {
         data_dir: args.data_dir,
@@ -235,6 +261,45 @@ fn exit(result: anyhow::Result<()>) -> ExitCode {
         Err(e) => {
             eprintln!("blazed: {}", one_line(e.as_ref()));
             ExitCode::FAILURE
+        }
+    }
+}
+
+fn repair(args: RepairArgs) -> ExitCode {
+    let config = match Config::resolve(Overrides {
+        data_dir: args.data_dir,
+        config: args.config,
+        ..Overrides::default()
+    }) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("blazed: {}", one_line(e.as_ref()));
+            return ExitCode::from(2);
+        }
+    };
+    let mode = if args.set_aside {
+        crate::repair::Mode::SetAside
+    } else if args.rebuild {
+        crate::repair::Mode::Rebuild
+    } else {
+        crate::repair::Mode::Check
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("blazed: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(crate::repair::run(&config.data_dir, mode)) {
+        Ok(crate::repair::Outcome::Sound) => ExitCode::SUCCESS,
+        Ok(crate::repair::Outcome::Damaged) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("blazed: {}", one_line(e.as_ref()));
+            ExitCode::from(2)
         }
     }
 }

@@ -24,6 +24,7 @@ pub mod lock;
 pub mod mesh;
 pub mod metrics;
 pub mod private_file;
+pub mod repair;
 pub mod service;
 pub mod store;
 pub mod sync;

@@ -46,6 +46,14 @@ pub enum StoreError {
     /// The stored data is not what this version expects.
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// A store file failed its checksum or could not be decoded: the disk
+    /// damaged it.
+    #[error(
+        "the store's files are damaged ({0}); stop blazed, copy its data directory somewhere \
+         safe, and run `blazed repair` to find the damage and `blazed repair --rebuild` to \
+         keep what can be read and take the rest back from peers"
+    )]
+    Damaged(String),
     /// The database is end-to-end encrypted and this device holds no key
     /// to read or write it.
     #[error(
@@ -126,9 +134,10 @@ impl StoreError {
             StoreError::InvalidArgument(_) => ErrorCode::InvalidArgument,
             StoreError::TypeMismatch(_) => ErrorCode::TypeMismatch,
             StoreError::Full(_) => ErrorCode::StorageFull,
-            StoreError::Storage(_) | StoreError::Corrupt(_) | StoreError::Keys(_) => {
-                ErrorCode::Storage
-            }
+            StoreError::Storage(_)
+            | StoreError::Corrupt(_)
+            | StoreError::Damaged(_)
+            | StoreError::Keys(_) => ErrorCode::Storage,
             StoreError::Sealed(_) => ErrorCode::Sealed,
             StoreError::ShuttingDown => ErrorCode::ShuttingDown,
             StoreError::CursorExpired { .. } | StoreError::CursorVoid { .. } => {
@@ -156,6 +165,7 @@ impl From<fjall::Error> for StoreError {
             Some(io) if io.kind() == std::io::ErrorKind::StorageFull => {
                 StoreError::Full(io.to_string())
             }
+            _ if is_damage(&e) => StoreError::Damaged(format!("{e:?}")),
             _ if matches!(e, fjall::Error::Poisoned) => StoreError::Storage(
                 "the store stopped taking writes after an earlier write failed \
                  (a full disk or an I/O error); free space and restart blazed"
@@ -163,6 +173,33 @@ impl From<fjall::Error> for StoreError {
             ),
             _ => StoreError::Storage(format!("{e:?}")),
         }
+    }
+}
+
+/// Whether `e` says a file's bytes are not what was written: a checksum
+/// that does not match, a block that does not decode, a file that cannot
+/// be recovered. (An I/O error is the disk failing to answer, not this.)
+fn is_damage(e: &fjall::Error) -> bool {
+    use fjall::LsmError;
+    match e {
+        fjall::Error::Storage(inner) => matches!(
+            inner,
+            LsmError::ChecksumMismatch { .. }
+                | LsmError::Decompress(_)
+                | LsmError::InvalidVersion(_)
+                | LsmError::Unrecoverable
+                | LsmError::InvalidTag(_)
+                | LsmError::InvalidTrailer
+                | LsmError::InvalidHeader(_)
+                | LsmError::Utf8(_)
+        ),
+        fjall::Error::JournalRecovery(_)
+        | fjall::Error::InvalidVersion(_)
+        | fjall::Error::Decompress(_)
+        | fjall::Error::InvalidTrailer
+        | fjall::Error::InvalidTag(_)
+        | fjall::Error::Unrecoverable => true,
+        _ => false,
     }
 }
 

@@ -122,6 +122,18 @@ pub(super) fn begin(
     })
 }
 
+/// Removes the clean-stop mark in `dir`, if there is one, so the next
+/// start takes a new incarnation: for a store changed behind the writer's
+/// back (a repair).
+pub(crate) fn forget_clean_stop(dir: &Path) -> Result<(), StoreError> {
+    let path = dir.join(MARK_FILE);
+    match fs::remove_file(&path) {
+        Ok(()) => sync_dir(dir),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_error(&path, e)),
+    }
+}
+
 fn store_number(fj: &fjall::Database, meta: &Keyspace, n: u32) -> Result<(), StoreError> {
     meta.insert(META_INCARNATION, n.to_be_bytes())?;
     fj.persist(PersistMode::SyncAll)?;

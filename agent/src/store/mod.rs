@@ -28,6 +28,7 @@ mod log_id;
 mod oplog;
 pub(crate) mod query;
 pub(crate) mod record;
+pub mod repair;
 mod replicate;
 mod sealing;
 mod stamped;
@@ -681,6 +682,13 @@ impl Store {
             reply,
         })
         .await
+    }
+
+    /// Reads every entry of every database to find damaged files and, when
+    /// `rebuild` is set, rebuilds the damaged databases (see
+    /// [`repair`]).
+    pub async fn repair(&self, rebuild: bool) -> Result<Vec<repair::DbRepair>, StoreError> {
+        self.call(|reply| Command::Repair { rebuild, reply }).await
     }
 
     /// Finishes every queued write, syncs everything to disk and stops the

@@ -195,6 +195,14 @@ pub enum Command {
         /// Answered at once.
         reply: Reply<()>,
     },
+    /// Reads every entry of every database to find damaged files, and
+    /// rebuilds the damaged databases if asked (see [`super::repair`]).
+    Repair {
+        /// Rebuild, rather than only look.
+        rebuild: bool,
+        /// Gets what was found in each database.
+        reply: Reply<Vec<super::repair::DbRepair>>,
+    },
     /// Syncs everything and stops the writer.
     Shutdown {
         /// Answered once everything is on disk.
@@ -219,6 +227,7 @@ impl std::fmt::Debug for Command {
             Command::MergeProjected { .. } => "MergeProjected",
             Command::Compact { .. } => "Compact",
             Command::Observe { .. } => "Observe",
+            Command::Repair { .. } => "Repair",
             Command::Shutdown { .. } => "Shutdown",
         };
         f.write_str(name)
@@ -242,6 +251,7 @@ impl Command {
                 reply(Err(e))
             }
             Command::Compact { reply, .. } => reply(Err(e)),
+            Command::Repair { reply, .. } => reply(Err(e)),
             Command::Observe { reply, .. } | Command::Shutdown { reply } => reply(Err(e)),
         }
     }
@@ -641,6 +651,10 @@ impl Writer {
                     reply,
                 } => reply(self.set_settings(&db, priority, durability)),
                 Command::SetPeers { db, peers, reply } => reply(self.set_peers(&db, peers)),
+                Command::Repair { rebuild, reply } => {
+                    let dbs: Vec<_> = read_lock(&self.store.inner.dbs).values().cloned().collect();
+                    reply(super::repair::run(&self.fj, &self.meta, &dbs, rebuild))
+                }
                 Command::Index {
                     db,
                     collection,
@@ -1232,17 +1246,7 @@ impl Writer {
         }
         let mut batch = self.fj.batch().durability(Some(PersistMode::SyncAll));
         if create {
-            for kv in db.records.prefix(keys::collection_prefix(collection)) {
-                let (k, v) = kv.into_inner()?;
-                let rec: StoredRecord = codec::from_slice(&v)?;
-                let id = keys::id_of_record_key(&k).unwrap_or_default();
-                if let Some(ik) = rec
-                    .field(field)
-                    .and_then(|v| keys::index_key(collection, field, v, id))
-                {
-                    batch.insert(&db.index, ik, id.as_bytes());
-                }
-            }
+            super::repair::index_collection(db, collection, field, &mut batch)?;
         } else {
             for kv in db.index.prefix(keys::index_prefix(collection, field)) {
                 batch.remove(&db.index, kv.key()?);
