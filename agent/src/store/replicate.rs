@@ -310,9 +310,11 @@ impl Writer {
         // cursor 0 sees every record a snapshot brought.
         let mut changes: Vec<Op> = Vec::new();
         let result = (|| {
+            let mut own_from = None;
             if let Some((span, own_held, cut)) = &replace {
                 sync.lacking |= *cut;
                 let from = self.first_unheld(&db, *own_held)?;
+                own_from = Some(from);
                 let carried: HashSet<&[u8]> = records.iter().map(|r| r.key.as_slice()).collect();
                 let range = match &span.after {
                     Some(a) => db.records.range::<&[u8], _>((
@@ -351,7 +353,22 @@ impl Writer {
                 let existing = load_for_update(&group, &plan, &db, &rec.key)?;
                 let old_values = field_values(existing.as_ref(), &indexes);
                 let existing_live = existing.as_ref().is_some_and(StoredRecord::is_live);
-                let mut record = existing.unwrap_or_default();
+                // A whole state replacing this one (after a restore, or a
+                // cut) takes the sender's record as it is: what is held
+                // here may be older than deletes the sender has since
+                // forgotten, and merging would bring those fields back.
+                // Only a record holding this device's writes the sender
+                // lacks is merged, so they are kept.
+                let fresh = matches!(&replace, Some((_, _, false)))
+                    && !existing
+                        .as_ref()
+                        .zip(own_from)
+                        .is_some_and(|(held, from)| self.holds_own(held, from));
+                let mut record = if fresh {
+                    StoredRecord::default()
+                } else {
+                    existing.unwrap_or_default()
+                };
                 let changed = if replace.is_some() {
                     record.merge_cut(&state)
                 } else {

@@ -454,12 +454,23 @@ impl SyncStore for MemoryStore {
             });
         }
         let cut = replace.is_some();
+        // A whole state replacing this one takes the sender's records as
+        // they are, except those holding this device's writes the sender
+        // lacks (see the fjall store's `merge_snapshot`).
+        let fresh_from = replace
+            .filter(|r| !r.cut)
+            .map(|r| d.first_unheld(&me, r.own_held));
         for rec in records {
             // A record that does not decode came from a broken peer; the
             // engine checked the message, so skip it rather than fail.
             if let Ok(state) = codec::from_slice::<StoredRecord>(&rec.state) {
                 self.clock.observe(state.version());
                 let held = d.records.entry(rec.key).or_default();
+                if let Some(from) = fresh_from
+                    && !MemDb::holds_own(held, &me, from)
+                {
+                    *held = StoredRecord::default();
+                }
                 if cut {
                     held.merge_cut(&state);
                 } else {
