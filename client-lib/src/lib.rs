@@ -774,13 +774,17 @@ impl Collection {
         }
     }
 
-    /// Adds a secondary index on `field`; returns false if it existed.
-    pub async fn create_index(&self, field: &str) -> Result<bool, Error> {
-        let params = api::IndexParams {
+    fn index_params(&self, field: &str) -> api::IndexParams {
+        api::IndexParams {
             db: self.db.name.clone(),
             collection: self.name.clone(),
             field: field.to_owned(),
-        };
+        }
+    }
+
+    /// Adds a secondary index on `field`; returns false if it existed.
+    pub async fn create_index(&self, field: &str) -> Result<bool, Error> {
+        let params = self.index_params(field);
         Ok(self
             .db
             .client
@@ -792,11 +796,7 @@ impl Collection {
     /// Removes the secondary index on `field`; returns false if there was
     /// none.
     pub async fn drop_index(&self, field: &str) -> Result<bool, Error> {
-        let params = api::IndexParams {
-            db: self.db.name.clone(),
-            collection: self.name.clone(),
-            field: field.to_owned(),
-        };
+        let params = self.index_params(field);
         Ok(self
             .db
             .client

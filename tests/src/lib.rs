@@ -173,6 +173,20 @@ pub async fn put_numbered(
     Ok(())
 }
 
+/// Fails the test unless the agent behind `client` says, in `status`,
+/// that its last run did not stop cleanly, so its writes now count under
+/// a new write incarnation.
+pub async fn assert_unclean_start(client: &blazedb::Client, context: &str) {
+    let status = client.status().await.expect("status");
+    assert!(
+        status
+            .new_incarnation
+            .as_deref()
+            .is_some_and(|w| w.contains("did not stop cleanly")),
+        "{context}: a killed agent's status names the unclean stop: {status:?}"
+    );
+}
+
 /// Copies everything in the directory `from` into the directory `to`
 /// with `cp -a` (keeping modes and times, making new inodes), as a user
 /// backing up or cloning a data directory would.

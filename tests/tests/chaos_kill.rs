@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use blazedb::{Client, Durability, Fields, FilterOp, Value};
-use blazedb_tests::{Rng, TestAgent};
+use blazedb_tests::{Rng, TestAgent, assert_unclean_start};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_blazed-test-agent");
 const WRITERS: u64 = 6;
@@ -267,14 +267,7 @@ async fn kill_9_under_mixed_load_loses_no_acknowledged_write() {
 
         agent.restart().await.expect("restart");
         let client = agent.client().await.expect("client");
-        let status = client.status().await.expect("status");
-        assert!(
-            status
-                .new_incarnation
-                .as_deref()
-                .is_some_and(|w| w.contains("did not stop cleanly")),
-            "round {round}: a killed agent's status names the unclean stop: {status:?}"
-        );
+        assert_unclean_start(&client, &format!("round {round}")).await;
         let found: State = client
             .db("chaos")
             .collection("items")

@@ -86,14 +86,7 @@ async fn acknowledged_writes_survive_kill_9(durability: Durability) {
     let client = agent.client().await.expect("client");
     // A killed agent cannot prove its store is as it left it: its writes
     // from now on count under a new write incarnation, and status says so.
-    let status = client.status().await.expect("status");
-    assert!(
-        status
-            .new_incarnation
-            .as_deref()
-            .is_some_and(|w| w.contains("did not stop cleanly")),
-        "{status:?}"
-    );
+    blazedb_tests::assert_unclean_start(&client, "after kill -9").await;
     let items = client.db("load").collection("items");
     for (id, v) in &acked {
         let rec = items.get_record(id).await.expect("get").unwrap_or_else(|| {
