@@ -8,8 +8,9 @@
 //! - an index: it is cleared and built again from the records;
 //! - the records or the change log: every record that can still be read
 //!   (scanning forwards up to the damage and backwards down to it) is
-//!   kept, the log and indexes start over, and the database forgets which
-//!   operations it holds and asks its peers for a whole state that
+//!   kept and merged back in as a snapshot would be (logged for
+//!   subscribers, indexed), the old log goes, and the database forgets
+//!   which operations it holds and asks its peers for a whole state that
 //!   replaces its own, as after a restore. A database that syncs with
 //!   nobody keeps only what could be read.
 //!
@@ -21,7 +22,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use blazedb_proto::api::SyncMode;
-use blazedb_proto::codec;
+use blazedb_proto::{SnapshotRecord, codec};
 use fjall::{Keyspace, PersistMode, Slice};
 use serde::Serialize;
 
@@ -83,14 +84,16 @@ fn check(ks: &Keyspace) -> KeyspaceCheck {
     }
 }
 
-/// Scans every database in `dbs` and, when `rebuild` is set, rebuilds the
-/// damaged ones (see the module documentation).
+/// Scans every database in `dbs`. When `rebuild` is set, it rebuilds the
+/// damaged indexes here, and clears each database whose records or log
+/// are damaged: those come back with the records still readable, which
+/// the caller merges back (as a snapshot, so they are logged and indexed).
 pub(super) fn run(
     fj: &fjall::Database,
     meta: &Keyspace,
     dbs: &[std::sync::Arc<DbState>],
     rebuild: bool,
-) -> Result<Vec<DbRepair>, StoreError> {
+) -> Result<Vec<(DbRepair, Option<Vec<SnapshotRecord>>)>, StoreError> {
     let mut out = Vec::new();
     for db in dbs {
         let mut found = DbRepair {
@@ -100,18 +103,29 @@ pub(super) fn run(
             index: check(&db.index),
             rebuilt: None,
         };
+        let mut kept = None;
         if rebuild && found.damaged() {
-            found.rebuilt = Some(
-                if found.records.damage.is_none() && found.log.damage.is_none() {
-                    db.index.clear()?;
-                    rebuild_indexes(fj, db)?;
-                    "cleared its indexes and built them again from the records".to_owned()
+            if found.records.damage.is_none() && found.log.damage.is_none() {
+                db.index.clear()?;
+                rebuild_indexes(fj, db)?;
+                found.rebuilt =
+                    Some("cleared its indexes and built them again from the records".to_owned());
+            } else {
+                let records = start_over(fj, meta, db)?;
+                let from_peers = if db.settings().sync_mode == SyncMode::Local {
+                    "it syncs with nobody, so the rest is lost"
                 } else {
-                    start_over(fj, meta, db)?
-                },
-            );
+                    "peers send the rest at the next start"
+                };
+                found.rebuilt = Some(format!(
+                    "kept the {} records that could be read and started the change log over; \
+                     {from_peers}",
+                    records.len()
+                ));
+                kept = Some(records);
+            }
         }
-        out.push(found);
+        out.push((found, kept));
     }
     Ok(out)
 }
@@ -131,15 +145,17 @@ fn salvage(ks: &Keyspace) -> BTreeMap<Slice, Slice> {
     kept
 }
 
-fn start_over(fj: &fjall::Database, meta: &Keyspace, db: &DbState) -> Result<String, StoreError> {
+/// Clears `db` and makes it a replica that holds no operation and asks
+/// peers for a whole state; returns the records that could be read.
+fn start_over(
+    fj: &fjall::Database,
+    meta: &Keyspace,
+    db: &DbState,
+) -> Result<Vec<SnapshotRecord>, StoreError> {
     let kept = salvage(&db.records);
     db.records.clear()?;
     db.log.clear()?;
     db.index.clear()?;
-    let mut batch = fj.batch().durability(Some(PersistMode::SyncAll));
-    for (k, v) in &kept {
-        batch.insert(&db.records, k.clone(), v.clone());
-    }
     let old = lock(&db.sync).clone();
     let mut log = old.log;
     log.restart(0);
@@ -149,25 +165,23 @@ fn start_over(fj: &fjall::Database, meta: &Keyspace, db: &DbState) -> Result<Str
         epoch: new_epoch(),
         clock: old.clock,
         max_priority: old.max_priority,
-        wish: old.wish.clone(),
+        wish: old.wish,
         peers: old.peers,
         restored: true,
         log,
         ..SyncMeta::default()
     };
+    let mut batch = fj.batch().durability(Some(PersistMode::SyncAll));
     batch.insert(meta, sync_meta_key(db.id), codec::to_vec(&sync)?);
     batch.commit()?;
     *lock(&db.sync) = sync;
-    rebuild_indexes(fj, db)?;
-    let from_peers = if db.settings().sync_mode == SyncMode::Local {
-        "it syncs with nobody, so the rest is lost"
-    } else {
-        "peers send the rest at the next start"
-    };
-    Ok(format!(
-        "kept the {} records that could be read and started the change log over; {from_peers}",
-        kept.len()
-    ))
+    Ok(kept
+        .into_iter()
+        .map(|(k, v)| SnapshotRecord {
+            key: k.to_vec(),
+            state: v.to_vec(),
+        })
+        .collect())
 }
 
 /// Builds every index of `db` from its records.
@@ -296,12 +310,17 @@ mod tests {
         drop(store);
 
         let store = Store::open(dir.path(), device, Default::default()).expect("reopen");
-        let info = store.list().into_iter().next().expect("the database");
-        assert_eq!(info.head, 0, "the change log started over");
-        assert!(
-            store.db("d").expect("db").sync_meta().restored,
-            "it asks peers for a whole state"
-        );
+        let db = store.db("d").expect("db");
+        // The change log holds the kept records alone, as changes a
+        // snapshot brought (seq 0), so a subscriber from 0 sees each.
+        let logged: Vec<_> = crate::store::oplog::after(&db.log, 0)
+            .map(|e| e.expect("entry").op().expect("op"))
+            .collect();
+        assert_eq!(logged.len() as u64, kept);
+        assert!(logged.iter().all(|op| op.seq == 0));
+        assert!(db.sync_meta().restored, "it asks peers for a whole state");
+        assert_ne!(db.log_id(), 0);
+        drop(db);
         rt.block_on(store.shutdown()).expect("shut down");
     }
 }

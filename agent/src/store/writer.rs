@@ -651,10 +651,7 @@ impl Writer {
                     reply,
                 } => reply(self.set_settings(&db, priority, durability)),
                 Command::SetPeers { db, peers, reply } => reply(self.set_peers(&db, peers)),
-                Command::Repair { rebuild, reply } => {
-                    let dbs: Vec<_> = read_lock(&self.store.inner.dbs).values().cloned().collect();
-                    reply(super::repair::run(&self.fj, &self.meta, &dbs, rebuild))
-                }
+                Command::Repair { rebuild, reply } => reply(self.repair(rebuild)),
                 Command::Index {
                     db,
                     collection,
@@ -1175,6 +1172,21 @@ impl Writer {
             self.store.notify(StoreNotice::Changed(name.to_owned()));
         }
         Ok(self.store.info_of(&db))
+    }
+
+    /// Runs `blazed repair` on every database (see [`super::repair`]):
+    /// the records kept from a damaged database are merged back as a
+    /// snapshot is, so they are logged for subscribers and indexed.
+    fn repair(&mut self, rebuild: bool) -> Result<Vec<super::repair::DbRepair>, StoreError> {
+        let dbs: Vec<_> = read_lock(&self.store.inner.dbs).values().cloned().collect();
+        let mut out = Vec::new();
+        for (found, kept) in super::repair::run(&self.fj, &self.meta, &dbs, rebuild)? {
+            if let Some(records) = kept.filter(|r| !r.is_empty()) {
+                self.merge_snapshot(&found.db, records, None, None)?;
+            }
+            out.push(found);
+        }
+        Ok(out)
     }
 
     /// Makes `settings` the database's, durably, and tells sync: later
