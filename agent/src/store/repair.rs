@@ -29,6 +29,9 @@ use serde::Serialize;
 use super::record::StoredRecord;
 use super::{DbState, StoreError, SyncMeta, keys, lock, new_epoch, read_lock, sync_meta_key};
 
+/// The records kept from a database that starts over.
+pub(super) type Kept = Vec<SnapshotRecord>;
+
 /// What a scan of one keyspace found.
 #[derive(Debug, Clone, Serialize)]
 pub struct KeyspaceCheck {
@@ -93,7 +96,7 @@ pub(super) fn run(
     meta: &Keyspace,
     dbs: &[std::sync::Arc<DbState>],
     rebuild: bool,
-) -> Result<Vec<(DbRepair, Option<Vec<SnapshotRecord>>)>, StoreError> {
+) -> Result<Vec<(DbRepair, Option<Kept>)>, StoreError> {
     let mut out = Vec::new();
     for db in dbs {
         let mut found = DbRepair {
