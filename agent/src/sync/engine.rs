@@ -1870,10 +1870,12 @@ impl<S: SyncStore> Engine<S> {
         }
         // Per replica, the latest clock reading before which all its
         // operations are held everywhere; the earliest of those bounds the
-        // tombstones that may go.
+        // tombstones that may go. A replica's operations are those of
+        // every write incarnation it reported: after a restore its new
+        // writer's deletes must be everywhere before their tombstones go.
         let usable = |m: &DeviceId, reports: &mut dyn Iterator<Item = &Report>| {
             reports
-                .filter(|r| r.vector.get(m) <= stable.get(m))
+                .filter(|r| r.vector.writers_of(m).all(|(w, seq)| *seq <= stable.get(w)))
                 .map(|r| r.clock)
                 .max()
                 .unwrap_or_default()
