@@ -326,6 +326,14 @@ impl TestAgent {
         self.dir.path().join("data")
     }
 
+    /// Replaces the (stopped) agent's data directory with a copy of
+    /// `backup`, as a user restoring a backup would.
+    pub fn restore_data_dir(&self, backup: &Path) {
+        std::fs::remove_dir_all(self.data_dir()).expect("remove the data directory");
+        std::fs::create_dir(self.data_dir()).expect("make the data directory");
+        copy_dir(backup, &self.data_dir());
+    }
+
     /// The agent's socket.
     pub fn socket(&self) -> PathBuf {
         self.dir.path().join("run").join("blazed.sock")

@@ -333,9 +333,7 @@ async fn a_cursor_handed_out_again_after_a_restore_is_refused() {
 
     // The disk goes back to the backup; the agent writes seven others.
     agent.stop().await.expect("stop");
-    std::fs::remove_dir_all(agent.data_dir()).expect("wipe");
-    std::fs::create_dir(agent.data_dir()).expect("mkdir");
-    blazedb_tests::copy_dir(backup.path(), &agent.data_dir());
+    agent.restore_data_dir(backup.path());
     agent.restart().await.expect("start the restored copy");
     let client = agent.client().await.expect("client");
     put(client.clone(), 100, 7).await;

@@ -441,9 +441,7 @@ async fn a_device_restored_from_a_backup_loses_no_write_and_reuses_no_seq() {
     // A's disk goes back to the backup, and A writes again while offline
     // from B's point of view until it links again.
     agents[0].stop().await.expect("stop a again");
-    std::fs::remove_dir_all(agents[0].data_dir()).expect("wipe a");
-    std::fs::create_dir(agents[0].data_dir()).expect("mkdir");
-    copy_dir(backup.path(), &agents[0].data_dir());
+    agents[0].restore_data_dir(backup.path());
     agents[0].restart().await.expect("start the restored a");
     let a = agents[0].client().await.expect("client a");
     let status = a.status().await.expect("status");
