@@ -270,6 +270,11 @@ pub enum SyncMessage {
         /// its durability and conflict priority.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         settings: Option<crate::api::DbSettings>,
+        /// The sender's write incarnation ([`DeviceId::writer`]; 0 for
+        /// its first): a receiver tells which of a device's incarnations
+        /// is still running, two copies of one disk included.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        incarnation: u32,
     },
     /// One part of a sealed checkpoint of an end-to-end encrypted
     /// database: its records as of `vector`, encoded and sealed part by
@@ -404,6 +409,11 @@ impl SyncMessage {
     }
 }
 
+/// Whether an incarnation is the first, left out of an encoded message.
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -492,6 +502,7 @@ mod tests {
                     vector,
                     want: epoch % 2 == 0,
                     sends: epoch % 4 == 0,
+                    incarnation: (epoch % 3) as u32,
                     settings: (epoch % 6 == 0).then(|| crate::api::DbSettings {
                         priority: (epoch % 100) as u8,
                         ..Default::default()

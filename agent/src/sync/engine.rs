@@ -74,6 +74,11 @@ pub struct EngineConfig {
     pub announce_ms: u64,
     /// How often compaction runs.
     pub compact_ms: u64,
+    /// How much later (by its reports' clocks) another write incarnation
+    /// of a device must have reported, holding all this one wrote, before
+    /// this one counts as gone and stops holding compaction back. Until
+    /// then two copies of one device (a cloned disk) both count.
+    pub retire_after_ms: u64,
     /// This replica links with many (a hub): to a peer that is not a hub
     /// it sends its own report and what every replica holds ([`Stable`]),
     /// not every replica's report, which with a thousand devices would be
@@ -108,6 +113,7 @@ impl Default for EngineConfig {
             max_retransmit_ms: 60_000,
             announce_ms: 10_000,
             compact_ms: 60_000,
+            retire_after_ms: 600_000,
             summarize: false,
             checkpoint_ops: 10_000,
             checkpoint_wait_ms: 30_000,
@@ -521,6 +527,20 @@ pub struct Engine<S> {
     epochs: BTreeMap<(DeviceId, String), Epoch>,
     /// Per database, recent reports of each replica, oldest first.
     reports: BTreeMap<String, BTreeMap<DeviceId, VecDeque<Report>>>,
+    /// Per database, when each write incarnation's latest report reached
+    /// this replica: one not heard of for long while another incarnation
+    /// of its device reports is gone ([`retired`]).
+    heard: BTreeMap<String, BTreeMap<DeviceId, u64>>,
+    /// Per database, the write incarnations found gone, with their last
+    /// report: a peer passing that report on again does not bring them
+    /// back, a newer one does.
+    gone: BTreeMap<String, BTreeMap<DeviceId, ReportMark>>,
+    /// Per database, write incarnations of members that wrote operations
+    /// held here but have not reported here, and since when this replica
+    /// knows of them: they hold compaction back until found gone.
+    unreported: BTreeMap<String, BTreeMap<DeviceId, u64>>,
+    /// The latest time the driver passed in.
+    now: u64,
     /// The latest vector each peer sent for a database not synced here,
     /// taken up if the database is added.
     parked: BTreeMap<(DeviceId, String), Parked>,
@@ -590,6 +610,10 @@ impl<S: SyncStore> Engine<S> {
             arrivals: lag::Arrivals::default(),
             epochs: BTreeMap::new(),
             reports: BTreeMap::new(),
+            heard: BTreeMap::new(),
+            gone: BTreeMap::new(),
+            unreported: BTreeMap::new(),
+            now,
             parked: BTreeMap::new(),
             outbox: VecDeque::new(),
             events: VecDeque::new(),
@@ -763,6 +787,9 @@ impl<S: SyncStore> Engine<S> {
         self.epochs.retain(|(_, d), _| d != db);
         self.arrivals.forget(db);
         self.reports.remove(db);
+        self.heard.remove(db);
+        self.gone.remove(db);
+        self.unreported.remove(db);
         self.stable_from.remove(db);
     }
 
@@ -773,7 +800,7 @@ impl<S: SyncStore> Engine<S> {
     pub fn set_members(&mut self, members: Vec<DeviceId>) {
         let keep: BTreeSet<DeviceId> = members.iter().copied().collect();
         for hist in self.reports.values_mut() {
-            hist.retain(|d, _| keep.contains(d) || *d == self.me);
+            hist.retain(|w, _| keep.range(w.writers()).next().is_some() || w.same_device(&self.me));
         }
         self.config.members = members;
     }
@@ -826,6 +853,7 @@ impl<S: SyncStore> Engine<S> {
 
     /// A message from `peer` arrived.
     pub fn handle(&mut self, peer: DeviceId, msg: SyncMessage, now: u64) {
+        self.now = self.now.max(now);
         if !self.links.contains_key(&peer) {
             return;
         }
@@ -844,7 +872,14 @@ impl<S: SyncStore> Engine<S> {
                 blind,
                 sends,
                 settings,
+                incarnation,
             } => {
+                // The sender's write incarnation is running: it counts as
+                // heard from, whether or not its report changed.
+                self.heard
+                    .entry(db.clone())
+                    .or_default()
+                    .insert(peer.writer(incarnation), now);
                 let have = self.store.sync_state(&db);
                 if have.is_none() && (want || sends) {
                     self.events.push_back(Event::UnknownDatabase {
@@ -931,6 +966,7 @@ impl<S: SyncStore> Engine<S> {
     /// Time passed: send again what was not acknowledged, announce vectors
     /// and compact when due.
     pub fn handle_timeout(&mut self, now: u64) {
+        self.now = self.now.max(now);
         let mut rewind = Vec::new();
         for (peer, streams) in &mut self.links {
             for (db, s) in streams.iter_mut() {
@@ -985,8 +1021,10 @@ impl<S: SyncStore> Engine<S> {
 
     fn own_report(&self, db: &str) -> Option<Report> {
         let s = self.store.sync_state(db)?;
+        // Reported as this write incarnation: a copy of this device running
+        // elsewhere reports as another, and both must count.
         Some(Report {
-            device: self.me,
+            device: self.store.writer(),
             epoch: s.epoch,
             vector: s.vector,
             clock: s.clock,
@@ -1044,7 +1082,7 @@ impl<S: SyncStore> Engine<S> {
                     .get(db)
                     .into_iter()
                     .flat_map(|m| m.iter())
-                    .filter(|(d, _)| **d != self.me)
+                    .filter(|(w, _)| **w != self.store.writer())
                     .filter_map(|(_, h)| h.back().cloned())
                     .collect()
             };
@@ -1112,6 +1150,7 @@ impl<S: SyncStore> Engine<S> {
                 lacking,
                 sealed,
                 blind,
+                incarnation: self.me.incarnation_of(&self.store.writer()).unwrap_or(0),
             },
         ));
     }
@@ -1166,6 +1205,14 @@ impl<S: SyncStore> Engine<S> {
     }
 
     fn note_report(&mut self, db: &str, r: Report) {
+        if let Some(gone) = self.gone.get_mut(db)
+            && let Some(last) = gone.get(&r.device)
+        {
+            if mark(&r) <= *last {
+                return;
+            }
+            gone.remove(&r.device);
+        }
         let hist = self
             .reports
             .entry(db.to_owned())
@@ -1182,6 +1229,10 @@ impl<S: SyncStore> Engine<S> {
                 return;
             }
         }
+        self.heard
+            .entry(db.to_owned())
+            .or_default()
+            .insert(r.device, self.now);
         hist.push_back(r);
         if hist.len() > REPORT_HISTORY {
             hist.pop_front();
@@ -1235,7 +1286,7 @@ impl<S: SyncStore> Engine<S> {
             *s = Stream::new(now, rto, s.view.clone());
             s.force_snapshot = true;
             if let Some(m) = self.reports.get_mut(&db) {
-                m.remove(&peer);
+                m.retain(|w, _| !w.same_device(&peer));
             }
             self.events.push_back(Event::EpochChanged {
                 db: db.clone(),
@@ -1275,7 +1326,7 @@ impl<S: SyncStore> Engine<S> {
             s.cursor = 0;
         }
         for r in reports {
-            if r.device != self.me {
+            if r.device != self.store.writer() {
                 self.note_report(&db, r);
             }
         }
@@ -1838,6 +1889,7 @@ impl<S: SyncStore> Engine<S> {
         if self.config.members.is_empty() {
             return;
         }
+        self.forget_retired(db);
         let Some((stable, horizon)) = self.own_stable(db).or_else(|| self.peer_stable(db)) else {
             return;
         };
@@ -1852,40 +1904,124 @@ impl<S: SyncStore> Engine<S> {
         }
     }
 
+    /// Drops the reports of write incarnations that are gone, so that a
+    /// device restarting after many crashes leaves one entry, not many,
+    /// and notes since when members' writers that never reported here are
+    /// known.
+    fn forget_retired(&mut self, db: &str) {
+        let Some(mine) = self.own_report(db) else {
+            return;
+        };
+        let latest = self.latest_reports(db, &mine);
+        let silent = self.silent_writers(db, &latest);
+        let gone: BTreeMap<DeviceId, ReportMark> =
+            retired(&latest, &silent, self.config.retire_after_ms)
+                .into_iter()
+                .filter_map(|w| Some((w, mark(latest.get(&w)?.0))))
+                .collect();
+        let reported: BTreeSet<DeviceId> = latest.keys().copied().collect();
+        if let Some(hist) = self.reports.get_mut(db) {
+            hist.retain(|w, _| !gone.contains_key(w));
+        }
+        if let Some(heard) = self.heard.get_mut(db) {
+            heard.retain(|w, _| !gone.contains_key(w));
+        }
+        self.gone.entry(db.to_owned()).or_default().extend(gone);
+        let unreported = self.unreported.entry(db.to_owned()).or_default();
+        unreported.retain(|w, _| !reported.contains(w));
+        unreported.extend(silent);
+    }
+
+    /// The writers of members that wrote operations some report (this
+    /// replica's own included) shows but that never reported here, with
+    /// since when this replica knows of them.
+    fn silent_writers(&self, db: &str, latest: &Latest<'_>) -> BTreeMap<DeviceId, u64> {
+        let members: BTreeSet<DeviceId> = self.config.members.iter().copied().collect();
+        let known = self.unreported.get(db);
+        latest
+            .values()
+            .flat_map(|(r, _)| r.vector.iter())
+            .map(|(w, _)| *w)
+            .filter(|w| !latest.contains_key(w) && members.range(w.writers()).next().is_some())
+            .map(|w| {
+                (
+                    w,
+                    known.and_then(|k| k.get(&w)).copied().unwrap_or(self.now),
+                )
+            })
+            .collect()
+    }
+
+    /// The latest report of every write incarnation heard from, with when
+    /// it was heard, this replica's own (`mine`, heard now) included.
+    fn latest_reports<'a>(&'a self, db: &str, mine: &'a Report) -> Latest<'a> {
+        let heard = self.heard.get(db);
+        let mut latest: Latest<'a> = self
+            .reports
+            .get(db)
+            .into_iter()
+            .flatten()
+            .filter_map(|(w, h)| {
+                let at = heard.and_then(|h| h.get(w)).copied().unwrap_or(0);
+                Some((*w, (h.back()?, at)))
+            })
+            .collect();
+        latest.insert(mine.device, (mine, self.now));
+        latest
+    }
+
     /// What every replica holds and the tombstone horizon, from the
     /// reports of every member; `None` while one has not reported.
+    ///
+    /// A replica is each write incarnation that reported and is not gone
+    /// ([`retired`]): two copies of one device's disk running at once are
+    /// two replicas, and each must hold an operation before it counts as
+    /// held everywhere.
     fn own_stable(&self, db: &str) -> Option<(VersionVector, Hlc)> {
         if self.config.members.is_empty() {
             return None;
         }
         let mine = self.own_report(db)?;
         let hist = self.reports.get(db);
-        let mut members: BTreeSet<DeviceId> = self.config.members.iter().copied().collect();
-        members.extend(hist.into_iter().flat_map(|m| m.keys().copied()));
-        members.remove(&self.me);
+        let mut latest = self.latest_reports(db, &mine);
+        let silent = self.silent_writers(db, &latest);
+        let gone = retired(&latest, &silent, self.config.retire_after_ms);
+        if silent.keys().any(|w| !gone.contains(w)) {
+            // A writer that never reported here may be a copy of a device
+            // still running: what it holds is not known.
+            return None;
+        }
+        latest.retain(|w, _| !gone.contains(w));
+        let reported = |m: &DeviceId| latest.range(m.writers()).next().is_some();
+        if !self.config.members.iter().all(reported) {
+            return None;
+        }
         let mut stable = mine.vector.clone();
-        for m in &members {
-            let r = hist.and_then(|h| h.get(m)).and_then(|h| h.back())?;
+        for (r, _) in latest.values() {
             stable = stable.meet(&r.vector);
         }
         // Per replica, the latest clock reading before which all its
         // operations are held everywhere; the earliest of those bounds the
         // tombstones that may go. A replica's operations are those of
-        // every write incarnation it reported: after a restore its new
-        // writer's deletes must be everywhere before their tombstones go.
-        let usable = |m: &DeviceId, reports: &mut dyn Iterator<Item = &Report>| {
+        // every write incarnation of its device it reported: after a
+        // restore its new writer's deletes must be everywhere before their
+        // tombstones go.
+        let usable = |w: &DeviceId, reports: &mut dyn Iterator<Item = &Report>| {
             reports
-                .filter(|r| r.vector.writers_of(m).all(|(w, seq)| *seq <= stable.get(w)))
+                .filter(|r| r.vector.writers_of(w).all(|(w, seq)| *seq <= stable.get(w)))
                 .map(|r| r.clock)
                 .max()
                 .unwrap_or_default()
         };
-        let own_hist = hist.and_then(|h| h.get(&self.me));
-        let mut horizon = usable(&self.me, &mut own_hist.into_iter().flatten().chain([&mine]));
-        for m in &members {
-            let h = hist.and_then(|h| h.get(m));
-            horizon = horizon.min(usable(m, &mut h.into_iter().flatten()));
-        }
+        let horizon = latest
+            .keys()
+            .map(|w| {
+                let h = hist.and_then(|h| h.get(w)).into_iter().flatten();
+                let own = (*w == mine.device).then_some(&mine);
+                usable(w, &mut h.chain(own))
+            })
+            .min()
+            .unwrap_or_default();
         Some((stable, horizon))
     }
 
@@ -1909,6 +2045,45 @@ impl<S: SyncStore> Engine<S> {
             error: e.to_string(),
         });
     }
+}
+
+/// The latest report of each write incarnation, with when it was heard.
+type Latest<'a> = BTreeMap<DeviceId, (&'a Report, u64)>;
+
+/// The write incarnations among `latest` and `silent` (writers that
+/// never reported, with since when they are known) that are gone: another
+/// incarnation of the same device was heard from at least `after_ms`
+/// after this one last was (or became known), holding every operation of
+/// this one's that any report shows. That is a restart after a crash or a
+/// restore, whose old writer never reports again; two copies of one disk
+/// both running keep reporting, and both keep counting.
+fn retired(
+    latest: &Latest<'_>,
+    silent: &BTreeMap<DeviceId, u64>,
+    after_ms: u64,
+) -> BTreeSet<DeviceId> {
+    let wrote = |w: &DeviceId| {
+        latest
+            .values()
+            .map(|(r, _)| r.vector.get(w))
+            .max()
+            .unwrap_or(0)
+    };
+    let last_heard = latest
+        .iter()
+        .map(|(w, (_, at))| (w, *at))
+        .chain(silent.iter().map(|(w, at)| (w, *at)));
+    last_heard
+        .filter(|(w, old)| {
+            let wrote = wrote(w);
+            latest.range(w.writers()).any(|(other, (newer, heard))| {
+                other != *w
+                    && *heard >= old.saturating_add(after_ms)
+                    && newer.vector.get(w) >= wrote
+            })
+        })
+        .map(|(w, _)| *w)
+        .collect()
 }
 
 #[cfg(test)]
@@ -2278,6 +2453,102 @@ mod tests {
                 "replica {d} did not compact what every replica holds"
             );
         }
+    }
+
+    /// Engines for devices 1 and 2 announcing and compacting every second;
+    /// a write incarnation is gone after 30 s of silence.
+    fn quick(n: u8, store: MemoryStore) -> Engine<MemoryStore> {
+        let config = EngineConfig {
+            members: vec![dev(1), dev(2)],
+            announce_ms: 1_000,
+            compact_ms: 1_000,
+            retire_after_ms: 30_000,
+            ..EngineConfig::default()
+        };
+        Engine::new(dev(n), store, config, T0)
+    }
+
+    fn store_of(n: u8) -> MemoryStore {
+        let mut store = MemoryStore::new(dev(n));
+        store.create_db(DB, u64::from(n) * 10, SyncMode::Sync, 0);
+        store
+    }
+
+    /// Runs both engines' timers for `ms`, a second at a time, exchanging
+    /// what they send; returns the time reached.
+    fn run_for(
+        a: &mut Engine<MemoryStore>,
+        b: &mut Engine<MemoryStore>,
+        from: u64,
+        ms: u64,
+    ) -> u64 {
+        let mut now = from;
+        while now < from + ms {
+            now += 1_000;
+            a.handle_timeout(now);
+            b.handle_timeout(now);
+            exchange(a, b, now, now);
+        }
+        now
+    }
+
+    #[test]
+    fn each_copy_of_a_cloned_device_holds_compaction_back_until_it_holds_the_ops() {
+        let b_store = store_of(2);
+        let mut c_store = b_store.clone();
+        c_store.set_incarnation(7);
+        let (mut a, mut b, mut c) = (quick(1, store_of(1)), quick(2, b_store), quick(2, c_store));
+        // The copy C runs first: A hears from it. Then B's session pushes
+        // C's out, and B takes A's write.
+        connect(&mut a, &mut c, T0);
+        exchange(&mut a, &mut c, T0, T0);
+        a.disconnected(&dev(2));
+        connect(&mut a, &mut b, T0);
+        put(&mut a, T0, "x", 1);
+        let now = run_for(&mut a, &mut b, T0, 5_000);
+        assert_eq!(b.store().vector(DB).get(&dev(1)), 1);
+        assert_eq!(
+            a.store().log_len(DB),
+            1,
+            "compacted an operation the copy C lacks"
+        );
+        // C's session again: once it holds the write, it may go.
+        a.disconnected(&dev(2));
+        connect(&mut a, &mut c, now);
+        run_for(&mut a, &mut c, now, 3_000);
+        assert_eq!(c.store().vector(DB).get(&dev(1)), 1);
+        assert_eq!(a.store().log_len(DB), 0, "compaction never went on");
+    }
+
+    #[test]
+    fn a_write_incarnation_silent_after_a_restart_stops_holding_compaction_back() {
+        let (mut a, mut b) = (quick(1, store_of(1)), quick(2, store_of(2)));
+        connect(&mut a, &mut b, T0);
+        exchange(&mut a, &mut b, T0, T0);
+        // B restarts after a crash in a new write incarnation; its old one
+        // never reports again.
+        a.disconnected(&dev(2));
+        let mut store = b.into_store();
+        store.set_incarnation(9);
+        let mut b = quick(2, store);
+        connect(&mut a, &mut b, T0);
+        put(&mut a, T0, "x", 1);
+        let now = run_for(&mut a, &mut b, T0, 20_000);
+        assert_eq!(
+            a.store().log_len(DB),
+            1,
+            "the old incarnation counted as gone at once"
+        );
+        run_for(&mut a, &mut b, now, 15_000);
+        assert_eq!(
+            a.store().log_len(DB),
+            0,
+            "the old incarnation held compaction back for good"
+        );
+        assert!(
+            !a.reports[DB].contains_key(&dev(2)),
+            "the gone incarnation's reports are kept"
+        );
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! `cargo test -p blazed --test sim` checks 1,000 seeds. Run any number
 //! with `BLAZEDB_SIM_SEEDS=N` (starting at `BLAZEDB_SIM_FIRST`, default 0),
 //! or one with `BLAZEDB_SIM_SEED=S` (add `BLAZEDB_SIM_TRACE=1` to see every
-//! event). A failing seed prints the command that replays it.
+//! event, `BLAZEDB_SIM_TRACE=records` to also see every node's records
+//! change). A failing seed prints the command that replays it.
 
 #![allow(clippy::unwrap_used)]
 
@@ -91,6 +92,10 @@ fn seeds_converge() {
         assert!(
             total.restores > 0,
             "no node was restored from a backup: {total:?}"
+        );
+        assert!(
+            total.clones > 0,
+            "no node's disk was copied to run beside it: {total:?}"
         );
     }
 }

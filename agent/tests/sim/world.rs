@@ -79,6 +79,9 @@ pub(crate) struct Scenario {
     /// Whether nodes back their disks up and are restored from the
     /// backups (going back in time) along the way.
     pub(crate) restores: bool,
+    /// Whether a node's disk is copied along the way and the copy runs
+    /// beside it under the same device id (a cloned disk).
+    pub(crate) clones: bool,
 }
 
 impl Scenario {
@@ -110,6 +113,7 @@ impl Scenario {
             removal: None,
             access: None,
             restores: false,
+            clones: false,
         };
         if r.chance(0.3) {
             // In a chain only the last node can go without cutting the
@@ -137,6 +141,8 @@ impl Scenario {
         // by a replica gone back in time): runs keep them apart.
         scenario.restores =
             r.chance(0.4) && scenario.access.is_none() && scenario.removal.is_none();
+        // After the restores, for the same reason.
+        scenario.clones = scenario.restores && r.chance(0.5);
         scenario
     }
 
@@ -159,6 +165,9 @@ impl Scenario {
 
 struct Node<R: Replica> {
     id: DeviceId,
+    /// The node whose disk this one was copied from, for a clone: it runs
+    /// under the same device id, and links where that node may.
+    twin_of: Option<usize>,
     engine: Option<Engine<R>>,
     /// The store of a crashed node: what it had on disk.
     disk: Option<R::Disk>,
@@ -188,6 +197,7 @@ pub(crate) struct Stats {
     pub(crate) writes: u64,
     pub(crate) crashes: u64,
     pub(crate) restores: u64,
+    pub(crate) clones: u64,
     pub(crate) partitions: u64,
     pub(crate) snapshots: u64,
     pub(crate) compacted_ops: u64,
@@ -205,6 +215,7 @@ impl std::ops::AddAssign for Stats {
         self.writes += o.writes;
         self.crashes += o.crashes;
         self.restores += o.restores;
+        self.clones += o.clones;
         self.partitions += o.partitions;
         self.snapshots += o.snapshots;
         self.compacted_ops += o.compacted_ops;
@@ -239,8 +250,12 @@ pub(crate) struct World<R: Replica> {
     /// Every write any node acknowledged.
     acked: Vec<Op>,
     trace: bool,
+    /// Trace every node's record changes, not only partial replicas'.
+    trace_records: bool,
     next_write: u64,
     next_fault: u64,
+    /// When peers' sessions with a cloned device next switch copies.
+    next_flap: u64,
     removal: Option<Removal>,
     /// The operations replicas wrote to undo a removed node's late writes
     /// and writes refused under the access rules.
@@ -281,6 +296,7 @@ impl<R: Replica> World<R> {
                 let store = R::create(device(i), rng.next() >> 1, priority);
                 Node {
                     id: device(i),
+                    twin_of: None,
                     engine: None,
                     disk: Some(store),
                     backup: None,
@@ -292,6 +308,7 @@ impl<R: Replica> World<R> {
             })
             .collect();
         let trace = std::env::var_os("BLAZEDB_SIM_TRACE").is_some();
+        let trace_records = std::env::var("BLAZEDB_SIM_TRACE").is_ok_and(|v| v == "records");
         let mut w = World {
             stats: Stats::default(),
             t0,
@@ -306,8 +323,10 @@ impl<R: Replica> World<R> {
             generation: 0,
             acked: Vec::new(),
             trace,
+            trace_records,
             next_write: t0,
             next_fault: t0 + s.fault_every,
+            next_flap: u64::MAX,
             removal: s.removal.map(|(node, at)| Removal {
                 node,
                 at: t0 + at,
@@ -337,7 +356,31 @@ impl<R: Replica> World<R> {
     }
 
     fn members(&self) -> Vec<DeviceId> {
-        self.nodes.iter().map(|n| n.id).collect()
+        self.nodes
+            .iter()
+            .filter(|n| n.twin_of.is_none())
+            .map(|n| n.id)
+            .collect()
+    }
+
+    /// The node a clone was copied from (itself for any other node): where
+    /// it sits in the topology.
+    fn base(&self, i: usize) -> usize {
+        self.nodes[i].twin_of.unwrap_or(i)
+    }
+
+    /// Whether nodes `a` and `b` can ever talk: as their originals can,
+    /// and never two copies of one device.
+    fn linked(&self, a: usize, b: usize) -> bool {
+        let (a, b) = (self.base(a), self.base(b));
+        a != b && self.s.linked(a, b)
+    }
+
+    /// The copies of node `i`'s device, `i` included.
+    fn copies(&self, i: usize) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|j| self.nodes[*j].id == self.nodes[i].id)
+            .collect()
     }
 
     fn config(&self) -> EngineConfig {
@@ -348,6 +391,7 @@ impl<R: Replica> World<R> {
             max_retransmit_ms: 3_000,
             announce_ms: 1_000,
             compact_ms: 1_500,
+            retire_after_ms: 20_000,
             // Small enough that snapshots happen in most runs.
             snapshot_after: 200,
             window_ops: 256,
@@ -506,7 +550,16 @@ impl<R: Replica> World<R> {
         let refused = self.removal.as_ref().is_some_and(|r| {
             (a == r.node && r.told.contains(&b)) || (b == r.node && r.told.contains(&a))
         });
-        if !self.s.linked(a, b)
+        // A peer holds one session per device: while one copy of a cloned
+        // device is linked to it, the other is not.
+        let other_copy = |x: usize, y: usize| {
+            self.copies(y)
+                .into_iter()
+                .any(|c| c != y && self.links.contains_key(&pair(x, c)))
+        };
+        if !self.linked(a, b)
+            || other_copy(a, b)
+            || other_copy(b, a)
             || refused
             || self.links.contains_key(&key)
             || self.cut.contains_key(&key)
@@ -614,6 +667,12 @@ impl<R: Replica> World<R> {
                 Event::Compacted {
                     ops, tombstones, ..
                 } => {
+                    if self.trace && tombstones > 0 {
+                        eprintln!(
+                            "[{:>6}] node {i} dropped {tombstones} tombstones",
+                            self.now - self.t0
+                        );
+                    }
                     self.stats.compacted_ops += ops;
                     self.stats.tombstones += tombstones;
                 }
@@ -643,10 +702,11 @@ impl<R: Replica> World<R> {
             }
         }
         for (peer, msg) in out {
-            let Some(j) = self.nodes.iter().position(|n| n.id == peer) else {
-                continue;
-            };
-            let Some(&generation) = self.links.get(&pair(i, j)) else {
+            // The copy of the peer's device that is linked to this node.
+            let Some((j, generation)) = (0..self.nodes.len())
+                .filter(|j| self.nodes[*j].id == peer)
+                .find_map(|j| Some((j, *self.links.get(&pair(i, j))?)))
+            else {
                 continue;
             };
             if self.rng.chance(self.s.drop) {
@@ -804,8 +864,101 @@ impl<R: Replica> World<R> {
         self.flush(i);
     }
 
+    /// Copies node `i`'s disk as it is now and starts the copy beside it
+    /// under the same device id, as a cloned disk does. The copy cannot
+    /// prove it is the newest state, so it writes in a new incarnation
+    /// and is `restored`, as the agent's store makes it.
+    fn clone_node(&mut self, i: usize) {
+        let Some(copy) = self.nodes[i]
+            .engine
+            .as_ref()
+            .and_then(|e| e.store().backup())
+        else {
+            return;
+        };
+        let incarnation = loop {
+            let n = self.rng.next() as u32;
+            if n != 0 {
+                break n;
+            }
+        };
+        let c = self.nodes.len();
+        let skew = self.rng.range(0, 4001) as i64 - 2000;
+        let base = self.base(i);
+        self.nodes.push(Node {
+            id: self.nodes[i].id,
+            twin_of: Some(base),
+            engine: None,
+            disk: Some(R::restored(copy, incarnation)),
+            backup: None,
+            skew,
+            last_vector: VersionVector::new(),
+            rules_version: self.nodes[i].rules_version,
+            hears_rules_at: self.nodes[i].hears_rules_at,
+        });
+        self.stats.clones += 1;
+        self.log(|| format!("node {i}'s disk copied to node {c}, incarnation {incarnation}"));
+        self.boot(c);
+        // The copy dials every peer as it starts, and each new session
+        // pushes out the other copy's.
+        for j in 0..self.nodes.len() {
+            if let Some(k) = self
+                .copies(c)
+                .into_iter()
+                .find(|k| *k != c && self.links.contains_key(&pair(j, *k)))
+            {
+                self.unlink(j, k);
+                self.try_link(j, c);
+            }
+        }
+        if self.next_flap == u64::MAX {
+            self.next_flap = self.now + self.rng.range(200, 2_000);
+        }
+    }
+
+    /// Peers' sessions with a cloned device switch from one copy to
+    /// another, as the copies push each other's sessions out.
+    fn flap(&mut self) {
+        for c in 0..self.s.nodes {
+            let copies = self.copies(c);
+            if copies.len() < 2 {
+                continue;
+            }
+            for j in 0..self.nodes.len() {
+                let Some(&linked) = copies
+                    .iter()
+                    .find(|k| self.links.contains_key(&pair(j, **k)))
+                else {
+                    continue;
+                };
+                let others: Vec<usize> = copies
+                    .iter()
+                    .copied()
+                    .filter(|k| *k != linked && self.nodes[*k].engine.is_some())
+                    .collect();
+                if others.is_empty() || !self.rng.chance(0.5) {
+                    continue;
+                }
+                let next = others[self.rng.range(0, others.len() as u64) as usize];
+                {
+                    self.log(|| format!("node {j} switches from copy {linked} to {next}"));
+                    self.unlink(j, linked);
+                    self.try_link(j, next);
+                }
+            }
+        }
+        self.next_flap = self.now + self.rng.range(200, 2_000);
+    }
+
     fn fault(&mut self) {
         let n = self.nodes.len();
+        if self.s.clones && self.stats.clones < 2 && self.rng.chance(0.15) {
+            let i = self.rng.range(0, n as u64) as usize;
+            if self.nodes[i].engine.is_some() {
+                self.clone_node(i);
+            }
+            return;
+        }
         if self.s.restores && self.rng.chance(0.3) {
             let i = self.rng.range(0, n as u64) as usize;
             if let Some(e) = self.nodes[i].engine.as_ref() {
@@ -833,7 +986,7 @@ impl<R: Replica> World<R> {
                 let side: BTreeSet<usize> = (0..n).filter(|_| self.rng.chance(0.5)).collect();
                 for a in 0..n {
                     for b in a + 1..n {
-                        if side.contains(&a) != side.contains(&b) && self.s.linked(a, b) {
+                        if side.contains(&a) != side.contains(&b) && self.linked(a, b) {
                             self.cut.insert((a, b), until);
                             self.unlink(a, b);
                         }
@@ -845,7 +998,7 @@ impl<R: Replica> World<R> {
             _ => {
                 let a = self.rng.range(0, n as u64) as usize;
                 let b = self.rng.range(0, n as u64) as usize;
-                if self.s.linked(a, b) {
+                if self.linked(a, b) {
                     let until = self.now + self.rng.range(100, 2_000);
                     self.cut.insert(pair(a, b), until);
                     self.unlink(a, b);
@@ -901,7 +1054,7 @@ impl<R: Replica> World<R> {
             if self.trace {
                 self.log(|| format!("{} -> {}: {}", m.from, m.to, describe(&m.msg)));
             }
-            let before = (self.trace && self.final_grant(m.to).is_some())
+            let before = (self.trace && (self.trace_records || self.final_grant(m.to).is_some()))
                 .then(|| {
                     self.nodes[m.to]
                         .engine
@@ -913,7 +1066,8 @@ impl<R: Replica> World<R> {
                 e.handle(from, m.msg, wall);
             }
             if let (Some(before), Some(e)) = (before, self.nodes[m.to].engine.as_ref()) {
-                // What a partial replica's records did, key by key.
+                // What a partial replica's records did (or any node's, when
+                // tracing records), key by key.
                 let after = e.store().visible();
                 for k in before.keys().chain(after.keys()).collect::<BTreeSet<_>>() {
                     if before.get(k) != after.get(k) {
@@ -988,6 +1142,7 @@ impl<R: Replica> World<R> {
         }
         t = t.min(self.cut.values().copied().min().unwrap_or(u64::MAX));
         t = t.min(self.down.values().copied().min().unwrap_or(u64::MAX));
+        t = t.min(self.next_flap);
         if self.now < chaos_until {
             t = t.min(self.next_write).min(self.next_fault);
         }
@@ -1081,6 +1236,9 @@ impl<R: Replica> World<R> {
                 self.fault();
                 self.next_fault = self.now + self.rng.range(1, 2 * self.s.fault_every);
             }
+            if self.now >= self.next_flap {
+                self.flap();
+            }
             self.recover();
             self.spread_removal();
             self.spread_rules(false);
@@ -1110,6 +1268,9 @@ impl<R: Replica> World<R> {
                 return Err(self.divergence());
             }
             self.now = self.next_time(0);
+            if self.now >= self.next_flap {
+                self.flap();
+            }
             self.spread_removal();
             self.deliver_due()?;
             self.tick_engines()?;
@@ -1167,6 +1328,12 @@ impl<R: Replica> World<R> {
             let vals: Vec<_> = views.iter().map(|v| v.get(&k)).collect();
             if vals.iter().any(|v| *v != vals[0]) {
                 s += &format!("\n  {k:?}: {vals:?}");
+                for (i, n) in self.nodes.iter().enumerate() {
+                    let stamps = n.engine.as_ref().and_then(|e| e.store().stamps());
+                    if let Some(st) = stamps.as_ref().and_then(|st| st.get(&k)) {
+                        s += &format!("\n    node {i}: {st:?}");
+                    }
+                }
             }
         }
         s

@@ -198,6 +198,7 @@ fn engine_apply(
             blind: false,
             sends: true,
             settings: None,
+            incarnation: 0,
         },
         T0,
     );

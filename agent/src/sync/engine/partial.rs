@@ -230,11 +230,14 @@ impl<S: SyncStore> Engine<S> {
         self.refresh_views(now);
     }
 
-    /// Whether a state read at `at` holds everything `mine` holds, this
-    /// replica's own writes aside.
+    /// Whether a state read at `at` holds everything `mine` holds, the
+    /// writes of this replica's current write incarnation aside (a
+    /// replacing state keeps those). An earlier incarnation's writes are
+    /// not kept: on a copied disk they may be writes no peer holds yet.
     pub(super) fn covers_all(&self, at: &VersionVector, mine: &VersionVector) -> bool {
+        let writer = self.store.writer();
         mine.iter()
-            .all(|(o, seq)| o.same_device(&self.me) || at.get(o) >= *seq)
+            .all(|(w, seq)| *w == writer || at.get(w) >= *seq)
     }
 
     /// The writers among `ops` whose writes the store checks before it
