@@ -114,8 +114,12 @@ impl Grant {
             return None;
         };
         let own = |field: &str| stamps.fields.get(field).is_some_and(|(o, _)| *o == me);
-        let all_own = stamps.fields.values().all(|(o, _)| *o == me)
-            && stamps.base.is_none_or(|(o, _)| o == me);
+        // Only what shows is another's write: another's delete, or a
+        // field it removed, under the replica's own later writes shows
+        // nothing of the other's (a deleted record comes to a partial
+        // replica as its stamps, without values).
+        let all_own = held.keys().all(|f| own(f))
+            && (stamps.base.is_none_or(|(o, _)| o == me) || !stamps.put);
         if let Some(x) = &self.exclude
             && held.contains_key(x)
             && !own(x)

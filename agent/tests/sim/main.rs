@@ -100,6 +100,20 @@ fn seeds_converge() {
     }
 }
 
+/// Seeds beyond the default range that once failed, each for a reason
+/// since fixed: restores (7723, 55367), cloned disks (1860, 2063), a
+/// partial replica keeping a record its peers deleted (4998, 9627, 28069,
+/// 32906, 60468, 64439, 67737, 78611, 96256, 97155, 98064).
+#[test]
+fn seeds_that_once_failed_converge() {
+    for seed in [
+        1860, 2063, 4998, 7723, 9627, 28069, 32906, 55367, 60468, 64439, 67737, 78611, 96256,
+        97155, 98064,
+    ] {
+        run_seed(seed);
+    }
+}
+
 /// A few seeds on the agent's own fjall store, crashes reopening it from
 /// disk; `BLAZEDB_SIM_FJALL_SEEDS=N` runs seeds 0 to N-1 instead.
 #[test]

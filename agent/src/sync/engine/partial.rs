@@ -426,9 +426,17 @@ impl<S: SyncStore> Engine<S> {
             };
             let (mut records, mut evict) = (Vec::new(), Vec::new());
             for ((key, may_leave), state) in touched.into_iter().zip(states) {
-                match state.and_then(|st| project(view, key.clone(), &st)) {
+                let seen = state
+                    .as_deref()
+                    .and_then(|st| project(view, key.clone(), st));
+                match seen {
                     Some(r) => records.push(r),
-                    None if may_leave => evict.push(ByteBuf::from(key)),
+                    None if may_leave => {
+                        match state.and_then(|st| project_deleted(view, key.clone(), &st)) {
+                            Some(r) => records.push(r),
+                            None => evict.push(ByteBuf::from(key)),
+                        }
+                    }
                     None => {}
                 }
             }
@@ -509,6 +517,25 @@ impl<S: SyncStore> Engine<S> {
 
 fn projection_from(judged: &BTreeMap<String, u64>, db: &str) -> u64 {
     judged.get(db).copied().unwrap_or(0)
+}
+
+/// A deleted record as a partial replica with `view` may receive it: its
+/// stamps and no value. A record the replica holds then takes the delete
+/// as any replica would, keeping its own later writes; an eviction could
+/// only drop it whole or, while it holds writes not judged yet, keep it
+/// whole, fields the delete ended included.
+pub(super) fn project_deleted(view: &View, key: Vec<u8>, state: &[u8]) -> Option<SnapshotRecord> {
+    let rec: StoredRecord = codec::from_slice(state).ok()?;
+    let (collection, _) = keys::split_record_key(&key)?;
+    if rec.is_live() || !view.sees_collection(collection) {
+        return None;
+    }
+    let state = if view.exclude.is_empty() {
+        state.to_vec()
+    } else {
+        codec::to_vec(&view.project(&rec)).ok()?
+    };
+    Some(SnapshotRecord { key, state })
 }
 
 /// A record as a partial replica with `view` may receive it, or `None` if
