@@ -590,6 +590,11 @@ pub struct Engine<S> {
     /// replaced them: it says so (`Vector::lacking`) so a full replica
     /// sends one.
     recut: BTreeSet<String>,
+    /// Per database, the states cut snapshot pieces this (partial) replica
+    /// merged were read at, until its vector holds them: a piece drops
+    /// what the sender deleted, so a projection read before that state
+    /// would bring it back.
+    cut_floor: BTreeMap<String, VersionVector>,
     /// When this replica's vector grew, to date what peers lack.
     arrivals: lag::Arrivals,
     next_announce: u64,
@@ -631,6 +636,7 @@ impl<S: SyncStore> Engine<S> {
             own_views: BTreeMap::new(),
             own_judged: BTreeMap::new(),
             recut: BTreeSet::new(),
+            cut_floor: BTreeMap::new(),
             next_snapshot_id: 1,
         }
     }
@@ -790,6 +796,7 @@ impl<S: SyncStore> Engine<S> {
         self.heard.remove(db);
         self.gone.remove(db);
         self.unreported.remove(db);
+        self.cut_floor.remove(db);
         self.stable_from.remove(db);
     }
 
@@ -1527,6 +1534,9 @@ impl<S: SyncStore> Engine<S> {
                 own_held: vector.get(&self.store.writer()),
                 cut,
             });
+        if cut {
+            self.cut_floor.entry(db.clone()).or_default().merge(&vector);
+        }
         if let Err(e) = self.store.merge_snapshot(&db, records, complete, replace) {
             if let Some(s) = self.links.get_mut(&peer).and_then(|l| l.get_mut(&db)) {
                 s.in_snapshot = None;

@@ -103,12 +103,14 @@ fn seeds_converge() {
 /// Seeds beyond the default range that once failed, each for a reason
 /// since fixed: restores (7723, 55367), cloned disks (1860, 2063), a
 /// partial replica keeping a record its peers deleted (4998, 9627, 28069,
-/// 32906, 60468, 64439, 67737, 78611, 96256, 97155, 98064).
+/// 32906, 60468, 64439, 67737, 78611, 96256, 97155, 98064), or taking it
+/// back from a projection older than a snapshot piece (5106, 48698,
+/// 55740, 68856).
 #[test]
 fn seeds_that_once_failed_converge() {
     for seed in [
-        1860, 2063, 4998, 7723, 9627, 28069, 32906, 55367, 60468, 64439, 67737, 78611, 96256,
-        97155, 98064,
+        1860, 2063, 4998, 5106, 7723, 9627, 28069, 32906, 48698, 55367, 55740, 60468, 64439, 67737,
+        68856, 78611, 96256, 97155, 98064,
     ] {
         run_seed(seed);
     }

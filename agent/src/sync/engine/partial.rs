@@ -485,7 +485,15 @@ impl<S: SyncStore> Engine<S> {
             .covers
             .iter()
             .any(|(o, first, _)| *first > state.vector.get(o) + 1);
-        if gap || !self.covers_all(at, &state.vector) {
+        let mut held = state.vector.clone();
+        if let Some(floor) = self.cut_floor.get(&db) {
+            if held.dominates(floor) {
+                self.cut_floor.remove(&db);
+            } else {
+                held.merge(floor);
+            }
+        }
+        if gap || !self.covers_all(at, &held) {
             // Older than what this replica took from elsewhere, or after a
             // lost message: the sender goes back and sends it again.
             return;
