@@ -71,6 +71,15 @@ pub async fn run(data_dir: &Path, mode: Mode) -> anyhow::Result<Outcome> {
     for tail in store.dropped_tails() {
         println!("recovery: {tail}");
     }
+    // Opening the store took the start's decision about the write
+    // incarnation; the next start finds this run's clean stop, so this is
+    // where the user hears of it.
+    if let Some(why) = &store.incarnation_info().changed {
+        println!(
+            "new write incarnation {}: {why}",
+            store.incarnation_info().number
+        );
+    }
     let found = store.repair(mode == Mode::Rebuild).await?;
     let mut outcome = Outcome::Sound;
     let mut rebuilt = false;

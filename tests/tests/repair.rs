@@ -146,4 +146,15 @@ async fn repair_finds_nothing_wrong_in_a_sound_store() {
         None,
         "looking changes nothing"
     );
+
+    // After a crash, opening the store takes a new write incarnation as a
+    // start would; the next start then finds a clean stop, so repair is
+    // where the crash is told.
+    agent.kill();
+    let (code, out) = repair(&agent, &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("new write incarnation") && out.contains("did not stop cleanly"),
+        "{out}"
+    );
 }
