@@ -590,11 +590,12 @@ pub struct Engine<S> {
     /// replaced them: it says so (`Vector::lacking`) so a full replica
     /// sends one.
     recut: BTreeSet<String>,
-    /// Per database, the states cut snapshot pieces this (partial) replica
-    /// merged were read at, until its vector holds them: a piece drops
-    /// what the sender deleted, so a projection read before that state
-    /// would bring it back.
-    cut_floor: BTreeMap<String, VersionVector>,
+    /// Per database, the states the projections and cut snapshot pieces
+    /// this (partial) replica merged were read at, until its vector holds
+    /// them: their records may be ahead of its vector (a piece drops what
+    /// the sender deleted), so a projection read at an older state would
+    /// mix an older copy of a record into them, or bring one back.
+    read_floor: BTreeMap<String, VersionVector>,
     /// When this replica's vector grew, to date what peers lack.
     arrivals: lag::Arrivals,
     next_announce: u64,
@@ -636,7 +637,7 @@ impl<S: SyncStore> Engine<S> {
             own_views: BTreeMap::new(),
             own_judged: BTreeMap::new(),
             recut: BTreeSet::new(),
-            cut_floor: BTreeMap::new(),
+            read_floor: BTreeMap::new(),
             next_snapshot_id: 1,
         }
     }
@@ -796,7 +797,7 @@ impl<S: SyncStore> Engine<S> {
         self.heard.remove(db);
         self.gone.remove(db);
         self.unreported.remove(db);
-        self.cut_floor.remove(db);
+        self.read_floor.remove(db);
         self.stable_from.remove(db);
     }
 
@@ -1535,7 +1536,10 @@ impl<S: SyncStore> Engine<S> {
                 cut,
             });
         if cut {
-            self.cut_floor.entry(db.clone()).or_default().merge(&vector);
+            self.read_floor
+                .entry(db.clone())
+                .or_default()
+                .merge(&vector);
         }
         if let Err(e) = self.store.merge_snapshot(&db, records, complete, replace) {
             if let Some(s) = self.links.get_mut(&peer).and_then(|l| l.get_mut(&db)) {

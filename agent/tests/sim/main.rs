@@ -103,14 +103,15 @@ fn seeds_converge() {
 /// Seeds beyond the default range that once failed, each for a reason
 /// since fixed: restores (7723, 55367), cloned disks (1860, 2063), a
 /// partial replica keeping a record its peers deleted (4998, 9627, 28069,
-/// 32906, 60468, 64439, 67737, 78611, 96256, 97155, 98064), or taking it
+/// 32906, 60468, 64439, 67737, 78611, 96256, 97155, 98064), taking it
 /// back from a projection older than a snapshot piece (5106, 48698,
-/// 55740, 68856).
+/// 55740, 68856) or mixing an older copy into a newer one (21449, 31089,
+/// 56957, 65908, 66272).
 #[test]
 fn seeds_that_once_failed_converge() {
     for seed in [
-        1860, 2063, 4998, 5106, 7723, 9627, 28069, 32906, 48698, 55367, 55740, 60468, 64439, 67737,
-        68856, 78611, 96256, 97155, 98064,
+        1860, 2063, 4998, 5106, 7723, 9627, 21449, 28069, 31089, 32906, 48698, 55367, 55740, 56957,
+        60468, 64439, 65908, 66272, 67737, 68856, 78611, 96256, 97155, 98064,
     ] {
         run_seed(seed);
     }

@@ -412,9 +412,8 @@ impl<S: SyncStore> Engine<S> {
                             }
                             _ => true,
                         });
-                *touched
-                    .entry(keys::record_key(body.collection(), body.id()))
-                    .or_default() |= may_leave;
+                let key = keys::record_key(body.collection(), body.id());
+                *touched.entry(key).or_default() |= may_leave;
             }
             let keys: Vec<Vec<u8>> = touched.keys().cloned().collect();
             let states = match self.store.read_records(db, &keys) {
@@ -486,9 +485,9 @@ impl<S: SyncStore> Engine<S> {
             .iter()
             .any(|(o, first, _)| *first > state.vector.get(o) + 1);
         let mut held = state.vector.clone();
-        if let Some(floor) = self.cut_floor.get(&db) {
+        if let Some(floor) = self.read_floor.get(&db) {
             if held.dominates(floor) {
-                self.cut_floor.remove(&db);
+                self.read_floor.remove(&db);
             } else {
                 held.merge(floor);
             }
@@ -511,6 +510,9 @@ impl<S: SyncStore> Engine<S> {
             self.store_failed(db, &e);
             return;
         }
+        // The records came as the sender held them at `at`, which may be
+        // ahead of what this replica now counts as held.
+        self.read_floor.entry(db.clone()).or_default().merge(at);
         if judged > projection_from(&self.own_judged, &db) {
             self.own_judged.insert(db.clone(), judged);
         }
