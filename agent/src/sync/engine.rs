@@ -74,10 +74,11 @@ pub struct EngineConfig {
     pub announce_ms: u64,
     /// How often compaction runs.
     pub compact_ms: u64,
-    /// How much later (by its reports' clocks) another write incarnation
-    /// of a device must have reported, holding all this one wrote, before
-    /// this one counts as gone and stops holding compaction back. Until
-    /// then two copies of one device (a cloned disk) both count.
+    /// How long after a write incarnation was last heard from another
+    /// incarnation of its device must be heard from, holding all this one
+    /// wrote, before this one counts as gone and stops holding compaction
+    /// back. Until then two copies of one device (a cloned disk) both
+    /// count.
     pub retire_after_ms: u64,
     /// This replica links with many (a hub): to a peer that is not a hub
     /// it sends its own report and what every replica holds ([`Stable`]),
@@ -527,9 +528,10 @@ pub struct Engine<S> {
     epochs: BTreeMap<(DeviceId, String), Epoch>,
     /// Per database, recent reports of each replica, oldest first.
     reports: BTreeMap<String, BTreeMap<DeviceId, VecDeque<Report>>>,
-    /// Per database, when each write incarnation's latest report reached
-    /// this replica: one not heard of for long while another incarnation
-    /// of its device reports is gone ([`retired`]).
+    /// Per database, when each write incarnation was last heard from (a
+    /// `Vector` from it, or a newer report of it): one not heard from for
+    /// long while another incarnation of its device is, is gone
+    /// ([`retired`]).
     heard: BTreeMap<String, BTreeMap<DeviceId, u64>>,
     /// Per database, the write incarnations found gone, with their last
     /// report: a peer passing that report on again does not bring them

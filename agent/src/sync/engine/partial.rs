@@ -412,8 +412,9 @@ impl<S: SyncStore> Engine<S> {
                             }
                             _ => true,
                         });
-                let key = keys::record_key(body.collection(), body.id());
-                *touched.entry(key).or_default() |= may_leave;
+                *touched
+                    .entry(keys::record_key(body.collection(), body.id()))
+                    .or_default() |= may_leave;
             }
             let keys: Vec<Vec<u8>> = touched.keys().cloned().collect();
             let states = match self.store.read_records(db, &keys) {
