@@ -541,12 +541,7 @@ pub(super) fn project_deleted(view: &View, key: Vec<u8>, state: &[u8]) -> Option
     if rec.is_live() || !view.sees_collection(collection) {
         return None;
     }
-    let state = if view.exclude.is_empty() {
-        state.to_vec()
-    } else {
-        codec::to_vec(&view.project(&rec)).ok()?
-    };
-    Some(SnapshotRecord { key, state })
+    cut_to(view, key, state, &rec)
 }
 
 /// A record as a partial replica with `view` may receive it, or `None` if
@@ -557,10 +552,15 @@ pub(super) fn project(view: &View, key: Vec<u8>, state: &[u8]) -> Option<Snapsho
     if !view.sees(collection, id, &rec) {
         return None;
     }
+    cut_to(view, key, state, &rec)
+}
+
+/// The record `rec` (stored as `state`) without the values `view` hides.
+fn cut_to(view: &View, key: Vec<u8>, state: &[u8], rec: &StoredRecord) -> Option<SnapshotRecord> {
     let state = if view.exclude.is_empty() {
         state.to_vec()
     } else {
-        codec::to_vec(&view.project(&rec)).ok()?
+        codec::to_vec(&view.project(rec)).ok()?
     };
     Some(SnapshotRecord { key, state })
 }
