@@ -639,12 +639,7 @@ impl<R: Replica> World<R> {
             return;
         };
         self.crash(i, until);
-        let incarnation = loop {
-            let n = self.rng.next() as u32;
-            if n != 0 {
-                break n;
-            }
-        };
+        let incarnation = self.new_incarnation();
         self.nodes[i].disk = Some(R::restored(backup, incarnation));
         // Going back to the backup is the one way a vector may shrink.
         self.nodes[i].last_vector = VersionVector::new();
@@ -864,6 +859,17 @@ impl<R: Replica> World<R> {
         self.flush(i);
     }
 
+    /// A write incarnation for a store that cannot prove it is the newest
+    /// state: random, never 0 (the device's first).
+    fn new_incarnation(&mut self) -> u32 {
+        loop {
+            let n = self.rng.next() as u32;
+            if n != 0 {
+                return n;
+            }
+        }
+    }
+
     /// Copies node `i`'s disk as it is now and starts the copy beside it
     /// under the same device id, as a cloned disk does. The copy cannot
     /// prove it is the newest state, so it writes in a new incarnation
@@ -876,12 +882,7 @@ impl<R: Replica> World<R> {
         else {
             return;
         };
-        let incarnation = loop {
-            let n = self.rng.next() as u32;
-            if n != 0 {
-                break n;
-            }
-        };
+        let incarnation = self.new_incarnation();
         let c = self.nodes.len();
         let skew = self.rng.range(0, 4001) as i64 - 2000;
         let base = self.base(i);
@@ -940,11 +941,9 @@ impl<R: Replica> World<R> {
                     continue;
                 }
                 let next = others[self.rng.range(0, others.len() as u64) as usize];
-                {
-                    self.log(|| format!("node {j} switches from copy {linked} to {next}"));
-                    self.unlink(j, linked);
-                    self.try_link(j, next);
-                }
+                self.log(|| format!("node {j} switches from copy {linked} to {next}"));
+                self.unlink(j, linked);
+                self.try_link(j, next);
             }
         }
         self.next_flap = self.now + self.rng.range(200, 2_000);
