@@ -2091,12 +2091,17 @@ fn retired(
         .chain(silent.iter().map(|(w, at)| (w, *at)));
     last_heard
         .filter(|(w, old)| {
+            // Most devices have one incarnation: look for what another
+            // wrote (a walk over every report) only when there is one.
+            let mut newer = latest
+                .range(w.writers())
+                .filter(|(other, (_, heard))| other != w && *heard >= old.saturating_add(after_ms))
+                .peekable();
+            if newer.peek().is_none() {
+                return false;
+            }
             let wrote = wrote(w);
-            latest.range(w.writers()).any(|(other, (newer, heard))| {
-                other != *w
-                    && *heard >= old.saturating_add(after_ms)
-                    && newer.vector.get(w) >= wrote
-            })
+            newer.any(|(_, (r, _))| r.vector.get(w) >= wrote)
         })
         .map(|(w, _)| *w)
         .collect()
