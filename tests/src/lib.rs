@@ -174,17 +174,29 @@ pub async fn put_numbered(
 }
 
 /// Fails the test unless the agent behind `client` says, in `status`,
-/// that its last run did not stop cleanly, so its writes now count under
-/// a new write incarnation.
-pub async fn assert_unclean_start(client: &blazedb::Client, context: &str) {
+/// that this start took a new write incarnation for a reason containing
+/// `why`; returns the status.
+pub async fn assert_new_incarnation(
+    client: &blazedb::Client,
+    why: &str,
+    context: &str,
+) -> blazedb_proto::api::StatusResult {
     let status = client.status().await.expect("status");
     assert!(
         status
             .new_incarnation
             .as_deref()
-            .is_some_and(|w| w.contains("did not stop cleanly")),
-        "{context}: a killed agent's status names the unclean stop: {status:?}"
+            .is_some_and(|w| w.contains(why)),
+        "{context}: the status names the new write incarnation ({why}): {status:?}"
     );
+    status
+}
+
+/// Fails the test unless the agent behind `client` says, in `status`,
+/// that its last run did not stop cleanly, so its writes now count under
+/// a new write incarnation.
+pub async fn assert_unclean_start(client: &blazedb::Client, context: &str) {
+    assert_new_incarnation(client, "did not stop cleanly", context).await;
 }
 
 /// Copies everything in the directory `from` into the directory `to`

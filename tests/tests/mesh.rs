@@ -378,18 +378,10 @@ async fn a_cloned_device_is_reported_by_its_peers_and_both_copies_writes_arrive(
         agents[0].client().await.expect("a"),
         clone.client().await.expect("clone"),
     );
-    let (a_status, c_status) = (
-        a.status().await.expect("a status"),
-        c.status().await.expect("clone status"),
-    );
+    let a_status = a.status().await.expect("a status");
     assert_eq!(a_status.new_incarnation, None, "a stopped cleanly");
-    assert!(
-        c_status
-            .new_incarnation
-            .as_deref()
-            .is_some_and(|w| w.contains("copied or restored")),
-        "{c_status:?}"
-    );
+    let c_status =
+        blazedb_tests::assert_new_incarnation(&c, "copied or restored", "the clone").await;
     assert_ne!(a_status.incarnation, c_status.incarnation);
     let (wa, wc) = tokio::join!(
         put_numbered(&a, "notes", "n", "original", 5),
@@ -444,14 +436,8 @@ async fn a_device_restored_from_a_backup_loses_no_write_and_reuses_no_seq() {
     agents[0].restore_data_dir(backup.path());
     agents[0].restart().await.expect("start the restored a");
     let a = agents[0].client().await.expect("client a");
-    let status = a.status().await.expect("status");
-    assert!(
-        status
-            .new_incarnation
-            .as_deref()
-            .is_some_and(|w| w.contains("copied or restored")),
-        "the restore was not noticed: {status:?}"
-    );
+    blazedb_tests::assert_new_incarnation(&a, "copied or restored", "the restore was not noticed")
+        .await;
     put_numbered(&a, "notes", "n", "restored", 3)
         .await
         .expect("writes after the restore");

@@ -884,13 +884,15 @@ impl<S: SyncStore> Engine<S> {
                 settings,
                 incarnation,
             } => {
-                // The sender's write incarnation is running: it counts as
-                // heard from, whether or not its report changed.
-                self.heard
-                    .entry(db.clone())
-                    .or_default()
-                    .insert(peer.writer(incarnation), now);
                 let have = self.store.sync_state(&db);
+                if have.is_some() {
+                    // The sender's write incarnation is running: it counts
+                    // as heard from, whether or not its report changed.
+                    self.heard
+                        .entry(db.clone())
+                        .or_default()
+                        .insert(peer.writer(incarnation), now);
+                }
                 if have.is_none() && (want || sends) {
                     self.events.push_back(Event::UnknownDatabase {
                         db: db.clone(),
