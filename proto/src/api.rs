@@ -904,8 +904,9 @@ pub struct GetResult {
 pub struct EncodedRecord<'a> {
     /// The record id.
     pub id: &'a str,
-    /// The fields in name order, each with its encoded [`Value`].
-    pub fields: Vec<(&'a str, &'a [u8])>,
+    /// The fields in name order, as one encoded MessagePack map of name
+    /// to [`Value`].
+    pub fields: &'a [u8],
     /// The clock reading of the latest write to it.
     pub version: Hlc,
 }
@@ -951,13 +952,7 @@ impl GetResult {
         raw::str(out, "id");
         raw::str(out, r.id);
         raw::str(out, "fields");
-        // A record cannot hold more than u32::MAX fields: the frame limit
-        // stops it long before.
-        raw::map_len(out, u32::try_from(r.fields.len()).unwrap_or(u32::MAX));
-        for (name, value) in &r.fields {
-            raw::str(out, name);
-            out.extend_from_slice(value);
-        }
+        out.extend_from_slice(r.fields);
         raw::str(out, "version");
         raw::uint(out, r.version.0);
     }
@@ -1291,13 +1286,10 @@ mod tests {
             fields in proptest::collection::btree_map(".{0,8}", arb_value(), 0..6),
             version in any::<u64>(),
         ) {
-            let encoded: Vec<(String, Vec<u8>)> = fields
-                .iter()
-                .map(|(k, v)| (k.clone(), codec::to_vec(v).expect("encode")))
-                .collect();
+            let encoded = codec::to_vec(&fields).expect("encode");
             let raw = EncodedRecord {
                 id: &id,
-                fields: encoded.iter().map(|(k, v)| (k.as_str(), v.as_slice())).collect(),
+                fields: &encoded,
                 version: Hlc(version),
             };
             let mut out = Vec::new();
@@ -1326,12 +1318,11 @@ mod tests {
                 any::<u64>(),
             )), 0..20),
         ) {
-            type Encoded = (String, Vec<(String, Vec<u8>)>, u64);
+            type Encoded = (String, Vec<u8>, u64);
             let encoded: Vec<Option<Encoded>> = records
                 .iter()
                 .map(|r| r.as_ref().map(|(id, fields, v)| {
-                    let f = fields.iter().map(|(k, v)| (k.clone(), codec::to_vec(v).expect("encode"))).collect();
-                    (id.clone(), f, *v)
+                    (id.clone(), codec::to_vec(fields).expect("encode"), *v)
                 }))
                 .collect();
             let mut out = Vec::new();
@@ -1339,7 +1330,7 @@ mod tests {
             for r in &encoded {
                 let raw = r.as_ref().map(|(id, fields, v)| EncodedRecord {
                     id,
-                    fields: fields.iter().map(|(k, v)| (k.as_str(), v.as_slice())).collect(),
+                    fields,
                     version: Hlc(*v),
                 });
                 GetResult::encode_record(&mut out, raw.as_ref());

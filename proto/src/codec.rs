@@ -272,6 +272,33 @@ pub mod raw {
             self.buf.first() == Some(&0xc0)
         }
 
+        /// The next byte, not consumed.
+        pub fn peek(&self) -> Option<u8> {
+            self.buf.first().copied()
+        }
+
+        /// Reads the next `n` bytes as they are (for formats that frame
+        /// MessagePack items with bytes of their own).
+        pub fn bytes(&mut self, n: usize, what: &str) -> Result<&'a [u8], CodecError> {
+            if n > self.buf.len() {
+                return Err(CodecError(format!("{what} is cut short")));
+            }
+            let (v, rest) = self.buf.split_at(n);
+            self.buf = rest;
+            Ok(v)
+        }
+
+        /// Reads one byte as it is.
+        pub fn byte(&mut self, what: &str) -> Result<u8, CodecError> {
+            Ok(self.bytes(1, what)?[0])
+        }
+
+        /// Reads eight bytes as a big-endian `u64`.
+        pub fn u64_be(&mut self, what: &str) -> Result<u64, CodecError> {
+            let b = self.bytes(8, what)?;
+            Ok(b.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b)))
+        }
+
         /// Fails unless every byte has been read.
         pub fn end(&self) -> Result<(), CodecError> {
             if self.buf.is_empty() {

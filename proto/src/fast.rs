@@ -365,18 +365,7 @@ impl<'a> RawPut<'a> {
             match c.str()? {
                 "collection" => once(&mut collection, c.str()?)?,
                 "id" => once(&mut id, c.str()?)?,
-                "fields" => {
-                    let len = c.map_len()?;
-                    let mut out: Vec<(&str, &[u8])> = Vec::with_capacity(len.min(256));
-                    for _ in 0..len {
-                        let name = c.str()?;
-                        if out.last().is_some_and(|(last, _)| *last >= name) {
-                            return None;
-                        }
-                        out.push((name, c.checked(1)?));
-                    }
-                    once(&mut fields, out)?;
-                }
+                "fields" => once(&mut fields, c.raw_fields()?)?,
                 _ => c.ignored()?,
             }
         }
@@ -387,6 +376,146 @@ impl<'a> RawPut<'a> {
             fields: fields?,
         })
     }
+}
+
+impl<'a> Cursor<'a> {
+    /// A map of fields, each value's bytes checked but not decoded; `None`
+    /// unless the names come in order, once each.
+    fn raw_fields(&mut self) -> Option<Vec<(&'a str, &'a [u8])>> {
+        let len = self.map_len()?;
+        let mut out: Vec<(&str, &[u8])> = Vec::with_capacity(len.min(256));
+        for _ in 0..len {
+            let name = self.str()?;
+            if out.last().is_some_and(|(last, _)| *last >= name) {
+                return None;
+            }
+            out.push((name, self.checked(1)?));
+        }
+        Some(out)
+    }
+
+    /// A put of a `put` or `batch` request: its fields after `db` when
+    /// `with_db`.
+    fn raw_write(&mut self, with_db: bool) -> Option<(Option<&'a str>, RawWrite<'a>)> {
+        let (mut db, mut collection, mut id, mut fields) = (None, None, None, None);
+        for _ in 0..self.map_len()? {
+            match self.str()? {
+                "db" if with_db => once(&mut db, self.str()?)?,
+                "collection" => once(&mut collection, self.str()?)?,
+                "id" => {
+                    let id_ = if self.peek()? == 0xc0 {
+                        self.byte()?;
+                        None
+                    } else {
+                        Some(self.str()?)
+                    };
+                    once(&mut id, id_)?;
+                }
+                "fields" => once(&mut fields, self.raw_fields()?)?,
+                _ => self.ignored()?,
+            }
+        }
+        let write = RawWrite {
+            collection: collection?,
+            id: id.flatten(),
+            fields: fields?,
+        };
+        Some((db, write))
+    }
+}
+
+/// One put of a `put` or `batch` request, read in place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawWrite<'a> {
+    /// The collection.
+    pub collection: &'a str,
+    /// The record id, when the client chose one.
+    pub id: Option<&'a str>,
+    /// The fields, names strictly increasing, each value as encoded.
+    pub fields: Vec<(&'a str, &'a [u8])>,
+}
+
+/// The puts of a `put` or `batch` request, read in place without decoding
+/// their values, so that the agent can store the values as they came.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawPuts<'a> {
+    /// The database.
+    pub db: &'a str,
+    /// The puts, in the request's order.
+    pub puts: Vec<RawWrite<'a>>,
+}
+
+impl<'a> RawPuts<'a> {
+    /// Reads the params of a `put` or `batch` request. `Some` only when
+    /// every write is a put whose field names come in order, once each,
+    /// and decoding the params gives the same writes (each value's bytes
+    /// decoding to its value); `None` for anything else, which is then
+    /// decoded.
+    pub fn parse(method: &str, params: &'a [u8]) -> Option<Self> {
+        let mut c = Cursor {
+            buf: params,
+            pos: 0,
+        };
+        let out = match method {
+            "put" => {
+                let (db, write) = c.raw_write(true)?;
+                RawPuts {
+                    db: db?,
+                    puts: vec![write],
+                }
+            }
+            "batch" => {
+                let (mut db, mut writes) = (None, None);
+                for _ in 0..c.map_len()? {
+                    match c.str()? {
+                        "db" => once(&mut db, c.str()?)?,
+                        "writes" => {
+                            let len = c.array_len()?;
+                            let mut out = Vec::with_capacity(len.min(4096));
+                            for _ in 0..len {
+                                if c.map_len()? != 1 || c.str()? != "put" {
+                                    return None;
+                                }
+                                out.push(c.raw_write(false)?.1);
+                            }
+                            once(&mut writes, out)?;
+                        }
+                        _ => c.ignored()?,
+                    }
+                }
+                RawPuts {
+                    db: db?,
+                    puts: writes?,
+                }
+            }
+            _ => return None,
+        };
+        c.end()?;
+        Some(out)
+    }
+}
+
+/// The body of a put ([`OpBody::encode`] of `OpBody::Put`) from its
+/// fields' encoded values, copied, not decoded.
+pub fn put_body(collection: &str, id: &str, fields: &[(&str, &[u8])]) -> Vec<u8> {
+    use crate::codec::raw;
+    let size: usize = fields.iter().map(|(n, v)| n.len() + v.len() + 2).sum();
+    let mut out = Vec::with_capacity(40 + collection.len() + id.len() + size);
+    raw::map_len(&mut out, 1);
+    raw::str(&mut out, "put");
+    raw::map_len(&mut out, 3);
+    raw::str(&mut out, "collection");
+    raw::str(&mut out, collection);
+    raw::str(&mut out, "id");
+    raw::str(&mut out, id);
+    raw::str(&mut out, "fields");
+    // More fields than u32::MAX cannot come through a frame.
+    raw::map_len(&mut out, u32::try_from(fields.len()).unwrap_or(u32::MAX));
+    for (name, value) in fields {
+        raw::str(&mut out, name);
+        out.extend_from_slice(value);
+    }
+    out
 }
 
 /// Decodes an op body that is a put, or `None` to leave it to serde.
@@ -429,6 +558,27 @@ mod tests {
                 id,
                 fields,
             })
+    }
+
+    /// The writes `raw` stands for, its values decoded.
+    fn decoded(raw: &RawPuts<'_>) -> Vec<Write> {
+        raw.puts
+            .iter()
+            .map(|w| Write::Put {
+                collection: w.collection.to_owned(),
+                id: w.id.map(str::to_owned),
+                fields: w
+                    .fields
+                    .iter()
+                    .map(|(n, v)| {
+                        (
+                            (*n).to_owned(),
+                            codec::from_slice(v).expect("a checked value decodes"),
+                        )
+                    })
+                    .collect(),
+            })
+            .collect()
     }
 
     /// Bytes near `bytes`: one byte changed, cut short, or one added.
@@ -485,6 +635,49 @@ mod tests {
             let near = mutated(bytes, at, to, how);
             if let Some(fast) = batch_params(&near) {
                 prop_assert_eq!(Ok(fast), codec::from_slice::<BatchParams>(&near));
+            }
+        }
+
+        #[test]
+        fn raw_puts_read_as_decoding_does(
+            puts in proptest::collection::vec(arb_put(), 1..4),
+            delete in any::<bool>(),
+            at in any::<usize>(), to in any::<u8>(), how in any::<u8>(),
+        ) {
+            let single = codec::to_vec(&puts[0]).expect("encode");
+            let writes: Vec<Write> = puts
+                .into_iter()
+                .map(|p| Write::Put { collection: p.collection, id: p.id, fields: p.fields })
+                .collect();
+            let mut batch = BatchParams { db: "d".into(), writes };
+            if delete {
+                batch.writes.push(Write::Delete { collection: "c".into(), id: "x".into() });
+            }
+            let bytes = codec::to_vec(&batch).expect("encode");
+            match RawPuts::parse("batch", &bytes) {
+                Some(raw) => {
+                    prop_assert_eq!(decoded(&raw), batch.writes.clone());
+                    // The body made from the encoded values is the put's.
+                    for (write, put) in batch.writes.iter().zip(&raw.puts) {
+                        let Write::Put { collection, id, fields } = write.clone() else { continue };
+                        let id = id.unwrap_or_default();
+                        let body = OpBody::Put { collection, id: id.clone(), fields };
+                        prop_assert_eq!(put_body(put.collection, &id, &put.fields), body.encode().expect("encode"));
+                    }
+                }
+                None => prop_assert!(delete || bytes.iter().any(|b| matches!(b, 0xc7..=0xc9 | 0xd4..=0xd8 | 0xca)),
+                    "a batch of plain puts is read"),
+            }
+            if let Some(raw) = RawPuts::parse("put", &single) {
+                let serde: PutParams = codec::from_slice(&single).expect("decode");
+                prop_assert_eq!(raw.db, serde.db.as_str());
+                prop_assert_eq!(decoded(&raw), vec![Write::from(serde)]);
+            }
+            let near = mutated(bytes, at, to, how);
+            if let Some(raw) = RawPuts::parse("batch", &near) {
+                let serde = codec::from_slice::<BatchParams>(&near).expect("serde decodes it too");
+                prop_assert_eq!(raw.db, serde.db.as_str());
+                prop_assert_eq!(decoded(&raw), serde.writes);
             }
         }
 

@@ -2,8 +2,8 @@
 //! What a request may then see (fields, collections, databases) is cut
 //! where its answer is made.
 
-use blazedb_proto::ErrorInfo;
 use blazedb_proto::api::Request;
+use blazedb_proto::{ErrorInfo, RawPuts};
 
 use crate::apps::{Access, Touch};
 
@@ -49,4 +49,12 @@ pub(crate) fn authorize(access: &Access, req: &Request) -> Result<(), ErrorInfo>
             .try_for_each(|w| access.check_write(&p.db, w)),
         other => access.owner_only(&format!("call {}", other.method())),
     }
+}
+
+/// [`authorize`] for puts read in place ([`RawPuts`]): each one touches
+/// its whole record, as a decoded put does.
+pub(crate) fn authorize_puts(access: &Access, puts: &RawPuts<'_>) -> Result<(), ErrorInfo> {
+    puts.puts
+        .iter()
+        .try_for_each(|p| access.check_touch(puts.db, p.collection, Touch::Whole))
 }

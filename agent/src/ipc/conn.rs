@@ -26,14 +26,14 @@ use std::sync::Arc;
 use blazedb_proto::api::{self, HelloResult, Request, SubscribeResult, UnsubscribeResult};
 use blazedb_proto::frame::{self, LEN_PREFIX};
 use blazedb_proto::message::{self, RawRequest};
-use blazedb_proto::{ErrorCode, ErrorInfo, PROTOCOL_VERSION};
+use blazedb_proto::{ErrorCode, ErrorInfo, PROTOCOL_VERSION, RawPuts};
 use interprocess::local_socket::tokio::Stream;
 use interprocess::local_socket::traits::StreamCommon as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use super::authorize::authorize;
+use super::authorize::{authorize, authorize_puts};
 use super::handler::{self, Handled};
 use super::subscription;
 use super::{Ctx, listener};
@@ -411,19 +411,30 @@ impl Conn {
         if !self.handshaken {
             return self.hello(raw);
         }
-        let refused = match Request::decode(raw.method, raw.params) {
-            Ok(Request::Get(p)) => match self.access.rights(&p.db, &p.collection) {
-                Ok(rights) => return gets.push((raw.id, p, rights.fields)),
-                Err(e) => e,
-            },
-            Ok(req) => match authorize(&self.access, &req) {
+        // Puts are stored with their values as they came, never decoded.
+        let refused = if let Some(puts) = RawPuts::parse(raw.method, raw.params) {
+            match authorize_puts(&self.access, &puts) {
                 Ok(()) => {
                     self.answer_gets(gets);
-                    return self.dispatch(raw.id, req);
+                    return self.dispatch_puts(raw.id, raw.method, &puts);
                 }
                 Err(e) => e,
-            },
-            Err(e) => e,
+            }
+        } else {
+            match Request::decode(raw.method, raw.params) {
+                Ok(Request::Get(p)) => match self.access.rights(&p.db, &p.collection) {
+                    Ok(rights) => return gets.push((raw.id, p, rights.fields)),
+                    Err(e) => e,
+                },
+                Ok(req) => match authorize(&self.access, &req) {
+                    Ok(()) => {
+                        self.answer_gets(gets);
+                        return self.dispatch(raw.id, req);
+                    }
+                    Err(e) => e,
+                },
+                Err(e) => e,
+            }
         };
         self.answer_gets(gets);
         let method = api::ALL_METHODS
@@ -505,8 +516,30 @@ impl Conn {
         self.respond(raw.id, &result);
     }
 
+    /// Counts a request answered later, when its write commits.
+    fn pending(&mut self, id: u64, method: &'static str) {
+        self.in_flight += 1;
+        if self.ctx.metrics.enabled() {
+            self.pending_methods.insert(id, method);
+        }
+    }
+
     fn respond<R: serde::Serialize>(&mut self, id: u64, result: &R) {
         handler::encode_result(&mut self.out, id, Ok(result), self.ctx.max_frame);
+    }
+
+    /// [`Conn::dispatch`] of a `put` or `batch` read in place.
+    fn dispatch_puts(&mut self, id: u64, method: &str, puts: &RawPuts<'_>) {
+        let (method, single) = if method == "put" {
+            ("put", true)
+        } else {
+            ("batch", false)
+        };
+        let start = self.out.len();
+        match handler::write_puts(&self.ctx, &mut self.out, id, puts, &self.reply_tx, single) {
+            Handled::Done => self.tally(start, method),
+            Handled::Pending => self.pending(id, method),
+        }
     }
 
     fn dispatch(&mut self, id: u64, req: Request) {
@@ -547,13 +580,7 @@ impl Conn {
                 &mut self.out,
             ) {
                 Handled::Done => {}
-                Handled::Pending => {
-                    self.in_flight += 1;
-                    if self.ctx.metrics.enabled() {
-                        self.pending_methods.insert(id, method);
-                    }
-                    return;
-                }
+                Handled::Pending => return self.pending(id, method),
             },
         }
         self.tally(start, method);

@@ -7,13 +7,13 @@ use blazedb_proto::api::{
     GetManyParams, GetManyResult, GetResult, IndexParams, MAX_GET_MANY, RecordRef, Request, Write,
 };
 use blazedb_proto::message::{self, EncodeError};
-use blazedb_proto::{ErrorCode, ErrorInfo};
+use blazedb_proto::{ErrorCode, ErrorInfo, RawPuts};
 use serde::Serialize;
 
 use super::Ctx;
 use super::conn::ReplySender;
 use crate::apps::{Access, FieldLimit};
-use crate::store::{Command, Reply, StoreError, prepare};
+use crate::store::{Command, PreparedWrite, Reply, StoreError, prepare, prepare_puts};
 
 /// Whether a request was answered or will be answered through the reply
 /// channel.
@@ -98,18 +98,39 @@ fn limited<R>(
     f: impl FnOnce(Option<&EncodedRecord<'_>>) -> R,
 ) -> R {
     match (record, fields) {
-        (Some(r), Some(only)) => f(Some(&EncodedRecord {
-            id: r.id,
-            fields: r
-                .fields
-                .iter()
-                .filter(|(name, _)| only.contains(*name))
-                .copied()
-                .collect(),
-            version: r.version,
-        })),
+        (Some(r), Some(only)) => {
+            let cut = cut_fields(r.fields, only);
+            f(Some(&EncodedRecord {
+                id: r.id,
+                fields: &cut,
+                version: r.version,
+            }))
+        }
         (record, _) => f(record),
     }
+}
+
+/// An encoded map of fields with only the fields in `only`. The map is
+/// the store's own encoding; fields past one it cannot read are left out.
+fn cut_fields(map: &[u8], only: &std::collections::BTreeSet<String>) -> Vec<u8> {
+    use blazedb_proto::codec::raw::{self, Reader};
+    let mut r = Reader::new(map);
+    let mut kept = Vec::new();
+    for _ in 0..r.map_len("a record's fields").unwrap_or(0) {
+        let (Ok(name), Ok(value)) = (r.str("a field name"), r.value()) else {
+            break;
+        };
+        if only.contains(name) {
+            kept.push((name, value));
+        }
+    }
+    let mut out = Vec::with_capacity(map.len());
+    raw::map_len(&mut out, kept.len() as u32);
+    for (name, value) in kept {
+        raw::str(&mut out, name);
+        out.extend_from_slice(value);
+    }
+    out
 }
 
 /// The fields of `db`/`collection` a connection with `access` sees
@@ -365,19 +386,54 @@ fn write(
     tx: &ReplySender,
     single: bool,
 ) -> Handled {
-    let db = db.to_owned();
     // Validation and encoding happen here, on the connection's task, in
     // parallel with the writer thread.
-    let priority = ctx.store.priority_of(&db);
-    let writes = match prepare(
-        &ctx.store.device(),
-        ctx.store.incarnation(),
-        priority,
+    let store = &ctx.store;
+    let prepared = prepare(
+        &store.device(),
+        store.incarnation(),
+        store.priority_of(db),
         writes,
-    ) {
+    );
+    submit(ctx, out, id, db, prepared, tx, single)
+}
+
+/// Handles a `put` or `batch` of puts read in place: their values go into
+/// the op and the record as they came.
+pub(crate) fn write_puts(
+    ctx: &Ctx,
+    out: &mut Vec<u8>,
+    id: u64,
+    puts: &RawPuts<'_>,
+    tx: &ReplySender,
+    single: bool,
+) -> Handled {
+    let store = &ctx.store;
+    let prepared = prepare_puts(
+        &store.device(),
+        store.incarnation(),
+        store.priority_of(puts.db),
+        &puts.puts,
+    );
+    submit(ctx, out, id, puts.db, prepared, tx, single)
+}
+
+/// Hands prepared writes to the writer thread; the reply is sent when
+/// they are committed.
+fn submit(
+    ctx: &Ctx,
+    out: &mut Vec<u8>,
+    id: u64,
+    db: &str,
+    prepared: Result<Vec<PreparedWrite>, StoreError>,
+    tx: &ReplySender,
+    single: bool,
+) -> Handled {
+    let writes = match prepared {
         Ok(w) => w,
         Err(e) => return done::<()>(ctx, out, id, Err(e)),
     };
+    let db = db.to_owned();
     // Every change must reach subscribers in one event: a write whose
     // event would be over the frame limit is refused here, not found
     // unsendable later.

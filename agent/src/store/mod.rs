@@ -31,7 +31,7 @@ pub(crate) mod record;
 pub mod repair;
 mod replicate;
 mod sealing;
-mod stamped;
+pub(crate) mod stamped;
 mod writer;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -52,7 +52,7 @@ use tokio::sync::{oneshot, watch};
 
 pub use error::StoreError;
 pub use stamped::{FreshPutLayout, fresh_put_layout, log_chunks};
-pub use writer::{Command, PreparedWrite, Reply, prepare};
+pub use writer::{Command, PreparedWrite, Reply, prepare, prepare_puts};
 
 use record::{StoredRecord, Visible};
 
@@ -304,7 +304,7 @@ impl DbState {
 
     pub(crate) fn load_record(&self, key: &[u8]) -> Result<Option<StoredRecord>, StoreError> {
         match self.records.get(key)? {
-            Some(bytes) => Ok(Some(codec::from_slice(&bytes)?)),
+            Some(bytes) => Ok(Some(StoredRecord::decode(&bytes)?)),
             None => Ok(None),
         }
     }
@@ -769,12 +769,8 @@ impl Store {
     pub fn get(&self, db: &str, collection: &str, id: &str) -> Result<Option<Record>, StoreError> {
         self.get_encoded(db, collection, id, |rec| {
             rec.map(|r| {
-                let fields = r
-                    .fields
-                    .iter()
-                    .map(|(name, value)| Ok(((*name).to_owned(), codec::from_slice(value)?)))
-                    .collect::<Result<_, StoreError>>()?;
-                Ok(Record {
+                let fields = codec::from_slice(r.fields)?;
+                Ok::<_, StoreError>(Record {
                     id: id.to_owned(),
                     fields,
                     version: r.version,
@@ -827,9 +823,10 @@ impl Store {
                 each(None);
                 continue;
             };
-            let record = Visible::read(&bytes)?.map(|v| EncodedRecord {
+            let visible = Visible::read(&bytes)?;
+            let record = visible.as_ref().map(|v| EncodedRecord {
                 id,
-                fields: v.fields,
+                fields: &v.fields,
                 version: v.version,
             });
             each(record.as_ref());

@@ -246,7 +246,7 @@ pub(crate) fn run(
         for kv in iter {
             let (k, v) = kv.into_inner()?;
             let id = keys::id_of_record_key(&k).unwrap_or_default().to_owned();
-            let rec: StoredRecord = codec::from_slice(&v)?;
+            let rec = StoredRecord::decode(&v)?;
             if passes(&id, &rec) {
                 if page.len() == limit {
                     more = true;
@@ -278,7 +278,7 @@ pub(crate) fn run(
                 for kv in db.records.prefix(keys::collection_prefix(&p.collection)) {
                     let (k, v) = kv.into_inner()?;
                     let id = keys::id_of_record_key(&k).unwrap_or_default().to_owned();
-                    let rec: StoredRecord = codec::from_slice(&v)?;
+                    let rec = StoredRecord::decode(&v)?;
                     if passes(&id, &rec) {
                         found.push((id, rec));
                     }

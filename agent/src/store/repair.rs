@@ -210,7 +210,7 @@ pub(super) fn index_collection(
 ) -> Result<(), StoreError> {
     for kv in db.records.prefix(keys::collection_prefix(collection)) {
         let (k, v) = kv.into_inner()?;
-        let rec: StoredRecord = codec::from_slice(&v)?;
+        let rec = StoredRecord::decode(&v)?;
         let id = keys::id_of_record_key(&k).unwrap_or_default();
         if let Some(ik) = rec
             .field(field)

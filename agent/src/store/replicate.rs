@@ -331,7 +331,7 @@ impl Writer {
                     if carried.contains(&k[..]) {
                         continue;
                     }
-                    let rec: StoredRecord = codec::from_slice(&v)?;
+                    let rec = StoredRecord::decode(&v)?;
                     if !self.holds_own(&rec, from) {
                         if rec.is_live() {
                             changes.push(record_change(me, &k, &rec, false)?);
@@ -346,7 +346,7 @@ impl Writer {
                         "a snapshot record's key is not collection and id".into(),
                     ));
                 };
-                let state: StoredRecord = codec::from_slice(&rec.state)?;
+                let state = StoredRecord::decode(&rec.state)?;
                 self.clock.observe(state.version());
                 sync.max_priority = sync.max_priority.max(state.max_priority());
                 let indexes = self.collection_indexes(&group, &mut plan, &db, collection)?;
@@ -563,7 +563,7 @@ impl Writer {
                 ));
             };
             let collection = collection.to_owned();
-            let state: StoredRecord = codec::from_slice(&rec.state)?;
+            let state = StoredRecord::decode(&rec.state)?;
             self.clock.observe(state.version());
             sync.max_priority = sync.max_priority.max(state.max_priority());
             let indexes = self.collection_indexes(&group, &mut plan, db, &collection)?;
@@ -656,7 +656,7 @@ impl Writer {
         })?;
         for kv in db.records.iter() {
             let (k, v) = kv.into_inner()?;
-            let r: StoredRecord = codec::from_slice(&v)?;
+            let r = StoredRecord::decode(&v)?;
             if r.tombstone_clock().is_some_and(|t| t <= tombstones) {
                 batch.remove(&db.records, k);
                 out.tombstones += 1;

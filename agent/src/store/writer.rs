@@ -464,7 +464,7 @@ fn new_id() -> String {
 /// thread only stamps and stores it.
 #[derive(Debug)]
 pub struct PreparedWrite {
-    body: OpBody,
+    body: Body,
     key: Slice,
     /// The op-log entry, waiting for its seq and clock reading.
     op: Holes,
@@ -477,6 +477,19 @@ pub struct PreparedWrite {
     priority: u8,
 }
 
+/// A prepared write's operation.
+#[derive(Debug)]
+enum Body {
+    Decoded(OpBody),
+    /// A put prepared from its fields' encoded values: the operation is
+    /// decoded from its encoded body only when the record must be merged
+    /// or indexed, which a put that makes a record new does not need.
+    Put {
+        collection: String,
+        id: String,
+    },
+}
+
 impl PreparedWrite {
     /// The length of the write's encoded body: its collection, id and
     /// fields.
@@ -486,13 +499,66 @@ impl PreparedWrite {
 
     /// The collection it writes.
     pub fn collection(&self) -> &str {
-        self.body.collection()
+        match &self.body {
+            Body::Decoded(b) => b.collection(),
+            Body::Put { collection, .. } => collection,
+        }
     }
 
     /// The record it writes.
     pub fn id(&self) -> &str {
-        self.body.id()
+        match &self.body {
+            Body::Decoded(b) => b.id(),
+            Body::Put { id, .. } => id,
+        }
     }
+}
+
+/// A prepared write's operation, decoded from its encoded body (the end
+/// of its op entry `op`) when it was prepared from encoded values.
+fn decoded(body: Body, op: &Holes, body_len: usize) -> Result<OpBody, StoreError> {
+    match body {
+        Body::Decoded(b) => Ok(b),
+        Body::Put { .. } => Ok(OpBody::decode(op.tail(body_len))?),
+    }
+}
+
+/// [`prepare`] for puts given as their fields' encoded values (checked,
+/// as [`blazedb_proto::RawPuts`] reads them): the values are copied into
+/// the op and the record, never decoded.
+pub fn prepare_puts(
+    origin: &DeviceId,
+    incarnation: u32,
+    priority: u8,
+    puts: &[blazedb_proto::RawWrite<'_>],
+) -> Result<Vec<PreparedWrite>, StoreError> {
+    let writer = origin.writer(incarnation);
+    puts.iter()
+        .map(|put| {
+            for (name, _) in &put.fields {
+                validate_name("field", name)?;
+            }
+            validate_name("collection", put.collection)?;
+            let id = put.id.map_or_else(new_id, str::to_owned);
+            validate_id(&id)?;
+            let encoded = blazedb_proto::put_body(put.collection, &id, &put.fields);
+            Ok(PreparedWrite {
+                key: keys::record_key(put.collection, &id).into(),
+                op: stamped::op_entry(origin, incarnation, priority, &encoded),
+                body_len: encoded.len(),
+                fresh_record: Some(stamped::fresh_put_record_raw(
+                    &writer,
+                    priority,
+                    &put.fields,
+                )),
+                priority,
+                body: Body::Put {
+                    collection: put.collection.to_owned(),
+                    id,
+                },
+            })
+        })
+        .collect()
 }
 
 /// Validates writes made on this device (`origin`, in its write
@@ -556,7 +622,7 @@ pub fn prepare(
                 _ => None,
             };
             Ok(PreparedWrite {
-                body,
+                body: Body::Decoded(body),
                 key,
                 op,
                 body_len: encoded.len(),
@@ -925,8 +991,12 @@ impl Writer {
         } else {
             None
         };
-        let needs_existing = matches!(body, OpBody::Patch { .. });
-        let indexes = self.collection_indexes(group, plan, db, body.collection())?;
+        let needs_existing = matches!(body, Body::Decoded(OpBody::Patch { .. }));
+        let (collection, id) = match &body {
+            Body::Decoded(b) => (b.collection().to_owned(), b.id().to_owned()),
+            Body::Put { collection, id } => (collection.clone(), id.clone()),
+        };
+        let indexes = self.collection_indexes(group, plan, db, &collection)?;
 
         // A put or delete made here is newer than everything the record
         // holds (the clock has seen every write applied here), so without
@@ -942,8 +1012,8 @@ impl Writer {
         if needs_existing && !existing.as_ref().is_some_and(StoredRecord::is_live) {
             return Err(StoreError::NotFound {
                 db: db.name.clone(),
-                collection: body.collection().to_owned(),
-                id: body.id().to_owned(),
+                collection,
+                id,
             });
         }
         let counters = self.counters.entry(db.id).or_default();
@@ -957,21 +1027,28 @@ impl Writer {
             origin: self.store.writer(),
         };
 
-        let (collection, id) = (body.collection().to_owned(), body.id().to_owned());
         let old_values = field_values(existing.as_ref(), &indexes);
-        let record_bytes = match (existing, body, fresh_record) {
-            (None, OpBody::Put { fields, .. }, Some(fresh)) => {
+        // Only a put has a fresh record.
+        let record_bytes = match (existing, fresh_record) {
+            (None, Some(fresh)) => {
                 if !indexes.is_empty() {
-                    let record = StoredRecord::from_put(&stamp, fields);
+                    let record = match decoded(body, &op, body_len)? {
+                        OpBody::Put { fields, .. } => StoredRecord::from_put(&stamp, fields),
+                        other => {
+                            let mut record = StoredRecord::default();
+                            record.apply(&stamp, &other);
+                            record
+                        }
+                    };
                     index_effects(plan, db, &collection, &id, &indexes, &old_values, &record);
                 }
                 fresh.fill(&[hlc.0])
             }
-            (existing, body, _) => {
+            (existing, _) => {
                 let mut record = existing.unwrap_or_default();
-                record.apply(&stamp, &body);
+                record.apply(&stamp, &decoded(body, &op, body_len)?);
                 index_effects(plan, db, &collection, &id, &indexes, &old_values, &record);
-                codec::to_vec(&record)?
+                record.encode()
             }
         };
         let record_bytes = Slice::from(record_bytes);
@@ -1305,7 +1382,7 @@ pub(super) fn load_for_update(
         .get(db.id, key)
         .or_else(|| group.overlay.get(db.id, key))
     {
-        Some(bytes) => Ok(Some(codec::from_slice(bytes)?)),
+        Some(bytes) => Ok(Some(StoredRecord::decode(bytes)?)),
         None => db.load_record(key),
     }
 }
@@ -1334,7 +1411,7 @@ pub(super) fn plan_record(
 ) -> Result<(), StoreError> {
     let (collection, id) = keys::split_record_key(&key).unwrap_or_default();
     index_effects(plan, db, collection, id, indexes, old_values, record);
-    plan_encoded(plan, db, key, codec::to_vec(record)?.into());
+    plan_encoded(plan, db, key, record.encode().into());
     Ok(())
 }
 

@@ -94,9 +94,7 @@ impl RecordStamps {
 
     /// Reads them from a record's stored form (as a snapshot carries it).
     pub fn decode(state: &[u8]) -> Option<Self> {
-        codec::from_slice::<StoredRecord>(state)
-            .ok()
-            .map(|r| Self::of(&r))
+        StoredRecord::decode(state).ok().map(|r| Self::of(&r))
     }
 }
 
@@ -412,7 +410,7 @@ impl SyncStore for MemoryStore {
         let (mut records, mut bytes, mut done) = (Vec::new(), 0, true);
         let mut iter = range.peekable();
         while let Some((k, r)) = iter.next() {
-            let state = codec::to_vec(r).unwrap_or_default();
+            let state = r.encode();
             let size = k.len() + state.len();
             let full = limits.take(
                 &mut records,
@@ -463,7 +461,7 @@ impl SyncStore for MemoryStore {
         for rec in records {
             // A record that does not decode came from a broken peer; the
             // engine checked the message, so skip it rather than fail.
-            if let Ok(state) = codec::from_slice::<StoredRecord>(&rec.state) {
+            if let Ok(state) = StoredRecord::decode(&rec.state) {
                 self.clock.observe(state.version());
                 let held = d.records.entry(rec.key).or_default();
                 if let Some(from) = fresh_from
@@ -495,11 +493,7 @@ impl SyncStore for MemoryStore {
         };
         Ok(keys
             .iter()
-            .map(|k| {
-                d.records
-                    .get(k)
-                    .map(|r| codec::to_vec(r).unwrap_or_default())
-            })
+            .map(|k| d.records.get(k).map(|r| r.encode()))
             .collect())
     }
 
@@ -538,7 +532,7 @@ impl SyncStore for MemoryStore {
             }
         }
         for rec in p.records {
-            if let Ok(state) = codec::from_slice::<StoredRecord>(&rec.state) {
+            if let Ok(state) = StoredRecord::decode(&rec.state) {
                 self.clock.observe(state.version());
                 d.records.entry(rec.key).or_default().merge_cut(&state);
             }

@@ -27,7 +27,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use blazedb_proto::rules::{AccessRules, SyncWish};
-use blazedb_proto::{DeviceId, Op, OpBody, SnapshotRecord, SyncMessage, VersionVector, codec};
+use blazedb_proto::{DeviceId, Op, OpBody, SnapshotRecord, SyncMessage, VersionVector};
 use serde_bytes::ByteBuf;
 
 use super::{Engine, Event, OutSnapshot, corrections_for, sends};
@@ -536,7 +536,7 @@ fn projection_from(judged: &BTreeMap<String, u64>, db: &str) -> u64 {
 /// only drop it whole or, while it holds writes not judged yet, keep it
 /// whole, fields the delete ended included.
 pub(super) fn project_deleted(view: &View, key: Vec<u8>, state: &[u8]) -> Option<SnapshotRecord> {
-    let rec: StoredRecord = codec::from_slice(state).ok()?;
+    let rec = StoredRecord::decode(state).ok()?;
     let (collection, _) = keys::split_record_key(&key)?;
     if rec.is_live() || !view.sees_collection(collection) {
         return None;
@@ -547,7 +547,7 @@ pub(super) fn project_deleted(view: &View, key: Vec<u8>, state: &[u8]) -> Option
 /// A record as a partial replica with `view` may receive it, or `None` if
 /// it may not see it.
 pub(super) fn project(view: &View, key: Vec<u8>, state: &[u8]) -> Option<SnapshotRecord> {
-    let rec: StoredRecord = codec::from_slice(state).ok()?;
+    let rec = StoredRecord::decode(state).ok()?;
     let (collection, id) = keys::split_record_key(&key)?;
     if !view.sees(collection, id, &rec) {
         return None;
@@ -560,7 +560,7 @@ fn cut_to(view: &View, key: Vec<u8>, state: &[u8], rec: &StoredRecord) -> Option
     let state = if view.exclude.is_empty() {
         state.to_vec()
     } else {
-        codec::to_vec(&view.project(rec)).ok()?
+        view.project(rec).encode()
     };
     Some(SnapshotRecord { key, state })
 }
