@@ -530,8 +530,9 @@ async fn a_client_that_half_closes_still_gets_its_answers() {
 #[tokio::test]
 async fn a_long_run_of_pipelined_gets_is_answered_in_order() {
     let (agent, client) = agent_with_data().await;
-    // Gets of records that exist and that do not, and one for a database
-    // that does not, all in one burst, with a write in the middle: long
+    // Gets of records that exist and that do not, and one each for a
+    // database and a collection that do not, all in one burst, with a
+    // write in the middle: long
     // enough for the agent to share the run among threads.
     let mut raw = Raw::hello(&agent);
     let mut burst = Vec::new();
@@ -550,14 +551,14 @@ async fn a_long_run_of_pipelined_gets_is_answered_in_order() {
             );
             continue;
         }
-        let (db, rid) = if i == 77 {
-            ("nope".to_owned(), "b1".to_owned())
-        } else {
-            ("bugs".to_owned(), format!("b{}", i % 30))
+        let (db, collection, rid) = match i {
+            77 => ("nope", "bugs", "b1".to_owned()),
+            78 => ("bugs", "nope", "b1".to_owned()),
+            _ => ("bugs", "bugs", format!("b{}", i % 30)),
         };
         frame(
             "get",
-            serde_json::json!({ "db": db, "collection": "bugs", "id": rid }),
+            serde_json::json!({ "db": db, "collection": collection, "id": rid }),
             id,
         );
         sent.push((id, i, rid));
@@ -579,6 +580,10 @@ async fn a_long_run_of_pipelined_gets_is_answered_in_order() {
         let result = answers.remove(id).expect("answered");
         if *i == 77 {
             assert_eq!(code(result), ErrorCode::UnknownDatabase);
+            continue;
+        }
+        if *i == 78 {
+            assert_eq!(code(result), ErrorCode::UnknownCollection);
             continue;
         }
         let got: blazedb_proto::api::GetResult =

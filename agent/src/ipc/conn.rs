@@ -191,9 +191,7 @@ async fn apps_changed(changes: &mut Option<watch::Receiver<u64>>) {
 /// Answers `gets` into a buffer of their response frames.
 fn answer_all(ctx: &Ctx, gets: &[PendingGet]) -> Vec<u8> {
     let mut out = Vec::new();
-    for (id, p, fields) in gets {
-        handler::get(ctx, *id, p, fields, &mut out);
-    }
+    handler::get_run(ctx, gets, &mut out);
     out
 }
 
@@ -353,9 +351,8 @@ impl Conn {
         let helpers = read_helpers();
         let threads = (helpers.count + 1).min(gets.len() / GETS_PER_THREAD);
         if threads <= 1 {
-            for (id, p, fields) in gets.drain(..) {
-                handler::get(&self.ctx, id, &p, &fields, &mut self.out);
-            }
+            handler::get_run(&self.ctx, gets, &mut self.out);
+            gets.clear();
             return;
         }
         let run: Arc<[PendingGet]> = gets.drain(..).collect();

@@ -139,20 +139,45 @@ fn granted(access: &Access, db: &str, collection: &str) -> FieldLimit {
     access.rights(db, collection).ok().and_then(|r| r.fields)
 }
 
-/// Answers a get, with only the fields in `fields`.
-pub(crate) fn get(ctx: &Ctx, id: u64, p: &RecordRef, fields: &FieldLimit, out: &mut Vec<u8>) {
-    // The stored values are passed on as they are encoded.
-    let sent = ctx
-        .store
-        .get_encoded(&p.db, &p.collection, &p.id, |record| {
-            limited(record, fields, |record| {
-                message::encode_response_with(out, id, ctx.max_frame, |out| {
-                    GetResult::encode_from(out, record);
-                    Ok(())
-                })
-            })
-        });
-    error_unless_sent(out, id, sent);
+/// Answers a run of gets, each with only the fields it may see: gets in a
+/// row that name the same database and collection look them up once.
+pub(crate) fn get_run(ctx: &Ctx, gets: &[(u64, RecordRef, FieldLimit)], out: &mut Vec<u8>) {
+    let mut rest = gets;
+    while let Some((_, first, _)) = rest.first() {
+        let same = rest
+            .iter()
+            .take_while(|(_, p, _)| p.db == first.db && p.collection == first.collection)
+            .count();
+        let (mut run, after) = rest.split_at(same);
+        rest = after;
+        while !run.is_empty() {
+            let mut answered = 0;
+            let read = ctx.store.get_many_encoded(
+                &first.db,
+                &first.collection,
+                run.iter().map(|(_, p, _)| p.id.as_str()),
+                |record| {
+                    let (id, _, fields) = &run[answered];
+                    answered += 1;
+                    let sent = limited(record, fields, |record| {
+                        message::encode_response_with(out, *id, ctx.max_frame, |out| {
+                            GetResult::encode_from(out, record);
+                            Ok(())
+                        })
+                    });
+                    error_unless_sent(out, *id, Ok(sent));
+                },
+            );
+            run = &run[answered..];
+            // The database or collection is unknown, or reading the next
+            // record failed: that get is answered with why, and the rest
+            // are read on.
+            if let (Err(e), Some((id, _, _))) = (read, run.first()) {
+                message::encode_error(out, *id, &ErrorInfo::from(e));
+                run = &run[1..];
+            }
+        }
+    }
 }
 
 /// Answers a get_many, each record with only the fields in `fields`.
@@ -214,7 +239,8 @@ pub(crate) fn handle(
             done(ctx, out, id, Ok(DbListResult { databases }))
         }
         Request::Get(p) => {
-            get(ctx, id, &p, &granted(access, &p.db, &p.collection), out);
+            let fields = granted(access, &p.db, &p.collection);
+            get_run(ctx, &[(id, p, fields)], out);
             Handled::Done
         }
         Request::GetMany(p) => {
