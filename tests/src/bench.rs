@@ -132,7 +132,8 @@ pub fn raw_fjall_layout_of(
             blazed::store::fresh_put_layout(&origin, &c, &id, fields, i as u64 + 1, hlc)
         })
         .collect::<Result<_, _>>()?;
-    let db = fjall::Database::builder(dir.join("raw-layout")).open()?;
+    let db =
+        blazed::store::journal_options(fjall::Database::builder(dir.join("raw-layout"))).open()?;
     let records = db.keyspace("records", KeyspaceCreateOptions::default)?;
     let log = db.keyspace("log", KeyspaceCreateOptions::default)?;
     let t = Instant::now();

@@ -407,6 +407,16 @@ fn open_keyspaces(fj: &fjall::Database, id: u32) -> Result<[Keyspace; 3], StoreE
     ])
 }
 
+/// The journal settings the store opens fjall with. Op-log chunks are
+/// the journal's only values large enough for fjall to compress, and
+/// compressing them cost the writer thread more than the bytes it saved
+/// (and end-to-end encrypted ones do not compress at all).
+pub fn journal_options(
+    builder: fjall::DatabaseBuilder<fjall::Database>,
+) -> fjall::DatabaseBuilder<fjall::Database> {
+    builder.journal_compression(fjall::CompressionType::None)
+}
+
 impl Store {
     /// Opens (or creates) the store in `path` for the device `device`.
     pub fn open(path: &Path, device: DeviceId, options: StoreOptions) -> Result<Store, StoreError> {
@@ -414,7 +424,7 @@ impl Store {
             .map_err(|e| StoreError::Storage(format!("cannot create {}: {e}", path.display())))?;
         let keys = crate::crypto::keyring::Keyring::load(path)?;
         let journals = journal::data_ends(path)?;
-        let fj = fjall::Database::builder(path)
+        let fj = journal_options(fjall::Database::builder(path))
             .cache_size(options.cache_bytes)
             .open()?;
         let dropped_tails = journal::dropped_tails(&journals, &journal::lengths(path)?);

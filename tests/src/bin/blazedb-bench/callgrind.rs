@@ -13,6 +13,7 @@ use std::process::Command;
 
 use anyhow::{Context as _, bail};
 use blazedb::Client;
+use blazedb_proto::api::{DbSettings, Encryption};
 use blazedb_tests::bench::{batched_puts, raw_fjall_puts};
 use blazedb_tests::{TestAgent, sibling_bin};
 use fjall::KeyspaceCreateOptions;
@@ -24,6 +25,11 @@ const GET_KEYS: usize = 4000;
 enum Work {
     Puts,
     Gets,
+    /// Puts to an end-to-end encrypted database (agent only: beside the
+    /// agent's plaintext puts).
+    E2ePuts,
+    /// Gets of 1000 ids a `get_many` request (beside raw gets).
+    GetMany,
 }
 
 /// Counts and prints instructions per put and per get, agent and raw.
@@ -43,12 +49,13 @@ pub(crate) async fn run(quick: bool, json: bool, keep: Option<PathBuf>) -> anyho
     };
     println!("blazedb-bench --callgrind: instructions per operation ({small} and {large} ops)\n");
     let mut figures = serde_json::Map::new();
-    for work in [Work::Puts, Work::Gets] {
+    for work in [Work::Puts, Work::Gets, Work::GetMany] {
         let agent = per_op(small, large, |n| agent_run(dir, work, n)).await?;
         let raw = per_op(small, large, |n| async move { raw_run(dir, work, n) }).await?;
         let (name, what) = match work {
             Work::Puts => ("put", "durable batched puts (1000 a batch)"),
-            Work::Gets => ("get", "random point gets (128 in flight)"),
+            Work::Gets | Work::E2ePuts => ("get", "random point gets (128 in flight)"),
+            Work::GetMany => ("get_many", "random gets, 1000 ids a get_many request"),
         };
         println!("{what}");
         println!("  raw fjall          {raw:>10.0} instructions per op");
@@ -60,6 +67,18 @@ pub(crate) async fn run(quick: bool, json: bool, keep: Option<PathBuf>) -> anyho
         figures.insert(format!("callgrind_{name}_raw_ir"), raw.into());
         figures.insert(format!("callgrind_{name}_ratio_raw"), (agent / raw).into());
     }
+    let e2e = per_op(small, large, |n| agent_run(dir, Work::E2ePuts, n)).await?;
+    let plain = figures
+        .get("callgrind_put_agent_ir")
+        .and_then(serde_json::Value::as_f64)
+        .unwrap_or(f64::NAN);
+    println!("durable batched puts to an end-to-end encrypted database");
+    println!(
+        "  blazed (agent)     {e2e:>10.0} instructions per op  ({:.2}x plaintext)\n",
+        e2e / plain
+    );
+    figures.insert("callgrind_e2e_put_agent_ir".into(), e2e.into());
+    figures.insert("callgrind_e2e_put_ratio_plain".into(), (e2e / plain).into());
     if json {
         println!("{}", serde_json::Value::Object(figures));
     }
@@ -96,14 +115,31 @@ async fn agent_run(dir: &Path, work: Work, n: usize) -> anyhow::Result<u64> {
     let mut agent = TestAgent::stopped(&script, &["--no-metrics", "--no-http"])?;
     agent.restart().await?;
     let client = Client::connect_to(agent.socket()).await?;
-    client.db("bench").create().await?;
+    let encryption = match work {
+        Work::E2ePuts => Encryption::E2e,
+        Work::Puts | Work::Gets | Work::GetMany => Encryption::None,
+    };
+    client
+        .db("bench")
+        .create_with(
+            DbSettings {
+                encryption,
+                ..Default::default()
+            },
+            false,
+        )
+        .await?;
     match work {
-        Work::Puts => {
+        Work::Puts | Work::E2ePuts => {
             batched_puts(&client, "bench", n, 1000).await?;
         }
         Work::Gets => {
             batched_puts(&client, "bench", GET_KEYS, 1000).await?;
             super::pipelined_gets(&client, n, GET_KEYS, 128).await?;
+        }
+        Work::GetMany => {
+            batched_puts(&client, "bench", GET_KEYS, 1000).await?;
+            super::get_many(&client, n, GET_KEYS, 1000).await?;
         }
     }
     drop(client);
