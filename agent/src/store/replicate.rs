@@ -210,7 +210,7 @@ impl Writer {
                 db: db.id,
                 log: db.log.clone(),
                 cursor: head,
-                entry: codec::to_vec(&op)?,
+                entry: stamped::op_bytes(&op),
             });
         }
         sync.cursor = head;

@@ -131,6 +131,16 @@ pub(crate) fn op_entry(origin: &DeviceId, incarnation: u32, priority: u8, body: 
     h
 }
 
+/// An op-log entry for `op` as it is, encoded by hand (as [`op_entry`]
+/// and [`fill_op`] do, not through serde).
+pub(crate) fn op_bytes(op: &blazedb_proto::Op) -> Vec<u8> {
+    fill_op(
+        op_entry(&op.origin, op.incarnation, op.priority, &op.body),
+        op.seq,
+        op.hlc,
+    )
+}
+
 /// Fills an op entry's holes.
 pub(crate) fn fill_op(h: Holes, seq: u64, hlc: Hlc) -> Vec<u8> {
     h.fill(&[seq, hlc.0])
