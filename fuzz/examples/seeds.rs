@@ -39,6 +39,14 @@ fn main() -> anyhow::Result<()> {
         ("hello", json!({"protocol": 1, "client": "fuzz"})),
         ("db.create", json!({"name": "notes", "sync_mode": "sync"})),
     ];
+    // A batch of puts alone, which is read in place (`RawPuts`).
+    let puts = json!({"db": "notes", "writes": [
+        {"put": {"collection": "todo", "id": "a", "fields": {"a": [1, {"b": null}], "x": 1.5}}},
+        {"put": {"collection": "todo", "id": null, "fields": {}}},
+    ]});
+    let mut frame = Vec::new();
+    message::encode_request(&mut frame, 99, "batch", &puts, 1 << 20)?;
+    seeds.push(("request", "batch_of_puts", frame[4..].to_vec()));
     for (i, (method, params)) in requests.iter().enumerate() {
         let mut frame = Vec::new();
         message::encode_request(&mut frame, i as u64 + 1, method, params, 1 << 20)?;
@@ -155,6 +163,23 @@ fn main() -> anyhow::Result<()> {
         key.seal(&blazedb_fuzz::SEALED_OP, &put.encode()?)?,
     ));
     seeds.push(("sealed", "empty", Vec::new()));
+
+    let fields = [
+        ("title".to_owned(), Value::from("milk")),
+        (
+            "tags".to_owned(),
+            Value::List(vec![Value::Int(1), Value::Null]),
+        ),
+    ];
+    let layout = blazed::store::fresh_put_layout(
+        &DeviceId([7; 32]),
+        "todo",
+        "t1",
+        fields.into(),
+        1,
+        Hlc(1 << 20),
+    )?;
+    seeds.push(("record", "fresh_put", layout.record));
 
     for (target, name, bytes) in seeds {
         let dir = root.join(target);

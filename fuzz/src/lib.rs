@@ -7,13 +7,14 @@
 //! `fuzz/fuzz_targets/` wraps each in libFuzzer (`fuzz/run.sh` runs them);
 //! `fuzz/tests/corpus.rs` replays the corpora in the normal test run.
 
+use blazedb_proto::api::Write;
 use blazedb_proto::codec;
 use blazedb_proto::frame;
 use blazedb_proto::mesh::{Invite, PeerMessage};
 use blazedb_proto::message;
 use blazedb_proto::rules::Selector;
 use blazedb_proto::sealed::SealedOp;
-use blazedb_proto::{DeviceId, Hlc, OpBody, RawPut, Request, SyncMessage, Value};
+use blazedb_proto::{DeviceId, Hlc, OpBody, RawPut, RawPuts, Request, SyncMessage, Value};
 
 /// A target's body: takes any bytes, panics on a bug.
 pub type Target = fn(&[u8]);
@@ -30,6 +31,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("cli_fields", cli_fields),
     ("cli_filter", cli_filter),
     ("sealed", sealed),
+    ("record", record),
 ];
 
 /// Every IPC method: `request` decodes params as each of them.
@@ -102,10 +104,60 @@ pub fn frame(data: &[u8]) {
 pub fn request(data: &[u8]) {
     if let Ok(raw) = message::decode_request(data) {
         let _ = Request::decode(raw.method, raw.params);
+        raw_puts(raw.method, raw.params);
     }
     if let Some((first, params)) = data.split_first() {
         let method = METHODS[usize::from(*first) % METHODS.len()];
         let _ = Request::decode(method, params);
+        raw_puts(method, params);
+    }
+}
+
+/// Puts read in place must be the puts decoding gives.
+fn raw_puts(method: &str, params: &[u8]) {
+    let Some(raw) = RawPuts::parse(method, params) else {
+        return;
+    };
+    let decoded = match Request::decode(method, params) {
+        Ok(Request::Put(p)) => vec![Write::from(p)],
+        Ok(Request::Batch(b)) => b.writes,
+        other => panic!("RawPuts read params that decode as {other:?}"),
+    };
+    assert_eq!(raw.puts.len(), decoded.len());
+    for (put, write) in raw.puts.iter().zip(decoded) {
+        let Write::Put {
+            collection,
+            id,
+            fields,
+        } = write
+        else {
+            panic!("RawPuts read a write that is no put");
+        };
+        assert_eq!(
+            (put.collection, put.id),
+            (collection.as_str(), id.as_deref())
+        );
+        assert_eq!(put.fields.len(), fields.len());
+        for ((name, bytes), (want_name, want)) in put.fields.iter().zip(&fields) {
+            assert_eq!(name, want_name);
+            let got: Value = codec::from_slice(bytes).expect("a raw field value decodes");
+            assert_eq!(codec::to_vec(&got).ok(), codec::to_vec(want).ok());
+        }
+    }
+}
+
+/// A stored record, as a peer's snapshot carries it: reading must not
+/// panic, and a record that reads encodes to bytes that read back the
+/// same, and that a get sees as the decoded record shows.
+pub fn record(data: &[u8]) {
+    let _ = blazed::store::read_visible(data);
+    if let Some(bytes) = blazed::store::reencode_record(data) {
+        assert_eq!(
+            blazed::store::reencode_record(&bytes).as_ref(),
+            Some(&bytes),
+            "a record read back encodes otherwise"
+        );
+        blazed::store::read_visible(&bytes).expect("a record encoded here reads");
     }
 }
 

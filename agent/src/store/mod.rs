@@ -407,6 +407,24 @@ fn open_keyspaces(fj: &fjall::Database, id: u32) -> Result<[Keyspace; 3], StoreE
     ])
 }
 
+/// Reads `bytes` as a stored record (as a peer's snapshot piece is read)
+/// and encodes what it read again: `None` when they do not decode. For
+/// the fuzz targets.
+#[doc(hidden)]
+pub fn reencode_record(bytes: &[u8]) -> Option<Vec<u8>> {
+    StoredRecord::decode(bytes).ok().map(|r| r.encode())
+}
+
+/// What a get sees of a stored record's bytes: its version and its
+/// visible fields as an encoded map, `None` for a tombstone. For the fuzz
+/// targets.
+#[doc(hidden)]
+pub fn read_visible(bytes: &[u8]) -> Result<Option<(Hlc, Vec<u8>)>, String> {
+    Visible::read(bytes)
+        .map(|v| v.map(|v| (v.version, v.fields.into_owned())))
+        .map_err(|e| e.to_string())
+}
+
 /// The journal settings the store opens fjall with. Op-log chunks are
 /// the journal's only values large enough for fjall to compress, and
 /// compressing them cost the writer thread more than the bytes it saved
