@@ -265,19 +265,14 @@ pub(crate) fn batch_params(bytes: &[u8]) -> Option<BatchParams> {
         match c.str()? {
             "db" => once(&mut db, c.str()?.to_owned())?,
             "writes" => {
-                let len = c.array_len()?;
-                let mut out = Vec::with_capacity(len.min(4096));
-                for _ in 0..len {
-                    if c.map_len()? != 1 || c.str()? != "put" {
-                        return None;
-                    }
-                    let w = write_fields(&mut c, false)?;
-                    out.push(Write::Put {
+                let out = c.puts(|c| {
+                    let w = write_fields(c, false)?;
+                    Some(Write::Put {
                         collection: w.collection?,
                         id: w.id.flatten(),
                         fields: w.fields?,
-                    });
-                }
+                    })
+                })?;
                 once(&mut writes, out)?;
             }
             _ => c.ignored()?,
@@ -379,6 +374,21 @@ impl<'a> RawPut<'a> {
 }
 
 impl<'a> Cursor<'a> {
+    /// A batch's `writes`, each read by `put`; `None` unless every one is
+    /// a put.
+    fn puts<T>(&mut self, mut put: impl FnMut(&mut Self) -> Option<T>) -> Option<Vec<T>> {
+        let len = self.array_len()?;
+        // The length is the sender's: grow as writes arrive.
+        let mut out = Vec::with_capacity(len.min(4096));
+        for _ in 0..len {
+            if self.map_len()? != 1 || self.str()? != "put" {
+                return None;
+            }
+            out.push(put(self)?);
+        }
+        Some(out)
+    }
+
     /// A map of fields, each value's bytes checked but not decoded; `None`
     /// unless the names come in order, once each.
     fn raw_fields(&mut self) -> Option<Vec<(&'a str, &'a [u8])>> {
@@ -470,14 +480,7 @@ impl<'a> RawPuts<'a> {
                     match c.str()? {
                         "db" => once(&mut db, c.str()?)?,
                         "writes" => {
-                            let len = c.array_len()?;
-                            let mut out = Vec::with_capacity(len.min(4096));
-                            for _ in 0..len {
-                                if c.map_len()? != 1 || c.str()? != "put" {
-                                    return None;
-                                }
-                                out.push(c.raw_write(false)?.1);
-                            }
+                            let out = c.puts(|c| Some(c.raw_write(false)?.1))?;
                             once(&mut writes, out)?;
                         }
                         _ => c.ignored()?,
@@ -501,21 +504,28 @@ pub fn put_body(collection: &str, id: &str, fields: &[(&str, &[u8])]) -> Vec<u8>
     use crate::codec::raw;
     let size: usize = fields.iter().map(|(n, v)| n.len() + v.len() + 2).sum();
     let mut out = Vec::with_capacity(40 + collection.len() + id.len() + size);
-    raw::map_len(&mut out, 1);
-    raw::str(&mut out, "put");
-    raw::map_len(&mut out, 3);
-    raw::str(&mut out, "collection");
-    raw::str(&mut out, collection);
-    raw::str(&mut out, "id");
-    raw::str(&mut out, id);
-    raw::str(&mut out, "fields");
-    // More fields than u32::MAX cannot come through a frame.
-    raw::map_len(&mut out, u32::try_from(fields.len()).unwrap_or(u32::MAX));
+    put_body_head(&mut out, collection, id, fields.len());
     for (name, value) in fields {
         raw::str(&mut out, name);
         out.extend_from_slice(value);
     }
     out
+}
+
+/// A put body up to its fields: what serde writes for `OpBody::Put` before
+/// the entries of its map of `fields` fields.
+pub(crate) fn put_body_head(out: &mut Vec<u8>, collection: &str, id: &str, fields: usize) {
+    use crate::codec::raw;
+    raw::map_len(out, 1);
+    raw::str(out, "put");
+    raw::map_len(out, 3);
+    raw::str(out, "collection");
+    raw::str(out, collection);
+    raw::str(out, "id");
+    raw::str(out, id);
+    raw::str(out, "fields");
+    // More fields than u32::MAX cannot come through a frame.
+    raw::map_len(out, u32::try_from(fields).unwrap_or(u32::MAX));
 }
 
 /// Decodes an op body that is a put, or `None` to leave it to serde.

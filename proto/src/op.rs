@@ -259,15 +259,11 @@ impl OpBody {
                 use codec::raw;
                 let mut out =
                     Vec::with_capacity(64 + collection.len() + id.len() + 32 * fields.len());
-                raw::map_len(&mut out, 1);
-                raw::str(&mut out, "put");
-                raw::map_len(&mut out, 3);
-                raw::str(&mut out, "collection");
-                raw::str(&mut out, collection);
-                raw::str(&mut out, "id");
-                raw::str(&mut out, id);
-                raw::str(&mut out, "fields");
-                raw::fields(&mut out, fields)?;
+                crate::fast::put_body_head(&mut out, collection, id, fields.len());
+                for (name, value) in fields {
+                    raw::str(&mut out, name);
+                    raw::value(&mut out, value)?;
+                }
                 Ok(out)
             }
             _ => codec::to_vec(self),

@@ -514,12 +514,12 @@ impl PreparedWrite {
     }
 }
 
-/// A prepared write's operation, decoded from its encoded body (the end
-/// of its op entry `op`) when it was prepared from encoded values.
-fn decoded(body: Body, op: &Holes, body_len: usize) -> Result<OpBody, StoreError> {
+/// A prepared write's operation: `body` when it was prepared decoded, else
+/// decoded from its encoded body (the end of its op entry `op`).
+fn decoded(body: Option<OpBody>, op: &Holes, body_len: usize) -> Result<OpBody, StoreError> {
     match body {
-        Body::Decoded(b) => Ok(b),
-        Body::Put { .. } => Ok(OpBody::decode(op.tail(body_len))?),
+        Some(b) => Ok(b),
+        None => Ok(OpBody::decode(op.tail(body_len))?),
     }
 }
 
@@ -992,9 +992,10 @@ impl Writer {
             None
         };
         let needs_existing = matches!(body, Body::Decoded(OpBody::Patch { .. }));
-        let (collection, id) = match &body {
-            Body::Decoded(b) => (b.collection().to_owned(), b.id().to_owned()),
-            Body::Put { collection, id } => (collection.clone(), id.clone()),
+        // The decoded operation, if it was prepared decoded.
+        let (collection, id, body) = match body {
+            Body::Decoded(b) => (b.collection().to_owned(), b.id().to_owned(), Some(b)),
+            Body::Put { collection, id } => (collection, id, None),
         };
         let indexes = self.collection_indexes(group, plan, db, &collection)?;
 

@@ -13,7 +13,7 @@ use std::process::Command;
 
 use anyhow::{Context as _, bail};
 use blazedb::Client;
-use blazedb_proto::api::{DbSettings, Encryption};
+use blazedb_proto::api::Encryption;
 use blazedb_tests::bench::{batched_puts, raw_fjall_puts};
 use blazedb_tests::{TestAgent, sibling_bin};
 use fjall::KeyspaceCreateOptions;
@@ -119,16 +119,7 @@ async fn agent_run(dir: &Path, work: Work, n: usize) -> anyhow::Result<u64> {
         Work::E2ePuts => Encryption::E2e,
         Work::Puts | Work::Gets | Work::GetMany => Encryption::None,
     };
-    client
-        .db("bench")
-        .create_with(
-            DbSettings {
-                encryption,
-                ..Default::default()
-            },
-            false,
-        )
-        .await?;
+    super::create_db(&client, "bench", encryption).await?;
     match work {
         Work::Puts | Work::E2ePuts => {
             batched_puts(&client, "bench", n, 1000).await?;

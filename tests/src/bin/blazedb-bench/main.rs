@@ -372,17 +372,18 @@ async fn fresh_db(
     encryption: Encryption,
 ) -> anyhow::Result<String> {
     let name = format!("bench-{kind}-{round}");
-    client
-        .db(&name)
-        .create_with(
-            DbSettings {
-                encryption,
-                ..Default::default()
-            },
-            false,
-        )
-        .await?;
+    create_db(client, &name, encryption).await?;
     Ok(name)
+}
+
+/// Creates the database `name` with that encryption.
+async fn create_db(client: &Client, name: &str, encryption: Encryption) -> anyhow::Result<()> {
+    let settings = DbSettings {
+        encryption,
+        ..Default::default()
+    };
+    client.db(name).create_with(settings, false).await?;
+    Ok(())
 }
 
 /// Gets and puts as the owner, through an app granted read-write on the
