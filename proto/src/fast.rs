@@ -192,6 +192,22 @@ impl<'a> Cursor<'a> {
         Some(&self.buf[start..self.pos])
     }
 
+    /// A map key's bytes, to match against the keys a decoder knows: a
+    /// key that matches one is UTF-8, and one that matches none is
+    /// checked by [`Cursor::unknown`].
+    fn key(&mut self) -> Option<&'a [u8]> {
+        let marker = self.byte()?;
+        let len = self.str_len(marker)?;
+        self.take(len)
+    }
+
+    /// Passes over the value of a key no field has, as serde does; a key
+    /// that is not UTF-8 is refused, as serde refuses it.
+    fn unknown(&mut self, key: &[u8]) -> Option<()> {
+        std::str::from_utf8(key).ok()?;
+        self.ignored()
+    }
+
     /// Skips a field serde would ignore: only simple values, so that
     /// nothing serde refuses is passed over.
     fn ignored(&mut self) -> Option<()> {
@@ -224,10 +240,10 @@ struct WriteFields {
 fn write_fields(c: &mut Cursor<'_>, with_db: bool) -> Option<WriteFields> {
     let mut w = WriteFields::default();
     for _ in 0..c.map_len()? {
-        match c.str()? {
-            "db" if with_db => once(&mut w.db, c.str()?.to_owned())?,
-            "collection" => once(&mut w.collection, c.str()?.to_owned())?,
-            "id" => {
+        match c.key()? {
+            b"db" if with_db => once(&mut w.db, c.str()?.to_owned())?,
+            b"collection" => once(&mut w.collection, c.str()?.to_owned())?,
+            b"id" => {
                 let id = if c.peek()? == 0xc0 {
                     c.byte()?;
                     None
@@ -236,8 +252,8 @@ fn write_fields(c: &mut Cursor<'_>, with_db: bool) -> Option<WriteFields> {
                 };
                 once(&mut w.id, id)?;
             }
-            "fields" => once(&mut w.fields, c.fields(1)?)?,
-            _ => c.ignored()?,
+            b"fields" => once(&mut w.fields, c.fields(1)?)?,
+            other => c.unknown(other)?,
         }
     }
     Some(w)
@@ -262,9 +278,9 @@ pub(crate) fn batch_params(bytes: &[u8]) -> Option<BatchParams> {
     let mut c = Cursor { buf: bytes, pos: 0 };
     let (mut db, mut writes) = (None, None);
     for _ in 0..c.map_len()? {
-        match c.str()? {
-            "db" => once(&mut db, c.str()?.to_owned())?,
-            "writes" => {
+        match c.key()? {
+            b"db" => once(&mut db, c.str()?.to_owned())?,
+            b"writes" => {
                 let out = c.puts(|c| {
                     let w = write_fields(c, false)?;
                     Some(Write::Put {
@@ -275,7 +291,7 @@ pub(crate) fn batch_params(bytes: &[u8]) -> Option<BatchParams> {
                 })?;
                 once(&mut writes, out)?;
             }
-            _ => c.ignored()?,
+            other => c.unknown(other)?,
         }
     }
     c.end()?;
@@ -291,11 +307,11 @@ pub(crate) fn record_ref(bytes: &[u8]) -> Option<RecordRef> {
     let mut c = Cursor { buf: bytes, pos: 0 };
     let (mut db, mut collection, mut id) = (None, None, None);
     for _ in 0..c.map_len()? {
-        match c.str()? {
-            "db" => once(&mut db, c.str()?.to_owned())?,
-            "collection" => once(&mut collection, c.str()?.to_owned())?,
-            "id" => once(&mut id, c.str()?.to_owned())?,
-            _ => c.ignored()?,
+        match c.key()? {
+            b"db" => once(&mut db, c.str()?.to_owned())?,
+            b"collection" => once(&mut collection, c.str()?.to_owned())?,
+            b"id" => once(&mut id, c.str()?.to_owned())?,
+            other => c.unknown(other)?,
         }
     }
     c.end()?;
@@ -311,10 +327,10 @@ pub(crate) fn get_many_params(bytes: &[u8]) -> Option<GetManyParams> {
     let mut c = Cursor { buf: bytes, pos: 0 };
     let (mut db, mut collection, mut ids) = (None, None, None);
     for _ in 0..c.map_len()? {
-        match c.str()? {
-            "db" => once(&mut db, c.str()?.to_owned())?,
-            "collection" => once(&mut collection, c.str()?.to_owned())?,
-            "ids" => {
+        match c.key()? {
+            b"db" => once(&mut db, c.str()?.to_owned())?,
+            b"collection" => once(&mut collection, c.str()?.to_owned())?,
+            b"ids" => {
                 let len = c.array_len()?;
                 let mut out = Vec::with_capacity(len.min(4096));
                 for _ in 0..len {
@@ -322,7 +338,7 @@ pub(crate) fn get_many_params(bytes: &[u8]) -> Option<GetManyParams> {
                 }
                 once(&mut ids, out)?;
             }
-            _ => c.ignored()?,
+            other => c.unknown(other)?,
         }
     }
     c.end()?;
@@ -352,16 +368,16 @@ impl<'a> RawPut<'a> {
     /// each; `None` for anything else, which is then decoded.
     pub fn parse(bytes: &'a [u8]) -> Option<Self> {
         let mut c = Cursor { buf: bytes, pos: 0 };
-        if c.map_len()? != 1 || c.str()? != "put" {
+        if c.map_len()? != 1 || c.key()? != b"put" {
             return None;
         }
         let (mut collection, mut id, mut fields) = (None, None, None);
         for _ in 0..c.map_len()? {
-            match c.str()? {
-                "collection" => once(&mut collection, c.str()?)?,
-                "id" => once(&mut id, c.str()?)?,
-                "fields" => once(&mut fields, c.raw_fields()?)?,
-                _ => c.ignored()?,
+            match c.key()? {
+                b"collection" => once(&mut collection, c.str()?)?,
+                b"id" => once(&mut id, c.str()?)?,
+                b"fields" => once(&mut fields, c.raw_fields()?)?,
+                other => c.unknown(other)?,
             }
         }
         c.end()?;
@@ -381,7 +397,7 @@ impl<'a> Cursor<'a> {
         // The length is the sender's: grow as writes arrive.
         let mut out = Vec::with_capacity(len.min(4096));
         for _ in 0..len {
-            if self.map_len()? != 1 || self.str()? != "put" {
+            if self.map_len()? != 1 || self.key()? != b"put" {
                 return None;
             }
             out.push(put(self)?);
@@ -409,10 +425,10 @@ impl<'a> Cursor<'a> {
     fn raw_write(&mut self, with_db: bool) -> Option<(Option<&'a str>, RawWrite<'a>)> {
         let (mut db, mut collection, mut id, mut fields) = (None, None, None, None);
         for _ in 0..self.map_len()? {
-            match self.str()? {
-                "db" if with_db => once(&mut db, self.str()?)?,
-                "collection" => once(&mut collection, self.str()?)?,
-                "id" => {
+            match self.key()? {
+                b"db" if with_db => once(&mut db, self.str()?)?,
+                b"collection" => once(&mut collection, self.str()?)?,
+                b"id" => {
                     let id_ = if self.peek()? == 0xc0 {
                         self.byte()?;
                         None
@@ -421,8 +437,8 @@ impl<'a> Cursor<'a> {
                     };
                     once(&mut id, id_)?;
                 }
-                "fields" => once(&mut fields, self.raw_fields()?)?,
-                _ => self.ignored()?,
+                b"fields" => once(&mut fields, self.raw_fields()?)?,
+                other => self.unknown(other)?,
             }
         }
         let write = RawWrite {
@@ -477,13 +493,13 @@ impl<'a> RawPuts<'a> {
             "batch" => {
                 let (mut db, mut writes) = (None, None);
                 for _ in 0..c.map_len()? {
-                    match c.str()? {
-                        "db" => once(&mut db, c.str()?)?,
-                        "writes" => {
+                    match c.key()? {
+                        b"db" => once(&mut db, c.str()?)?,
+                        b"writes" => {
                             let out = c.puts(|c| Some(c.raw_write(false)?.1))?;
                             once(&mut writes, out)?;
                         }
-                        _ => c.ignored()?,
+                        other => c.unknown(other)?,
                     }
                 }
                 RawPuts {
@@ -531,7 +547,7 @@ pub(crate) fn put_body_head(out: &mut Vec<u8>, collection: &str, id: &str, field
 /// Decodes an op body that is a put, or `None` to leave it to serde.
 pub(crate) fn op_body(bytes: &[u8]) -> Option<OpBody> {
     let mut c = Cursor { buf: bytes, pos: 0 };
-    if c.map_len()? != 1 || c.str()? != "put" {
+    if c.map_len()? != 1 || c.key()? != b"put" {
         return None;
     }
     let w = write_fields(&mut c, false)?;
