@@ -311,3 +311,60 @@ pub(crate) fn fresh_record(
     raw::uint(out, 0);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use blazedb_proto::api::Write;
+    use blazedb_proto::{DeviceId, Fields, Value, codec};
+
+    use crate::store::record::StoredRecord;
+    use crate::store::{Store, keys};
+
+    /// A store that holds a record in the form written before this one
+    /// (as a store from an earlier version does) reads it, merges a patch
+    /// into it, and writes the result in this form.
+    #[test]
+    fn a_record_stored_in_the_earlier_form_reads_and_is_rewritten() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let store =
+            Store::open(dir.path(), DeviceId([4; 32]), Default::default()).expect("open the store");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a runtime");
+        rt.block_on(store.create_db("d", Default::default(), false))
+            .expect("create the database");
+        let put = Write::Put {
+            collection: "c".into(),
+            id: Some("r".into()),
+            fields: Fields::from([
+                ("a".to_owned(), Value::Int(1)),
+                ("b".to_owned(), Value::from("two")),
+            ]),
+        };
+        rt.block_on(store.write("d", vec![put])).expect("put");
+        let db = store.db("d").expect("the database");
+        let key = keys::record_key("c", "r");
+        let stored = db.records.get(&key).expect("read").expect("stored");
+        assert_eq!(stored.first(), Some(&super::MARK));
+        let record = StoredRecord::decode(&stored).expect("decode");
+        let legacy = codec::to_vec(&record).expect("encode the earlier form");
+        db.records
+            .insert(&key, legacy)
+            .expect("write the earlier form");
+
+        let got = store.get("d", "c", "r").expect("get").expect("a record");
+        assert_eq!(got.fields.get("b"), Some(&Value::from("two")));
+        let patch = Write::Patch {
+            collection: "c".into(),
+            id: "r".into(),
+            set: Fields::from([("a".to_owned(), Value::Int(3))]),
+            unset: vec!["b".into()],
+        };
+        rt.block_on(store.write("d", vec![patch])).expect("patch");
+        let got = store.get("d", "c", "r").expect("get").expect("a record");
+        assert_eq!(got.fields, Fields::from([("a".to_owned(), Value::Int(3))]));
+        let rewritten = db.records.get(&key).expect("read").expect("stored");
+        assert_eq!(rewritten.first(), Some(&super::MARK));
+        rt.block_on(store.shutdown()).expect("shut down");
+    }
+}
