@@ -281,13 +281,8 @@ async fn devices_push_to_a_collector_and_get_nothing_back() {
             .await
             .expect("push");
     }
-    put_numbered(d1, "metrics", "r", "d1", 5)
-        .await
-        .expect("put");
-    put_numbered(d2, "metrics", "r", "d2", 5)
-        .await
-        .expect("put");
-    // The collector learns that the devices take nothing before it writes.
+    // The collector learns that the devices take nothing before anything
+    // is written: one device's writes would otherwise pass on to the other.
     for id in [&ids[1], &ids[2]] {
         wait_until("the collector to stop sending to a device", || async {
             let l = carried(collector, id, "metrics").await;
@@ -296,6 +291,12 @@ async fn devices_push_to_a_collector_and_get_nothing_back() {
         .await
         .expect("told");
     }
+    put_numbered(d1, "metrics", "r", "d1", 5)
+        .await
+        .expect("put");
+    put_numbered(d2, "metrics", "r", "d2", 5)
+        .await
+        .expect("put");
     put_numbered(collector, "metrics", "r", "c", 1)
         .await
         .expect("put");
