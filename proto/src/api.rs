@@ -911,6 +911,32 @@ pub struct EncodedRecord<'a> {
     pub version: Hlc,
 }
 
+impl EncodedRecord<'_> {
+    /// An encoded map of fields (as [`EncodedRecord::fields`] holds) with
+    /// only the fields `keep` picks, values copied as they are. Fields
+    /// from one that does not read on are left out.
+    pub fn fields_only(map: &[u8], keep: impl Fn(&str) -> bool) -> Vec<u8> {
+        use codec::raw::{self, Reader};
+        let mut r = Reader::new(map);
+        let mut kept = Vec::new();
+        for _ in 0..r.map_len("a record's fields").unwrap_or(0) {
+            let (Ok(name), Ok(value)) = (r.str("a field name"), r.value()) else {
+                break;
+            };
+            if keep(name) {
+                kept.push((name, value));
+            }
+        }
+        let mut out = Vec::with_capacity(map.len());
+        raw::map_len(&mut out, kept.len() as u32);
+        for (name, value) in kept {
+            raw::str(&mut out, name);
+            out.extend_from_slice(value);
+        }
+        out
+    }
+}
+
 /// Result of `get_many`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GetManyResult {

@@ -99,7 +99,7 @@ fn limited<R>(
 ) -> R {
     match (record, fields) {
         (Some(r), Some(only)) => {
-            let cut = cut_fields(r.fields, only);
+            let cut = EncodedRecord::fields_only(r.fields, |name| only.contains(name));
             f(Some(&EncodedRecord {
                 id: r.id,
                 fields: &cut,
@@ -108,29 +108,6 @@ fn limited<R>(
         }
         (record, _) => f(record),
     }
-}
-
-/// An encoded map of fields with only the fields in `only`. The map is
-/// the store's own encoding; fields past one it cannot read are left out.
-fn cut_fields(map: &[u8], only: &std::collections::BTreeSet<String>) -> Vec<u8> {
-    use blazedb_proto::codec::raw::{self, Reader};
-    let mut r = Reader::new(map);
-    let mut kept = Vec::new();
-    for _ in 0..r.map_len("a record's fields").unwrap_or(0) {
-        let (Ok(name), Ok(value)) = (r.str("a field name"), r.value()) else {
-            break;
-        };
-        if only.contains(name) {
-            kept.push((name, value));
-        }
-    }
-    let mut out = Vec::with_capacity(map.len());
-    raw::map_len(&mut out, kept.len() as u32);
-    for (name, value) in kept {
-        raw::str(&mut out, name);
-        out.extend_from_slice(value);
-    }
-    out
 }
 
 /// The fields of `db`/`collection` a connection with `access` sees
