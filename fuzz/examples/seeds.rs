@@ -181,6 +181,33 @@ fn main() -> anyhow::Result<()> {
     )?;
     seeds.push(("record", "fresh_put", layout.record));
 
+    let mut ops = vec![layout.log_op.clone()];
+    ops.push(Op {
+        origin: DeviceId([8; 32]),
+        seq: 300,
+        priority: 2,
+        incarnation: 70_000,
+        ..layout.log_op.clone()
+    });
+    ops.push(Op {
+        seq: 2,
+        ..layout.log_op.clone()
+    });
+    let chunks =
+        blazed::store::log_chunks(ops.iter().enumerate().map(|(i, op)| (i as u64 + 1, op)));
+    seeds.push(("log_chunk", "compact", chunks[0].1.clone()));
+    // The forms logs were written in before: a bare op, and ops framed by
+    // their lengths after 0xC1.
+    let bare = codec::to_vec(&ops[1])?;
+    let mut framed = vec![0xC1];
+    for op in &ops {
+        let bytes = codec::to_vec(op)?;
+        framed.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+        framed.extend_from_slice(&bytes);
+    }
+    seeds.push(("log_chunk", "bare", bare));
+    seeds.push(("log_chunk", "framed", framed));
+
     for (target, name, bytes) in seeds {
         let dir = root.join(target);
         std::fs::create_dir_all(&dir)?;

@@ -32,6 +32,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("cli_filter", cli_filter),
     ("sealed", sealed),
     ("record", record),
+    ("log_chunk", log_chunk),
 ];
 
 /// Every IPC method: `request` decodes params as each of them.
@@ -158,6 +159,26 @@ pub fn record(data: &[u8]) {
             "a record read back encodes otherwise"
         );
         blazed::store::read_visible(&bytes).expect("a record encoded here reads");
+    }
+}
+
+/// An op-log chunk as stored: reading must not panic, and the ops of one
+/// that reads, chunked again as the store writes them, read back the same
+/// and chunk again to the same bytes.
+pub fn log_chunk(data: &[u8]) {
+    if let Some((ops, chunks)) = blazed::store::reread_log_chunk(data) {
+        let mut again = Vec::new();
+        for chunk in &chunks {
+            let (read, rechunked) =
+                blazed::store::reread_log_chunk(chunk).expect("a chunk written here reads");
+            assert_eq!(
+                &rechunked,
+                std::slice::from_ref(chunk),
+                "a chunk chunks again otherwise"
+            );
+            again.extend(read);
+        }
+        assert_eq!(again, ops, "the ops read back otherwise");
     }
 }
 

@@ -288,6 +288,11 @@ pub mod raw {
             Ok(v)
         }
 
+        /// How many bytes are left to read.
+        pub fn remaining(&self) -> usize {
+            self.buf.len()
+        }
+
         /// Reads one byte as it is.
         pub fn byte(&mut self, what: &str) -> Result<u8, CodecError> {
             Ok(self.bytes(1, what)?[0])
@@ -390,16 +395,7 @@ pub mod raw {
             .map_err(|_| CodecError("a list or map holds more than 2^32 items".into()))
     }
 
-    /// Appends a 64-bit unsigned integer in its 9-byte form and returns
-    /// where its 8 value bytes start, so [`patch_u64`] can change it.
-    pub fn u64_fixed(out: &mut Vec<u8>, v: u64) -> usize {
-        out.push(U64);
-        let at = out.len();
-        out.extend_from_slice(&v.to_be_bytes());
-        at
-    }
-
-    /// Overwrites a value written by [`u64_fixed`].
+    /// Overwrites the eight bytes at `at` with `v`, big-endian.
     pub fn patch_u64(out: &mut [u8], at: usize, v: u64) {
         out[at..at + 8].copy_from_slice(&v.to_be_bytes());
     }

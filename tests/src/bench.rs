@@ -144,7 +144,7 @@ pub fn raw_fjall_layout_of(
         }
         let entries = chunk
             .iter()
-            .map(|l| (u64::from_be_bytes(l.log_key), l.log_entry.as_slice()));
+            .map(|l| (u64::from_be_bytes(l.log_key), &l.log_op));
         for (key, value) in blazed::store::log_chunks(entries) {
             b.insert(&log, key, value);
         }

@@ -415,6 +415,14 @@ pub fn reencode_record(bytes: &[u8]) -> Option<Vec<u8>> {
     StoredRecord::decode(bytes).ok().map(|r| r.encode())
 }
 
+/// Reads `bytes` as an op-log chunk and returns its ops, and its ops
+/// chunked again as the store writes them, each chunk read back. For the
+/// fuzz targets.
+#[doc(hidden)]
+pub fn reread_log_chunk(bytes: &[u8]) -> Option<(Vec<Op>, Vec<Vec<u8>>)> {
+    oplog::reread_chunk(bytes).ok()
+}
+
 /// What a get sees of a stored record's bytes: its version and its
 /// visible fields as an encoded map, `None` for a tombstone. For the fuzz
 /// targets.

@@ -4,96 +4,226 @@
 //! entry, a *chunk*, keyed by the cursor of its first entry (big-endian,
 //! so chunks iterate in commit order). A write then costs its record entry
 //! and a share of one chunk rather than two fjall entries of its own,
-//! which is most of what a batched write costs fjall.
+//! which is most of what a batched write costs fjall. Entry `i` of the
+//! chunk keyed `c` has cursor `c + i`: a chunk's cursors are contiguous.
 //!
-//! A chunk holding one entry is stored bare: the entry's bytes (an `Op` in
-//! MessagePack, which starts with a map marker). A longer chunk starts with
-//! [`CHUNK_MARK`] (0xC1, which MessagePack never uses) followed by its
-//! entries, each a big-endian `u32` length and the entry's bytes. Entry
-//! `i` of the chunk keyed `c` has cursor `c + i`: a chunk's cursors are
-//! contiguous. Every log written before chunks existed reads as chunks of
-//! one.
+//! A chunk is written in the compact form:
+//!
+//! ```text
+//! 0xC2                  mark
+//! then, for each entry:
+//! flags                 bit 0: a new origin follows; bit 1: a priority
+//!                       follows; bit 2: an incarnation follows (each is
+//!                       zero when left out)
+//! origin                with bit 0: a device id of 32 bytes, which takes
+//!                       the next place in the chunk's origin table;
+//!                       without: MessagePack uint, a place in that table
+//! seq                   MessagePack uint
+//! hlc                   u64, big-endian
+//! priority              with bit 1: one byte
+//! incarnation           with bit 2: MessagePack uint
+//! body                  MessagePack uint n, then the n bytes of the
+//!                       encoded (possibly sealed) `OpBody`
+//! ```
+//!
+//! so an entry costs its body and about fifteen bytes, where an `Op` in
+//! MessagePack repeats its origin and its field names in every entry.
+//! Logs written in earlier forms still read: a bare `Op` in MessagePack
+//! (starts with a map marker), or [`FRAMED_MARK`] followed by entries that
+//! are each a big-endian `u32` length and an `Op` in MessagePack.
 //!
 //! Chunks are never changed in place: dropping entries (compaction, a kept
 //! checkpoint) removes a chunk and writes what is left of it as new chunks
 //! in the same batch, so a reader sees the old chunk or the new ones.
 
-use blazedb_proto::{Op, codec};
+use blazedb_proto::codec::{self, CodecError, raw};
+use blazedb_proto::{DeviceId, Hlc, Op};
 use fjall::{Keyspace, OwnedWriteBatch, Slice};
 
 use super::StoreError;
 use super::keys;
 
-/// The first byte of a chunk of more than one entry.
-pub(crate) const CHUNK_MARK: u8 = 0xC1;
+/// The first byte of a chunk in the compact form.
+pub(crate) const COMPACT_MARK: u8 = 0xC2;
+
+/// The first byte of a chunk in the earlier framed form.
+pub(crate) const FRAMED_MARK: u8 = 0xC1;
+
+const NEW_ORIGIN: u8 = 1;
+const HAS_PRIORITY: u8 = 2;
+const HAS_INCARNATION: u8 = 4;
 
 /// A chunk is closed once it holds this many bytes: reading one entry
 /// then reads at most this much, and fjall keeps its values small.
 const CHUNK_BYTES: usize = 256 * 1024;
 
-/// One log entry: its cursor and its bytes, shared with the chunk it was
-/// read from (no copy).
+/// A chunk is closed once its origin table holds this many devices, so
+/// finding an origin's place stays a short scan.
+const CHUNK_ORIGINS: usize = 64;
+
+/// One log entry: its cursor and its op, whose body is shared with the
+/// chunk it was read from (no copy until [`Entry::op`]).
 pub(crate) struct Entry {
     /// The entry's cursor.
     pub(crate) cursor: u64,
     chunk: Slice,
-    start: usize,
-    end: usize,
+    form: Form,
+}
+
+enum Form {
+    /// An entry of a compact chunk: its op but the body, and where the
+    /// body lies in the chunk.
+    Compact {
+        head: Head,
+        start: usize,
+        end: usize,
+    },
+    /// An `Op` in MessagePack, at these offsets of the chunk.
+    Framed { start: usize, end: usize },
+}
+
+#[derive(Clone, Copy)]
+struct Head {
+    origin: DeviceId,
+    seq: u64,
+    hlc: Hlc,
+    priority: u8,
+    incarnation: u32,
 }
 
 impl Entry {
-    /// The entry's bytes: an `Op` in MessagePack.
-    pub(crate) fn bytes(&self) -> &[u8] {
-        &self.chunk[self.start..self.end]
-    }
-
-    /// The entry decoded.
+    /// The entry's op.
     pub(crate) fn op(&self) -> Result<Op, StoreError> {
-        Ok(codec::from_slice(self.bytes())?)
+        Ok(match self.form {
+            Form::Compact { head, start, end } => Op {
+                origin: head.origin,
+                seq: head.seq,
+                hlc: head.hlc,
+                priority: head.priority,
+                incarnation: head.incarnation,
+                body: self.chunk[start..end].to_vec(),
+            },
+            Form::Framed { start, end } => {
+                codec::from_slice(&self.chunk[start..end]).map_err(|e| {
+                    StoreError::Corrupt(format!("the op-log entry at cursor {}: {e}", self.cursor))
+                })?
+            }
+        })
     }
 }
 
-/// The entries of the chunk stored at `key`, as `(start, end)` offsets.
-fn spans(key: &[u8], chunk: &[u8]) -> Result<(u64, Vec<(usize, usize)>), StoreError> {
+/// The entries of the chunk stored at `key`.
+fn entries(key: &[u8], chunk: Slice) -> Result<Vec<Entry>, StoreError> {
     let first = keys::cursor_of_log_key(key)
         .ok_or_else(|| StoreError::Corrupt("op-log key is not 8 bytes".into()))?;
-    if chunk.first() != Some(&CHUNK_MARK) {
-        return Ok((first, vec![(0, chunk.len())]));
+    let forms = match chunk.first() {
+        Some(&COMPACT_MARK) => compact(&chunk),
+        Some(&FRAMED_MARK) => framed(&chunk),
+        _ => Ok(vec![Form::Framed {
+            start: 0,
+            end: chunk.len(),
+        }]),
     }
-    let mut out = Vec::new();
-    let mut at = 1;
-    while at < chunk.len() {
-        let len = chunk
-            .get(at..at + 4)
-            .map(|b| u32::from_be_bytes(b.try_into().unwrap_or_default()) as usize)
-            .ok_or_else(|| cut_chunk(first))?;
-        let end = at + 4 + len;
-        if end > chunk.len() {
-            return Err(cut_chunk(first));
-        }
-        out.push((at + 4, end));
-        at = end;
-    }
-    Ok((first, out))
-}
-
-fn cut_chunk(first: u64) -> StoreError {
-    StoreError::Corrupt(format!("the op-log chunk at cursor {first} is cut short"))
-}
-
-/// The entries of one stored chunk.
-fn entries(key: &[u8], chunk: Slice) -> Result<Vec<Entry>, StoreError> {
-    let (first, spans) = spans(key, &chunk)?;
-    Ok(spans
+    .map_err(|e| StoreError::Corrupt(format!("the op-log chunk at cursor {first}: {e}")))?;
+    Ok(forms
         .into_iter()
         .enumerate()
-        .map(|(i, (start, end))| Entry {
+        .map(|(i, form)| Entry {
             cursor: first + i as u64,
             chunk: chunk.clone(),
-            start,
-            end,
+            form,
         })
         .collect())
+}
+
+/// The entries of a chunk in the compact form.
+fn compact(chunk: &[u8]) -> Result<Vec<Form>, CodecError> {
+    let mut r = raw::Reader::new(&chunk[1..]);
+    let mut origins: Vec<DeviceId> = Vec::new();
+    let mut out = Vec::new();
+    while r.remaining() > 0 {
+        let flags = r.byte("an entry's flags")?;
+        if flags & !(NEW_ORIGIN | HAS_PRIORITY | HAS_INCARNATION) != 0 {
+            return Err(CodecError(format!("an entry has unknown flags {flags:#x}")));
+        }
+        let origin = if flags & NEW_ORIGIN != 0 {
+            let id = r.bytes(32, "an entry's origin")?;
+            let mut origin = DeviceId([0; 32]);
+            origin.0.copy_from_slice(id);
+            origins.push(origin);
+            origin
+        } else {
+            let at = r.uint("an entry's origin")?;
+            *usize::try_from(at)
+                .ok()
+                .and_then(|at| origins.get(at))
+                .ok_or_else(|| {
+                    CodecError(format!("an entry names origin {at}, not in the chunk"))
+                })?
+        };
+        let seq = r.uint("an entry's seq")?;
+        let hlc = Hlc(r.u64_be("an entry's clock reading")?);
+        let priority = if flags & HAS_PRIORITY != 0 {
+            r.byte("an entry's priority")?
+        } else {
+            0
+        };
+        let incarnation = if flags & HAS_INCARNATION != 0 {
+            u32::try_from(r.uint("an entry's incarnation")?)
+                .map_err(|_| CodecError("an entry's incarnation is over 32 bits".into()))?
+        } else {
+            0
+        };
+        let len = r.uint("an entry's body length")?;
+        let body = usize::try_from(len)
+            .map_err(|_| CodecError("an entry's body is cut short".into()))
+            .and_then(|len| r.bytes(len, "an entry's body"))?;
+        let start = chunk.len() - r.remaining() - body.len();
+        out.push(Form::Compact {
+            head: Head {
+                origin,
+                seq,
+                hlc,
+                priority,
+                incarnation,
+            },
+            start,
+            end: start + body.len(),
+        });
+    }
+    Ok(out)
+}
+
+/// The entries of a chunk in the framed form.
+fn framed(chunk: &[u8]) -> Result<Vec<Form>, CodecError> {
+    let mut r = raw::Reader::new(&chunk[1..]);
+    let mut out = Vec::new();
+    while r.remaining() > 0 {
+        let len = r.bytes(4, "an entry's length")?;
+        let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        let entry = r.bytes(len, "an entry")?;
+        let start = chunk.len() - r.remaining() - entry.len();
+        out.push(Form::Framed {
+            start,
+            end: start + len,
+        });
+    }
+    Ok(out)
+}
+
+/// The ops of a chunk's bytes, as the log reads them, and the same ops
+/// chunked again as the store writes them. For the fuzz targets.
+pub(crate) fn reread_chunk(bytes: &[u8]) -> Result<(Vec<Op>, Vec<Vec<u8>>), StoreError> {
+    let key = keys::log_key(1);
+    let ops = entries(&key, Slice::from(bytes))?
+        .iter()
+        .map(Entry::op)
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut chunker = Chunker::default();
+    for (i, op) in ops.iter().enumerate() {
+        chunker.push(1 + i as u64, op);
+    }
+    Ok((ops, chunker.finish().map(|(_, chunk)| chunk).collect()))
 }
 
 /// The entries after cursor `after`, in cursor order.
@@ -203,31 +333,64 @@ pub(crate) fn get(log: &Keyspace, cursor: u64) -> Result<Option<Entry>, StoreErr
     }
 }
 
-/// Gathers entries into chunks: consecutive cursors share a chunk until it
-/// is [`CHUNK_BYTES`] long.
+/// Gathers entries into chunks in the compact form: consecutive cursors
+/// share a chunk until it is [`CHUNK_BYTES`] long or names
+/// [`CHUNK_ORIGINS`] devices.
 #[derive(Default)]
 pub(crate) struct Chunker {
     first: u64,
     count: usize,
     bytes: Vec<u8>,
+    origins: Vec<DeviceId>,
     done: Vec<(u64, Vec<u8>)>,
 }
 
 impl Chunker {
     /// Adds the entry at `cursor`.
-    pub(crate) fn push(&mut self, cursor: u64, entry: &[u8]) {
+    pub(crate) fn push(&mut self, cursor: u64, op: &Op) {
         if self.count > 0
-            && (cursor != self.first + self.count as u64 || self.bytes.len() >= CHUNK_BYTES)
+            && (cursor != self.first + self.count as u64
+                || self.bytes.len() >= CHUNK_BYTES
+                || self.origins.len() >= CHUNK_ORIGINS)
         {
             self.close();
         }
         if self.count == 0 {
             self.first = cursor;
-            self.bytes.push(CHUNK_MARK);
+            self.bytes.reserve(op.body.len() + 64);
+            self.bytes.push(COMPACT_MARK);
         }
-        self.bytes
-            .extend_from_slice(&(entry.len() as u32).to_be_bytes());
-        self.bytes.extend_from_slice(entry);
+        // Most chunks are one device's writes: its place is the last one.
+        let known = self.origins.iter().rposition(|o| *o == op.origin);
+        let mut flags = 0;
+        if known.is_none() {
+            flags |= NEW_ORIGIN;
+        }
+        if op.priority != 0 {
+            flags |= HAS_PRIORITY;
+        }
+        if op.incarnation != 0 {
+            flags |= HAS_INCARNATION;
+        }
+        let out = &mut self.bytes;
+        out.push(flags);
+        match known {
+            Some(at) => raw::uint(out, at as u64),
+            None => {
+                out.extend_from_slice(&op.origin.0);
+                self.origins.push(op.origin);
+            }
+        }
+        raw::uint(out, op.seq);
+        out.extend_from_slice(&op.hlc.0.to_be_bytes());
+        if op.priority != 0 {
+            out.push(op.priority);
+        }
+        if op.incarnation != 0 {
+            raw::uint(out, u64::from(op.incarnation));
+        }
+        raw::uint(out, op.body.len() as u64);
+        out.extend_from_slice(&op.body);
         self.count += 1;
     }
 
@@ -235,12 +398,9 @@ impl Chunker {
         if self.count == 0 {
             return;
         }
-        let mut bytes = std::mem::take(&mut self.bytes);
-        if self.count == 1 {
-            // A chunk of one is the bare entry.
-            bytes.drain(..5);
-        }
-        self.done.push((self.first, bytes));
+        self.done
+            .push((self.first, std::mem::take(&mut self.bytes)));
+        self.origins.clear();
         self.count = 0;
     }
 
@@ -269,10 +429,10 @@ pub(crate) fn remove_where(
         for entry in &all {
             match if stop { Trim::Keep } else { drop(entry)? } {
                 Trim::Drop => gone += 1,
-                Trim::Keep => kept.push(entry.cursor, entry.bytes()),
+                Trim::Keep => kept.push(entry.cursor, &entry.op()?),
                 Trim::Stop => {
                     stop = true;
-                    kept.push(entry.cursor, entry.bytes());
+                    kept.push(entry.cursor, &entry.op()?);
                 }
             }
         }
@@ -307,40 +467,86 @@ mod tests {
     use fjall::KeyspaceCreateOptions;
     use proptest::prelude::*;
 
-    fn entry(cursor: u64, len: usize) -> Vec<u8> {
-        // Starts like an `Op` map, never like a chunk.
-        let mut e = vec![0x84];
-        e.extend((0..len).map(|i| (cursor as usize + i) as u8));
-        e
+    /// The op at `cursor`: one of a few origins, some with a priority or
+    /// an incarnation, a body of `len` bytes.
+    fn op(cursor: u64, len: usize) -> Op {
+        Op {
+            origin: DeviceId([(cursor % 3) as u8; 32]),
+            seq: cursor * 7 % 1000,
+            hlc: Hlc(cursor << 20),
+            priority: if cursor % 5 == 0 { 9 } else { 0 },
+            incarnation: (cursor % 4) as u32 * 100_000,
+            body: (0..len).map(|i| (cursor as usize + i) as u8).collect(),
+        }
     }
 
-    fn write(db: &fjall::Database, log: &Keyspace, groups: &[Vec<(u64, usize)>]) {
-        for group in groups {
-            let mut chunker = Chunker::default();
-            for (c, len) in group {
-                chunker.push(*c, &entry(*c, *len));
-            }
+    /// How a group is stored: as the store writes it now, or in one of
+    /// the forms of earlier versions.
+    #[derive(Debug, Clone, Copy)]
+    enum Form {
+        Compact,
+        Framed,
+        Bare,
+    }
+
+    fn write(db: &fjall::Database, log: &Keyspace, groups: &[(Form, Vec<(u64, usize)>)]) {
+        for (form, group) in groups {
             let mut batch = db.batch();
-            for (k, v) in chunker.finish() {
-                batch.insert(log, k, v);
+            match form {
+                Form::Compact => {
+                    let mut chunker = Chunker::default();
+                    for (c, len) in group {
+                        chunker.push(*c, &op(*c, *len));
+                    }
+                    for (k, v) in chunker.finish() {
+                        batch.insert(log, k, v);
+                    }
+                }
+                Form::Framed => {
+                    let mut chunk = vec![FRAMED_MARK];
+                    for (c, len) in group {
+                        let bytes = codec::to_vec(&op(*c, *len)).expect("encode");
+                        chunk.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+                        chunk.extend_from_slice(&bytes);
+                    }
+                    batch.insert(log, keys::log_key(group[0].0), chunk);
+                }
+                Form::Bare => {
+                    for (c, len) in group {
+                        let bytes = codec::to_vec(&op(*c, *len)).expect("encode");
+                        batch.insert(log, keys::log_key(*c), bytes);
+                    }
+                }
             }
             batch.commit().expect("commit");
         }
     }
 
-    fn read_all(log: &Keyspace, from: u64) -> Vec<(u64, Vec<u8>)> {
+    fn read_all(log: &Keyspace, from: u64) -> Vec<(u64, Op)> {
         after(log, from)
-            .map(|e| e.map(|e| (e.cursor, e.bytes().to_vec())).expect("read"))
+            .map(|e| e.and_then(|e| Ok((e.cursor, e.op()?))).expect("read"))
             .collect()
+    }
+
+    fn form() -> impl Strategy<Value = Form> {
+        prop_oneof![
+            6 => Just(Form::Compact),
+            1 => Just(Form::Framed),
+            1 => Just(Form::Bare)
+        ]
     }
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
-        /// Whatever the groups, sizes, restarts and trims, reading the log
-        /// from any cursor gives exactly the entries written after it.
+        /// Whatever the groups, sizes, forms, restarts and trims, reading
+        /// the log from any cursor gives exactly the entries written after
+        /// it.
         #[test]
         fn the_log_reads_back_by_cursor_what_was_written(
-            groups in proptest::collection::vec(proptest::collection::vec(0usize..70_000, 1..12), 1..10),
+            groups in proptest::collection::vec(
+                (form(), proptest::collection::vec(0usize..70_000, 1..12)),
+                1..10,
+            ),
             reopen_after in 0usize..10,
             trim in 0u64..80,
             gap_at in 0usize..10,
@@ -348,10 +554,10 @@ mod tests {
             let dir = tempfile::tempdir().expect("dir");
             let mut cursor = 0;
             let mut written = Vec::new();
-            let groups: Vec<Vec<(u64, usize)>> = groups.iter().enumerate().map(|(g, sizes)| {
+            let groups: Vec<(Form, Vec<(u64, usize)>)> = groups.iter().enumerate().map(|(g, (form, sizes))| {
                 // A gap between groups, as a kept checkpoint may leave.
                 if g == gap_at && g > 0 { cursor += 3; }
-                sizes.iter().map(|len| { cursor += 1; written.push((cursor, entry(cursor, *len))); (cursor, *len) }).collect()
+                (*form, sizes.iter().map(|len| { cursor += 1; written.push((cursor, op(cursor, *len))); (cursor, *len) }).collect())
             }).collect();
             let open = || {
                 let db = fjall::Database::builder(dir.path()).open().expect("open");
@@ -367,8 +573,8 @@ mod tests {
                 let want: Vec<_> = written.iter().filter(|(c, _)| *c > from).cloned().collect();
                 prop_assert_eq!(read_all(&log, from), want);
             }
-            for (c, bytes) in &written {
-                prop_assert_eq!(get(&log, *c).expect("get").map(|e| e.bytes().to_vec()), Some(bytes.clone()));
+            for (c, op) in &written {
+                prop_assert_eq!(get(&log, *c).expect("get").map(|e| e.op().expect("op")), Some(op.clone()));
             }
             // Compaction: drop a prefix, then every other entry of what is left
             // (as a kept checkpoint drops what it covers).
@@ -390,6 +596,29 @@ mod tests {
             want.reverse();
             prop_assert_eq!(newest, want);
         }
+
+        /// A damaged chunk reads as an error naming its cursor, or as
+        /// entries: never a panic.
+        #[test]
+        fn a_damaged_chunk_never_panics(
+            sizes in proptest::collection::vec(0usize..300, 1..8),
+            cut in any::<prop::sample::Index>(),
+            flip in any::<prop::sample::Index>(),
+            bits in 1u8..=255,
+        ) {
+            let mut chunker = Chunker::default();
+            for (i, len) in sizes.iter().enumerate() {
+                chunker.push(10 + i as u64, &op(10 + i as u64, *len));
+            }
+            let (key, mut chunk) = chunker.finish().next().expect("a chunk");
+            let at = flip.index(chunk.len());
+            chunk[at] ^= bits;
+            for bytes in [chunk.clone(), chunk[..cut.index(chunk.len())].to_vec()] {
+                if let Err(e) = entries(&key, Slice::from(bytes)).and_then(|es| es.iter().map(Entry::op).collect::<Result<Vec<_>, _>>()) {
+                    prop_assert!(e.to_string().contains("cursor 10"), "{}", e);
+                }
+            }
+        }
     }
 
     #[test]
@@ -399,13 +628,78 @@ mod tests {
         let log = db
             .keyspace("log", KeyspaceCreateOptions::default)
             .expect("keyspace");
-        log.insert(keys::log_key(7), [CHUNK_MARK, 0, 0, 0, 9, 1, 2])
+        log.insert(keys::log_key(7), [FRAMED_MARK, 0, 0, 0, 9, 1, 2])
             .expect("insert");
-        let err = after(&log, 0)
-            .next()
-            .expect("an item")
-            .err()
-            .expect("an error");
-        assert!(err.to_string().contains("cursor 7 is cut short"), "{err}");
+        let mut chunker = Chunker::default();
+        chunker.push(9, &op(9, 40));
+        let (key, chunk) = chunker.finish().next().expect("a chunk");
+        log.insert(key, &chunk[..chunk.len() - 1]).expect("insert");
+        let errors: Vec<String> = after(&log, 0)
+            .filter_map(|e| e.err().map(|e| e.to_string()))
+            .collect();
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(
+            errors[0].contains("cursor 7") && errors[0].contains("cut short"),
+            "{errors:?}"
+        );
+        assert!(
+            errors[1].contains("cursor 9") && errors[1].contains("body is cut short"),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn an_entry_of_one_writer_costs_its_body_and_a_few_bytes() {
+        let mut chunker = Chunker::default();
+        let mut ops = Vec::new();
+        for c in 1..=1000 {
+            let op = Op {
+                origin: DeviceId([4; 32]),
+                seq: 10_000 + c,
+                hlc: Hlc((1_750_000_000_000 << 16) + c),
+                priority: 0,
+                incarnation: 0,
+                body: vec![7; 100],
+            };
+            chunker.push(c, &op);
+            ops.push(op);
+        }
+        let chunks: Vec<_> = chunker.finish().collect();
+        let stored: usize = chunks.iter().map(|(_, v)| v.len()).sum();
+        let framed: usize = ops
+            .iter()
+            .map(|op| 4 + codec::to_vec(op).expect("encode").len())
+            .sum();
+        // flags, origin place, seq, clock, body length: 1 + 1 + 3 + 8 + 2.
+        assert!(
+            stored <= 1000 * (100 + 15) + 33 * chunks.len(),
+            "{stored} bytes"
+        );
+        assert!(
+            stored * 10 < framed * 7,
+            "{stored} bytes against {framed} framed"
+        );
+    }
+
+    #[test]
+    fn a_chunk_closes_when_its_origin_table_is_full() {
+        let mut chunker = Chunker::default();
+        let ops: Vec<Op> = (0..CHUNK_ORIGINS as u64 * 2 + 1)
+            .map(|c| Op {
+                origin: DeviceId([c as u8; 32]),
+                ..op(c, 10)
+            })
+            .collect();
+        for (c, op) in ops.iter().enumerate() {
+            chunker.push(c as u64 + 1, op);
+        }
+        let chunks: Vec<_> = chunker.finish().collect();
+        assert_eq!(chunks.len(), 3);
+        let read: Vec<Op> = chunks
+            .into_iter()
+            .flat_map(|(k, v)| entries(&k, Slice::from(v)).expect("read"))
+            .map(|e| e.op().expect("op"))
+            .collect();
+        assert_eq!(read, ops);
     }
 }

@@ -210,7 +210,7 @@ impl Writer {
                 db: db.id,
                 log: db.log.clone(),
                 cursor: head,
-                entry: stamped::op_bytes(&op),
+                op,
             });
         }
         sync.cursor = head;
@@ -609,7 +609,7 @@ impl Writer {
                 db: db.id,
                 log: db.log.clone(),
                 cursor: head,
-                entry: codec::to_vec(&change)?,
+                op: change,
             });
         }
         sync.cursor = head;

@@ -1,10 +1,7 @@
-//! Encoding before stamping: a write's stored bytes are encoded on the
+//! Encoding before stamping: the record a put makes is encoded on the
 //! caller's thread with fixed-width placeholders where its clock reading
-//! and sequence number go, and the writer thread only fills them in.
-//!
-//! The bytes are exactly what encoding the stamped value would give, except
-//! that integers are always 9 bytes wide; decoding accepts any width. Tests
-//! check the bytes decode to the same value as the ordinary path.
+//! goes, and the writer thread only fills them in. Tests check the bytes
+//! are exactly what encoding the stamped record gives.
 
 use blazedb_proto::codec::{CodecError, raw};
 
@@ -19,16 +16,6 @@ pub(crate) struct Holes {
 }
 
 impl Holes {
-    fn hole(&mut self) {
-        let at = raw::u64_fixed(&mut self.bytes, 0);
-        self.holes.push(at);
-    }
-
-    /// The last `len` bytes (an op entry's body is its last field).
-    pub(crate) fn tail(&self, len: usize) -> &[u8] {
-        &self.bytes[self.bytes.len() - len..]
-    }
-
     /// Fills the holes, in order, with `values` (the last one repeats).
     pub(crate) fn fill(mut self, values: &[u64]) -> Vec<u8> {
         for (i, at) in self.holes.iter().enumerate() {
@@ -102,53 +89,9 @@ pub(crate) fn fresh_put_record(
     Ok(h)
 }
 
-/// An op-log entry (`Op`) with two holes: its sequence number and its clock
-/// reading (fill with `[seq, hlc]`).
-pub(crate) fn op_entry(origin: &DeviceId, incarnation: u32, priority: u8, body: &[u8]) -> Holes {
-    let mut h = Holes {
-        bytes: Vec::with_capacity(80 + body.len()),
-        holes: Vec::with_capacity(2),
-    };
-    // `Op` leaves a zero priority and a zero incarnation out.
-    let len = 4 + u32::from(priority != 0) + u32::from(incarnation != 0);
-    raw::map_len(&mut h.bytes, len);
-    raw::str(&mut h.bytes, "origin");
-    raw::bin(&mut h.bytes, &origin.0);
-    raw::str(&mut h.bytes, "seq");
-    h.hole();
-    raw::str(&mut h.bytes, "hlc");
-    h.hole();
-    if priority != 0 {
-        raw::str(&mut h.bytes, "priority");
-        h.bytes.push(priority.min(0x7f));
-    }
-    if incarnation != 0 {
-        raw::str(&mut h.bytes, "incarnation");
-        raw::uint(&mut h.bytes, u64::from(incarnation));
-    }
-    raw::str(&mut h.bytes, "body");
-    raw::bin(&mut h.bytes, body);
-    h
-}
-
-/// An op-log entry for `op` as it is, encoded by hand (as [`op_entry`]
-/// and [`fill_op`] do, not through serde).
-pub(crate) fn op_bytes(op: &blazedb_proto::Op) -> Vec<u8> {
-    fill_op(
-        op_entry(&op.origin, op.incarnation, op.priority, &op.body),
-        op.seq,
-        op.hlc,
-    )
-}
-
-/// Fills an op entry's holes.
-pub(crate) fn fill_op(h: Holes, seq: u64, hlc: Hlc) -> Vec<u8> {
-    h.fill(&[seq, hlc.0])
-}
-
-/// The bytes a put that creates a record leaves on disk: the record's key
-/// and stored state, and its op-log entry (at cursor `seq`), for a
-/// database of priority 0.
+/// What a put that creates a record leaves on disk: the record's key and
+/// stored state, and its op-log entry (at cursor `seq`), for a database of
+/// priority 0.
 #[derive(Debug, Clone)]
 pub struct FreshPutLayout {
     /// The record's key in the records keyspace.
@@ -158,7 +101,7 @@ pub struct FreshPutLayout {
     /// The op-log key.
     pub log_key: [u8; 8],
     /// The op-log entry.
-    pub log_entry: Vec<u8>,
+    pub log_op: blazedb_proto::Op,
 }
 
 /// What the store writes for a put that creates a record. Benchmarks write
@@ -182,7 +125,14 @@ pub fn fresh_put_layout(
         record_key: super::keys::record_key(collection, id),
         record,
         log_key: super::keys::log_key(seq),
-        log_entry: fill_op(op_entry(origin, 0, 0, &body.encode()?), seq, hlc),
+        log_op: blazedb_proto::Op {
+            origin: *origin,
+            seq,
+            hlc,
+            priority: 0,
+            incarnation: 0,
+            body: body.encode()?,
+        },
     })
 }
 
@@ -190,7 +140,7 @@ pub fn fresh_put_layout(
 /// cursor order) committed in one group: benchmarks write them to show the
 /// floor the layout sets.
 pub fn log_chunks<'a>(
-    entries: impl IntoIterator<Item = (u64, &'a [u8])>,
+    entries: impl IntoIterator<Item = (u64, &'a blazedb_proto::Op)>,
 ) -> Vec<([u8; 8], Vec<u8>)> {
     let mut chunker = super::oplog::Chunker::default();
     for (cursor, entry) in entries {
@@ -203,19 +153,8 @@ pub fn log_chunks<'a>(
 mod tests {
     use super::*;
     use crate::store::record::{Stamp, StoredRecord};
-    use blazedb_proto::{Fields, Op, Value, codec};
+    use blazedb_proto::{Fields, Value, codec};
     use proptest::prelude::*;
-
-    /// How many bytes MessagePack's shortest form of `n` takes.
-    fn width(n: u64) -> usize {
-        match n {
-            0..=0x7f => 1,
-            0x80..=0xff => 2,
-            0x100..=0xffff => 3,
-            0x1_0000..=0xffff_ffff => 5,
-            _ => 9,
-        }
-    }
 
     #[test]
     fn the_fresh_put_layout_is_what_the_store_writes() {
@@ -245,9 +184,9 @@ mod tests {
         let record = db.records.get(&layout.record_key).expect("read");
         let entry = super::super::oplog::get(&db.log, written[0].cursor)
             .expect("read")
-            .map(|e| e.bytes().to_vec());
+            .map(|e| e.op().expect("the entry reads"));
         assert_eq!(record.as_deref(), Some(&layout.record[..]));
-        assert_eq!(entry.as_deref(), Some(&layout.log_entry[..]));
+        assert_eq!(entry, Some(layout.log_op));
         rt.block_on(store.shutdown()).expect("shut down");
     }
 
@@ -272,23 +211,6 @@ mod tests {
                 .collect();
             let raw: Vec<(&str, &[u8])> = encoded.iter().map(|(k, v)| (k.as_str(), v.as_slice())).collect();
             prop_assert_eq!(fresh_put_record_raw(&origin, priority, &raw).fill(&[hlc]), bytes);
-        }
-
-        #[test]
-        fn op_entry_bytes_decode_like_the_ordinary_path(
-            body in proptest::collection::vec(any::<u8>(), 0..300),
-            seq in any::<u64>(),
-            hlc in any::<u64>(),
-            priority in prop_oneof![Just(0u8), 0u8..=127],
-            incarnation in prop_oneof![Just(0u32), any::<u32>()],
-        ) {
-            let origin = DeviceId([3; 32]);
-            let bytes = fill_op(op_entry(&origin, incarnation, priority, &body), seq, Hlc(hlc));
-            let decoded: Op = codec::from_slice(&bytes).expect("decode");
-            let op = Op { origin, seq, hlc: Hlc(hlc), priority, incarnation, body };
-            // Byte for byte what serde writes, but for the holes' width.
-            prop_assert_eq!(bytes.len(), codec::to_vec(&op).expect("encode").len() + 18 - width(seq) - width(hlc));
-            prop_assert_eq!(decoded, op);
         }
     }
 }

@@ -333,7 +333,7 @@ pub(super) enum Effect {
         db: u32,
         log: Keyspace,
         cursor: u64,
-        entry: Vec<u8>,
+        op: Op,
     },
 }
 
@@ -466,10 +466,8 @@ fn new_id() -> String {
 pub struct PreparedWrite {
     body: Body,
     key: Slice,
-    /// The op-log entry, waiting for its seq and clock reading.
-    op: Holes,
-    /// The length of the encoded body, which ends `op`.
-    body_len: usize,
+    /// The encoded operation: what the op-log entry carries.
+    encoded: Vec<u8>,
     /// For a put, the record it makes when it replaces everything before
     /// it, waiting for its clock reading.
     fresh_record: Option<Holes>,
@@ -494,7 +492,7 @@ impl PreparedWrite {
     /// The length of the write's encoded body: its collection, id and
     /// fields.
     pub fn body_len(&self) -> usize {
-        self.body_len
+        self.encoded.len()
     }
 
     /// The collection it writes.
@@ -516,10 +514,10 @@ impl PreparedWrite {
 
 /// A prepared write's operation: `body` when it was prepared decoded, else
 /// decoded from its encoded body (the end of its op entry `op`).
-fn decoded(body: Option<OpBody>, op: &Holes, body_len: usize) -> Result<OpBody, StoreError> {
+fn decoded(body: Option<OpBody>, encoded: &[u8]) -> Result<OpBody, StoreError> {
     match body {
         Some(b) => Ok(b),
-        None => Ok(OpBody::decode(op.tail(body_len))?),
+        None => Ok(OpBody::decode(encoded)?),
     }
 }
 
@@ -544,8 +542,7 @@ pub fn prepare_puts(
             let encoded = blazedb_proto::put_body(put.collection, &id, &put.fields);
             Ok(PreparedWrite {
                 key: keys::record_key(put.collection, &id).into(),
-                op: stamped::op_entry(origin, incarnation, priority, &encoded),
-                body_len: encoded.len(),
+                encoded,
                 fresh_record: Some(stamped::fresh_put_record_raw(
                     &writer,
                     priority,
@@ -613,7 +610,6 @@ pub fn prepare(
             validate_id(body.id())?;
             let key = keys::record_key(body.collection(), body.id()).into();
             let encoded = body.encode()?;
-            let op = stamped::op_entry(origin, incarnation, priority, &encoded);
             let writer = origin.writer(incarnation);
             let fresh_record = match &body {
                 OpBody::Put { fields, .. } => {
@@ -624,8 +620,7 @@ pub fn prepare(
             Ok(PreparedWrite {
                 body: Body::Decoded(body),
                 key,
-                op,
-                body_len: encoded.len(),
+                encoded,
                 fresh_record,
                 priority,
             })
@@ -883,7 +878,7 @@ impl Writer {
                     db,
                     log,
                     cursor,
-                    entry,
+                    op,
                 } => {
                     let at = match logs.iter().position(|(id, ..)| *id == db) {
                         Some(at) => at,
@@ -892,7 +887,7 @@ impl Writer {
                             logs.len() - 1
                         }
                     };
-                    logs[at].2.push(cursor, &entry);
+                    logs[at].2.push(cursor, &op);
                 }
             }
         }
@@ -975,8 +970,7 @@ impl Writer {
         let PreparedWrite {
             body,
             key,
-            op,
-            body_len,
+            encoded,
             fresh_record,
             priority: write_priority,
         } = write;
@@ -1033,7 +1027,7 @@ impl Writer {
         let record_bytes = match (existing, fresh_record) {
             (None, Some(fresh)) => {
                 if !indexes.is_empty() {
-                    let record = match decoded(body, &op, body_len)? {
+                    let record = match decoded(body, &encoded)? {
                         OpBody::Put { fields, .. } => StoredRecord::from_put(&stamp, fields),
                         other => {
                             let mut record = StoredRecord::default();
@@ -1047,7 +1041,7 @@ impl Writer {
             }
             (existing, _) => {
                 let mut record = existing.unwrap_or_default();
-                record.apply(&stamp, &decoded(body, &op, body_len)?);
+                record.apply(&stamp, &decoded(body, &encoded)?);
                 index_effects(plan, db, &collection, &id, &indexes, &old_values, &record);
                 record.encode()
             }
@@ -1058,10 +1052,9 @@ impl Writer {
             key.clone(),
             record_bytes.clone(),
         ));
-        let entry = match seal_with {
-            None => stamped::fill_op(op, seq, hlc),
+        let body = match seal_with {
+            None => encoded,
             Some(key) => {
-                let (origin, incarnation) = (self.store.device(), self.store.incarnation());
                 let header = SealedOp {
                     db: &db.name,
                     writer: self.store.writer(),
@@ -1069,19 +1062,21 @@ impl Writer {
                     hlc,
                     priority: write_priority,
                 };
-                let sealed = seal_body(&key, &header, op.tail(body_len))?;
-                stamped::fill_op(
-                    stamped::op_entry(&origin, incarnation, write_priority, &sealed),
-                    seq,
-                    hlc,
-                )
+                seal_body(&key, &header, &encoded)?
             }
         };
         plan.effects.push(Effect::Log {
             db: db.id,
             log: db.log.clone(),
             cursor,
-            entry,
+            op: Op {
+                origin: self.store.device(),
+                seq,
+                hlc,
+                priority: write_priority,
+                incarnation: self.store.incarnation(),
+                body,
+            },
         });
         plan.overlay.insert(db.id, key, record_bytes);
         Ok(WriteResult {
