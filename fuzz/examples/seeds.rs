@@ -191,7 +191,7 @@ fn main() -> anyhow::Result<()> {
     });
     ops.push(Op {
         seq: 2,
-        ..layout.log_op.clone()
+        ..layout.log_op
     });
     let chunks =
         blazed::store::log_chunks(ops.iter().enumerate().map(|(i, op)| (i as u64 + 1, op)));

@@ -474,7 +474,7 @@ mod tests {
             origin: DeviceId([(cursor % 3) as u8; 32]),
             seq: cursor * 7 % 1000,
             hlc: Hlc(cursor << 20),
-            priority: if cursor % 5 == 0 { 9 } else { 0 },
+            priority: if cursor.is_multiple_of(5) { 9 } else { 0 },
             incarnation: (cursor % 4) as u32 * 100_000,
             body: (0..len).map(|i| (cursor as usize + i) as u8).collect(),
         }
