@@ -109,8 +109,14 @@ pub fn request(data: &[u8]) {
     }
     if let Some((first, params)) = data.split_first() {
         let method = METHODS[usize::from(*first) % METHODS.len()];
-        let _ = Request::decode(method, params);
+        let decoded = Request::decode(method, params).is_ok();
         raw_puts(method, params);
+        // The agent reads params after the envelope unchecked and walks
+        // them only when they do not decode: whatever decodes must be one
+        // well-formed value, or a malformed frame would be answered.
+        if decoded || RawPuts::parse(method, params).is_some() {
+            message::check_params(params).expect("params that decode are one value");
+        }
     }
 }
 

@@ -66,6 +66,17 @@ pub enum RawIncoming<'a> {
 
 /// Decodes a request envelope from a frame's payload.
 pub fn decode_request(payload: &[u8]) -> Result<RawRequest<'_>, CodecError> {
+    let raw = decode_request_head(payload)?;
+    check_params(raw.params)?;
+    Ok(raw)
+}
+
+/// Decodes a request envelope but its params: `params` is every byte
+/// after the method, not yet checked to be one well-formed value. Whoever
+/// decodes them checks that anyway, so a request that decodes is not
+/// walked twice; one that does not is told apart from a malformed frame by
+/// [`check_params`].
+pub fn decode_request_head(payload: &[u8]) -> Result<RawRequest<'_>, CodecError> {
     let mut r = Reader::new(payload);
     if r.array_len("a message")? != 4 {
         return Err(CodecError(
@@ -79,9 +90,16 @@ pub fn decode_request(payload: &[u8]) -> Result<RawRequest<'_>, CodecError> {
     }
     let id = r.uint("the request id")?;
     let method = r.str("the method")?;
-    let params = r.value()?;
-    r.end()?;
+    let params = r.bytes(r.remaining(), "the params")?;
     Ok(RawRequest { id, method, params })
+}
+
+/// Fails unless `params` is exactly one well-formed MessagePack value,
+/// nested no deeper than the codec allows.
+pub fn check_params(params: &[u8]) -> Result<(), CodecError> {
+    let mut r = Reader::new(params);
+    r.value()?;
+    r.end()
 }
 
 /// Decodes a response or notification envelope from a frame's payload.

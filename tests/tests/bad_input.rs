@@ -307,6 +307,42 @@ async fn undecodable_frame_gets_an_error_and_a_clean_close() {
     assert_data_intact(&agent).await;
 }
 
+/// A put or a get whose params are followed by stray bytes, or cut short:
+/// the frame is refused whole and the connection closed, never the
+/// request answered as if its params were whole.
+#[tokio::test]
+async fn params_with_bytes_after_them_or_cut_short_are_a_bad_frame() {
+    let (agent, client) = agent_with_data().await;
+    let put = serde_json::json!({
+        "db": "bugs", "collection": "bugs", "id": "stray", "fields": {"n": 1}
+    });
+    let get = serde_json::json!({"db": "bugs", "collection": "c", "id": "a"});
+    for (method, params) in [("put", &put), ("get", &get), ("no.such", &get)] {
+        let mut buf = Vec::new();
+        message::encode_request(&mut buf, 7, method, params, DEFAULT_MAX_FRAME).expect("encode");
+        let mut stray = buf.clone();
+        stray.push(0xc0);
+        let mut cut = buf.clone();
+        cut.pop();
+        for mut frame in [stray, cut] {
+            let len = (frame.len() - LEN_PREFIX) as u32;
+            frame[..LEN_PREFIX].copy_from_slice(&len.to_be_bytes());
+            let mut raw = Raw::hello(&agent);
+            raw.send_bytes(&frame);
+            let (id, r) = raw.response();
+            assert_eq!((id, code(r)), (0, ErrorCode::BadFrame), "{method}");
+            raw.assert_closed();
+        }
+    }
+    let stray = client
+        .db("bugs")
+        .collection("bugs")
+        .get_record("stray")
+        .await;
+    assert_eq!(stray.expect("get"), None, "the refused put wrote nothing");
+    assert_data_intact(&agent).await;
+}
+
 #[tokio::test]
 async fn requests_before_hello_are_refused() {
     let (agent, _client) = agent_with_data().await;

@@ -394,18 +394,14 @@ impl Conn {
     /// Handles one request, or adds it to `gets`, the run of gets waiting
     /// to be answered, which is answered first if this request is not one.
     fn handle_frame(&mut self, payload: &[u8], gets: &mut Vec<PendingGet>) {
-        let raw = match message::decode_request(payload) {
+        let raw = match message::decode_request_head(payload) {
             Ok(raw) => raw,
-            Err(e) => {
-                self.answer_gets(gets);
-                return self.fail_connection(
-                    0,
-                    ErrorCode::BadFrame,
-                    format!("could not decode the frame as a request: {e}"),
-                );
-            }
+            Err(e) => return self.bad_frame(gets, &e),
         };
         if !self.handshaken {
+            if let Err(e) = message::check_params(raw.params) {
+                return self.bad_frame(gets, &e);
+            }
             return self.hello(raw);
         }
         // Puts are stored with their values as they came, never decoded.
@@ -433,6 +429,10 @@ impl Conn {
                 Err(e) => e,
             }
         };
+        // Params that did not decode may not be a value at all.
+        if let Err(e) = message::check_params(raw.params) {
+            return self.bad_frame(gets, &e);
+        }
         self.answer_gets(gets);
         let method = api::ALL_METHODS
             .iter()
@@ -441,6 +441,17 @@ impl Conn {
             .unwrap_or("unknown");
         self.ctx.metrics.request(method, Some(refused.code));
         message::encode_error(&mut self.out, raw.id, &refused);
+    }
+
+    /// Answers the gets waiting, then refuses a frame that is not a
+    /// request and closes the connection.
+    fn bad_frame(&mut self, gets: &mut Vec<PendingGet>, e: &blazedb_proto::codec::CodecError) {
+        self.answer_gets(gets);
+        self.fail_connection(
+            0,
+            ErrorCode::BadFrame,
+            format!("could not decode the frame as a request: {e}"),
+        );
     }
 
     fn hello(&mut self, raw: RawRequest<'_>) {
