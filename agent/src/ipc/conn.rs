@@ -45,6 +45,10 @@ pub const MAX_IN_FLIGHT: usize = 4096;
 const OUT_HIGH_WATER: usize = 4 * 1024 * 1024;
 /// How much to read at a time when no frame length is known yet.
 const READ_CHUNK: usize = 64 * 1024;
+
+/// Answers are written once this many bytes of them wait, or when no
+/// request waits to be read.
+const WRITE_BATCH: usize = 64 * 1024;
 /// Event frames a subscription may have queued for the connection.
 const EVENT_QUEUE: usize = 16;
 /// Gets in one run that pay for sharing the run among threads.
@@ -84,7 +88,7 @@ struct Conn {
 pub(crate) async fn serve(stream: Stream, ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) {
     let peer_uid = stream.peer_creds().ok().and_then(|c| c.euid());
     // `&Stream` reads and writes, so both halves can borrow one stream.
-    let (mut rd, mut wr) = (&stream, &stream);
+    let (mut rd, mut wr, mut wr_now) = (&stream, &stream, &stream);
 
     let (reply_tx, mut reply_rx) = mpsc::unbounded_channel();
     let (event_tx, mut event_rx) = mpsc::channel(EVENT_QUEUE);
@@ -126,18 +130,23 @@ pub(crate) async fn serve(stream: Stream, ctx: Arc<Ctx>, mut shutdown: watch::Re
             conn.refresh_access();
         }
         let pending = &conn.out[written..];
+        // Requests that have already arrived are read before answers are
+        // written, up to [`WRITE_BATCH`] bytes of answers: a client with
+        // many requests in flight then gets them answered in few writes.
+        let write_now = pending.len() >= WRITE_BATCH || !want_read;
         tokio::select! {
             biased;
-            res = wr.write(pending), if !pending.is_empty() => match res {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    written += n;
-                    if written == conn.out.len() {
-                        conn.out.clear();
-                        written = 0;
-                    }
+            res = wr_now.write(pending), if write_now && !pending.is_empty() => {
+                if !conn.wrote(res, &mut written) {
+                    break;
                 }
-            },
+            }
+            res = rd.read_buf(&mut inbuf), if want_read => conn.read(res, &mut inbuf, &mut eof),
+            res = wr.write(pending), if !pending.is_empty() => {
+                if !conn.wrote(res, &mut written) {
+                    break;
+                }
+            }
             Some(frame) = reply_rx.recv() => {
                 conn.in_flight -= 1;
                 conn.replied(&frame);
@@ -149,23 +158,6 @@ pub(crate) async fn serve(stream: Stream, ctx: Arc<Ctx>, mut shutdown: watch::Re
             Some(frame) = event_rx.recv(), if want_events => {
                 conn.out.extend_from_slice(&frame);
             }
-            res = rd.read_buf(&mut inbuf), if want_read => match res {
-                Ok(0) => {
-                    if !inbuf.is_empty() {
-                        tracing::debug!("client left in the middle of a frame");
-                    }
-                    eof = true;
-                }
-                Ok(_) => {
-                    let used = conn.handle_frames(&inbuf);
-                    inbuf.drain(..used);
-                    reserve_for_next_frame(&mut inbuf, conn.ctx.max_frame);
-                }
-                Err(e) => {
-                    tracing::debug!("reading from a client failed: {e}");
-                    eof = true;
-                }
-            },
             _ = shutdown.changed() => conn.closing = true,
             () = apps_changed(&mut app_changes) => conn.refresh_access(),
         }
@@ -264,6 +256,44 @@ fn reserve_for_next_frame(inbuf: &mut Vec<u8>, max_frame: u32) {
 }
 
 impl Conn {
+    /// Handles what a read of the socket gave.
+    fn read(&mut self, res: std::io::Result<usize>, inbuf: &mut Vec<u8>, eof: &mut bool) {
+        match res {
+            Ok(0) => {
+                if !inbuf.is_empty() {
+                    tracing::debug!("client left in the middle of a frame");
+                }
+                *eof = true;
+            }
+            Ok(_) => {
+                let used = self.handle_frames(inbuf);
+                inbuf.drain(..used);
+                reserve_for_next_frame(inbuf, self.ctx.max_frame);
+            }
+            Err(e) => {
+                tracing::debug!("reading from a client failed: {e}");
+                *eof = true;
+            }
+        }
+    }
+
+    /// Takes what a write to the socket gave, `written` being how much of
+    /// the output was written before; returns false once the socket is
+    /// gone.
+    fn wrote(&mut self, res: std::io::Result<usize>, written: &mut usize) -> bool {
+        match res {
+            Ok(0) | Err(_) => false,
+            Ok(n) => {
+                *written += n;
+                if *written == self.out.len() {
+                    self.out.clear();
+                    *written = 0;
+                }
+                true
+            }
+        }
+    }
+
     /// Takes the app's rights as they are now, or cuts the connection when
     /// it lost any since it connected.
     fn refresh_access(&mut self) {
