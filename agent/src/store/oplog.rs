@@ -23,11 +23,16 @@
 //! priority              with bit 1: one byte
 //! incarnation           with bit 2: MessagePack uint
 //! body                  MessagePack uint n, then the n bytes of the
-//!                       encoded (possibly sealed) `OpBody`
+//!                       encoded (possibly sealed) `OpBody`; with bit 3,
+//!                       a put's body without its map keys (below)
 //! ```
 //!
-//! so an entry costs its body and about fifteen bytes, where an `Op` in
-//! MessagePack repeats its origin and its field names in every entry.
+//! A put's body in its usual encoding, `{"put": {"collection": c, "id":
+//! i, "fields": f}}` with the keys in that order, is stored as the bytes
+//! of `c`, of `i` and of `f` alone (bit 3), and read back byte for byte.
+//! So an entry costs its op's collection, id and fields and about fifteen
+//! bytes, where an `Op` in MessagePack repeats its origin and every name
+//! in every entry.
 //! Logs written in earlier forms still read: a bare `Op` in MessagePack
 //! (starts with a map marker), or [`FRAMED_MARK`] followed by entries that
 //! are each a big-endian `u32` length and an `Op` in MessagePack.
@@ -52,6 +57,14 @@ pub(crate) const FRAMED_MARK: u8 = 0xC1;
 const NEW_ORIGIN: u8 = 1;
 const HAS_PRIORITY: u8 = 2;
 const HAS_INCARNATION: u8 = 4;
+const PUT_BODY: u8 = 8;
+
+/// What a put's body starts with, up to its collection.
+const PUT_HEAD: &[u8] = b"\x81\xa3put\x83\xaacollection";
+/// The key between a put's collection and its id.
+const ID_KEY: &[u8] = b"\xa2id";
+/// The key between a put's id and its fields.
+const FIELDS_KEY: &[u8] = b"\xa6fields";
 
 /// A chunk is closed once it holds this many bytes: reading one entry
 /// then reads at most this much, and fjall keeps its values small.
@@ -77,6 +90,8 @@ enum Form {
         head: Head,
         start: usize,
         end: usize,
+        /// The body is a put's without its keys.
+        put: bool,
     },
     /// An `Op` in MessagePack, at these offsets of the chunk.
     Framed { start: usize, end: usize },
@@ -95,13 +110,21 @@ impl Entry {
     /// The entry's op.
     pub(crate) fn op(&self) -> Result<Op, StoreError> {
         Ok(match self.form {
-            Form::Compact { head, start, end } => Op {
+            Form::Compact {
+                head,
+                start,
+                end,
+                put,
+            } => Op {
                 origin: head.origin,
                 seq: head.seq,
                 hlc: head.hlc,
                 priority: head.priority,
                 incarnation: head.incarnation,
-                body: self.chunk[start..end].to_vec(),
+                body: match put {
+                    false => self.chunk[start..end].to_vec(),
+                    true => expand_put(&self.chunk[start..end]),
+                },
             },
             Form::Framed { start, end } => {
                 codec::from_slice(&self.chunk[start..end]).map_err(|e| {
@@ -143,7 +166,7 @@ fn compact(chunk: &[u8]) -> Result<Vec<Form>, CodecError> {
     let mut out = Vec::new();
     while r.remaining() > 0 {
         let flags = r.byte("an entry's flags")?;
-        if flags & !(NEW_ORIGIN | HAS_PRIORITY | HAS_INCARNATION) != 0 {
+        if flags & !(NEW_ORIGIN | HAS_PRIORITY | HAS_INCARNATION | PUT_BODY) != 0 {
             return Err(CodecError(format!("an entry has unknown flags {flags:#x}")));
         }
         let origin = if flags & NEW_ORIGIN != 0 {
@@ -179,6 +202,12 @@ fn compact(chunk: &[u8]) -> Result<Vec<Form>, CodecError> {
             .map_err(|_| CodecError("an entry's body is cut short".into()))
             .and_then(|len| r.bytes(len, "an entry's body"))?;
         let start = chunk.len() - r.remaining() - body.len();
+        let put = flags & PUT_BODY != 0;
+        if put && put_parts(body).is_none() {
+            return Err(CodecError(
+                "an entry's put body has no collection and id".into(),
+            ));
+        }
         out.push(Form::Compact {
             head: Head {
                 origin,
@@ -189,9 +218,58 @@ fn compact(chunk: &[u8]) -> Result<Vec<Form>, CodecError> {
             },
             start,
             end: start + body.len(),
+            put,
         });
     }
     Ok(out)
+}
+
+/// The length of the MessagePack str at the start of `b`, header
+/// included.
+fn str_item(b: &[u8]) -> Option<usize> {
+    let (head, len) = match *b.first()? {
+        m @ 0xa0..=0xbf => (1, usize::from(m & 0x1f)),
+        0xd9 => (2, usize::from(*b.get(1)?)),
+        0xda => (3, usize::from(u16::from_be_bytes([*b.get(1)?, *b.get(2)?]))),
+        0xdb => (
+            5,
+            u32::from_be_bytes([*b.get(1)?, *b.get(2)?, *b.get(3)?, *b.get(4)?]) as usize,
+        ),
+        _ => return None,
+    };
+    (head + len <= b.len()).then_some(head + len)
+}
+
+/// A put body stored without its keys: its collection and id (each a
+/// MessagePack str, as encoded) and the rest (its fields).
+fn put_parts(b: &[u8]) -> Option<(&[u8], &[u8], &[u8])> {
+    let c = str_item(b)?;
+    let id = str_item(&b[c..])?;
+    Some((&b[..c], &b[c..c + id], &b[c + id..]))
+}
+
+/// A put body in its usual encoding without its keys, or `None` for any
+/// other body.
+fn strip_put(body: &[u8]) -> Option<(&[u8], &[u8], &[u8])> {
+    let rest = body.strip_prefix(PUT_HEAD)?;
+    let c = str_item(rest)?;
+    let (collection, rest) = rest.split_at(c);
+    let rest = rest.strip_prefix(ID_KEY)?;
+    let id = str_item(rest)?;
+    let (id, rest) = rest.split_at(id);
+    Some((collection, id, rest.strip_prefix(FIELDS_KEY)?))
+}
+
+/// A put body stored without its keys, as it was before.
+fn expand_put(stored: &[u8]) -> Vec<u8> {
+    // Checked when the chunk was read.
+    let (collection, id, fields) = put_parts(stored).unwrap_or((&[], &[], stored));
+    let mut out =
+        Vec::with_capacity(stored.len() + PUT_HEAD.len() + ID_KEY.len() + FIELDS_KEY.len());
+    for part in [PUT_HEAD, collection, ID_KEY, id, FIELDS_KEY, fields] {
+        out.extend_from_slice(part);
+    }
+    out
 }
 
 /// The entries of a chunk in the framed form.
@@ -372,6 +450,10 @@ impl Chunker {
         if op.incarnation != 0 {
             flags |= HAS_INCARNATION;
         }
+        let put = strip_put(&op.body);
+        if put.is_some() {
+            flags |= PUT_BODY;
+        }
         let out = &mut self.bytes;
         out.push(flags);
         match known {
@@ -389,8 +471,18 @@ impl Chunker {
         if op.incarnation != 0 {
             raw::uint(out, u64::from(op.incarnation));
         }
-        raw::uint(out, op.body.len() as u64);
-        out.extend_from_slice(&op.body);
+        match put {
+            Some((collection, id, fields)) => {
+                raw::uint(out, (collection.len() + id.len() + fields.len()) as u64);
+                for part in [collection, id, fields] {
+                    out.extend_from_slice(part);
+                }
+            }
+            None => {
+                raw::uint(out, op.body.len() as u64);
+                out.extend_from_slice(&op.body);
+            }
+        }
         self.count += 1;
     }
 
@@ -468,15 +560,28 @@ mod tests {
     use proptest::prelude::*;
 
     /// The op at `cursor`: one of a few origins, some with a priority or
-    /// an incarnation, a body of `len` bytes.
+    /// an incarnation; every other one a put (its fields `len` bytes),
+    /// the others a body of `len` bytes.
     fn op(cursor: u64, len: usize) -> Op {
+        let bytes: Vec<u8> = (0..len).map(|i| (cursor as usize + i) as u8).collect();
+        let body = if cursor.is_multiple_of(2) {
+            blazedb_proto::OpBody::Put {
+                collection: "c".repeat(cursor as usize % 40),
+                id: format!("r{cursor}"),
+                fields: [("f".to_owned(), blazedb_proto::Value::Bytes(bytes))].into(),
+            }
+            .encode()
+            .expect("encode")
+        } else {
+            bytes
+        };
         Op {
             origin: DeviceId([(cursor % 3) as u8; 32]),
             seq: cursor * 7 % 1000,
             hlc: Hlc(cursor << 20),
             priority: if cursor.is_multiple_of(5) { 9 } else { 0 },
             incarnation: (cursor % 4) as u32 * 100_000,
-            body: (0..len).map(|i| (cursor as usize + i) as u8).collect(),
+            body,
         }
     }
 
@@ -649,9 +754,18 @@ mod tests {
     }
 
     #[test]
-    fn an_entry_of_one_writer_costs_its_body_and_a_few_bytes() {
+    fn a_put_of_one_writer_costs_its_collection_id_and_fields_and_a_few_bytes() {
         let mut chunker = Chunker::default();
         let mut ops = Vec::new();
+        let fields: blazedb_proto::Fields = [
+            (
+                "title".to_owned(),
+                blazedb_proto::Value::from("a title of some length"),
+            ),
+            ("n".to_owned(), blazedb_proto::Value::Int(12_345)),
+        ]
+        .into();
+        let fields_len = codec::to_vec(&fields).expect("encode").len();
         for c in 1..=1000 {
             let op = Op {
                 origin: DeviceId([4; 32]),
@@ -659,7 +773,13 @@ mod tests {
                 hlc: Hlc((1_750_000_000_000 << 16) + c),
                 priority: 0,
                 incarnation: 0,
-                body: vec![7; 100],
+                body: blazedb_proto::OpBody::Put {
+                    collection: "items".into(),
+                    id: format!("k{c:08}"),
+                    fields: fields.clone(),
+                }
+                .encode()
+                .expect("encode"),
             };
             chunker.push(c, &op);
             ops.push(op);
@@ -670,15 +790,23 @@ mod tests {
             .iter()
             .map(|op| 4 + codec::to_vec(op).expect("encode").len())
             .sum();
-        // flags, origin place, seq, clock, body length: 1 + 1 + 3 + 8 + 2.
+        // "items" and the id (6 + 10), the fields; flags, origin place,
+        // seq, clock, body length: 1 + 1 + 3 + 8 + 1.
+        let each = 16 + fields_len + 14;
         assert!(
-            stored <= 1000 * (100 + 15) + 33 * chunks.len(),
-            "{stored} bytes"
+            stored <= 1000 * each + 33 * chunks.len(),
+            "{stored} bytes, {each} each"
         );
         assert!(
-            stored * 10 < framed * 7,
+            stored * 2 < framed,
             "{stored} bytes against {framed} framed"
         );
+        let read: Vec<Op> = chunks
+            .into_iter()
+            .flat_map(|(k, v)| entries(&k, Slice::from(v)).expect("read"))
+            .map(|e| e.op().expect("op"))
+            .collect();
+        assert_eq!(read, ops, "put bodies read back byte for byte");
     }
 
     #[test]
