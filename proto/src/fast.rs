@@ -544,6 +544,100 @@ pub(crate) fn put_body_head(out: &mut Vec<u8>, collection: &str, id: &str, field
     raw::map_len(out, u32::try_from(fields).unwrap_or(u32::MAX));
 }
 
+/// A put body's collection, id and fields as they are encoded: each of
+/// collection and id a MessagePack str, header included, and the fields a
+/// map. Storage and sealing keep a put's body as these parts back to back
+/// ([`PutParts::stored`]), which spares the keys of its maps, and put it
+/// back byte for byte ([`PutParts::body`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PutParts<'a> {
+    /// The collection, as an encoded str.
+    pub collection: &'a [u8],
+    /// The id, as an encoded str.
+    pub id: &'a [u8],
+    /// The fields: the rest of the body.
+    pub fields: &'a [u8],
+}
+
+/// The keys of a put body around its collection, id and fields, as
+/// [`put_body_head`] writes them.
+const PUT_HEAD: &[u8] = b"\x81\xa3put\x83\xaacollection";
+const ID_KEY: &[u8] = b"\xa2id";
+const FIELDS_KEY: &[u8] = b"\xa6fields";
+
+impl<'a> PutParts<'a> {
+    /// The parts of a put body in its usual encoding (its maps' keys in
+    /// the order [`put_body`] writes them), or `None` for any other body.
+    pub fn of_body(body: &'a [u8]) -> Option<Self> {
+        let rest = body.strip_prefix(PUT_HEAD)?;
+        let (collection, rest) = rest.split_at(str_item(rest)?);
+        let rest = rest.strip_prefix(ID_KEY)?;
+        let (id, rest) = rest.split_at(str_item(rest)?);
+        Some(PutParts {
+            collection,
+            id,
+            fields: rest.strip_prefix(FIELDS_KEY)?,
+        })
+    }
+
+    /// The parts of bytes [`PutParts::stored`] wrote, or `None` when they
+    /// do not start with two strs. The fields are not checked.
+    pub fn of_stored(stored: &'a [u8]) -> Option<Self> {
+        let c = str_item(stored)?;
+        let id = str_item(&stored[c..])?;
+        Some(PutParts {
+            collection: &stored[..c],
+            id: &stored[c..c + id],
+            fields: &stored[c + id..],
+        })
+    }
+
+    /// How many bytes [`PutParts::stored`] writes.
+    pub fn stored_len(&self) -> usize {
+        self.collection.len() + self.id.len() + self.fields.len()
+    }
+
+    /// Appends the parts back to back: a str first, where a body starts
+    /// with a map, so the two are told apart by their first byte.
+    pub fn stored(&self, out: &mut Vec<u8>) {
+        for part in [self.collection, self.id, self.fields] {
+            out.extend_from_slice(part);
+        }
+    }
+
+    /// The body the parts came from, byte for byte.
+    pub fn body(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.stored_len() + 32);
+        for part in [
+            PUT_HEAD,
+            self.collection,
+            ID_KEY,
+            self.id,
+            FIELDS_KEY,
+            self.fields,
+        ] {
+            out.extend_from_slice(part);
+        }
+        out
+    }
+}
+
+/// The length of the MessagePack str at the start of `b`, header
+/// included, when it is all there.
+fn str_item(b: &[u8]) -> Option<usize> {
+    let (head, len) = match *b.first()? {
+        m @ 0xa0..=0xbf => (1, usize::from(m & 0x1f)),
+        0xd9 => (2, usize::from(*b.get(1)?)),
+        0xda => (3, usize::from(u16::from_be_bytes([*b.get(1)?, *b.get(2)?]))),
+        0xdb => (
+            5,
+            u32::from_be_bytes([*b.get(1)?, *b.get(2)?, *b.get(3)?, *b.get(4)?]) as usize,
+        ),
+        _ => return None,
+    };
+    (head + len <= b.len()).then_some(head + len)
+}
+
 /// Decodes an op body that is a put, or `None` to leave it to serde.
 pub(crate) fn op_body(bytes: &[u8]) -> Option<OpBody> {
     let mut c = Cursor { buf: bytes, pos: 0 };
@@ -704,6 +798,47 @@ mod tests {
                 let serde = codec::from_slice::<BatchParams>(&near).expect("serde decodes it too");
                 prop_assert_eq!(raw.db, serde.db.as_str());
                 prop_assert_eq!(decoded(&raw), serde.writes);
+            }
+        }
+
+        #[test]
+        fn a_put_body_and_its_parts_convert_byte_for_byte(
+            p in arb_put(),
+            other in prop_oneof![Just(0u8), 1u8..4],
+            at in any::<usize>(), to in any::<u8>(), how in any::<u8>(),
+        ) {
+            let (collection, id, fields) = (p.collection, p.id.unwrap_or_default(), p.fields);
+            let body = match other {
+                0 => OpBody::Put { collection, id, fields },
+                1 => OpBody::Delete { collection, id },
+                _ => OpBody::Patch { collection, id, set: fields, unset: Vec::new() },
+            }
+            .encode()
+            .expect("encode");
+            match PutParts::of_body(&body) {
+                Some(parts) => {
+                    prop_assert_eq!(other, 0);
+                    let mut stored = Vec::new();
+                    parts.stored(&mut stored);
+                    prop_assert_eq!(stored.len(), parts.stored_len());
+                    prop_assert!(stored.len() + 20 < body.len());
+                    // A body starts with a map, the stored parts with a str.
+                    prop_assert!(PutParts::of_stored(&body).is_none());
+                    let back = PutParts::of_stored(&stored).expect("the stored parts read");
+                    prop_assert_eq!(back, parts);
+                    prop_assert_eq!(back.body(), body.clone());
+                }
+                None => prop_assert_ne!(other, 0, "every put body has parts"),
+            }
+            // Whatever bytes have parts give them back whole.
+            let near = mutated(body, at, to, how);
+            if let Some(parts) = PutParts::of_body(&near) {
+                prop_assert_eq!(parts.body(), near.clone());
+            }
+            if let Some(parts) = PutParts::of_stored(&near) {
+                let mut stored = Vec::new();
+                parts.stored(&mut stored);
+                prop_assert_eq!(stored, near);
             }
         }
 

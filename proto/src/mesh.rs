@@ -25,8 +25,10 @@ pub const ALPN: &[u8] = b"blazedb/1";
 /// The version of the peer protocol, sent in [`PeerMessage::Hello`]. 4
 /// added access rules, partial replicas (`Projected`, cut snapshots) and
 /// refused writes (`OpBody::Rejected`); 5 sends snapshot records in the
-/// store's compact form, which version 4 cannot read.
-pub const PEER_PROTOCOL_VERSION: u32 = 5;
+/// store's compact form, which version 4 cannot read; 6 seals a put's
+/// body as its parts alone ([`crate::PutParts`]), which version 5 cannot
+/// read once opened.
+pub const PEER_PROTOCOL_VERSION: u32 = 6;
 
 /// The largest frame a peer may send on any stream, in bytes.
 pub const MAX_PEER_FRAME: u32 = 8 * 1024 * 1024;

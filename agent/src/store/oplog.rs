@@ -42,7 +42,7 @@
 //! in the same batch, so a reader sees the old chunk or the new ones.
 
 use blazedb_proto::codec::{self, CodecError, raw};
-use blazedb_proto::{DeviceId, Hlc, Op};
+use blazedb_proto::{DeviceId, Hlc, Op, PutParts};
 use fjall::{Keyspace, OwnedWriteBatch, Slice};
 
 use super::StoreError;
@@ -58,13 +58,6 @@ const NEW_ORIGIN: u8 = 1;
 const HAS_PRIORITY: u8 = 2;
 const HAS_INCARNATION: u8 = 4;
 const PUT_BODY: u8 = 8;
-
-/// What a put's body starts with, up to its collection.
-const PUT_HEAD: &[u8] = b"\x81\xa3put\x83\xaacollection";
-/// The key between a put's collection and its id.
-const ID_KEY: &[u8] = b"\xa2id";
-/// The key between a put's id and its fields.
-const FIELDS_KEY: &[u8] = b"\xa6fields";
 
 /// A chunk is closed once it holds this many bytes: reading one entry
 /// then reads at most this much, and fjall keeps its values small.
@@ -121,9 +114,9 @@ impl Entry {
                 hlc: head.hlc,
                 priority: head.priority,
                 incarnation: head.incarnation,
-                body: match put {
-                    false => self.chunk[start..end].to_vec(),
-                    true => expand_put(&self.chunk[start..end]),
+                body: match PutParts::of_stored(&self.chunk[start..end]) {
+                    Some(parts) if put => parts.body(),
+                    _ => self.chunk[start..end].to_vec(),
                 },
             },
             Form::Framed { start, end } => {
@@ -203,7 +196,7 @@ fn compact(chunk: &[u8]) -> Result<Vec<Form>, CodecError> {
             .and_then(|len| r.bytes(len, "an entry's body"))?;
         let start = chunk.len() - r.remaining() - body.len();
         let put = flags & PUT_BODY != 0;
-        if put && put_parts(body).is_none() {
+        if put && PutParts::of_stored(body).is_none() {
             return Err(CodecError(
                 "an entry's put body has no collection and id".into(),
             ));
@@ -222,54 +215,6 @@ fn compact(chunk: &[u8]) -> Result<Vec<Form>, CodecError> {
         });
     }
     Ok(out)
-}
-
-/// The length of the MessagePack str at the start of `b`, header
-/// included.
-fn str_item(b: &[u8]) -> Option<usize> {
-    let (head, len) = match *b.first()? {
-        m @ 0xa0..=0xbf => (1, usize::from(m & 0x1f)),
-        0xd9 => (2, usize::from(*b.get(1)?)),
-        0xda => (3, usize::from(u16::from_be_bytes([*b.get(1)?, *b.get(2)?]))),
-        0xdb => (
-            5,
-            u32::from_be_bytes([*b.get(1)?, *b.get(2)?, *b.get(3)?, *b.get(4)?]) as usize,
-        ),
-        _ => return None,
-    };
-    (head + len <= b.len()).then_some(head + len)
-}
-
-/// A put body stored without its keys: its collection and id (each a
-/// MessagePack str, as encoded) and the rest (its fields).
-fn put_parts(b: &[u8]) -> Option<(&[u8], &[u8], &[u8])> {
-    let c = str_item(b)?;
-    let id = str_item(&b[c..])?;
-    Some((&b[..c], &b[c..c + id], &b[c + id..]))
-}
-
-/// A put body in its usual encoding without its keys, or `None` for any
-/// other body.
-fn strip_put(body: &[u8]) -> Option<(&[u8], &[u8], &[u8])> {
-    let rest = body.strip_prefix(PUT_HEAD)?;
-    let c = str_item(rest)?;
-    let (collection, rest) = rest.split_at(c);
-    let rest = rest.strip_prefix(ID_KEY)?;
-    let id = str_item(rest)?;
-    let (id, rest) = rest.split_at(id);
-    Some((collection, id, rest.strip_prefix(FIELDS_KEY)?))
-}
-
-/// A put body stored without its keys, as it was before.
-fn expand_put(stored: &[u8]) -> Vec<u8> {
-    // Checked when the chunk was read.
-    let (collection, id, fields) = put_parts(stored).unwrap_or((&[], &[], stored));
-    let mut out =
-        Vec::with_capacity(stored.len() + PUT_HEAD.len() + ID_KEY.len() + FIELDS_KEY.len());
-    for part in [PUT_HEAD, collection, ID_KEY, id, FIELDS_KEY, fields] {
-        out.extend_from_slice(part);
-    }
-    out
 }
 
 /// The entries of a chunk in the framed form.
@@ -450,7 +395,7 @@ impl Chunker {
         if op.incarnation != 0 {
             flags |= HAS_INCARNATION;
         }
-        let put = strip_put(&op.body);
+        let put = PutParts::of_body(&op.body);
         if put.is_some() {
             flags |= PUT_BODY;
         }
@@ -472,11 +417,9 @@ impl Chunker {
             raw::uint(out, u64::from(op.incarnation));
         }
         match put {
-            Some((collection, id, fields)) => {
-                raw::uint(out, (collection.len() + id.len() + fields.len()) as u64);
-                for part in [collection, id, fields] {
-                    out.extend_from_slice(part);
-                }
+            Some(parts) => {
+                raw::uint(out, parts.stored_len() as u64);
+                parts.stored(out);
             }
             None => {
                 raw::uint(out, op.body.len() as u64);

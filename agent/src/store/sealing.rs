@@ -17,9 +17,9 @@
 //!   (records merge the same whatever the order, so ops applied twice
 //!   change nothing).
 
-use blazedb_proto::Op;
 use blazedb_proto::api::{DbInfo, Encryption};
 use blazedb_proto::sealed::{SealedOp, is_sealed};
+use blazedb_proto::{Op, PutParts};
 
 use super::{DbState, Store, StoreError, read_lock, write_lock};
 use crate::crypto::seal::{self, ContentKey, SealError};
@@ -87,7 +87,7 @@ impl Reader {
             Reader::Keys(keys) => {
                 let header = SealedOp::of(db, op);
                 match seal::open(|e| keys.iter().find(|k| k.epoch == e), &header, &op.body) {
-                    Ok(plain) => Body::Readable(std::borrow::Cow::Owned(plain)),
+                    Ok(plain) => Body::Readable(std::borrow::Cow::Owned(unpack(plain))),
                     Err(e) => Body::Refused(Unopened::of(op, &e)),
                 }
             }
@@ -231,14 +231,36 @@ impl Store {
     }
 }
 
-/// Seals `body` as the body of the op `header` under `key`.
+/// Seals `body` as the body of the op `header` under `key`. A put's body
+/// is sealed as its parts alone ([`PutParts::stored`]), which spares the
+/// keys of its maps; [`Reader::read`] gives the body back whole.
 pub(crate) fn seal_body(
     key: &ContentKey,
     header: &SealedOp<'_>,
     body: &[u8],
 ) -> Result<Vec<u8>, StoreError> {
-    key.seal(header, body)
+    let packed;
+    let plain = match PutParts::of_body(body) {
+        Some(parts) => {
+            let mut out = Vec::with_capacity(parts.stored_len());
+            parts.stored(&mut out);
+            packed = out;
+            &packed[..]
+        }
+        None => body,
+    };
+    key.seal(header, plain)
         .map_err(|e| StoreError::Storage(format!("cannot seal an op: {e}")))
+}
+
+/// An opened body as [`seal_body`] sealed it, made whole: a put's parts
+/// start with a str, where every body starts with a map. Anything else is
+/// left for decoding to refuse.
+fn unpack(plain: Vec<u8>) -> Vec<u8> {
+    match PutParts::of_stored(&plain) {
+        Some(parts) => parts.body(),
+        None => plain,
+    }
 }
 
 #[cfg(test)]
@@ -303,6 +325,42 @@ mod tests {
 
     fn shows(bytes: &[u8]) -> bool {
         bytes.windows(MARK.len()).any(|w| w == MARK.as_bytes())
+    }
+
+    #[test]
+    fn a_put_is_sealed_as_its_parts_and_opens_whole() {
+        let key = ContentKey::from_bytes(1, [9; 32]).expect("a key");
+        let op = |body: Vec<u8>| Op {
+            origin: DeviceId([4; 32]),
+            seq: 3,
+            hlc: blazedb_proto::Hlc(1 << 30),
+            priority: 0,
+            incarnation: 0,
+            body,
+        };
+        let put = blazedb_proto::OpBody::Put {
+            collection: "notes".into(),
+            id: "n1".into(),
+            fields: [("text".to_owned(), Value::from("hello"))].into(),
+        };
+        let delete = blazedb_proto::OpBody::Delete {
+            collection: "notes".into(),
+            id: "n1".into(),
+        };
+        let reader = Reader::Keys(vec![key.clone()]);
+        for (body, spared) in [(put, 27), (delete, 0)] {
+            let plain = body.encode().expect("encode");
+            let mut sealed = op(Vec::new());
+            sealed.body = seal_body(&key, &SealedOp::of("d", &sealed), &plain).expect("seal");
+            let whole = key
+                .seal(&SealedOp::of("d", &sealed), &plain)
+                .expect("seal whole");
+            assert_eq!(sealed.body.len() + spared, whole.len(), "{body:?}");
+            match reader.read("d", &sealed) {
+                Body::Readable(opened) => assert_eq!(opened.as_ref(), &plain[..]),
+                _ => panic!("{body:?} does not open"),
+            }
+        }
     }
 
     #[test]
