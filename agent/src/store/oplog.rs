@@ -14,7 +14,8 @@
 //! then, for each entry:
 //! flags                 bit 0: a new origin follows; bit 1: a priority
 //!                       follows; bit 2: an incarnation follows (each is
-//!                       zero when left out)
+//!                       zero when left out); bit 3: the body is a put's
+//!                       without its keys
 //! origin                with bit 0: a device id of 32 bytes, which takes
 //!                       the next place in the chunk's origin table;
 //!                       without: MessagePack uint, a place in that table
@@ -23,16 +24,17 @@
 //! priority              with bit 1: one byte
 //! incarnation           with bit 2: MessagePack uint
 //! body                  MessagePack uint n, then the n bytes of the
-//!                       encoded (possibly sealed) `OpBody`; with bit 3,
-//!                       a put's body without its map keys (below)
+//!                       encoded (possibly sealed) `OpBody`, or with bit 3
+//!                       of a put's parts (below)
 //! ```
 //!
 //! A put's body in its usual encoding, `{"put": {"collection": c, "id":
 //! i, "fields": f}}` with the keys in that order, is stored as the bytes
-//! of `c`, of `i` and of `f` alone (bit 3), and read back byte for byte.
-//! So an entry costs its op's collection, id and fields and about fifteen
-//! bytes, where an `Op` in MessagePack repeats its origin and every name
-//! in every entry.
+//! of `c`, of `i` and of `f` alone (`PutParts`), and read back byte for
+//! byte. So an entry costs its op's collection, id and fields and about
+//! fifteen bytes, where an `Op` in MessagePack repeats its origin and
+//! every name in every entry.
+//!
 //! Logs written in earlier forms still read: a bare `Op` in MessagePack
 //! (starts with a map marker), or [`FRAMED_MARK`] followed by entries that
 //! are each a big-endian `u32` length and an `Op` in MessagePack.
