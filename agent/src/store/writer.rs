@@ -342,29 +342,45 @@ pub(super) enum Effect {
 ///
 /// The bytes are shared with the effect that stores them, and decoded only
 /// when a later write reads the same record: most writes are never read
-/// back within their group. It is bounded by the group's size.
+/// back within their group. So records are only listed as they come, and
+/// indexed by key when a write first looks one up (from where the index
+/// stopped): a group of puts that read nothing never hashes a key, where
+/// an index kept up to date hashed each twice (its plan's, then its
+/// group's). It is bounded by the group's size.
 #[derive(Default)]
-pub(super) struct Overlay(FxHashMap<u32, FxHashMap<Slice, Slice>>);
+pub(super) struct Overlay {
+    /// The records in the order they were left; a later one wins.
+    records: Vec<(u32, Slice, Slice)>,
+    /// Where each key's latest record is in `records`, for those before
+    /// `indexed`.
+    index: std::cell::RefCell<(usize, KeyIndex)>,
+}
+
+/// Positions in an overlay's records, by database and key.
+type KeyIndex = FxHashMap<u32, FxHashMap<Slice, usize>>;
 
 impl Overlay {
-    pub(super) fn get(&self, db: u32, key: &[u8]) -> Option<&Slice> {
-        self.0.get(&db).and_then(|records| records.get(key))
+    pub(super) fn get(&self, db: u32, key: &[u8]) -> Option<Slice> {
+        if self.records.is_empty() {
+            return None;
+        }
+        let mut index = self.index.borrow_mut();
+        let (indexed, map) = &mut *index;
+        for (at, (db, key, _)) in self.records.iter().enumerate().skip(*indexed) {
+            map.entry(*db).or_default().insert(key.clone(), at);
+        }
+        *indexed = self.records.len();
+        let at = *map.get(&db)?.get(key)?;
+        Some(self.records[at].2.clone())
     }
 
     pub(super) fn insert(&mut self, db: u32, key: Slice, record: Slice) {
-        self.0.entry(db).or_default().insert(key, record);
+        self.records.push((db, key, record));
     }
 
     /// Takes in a later plan's records, which win over ours.
     pub(super) fn absorb(&mut self, later: Overlay) {
-        for (db, records) in later.0 {
-            match self.0.entry(db) {
-                std::collections::hash_map::Entry::Vacant(e) => {
-                    e.insert(records);
-                }
-                std::collections::hash_map::Entry::Occupied(mut e) => e.get_mut().extend(records),
-            }
-        }
+        self.records.extend(later.records);
     }
 }
 
@@ -1378,7 +1394,7 @@ pub(super) fn load_for_update(
         .get(db.id, key)
         .or_else(|| group.overlay.get(db.id, key))
     {
-        Some(bytes) => Ok(Some(StoredRecord::decode(bytes)?)),
+        Some(bytes) => Ok(Some(StoredRecord::decode(&bytes)?)),
         None => db.load_record(key),
     }
 }
