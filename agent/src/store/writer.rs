@@ -351,8 +351,8 @@ pub(super) enum Effect {
 pub(super) struct Overlay {
     /// The records in the order they were left; a later one wins.
     records: Vec<(u32, Slice, Slice)>,
-    /// Where each key's latest record is in `records`, for those before
-    /// `indexed`.
+    /// How many of `records` are indexed, and where each key's latest
+    /// record among those is.
     index: std::cell::RefCell<(usize, KeyIndex)>,
 }
 
@@ -529,7 +529,7 @@ impl PreparedWrite {
 }
 
 /// A prepared write's operation: `body` when it was prepared decoded, else
-/// decoded from its encoded body (the end of its op entry `op`).
+/// decoded from its encoded body.
 fn decoded(body: Option<OpBody>, encoded: &[u8]) -> Result<OpBody, StoreError> {
     match body {
         Some(b) => Ok(b),
