@@ -35,6 +35,7 @@ use super::{
     read_lock, sync_meta_key, write_lock,
 };
 use super::{keys, oplog};
+use crate::crypto::seal::ContentKey;
 use crate::sync::WriteScreen;
 use crate::sync::hlc::HlcClock;
 use blazedb_proto::sealed::SealedOp;
@@ -380,7 +381,11 @@ impl Overlay {
 
     /// Takes in a later plan's records, which win over ours.
     pub(super) fn absorb(&mut self, later: Overlay) {
-        self.records.extend(later.records);
+        if self.records.is_empty() {
+            self.records = later.records;
+        } else {
+            self.records.extend(later.records);
+        }
     }
 }
 
@@ -411,6 +416,17 @@ impl Group {
             buffered: false,
         }
     }
+}
+
+/// What every write of one command shares: the database's state does not
+/// change between them (the writer thread plans nothing else meanwhile).
+struct CommandScope {
+    /// The key an end-to-end encrypted database's ops are sealed with.
+    seal_with: Option<ContentKey>,
+    /// The highest priority of any write the database holds.
+    max_priority: u8,
+    /// The collection written last and its indexed fields.
+    indexes: Option<(String, BTreeSet<String>)>,
 }
 
 /// The highest conflict priority a database may give its writes.
@@ -943,15 +959,27 @@ impl Writer {
         };
         let counters_before = self.counters.get(&db.id).copied();
         let clock_before = self.clock;
-        let mut plan = Plan::new();
+        // Most writes leave a record and a log entry.
+        let mut plan = Plan::with_capacity(writes.len());
+        let mut scope = None;
         let result: Result<Vec<WriteResult>, StoreError> = writes
             .into_iter()
-            .map(|w| self.plan_write(group, &mut plan, &db, w))
+            .map(|w| {
+                let scope = match &mut scope {
+                    Some(scope) => scope,
+                    None => scope.insert(self.scope_of(&db)?),
+                };
+                self.plan_write(group, &mut plan, scope, &db, w)
+            })
             .collect();
         match result {
             Ok(results) => {
                 let head = self.counters.get(&db.id).map_or(0, |c| c.head);
-                group.effects.append(&mut plan.effects);
+                if group.effects.is_empty() {
+                    group.effects = plan.effects;
+                } else {
+                    group.effects.append(&mut plan.effects);
+                }
                 group.overlay.absorb(plan.overlay);
                 group
                     .new_collections
@@ -976,20 +1004,8 @@ impl Writer {
         }
     }
 
-    fn plan_write(
-        &mut self,
-        group: &Group,
-        plan: &mut Plan,
-        db: &Arc<DbState>,
-        write: PreparedWrite,
-    ) -> Result<WriteResult, StoreError> {
-        let PreparedWrite {
-            body,
-            key,
-            encoded,
-            fresh_record,
-            priority: write_priority,
-        } = write;
+    /// What the writes of one command to `db` share, looked up once.
+    fn scope_of(&self, db: &DbState) -> Result<CommandScope, StoreError> {
         // An end-to-end encrypted database's ops are sealed here, once
         // stamped: the seq and clock reading are part of what binds them.
         let seal_with = if db.is_e2e() {
@@ -1001,20 +1017,49 @@ impl Writer {
         } else {
             None
         };
+        Ok(CommandScope {
+            seal_with,
+            max_priority: lock(&db.sync).max_priority,
+            indexes: None,
+        })
+    }
+
+    fn plan_write(
+        &mut self,
+        group: &Group,
+        plan: &mut Plan,
+        scope: &mut CommandScope,
+        db: &Arc<DbState>,
+        write: PreparedWrite,
+    ) -> Result<WriteResult, StoreError> {
+        let PreparedWrite {
+            body,
+            key,
+            encoded,
+            fresh_record,
+            priority: write_priority,
+        } = write;
         let needs_existing = matches!(body, Body::Decoded(OpBody::Patch { .. }));
         // The decoded operation, if it was prepared decoded.
         let (collection, id, body) = match body {
             Body::Decoded(b) => (b.collection().to_owned(), b.id().to_owned(), Some(b)),
             Body::Put { collection, id } => (collection, id, None),
         };
-        let indexes = self.collection_indexes(group, plan, db, &collection)?;
+        let indexes = match &scope.indexes {
+            Some((c, indexes)) if *c == collection => indexes.clone(),
+            _ => {
+                let indexes = self.collection_indexes(group, plan, db, &collection)?;
+                scope.indexes = Some((collection.clone(), indexes.clone()));
+                indexes
+            }
+        };
 
         // A put or delete made here is newer than everything the record
         // holds (the clock has seen every write applied here), so without
         // indexes to maintain it need not read the record -- unless writes
         // of a higher priority than ours came from elsewhere: those still
         // win.
-        let outranked = lock(&db.sync).max_priority > write_priority;
+        let outranked = scope.max_priority > write_priority;
         let existing = if needs_existing || !indexes.is_empty() || outranked {
             load_for_update(group, plan, db, &key)?
         } else {
@@ -1068,7 +1113,7 @@ impl Writer {
             key.clone(),
             record_bytes.clone(),
         ));
-        let body = match seal_with {
+        let body = match &scope.seal_with {
             None => encoded,
             Some(key) => {
                 let header = SealedOp {
@@ -1078,7 +1123,7 @@ impl Writer {
                     hlc,
                     priority: write_priority,
                 };
-                seal_body(&key, &header, &encoded)?
+                seal_body(key, &header, &encoded)?
             }
         };
         plan.effects.push(Effect::Log {
@@ -1374,9 +1419,17 @@ pub(super) struct Plan {
 
 impl Plan {
     pub(super) fn new() -> Self {
+        Self::with_capacity(0)
+    }
+
+    /// A plan with room for `writes` writes' records and log entries.
+    pub(super) fn with_capacity(writes: usize) -> Self {
         Plan {
-            effects: Vec::new(),
-            overlay: Overlay::default(),
+            effects: Vec::with_capacity(2 * writes),
+            overlay: Overlay {
+                records: Vec::with_capacity(writes),
+                index: Default::default(),
+            },
             new_collections: Vec::new(),
         }
     }
