@@ -42,16 +42,22 @@ fn ints(pairs: &[(&str, i64)]) -> Fields {
         .collect()
 }
 
+/// A store in a fresh directory with an empty database `d`.
+fn store_with_db(rt: &tokio::runtime::Runtime) -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), DeviceId([1; 32]), StoreOptions::default()).unwrap();
+    rt.block_on(store.create_db("d", DbSettings::default(), false))
+        .unwrap();
+    (dir, store)
+}
+
 #[test]
 fn a_batch_reads_back_its_own_earlier_writes() {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), DeviceId([1; 32]), StoreOptions::default()).unwrap();
-    rt.block_on(store.create_db("d", DbSettings::default(), false))
-        .unwrap();
+    let (_dir, store) = store_with_db(&rt);
     let writes = vec![
         put("a", &[("x", 1), ("y", 2)]),
         patch("a", &[("y", 3)], &["x"]),
@@ -77,10 +83,7 @@ fn commands_that_share_a_commit_see_each_other() {
         .enable_all()
         .build()
         .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), DeviceId([1; 32]), StoreOptions::default()).unwrap();
-    rt.block_on(store.create_db("d", DbSettings::default(), false))
-        .unwrap();
+    let (_dir, store) = store_with_db(&rt);
     rt.block_on(store.write("d", vec![put("r", &[("base", 0)])]))
         .unwrap();
     // Sent all at once, so the writer takes many of them into one group:
