@@ -77,6 +77,9 @@ pub const DEFAULT_PORT: u16 = 7340;
 /// How long shutdown waits for connection closes to be sent.
 const CLOSE_GRACE: Duration = Duration::from_millis(150);
 
+/// How long leaving waits for the linked members to take its record.
+const LEAVE_RECEIPT: Duration = Duration::from_secs(2);
+
 /// How the mesh runs.
 #[derive(Debug, Clone)]
 pub struct MeshConfig {
@@ -897,23 +900,22 @@ impl Mesh {
             s.save()?;
             s.roster.as_ref().map(Roster::to_wire).unwrap_or_default()
         };
-        // Tell every linked member, and give the message a moment to leave.
-        let sent: Vec<_> = {
-            let sessions = lock(&self.shared.sessions);
-            sessions
-                .values()
-                .map(|sess| {
-                    let (tx, rx) = tokio::sync::oneshot::channel();
-                    let _ = sess.ctl.send(Control::Send(Box::new(PeerMessage::Members {
-                        roster: chain.clone(),
-                    })));
-                    let _ = sess.ctl.send(Control::Flush(tx));
-                    rx
-                })
-                .collect()
-        };
-        for rx in sent {
-            let _ = tokio::time::timeout(Duration::from_secs(2), rx).await;
+        // Tell every linked member. A member that takes the record closes
+        // the session (it tells a departed device so, then closes): that
+        // close is the receipt. Closing first would drop the record with
+        // the connection if it had not been delivered yet.
+        let linked: Vec<quinn::Connection> = lock(&self.shared.sessions)
+            .values()
+            .map(|sess| {
+                let _ = sess.ctl.send(Control::Send(Box::new(PeerMessage::Members {
+                    roster: chain.clone(),
+                })));
+                sess.conn.clone()
+            })
+            .collect();
+        let deadline = tokio::time::Instant::now() + LEAVE_RECEIPT;
+        for conn in linked {
+            let _ = tokio::time::timeout_at(deadline, conn.closed()).await;
         }
         let rec = lock(&self.shared.state)
             .roster

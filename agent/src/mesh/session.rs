@@ -66,8 +66,6 @@ pub(crate) enum Control {
     Send(Box<PeerMessage>),
     /// Send this frame, encoded once for many sessions.
     Frame(Arc<Vec<u8>>),
-    /// Answer once everything queued before has been written.
-    Flush(tokio::sync::oneshot::Sender<()>),
 }
 
 fn protocol(e: impl std::fmt::Display) -> SessionError {
@@ -551,9 +549,6 @@ pub(crate) async fn run(
                     if let Err(e) = ctl_send.write_all(&bytes).await {
                         break e.to_string();
                     }
-                }
-                Control::Flush(done) => {
-                    let _ = done.send(());
                 }
             },
             stream = conn.accept_uni() => match stream {
