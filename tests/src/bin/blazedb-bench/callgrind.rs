@@ -67,6 +67,26 @@ pub(crate) async fn run(quick: bool, json: bool, keep: Option<PathBuf>) -> anyho
         figures.insert(format!("callgrind_{name}_raw_ir"), raw.into());
         figures.insert(format!("callgrind_{name}_ratio_raw"), (agent / raw).into());
     }
+    // The client's side of a read, in the app's process (the blazedb
+    // crate): against an agent run natively.
+    let agent = TestAgent::start(sibling_bin("blazed-test-agent")).await?;
+    {
+        let client = Client::connect_to(agent.socket()).await?;
+        super::create_db(&client, "bench", Encryption::None).await?;
+        batched_puts(&client, "bench", GET_KEYS, 1000).await?;
+    }
+    let socket = agent.socket();
+    println!("the client's side of a read (the blazedb crate, in the app's process)");
+    for (what, name) in [("gets", "get"), ("get_many", "get_many")] {
+        let client = per_op(small, large, |n| {
+            let socket = socket.clone();
+            async move { client_run(dir, &socket, what, n) }
+        })
+        .await?;
+        println!("  {what:<18} {client:>10.0} instructions per op");
+        figures.insert(format!("callgrind_{name}_client_ir"), client.into());
+    }
+    println!();
     let e2e = per_op(small, large, |n| agent_run(dir, Work::E2ePuts, n)).await?;
     let plain = figures
         .get("callgrind_put_agent_ir")
@@ -141,10 +161,17 @@ async fn agent_run(dir: &Path, work: Work, n: usize) -> anyhow::Result<u64> {
 /// Runs raw fjall under callgrind in a child process of this binary.
 fn raw_run(dir: &Path, work: Work, n: usize) -> anyhow::Result<u64> {
     let out = dir.join(format!("raw-{work:?}-{n}.callgrind"));
-    let status = Command::new("valgrind")
+    let mut valgrind = Command::new("valgrind");
+    valgrind
         .arg("-q")
         .arg("--tool=callgrind")
-        .arg(format!("--callgrind-out-file={}", out.display()))
+        .arg(format!("--callgrind-out-file={}", out.display()));
+    if work == Work::Puts {
+        // The agent's figure starts from the client's bytes, so raw's
+        // starts from encoded records: only the inserts are counted.
+        valgrind.arg("--toggle-collect=*raw_insert_batches*");
+    }
+    let status = valgrind
         .arg(std::env::current_exe()?)
         .arg("--raw-fjall")
         .arg(if work == Work::Puts { "puts" } else { "gets" })
@@ -152,6 +179,37 @@ fn raw_run(dir: &Path, work: Work, n: usize) -> anyhow::Result<u64> {
         .status()?;
     anyhow::ensure!(status.success(), "the raw fjall run failed: {status}");
     instructions(&out)
+}
+
+/// Runs this binary under callgrind as a client of the agent on `socket`
+/// doing `n` reads (`gets`, 128 in flight, or `get_many`, 1000 ids a
+/// request) and returns the instructions it ran.
+fn client_run(dir: &Path, socket: &Path, what: &str, n: usize) -> anyhow::Result<u64> {
+    let out = dir.join(format!("client-{what}-{n}.callgrind"));
+    let status = Command::new("valgrind")
+        .arg("-q")
+        .arg("--tool=callgrind")
+        .arg(format!("--callgrind-out-file={}", out.display()))
+        .arg(std::env::current_exe()?)
+        .arg("--client-reads")
+        .arg(socket)
+        .arg(what)
+        .arg(n.to_string())
+        .status()?;
+    anyhow::ensure!(status.success(), "the client run failed: {status}");
+    instructions(&out)
+}
+
+/// The client side, in the child: `n` reads of the [`GET_KEYS`] records
+/// the parent wrote.
+pub(crate) async fn client_reads(socket: &str, what: &str, n: usize) -> anyhow::Result<()> {
+    let client = Client::connect_to(socket).await?;
+    match what {
+        "gets" => super::pipelined_gets(&client, n, GET_KEYS, 128).await?,
+        "get_many" => super::get_many(&client, n, GET_KEYS, 1000).await?,
+        other => bail!("--client-reads takes gets or get_many, not {other}"),
+    };
+    Ok(())
 }
 
 /// The raw side, in the child: `n` durable batched inserts, or

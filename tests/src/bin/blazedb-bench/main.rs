@@ -81,6 +81,10 @@ struct Args {
     /// Internal: the raw fjall side of `--callgrind` (puts or gets, count).
     #[arg(long, hide = true, num_args = 2)]
     raw_fjall: Vec<String>,
+    /// Internal: the client side of `--callgrind` (socket, gets or
+    /// get_many, count).
+    #[arg(long, hide = true, num_args = 3)]
+    client_reads: Vec<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -96,6 +100,9 @@ fn main() -> anyhow::Result<()> {
     }
     if let [what, n] = args.raw_fjall.as_slice() {
         return callgrind::raw_fjall(what, n.parse()?);
+    }
+    if let [socket, what, n] = args.client_reads.as_slice() {
+        return rt.block_on(callgrind::client_reads(socket, what, n.parse()?));
     }
     if args.callgrind {
         return rt.block_on(callgrind::run(args.quick, args.json, args.callgrind_out));
