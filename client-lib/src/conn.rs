@@ -107,10 +107,20 @@ impl Connection {
 
     /// Sends a request and waits for its response.
     pub(crate) async fn call<M: Method>(&self, params: &M::Params) -> Result<M::Result, Error> {
+        self.call_decoded::<M>(params, codec::from_slice).await
+    }
+
+    /// [`Connection::call`] with the result read by `decode` (a hand
+    /// decoder, for results on hot paths).
+    pub(crate) async fn call_decoded<M: Method>(
+        &self,
+        params: &M::Params,
+        decode: fn(&[u8]) -> Result<M::Result, codec::CodecError>,
+    ) -> Result<M::Result, Error> {
         let (tx, rx) = oneshot::channel();
         self.send::<M>(params, |_| Pending::Call(tx)).await?;
         let bytes = rx.await.map_err(|_| Error::Disconnected)??;
-        codec::from_slice(&bytes).map_err(|e| Error::Codec(e.0))
+        decode(&bytes).map_err(|e| Error::Codec(e.0))
     }
 
     /// Sends a subscribe request; events for it go to `events`.

@@ -747,7 +747,11 @@ impl Collection {
             collection: self.name.clone(),
             id: id.to_owned(),
         };
-        Ok(self.db.client.call::<api::Get>(&params).await?.record)
+        let conn = &self.db.client.conn;
+        Ok(conn
+            .call_decoded::<api::Get>(&params, api::GetResult::decode)
+            .await?
+            .record)
     }
 
     /// Reads many records by id in one request: one entry per id, in the
@@ -759,7 +763,11 @@ impl Collection {
             collection: self.name.clone(),
             ids: ids.iter().map(|id| id.as_ref().to_owned()).collect(),
         };
-        Ok(self.db.client.call::<api::GetMany>(&params).await?.records)
+        let conn = &self.db.client.conn;
+        Ok(conn
+            .call_decoded::<api::GetMany>(&params, api::GetManyResult::decode)
+            .await?
+            .records)
     }
 
     /// Starts a query over the collection.

@@ -108,6 +108,27 @@ fn main() -> anyhow::Result<()> {
     );
     seeds.push(("value", "map", codec::to_vec(&value)?));
 
+    // Get results as the agent writes them, which the client reads by hand.
+    let Value::Map(fields) = value else {
+        unreachable!("the value above is a map")
+    };
+    let record = blazedb_proto::api::Record {
+        id: "t1".into(),
+        fields,
+        version: Hlc(7),
+    };
+    let got = blazedb_proto::api::GetResult {
+        record: Some(record.clone()),
+    };
+    let many = blazedb_proto::api::GetManyResult {
+        records: vec![Some(record), None],
+    };
+    seeds.push(("value", "get_result", codec::to_vec(&got)?));
+    seeds.push(("value", "get_many_result", codec::to_vec(&many)?));
+    let mut frame = Vec::new();
+    message::encode_response(&mut frame, 5, &many, 1 << 20)?;
+    seeds.push(("frame", "get_many_result", frame));
+
     let join = PeerMessage::Join {
         version: 1,
         invite: [4; 8],

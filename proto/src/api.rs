@@ -946,6 +946,26 @@ pub struct GetManyResult {
 }
 
 impl GetManyResult {
+    /// Decodes a `GetManyResult`: by hand when it has the form the agent
+    /// writes ([`GetManyResult::encode_head`]), else with serde.
+    pub fn decode(bytes: &[u8]) -> Result<GetManyResult, codec::CodecError> {
+        let by_hand = || {
+            let mut r = codec::raw::Reader::new(bytes);
+            let (1, "records") = (r.map_len("").ok()?, r.str("").ok()?) else {
+                return None;
+            };
+            let count = r.array_len("").ok()? as usize;
+            // Cap the pre-allocation: the count comes from the input.
+            let mut records = Vec::with_capacity(count.min(MAX_GET_MANY));
+            for _ in 0..count {
+                records.push(read_record(&mut r)?);
+            }
+            r.end().ok()?;
+            Some(GetManyResult { records })
+        };
+        by_hand().map_or_else(|| codec::from_slice(bytes), Ok)
+    }
+
     /// Appends the start of a `GetManyResult` of `count` records: follow
     /// it with each record's [`GetResult::encode_record`].
     pub fn encode_head(out: &mut Vec<u8>, count: usize) {
@@ -957,6 +977,21 @@ impl GetManyResult {
 }
 
 impl GetResult {
+    /// Decodes a `GetResult`: by hand when it has the form the agent
+    /// writes ([`GetResult::encode_from`]), else with serde.
+    pub fn decode(bytes: &[u8]) -> Result<GetResult, codec::CodecError> {
+        let by_hand = || {
+            let mut r = codec::raw::Reader::new(bytes);
+            let (1, "record") = (r.map_len("").ok()?, r.str("").ok()?) else {
+                return None;
+            };
+            let record = read_record(&mut r)?;
+            r.end().ok()?;
+            Some(GetResult { record })
+        };
+        by_hand().map_or_else(|| codec::from_slice(bytes), Ok)
+    }
+
     /// Appends what encoding a `GetResult` of `record` gives, byte for
     /// byte, without decoding its values.
     pub fn encode_from(out: &mut Vec<u8>, record: Option<&EncodedRecord<'_>>) {
@@ -982,6 +1017,34 @@ impl GetResult {
         raw::str(out, "version");
         raw::uint(out, r.version.0);
     }
+}
+
+/// Reads an `Option<Record>` in the form [`GetResult::encode_record`]
+/// writes; `None` for any other.
+fn read_record(r: &mut codec::raw::Reader<'_>) -> Option<Option<Record>> {
+    if r.is_nil() {
+        r.byte("").ok()?;
+        return Some(None);
+    }
+    if r.map_len("").ok()? != 3 || r.str("").ok()? != "id" {
+        return None;
+    }
+    let id = r.str("").ok()?.to_owned();
+    if r.str("").ok()? != "fields" {
+        return None;
+    }
+    let Value::Map(fields) = r.value_tree()? else {
+        return None;
+    };
+    if r.str("").ok()? != "version" {
+        return None;
+    }
+    let version = Hlc(r.uint("").ok()?);
+    Some(Some(Record {
+        id,
+        fields,
+        version,
+    }))
 }
 
 /// A comparison in a query filter.
@@ -1335,6 +1398,50 @@ mod tests {
         );
     }
 
+    #[test]
+    fn get_results_in_another_form_are_read_by_serde_and_bad_ones_refused() {
+        // The record's keys in another order, and one it does not know.
+        let mut out = Vec::new();
+        codec::raw::map_len(&mut out, 1);
+        codec::raw::str(&mut out, "record");
+        codec::raw::map_len(&mut out, 4);
+        for (k, v) in [("version", 7u64), ("extra", 1)] {
+            codec::raw::str(&mut out, k);
+            codec::raw::uint(&mut out, v);
+        }
+        codec::raw::str(&mut out, "fields");
+        out.extend(
+            codec::to_vec(&Fields::from([("a".to_owned(), Value::Int(1))])).expect("encode"),
+        );
+        codec::raw::str(&mut out, "id");
+        codec::raw::str(&mut out, "r1");
+        let got = GetResult::decode(&out)
+            .expect("decode")
+            .record
+            .expect("a record");
+        assert_eq!(
+            (got.id.as_str(), got.version, got.fields.len()),
+            ("r1", Hlc(7), 1)
+        );
+
+        // Cut short, or with a byte after it: an error, as from serde.
+        let mut whole = Vec::new();
+        let fields = codec::to_vec(&Fields::new()).expect("encode");
+        let rec = EncodedRecord {
+            id: "x",
+            fields: &fields,
+            version: Hlc(1),
+        };
+        GetResult::encode_from(&mut whole, Some(&rec));
+        assert!(GetResult::decode(&whole[..whole.len() - 1]).is_err());
+        whole.push(0xc0);
+        assert!(GetResult::decode(&whole).is_err());
+        let mut many = Vec::new();
+        GetManyResult::encode_head(&mut many, 2);
+        GetResult::encode_record(&mut many, Some(&rec));
+        assert!(GetManyResult::decode(&many).is_err(), "one record of two");
+    }
+
     proptest! {
         #[test]
         fn a_get_many_result_from_encoded_values_is_the_ordinary_encoding(
@@ -1367,7 +1474,19 @@ mod tests {
                     .map(|r| r.map(|(id, fields, v)| Record { id, fields, version: Hlc(v) }))
                     .collect(),
             };
-            prop_assert_eq!(out, codec::to_vec(&want).expect("encode"));
+            prop_assert_eq!(&out, &codec::to_vec(&want).expect("encode"));
+            // The hand decoder reads it back as serde does.
+            prop_assert_eq!(GetManyResult::decode(&out), Ok(want.clone()));
+            for (i, r) in want.records.iter().enumerate() {
+                let mut one = Vec::new();
+                let raw = encoded[i].as_ref().map(|(id, fields, v)| EncodedRecord {
+                    id,
+                    fields,
+                    version: Hlc(*v),
+                });
+                GetResult::encode_from(&mut one, raw.as_ref());
+                prop_assert_eq!(GetResult::decode(&one), Ok(GetResult { record: r.clone() }));
+            }
         }
     }
 }

@@ -52,14 +52,16 @@ pub enum RawIncoming<'a> {
     Response {
         /// The request id.
         id: u64,
-        /// The encoded result, or the error.
+        /// The encoded result (every byte after the error slot, not yet
+        /// checked to be one whole value: its decoder checks), or the error.
         result: Result<&'a [u8], ErrorInfo>,
     },
     /// A notification, such as change events.
     Notification {
         /// The notification's method name.
         method: &'a str,
-        /// The encoded params.
+        /// The encoded params (every byte after the method, checked by
+        /// their decoder).
         params: &'a [u8],
     },
 }
@@ -112,7 +114,9 @@ pub fn decode_incoming(payload: &[u8]) -> Result<RawIncoming<'_>, CodecError> {
             let id = r.uint("the request id")?;
             let result = if r.is_nil() {
                 r.value()?;
-                Ok(r.value()?)
+                // The rest, not walked: whoever decodes the result checks
+                // that it is one whole value, as for a request's params.
+                Ok(r.bytes(r.remaining(), "the result")?)
             } else {
                 let err = codec::from_slice::<ErrorInfo>(r.value()?)?;
                 r.value()?;
@@ -122,7 +126,7 @@ pub fn decode_incoming(payload: &[u8]) -> Result<RawIncoming<'_>, CodecError> {
         }
         (2, 3) => {
             let method = r.str("the notification method")?;
-            let params = r.value()?;
+            let params = r.bytes(r.remaining(), "the params")?;
             RawIncoming::Notification { method, params }
         }
         _ => {
