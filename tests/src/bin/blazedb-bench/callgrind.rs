@@ -1,8 +1,9 @@
 //! `--callgrind`: instructions per put and per get, counted by valgrind's
 //! callgrind for the agent's process and for raw fjall doing the same
-//! work. Instruction counts repeat from run to run where wall-clock rates
-//! on a shared machine swing two- or threefold, so a change to either
-//! path shows in them.
+//! work, and for the client's side in the app's process. Instruction
+//! counts repeat from run to run where wall-clock rates on a shared
+//! machine swing two- or threefold, so a change to either path shows in
+//! them.
 //!
 //! Each figure is the difference of two runs that differ only in the
 //! number of operations (`small` and `large`), divided by that
@@ -67,8 +68,8 @@ pub(crate) async fn run(quick: bool, json: bool, keep: Option<PathBuf>) -> anyho
         figures.insert(format!("callgrind_{name}_raw_ir"), raw.into());
         figures.insert(format!("callgrind_{name}_ratio_raw"), (agent / raw).into());
     }
-    // The client's side of a read, in the app's process (the blazedb
-    // crate): against an agent run natively.
+    // The client's side, in the app's process (the blazedb crate):
+    // against an agent run natively.
     let agent = TestAgent::start(sibling_bin("blazed-test-agent")).await?;
     {
         let client = Client::connect_to(agent.socket()).await?;
@@ -76,8 +77,8 @@ pub(crate) async fn run(quick: bool, json: bool, keep: Option<PathBuf>) -> anyho
         batched_puts(&client, "bench", GET_KEYS, 1000).await?;
     }
     let socket = agent.socket();
-    println!("the client's side of a read (the blazedb crate, in the app's process)");
-    for (what, name) in [("gets", "get"), ("get_many", "get_many")] {
+    println!("the client's side (the blazedb crate, in the app's process)");
+    for (what, name) in [("puts", "put"), ("gets", "get"), ("get_many", "get_many")] {
         let client = per_op(small, large, |n| {
             let socket = socket.clone();
             async move { client_run(dir, &socket, what, n) }
@@ -182,8 +183,8 @@ fn raw_run(dir: &Path, work: Work, n: usize) -> anyhow::Result<u64> {
 }
 
 /// Runs this binary under callgrind as a client of the agent on `socket`
-/// doing `n` reads (`gets`, 128 in flight, or `get_many`, 1000 ids a
-/// request) and returns the instructions it ran.
+/// doing `n` operations (`puts`, 1000 a batch; `gets`, 128 in flight; or
+/// `get_many`, 1000 ids a request) and returns the instructions it ran.
 fn client_run(dir: &Path, socket: &Path, what: &str, n: usize) -> anyhow::Result<u64> {
     let out = dir.join(format!("client-{what}-{n}.callgrind"));
     let status = Command::new("valgrind")
@@ -191,7 +192,7 @@ fn client_run(dir: &Path, socket: &Path, what: &str, n: usize) -> anyhow::Result
         .arg("--tool=callgrind")
         .arg(format!("--callgrind-out-file={}", out.display()))
         .arg(std::env::current_exe()?)
-        .arg("--client-reads")
+        .arg("--client-ops")
         .arg(socket)
         .arg(what)
         .arg(n.to_string())
@@ -200,14 +201,15 @@ fn client_run(dir: &Path, socket: &Path, what: &str, n: usize) -> anyhow::Result
     instructions(&out)
 }
 
-/// The client side, in the child: `n` reads of the [`GET_KEYS`] records
-/// the parent wrote.
-pub(crate) async fn client_reads(socket: &str, what: &str, n: usize) -> anyhow::Result<()> {
+/// The client side, in the child: `n` puts, or `n` reads of the
+/// [`GET_KEYS`] records the parent wrote.
+pub(crate) async fn client_ops(socket: &str, what: &str, n: usize) -> anyhow::Result<()> {
     let client = Client::connect_to(socket).await?;
     match what {
+        "puts" => batched_puts(&client, "bench", n, 1000).await?,
         "gets" => super::pipelined_gets(&client, n, GET_KEYS, 128).await?,
         "get_many" => super::get_many(&client, n, GET_KEYS, 1000).await?,
-        other => bail!("--client-reads takes gets or get_many, not {other}"),
+        other => bail!("--client-ops takes puts, gets or get_many, not {other}"),
     };
     Ok(())
 }

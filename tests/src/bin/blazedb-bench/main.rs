@@ -81,10 +81,10 @@ struct Args {
     /// Internal: the raw fjall side of `--callgrind` (puts or gets, count).
     #[arg(long, hide = true, num_args = 2)]
     raw_fjall: Vec<String>,
-    /// Internal: the client side of `--callgrind` (socket, gets or
+    /// Internal: the client side of `--callgrind` (socket, puts, gets or
     /// get_many, count).
     #[arg(long, hide = true, num_args = 3)]
-    client_reads: Vec<String>,
+    client_ops: Vec<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -101,8 +101,8 @@ fn main() -> anyhow::Result<()> {
     if let [what, n] = args.raw_fjall.as_slice() {
         return callgrind::raw_fjall(what, n.parse()?);
     }
-    if let [socket, what, n] = args.client_reads.as_slice() {
-        return rt.block_on(callgrind::client_reads(socket, what, n.parse()?));
+    if let [socket, what, n] = args.client_ops.as_slice() {
+        return rt.block_on(callgrind::client_ops(socket, what, n.parse()?));
     }
     if args.callgrind {
         return rt.block_on(callgrind::run(args.quick, args.json, args.callgrind_out));
