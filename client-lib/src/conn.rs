@@ -107,18 +107,19 @@ impl Connection {
 
     /// Sends a request and waits for its response.
     pub(crate) async fn call<M: Method>(&self, params: &M::Params) -> Result<M::Result, Error> {
-        self.call_decoded::<M>(params, codec::from_slice).await
+        self.call_with::<M>(|out| codec::encode_into(out, params), codec::from_slice)
+            .await
     }
 
-    /// [`Connection::call`] with the result read by `decode` (a hand
-    /// decoder, for results on hot paths).
-    pub(crate) async fn call_decoded<M: Method>(
+    /// [`Connection::call`] with the params written by `encode` and the
+    /// result read by `decode`: hand coders, for requests on hot paths.
+    pub(crate) async fn call_with<M: Method>(
         &self,
-        params: &M::Params,
+        encode: impl FnOnce(&mut Vec<u8>) -> Result<(), codec::CodecError>,
         decode: fn(&[u8]) -> Result<M::Result, codec::CodecError>,
     ) -> Result<M::Result, Error> {
         let (tx, rx) = oneshot::channel();
-        self.send::<M>(params, |_| Pending::Call(tx)).await?;
+        self.send::<M>(encode, |_| Pending::Call(tx)).await?;
         let bytes = rx.await.map_err(|_| Error::Disconnected)??;
         decode(&bytes).map_err(|e| Error::Codec(e.0))
     }
@@ -130,7 +131,8 @@ impl Connection {
         events: mpsc::UnboundedSender<SubMsg>,
     ) -> Result<SubscribeResult, Error> {
         let (tx, rx) = oneshot::channel();
-        self.send::<blazedb_proto::api::Subscribe>(params, |_| Pending::Subscribe(tx, events))
+        let encode = |out: &mut Vec<u8>| codec::encode_into(out, params);
+        self.send::<blazedb_proto::api::Subscribe>(encode, |_| Pending::Subscribe(tx, events))
             .await?;
         let bytes = rx.await.map_err(|_| Error::Disconnected)??;
         codec::from_slice(&bytes).map_err(|e| Error::Codec(e.0))
@@ -138,7 +140,7 @@ impl Connection {
 
     async fn send<M: Method>(
         &self,
-        params: &M::Params,
+        encode: impl FnOnce(&mut Vec<u8>) -> Result<(), codec::CodecError>,
         pending: impl FnOnce(u64) -> Pending,
     ) -> Result<(), Error> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -146,7 +148,7 @@ impl Connection {
         // encoding rarely grows the buffer.
         let mut buf = Vec::with_capacity(256);
         let max = self.max_frame.load(Ordering::Relaxed);
-        message::encode_request(&mut buf, id, M::NAME, params, max).map_err(|e| match e {
+        message::encode_request_with(&mut buf, id, M::NAME, max, encode).map_err(|e| match e {
             EncodeError::TooLarge(t) => Error::TooLarge {
                 len: t.len,
                 max: t.max,

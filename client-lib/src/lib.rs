@@ -747,9 +747,10 @@ impl Collection {
             collection: self.name.clone(),
             id: id.to_owned(),
         };
+        let encode = |out: &mut Vec<u8>| codec::encode_into(out, &params);
         let conn = &self.db.client.conn;
         Ok(conn
-            .call_decoded::<api::Get>(&params, api::GetResult::decode)
+            .call_with::<api::Get>(encode, api::GetResult::decode)
             .await?
             .record)
     }
@@ -763,9 +764,10 @@ impl Collection {
             collection: self.name.clone(),
             ids: ids.iter().map(|id| id.as_ref().to_owned()).collect(),
         };
+        let encode = |out: &mut Vec<u8>| codec::encode_into(out, &params);
         let conn = &self.db.client.conn;
         Ok(conn
-            .call_decoded::<api::GetMany>(&params, api::GetManyResult::decode)
+            .call_with::<api::GetMany>(encode, api::GetManyResult::decode)
             .await?
             .records)
     }
@@ -922,7 +924,12 @@ impl Db {
             db: self.name.clone(),
             writes,
         };
-        Ok(self.client.call::<api::Batch>(&params).await?.results)
+        let encode = |out: &mut Vec<u8>| params.encode_into(out);
+        let conn = &self.client.conn;
+        Ok(conn
+            .call_with::<api::Batch>(encode, api::BatchResult::decode)
+            .await?
+            .results)
     }
 }
 

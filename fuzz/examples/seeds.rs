@@ -125,6 +125,15 @@ fn main() -> anyhow::Result<()> {
     };
     seeds.push(("value", "get_result", codec::to_vec(&got)?));
     seeds.push(("value", "get_many_result", codec::to_vec(&many)?));
+    let written = blazedb_proto::api::BatchResult {
+        results: vec![blazedb_proto::api::WriteResult {
+            id: "t1".into(),
+            seq: 3,
+            hlc: Hlc(7),
+            cursor: 9,
+        }],
+    };
+    seeds.push(("value", "batch_result", codec::to_vec(&written)?));
     let mut frame = Vec::new();
     message::encode_response(&mut frame, 5, &many, 1 << 20)?;
     seeds.push(("frame", "get_many_result", frame));

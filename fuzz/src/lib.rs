@@ -96,7 +96,7 @@ pub fn frame(data: &[u8]) {
                 result: Ok(result), ..
             }) = message::decode_incoming(payload)
             {
-                get_results(result);
+                client_results(result);
             }
         }
         Ok(None) => {}
@@ -125,9 +125,14 @@ pub fn request(data: &[u8]) {
     }
 }
 
-/// The client's hand decoders of get results read what serde reads.
-fn get_results(bytes: &[u8]) {
-    use blazedb_proto::api::{GetManyResult, GetResult};
+/// The client's hand decoders of results read what serde reads.
+fn client_results(bytes: &[u8]) {
+    use blazedb_proto::api::{BatchResult, GetManyResult, GetResult};
+    let encoded = |r: Result<BatchResult, _>| r.ok().and_then(|r| codec::to_vec(&r).ok());
+    assert_eq!(
+        encoded(BatchResult::decode(bytes)),
+        encoded(codec::from_slice(bytes))
+    );
     let encoded = |r: Result<GetResult, _>| r.ok().and_then(|r| codec::to_vec(&r).ok());
     assert_eq!(
         encoded(GetResult::decode(bytes)),
@@ -257,7 +262,7 @@ pub fn value(data: &[u8]) {
             codec::from_slice::<Value>(used).expect("serde reads what the hand decoder read");
         assert_eq!(codec::to_vec(&v).ok(), codec::to_vec(&by_serde).ok());
     }
-    get_results(data);
+    client_results(data);
     let by_serde = codec::from_slice::<OpBody>(data);
     let by_hand = OpBody::decode(data);
     if let Ok(body) = &by_hand {

@@ -345,6 +345,27 @@ pub mod raw {
             Some(value)
         }
 
+        /// Reads the next string if it is `want` and says whether it was:
+        /// a map key whose name is known, compared as the bytes an encoder
+        /// writes for it before anything is decoded.
+        pub fn key_is(&mut self, want: &str) -> bool {
+            let n = want.len();
+            let short = n < 32
+                && self.buf.first() == Some(&(0xa0 | n as u8))
+                && self.buf.get(1..1 + n) == Some(want.as_bytes());
+            if short {
+                self.buf = &self.buf[1 + n..];
+                return true;
+            }
+            // Any wider form of the same string.
+            let mut ahead = self.clone();
+            if ahead.str("").is_ok_and(|s| s == want) {
+                *self = ahead;
+                return true;
+            }
+            false
+        }
+
         /// Skips one whole value and returns its encoded bytes.
         pub fn value(&mut self) -> Result<&'a [u8], CodecError> {
             let len = super::value_len(self.buf)?;
@@ -567,6 +588,24 @@ mod tests {
         fn value_tree_on_any_bytes_agrees_with_serde(bytes in proptest::collection::vec(any::<u8>(), 0..40)) {
             tree_agrees_with_serde(&bytes)?;
         }
+    }
+
+    #[test]
+    fn a_key_is_matched_in_any_string_form() {
+        let short = to_vec("seq").expect("encode");
+        let mut r = raw::Reader::new(&short);
+        assert!(!r.key_is("se"));
+        assert!(!r.key_is("seqq"));
+        assert!(r.key_is("seq"));
+        assert_eq!(r.remaining(), 0);
+        // str8, which rmp does not write for a short string.
+        let wide = [0xd9, 3, b's', b'e', b'q', 0xc0];
+        let mut r = raw::Reader::new(&wide);
+        assert!(r.key_is("seq"));
+        assert_eq!(r.remaining(), 1);
+        let mut r = raw::Reader::new(&[0xc0]);
+        assert!(!r.key_is("seq"));
+        assert_eq!(r.remaining(), 1, "nothing read when it is not the key");
     }
 
     #[test]

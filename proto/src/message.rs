@@ -180,12 +180,26 @@ pub fn encode_request<P: Serialize + ?Sized>(
     params: &P,
     max_frame: u32,
 ) -> Result<(), EncodeError> {
+    encode_request_with(out, id, method, max_frame, |out| {
+        codec::encode_into(out, params)
+    })
+}
+
+/// Appends a whole request frame to `out` whose params `write` appends as
+/// MessagePack it encodes by hand.
+pub fn encode_request_with(
+    out: &mut Vec<u8>,
+    id: u64,
+    method: &str,
+    max_frame: u32,
+    write: impl FnOnce(&mut Vec<u8>) -> Result<(), CodecError>,
+) -> Result<(), EncodeError> {
     let start = frame::begin_frame(out);
     let body = (|| {
         codec::encode_into(out, &(TYPE_REQUEST, id, method))?;
         // The 3-element header above is rewritten as a 4-element array.
         out[start + frame::LEN_PREFIX] = 0x94;
-        codec::encode_into(out, params)
+        write(out)
     })();
     finish(out, start, body, max_frame)
 }
