@@ -368,9 +368,24 @@ pub(crate) struct Chunker {
     bytes: Vec<u8>,
     origins: Vec<DeviceId>,
     done: Vec<(u64, Vec<u8>)>,
+    /// About how many bytes of entries are still to come, so that a new
+    /// chunk is given its room at once instead of growing many times.
+    ahead: usize,
 }
 
+/// About what an entry adds to a chunk beside its body.
+const ENTRY_HEAD: usize = 24;
+
 impl Chunker {
+    /// A chunker told that about `bodies` bytes of bodies in `count`
+    /// entries will be pushed.
+    pub(crate) fn expecting(count: usize, bodies: usize) -> Chunker {
+        Chunker {
+            ahead: bodies + count * ENTRY_HEAD,
+            ..Chunker::default()
+        }
+    }
+
     /// Adds the entry at `cursor`.
     pub(crate) fn push(&mut self, cursor: u64, op: &Op) {
         if self.count > 0
@@ -382,9 +397,11 @@ impl Chunker {
         }
         if self.count == 0 {
             self.first = cursor;
-            self.bytes.reserve(op.body.len() + 64);
+            let room = self.ahead.min(CHUNK_BYTES + ENTRY_HEAD + op.body.len());
+            self.bytes.reserve(room.max(op.body.len() + 64));
             self.bytes.push(COMPACT_MARK);
         }
+        let before = self.bytes.len();
         // Most chunks are one device's writes: its place is the last one.
         let known = self.origins.iter().rposition(|o| *o == op.origin);
         let mut flags = 0;
@@ -428,6 +445,7 @@ impl Chunker {
                 out.extend_from_slice(&op.body);
             }
         }
+        self.ahead = self.ahead.saturating_sub(self.bytes.len() - before);
         self.count += 1;
     }
 

@@ -563,31 +563,33 @@ pub fn prepare_puts(
     puts: &[blazedb_proto::RawWrite<'_>],
 ) -> Result<Vec<PreparedWrite>, StoreError> {
     let writer = origin.writer(incarnation);
-    puts.iter()
-        .map(|put| {
-            for (name, _) in &put.fields {
-                validate_name("field", name)?;
-            }
-            validate_name("collection", put.collection)?;
-            let id = put.id.map_or_else(new_id, str::to_owned);
-            validate_id(&id)?;
-            let encoded = blazedb_proto::put_body(put.collection, &id, &put.fields);
-            Ok(PreparedWrite {
-                key: keys::record_key(put.collection, &id).into(),
-                encoded,
-                fresh_record: Some(stamped::fresh_put_record_raw(
-                    &writer,
-                    priority,
-                    &put.fields,
-                )),
+    // Collected into a list sized at once: collecting `Result`s grows it
+    // from empty, copying every prepared write several times.
+    let mut prepared = Vec::with_capacity(puts.len());
+    for put in puts {
+        for (name, _) in &put.fields {
+            validate_name("field", name)?;
+        }
+        validate_name("collection", put.collection)?;
+        let id = put.id.map_or_else(new_id, str::to_owned);
+        validate_id(&id)?;
+        let encoded = blazedb_proto::put_body(put.collection, &id, &put.fields);
+        prepared.push(PreparedWrite {
+            key: keys::record_key(put.collection, &id).into(),
+            encoded,
+            fresh_record: Some(stamped::fresh_put_record_raw(
+                &writer,
                 priority,
-                body: Body::Put {
-                    collection: put.collection.to_owned(),
-                    id,
-                },
-            })
-        })
-        .collect()
+                &put.fields,
+            )),
+            priority,
+            body: Body::Put {
+                collection: put.collection.to_owned(),
+                id,
+            },
+        });
+    }
+    Ok(prepared)
 }
 
 /// Validates writes made on this device (`origin`, in its write
@@ -902,6 +904,19 @@ impl Writer {
         let mut batch = self.fj.batch();
         // Few databases per group: a list beats a map.
         let mut logs: Vec<(u32, Keyspace, oplog::Chunker)> = Vec::new();
+        // What each database's chunks will hold, so they are sized once.
+        let mut expected: Vec<(u32, usize, usize)> = Vec::new();
+        for effect in &group.effects {
+            if let Effect::Log { db, op, .. } = effect {
+                match expected.iter_mut().find(|(id, ..)| id == db) {
+                    Some((_, count, bytes)) => {
+                        *count += 1;
+                        *bytes += op.body.len();
+                    }
+                    None => expected.push((*db, 1, op.body.len())),
+                }
+            }
+        }
         for effect in group.effects.drain(..) {
             match effect {
                 Effect::Insert(ks, k, v) => batch.insert(&ks, k, v),
@@ -915,7 +930,11 @@ impl Writer {
                     let at = match logs.iter().position(|(id, ..)| *id == db) {
                         Some(at) => at,
                         None => {
-                            logs.push((db, log, oplog::Chunker::default()));
+                            let (count, bytes) = expected
+                                .iter()
+                                .find(|(id, ..)| *id == db)
+                                .map_or((0, 0), |(_, c, b)| (*c, *b));
+                            logs.push((db, log, oplog::Chunker::expecting(count, bytes)));
                             logs.len() - 1
                         }
                     };
@@ -962,16 +981,19 @@ impl Writer {
         // Most writes leave a record and a log entry.
         let mut plan = Plan::with_capacity(writes.len());
         let mut scope = None;
+        // A list sized at once: collecting `Result`s grows it from empty.
+        let mut results = Vec::with_capacity(writes.len());
         let result: Result<Vec<WriteResult>, StoreError> = writes
             .into_iter()
-            .map(|w| {
+            .try_for_each(|w| {
                 let scope = match &mut scope {
                     Some(scope) => scope,
                     None => scope.insert(self.scope_of(&db)?),
                 };
-                self.plan_write(group, &mut plan, scope, &db, w)
+                results.push(self.plan_write(group, &mut plan, scope, &db, w)?);
+                Ok(())
             })
-            .collect();
+            .map(|()| results);
         match result {
             Ok(results) => {
                 let head = self.counters.get(&db.id).map_or(0, |c| c.head);
