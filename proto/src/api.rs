@@ -1270,8 +1270,10 @@ impl BatchParams {
         for (i, write) in self.writes.iter().enumerate() {
             if i == 1 {
                 // The writes of a batch are mostly alike: room for the rest
-                // at the first one's size, rather than growing many times.
-                out.reserve((out.len() - first) * (self.writes.len() - 1));
+                // at the first one's size, rather than growing many times
+                // (no more than a frame may hold: a larger batch is refused).
+                let rest = (out.len() - first).saturating_mul(self.writes.len() - 1);
+                out.reserve(rest.min(crate::frame::DEFAULT_MAX_FRAME as usize));
             }
             raw::map_len(out, 1);
             match write {
