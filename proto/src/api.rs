@@ -949,22 +949,15 @@ impl GetManyResult {
     /// Decodes a `GetManyResult`: by hand when it has the form the agent
     /// writes ([`GetManyResult::encode_head`]), else with serde.
     pub fn decode(bytes: &[u8]) -> Result<GetManyResult, codec::CodecError> {
-        let by_hand = || {
-            let mut r = codec::raw::Reader::new(bytes);
-            if r.map_len("").ok()? != 1 {
-                return None;
-            }
-            key(&mut r, "records")?;
+        by_hand_or_serde(bytes, "records", |r| {
             let count = r.array_len("").ok()? as usize;
             // Cap the pre-allocation: the count comes from the input.
             let mut records = Vec::with_capacity(count.min(MAX_GET_MANY));
             for _ in 0..count {
-                records.push(read_record(&mut r)?);
+                records.push(read_record(r)?);
             }
-            r.end().ok()?;
             Some(GetManyResult { records })
-        };
-        by_hand().map_or_else(|| codec::from_slice(bytes), Ok)
+        })
     }
 
     /// Appends the start of a `GetManyResult` of `count` records: follow
@@ -981,17 +974,11 @@ impl GetResult {
     /// Decodes a `GetResult`: by hand when it has the form the agent
     /// writes ([`GetResult::encode_from`]), else with serde.
     pub fn decode(bytes: &[u8]) -> Result<GetResult, codec::CodecError> {
-        let by_hand = || {
-            let mut r = codec::raw::Reader::new(bytes);
-            if r.map_len("").ok()? != 1 {
-                return None;
-            }
-            key(&mut r, "record")?;
-            let record = read_record(&mut r)?;
-            r.end().ok()?;
-            Some(GetResult { record })
-        };
-        by_hand().map_or_else(|| codec::from_slice(bytes), Ok)
+        by_hand_or_serde(bytes, "record", |r| {
+            Some(GetResult {
+                record: read_record(r)?,
+            })
+        })
     }
 
     /// Appends what encoding a `GetResult` of `record` gives, byte for
@@ -1019,6 +1006,27 @@ impl GetResult {
         raw::str(out, "version");
         raw::uint(out, r.version.0);
     }
+}
+
+/// Decodes a result that is a map of one entry, `name`, whose value
+/// `read` reads by hand; where it finds another form, serde decodes
+/// `bytes` (and gives the value or the error).
+fn by_hand_or_serde<T: DeserializeOwned>(
+    bytes: &[u8],
+    name: &str,
+    read: impl FnOnce(&mut codec::raw::Reader<'_>) -> Option<T>,
+) -> Result<T, codec::CodecError> {
+    let by_hand = || {
+        let mut r = codec::raw::Reader::new(bytes);
+        if r.map_len("").ok()? != 1 {
+            return None;
+        }
+        key(&mut r, name)?;
+        let value = read(&mut r)?;
+        r.end().ok()?;
+        Some(value)
+    };
+    by_hand().map_or_else(|| codec::from_slice(bytes), Ok)
 }
 
 /// Reads a map key, if it is `want`.
@@ -1265,7 +1273,7 @@ impl BatchParams {
         raw::str(out, "db");
         raw::str(out, &self.db);
         raw::str(out, "writes");
-        raw::array_len(out, len_u32(self.writes.len())?);
+        raw::array_len(out, raw::len_u32(self.writes.len())?);
         let first = out.len();
         for (i, write) in self.writes.iter().enumerate() {
             if i == 1 {
@@ -1309,7 +1317,7 @@ impl BatchParams {
                     raw::str(out, "set");
                     raw::fields(out, set)?;
                     raw::str(out, "unset");
-                    raw::array_len(out, len_u32(unset.len())?);
+                    raw::array_len(out, raw::len_u32(unset.len())?);
                     for name in unset {
                         raw::str(out, name);
                     }
@@ -1328,11 +1336,6 @@ impl BatchParams {
     }
 }
 
-fn len_u32(len: usize) -> Result<u32, codec::CodecError> {
-    u32::try_from(len)
-        .map_err(|_| codec::CodecError("a list or map holds more than 2^32 items".into()))
-}
-
 /// Result of `batch`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BatchResult {
@@ -1345,12 +1348,7 @@ impl BatchResult {
     /// (the agent's), else with serde. A batch of a thousand puts is
     /// answered with a thousand results.
     pub fn decode(bytes: &[u8]) -> Result<BatchResult, codec::CodecError> {
-        let by_hand = || {
-            let mut r = codec::raw::Reader::new(bytes);
-            if r.map_len("").ok()? != 1 {
-                return None;
-            }
-            key(&mut r, "results")?;
+        by_hand_or_serde(bytes, "results", |r| {
             let count = r.array_len("").ok()? as usize;
             // Cap the pre-allocation: the count comes from the input.
             let mut results = Vec::with_capacity(count.min(1 << 16));
@@ -1358,13 +1356,13 @@ impl BatchResult {
                 if r.map_len("").ok()? != 4 {
                     return None;
                 }
-                key(&mut r, "id")?;
+                key(r, "id")?;
                 let id = r.str("").ok()?.to_owned();
-                key(&mut r, "seq")?;
+                key(r, "seq")?;
                 let seq = r.uint("").ok()?;
-                key(&mut r, "hlc")?;
+                key(r, "hlc")?;
                 let hlc = Hlc(r.uint("").ok()?);
-                key(&mut r, "cursor")?;
+                key(r, "cursor")?;
                 let cursor = r.uint("").ok()?;
                 results.push(WriteResult {
                     id,
@@ -1373,10 +1371,8 @@ impl BatchResult {
                     cursor,
                 });
             }
-            r.end().ok()?;
             Some(BatchResult { results })
-        };
-        by_hand().map_or_else(|| codec::from_slice(bytes), Ok)
+        })
     }
 }
 

@@ -497,7 +497,8 @@ pub mod raw {
         Ok(())
     }
 
-    fn len_u32(len: usize) -> Result<u32, CodecError> {
+    /// A list's or map's length as MessagePack's 32-bit header holds it.
+    pub fn len_u32(len: usize) -> Result<u32, CodecError> {
         u32::try_from(len)
             .map_err(|_| CodecError("a list or map holds more than 2^32 items".into()))
     }
