@@ -30,7 +30,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, bail};
 use blazedb::{AppGrant, Client, Fields, Login, Value};
-use blazedb_proto::api::{DbSettings, Durability, Encryption};
+use blazedb_proto::api::{DbSettings, Durability, Encryption, Write};
 use blazedb_proto::frame::LEN_PREFIX;
 use blazedb_tests::bench::{
     ROUNDS, Samples, alternating, batched_puts, cpu_seconds, median, print_latency, raw_fjall_puts,
@@ -617,27 +617,26 @@ async fn store_puts_and_gets(
     store
         .create_db("bench", DbSettings::default(), false)
         .await?;
+    // Built before the clock starts, as for the agent's figure.
     let in_flight = 4;
-    let batches = n / batch;
+    let mut lanes: Vec<Vec<Vec<Write>>> = vec![Vec::new(); in_flight];
+    for b in 0..n / batch {
+        let writes = (b * batch..(b + 1) * batch)
+            .map(|i| Write::Put {
+                collection: "items".into(),
+                id: Some(format!("k{i:08}")),
+                fields: record(i as i64),
+            })
+            .collect();
+        lanes[b % in_flight].push(writes);
+    }
     let t = Instant::now();
     let mut handles = Vec::new();
-    for lane in 0..in_flight {
+    for lane in lanes {
         let store = store.clone();
         handles.push(tokio::spawn(async move {
-            let mut b = lane;
-            while b < batches {
-                let writes = (0..batch)
-                    .map(|j| {
-                        let i = (b * batch + j) as i64;
-                        blazedb_proto::api::Write::Put {
-                            collection: "items".into(),
-                            id: Some(format!("k{i:08}")),
-                            fields: record(i),
-                        }
-                    })
-                    .collect();
+            for writes in lane {
                 store.write("bench", writes).await?;
-                b += in_flight;
             }
             anyhow::Ok(())
         }));
