@@ -17,6 +17,21 @@ pub(crate) fn record_key(collection: &str, id: &str) -> Vec<u8> {
     k
 }
 
+/// [`record_key`] as the store hands keys to fjall. A short key is put
+/// together on the stack: fjall keeps keys of up to 20 bytes inline, so
+/// most keys then take no allocation at all.
+pub(crate) fn record_key_slice(collection: &str, id: &str) -> fjall::Slice {
+    const ON_STACK: usize = 64;
+    let len = collection.len() + 1 + id.len();
+    if len > ON_STACK {
+        return record_key(collection, id).into();
+    }
+    let mut k = [0u8; ON_STACK];
+    k[..collection.len()].copy_from_slice(collection.as_bytes());
+    k[collection.len() + 1..len].copy_from_slice(id.as_bytes());
+    fjall::Slice::from(&k[..len])
+}
+
 /// The prefix every record key of a collection starts with.
 pub(crate) fn collection_prefix(collection: &str) -> Vec<u8> {
     record_key(collection, "")
@@ -192,6 +207,17 @@ mod tests {
             let mut full = Vec::new();
             value_key(&Value::String(format!("{p}{rest}")), &mut full);
             prop_assert!(full.starts_with(&pk));
+        }
+    }
+
+    #[test]
+    fn record_keys_are_the_same_on_the_stack_or_not() {
+        // 58 fills the stack buffer exactly (with "items" and the 0), 59 passes it.
+        for id in ["", "k1", &"x".repeat(58), &"x".repeat(59), &"x".repeat(300)] {
+            assert_eq!(
+                &*record_key_slice("items", id),
+                record_key("items", id).as_slice()
+            );
         }
     }
 

@@ -42,12 +42,14 @@ impl Writer {
         head: u64,
     ) -> Result<(), StoreError> {
         let mut group = Group::new();
-        group.effects = plan.effects;
-        group.effects.push(Effect::Insert(
-            self.meta.clone(),
-            sync_meta_key(db.id).into(),
-            codec::to_vec(&sync)?.into(),
-        ));
+        group.effects = vec![
+            plan.effects,
+            vec![Effect::Insert(
+                self.meta.clone(),
+                sync_meta_key(db.id).into(),
+                codec::to_vec(&sync)?.into(),
+            )],
+        ];
         group.new_collections = plan
             .new_collections
             .into_iter()

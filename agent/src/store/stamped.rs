@@ -8,17 +8,23 @@ use blazedb_proto::codec::{CodecError, raw};
 use super::record::format::fresh_record;
 use blazedb_proto::{DeviceId, Fields, Hlc};
 
-/// Encoded bytes with 8-byte holes to fill in.
+/// The most holes a [`Holes`] has: a fresh record's version and its one
+/// stamp's clock.
+const MAX_HOLES: usize = 2;
+
+/// Encoded bytes with 8-byte holes to fill in. The holes' places are kept
+/// inline: a list of them was one more allocation for every put.
 #[derive(Debug, Clone)]
 pub(crate) struct Holes {
     bytes: Vec<u8>,
-    holes: Vec<usize>,
+    holes: [usize; MAX_HOLES],
+    count: usize,
 }
 
 impl Holes {
     /// Fills the holes, in order, with `values` (the last one repeats).
     pub(crate) fn fill(mut self, values: &[u64]) -> Vec<u8> {
-        for (i, at) in self.holes.iter().enumerate() {
+        for (i, at) in self.holes[..self.count].iter().enumerate() {
             let v = values[i.min(values.len() - 1)];
             raw::patch_u64(&mut self.bytes, *at, v);
         }
@@ -37,7 +43,7 @@ pub(crate) fn fresh_put_record_raw(
         .iter()
         .map(|(n, v)| n.len() + v.len() + 2)
         .sum::<usize>();
-    let mut h = Holes::with_capacity(64 + size, 2);
+    let mut h = Holes::with_capacity(64 + size);
     // Appending bytes cannot fail.
     let _ = fresh_record(&mut h, origin, priority, fields.len(), |out| {
         for (name, value) in fields {
@@ -50,16 +56,20 @@ pub(crate) fn fresh_put_record_raw(
 }
 
 impl Holes {
-    fn with_capacity(bytes: usize, holes: usize) -> Holes {
+    fn with_capacity(bytes: usize) -> Holes {
         Holes {
             bytes: Vec::with_capacity(bytes),
-            holes: Vec::with_capacity(holes),
+            holes: [0; MAX_HOLES],
+            count: 0,
         }
     }
 
     /// A hole of eight bytes alone, for a big-endian `u64`.
     pub(crate) fn bare_hole(&mut self) {
-        self.holes.push(self.bytes.len());
+        // A record format with more holes raises `MAX_HOLES`: indexing
+        // past it panics in every test that writes a record.
+        self.holes[self.count] = self.bytes.len();
+        self.count += 1;
         self.bytes.extend_from_slice(&[0; 8]);
     }
 
@@ -78,7 +88,7 @@ pub(crate) fn fresh_put_record(
     fields: &Fields,
 ) -> Result<Holes, CodecError> {
     // Names and typical values: most records fit at once.
-    let mut h = Holes::with_capacity(64 + fields.len() * 48, 2);
+    let mut h = Holes::with_capacity(64 + fields.len() * 48);
     fresh_record(&mut h, origin, priority, fields.len(), |out| {
         for (name, value) in fields {
             raw::str(out, name);

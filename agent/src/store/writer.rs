@@ -393,7 +393,9 @@ pub(super) type WriteOutcome = Result<Vec<WriteResult>, StoreError>;
 
 /// Writes gathered for one commit.
 pub(super) struct Group {
-    pub(super) effects: Vec<Effect>,
+    /// Each plan's effects, in the order planned. The plans' own lists are
+    /// kept: appending them into one moved every effect a second time.
+    pub(super) effects: Vec<Vec<Effect>>,
     /// Records as this group leaves them, so later writes in the group see
     /// earlier ones before they are committed.
     pub(super) overlay: Overlay,
@@ -575,7 +577,7 @@ pub fn prepare_puts(
         validate_id(&id)?;
         let encoded = blazedb_proto::put_body(put.collection, &id, &put.fields);
         prepared.push(PreparedWrite {
-            key: keys::record_key(put.collection, &id).into(),
+            key: keys::record_key_slice(put.collection, &id),
             encoded,
             fresh_record: Some(stamped::fresh_put_record_raw(
                 &writer,
@@ -642,7 +644,7 @@ pub fn prepare(
             };
             validate_name("collection", body.collection())?;
             validate_id(body.id())?;
-            let key = keys::record_key(body.collection(), body.id()).into();
+            let key = keys::record_key_slice(body.collection(), body.id());
             let encoded = body.encode()?;
             let writer = origin.writer(incarnation);
             let fresh_record = match &body {
@@ -852,7 +854,7 @@ impl Writer {
             }
         }
 
-        let commit = if group.effects.is_empty() {
+        let commit = if group.effects.iter().all(Vec::is_empty) {
             Ok(())
         } else {
             self.commit(&mut group)
@@ -906,7 +908,7 @@ impl Writer {
         let mut logs: Vec<(u32, Keyspace, oplog::Chunker)> = Vec::new();
         // What each database's chunks will hold, so they are sized once.
         let mut expected: Vec<(u32, usize, usize)> = Vec::new();
-        for effect in &group.effects {
+        for effect in group.effects.iter().flatten() {
             if let Effect::Log { db, op, .. } = effect {
                 match expected.iter_mut().find(|(id, ..)| id == db) {
                     Some((_, count, bytes)) => {
@@ -917,7 +919,7 @@ impl Writer {
                 }
             }
         }
-        for effect in group.effects.drain(..) {
+        for effect in group.effects.drain(..).flatten() {
             match effect {
                 Effect::Insert(ks, k, v) => batch.insert(&ks, k, v),
                 Effect::Remove(ks, k) => batch.remove(&ks, k),
@@ -997,11 +999,7 @@ impl Writer {
         match result {
             Ok(results) => {
                 let head = self.counters.get(&db.id).map_or(0, |c| c.head);
-                if group.effects.is_empty() {
-                    group.effects = plan.effects;
-                } else {
-                    group.effects.append(&mut plan.effects);
-                }
+                group.effects.push(plan.effects);
                 group.overlay.absorb(plan.overlay);
                 group
                     .new_collections
