@@ -427,30 +427,97 @@ pub mod raw {
     /// The marker of a 64-bit unsigned integer.
     pub const U64: u8 = 0xcf;
 
+    // The headers below are written by hand, byte for byte as `rmp` writes
+    // them (the unit tests and proptests compare the two at every width's
+    // boundary): `rmp` goes through `io::Write` a piece at a time, and these
+    // run for every name and value of every put, on both sides of the
+    // socket.
+
+    /// Appends a marker and its big-endian length or value, of `N` bytes.
+    #[inline]
+    fn head<const N: usize>(out: &mut Vec<u8>, marker: u8, be: [u8; N]) {
+        out.push(marker);
+        out.extend_from_slice(&be);
+    }
+
+    /// Appends the header of a string or byte string of `len` bytes:
+    /// `fix` (ORed with the length) below `fix_max`, else the 8-, 16- or
+    /// 32-bit form starting at marker `wide`. Lengths past `u32::MAX`
+    /// are cut, as `rmp` cuts them; no frame holds one.
+    #[inline]
+    fn len_head(out: &mut Vec<u8>, len: usize, fix: Option<u8>, wide: u8) {
+        let len = len as u32;
+        match fix {
+            Some(fix) if len < 32 => out.push(fix | len as u8),
+            _ if len < 256 => head(out, wide, [len as u8]),
+            _ if len <= u32::from(u16::MAX) => head(out, wide + 1, (len as u16).to_be_bytes()),
+            _ => head(out, wide + 2, len.to_be_bytes()),
+        }
+    }
+
+    /// Appends the header of a map or an array of `len` entries: `fix`
+    /// (ORed with the length) below 16, else the 16- or 32-bit form
+    /// starting at marker `wide`.
+    #[inline]
+    fn count_head(out: &mut Vec<u8>, len: u32, fix: u8, wide: u8) {
+        if len < 16 {
+            out.push(fix | len as u8);
+        } else if len <= u32::from(u16::MAX) {
+            head(out, wide, (len as u16).to_be_bytes());
+        } else {
+            head(out, wide + 1, len.to_be_bytes());
+        }
+    }
+
     /// Appends a string.
     pub fn str(out: &mut Vec<u8>, s: &str) {
-        let _ = rmp::encode::write_str(out, s);
+        len_head(out, s.len(), Some(0xa0), 0xd9);
+        out.extend_from_slice(s.as_bytes());
     }
 
     /// Appends a byte string.
     pub fn bin(out: &mut Vec<u8>, b: &[u8]) {
-        let _ = rmp::encode::write_bin(out, b);
+        len_head(out, b.len(), None, 0xc4);
+        out.extend_from_slice(b);
     }
 
     /// Appends a map header.
     pub fn map_len(out: &mut Vec<u8>, len: u32) {
-        let _ = rmp::encode::write_map_len(out, len);
+        count_head(out, len, 0x80, 0xde);
     }
 
     /// Appends an array header.
     pub fn array_len(out: &mut Vec<u8>, len: u32) {
-        let _ = rmp::encode::write_array_len(out, len);
+        count_head(out, len, 0x90, 0xdc);
     }
 
     /// Appends an unsigned integer in its shortest form, as encoding a
     /// `u64` does.
     pub fn uint(out: &mut Vec<u8>, v: u64) {
-        let _ = rmp::encode::write_uint(out, v);
+        if v < 128 {
+            out.push(v as u8);
+        } else if v < 1 << 8 {
+            head(out, 0xcc, [v as u8]);
+        } else if v < 1 << 16 {
+            head(out, 0xcd, (v as u16).to_be_bytes());
+        } else if v < 1 << 32 {
+            head(out, 0xce, (v as u32).to_be_bytes());
+        } else {
+            head(out, U64, v.to_be_bytes());
+        }
+    }
+
+    /// Appends a signed integer in its shortest form, as encoding an
+    /// `i64` does: non-negative ones as unsigned.
+    pub fn sint(out: &mut Vec<u8>, v: i64) {
+        match v {
+            0.. => uint(out, v as u64),
+            -32..=-1 => out.push(v as u8),
+            -128..=-33 => head(out, 0xd0, [v as u8]),
+            -32_768..=-129 => head(out, 0xd1, (v as i16).to_be_bytes()),
+            -2_147_483_648..=-32_769 => head(out, 0xd2, (v as i32).to_be_bytes()),
+            _ => head(out, 0xd3, v.to_be_bytes()),
+        }
     }
 
     /// Appends nil.
@@ -465,12 +532,8 @@ pub mod raw {
         match v {
             Value::Null => nil(out),
             Value::Bool(b) => out.push(if *b { 0xc3 } else { 0xc2 }),
-            Value::Int(i) => {
-                let _ = rmp::encode::write_sint(out, *i);
-            }
-            Value::Float(f) => {
-                let _ = rmp::encode::write_f64(out, *f);
-            }
+            Value::Int(i) => sint(out, *i),
+            Value::Float(f) => head(out, 0xcb, f.to_be_bytes()),
             Value::String(s) => str(out, s),
             Value::Bytes(b) => bin(out, b),
             Value::List(items) => {
@@ -542,6 +605,94 @@ mod tests {
                 std::str::from_utf8(s.get(..len)?).ok().map(str::to_owned)
             };
             prop_assert_eq!(raw::Reader::new(&b).str("s").ok().map(str::to_owned), rmp_str(&mut &b[..]));
+        }
+    }
+
+    /// The lengths and integers where a header changes width, and one
+    /// either side of each.
+    fn boundaries() -> Vec<i128> {
+        let edges: [i128; 12] = [
+            0,
+            16,
+            32,
+            128,
+            256,
+            1 << 16,
+            1 << 32,
+            -32,
+            -128,
+            -(1 << 15),
+            -(1 << 31),
+            i128::from(i64::MIN),
+        ];
+        let mut out: Vec<i128> = edges.iter().flat_map(|e| [e - 1, *e, e + 1]).collect();
+        out.extend([i128::from(i64::MAX), i128::from(u64::MAX)]);
+        out
+    }
+
+    /// The header writers write what rmp writes, at every width.
+    #[test]
+    fn raw_writers_write_what_rmp_writes() {
+        fn same(ours: impl Fn(&mut Vec<u8>), theirs: impl Fn(&mut Vec<u8>)) {
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            ours(&mut a);
+            theirs(&mut b);
+            assert_eq!(a, b);
+        }
+        for n in boundaries() {
+            if let Ok(v) = u64::try_from(n) {
+                same(|o| raw::uint(o, v), |o| drop(rmp::encode::write_uint(o, v)));
+            }
+            if let Ok(v) = i64::try_from(n) {
+                same(|o| raw::sint(o, v), |o| drop(rmp::encode::write_sint(o, v)));
+            }
+            if let Ok(len) = u32::try_from(n) {
+                same(
+                    |o| raw::map_len(o, len),
+                    |o| drop(rmp::encode::write_map_len(o, len)),
+                );
+                same(
+                    |o| raw::array_len(o, len),
+                    |o| drop(rmp::encode::write_array_len(o, len)),
+                );
+                // Long strings only up to a few widths: 4 GiB is not built.
+                if len <= 1 << 17 {
+                    let s = "x".repeat(len as usize);
+                    same(|o| raw::str(o, &s), |o| drop(rmp::encode::write_str(o, &s)));
+                    same(
+                        |o| raw::bin(o, s.as_bytes()),
+                        |o| drop(rmp::encode::write_bin(o, s.as_bytes())),
+                    );
+                }
+            }
+        }
+        for f in [0.0, -0.0, 1.5, f64::MAX, f64::NAN, f64::INFINITY] {
+            same(
+                |o| drop(raw::value(o, &crate::Value::Float(f))),
+                |o| drop(rmp::encode::write_f64(o, f)),
+            );
+        }
+    }
+
+    proptest! {
+        /// Any integer and any length is written as rmp writes it.
+        #[test]
+        fn raw_writers_agree_with_rmp_anywhere(i in any::<i64>(), u in any::<u64>(), len in 0u32..70_000) {
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            raw::sint(&mut a, i);
+            raw::uint(&mut a, u);
+            raw::map_len(&mut a, len);
+            raw::array_len(&mut a, len);
+            let s = "y".repeat(len as usize);
+            raw::str(&mut a, &s);
+            raw::bin(&mut a, s.as_bytes());
+            let _ = rmp::encode::write_sint(&mut b, i);
+            let _ = rmp::encode::write_uint(&mut b, u);
+            let _ = rmp::encode::write_map_len(&mut b, len);
+            let _ = rmp::encode::write_array_len(&mut b, len);
+            let _ = rmp::encode::write_str(&mut b, &s);
+            let _ = rmp::encode::write_bin(&mut b, s.as_bytes());
+            prop_assert_eq!(a, b);
         }
     }
 
