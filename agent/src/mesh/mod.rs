@@ -256,7 +256,9 @@ impl Shared {
         set.extend(up);
     }
 
-    /// Makes `conn` the session with `peer`, unless another one is kept.
+    /// Makes `conn` the session with `peer`, unless another one is kept,
+    /// and tells the sync driver, which sends the peer's sync messages
+    /// through `sync` from then on.
     pub(crate) fn register(
         &self,
         peer: DeviceId,
@@ -264,6 +266,7 @@ impl Shared {
         conn: &quinn::Connection,
         dialled: bool,
         ctl: mpsc::UnboundedSender<Control>,
+        sync: mpsc::UnboundedSender<blazedb_proto::SyncMessage>,
     ) -> bool {
         let mut sessions = lock(&self.sessions);
         if let Some(existing) = sessions.get(&peer) {
@@ -308,6 +311,17 @@ impl Shared {
                 ctl,
             },
         );
+        // Told while the sessions are locked, so that the driver hears of
+        // sessions in the order they were kept. Told after the lock, a
+        // session that lost the race to a newer one could reach the driver
+        // last and take the route: the live session's sync messages were
+        // then dropped, and the old one's end left the peer with no sync
+        // at all while its control stream (membership, keys) still worked.
+        let _ = self.driver.send(Input::Connected {
+            peer,
+            link,
+            tx: sync,
+        });
         drop(sessions);
         // A session came up, so the network works: targets that failed
         // while it was down are tried again now, not a minute from now.

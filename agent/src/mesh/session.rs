@@ -463,18 +463,13 @@ pub(crate) async fn run(
 ) {
     let link = shared.next_link();
     let (ctl_tx, mut ctl_rx) = mpsc::unbounded_channel::<Control>();
-    if !shared.register(peer, link, &conn, dialled, ctl_tx) {
+    let (sync_tx, sync_rx) = mpsc::unbounded_channel::<SyncMessage>();
+    if !shared.register(peer, link, &conn, dialled, ctl_tx, sync_tx) {
         conn.close(close_code::DUPLICATE, b"already connected");
         return;
     }
     tracing::info!(peer = %peer, addr = %conn.remote_address(), dialled, "connected");
-    let (sync_tx, sync_rx) = mpsc::unbounded_channel::<SyncMessage>();
     let driver = shared.driver.clone();
-    let _ = driver.send(Input::Connected {
-        peer,
-        link,
-        tx: sync_tx,
-    });
     // A session begun with an invite needs no whole roster: the inviter's
     // `Welcome` carried it, and the inviter lacks only the joiner's own
     // signed addresses, which it needs to dial the joiner later.
