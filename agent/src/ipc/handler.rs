@@ -5,9 +5,10 @@ use std::sync::Arc;
 use blazedb_proto::api::{
     BatchResult, CreatedResult, DbCreateParams, DbListResult, DroppedResult, EncodedRecord,
     GetManyParams, GetManyResult, GetResult, IndexParams, MAX_GET_MANY, RecordRef, Request, Write,
+    WriteResult,
 };
 use blazedb_proto::message::{self, EncodeError};
-use blazedb_proto::{ErrorCode, ErrorInfo, RawPuts};
+use blazedb_proto::{ErrorCode, ErrorInfo, RawPuts, codec};
 use serde::Serialize;
 
 use super::Ctx;
@@ -71,13 +72,25 @@ pub(super) fn reply_to<T, R>(
 where
     R: Serialize,
 {
+    reply_with(tx, id, max_frame, move |res: T, out: &mut Vec<u8>| {
+        codec::encode_into(out, &map(res))
+    })
+}
+
+/// [`reply_to`] with the result written by `write`: a hand encoder, for
+/// answers the writer thread makes often.
+pub(super) fn reply_with<T>(
+    tx: &ReplySender,
+    id: u64,
+    max_frame: u32,
+    write: impl FnOnce(T, &mut Vec<u8>) -> Result<(), codec::CodecError> + Send + 'static,
+) -> Reply<T> {
     let tx = tx.clone();
     Box::new(move |res: Result<T, StoreError>| {
         let mut out = Vec::new();
-        match res.map(map) {
-            Ok(r) => encode_result(&mut out, id, Ok(&r), max_frame),
-            Err(e) => encode_result::<R>(&mut out, id, Err(e), max_frame),
-        }
+        let sent =
+            res.map(|r| message::encode_response_with(&mut out, id, max_frame, |o| write(r, o)));
+        error_unless_sent(&mut out, id, sent);
         // The connection may be gone; then nobody wants the answer.
         let _ = tx.send(out);
     })
@@ -453,11 +466,20 @@ fn submit(
         return done::<()>(ctx, out, id, Err(e));
     }
     let reply: Reply<Vec<_>> = if single {
-        reply_to(tx, id, ctx.max_frame, |mut results: Vec<_>| {
-            results.remove(0)
+        reply_with(tx, id, ctx.max_frame, |results: Vec<WriteResult>, out| {
+            // The writer answers a write command with one result a write.
+            match results.first() {
+                Some(r) => {
+                    r.encode_into(out);
+                    Ok(())
+                }
+                None => Err(codec::CodecError("no result for the put".into())),
+            }
         })
     } else {
-        reply_to(tx, id, ctx.max_frame, |results| BatchResult { results })
+        reply_with(tx, id, ctx.max_frame, |results, out| {
+            BatchResult { results }.encode_into(out)
+        })
     };
     ctx.store.submit(Command::Write { db, writes, reply });
     Handled::Pending
