@@ -22,6 +22,20 @@ impl CodecError {
     }
 }
 
+/// `bytes` as a `str` when they are UTF-8. Most strings on the wire
+/// (names, ids, short values) are ASCII, which is checked a word at a
+/// time here, where `std::str::from_utf8` walks a short string byte by
+/// byte at several times the cost; anything else goes to it.
+#[inline]
+pub fn utf8(bytes: &[u8]) -> Option<&str> {
+    if bytes.is_ascii() {
+        // SAFETY: every ASCII byte sequence is valid UTF-8.
+        Some(unsafe { std::str::from_utf8_unchecked(bytes) })
+    } else {
+        std::str::from_utf8(bytes).ok()
+    }
+}
+
 /// Encodes `value` as MessagePack.
 pub fn to_vec<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
     // Most values are records of a few hundred bytes: start big enough that
@@ -254,7 +268,7 @@ pub mod raw {
                 _ => return Err(err()),
             };
             let bytes = self.buf.get(head..head + len).ok_or_else(err)?;
-            let s = std::str::from_utf8(bytes).map_err(|_| err())?;
+            let s = super::utf8(bytes).ok_or_else(err)?;
             self.buf = &self.buf[head + len..];
             Ok(s)
         }
@@ -315,12 +329,17 @@ pub mod raw {
                 }
                 0x80..=0x8f | 0xde | 0xdf => {
                     let len = self.len_of(0x80..=0x8f, 0xde)?;
-                    let mut map = std::collections::BTreeMap::new();
+                    // Collected and then built at once: maps arrive with
+                    // their keys in order (every writer sorts them), which
+                    // a bulk build takes in one pass, where inserting one
+                    // at a time searches the map for each. A repeated key
+                    // keeps its last value, as inserting does.
+                    let mut entries = Vec::with_capacity((len as usize).min(1024));
                     for _ in 0..len {
                         let key = self.str("").ok()?.to_owned();
-                        map.insert(key, self.tree(depth + 1)?);
+                        entries.push((key, self.tree(depth + 1)?));
                     }
-                    Value::Map(map)
+                    Value::Map(entries.into_iter().collect())
                 }
                 0xd4..=0xd8 | 0xc7..=0xc9 => {
                     let len = match marker {
@@ -578,6 +597,31 @@ mod tests {
     use proptest::prelude::*;
 
     proptest! {
+        /// The ASCII shortcut takes what `std::str::from_utf8` takes and
+        /// refuses what it refuses: any bytes, and strings of any script.
+        #[test]
+        fn utf8_agrees_with_std(bytes in proptest::collection::vec(any::<u8>(), 0..40), text in ".{0,24}") {
+            prop_assert_eq!(utf8(&bytes), std::str::from_utf8(&bytes).ok());
+            prop_assert_eq!(utf8(text.as_bytes()), Some(text.as_str()));
+        }
+    }
+
+    #[test]
+    fn utf8_takes_ascii_and_other_scripts_and_refuses_broken_sequences() {
+        assert_eq!(utf8(b""), Some(""));
+        assert_eq!(utf8(b"k00000001"), Some("k00000001"));
+        assert_eq!(
+            utf8("caf\u{e9} \u{1f525}".as_bytes()),
+            Some("caf\u{e9} \u{1f525}")
+        );
+        // A lone continuation byte after sixteen ASCII bytes, where a word
+        // at a time would have passed over it if it read only the first.
+        assert_eq!(utf8(b"0123456789abcdef\x80"), None);
+        assert_eq!(utf8(b"\xff"), None);
+        assert_eq!(utf8(&[b'a', 0xe2, 0x82]), None, "a cut sequence");
+    }
+
+    proptest! {
         // Every marker byte, a few hundred times each.
         #![proptest_config(ProptestConfig::with_cases(50_000))]
         /// The hand-written readers answer as rmp's readers do.
@@ -705,6 +749,25 @@ mod tests {
             prop_assert_eq!(from_slice::<crate::Value>(&bytes[..used]), Ok(v));
         }
         Ok(())
+    }
+
+    #[test]
+    fn a_map_out_of_order_or_with_a_repeated_key_reads_as_serde_reads_it() {
+        // {"b": 1, "a": 2, "b": 3}: serde inserts in order, so the last
+        // "b" wins and the keys come out sorted.
+        let bytes = [0x83, 0xa1, b'b', 1, 0xa1, b'a', 2, 0xa1, b'b', 3];
+        let tree = raw::Reader::new(&bytes).value_tree().expect("read by hand");
+        assert_eq!(Ok(tree.clone()), from_slice::<crate::Value>(&bytes));
+        let crate::Value::Map(map) = tree else {
+            panic!("a map")
+        };
+        assert_eq!(
+            map.into_iter().collect::<Vec<_>>(),
+            vec![
+                ("a".to_owned(), crate::Value::Int(2)),
+                ("b".to_owned(), crate::Value::Int(3)),
+            ]
+        );
     }
 
     proptest! {

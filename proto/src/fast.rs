@@ -14,6 +14,7 @@
 use std::collections::BTreeMap;
 
 use crate::api::{BatchParams, GetManyParams, PutParams, RecordRef, Write};
+use crate::codec;
 use crate::op::OpBody;
 use crate::value::{Fields, Value};
 
@@ -64,7 +65,7 @@ impl<'a> Cursor<'a> {
     fn str(&mut self) -> Option<&'a str> {
         let marker = self.byte()?;
         let len = self.str_len(marker)?;
-        std::str::from_utf8(self.take(len)?).ok()
+        codec::utf8(self.take(len)?)
     }
 
     fn map_len(&mut self) -> Option<usize> {
@@ -104,7 +105,7 @@ impl<'a> Cursor<'a> {
             0xcb => Value::Float(f64::from_bits(self.be(8)?)),
             0xa0..=0xbf | 0xd9 | 0xda | 0xdb => {
                 let len = self.str_len(marker)?;
-                Value::String(std::str::from_utf8(self.take(len)?).ok()?.to_owned())
+                Value::String(codec::utf8(self.take(len)?)?.to_owned())
             }
             0xc4..=0xc6 => {
                 let len = self.be(1 << (marker - 0xc4))? as usize;
@@ -168,7 +169,7 @@ impl<'a> Cursor<'a> {
             }
             0xa0..=0xbf | 0xd9..=0xdb => {
                 let len = self.str_len(marker)?;
-                std::str::from_utf8(self.take(len)?).ok()?;
+                codec::utf8(self.take(len)?)?;
             }
             0xc4..=0xc6 => {
                 let len = self.be(1 << (marker - 0xc4))? as usize;
@@ -204,7 +205,7 @@ impl<'a> Cursor<'a> {
     /// Passes over the value of a key no field has, as serde does; a key
     /// that is not UTF-8 is refused, as serde refuses it.
     fn unknown(&mut self, key: &[u8]) -> Option<()> {
-        std::str::from_utf8(key).ok()?;
+        codec::utf8(key)?;
         self.ignored()
     }
 
