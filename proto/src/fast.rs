@@ -305,22 +305,47 @@ pub(crate) fn batch_params(bytes: &[u8]) -> Option<BatchParams> {
 /// Decodes params naming one record (`get`, `delete`), or `None` to
 /// leave them to serde.
 pub(crate) fn record_ref(bytes: &[u8]) -> Option<RecordRef> {
-    let mut c = Cursor { buf: bytes, pos: 0 };
-    let (mut db, mut collection, mut id) = (None, None, None);
-    for _ in 0..c.map_len()? {
-        match c.key()? {
-            b"db" => once(&mut db, c.str()?.to_owned())?,
-            b"collection" => once(&mut collection, c.str()?.to_owned())?,
-            b"id" => once(&mut id, c.str()?.to_owned())?,
-            other => c.unknown(other)?,
-        }
-    }
-    c.end()?;
-    Some(RecordRef {
-        db: db?,
-        collection: collection?,
-        id: id?,
+    RawRecordRef::parse(bytes).map(|r| RecordRef {
+        db: r.db.to_owned(),
+        collection: r.collection.to_owned(),
+        id: r.id.to_owned(),
     })
+}
+
+/// The params of a `get` or `delete` read in place: the names it gives,
+/// borrowed from the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawRecordRef<'a> {
+    /// The database.
+    pub db: &'a str,
+    /// The collection.
+    pub collection: &'a str,
+    /// The record id.
+    pub id: &'a str,
+}
+
+impl<'a> RawRecordRef<'a> {
+    /// Reads params naming one record. `Some` only where decoding them as
+    /// a [`RecordRef`] gives the same names; `None` for anything else,
+    /// which is then decoded.
+    pub fn parse(bytes: &'a [u8]) -> Option<Self> {
+        let mut c = Cursor { buf: bytes, pos: 0 };
+        let (mut db, mut collection, mut id) = (None, None, None);
+        for _ in 0..c.map_len()? {
+            match c.key()? {
+                b"db" => once(&mut db, c.str()?)?,
+                b"collection" => once(&mut collection, c.str()?)?,
+                b"id" => once(&mut id, c.str()?)?,
+                other => c.unknown(other)?,
+            }
+        }
+        c.end()?;
+        Some(RawRecordRef {
+            db: db?,
+            collection: collection?,
+            id: id?,
+        })
+    }
 }
 
 /// Decodes `get_many` params, or `None` to leave them to serde.

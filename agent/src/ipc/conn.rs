@@ -26,7 +26,7 @@ use std::sync::Arc;
 use blazedb_proto::api::{self, HelloResult, Request, SubscribeResult, UnsubscribeResult};
 use blazedb_proto::frame::{self, LEN_PREFIX};
 use blazedb_proto::message::{self, RawRequest};
-use blazedb_proto::{ErrorCode, ErrorInfo, PROTOCOL_VERSION, RawPuts};
+use blazedb_proto::{ErrorCode, ErrorInfo, PROTOCOL_VERSION, RawPuts, RawRecordRef};
 use interprocess::local_socket::tokio::Stream;
 use interprocess::local_socket::traits::StreamCommon as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -34,10 +34,10 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::authorize::{authorize, authorize_puts};
-use super::handler::{self, Handled};
+use super::handler::{self, Handled, PendingGet};
 use super::subscription;
 use super::{Ctx, listener};
-use crate::apps::{Access, Connected, Credentials, FieldLimit, Ticket};
+use crate::apps::{Access, Connected, Credentials, Ticket};
 
 /// Writes a connection may have waiting on the store.
 pub const MAX_IN_FLIGHT: usize = 4096;
@@ -58,10 +58,6 @@ const MAX_READ_THREADS: usize = 4;
 
 /// Where write replies are sent, as whole encoded frames.
 pub(crate) type ReplySender = mpsc::UnboundedSender<Vec<u8>>;
-
-/// A get waiting in a run: its request id, the record, and the fields the
-/// connection may see of it.
-type PendingGet = (u64, api::RecordRef, FieldLimit);
 
 struct Conn {
     ctx: Arc<Ctx>,
@@ -434,8 +430,17 @@ impl Conn {
             }
             return self.hello(raw);
         }
-        // Puts are stored with their values as they came, never decoded.
-        let refused = if let Some(puts) = RawPuts::parse(raw.method, raw.params) {
+        // Gets are read in place, and puts stored with their values as
+        // they came, never decoded.
+        let get = (raw.method == <api::Get as api::Method>::NAME)
+            .then(|| RawRecordRef::parse(raw.params))
+            .flatten();
+        let refused = if let Some(p) = get {
+            match self.access.rights(p.db, p.collection) {
+                Ok(rights) => return gets.push(PendingGet::new(raw.id, p, rights.fields)),
+                Err(e) => e,
+            }
+        } else if let Some(puts) = RawPuts::parse(raw.method, raw.params) {
             match authorize_puts(&self.access, &puts) {
                 Ok(()) => {
                     self.answer_gets(gets);
@@ -446,7 +451,14 @@ impl Conn {
         } else {
             match Request::decode(raw.method, raw.params) {
                 Ok(Request::Get(p)) => match self.access.rights(&p.db, &p.collection) {
-                    Ok(rights) => return gets.push((raw.id, p, rights.fields)),
+                    Ok(rights) => {
+                        let names = RawRecordRef {
+                            db: &p.db,
+                            collection: &p.collection,
+                            id: &p.id,
+                        };
+                        return gets.push(PendingGet::new(raw.id, names, rights.fields));
+                    }
                     Err(e) => e,
                 },
                 Ok(req) => match authorize(&self.access, &req) {

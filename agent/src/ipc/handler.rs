@@ -4,11 +4,11 @@ use std::sync::Arc;
 
 use blazedb_proto::api::{
     BatchResult, CreatedResult, DbCreateParams, DbListResult, DroppedResult, EncodedRecord,
-    GetManyParams, GetManyResult, GetResult, IndexParams, MAX_GET_MANY, RecordRef, Request, Write,
+    GetManyParams, GetManyResult, GetResult, IndexParams, MAX_GET_MANY, Request, Write,
     WriteResult,
 };
 use blazedb_proto::message::{self, EncodeError};
-use blazedb_proto::{ErrorCode, ErrorInfo, RawPuts, codec};
+use blazedb_proto::{ErrorCode, ErrorInfo, RawPuts, RawRecordRef, codec};
 use serde::Serialize;
 
 use super::Ctx;
@@ -129,41 +129,86 @@ fn granted(access: &Access, db: &str, collection: &str) -> FieldLimit {
     access.rights(db, collection).ok().and_then(|r| r.fields)
 }
 
+/// A get waiting to be answered: its request id, the names it reads, and
+/// the fields the connection may see of the record.
+#[derive(Debug)]
+pub(crate) struct PendingGet {
+    /// The request's id.
+    pub(crate) request: u64,
+    /// The database, collection and record id back to back: one
+    /// allocation a get, where three strings were three.
+    names: String,
+    db_end: usize,
+    collection_end: usize,
+    /// The fields the connection may see.
+    pub(crate) fields: FieldLimit,
+}
+
+impl PendingGet {
+    /// A get of `record` in `db`'s `collection`.
+    pub(crate) fn new(request: u64, record: RawRecordRef<'_>, fields: FieldLimit) -> PendingGet {
+        let RawRecordRef { db, collection, id } = record;
+        let mut names = String::with_capacity(db.len() + collection.len() + id.len());
+        names.push_str(db);
+        names.push_str(collection);
+        names.push_str(id);
+        PendingGet {
+            request,
+            names,
+            db_end: db.len(),
+            collection_end: db.len() + collection.len(),
+            fields,
+        }
+    }
+
+    fn db(&self) -> &str {
+        &self.names[..self.db_end]
+    }
+
+    fn collection(&self) -> &str {
+        &self.names[self.db_end..self.collection_end]
+    }
+
+    fn id(&self) -> &str {
+        &self.names[self.collection_end..]
+    }
+}
+
 /// Answers a run of gets, each with only the fields it may see: gets in a
 /// row that name the same database and collection look them up once.
-pub(crate) fn get_run(ctx: &Ctx, gets: &[(u64, RecordRef, FieldLimit)], out: &mut Vec<u8>) {
+pub(crate) fn get_run(ctx: &Ctx, gets: &[PendingGet], out: &mut Vec<u8>) {
     let mut rest = gets;
-    while let Some((_, first, _)) = rest.first() {
+    while let Some(first) = rest.first() {
         let same = rest
             .iter()
-            .take_while(|(_, p, _)| p.db == first.db && p.collection == first.collection)
+            .take_while(|p| p.db() == first.db() && p.collection() == first.collection())
             .count();
         let (mut run, after) = rest.split_at(same);
         rest = after;
         while !run.is_empty() {
             let mut answered = 0;
             let read = ctx.store.get_many_encoded(
-                &first.db,
-                &first.collection,
-                run.iter().map(|(_, p, _)| p.id.as_str()),
+                first.db(),
+                first.collection(),
+                run.iter().map(PendingGet::id),
                 |record| {
-                    let (id, _, fields) = &run[answered];
+                    let get = &run[answered];
                     answered += 1;
-                    let sent = limited(record, fields, |record| {
-                        message::encode_response_with(out, *id, ctx.max_frame, |out| {
+                    let sent = limited(record, &get.fields, |record| {
+                        message::encode_response_with(out, get.request, ctx.max_frame, |out| {
                             GetResult::encode_from(out, record);
                             Ok(())
                         })
                     });
-                    error_unless_sent(out, *id, Ok(sent));
+                    error_unless_sent(out, get.request, Ok(sent));
                 },
             );
             run = &run[answered..];
             // The database or collection is unknown, or reading the next
             // record failed: that get is answered with why, and the rest
             // are read on.
-            if let (Err(e), Some((id, _, _))) = (read, run.first()) {
-                message::encode_error(out, *id, &ErrorInfo::from(e));
+            if let (Err(e), Some(get)) = (read, run.first()) {
+                message::encode_error(out, get.request, &ErrorInfo::from(e));
                 run = &run[1..];
             }
         }
@@ -230,7 +275,12 @@ pub(crate) fn handle(
         }
         Request::Get(p) => {
             let fields = granted(access, &p.db, &p.collection);
-            get_run(ctx, &[(id, p, fields)], out);
+            let names = RawRecordRef {
+                db: &p.db,
+                collection: &p.collection,
+                id: &p.id,
+            };
+            get_run(ctx, &[PendingGet::new(id, names, fields)], out);
             Handled::Done
         }
         Request::GetMany(p) => {
