@@ -7,14 +7,16 @@
 //! `fuzz/fuzz_targets/` wraps each in libFuzzer (`fuzz/run.sh` runs them);
 //! `fuzz/tests/corpus.rs` replays the corpora in the normal test run.
 
-use blazedb_proto::api::Write;
+use blazedb_proto::api::{self, Write};
 use blazedb_proto::codec;
 use blazedb_proto::frame;
 use blazedb_proto::mesh::{Invite, PeerMessage};
 use blazedb_proto::message;
 use blazedb_proto::rules::Selector;
 use blazedb_proto::sealed::SealedOp;
-use blazedb_proto::{DeviceId, Hlc, OpBody, RawPut, RawPuts, Request, SyncMessage, Value};
+use blazedb_proto::{
+    DeviceId, Hlc, OpBody, RawPut, RawPuts, RawRecordRef, Request, SyncMessage, Value,
+};
 
 /// A target's body: takes any bytes, panics on a bug.
 pub type Target = fn(&[u8]);
@@ -122,7 +124,26 @@ pub fn request(data: &[u8]) {
         if decoded || RawPuts::parse(method, params).is_some() {
             message::check_params(params).expect("params that decode are one value");
         }
+        record_ref(params);
     }
+}
+
+/// A get's params read in place must name what decoding them names, and
+/// be one well-formed value (the agent answers them without walking them).
+fn record_ref(params: &[u8]) {
+    let Some(raw) = RawRecordRef::parse(params) else {
+        return;
+    };
+    let decoded: api::RecordRef = codec::from_slice(params).expect("read in place, so decodes");
+    assert_eq!(
+        (raw.db, raw.collection, raw.id),
+        (
+            decoded.db.as_str(),
+            decoded.collection.as_str(),
+            decoded.id.as_str()
+        )
+    );
+    message::check_params(params).expect("params read in place are one value");
 }
 
 /// The client's hand decoders of results read what serde reads.
