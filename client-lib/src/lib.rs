@@ -742,12 +742,15 @@ impl Collection {
 
     /// Reads the record `id` with its raw fields and version.
     pub async fn get_record(&self, id: &str) -> Result<Option<Record>, Error> {
-        let params = api::RecordRef {
-            db: self.db.name.clone(),
-            collection: self.name.clone(),
-            id: id.to_owned(),
+        let params = blazedb_proto::RawRecordRef {
+            db: &self.db.name,
+            collection: &self.name,
+            id,
         };
-        let encode = |out: &mut Vec<u8>| codec::encode_into(out, &params);
+        let encode = |out: &mut Vec<u8>| {
+            params.encode_into(out);
+            Ok(())
+        };
         let conn = &self.db.client.conn;
         Ok(conn
             .call_with::<api::Get>(encode, api::GetResult::decode)
@@ -759,12 +762,10 @@ impl Collection {
     /// same order, `None` where there is no such record. At most
     /// [`api::MAX_GET_MANY`] ids a call.
     pub async fn get_many<I: AsRef<str>>(&self, ids: &[I]) -> Result<Vec<Option<Record>>, Error> {
-        let params = api::GetManyParams {
-            db: self.db.name.clone(),
-            collection: self.name.clone(),
-            ids: ids.iter().map(|id| id.as_ref().to_owned()).collect(),
+        let encode = |out: &mut Vec<u8>| {
+            blazedb_proto::encode_get_many(out, &self.db.name, &self.name, ids);
+            Ok(())
         };
-        let encode = |out: &mut Vec<u8>| codec::encode_into(out, &params);
         let conn = &self.db.client.conn;
         Ok(conn
             .call_with::<api::GetMany>(encode, api::GetManyResult::decode)

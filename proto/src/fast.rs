@@ -346,6 +346,36 @@ impl<'a> RawRecordRef<'a> {
             id: id?,
         })
     }
+
+    /// Appends these params byte for byte as serde encodes the same
+    /// [`RecordRef`], without making one.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        use crate::codec::raw;
+        raw::map_len(out, 3);
+        raw::str(out, "db");
+        raw::str(out, self.db);
+        raw::str(out, "collection");
+        raw::str(out, self.collection);
+        raw::str(out, "id");
+        raw::str(out, self.id);
+    }
+}
+
+/// Appends `get_many` params byte for byte as serde encodes the same
+/// [`GetManyParams`], without copying the ids into one.
+pub fn encode_get_many<I: AsRef<str>>(out: &mut Vec<u8>, db: &str, collection: &str, ids: &[I]) {
+    use crate::codec::raw;
+    raw::map_len(out, 3);
+    raw::str(out, "db");
+    raw::str(out, db);
+    raw::str(out, "collection");
+    raw::str(out, collection);
+    raw::str(out, "ids");
+    // More ids than u32::MAX cannot come through a frame.
+    raw::array_len(out, u32::try_from(ids.len()).unwrap_or(u32::MAX));
+    for id in ids {
+        raw::str(out, id.as_ref());
+    }
 }
 
 /// Decodes `get_many` params, or `None` to leave them to serde.
@@ -874,6 +904,9 @@ mod tests {
         ) {
             let one = RecordRef { db: db.clone(), collection: collection.clone(), id: ids.first().cloned().unwrap_or_default() };
             let bytes = codec::to_vec(&one).expect("encode");
+            let mut by_hand = Vec::new();
+            RawRecordRef { db: &one.db, collection: &one.collection, id: &one.id }.encode_into(&mut by_hand);
+            prop_assert_eq!(&by_hand, &bytes);
             prop_assert_eq!(record_ref(&bytes), Some(one));
             let near = mutated(bytes, at, to, how);
             if let Some(fast) = record_ref(&near) {
@@ -881,6 +914,9 @@ mod tests {
             }
             let many = GetManyParams { db, collection, ids };
             let bytes = codec::to_vec(&many).expect("encode");
+            let mut by_hand = Vec::new();
+            encode_get_many(&mut by_hand, &many.db, &many.collection, &many.ids);
+            prop_assert_eq!(&by_hand, &bytes);
             prop_assert_eq!(get_many_params(&bytes), Some(many));
             let near = mutated(bytes, at, to, how);
             if let Some(fast) = get_many_params(&near) {
