@@ -414,7 +414,7 @@ pub struct RawPut<'a> {
     /// The record id.
     pub id: &'a str,
     /// The fields, names strictly increasing, each value as encoded.
-    pub fields: Vec<(&'a str, &'a [u8])>,
+    pub fields: RawFields<'a>,
 }
 
 impl<'a> RawPut<'a> {
@@ -463,17 +463,22 @@ impl<'a> Cursor<'a> {
 
     /// A map of fields, each value's bytes checked but not decoded; `None`
     /// unless the names come in order, once each.
-    fn raw_fields(&mut self) -> Option<Vec<(&'a str, &'a [u8])>> {
+    fn raw_fields(&mut self) -> Option<RawFields<'a>> {
         let len = self.map_len()?;
-        let mut out: Vec<(&str, &[u8])> = Vec::with_capacity(len.min(256));
+        let start = self.pos;
+        let mut list: Vec<(&str, &[u8])> = Vec::with_capacity(len.min(256));
+        let mut shortest = true;
         for _ in 0..len {
+            let before = self.pos;
             let name = self.str()?;
-            if out.last().is_some_and(|(last, _)| *last >= name) {
+            shortest &= self.pos - before - name.len() == str_head_len(name.len());
+            if list.last().is_some_and(|(last, _)| *last >= name) {
                 return None;
             }
-            out.push((name, self.checked(1)?));
+            list.push((name, self.checked(1)?));
         }
-        Some(out)
+        let entries = shortest.then(|| &self.buf[start..self.pos]);
+        Some(RawFields { list, entries })
     }
 
     /// A put of a `put` or `batch` request: its fields after `db` when
@@ -514,7 +519,7 @@ pub struct RawWrite<'a> {
     /// The record id, when the client chose one.
     pub id: Option<&'a str>,
     /// The fields, names strictly increasing, each value as encoded.
-    pub fields: Vec<(&'a str, &'a [u8])>,
+    pub fields: RawFields<'a>,
 }
 
 /// The puts of a `put` or `batch` request, read in place without decoding
@@ -570,17 +575,86 @@ impl<'a> RawPuts<'a> {
     }
 }
 
+/// The fields of a put read in place: each name and its value as
+/// encoded, names strictly increasing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawFields<'a> {
+    list: Vec<(&'a str, &'a [u8])>,
+    /// The map's entries as they came, when they are what
+    /// [`RawFields::write_entries`] writes field by field (every name's
+    /// header in its shortest form, as serde writes it): one copy then
+    /// does for all.
+    entries: Option<&'a [u8]>,
+}
+
+impl<'a> RawFields<'a> {
+    /// Fields from their names and encoded values, names strictly
+    /// increasing.
+    pub fn new(list: Vec<(&'a str, &'a [u8])>) -> Self {
+        RawFields {
+            list,
+            entries: None,
+        }
+    }
+
+    /// Appends the entries of the fields' map (not its header): each
+    /// name as serde writes a string, then its value's bytes.
+    pub fn write_entries(&self, out: &mut Vec<u8>) {
+        use crate::codec::raw;
+        match self.entries {
+            Some(entries) => out.extend_from_slice(entries),
+            None => {
+                for (name, value) in &self.list {
+                    raw::str(out, name);
+                    out.extend_from_slice(value);
+                }
+            }
+        }
+    }
+
+    /// How many bytes [`RawFields::write_entries`] appends, or a little
+    /// more.
+    pub fn entries_len(&self) -> usize {
+        match self.entries {
+            Some(entries) => entries.len(),
+            None => self.list.iter().map(|(n, v)| n.len() + v.len() + 5).sum(),
+        }
+    }
+}
+
+impl<'a> std::ops::Deref for RawFields<'a> {
+    type Target = [(&'a str, &'a [u8])];
+
+    fn deref(&self) -> &Self::Target {
+        &self.list
+    }
+}
+
+impl<'r, 'a> IntoIterator for &'r RawFields<'a> {
+    type Item = &'r (&'a str, &'a [u8]);
+    type IntoIter = std::slice::Iter<'r, (&'a str, &'a [u8])>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.list.iter()
+    }
+}
+
+/// The length of the header serde writes before a string of `len` bytes.
+fn str_head_len(len: usize) -> usize {
+    match len {
+        0..32 => 1,
+        32..256 => 2,
+        256..65536 => 3,
+        _ => 5,
+    }
+}
+
 /// The body of a put ([`OpBody::encode`] of `OpBody::Put`) from its
 /// fields' encoded values, copied, not decoded.
-pub fn put_body(collection: &str, id: &str, fields: &[(&str, &[u8])]) -> Vec<u8> {
-    use crate::codec::raw;
-    let size: usize = fields.iter().map(|(n, v)| n.len() + v.len() + 2).sum();
-    let mut out = Vec::with_capacity(40 + collection.len() + id.len() + size);
+pub fn put_body(collection: &str, id: &str, fields: &RawFields<'_>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(40 + collection.len() + id.len() + fields.entries_len());
     put_body_head(&mut out, collection, id, fields.len());
-    for (name, value) in fields {
-        raw::str(&mut out, name);
-        out.extend_from_slice(value);
-    }
+    fields.write_entries(&mut out);
     out
 }
 
@@ -844,6 +918,12 @@ mod tests {
                 let serde = codec::from_slice::<BatchParams>(&near).expect("serde decodes it too");
                 prop_assert_eq!(raw.db, serde.db.as_str());
                 prop_assert_eq!(decoded(&raw), serde.writes);
+                // Entries copied as they came are the entries written
+                // field by field, whatever the damage let through.
+                for put in &raw.puts {
+                    let one_by_one = RawFields::new(put.fields.to_vec());
+                    prop_assert_eq!(put_body("c", "i", &put.fields), put_body("c", "i", &one_by_one));
+                }
             }
         }
 
@@ -991,6 +1071,26 @@ mod tests {
         .expect("encode");
         let raw = RawPut::parse(&body).expect("a plain put reads raw");
         assert_eq!(raw.fields.len(), 6);
+    }
+
+    #[test]
+    fn a_field_name_in_a_longer_header_than_needed_is_stored_as_serde_writes_it() {
+        // {"put": {"collection": "c", "id": "i", "fields": {"a": 1, "b": 2}}}
+        // with "b" written as a str8, which serde never writes.
+        let mut body = Vec::new();
+        put_body_head(&mut body, "c", "i", 2);
+        let canonical_tail = [0xa1, b'a', 1, 0xa1, b'b', 2];
+        let mut canonical = body.clone();
+        canonical.extend_from_slice(&canonical_tail);
+        body.extend_from_slice(&[0xa1, b'a', 1, 0xd9, 1, b'b', 2]);
+        let raw = RawPut::parse(&body).expect("a plain put");
+        assert_eq!(raw.fields.len(), 2);
+        assert_eq!(put_body(raw.collection, raw.id, &raw.fields), canonical);
+        let shortest = RawPut::parse(&canonical).expect("a plain put");
+        assert_eq!(
+            put_body(shortest.collection, shortest.id, &shortest.fields),
+            canonical
+        );
     }
 
     #[test]

@@ -34,7 +34,9 @@ pub mod value;
 
 pub use api::{Method, PROTOCOL_VERSION, Request};
 pub use error::{ErrorCode, ErrorInfo};
-pub use fast::{PutParts, RawPut, RawPuts, RawRecordRef, RawWrite, encode_get_many, put_body};
+pub use fast::{
+    PutParts, RawFields, RawPut, RawPuts, RawRecordRef, RawWrite, encode_get_many, put_body,
+};
 pub use op::{DeviceId, Hlc, Op, OpBody};
 pub use sync::{Epoch, Report, SnapshotRecord, Span, Stable, SyncMessage, VersionVector};
 pub use value::{Fields, Timestamp, Uuid, Value};

@@ -37,19 +37,12 @@ impl Holes {
 pub(crate) fn fresh_put_record_raw(
     origin: &DeviceId,
     priority: u8,
-    fields: &[(&str, &[u8])],
+    fields: &blazedb_proto::RawFields<'_>,
 ) -> Holes {
-    let size = fields
-        .iter()
-        .map(|(n, v)| n.len() + v.len() + 2)
-        .sum::<usize>();
-    let mut h = Holes::with_capacity(64 + size);
+    let mut h = Holes::with_capacity(64 + fields.entries_len() + fields.len());
     // Appending bytes cannot fail.
     let _ = fresh_record(&mut h, origin, priority, fields.len(), |out| {
-        for (name, value) in fields {
-            raw::str(out, name);
-            out.extend_from_slice(value);
-        }
+        fields.write_entries(out);
         Ok(())
     });
     h
@@ -220,7 +213,14 @@ mod tests {
                 .map(|(k, v)| (k.clone(), codec::to_vec(v).expect("encode")))
                 .collect();
             let raw: Vec<(&str, &[u8])> = encoded.iter().map(|(k, v)| (k.as_str(), v.as_slice())).collect();
-            prop_assert_eq!(fresh_put_record_raw(&origin, priority, &raw).fill(&[hlc]), bytes);
+            let one_by_one = blazedb_proto::RawFields::new(raw);
+            prop_assert_eq!(&fresh_put_record_raw(&origin, priority, &one_by_one).fill(&[hlc]), &bytes);
+            // From a put's body read in place, its entries copied at once.
+            let body = blazedb_proto::OpBody::Put { collection: "c".into(), id: "i".into(), fields }
+                .encode()
+                .expect("encode");
+            let put = blazedb_proto::RawPut::parse(&body).expect("a plain put");
+            prop_assert_eq!(&fresh_put_record_raw(&origin, priority, &put.fields).fill(&[hlc]), &bytes);
         }
     }
 }
