@@ -15,7 +15,7 @@ use blazedb_proto::message;
 use blazedb_proto::rules::Selector;
 use blazedb_proto::sealed::SealedOp;
 use blazedb_proto::{
-    DeviceId, Hlc, OpBody, RawPut, RawPuts, RawRecordRef, Request, SyncMessage, Value,
+    DeviceId, Hlc, OpBody, RawFields, RawPut, RawPuts, RawRecordRef, Request, SyncMessage, Value,
 };
 
 /// A target's body: takes any bytes, panics on a bug.
@@ -196,7 +196,19 @@ fn raw_puts(method: &str, params: &[u8]) {
             let got: Value = codec::from_slice(bytes).expect("a raw field value decodes");
             assert_eq!(codec::to_vec(&got).ok(), codec::to_vec(want).ok());
         }
+        same_entries(&put.fields);
     }
+}
+
+/// A put's field entries copied as they came must be the entries written
+/// field by field.
+fn same_entries(fields: &RawFields<'_>) {
+    let one_by_one = RawFields::new(fields.to_vec());
+    assert_eq!(
+        blazedb_proto::put_body("c", "i", fields),
+        blazedb_proto::put_body("c", "i", &one_by_one),
+        "entries copied at once differ from the same entries written one by one"
+    );
 }
 
 /// A stored record, as a peer's snapshot carries it: reading must not
@@ -309,6 +321,7 @@ pub fn value(data: &[u8]) {
             let got: Value = codec::from_slice(bytes).expect("a raw field value decodes");
             assert_eq!(codec::to_vec(&got).ok(), codec::to_vec(want).ok());
         }
+        same_entries(&raw.fields);
     }
 }
 
