@@ -195,12 +195,13 @@ pub fn encode_request_with(
     write: impl FnOnce(&mut Vec<u8>) -> Result<(), CodecError>,
 ) -> Result<(), EncodeError> {
     let start = frame::begin_frame(out);
-    let body = (|| {
-        codec::encode_into(out, &(TYPE_REQUEST, id, method))?;
-        // The 3-element header above is rewritten as a 4-element array.
-        out[start + frame::LEN_PREFIX] = 0x94;
-        write(out)
-    })();
+    // `[0, id, method, params]`, the head written by hand as serde writes
+    // it (a test compares the two).
+    out.push(0x94);
+    codec::raw::uint(out, u64::from(TYPE_REQUEST));
+    codec::raw::uint(out, id);
+    codec::raw::str(out, method);
+    let body = write(out);
     finish(out, start, body, max_frame)
 }
 
@@ -224,11 +225,12 @@ pub fn encode_response_with(
     write: impl FnOnce(&mut Vec<u8>) -> Result<(), CodecError>,
 ) -> Result<(), EncodeError> {
     let start = frame::begin_frame(out);
-    let body = (|| {
-        codec::encode_into(out, &(TYPE_RESPONSE, id, ()))?;
-        out[start + frame::LEN_PREFIX] = 0x94;
-        write(out)
-    })();
+    // `[1, id, nil, result]`, the head written by hand as serde writes it.
+    out.push(0x94);
+    codec::raw::uint(out, u64::from(TYPE_RESPONSE));
+    codec::raw::uint(out, id);
+    codec::raw::nil(out);
+    let body = write(out);
     finish(out, start, body, max_frame)
 }
 
@@ -354,6 +356,21 @@ mod tests {
     use crate::error::ErrorCode;
     use crate::frame::{DEFAULT_MAX_FRAME, LEN_PREFIX};
     use proptest::prelude::*;
+
+    proptest! {
+        /// The heads written by hand are serde's, byte for byte.
+        #[test]
+        fn request_and_response_heads_are_what_serde_writes(id in any::<u64>(), method in ".{0,40}", param in any::<i64>()) {
+            let mut ours = Vec::new();
+            encode_request(&mut ours, id, &method, &param, u32::MAX).expect("encode");
+            let theirs = codec::to_vec(&(TYPE_REQUEST, id, &method, param)).expect("encode");
+            prop_assert_eq!(&ours[LEN_PREFIX..], &theirs[..]);
+            let mut ours = Vec::new();
+            encode_response(&mut ours, id, &param, u32::MAX).expect("encode");
+            let theirs = codec::to_vec(&(TYPE_RESPONSE, id, (), param)).expect("encode");
+            prop_assert_eq!(&ours[LEN_PREFIX..], &theirs[..]);
+        }
+    }
 
     #[test]
     fn request_round_trips() {
