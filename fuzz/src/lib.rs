@@ -257,6 +257,13 @@ pub fn peer_message(data: &[u8]) {
 
 /// A sync message from a peer.
 pub fn sync_message(data: &[u8]) {
+    // Op streams are read by hand: whatever that reads, serde reads the
+    // same.
+    assert_eq!(
+        SyncMessage::decode(data).ok(),
+        codec::from_slice::<SyncMessage>(data).ok(),
+        "the hand reader of op streams read a message otherwise than serde"
+    );
     if let Ok(m) = SyncMessage::decode(data) {
         let bytes = m.encode().expect("a decoded message encodes");
         let again = SyncMessage::decode(&bytes).expect("an encoded message decodes");

@@ -240,6 +240,26 @@ pub mod raw {
             v.ok_or_else(err)
         }
 
+        /// Reads a byte string (MessagePack bin), borrowed from the input.
+        pub fn bin(&mut self, what: &str) -> Result<&'a [u8], CodecError> {
+            let err = || CodecError(format!("{what} must be a byte string"));
+            let (head, len) = match self.buf.first() {
+                Some(m @ 0xc4..=0xc6) => {
+                    let n = 1usize << (m - 0xc4);
+                    let raw = self.buf.get(1..1 + n).ok_or_else(err)?;
+                    (
+                        1 + n,
+                        raw.iter()
+                            .fold(0usize, |acc, b| (acc << 8) | usize::from(*b)),
+                    )
+                }
+                _ => return Err(err()),
+            };
+            let bytes = self.buf.get(head..head + len).ok_or_else(err)?;
+            self.buf = &self.buf[head + len..];
+            Ok(bytes)
+        }
+
         /// Reads a boolean.
         pub fn bool(&mut self, what: &str) -> Result<bool, CodecError> {
             let v = match self.buf.first() {
@@ -649,6 +669,11 @@ mod tests {
                 std::str::from_utf8(s.get(..len)?).ok().map(str::to_owned)
             };
             prop_assert_eq!(raw::Reader::new(&b).str("s").ok().map(str::to_owned), rmp_str(&mut &b[..]));
+            let rmp_bin = |s: &mut &[u8]| -> Option<Vec<u8>> {
+                let len = rmp::decode::read_bin_len(s).ok()? as usize;
+                s.get(..len).map(<[u8]>::to_vec)
+            };
+            prop_assert_eq!(raw::Reader::new(&b).bin("b").ok().map(<[u8]>::to_vec), rmp_bin(&mut &b[..]));
         }
     }
 

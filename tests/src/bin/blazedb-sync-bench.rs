@@ -545,10 +545,55 @@ fn main() -> anyhow::Result<()> {
         "  open           {open:>10.0} ops/s  ({:.1}% of the time of applying them)",
         share(open)
     );
+    let (decode, serde_decode) = message_decoding(&src_ops, batch)?;
+    println!("the same ops as op-stream messages of {batch}, read:");
+    println!(
+        "  read by hand     {decode:>10.0} ops/s  ({:.1}x serde's generic decoder: {serde_decode:.0} ops/s)",
+        decode / serde_decode
+    );
+    note("ops_message_decode_rate", decode);
+    note("ops_message_decode_ratio_serde", decode / serde_decode);
     if args.json {
         println!("{}", serde_json::Value::Object(figures));
     }
     Ok(())
+}
+
+/// Decodes `ops` as `Ops` messages of `batch`, by `SyncMessage::decode`
+/// and by serde's generic decoder, after checking both read back what
+/// was written; returns both rates in ops per second.
+fn message_decoding(ops: &[Op], batch: usize) -> anyhow::Result<(f64, f64)> {
+    let messages: Vec<SyncMessage> = ops
+        .chunks(batch)
+        .map(|c| SyncMessage::Ops {
+            db: DB.into(),
+            epoch: 1,
+            ops: c.to_vec(),
+        })
+        .collect();
+    let encoded = messages
+        .iter()
+        .map(SyncMessage::encode)
+        .collect::<Result<Vec<_>, _>>()?;
+    for (bytes, m) in encoded.iter().zip(&messages) {
+        anyhow::ensure!(
+            SyncMessage::decode(bytes)? == *m && codec::from_slice::<SyncMessage>(bytes)? == *m,
+            "the op stream read back otherwise"
+        );
+    }
+    let rate = |t: Instant| ops.len() as f64 / t.elapsed().as_secs_f64();
+    // Each message is dropped once read, as a receiver applies and drops
+    // it.
+    let t = Instant::now();
+    for bytes in &encoded {
+        drop(SyncMessage::decode(bytes)?);
+    }
+    let ours = rate(t);
+    let t = Instant::now();
+    for bytes in &encoded {
+        drop(codec::from_slice::<SyncMessage>(bytes)?);
+    }
+    Ok((ours, rate(t)))
 }
 
 /// Seals every op's body as the op's own, then opens each again; returns
