@@ -191,6 +191,10 @@ async fn write_loop(
     while let Some(first) = frames.recv().await {
         buf.clear();
         buf.extend_from_slice(&first);
+        // Callers woken by one burst of responses queue their next
+        // requests one by one: yielding once lets them all queue before
+        // the write, so a burst goes out in one write, not a dozen.
+        tokio::task::yield_now().await;
         while buf.len() < 1 << 20
             && let Ok(more) = frames.try_recv()
         {
