@@ -136,7 +136,7 @@ pub(crate) struct PendingGet {
     /// The request's id.
     pub(crate) request: u64,
     /// The database, collection and record id back to back: one
-    /// allocation a get, where three strings were three.
+    /// allocation a get instead of three.
     names: String,
     db_end: usize,
     collection_end: usize,
@@ -145,7 +145,7 @@ pub(crate) struct PendingGet {
 }
 
 impl PendingGet {
-    /// A get of `record` in `db`'s `collection`.
+    /// A get of the record `record` names, answered to request `request`.
     pub(crate) fn new(request: u64, record: RawRecordRef<'_>, fields: FieldLimit) -> PendingGet {
         let RawRecordRef { db, collection, id } = record;
         let mut names = String::with_capacity(db.len() + collection.len() + id.len());
