@@ -469,16 +469,48 @@ impl<'a> Cursor<'a> {
         let mut list: Vec<(&str, &[u8])> = Vec::with_capacity(len.min(256));
         let mut shortest = true;
         for _ in 0..len {
-            let before = self.pos;
-            let name = self.str()?;
-            shortest &= self.pos - before - name.len() == str_head_len(name.len());
+            // Names, and most values, are short strings and small
+            // integers: read those here, anything else by the general
+            // readers, which accept the same.
+            let name = match self.short_str() {
+                Some(name) => name,
+                None => {
+                    let before = self.pos;
+                    let name = self.str()?;
+                    shortest &= self.pos - before - name.len() == str_head_len(name.len());
+                    name
+                }
+            };
             if list.last().is_some_and(|(last, _)| *last >= name) {
                 return None;
             }
-            list.push((name, self.checked(1)?));
+            let at = self.pos;
+            let value = match self.buf.get(at) {
+                Some(0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3) => {
+                    self.pos += 1;
+                    &self.buf[at..self.pos]
+                }
+                Some(0xa0..=0xbf) if self.short_str().is_some() => &self.buf[at..self.pos],
+                _ => self.checked(1)?,
+            };
+            list.push((name, value));
         }
         let entries = shortest.then(|| &self.buf[start..self.pos]);
         Some(RawFields { list, entries })
+    }
+
+    /// A string in its one-byte-header form (under 32 bytes), or `None`,
+    /// the cursor unmoved, for anything else.
+    #[inline]
+    fn short_str(&mut self) -> Option<&'a str> {
+        let marker = *self.buf.get(self.pos)?;
+        if !(0xa0..=0xbf).contains(&marker) {
+            return None;
+        }
+        let start = self.pos + 1;
+        let s = codec::utf8(self.buf.get(start..start + usize::from(marker & 0x1f))?)?;
+        self.pos = start + s.len();
+        Some(s)
     }
 
     /// A put of a `put` or `batch` request: its fields after `db` when
