@@ -312,6 +312,17 @@ pub(crate) fn record_ref(bytes: &[u8]) -> Option<RecordRef> {
     })
 }
 
+impl RecordRef {
+    /// The same names, borrowed.
+    pub fn borrowed(&self) -> RawRecordRef<'_> {
+        RawRecordRef {
+            db: &self.db,
+            collection: &self.collection,
+            id: &self.id,
+        }
+    }
+}
+
 /// The params of a `get` or `delete` read in place: the names it gives,
 /// borrowed from the request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

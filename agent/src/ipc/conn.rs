@@ -452,12 +452,7 @@ impl Conn {
             match Request::decode(raw.method, raw.params) {
                 Ok(Request::Get(p)) => match self.access.rights(&p.db, &p.collection) {
                     Ok(rights) => {
-                        let names = RawRecordRef {
-                            db: &p.db,
-                            collection: &p.collection,
-                            id: &p.id,
-                        };
-                        return gets.push(PendingGet::new(raw.id, names, rights.fields));
+                        return gets.push(PendingGet::new(raw.id, p.borrowed(), rights.fields));
                     }
                     Err(e) => e,
                 },

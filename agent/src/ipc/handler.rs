@@ -275,12 +275,7 @@ pub(crate) fn handle(
         }
         Request::Get(p) => {
             let fields = granted(access, &p.db, &p.collection);
-            let names = RawRecordRef {
-                db: &p.db,
-                collection: &p.collection,
-                id: &p.id,
-            };
-            get_run(ctx, &[PendingGet::new(id, names, fields)], out);
+            get_run(ctx, &[PendingGet::new(id, p.borrowed(), fields)], out);
             Handled::Done
         }
         Request::GetMany(p) => {

@@ -569,7 +569,7 @@ pub fn prepare_puts(
     // from empty, copying every prepared write several times.
     let mut prepared = Vec::with_capacity(puts.len());
     for put in puts {
-        for (name, _) in put.fields.iter() {
+        for (name, _) in &put.fields {
             validate_name("field", name)?;
         }
         validate_name("collection", put.collection)?;
