@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex};
 
 use blazedb::{Durability, Value};
 use blazedb_proto::api::DbSettings;
-use blazedb_tests::{DEADLINE, TestAgent};
+use blazedb_tests::bench::rss_kib;
+use blazedb_tests::{DEADLINE, TestAgent, wait_until};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_blazed-test-agent");
 
@@ -333,4 +334,47 @@ async fn socket_is_private_and_a_stale_one_is_replaced() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("already listening"), "{err}");
     agent.client().await.expect("first agent still serving");
+}
+
+/// Dropping a database gives its memory back. fjall keeps every keyspace
+/// that was open when its journal moved on to a new file until that file
+/// is evicted, so each database here fills a journal file (64 MB: 34 MiB
+/// of values, written to the records and to the op log) before it is
+/// dropped, with its last records and ops still in memory.
+#[tokio::test]
+async fn dropping_databases_gives_their_memory_back() {
+    let agent = TestAgent::start(AGENT).await.expect("agent");
+    let client = agent.client().await.expect("client");
+    let pid = agent.pid().expect("pid");
+    let mut settled = 0;
+    for round in 0..6u8 {
+        let db = client.db("scratch");
+        db.create().await.expect("create");
+        for b in 0..34 {
+            let mut batch = db.batch();
+            for i in 0..16 {
+                let fields = [("v".to_owned(), Value::Bytes(vec![round; 64 * 1024]))];
+                batch = batch.put("items", Some(&format!("r{b}-{i}")), fields.into());
+            }
+            batch.commit().await.expect("put");
+        }
+        db.drop_db().await.expect("drop");
+        // The first rounds warm the agent's caches and allocator up.
+        if round == 1 {
+            settled = rss_kib(pid).expect("rss");
+        }
+    }
+    // Before dropped databases were emptied, each round kept about 50 MiB
+    // more: 200 MiB over the last four.
+    let bound = settled + 64 * 1024;
+    wait_until("the dropped databases' memory to come back", || async {
+        rss_kib(pid).is_some_and(|now| now < bound)
+    })
+    .await
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}: {settled} KiB resident after two rounds, {:?} KiB after six",
+            rss_kib(pid)
+        )
+    });
 }
