@@ -378,3 +378,39 @@ async fn dropping_databases_gives_their_memory_back() {
         )
     });
 }
+
+/// The journal files the store keeps stay bounded: writing 200 MiB of
+/// values (400 MiB of journal, records and op log) leaves at most a few
+/// 64 MB journal files, where fjall's default kept 512 MiB of them, all
+/// read again at the next start.
+#[tokio::test]
+async fn the_journal_files_stay_bounded() {
+    let agent = TestAgent::start(AGENT).await.expect("agent");
+    let client = agent.client().await.expect("client");
+    let db = client.db("big");
+    db.create().await.expect("create");
+    for b in 0..200 {
+        let mut batch = db.batch();
+        for i in 0..16 {
+            let fields = [("v".to_owned(), Value::Bytes(vec![b as u8; 64 * 1024]))];
+            batch = batch.put("items", Some(&format!("r{b}-{i}")), fields.into());
+        }
+        batch.commit().await.expect("put");
+    }
+    let store = agent.data_dir().join("store");
+    let journals = || {
+        std::fs::read_dir(&store)
+            .expect("store dir")
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".jnl"))
+            .map(|e| e.metadata().map_or(0, |m| m.len()))
+            .sum::<u64>()
+    };
+    // 128 MiB sealed, the file being written and one being let go.
+    let bound = 256 * 1024 * 1024;
+    wait_until("the journals to be cut back", || async {
+        journals() < bound
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}: {} MB of journals", journals() / 1_000_000));
+}

@@ -398,6 +398,13 @@ fn collection_meta_key(db_id: u32, name: &str) -> Vec<u8> {
 /// hundreds of MiB.
 const MEMTABLE_BYTES: u64 = 16 * 1024 * 1024;
 
+/// The journal files fjall keeps before it flushes the memtables that hold
+/// the oldest one back. The small catalog keyspace is rarely flushed on its
+/// own, so the journals always grow to this: fjall's 512 MiB default left
+/// a store of a few MB taking over half a GB, all read again at every
+/// start.
+const MAX_JOURNALS_BYTES: u64 = 128 * 1024 * 1024;
+
 fn open_keyspaces(fj: &fjall::Database, id: u32) -> Result<[Keyspace; 3], StoreError> {
     let options = || KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES);
     Ok([
@@ -440,7 +447,9 @@ pub fn read_visible(bytes: &[u8]) -> Result<Option<(Hlc, Vec<u8>)>, String> {
 pub fn journal_options(
     builder: fjall::DatabaseBuilder<fjall::Database>,
 ) -> fjall::DatabaseBuilder<fjall::Database> {
-    builder.journal_compression(fjall::CompressionType::None)
+    builder
+        .journal_compression(fjall::CompressionType::None)
+        .max_journaling_size(MAX_JOURNALS_BYTES)
 }
 
 impl Store {
