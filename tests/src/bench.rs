@@ -235,3 +235,47 @@ pub fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
     // Clock ticks are 100 per second on every Linux this runs on.
     Some((utime + stime) / 100.0)
 }
+
+/// The CPU time some processes spend over runs, added up: the agents of
+/// a bench and the bench itself (`None`), which share this machine's
+/// cores.
+#[derive(Debug, Default)]
+pub struct CpuTally {
+    seconds: f64,
+    ops: usize,
+    missing: bool,
+}
+
+impl CpuTally {
+    /// Runs `run` (which does `ops` operations) and adds what `pids` spent
+    /// meanwhile.
+    pub async fn measure<T, F>(&mut self, pids: &[Option<u32>], ops: usize, run: F) -> T
+    where
+        F: std::future::Future<Output = T>,
+    {
+        let total = || pids.iter().map(|&p| cpu_seconds(p)).sum::<Option<f64>>();
+        let before = total();
+        let out = run.await;
+        match (before, total()) {
+            (Some(b), Some(a)) => self.seconds += a - b,
+            _ => self.missing = true,
+        }
+        self.ops += ops;
+        out
+    }
+
+    /// CPU microseconds per operation, `None` when `/proc` could not be
+    /// read.
+    pub fn per_op_us(&self) -> Option<f64> {
+        (!self.missing && self.ops > 0).then(|| self.seconds * 1e6 / self.ops as f64)
+    }
+
+    /// The most operations a second this machine's cores could do at that
+    /// CPU per operation, every core busy and nothing else running: where
+    /// a rate is bound by the sum of its processes' work, no tuning of
+    /// one process gets past it.
+    pub fn ceiling_per_second(&self) -> Option<f64> {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        self.per_op_us().map(|us| cores * 1e6 / us)
+    }
+}

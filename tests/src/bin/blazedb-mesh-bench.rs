@@ -27,7 +27,8 @@ use blazedb::{Client, Fields, Value};
 use blazedb_proto::api::{DbSettings, SyncMode};
 use blazedb_proto::{DeviceId, Hlc, Op, OpBody, codec};
 use blazedb_tests::bench::{
-    Samples, batched_puts, print_latency, raw_fjall_puts, raw_fjall_store_layout, record, rss_kib,
+    CpuTally, Samples, batched_puts, print_latency, raw_fjall_puts, raw_fjall_store_layout, record,
+    rss_kib,
 };
 use blazedb_tests::netns::Lab;
 use blazedb_tests::{TestAgent, join_mesh, sibling_bin, wait_within as wait};
@@ -212,17 +213,23 @@ async fn throughput(
     let pids = [a.pid(), b.pid()].into_iter().flatten().collect();
     let peaks = sample_peak_rss(pids, stop.clone());
     let t = Instant::now();
-    let local = batched_puts(ca, "bench", n, BATCH).await?;
-    ca.db("bench")
-        .collection("items")
-        .put_fields(LAST, record(0))
+    let mut cpu = CpuTally::default();
+    let local = cpu
+        .measure(&[a.pid(), b.pid(), None], n + 1, async {
+            let local = batched_puts(ca, "bench", n, BATCH).await?;
+            ca.db("bench")
+                .collection("items")
+                .put_fields(LAST, record(0))
+                .await?;
+            wait(
+                "B to receive every record",
+                Duration::from_secs(600),
+                || has(cb, "bench", LAST),
+            )
+            .await?;
+            anyhow::Ok(local)
+        })
         .await?;
-    wait(
-        "B to receive every record",
-        Duration::from_secs(600),
-        || has(cb, "bench", LAST),
-    )
-    .await?;
     let secs = t.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
     let got = cb
@@ -254,6 +261,14 @@ async fn throughput(
         100.0 * ours / raw,
         100.0 * ours / layout
     );
+    if let (Some(us), Some(ceiling)) = (cpu.per_op_us(), cpu.ceiling_per_second()) {
+        println!(
+            "    CPU per record, A, B and the app: {us:.2} us; all cores busy, {ceiling:.0} records/s ({:.0}% of raw) at most",
+            100.0 * ceiling / raw
+        );
+        note(figures, "replication_cpu_us", us);
+        note(figures, "replication_ceiling_ratio_raw", ceiling / raw);
+    }
     println!(
         "  resident memory at peak: {} / {} (sender / receiver)",
         mib(peaks[0].load(Ordering::Relaxed)),

@@ -33,8 +33,8 @@ use blazedb::{AppGrant, Client, Fields, Login, Value};
 use blazedb_proto::api::{DbSettings, Durability, Encryption, Write};
 use blazedb_proto::frame::LEN_PREFIX;
 use blazedb_tests::bench::{
-    ROUNDS, Samples, alternating, batched_puts, cpu_seconds, median, print_latency, raw_fjall_puts,
-    raw_fjall_store_layout, record,
+    CpuTally, ROUNDS, Samples, alternating, batched_puts, cpu_seconds, median, print_latency,
+    raw_fjall_puts, raw_fjall_store_layout, record,
 };
 use blazedb_tests::{TestAgent, sibling_bin};
 use clap::Parser;
@@ -205,6 +205,8 @@ async fn run(
         // a shared machine to take a ratio from.
         let (mut raw, mut layout) = (Vec::new(), Vec::new());
         let (mut plain, mut e2e) = (Vec::new(), Vec::new());
+        let mut cpu = CpuTally::default();
+        let processes = [agent.pid(), None];
         for round in 0..ROUNDS {
             let raw_dir = tempfile::tempdir()?;
             raw.push(raw_fjall_puts(raw_dir.path(), n.puts, batch)?);
@@ -215,7 +217,12 @@ async fn run(
                 ("e2e", Encryption::E2e, &mut e2e),
             ] {
                 let db = fresh_db(&client, kind, round, encryption).await?;
-                rates.push(batched_puts(&client, &db, n.puts, batch).await?);
+                let run = batched_puts(&client, &db, n.puts, batch);
+                rates.push(if encryption == Encryption::None {
+                    cpu.measure(&processes, n.puts, run).await?
+                } else {
+                    run.await?
+                });
             }
         }
         let (raw_puts, layout_puts) = (median(&mut raw), median(&mut layout));
@@ -237,6 +244,14 @@ async fn run(
             100.0 * our_puts / raw_puts,
             100.0 * our_puts / layout_puts
         );
+        if let (Some(us), Some(ceiling)) = (cpu.per_op_us(), cpu.ceiling_per_second()) {
+            println!(
+                "      CPU per put, agent and app: {us:.2} us; all cores busy, {ceiling:.0} puts/s ({:.0}% of raw) at most",
+                100.0 * ceiling / raw_puts
+            );
+            note("put_cpu_us", us);
+            note("put_ceiling_ratio_raw", ceiling / raw_puts);
+        }
         println!(
             "    the same, e2e database          {:>12.0} ops/s  ({:.0}% of plaintext; target >= 80%)",
             e2e_puts,
