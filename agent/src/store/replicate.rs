@@ -94,7 +94,9 @@ impl Writer {
         let mut sync = db.sync_meta();
         let local_priority = db.settings().priority;
         let group = Group::new();
-        let mut plan = Plan::new();
+        // Room for every op's record and log entry: a plan grown a push at
+        // a time copied its effects a dozen times for one message.
+        let mut plan = Plan::with_capacity(ops.len());
         let counters = *self.counters.entry(db.id).or_default();
         let (mut head, mut local_seq) = (counters.head, counters.local_seq);
         let mut refused = Vec::new();
@@ -133,7 +135,7 @@ impl Writer {
                     .is_none_or(|c| c.indexes.is_empty())
             {
                 self.collection_indexes(&group, &mut plan, db, put.collection)?;
-                let key = Slice::from(keys::record_key(put.collection, put.id));
+                let key = keys::record_key_slice(put.collection, put.id);
                 let bytes = stamped::fresh_put_record_raw(&writer, op.priority, &put.fields)
                     .fill(&[op.hlc.0]);
                 plan_encoded(&mut plan, db, key, bytes.into());
@@ -155,7 +157,7 @@ impl Writer {
             // A body this replica cannot read is logged and forwarded all
             // the same; it just changes no record here.
             if let Some(body) = decoded {
-                let key = Slice::from(keys::record_key(body.collection(), body.id()));
+                let key = keys::record_key_slice(body.collection(), body.id());
                 let indexes = self.collection_indexes(&group, &mut plan, db, body.collection())?;
                 let check = screen.view_for(&op.origin, &body);
                 // Such a put or delete replaces the record whatever it
@@ -258,7 +260,7 @@ impl Writer {
                     unreadable += 1;
                     continue;
                 };
-                let key = Slice::from(keys::record_key(body.collection(), body.id()));
+                let key = keys::record_key_slice(body.collection(), body.id());
                 let indexes = self.collection_indexes(&group, &mut plan, &db, body.collection())?;
                 let existing = load_for_update(&group, &plan, &db, &key)?;
                 let old_values = field_values(existing.as_ref(), &indexes);

@@ -903,7 +903,12 @@ impl Writer {
     }
 
     pub(super) fn commit(&mut self, group: &mut Group) -> Result<(), StoreError> {
-        let mut batch = self.fj.batch();
+        // Room for every effect's entry (log entries share a few chunks):
+        // a batch grown a push at a time copied its items a dozen times
+        // for one group. `Buffer` is what `fj.batch()` starts with.
+        let items = group.effects.iter().map(Vec::len).sum();
+        let mut batch = fjall::OwnedWriteBatch::with_capacity(self.fj.clone(), items)
+            .durability(Some(PersistMode::Buffer));
         // Few databases per group: a list beats a map.
         let mut logs: Vec<(u32, Keyspace, oplog::Chunker)> = Vec::new();
         // What each database's chunks will hold, so they are sized once.
