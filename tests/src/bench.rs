@@ -241,33 +241,51 @@ pub fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
 /// cores.
 #[derive(Debug, Default)]
 pub struct CpuTally {
-    seconds: f64,
+    /// Seconds by process, in the order `measure` was given them.
+    seconds: Vec<f64>,
     ops: usize,
     missing: bool,
 }
 
 impl CpuTally {
-    /// Runs `run` (which does `ops` operations) and adds what `pids` spent
-    /// meanwhile.
+    /// Runs `run` (which does `ops` operations) and adds what each of
+    /// `pids` spent meanwhile.
     pub async fn measure<T, F>(&mut self, pids: &[Option<u32>], ops: usize, run: F) -> T
     where
         F: std::future::Future<Output = T>,
     {
-        let total = || pids.iter().map(|&p| cpu_seconds(p)).sum::<Option<f64>>();
-        let before = total();
+        let each = || {
+            pids.iter()
+                .map(|&p| cpu_seconds(p))
+                .collect::<Option<Vec<f64>>>()
+        };
+        let before = each();
         let out = run.await;
-        match (before, total()) {
-            (Some(b), Some(a)) => self.seconds += a - b,
+        match (before, each()) {
+            (Some(b), Some(a)) => {
+                self.seconds.resize(pids.len(), 0.0);
+                for (total, (b, a)) in self.seconds.iter_mut().zip(b.iter().zip(&a)) {
+                    *total += a - b;
+                }
+            }
             _ => self.missing = true,
         }
         self.ops += ops;
         out
     }
 
-    /// CPU microseconds per operation, `None` when `/proc` could not be
-    /// read.
+    /// CPU microseconds per operation of each process, in the order
+    /// `measure` was given them; `None` when `/proc` could not be read.
+    pub fn each_per_op_us(&self) -> Option<Vec<f64>> {
+        (!self.missing && self.ops > 0).then(|| {
+            let ops = self.ops as f64;
+            self.seconds.iter().map(|s| s * 1e6 / ops).collect()
+        })
+    }
+
+    /// CPU microseconds per operation of all the processes together.
     pub fn per_op_us(&self) -> Option<f64> {
-        (!self.missing && self.ops > 0).then(|| self.seconds * 1e6 / self.ops as f64)
+        self.each_per_op_us().map(|each| each.iter().sum())
     }
 
     /// The most operations a second this machine's cores could do at that

@@ -261,9 +261,16 @@ async fn throughput(
         100.0 * ours / raw,
         100.0 * ours / layout
     );
-    if let (Some(us), Some(ceiling)) = (cpu.per_op_us(), cpu.ceiling_per_second()) {
+    if let (Some(us), Some(each), Some(ceiling)) = (
+        cpu.per_op_us(),
+        cpu.each_per_op_us(),
+        cpu.ceiling_per_second(),
+    ) {
         println!(
-            "    CPU per record, A, B and the app: {us:.2} us; all cores busy, {ceiling:.0} records/s ({:.0}% of raw) at most",
+            "    CPU per record: {us:.2} us (A {:.2}, B {:.2}, the app {:.2}); all cores busy, {ceiling:.0} records/s ({:.0}% of raw) at most",
+            each[0],
+            each[1],
+            each[2],
             100.0 * ceiling / raw
         );
         note(figures, "replication_cpu_us", us);

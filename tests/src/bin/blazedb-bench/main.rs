@@ -244,9 +244,15 @@ async fn run(
             100.0 * our_puts / raw_puts,
             100.0 * our_puts / layout_puts
         );
-        if let (Some(us), Some(ceiling)) = (cpu.per_op_us(), cpu.ceiling_per_second()) {
+        if let (Some(us), Some(each), Some(ceiling)) = (
+            cpu.per_op_us(),
+            cpu.each_per_op_us(),
+            cpu.ceiling_per_second(),
+        ) {
             println!(
-                "      CPU per put, agent and app: {us:.2} us; all cores busy, {ceiling:.0} puts/s ({:.0}% of raw) at most",
+                "      CPU per put: {us:.2} us (agent {:.2}, app {:.2}); all cores busy, {ceiling:.0} puts/s ({:.0}% of raw) at most",
+                each[0],
+                each[1],
                 100.0 * ceiling / raw_puts
             );
             note("put_cpu_us", us);
