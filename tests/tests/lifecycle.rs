@@ -336,36 +336,41 @@ async fn socket_is_private_and_a_stale_one_is_replaced() {
     agent.client().await.expect("first agent still serving");
 }
 
-/// Dropping a database gives its memory back. fjall keeps every keyspace
-/// that was open when its journal moved on to a new file until that file
-/// is evicted, so each database here fills a journal file (64 MB: 34 MiB
-/// of values, written to the records and to the op log) before it is
-/// dropped, with its last records and ops still in memory.
+/// Puts `mib` MiB of 64 KiB values into `db`, 16 to a batch.
+async fn put_mib(db: &blazedb::Db, mib: usize, tag: &str) {
+    for b in 0..mib {
+        let mut batch = db.batch();
+        for i in 0..16 {
+            let fields = [("v".to_owned(), Value::Bytes(vec![b as u8; 64 * 1024]))];
+            batch = batch.put("items", Some(&format!("{tag}{b}-{i}")), fields.into());
+        }
+        batch.commit().await.expect("put");
+    }
+}
+
+/// Dropping databases gives their memory back. fjall keeps every
+/// keyspace that was open when its journal moved on to a new file until
+/// that file is evicted, so each database here fills a journal file (64
+/// MB: 34 MiB of values, written to the records and to the op log) before
+/// it is dropped, with its last records and ops still in memory.
 #[tokio::test]
 async fn dropping_databases_gives_their_memory_back() {
     let agent = TestAgent::start(AGENT).await.expect("agent");
     let client = agent.client().await.expect("client");
     let pid = agent.pid().expect("pid");
     let mut settled = 0;
-    for round in 0..6u8 {
+    for round in 0..6 {
         let db = client.db("scratch");
         db.create().await.expect("create");
-        for b in 0..34 {
-            let mut batch = db.batch();
-            for i in 0..16 {
-                let fields = [("v".to_owned(), Value::Bytes(vec![round; 64 * 1024]))];
-                batch = batch.put("items", Some(&format!("r{b}-{i}")), fields.into());
-            }
-            batch.commit().await.expect("put");
-        }
+        put_mib(&db, 34, &format!("r{round}-")).await;
         db.drop_db().await.expect("drop");
         // The first rounds warm the agent's caches and allocator up.
         if round == 1 {
             settled = rss_kib(pid).expect("rss");
         }
     }
-    // Before dropped databases were emptied, each round kept about 50 MiB
-    // more: 200 MiB over the last four.
+    // While fjall kept up to 512 MiB of journals, each round kept about
+    // 50 MiB more: 200 MiB over the last four.
     let bound = settled + 64 * 1024;
     wait_until("the dropped databases' memory to come back", || async {
         rss_kib(pid).is_some_and(|now| now < bound)
@@ -389,14 +394,7 @@ async fn the_journal_files_stay_bounded() {
     let client = agent.client().await.expect("client");
     let db = client.db("big");
     db.create().await.expect("create");
-    for b in 0..200 {
-        let mut batch = db.batch();
-        for i in 0..16 {
-            let fields = [("v".to_owned(), Value::Bytes(vec![b as u8; 64 * 1024]))];
-            batch = batch.put("items", Some(&format!("r{b}-{i}")), fields.into());
-        }
-        batch.commit().await.expect("put");
-    }
+    put_mib(&db, 200, "r").await;
     let store = agent.data_dir().join("store");
     let journals = || {
         std::fs::read_dir(&store)

@@ -1387,9 +1387,6 @@ impl Writer {
         self.store.notify(StoreNotice::Changed(name.to_owned()));
         self.counters.remove(&db.id);
         for ks in [&db.records, &db.log, &db.index] {
-            if let Err(e) = release_memory(ks) {
-                tracing::warn!("could not free the memory of dropped database {name}: {e:?}");
-            }
             if let Err(e) = self.fj.delete_keyspace(ks.clone()) {
                 tracing::warn!("could not reclaim the space of dropped database {name}: {e:?}");
             }
@@ -1548,17 +1545,4 @@ pub(super) fn index_effects(
             ));
         }
     }
-}
-
-/// Empties a dropped database's keyspace so that its memory comes back
-/// now rather than hundreds of MiB of writes later. fjall keeps a deleted
-/// keyspace alive until every journal written while it lived is evicted,
-/// and a cleared keyspace keeps its old memtables in its version history
-/// until its next flush: so it is cleared, and one placeholder entry is
-/// flushed (by fjall's workers, without waiting) to let that history go.
-fn release_memory(ks: &Keyspace) -> Result<(), fjall::Error> {
-    ks.clear()?;
-    ks.insert(b"\0released", [])?;
-    ks.rotate_memtable()?;
-    Ok(())
 }
