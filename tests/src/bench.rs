@@ -147,7 +147,7 @@ pub fn raw_fjall_layout_of(
         })
         .collect::<Result<_, _>>()?;
     let db =
-        blazed::store::journal_options(fjall::Database::builder(dir.join("raw-layout"))).open()?;
+        blazed::store::fjall_options(fjall::Database::builder(dir.join("raw-layout"))).open()?;
     let records = db.keyspace("records", KeyspaceCreateOptions::default)?;
     let log = db.keyspace("log", KeyspaceCreateOptions::default)?;
     let t = Instant::now();

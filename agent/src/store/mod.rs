@@ -405,6 +405,16 @@ const MEMTABLE_BYTES: u64 = 16 * 1024 * 1024;
 /// start.
 const MAX_JOURNALS_BYTES: u64 = 128 * 1024 * 1024;
 
+/// fjall's background threads (flushes and compactions). Its first
+/// worker hands every compaction it receives back to the queue for the
+/// others, and takes it again at once while they are busy: with fjall's
+/// default on two cores (one worker per core) that worker spins through
+/// every compaction, a whole core taken from the writer and the apps
+/// while a busy database compacts. Four workers (fjall's default on four
+/// cores or more) leave someone free to take the compaction; an idle
+/// worker costs only its stack.
+const FJALL_WORKERS: usize = 4;
+
 fn open_keyspaces(fj: &fjall::Database, id: u32) -> Result<[Keyspace; 3], StoreError> {
     let options = || KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES);
     Ok([
@@ -440,16 +450,17 @@ pub fn read_visible(bytes: &[u8]) -> Result<Option<(Hlc, Vec<u8>)>, String> {
         .map_err(|e| e.to_string())
 }
 
-/// The journal settings the store opens fjall with. Op-log chunks are
-/// the journal's only values large enough for fjall to compress, and
+/// The settings the store opens fjall with. Op-log chunks are the
+/// journal's only values large enough for fjall to compress, and
 /// compressing them cost the writer thread more than the bytes it saved
 /// (and end-to-end encrypted ones do not compress at all).
-pub fn journal_options(
+pub fn fjall_options(
     builder: fjall::DatabaseBuilder<fjall::Database>,
 ) -> fjall::DatabaseBuilder<fjall::Database> {
     builder
         .journal_compression(fjall::CompressionType::None)
         .max_journaling_size(MAX_JOURNALS_BYTES)
+        .worker_threads(FJALL_WORKERS)
 }
 
 impl Store {
@@ -459,7 +470,7 @@ impl Store {
             .map_err(|e| StoreError::Storage(format!("cannot create {}: {e}", path.display())))?;
         let keys = crate::crypto::keyring::Keyring::load(path)?;
         let journals = journal::data_ends(path)?;
-        let fj = journal_options(fjall::Database::builder(path))
+        let fj = fjall_options(fjall::Database::builder(path))
             .cache_size(options.cache_bytes)
             .open()?;
         let dropped_tails = journal::dropped_tails(&journals, &journal::lengths(path)?);
