@@ -167,46 +167,69 @@ pub fn raw_fjall_layout_of(
     Ok(layouts.len() as f64 / t.elapsed().as_secs_f64())
 }
 
-/// Writes records `k{i:08}` for `i` in `0..n` to `db`/`items` through the
-/// agent, `batch` to a commit, four commits in flight. Returns records per
-/// second. The records are built before the clock starts, as
-/// [`raw_fjall_puts`] encodes its values first: both sides start from data
-/// the app already holds, and what the client library does with it is
-/// timed.
+/// Records `k{i:08}` for `i` in `0..n`, `batch` to a commit, built before
+/// a run starts, as [`raw_fjall_puts`] encodes its values first: both
+/// sides start from data the app already holds, and what the client
+/// library does with it is timed, not how the bench made it.
+#[derive(Debug)]
+pub struct PutBatches(Vec<Vec<(String, Fields)>>);
+
+impl PutBatches {
+    /// Builds the `n` records in batches of `batch`.
+    pub fn new(n: usize, batch: usize) -> PutBatches {
+        PutBatches(
+            (0..n)
+                .step_by(batch)
+                .map(|start| {
+                    (start..(start + batch).min(n))
+                        .map(|i| (format!("k{i:08}"), record(i as i64)))
+                        .collect()
+                })
+                .collect(),
+        )
+    }
+
+    /// Writes the records to `db`/`items` through the agent, four commits
+    /// in flight. Returns records per second.
+    pub async fn put(self, client: &Client, db: &str) -> anyhow::Result<f64> {
+        let db = client.db(db);
+        let in_flight = 4;
+        let n: usize = self.0.iter().map(Vec::len).sum();
+        let mut lanes: Vec<Vec<Vec<(String, Fields)>>> = vec![Vec::new(); in_flight];
+        for (b, records) in self.0.into_iter().enumerate() {
+            lanes[b % in_flight].push(records);
+        }
+        let t = Instant::now();
+        let mut handles = Vec::new();
+        for lane in lanes {
+            let db = db.clone();
+            handles.push(tokio::spawn(async move {
+                for records in lane {
+                    let mut w = db.batch();
+                    for (id, fields) in records {
+                        w = w.put("items", Some(&id), fields);
+                    }
+                    w.commit().await?;
+                }
+                anyhow::Ok(())
+            }));
+        }
+        for h in handles {
+            h.await??;
+        }
+        Ok(n as f64 / t.elapsed().as_secs_f64())
+    }
+}
+
+/// Builds [`PutBatches`] of `n` records and writes them to `db`; returns
+/// records per second, building them not included.
 pub async fn batched_puts(
     client: &Client,
     db: &str,
     n: usize,
     batch: usize,
 ) -> anyhow::Result<f64> {
-    let db = client.db(db);
-    let in_flight = 4;
-    let mut lanes: Vec<Vec<Vec<(String, Fields)>>> = vec![Vec::new(); in_flight];
-    for (b, start) in (0..n).step_by(batch).enumerate() {
-        let records = (start..(start + batch).min(n))
-            .map(|i| (format!("k{i:08}"), record(i as i64)))
-            .collect();
-        lanes[b % in_flight].push(records);
-    }
-    let t = Instant::now();
-    let mut handles = Vec::new();
-    for lane in lanes {
-        let db = db.clone();
-        handles.push(tokio::spawn(async move {
-            for records in lane {
-                let mut w = db.batch();
-                for (id, fields) in records {
-                    w = w.put("items", Some(&id), fields);
-                }
-                w.commit().await?;
-            }
-            anyhow::Ok(())
-        }));
-    }
-    for h in handles {
-        h.await??;
-    }
-    Ok(n as f64 / t.elapsed().as_secs_f64())
+    PutBatches::new(n, batch).put(client, db).await
 }
 
 /// A process's resident memory in KiB, from `/proc`.

@@ -27,8 +27,8 @@ use blazedb::{Client, Fields, Value};
 use blazedb_proto::api::{DbSettings, SyncMode};
 use blazedb_proto::{DeviceId, Hlc, Op, OpBody, codec};
 use blazedb_tests::bench::{
-    CpuTally, Samples, batched_puts, print_latency, raw_fjall_puts, raw_fjall_store_layout, record,
-    rss_kib,
+    CpuTally, PutBatches, Samples, batched_puts, print_latency, raw_fjall_puts,
+    raw_fjall_store_layout, record, rss_kib,
 };
 use blazedb_tests::netns::Lab;
 use blazedb_tests::{TestAgent, join_mesh, sibling_bin, wait_within as wait};
@@ -212,11 +212,12 @@ async fn throughput(
     let stop = Arc::new(AtomicBool::new(false));
     let pids = [a.pid(), b.pid()].into_iter().flatten().collect();
     let peaks = sample_peak_rss(pids, stop.clone());
+    let batches = PutBatches::new(n, BATCH);
     let t = Instant::now();
     let mut cpu = CpuTally::default();
     let local = cpu
         .measure(&[a.pid(), b.pid(), None], n + 1, async {
-            let local = batched_puts(ca, "bench", n, BATCH).await?;
+            let local = batches.put(ca, "bench").await?;
             ca.db("bench")
                 .collection("items")
                 .put_fields(LAST, record(0))

@@ -33,8 +33,8 @@ use blazedb::{AppGrant, Client, Fields, Login, Value};
 use blazedb_proto::api::{DbSettings, Durability, Encryption, Write};
 use blazedb_proto::frame::LEN_PREFIX;
 use blazedb_tests::bench::{
-    CpuTally, ROUNDS, Samples, alternating, batched_puts, cpu_seconds, median, print_latency,
-    raw_fjall_puts, raw_fjall_store_layout, record,
+    CpuTally, PutBatches, ROUNDS, Samples, alternating, batched_puts, cpu_seconds, median,
+    print_latency, raw_fjall_puts, raw_fjall_store_layout, record,
 };
 use blazedb_tests::{TestAgent, sibling_bin};
 use clap::Parser;
@@ -217,7 +217,7 @@ async fn run(
                 ("e2e", Encryption::E2e, &mut e2e),
             ] {
                 let db = fresh_db(&client, kind, round, encryption).await?;
-                let run = batched_puts(&client, &db, n.puts, batch);
+                let run = PutBatches::new(n.puts, batch).put(&client, &db);
                 rates.push(if encryption == Encryption::None {
                     cpu.measure(&processes, n.puts, run).await?
                 } else {
