@@ -177,6 +177,7 @@ pub enum ManagerArg {
 
 /// Parses the command line, runs the agent, and returns its exit code.
 pub fn main() -> ExitCode {
+    crate::huge_pages::disable();
     let args = Args::parse();
     match args.command {
         None => {}

@@ -18,6 +18,7 @@ pub mod cli;
 pub mod config;
 pub mod crypto;
 pub mod http;
+pub mod huge_pages;
 pub mod identity;
 pub mod ipc;
 pub mod lock;

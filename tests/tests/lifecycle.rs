@@ -336,6 +336,24 @@ async fn socket_is_private_and_a_stale_one_is_replaced() {
     agent.client().await.expect("first agent still serving");
 }
 
+/// The agent turns transparent huge pages off for itself, whatever the
+/// system's setting: with them, each first touch of the memory the store
+/// turns over (memtables, batches, sync messages) had the kernel zero a
+/// whole 2 MiB page.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn the_agent_runs_without_transparent_huge_pages() {
+    let agent = TestAgent::start(AGENT).await.expect("agent");
+    let pid = agent.pid().expect("pid");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let thp = status
+        .lines()
+        .find_map(|l| l.strip_prefix("THP_enabled:"))
+        .map(str::trim)
+        .expect("the kernel reports THP_enabled in /proc/<pid>/status");
+    assert_eq!(thp, "0", "the agent runs with transparent huge pages on");
+}
+
 /// Puts `mib` MiB of 64 KiB values into `db`, 16 to a batch.
 async fn put_mib(db: &blazedb::Db, mib: usize, tag: &str) {
     for b in 0..mib {

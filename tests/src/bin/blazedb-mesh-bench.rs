@@ -72,6 +72,9 @@ const BATCH: usize = 1000;
 const LAST: &str = "zz-last";
 
 fn main() -> anyhow::Result<()> {
+    // As the agent runs: raw fjall and the in-process store then work
+    // under its memory settings, and the agents started inherit them.
+    blazed::huge_pages::disable();
     let args = Args::parse();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

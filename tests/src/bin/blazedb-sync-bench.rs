@@ -399,6 +399,9 @@ fn rules_for(device: DeviceId, filter: Vec<RuleFilter>) -> AccessRules {
 }
 
 fn main() -> anyhow::Result<()> {
+    // As the agent runs: raw fjall and the in-process store then work
+    // under its memory settings, and the agents started inherit them.
+    blazed::huge_pages::disable();
     let args = Args::parse();
     let (apply_n, catch_n) = if args.quick {
         (5_000, 20_000)

@@ -88,6 +88,9 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
+    // As the agent runs: raw fjall and the in-process store then work
+    // under its memory settings, and the agents started inherit them.
+    blazed::huge_pages::disable();
     let args = Args::parse();
     if let Some(path) = &args.echo_server {
         return tokio::runtime::Runtime::new()?.block_on(echo_server(path, args.reply_len));

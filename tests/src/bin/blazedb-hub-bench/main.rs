@@ -329,6 +329,9 @@ async fn agent_meshes(args: &Args) -> anyhow::Result<()> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // As the agent runs: raw fjall and the in-process store then work
+    // under its memory settings, and the agents started inherit them.
+    blazed::huge_pages::disable();
     let args = Args::parse();
     if !args.agents.is_empty() {
         return agent_meshes(&args).await;
