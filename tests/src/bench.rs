@@ -262,7 +262,7 @@ pub fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
 /// The CPU time some processes spend over runs, added up: the agents of
 /// a bench and the bench itself (`None`), which share this machine's
 /// cores.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct CpuTally {
     /// Seconds by process, in the order `measure` was given them.
     seconds: Vec<f64>,

@@ -33,8 +33,8 @@ use blazedb::{AppGrant, Client, Fields, Login, Value};
 use blazedb_proto::api::{DbSettings, Durability, Encryption, Write};
 use blazedb_proto::frame::LEN_PREFIX;
 use blazedb_tests::bench::{
-    CpuTally, PutBatches, ROUNDS, Samples, alternating, batched_puts, cpu_seconds, median,
-    print_latency, raw_fjall_puts, raw_fjall_store_layout, record,
+    CpuTally, PutBatches, ROUNDS, Samples, alternating, batched_puts, median, print_latency,
+    raw_fjall_puts, raw_fjall_store_layout, record,
 };
 use blazedb_tests::{TestAgent, sibling_bin};
 use clap::Parser;
@@ -315,9 +315,14 @@ async fn run(
         note("raw_get_rate", raw_gets);
         note("raw_table_get_rate", raw_table_gets);
         for depth in [128, 1024] {
-            let cpu_before = (cpu_seconds(agent.pid()), cpu_seconds(None));
-            let our_gets = pipelined_gets(&client, n.gets, n.puts, depth).await?;
-            let cpu_after = (cpu_seconds(agent.pid()), cpu_seconds(None));
+            let mut cpu = CpuTally::default();
+            let our_gets = cpu
+                .measure(
+                    &[agent.pid(), None],
+                    n.gets,
+                    pipelined_gets(&client, n.gets, n.puts, depth),
+                )
+                .await?;
             println!(
                 "  blazed get, {depth:>4} in flight        {:>12.0} ops/s  ({:.0}% of raw, {:.0}% of raw from a disk table)",
                 our_gets,
@@ -330,12 +335,11 @@ async fn run(
                 &format!("get{depth}_ratio_raw_table"),
                 our_gets / raw_table_gets,
             );
-            if let ((Some(a0), Some(c0)), (Some(a1), Some(c1))) = (cpu_before, cpu_after) {
-                let agent_us = (a1 - a0) * 1e6 / n.gets as f64;
+            if let Some([agent_us, client_us]) = cpu.each_per_op_us().as_deref() {
+                let agent_us = *agent_us;
                 println!(
-                    "    CPU per get: agent {agent_us:.1} us ({:.1}x a raw get's {raw_cpu_us:.1} us), client {:.1} us",
+                    "    CPU per get: agent {agent_us:.1} us ({:.1}x a raw get's {raw_cpu_us:.1} us), client {client_us:.1} us",
                     agent_us / raw_cpu_us,
-                    (c1 - c0) * 1e6 / n.gets as f64
                 );
                 note(&format!("get{depth}_agent_cpu_us"), agent_us);
                 note(&format!("get{depth}_cpu_ratio_raw"), agent_us / raw_cpu_us);
@@ -367,20 +371,22 @@ async fn run(
         note("get128_threaded_ratio_raw", threaded / raw_gets);
         println!("  target: 128 in flight >= 60% of raw, agent CPU per get <= 1.5x a raw get's");
         let per_request = 1000;
-        let before = cpu_seconds(agent.pid());
-        let many = get_many(&client, n.gets, n.puts, per_request).await?;
-        let after = cpu_seconds(agent.pid());
+        let mut cpu = CpuTally::default();
+        let many = cpu
+            .measure(
+                &[agent.pid()],
+                n.gets,
+                get_many(&client, n.gets, n.puts, per_request),
+            )
+            .await?;
         println!(
             "  blazed get_many, {per_request} ids a request {:>9.0} ops/s  ({:.0}% of raw, target >= 80%; {:.0}% of raw from a disk table)",
             many,
             100.0 * many / raw_gets,
             100.0 * many / raw_table_gets
         );
-        if let (Some(a0), Some(a1)) = (before, after) {
-            println!(
-                "    CPU per record: agent {:.2} us",
-                (a1 - a0) * 1e6 / n.gets as f64
-            );
+        if let Some(agent_us) = cpu.per_op_us() {
+            println!("    CPU per record: agent {agent_us:.2} us");
         }
         println!();
         note("get_many_rate", many);
@@ -478,18 +484,20 @@ async fn apps_beside_owner(agent: &TestAgent, owner: &Client, n: &Counts) -> any
     let per_round = (n.round_trips / 5).max(100);
     let clients = [owner, &writer_client, &reader_client];
     let mut p50s = vec![Vec::new(); clients.len()];
-    let mut cpu = vec![0.0; clients.len()];
+    let mut cpu = vec![CpuTally::default(); clients.len()];
     for _ in 0..rounds {
         for (i, client) in clients.iter().enumerate() {
             let coll = client.db("bench-apps").collection("items");
-            let before = cpu_seconds(agent.pid());
-            p50s[i].push(get_round_trips(&coll, per_round).await?.p(50.0));
-            if let (Some(b), Some(a)) = (before, cpu_seconds(agent.pid())) {
-                cpu[i] += a - b;
-            }
+            let round_trips = cpu[i]
+                .measure(&[agent.pid()], per_round, get_round_trips(&coll, per_round))
+                .await?;
+            p50s[i].push(round_trips.p(50.0));
         }
     }
-    let gets = (rounds * per_round) as f64;
+    let cpu: Vec<f64> = cpu
+        .iter()
+        .map(|c| c.per_op_us().unwrap_or(f64::NAN))
+        .collect();
     println!(
         "through an app and as the owner, in turn: {rounds} rounds of {per_round} gets, then {ROUNDS} of puts"
     );
@@ -500,7 +508,7 @@ async fn apps_beside_owner(agent: &TestAgent, owner: &Client, n: &Counts) -> any
         println!(
             "  get round trip, {label:<17} p50 {p50:>6.1} us ({:>+5.1}%), agent CPU {:.2} us per get ({:>+5.1}%)",
             100.0 * (p50 / owner_p50 - 1.0),
-            cpu[i] * 1e6 / gets,
+            cpu[i],
             100.0 * (cpu[i] / cpu[0] - 1.0)
         );
     }
