@@ -81,8 +81,8 @@ struct Args {
     /// Internal: the raw fjall side of `--callgrind` (puts or gets, count).
     #[arg(long, hide = true, num_args = 2)]
     raw_fjall: Vec<String>,
-    /// Internal: the client side of `--callgrind` (socket, puts, gets or
-    /// get_many, count).
+    /// Internal: the client side of `--callgrind` (socket, puts, build,
+    /// gets or get_many, count).
     #[arg(long, hide = true, num_args = 3)]
     client_ops: Vec<String>,
 }
