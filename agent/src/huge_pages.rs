@@ -4,7 +4,7 @@
 //! allocated, filled and dropped, and every batch and sync message is
 //! built in fresh buffers. mimalloc asks the kernel for huge pages on its
 //! arenas, so each first touch of a region made the kernel find and zero
-//! a whole 2 MiB page: a fifth of the agents' samples in a replication run
+//! a whole 2 MiB page: a sixth of the agents' samples in a replication run
 //! went to zeroing pages, and a put cost 10–20% more CPU. Databases that
 //! churn memory this way (Redis, MongoDB) advise against huge pages for
 //! the same reason; the agent's heap is small enough that their fewer TLB
