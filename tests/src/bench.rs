@@ -259,6 +259,53 @@ pub fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
     Some((utime + stime) / 100.0)
 }
 
+/// CPU seconds each of a process's threads has used, from `/proc`, added
+/// up by thread name with a trailing `-<n>` dropped (the agent's read
+/// helpers are `blazed-read-1`, ...; its tokio workers all `blazed`).
+pub fn thread_cpu_seconds(pid: u32) -> Option<std::collections::BTreeMap<String, f64>> {
+    let mut by_name = std::collections::BTreeMap::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let Ok(stat) = std::fs::read_to_string(task.ok()?.path().join("stat")) else {
+            // The thread ended between the listing and the read.
+            continue;
+        };
+        let name = stat.get(stat.find('(')? + 1..stat.rfind(')')?)?;
+        let name = match name.rsplit_once('-') {
+            Some((head, n)) if n.bytes().all(|b| b.is_ascii_digit()) => head,
+            _ => name,
+        };
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let mut f = rest.split(' ').skip(11);
+        let ticks: f64 = f.next()?.parse::<f64>().ok()? + f.next()?.parse::<f64>().ok()?;
+        *by_name.entry(name.to_owned()).or_insert(0.0) += ticks / 100.0;
+    }
+    Some(by_name)
+}
+
+/// What each thread name of a process spent between two
+/// [`thread_cpu_seconds`] readings, in microseconds per operation, as
+/// `name us` pairs from the most to the least, leaving out those under
+/// 0.05 us.
+pub fn thread_cpu_per_op(
+    before: &std::collections::BTreeMap<String, f64>,
+    after: &std::collections::BTreeMap<String, f64>,
+    ops: usize,
+) -> String {
+    let mut each: Vec<(&str, f64)> = after
+        .iter()
+        .map(|(name, a)| {
+            let b = before.get(name).copied().unwrap_or(0.0);
+            (name.as_str(), (a - b) * 1e6 / ops as f64)
+        })
+        .filter(|(_, us)| *us >= 0.05)
+        .collect();
+    each.sort_by(|x, y| y.1.total_cmp(&x.1));
+    each.iter()
+        .map(|(name, us)| format!("{name} {us:.2}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The CPU time some processes spend over runs, added up: the agents of
 /// a bench and the bench itself (`None`), which share this machine's
 /// cores.

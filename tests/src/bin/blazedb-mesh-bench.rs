@@ -28,7 +28,7 @@ use blazedb_proto::api::{DbSettings, SyncMode};
 use blazedb_proto::{DeviceId, Hlc, Op, OpBody, codec};
 use blazedb_tests::bench::{
     CpuTally, PutBatches, Samples, batched_puts, print_latency, raw_fjall_puts,
-    raw_fjall_store_layout, record, rss_kib,
+    raw_fjall_store_layout, record, rss_kib, thread_cpu_per_op, thread_cpu_seconds,
 };
 use blazedb_tests::netns::Lab;
 use blazedb_tests::{TestAgent, join_mesh, sibling_bin, wait_within as wait};
@@ -216,6 +216,8 @@ async fn throughput(
     let pids = [a.pid(), b.pid()].into_iter().flatten().collect();
     let peaks = sample_peak_rss(pids, stop.clone());
     let batches = PutBatches::new(n, BATCH);
+    let threads = |agent: &TestAgent| agent.pid().and_then(thread_cpu_seconds);
+    let threads_before = [threads(a), threads(b)];
     let t = Instant::now();
     let mut cpu = CpuTally::default();
     let local = cpu
@@ -235,6 +237,7 @@ async fn throughput(
         })
         .await?;
     let secs = t.elapsed().as_secs_f64();
+    let threads_after = [threads(a), threads(b)];
     stop.store(true, Ordering::Relaxed);
     let got = cb
         .db("bench")
@@ -279,6 +282,17 @@ async fn throughput(
         );
         note(figures, "replication_cpu_us", us);
         note(figures, "replication_ceiling_ratio_raw", ceiling / raw);
+    }
+    for (who, (before, after)) in ["A", "B"]
+        .iter()
+        .zip(threads_before.iter().zip(&threads_after))
+    {
+        if let (Some(before), Some(after)) = (before, after) {
+            println!(
+                "      {who} by thread (us a record): {}",
+                thread_cpu_per_op(before, after, n + 1)
+            );
+        }
     }
     println!(
         "  resident memory at peak: {} / {} (sender / receiver)",
