@@ -248,7 +248,11 @@ pub fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
         Some(p) => format!("/proc/{p}/stat"),
         None => "/proc/self/stat".to_owned(),
     };
-    let stat = std::fs::read_to_string(path).ok()?;
+    stat_cpu_seconds(&std::fs::read_to_string(path).ok()?)
+}
+
+/// The user and system time in a `/proc/.../stat` line, in seconds.
+fn stat_cpu_seconds(stat: &str) -> Option<f64> {
     // Fields after the command name, which may hold spaces, start at the
     // last ')'; utime and stime are the 14th and 15th fields overall.
     let rest = &stat[stat.rfind(')')? + 2..];
@@ -274,10 +278,7 @@ pub fn thread_cpu_seconds(pid: u32) -> Option<std::collections::BTreeMap<String,
             Some((head, n)) if n.bytes().all(|b| b.is_ascii_digit()) => head,
             _ => name,
         };
-        let rest = &stat[stat.rfind(')')? + 2..];
-        let mut f = rest.split(' ').skip(11);
-        let ticks: f64 = f.next()?.parse::<f64>().ok()? + f.next()?.parse::<f64>().ok()?;
-        *by_name.entry(name.to_owned()).or_insert(0.0) += ticks / 100.0;
+        *by_name.entry(name.to_owned()).or_insert(0.0) += stat_cpu_seconds(&stat)?;
     }
     Some(by_name)
 }
