@@ -387,8 +387,8 @@ async fn dropping_databases_gives_their_memory_back() {
             settled = rss_kib(pid).expect("rss");
         }
     }
-    // While fjall kept up to 512 MiB of journals, each round kept about
-    // 50 MiB more: 200 MiB over the last four.
+    // While fjall kept up to 512 MiB of journals, each round kept 40-50
+    // MiB more: 165-200 MiB over the last four.
     let bound = settled + 64 * 1024;
     wait_until("the dropped databases' memory to come back", || async {
         rss_kib(pid).is_some_and(|now| now < bound)

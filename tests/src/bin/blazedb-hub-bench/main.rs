@@ -329,8 +329,8 @@ async fn agent_meshes(args: &Args) -> anyhow::Result<()> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    // As the agent runs: raw fjall and the in-process store then work
-    // under its memory settings, and the agents started inherit them.
+    // As the agent runs; the hub and the device agents started here
+    // inherit it.
     blazed::huge_pages::disable();
     let args = Args::parse();
     if !args.agents.is_empty() {
