@@ -175,11 +175,13 @@ impl Metrics {
         let records = Family::<DbLabels, Gauge>::default();
         let log = Family::<DbLabels, Gauge>::default();
         let disk = Family::<DbLabels, Gauge>::default();
+        let memtables = Family::<DbLabels, Gauge>::default();
         for s in &scrape.sizes {
             let l = DbLabels { db: s.name.clone() };
             records.get_or_create(&l).set(s.records as i64);
             log.get_or_create(&l).set(s.log_entries as i64);
             disk.get_or_create(&l).set(s.disk_bytes as i64);
+            memtables.get_or_create(&l).set(s.memtable_bytes as i64);
         }
         r.register(
             "db_records",
@@ -196,6 +198,12 @@ impl Metrics {
             "Size of each database's tables on disk",
             Unit::Bytes,
             disk,
+        );
+        r.register_with_unit(
+            "db_memtable",
+            "What each database's memtables being written to hold, not yet flushed to its tables",
+            Unit::Bytes,
+            memtables,
         );
     }
 }

@@ -32,6 +32,7 @@ pub mod repair;
 mod replicate;
 mod sealing;
 pub(crate) mod stamped;
+mod write_buffer;
 mod writer;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -68,6 +69,10 @@ pub struct DbSize {
     pub log_entries: u64,
     /// Bytes of its tables on disk (not counting the shared journal).
     pub disk_bytes: u64,
+    /// Bytes its memtables being written to hold, by fjall's count (keys
+    /// and values); all databases' together stay within the store's
+    /// [`StoreOptions::write_buffer_bytes`].
+    pub memtable_bytes: u64,
 }
 
 /// Store tuning.
@@ -79,6 +84,9 @@ pub struct StoreOptions {
     pub max_group: usize,
     /// fjall's block cache, in bytes.
     pub cache_bytes: u64,
+    /// The most the memtables of all databases hold together before the
+    /// largest is flushed, in bytes ([`write_buffer`]).
+    pub write_buffer_bytes: u64,
     /// How many of the newest op-log entries compaction keeps, so that
     /// local subscribers can resume from a cursor that recent.
     pub retain_log: u64,
@@ -98,6 +106,7 @@ impl Default for StoreOptions {
             flush_interval: Duration::from_millis(200),
             max_group: 1024,
             cache_bytes: 64 * 1024 * 1024,
+            write_buffer_bytes: write_buffer::WRITE_BUFFER_BYTES,
             retain_log: 100_000,
             commit_seconds: None,
             new_device: true,
@@ -206,6 +215,11 @@ impl DbState {
     /// The database's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Its three keyspaces: records, op log, indexes.
+    fn keyspaces(&self) -> impl Iterator<Item = &Keyspace> {
+        [&self.records, &self.log, &self.index].into_iter()
     }
 
     /// The cursor of the latest committed change.
@@ -392,12 +406,6 @@ fn collection_meta_key(db_id: u32, name: &str) -> Vec<u8> {
     [META_COLLECTION, &db_id.to_be_bytes(), name.as_bytes()].concat()
 }
 
-/// The most one keyspace buffers in memory before flushing to disk. A
-/// database has three keyspaces, and a memtable weighs about twice the
-/// data it holds, so fjall's 64 MiB default let one busy database take
-/// hundreds of MiB.
-const MEMTABLE_BYTES: u64 = 16 * 1024 * 1024;
-
 /// The journal files fjall keeps before it flushes the memtables that hold
 /// the oldest one back. The small catalog keyspace is rarely flushed on its
 /// own, so the journals always grow to this: fjall's 512 MiB default left
@@ -416,7 +424,9 @@ const MAX_JOURNALS_BYTES: u64 = 128 * 1024 * 1024;
 const FJALL_WORKERS: usize = 4;
 
 fn open_keyspaces(fj: &fjall::Database, id: u32) -> Result<[Keyspace; 3], StoreError> {
-    let options = || KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES);
+    // The store's budget for all memtables bounds each one too.
+    let options =
+        || KeyspaceCreateOptions::default().max_memtable_size(write_buffer::WRITE_BUFFER_BYTES);
     Ok([
         fj.keyspace(&format!("d{id}_records"), options)?,
         fj.keyspace(&format!("d{id}_log"), options)?,
@@ -810,6 +820,7 @@ impl Store {
                 // Entries are stored in chunks: count cursors instead.
                 log_entries: d.head().saturating_sub(d.trimmed()),
                 disk_bytes: d.records.disk_space() + d.log.disk_space() + d.index.disk_space(),
+                memtable_bytes: d.keyspaces().map(write_buffer::active_bytes).sum(),
             })
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));

@@ -674,6 +674,7 @@ pub(crate) struct Writer {
     pub(super) clock: HlcClock,
     next_db_id: u32,
     unsynced_since: Option<Instant>,
+    write_buffer: super::write_buffer::WriteBuffer,
 }
 
 impl Writer {
@@ -687,6 +688,7 @@ impl Writer {
         next_db_id: u32,
     ) -> Self {
         Writer {
+            write_buffer: super::write_buffer::WriteBuffer::new(options.write_buffer_bytes),
             store,
             fj,
             meta,
@@ -806,6 +808,7 @@ impl Writer {
                 }
             }
             self.sync_if_due(false);
+            self.keep_write_buffer();
         }
         // Commands that raced with shutdown are answered, not dropped.
         while let Ok(cmd) = self.rx.try_recv() {
@@ -824,6 +827,21 @@ impl Writer {
                 Ok(()) => self.unsynced_since = None,
                 Err(e) => tracing::error!("syncing buffered writes failed: {e:?}"),
             }
+        }
+    }
+
+    /// Flushes the largest memtable when the store's memtables hold more
+    /// than their budget.
+    fn keep_write_buffer(&mut self) {
+        if !self.write_buffer.due(self.fj.write_buffer_size()) {
+            return;
+        }
+        let dbs = read_lock(&self.store.inner.dbs);
+        if let Err(e) = self
+            .write_buffer
+            .flush_largest(dbs.values().map(|db| &**db))
+        {
+            tracing::error!("flushing a memtable failed: {e}");
         }
     }
 

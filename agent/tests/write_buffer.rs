@@ -1,0 +1,84 @@
+//! The memtables of all databases share one budget: however many
+//! databases are written to, what they hold in memory stays within it, and
+//! what the budget flushed is all there, after a restart too.
+
+#![allow(clippy::unwrap_used)]
+
+use blazed::store::{Store, StoreOptions};
+use blazedb_proto::api::{DbSettings, Write};
+use blazedb_proto::{DeviceId, Value};
+
+const MIB: u64 = 1024 * 1024;
+
+fn open(dir: &std::path::Path, budget: u64) -> Store {
+    let options = StoreOptions {
+        write_buffer_bytes: budget,
+        ..StoreOptions::default()
+    };
+    Store::open(dir, DeviceId([1; 32]), options).unwrap()
+}
+
+/// Fifty puts of 1 KiB values: about 100 KiB of memtables, the records
+/// and their op-log entries.
+fn puts(round: usize) -> Vec<Write> {
+    (0..50)
+        .map(|i| Write::Put {
+            collection: "c".into(),
+            id: Some(format!("r{round}-{i}")),
+            fields: [("v".to_owned(), Value::Bytes(vec![round as u8; 1024]))].into(),
+        })
+        .collect()
+}
+
+fn memtables(store: &Store) -> u64 {
+    store.sizes().iter().map(|s| s.memtable_bytes).sum()
+}
+
+#[test]
+fn many_databases_share_one_memtable_budget() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let budget = 2 * MIB;
+    let store = open(dir.path(), budget);
+    let dbs = ["a", "b", "c"];
+    for db in dbs {
+        rt.block_on(store.create_db(db, DbSettings::default(), false))
+            .unwrap();
+    }
+    // 24 MiB in all. The writer looks at the budget after each command,
+    // and while a flush is under way only once another MiB came in, so
+    // what a look leaves grows by that and one command before the next.
+    let rounds = 240;
+    let mut most = 0;
+    for round in 0..rounds {
+        rt.block_on(store.write(dbs[round % 3], puts(round)))
+            .unwrap();
+        most = most.max(memtables(&store));
+    }
+    assert!(
+        most <= budget + 2 * MIB,
+        "the memtables held {most} bytes against a budget of {budget}"
+    );
+    assert!(
+        most > budget,
+        "the memtables never reached the budget ({most} bytes): the test wrote too little"
+    );
+
+    rt.block_on(store.shutdown()).unwrap();
+    drop(store);
+    let store = open(dir.path(), budget);
+    for round in 0..rounds {
+        let db = dbs[round % 3];
+        for i in [0, 49] {
+            let got = store.get(db, "c", &format!("r{round}-{i}")).unwrap();
+            let fields = got
+                .unwrap_or_else(|| panic!("r{round}-{i} lost from {db}"))
+                .fields;
+            assert_eq!(fields["v"], Value::Bytes(vec![round as u8; 1024]));
+        }
+    }
+    rt.block_on(store.shutdown()).unwrap();
+}
