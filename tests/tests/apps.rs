@@ -79,6 +79,19 @@ async fn a_dashboard_sees_exactly_its_grant_and_cannot_write() -> anyhow::Result
         assert_eq!(names(&rec.fields), granted, "get_many cuts as get does");
     }
     assert_eq!(many[0].as_ref(), Some(&b1));
+    // As many ids as are shared among threads are cut the same.
+    let ids: Vec<&str> = ["b1", "b2"].iter().copied().cycle().take(200).collect();
+    let many = bugs.get_many(&ids).await?;
+    assert_eq!(many.len(), 200);
+    for rec in &many {
+        let rec = rec.as_ref().expect("b1 and b2 are there");
+        assert_eq!(
+            names(&rec.fields),
+            granted,
+            "a long get_many cuts as get does"
+        );
+    }
+    assert_eq!(many[198].as_ref(), Some(&b1));
     let open = bugs
         .query()
         .filter("status", FilterOp::Eq, "open")

@@ -340,6 +340,14 @@ async fn get_many_answers_each_id_in_the_order_asked() {
     let present: Vec<&str> = got.iter().flatten().map(|r| r.id.as_str()).collect();
     assert_eq!(present, ["k42", "k3", "k42", "k0"]);
     assert!(items.get_many::<&str>(&[]).await.expect("none").is_empty());
+    // Enough ids to be shared among threads answer the same, in order.
+    let ids: Vec<String> = (0..300).map(|i| format!("k{}", (i * 7) % 60)).collect();
+    let got = items.get_many(&ids).await.expect("get_many of many");
+    assert_eq!(got.len(), ids.len());
+    for (id, rec) in ids.iter().zip(&got) {
+        let single = items.get_record(id).await.expect("get");
+        assert_eq!(rec, &single, "{id}: get_many of many answers as get does");
+    }
 
     // An unknown collection fails the whole request, as a get does.
     let err = client
@@ -370,6 +378,12 @@ async fn get_many_answers_each_id_in_the_order_asked() {
         .get_many(&bigs)
         .await
         .expect_err("over the frame limit");
+    assert!(err.to_string().contains("fewer ids"), "{err}");
+    let shared: Vec<&String> = bigs.iter().cycle().take(200).collect();
+    let err = items
+        .get_many(&shared)
+        .await
+        .expect_err("over the frame limit, shared among threads");
     assert!(err.to_string().contains("fewer ids"), "{err}");
     // The connection goes on.
     assert_eq!(items.get_many(&bigs[..2]).await.expect("fits").len(), 2);

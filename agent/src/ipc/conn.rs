@@ -35,6 +35,7 @@ use tokio::task::JoinHandle;
 
 use super::authorize::{authorize, authorize_puts};
 use super::handler::{self, Handled, PendingGet};
+use super::read_helpers;
 use super::subscription;
 use super::{Ctx, listener};
 use crate::apps::{Access, Connected, Credentials, Ticket};
@@ -51,10 +52,6 @@ const READ_CHUNK: usize = 64 * 1024;
 const WRITE_BATCH: usize = 64 * 1024;
 /// Event frames a subscription may have queued for the connection.
 const EVENT_QUEUE: usize = 16;
-/// Gets in one run that pay for sharing the run among threads.
-const GETS_PER_THREAD: usize = 32;
-/// The most threads one connection's run of gets is shared among.
-const MAX_READ_THREADS: usize = 4;
 
 /// Where write replies are sent, as whole encoded frames.
 pub(crate) type ReplySender = mpsc::UnboundedSender<Vec<u8>>;
@@ -181,58 +178,6 @@ fn answer_all(ctx: &Ctx, gets: &[PendingGet]) -> Vec<u8> {
     let mut out = Vec::new();
     handler::get_run(ctx, gets, &mut out);
     out
-}
-
-type ReadJob = Box<dyn FnOnce() + Send>;
-
-/// Threads that answer parts of long runs of gets, one fewer than the
-/// machine's cores (up to [`MAX_READ_THREADS`] in all), shared by every
-/// connection.
-struct ReadHelpers {
-    count: usize,
-    jobs: std::sync::mpsc::Sender<ReadJob>,
-}
-
-impl ReadHelpers {
-    fn submit(&self, job: ReadJob) {
-        // With no helper left the job is dropped, and with it the sender
-        // its caller waits on, so the caller answers the part itself.
-        let _ = self.jobs.send(job);
-    }
-}
-
-fn read_helpers() -> &'static ReadHelpers {
-    static HELPERS: std::sync::OnceLock<ReadHelpers> = std::sync::OnceLock::new();
-    HELPERS.get_or_init(|| {
-        let threads = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(MAX_READ_THREADS);
-        let (tx, rx) = std::sync::mpsc::channel::<ReadJob>();
-        let rx = Arc::new(std::sync::Mutex::new(rx));
-        let mut count = 0;
-        for i in 1..threads {
-            let rx = rx.clone();
-            let spawned = std::thread::Builder::new()
-                .name(format!("blazed-read-{i}"))
-                .spawn(move || {
-                    loop {
-                        let job = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
-                        match job {
-                            // A panicking get loses only its own part,
-                            // which its caller then answers itself.
-                            Ok(job) => {
-                                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
-                            }
-                            Err(_) => break,
-                        }
-                    }
-                });
-            if spawned.is_ok() {
-                count += 1;
-            }
-        }
-        ReadHelpers { count, jobs: tx }
-    })
 }
 
 /// Makes room for the rest of a frame whose length is known, or for the
@@ -374,38 +319,19 @@ impl Conn {
     /// contiguous part into its own buffer while this thread answers the
     /// first, and the parts are joined in order.
     fn answer_gets_here_and_on_helpers(&mut self, gets: &mut Vec<PendingGet>) {
-        let helpers = read_helpers();
-        let threads = (helpers.count + 1).min(gets.len() / GETS_PER_THREAD);
-        if threads <= 1 {
+        if read_helpers::threads_for(gets.len()) <= 1 {
             handler::get_run(&self.ctx, gets, &mut self.out);
             gets.clear();
             return;
         }
         let run: Arc<[PendingGet]> = gets.drain(..).collect();
-        let part = run.len().div_ceil(threads);
-        let pending: Vec<_> = (1..threads)
-            .map(|i| {
-                let range = i * part..((i + 1) * part).min(run.len());
-                let (ctx, run_for_job) = (self.ctx.clone(), run.clone());
-                let (tx, rx) = std::sync::mpsc::sync_channel(1);
-                helpers.submit(Box::new(move || {
-                    let _ = tx.send(answer_all(&ctx, &run_for_job[range]));
-                }));
-                (rx, i)
-            })
-            .collect();
-        self.out
-            .extend_from_slice(&answer_all(&self.ctx, &run[..part.min(run.len())]));
-        for (rx, i) in pending {
-            match rx.recv() {
-                Ok(bytes) => self.out.extend_from_slice(&bytes),
-                // The helper is gone (it panicked): answer here instead.
-                Err(_) => {
-                    let range = i * part..((i + 1) * part).min(run.len());
-                    self.out
-                        .extend_from_slice(&answer_all(&self.ctx, &run[range]));
-                }
-            }
+        let ctx = self.ctx.clone();
+        let parts = read_helpers::in_parts(
+            run.len(),
+            Arc::new(move |range| answer_all(&ctx, &run[range])),
+        );
+        for part in parts {
+            self.out.extend_from_slice(&part);
         }
     }
 

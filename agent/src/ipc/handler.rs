@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use super::Ctx;
 use super::conn::ReplySender;
+use super::read_helpers;
 use crate::apps::{Access, FieldLimit};
 use crate::store::{Command, PreparedWrite, Reply, StoreError, prepare, prepare_puts};
 
@@ -215,12 +216,13 @@ pub(crate) fn get_run(ctx: &Ctx, gets: &[PendingGet], out: &mut Vec<u8>) {
     }
 }
 
-/// Answers a get_many, each record with only the fields in `fields`.
+/// Answers a get_many, each record with only the fields in `fields`. Many
+/// ids are shared with the read helpers, each reading a contiguous part.
 pub(crate) fn get_many(
-    ctx: &Ctx,
+    ctx: &Arc<Ctx>,
     id: u64,
-    p: &GetManyParams,
-    fields: &FieldLimit,
+    p: GetManyParams,
+    fields: FieldLimit,
     out: &mut Vec<u8>,
 ) {
     if p.ids.len() > MAX_GET_MANY {
@@ -234,12 +236,27 @@ pub(crate) fn get_many(
     let (start, mut read) = (out.len(), Ok(()));
     let sent = message::encode_response_with(out, id, ctx.max_frame, |out| {
         GetManyResult::encode_head(out, p.ids.len());
-        read = ctx.store.get_many_encoded(
-            &p.db,
-            &p.collection,
-            p.ids.iter().map(String::as_str),
-            |record| limited(record, fields, |r| GetResult::encode_record(out, r)),
+        if read_helpers::threads_for(p.ids.len()) <= 1 {
+            read = get_many_part(ctx, &p, &fields, 0..p.ids.len(), out);
+            return Ok(());
+        }
+        let (ctx, len, p) = (ctx.clone(), p.ids.len(), Arc::new(p));
+        let parts = read_helpers::in_parts(
+            len,
+            Arc::new(move |range| {
+                let mut part: Vec<u8> = Vec::new();
+                get_many_part(&ctx, &p, &fields, range, &mut part).map(|()| part)
+            }),
         );
+        for part in parts {
+            match part {
+                Ok(part) => out.extend_from_slice(&part),
+                Err(e) => {
+                    read = Err(e);
+                    break;
+                }
+            }
+        }
         Ok(())
     });
     match read {
@@ -250,6 +267,22 @@ pub(crate) fn get_many(
             error_unless_sent(out, id, Err(e));
         }
     }
+}
+
+/// Encodes the records of a get_many's ids in `range`, one after another.
+fn get_many_part(
+    ctx: &Ctx,
+    p: &GetManyParams,
+    fields: &FieldLimit,
+    range: std::ops::Range<usize>,
+    out: &mut Vec<u8>,
+) -> Result<(), StoreError> {
+    ctx.store.get_many_encoded(
+        &p.db,
+        &p.collection,
+        p.ids[range].iter().map(String::as_str),
+        |record| limited(record, fields, |r| GetResult::encode_record(out, r)),
+    )
 }
 
 /// Handles every request but hello, subscribe and unsubscribe (which need
@@ -279,7 +312,8 @@ pub(crate) fn handle(
             Handled::Done
         }
         Request::GetMany(p) => {
-            get_many(ctx, id, &p, &granted(access, &p.db, &p.collection), out);
+            let fields = granted(access, &p.db, &p.collection);
+            get_many(ctx, id, p, fields, out);
             Handled::Done
         }
         Request::Query(p) => {

@@ -7,6 +7,7 @@ mod conn;
 mod handler;
 pub mod listener;
 mod mesh_methods;
+mod read_helpers;
 mod subscription;
 
 use std::path::PathBuf;
