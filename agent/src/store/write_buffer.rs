@@ -7,8 +7,9 @@
 //! default would: with 16 MiB a keyspace, 200,000 puts spent a fifth of
 //! the agent's CPU in flushes. Here a keyspace may grow as large as the
 //! whole budget, and whenever the memtables being written to hold more
-//! than the budget together, the writer seals the largest for flushing.
-//! Memtables already sealed are on their way to disk and do not count.
+//! than the budget together, the writer seals the largest for flushing,
+//! as many as it takes to bring the others back within it. Memtables
+//! already sealed are on their way to disk and do not count.
 
 use fjall::AbstractTree;
 
@@ -18,10 +19,11 @@ use super::DbState;
 /// count (keys and values): fjall's default for a single keyspace.
 pub(super) const WRITE_BUFFER_BYTES: u64 = 64 * 1024 * 1024;
 
-/// fjall's count of what the memtables hold grows by at least this much
-/// between two looks at every keyspace while the count is over budget.
-/// The count takes a memtable off only once it is flushed, so it stays
-/// over budget for a whole flush, while a look costs a lock per keyspace.
+/// While fjall's count of what the memtables hold stays over budget, it
+/// grows by at least this much between two looks at every keyspace,
+/// unless a flush lowered it. The count takes a memtable off only once it
+/// is flushed, so it stays over budget for a whole flush, while a look
+/// costs a lock per keyspace.
 const LOOK_EVERY_BYTES: u64 = 1024 * 1024;
 
 /// Keeps the store's memtables within their budget; owned by the writer.
@@ -50,9 +52,11 @@ impl WriteBuffer {
             self.looked_at = None;
             return false;
         }
+        // Looked at lately, and nothing flushed since (which would have
+        // lowered the count and left room to fill before the next look).
         if self
             .looked_at
-            .is_some_and(|at| held < at.saturating_add(LOOK_EVERY_BYTES))
+            .is_some_and(|at| (at..at.saturating_add(LOOK_EVERY_BYTES)).contains(&held))
         {
             return false;
         }
@@ -60,27 +64,25 @@ impl WriteBuffer {
         true
     }
 
-    /// Seals the largest memtable being written to for flushing if the
-    /// ones being written to hold more than the budget together.
+    /// Seals the largest memtables being written to for flushing, as
+    /// many as it takes to bring those left within the budget.
     pub(super) fn flush_largest<'a>(
         &self,
         dbs: impl IntoIterator<Item = &'a DbState>,
     ) -> Result<(), fjall::Error> {
-        let mut active = 0;
-        let mut largest: Option<(u64, &fjall::Keyspace)> = None;
-        for db in dbs {
-            for ks in db.keyspaces() {
-                let size = active_bytes(ks);
-                active += size;
-                if largest.is_none_or(|(most, _)| size > most) {
-                    largest = Some((size, ks));
-                }
+        let mut active: Vec<(u64, &fjall::Keyspace)> = dbs
+            .into_iter()
+            .flat_map(|db| db.keyspaces())
+            .map(|ks| (active_bytes(ks), ks))
+            .collect();
+        let mut held: u64 = active.iter().map(|(size, _)| size).sum();
+        active.sort_unstable_by_key(|(size, _)| std::cmp::Reverse(*size));
+        for (size, ks) in active {
+            if held <= self.budget {
+                break;
             }
-        }
-        if active > self.budget
-            && let Some((_, ks)) = largest
-        {
             ks.rotate_memtable()?;
+            held -= size;
         }
         Ok(())
     }
@@ -89,4 +91,24 @@ impl WriteBuffer {
 /// What the memtable a keyspace writes to holds, by fjall's count.
 pub(super) fn active_bytes(ks: &fjall::Keyspace) -> u64 {
     ks.tree.active_memtable().size()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1024 * 1024;
+
+    #[test]
+    fn over_budget_it_looks_again_after_a_mib_or_a_flush() {
+        let mut buffer = WriteBuffer::new(8 * MIB);
+        assert!(!buffer.due(8 * MIB), "at the budget");
+        assert!(buffer.due(9 * MIB), "over it");
+        assert!(!buffer.due(9 * MIB + MIB / 2), "half a MiB later");
+        assert!(buffer.due(10 * MIB), "a MiB later");
+        assert!(buffer.due(9 * MIB), "a flush lowered the count");
+        assert!(!buffer.due(9 * MIB + 1));
+        assert!(!buffer.due(4 * MIB), "under the budget again");
+        assert!(buffer.due(8 * MIB + 1), "over it again");
+    }
 }
