@@ -319,7 +319,7 @@ impl Conn {
     /// contiguous part into its own buffer while this thread answers the
     /// first, and the parts are joined in order.
     fn answer_gets_here_and_on_helpers(&mut self, gets: &mut Vec<PendingGet>) {
-        if read_helpers::threads_for(gets.len()) <= 1 {
+        if !read_helpers::worth_sharing(gets.len()) {
             handler::get_run(&self.ctx, gets, &mut self.out);
             gets.clear();
             return;

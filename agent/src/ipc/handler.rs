@@ -236,7 +236,7 @@ pub(crate) fn get_many(
     let (start, mut read) = (out.len(), Ok(()));
     let sent = message::encode_response_with(out, id, ctx.max_frame, |out| {
         GetManyResult::encode_head(out, p.ids.len());
-        if read_helpers::threads_for(p.ids.len()) <= 1 {
+        if !read_helpers::worth_sharing(p.ids.len()) {
             read = get_many_part(ctx, &p, &fields, 0..p.ids.len(), out);
             return Ok(());
         }

@@ -2,16 +2,21 @@
 //!
 //! A connection's requests are served by one task, so a long run of
 //! pipelined gets, or one `get_many` of many ids, would keep a single core
-//! busy while the others wait. Such a read is cut into contiguous parts:
-//! the task answers the first, helpers the others, and the parts are put
-//! back together in order, so the answer is the one the task alone would
-//! have written.
+//! busy while the others wait. Such a read is cut into short contiguous
+//! parts, which the task and the helpers take in turn until none is left,
+//! and the parts are put back together in order, so the answer is the one
+//! the task alone would have written. The task never waits for a helper
+//! to wake up: if none does, it reads every part itself, and at the end it
+//! waits at most for the parts helpers are still reading.
 
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
-/// Items a part must have to be worth handing to another thread.
-pub(crate) const ITEMS_PER_PART: usize = 32;
+/// Items in a part: few enough that the task seldom waits long for the
+/// last part a helper took, enough that taking a part costs little beside
+/// reading it.
+const ITEMS_PER_PART: usize = 16;
 /// The most threads one read is shared among.
 const MAX_READ_THREADS: usize = 4;
 
@@ -66,40 +71,90 @@ fn read_helpers() -> &'static ReadHelpers {
     })
 }
 
-/// How many threads a read of `len` items is shared among: one when it
-/// is too short to be worth cutting.
-pub(crate) fn threads_for(len: usize) -> usize {
-    (read_helpers().count + 1).min(len / ITEMS_PER_PART).max(1)
+/// Whether a read of `len` items is worth sharing with the helpers.
+pub(crate) fn worth_sharing(len: usize) -> bool {
+    len >= 2 * ITEMS_PER_PART && read_helpers().count > 0
 }
 
-/// Runs `part` over `0..len` cut into [`threads_for`]`(len)` contiguous
-/// ranges, the first on this thread and the others on the helpers, and
-/// returns what each gave, in order. A part whose helper is gone is run
-/// here.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A read being shared: its parts, which one is next, what each gave.
+struct Shared<T> {
+    len: usize,
+    part: Arc<dyn Fn(Range<usize>) -> T + Send + Sync>,
+    next: AtomicUsize,
+    results: Vec<Mutex<Option<T>>>,
+    /// Parts read (or given up by a panic).
+    done: Mutex<usize>,
+    all_done: Condvar,
+}
+
+impl<T> Shared<T> {
+    fn range(&self, i: usize) -> Range<usize> {
+        i * ITEMS_PER_PART..((i + 1) * ITEMS_PER_PART).min(self.len)
+    }
+
+    /// Takes parts and reads them until none is left.
+    fn work(&self) {
+        loop {
+            let i = self.next.fetch_add(1, Ordering::Relaxed);
+            if i >= self.results.len() {
+                return;
+            }
+            // A part that panics is left empty, for the task to read again.
+            let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                (self.part)(self.range(i))
+            }));
+            if let Ok(value) = read {
+                *lock(&self.results[i]) = Some(value);
+            }
+            let mut done = lock(&self.done);
+            *done += 1;
+            if *done == self.results.len() {
+                self.all_done.notify_all();
+            }
+        }
+    }
+}
+
+/// Runs `part` over `0..len` cut into short contiguous ranges, taken in
+/// turn by this thread and the helpers, and returns what each gave, in
+/// order. A part that panicked on a helper is run again here.
 pub(crate) fn in_parts<T: Send + 'static>(
     len: usize,
     part: Arc<dyn Fn(Range<usize>) -> T + Send + Sync>,
 ) -> Vec<T> {
-    let threads = threads_for(len);
-    let size = len.div_ceil(threads);
-    let range = |i: usize| (i * size).min(len)..((i + 1) * size).min(len);
+    let parts = len.div_ceil(ITEMS_PER_PART);
+    let shared = Arc::new(Shared {
+        len,
+        part,
+        next: AtomicUsize::new(0),
+        results: (0..parts).map(|_| Mutex::new(None)).collect(),
+        done: Mutex::new(0),
+        all_done: Condvar::new(),
+    });
     let helpers = read_helpers();
-    let pending: Vec<_> = (1..threads)
-        .map(|i| {
-            let (tx, rx) = std::sync::mpsc::sync_channel(1);
-            let (part, range) = (part.clone(), range(i));
-            helpers.submit(Box::new(move || {
-                let _ = tx.send(part(range));
-            }));
-            (rx, i)
-        })
-        .collect();
-    let mut out = Vec::with_capacity(threads);
-    out.push(part(range(0)));
-    for (rx, i) in pending {
-        out.push(rx.recv().unwrap_or_else(|_| part(range(i))));
+    for _ in 0..helpers.count.min(parts.saturating_sub(1)) {
+        let shared = shared.clone();
+        helpers.submit(Box::new(move || shared.work()));
     }
-    out
+    shared.work();
+    let mut done = lock(&shared.done);
+    while *done < parts {
+        done = shared
+            .all_done
+            .wait(done)
+            .unwrap_or_else(|e| e.into_inner());
+    }
+    drop(done);
+    (0..parts)
+        .map(|i| {
+            let value = lock(&shared.results[i]).take();
+            value.unwrap_or_else(|| (shared.part)(shared.range(i)))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -108,24 +163,21 @@ mod tests {
 
     #[test]
     fn the_parts_cover_every_item_once_in_order() {
-        for len in [0, 1, 31, 32, 63, 64, 65, 100, 1000, 1001] {
+        for len in [0, 1, 15, 16, 17, 31, 32, 33, 100, 1000, 1001] {
             let parts = in_parts(len, Arc::new(|r: Range<usize>| r.collect::<Vec<_>>()));
-            assert_eq!(parts.len(), threads_for(len));
+            assert_eq!(parts.len(), len.div_ceil(ITEMS_PER_PART));
             let joined: Vec<usize> = parts.into_iter().flatten().collect();
             assert_eq!(joined, (0..len).collect::<Vec<_>>());
         }
     }
 
     #[test]
-    fn a_part_whose_helper_panics_is_run_here() {
+    fn a_part_that_panics_on_a_helper_is_run_here() {
         let here = std::thread::current().id();
         let parts = in_parts(
             1000,
             Arc::new(move |r: Range<usize>| {
-                assert!(
-                    r.start == 0 || std::thread::current().id() == here,
-                    "a helper's part fails"
-                );
+                assert!(std::thread::current().id() == here, "a helper's part fails");
                 r.len()
             }),
         );
