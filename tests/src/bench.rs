@@ -2,7 +2,7 @@
 //! and the raw fjall figure they compare against.
 
 use std::path::Path;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use blazedb::{Client, Fields, Value};
 use fjall::{KeyspaceCreateOptions, PersistMode};
@@ -43,6 +43,26 @@ pub async fn alternating(
         of_b.push(b(round).await?);
     }
     Ok((median(&mut of_a), median(&mut of_b)))
+}
+
+/// Waits until the processes (`None`: this one) are all but idle, so
+/// that background work an earlier run left behind (an agent's memtable
+/// flushes and compactions) is not counted against the next run, which
+/// in an alternating comparison is the other side's. Gives up after ten
+/// seconds of steady work.
+pub async fn settle(pids: &[Option<u32>]) {
+    // /proc counts CPU in 10 ms ticks: a window with at most one is idle.
+    const WINDOW: Duration = Duration::from_millis(100);
+    const IDLE_SECONDS: f64 = 0.015;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let used = || pids.iter().filter_map(|p| cpu_seconds(*p)).sum::<f64>();
+    while Instant::now() < deadline {
+        let before = used();
+        tokio::time::sleep(WINDOW).await;
+        if used() - before < IDLE_SECONDS {
+            return;
+        }
+    }
 }
 
 /// [`alternating`] for rates measured without a runtime.

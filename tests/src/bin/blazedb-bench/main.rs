@@ -34,7 +34,7 @@ use blazedb_proto::api::{DbSettings, Durability, Encryption, Write};
 use blazedb_proto::frame::LEN_PREFIX;
 use blazedb_tests::bench::{
     CpuTally, PutBatches, ROUNDS, Samples, alternating, batched_puts, median, print_latency,
-    raw_fjall_puts, raw_fjall_store_layout, record,
+    raw_fjall_puts, raw_fjall_store_layout, record, settle,
 };
 use blazedb_tests::{TestAgent, sibling_bin};
 use clap::Parser;
@@ -210,8 +210,11 @@ async fn run(
         let (mut plain, mut e2e) = (Vec::new(), Vec::new());
         let mut cpu = CpuTally::default();
         let processes = [agent.pid(), None];
+        // Each run starts once the agent's flushes from the run before
+        // it are done, whichever side that run was.
         for round in 0..ROUNDS {
             let raw_dir = tempfile::tempdir()?;
+            settle(&processes).await;
             raw.push(raw_fjall_puts(raw_dir.path(), n.puts, batch)?);
             layout.push(raw_fjall_store_layout(raw_dir.path(), n.puts, batch)?);
             drop(raw_dir);
@@ -220,6 +223,7 @@ async fn run(
                 ("e2e", Encryption::E2e, &mut e2e),
             ] {
                 let db = fresh_db(&client, kind, round, encryption).await?;
+                settle(&processes).await;
                 let run = PutBatches::new(n.puts, batch).put(&client, &db);
                 rates.push(if encryption == Encryption::None {
                     cpu.measure(&processes, n.puts, run).await?
@@ -292,6 +296,7 @@ async fn run(
 
     // 3. Pipelined gets against raw fjall point gets.
     if on("gets") {
+        settle(&[agent.pid()]).await;
         let (raw_gets, raw_table_gets) = raw_fjall_gets(dir.path(), n.gets, n.puts)?;
         println!("point gets, {} random keys of {}", n.gets, n.puts);
         println!(
@@ -310,6 +315,7 @@ async fn run(
         // figure's is. The shallower pipeline is what the target is judged
         // on; the deeper one shows how much of the cost is per burst.
         pipelined_gets(&client, n.gets, n.puts, 1024).await?;
+        settle(&[agent.pid()]).await;
         // A raw get runs on one thread: its CPU time is its wall time.
         let raw_cpu_us = 1e6 / raw_gets;
         note("raw_get_rate", raw_gets);
@@ -522,9 +528,18 @@ async fn apps_beside_owner(agent: &TestAgent, owner: &Client, n: &Counts) -> any
             .await?;
         Ok(name)
     };
+    let agent_pid = [agent.pid()];
     let (owner_puts, app_puts) = alternating(
-        async |round| batched_puts(owner, &fresh(round, "owner").await?, puts, 1000).await,
-        async |round| batched_puts(&writer_client, &fresh(round, "app").await?, puts, 1000).await,
+        async |round| {
+            let db = fresh(round, "owner").await?;
+            settle(&agent_pid).await;
+            batched_puts(owner, &db, puts, 1000).await
+        },
+        async |round| {
+            let db = fresh(round, "app").await?;
+            settle(&agent_pid).await;
+            batched_puts(&writer_client, &db, puts, 1000).await
+        },
     )
     .await?;
     println!(
