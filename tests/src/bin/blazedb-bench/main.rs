@@ -519,7 +519,7 @@ async fn apps_beside_owner(agent: &TestAgent, owner: &Client, n: &Counts) -> any
         );
     }
     println!("  target: a get through an app costs <= 5% more than as the owner");
-    let puts = n.puts / ROUNDS;
+    let puts = n.puts;
     let fresh = async |round: usize, who: &str| -> anyhow::Result<String> {
         let name = format!("bench-apps-{who}-{round}");
         owner.db(&name).create().await?;
