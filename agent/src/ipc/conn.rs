@@ -315,9 +315,9 @@ impl Conn {
         self.tally(start, <api::Get as api::Method>::NAME);
     }
 
-    /// A long run is shared with the read helpers: each answers a
-    /// contiguous part into its own buffer while this thread answers the
-    /// first, and the parts are joined in order.
+    /// A long run is shared with the read helpers
+    /// ([`read_helpers::in_parts`]): this thread and they answer short
+    /// parts of it into buffers of their own, joined in order.
     fn answer_gets_here_and_on_helpers(&mut self, gets: &mut Vec<PendingGet>) {
         if !read_helpers::worth_sharing(gets.len()) {
             handler::get_run(&self.ctx, gets, &mut self.out);

@@ -31,8 +31,8 @@ struct ReadHelpers {
 
 impl ReadHelpers {
     fn submit(&self, job: ReadJob) {
-        // With no helper left the job is dropped, and with it the sender
-        // its caller waits on, so the caller answers the part itself.
+        // With no helper left the job is dropped, and the caller, which
+        // waits only for parts a helper took, reads them all itself.
         let _ = self.jobs.send(job);
     }
 }

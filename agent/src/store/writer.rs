@@ -830,8 +830,8 @@ impl Writer {
         }
     }
 
-    /// Flushes the largest memtable when the store's memtables hold more
-    /// than their budget.
+    /// Seals the largest memtables for flushing when the store's
+    /// memtables hold more than their budget.
     fn keep_write_buffer(&mut self) {
         if !self.write_buffer.due(self.fj.write_buffer_size()) {
             return;
