@@ -84,8 +84,8 @@ pub struct StoreOptions {
     pub max_group: usize,
     /// fjall's block cache, in bytes.
     pub cache_bytes: u64,
-    /// The most the memtables of all databases hold together before the
-    /// largest are flushed, in bytes (see `store/write_buffer.rs`).
+    /// The most the memtables of all databases hold together before some
+    /// are flushed, in bytes (see `store/write_buffer.rs`).
     pub write_buffer_bytes: u64,
     /// How many of the newest op-log entries compaction keeps, so that
     /// local subscribers can resume from a cursor that recent.

@@ -7,9 +7,9 @@
 //! default would: with 16 MiB a keyspace, 200,000 puts spent a fifth of
 //! the agent's CPU in flushes. Here a keyspace may grow as large as the
 //! whole budget, and whenever the memtables being written to hold more
-//! than the budget together, the writer seals the largest for flushing,
-//! as many as it takes to bring the others back within it. Memtables
-//! already sealed are on their way to disk and do not count.
+//! than the budget together, the writer seals some for flushing, op logs
+//! first, as many as it takes to bring the others back within it.
+//! Memtables already sealed are on their way to disk and do not count.
 
 use fjall::AbstractTree;
 
@@ -64,28 +64,53 @@ impl WriteBuffer {
         true
     }
 
-    /// Seals the largest memtables being written to for flushing, as
-    /// many as it takes to bring those left within the budget.
+    /// Seals memtables being written to for flushing, as many as it takes
+    /// to bring those left within the budget: op logs first, then the
+    /// largest of the rest ([`seal_order`]).
     pub(super) fn flush_largest<'a>(
         &self,
         dbs: impl IntoIterator<Item = &'a DbState>,
     ) -> Result<(), fjall::Error> {
-        let mut active: Vec<(u64, &fjall::Keyspace)> = dbs
+        let mut active: Vec<Memtable<'_>> = dbs
             .into_iter()
-            .flat_map(|db| db.keyspaces())
-            .map(|ks| (active_bytes(ks), ks))
+            .flat_map(|db| {
+                db.keyspaces().map(|ks| Memtable {
+                    bytes: active_bytes(ks),
+                    is_log: std::ptr::eq(ks, &db.log),
+                    keyspace: ks,
+                })
+            })
             .collect();
-        let mut held: u64 = active.iter().map(|(size, _)| size).sum();
-        active.sort_unstable_by_key(|(size, _)| std::cmp::Reverse(*size));
-        for (size, ks) in active {
+        let mut held: u64 = active.iter().map(|m| m.bytes).sum();
+        active.sort_unstable_by_key(|m| seal_order(m.bytes, m.is_log, self.budget));
+        for m in active {
             if held <= self.budget {
                 break;
             }
-            ks.rotate_memtable()?;
-            held -= size;
+            m.keyspace.rotate_memtable()?;
+            held -= m.bytes;
         }
         Ok(())
     }
+}
+
+/// One keyspace's active memtable, as the budget weighs it.
+struct Memtable<'a> {
+    bytes: u64,
+    is_log: bool,
+    keyspace: &'a fjall::Keyspace,
+}
+
+/// Where a memtable of `bytes` comes in the order of sealing (lowest
+/// first). Every get and query reads records and indexes, and a memtable
+/// answers a read faster than a disk table does, while the op log is
+/// read only at its tail by sync and subscribers, which catch up from
+/// memtables and the block cache alike. So an op log's memtable goes
+/// first, unless it is too small for its flush to be worth a table of its
+/// own (under a sixteenth of the budget); then the largest.
+fn seal_order(bytes: u64, is_log: bool, budget: u64) -> (bool, std::cmp::Reverse<u64>) {
+    let log_first = is_log && bytes >= budget / 16;
+    (!log_first, std::cmp::Reverse(bytes))
 }
 
 /// What the memtable a keyspace writes to holds, by fjall's count.
@@ -110,5 +135,20 @@ mod tests {
         assert!(!buffer.due(9 * MIB + 1));
         assert!(!buffer.due(4 * MIB), "under the budget again");
         assert!(buffer.due(8 * MIB + 1), "over it again");
+    }
+
+    #[test]
+    fn op_logs_are_sealed_before_records_unless_they_are_small() {
+        let budget = 64 * MIB;
+        let mut memtables = [
+            ("records", 40 * MIB, false),
+            ("small log", 2 * MIB, true),
+            ("index", 6 * MIB, false),
+            ("log", 20 * MIB, true),
+            ("other log", 30 * MIB, true),
+        ];
+        memtables.sort_by_key(|(_, bytes, is_log)| seal_order(*bytes, *is_log, budget));
+        let order: Vec<&str> = memtables.iter().map(|(name, ..)| *name).collect();
+        assert_eq!(order, ["other log", "log", "records", "index", "small log"]);
     }
 }
