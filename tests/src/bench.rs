@@ -48,20 +48,27 @@ pub async fn alternating(
 /// Waits until the processes (`None`: this one) are all but idle, so
 /// that background work an earlier run left behind (an agent's memtable
 /// flushes and compactions) is not counted against the next run, which
-/// in an alternating comparison is the other side's. Gives up after ten
-/// seconds of steady work.
+/// in an alternating comparison is the other side's. They must stay idle
+/// for a second and a half: after 100 ms (as until now) the agent's next
+/// put round took a fifth more CPU a put, though neither process nor the
+/// machine used any CPU in between (docs/PERFORMANCE.md). Gives up after
+/// twenty seconds of steady work.
 pub async fn settle(pids: &[Option<u32>]) {
     // /proc counts CPU in 10 ms ticks: a window with at most one is idle.
     const WINDOW: Duration = Duration::from_millis(100);
     const IDLE_SECONDS: f64 = 0.015;
-    let deadline = Instant::now() + Duration::from_secs(10);
+    const IDLE_FOR: Duration = Duration::from_millis(1500);
+    let deadline = Instant::now() + Duration::from_secs(20);
     let used = || pids.iter().filter_map(|p| cpu_seconds(*p)).sum::<f64>();
-    while Instant::now() < deadline {
+    let mut idle = Duration::ZERO;
+    while Instant::now() < deadline && idle < IDLE_FOR {
         let before = used();
         tokio::time::sleep(WINDOW).await;
-        if used() - before < IDLE_SECONDS {
-            return;
-        }
+        idle = if used() - before < IDLE_SECONDS {
+            idle + WINDOW
+        } else {
+            Duration::ZERO
+        };
     }
 }
 
