@@ -185,7 +185,7 @@ fn run(
                 Err(_) => break,
             }
         }
-        for input in inputs {
+        for input in super::inbox::join_ops(inputs) {
             let now = wall_ms();
             match input {
                 Input::Connected { peer, link, tx } => {

@@ -18,6 +18,7 @@ mod dials;
 pub mod discovery;
 pub mod driver;
 mod gossip;
+mod inbox;
 mod keys;
 pub mod members;
 pub mod overlay;
