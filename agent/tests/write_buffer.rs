@@ -1,6 +1,7 @@
 //! The memtables of all databases share one budget: however many
 //! databases are written to, what they hold in memory stays within it, and
-//! what the budget flushed is all there, after a restart too.
+//! what the budget flushed is all there, after a restart too. An idle
+//! store flushes what a burst left in them.
 
 #![allow(clippy::unwrap_used)]
 
@@ -79,6 +80,50 @@ fn many_databases_share_one_memtable_budget() {
                 .fields;
             assert_eq!(fields["v"], Value::Bytes(vec![round as u8; 1024]));
         }
+    }
+    rt.block_on(store.shutdown()).unwrap();
+}
+
+#[test]
+fn an_idle_store_flushes_what_a_burst_left_in_its_memtables() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // A quarter of it is 1 MiB; the burst leaves about 2 MiB, below the
+    // budget, so nothing but idleness flushes it.
+    let store = open(dir.path(), 4 * MIB);
+    rt.block_on(store.create_db("a", DbSettings::default(), false))
+        .unwrap();
+    let burst = std::time::Instant::now();
+    for round in 0..20 {
+        rt.block_on(store.write("a", puts(round))).unwrap();
+    }
+    let held = memtables(&store);
+    if burst.elapsed() < std::time::Duration::from_millis(500) {
+        assert!(
+            held > MIB,
+            "the burst's memtables ({held} bytes) were flushed while it wrote"
+        );
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let sizes = store.sizes();
+        if memtables(&store) == 0 && sizes[0].disk_bytes > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "an idle store still holds {} bytes in memtables and {} on disk",
+            memtables(&store),
+            sizes[0].disk_bytes
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    for round in 0..20 {
+        let got = store.get("a", "c", &format!("r{round}-7")).unwrap();
+        assert!(got.is_some(), "r{round}-7 lost in the flush");
     }
     rt.block_on(store.shutdown()).unwrap();
 }

@@ -49,10 +49,10 @@ pub async fn alternating(
 /// that background work an earlier run left behind (an agent's memtable
 /// flushes and compactions) is not counted against the next run, which
 /// in an alternating comparison is the other side's. They must stay idle
-/// for a second and a half: after 100 ms (as until now) the agent's next
-/// put round took a fifth more CPU a put, though neither process nor the
-/// machine used any CPU in between (docs/PERFORMANCE.md). Gives up after
-/// twenty seconds of steady work.
+/// for a second and a half, longer than an agent waits, idle, before it
+/// flushes its memtables (a second), so that that flush, too, is over
+/// before the next run starts. Gives up after twenty seconds of steady
+/// work.
 pub async fn settle(pids: &[Option<u32>]) {
     // /proc counts CPU in 10 ms ticks: a window with at most one is idle.
     const WINDOW: Duration = Duration::from_millis(100);

@@ -10,6 +10,16 @@
 //! than the budget together, the writer seals some for flushing, op logs
 //! first, as many as it takes to bring the others back within it.
 //! Memtables already sealed are on their way to disk and do not count.
+//!
+//! Once the writer has been idle for a second, it seals every memtable
+//! that holds more than a 64th of the budget, when together they hold more
+//! than a quarter of it: as a database's background writer cleans its
+//! buffers between bursts. The flushes run while nothing waits on them,
+//! and the next burst finds the budget empty instead of flushing what
+//! the last one left; memory goes back, and a start after a crash has
+//! less journal to replay.
+
+use std::time::Duration;
 
 use fjall::AbstractTree;
 
@@ -25,6 +35,11 @@ pub(super) const WRITE_BUFFER_BYTES: u64 = 64 * 1024 * 1024;
 /// is flushed, so it stays over budget for a whole flush, while a look
 /// costs a lock per keyspace.
 const LOOK_EVERY_BYTES: u64 = 1024 * 1024;
+
+/// How long the writer is idle before it flushes the memtables: longer
+/// than a pause inside a burst of writes, as sealing a memtable early
+/// makes one more table for compaction to merge.
+pub(super) const IDLE_FLUSH_AFTER: Duration = Duration::from_secs(1);
 
 /// Keeps the store's memtables within their budget; owned by the writer.
 #[derive(Debug)]
@@ -92,6 +107,29 @@ impl WriteBuffer {
         }
         Ok(())
     }
+
+    /// Whether the writer, idle for `idle`, should seal the memtables
+    /// now, `held` being fjall's count of what they hold: once it has
+    /// been idle for [`IDLE_FLUSH_AFTER`] and they hold more than a
+    /// quarter of the budget.
+    pub(super) fn idle_flush_due(&self, idle: Duration, held: u64) -> bool {
+        idle >= IDLE_FLUSH_AFTER && held > self.budget / 4
+    }
+
+    /// Seals every memtable being written to that holds at least a 64th
+    /// of the budget: sealing one that holds less would only make a table
+    /// for compaction to merge again.
+    pub(super) fn flush_all<'a>(
+        &self,
+        dbs: impl IntoIterator<Item = &'a DbState>,
+    ) -> Result<(), fjall::Error> {
+        for ks in dbs.into_iter().flat_map(|db| db.keyspaces()) {
+            if active_bytes(ks) >= self.budget / 64 {
+                ks.rotate_memtable()?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// One keyspace's active memtable, as the budget weighs it.
@@ -135,6 +173,18 @@ mod tests {
         assert!(!buffer.due(9 * MIB + 1));
         assert!(!buffer.due(4 * MIB), "under the budget again");
         assert!(buffer.due(8 * MIB + 1), "over it again");
+    }
+
+    #[test]
+    fn an_idle_writer_flushes_after_a_second_when_a_quarter_is_held() {
+        let buffer = WriteBuffer::new(64 * MIB);
+        let second = Duration::from_secs(1);
+        assert!(buffer.idle_flush_due(second, 17 * MIB));
+        assert!(!buffer.idle_flush_due(second, 16 * MIB), "a quarter");
+        assert!(
+            !buffer.idle_flush_due(second / 2, 60 * MIB),
+            "not idle long"
+        );
     }
 
     #[test]

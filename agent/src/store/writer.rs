@@ -674,6 +674,8 @@ pub(crate) struct Writer {
     pub(super) clock: HlcClock,
     next_db_id: u32,
     unsynced_since: Option<Instant>,
+    /// When the last command was done.
+    last_command: Instant,
     write_buffer: super::write_buffer::WriteBuffer,
 }
 
@@ -698,6 +700,7 @@ impl Writer {
             clock: HlcClock::new(recovered.max_hlc),
             next_db_id,
             unsynced_since: None,
+            last_command: Instant::now(),
         }
     }
 
@@ -710,6 +713,7 @@ impl Writer {
                     Ok(c) => c,
                     Err(RecvTimeoutError::Timeout) => {
                         self.sync_if_due(true);
+                        self.flush_when_idle();
                         continue;
                     }
                     Err(RecvTimeoutError::Disconnected) => break,
@@ -809,6 +813,7 @@ impl Writer {
             }
             self.sync_if_due(false);
             self.keep_write_buffer();
+            self.last_command = Instant::now();
         }
         // Commands that raced with shutdown are answered, not dropped.
         while let Ok(cmd) = self.rx.try_recv() {
@@ -827,6 +832,21 @@ impl Writer {
                 Ok(()) => self.unsynced_since = None,
                 Err(e) => tracing::error!("syncing buffered writes failed: {e:?}"),
             }
+        }
+    }
+
+    /// Flushes the memtables once the writer has been idle for a while
+    /// (see `store/write_buffer.rs`).
+    fn flush_when_idle(&mut self) {
+        if !self
+            .write_buffer
+            .idle_flush_due(self.last_command.elapsed(), self.fj.write_buffer_size())
+        {
+            return;
+        }
+        let dbs = read_lock(&self.store.inner.dbs);
+        if let Err(e) = self.write_buffer.flush_all(dbs.values().map(|db| &**db)) {
+            tracing::error!("flushing memtables while idle failed: {e}");
         }
     }
 
