@@ -15,7 +15,7 @@
 //! the engine sees the same ops in the same order, and its
 //! acknowledgement, which names what the replica holds, covers them all.
 
-use blazedb_proto::SyncMessage;
+use blazedb_proto::{DeviceId, Epoch, Op, SyncMessage};
 
 use super::driver::Input;
 
@@ -50,59 +50,66 @@ pub(super) fn join_ops(inputs: Vec<Input>) -> Vec<Input> {
 }
 
 fn is_ops(input: &Input) -> bool {
-    matches!(
-        input,
-        Input::Message { msg, .. } if matches!(**msg, SyncMessage::Ops { .. })
-    )
+    run_of(input).is_some()
+}
+
+/// What a run of `Ops` messages shares: session (peer and link),
+/// database and epoch.
+type Run<'a> = (DeviceId, u64, &'a str, Epoch);
+
+/// The run an `Ops` message belongs to, and how many ops it holds.
+fn run_of(input: &Input) -> Option<(Run<'_>, usize)> {
+    let Input::Message { peer, link, msg } = input else {
+        return None;
+    };
+    let SyncMessage::Ops { db, epoch, ops } = &**msg else {
+        return None;
+    };
+    Some(((*peer, *link, db.as_str(), *epoch), ops.len()))
+}
+
+fn ops_mut(input: &mut Input) -> Option<&mut Vec<Op>> {
+    let Input::Message { msg, .. } = input else {
+        return None;
+    };
+    let SyncMessage::Ops { ops, .. } = &mut **msg else {
+        return None;
+    };
+    Some(ops)
+}
+
+fn into_ops(input: Input) -> Option<Vec<Op>> {
+    let Input::Message { msg, .. } = input else {
+        return None;
+    };
+    let SyncMessage::Ops { ops, .. } = *msg else {
+        return None;
+    };
+    Some(ops)
 }
 
 /// Appends `next`'s ops to `to` when both are `Ops` of one session,
 /// database and epoch and the sum stays within [`MAX_JOINED_OPS`];
 /// otherwise gives `next` back.
 fn join(to: &mut Input, next: Input) -> Option<Input> {
-    let (
-        Input::Message { peer, link, msg },
-        Input::Message {
-            peer: next_peer,
-            link: next_link,
-            msg: next_msg,
-        },
-    ) = (&mut *to, &next)
-    else {
-        return Some(next);
+    let joins = match (run_of(to), run_of(&next)) {
+        (Some((run, held)), Some((next_run, more))) => {
+            run == next_run && held + more <= MAX_JOINED_OPS
+        }
+        _ => false,
     };
-    let (
-        SyncMessage::Ops { db, epoch, ops },
-        SyncMessage::Ops {
-            db: next_db,
-            epoch: next_epoch,
-            ops: next_ops,
-        },
-    ) = (&mut **msg, &**next_msg)
-    else {
-        return Some(next);
-    };
-    if peer != next_peer
-        || link != next_link
-        || db != next_db
-        || epoch != next_epoch
-        || ops.len() + next_ops.len() > MAX_JOINED_OPS
-    {
+    if !joins {
         return Some(next);
     }
-    let Input::Message { msg, .. } = next else {
-        unreachable!("matched as a message above")
-    };
-    let SyncMessage::Ops { ops: next_ops, .. } = *msg else {
-        unreachable!("matched as ops above")
-    };
-    ops.extend(next_ops);
+    if let (Some(ops), Some(more)) = (ops_mut(to), into_ops(next)) {
+        ops.extend(more);
+    }
     None
 }
 
 #[cfg(test)]
 mod tests {
-    use blazedb_proto::{DeviceId, Hlc, Op};
+    use blazedb_proto::Hlc;
 
     use super::*;
     use crate::store::StoreNotice;
