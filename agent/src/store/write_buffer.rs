@@ -12,12 +12,14 @@
 //! Memtables already sealed are on their way to disk and do not count.
 //!
 //! Once the writer has been idle for a second, it seals every memtable
-//! that holds more than a 64th of the budget, when together they hold more
+//! that holds at least a 64th of the budget, when together they hold more
 //! than a quarter of it: as a database's background writer cleans its
 //! buffers between bursts. The flushes run while nothing waits on them,
 //! and the next burst finds the budget empty instead of flushing what
 //! the last one left; memory goes back, and a start after a crash has
-//! less journal to replay.
+//! less journal to replay. Records then are read from disk tables
+//! (through the block cache) until they are written again: the op log
+//! goes first only while the writer is busy.
 
 use std::time::Duration;
 
