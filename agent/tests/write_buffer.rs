@@ -31,16 +31,20 @@ fn puts(round: usize) -> Vec<Write> {
         .collect()
 }
 
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 fn memtables(store: &Store) -> u64 {
     store.sizes().iter().map(|s| s.memtable_bytes).sum()
 }
 
 #[test]
 fn many_databases_share_one_memtable_budget() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
     let budget = 2 * MIB;
     let store = open(dir.path(), budget);
@@ -86,10 +90,7 @@ fn many_databases_share_one_memtable_budget() {
 
 #[test]
 fn an_idle_store_flushes_what_a_burst_left_in_its_memtables() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
     // A quarter of it is 1 MiB; the burst leaves about 2 MiB, below the
     // budget, so nothing but idleness flushes it.

@@ -84,7 +84,7 @@ impl WriteBuffer {
     /// Seals memtables being written to for flushing, as many as it takes
     /// to bring those left within the budget: op logs first, then the
     /// largest of the rest ([`seal_order`]).
-    pub(super) fn flush_largest<'a>(
+    pub(super) fn seal_over_budget<'a>(
         &self,
         dbs: impl IntoIterator<Item = &'a DbState>,
     ) -> Result<(), fjall::Error> {
@@ -121,7 +121,7 @@ impl WriteBuffer {
     /// Seals every memtable being written to that holds at least a 64th
     /// of the budget: sealing one that holds less would only make a table
     /// for compaction to merge again.
-    pub(super) fn flush_all<'a>(
+    pub(super) fn seal_all<'a>(
         &self,
         dbs: impl IntoIterator<Item = &'a DbState>,
     ) -> Result<(), fjall::Error> {

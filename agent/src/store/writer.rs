@@ -845,7 +845,7 @@ impl Writer {
             return;
         }
         let dbs = read_lock(&self.store.inner.dbs);
-        if let Err(e) = self.write_buffer.flush_all(dbs.values().map(|db| &**db)) {
+        if let Err(e) = self.write_buffer.seal_all(dbs.values().map(|db| &**db)) {
             tracing::error!("flushing memtables while idle failed: {e}");
         }
     }
@@ -859,7 +859,7 @@ impl Writer {
         let dbs = read_lock(&self.store.inner.dbs);
         if let Err(e) = self
             .write_buffer
-            .flush_largest(dbs.values().map(|db| &**db))
+            .seal_over_budget(dbs.values().map(|db| &**db))
         {
             tracing::error!("flushing a memtable failed: {e}");
         }
