@@ -7,8 +7,8 @@
 //! default would: with 16 MiB a keyspace, 200,000 puts spent a fifth of
 //! the agent's CPU in flushes. Here a keyspace may grow as large as the
 //! whole budget, and whenever the memtables being written to hold more
-//! than the budget together, the writer seals some for flushing, op logs
-//! first, as many as it takes to bring the others back within it.
+//! than the budget together, the writer seals the largest for flushing,
+//! as many as it takes to bring the others back within it.
 //! Memtables already sealed are on their way to disk and do not count.
 //!
 //! Once the writer has been idle for a second, it seals every memtable
@@ -18,8 +18,7 @@
 //! and the next burst finds the budget empty instead of flushing what
 //! the last one left; memory goes back, and a start after a crash has
 //! less journal to replay. Records then are read from disk tables
-//! (through the block cache) until they are written again: the op log
-//! goes first only while the writer is busy.
+//! (through the block cache) until they are written again.
 
 use std::time::Duration;
 
@@ -81,31 +80,25 @@ impl WriteBuffer {
         true
     }
 
-    /// Seals memtables being written to for flushing, as many as it takes
-    /// to bring those left within the budget: op logs first, then the
-    /// largest of the rest ([`seal_order`]).
+    /// Seals the largest memtables being written to for flushing, as
+    /// many as it takes to bring those left within the budget.
     pub(super) fn seal_over_budget<'a>(
         &self,
         dbs: impl IntoIterator<Item = &'a DbState>,
     ) -> Result<(), fjall::Error> {
-        let mut active: Vec<Memtable<'_>> = dbs
+        let mut active: Vec<(u64, &fjall::Keyspace)> = dbs
             .into_iter()
-            .flat_map(|db| {
-                db.keyspaces().map(|ks| Memtable {
-                    bytes: active_bytes(ks),
-                    is_log: std::ptr::eq(ks, &db.log),
-                    keyspace: ks,
-                })
-            })
+            .flat_map(|db| db.keyspaces())
+            .map(|ks| (active_bytes(ks), ks))
             .collect();
-        let mut held: u64 = active.iter().map(|m| m.bytes).sum();
-        active.sort_unstable_by_key(|m| seal_order(m.bytes, m.is_log, self.budget));
-        for m in active {
+        let mut held: u64 = active.iter().map(|(size, _)| size).sum();
+        active.sort_unstable_by_key(|(size, _)| std::cmp::Reverse(*size));
+        for (size, ks) in active {
             if held <= self.budget {
                 break;
             }
-            m.keyspace.rotate_memtable()?;
-            held -= m.bytes;
+            ks.rotate_memtable()?;
+            held -= size;
         }
         Ok(())
     }
@@ -132,25 +125,6 @@ impl WriteBuffer {
         }
         Ok(())
     }
-}
-
-/// One keyspace's active memtable, as the budget weighs it.
-struct Memtable<'a> {
-    bytes: u64,
-    is_log: bool,
-    keyspace: &'a fjall::Keyspace,
-}
-
-/// Where a memtable of `bytes` comes in the order of sealing (lowest
-/// first). Every get and query reads records and indexes, and a memtable
-/// answers a read faster than a disk table does, while the op log is
-/// read only at its tail by sync and subscribers, which catch up from
-/// memtables and the block cache alike. So an op log's memtable goes
-/// first, unless it is too small for its flush to be worth a table of its
-/// own (under a sixteenth of the budget); then the largest.
-fn seal_order(bytes: u64, is_log: bool, budget: u64) -> (bool, std::cmp::Reverse<u64>) {
-    let log_first = is_log && bytes >= budget / 16;
-    (!log_first, std::cmp::Reverse(bytes))
 }
 
 /// What the memtable a keyspace writes to holds, by fjall's count.
@@ -187,20 +161,5 @@ mod tests {
             !buffer.idle_flush_due(second / 2, 60 * MIB),
             "not idle long"
         );
-    }
-
-    #[test]
-    fn op_logs_are_sealed_before_records_unless_they_are_small() {
-        let budget = 64 * MIB;
-        let mut memtables = [
-            ("records", 40 * MIB, false),
-            ("small log", 2 * MIB, true),
-            ("index", 6 * MIB, false),
-            ("log", 20 * MIB, true),
-            ("other log", 30 * MIB, true),
-        ];
-        memtables.sort_by_key(|(_, bytes, is_log)| seal_order(*bytes, *is_log, budget));
-        let order: Vec<&str> = memtables.iter().map(|(name, ..)| *name).collect();
-        assert_eq!(order, ["other log", "log", "records", "index", "small log"]);
     }
 }

@@ -850,7 +850,7 @@ impl Writer {
         }
     }
 
-    /// Seals memtables for flushing, op logs first, when the store's
+    /// Seals the largest memtables for flushing when the store's
     /// memtables hold more than their budget.
     fn keep_write_buffer(&mut self) {
         if !self.write_buffer.due(self.fj.write_buffer_size()) {
