@@ -388,8 +388,11 @@ async fn dropping_databases_gives_their_memory_back() {
         }
     }
     // While fjall kept up to 512 MiB of journals, each round kept 40-50
-    // MiB more: 165-200 MiB over the last four.
-    let bound = settled + 64 * 1024;
+    // MiB more: 165-200 MiB over the last four. What may stay is the last
+    // dropped database's memtables, pinned until its journal file (still
+    // being written) is evicted: up to the 64 MiB memtable budget, about
+    // twice that resident, 68-110 MiB over in the runs that kept it.
+    let bound = settled + 128 * 1024;
     wait_until("the dropped databases' memory to come back", || async {
         rss_kib(pid).is_some_and(|now| now < bound)
     })
