@@ -42,6 +42,7 @@ pub async fn run(
             flush_interval: config.flush_interval,
             commit_seconds: metrics.commit_seconds(),
             new_device: identity.is_new(),
+            record_cache_bytes: config.record_cache_bytes,
             ..StoreOptions::default()
         },
     )

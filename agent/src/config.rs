@@ -30,6 +30,9 @@ pub struct FileConfig {
     pub max_frame: Option<u32>,
     /// How often `buffered` databases are synced to disk, in milliseconds.
     pub flush_interval_ms: Option<u64>,
+    /// MiB of records kept in memory after gets, so that reading them
+    /// again skips the tree (default 64; 0 keeps none).
+    pub record_cache_mb: Option<u64>,
     /// A log filter in `RUST_LOG` syntax, used when `RUST_LOG` is unset.
     pub log: Option<String>,
     /// `device` (the default) or `hub`.
@@ -107,6 +110,10 @@ pub struct Overrides {
     pub no_metrics: bool,
 }
 
+/// MiB of records kept after gets by default: as much as fjall's block
+/// cache, which holds about as many records' worth of blocks.
+pub const DEFAULT_RECORD_CACHE_MB: u64 = 64;
+
 /// Where the dashboard is served by default.
 pub const DEFAULT_HTTP: &str = "127.0.0.1:7341";
 
@@ -131,6 +138,8 @@ pub struct Config {
     pub max_frame: u32,
     /// How often `buffered` databases are synced to disk.
     pub flush_interval: Duration,
+    /// Bytes of records kept in memory after gets.
+    pub record_cache_bytes: u64,
     /// The log filter from the config file, if any.
     pub log: Option<String>,
     /// The config file that was read, if any.
@@ -251,6 +260,10 @@ impl Config {
                 .unwrap_or_else(blazedb_proto::paths::default_socket_path),
             max_frame,
             flush_interval: Duration::from_millis(file.flush_interval_ms.unwrap_or(200).max(1)),
+            record_cache_bytes: file
+                .record_cache_mb
+                .unwrap_or(DEFAULT_RECORD_CACHE_MB)
+                .saturating_mul(1 << 20),
             log: file.log,
             config_file,
             require_app_tokens: o.require_app_tokens || file.require_app_tokens.unwrap_or(false),
@@ -270,6 +283,24 @@ fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_record_cache_is_64_mib_unless_the_file_says_otherwise() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let resolve = |text: &str| {
+            let file = dir.path().join("c.toml");
+            std::fs::write(&file, text).expect("write");
+            Config::resolve(Overrides {
+                config: Some(file),
+                ..Default::default()
+            })
+            .expect("resolve")
+            .record_cache_bytes
+        };
+        assert_eq!(resolve(""), 64 << 20);
+        assert_eq!(resolve("record_cache_mb = 8\n"), 8 << 20);
+        assert_eq!(resolve("record_cache_mb = 0\n"), 0);
+    }
 
     #[test]
     fn flags_beat_the_file_which_beats_defaults() {

@@ -8,10 +8,16 @@
 //! the task alone would have written. The task never waits for a helper
 //! to wake up: if none does, it reads every part itself, and at the end it
 //! waits at most for the parts helpers are still reading.
+//!
+//! The task reads the first part before it wakes anyone: records kept in
+//! the record cache read so fast that a helper would cost more to wake
+//! than it saves, so a read is shared only when the rest promises to take
+//! long ([`SHARE_WHEN_LEFT`]).
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 /// Items in a part: few enough that the task seldom waits long for the
 /// last part a helper took, enough that taking a part costs little beside
@@ -19,6 +25,10 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 const ITEMS_PER_PART: usize = 16;
 /// The most threads one read is shared among.
 const MAX_READ_THREADS: usize = 4;
+/// How long the rest of a read must promise to take, read alone, before
+/// helpers are woken for it: waking a thread on another core takes tens
+/// of microseconds.
+const SHARE_WHEN_LEFT: Duration = Duration::from_micros(100);
 
 type ReadJob = Box<dyn FnOnce() + Send>;
 
@@ -98,24 +108,27 @@ impl<T> Shared<T> {
 
     /// Takes parts and reads them until none is left.
     fn work(&self) {
-        loop {
-            let i = self.next.fetch_add(1, Ordering::Relaxed);
-            if i >= self.results.len() {
-                return;
-            }
-            // A part that panics is left empty, for the task to read again.
-            let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                (self.part)(self.range(i))
-            }));
-            if let Ok(value) = read {
-                *lock(&self.results[i]) = Some(value);
-            }
-            let mut done = lock(&self.done);
-            *done += 1;
-            if *done == self.results.len() {
-                self.all_done.notify_all();
-            }
+        while self.work_one() {}
+    }
+
+    /// Takes the next part and reads it; false when none was left.
+    fn work_one(&self) -> bool {
+        let i = self.next.fetch_add(1, Ordering::Relaxed);
+        if i >= self.results.len() {
+            return false;
         }
+        // A part that panics is left empty, for the task to read again.
+        let read =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (self.part)(self.range(i))));
+        if let Ok(value) = read {
+            *lock(&self.results[i]) = Some(value);
+        }
+        let mut done = lock(&self.done);
+        *done += 1;
+        if *done == self.results.len() {
+            self.all_done.notify_all();
+        }
+        true
     }
 }
 
@@ -126,6 +139,16 @@ pub(crate) fn in_parts<T: Send + 'static>(
     len: usize,
     part: Arc<dyn Fn(Range<usize>) -> T + Send + Sync>,
 ) -> Vec<T> {
+    in_parts_sharing_after(len, part, SHARE_WHEN_LEFT)
+}
+
+/// [`in_parts`], waking helpers only when the parts after the first
+/// promise to take `share_when_left` or more.
+fn in_parts_sharing_after<T: Send + 'static>(
+    len: usize,
+    part: Arc<dyn Fn(Range<usize>) -> T + Send + Sync>,
+    share_when_left: Duration,
+) -> Vec<T> {
     let parts = len.div_ceil(ITEMS_PER_PART);
     let shared = Arc::new(Shared {
         len,
@@ -135,10 +158,18 @@ pub(crate) fn in_parts<T: Send + 'static>(
         done: Mutex::new(0),
         all_done: Condvar::new(),
     });
-    let helpers = read_helpers();
-    for _ in 0..helpers.count.min(parts.saturating_sub(1)) {
-        let shared = shared.clone();
-        helpers.submit(Box::new(move || shared.work()));
+    // The first part tells what the rest will cost: records kept in the
+    // record cache read so fast that waking a helper would cost more than
+    // it saves, while reads from disk tables are worth sharing.
+    let started = Instant::now();
+    shared.work_one();
+    let rest = started.elapsed() * (parts.saturating_sub(1) as u32);
+    if rest >= share_when_left {
+        let helpers = read_helpers();
+        for _ in 0..helpers.count.min(parts.saturating_sub(2)) {
+            let shared = shared.clone();
+            helpers.submit(Box::new(move || shared.work()));
+        }
     }
     shared.work();
     let mut done = lock(&shared.done);
@@ -174,13 +205,44 @@ mod tests {
     #[test]
     fn a_part_that_panics_on_a_helper_is_run_here() {
         let here = std::thread::current().id();
-        let parts = in_parts(
+        let parts = in_parts_sharing_after(
             1000,
             Arc::new(move |r: Range<usize>| {
                 assert!(std::thread::current().id() == here, "a helper's part fails");
                 r.len()
             }),
+            Duration::ZERO,
         );
         assert_eq!(parts.iter().sum::<usize>(), 1000);
+    }
+
+    /// The thread each part ran on.
+    fn threads_of_parts(share_when_left: Duration) -> Vec<std::thread::ThreadId> {
+        in_parts_sharing_after(
+            1000,
+            Arc::new(|_| {
+                // A slow read, such as one from disk tables.
+                std::thread::sleep(Duration::from_millis(1));
+                std::thread::current().id()
+            }),
+            share_when_left,
+        )
+    }
+
+    #[test]
+    fn a_slow_read_is_shared_and_a_quick_one_is_not() {
+        let here = std::thread::current().id();
+        let alone = threads_of_parts(Duration::from_secs(3600));
+        assert!(
+            alone.iter().all(|t| *t == here),
+            "a read promising less than the bar stays here"
+        );
+        if read_helpers().count > 0 {
+            let shared = threads_of_parts(Duration::ZERO);
+            assert!(
+                shared.iter().any(|t| *t != here),
+                "helpers took none of 63 slow parts"
+            );
+        }
     }
 }

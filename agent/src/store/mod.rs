@@ -28,6 +28,7 @@ mod log_id;
 mod oplog;
 pub(crate) mod query;
 pub(crate) mod record;
+mod record_cache;
 pub mod repair;
 mod replicate;
 mod sealing;
@@ -84,6 +85,9 @@ pub struct StoreOptions {
     pub max_group: usize,
     /// fjall's block cache, in bytes.
     pub cache_bytes: u64,
+    /// The records kept after a get, by key, in bytes; zero keeps none
+    /// (see `store/record_cache.rs`).
+    pub record_cache_bytes: u64,
     /// The most the memtables of all databases hold together before some
     /// are flushed, in bytes (see `store/write_buffer.rs`).
     pub write_buffer_bytes: u64,
@@ -106,6 +110,7 @@ impl Default for StoreOptions {
             flush_interval: Duration::from_millis(200),
             max_group: 1024,
             cache_bytes: 64 * 1024 * 1024,
+            record_cache_bytes: RECORD_CACHE_BYTES,
             write_buffer_bytes: write_buffer::WRITE_BUFFER_BYTES,
             retain_log: 100_000,
             commit_seconds: None,
@@ -363,6 +368,8 @@ struct Inner {
     keys: RwLock<crate::crypto::keyring::Keyring>,
     /// Ops of e2e databases that did not open, by database, origin, seq.
     unopened: Mutex<BTreeMap<(String, DeviceId, u64), sealing::Noted>>,
+    /// Records read by key, kept for the next get.
+    record_cache: record_cache::RecordCache,
 }
 
 /// Something the store tells whoever listens (the sync driver).
@@ -422,6 +429,8 @@ const MAX_JOURNALS_BYTES: u64 = 128 * 1024 * 1024;
 /// cores or more) leave someone free to take the compaction; an idle
 /// worker costs only its stack.
 const FJALL_WORKERS: usize = 4;
+/// The record cache's budget: about 230,000 records of 180 bytes.
+const RECORD_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
 fn open_keyspaces(fj: &fjall::Database, id: u32) -> Result<[Keyspace; 3], StoreError> {
     // The store's budget for all memtables bounds each one too.
@@ -560,6 +569,7 @@ impl Store {
             notify: std::sync::OnceLock::new(),
             keys: RwLock::new(keys),
             unopened: Mutex::default(),
+            record_cache: record_cache::RecordCache::new(options.record_cache_bytes),
         });
         let store = Store { inner };
         let w = writer::Writer::new(store.clone(), fj, meta, rx, options, recovered, next_db_id);
@@ -865,6 +875,11 @@ impl Store {
         out.ok_or_else(|| StoreError::Corrupt("a get read no answer".into()))
     }
 
+    /// The records kept after gets.
+    pub(crate) fn record_cache(&self) -> &record_cache::RecordCache {
+        &self.inner.record_cache
+    }
+
     /// Reads the records `ids` of one collection, handing each (or `None`
     /// where there is none) to `each` in order, with its values as stored.
     /// The database and collection are looked up once for all of them.
@@ -880,15 +895,28 @@ impl Store {
         if !read_lock(&db.collections).contains_key(collection) {
             db.collection(collection)?;
         }
-        // One key buffer for all: only the id part changes.
-        let mut key = keys::collection_prefix(collection);
+        let cache = &self.inner.record_cache;
+        cache.mark(db.id);
+        // One key buffer for all: only the id part changes. It is the
+        // cache's key, whose record key follows the database id.
+        let mut key = Vec::new();
+        record_cache::cache_key(&mut key, db.id, &keys::collection_prefix(collection));
         let prefix = key.len();
         for id in ids {
             key.truncate(prefix);
             key.extend_from_slice(id.as_bytes());
-            let Some(bytes) = db.records.get(&key)? else {
-                each(None);
-                continue;
+            let bytes = match cache.lookup(&key) {
+                record_cache::Lookup::Hit(bytes) => bytes,
+                record_cache::Lookup::Miss(claim) => {
+                    let Some(bytes) = db.records.get(&key[record_cache::DB_PREFIX..])? else {
+                        each(None);
+                        continue;
+                    };
+                    if let Some(claim) = claim {
+                        claim.fill(&bytes);
+                    }
+                    bytes
+                }
             };
             let visible = Visible::read(&bytes)?;
             let record = visible.as_ref().map(|v| EncodedRecord {

@@ -462,7 +462,12 @@ impl Writer {
             &old_values,
             &StoredRecord::default(),
         );
-        plan.effects.push(Effect::Remove(db.records.clone(), key));
+        plan.effects.push(Effect::Record {
+            db: db.id,
+            records: db.records.clone(),
+            key,
+            bytes: None,
+        });
         Ok(())
     }
 
@@ -658,11 +663,13 @@ impl Writer {
             sync.trimmed = sync.trimmed.max(entry.cursor);
             Ok(Trim::Drop)
         })?;
+        let mut removed = Vec::new();
         for kv in db.records.iter() {
             let (k, v) = kv.into_inner()?;
             let r = StoredRecord::decode(&v)?;
             if r.tombstone_clock().is_some_and(|t| t <= tombstones) {
-                batch.remove(&db.records, k);
+                batch.remove(&db.records, k.clone());
+                removed.push(k);
                 out.tombstones += 1;
             }
         }
@@ -671,6 +678,9 @@ impl Writer {
         }
         batch.insert(&self.meta, sync_meta_key(db.id), codec::to_vec(&sync)?);
         batch.durability(Some(PersistMode::SyncAll)).commit()?;
+        self.store
+            .record_cache()
+            .forget(removed.iter().map(|k| (db.id, &k[..])));
         *lock(&db.sync) = sync;
         Ok(out)
     }

@@ -328,6 +328,15 @@ pub(super) struct Counters {
 pub(super) enum Effect {
     Insert(Keyspace, Slice, Slice),
     Remove(Keyspace, Slice),
+    /// Record `key` of database `db` stored as `bytes`, or removed when
+    /// `None`: apart from other entries, so that the commit forgets it in
+    /// the record cache. Every record change is one of these.
+    Record {
+        db: u32,
+        records: Keyspace,
+        key: Slice,
+        bytes: Option<Slice>,
+    },
     /// An op-log entry of database `db` at `cursor`: the group's entries
     /// of one database are stored as chunks ([`oplog`]).
     Log {
@@ -962,10 +971,25 @@ impl Writer {
                 }
             }
         }
+        // The records written, to forget in the record cache once
+        // committed.
+        let mut written: Vec<(u32, Slice)> = Vec::with_capacity(items);
         for effect in group.effects.drain(..).flatten() {
             match effect {
                 Effect::Insert(ks, k, v) => batch.insert(&ks, k, v),
                 Effect::Remove(ks, k) => batch.remove(&ks, k),
+                Effect::Record {
+                    db,
+                    records,
+                    key,
+                    bytes,
+                } => {
+                    written.push((db, key.clone()));
+                    match bytes {
+                        Some(v) => batch.insert(&records, key, v),
+                        None => batch.remove(&records, key),
+                    }
+                }
                 Effect::Log {
                     db,
                     log,
@@ -997,6 +1021,9 @@ impl Writer {
         }
         let started = self.options.commit_seconds.as_ref().map(|_| Instant::now());
         batch.commit()?;
+        self.store
+            .record_cache()
+            .forget(written.iter().map(|(db, key)| (*db, &key[..])));
         if let (Some(h), Some(t)) = (&self.options.commit_seconds, started) {
             h.observe(t.elapsed().as_secs_f64());
         }
@@ -1171,11 +1198,12 @@ impl Writer {
             }
         };
         let record_bytes = Slice::from(record_bytes);
-        plan.effects.push(Effect::Insert(
-            db.records.clone(),
-            key.clone(),
-            record_bytes.clone(),
-        ));
+        plan.effects.push(Effect::Record {
+            db: db.id,
+            records: db.records.clone(),
+            key: key.clone(),
+            bytes: Some(record_bytes.clone()),
+        });
         let body = match &scope.seal_with {
             None => encoded,
             Some(key) => {
@@ -1377,7 +1405,10 @@ impl Writer {
     fn repair(&mut self, rebuild: bool) -> Result<Vec<super::repair::DbRepair>, StoreError> {
         let dbs: Vec<_> = read_lock(&self.store.inner.dbs).values().cloned().collect();
         let mut out = Vec::new();
-        for (found, kept) in super::repair::run(&self.fj, &self.meta, &dbs, rebuild)? {
+        let repaired = super::repair::run(&self.fj, &self.meta, &dbs, rebuild);
+        // A rebuild clears the records it salvages from.
+        self.store.record_cache().clear();
+        for (found, kept) in repaired? {
             if let Some(records) = kept.filter(|r| !r.is_empty()) {
                 self.merge_snapshot(&found.db, records, None, None)?;
             }
@@ -1419,6 +1450,8 @@ impl Writer {
         }
         batch.commit()?;
         self.store.remove_db(name);
+        // Its records are unreachable now; their room goes back at once.
+        self.store.record_cache().clear();
         if let Err(e) = self.store.forget_keys(name) {
             tracing::warn!("could not forget the keys of dropped database {name}: {e}");
         }
@@ -1546,11 +1579,12 @@ pub(super) fn plan_record(
 /// Plans storing a record's new encoded state, which later writes in the
 /// group see.
 pub(super) fn plan_encoded(plan: &mut Plan, db: &DbState, key: Slice, record: Slice) {
-    plan.effects.push(Effect::Insert(
-        db.records.clone(),
-        key.clone(),
-        record.clone(),
-    ));
+    plan.effects.push(Effect::Record {
+        db: db.id,
+        records: db.records.clone(),
+        key: key.clone(),
+        bytes: Some(record.clone()),
+    });
     plan.overlay.insert(db.id, key, record);
 }
 
