@@ -563,13 +563,63 @@ async fn a_client_that_half_closes_still_gets_its_answers() {
     raw.assert_closed();
 }
 
+/// `n` gets of records `b0` to `b29`, ids 1000 on, as one burst of bytes.
+fn burst_of_gets(n: u64) -> Vec<u8> {
+    let mut burst = Vec::new();
+    for i in 0..n {
+        let params =
+            serde_json::json!({ "db": "bugs", "collection": "bugs", "id": format!("b{}", i % 30) });
+        message::encode_request(&mut burst, 1000 + i, "get", &params, DEFAULT_MAX_FRAME)
+            .expect("encode");
+    }
+    burst
+}
+
+#[tokio::test]
+async fn an_oversized_frame_after_many_gets_is_refused_once_they_are_answered() {
+    let (agent, _client) = agent_with_data().await;
+    let mut raw = Raw::hello(&agent);
+    // Gets enough for several whole passes of the agent (16 gets each),
+    // then a prefix over the limit, and nothing more: the agent must
+    // answer every get, then refuse the frame, though a pass ends just
+    // before it.
+    let mut burst = burst_of_gets(96);
+    burst.extend_from_slice(&u32::MAX.to_be_bytes());
+    raw.send_bytes(&burst);
+    for i in 0..96 {
+        let (id, r) = raw.response();
+        assert_eq!(id, 1000 + i, "gets are answered in order");
+        assert!(r.is_ok(), "{r:?}");
+    }
+    let (id, r) = raw.response();
+    assert_eq!(id, 0);
+    assert_eq!(code(r), ErrorCode::FrameTooLarge);
+    raw.assert_closed();
+}
+
+#[tokio::test]
+async fn a_client_that_half_closes_after_many_gets_gets_every_answer() {
+    let (agent, _client) = agent_with_data().await;
+    let mut raw = Raw::hello(&agent);
+    raw.send_bytes(&burst_of_gets(100));
+    raw.s
+        .shutdown(std::net::Shutdown::Write)
+        .expect("half close");
+    for i in 0..100 {
+        let (id, r) = raw.response();
+        assert_eq!(id, 1000 + i, "gets are answered in order");
+        assert!(r.is_ok(), "{r:?}");
+    }
+    raw.assert_closed();
+}
+
 #[tokio::test]
 async fn a_long_run_of_pipelined_gets_is_answered_in_order() {
     let (agent, client) = agent_with_data().await;
     // Gets of records that exist and that do not, and one each for a
     // database and a collection that do not, all in one burst, with a
     // write in the middle: long
-    // enough for the agent to share the run among threads.
+    // enough to take the agent many passes.
     let mut raw = Raw::hello(&agent);
     let mut burst = Vec::new();
     let mut sent = Vec::new();
