@@ -18,6 +18,17 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// A store in a new directory, with database `db`, and a runtime to
+/// drive it.
+fn store_with_db() -> (tokio::runtime::Runtime, tempfile::TempDir, Store) {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), DeviceId([1; 32]), StoreOptions::default()).unwrap();
+    rt.block_on(store.create_db("db", DbSettings::default(), false))
+        .unwrap();
+    (rt, dir, store)
+}
+
 fn put(id: &str, v: i64) -> Write {
     Write::Put {
         collection: "c".into(),
@@ -36,11 +47,7 @@ fn read(store: &Store, id: &str) -> Option<i64> {
 
 #[test]
 fn a_get_sees_every_acknowledged_write_while_others_read() {
-    let rt = runtime();
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), DeviceId([1; 32]), StoreOptions::default()).unwrap();
-    rt.block_on(store.create_db("db", DbSettings::default(), false))
-        .unwrap();
+    let (rt, _dir, store) = store_with_db();
     rt.block_on(store.write("db", vec![put("k", 0)])).unwrap();
 
     let acked = Arc::new(AtomicI64::new(0));
@@ -77,11 +84,7 @@ fn a_get_sees_every_acknowledged_write_while_others_read() {
 
 #[test]
 fn deletes_drops_and_recreated_databases_are_never_read_from_the_cache() {
-    let rt = runtime();
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), DeviceId([1; 32]), StoreOptions::default()).unwrap();
-    rt.block_on(store.create_db("db", DbSettings::default(), false))
-        .unwrap();
+    let (rt, _dir, store) = store_with_db();
     rt.block_on(store.write("db", vec![put("a", 1), put("b", 2)]))
         .unwrap();
     // Read twice: the second comes from the cache.
