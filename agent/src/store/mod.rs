@@ -429,7 +429,7 @@ const MAX_JOURNALS_BYTES: u64 = 128 * 1024 * 1024;
 /// cores or more) leave someone free to take the compaction; an idle
 /// worker costs only its stack.
 const FJALL_WORKERS: usize = 4;
-/// The record cache's budget: about 230,000 records of 180 bytes.
+/// The record cache's budget: about 200,000 records of 160 bytes.
 const RECORD_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
 fn open_keyspaces(fj: &fjall::Database, id: u32) -> Result<[Keyspace; 3], StoreError> {

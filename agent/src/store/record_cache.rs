@@ -38,7 +38,7 @@ use quick_cache::sync::{Cache, DefaultLifecycle, GuardResult, PlaceholderGuard};
 /// 64–82 MiB with a 64 MiB budget at this figure.
 const ENTRY_OVERHEAD: u64 = 144;
 /// The bytes of an average entry, to size the hash table up front.
-const TYPICAL_ENTRY: u64 = 256;
+const TYPICAL_ENTRY: u64 = 320;
 
 /// Weighs an entry by the bytes it holds.
 #[derive(Clone, Copy)]
