@@ -21,8 +21,9 @@
 //!   marks its database, then a `SeqCst` fence, then reads; the writer
 //!   commits, then a fence, then reads the marks. Either the writer sees
 //!   the mark, or the reader's read comes after the commit.
-//! - Anything that changes records outside a commit's effects (a repair, a
-//!   dropped database, a reset) clears the whole cache.
+//! - Anything that changes records outside a commit's effects clears the
+//!   whole cache (a repair, a dropped database), or forgets what it
+//!   removed (compaction, of the tombstones it drops).
 
 use std::sync::atomic::{AtomicU64, Ordering, fence};
 use std::time::Duration;
