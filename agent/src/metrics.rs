@@ -15,7 +15,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::store::DbSize;
+use crate::store::{DbSize, RecordCacheStats};
 
 /// The content type of [`Metrics::render`]'s text.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -74,6 +74,8 @@ pub struct Scrape {
     pub sizes: Vec<DbSize>,
     /// Every database's head (changes committed) and operations held.
     pub heads: Vec<(String, u64, u64)>,
+    /// The store's record cache.
+    pub record_cache: RecordCacheStats,
 }
 
 impl Metrics {
@@ -145,6 +147,7 @@ impl Metrics {
             r.register_with_unit("uptime", "Time since the agent started", Unit::Seconds, up);
         }
         self.register_dbs(&mut r, scrape);
+        register_record_cache(&mut r, &scrape.record_cache);
         if let Some(t) = &scrape.topology {
             register_links(&mut r, t);
         }
@@ -206,6 +209,31 @@ impl Metrics {
             memtables,
         );
     }
+}
+
+/// What the record cache holds, and how many gets it answered.
+fn register_record_cache(r: &mut Registry, stats: &RecordCacheStats) {
+    let bytes = Gauge::<i64>::default();
+    bytes.set(i64::try_from(stats.bytes).unwrap_or(i64::MAX));
+    r.register_with_unit(
+        "record_cache",
+        "What the records kept after gets take, by the cache's weight (record_cache_mb bounds it)",
+        Unit::Bytes,
+        bytes,
+    );
+    let (hits, misses) = (Counter::<u64>::default(), Counter::<u64>::default());
+    hits.inc_by(stats.hits);
+    misses.inc_by(stats.misses);
+    r.register(
+        "record_cache_hits",
+        "Gets answered from the record cache",
+        hits,
+    );
+    r.register(
+        "record_cache_misses",
+        "Gets that read the store's tables",
+        misses,
+    );
 }
 
 /// Per peer and database: what the link carried, and the lag.
@@ -304,6 +332,22 @@ mod tests {
             text.contains(r#"blazed_ipc_requests_total{method="put",code="unknown_database"} 1"#),
             "{text}"
         );
+        let stats = RecordCacheStats {
+            bytes: 4096,
+            hits: 7,
+            misses: 3,
+        };
+        let text = m.render(&Scrape {
+            record_cache: stats,
+            ..Scrape::default()
+        });
+        for line in [
+            "blazed_record_cache_bytes 4096",
+            "blazed_record_cache_hits_total 7",
+            "blazed_record_cache_misses_total 3",
+        ] {
+            assert!(text.contains(line), "{line} missing from {text}");
+        }
         let off = Metrics::new(false);
         off.request("put", None);
         assert!(!off.render(&Scrape::default()).contains("method=\"put\""));

@@ -113,3 +113,27 @@ fn deletes_drops_and_recreated_databases_are_never_read_from_the_cache() {
     );
     rt.block_on(store.shutdown()).unwrap();
 }
+
+#[test]
+fn the_cache_counts_what_it_answered_and_a_drop_gives_its_room_back() {
+    let (rt, _dir, store) = store_with_db();
+    rt.block_on(store.write("db", vec![put("a", 1)])).unwrap();
+    let before = store.record_cache_stats();
+    assert_eq!(read(&store, "a"), Some(1));
+    assert_eq!(read(&store, "a"), Some(1));
+    let after = store.record_cache_stats();
+    assert_eq!(
+        after.misses - before.misses,
+        1,
+        "the first get reads the tables"
+    );
+    assert_eq!(
+        after.hits - before.hits,
+        1,
+        "the second is answered from the cache"
+    );
+    assert!(after.bytes > 0);
+    rt.block_on(store.drop_db("db", false)).unwrap();
+    assert_eq!(store.record_cache_stats().bytes, 0);
+    rt.block_on(store.shutdown()).unwrap();
+}

@@ -254,6 +254,7 @@ async fn metrics(State(s): State<Arc<Served>>, Query(p): Params, headers: Header
             .into_iter()
             .map(|d| (d.name, d.head, d.ops_held))
             .collect(),
+        record_cache: ctx.store.record_cache_stats(),
     };
     let mut response = ctx.metrics.render(&scrape).into_response();
     response

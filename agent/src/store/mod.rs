@@ -29,6 +29,7 @@ mod oplog;
 pub(crate) mod query;
 pub(crate) mod record;
 mod record_cache;
+pub use record_cache::RecordCacheStats;
 pub mod repair;
 mod replicate;
 mod sealing;
@@ -880,6 +881,11 @@ impl Store {
         &self.inner.record_cache
     }
 
+    /// What the record cache holds and how often it answered gets.
+    pub fn record_cache_stats(&self) -> RecordCacheStats {
+        self.inner.record_cache.stats()
+    }
+
     /// Reads the records `ids` of one collection, handing each (or `None`
     /// where there is none) to `each` in order, with its values as stored.
     /// The database and collection are looked up once for all of them.
@@ -902,15 +908,20 @@ impl Store {
         let mut key = Vec::new();
         record_cache::cache_key(&mut key, db.id, &keys::collection_prefix(collection));
         let prefix = key.len();
-        for id in ids {
+        let (mut hits, mut misses) = (0, 0);
+        let read = ids.into_iter().try_for_each(|id| {
             key.truncate(prefix);
             key.extend_from_slice(id.as_bytes());
             let bytes = match cache.lookup(&key) {
-                record_cache::Lookup::Hit(bytes) => bytes,
+                record_cache::Lookup::Hit(bytes) => {
+                    hits += 1;
+                    bytes
+                }
                 record_cache::Lookup::Miss(claim) => {
+                    misses += 1;
                     let Some(bytes) = db.records.get(&key[record_cache::DB_PREFIX..])? else {
                         each(None);
-                        continue;
+                        return Ok(());
                     };
                     if let Some(claim) = claim {
                         claim.fill(&bytes);
@@ -925,8 +936,10 @@ impl Store {
                 version: v.version,
             });
             each(record.as_ref());
-        }
-        Ok(())
+            Ok::<_, StoreError>(())
+        });
+        cache.count(hits, misses);
+        read
     }
 
     /// Runs a query.

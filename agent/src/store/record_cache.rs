@@ -91,6 +91,22 @@ pub(crate) struct RecordCache {
     /// database id modulo 64. Bits are never cleared: a shared bit costs
     /// only needless forgetting.
     marked: AtomicU64,
+    /// Gets answered from the cache, and gets that read fjall, since the
+    /// start; added once per read of many records.
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+/// What the record cache holds and how often it answered.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RecordCacheStats {
+    /// Bytes held, by the cache's weight (keys, values and a share of its
+    /// own structures).
+    pub bytes: u64,
+    /// Gets answered from the cache since the start.
+    pub hits: u64,
+    /// Gets that read the store's tables since the start.
+    pub misses: u64,
 }
 
 impl std::fmt::Debug for RecordCache {
@@ -130,6 +146,27 @@ impl RecordCache {
         RecordCache {
             cache,
             marked: AtomicU64::new(0),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts a read's `hits` and `misses`.
+    pub(crate) fn count(&self, hits: u64, misses: u64) {
+        if hits > 0 {
+            self.hits.fetch_add(hits, Ordering::Relaxed);
+        }
+        if misses > 0 {
+            self.misses.fetch_add(misses, Ordering::Relaxed);
+        }
+    }
+
+    /// What the cache holds and how often it answered.
+    pub(crate) fn stats(&self) -> RecordCacheStats {
+        RecordCacheStats {
+            bytes: self.bytes(),
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
         }
     }
 
