@@ -575,6 +575,15 @@ fn burst_of_gets(n: u64) -> Vec<u8> {
     burst
 }
 
+/// Reads the answers to [`burst_of_gets`]`(n)`: each a record, in order.
+fn assert_gets_answered(raw: &mut Raw, n: u64) {
+    for i in 0..n {
+        let (id, r) = raw.response();
+        assert_eq!(id, 1000 + i, "gets are answered in order");
+        assert!(r.is_ok(), "{r:?}");
+    }
+}
+
 #[tokio::test]
 async fn an_oversized_frame_after_many_gets_is_refused_once_they_are_answered() {
     let (agent, _client) = agent_with_data().await;
@@ -586,11 +595,7 @@ async fn an_oversized_frame_after_many_gets_is_refused_once_they_are_answered() 
     let mut burst = burst_of_gets(96);
     burst.extend_from_slice(&u32::MAX.to_be_bytes());
     raw.send_bytes(&burst);
-    for i in 0..96 {
-        let (id, r) = raw.response();
-        assert_eq!(id, 1000 + i, "gets are answered in order");
-        assert!(r.is_ok(), "{r:?}");
-    }
+    assert_gets_answered(&mut raw, 96);
     let (id, r) = raw.response();
     assert_eq!(id, 0);
     assert_eq!(code(r), ErrorCode::FrameTooLarge);
@@ -605,11 +610,7 @@ async fn a_client_that_half_closes_after_many_gets_gets_every_answer() {
     raw.s
         .shutdown(std::net::Shutdown::Write)
         .expect("half close");
-    for i in 0..100 {
-        let (id, r) = raw.response();
-        assert_eq!(id, 1000 + i, "gets are answered in order");
-        assert!(r.is_ok(), "{r:?}");
-    }
+    assert_gets_answered(&mut raw, 100);
     raw.assert_closed();
 }
 
