@@ -132,34 +132,103 @@ impl Entry {
 
 /// The entries of the chunk stored at `key`.
 fn entries(key: &[u8], chunk: Slice) -> Result<Vec<Entry>, StoreError> {
-    let first = keys::cursor_of_log_key(key)
-        .ok_or_else(|| StoreError::Corrupt("op-log key is not 8 bytes".into()))?;
-    let forms = match chunk.first() {
-        Some(&COMPACT_MARK) => compact(&chunk),
-        Some(&FRAMED_MARK) => framed(&chunk),
-        _ => Ok(vec![Form::Framed {
-            start: 0,
-            end: chunk.len(),
-        }]),
+    let mut reader = ChunkReader::new(key, chunk)?;
+    let mut out = Vec::new();
+    while let Some(entry) = reader.next_entry() {
+        out.push(entry?);
     }
-    .map_err(|e| StoreError::Corrupt(format!("the op-log chunk at cursor {first}: {e}")))?;
-    Ok(forms
-        .into_iter()
-        .enumerate()
-        .map(|(i, form)| Entry {
-            cursor: first + i as u64,
-            chunk: chunk.clone(),
-            form,
-        })
-        .collect())
+    Ok(out)
 }
 
-/// The entries of a chunk in the compact form.
-fn compact(chunk: &[u8]) -> Result<Vec<Form>, CodecError> {
-    let mut r = raw::Reader::new(&chunk[1..]);
-    let mut origins: Vec<DeviceId> = Vec::new();
-    let mut out = Vec::new();
-    while r.remaining() > 0 {
+/// Reads one chunk's entries front to back, one at a time: a reader that
+/// wants a few entries of a large chunk (sync reads 512 ops at a time
+/// from chunks of thousands) parses no further, and shares the chunk's
+/// bytes only with the entries it keeps.
+struct ChunkReader {
+    chunk: Slice,
+    /// The chunk's key: the cursor of its first entry.
+    first: u64,
+    /// The cursor of the next entry.
+    cursor: u64,
+    /// Where the next entry starts in `chunk`.
+    at: usize,
+    /// The origin table of a compact chunk so far.
+    origins: Vec<DeviceId>,
+    kind: ChunkKind,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ChunkKind {
+    Compact,
+    Framed,
+    /// A chunk of one bare `Op`, the first form.
+    Bare,
+}
+
+impl ChunkReader {
+    fn new(key: &[u8], chunk: Slice) -> Result<ChunkReader, StoreError> {
+        let cursor = keys::cursor_of_log_key(key)
+            .ok_or_else(|| StoreError::Corrupt("op-log key is not 8 bytes".into()))?;
+        let (kind, at) = match chunk.first() {
+            Some(&COMPACT_MARK) => (ChunkKind::Compact, 1),
+            Some(&FRAMED_MARK) => (ChunkKind::Framed, 1),
+            _ => (ChunkKind::Bare, 0),
+        };
+        Ok(ChunkReader {
+            chunk,
+            first: cursor,
+            cursor,
+            at,
+            origins: Vec::new(),
+            kind,
+        })
+    }
+
+    /// The next entry's cursor and form, without sharing the chunk.
+    fn next_form(&mut self) -> Option<Result<(u64, Form), StoreError>> {
+        if self.at >= self.chunk.len() && !(self.kind == ChunkKind::Bare && self.at == 0) {
+            return None;
+        }
+        let read = match self.kind {
+            ChunkKind::Compact => self.compact_form(),
+            ChunkKind::Framed => self.framed_form(),
+            ChunkKind::Bare => {
+                self.at = self.chunk.len().max(1);
+                Ok(Form::Framed {
+                    start: 0,
+                    end: self.chunk.len(),
+                })
+            }
+        };
+        Some(match read {
+            Ok(form) => {
+                self.cursor += 1;
+                Ok((self.cursor - 1, form))
+            }
+            Err(e) => {
+                // Nothing after a bad entry can be found: stop there.
+                self.at = usize::MAX;
+                self.kind = ChunkKind::Compact;
+                Err(StoreError::Corrupt(format!(
+                    "the op-log chunk at cursor {}: {e}",
+                    self.first
+                )))
+            }
+        })
+    }
+
+    /// The next entry.
+    fn next_entry(&mut self) -> Option<Result<Entry, StoreError>> {
+        Some(self.next_form()?.map(|(cursor, form)| Entry {
+            cursor,
+            chunk: self.chunk.clone(),
+            form,
+        }))
+    }
+
+    fn compact_form(&mut self) -> Result<Form, CodecError> {
+        let chunk = &self.chunk[..];
+        let mut r = raw::Reader::new(&chunk[self.at..]);
         let flags = r.byte("an entry's flags")?;
         if flags & !(NEW_ORIGIN | HAS_PRIORITY | HAS_INCARNATION | PUT_BODY) != 0 {
             return Err(CodecError(format!("an entry has unknown flags {flags:#x}")));
@@ -168,13 +237,13 @@ fn compact(chunk: &[u8]) -> Result<Vec<Form>, CodecError> {
             let id = r.bytes(32, "an entry's origin")?;
             let mut origin = DeviceId([0; 32]);
             origin.0.copy_from_slice(id);
-            origins.push(origin);
+            self.origins.push(origin);
             origin
         } else {
             let at = r.uint("an entry's origin")?;
             *usize::try_from(at)
                 .ok()
-                .and_then(|at| origins.get(at))
+                .and_then(|at| self.origins.get(at))
                 .ok_or_else(|| {
                     CodecError(format!("an entry names origin {at}, not in the chunk"))
                 })?
@@ -196,14 +265,16 @@ fn compact(chunk: &[u8]) -> Result<Vec<Form>, CodecError> {
         let body = usize::try_from(len)
             .map_err(|_| CodecError("an entry's body is cut short".into()))
             .and_then(|len| r.bytes(len, "an entry's body"))?;
-        let start = chunk.len() - r.remaining() - body.len();
+        let end = chunk.len() - r.remaining();
+        let start = end - body.len();
         let put = flags & PUT_BODY != 0;
         if put && PutParts::of_stored(body).is_none() {
             return Err(CodecError(
                 "an entry's put body has no collection and id".into(),
             ));
         }
-        out.push(Form::Compact {
+        self.at = end;
+        Ok(Form::Compact {
             head: Head {
                 origin,
                 seq,
@@ -212,28 +283,24 @@ fn compact(chunk: &[u8]) -> Result<Vec<Form>, CodecError> {
                 incarnation,
             },
             start,
-            end: start + body.len(),
+            end,
             put,
-        });
+        })
     }
-    Ok(out)
-}
 
-/// The entries of a chunk in the framed form.
-fn framed(chunk: &[u8]) -> Result<Vec<Form>, CodecError> {
-    let mut r = raw::Reader::new(&chunk[1..]);
-    let mut out = Vec::new();
-    while r.remaining() > 0 {
+    fn framed_form(&mut self) -> Result<Form, CodecError> {
+        let chunk = &self.chunk[..];
+        let mut r = raw::Reader::new(&chunk[self.at..]);
         let len = r.bytes(4, "an entry's length")?;
         let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
         let entry = r.bytes(len, "an entry")?;
-        let start = chunk.len() - r.remaining() - entry.len();
-        out.push(Form::Framed {
-            start,
-            end: start + len,
-        });
+        let end = chunk.len() - r.remaining();
+        self.at = end;
+        Ok(Form::Framed {
+            start: end - entry.len(),
+            end,
+        })
     }
-    Ok(out)
 }
 
 /// The ops of a chunk's bytes, as the log reads them, and the same ops
@@ -264,7 +331,7 @@ pub(crate) fn after(log: &Keyspace, after: u64) -> Forward {
     };
     Forward {
         chunks: Some(log.range(keys::log_key(start)..)),
-        current: Vec::new().into_iter(),
+        current: None,
         from,
         failed: None,
     }
@@ -273,7 +340,7 @@ pub(crate) fn after(log: &Keyspace, after: u64) -> Forward {
 /// Reads the log forwards (see [`after`]).
 pub(crate) struct Forward {
     chunks: Option<fjall::Iter>,
-    current: std::vec::IntoIter<Entry>,
+    current: Option<ChunkReader>,
     from: u64,
     failed: Option<StoreError>,
 }
@@ -282,7 +349,7 @@ impl Forward {
     fn failed(e: StoreError) -> Self {
         Forward {
             chunks: None,
-            current: Vec::new().into_iter(),
+            current: None,
             from: 0,
             failed: Some(e),
         }
@@ -297,18 +364,29 @@ impl Iterator for Forward {
             return Some(Err(e));
         }
         loop {
-            if let Some(entry) = self.current.next() {
-                if entry.cursor < self.from {
-                    continue;
+            if let Some(chunk) = &mut self.current {
+                // Entries before `from` are only walked past.
+                while let Some(read) = chunk.next_form() {
+                    match read {
+                        Ok((cursor, _)) if cursor < self.from => {}
+                        Ok((cursor, form)) => {
+                            return Some(Ok(Entry {
+                                cursor,
+                                chunk: chunk.chunk.clone(),
+                                form,
+                            }));
+                        }
+                        Err(e) => return Some(Err(e)),
+                    }
                 }
-                return Some(Ok(entry));
             }
             let next = self.chunks.as_mut()?.next()?;
-            match next.into_inner().map_err(StoreError::from) {
-                Ok((k, v)) => match entries(&k, v) {
-                    Ok(e) => self.current = e.into_iter(),
-                    Err(e) => return Some(Err(e)),
-                },
+            match next
+                .into_inner()
+                .map_err(StoreError::from)
+                .and_then(|(k, v)| ChunkReader::new(&k, v))
+            {
+                Ok(reader) => self.current = Some(reader),
                 Err(e) => return Some(Err(e)),
             }
         }
@@ -319,14 +397,15 @@ impl Iterator for Forward {
 pub(crate) fn newest_first(log: &Keyspace) -> Backward {
     Backward {
         chunks: log.iter(),
-        current: Vec::new().into_iter(),
+        current: None,
     }
 }
 
 /// Reads the log backwards (see [`newest_first`]).
 pub(crate) struct Backward {
     chunks: fjall::Iter,
-    current: std::vec::IntoIter<Entry>,
+    /// The chunk being read, and its entries' cursors and forms.
+    current: Option<(Slice, Vec<(u64, Form)>)>,
 }
 
 impl Iterator for Backward {
@@ -334,15 +413,29 @@ impl Iterator for Backward {
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
-            if let Some(entry) = self.current.next_back() {
-                return Some(Ok(entry));
+            if let Some((chunk, forms)) = &mut self.current
+                && let Some((cursor, form)) = forms.pop()
+            {
+                return Some(Ok(Entry {
+                    cursor,
+                    chunk: chunk.clone(),
+                    form,
+                }));
             }
             let next = self.chunks.next_back()?;
-            match next.into_inner().map_err(StoreError::from) {
-                Ok((k, v)) => match entries(&k, v) {
-                    Ok(e) => self.current = e.into_iter(),
-                    Err(e) => return Some(Err(e)),
-                },
+            let read = next
+                .into_inner()
+                .map_err(StoreError::from)
+                .and_then(|(k, v)| {
+                    let mut reader = ChunkReader::new(&k, v)?;
+                    let mut forms = Vec::new();
+                    while let Some(read) = reader.next_form() {
+                        forms.push(read?);
+                    }
+                    Ok((reader.chunk, forms))
+                });
+            match read {
+                Ok(current) => self.current = Some(current),
                 Err(e) => return Some(Err(e)),
             }
         }
