@@ -389,10 +389,20 @@ impl PeerMessage {
 /// refusing one over [`MAX_PEER_FRAME`].
 pub fn to_frame<T: Serialize>(msg: &T) -> Result<Vec<u8>, EncodeError> {
     let mut out = Vec::new();
-    let start = frame::begin_frame(&mut out);
-    codec::encode_into(&mut out, msg)?;
-    frame::finish_frame(&mut out, start, MAX_PEER_FRAME)?;
+    append_frame(&mut out, msg)?;
     Ok(out)
+}
+
+/// Appends `msg` to `out` as [`to_frame`] encodes it, so a sender can
+/// reuse one buffer for all its frames. On an error `out` is as it was.
+pub fn append_frame<T: Serialize>(out: &mut Vec<u8>, msg: &T) -> Result<(), EncodeError> {
+    let start = frame::begin_frame(out);
+    if let Err(e) = codec::encode_into(out, msg) {
+        out.truncate(start);
+        return Err(e.into());
+    }
+    frame::finish_frame(out, start, MAX_PEER_FRAME)?;
+    Ok(())
 }
 
 /// What an invite code carries.
