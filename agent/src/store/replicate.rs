@@ -100,6 +100,13 @@ impl Writer {
         let counters = *self.counters.entry(db.id).or_default();
         let (mut head, mut local_seq) = (counters.head, counters.local_seq);
         let mut refused = Vec::new();
+        // The last collection a fast put went to, known to have no
+        // indexes and registered: a message's puts mostly share one, and
+        // looking it up for each took two locks and two hash lookups.
+        let mut plain_collection = String::new();
+        // One buffer for every fresh record built here; each is copied
+        // into the store's own allocation anyway.
+        let mut scratch = stamped::Holes::default();
         for mut op in ops {
             let writer = op.writer();
             if sync.vector.get(&writer) + 1 != op.seq {
@@ -130,15 +137,18 @@ impl Writer {
                 && op.priority <= MAX_PRIORITY
                 && screen.is_empty()
                 && let Some(put) = plain.as_deref().and_then(RawPut::parse)
-                && read_lock(&db.collections)
-                    .get(put.collection)
-                    .is_none_or(|c| c.indexes.is_empty())
+                && (put.collection == plain_collection
+                    || read_lock(&db.collections)
+                        .get(put.collection)
+                        .is_none_or(|c| c.indexes.is_empty()))
             {
-                self.collection_indexes(&group, &mut plan, db, put.collection)?;
+                if put.collection != plain_collection {
+                    self.collection_indexes(&group, &mut plan, db, put.collection)?;
+                    put.collection.clone_into(&mut plain_collection);
+                }
                 let key = keys::record_key_slice(put.collection, put.id);
-                let bytes = stamped::fresh_put_record_raw(&writer, op.priority, &put.fields)
-                    .fill(&[op.hlc.0]);
-                plan_encoded(&mut plan, db, key, bytes.into());
+                stamped::fresh_put_record_raw_into(&mut scratch, &writer, op.priority, &put.fields);
+                plan_encoded(&mut plan, db, key, scratch.filled(&[op.hlc.0]));
                 built = true;
             }
             let decoded = match plain {

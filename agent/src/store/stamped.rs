@@ -14,7 +14,7 @@ const MAX_HOLES: usize = 2;
 
 /// Encoded bytes with 8-byte holes to fill in. The holes' places are kept
 /// inline: a list of them was one more allocation for every put.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub(crate) struct Holes {
     bytes: Vec<u8>,
     holes: [usize; MAX_HOLES],
@@ -30,6 +30,21 @@ impl Holes {
         }
         self.bytes
     }
+
+    /// Fills the holes as [`Holes::fill`] does and copies the bytes out,
+    /// keeping this buffer for the next record.
+    pub(crate) fn filled(&mut self, values: &[u64]) -> fjall::Slice {
+        for (i, at) in self.holes[..self.count].iter().enumerate() {
+            let v = values[i.min(values.len() - 1)];
+            raw::patch_u64(&mut self.bytes, *at, v);
+        }
+        fjall::Slice::from(&self.bytes[..])
+    }
+
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.count = 0;
+    }
 }
 
 /// [`fresh_put_record`] from a put's encoded field values (names in
@@ -40,12 +55,24 @@ pub(crate) fn fresh_put_record_raw(
     fields: &blazedb_proto::RawFields<'_>,
 ) -> Holes {
     let mut h = Holes::with_capacity(64 + fields.entries_len() + fields.len());
+    fresh_put_record_raw_into(&mut h, origin, priority, fields);
+    h
+}
+
+/// [`fresh_put_record_raw`] into `h`, which is cleared first, so that one
+/// buffer serves every record a writer builds.
+pub(crate) fn fresh_put_record_raw_into(
+    h: &mut Holes,
+    origin: &DeviceId,
+    priority: u8,
+    fields: &blazedb_proto::RawFields<'_>,
+) {
+    h.clear();
     // Appending bytes cannot fail.
-    let _ = fresh_record(&mut h, origin, priority, fields.len(), |out| {
+    let _ = fresh_record(h, origin, priority, fields.len(), |out| {
         fields.write_entries(out);
         Ok(())
     });
-    h
 }
 
 impl Holes {
@@ -221,6 +248,12 @@ mod tests {
                 .expect("encode");
             let put = blazedb_proto::RawPut::parse(&body).expect("a plain put");
             prop_assert_eq!(&fresh_put_record_raw(&origin, priority, &put.fields).fill(&[hlc]), &bytes);
+            // Into a buffer that held a longer record: the same bytes.
+            let mut scratch = Holes::default();
+            fresh_put_record_raw_into(&mut scratch, &DeviceId([!dev; 32]), 1, &one_by_one);
+            scratch.bytes().extend_from_slice(&[0xc1; 40]);
+            fresh_put_record_raw_into(&mut scratch, &origin, priority, &put.fields);
+            prop_assert_eq!(&scratch.filled(&[hlc])[..], &bytes[..]);
         }
     }
 }

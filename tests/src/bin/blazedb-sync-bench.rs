@@ -55,6 +55,10 @@ struct Args {
     /// Print one JSON object with the figures and ratios as the last line.
     #[arg(long)]
     json: bool,
+    /// Run only these sections (apply, catch-up, rules, e2e, codec); all
+    /// when not given.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
 }
 
 const DB: &str = "bench";
@@ -429,133 +433,165 @@ fn main() -> anyhow::Result<()> {
         )
         .map(|r| r.ops)
         .unwrap_or_default();
-    let raw = raw_fjall(&tmp.path().join("raw"), &ops, batch)?;
-    let layout = raw_fjall_layout_of(tmp.path(), puts_of(&ops)?.into_iter(), batch)?;
-    let engine = engine_apply(&tmp.path().join("apply"), &ops, batch, None, None)?;
-    println!("apply {apply_n} remote puts of new records:");
-    println!("  raw fjall batch inserts  {raw:>10.0} ops/s");
-    println!("  raw fjall, store layout  {layout:>10.0} ops/s  (records + a log chunk per batch)");
-    println!(
-        "  engine into fjall store  {engine:>10.0} ops/s  ({:.0}% of raw, target >= 60%; {:.0}% of the layout floor)",
-        100.0 * engine / raw,
-        100.0 * engine / layout
-    );
-    note("raw_put_rate", raw);
-    note("layout_put_rate", layout);
-    note("apply_rate", engine);
-    note("apply_ratio_raw", engine / raw);
+    let runs = |section: &str| args.only.is_empty() || args.only.iter().any(|s| s == section);
+    if runs("apply") {
+        // Raw fjall and the engine alternate, and each figure is the
+        // median of its rounds: one pair of runs swings more on this
+        // machine than the gap being measured.
+        let (raw, engine) = alternating_blocking(
+            |round| raw_fjall(&tmp.path().join(format!("raw-{round}")), &ops, batch),
+            |round| {
+                engine_apply(
+                    &tmp.path().join(format!("apply-{round}")),
+                    &ops,
+                    batch,
+                    None,
+                    None,
+                )
+            },
+        )?;
+        let layout = raw_fjall_layout_of(tmp.path(), puts_of(&ops)?.into_iter(), batch)?;
+        println!(
+            "apply {apply_n} remote puts of new records (raw and engine alternating, median of {ROUNDS} rounds):"
+        );
+        println!("  raw fjall batch inserts  {raw:>10.0} ops/s");
+        println!(
+            "  raw fjall, store layout  {layout:>10.0} ops/s  (records + a log chunk per batch; one run)"
+        );
+        println!(
+            "  engine into fjall store  {engine:>10.0} ops/s  ({:.0}% of raw, target >= 60%; {:.0}% of the layout floor)",
+            100.0 * engine / raw,
+            100.0 * engine / layout
+        );
+        note("raw_put_rate", raw);
+        note("layout_put_rate", layout);
+        note("apply_rate", engine);
+        note("apply_ratio_raw", engine / raw);
+    }
 
-    let t = Instant::now();
-    let src = source(catch_n, catch_n / 4);
-    println!(
-        "catch-up of a fresh replica with {catch_n} ops over {} records (source built in {:.1} s):",
-        catch_n / 4,
-        t.elapsed().as_secs_f64()
-    );
-    let (full, src) = catch_up(&tmp.path().join("stream"), src, false, false)?;
-    println!(
-        "  op stream   {full:>6.2} s  ({:.0} ops/s)",
-        catch_n as f64 / full
-    );
-    note("catch_up_stream_s", full);
-    let (secs, src) = catch_up(&tmp.path().join("snapshot"), src, true, false)?;
-    println!(
-        "  snapshot    {secs:>6.2} s  ({:.0} ops/s equivalent)",
-        catch_n as f64 / secs
-    );
-    note("catch_up_snapshot_s", secs);
-    let (secs, src) = catch_up(&tmp.path().join("partial"), src, false, true)?;
-    println!(
-        "  partial     {secs:>6.2} s  ({:.0} ops/s; {:.0}% of the op stream's rate; where priority = 1, without owner)",
-        catch_n as f64 / secs,
-        100.0 * full / secs
-    );
-    let tail = (catch_n / 100) as usize;
-    let (secs, setup) = blind_catch_up(&tmp.path().join("blind"), &src, tail)?;
-    println!(
-        "  e2e, from a blind hub alone: sealed checkpoint + {tail} sealed ops  {secs:>6.2} s  \
-         ({:.0} ops/s; target: 1M ops <= 10 s; set up in {setup:.1} s)",
-        catch_n as f64 / secs
-    );
+    if runs("catch-up") {
+        let t = Instant::now();
+        let src = source(catch_n, catch_n / 4);
+        println!(
+            "catch-up of a fresh replica with {catch_n} ops over {} records (source built in {:.1} s):",
+            catch_n / 4,
+            t.elapsed().as_secs_f64()
+        );
+        let (full, src) = catch_up(&tmp.path().join("stream"), src, false, false)?;
+        println!(
+            "  op stream   {full:>6.2} s  ({:.0} ops/s)",
+            catch_n as f64 / full
+        );
+        note("catch_up_stream_s", full);
+        let (secs, src) = catch_up(&tmp.path().join("snapshot"), src, true, false)?;
+        println!(
+            "  snapshot    {secs:>6.2} s  ({:.0} ops/s equivalent)",
+            catch_n as f64 / secs
+        );
+        note("catch_up_snapshot_s", secs);
+        let (secs, src) = catch_up(&tmp.path().join("partial"), src, false, true)?;
+        println!(
+            "  partial     {secs:>6.2} s  ({:.0} ops/s; {:.0}% of the op stream's rate; where priority = 1, without owner)",
+            catch_n as f64 / secs,
+            100.0 * full / secs
+        );
+        let tail = (catch_n / 100) as usize;
+        let (secs, setup) = blind_catch_up(&tmp.path().join("blind"), &src, tail)?;
+        println!(
+            "  e2e, from a blind hub alone: sealed checkpoint + {tail} sealed ops  {secs:>6.2} s  \
+             ({:.0} ops/s; target: 1M ops <= 10 s; set up in {setup:.1} s)",
+            catch_n as f64 / secs
+        );
+    }
 
-    // The writer is a device under a rule every one of its writes meets,
-    // so all are applied, each after a check.
-    let src_ops: Vec<Op> = ops;
-    let writer = DeviceId([7; 32]);
-    let open = rules_for(
-        writer,
-        vec![filter("priority", FilterOp::Lt, Value::Int(10))],
-    );
-    let mut open_rule = open;
-    open_rule.rules[0].exclude.clear();
-    let plain = engine_apply(&tmp.path().join("plain"), &src_ops, batch, None, None)?;
-    let checked = engine_apply(
-        &tmp.path().join("checked"),
-        &src_ops,
-        batch,
-        Some(open_rule),
-        None,
-    )?;
-    println!("apply {apply_n} remote puts, the writer unrestricted and then under a rule:");
-    println!("  unrestricted   {plain:>10.0} ops/s");
-    println!(
-        "  checked        {checked:>10.0} ops/s  (the check costs {:.0}% of apply throughput)",
-        100.0 * (1.0 - checked / plain)
-    );
+    // An apply rate of this run, for the shares of sealing below.
+    let mut plain_rate = None;
+    if runs("rules") {
+        // The writer is a device under a rule every one of its writes meets,
+        // so all are applied, each after a check.
+        let writer = DeviceId([7; 32]);
+        let open = rules_for(
+            writer,
+            vec![filter("priority", FilterOp::Lt, Value::Int(10))],
+        );
+        let mut open_rule = open;
+        open_rule.rules[0].exclude.clear();
+        let plain = engine_apply(&tmp.path().join("plain"), &ops, batch, None, None)?;
+        let checked = engine_apply(
+            &tmp.path().join("checked"),
+            &ops,
+            batch,
+            Some(open_rule),
+            None,
+        )?;
+        println!("apply {apply_n} remote puts, the writer unrestricted and then under a rule:");
+        println!("  unrestricted   {plain:>10.0} ops/s");
+        println!(
+            "  checked        {checked:>10.0} ops/s  (the check costs {:.0}% of apply throughput)",
+            100.0 * (1.0 - checked / plain)
+        );
+        plain_rate = Some(plain);
+    }
 
-    // The same puts into an end-to-end encrypted database: each body
-    // opened before it is applied, and logged sealed.
-    let key = ContentKey::generate(1)?;
-    let sealed_ops = sealed(&src_ops, &key)?;
-    let (plain_median, e2e) = alternating_blocking(
-        |round| {
-            engine_apply(
-                &tmp.path().join(format!("plain-{round}")),
-                &src_ops,
-                batch,
-                None,
-                None,
-            )
-        },
-        |round| {
-            engine_apply(
-                &tmp.path().join(format!("e2e-{round}")),
-                &sealed_ops,
-                batch,
-                None,
-                Some(&key),
-            )
-        },
-    )?;
-    println!(
-        "apply {apply_n} remote puts, plaintext and e2e alternating, median of {ROUNDS} rounds:"
-    );
-    println!("  plaintext      {plain_median:>10.0} ops/s");
-    println!(
-        "  e2e            {e2e:>10.0} ops/s  ({:.0}% of plaintext; target >= 80%)",
-        100.0 * e2e / plain_median
-    );
-    note("e2e_apply_ratio_plain", e2e / plain_median);
+    if runs("e2e") {
+        // The same puts into an end-to-end encrypted database: each body
+        // opened before it is applied, and logged sealed.
+        let key = ContentKey::generate(1)?;
+        let sealed_ops = sealed(&ops, &key)?;
+        let (plain_median, e2e) = alternating_blocking(
+            |round| {
+                engine_apply(
+                    &tmp.path().join(format!("plain-{round}")),
+                    &ops,
+                    batch,
+                    None,
+                    None,
+                )
+            },
+            |round| {
+                engine_apply(
+                    &tmp.path().join(format!("e2e-{round}")),
+                    &sealed_ops,
+                    batch,
+                    None,
+                    Some(&key),
+                )
+            },
+        )?;
+        println!(
+            "apply {apply_n} remote puts, plaintext and e2e alternating, median of {ROUNDS} rounds:"
+        );
+        println!("  plaintext      {plain_median:>10.0} ops/s");
+        println!(
+            "  e2e            {e2e:>10.0} ops/s  ({:.0}% of plaintext; target >= 80%)",
+            100.0 * e2e / plain_median
+        );
+        note("e2e_apply_ratio_plain", e2e / plain_median);
+        plain_rate = plain_rate.or(Some(plain_median));
+    }
 
-    let (seal, open) = seal_and_open(&src_ops)?;
-    let share = |rate: f64| 100.0 * plain / rate;
-    println!("seal and open the same {apply_n} op bodies under a content key (AES-256-GCM):");
-    println!(
-        "  seal           {seal:>10.0} ops/s  ({:.1}% of the time of applying them)",
-        share(seal)
-    );
-    println!(
-        "  open           {open:>10.0} ops/s  ({:.1}% of the time of applying them)",
-        share(open)
-    );
-    let (decode, serde_decode) = message_decoding(&src_ops, batch)?;
-    println!("the same ops as op-stream messages of {batch}, read:");
-    println!(
-        "  read by hand     {decode:>10.0} ops/s  ({:.1}x serde's generic decoder: {serde_decode:.0} ops/s)",
-        decode / serde_decode
-    );
-    note("ops_message_decode_rate", decode);
-    note("ops_message_decode_ratio_serde", decode / serde_decode);
+    if runs("codec") {
+        let (seal, open) = seal_and_open(&ops)?;
+        let share = |rate: f64| {
+            plain_rate.map_or_else(String::new, |plain| {
+                format!(
+                    "  ({:.1}% of the time of applying them)",
+                    100.0 * plain / rate
+                )
+            })
+        };
+        println!("seal and open the same {apply_n} op bodies under a content key (AES-256-GCM):");
+        println!("  seal           {seal:>10.0} ops/s{}", share(seal));
+        println!("  open           {open:>10.0} ops/s{}", share(open));
+        let (decode, serde_decode) = message_decoding(&ops, batch)?;
+        println!("the same ops as op-stream messages of {batch}, read:");
+        println!(
+            "  read by hand     {decode:>10.0} ops/s  ({:.1}x serde's generic decoder: {serde_decode:.0} ops/s)",
+            decode / serde_decode
+        );
+        note("ops_message_decode_rate", decode);
+        note("ops_message_decode_ratio_serde", decode / serde_decode);
+    }
     if args.json {
         println!("{}", serde_json::Value::Object(figures));
     }
