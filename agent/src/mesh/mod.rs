@@ -17,6 +17,7 @@ mod clones;
 mod dials;
 pub mod discovery;
 pub mod driver;
+mod frames;
 mod gossip;
 mod inbox;
 mod keys;

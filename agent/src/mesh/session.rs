@@ -33,6 +33,7 @@ use blazedb_proto::{DeviceId, SyncMessage};
 use tokio::sync::mpsc;
 
 use super::driver::Input;
+use super::frames::FrameBuffer;
 use super::proof::{self, Binding};
 use super::state::MeshKeys;
 use super::traffic::{Traffic, Way};
@@ -74,33 +75,27 @@ fn protocol(e: impl std::fmt::Display) -> SessionError {
 
 /// Reads one frame, refusing lengths over the limit before reading them.
 pub async fn read_frame(recv: &mut quinn::RecvStream) -> Result<Option<Vec<u8>>, SessionError> {
-    let mut buf = Vec::new();
-    Ok(read_frame_into(recv, &mut buf).await?.then_some(buf))
+    Ok(read_pooled_frame(recv)
+        .await?
+        .map(|mut frame| std::mem::take(&mut *frame)))
 }
 
-/// Reads one frame's payload into `buf` (replacing what it held); false
-/// if the stream ended before a frame began. A reader of many frames
-/// passes the same buffer each time: sync frames run to hundreds of
-/// kilobytes, and a fresh buffer for each cost the receiver its pages'
-/// faults and zeroing again and again.
-pub async fn read_frame_into(
+/// [`read_frame`] into a buffer from the pool ([`FrameBuffer`]), taken only
+/// once the frame's length has come: a peer that sends nothing holds none.
+pub(crate) async fn read_pooled_frame(
     recv: &mut quinn::RecvStream,
-    buf: &mut Vec<u8>,
-) -> Result<bool, SessionError> {
+) -> Result<Option<FrameBuffer>, SessionError> {
     let mut prefix = [0u8; LEN_PREFIX];
     match recv.read_exact(&mut prefix).await {
         Ok(()) => {}
-        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(false),
+        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
         Err(e) => return Err(protocol(e)),
     }
     let len = payload_len(prefix, MAX_PEER_FRAME)
         .map_err(|e| SessionError::TooLarge(format!("the peer sent a {e}")))?;
-    if buf.capacity() > KEPT_FRAME_BUFFER.max(len) {
-        // One large frame does not pin its buffer for the stream's life.
-        *buf = Vec::new();
-    }
-    buf.clear();
+    let mut buf = FrameBuffer::take();
     buf.reserve_exact(len);
+    // Filled from quinn's chunks: reading into a slice would first zero it.
     while buf.len() < len {
         match recv.read_chunk(len - buf.len(), true).await {
             Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
@@ -113,11 +108,8 @@ pub async fn read_frame_into(
             Err(e) => return Err(protocol(e)),
         }
     }
-    Ok(true)
+    Ok(Some(buf))
 }
-
-/// The most a reused frame buffer keeps between frames.
-const KEPT_FRAME_BUFFER: usize = 1 << 20;
 
 /// Writes one message as a frame; returns the frame's length.
 async fn write_msg<T: serde::Serialize>(
@@ -127,15 +119,12 @@ async fn write_msg<T: serde::Serialize>(
     write_msg_with(send, msg, &mut Vec::new()).await
 }
 
-/// [`write_msg`], encoding into `frame` (a buffer the caller reuses).
+/// [`write_msg`], encoding into `frame`, which is cleared first.
 async fn write_msg_with<T: serde::Serialize>(
     send: &mut quinn::SendStream,
     msg: &T,
     frame: &mut Vec<u8>,
 ) -> Result<usize, SessionError> {
-    if frame.capacity() > KEPT_FRAME_BUFFER {
-        *frame = Vec::new();
-    }
     frame.clear();
     append_frame(frame, msg).map_err(|e| match e {
         EncodeError::TooLarge(e) => SessionError::TooLarge(e.to_string()),
@@ -621,7 +610,6 @@ async fn write_sync(
     traffic: Arc<Traffic>,
 ) {
     let mut streams: HashMap<String, quinn::SendStream> = HashMap::new();
-    let mut frame = Vec::new();
     while let Some(msg) = rx.recv().await {
         let db = msg.db().to_owned();
         if !streams.contains_key(&db) {
@@ -635,7 +623,7 @@ async fn write_sync(
         let Some(stream) = streams.get_mut(&db) else {
             return;
         };
-        match write_msg_with(stream, &msg, &mut frame).await {
+        match write_msg_with(stream, &msg, &mut FrameBuffer::take()).await {
             Ok(bytes) => traffic.count(peer, Way::Out, &msg, bytes),
             // The engine's batches are far under the frame limit; one
             // that is not is dropped, and the engine resends its content.
@@ -656,10 +644,9 @@ async fn read_sync(
     driver: std::sync::mpsc::Sender<Input>,
     traffic: Arc<Traffic>,
 ) {
-    let mut bytes = Vec::new();
     loop {
-        match read_frame_into(&mut recv, &mut bytes).await {
-            Ok(true) => match SyncMessage::decode(&bytes) {
+        match read_pooled_frame(&mut recv).await {
+            Ok(Some(bytes)) => match SyncMessage::decode(&bytes) {
                 Ok(msg) => {
                     traffic.count(peer, Way::In, &msg, bytes.len() + LEN_PREFIX);
                     let msg = Box::new(msg);
@@ -673,7 +660,7 @@ async fn read_sync(
                     return;
                 }
             },
-            Ok(false) => return,
+            Ok(None) => return,
             Err(e) => {
                 tracing::debug!(peer = %peer, "sync stream ended: {e}");
                 if matches!(e, SessionError::TooLarge(_)) {
