@@ -20,6 +20,8 @@
 //! - sealing: the apply benchmark's op bodies sealed and opened under a
 //!   database content key (end-to-end encryption), per second, beside the
 //!   apply rate: the share of apply throughput the crypto would take.
+//!
+//! `--only apply,catch-up,rules,e2e,codec` runs some of the sections.
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
