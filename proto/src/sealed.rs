@@ -114,6 +114,13 @@ impl<'a> SealedOp<'a> {
     /// so two different ops never give the same bytes.
     pub fn associated_data(&self, key_epoch: u32) -> Vec<u8> {
         let mut out = Vec::with_capacity(96 + self.db.len());
+        self.associated_data_into(key_epoch, &mut out);
+        out
+    }
+
+    /// Appends [`SealedOp::associated_data`] to `out`, for a caller that
+    /// reuses one buffer for many ops.
+    pub fn associated_data_into(&self, key_epoch: u32, out: &mut Vec<u8>) {
         out.extend_from_slice(b"blazedb sealed op v1\0");
         out.extend_from_slice(&(self.db.len() as u64).to_be_bytes());
         out.extend_from_slice(self.db.as_bytes());
@@ -122,7 +129,6 @@ impl<'a> SealedOp<'a> {
         out.extend_from_slice(&self.hlc.0.to_be_bytes());
         out.push(self.priority);
         out.extend_from_slice(&key_epoch.to_be_bytes());
-        out
     }
 }
 

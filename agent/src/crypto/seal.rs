@@ -216,21 +216,44 @@ pub fn open_with<'k>(
     aad_of: impl FnOnce(u32) -> Vec<u8>,
     sealed: &[u8],
 ) -> Result<Vec<u8>, SealError> {
+    let mut plain = Vec::new();
+    open_into(
+        key_of,
+        |epoch, aad| *aad = aad_of(epoch),
+        sealed,
+        &mut Vec::new(),
+        &mut plain,
+    )?;
+    Ok(plain)
+}
+
+/// [`open_with`] into `plain`, the associated data written into `aad` by
+/// `aad_of`: both buffers are cleared first, so that one pair serves
+/// every op a writer opens.
+pub fn open_into<'k>(
+    key_of: impl FnOnce(u32) -> Option<&'k ContentKey>,
+    aad_of: impl FnOnce(u32, &mut Vec<u8>),
+    sealed: &[u8],
+    aad: &mut Vec<u8>,
+    plain: &mut Vec<u8>,
+) -> Result<(), SealError> {
     let sealed = SealedBody::parse(sealed).ok_or(SealError::NotSealed)?;
     let key = key_of(sealed.key_epoch).ok_or(SealError::NoKey(sealed.key_epoch))?;
-    let aad = aad_of(sealed.key_epoch);
-    let mut plain = sealed.ciphertext.to_vec();
+    aad.clear();
+    aad_of(sealed.key_epoch, aad);
+    plain.clear();
+    plain.extend_from_slice(sealed.ciphertext);
     let len = key
         .cipher
         .open_in_place(
             Nonce::assume_unique_for_key(sealed.nonce),
-            Aad::from(&aad),
-            &mut plain,
+            Aad::from(&aad[..]),
+            plain,
         )
         .map_err(|_| SealError::Damaged)?
         .len();
     plain.truncate(len);
-    Ok(plain)
+    Ok(())
 }
 
 #[cfg(test)]

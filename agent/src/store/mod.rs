@@ -978,14 +978,15 @@ impl Store {
             });
         }
         let reader = self.reader(db);
+        let mut opened = sealing::Opened::default();
         let mut changes = Vec::new();
         let mut last = after;
         for entry in oplog::after(&db.log, after).take(max_scan) {
             let entry = entry?;
             last = entry.cursor;
             let op = entry.op()?;
-            let body = match reader.read(&db.name, &op) {
-                sealing::Body::Readable(plain) => OpBody::decode(&plain)?,
+            let body = match reader.read(&db.name, &op, &mut opened) {
+                sealing::Body::Readable(plain) => plain.decode()?,
                 sealing::Body::Blind => return Err(StoreError::Sealed(db.name.clone())),
                 // Logged before this device held its keys, and damaged:
                 // it changed nothing here.

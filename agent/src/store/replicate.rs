@@ -10,15 +10,13 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
-use blazedb_proto::{
-    DeviceId, Hlc, Op, OpBody, RawPut, SnapshotRecord, Span, VersionVector, codec,
-};
+use blazedb_proto::{DeviceId, Hlc, Op, OpBody, SnapshotRecord, Span, VersionVector, codec};
 use fjall::{PersistMode, Slice};
 
 use super::keys;
 use super::oplog::{self, Trim};
 use super::record::{Stamp, StoredRecord};
-use super::sealing::{Body, Reader, seal_body};
+use super::sealing::{Body, Opened, Plain, Reader, seal_body};
 use super::stamped;
 use super::writer::{
     Effect, Group, MAX_PRIORITY, Plan, Writer, field_values, index_effects, load_for_update,
@@ -107,6 +105,7 @@ impl Writer {
         // One buffer for every fresh record built here; each is copied
         // into the store's own allocation anyway.
         let mut scratch = stamped::Holes::default();
+        let mut opened = Opened::default();
         for mut op in ops {
             let writer = op.writer();
             if sync.vector.get(&writer) + 1 != op.seq {
@@ -118,7 +117,7 @@ impl Writer {
             let newest =
                 op.hlc > self.clock.last() && op.priority >= sync.max_priority.max(local_priority);
             // Read here, so a plain body is read in place, not copied.
-            let plain = match reader.read(&db.name, &op) {
+            let plain = match reader.read(&db.name, &op, &mut opened) {
                 Body::Readable(p) => Some(p),
                 Body::Blind => None,
                 Body::Refused(why) => {
@@ -136,7 +135,7 @@ impl Writer {
             if newest
                 && op.priority <= MAX_PRIORITY
                 && screen.is_empty()
-                && let Some(put) = plain.as_deref().and_then(RawPut::parse)
+                && let Some(put) = plain.and_then(Plain::raw_put)
                 && (put.collection == plain_collection
                     || read_lock(&db.collections)
                         .get(put.collection)
@@ -152,7 +151,7 @@ impl Writer {
                 built = true;
             }
             let decoded = match plain {
-                Some(p) if !built => OpBody::decode(&p).ok(),
+                Some(p) if !built => p.decode().ok(),
                 _ => None,
             };
             sync.vector.advance(writer, op.seq);
@@ -253,6 +252,7 @@ impl Writer {
         }
         let (mut applied, mut unreadable) = (0u64, 0u64);
         let mut after = 0u64;
+        let mut opened = Opened::default();
         loop {
             let group = Group::new();
             let mut plan = Plan::new();
@@ -262,8 +262,8 @@ impl Writer {
                 after = entry.cursor;
                 seen += 1;
                 let op = entry.op()?;
-                let body = match reader.read(&db.name, &op) {
-                    Body::Readable(plain) => OpBody::decode(&plain).ok(),
+                let body = match reader.read(&db.name, &op, &mut opened) {
+                    Body::Readable(plain) => plain.decode().ok(),
                     _ => None,
                 };
                 let Some(body) = body else {

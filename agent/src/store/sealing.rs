@@ -18,8 +18,9 @@
 //!   change nothing).
 
 use blazedb_proto::api::{DbInfo, Encryption};
+use blazedb_proto::codec::CodecError;
 use blazedb_proto::sealed::{SealedOp, is_sealed};
-use blazedb_proto::{Op, PutParts};
+use blazedb_proto::{Op, OpBody, PutParts, RawPut};
 
 use super::{DbState, Store, StoreError, read_lock, write_lock};
 use crate::crypto::seal::{self, ContentKey, SealError};
@@ -64,30 +65,86 @@ pub(crate) enum Reader {
 /// One op's body as this replica reads it.
 pub(crate) enum Body<'a> {
     /// The body to apply (plain, or opened).
-    Readable(std::borrow::Cow<'a, [u8]>),
+    Readable(Plain<'a>),
     /// A sealed body a blind replica logs without applying.
     Blind,
     /// A body that may not be applied nor logged.
     Refused(Unopened),
 }
 
-impl Reader {
-    /// Reads the body of `op`, an op of the database `db`.
-    pub(crate) fn read<'a>(&self, db: &str, op: &'a Op) -> Body<'a> {
+/// A readable body: as the op carries it, or opened as it was sealed.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Plain<'a> {
+    /// An encoded `OpBody`.
+    Body(&'a [u8]),
+    /// A put's parts, as [`seal_body`] seals a put ([`PutParts::stored`]).
+    PutParts(&'a [u8]),
+}
+
+impl<'a> Plain<'a> {
+    /// The put this body is, read in place; `None` for anything else
+    /// (which [`Plain::decode`] reads).
+    pub(crate) fn raw_put(self) -> Option<RawPut<'a>> {
         match self {
-            Reader::Plain => Body::Readable(std::borrow::Cow::Borrowed(&op.body)),
+            Plain::Body(b) => RawPut::parse(b),
+            Plain::PutParts(p) => RawPut::parse_stored(p),
+        }
+    }
+
+    /// The body decoded.
+    pub(crate) fn decode(self) -> Result<OpBody, CodecError> {
+        OpBody::decode(&self.to_body())
+    }
+
+    /// The body as an encoded `OpBody`.
+    pub(crate) fn to_body(self) -> std::borrow::Cow<'a, [u8]> {
+        match self {
+            Plain::Body(b) => std::borrow::Cow::Borrowed(b),
+            // `PutParts` only comes from bytes that have parts.
+            Plain::PutParts(p) => std::borrow::Cow::Owned(
+                PutParts::of_stored(p).map_or_else(|| p.to_vec(), |parts| parts.body()),
+            ),
+        }
+    }
+}
+
+/// Buffers opened bodies are read into, which one reader of many ops
+/// (the writer applying a message) passes for each.
+#[derive(Debug, Default)]
+pub(crate) struct Opened {
+    plain: Vec<u8>,
+    aad: Vec<u8>,
+}
+
+impl Reader {
+    /// Reads the body of `op`, an op of the database `db`, opening it into
+    /// `opened` if it is sealed.
+    pub(crate) fn read<'a>(&self, db: &str, op: &'a Op, opened: &'a mut Opened) -> Body<'a> {
+        match self {
+            Reader::Plain => Body::Readable(Plain::Body(&op.body)),
             Reader::Blind if is_sealed(&op.body) => Body::Blind,
             Reader::Blind => Body::Refused(Unopened::of(op, &SealError::NotSealed)),
             // A change this replica logged for its subscribers (seq 0: a
             // snapshot's record, never sent on) is kept as the records
             // are, in the clear on a device holding the key.
             Reader::Keys(_) if op.seq == 0 && !is_sealed(&op.body) => {
-                Body::Readable(std::borrow::Cow::Borrowed(&op.body))
+                Body::Readable(Plain::Body(&op.body))
             }
             Reader::Keys(keys) => {
                 let header = SealedOp::of(db, op);
-                match seal::open(|e| keys.iter().find(|k| k.epoch == e), &header, &op.body) {
-                    Ok(plain) => Body::Readable(std::borrow::Cow::Owned(unpack(plain))),
+                let Opened { plain, aad } = opened;
+                match seal::open_into(
+                    |e| keys.iter().find(|k| k.epoch == e),
+                    |epoch, aad| header.associated_data_into(epoch, aad),
+                    &op.body,
+                    aad,
+                    plain,
+                ) {
+                    // A sealed put is its parts; anything else a whole body.
+                    Ok(()) if PutParts::of_stored(plain).is_some() => {
+                        Body::Readable(Plain::PutParts(plain))
+                    }
+                    Ok(()) => Body::Readable(Plain::Body(plain)),
                     Err(e) => Body::Refused(Unopened::of(op, &e)),
                 }
             }
@@ -253,16 +310,6 @@ pub(crate) fn seal_body(
         .map_err(|e| StoreError::Storage(format!("cannot seal an op: {e}")))
 }
 
-/// An opened body as [`seal_body`] sealed it, made whole: a put's parts
-/// start with a str, where every body starts with a map. Anything else is
-/// left for decoding to refuse.
-fn unpack(plain: Vec<u8>) -> Vec<u8> {
-    match PutParts::of_stored(&plain) {
-        Some(parts) => parts.body(),
-        None => plain,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use blazedb_proto::api::{DbSettings, Encryption, Write};
@@ -356,8 +403,8 @@ mod tests {
                 .seal(&SealedOp::of("d", &sealed), &plain)
                 .expect("seal whole");
             assert_eq!(sealed.body.len() + spared, whole.len(), "{body:?}");
-            match reader.read("d", &sealed) {
-                Body::Readable(opened) => assert_eq!(opened.as_ref(), &plain[..]),
+            match reader.read("d", &sealed, &mut Opened::default()) {
+                Body::Readable(opened) => assert_eq!(opened.to_body().as_ref(), &plain[..]),
                 _ => panic!("{body:?} does not open"),
             }
         }
