@@ -208,7 +208,6 @@ impl ChunkReader {
             Err(e) => {
                 // Nothing after a bad entry can be found: stop there.
                 self.at = usize::MAX;
-                self.kind = ChunkKind::Compact;
                 Err(StoreError::Corrupt(format!(
                     "the op-log chunk at cursor {}: {e}",
                     self.first
