@@ -142,10 +142,21 @@ impl ContentKey {
     /// Seals `body` with `aad` as associated data, in the sealed-body
     /// layout (which names this key's epoch).
     pub fn seal_with(&self, aad: &[u8], body: &[u8]) -> Result<Vec<u8>, SealError> {
+        self.seal_written(aad, body.len(), |out| out.extend_from_slice(body))
+    }
+
+    /// [`ContentKey::seal_with`] of the `len` bytes `write` appends, written
+    /// straight into the sealed body's buffer rather than copied there.
+    pub fn seal_written(
+        &self,
+        aad: &[u8],
+        len: usize,
+        write: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<Vec<u8>, SealError> {
         let nonce = self.next_nonce()?;
-        let mut out = Vec::with_capacity(HEADER_LEN + body.len() + TAG_LEN);
+        let mut out = Vec::with_capacity(HEADER_LEN + len + TAG_LEN);
         SealedBody::write_header(&mut out, self.epoch, &nonce);
-        out.extend_from_slice(body);
+        write(&mut out);
         let tag = self
             .cipher
             .seal_in_place_separate_tag(

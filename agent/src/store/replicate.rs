@@ -736,7 +736,7 @@ fn reseal(reader: &Reader, db: &str, op: &mut Op) -> Result<(), StoreError> {
         && let Some(key) = keys.last()
     {
         let header = blazedb_proto::sealed::SealedOp::of(db, op);
-        op.body = seal_body(key, &header, &op.body)?;
+        op.body = seal_body(key, &header, &op.body, &mut Vec::new())?;
     }
     Ok(())
 }

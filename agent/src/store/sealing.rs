@@ -290,24 +290,21 @@ impl Store {
 
 /// Seals `body` as the body of the op `header` under `key`. A put's body
 /// is sealed as its parts alone ([`PutParts::stored`]), which spares the
-/// keys of its maps; [`Reader::read`] gives the body back whole.
+/// keys of its maps; [`Reader::read`] gives the body back whole. The
+/// associated data is built in `aad`, a buffer the caller may reuse.
 pub(crate) fn seal_body(
     key: &ContentKey,
     header: &SealedOp<'_>,
     body: &[u8],
+    aad: &mut Vec<u8>,
 ) -> Result<Vec<u8>, StoreError> {
-    let packed;
-    let plain = match PutParts::of_body(body) {
-        Some(parts) => {
-            let mut out = Vec::with_capacity(parts.stored_len());
-            parts.stored(&mut out);
-            packed = out;
-            &packed[..]
-        }
-        None => body,
-    };
-    key.seal(header, plain)
-        .map_err(|e| StoreError::Storage(format!("cannot seal an op: {e}")))
+    aad.clear();
+    header.associated_data_into(key.epoch, aad);
+    match PutParts::of_body(body) {
+        Some(parts) => key.seal_written(aad, parts.stored_len(), |out| parts.stored(out)),
+        None => key.seal_with(aad, body),
+    }
+    .map_err(|e| StoreError::Storage(format!("cannot seal an op: {e}")))
 }
 
 #[cfg(test)]
@@ -398,7 +395,8 @@ mod tests {
         for (body, spared) in [(put, 27), (delete, 0)] {
             let plain = body.encode().expect("encode");
             let mut sealed = op(Vec::new());
-            sealed.body = seal_body(&key, &SealedOp::of("d", &sealed), &plain).expect("seal");
+            sealed.body = seal_body(&key, &SealedOp::of("d", &sealed), &plain, &mut Vec::new())
+                .expect("seal");
             let whole = key
                 .seal(&SealedOp::of("d", &sealed), &plain)
                 .expect("seal whole");

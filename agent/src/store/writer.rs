@@ -438,6 +438,8 @@ struct CommandScope {
     max_priority: u8,
     /// The collection written last and its indexed fields.
     indexes: Option<(String, BTreeSet<String>)>,
+    /// A buffer for the associated data each sealed op is sealed with.
+    aad: Vec<u8>,
 }
 
 /// The highest conflict priority a database may give its writes.
@@ -1111,6 +1113,7 @@ impl Writer {
             seal_with,
             max_priority: lock(&db.sync).max_priority,
             indexes: None,
+            aad: Vec::new(),
         })
     }
 
@@ -1214,7 +1217,7 @@ impl Writer {
                     hlc,
                     priority: write_priority,
                 };
-                seal_body(key, &header, &encoded)?
+                seal_body(key, &header, &encoded, &mut scope.aad)?
             }
         };
         plan.effects.push(Effect::Log {
