@@ -145,8 +145,9 @@ impl ContentKey {
         self.seal_written(aad, body.len(), |out| out.extend_from_slice(body))
     }
 
-    /// [`ContentKey::seal_with`] of the `len` bytes `write` appends, written
-    /// straight into the sealed body's buffer rather than copied there.
+    /// [`ContentKey::seal_with`] of the bytes `write` appends, written
+    /// straight into the sealed body's buffer rather than copied there;
+    /// `len`, how many it appends, sizes that buffer at once.
     pub fn seal_written(
         &self,
         aad: &[u8],
