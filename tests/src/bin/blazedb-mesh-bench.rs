@@ -322,9 +322,13 @@ async fn throughput(
         .put_fields(LAST, record(0))
         .await?;
     let t = Instant::now();
-    ca.db(db).set_sync_mode(SyncMode::Sync).await?;
-    wait("B to catch up", Duration::from_secs(600), || {
-        has(cb, db, LAST)
+    let mut cpu = CpuTally::default();
+    cpu.measure(&[a.pid(), b.pid()], n + 1, async {
+        ca.db(db).set_sync_mode(SyncMode::Sync).await?;
+        wait("B to catch up", Duration::from_secs(600), || {
+            has(cb, db, LAST)
+        })
+        .await
     })
     .await?;
     let secs = t.elapsed().as_secs_f64();
@@ -332,10 +336,24 @@ async fn throughput(
     anyhow::ensure!(got.len() == n + 1, "B caught up with {} records", got.len());
     let backlog = (n + 1) as f64 / secs;
     println!(
-        "  backlog of {n} ops, sync turned on    {backlog:>12.0} records/s  ({:.0}% of raw fjall; {:.0}% of the layout floor; {secs:.2} s)\n",
+        "  backlog of {n} ops, sync turned on    {backlog:>12.0} records/s  ({:.0}% of raw fjall; {:.0}% of the layout floor; {secs:.2} s)",
         100.0 * backlog / raw,
         100.0 * backlog / layout
     );
+    if let (Some(us), Some(each), Some(ceiling)) = (
+        cpu.per_op_us(),
+        cpu.each_per_op_us(),
+        cpu.ceiling_per_second(),
+    ) {
+        println!(
+            "    CPU per record: {us:.2} us (A {:.2}, B {:.2}); all cores busy, {ceiling:.0} records/s ({:.0}% of raw) at most\n",
+            each[0],
+            each[1],
+            100.0 * ceiling / raw
+        );
+        note(figures, "backlog_cpu_us", us);
+        note(figures, "backlog_ceiling_ratio_raw", ceiling / raw);
+    }
     note(figures, "backlog_rate", backlog);
     note(figures, "backlog_ratio_raw", backlog / raw);
     Ok(())
