@@ -721,6 +721,21 @@ pub fn put_body(collection: &str, id: &str, fields: &RawFields<'_>) -> Vec<u8> {
     out
 }
 
+/// The body of a put ([`OpBody::encode`] of `OpBody::Put`) whose fields
+/// are `map`, one encoded MessagePack map (a stored record's visible
+/// fields, say), copied, not decoded.
+pub fn put_body_of_map(collection: &str, id: &str, map: &[u8]) -> Vec<u8> {
+    use crate::codec::raw;
+    let mut out = Vec::with_capacity(40 + collection.len() + id.len() + map.len());
+    out.extend_from_slice(PUT_HEAD);
+    raw::str(&mut out, collection);
+    out.extend_from_slice(ID_KEY);
+    raw::str(&mut out, id);
+    out.extend_from_slice(FIELDS_KEY);
+    out.extend_from_slice(map);
+    out
+}
+
 /// A put body up to its fields: what serde writes for `OpBody::Put` before
 /// the entries of its map of `fields` fields.
 pub(crate) fn put_body_head(out: &mut Vec<u8>, collection: &str, id: &str, fields: usize) {
@@ -964,8 +979,10 @@ mod tests {
                     for (write, put) in batch.writes.iter().zip(&raw.puts) {
                         let Write::Put { collection, id, fields } = write.clone() else { continue };
                         let id = id.unwrap_or_default();
+                        let map = codec::to_vec(&fields).expect("encode");
                         let body = OpBody::Put { collection, id: id.clone(), fields };
                         prop_assert_eq!(put_body(put.collection, &id, &put.fields), body.encode().expect("encode"));
+                        prop_assert_eq!(put_body_of_map(put.collection, &id, &map), body.encode().expect("encode"));
                     }
                 }
                 None => prop_assert!(delete || bytes.iter().any(|b| matches!(b, 0xc7..=0xc9 | 0xd4..=0xd8 | 0xca)),

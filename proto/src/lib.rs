@@ -36,6 +36,7 @@ pub use api::{Method, PROTOCOL_VERSION, Request};
 pub use error::{ErrorCode, ErrorInfo};
 pub use fast::{
     PutParts, RawFields, RawPut, RawPuts, RawRecordRef, RawWrite, encode_get_many, put_body,
+    put_body_of_map,
 };
 pub use op::{DeviceId, Hlc, Op, OpBody};
 pub use sync::{Epoch, Report, SnapshotRecord, Span, Stable, SyncMessage, VersionVector};

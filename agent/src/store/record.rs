@@ -747,6 +747,30 @@ mod tests {
     }
 
     proptest! {
+        /// The change a merged record is logged as, built from its stored
+        /// bytes, is the one built from the decoded record.
+        #[test]
+        fn a_change_from_the_stored_bytes_is_the_decoded_records(
+            ops in proptest::collection::vec(arb_op(), 0..8),
+        ) {
+            use crate::store::replicate::{record_change, stored_change};
+            let rec = applied(&unique(ops));
+            let me = DeviceId([9; 32]);
+            let key = crate::store::keys::record_key("c", "r");
+            let from_bytes = stored_change(me, &key, &rec, &rec.encode()).expect("from bytes");
+            let decoded = record_change(me, &key, &rec, rec.is_live()).expect("decoded");
+            prop_assert_eq!(
+                OpBody::decode(&from_bytes.body).expect("decode"),
+                OpBody::decode(&decoded.body).expect("decode")
+            );
+            prop_assert_eq!(
+                (from_bytes.origin, from_bytes.hlc, from_bytes.seq),
+                (decoded.origin, decoded.hlc, decoded.seq)
+            );
+        }
+    }
+
+    proptest! {
         /// Reading a stored record's bytes without decoding them sees what
         /// the decoded record shows.
         #[test]

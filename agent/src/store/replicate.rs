@@ -15,7 +15,7 @@ use fjall::{PersistMode, Slice};
 
 use super::keys;
 use super::oplog::{self, Trim};
-use super::record::{Stamp, StoredRecord};
+use super::record::{Stamp, StoredRecord, Visible};
 use super::sealing::{Body, Opened, Plain, Reader, seal_body};
 use super::stamped;
 use super::writer::{
@@ -388,20 +388,15 @@ impl Writer {
                 } else {
                     record.merge(&state)
                 };
-                // A tombstone of a record never seen here changes nothing
-                // a subscriber saw.
-                if changed && (record.is_live() || existing_live) {
-                    changes.push(record_change(me, &rec.key, &record, record.is_live())?);
-                }
                 if changed {
-                    plan_record(
-                        &mut plan,
-                        &db,
-                        rec.key.into(),
-                        &indexes,
-                        &old_values,
-                        &record,
-                    )?;
+                    let key = Slice::from(rec.key);
+                    let stored =
+                        plan_record(&mut plan, &db, key.clone(), &indexes, &old_values, &record)?;
+                    // A tombstone of a record never seen here changes
+                    // nothing a subscriber saw.
+                    if record.is_live() || existing_live {
+                        changes.push(stored_change(me, &key, &record, &stored)?);
+                    }
                 }
             }
             if let Some(v) = complete {
@@ -592,15 +587,9 @@ impl Writer {
             if !record.merge_cut(&state) {
                 continue;
             }
-            changes.push(record_change(me, &rec.key, &record, record.is_live())?);
-            plan_record(
-                &mut plan,
-                db,
-                rec.key.into(),
-                &indexes,
-                &old_values,
-                &record,
-            )?;
+            let key = Slice::from(rec.key);
+            let stored = plan_record(&mut plan, db, key.clone(), &indexes, &old_values, &record)?;
+            changes.push(stored_change(me, &key, &record, &stored)?);
         }
         for (origin, _, last) in &p.covers {
             if *last > sync.vector.get(origin) {
@@ -700,7 +689,7 @@ impl Writer {
 /// other than by an operation of its own (a snapshot, a projection, an
 /// eviction): its whole state as a `put` when `live`, else a `delete`.
 /// Logged with seq 0, so sync never sends it on.
-fn record_change(
+pub(super) fn record_change(
     me: DeviceId,
     key: &[u8],
     rec: &StoredRecord,
@@ -726,6 +715,29 @@ fn record_change(
         priority: 0,
         incarnation: 0,
         body: body.encode()?,
+    })
+}
+
+/// [`record_change`] of a record just merged, from its stored bytes
+/// `stored`: a live record's visible fields are copied from them into the
+/// put, not decoded and encoded again.
+pub(super) fn stored_change(
+    me: DeviceId,
+    key: &[u8],
+    rec: &StoredRecord,
+    stored: &[u8],
+) -> Result<Op, StoreError> {
+    let Some(visible) = Visible::read(stored)? else {
+        return record_change(me, key, rec, false);
+    };
+    let (collection, id) = keys::split_record_key(key).unwrap_or_default();
+    Ok(Op {
+        origin: rec.latest_origin().unwrap_or(me),
+        seq: 0,
+        hlc: rec.version(),
+        priority: 0,
+        incarnation: 0,
+        body: blazedb_proto::put_body_of_map(collection, id, &visible.fields),
     })
 }
 

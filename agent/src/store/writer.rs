@@ -1572,11 +1572,12 @@ pub(super) fn plan_record(
     indexes: &BTreeSet<String>,
     old_values: &[Option<Value>],
     record: &StoredRecord,
-) -> Result<(), StoreError> {
+) -> Result<Slice, StoreError> {
     let (collection, id) = keys::split_record_key(&key).unwrap_or_default();
     index_effects(plan, db, collection, id, indexes, old_values, record);
-    plan_encoded(plan, db, key, record.encode().into());
-    Ok(())
+    let encoded = Slice::from(record.encode());
+    plan_encoded(plan, db, key, encoded.clone());
+    Ok(encoded)
 }
 
 /// Plans storing a record's new encoded state, which later writes in the

@@ -153,10 +153,7 @@ impl StoredRecord {
         let mut fields = BTreeMap::new();
         for (name, value) in visible {
             let stamp = refs.read(&mut r, name)?;
-            fields.insert(
-                name.to_owned(),
-                Cell(stamp, Some(codec::from_slice(value)?)),
-            );
+            fields.insert(name.to_owned(), Cell(stamp, Some(read_value(value)?)));
         }
         for _ in 0..r.uint("a record's removed count")? {
             let name = r.str("a field name")?;
@@ -197,6 +194,18 @@ impl StoredRecord {
             }
         }
         Ok(())
+    }
+}
+
+/// Reads one stored field value: by hand where it can (serde's generic
+/// decoder costs several times more), else by serde, which gives the
+/// value or the error. `value` is one whole value, as the map's reader
+/// cut it, so the hand reader stops at its end.
+fn read_value(value: &[u8]) -> Result<blazedb_proto::Value, CodecError> {
+    let mut r = Reader::new(value);
+    match r.value_tree() {
+        Some(v) if r.remaining() == 0 => Ok(v),
+        _ => codec::from_slice(value),
     }
 }
 
