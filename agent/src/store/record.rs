@@ -821,6 +821,52 @@ mod tests {
             prop_assert_eq!(&StoredRecord::decode(&legacy).expect("decode legacy"), &rec);
         }
 
+        /// A snapshot state taken as it came is, to anything that reads
+        /// it, the record merging it into nothing makes; a record this
+        /// store wrote is always taken so, damaged ones only when they
+        /// still decode.
+        #[test]
+        fn a_state_taken_as_it_came_is_what_merging_it_into_nothing_makes(
+            ops in proptest::collection::vec(arb_op(), 0..8),
+            damage in any::<bool>(),
+            flip in any::<proptest::sample::Index>(),
+            byte in any::<u8>(),
+        ) {
+            let mut bytes = applied(&unique(ops)).encode();
+            if damage {
+                let at = flip.index(bytes.len());
+                bytes[at] = byte;
+            }
+            let taken = format::fresh_state(&bytes);
+            if !damage {
+                prop_assert!(taken.is_some(), "a record this store wrote is taken as it came");
+            }
+            let Some(f) = taken else { return Ok(()) };
+            let state = StoredRecord::decode(&bytes).expect("a state taken as it came decodes");
+            let mut merged = StoredRecord::default();
+            prop_assert_eq!(f.holds, merged.merge(&state));
+            let seen = |r: &StoredRecord| {
+                let base = r.base.map(|(b, deleted)| (r.stamp(b), deleted));
+                let fields: Vec<_> = r
+                    .fields
+                    .iter()
+                    .map(|(name, c)| (name.clone(), r.stamp(c.0), c.1.clone()))
+                    .collect();
+                (base, fields)
+            };
+            prop_assert_eq!(seen(&state), seen(&merged));
+            prop_assert_eq!(f.version, merged.version());
+            prop_assert_eq!(f.max_priority, merged.max_priority());
+            prop_assert_eq!(f.latest_origin, merged.latest_origin());
+            prop_assert_eq!(f.live, merged.is_live());
+            let visible = Visible::read(&bytes).expect("read");
+            let encoded = merged.encode();
+            prop_assert_eq!(&visible, &Visible::read(&encoded).expect("read"));
+            if let Some(v) = visible {
+                prop_assert_eq!(f.visible, &*v.fields);
+            }
+        }
+
         /// Damaged bytes give an error, never a panic or a record whose
         /// stamps point nowhere.
         #[test]

@@ -15,7 +15,7 @@ use fjall::{PersistMode, Slice};
 
 use super::keys;
 use super::oplog::{self, Trim};
-use super::record::{Stamp, StoredRecord, Visible};
+use super::record::{Stamp, StoredRecord, Visible, format};
 use super::sealing::{Body, Opened, Plain, Reader, seal_body};
 use super::stamped;
 use super::writer::{
@@ -360,11 +360,28 @@ impl Writer {
                         "a snapshot record's key is not collection and id".into(),
                     ));
                 };
+                let indexes = self.collection_indexes(&group, &mut plan, &db, collection)?;
+                let existing = load_for_update(&group, &plan, &db, &rec.key)?;
+                // A record not held here, with no index to move, takes the
+                // state as it came when merging it into nothing would give
+                // that same state: most of a first sync's records.
+                let as_sent = (replace.is_none() && existing.is_none() && indexes.is_empty())
+                    .then(|| format::fresh_state(&rec.state))
+                    .flatten();
+                if let Some(f) = as_sent {
+                    self.clock.observe(f.version);
+                    sync.max_priority = sync.max_priority.max(f.max_priority);
+                    if f.live {
+                        changes.push(fresh_change(me, &rec.key, &f));
+                    }
+                    if f.holds {
+                        plan_encoded(&mut plan, &db, rec.key.into(), rec.state.into());
+                    }
+                    continue;
+                }
                 let state = StoredRecord::decode(&rec.state)?;
                 self.clock.observe(state.version());
                 sync.max_priority = sync.max_priority.max(state.max_priority());
-                let indexes = self.collection_indexes(&group, &mut plan, &db, collection)?;
-                let existing = load_for_update(&group, &plan, &db, &rec.key)?;
                 let old_values = field_values(existing.as_ref(), &indexes);
                 let existing_live = existing.as_ref().is_some_and(StoredRecord::is_live);
                 // A whole state replacing this one (after a restore, or a
@@ -739,6 +756,19 @@ pub(super) fn stored_change(
         incarnation: 0,
         body: blazedb_proto::put_body_of_map(collection, id, &visible.fields),
     })
+}
+
+/// [`record_change`] of a live snapshot state stored as it came.
+fn fresh_change(me: DeviceId, key: &[u8], f: &format::FreshState<'_>) -> Op {
+    let (collection, id) = keys::split_record_key(key).unwrap_or_default();
+    Op {
+        origin: f.latest_origin.unwrap_or(me),
+        seq: 0,
+        hlc: f.version,
+        priority: 0,
+        incarnation: 0,
+        body: blazedb_proto::put_body_of_map(collection, id, f.visible),
+    }
 }
 
 /// Seals the stand-in of a refused write in an end-to-end encrypted

@@ -18,6 +18,7 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -283,17 +284,7 @@ async fn throughput(
         note(figures, "replication_cpu_us", us);
         note(figures, "replication_ceiling_ratio_raw", ceiling / raw);
     }
-    for (who, (before, after)) in ["A", "B"]
-        .iter()
-        .zip(threads_before.iter().zip(&threads_after))
-    {
-        if let (Some(before), Some(after)) = (before, after) {
-            println!(
-                "      {who} by thread (us a record): {}",
-                thread_cpu_per_op(before, after, n + 1)
-            );
-        }
-    }
+    print_threads(&threads_before, &threads_after, n + 1);
     println!(
         "  resident memory at peak: {} / {} (sender / receiver)",
         mib(peaks[0].load(Ordering::Relaxed)),
@@ -321,6 +312,7 @@ async fn throughput(
         .collection("items")
         .put_fields(LAST, record(0))
         .await?;
+    let threads_before = [threads(a), threads(b)];
     let t = Instant::now();
     let mut cpu = CpuTally::default();
     cpu.measure(&[a.pid(), b.pid()], n + 1, async {
@@ -332,6 +324,7 @@ async fn throughput(
     })
     .await?;
     let secs = t.elapsed().as_secs_f64();
+    let threads_after = [threads(a), threads(b)];
     let got = cb.db(db).collection("items").query().fetch_all().await?;
     anyhow::ensure!(got.len() == n + 1, "B caught up with {} records", got.len());
     let backlog = (n + 1) as f64 / secs;
@@ -346,7 +339,7 @@ async fn throughput(
         cpu.ceiling_per_second(),
     ) {
         println!(
-            "    CPU per record: {us:.2} us (A {:.2}, B {:.2}); all cores busy, {ceiling:.0} records/s ({:.0}% of raw) at most\n",
+            "    CPU per record: {us:.2} us (A {:.2}, B {:.2}); all cores busy, {ceiling:.0} records/s ({:.0}% of raw) at most",
             each[0],
             each[1],
             100.0 * ceiling / raw
@@ -354,9 +347,27 @@ async fn throughput(
         note(figures, "backlog_cpu_us", us);
         note(figures, "backlog_ceiling_ratio_raw", ceiling / raw);
     }
+    print_threads(&threads_before, &threads_after, n + 1);
+    println!();
     note(figures, "backlog_rate", backlog);
     note(figures, "backlog_ratio_raw", backlog / raw);
     Ok(())
+}
+
+/// Prints each agent's CPU per record by thread between two readings.
+fn print_threads(
+    before: &[Option<BTreeMap<String, f64>>; 2],
+    after: &[Option<BTreeMap<String, f64>>; 2],
+    records: usize,
+) {
+    for (who, (before, after)) in ["A", "B"].iter().zip(before.iter().zip(after)) {
+        if let (Some(before), Some(after)) = (before, after) {
+            println!(
+                "      {who} by thread (us a record): {}",
+                thread_cpu_per_op(before, after, records)
+            );
+        }
+    }
 }
 
 /// The encoded size of one replicated put of a benchmark record.

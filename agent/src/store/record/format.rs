@@ -34,7 +34,7 @@ use blazedb_proto::codec::{self, CodecError};
 use blazedb_proto::{DeviceId, Hlc};
 use serde::Deserialize;
 
-use super::{Cell, CellStamp, StoredRecord, Visible};
+use super::{Cell, CellStamp, Stamp, StoredRecord, Visible};
 
 /// A record as it was stored before this form: a MessagePack map.
 #[derive(Deserialize)]
@@ -195,6 +195,123 @@ impl StoredRecord {
         }
         Ok(())
     }
+}
+
+/// What a snapshot's record state tells the receiver when it can be
+/// stored as it came: it is in this form, well formed, and merging it into
+/// no record would give the same record (see [`fresh_state`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct FreshState<'a> {
+    /// [`StoredRecord::version`].
+    pub(crate) version: Hlc,
+    /// [`StoredRecord::max_priority`].
+    pub(crate) max_priority: u8,
+    /// [`StoredRecord::latest_origin`].
+    pub(crate) latest_origin: Option<DeviceId>,
+    /// [`StoredRecord::is_live`].
+    pub(crate) live: bool,
+    /// Whether the state holds anything: a base or a field.
+    pub(crate) holds: bool,
+    /// The visible fields, one encoded MessagePack map.
+    pub(crate) visible: &'a [u8],
+}
+
+/// Reads `bytes` as a record state that a record not held here can take
+/// as it is, without decoding it: `None` unless they are in this form,
+/// decode, name their fields in strictly increasing order (visible ones,
+/// then removed ones, no name in both), hold values the hand reader reads,
+/// and hold no field older than their base (which a merge would drop).
+/// Anything else goes the slow way, through decoding and merging.
+pub(crate) fn fresh_state(bytes: &[u8]) -> Option<FreshState<'_>> {
+    let mut r = Reader::new(bytes.strip_prefix(&[MARK])?);
+    let version = r.u64_be("").ok()?;
+    let flags = r.byte("").ok()?;
+    if flags & !(HAS_BASE | DELETED) != 0 || flags == DELETED {
+        return None;
+    }
+    let n = usize::try_from(r.uint("").ok()?).ok()?;
+    let origins = r.bytes(n.checked_mul(32)?, "").ok()?;
+    let origin = |i: u16| -> Option<DeviceId> {
+        let at = usize::from(i) * 32;
+        Some(DeviceId(origins.get(at..at + 32)?.try_into().ok()?))
+    };
+    let base = if flags & HAS_BASE != 0 {
+        Some(read_stamp(&mut r).ok()?)
+    } else {
+        None
+    };
+    let base_stamp = match base {
+        Some(b) => Some(Stamp {
+            priority: b.0,
+            hlc: b.1,
+            origin: origin(b.2)?,
+        }),
+        None => None,
+    };
+    let len = r.bytes(4, "").ok()?;
+    let visible = r
+        .bytes(u32::from_be_bytes(len.try_into().ok()?) as usize, "")
+        .ok()?;
+    let mut map = Reader::new(visible);
+    let mut names = Vec::new();
+    for _ in 0..map.map_len("").ok()? {
+        let name = map.str("").ok()?;
+        let mut value = Reader::new(map.value().ok()?);
+        value.value_tree()?;
+        if value.remaining() != 0 || names.last().is_some_and(|l| *l >= name) {
+            return None;
+        }
+        names.push(name);
+    }
+    map.end().ok()?;
+    let live_fields = !names.is_empty();
+    let mut refs = StampRefs {
+        base,
+        previous: None,
+    };
+    let mut latest = base_stamp.map(|s| (s.hlc, s.origin));
+    let mut max_priority = base.map_or(0, |b| b.0);
+    let mut newest = base.map_or(Hlc::default(), |b| b.1);
+    let mut field = |r: &mut Reader<'_>, refs: &mut StampRefs| -> Option<()> {
+        let s = refs.read(r, "").ok()?;
+        let stamp = Stamp {
+            priority: s.0,
+            hlc: s.1,
+            origin: origin(s.2)?,
+        };
+        if base_stamp.is_some_and(|b| b > stamp) {
+            return None;
+        }
+        latest = latest.max(Some((stamp.hlc, stamp.origin)));
+        max_priority = max_priority.max(stamp.priority);
+        newest = newest.max(stamp.hlc);
+        Some(())
+    };
+    for _ in &names {
+        field(&mut r, &mut refs)?;
+    }
+    let mut last_removed: Option<&str> = None;
+    let removed = r.uint("").ok()?;
+    for _ in 0..removed {
+        let name = r.str("").ok()?;
+        if last_removed.is_some_and(|l| l >= name) || names.binary_search(&name).is_ok() {
+            return None;
+        }
+        last_removed = Some(name);
+        field(&mut r, &mut refs)?;
+    }
+    r.end().ok()?;
+    if newest.0 != version {
+        return None;
+    }
+    Some(FreshState {
+        version: newest,
+        max_priority,
+        latest_origin: latest.map(|(_, o)| o),
+        live: matches!(flags, HAS_BASE) || live_fields,
+        holds: base.is_some() || live_fields || removed > 0,
+        visible,
+    })
 }
 
 /// Reads one stored field value: by hand where it can (serde's generic
