@@ -383,3 +383,68 @@ fn refused_writes_change_nothing_and_are_reported() {
         3
     );
 }
+
+/// A snapshot piece over records the store already holds (older and newer
+/// than the piece's, deleted or not) merges as the reference merges it:
+/// the store reads the span such a piece covers in one pass, and takes a
+/// state as it came only for a record it does not hold.
+#[test]
+fn a_snapshot_piece_over_held_records_merges_like_the_reference() {
+    let mut pair = Pair::new(0);
+    let held: Vec<Op> = (0..20)
+        .map(|i| {
+            let body = put(&format!("k{i:02}"), &[("f0", 1), ("f1", i)]);
+            op(1, i as u64 + 1, Hlc::new(T0 + 10, i as u16), 0, &body)
+        })
+        .collect();
+    pair.apply(held);
+
+    let mut other = MemoryStore::new(DeviceId([2; 32]));
+    other.create_db(DB, 1, SyncMode::Sync, 0);
+    let mut ops = Vec::new();
+    for i in 10..30 {
+        // Older than what the store holds for k10..k14, newer for
+        // k15..k19, new records from k20.
+        let t = match i {
+            10..15 => T0 + 5,
+            15..20 => T0 + 20,
+            _ => T0 + 1,
+        };
+        let body = put(&format!("k{i:02}"), &[("f0", 2)]);
+        ops.push(op(2, ops.len() as u64 + 1, Hlc::new(t, i as u16), 0, &body));
+    }
+    for (id, t) in [("k12", T0 + 6), ("k16", T0 + 30), ("k21", T0 + 2)] {
+        let body = OpBody::Delete {
+            collection: COLLECTION.into(),
+            id: id.into(),
+        };
+        ops.push(op(2, ops.len() as u64 + 1, Hlc::new(t, 0), 0, &body));
+    }
+    other.apply_ops(DB, ops, &WriteScreen::default()).unwrap();
+    let limits = blazed::sync::ReadLimits {
+        max_items: 1000,
+        max_bytes: usize::MAX,
+    };
+    let piece = other.read_snapshot(DB, None, limits).unwrap().records;
+    assert_eq!(
+        piece.len(),
+        20,
+        "one piece holds every record, tombstones too"
+    );
+
+    pair.store
+        .merge_snapshot(DB, piece.clone(), None, None)
+        .unwrap();
+    pair.reference
+        .merge_snapshot(DB, piece, None, None)
+        .unwrap();
+    pair.assert_agree();
+    assert_eq!(pair.record("k11"), fields(&[("f0", 1), ("f1", 11)]));
+    assert_eq!(pair.record("k12"), fields(&[("f0", 1), ("f1", 12)]));
+    assert_eq!(pair.record("k17"), fields(&[("f0", 2)]));
+    assert_eq!(pair.record("k25"), fields(&[("f0", 2)]));
+    let visible = pair.visible();
+    for gone in ["k16", "k21"] {
+        assert!(!visible.contains_key(&(COLLECTION.to_owned(), gone.to_owned())));
+    }
+}

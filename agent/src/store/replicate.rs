@@ -7,7 +7,7 @@
 //! made them durable. The engine runs on a thread of its own, never on an
 //! async runtime's.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use blazedb_proto::{DeviceId, Hlc, Op, OpBody, SnapshotRecord, Span, VersionVector, codec};
@@ -354,6 +354,10 @@ impl Writer {
                     }
                 }
             }
+            let held = match replace {
+                None => held_in_span(&db, &records)?,
+                Some(_) => None,
+            };
             for rec in records {
                 let Some((collection, _)) = keys::split_record_key(&rec.key) else {
                     return Err(StoreError::InvalidArgument(
@@ -361,7 +365,10 @@ impl Writer {
                     ));
                 };
                 let indexes = self.collection_indexes(&group, &mut plan, &db, collection)?;
-                let existing = load_for_update(&group, &plan, &db, &rec.key)?;
+                let existing = match &held {
+                    Some(held) => load_from(&group, &plan, &db, &rec.key, held)?,
+                    None => load_for_update(&group, &plan, &db, &rec.key)?,
+                };
                 // A record not held here, with no index to move, takes the
                 // state as it came when merging it into nothing would give
                 // that same state: most of a first sync's records.
@@ -756,6 +763,56 @@ pub(super) fn stored_change(
         incarnation: 0,
         body: blazedb_proto::put_body_of_map(collection, id, &visible.fields),
     })
+}
+
+/// The fewest records in a snapshot piece worth reading the span they
+/// cover for, instead of reading each.
+const SPAN_READ_FROM: usize = 8;
+
+/// The records the store holds from the least to the greatest key of
+/// `records`, read in one pass, where a read per record cost about as
+/// much as storing it; a first sync finds nothing there. `None` (read
+/// each record instead) for a few records, or where the span holds many
+/// more records than they are: the sender skipped those (a partial
+/// replica's view), and reading them all would cost more.
+fn held_in_span(
+    db: &DbState,
+    records: &[SnapshotRecord],
+) -> Result<Option<HashMap<Slice, Slice>>, StoreError> {
+    if records.len() < SPAN_READ_FROM {
+        return Ok(None);
+    }
+    let keys = records.iter().map(|r| r.key.as_slice());
+    let (Some(first), Some(last)) = (keys.clone().min(), keys.max()) else {
+        return Ok(None);
+    };
+    let most = 2 * records.len() + 16;
+    let mut held = HashMap::new();
+    for kv in db.records.range(first..=last) {
+        if held.len() == most {
+            return Ok(None);
+        }
+        let (k, v) = kv.into_inner()?;
+        held.insert(k, v);
+    }
+    Ok(Some(held))
+}
+
+/// [`load_for_update`] with the store's records read beforehand: what the
+/// group or plan wrote since comes first.
+fn load_from(
+    group: &Group,
+    plan: &Plan,
+    db: &DbState,
+    key: &[u8],
+    held: &HashMap<Slice, Slice>,
+) -> Result<Option<StoredRecord>, StoreError> {
+    let bytes = plan
+        .overlay
+        .get(db.id, key)
+        .or_else(|| group.overlay.get(db.id, key))
+        .or_else(|| held.get(key).cloned());
+    Ok(bytes.map(|b| StoredRecord::decode(&b)).transpose()?)
 }
 
 /// [`record_change`] of a live snapshot state stored as it came.
