@@ -660,6 +660,15 @@ impl<'a> RawFields<'a> {
         }
     }
 
+    /// Reads `map`, one whole encoded MessagePack map of fields (a put's,
+    /// or a stored record's visible ones) in place: `None` unless its
+    /// names are strictly increasing and the decoder reads every value.
+    pub fn parse_map(map: &'a [u8]) -> Option<Self> {
+        let mut c = Cursor { buf: map, pos: 0 };
+        let fields = c.raw_fields()?;
+        (c.pos == map.len()).then_some(fields)
+    }
+
     /// Appends the entries of the fields' map (not its header): each
     /// name as serde writes a string, then its value's bytes.
     pub fn write_entries(&self, out: &mut Vec<u8>) {
@@ -980,6 +989,8 @@ mod tests {
                         let Write::Put { collection, id, fields } = write.clone() else { continue };
                         let id = id.unwrap_or_default();
                         let map = codec::to_vec(&fields).expect("encode");
+                        let read = RawFields::parse_map(&map).expect("a map serde wrote reads");
+                        prop_assert_eq!(&*read, &*put.fields);
                         let body = OpBody::Put { collection, id: id.clone(), fields };
                         prop_assert_eq!(put_body(put.collection, &id, &put.fields), body.encode().expect("encode"));
                         prop_assert_eq!(put_body_of_map(put.collection, &id, &map), body.encode().expect("encode"));

@@ -219,7 +219,7 @@ pub(crate) struct FreshState<'a> {
 /// Reads `bytes` as a record state that a record not held here can take
 /// as it is, without decoding it: `None` unless they are in this form,
 /// decode, name their fields in strictly increasing order (visible ones,
-/// then removed ones, no name in both), hold values the hand reader reads,
+/// then removed ones, no name in both), hold values the decoder reads,
 /// and hold no field older than their base (which a merge would drop).
 /// Anything else goes the slow way, through decoding and merging.
 pub(crate) fn fresh_state(bytes: &[u8]) -> Option<FreshState<'_>> {
@@ -252,18 +252,7 @@ pub(crate) fn fresh_state(bytes: &[u8]) -> Option<FreshState<'_>> {
     let visible = r
         .bytes(u32::from_be_bytes(len.try_into().ok()?) as usize, "")
         .ok()?;
-    let mut map = Reader::new(visible);
-    let mut names = Vec::new();
-    for _ in 0..map.map_len("").ok()? {
-        let name = map.str("").ok()?;
-        let mut value = Reader::new(map.value().ok()?);
-        value.value_tree()?;
-        if value.remaining() != 0 || names.last().is_some_and(|l| *l >= name) {
-            return None;
-        }
-        names.push(name);
-    }
-    map.end().ok()?;
+    let names = blazedb_proto::RawFields::parse_map(visible)?;
     let live_fields = !names.is_empty();
     let mut refs = StampRefs {
         base,
@@ -294,7 +283,9 @@ pub(crate) fn fresh_state(bytes: &[u8]) -> Option<FreshState<'_>> {
     let removed = r.uint("").ok()?;
     for _ in 0..removed {
         let name = r.str("").ok()?;
-        if last_removed.is_some_and(|l| l >= name) || names.binary_search(&name).is_ok() {
+        if last_removed.is_some_and(|l| l >= name)
+            || names.binary_search_by(|(n, _)| (*n).cmp(name)).is_ok()
+        {
             return None;
         }
         last_removed = Some(name);
