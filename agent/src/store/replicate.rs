@@ -730,16 +730,25 @@ pub(super) fn record_change(
     } else {
         OpBody::Delete { collection, id }
     };
-    Ok(Op {
-        // The latest writer's id (a device's own in its first
-        // incarnation): a record's stamps keep nothing else.
-        origin: rec.latest_origin().unwrap_or(me),
+    Ok(change_op(
+        rec.latest_origin().unwrap_or(me),
+        rec.version(),
+        body.encode()?,
+    ))
+}
+
+/// A change entry (seq 0) of a record whose latest write is `origin`'s at
+/// `hlc`: the latest writer's id (a device's own in its first
+/// incarnation), as a record's stamps keep nothing else.
+fn change_op(origin: DeviceId, hlc: Hlc, body: Vec<u8>) -> Op {
+    Op {
+        origin,
         seq: 0,
-        hlc: rec.version(),
+        hlc,
         priority: 0,
         incarnation: 0,
-        body: body.encode()?,
-    })
+        body,
+    }
 }
 
 /// [`record_change`] of a record just merged, from its stored bytes
@@ -755,14 +764,11 @@ pub(super) fn stored_change(
         return record_change(me, key, rec, false);
     };
     let (collection, id) = keys::split_record_key(key).unwrap_or_default();
-    Ok(Op {
-        origin: rec.latest_origin().unwrap_or(me),
-        seq: 0,
-        hlc: rec.version(),
-        priority: 0,
-        incarnation: 0,
-        body: blazedb_proto::put_body_of_map(collection, id, &visible.fields),
-    })
+    Ok(change_op(
+        rec.latest_origin().unwrap_or(me),
+        rec.version(),
+        blazedb_proto::put_body_of_map(collection, id, &visible.fields),
+    ))
 }
 
 /// The fewest records in a snapshot piece worth reading the span they
@@ -818,14 +824,11 @@ fn load_from(
 /// [`record_change`] of a live snapshot state stored as it came.
 fn fresh_change(me: DeviceId, key: &[u8], f: &format::FreshState<'_>) -> Op {
     let (collection, id) = keys::split_record_key(key).unwrap_or_default();
-    Op {
-        origin: f.latest_origin.unwrap_or(me),
-        seq: 0,
-        hlc: f.version,
-        priority: 0,
-        incarnation: 0,
-        body: blazedb_proto::put_body_of_map(collection, id, f.visible),
-    }
+    change_op(
+        f.latest_origin.unwrap_or(me),
+        f.version,
+        blazedb_proto::put_body_of_map(collection, id, f.visible),
+    )
 }
 
 /// Seals the stand-in of a refused write in an end-to-end encrypted
