@@ -828,11 +828,22 @@ mod tests {
         #[test]
         fn a_state_taken_as_it_came_is_what_merging_it_into_nothing_makes(
             ops in proptest::collection::vec(arb_op(), 0..8),
+            other in proptest::collection::vec(arb_op(), 0..5),
+            how in 0u8..3,
             damage in any::<bool>(),
             flip in any::<proptest::sample::Index>(),
             byte in any::<u8>(),
         ) {
-            let mut bytes = applied(&unique(ops)).encode();
+            // A record as one replica's writes left it, or merged with
+            // another replica's state, whole or cut to a view.
+            let mut rec = applied(&unique(ops));
+            let other = applied(&unique(other));
+            match how {
+                1 => { rec.merge(&other); }
+                2 => { rec.merge_cut(&other.without_values(&["a".to_owned()].into())); }
+                _ => {}
+            }
+            let mut bytes = rec.encode();
             if damage {
                 let at = flip.index(bytes.len());
                 bytes[at] = byte;
