@@ -398,6 +398,9 @@ fn a_snapshot_piece_over_held_records_merges_like_the_reference() {
         })
         .collect();
     pair.apply(held);
+    // An index the merge keeps up, for records it takes as they came too.
+    let index = pair.store.set_index(DB, COLLECTION, "f0", true);
+    assert!(pair.rt.block_on(index).unwrap(), "the index is new");
 
     let mut other = MemoryStore::new(DeviceId([2; 32]));
     other.create_db(DB, 1, SyncMode::Sync, 0);
@@ -447,4 +450,29 @@ fn a_snapshot_piece_over_held_records_merges_like_the_reference() {
     for gone in ["k16", "k21"] {
         assert!(!visible.contains_key(&(COLLECTION.to_owned(), gone.to_owned())));
     }
+    // A query by the indexed field finds what the reference holds.
+    let by_index = pair
+        .store
+        .query(&QueryParams {
+            db: DB.into(),
+            collection: COLLECTION.into(),
+            filters: vec![Filter {
+                field: "f0".into(),
+                op: FilterOp::Eq,
+                value: Value::Int(2),
+            }],
+            limit: Some(1000),
+            ..QueryParams::default()
+        })
+        .unwrap();
+    let found: BTreeSet<String> = by_index.records.into_iter().map(|r| r.id).collect();
+    let expected: BTreeSet<String> = pair
+        .reference
+        .visible(DB)
+        .into_iter()
+        .filter(|(_, f)| f.get("f0") == Some(&Value::Int(2)))
+        .map(|((_, id), _)| id)
+        .collect();
+    assert_eq!(found.len(), 13, "k15, k17..k20 and k22..k29");
+    assert_eq!(found, expected);
 }

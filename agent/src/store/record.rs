@@ -870,6 +870,9 @@ mod tests {
             prop_assert_eq!(f.max_priority, merged.max_priority());
             prop_assert_eq!(f.latest_origin, merged.latest_origin());
             prop_assert_eq!(f.live, merged.is_live());
+            for name in ["a", "b", "c", "d"] {
+                prop_assert_eq!(f.field(name).expect("a value"), merged.field(name).cloned());
+            }
             let visible = Visible::read(&bytes).expect("read");
             let encoded = merged.encode();
             prop_assert_eq!(&visible, &Visible::read(&encoded).expect("read"));

@@ -7,7 +7,7 @@
 //! made them durable. The engine runs on a thread of its own, never on an
 //! async runtime's.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use blazedb_proto::{DeviceId, Hlc, Op, OpBody, SnapshotRecord, Span, VersionVector, codec};
@@ -369,10 +369,10 @@ impl Writer {
                     Some(held) => load_from(&group, &plan, &db, &rec.key, held)?,
                     None => load_for_update(&group, &plan, &db, &rec.key)?,
                 };
-                // A record not held here, with no index to move, takes the
-                // state as it came when merging it into nothing would give
-                // that same state: most of a first sync's records.
-                let as_sent = (replace.is_none() && existing.is_none() && indexes.is_empty())
+                // A record not held here takes the state as it came when
+                // merging it into nothing would give that same state: most
+                // of a first sync's records.
+                let as_sent = (replace.is_none() && existing.is_none())
                     .then(|| format::fresh_state(&rec.state))
                     .flatten();
                 if let Some(f) = as_sent {
@@ -382,6 +382,8 @@ impl Writer {
                         changes.push(fresh_change(me, &rec.key, &f));
                     }
                     if f.holds {
+                        let (_, id) = keys::split_record_key(&rec.key).unwrap_or_default();
+                        fresh_index_entries(&mut plan, &db, collection, id, &indexes, &f)?;
                         plan_encoded(&mut plan, &db, rec.key.into(), rec.state.into());
                     }
                     continue;
@@ -819,6 +821,31 @@ fn load_from(
         .or_else(|| group.overlay.get(db.id, key))
         .or_else(|| held.get(key).cloned());
     Ok(bytes.map(|b| StoredRecord::decode(&b)).transpose()?)
+}
+
+/// [`index_effects`] of a state stored as it came for a record not held
+/// here: an entry for each indexed field it has a value for.
+fn fresh_index_entries(
+    plan: &mut Plan,
+    db: &DbState,
+    collection: &str,
+    id: &str,
+    indexes: &BTreeSet<String>,
+    f: &format::FreshState<'_>,
+) -> Result<(), StoreError> {
+    for field in indexes {
+        let Some(value) = f.field(field)? else {
+            continue;
+        };
+        if let Some(k) = keys::index_key(collection, field, &value, id) {
+            plan.effects.push(Effect::Insert(
+                db.index.clone(),
+                k.into(),
+                id.as_bytes().into(),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// [`record_change`] of a live snapshot state stored as it came.

@@ -214,6 +214,18 @@ pub(crate) struct FreshState<'a> {
     pub(crate) holds: bool,
     /// The visible fields, one encoded MessagePack map.
     pub(crate) visible: &'a [u8],
+    /// The same fields, each name with its encoded value, in name order.
+    pub(crate) fields: blazedb_proto::RawFields<'a>,
+}
+
+impl FreshState<'_> {
+    /// [`StoredRecord::field`]: the value of field `name`, if it has one.
+    pub(crate) fn field(&self, name: &str) -> Result<Option<blazedb_proto::Value>, CodecError> {
+        match self.fields.binary_search_by(|(n, _)| (*n).cmp(name)) {
+            Ok(at) => read_value(self.fields[at].1).map(Some),
+            Err(_) => Ok(None),
+        }
+    }
 }
 
 /// Reads `bytes` as a record state that a record not held here can take
@@ -302,6 +314,7 @@ pub(crate) fn fresh_state(bytes: &[u8]) -> Option<FreshState<'_>> {
         live: matches!(flags, HAS_BASE) || live_fields,
         holds: base.is_some() || live_fields || removed > 0,
         visible,
+        fields: names,
     })
 }
 
