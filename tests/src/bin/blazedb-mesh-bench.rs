@@ -269,21 +269,7 @@ async fn throughput(
         100.0 * ours / raw,
         100.0 * ours / layout
     );
-    if let (Some(us), Some(each), Some(ceiling)) = (
-        cpu.per_op_us(),
-        cpu.each_per_op_us(),
-        cpu.ceiling_per_second(),
-    ) {
-        println!(
-            "    CPU per record: {us:.2} us (A {:.2}, B {:.2}, the app {:.2}); all cores busy, {ceiling:.0} records/s ({:.0}% of raw) at most",
-            each[0],
-            each[1],
-            each[2],
-            100.0 * ceiling / raw
-        );
-        note(figures, "replication_cpu_us", us);
-        note(figures, "replication_ceiling_ratio_raw", ceiling / raw);
-    }
+    print_cpu(&cpu, &["A", "B", "the app"], raw, figures, "replication");
     print_threads(&threads_before, &threads_after, n + 1);
     println!(
         "  resident memory at peak: {} / {} (sender / receiver)",
@@ -333,25 +319,38 @@ async fn throughput(
         100.0 * backlog / raw,
         100.0 * backlog / layout
     );
-    if let (Some(us), Some(each), Some(ceiling)) = (
-        cpu.per_op_us(),
-        cpu.each_per_op_us(),
-        cpu.ceiling_per_second(),
-    ) {
-        println!(
-            "    CPU per record: {us:.2} us (A {:.2}, B {:.2}); all cores busy, {ceiling:.0} records/s ({:.0}% of raw) at most",
-            each[0],
-            each[1],
-            100.0 * ceiling / raw
-        );
-        note(figures, "backlog_cpu_us", us);
-        note(figures, "backlog_ceiling_ratio_raw", ceiling / raw);
-    }
+    print_cpu(&cpu, &["A", "B"], raw, figures, "backlog");
     print_threads(&threads_before, &threads_after, n + 1);
     println!();
     note(figures, "backlog_rate", backlog);
     note(figures, "backlog_ratio_raw", backlog / raw);
     Ok(())
+}
+
+/// Prints the CPU a record took, in all and by process (`names`, in the
+/// order the tally measured them), and the rate that would allow with
+/// every core busy; notes both as `{key}_cpu_us` and
+/// `{key}_ceiling_ratio_raw`.
+fn print_cpu(cpu: &CpuTally, names: &[&str], raw: f64, figures: &mut Figures, key: &str) {
+    let (Some(us), Some(each), Some(ceiling)) = (
+        cpu.per_op_us(),
+        cpu.each_per_op_us(),
+        cpu.ceiling_per_second(),
+    ) else {
+        return;
+    };
+    let by_process: Vec<String> = names
+        .iter()
+        .zip(&each)
+        .map(|(name, us)| format!("{name} {us:.2}"))
+        .collect();
+    println!(
+        "    CPU per record: {us:.2} us ({}); all cores busy, {ceiling:.0} records/s ({:.0}% of raw) at most",
+        by_process.join(", "),
+        100.0 * ceiling / raw
+    );
+    note(figures, &format!("{key}_cpu_us"), us);
+    note(figures, &format!("{key}_ceiling_ratio_raw"), ceiling / raw);
 }
 
 /// Prints each agent's CPU per record by thread between two readings.
