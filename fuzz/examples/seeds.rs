@@ -83,6 +83,8 @@ fn main() -> anyhow::Result<()> {
         ops: vec![op(1, &put)?, op(2, &delete)?],
     };
     seeds.push(("sync_message", "ops", ops.encode()?));
+    // The form serde writes, which peers sent before `Ops` were packed.
+    seeds.push(("sync_message", "ops_serde", codec::to_vec(&ops)?));
     let ack = SyncMessage::SnapshotAck {
         db: "notes".into(),
         id: 3,

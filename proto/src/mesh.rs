@@ -18,6 +18,7 @@ use crate::codec::{self, CodecError};
 use crate::frame;
 use crate::message::EncodeError;
 use crate::op::DeviceId;
+use crate::sync::SyncMessage;
 
 /// The TLS application protocol agents speak.
 pub const ALPN: &[u8] = b"blazedb/1";
@@ -27,8 +28,9 @@ pub const ALPN: &[u8] = b"blazedb/1";
 /// refused writes (`OpBody::Rejected`); 5 sends snapshot records in the
 /// store's compact form, which version 4 cannot read; 6 seals a put's
 /// body as its parts alone ([`crate::PutParts`]), which version 5 cannot
-/// read once opened.
-pub const PEER_PROTOCOL_VERSION: u32 = 6;
+/// read once opened; 7 sends `Ops` packed ([`SyncMessage::encode_into`]),
+/// which version 6 cannot read.
+pub const PEER_PROTOCOL_VERSION: u32 = 7;
 
 /// The largest frame a peer may send on any stream, in bytes.
 pub const MAX_PEER_FRAME: u32 = 8 * 1024 * 1024;
@@ -384,9 +386,9 @@ impl PeerMessage {
     }
 }
 
-/// Encodes `msg` (a [`PeerMessage`] or a
-/// [`SyncMessage`](crate::SyncMessage)) as one frame for a peer stream,
-/// refusing one over [`MAX_PEER_FRAME`].
+/// Encodes `msg` (a [`PeerMessage`]) as one frame for a peer stream,
+/// refusing one over [`MAX_PEER_FRAME`]. Sync messages go through
+/// [`append_sync_frame`], which packs `Ops`.
 pub fn to_frame<T: Serialize>(msg: &T) -> Result<Vec<u8>, EncodeError> {
     let mut out = Vec::new();
     append_frame(&mut out, msg)?;
@@ -396,8 +398,23 @@ pub fn to_frame<T: Serialize>(msg: &T) -> Result<Vec<u8>, EncodeError> {
 /// Appends `msg` to `out` as [`to_frame`] encodes it, so a sender can
 /// reuse one buffer for all its frames. On an error `out` is as it was.
 pub fn append_frame<T: Serialize>(out: &mut Vec<u8>, msg: &T) -> Result<(), EncodeError> {
+    framed(out, |out| codec::encode_into(out, msg))
+}
+
+/// Appends a sync message as one frame for a peer stream, encoded by
+/// [`SyncMessage::encode_into`] (`Ops` packed), refusing one over
+/// [`MAX_PEER_FRAME`]. On an error `out` is as it was.
+pub fn append_sync_frame(out: &mut Vec<u8>, msg: &SyncMessage) -> Result<(), EncodeError> {
+    framed(out, |out| msg.encode_into(out))
+}
+
+/// Appends the frame `encode` writes, leaving `out` as it was on an error.
+fn framed(
+    out: &mut Vec<u8>,
+    encode: impl FnOnce(&mut Vec<u8>) -> Result<(), CodecError>,
+) -> Result<(), EncodeError> {
     let start = frame::begin_frame(out);
-    if let Err(e) = codec::encode_into(out, msg) {
+    if let Err(e) = encode(out) {
         out.truncate(start);
         return Err(e.into());
     }

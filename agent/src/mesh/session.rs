@@ -27,6 +27,7 @@ use std::time::Duration;
 use blazedb_proto::frame::{LEN_PREFIX, payload_len};
 use blazedb_proto::mesh::{
     Invite, MAX_PEER_FRAME, PEER_PROTOCOL_VERSION, PeerMessage, Roster, Signed, append_frame,
+    append_sync_frame,
 };
 use blazedb_proto::message::EncodeError;
 use blazedb_proto::{DeviceId, SyncMessage};
@@ -116,22 +117,30 @@ async fn write_msg<T: serde::Serialize>(
     send: &mut quinn::SendStream,
     msg: &T,
 ) -> Result<usize, SessionError> {
-    write_msg_with(send, msg, &mut Vec::new()).await
+    let mut frame = Vec::new();
+    append_frame(&mut frame, msg).map_err(encode_error)?;
+    send.write_all(&frame).await.map_err(protocol)?;
+    Ok(frame.len())
 }
 
-/// [`write_msg`], encoding into `frame`, which is cleared first.
-async fn write_msg_with<T: serde::Serialize>(
+/// Writes one sync message as a frame (`Ops` packed), encoding into
+/// `frame`, which is cleared first; returns the frame's length.
+async fn write_sync_msg(
     send: &mut quinn::SendStream,
-    msg: &T,
+    msg: &SyncMessage,
     frame: &mut Vec<u8>,
 ) -> Result<usize, SessionError> {
     frame.clear();
-    append_frame(frame, msg).map_err(|e| match e {
-        EncodeError::TooLarge(e) => SessionError::TooLarge(e.to_string()),
-        EncodeError::Codec(e) => protocol(e),
-    })?;
+    append_sync_frame(frame, msg).map_err(encode_error)?;
     send.write_all(frame).await.map_err(protocol)?;
     Ok(frame.len())
+}
+
+fn encode_error(e: EncodeError) -> SessionError {
+    match e {
+        EncodeError::TooLarge(e) => SessionError::TooLarge(e.to_string()),
+        EncodeError::Codec(e) => protocol(e),
+    }
 }
 
 async fn send_msg(send: &mut quinn::SendStream, msg: &PeerMessage) -> Result<(), SessionError> {
@@ -623,7 +632,7 @@ async fn write_sync(
         let Some(stream) = streams.get_mut(&db) else {
             return;
         };
-        match write_msg_with(stream, &msg, &mut FrameBuffer::take()).await {
+        match write_sync_msg(stream, &msg, &mut FrameBuffer::take()).await {
             Ok(bytes) => traffic.count(peer, Way::Out, &msg, bytes),
             // The engine's batches are far under the frame limit; one
             // that is not is dropped, and the engine resends its content.

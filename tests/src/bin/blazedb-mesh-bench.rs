@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use blazedb::{Client, Fields, Value};
 use blazedb_proto::api::{DbSettings, SyncMode};
-use blazedb_proto::{DeviceId, Hlc, Op, OpBody, codec};
+use blazedb_proto::{DeviceId, Hlc, Op, OpBody, SyncMessage, codec};
 use blazedb_tests::bench::{
     CpuTally, PutBatches, Samples, batched_puts, print_latency, raw_fjall_puts,
     raw_fjall_store_layout, record, rss_kib, thread_cpu_per_op, thread_cpu_seconds,
@@ -369,22 +369,32 @@ fn print_threads(
     }
 }
 
-/// The encoded size of one replicated put of a benchmark record.
+/// The bytes one replicated put of a benchmark record takes in an `Ops`
+/// message of a batch of them, as peers send it.
 fn op_size() -> usize {
-    let body = OpBody::Put {
-        collection: "items".into(),
-        id: "k00123456".into(),
-        fields: record(123_456),
+    let ops: Vec<Op> = (0..BATCH as u64)
+        .map(|i| {
+            let body = OpBody::Put {
+                collection: "items".into(),
+                id: format!("k{:08}", 123_456 + i),
+                fields: record(123_456 + i as i64),
+            };
+            Op {
+                origin: DeviceId([7; 32]),
+                seq: 123_456 + i,
+                hlc: Hlc((1_750_000_000_000 + i) << Hlc::COUNTER_BITS),
+                priority: 0,
+                incarnation: 0,
+                body: codec::to_vec(&body).unwrap_or_default(),
+            }
+        })
+        .collect();
+    let msg = SyncMessage::Ops {
+        db: "bench".into(),
+        epoch: 1,
+        ops,
     };
-    let op = Op {
-        origin: DeviceId([7; 32]),
-        seq: 123_456,
-        hlc: Hlc(1_750_000_000_000 << Hlc::COUNTER_BITS),
-        priority: 0,
-        incarnation: 0,
-        body: codec::to_vec(&body).unwrap_or_default(),
-    };
-    codec::to_vec(&op).map_or(0, |v| v.len())
+    msg.encode().map_or(0, |v| v.len() / BATCH)
 }
 
 /// Sends `total` bytes over one quinn stream on loopback, in this process;

@@ -41,7 +41,9 @@ use blazed::mesh::session::read_frame;
 use blazed::mesh::{endpoint, proof, tls, transport_config};
 use blazed::sync::{Engine, EngineConfig, MemoryStore};
 use blazedb_proto::api::SyncMode;
-use blazedb_proto::mesh::{Invite, PEER_PROTOCOL_VERSION, PeerMessage, Role, to_frame};
+use blazedb_proto::mesh::{
+    Invite, PEER_PROTOCOL_VERSION, PeerMessage, Role, append_sync_frame, to_frame,
+};
 use blazedb_proto::{DeviceId, Fields, OpBody, SyncMessage, Value};
 use blazedb_tests::bench::{Samples, cpu_seconds, rss_kib};
 use blazedb_tests::{TestAgent, sibling_bin};
@@ -255,7 +257,10 @@ impl Device {
                 let Some(stream) = streams.get_mut(&db) else {
                     return;
                 };
-                let Ok(frame) = to_frame(&msg) else { continue };
+                let mut frame = Vec::new();
+                if append_sync_frame(&mut frame, &msg).is_err() {
+                    continue;
+                }
                 if stream.write_all(&frame).await.is_err() {
                     return;
                 }
