@@ -117,14 +117,30 @@ pub fn print_latency(label: &str, s: &Samples) {
 /// durable batch: the ceiling for anything that stores them. Returns
 /// records per second. The records are encoded before the clock starts.
 pub fn raw_fjall_puts(dir: &Path, n: usize, batch: usize) -> anyhow::Result<f64> {
+    raw_fjall_puts_cpu(dir, n, batch).map(|(rate, _)| rate)
+}
+
+/// [`raw_fjall_puts`], and the CPU this process spent a record while the
+/// clock ran (fjall's workers included), in microseconds; `None` when
+/// `/proc` could not be read.
+pub fn raw_fjall_puts_cpu(
+    dir: &Path,
+    n: usize,
+    batch: usize,
+) -> anyhow::Result<(f64, Option<f64>)> {
     let db = fjall::Database::builder(dir.join("raw")).open()?;
     let ks = db.keyspace("items", KeyspaceCreateOptions::default)?;
     let values: Vec<Vec<u8>> = (0..n as i64)
         .map(|i| blazedb_proto::codec::to_vec(&record(i)))
         .collect::<Result<_, _>>()?;
+    let cpu = cpu_seconds(None);
     let t = Instant::now();
     raw_insert_batches(&db, &ks, &values, batch)?;
-    Ok(n as f64 / t.elapsed().as_secs_f64())
+    let rate = n as f64 / t.elapsed().as_secs_f64();
+    let cpu = cpu
+        .zip(cpu_seconds(None))
+        .map(|(before, after)| (after - before) * 1e6 / n as f64);
+    Ok((rate, cpu))
 }
 
 /// The timed part of [`raw_fjall_puts`]: `values` as records `k{i:08}`,

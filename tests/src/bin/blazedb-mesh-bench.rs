@@ -28,7 +28,7 @@ use blazedb::{Client, Fields, Value};
 use blazedb_proto::api::{DbSettings, SyncMode};
 use blazedb_proto::{DeviceId, Hlc, Op, OpBody, SyncMessage, codec};
 use blazedb_tests::bench::{
-    CpuTally, PutBatches, Samples, batched_puts, print_latency, raw_fjall_puts,
+    CpuTally, PutBatches, Samples, batched_puts, print_latency, raw_fjall_puts_cpu,
     raw_fjall_store_layout, record, rss_kib, thread_cpu_per_op, thread_cpu_seconds,
 };
 use blazedb_tests::netns::Lab;
@@ -207,7 +207,7 @@ async fn throughput(
     figures: &mut Figures,
 ) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let raw = raw_fjall_puts(dir.path(), n, BATCH)?;
+    let (raw, raw_cpu) = raw_fjall_puts_cpu(dir.path(), n, BATCH)?;
     let layout = raw_fjall_store_layout(dir.path(), n, BATCH)?;
     let op_bytes = op_size();
     let quic = raw_quinn(512 << 20).await?;
@@ -255,6 +255,18 @@ async fn throughput(
     let ours = (n + 1) as f64 / secs;
     println!("replication, {n} records written on A in batches of {BATCH}, until B has them all");
     println!("  raw fjall batch inserts (B's disk)     {raw:>12.0} records/s");
+    if let Some(us) = raw_cpu {
+        // What 50% of raw leaves a record, every core busy, beside what
+        // two stores cost at raw fjall's own CPU.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let budget = cores * 1e6 / (raw / 2.0);
+        println!(
+            "    raw fjall's CPU: {us:.2} us a record; 50% of raw allows {budget:.2} us a record on {cores} cores, of which two stores at raw's CPU take {:.0}%",
+            100.0 * 2.0 * us / budget
+        );
+        note(figures, "raw_cpu_us", us);
+        note(figures, "replication_target_budget_us", budget);
+    }
     println!(
         "  raw fjall, the store's layout          {layout:>12.0} records/s  (records + a log chunk per batch)"
     );
