@@ -6,7 +6,8 @@
 //!   notification).
 //! - [`api`]: the IPC methods with their params and results.
 //! - [`value`]: field values and their MessagePack encoding.
-//! - [`op`]: operations, device ids and clock readings.
+//! - [`op`]: operations, device ids and clock readings; [`op_entry`]:
+//!   an op's compact form, in the op log and packed `Ops`.
 //! - [`sync`]: what replicas say to each other to sync a database.
 //! - [`mesh`]: what agents say to each other to form a mesh, and invite codes.
 //! - [`topology`]: what the agent shows of its links and where its
@@ -25,6 +26,7 @@ pub mod frame;
 pub mod mesh;
 pub mod message;
 pub mod op;
+pub mod op_entry;
 pub mod paths;
 pub mod rules;
 pub mod sealed;

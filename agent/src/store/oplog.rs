@@ -12,20 +12,14 @@
 //! ```text
 //! 0xC2                  mark
 //! then, for each entry:
-//! flags                 bit 0: a new origin follows; bit 1: a priority
-//!                       follows; bit 2: an incarnation follows (each is
-//!                       zero when left out); bit 3: the body is a put's
-//!                       without its keys
+//! flags                 bit 0: a new origin follows; bits 1 to 3 are
+//!                       `blazedb_proto::op_entry`'s (a priority, an
+//!                       incarnation, a put body's parts)
 //! origin                with bit 0: a device id of 32 bytes, which takes
 //!                       the next place in the chunk's origin table;
 //!                       without: MessagePack uint, a place in that table
-//! seq                   MessagePack uint
-//! hlc                   u64, big-endian
-//! priority              with bit 1: one byte
-//! incarnation           with bit 2: MessagePack uint
-//! body                  MessagePack uint n, then the n bytes of the
-//!                       encoded (possibly sealed) `OpBody`, or with bit 3
-//!                       of a put's parts (below)
+//! seq, hlc, priority,   the rest of the entry as `op_entry` writes it,
+//! incarnation, body     which packed `Ops` messages send too
 //! ```
 //!
 //! A put's body in its usual encoding, `{"put": {"collection": c, "id":
@@ -44,6 +38,7 @@
 //! in the same batch, so a reader sees the old chunk or the new ones.
 
 use blazedb_proto::codec::{self, CodecError, raw};
+use blazedb_proto::op_entry::{self, HAS_INCARNATION, HAS_PRIORITY, PUT_PARTS};
 use blazedb_proto::{DeviceId, Hlc, Op, PutParts};
 use fjall::{Keyspace, OwnedWriteBatch, Slice};
 
@@ -56,10 +51,9 @@ pub(crate) const COMPACT_MARK: u8 = 0xC2;
 /// The first byte of a chunk in the earlier framed form.
 pub(crate) const FRAMED_MARK: u8 = 0xC1;
 
+/// Flag: the entry's origin is new to the chunk and follows whole; the
+/// other flags are `op_entry`'s.
 const NEW_ORIGIN: u8 = 1;
-const HAS_PRIORITY: u8 = 2;
-const HAS_INCARNATION: u8 = 4;
-const PUT_BODY: u8 = 8;
 
 /// A chunk is closed once it holds this many bytes: reading one entry
 /// then reads at most this much, and fjall keeps its values small.
@@ -229,7 +223,7 @@ impl ChunkReader {
         let chunk = &self.chunk[..];
         let mut r = raw::Reader::new(&chunk[self.at..]);
         let flags = r.byte("an entry's flags")?;
-        if flags & !(NEW_ORIGIN | HAS_PRIORITY | HAS_INCARNATION | PUT_BODY) != 0 {
+        if flags & !(NEW_ORIGIN | HAS_PRIORITY | HAS_INCARNATION | PUT_PARTS) != 0 {
             return Err(CodecError(format!("an entry has unknown flags {flags:#x}")));
         }
         let origin = if flags & NEW_ORIGIN != 0 {
@@ -247,43 +241,21 @@ impl ChunkReader {
                     CodecError(format!("an entry names origin {at}, not in the chunk"))
                 })?
         };
-        let seq = r.uint("an entry's seq")?;
-        let hlc = Hlc(r.u64_be("an entry's clock reading")?);
-        let priority = if flags & HAS_PRIORITY != 0 {
-            r.byte("an entry's priority")?
-        } else {
-            0
-        };
-        let incarnation = if flags & HAS_INCARNATION != 0 {
-            u32::try_from(r.uint("an entry's incarnation")?)
-                .map_err(|_| CodecError("an entry's incarnation is over 32 bits".into()))?
-        } else {
-            0
-        };
-        let len = r.uint("an entry's body length")?;
-        let body = usize::try_from(len)
-            .map_err(|_| CodecError("an entry's body is cut short".into()))
-            .and_then(|len| r.bytes(len, "an entry's body"))?;
+        let rest = op_entry::read_rest(&mut r, flags)?;
         let end = chunk.len() - r.remaining();
-        let start = end - body.len();
-        let put = flags & PUT_BODY != 0;
-        if put && PutParts::of_stored(body).is_none() {
-            return Err(CodecError(
-                "an entry's put body has no collection and id".into(),
-            ));
-        }
+        let start = end - rest.body.len();
         self.at = end;
         Ok(Form::Compact {
             head: Head {
                 origin,
-                seq,
-                hlc,
-                priority,
-                incarnation,
+                seq: rest.seq,
+                hlc: rest.hlc,
+                priority: rest.priority,
+                incarnation: rest.incarnation,
             },
             start,
             end,
-            put,
+            put: rest.put,
         })
     }
 
@@ -496,19 +468,9 @@ impl Chunker {
         let before = self.bytes.len();
         // Most chunks are one device's writes: its place is the last one.
         let known = self.origins.iter().rposition(|o| *o == op.origin);
-        let mut flags = 0;
+        let (mut flags, put) = op_entry::flags_of(op);
         if known.is_none() {
             flags |= NEW_ORIGIN;
-        }
-        if op.priority != 0 {
-            flags |= HAS_PRIORITY;
-        }
-        if op.incarnation != 0 {
-            flags |= HAS_INCARNATION;
-        }
-        let put = PutParts::of_body(&op.body);
-        if put.is_some() {
-            flags |= PUT_BODY;
         }
         let out = &mut self.bytes;
         out.push(flags);
@@ -519,24 +481,7 @@ impl Chunker {
                 self.origins.push(op.origin);
             }
         }
-        raw::uint(out, op.seq);
-        out.extend_from_slice(&op.hlc.0.to_be_bytes());
-        if op.priority != 0 {
-            out.push(op.priority);
-        }
-        if op.incarnation != 0 {
-            raw::uint(out, u64::from(op.incarnation));
-        }
-        match put {
-            Some(parts) => {
-                raw::uint(out, parts.stored_len() as u64);
-                parts.stored(out);
-            }
-            None => {
-                raw::uint(out, op.body.len() as u64);
-                out.extend_from_slice(&op.body);
-            }
-        }
+        op_entry::write_rest(out, op, put);
         self.ahead = self.ahead.saturating_sub(self.bytes.len() - before);
         self.count += 1;
     }

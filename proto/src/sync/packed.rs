@@ -4,26 +4,18 @@
 //! carries its origin's 32 bytes, and its body, a put's, names its
 //! collection, id and fields again: 213 bytes for a put of 99 bytes of
 //! fields. The packed form keeps an origin table per message and writes
-//! each op as the store's op log does ([`PutParts`] for a put's body), in
-//! about 130:
+//! each op as the store's op log does ([`crate::op_entry`]: a put's body
+//! as its parts), in about 130:
 //!
 //! ```text
 //! {"packed_ops": [db, epoch, ops, origins]}
 //! db            str
 //! epoch         uint
 //! ops           bin: the ops back to back, each
-//!   flags       bit 1: a priority follows; bit 2: an incarnation
-//!               follows (each is zero when left out); bit 3: the body
-//!               is a put's parts
+//!   flags       `op_entry`'s flags
 //!   origin      uint, a place in origins
-//!   seq         uint
-//!   hlc         u64, big-endian
-//!   priority    with bit 1: one byte
-//!   incarnation with bit 2: uint
-//!   body        uint n, then n bytes: the encoded (possibly sealed)
-//!               body, or with bit 3 a put body's `PutParts::stored`
-//! origins       bin: device ids of 32 bytes back to back; an op names
-//!               its origin by its place here
+//!   ...         the rest of the entry, as `op_entry` writes it
+//! origins       bin: device ids of 32 bytes back to back
 //! ```
 //!
 //! The table comes last because it is known only once every op is
@@ -36,17 +28,13 @@
 use std::collections::HashMap;
 
 use crate::codec::{CodecError, raw};
-use crate::fast::PutParts;
-use crate::op::{DeviceId, Hlc, Op};
+use crate::op::{DeviceId, Op};
+use crate::op_entry::{self, HAS_INCARNATION, HAS_PRIORITY, PUT_PARTS};
 
 use super::SyncMessage;
 
 /// The key that marks the packed form, where serde writes `ops`.
 pub(super) const KEY: &str = "packed_ops";
-
-const HAS_PRIORITY: u8 = 2;
-const HAS_INCARNATION: u8 = 4;
-const PUT_PARTS: u8 = 8;
 
 /// The fewest bytes an op takes: flags, origin, seq, clock, body length.
 const LEAST_OP: usize = 1 + 1 + 1 + 8 + 1;
@@ -76,37 +64,10 @@ pub(super) fn encode_into(out: &mut Vec<u8>, db: &str, epoch: u64, ops: &[Op]) {
                 place
             }
         };
-        let put = PutParts::of_body(&op.body);
-        let mut flags = 0;
-        if op.priority != 0 {
-            flags |= HAS_PRIORITY;
-        }
-        if op.incarnation != 0 {
-            flags |= HAS_INCARNATION;
-        }
-        if put.is_some() {
-            flags |= PUT_PARTS;
-        }
+        let (flags, put) = op_entry::flags_of(op);
         out.push(flags);
         raw::uint(out, place);
-        raw::uint(out, op.seq);
-        out.extend_from_slice(&op.hlc.0.to_be_bytes());
-        if op.priority != 0 {
-            out.push(op.priority);
-        }
-        if op.incarnation != 0 {
-            raw::uint(out, u64::from(op.incarnation));
-        }
-        match put {
-            Some(parts) => {
-                raw::uint(out, parts.stored_len() as u64);
-                parts.stored(out);
-            }
-            None => {
-                raw::uint(out, op.body.len() as u64);
-                out.extend_from_slice(&op.body);
-            }
-        }
+        op_entry::write_rest(out, op, put);
     }
     let ops_len = bin_len(out.len() - start);
     out[head + 1..start].copy_from_slice(&ops_len.to_be_bytes());
@@ -179,44 +140,21 @@ fn read_op(r: &mut raw::Reader<'_>, origins: &[DeviceId]) -> Result<Op, CodecErr
         .ok()
         .and_then(|at| origins.get(at))
         .ok_or_else(|| CodecError(format!("an op names origin {place}, not in the table")))?;
-    let seq = r.uint("an op's seq")?;
-    let hlc = Hlc(r.u64_be("an op's clock reading")?);
-    let priority = if flags & HAS_PRIORITY != 0 {
-        r.byte("an op's priority")?
-    } else {
-        0
-    };
-    let incarnation = if flags & HAS_INCARNATION != 0 {
-        u32::try_from(r.uint("an op's incarnation")?)
-            .map_err(|_| CodecError("an op's incarnation is over 32 bits".into()))?
-    } else {
-        0
-    };
-    let len = r.uint("an op's body length")?;
-    let body = usize::try_from(len)
-        .map_err(|_| CodecError("an op's body is cut short".into()))
-        .and_then(|len| r.bytes(len, "an op's body"))?;
-    let body = if flags & PUT_PARTS != 0 {
-        PutParts::of_stored(body)
-            .ok_or_else(|| CodecError("an op's put body has no collection and id".into()))?
-            .body()
-    } else {
-        body.to_vec()
-    };
+    let rest = op_entry::read_rest(r, flags)?;
     Ok(Op {
         origin,
-        seq,
-        hlc,
-        priority,
-        incarnation,
-        body,
+        seq: rest.seq,
+        hlc: rest.hlc,
+        priority: rest.priority,
+        incarnation: rest.incarnation,
+        body: rest.body(),
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{OpBody, Value, codec};
+    use crate::{Hlc, OpBody, PutParts, Value, codec};
 
     /// One writer's puts cost their collection, id and fields and a few
     /// bytes each, where serde's form repeats the origin and every name.

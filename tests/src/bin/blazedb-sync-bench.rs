@@ -634,9 +634,15 @@ fn main() -> anyhow::Result<()> {
         note("ops_message_bytes_per_op", packed.bytes);
         note("ops_message_bytes_ratio_serde", packed.bytes / serde.bytes);
         note("ops_message_encode_rate", packed.encode);
-        note("ops_message_encode_ratio_serde", packed.encode / serde.encode);
+        note(
+            "ops_message_encode_ratio_serde",
+            packed.encode / serde.encode,
+        );
         note("ops_message_decode_rate", packed.decode);
-        note("ops_message_decode_ratio_serde", packed.decode / serde.decode);
+        note(
+            "ops_message_decode_ratio_serde",
+            packed.decode / serde.decode,
+        );
     }
     if args.json {
         println!("{}", serde_json::Value::Object(figures));
