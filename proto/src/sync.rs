@@ -51,11 +51,24 @@ impl VersionVector {
     /// origin, and says whether it was: an operation is held only once,
     /// and only with every earlier one from its origin.
     pub fn advance(&mut self, origin: DeviceId, seq: u64) -> bool {
-        let next = self.get(&origin) + 1 == seq;
-        if next {
-            self.set(origin, seq);
+        // One look-up: the writer advances its vector for every op it
+        // applies.
+        match self.0.entry(origin) {
+            std::collections::btree_map::Entry::Occupied(mut held) => {
+                let next = *held.get() + 1 == seq;
+                if next {
+                    *held.get_mut() = seq;
+                }
+                next
+            }
+            std::collections::btree_map::Entry::Vacant(none) => {
+                let next = seq == 1;
+                if next {
+                    none.insert(seq);
+                }
+                next
+            }
         }
-        next
     }
 
     /// Raises every entry to at least the one in `other`.
@@ -716,6 +729,18 @@ mod tests {
             }
             let _ = SyncMessage::decode(&bytes);
             let _ = SyncMessage::decode(&bytes[..keep.index(bytes.len())]);
+        }
+
+        #[test]
+        fn advance_takes_exactly_the_next_op(v in arb_vector(), d in 0u8..5, seq in 0u64..8) {
+            let mut advanced = v.clone();
+            let next = v.get(&dev(d)) + 1 == seq;
+            prop_assert_eq!(advanced.advance(dev(d), seq), next);
+            let mut expected = v;
+            if next {
+                expected.set(dev(d), seq);
+            }
+            prop_assert_eq!(advanced, expected);
         }
 
         #[test]
