@@ -85,10 +85,16 @@ pub struct Rest<'a> {
 impl Rest<'_> {
     /// The body as its writer encoded it.
     pub fn body(&self) -> Vec<u8> {
-        match PutParts::of_stored(self.body) {
-            Some(parts) if self.put => parts.body(),
-            _ => self.body.to_vec(),
-        }
+        body_of(self.body, self.put)
+    }
+}
+
+/// The body an entry holds as `stored` (a put body's parts when `put`), as
+/// its writer encoded it.
+pub fn body_of(stored: &[u8], put: bool) -> Vec<u8> {
+    match PutParts::of_stored(stored) {
+        Some(parts) if put => parts.body(),
+        _ => stored.to_vec(),
     }
 }
 

@@ -39,7 +39,7 @@
 
 use blazedb_proto::codec::{self, CodecError, raw};
 use blazedb_proto::op_entry::{self, HAS_INCARNATION, HAS_PRIORITY, PUT_PARTS};
-use blazedb_proto::{DeviceId, Hlc, Op, PutParts};
+use blazedb_proto::{DeviceId, Hlc, Op};
 use fjall::{Keyspace, OwnedWriteBatch, Slice};
 
 use super::StoreError;
@@ -110,10 +110,7 @@ impl Entry {
                 hlc: head.hlc,
                 priority: head.priority,
                 incarnation: head.incarnation,
-                body: match PutParts::of_stored(&self.chunk[start..end]) {
-                    Some(parts) if put => parts.body(),
-                    _ => self.chunk[start..end].to_vec(),
-                },
+                body: op_entry::body_of(&self.chunk[start..end], put),
             },
             Form::Framed { start, end } => {
                 codec::from_slice(&self.chunk[start..end]).map_err(|e| {
