@@ -407,7 +407,11 @@ impl CpuTally {
     /// a rate is bound by the sum of its processes' work, no tuning of
     /// one process gets past it.
     pub fn ceiling_per_second(&self) -> Option<f64> {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-        self.per_op_us().map(|us| cores * 1e6 / us)
+        self.per_op_us().map(|us| cores() * 1e6 / us)
     }
+}
+
+/// The cores this machine gives the process.
+pub fn cores() -> f64 {
+    std::thread::available_parallelism().map_or(1, |n| n.get()) as f64
 }

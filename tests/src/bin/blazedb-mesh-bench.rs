@@ -28,7 +28,7 @@ use blazedb::{Client, Fields, Value};
 use blazedb_proto::api::{DbSettings, SyncMode};
 use blazedb_proto::{DeviceId, Hlc, Op, OpBody, SyncMessage, codec};
 use blazedb_tests::bench::{
-    CpuTally, PutBatches, Samples, batched_puts, print_latency, raw_fjall_puts_cpu,
+    CpuTally, PutBatches, Samples, batched_puts, cores, print_latency, raw_fjall_puts_cpu,
     raw_fjall_store_layout, record, rss_kib, thread_cpu_per_op, thread_cpu_seconds,
 };
 use blazedb_tests::netns::Lab;
@@ -258,7 +258,7 @@ async fn throughput(
     if let Some(us) = raw_cpu {
         // What 50% of raw leaves a record, every core busy, beside what
         // two stores cost at raw fjall's own CPU.
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let cores = cores();
         let budget = cores * 1e6 / (raw / 2.0);
         println!(
             "    raw fjall's CPU: {us:.2} us a record; 50% of raw allows {budget:.2} us a record on {cores} cores, of which two stores at raw's CPU take {:.0}%",
