@@ -34,6 +34,7 @@ pub mod repair;
 mod replicate;
 mod sealing;
 pub(crate) mod stamped;
+mod syncer;
 mod write_buffer;
 mod writer;
 
@@ -573,7 +574,7 @@ impl Store {
             record_cache: record_cache::RecordCache::new(options.record_cache_bytes),
         });
         let store = Store { inner };
-        let w = writer::Writer::new(store.clone(), fj, meta, rx, options, recovered, next_db_id);
+        let w = writer::Writer::new(store.clone(), fj, meta, rx, options, recovered, next_db_id)?;
         let handle = std::thread::Builder::new()
             .name("blazed-writer".into())
             .spawn(move || w.run())
@@ -958,8 +959,8 @@ impl Store {
             .op()
     }
 
-    /// Reads the changes after cursor `after`, scanning at most `max_scan`
-    /// log entries. Returns the changes (only those to `collection`, when
+    /// Reads the changes after cursor `after`, up to the published head,
+    /// scanning at most `max_scan` log entries. Returns the changes (only those to `collection`, when
     /// given) and the cursor of the last entry scanned.
     pub fn read_changes(
         &self,
@@ -981,8 +982,13 @@ impl Store {
         let mut opened = sealing::Opened::default();
         let mut changes = Vec::new();
         let mut last = after;
+        // Entries past the head are committed but not yet durable.
+        let head = db.head();
         for entry in oplog::after(&db.log, after).take(max_scan) {
             let entry = entry?;
+            if entry.cursor > head {
+                break;
+            }
             last = entry.cursor;
             let op = entry.op()?;
             let body = match reader.read(&db.name, &op, &mut opened) {

@@ -58,9 +58,9 @@ impl Writer {
             Durability::Buffered => group.buffered = true,
         }
         group.heads.insert(db.id, (db.clone(), head));
-        self.commit(&mut group)?;
+        self.commit(&mut group, true)?;
         *lock(&db.sync) = sync;
-        let _ = self.publish(&mut group);
+        self.publication(&mut group).publish(&self.store);
         Ok(())
     }
 

@@ -29,6 +29,7 @@ use rustc_hash::FxHashMap;
 use super::record::{Stamp, StoredRecord};
 use super::sealing::seal_body;
 use super::stamped::{self, Holes};
+use super::syncer::{Publication, Syncer};
 use super::{
     CollectionMeta, DbMeta, DbState, META_NEXT_DB_ID, Store, StoreError, StoreNotice, StoreOptions,
     SyncMeta, collection_meta_key, db_meta_key, dropped_key, lock, new_epoch, open_keyspaces,
@@ -688,6 +689,8 @@ pub(crate) struct Writer {
     /// When the last command was done.
     last_command: Instant,
     write_buffer: super::write_buffer::WriteBuffer,
+    /// Syncs committed groups while the next is planned.
+    syncer: Syncer,
 }
 
 impl Writer {
@@ -699,9 +702,10 @@ impl Writer {
         options: StoreOptions,
         recovered: Recovered,
         next_db_id: u32,
-    ) -> Self {
-        Writer {
+    ) -> Result<Self, StoreError> {
+        Ok(Writer {
             write_buffer: super::write_buffer::WriteBuffer::new(options.write_buffer_bytes),
+            syncer: Syncer::start(fj.clone(), store.clone())?,
             store,
             fj,
             meta,
@@ -712,7 +716,7 @@ impl Writer {
             next_db_id,
             unsynced_since: None,
             last_command: Instant::now(),
-        }
+        })
     }
 
     pub(crate) fn run(mut self) {
@@ -730,6 +734,11 @@ impl Writer {
                     Err(RecvTimeoutError::Disconnected) => break,
                 },
             };
+            if !matches!(cmd, Command::Write { .. }) {
+                // Every other command sees, and answers after, every write
+                // before it.
+                self.syncer.settle();
+            }
             match cmd {
                 Command::Write { db, writes, reply } => {
                     next = self.commit_group(db, writes, reply);
@@ -906,13 +915,32 @@ impl Writer {
         let commit = if group.effects.iter().all(Vec::is_empty) {
             Ok(())
         } else {
-            self.commit(&mut group)
+            self.commit(&mut group, false)
         };
         match commit {
             Ok(()) => {
-                let replies = self.publish(&mut group);
-                for (reply, result) in replies {
-                    reply(result);
+                let publication = self.publication(&mut group);
+                if leftover.is_none() {
+                    leftover = self.rx.try_recv().ok();
+                }
+                if !self.syncer.is_idle() || (group.fsync && leftover.is_some()) {
+                    // Published in commit order, once synced; meanwhile the
+                    // next command is planned.
+                    self.syncer.hand_over(publication);
+                } else if group.fsync {
+                    match self.fj.persist(PersistMode::SyncAll) {
+                        Ok(()) => publication.publish(&self.store),
+                        Err(e) => {
+                            let e = StoreError::from(e);
+                            tracing::error!(
+                                "syncing a commit failed; the store takes no more writes until \
+                                 the agent restarts: {e}"
+                            );
+                            publication.fail(&e);
+                        }
+                    }
+                } else {
+                    publication.publish(&self.store);
                 }
             }
             Err(e) => {
@@ -927,31 +955,34 @@ impl Writer {
         leftover
     }
 
-    /// Makes a committed group visible: new collections, this device's
-    /// vector entry, the shared clock and the heads (which wake
-    /// subscribers). Returns the replies to send.
-    pub(super) fn publish(
-        &mut self,
-        group: &mut Group,
-    ) -> Vec<(Reply<Vec<WriteResult>>, WriteOutcome)> {
-        for (id, name) in &group.new_collections {
-            if let Some((db, _)) = group.heads.get(id) {
-                write_lock(&db.collections).entry(name.clone()).or_default();
-            }
+    /// What a committed group makes visible (see [`Publication::publish`]),
+    /// taken now: later groups move the counters and the clock on.
+    pub(super) fn publication(&self, group: &mut Group) -> Publication {
+        let collections = group
+            .new_collections
+            .iter()
+            .filter_map(|(id, name)| Some((group.heads.get(id)?.0.clone(), name.clone())))
+            .collect();
+        let heads = group
+            .heads
+            .values()
+            .map(|(db, head)| {
+                let local_seq = self.counters.get(&db.id).map(|c| c.local_seq);
+                (db.clone(), *head, local_seq)
+            })
+            .collect();
+        Publication {
+            collections,
+            heads,
+            clock: self.clock.last(),
+            replies: std::mem::take(&mut group.replies),
         }
-        let me = self.store.writer();
-        for (db, head) in group.heads.values() {
-            if let Some(c) = self.counters.get(&db.id) {
-                db.note_local_seq(me, c.local_seq);
-            }
-            db.head.send_replace(*head);
-            self.store.notify(StoreNotice::Committed(db.name.clone()));
-        }
-        self.store.note_clock(self.clock.last());
-        std::mem::take(&mut group.replies)
     }
 
-    pub(super) fn commit(&mut self, group: &mut Group) -> Result<(), StoreError> {
+    /// Commits a group's effects as one fjall batch; a group that asks
+    /// for fsync is synced in the commit only when `sync_now` (otherwise
+    /// its journal is written, and synced before it is published).
+    pub(super) fn commit(&mut self, group: &mut Group, sync_now: bool) -> Result<(), StoreError> {
         // Room for every effect's entry (log entries share a few chunks):
         // a batch grown a push at a time copied its items a dozen times
         // for one group. `Buffer` is what `fj.batch()` starts with.
@@ -1018,7 +1049,7 @@ impl Writer {
                 batch.insert(&log, key, chunk);
             }
         }
-        if group.fsync {
+        if group.fsync && sync_now {
             batch = batch.durability(Some(PersistMode::SyncAll));
         }
         let started = self.options.commit_seconds.as_ref().map(|_| Instant::now());
