@@ -441,6 +441,10 @@ struct CommandScope {
     indexes: Option<(String, BTreeSet<String>)>,
     /// A buffer for the associated data each sealed op is sealed with.
     aad: Vec<u8>,
+    /// The wall clock as the command's planning started, read once: each
+    /// write's clock reading is the next after it (reading the time for
+    /// every write of a batch cost more than its clock reading).
+    now_ms: u64,
 }
 
 /// The highest conflict priority a database may give its writes.
@@ -1145,6 +1149,7 @@ impl Writer {
             max_priority: lock(&db.sync).max_priority,
             indexes: None,
             aad: Vec::new(),
+            now_ms: super::wall_ms(),
         })
     }
 
@@ -1200,7 +1205,7 @@ impl Writer {
         counters.head += 1;
         counters.local_seq += 1;
         let (cursor, seq) = (counters.head, counters.local_seq);
-        let hlc = self.clock.tick(super::wall_ms());
+        let hlc = self.clock.tick(scope.now_ms);
         let stamp = Stamp {
             priority: write_priority,
             hlc,
