@@ -122,7 +122,7 @@ impl Metrics {
         );
         r.register_with_unit(
             "commit",
-            "How long each group commit to the store took",
+            "How long each group commit to the store took, until it was durable",
             Unit::Seconds,
             self.commit_seconds.clone(),
         );

@@ -26,10 +26,12 @@
 
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use blazedb_proto::Hlc;
 use blazedb_proto::api::WriteResult;
 use fjall::PersistMode;
+use prometheus_client::metrics::histogram::Histogram;
 
 use super::writer::WriteOutcome;
 use super::{DbState, Reply, Store, StoreError, StoreNotice, lock, write_lock};
@@ -45,6 +47,9 @@ pub(super) struct Publication {
     pub(super) clock: Hlc,
     /// The group's commands and what they get.
     pub(super) replies: Vec<(Reply<Vec<WriteResult>>, WriteOutcome)>,
+    /// When its commit started, for the commit-time metric (which counts
+    /// until the group is durable).
+    pub(super) timer: Option<(Histogram, Instant)>,
 }
 
 impl Publication {
@@ -52,6 +57,9 @@ impl Publication {
     /// entry, the shared clock and the heads (which wake subscribers and
     /// sync); then answers its commands.
     pub(super) fn publish(self, store: &Store) {
+        if let Some((histogram, started)) = &self.timer {
+            histogram.observe(started.elapsed().as_secs_f64());
+        }
         for (db, name) in &self.collections {
             write_lock(&db.collections).entry(name.clone()).or_default();
         }
@@ -213,6 +221,7 @@ mod tests {
             collections: Vec::new(),
             heads: Vec::new(),
             clock: Hlc(0),
+            timer: None,
             replies: vec![(
                 Box::new(move |outcome| {
                     let _ = answers.send((tag, outcome));

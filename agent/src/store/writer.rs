@@ -24,6 +24,7 @@ use blazedb_proto::{
     DeviceId, Fields, Hlc, Op, OpBody, SnapshotRecord, Value, VersionVector, codec,
 };
 use fjall::{Keyspace, PersistMode, Slice};
+use prometheus_client::metrics::histogram::Histogram;
 use rustc_hash::FxHashMap;
 
 use super::record::{Stamp, StoredRecord};
@@ -414,6 +415,9 @@ pub(super) struct Group {
     pub(super) replies: Vec<(Reply<Vec<WriteResult>>, WriteOutcome)>,
     pub(super) fsync: bool,
     pub(super) buffered: bool,
+    /// When a commit still to be synced started, for the commit-time
+    /// metric.
+    pub(super) timer: Option<(Histogram, Instant)>,
 }
 
 impl Group {
@@ -426,6 +430,7 @@ impl Group {
             replies: Vec::new(),
             fsync: false,
             buffered: false,
+            timer: None,
         }
     }
 }
@@ -980,6 +985,7 @@ impl Writer {
             heads,
             clock: self.clock.last(),
             replies: std::mem::take(&mut group.replies),
+            timer: group.timer.take(),
         }
     }
 
@@ -1062,7 +1068,12 @@ impl Writer {
             .record_cache()
             .forget(written.iter().map(|(db, key)| (*db, &key[..])));
         if let (Some(h), Some(t)) = (&self.options.commit_seconds, started) {
-            h.observe(t.elapsed().as_secs_f64());
+            if group.fsync && !sync_now {
+                // Timed until the sync that makes it durable.
+                group.timer = Some((h.clone(), t));
+            } else {
+                h.observe(t.elapsed().as_secs_f64());
+            }
         }
         if group.fsync {
             self.unsynced_since = None;
