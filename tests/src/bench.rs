@@ -415,3 +415,29 @@ impl CpuTally {
 pub fn cores() -> f64 {
     std::thread::available_parallelism().map_or(1, |n| n.get()) as f64
 }
+
+/// The total instructions in a callgrind output file.
+pub fn callgrind_instructions(path: &Path) -> anyhow::Result<u64> {
+    use anyhow::Context as _;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("no callgrind output at {}", path.display()))?;
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix("totals:")
+                .or_else(|| l.strip_prefix("summary:"))
+        })
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .with_context(|| format!("no instruction total in {}", path.display()))
+}
+
+/// Whether valgrind can be run; an error saying how to install it if not.
+pub fn valgrind_present() -> anyhow::Result<()> {
+    let have = std::process::Command::new("valgrind")
+        .arg("--version")
+        .output();
+    anyhow::ensure!(
+        have.is_ok_and(|o| o.status.success()),
+        "valgrind is not installed (apt-get install valgrind)"
+    );
+    Ok(())
+}

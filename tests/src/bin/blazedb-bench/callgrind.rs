@@ -12,10 +12,12 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use blazedb::Client;
 use blazedb_proto::api::Encryption;
-use blazedb_tests::bench::{PutBatches, batched_puts, raw_fjall_puts};
+use blazedb_tests::bench::{
+    PutBatches, batched_puts, callgrind_instructions, raw_fjall_puts, valgrind_present,
+};
 use blazedb_tests::{TestAgent, sibling_bin};
 use fjall::KeyspaceCreateOptions;
 
@@ -35,10 +37,7 @@ enum Work {
 
 /// Counts and prints instructions per put and per get, agent and raw.
 pub(crate) async fn run(quick: bool, json: bool, keep: Option<PathBuf>) -> anyhow::Result<()> {
-    let have = Command::new("valgrind").arg("--version").output();
-    if !have.is_ok_and(|o| o.status.success()) {
-        bail!("valgrind is not installed (apt-get install valgrind)");
-    }
+    valgrind_present()?;
     let (small, large) = if quick { (1000, 2000) } else { (2000, 6000) };
     let tmp = tempfile::tempdir()?;
     let dir = match &keep {
@@ -167,7 +166,7 @@ async fn agent_run(dir: &Path, work: Work, n: usize) -> anyhow::Result<u64> {
     }
     drop(client);
     agent.stop().await?;
-    instructions(&out)
+    callgrind_instructions(&out)
 }
 
 /// Runs raw fjall under callgrind in a child process of this binary.
@@ -190,7 +189,7 @@ fn raw_run(dir: &Path, work: Work, n: usize) -> anyhow::Result<u64> {
         .arg(n.to_string())
         .status()?;
     anyhow::ensure!(status.success(), "the raw fjall run failed: {status}");
-    instructions(&out)
+    callgrind_instructions(&out)
 }
 
 /// Runs this binary under callgrind as a client of the agent on `socket`
@@ -210,7 +209,7 @@ fn client_run(dir: &Path, socket: &Path, what: &str, n: usize) -> anyhow::Result
         .arg(n.to_string())
         .status()?;
     anyhow::ensure!(status.success(), "the client run failed: {status}");
-    instructions(&out)
+    callgrind_instructions(&out)
 }
 
 /// The client side, in the child: `n` puts, or `n` reads of the
@@ -247,17 +246,4 @@ pub(crate) fn raw_fjall(what: &str, n: usize) -> anyhow::Result<()> {
         other => bail!("--raw-fjall takes puts or gets, not {other}"),
     }
     Ok(())
-}
-
-/// The total instructions in a callgrind output file.
-fn instructions(path: &PathBuf) -> anyhow::Result<u64> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("no callgrind output at {}", path.display()))?;
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix("totals:")
-                .or_else(|| l.strip_prefix("summary:"))
-        })
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .with_context(|| format!("no instruction total in {}", path.display()))
 }

@@ -21,7 +21,11 @@
 //!   database content key (end-to-end encryption), per second, beside the
 //!   apply rate: the share of apply throughput the crypto would take.
 //!
-//! `--only apply,catch-up,rules,e2e,codec` runs some of the sections.
+//! `--only apply,catch-up,rules,e2e,codec` runs some of the sections;
+//! `--callgrind` counts instructions per applied op instead (see
+//! `callgrind.rs`).
+
+mod callgrind;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -61,6 +65,18 @@ struct Args {
     /// when not given.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Count instructions per applied op under valgrind's callgrind, the
+    /// engine's (every thread of its process) beside raw fjall's inserts,
+    /// instead of timing them.
+    #[arg(long)]
+    callgrind: bool,
+    /// Keep the callgrind output files in this folder.
+    #[arg(long, value_name = "DIR")]
+    callgrind_out: Option<std::path::PathBuf>,
+    /// A run under callgrind, in a child: `engine`, `setup` or `raw`, and
+    /// how many ops.
+    #[arg(long, num_args = 2, value_names = ["WHAT", "OPS"], hide = true)]
+    apply_child: Vec<String>,
 }
 
 const DB: &str = "bench";
@@ -89,6 +105,23 @@ fn source(n: u64, records: u64) -> MemoryStore {
         s.write(DB, T0 + i / 100, body);
     }
     s
+}
+
+/// The ops the apply benchmark applies: `n` puts of new records, as their
+/// writer's log holds them.
+fn apply_ops(n: u64) -> Vec<Op> {
+    source(n, n)
+        .read_ops(
+            DB,
+            &Default::default(),
+            0,
+            blazed::sync::ReadLimits {
+                max_items: usize::MAX,
+                max_bytes: usize::MAX,
+            },
+        )
+        .map(|r| r.ops)
+        .unwrap_or_default()
 }
 
 fn open_store(dir: &Path) -> anyhow::Result<Store> {
@@ -160,14 +193,27 @@ fn raw_fjall(dir: &Path, ops: &[Op], batch: usize) -> anyhow::Result<f64> {
         })
         .collect::<Result<_, _>>()?;
     let t = Instant::now();
+    raw_apply_batches(&db, &ks, &values, batch)?;
+    Ok(ops.len() as f64 / t.elapsed().as_secs_f64())
+}
+
+/// The timed part of [`raw_fjall`], kept apart (and never inlined) so that
+/// `--callgrind` counts this and not the encoding before it.
+#[inline(never)]
+fn raw_apply_batches(
+    db: &fjall::Database,
+    ks: &fjall::Keyspace,
+    values: &[(Vec<u8>, Vec<u8>)],
+    batch: usize,
+) -> anyhow::Result<()> {
     for chunk in values.chunks(batch) {
         let mut b = db.batch().durability(Some(PersistMode::SyncAll));
         for (k, v) in chunk {
-            b.insert(&ks, k.as_slice(), v.as_slice());
+            b.insert(ks, k.as_slice(), v.as_slice());
         }
         b.commit()?;
     }
-    Ok(ops.len() as f64 / t.elapsed().as_secs_f64())
+    Ok(())
 }
 
 /// The engine applying `ops` as a peer's `Ops` messages into a fresh
@@ -178,6 +224,19 @@ fn engine_apply(
     batch: usize,
     rules: Option<AccessRules>,
     key: Option<&ContentKey>,
+) -> anyhow::Result<f64> {
+    engine_apply_or_not(dir, ops, batch, rules, key, true)
+}
+
+/// [`engine_apply`], or everything it does but the applying when not
+/// `apply` (`--callgrind` takes that run's count off).
+fn engine_apply_or_not(
+    dir: &Path,
+    ops: &[Op],
+    batch: usize,
+    rules: Option<AccessRules>,
+    key: Option<&ContentKey>,
+    apply: bool,
 ) -> anyhow::Result<f64> {
     let store = open_store_with(dir, key)?;
     let me = store.device();
@@ -217,6 +276,11 @@ fn engine_apply(
             ops: c.to_vec(),
         })
         .collect();
+    if !apply {
+        std::hint::black_box(messages);
+        shutdown(&store)?;
+        return Ok(0.0);
+    }
     let t = Instant::now();
     for m in messages {
         engine.handle(peer, m, T0);
@@ -422,6 +486,12 @@ fn main() -> anyhow::Result<()> {
     // under its memory settings, and the agents started inherit them.
     blazed::huge_pages::disable();
     let args = Args::parse();
+    if let [what, n] = args.apply_child.as_slice() {
+        return callgrind::child(what, n.parse()?);
+    }
+    if args.callgrind {
+        return callgrind::run(args.quick, args.json, args.callgrind_out.as_deref());
+    }
     let (apply_n, catch_n) = if args.quick {
         (5_000, 20_000)
     } else {
@@ -435,19 +505,7 @@ fn main() -> anyhow::Result<()> {
     };
 
     println!("sync engine benchmarks (fsync per batch of {batch})");
-    let src = source(apply_n, apply_n);
-    let ops = src
-        .read_ops(
-            DB,
-            &Default::default(),
-            0,
-            blazed::sync::ReadLimits {
-                max_items: usize::MAX,
-                max_bytes: usize::MAX,
-            },
-        )
-        .map(|r| r.ops)
-        .unwrap_or_default();
+    let ops = apply_ops(apply_n);
     let runs = |section: &str| args.only.is_empty() || args.only.iter().any(|s| s == section);
     if runs("apply") {
         // Raw fjall and the engine alternate, and each figure is the
