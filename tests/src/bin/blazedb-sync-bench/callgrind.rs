@@ -1,15 +1,13 @@
 //! `--callgrind`: instructions per applied op, counted by valgrind's
-//! callgrind, for the engine applying a peer's ops into the store (every
-//! thread of its process: the engine's, the writer's, the syncer's) and
-//! for raw fjall inserting the same records (its insert loop only).
-//! Instruction counts repeat from run to run where wall-clock rates on a
-//! shared machine swing, so a change to the apply path shows in them.
+//! callgrind, for the engine applying a peer's ops into the store (the
+//! engine's loop over the messages and the store's writer thread) and for
+//! raw fjall inserting the same records (its insert loop). Instruction
+//! counts repeat from run to run where wall-clock rates on a shared
+//! machine swing, so a change to the apply path shows in them. Neither
+//! counts making the ops or freeing the memtables at the end.
 //!
 //! Each figure is the difference of two runs that differ only in the
-//! number of ops, divided by that difference. The engine's side also takes
-//! off a run that does everything but the applying (making the ops,
-//! opening the store, handing the engine its messages' peer): what is
-//! left is the applying alone.
+//! number of ops, divided by that difference.
 
 use std::path::Path;
 use std::process::Command;
@@ -45,7 +43,7 @@ pub(crate) fn run(quick: bool, json: bool, keep: Option<&Path>) -> anyhow::Resul
         Ok(b.saturating_sub(a) as f64 / (large - small) as f64)
     };
     let raw = per_op("raw")?;
-    let engine = per_op("engine")? - per_op("setup")?;
+    let engine = per_op("engine")?;
     println!("remote puts of new records");
     println!("  raw fjall batch inserts  {raw:>8.0} instructions per op");
     println!(
@@ -78,6 +76,10 @@ fn child_run(dir: &Path, what: &str, n: usize) -> anyhow::Result<u64> {
         // Raw's records are encoded before its clock starts: only the
         // inserts are counted.
         valgrind.arg("--toggle-collect=*raw_apply_batches*");
+    } else {
+        valgrind
+            .arg("--toggle-collect=*apply_messages*")
+            .arg("--toggle-collect=blazed::store::writer::Writer::run");
     }
     let status = valgrind
         .arg(std::env::current_exe()?)
@@ -89,21 +91,20 @@ fn child_run(dir: &Path, what: &str, n: usize) -> anyhow::Result<u64> {
     callgrind_instructions(&out)
 }
 
-/// In the child: apply `n` ops with the engine (`engine`), do all of that
-/// but the applying (`setup`), or insert their records into raw fjall
-/// (`raw`).
+/// In the child: apply `n` ops with the engine (`engine`), or insert
+/// their records into raw fjall (`raw`).
 pub(crate) fn child(what: &str, n: u64) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let ops = super::apply_ops(n);
     let batch = EngineConfig::default().batch.max_items;
     match what {
-        "engine" | "setup" => {
-            super::engine_apply_or_not(dir.path(), &ops, batch, None, None, what == "engine")?;
+        "engine" => {
+            super::engine_apply(dir.path(), &ops, batch, None, None)?;
         }
         "raw" => {
             super::raw_fjall(dir.path(), &ops, batch)?;
         }
-        other => bail!("--apply-child takes engine, setup or raw, not {other}"),
+        other => bail!("--apply-child takes engine or raw, not {other}"),
     }
     Ok(())
 }
