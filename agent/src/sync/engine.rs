@@ -40,9 +40,11 @@ use super::hlc::too_far_ahead;
 use super::store::{Correction, ReadLimits, SyncState, SyncStore};
 use crate::access::links;
 use crate::access::view::{DeviceAttrs, View};
+use run_vector::RunVector;
 
 mod lag;
 mod partial;
+mod run_vector;
 mod sealed;
 
 pub use lag::LinkReport;
@@ -1362,18 +1364,20 @@ impl<S: SyncStore> Engine<S> {
             .get(&peer)
             .and_then(|l| l.get(&db))
             .is_some_and(|s| s.view.is_some());
-        let mut expect = state.vector;
+        // Read and moved op by op, a look-up a writer (see `RunVector`).
+        let mut expect = RunVector::new(state.vector);
         let mut blocked: BTreeSet<DeviceId> = BTreeSet::new();
         let mut accepted = Vec::new();
         let mut refused: Vec<Op> = Vec::new();
-        let mut peer_holds = VersionVector::new();
+        let mut peer_holds = RunVector::new(VersionVector::new());
+        let mut peer_writer = None;
         for op in ops {
             if from_partial && op.origin != peer {
                 continue;
             }
             let writer = op.writer();
             if op.seq > peer_holds.get(&writer) {
-                peer_holds.set(writer, op.seq);
+                peer_holds.set(&writer, op.seq);
             }
             if let Some(c) = self.config.cutoffs.get(&op.origin)
                 && op.origin != self.me
@@ -1404,12 +1408,14 @@ impl<S: SyncStore> Engine<S> {
                 blocked.insert(writer);
                 continue;
             }
-            expect.set(writer, op.seq);
-            if op.origin == peer {
+            expect.set(&writer, op.seq);
+            if op.origin == peer && peer_writer != Some(writer) {
                 self.peer_writers.insert(peer, writer);
+                peer_writer = Some(writer);
             }
             accepted.push(op);
         }
+        let peer_holds = peer_holds.into_vector();
         // The peer holds what it sent: that counts as its acknowledgement,
         // or the retransmit timer would send its own operations back to it
         // (it acknowledges only batches it receives).
