@@ -41,5 +41,7 @@ pub use fast::{
     put_body_of_map,
 };
 pub use op::{DeviceId, Hlc, Op, OpBody};
-pub use sync::{Epoch, Report, SnapshotRecord, Span, Stable, SyncMessage, VersionVector};
+pub use sync::{
+    Epoch, Report, RunVector, SnapshotRecord, Span, Stable, SyncMessage, VersionVector,
+};
 pub use value::{Fields, Timestamp, Uuid, Value};

@@ -10,7 +10,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
-use blazedb_proto::{DeviceId, Hlc, Op, OpBody, SnapshotRecord, Span, VersionVector, codec};
+use blazedb_proto::{
+    DeviceId, Hlc, Op, OpBody, RunVector, SnapshotRecord, Span, VersionVector, codec,
+};
 use fjall::{PersistMode, Slice};
 
 use super::keys;
@@ -106,9 +108,11 @@ impl Writer {
         // into the store's own allocation anyway.
         let mut scratch = stamped::Holes::default();
         let mut opened = Opened::default();
+        // Read and moved op by op, a look-up a writer.
+        let mut vector = RunVector::new(std::mem::take(&mut sync.vector));
         for mut op in ops {
             let writer = op.writer();
-            if sync.vector.get(&writer) + 1 != op.seq {
+            if vector.get(&writer) + 1 != op.seq {
                 continue;
             }
             // The clock has observed every write applied here, so an op
@@ -154,7 +158,7 @@ impl Writer {
                 Some(p) if !built => p.decode().ok(),
                 _ => None,
             };
-            sync.vector.advance(writer, op.seq);
+            vector.set(&writer, op.seq);
             sync.max_priority = sync.max_priority.max(op.priority);
             self.clock.observe(op.hlc);
             head += 1;
@@ -226,6 +230,7 @@ impl Writer {
                 op,
             });
         }
+        sync.vector = vector.into_vector();
         sync.cursor = head;
         sync.clock = sync.clock.max(self.clock.last());
         let c = self.counters.entry(db.id).or_default();

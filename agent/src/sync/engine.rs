@@ -34,17 +34,17 @@ use std::sync::Arc;
 
 use blazedb_proto::api::SyncMode;
 use blazedb_proto::rules::{AccessRules, SyncWish};
-use blazedb_proto::{DeviceId, Epoch, Hlc, Op, OpBody, Report, Stable, SyncMessage, VersionVector};
+use blazedb_proto::{
+    DeviceId, Epoch, Hlc, Op, OpBody, Report, RunVector, Stable, SyncMessage, VersionVector,
+};
 
 use super::hlc::too_far_ahead;
 use super::store::{Correction, ReadLimits, SyncState, SyncStore};
 use crate::access::links;
 use crate::access::view::{DeviceAttrs, View};
-use run_vector::RunVector;
 
 mod lag;
 mod partial;
-mod run_vector;
 mod sealed;
 
 pub use lag::LinkReport;
