@@ -79,12 +79,28 @@ fn exchange(a: &mut Node, b: &mut Node, relay: &mut dyn FnMut(&mut SyncMessage))
                 n.events.push(e);
             }
         }
-        if !moved {
+        if !moved && !durable_then_pumped(a) && !durable_then_pumped(b) {
             break;
         }
     }
     a.engine.disconnected(&b_id);
     b.engine.disconnected(&a_id);
+}
+
+/// Waits, ten seconds at most, until what `n`'s store applied is durable,
+/// then has its engine pass it on, as the agent's driver does on the
+/// store's notice; says whether that sent anything.
+fn durable_then_pumped(n: &mut Node) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while n.store.durable_generation() < n.store.commit_generation() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a commit never became durable"
+        );
+        std::thread::yield_now();
+    }
+    n.engine.local_commit(DB, now());
+    n.engine.has_transmit()
 }
 
 fn held(n: &Node, origin: &DeviceId) -> u64 {

@@ -7,7 +7,7 @@
 //! only clock read in sync is here: wall-clock milliseconds, which the
 //! engine compares with operations' clock readings.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -169,6 +169,10 @@ fn run(
     };
     let mut engine = Engine::new(me, store.clone(), config, wall_ms());
     let mut routes: BTreeMap<DeviceId, Route> = BTreeMap::new();
+    // Messages waiting for the store's commits before them to be durable
+    // (see `Store::commit_generation`), each with the generation it waits
+    // for, in the order the engine sent them.
+    let mut held: VecDeque<(u64, DeviceId, SyncMessage)> = VecDeque::new();
     loop {
         let wait = engine.poll_timeout().saturating_sub(wall_ms());
         let first = match rx.recv_timeout(Duration::from_millis(wait.min(60_000))) {
@@ -250,8 +254,18 @@ fn run(
         while let Some(event) = engine.poll_event() {
             on_event(&mut engine, &store, &stats, event);
         }
+        // What the engine says of what this replica holds (an ack, say)
+        // may count ops the writer applied and has not yet synced: it
+        // leaves only once they are durable, behind nothing it follows.
+        let generation = store.commit_generation();
         while let Some((peer, msg)) = engine.poll_transmit() {
-            if let Some(r) = routes.get(&peer) {
+            held.push_back((generation, peer, msg));
+        }
+        let durable = store.durable_generation();
+        while held.front().is_some_and(|(g, ..)| *g <= durable) {
+            if let Some((_, peer, msg)) = held.pop_front()
+                && let Some(r) = routes.get(&peer)
+            {
                 let _ = r.tx.send(msg);
             }
         }

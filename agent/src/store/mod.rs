@@ -372,6 +372,10 @@ struct Inner {
     unopened: Mutex<BTreeMap<(String, DeviceId, u64), sealing::Noted>>,
     /// Records read by key, kept for the next get.
     record_cache: record_cache::RecordCache,
+    /// Commits whose sync the writer left for later, counted.
+    commits: std::sync::atomic::AtomicU64,
+    /// The last of those commits known to be durable.
+    durable: std::sync::atomic::AtomicU64,
 }
 
 /// Something the store tells whoever listens (the sync driver).
@@ -572,6 +576,8 @@ impl Store {
             keys: RwLock::new(keys),
             unopened: Mutex::default(),
             record_cache: record_cache::RecordCache::new(options.record_cache_bytes),
+            commits: std::sync::atomic::AtomicU64::new(0),
+            durable: std::sync::atomic::AtomicU64::new(0),
         });
         let store = Store { inner };
         let w = writer::Writer::new(store.clone(), fj, meta, rx, options, recovered, next_db_id)?;
@@ -581,6 +587,30 @@ impl Store {
             .map_err(|e| StoreError::Storage(format!("cannot start the writer thread: {e}")))?;
         *store.inner.writer.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
         Ok(store)
+    }
+
+    /// How many commits the writer made without waiting for their sync;
+    /// everything those commits applied is durable once
+    /// [`Store::durable_generation`] reaches this. What the sync engine
+    /// tells peers about what is held waits for that (`mesh/driver.rs`).
+    pub fn commit_generation(&self) -> u64 {
+        self.inner.commits.load(Ordering::Acquire)
+    }
+
+    /// The last commit counted by [`Store::commit_generation`] that is
+    /// durable.
+    pub fn durable_generation(&self) -> u64 {
+        self.inner.durable.load(Ordering::Acquire)
+    }
+
+    /// Counts a commit whose sync comes later; returns its generation.
+    fn next_commit_generation(&self) -> u64 {
+        self.inner.commits.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// Notes that the commit of generation `generation` is durable.
+    fn note_durable(&self, generation: u64) {
+        self.inner.durable.fetch_max(generation, Ordering::AcqRel);
     }
 
     /// Notes the writer's clock after a commit.

@@ -4,8 +4,11 @@
 //!
 //! Reads go straight to fjall; changes go through the writer thread like
 //! every other change, so the trait's calls block until the writer has
-//! made them durable. The engine runs on a thread of its own, never on an
-//! async runtime's.
+//! made them durable, except `apply_ops`: it returns once the ops are
+//! written, so the engine takes its next message while they are synced,
+//! and their head is published (and the driver lets the engine's word of
+//! them reach peers) once they are durable. The engine runs on a thread of
+//! its own, never on an async runtime's.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -41,6 +44,21 @@ impl Writer {
         sync: SyncMeta,
         head: u64,
     ) -> Result<(), StoreError> {
+        self.commit_plan_then(db, plan, sync, head, false)
+    }
+
+    /// [`Writer::commit_plan`]; when `sync_later`, the commit returns once
+    /// written, and its sync and publication are left to the syncer (see
+    /// `store/syncer.rs`): the sync engine goes on to its next message
+    /// meanwhile, and tells peers what it applied only once it is durable.
+    fn commit_plan_then(
+        &mut self,
+        db: &Arc<DbState>,
+        plan: Plan,
+        sync: SyncMeta,
+        head: u64,
+        sync_later: bool,
+    ) -> Result<(), StoreError> {
         let mut group = Group::new();
         group.effects = vec![
             plan.effects,
@@ -60,9 +78,24 @@ impl Writer {
             Durability::Buffered => group.buffered = true,
         }
         group.heads.insert(db.id, (db.clone(), head));
-        self.commit(&mut group, true)?;
-        *lock(&db.sync) = sync;
-        self.publication(&mut group).publish(&self.store);
+        self.commit(&mut group, !sync_later)?;
+        {
+            let mut held = lock(&db.sync);
+            // A group of local writes published since this plan read the
+            // metadata may have moved this device's own entry on.
+            let me = self.store.writer();
+            let mine = held.vector.get(&me);
+            *held = sync;
+            if mine > held.vector.get(&me) {
+                held.vector.set(me, mine);
+            }
+        }
+        let publication = self.publication(&mut group);
+        if group.generation > 0 || !self.syncer.is_idle() {
+            self.syncer.hand_over(publication);
+        } else {
+            publication.publish(&self.store);
+        }
         Ok(())
     }
 
@@ -236,7 +269,7 @@ impl Writer {
         let c = self.counters.entry(db.id).or_default();
         c.head = head;
         c.local_seq = local_seq;
-        self.commit_plan(db, plan, sync, head)?;
+        self.commit_plan_then(db, plan, sync, head, true)?;
         Ok(Applied { refused, unopened })
     }
 

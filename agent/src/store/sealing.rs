@@ -335,6 +335,21 @@ mod tests {
             .expect("a runtime")
     }
 
+    /// Waits, ten seconds at most, until `db`'s head on `store` reaches
+    /// `head`: what an apply wrote is published once it is durable.
+    fn published(store: &Store, db: &str, head: u64) {
+        let db = store.db(db).expect("db");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while db.head() < head {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "head {} of {head} published",
+                db.head()
+            );
+            std::thread::yield_now();
+        }
+    }
+
     fn e2e() -> DbSettings {
         DbSettings {
             encryption: Encryption::E2e,
@@ -446,6 +461,7 @@ mod tests {
             3,
             "held blind, counted"
         );
+        published(&b.store, "notes", 3);
         let err = b
             .store
             .get("notes", &format!("{MARK}-col"), &format!("{MARK}-1"))

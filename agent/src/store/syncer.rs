@@ -9,16 +9,21 @@
 //! goes on; the syncer syncs the journal once for every group handed over
 //! meanwhile, then publishes them in the order they were committed. When
 //! nothing waits, the writer syncs and publishes the group itself, so a
-//! lone writer pays no thread hop.
+//! lone writer pays no thread hop. A peer's ops applied by the sync engine
+//! are answered at once and always handed over: the engine's next message
+//! is planned while they are synced.
 //!
 //! What this keeps:
 //!
 //! - A write is answered, and its cursor published (to subscribers, and
 //!   to sync, which reads the log only up to the published head), only
-//!   once the journal holding it is synced.
+//!   once the journal holding it is synced. An apply's cursor too; the
+//!   engine's word of what it applied leaves only once it is durable
+//!   ([`Store::commit_generation`]).
 //! - Groups are published in commit order: the writer publishes one
 //!   itself only when the syncer holds none, and waits for the syncer
-//!   ([`Syncer::settle`]) before any command that is not a write.
+//!   ([`Syncer::settle`]) before any command that is not a write or an
+//!   apply.
 //! - A get may read a record while the fsync of its write runs.
 //! - A failed sync fails every group it covered. fjall then refuses every
 //!   later commit (it poisons itself), so no later write is answered as
@@ -34,12 +39,10 @@ use fjall::PersistMode;
 use prometheus_client::metrics::histogram::Histogram;
 
 use super::writer::WriteOutcome;
-use super::{DbState, Reply, Store, StoreError, StoreNotice, lock, write_lock};
+use super::{DbState, Reply, Store, StoreError, StoreNotice, lock};
 
 /// What a committed group makes visible once it is durable.
 pub(super) struct Publication {
-    /// Collections the group created, with their databases.
-    pub(super) collections: Vec<(Arc<DbState>, String)>,
     /// Each database written, its new head, and this device's last
     /// sequence number in it.
     pub(super) heads: Vec<(Arc<DbState>, u64, Option<u64>)>,
@@ -50,19 +53,20 @@ pub(super) struct Publication {
     /// When its commit started, for the commit-time metric (which counts
     /// until the group is durable).
     pub(super) timer: Option<(Histogram, Instant)>,
+    /// Its commit's generation ([`Store::commit_generation`]), or zero.
+    pub(super) generation: u64,
 }
 
 impl Publication {
-    /// Makes the group visible: new collections, this device's vector
-    /// entry, the shared clock and the heads (which wake subscribers and
-    /// sync); then answers its commands.
+    /// Makes the group visible: this device's vector entry, the shared
+    /// clock and the heads (which wake subscribers and sync); then answers
+    /// its commands.
     pub(super) fn publish(self, store: &Store) {
         if let Some((histogram, started)) = &self.timer {
             histogram.observe(started.elapsed().as_secs_f64());
         }
-        for (db, name) in &self.collections {
-            write_lock(&db.collections).entry(name.clone()).or_default();
-        }
+        // Before the heads move: whoever they wake finds it durable.
+        store.note_durable(self.generation);
         let me = store.writer();
         for (db, head, local_seq) in &self.heads {
             if let Some(seq) = local_seq {
@@ -218,10 +222,10 @@ mod tests {
     fn group(tag: u64, answers: &mpsc::Sender<(u64, WriteOutcome)>) -> Publication {
         let answers = answers.clone();
         Publication {
-            collections: Vec::new(),
             heads: Vec::new(),
             clock: Hlc(0),
             timer: None,
+            generation: 0,
             replies: vec![(
                 Box::new(move |outcome| {
                     let _ = answers.send((tag, outcome));

@@ -418,6 +418,9 @@ pub(super) struct Group {
     /// When a commit still to be synced started, for the commit-time
     /// metric.
     pub(super) timer: Option<(Histogram, Instant)>,
+    /// A commit still to be synced: its generation
+    /// ([`Store::commit_generation`]), else zero.
+    pub(super) generation: u64,
 }
 
 impl Group {
@@ -431,6 +434,7 @@ impl Group {
             fsync: false,
             buffered: false,
             timer: None,
+            generation: 0,
         }
     }
 }
@@ -699,7 +703,7 @@ pub(crate) struct Writer {
     last_command: Instant,
     write_buffer: super::write_buffer::WriteBuffer,
     /// Syncs committed groups while the next is planned.
-    syncer: Syncer,
+    pub(super) syncer: Syncer,
 }
 
 impl Writer {
@@ -743,7 +747,7 @@ impl Writer {
                     Err(RecvTimeoutError::Disconnected) => break,
                 },
             };
-            if !matches!(cmd, Command::Write { .. }) {
+            if !matches!(cmd, Command::Write { .. } | Command::ApplyOps { .. }) {
                 // Every other command sees, and answers after, every write
                 // before it.
                 self.syncer.settle();
@@ -964,14 +968,16 @@ impl Writer {
         leftover
     }
 
-    /// What a committed group makes visible (see [`Publication::publish`]),
-    /// taken now: later groups move the counters and the clock on.
+    /// What a committed group makes visible once durable (see
+    /// [`Publication::publish`]), taken now: later groups move the counters
+    /// and the clock on. The collections it created are listed at once, as
+    /// its records can be read at once: later plans find them there.
     pub(super) fn publication(&self, group: &mut Group) -> Publication {
-        let collections = group
-            .new_collections
-            .iter()
-            .filter_map(|(id, name)| Some((group.heads.get(id)?.0.clone(), name.clone())))
-            .collect();
+        for (id, name) in &group.new_collections {
+            if let Some((db, _)) = group.heads.get(id) {
+                write_lock(&db.collections).entry(name.clone()).or_default();
+            }
+        }
         let heads = group
             .heads
             .values()
@@ -981,11 +987,11 @@ impl Writer {
             })
             .collect();
         Publication {
-            collections,
             heads,
             clock: self.clock.last(),
             replies: std::mem::take(&mut group.replies),
             timer: group.timer.take(),
+            generation: group.generation,
         }
     }
 
@@ -1061,6 +1067,8 @@ impl Writer {
         }
         if group.fsync && sync_now {
             batch = batch.durability(Some(PersistMode::SyncAll));
+        } else if group.fsync {
+            group.generation = self.store.next_commit_generation();
         }
         let started = self.options.commit_seconds.as_ref().map(|_| Instant::now());
         batch.commit()?;

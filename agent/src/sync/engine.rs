@@ -681,6 +681,11 @@ impl<S: SyncStore> Engine<S> {
         self.outbox.pop_front()
     }
 
+    /// Whether a message waits to be sent.
+    pub fn has_transmit(&self) -> bool {
+        !self.outbox.is_empty()
+    }
+
     /// The next thing to report.
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()

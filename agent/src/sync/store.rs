@@ -349,8 +349,12 @@ pub trait SyncStore {
     ) -> Result<OpsRead, Self::Error>;
 
     /// Applies operations from other replicas, in order, and appends them
-    /// to the op log, all in one atomic step that is durable (by the
-    /// database's durability) when this returns. The caller passes only
+    /// to the op log, all in one atomic step. A store may return before
+    /// the step is durable (by the database's durability): it then
+    /// publishes the new head only once it is, and whoever drives the
+    /// engine holds back what the engine tells peers until then (the
+    /// agent's store and driver do; see `Store::commit_generation`). The
+    /// sync state read after this counts the operations. The caller passes only
     /// operations that extend the vector contiguously. The replica's clock
     /// moves to at least the latest operation's.
     ///
