@@ -169,10 +169,7 @@ fn run(
     };
     let mut engine = Engine::new(me, store.clone(), config, wall_ms());
     let mut routes: BTreeMap<DeviceId, Route> = BTreeMap::new();
-    // Messages waiting for the store's commits before them to be durable
-    // (see `Store::commit_generation`), each with the generation it waits
-    // for, in the order the engine sent them.
-    let mut held: VecDeque<(u64, DeviceId, SyncMessage)> = VecDeque::new();
+    let mut held = Held::default();
     loop {
         let wait = engine.poll_timeout().saturating_sub(wall_ms());
         let first = match rx.recv_timeout(Duration::from_millis(wait.min(60_000))) {
@@ -259,16 +256,35 @@ fn run(
         // leaves only once they are durable, behind nothing it follows.
         let generation = store.commit_generation();
         while let Some((peer, msg)) = engine.poll_transmit() {
-            held.push_back((generation, peer, msg));
+            held.push(generation, peer, msg);
         }
-        let durable = store.durable_generation();
-        while held.front().is_some_and(|(g, ..)| *g <= durable) {
-            if let Some((_, peer, msg)) = held.pop_front()
-                && let Some(r) = routes.get(&peer)
-            {
+        while let Some((peer, msg)) = held.pop(store.durable_generation()) {
+            if let Some(r) = routes.get(&peer) {
                 let _ = r.tx.send(msg);
             }
         }
+    }
+}
+
+/// Messages the engine sent, each held until the store's commits before
+/// it are durable (see `Store::commit_generation`), and let go in the
+/// order the engine sent them.
+#[derive(Debug, Default)]
+struct Held(VecDeque<(u64, DeviceId, SyncMessage)>);
+
+impl Held {
+    /// Holds `msg` to `peer` until commit `generation` is durable.
+    fn push(&mut self, generation: u64, peer: DeviceId, msg: SyncMessage) {
+        self.0.push_back((generation, peer, msg));
+    }
+
+    /// The next message to send now that commit `durable` is durable,
+    /// unless the first one held still waits.
+    fn pop(&mut self, durable: u64) -> Option<(DeviceId, SyncMessage)> {
+        if self.0.front()?.0 > durable {
+            return None;
+        }
+        self.0.pop_front().map(|(_, peer, msg)| (peer, msg))
     }
 }
 
@@ -401,5 +417,47 @@ fn on_event(engine: &mut Engine<Store>, store: &Store, stats: &Stats, event: Eve
         Event::StoreFailed { db, error } => {
             tracing::warn!(db, "sync could not use the store: {error}")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ping(n: u64) -> SyncMessage {
+        SyncMessage::Ops {
+            db: "d".into(),
+            epoch: n,
+            ops: Vec::new(),
+        }
+    }
+
+    fn epoch(m: &SyncMessage) -> u64 {
+        match m {
+            SyncMessage::Ops { epoch, .. } => *epoch,
+            _ => u64::MAX,
+        }
+    }
+
+    #[test]
+    fn messages_wait_for_the_commits_before_them_and_keep_their_order() {
+        let (a, b) = (DeviceId([1; 32]), DeviceId([2; 32]));
+        let mut held = Held::default();
+        // Nothing pending: sent at once.
+        held.push(0, a, ping(1));
+        assert_eq!(held.pop(0).map(|(p, m)| (p, epoch(&m))), Some((a, 1)));
+        assert!(held.pop(0).is_none());
+        // Commit 1 is not durable yet: this waits, and so does what the
+        // engine sent after it, to whichever peer.
+        held.push(1, a, ping(2));
+        held.push(1, b, ping(3));
+        assert!(held.pop(0).is_none());
+        held.push(2, a, ping(4));
+        let sent: Vec<_> = std::iter::from_fn(|| held.pop(1))
+            .map(|(p, m)| (p, epoch(&m)))
+            .collect();
+        assert_eq!(sent, [(a, 2), (b, 3)]);
+        assert!(held.pop(1).is_none(), "commit 2 is not durable yet");
+        assert_eq!(held.pop(2).map(|(_, m)| epoch(&m)), Some(4));
     }
 }
