@@ -430,6 +430,17 @@ pub fn callgrind_instructions(path: &Path) -> anyhow::Result<u64> {
         .with_context(|| format!("no instruction total in {}", path.display()))
 }
 
+/// A valgrind command that runs callgrind quietly and writes its counts
+/// to `out`; the program and its arguments follow.
+pub fn callgrind_command(out: &Path) -> std::process::Command {
+    let mut valgrind = std::process::Command::new("valgrind");
+    valgrind
+        .arg("-q")
+        .arg("--tool=callgrind")
+        .arg(format!("--callgrind-out-file={}", out.display()));
+    valgrind
+}
+
 /// Whether valgrind can be run; an error saying how to install it if not.
 pub fn valgrind_present() -> anyhow::Result<()> {
     let have = std::process::Command::new("valgrind")

@@ -10,13 +10,13 @@
 //! difference: start-up, set-up and shutdown cancel out.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use anyhow::bail;
 use blazedb::Client;
 use blazedb_proto::api::Encryption;
 use blazedb_tests::bench::{
-    PutBatches, batched_puts, callgrind_instructions, raw_fjall_puts, valgrind_present,
+    PutBatches, batched_puts, callgrind_command, callgrind_instructions, raw_fjall_puts,
+    valgrind_present,
 };
 use blazedb_tests::{TestAgent, sibling_bin};
 use fjall::KeyspaceCreateOptions;
@@ -172,11 +172,7 @@ async fn agent_run(dir: &Path, work: Work, n: usize) -> anyhow::Result<u64> {
 /// Runs raw fjall under callgrind in a child process of this binary.
 fn raw_run(dir: &Path, work: Work, n: usize) -> anyhow::Result<u64> {
     let out = dir.join(format!("raw-{work:?}-{n}.callgrind"));
-    let mut valgrind = Command::new("valgrind");
-    valgrind
-        .arg("-q")
-        .arg("--tool=callgrind")
-        .arg(format!("--callgrind-out-file={}", out.display()));
+    let mut valgrind = callgrind_command(&out);
     if work == Work::Puts {
         // The agent's figure starts from the client's bytes, so raw's
         // starts from encoded records: only the inserts are counted.
@@ -198,10 +194,7 @@ fn raw_run(dir: &Path, work: Work, n: usize) -> anyhow::Result<u64> {
 /// puts send) and returns the instructions it ran.
 fn client_run(dir: &Path, socket: &Path, what: &str, n: usize) -> anyhow::Result<u64> {
     let out = dir.join(format!("client-{what}-{n}.callgrind"));
-    let status = Command::new("valgrind")
-        .arg("-q")
-        .arg("--tool=callgrind")
-        .arg(format!("--callgrind-out-file={}", out.display()))
+    let status = callgrind_command(&out)
         .arg(std::env::current_exe()?)
         .arg("--client-ops")
         .arg(socket)

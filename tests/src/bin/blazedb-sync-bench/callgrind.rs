@@ -10,11 +10,10 @@
 //! number of ops, divided by that difference.
 
 use std::path::Path;
-use std::process::Command;
 
 use anyhow::bail;
 use blazed::sync::EngineConfig;
-use blazedb_tests::bench::{callgrind_instructions, valgrind_present};
+use blazedb_tests::bench::{callgrind_command, callgrind_instructions, valgrind_present};
 
 /// Counts and prints instructions per applied op, engine and raw.
 pub(crate) fn run(quick: bool, json: bool, keep: Option<&Path>) -> anyhow::Result<()> {
@@ -67,11 +66,7 @@ pub(crate) fn run(quick: bool, json: bool, keep: Option<&Path>) -> anyhow::Resul
 /// returns the instructions it ran.
 fn child_run(dir: &Path, what: &str, n: usize) -> anyhow::Result<u64> {
     let out = dir.join(format!("apply-{what}-{n}.callgrind"));
-    let mut valgrind = Command::new("valgrind");
-    valgrind
-        .arg("-q")
-        .arg("--tool=callgrind")
-        .arg(format!("--callgrind-out-file={}", out.display()));
+    let mut valgrind = callgrind_command(&out);
     if what == "raw" {
         // Raw's records are encoded before its clock starts: only the
         // inserts are counted.
