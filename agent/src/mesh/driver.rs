@@ -251,9 +251,9 @@ fn run(
         while let Some(event) = engine.poll_event() {
             on_event(&mut engine, &store, &stats, event);
         }
-        // What the engine says of what this replica holds (an ack, say)
-        // may count ops the writer applied and has not yet synced: it
-        // leaves only once they are durable, behind nothing it follows.
+        // What the engine sends may count ops the writer applied and has
+        // not yet synced (an ack, say): every message waits until the
+        // commits before it are durable, and none overtakes another.
         let generation = store.commit_generation();
         while let Some((peer, msg)) = engine.poll_transmit() {
             held.push(generation, peer, msg);

@@ -990,8 +990,9 @@ impl Store {
     }
 
     /// Reads the changes after cursor `after`, up to the published head,
-    /// scanning at most `max_scan` log entries. Returns the changes (only those to `collection`, when
-    /// given) and the cursor of the last entry scanned.
+    /// scanning at most `max_scan` log entries. Returns the changes (only
+    /// those to `collection`, when given) and the cursor of the last entry
+    /// scanned.
     pub fn read_changes(
         &self,
         db: &DbState,
