@@ -210,10 +210,7 @@ fn ops_in(store: &blazed::store::Store) -> Vec<blazedb_proto::Op> {
             DB,
             &Default::default(),
             0,
-            blazed::sync::ReadLimits {
-                max_items: usize::MAX,
-                max_bytes: usize::MAX,
-            },
+            blazed::sync::ReadLimits::UNBOUNDED,
         )
         .expect("read the log")
         .ops

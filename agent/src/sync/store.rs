@@ -235,6 +235,12 @@ pub struct ReadLimits {
 }
 
 impl ReadLimits {
+    /// No bound: a read of everything there is.
+    pub const UNBOUNDED: ReadLimits = ReadLimits {
+        max_items: usize::MAX,
+        max_bytes: usize::MAX,
+    };
+
     /// Adds an item of `size` bytes to a read, and says whether the read
     /// is now full.
     pub(crate) fn take<T>(

@@ -115,10 +115,7 @@ fn apply_ops(n: u64) -> Vec<Op> {
             DB,
             &Default::default(),
             0,
-            blazed::sync::ReadLimits {
-                max_items: usize::MAX,
-                max_bytes: usize::MAX,
-            },
+            blazed::sync::ReadLimits::UNBOUNDED,
         )
         .map(|r| r.ops)
         .unwrap_or_default()
@@ -363,10 +360,7 @@ fn blind_catch_up(dir: &Path, src: &MemoryStore, tail: usize) -> anyhow::Result<
             DB,
             &Default::default(),
             0,
-            blazed::sync::ReadLimits {
-                max_items: usize::MAX,
-                max_bytes: usize::MAX,
-            },
+            blazed::sync::ReadLimits::UNBOUNDED,
         )?
         .ops;
     let ops = sealed(&all, &key)?;
