@@ -181,33 +181,99 @@ pub fn raw_fjall_layout_of(
     records: impl Iterator<Item = (String, String, Fields)>,
     batch: usize,
 ) -> anyhow::Result<f64> {
+    let layouts = fresh_layouts(records)?;
+    let store = LayoutStore::open(&dir.join("raw-layout"))?;
+    let t = Instant::now();
+    store.write(&layouts, batch)?;
+    Ok(layouts.len() as f64 / t.elapsed().as_secs_f64())
+}
+
+/// [`raw_fjall_store_layout`] twice at once: two stores, each in its own
+/// thread and folder, write the same `n` puts, as a sender and a receiver
+/// on one machine both store every replicated record. What nothing that
+/// keeps a record and its op-log entry on both sides can beat on this
+/// machine, before any transport, sync or app. Returns puts per second
+/// (`n` over the time until both are done).
+pub fn raw_fjall_two_layouts(dir: &Path, n: usize, batch: usize) -> anyhow::Result<f64> {
+    let records = || (0..n as i64).map(|i| ("items".to_owned(), format!("k{i:08}"), record(i)));
+    let sides = [
+        ("raw-layout-a", fresh_layouts(records())?),
+        ("raw-layout-b", fresh_layouts(records())?),
+    ];
+    let start = std::sync::Barrier::new(2);
+    let elapsed = std::thread::scope(|s| {
+        let handles: Vec<_> = sides
+            .iter()
+            .map(|(name, layouts)| {
+                let start = &start;
+                s.spawn(move || -> anyhow::Result<Duration> {
+                    let store = LayoutStore::open(&dir.join(name))?;
+                    start.wait();
+                    let t = Instant::now();
+                    store.write(layouts, batch)?;
+                    Ok(t.elapsed())
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .map_err(|_| anyhow::anyhow!("a store's thread panicked"))?
+            })
+            .try_fold(Duration::ZERO, |most, e| anyhow::Ok(most.max(e?)))
+    })?;
+    Ok(n as f64 / elapsed.as_secs_f64())
+}
+
+/// The bytes the store writes for each of `records`, put as new records.
+fn fresh_layouts(
+    records: impl Iterator<Item = (String, String, Fields)>,
+) -> anyhow::Result<Vec<blazed::store::FreshPutLayout>> {
     let origin = blazedb_proto::DeviceId([1; 32]);
     let hlc = blazedb_proto::Hlc::new(1_750_000_000_000, 0);
-    let layouts: Vec<_> = records
+    Ok(records
         .enumerate()
         .map(|(i, (c, id, fields))| {
             blazed::store::fresh_put_layout(&origin, &c, &id, fields, i as u64 + 1, hlc)
         })
-        .collect::<Result<_, _>>()?;
-    let db =
-        blazed::store::fjall_options(fjall::Database::builder(dir.join("raw-layout"))).open()?;
-    let records = db.keyspace("records", KeyspaceCreateOptions::default)?;
-    let log = db.keyspace("log", KeyspaceCreateOptions::default)?;
-    let t = Instant::now();
-    for chunk in layouts.chunks(batch) {
-        let mut b = db.batch().durability(Some(PersistMode::SyncAll));
-        for l in chunk {
-            b.insert(&records, l.record_key.as_slice(), l.record.as_slice());
-        }
-        let entries = chunk
-            .iter()
-            .map(|l| (u64::from_be_bytes(l.log_key), &l.log_op));
-        for (key, value) in blazed::store::log_chunks(entries) {
-            b.insert(&log, key, value);
-        }
-        b.commit()?;
+        .collect::<Result<_, _>>()?)
+}
+
+/// A fjall database with the store's settings and its records and log
+/// keyspaces, written to as the store writes them.
+struct LayoutStore {
+    db: fjall::Database,
+    records: fjall::Keyspace,
+    log: fjall::Keyspace,
+}
+
+impl LayoutStore {
+    fn open(dir: &Path) -> anyhow::Result<LayoutStore> {
+        let db = blazed::store::fjall_options(fjall::Database::builder(dir)).open()?;
+        let records = db.keyspace("records", KeyspaceCreateOptions::default)?;
+        let log = db.keyspace("log", KeyspaceCreateOptions::default)?;
+        Ok(LayoutStore { db, records, log })
     }
-    Ok(layouts.len() as f64 / t.elapsed().as_secs_f64())
+
+    /// Each `batch` of `layouts` as one durable batch: their records, and
+    /// their log entries chunked as the store chunks them.
+    fn write(&self, layouts: &[blazed::store::FreshPutLayout], batch: usize) -> anyhow::Result<()> {
+        for chunk in layouts.chunks(batch) {
+            let mut b = self.db.batch().durability(Some(PersistMode::SyncAll));
+            for l in chunk {
+                b.insert(&self.records, l.record_key.as_slice(), l.record.as_slice());
+            }
+            let entries = chunk
+                .iter()
+                .map(|l| (u64::from_be_bytes(l.log_key), &l.log_op));
+            for (key, value) in blazed::store::log_chunks(entries) {
+                b.insert(&self.log, key, value);
+            }
+            b.commit()?;
+        }
+        Ok(())
+    }
 }
 
 /// Records `k{i:08}` for `i` in `0..n`, `batch` to a commit, built before

@@ -29,7 +29,8 @@ use blazedb_proto::api::{DbSettings, SyncMode};
 use blazedb_proto::{DeviceId, Hlc, Op, OpBody, SyncMessage, codec};
 use blazedb_tests::bench::{
     CpuTally, PutBatches, Samples, batched_puts, cores, print_latency, raw_fjall_puts_cpu,
-    raw_fjall_store_layout, record, rss_kib, thread_cpu_per_op, thread_cpu_seconds,
+    raw_fjall_store_layout, raw_fjall_two_layouts, record, rss_kib, thread_cpu_per_op,
+    thread_cpu_seconds,
 };
 use blazedb_tests::netns::Lab;
 use blazedb_tests::{TestAgent, join_mesh, sibling_bin, wait_within as wait};
@@ -209,6 +210,7 @@ async fn throughput(
     let dir = tempfile::tempdir()?;
     let (raw, raw_cpu) = raw_fjall_puts_cpu(dir.path(), n, BATCH)?;
     let layout = raw_fjall_store_layout(dir.path(), n, BATCH)?;
+    let two_layouts = raw_fjall_two_layouts(dir.path(), n, BATCH)?;
     let op_bytes = op_size();
     let quic = raw_quinn(512 << 20).await?;
     shared_db(ca, cb, "bench").await?;
@@ -271,15 +273,20 @@ async fn throughput(
         "  raw fjall, the store's layout          {layout:>12.0} records/s  (records + a log chunk per batch)"
     );
     println!(
+        "  raw fjall, two stores at once          {two_layouts:>12.0} records/s  (both sides' layout, each in its own thread: {:.0}% of raw fjall)",
+        100.0 * two_layouts / raw
+    );
+    println!(
         "  raw quinn stream, one process          {:>12.0} records/s  ({:.0} MB/s at {op_bytes} B per op)",
         quic / op_bytes as f64,
         quic / 1e6
     );
     println!("  A's local writes alone (while syncing) {local:>12.0} records/s");
     println!(
-        "  A -> B replicated, sustained           {ours:>12.0} records/s  ({:.0}% of raw fjall; target >= 50%; {:.0}% of the layout floor)",
+        "  A -> B replicated, sustained           {ours:>12.0} records/s  ({:.0}% of raw fjall; target >= 50%; {:.0}% of the layout floor; {:.0}% of two stores at once)",
         100.0 * ours / raw,
-        100.0 * ours / layout
+        100.0 * ours / layout,
+        100.0 * ours / two_layouts
     );
     print_cpu(&cpu, &["A", "B", "the app"], raw, figures, "replication");
     print_threads(&threads_before, &threads_after, n + 1);
@@ -290,6 +297,8 @@ async fn throughput(
     );
     note(figures, "raw_put_rate", raw);
     note(figures, "layout_put_rate", layout);
+    note(figures, "two_layouts_put_rate", two_layouts);
+    note(figures, "two_layouts_ratio_raw", two_layouts / raw);
     note(figures, "replication_rate", ours);
     note(figures, "replication_ratio_raw", ours / raw);
 
