@@ -590,6 +590,12 @@ pub struct StatusResult {
     /// had not yet synced to disk or to a peer may be missing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub new_incarnation: Option<String>,
+    /// Why the store takes no more writes, if a commit or a sync of its
+    /// journal failed in this run (a full disk, an I/O error). Sync then
+    /// stalls too, as it tells peers only of ops on disk; both resume
+    /// once the agent restarts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_failed: Option<String>,
 }
 
 /// An operation that did not open on this device (`status`).

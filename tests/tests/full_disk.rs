@@ -1,5 +1,6 @@
-//! A full disk: writes fail with `storage_full`, reads go on, and after
-//! space is freed and the agent restarts, every acknowledged write is there.
+//! A full disk: writes fail with `storage_full`, reads go on, `status`
+//! says why the store takes no more writes, and after space is freed and
+//! the agent restarts, every acknowledged write is there.
 //!
 //! The test mounts a small tmpfs, which needs root. CI runs as root and
 //! must run it; elsewhere it is skipped with a message.
@@ -98,7 +99,14 @@ async fn a_full_disk_fails_writes_clearly_and_loses_nothing_acknowledged() {
     // Reads still work while the disk is full.
     let first = coll.get_record(&acked[0].0).await.expect("read while full");
     assert!(first.is_some());
-    client.status().await.expect("status while full");
+    let status = client.status().await.expect("status while full");
+    let why = status
+        .store_failed
+        .expect("status says the store takes no more writes");
+    assert!(
+        why.contains("No space left") || why.contains("full"),
+        "{why}"
+    );
 
     // Free space and restart: everything acknowledged is there, and writes
     // work again.
@@ -115,6 +123,8 @@ async fn a_full_disk_fails_writes_clearly_and_loses_nothing_acknowledged() {
     coll.put_fields("after", Default::default())
         .await
         .expect("writes work again");
+    let status = client.status().await.expect("status");
+    assert_eq!(status.store_failed, None, "a restart clears the failure");
     // Unmount before the agent's temporary directory is removed.
     agent.kill();
     drop(mount);

@@ -124,6 +124,7 @@ impl Ctx {
             unopened,
             incarnation: self.store.incarnation(),
             new_incarnation: self.store.incarnation_info().changed.clone(),
+            store_failed: self.store.failed().map(str::to_owned),
         }
     }
 }

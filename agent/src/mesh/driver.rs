@@ -170,6 +170,7 @@ fn run(
     let mut engine = Engine::new(me, store.clone(), config, wall_ms());
     let mut routes: BTreeMap<DeviceId, Route> = BTreeMap::new();
     let mut held = Held::default();
+    let mut said_failed = false;
     loop {
         let wait = engine.poll_timeout().saturating_sub(wall_ms());
         let first = match rx.recv_timeout(Duration::from_millis(wait.min(60_000))) {
@@ -258,10 +259,18 @@ fn run(
         while let Some((peer, msg)) = engine.poll_transmit() {
             held.push(generation, peer, msg);
         }
-        while let Some((peer, msg)) = held.pop(store.durable_generation()) {
+        let failed = store.failed().is_some();
+        let dropped = held.release(store.durable_generation(), failed, |peer, msg| {
             if let Some(r) = routes.get(&peer) {
                 let _ = r.tx.send(msg);
             }
+        });
+        if dropped > 0 && !said_failed {
+            tracing::error!(
+                "the store failed to make applied ops durable: sync sends nothing that \
+                 counts them, and stalls until the agent restarts ({dropped} messages dropped)"
+            );
+            said_failed = true;
         }
     }
 }
@@ -285,6 +294,27 @@ impl Held {
             return None;
         }
         self.0.pop_front().map(|(_, peer, msg)| (peer, msg))
+    }
+    /// Sends (by `send`) every message whose commits are durable, up to
+    /// commit `durable`, in order. When the store `failed`, the commits
+    /// after `durable` never will be, and the messages waiting for them
+    /// may count ops that are not on disk: they are dropped, and how many
+    /// is returned.
+    fn release(
+        &mut self,
+        durable: u64,
+        failed: bool,
+        mut send: impl FnMut(DeviceId, SyncMessage),
+    ) -> usize {
+        while let Some((peer, msg)) = self.pop(durable) {
+            send(peer, msg);
+        }
+        if !failed {
+            return 0;
+        }
+        let dropped = self.0.len();
+        self.0.clear();
+        dropped
     }
 }
 
@@ -459,5 +489,24 @@ mod tests {
         assert_eq!(sent, [(a, 2), (b, 3)]);
         assert!(held.pop(1).is_none(), "commit 2 is not durable yet");
         assert_eq!(held.pop(2).map(|(_, m)| epoch(&m)), Some(4));
+    }
+
+    #[test]
+    fn after_a_failed_sync_what_waits_for_it_is_dropped_and_the_rest_goes() {
+        let a = DeviceId([1; 32]);
+        let mut held = Held::default();
+        held.push(1, a, ping(1));
+        held.push(2, a, ping(2));
+        held.push(3, a, ping(3));
+        let mut sent = Vec::new();
+        assert_eq!(held.release(1, false, |_, m| sent.push(epoch(&m))), 0);
+        assert_eq!(sent, [1]);
+        // Commit 2 was synced before the sync of commit 3 failed.
+        let dropped = held.release(2, true, |_, m| sent.push(epoch(&m)));
+        assert_eq!(sent, [1, 2]);
+        assert_eq!(dropped, 1, "the message after commit 3 never goes");
+        held.push(4, a, ping(4));
+        assert_eq!(held.release(2, true, |_, m| sent.push(epoch(&m))), 1);
+        assert_eq!(sent, [1, 2], "nor does anything the engine sends later");
     }
 }

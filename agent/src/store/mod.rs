@@ -376,6 +376,9 @@ struct Inner {
     commits: std::sync::atomic::AtomicU64,
     /// The last of those commits known to be durable.
     durable: std::sync::atomic::AtomicU64,
+    /// Why a commit or a sync of the journal failed, if one did: commits
+    /// from then on are never durable.
+    failed: std::sync::OnceLock<String>,
 }
 
 /// Something the store tells whoever listens (the sync driver).
@@ -578,6 +581,7 @@ impl Store {
             record_cache: record_cache::RecordCache::new(options.record_cache_bytes),
             commits: std::sync::atomic::AtomicU64::new(0),
             durable: std::sync::atomic::AtomicU64::new(0),
+            failed: std::sync::OnceLock::new(),
         });
         let store = Store { inner };
         let w = writer::Writer::new(store.clone(), fj, meta, rx, options, recovered, next_db_id)?;
@@ -601,6 +605,21 @@ impl Store {
     /// durable.
     pub fn durable_generation(&self) -> u64 {
         self.inner.durable.load(Ordering::Acquire)
+    }
+
+    /// Why the store takes no more writes, if a commit or a sync of the
+    /// journal failed since it opened. fjall refuses every commit then,
+    /// and commits counted by [`Store::commit_generation`] past
+    /// [`Store::durable_generation`] never become durable, until the agent
+    /// restarts.
+    pub fn failed(&self) -> Option<&str> {
+        self.inner.failed.get().map(String::as_str)
+    }
+
+    /// Notes that a commit or a sync failed with `e` (see
+    /// [`Store::failed`]); the first failure is the one kept.
+    fn note_failed(&self, e: &StoreError) {
+        let _ = self.inner.failed.set(e.to_string());
     }
 
     /// Counts a commit whose sync comes later; returns its generation.

@@ -27,7 +27,9 @@
 //! - A get may read a record while the fsync of its write runs.
 //! - A failed sync fails every group it covered. fjall then refuses every
 //!   later commit (it poisons itself), so no later write is answered as
-//!   if it were durable.
+//!   if it were durable, and the store is marked failed
+//!   ([`Store::failed`]): what waits for a later commit to be durable
+//!   (the sync driver's messages) learns that it never will be.
 
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -81,8 +83,11 @@ impl Publication {
         }
     }
 
-    /// Answers every command of a group that could not be made durable.
-    pub(super) fn fail(self, e: &StoreError) {
+    /// Answers every command of a group that could not be made durable,
+    /// and marks the store failed ([`Store::failed`]), as no later commit
+    /// will be durable either.
+    pub(super) fn fail(self, store: &Store, e: &StoreError) {
+        store.note_failed(e);
         for (reply, outcome) in self.replies {
             reply(outcome.and_then(|_| Err(e.for_another())));
         }
@@ -112,15 +117,18 @@ pub(super) struct Syncer {
 
 /// Syncs the journal.
 type Persist = Box<dyn FnMut() -> Result<(), StoreError> + Send>;
-/// Publishes a group once it is synced.
-type Publish = Box<dyn FnMut(Publication) + Send>;
+/// Publishes a group once it is synced, or fails it when the sync failed.
+type Publish = Box<dyn FnMut(Publication, Result<(), &StoreError>) + Send>;
 
 impl Syncer {
     /// Starts the thread that syncs `fj`'s journal for `store`.
     pub(super) fn start(fj: fjall::Database, store: Store) -> Result<Syncer, StoreError> {
         Syncer::with(
             Box::new(move || Ok(fj.persist(PersistMode::SyncAll)?)),
-            Box::new(move |p| p.publish(&store)),
+            Box::new(move |p, synced| match synced {
+                Ok(()) => p.publish(&store),
+                Err(e) => p.fail(&store, e),
+            }),
         )
     }
 
@@ -193,7 +201,7 @@ fn run(shared: &Shared, mut persist: Persist, mut publish: Publish) {
         match persist() {
             Ok(()) => {
                 for group in groups {
-                    publish(group);
+                    publish(group, Ok(()));
                 }
             }
             Err(e) => {
@@ -202,7 +210,7 @@ fn run(shared: &Shared, mut persist: Persist, mut publish: Publish) {
                      agent restarts: {e}"
                 );
                 for group in groups {
-                    group.fail(&e);
+                    publish(group, Err(&e));
                 }
             }
         }
@@ -250,9 +258,12 @@ mod tests {
                 .recv()
                 .unwrap_or_else(|_| Err(StoreError::Storage("test over".into())))
         });
-        let publish = Box::new(|p: Publication| {
+        let publish = Box::new(|p: Publication, synced: Result<(), &StoreError>| {
             for (reply, outcome) in p.replies {
-                reply(outcome);
+                reply(match synced {
+                    Ok(()) => outcome,
+                    Err(e) => outcome.and_then(|_| Err(e.for_another())),
+                });
             }
         });
         let syncer = Syncer::with(persist, publish).expect("start");

@@ -949,7 +949,7 @@ impl Writer {
                                 "syncing a commit failed; the store takes no more writes until \
                                  the agent restarts: {e}"
                             );
-                            publication.fail(&e);
+                            publication.fail(&self.store, &e);
                         }
                     }
                 } else {
@@ -1071,7 +1071,14 @@ impl Writer {
             group.generation = self.store.next_commit_generation();
         }
         let started = self.options.commit_seconds.as_ref().map(|_| Instant::now());
-        batch.commit()?;
+        if let Err(e) = batch.commit() {
+            // fjall takes no more writes after a failed commit (it poisons
+            // itself), and this commit's generation never becomes durable:
+            // whatever waits for it (the sync driver's messages) must know.
+            let e = StoreError::from(e);
+            self.store.note_failed(&e);
+            return Err(e);
+        }
         self.store
             .record_cache()
             .forget(written.iter().map(|(db, key)| (*db, &key[..])));

@@ -116,6 +116,12 @@ pub(crate) fn status_text(v: &StatusView, now: u64) -> String {
             dashboard_addr(d)
         );
     }
+    if let Some(why) = &a.store_failed {
+        let _ = writeln!(
+            out,
+            "STORE      takes no writes, and sync stalls, until blazed restarts: {why}"
+        );
+    }
     if let Some(why) = &a.new_incarnation {
         let _ = writeln!(
             out,
@@ -252,6 +258,7 @@ mod tests {
                 unopened: Vec::new(),
                 incarnation: 0,
                 new_incarnation: None,
+                store_failed: None,
             },
             mesh: Some(MeshStatusResult {
                 device_id: topology.device_id.clone(),
@@ -320,6 +327,21 @@ mod tests {
         assert!(
             text.contains(
                 "writes     new incarnation 77 at this start: the agent did not stop cleanly"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_failed_store_is_shown_with_why() {
+        let mut v = sample();
+        assert!(!status_text(&v, 0).contains("STORE"));
+        v.agent.store_failed = Some("syncing the journal failed: I/O error".into());
+        let text = status_text(&v, 0);
+        assert!(
+            text.contains(
+                "STORE      takes no writes, and sync stalls, until blazed restarts: syncing the \
+                 journal failed: I/O error"
             ),
             "{text}"
         );
