@@ -620,6 +620,11 @@ impl Store {
     /// [`Store::failed`]); the first failure is the one kept.
     fn note_failed(&self, e: &StoreError) {
         let _ = self.inner.failed.set(e.to_string());
+        // A generation that never becomes durable, so that whatever is
+        // tagged from now on waits for ever (and the sync driver drops
+        // it), even when the commit that failed had none of its own (a
+        // buffered database's, say).
+        self.next_commit_generation();
     }
 
     /// Counts a commit whose sync comes later; returns its generation.

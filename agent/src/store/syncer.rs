@@ -30,6 +30,15 @@
 //!   if it were durable, and the store is marked failed
 //!   ([`Store::failed`]): what waits for a later commit to be durable
 //!   (the sync driver's messages) learns that it never will be.
+//! - The agent's syncs of the journal run one at a time: the writer syncs
+//!   itself only while the syncer holds nothing, and its timed sync of
+//!   buffered writes waits for the syncer first. After a failed fsync,
+//!   Linux may report the next one on the same file as done, its pages
+//!   dropped; fjall marks itself failed only once the failing call has
+//!   returned. (fjall's own workers sync too, which the agent cannot
+//!   order.)
+//! - A panic while one group is published leaves that group unanswered,
+//!   not the syncer stuck.
 
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -198,20 +207,23 @@ fn run(shared: &Shared, mut persist: Persist, mut publish: Publish) {
             std::mem::take(&mut state.queue)
         };
         // One sync covers every group committed before it starts.
-        match persist() {
-            Ok(()) => {
-                for group in groups {
-                    publish(group, Ok(()));
-                }
-            }
-            Err(e) => {
+        let synced = persist();
+        if let Err(e) = &synced {
+            tracing::error!(
+                "syncing the journal failed; the store takes no more writes until the agent \
+                 restarts: {e}"
+            );
+        }
+        for group in groups {
+            // A panic while publishing one group must not leave the syncer
+            // busy for ever: every later write would wait on it.
+            let published = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                publish(group, synced.as_ref().map(|_| ()))
+            }));
+            if published.is_err() {
                 tracing::error!(
-                    "syncing the journal failed; the store takes no more writes until the \
-                     agent restarts: {e}"
+                    "publishing a synced commit group panicked; its writes go unanswered"
                 );
-                for group in groups {
-                    publish(group, Err(&e));
-                }
             }
         }
         lock(&shared.state).busy = false;
@@ -318,6 +330,50 @@ mod tests {
         assert_eq!(tag, 1);
         let e = outcome.expect_err("a write that was not synced is not answered as done");
         assert!(e.to_string().contains("the disk went away"), "{e}");
+    }
+
+    #[test]
+    fn a_failed_store_never_reaches_the_generation_tagged_after_it() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let store = Store::open(
+            dir.path(),
+            blazedb_proto::DeviceId([3; 32]),
+            Default::default(),
+        )
+        .expect("open the store");
+        assert_eq!(store.failed(), None);
+        assert_eq!(store.commit_generation(), store.durable_generation());
+        store.note_failed(&StoreError::Storage("the disk went away".into()));
+        store.note_failed(&StoreError::Storage("and again".into()));
+        let why = store.failed().expect("failed");
+        assert!(
+            why.contains("the disk went away"),
+            "the first failure is kept: {why}"
+        );
+        // What the sync driver tags now waits for a generation that never
+        // becomes durable, even though no commit with one failed.
+        assert!(store.commit_generation() > store.durable_generation());
+    }
+
+    #[test]
+    fn a_panic_while_publishing_a_group_leaves_the_next_answered() {
+        let publish = Box::new(|p: Publication, _: Result<(), &StoreError>| {
+            for (reply, outcome) in p.replies {
+                reply(outcome);
+            }
+            panic!("a publication that panics");
+        });
+        let syncer = Syncer::with(Box::new(|| Ok(())), publish).expect("start");
+        let (answers_tx, answers) = mpsc::channel();
+        syncer.hand_over(group(1, &answers_tx));
+        assert_eq!(answers.recv_timeout(WAIT).expect("answer").0, 1);
+        syncer.hand_over(group(2, &answers_tx));
+        assert_eq!(
+            answers.recv_timeout(WAIT).expect("the syncer lives on").0,
+            2
+        );
+        syncer.settle();
+        assert!(syncer.is_idle());
     }
 
     #[test]

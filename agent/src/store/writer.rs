@@ -861,9 +861,17 @@ impl Writer {
             return;
         };
         if idle || since.elapsed() >= self.options.flush_interval {
+            // One sync at a time: after a sync of the journal fails, Linux
+            // may report a second one at once as done, the failed pages
+            // dropped, before fjall has marked itself failed.
+            self.syncer.settle();
             match self.fj.persist(PersistMode::SyncAll) {
                 Ok(()) => self.unsynced_since = None,
-                Err(e) => tracing::error!("syncing buffered writes failed: {e:?}"),
+                Err(e) => {
+                    let e = StoreError::from(e);
+                    tracing::error!("syncing buffered writes failed: {e}");
+                    self.store.note_failed(&e);
+                }
             }
         }
     }
