@@ -190,10 +190,10 @@ pub fn raw_fjall_layout_of(
 
 /// [`raw_fjall_store_layout`] twice at once: two stores, each in its own
 /// thread and folder, write the same `n` puts, as a sender and a receiver
-/// on one machine both store every replicated record. What nothing that
-/// keeps a record and its op-log entry on both sides can beat on this
-/// machine, before any transport, sync or app. Returns puts per second
-/// (`n` over the time until both are done).
+/// on one machine both store every replicated record: roughly the most a
+/// replication that keeps a record and its op-log entry on both sides gets
+/// from this machine, before any transport, sync or app. Returns puts per
+/// second (`n` over the time until both are done).
 pub fn raw_fjall_two_layouts(dir: &Path, n: usize, batch: usize) -> anyhow::Result<f64> {
     let records = || (0..n as i64).map(|i| ("items".to_owned(), format!("k{i:08}"), record(i)));
     let sides = [

@@ -295,6 +295,7 @@ impl Held {
         }
         self.0.pop_front().map(|(_, peer, msg)| (peer, msg))
     }
+
     /// Sends (by `send`) every message whose commits are durable, up to
     /// commit `durable`, in order. When the store `failed`, the commits
     /// after `durable` never will be, and the messages waiting for them
