@@ -227,6 +227,8 @@ fn run(
                         engine.database_removed(&db);
                     }
                 }
+                // What waits for its commits is dropped below.
+                Input::Notice(StoreNotice::Failed) => {}
                 Input::Members(m) => engine.set_members(m),
                 Input::Hubs(h) => engine.set_hubs(h),
                 Input::Cutoffs(c) => engine.set_cutoffs(c),

@@ -388,6 +388,8 @@ pub enum StoreNotice {
     Committed(String),
     /// The database was created or dropped, or its settings changed.
     Changed(String),
+    /// A commit or a sync of the journal failed ([`Store::failed`]).
+    Failed,
 }
 
 struct Notify(Box<dyn Fn(StoreNotice) + Send + Sync>);
@@ -619,12 +621,15 @@ impl Store {
     /// Notes that a commit or a sync failed with `e` (see
     /// [`Store::failed`]); the first failure is the one kept.
     fn note_failed(&self, e: &StoreError) {
-        let _ = self.inner.failed.set(e.to_string());
+        let first = self.inner.failed.set(e.to_string()).is_ok();
         // A generation that never becomes durable, so that whatever is
         // tagged from now on waits for ever (and the sync driver drops
         // it), even when the commit that failed had none of its own (a
         // buffered database's, say).
         self.next_commit_generation();
+        if first {
+            self.notify(StoreNotice::Failed);
+        }
     }
 
     /// Counts a commit whose sync comes later; returns its generation.

@@ -341,10 +341,17 @@ mod tests {
             Default::default(),
         )
         .expect("open the store");
+        let (notices_tx, notices) = mpsc::channel();
+        store.on_notice(move |n| {
+            let _ = notices_tx.send(n);
+        });
         assert_eq!(store.failed(), None);
         assert_eq!(store.commit_generation(), store.durable_generation());
         store.note_failed(&StoreError::Storage("the disk went away".into()));
         store.note_failed(&StoreError::Storage("and again".into()));
+        // The sync driver hears of it at once, and once.
+        let heard: Vec<_> = notices.try_iter().collect();
+        assert_eq!(heard, [StoreNotice::Failed]);
         let why = store.failed().expect("failed");
         assert!(
             why.contains("the disk went away"),
