@@ -142,6 +142,11 @@ impl Metrics {
                 "Change subscriptions open",
                 g(i64::from(s.subscriptions)),
             );
+            r.register(
+                "store_failed",
+                "1 once a commit or a sync of the store's journal failed: no more writes, and sync stalls, until the agent restarts",
+                g(i64::from(s.store_failed.is_some())),
+            );
             let up = FloatGauge::default();
             up.set(s.uptime_ms as f64 / 1000.0);
             r.register_with_unit("uptime", "Time since the agent started", Unit::Seconds, up);
@@ -352,5 +357,35 @@ mod tests {
         off.request("put", None);
         assert!(!off.render(&Scrape::default()).contains("method=\"put\""));
         assert!(off.commit_seconds().is_none());
+    }
+
+    #[test]
+    fn a_failed_store_shows_as_one() {
+        let mut status = StatusResult {
+            agent: "blazed".into(),
+            device_id: "d".into(),
+            data_dir: "/d".into(),
+            socket: "/s".into(),
+            uptime_ms: 1000,
+            databases: 0,
+            connections: 0,
+            subscriptions: 0,
+            unopened: Vec::new(),
+            incarnation: 0,
+            new_incarnation: None,
+            store_failed: None,
+        };
+        let m = Metrics::new(true);
+        let render = |status: &StatusResult| {
+            m.render(&Scrape {
+                status: Some(status.clone()),
+                ..Scrape::default()
+            })
+        };
+        let text = render(&status);
+        assert!(text.contains("blazed_store_failed 0"), "{text}");
+        status.store_failed = Some("the disk is full".into());
+        let text = render(&status);
+        assert!(text.contains("blazed_store_failed 1"), "{text}");
     }
 }

@@ -185,6 +185,11 @@ async fn topology_status_and_metrics_follow_the_writes() {
     let a_puts = sample(&before_a, "blazed_ipc_requests_total", &puts).expect("puts");
     assert!(a_puts >= 200.0, "{a_puts}");
     let commits = sample(&before_a, "blazed_commit_seconds_count", &[]).expect("commits");
+    assert_eq!(
+        sample(&before_a, "blazed_store_failed", &[]),
+        Some(0.0),
+        "a healthy store"
+    );
     assert!(
         sample(&before_hub, "blazed_db_changes_total", &[("db", "notes")]) >= Some(200.0),
         "the hub's database counts the changes it applied"
