@@ -1,15 +1,18 @@
 //! A full disk: writes fail with `storage_full`, reads go on, `status`
-//! says why the store takes no more writes, and after space is freed and
-//! the agent restarts, every acknowledged write is there.
+//! and the dashboard say why the store takes no more writes, and after
+//! space is freed and the agent restarts, every acknowledged write is
+//! there.
 //!
 //! The test mounts a small tmpfs, which needs root. CI runs as root and
 //! must run it; elsewhere it is skipped with a message.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use blazedb::{ErrorCode, Value};
 use blazedb_tests::TestAgent;
+use blazedb_tests::browser::{self, Browser};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_blazed-test-agent");
 
@@ -107,6 +110,34 @@ async fn a_full_disk_fails_writes_clearly_and_loses_nothing_acknowledged() {
         why.contains("No space left") || why.contains("full"),
         "{why}"
     );
+    // The dashboard says so too.
+    if browser::available() {
+        let url = client.dashboard().await.expect("dashboard").url;
+        let b = Browser::start().await.expect("browser");
+        b.goto(&url).await.expect("open the dashboard");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut shown = serde_json::Value::Null;
+        while Instant::now() < deadline {
+            if let Ok(text) = b
+                .eval("return document.getElementById('banner').textContent;")
+                .await
+            {
+                shown = text;
+                if shown
+                    .as_str()
+                    .is_some_and(|t| t.contains("takes no writes"))
+                {
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        b.close().await;
+        assert!(
+            shown.as_str().is_some_and(|t| t.contains("disk is full")),
+            "the dashboard's banner: {shown}"
+        );
+    }
 
     // Free space and restart: everything acknowledged is there, and writes
     // work again.

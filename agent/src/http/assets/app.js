@@ -116,6 +116,9 @@ function renderHeader(v) {
     has(a.subscriptions) && plural(a.subscriptions, 'subscription'),
     has(a.databases) && plural(a.databases, 'database'), a.device_id && 'device ' + a.device_id,
   ].filter(Boolean).join(' · ');
+  if (a.store_failed) {
+    banner('The store takes no writes, and sync stalls, until blazed restarts: ' + a.store_failed);
+  }
 }
 
 // ---- tooltips
