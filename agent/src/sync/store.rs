@@ -360,9 +360,9 @@ pub trait SyncStore {
     /// publishes the new head only once it is, and whoever drives the
     /// engine holds back what the engine tells peers until then (the
     /// agent's store and driver do; see `Store::commit_generation`). The
-    /// sync state read after this counts the operations. The caller passes only
-    /// operations that extend the vector contiguously. The replica's clock
-    /// moves to at least the latest operation's.
+    /// sync state read after this counts the operations. The caller passes
+    /// only operations that extend the vector contiguously. The replica's
+    /// clock moves to at least the latest operation's.
     ///
     /// A write of a device the screen restricts is checked against the
     /// record as the operations before it leave it (`View::check_write`);
