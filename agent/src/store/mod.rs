@@ -23,6 +23,7 @@ mod checkpoint;
 mod error;
 pub mod incarnation;
 pub mod journal;
+mod journal_sync;
 pub(crate) mod keys;
 mod log_id;
 mod oplog;

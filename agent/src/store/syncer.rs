@@ -46,9 +46,9 @@ use std::time::Instant;
 
 use blazedb_proto::Hlc;
 use blazedb_proto::api::WriteResult;
-use fjall::PersistMode;
 use prometheus_client::metrics::histogram::Histogram;
 
+use super::journal_sync::JournalSync;
 use super::writer::WriteOutcome;
 use super::{DbState, Reply, Store, StoreError, StoreNotice, lock};
 
@@ -130,10 +130,10 @@ type Persist = Box<dyn FnMut() -> Result<(), StoreError> + Send>;
 type Publish = Box<dyn FnMut(Publication, Result<(), &StoreError>) + Send>;
 
 impl Syncer {
-    /// Starts the thread that syncs `fj`'s journal for `store`.
-    pub(super) fn start(fj: fjall::Database, store: Store) -> Result<Syncer, StoreError> {
+    /// Starts the thread that syncs `journal` for `store`.
+    pub(super) fn start(journal: Arc<JournalSync>, store: Store) -> Result<Syncer, StoreError> {
         Syncer::with(
-            Box::new(move || Ok(fj.persist(PersistMode::SyncAll)?)),
+            Box::new(move || journal.sync()),
             Box::new(move |p, synced| match synced {
                 Ok(()) => p.publish(&store),
                 Err(e) => p.fail(&store, e),

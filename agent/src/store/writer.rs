@@ -27,6 +27,7 @@ use fjall::{Keyspace, PersistMode, Slice};
 use prometheus_client::metrics::histogram::Histogram;
 use rustc_hash::FxHashMap;
 
+use super::journal_sync::JournalSync;
 use super::record::{Stamp, StoredRecord};
 use super::sealing::seal_body;
 use super::stamped::{self, Holes};
@@ -702,6 +703,8 @@ pub(crate) struct Writer {
     /// When the last command was done.
     last_command: Instant,
     write_buffer: super::write_buffer::WriteBuffer,
+    /// Syncs the journal; shared with the syncer.
+    journal: Arc<JournalSync>,
     /// Syncs committed groups while the next is planned.
     pub(super) syncer: Syncer,
 }
@@ -716,9 +719,11 @@ impl Writer {
         recovered: Recovered,
         next_db_id: u32,
     ) -> Result<Self, StoreError> {
+        let journal = Arc::new(JournalSync::new(fj.clone(), store.path()));
         Ok(Writer {
             write_buffer: super::write_buffer::WriteBuffer::new(options.write_buffer_bytes),
-            syncer: Syncer::start(fj.clone(), store.clone())?,
+            syncer: Syncer::start(journal.clone(), store.clone())?,
+            journal,
             store,
             fj,
             meta,
@@ -865,10 +870,9 @@ impl Writer {
             // may report a second one at once as done, the failed pages
             // dropped, before fjall has marked itself failed.
             self.syncer.settle();
-            match self.fj.persist(PersistMode::SyncAll) {
+            match self.journal.sync() {
                 Ok(()) => self.unsynced_since = None,
                 Err(e) => {
-                    let e = StoreError::from(e);
                     tracing::error!("syncing buffered writes failed: {e}");
                     self.store.note_failed(&e);
                 }
@@ -949,10 +953,9 @@ impl Writer {
                     // next command is planned.
                     self.syncer.hand_over(publication);
                 } else if group.fsync {
-                    match self.fj.persist(PersistMode::SyncAll) {
+                    match self.journal.sync() {
                         Ok(()) => publication.publish(&self.store),
                         Err(e) => {
-                            let e = StoreError::from(e);
                             tracing::error!(
                                 "syncing a commit failed; the store takes no more writes until \
                                  the agent restarts: {e}"
@@ -1073,9 +1076,7 @@ impl Writer {
                 batch.insert(&log, key, chunk);
             }
         }
-        if group.fsync && sync_now {
-            batch = batch.durability(Some(PersistMode::SyncAll));
-        } else if group.fsync {
+        if group.fsync && !sync_now {
             group.generation = self.store.next_commit_generation();
         }
         let started = self.options.commit_seconds.as_ref().map(|_| Instant::now());
@@ -1086,6 +1087,13 @@ impl Writer {
             let e = StoreError::from(e);
             self.store.note_failed(&e);
             return Err(e);
+        }
+        if group.fsync && sync_now {
+            self.syncer.settle();
+            if let Err(e) = self.journal.sync() {
+                self.store.note_failed(&e);
+                return Err(e);
+            }
         }
         self.store
             .record_cache()
