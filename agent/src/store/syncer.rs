@@ -3,13 +3,14 @@
 //! while the last one's fsync runs.
 //!
 //! A group of writes is committed to fjall with its journal written but
-//! not synced. If another command is already waiting, or groups handed
-//! over earlier are not yet published, the writer hands the group's
-//! [`Publication`] (its replies and the heads it moves) to this thread and
-//! goes on; the syncer syncs the journal once for every group handed over
-//! meanwhile, then publishes them in the order they were committed. When
-//! nothing waits, the writer syncs and publishes the group itself, so a
-//! lone writer pays no thread hop. A peer's ops applied by the sync engine
+//! not synced. If another command is already waiting, or the group is
+//! large (a client streaming batches, whose next will come during the
+//! sync), or groups handed over earlier are not yet published, the writer
+//! hands the group's [`Publication`] (its replies and the heads it moves)
+//! to this thread and goes on; the syncer syncs the journal once for every
+//! group handed over meanwhile, then publishes them in the order they were
+//! committed. When nothing waits and the group is small, the writer syncs
+//! and publishes it itself, so a lone write pays no thread hop. A peer's ops applied by the sync engine
 //! are answered at once and always handed over: the engine's next message
 //! is planned while they are synced.
 //!

@@ -460,6 +460,11 @@ struct CommandScope {
 /// The highest conflict priority a database may give its writes.
 pub(crate) const MAX_PRIORITY: u8 = 127;
 
+/// A commit group of at least this many store entries (records, log
+/// entries, index entries) is synced by the syncer even when no command
+/// waits behind it.
+const HAND_OVER_ENTRIES: usize = 64;
+
 /// Limits on names, so keys stay small and unambiguous.
 const MAX_NAME: usize = 255;
 const MAX_ID: usize = 1024;
@@ -937,7 +942,8 @@ impl Writer {
             }
         }
 
-        let commit = if group.effects.iter().all(Vec::is_empty) {
+        let entries: usize = group.effects.iter().map(Vec::len).sum();
+        let commit = if entries == 0 {
             Ok(())
         } else {
             self.commit(&mut group, false)
@@ -948,7 +954,12 @@ impl Writer {
                 if leftover.is_none() {
                     leftover = self.rx.try_recv().ok();
                 }
-                if !self.syncer.is_idle() || (group.fsync && leftover.is_some()) {
+                // A large group is a client streaming batches, whose next
+                // most likely arrives during this fsync: the writer stays
+                // free for it. A small one is synced here, sparing a lone
+                // write the hop to the syncer.
+                let hand_over = leftover.is_some() || entries >= HAND_OVER_ENTRIES;
+                if !self.syncer.is_idle() || (group.fsync && hand_over) {
                     // Published in commit order, once synced; meanwhile the
                     // next command is planned.
                     self.syncer.hand_over(publication);

@@ -208,7 +208,7 @@ async fn run(
         // a shared machine to take a ratio from.
         let (mut raw, mut layout) = (Vec::new(), Vec::new());
         let (mut plain, mut e2e) = (Vec::new(), Vec::new());
-        let mut cpu = CpuTally::default();
+        let (mut cpu, mut e2e_cpu) = (CpuTally::default(), CpuTally::default());
         let processes = [agent.pid(), None];
         // Each run starts once the agent's flushes from the run before
         // it are done, whichever side that run was.
@@ -225,11 +225,11 @@ async fn run(
                 let db = fresh_db(&client, kind, round, encryption).await?;
                 settle(&processes).await;
                 let run = PutBatches::new(n.puts, batch).put(&client, &db);
-                rates.push(if encryption == Encryption::None {
-                    cpu.measure(&processes, n.puts, run).await?
-                } else {
-                    run.await?
-                });
+                let tally = match encryption {
+                    Encryption::None => &mut cpu,
+                    _ => &mut e2e_cpu,
+                };
+                rates.push(tally.measure(&processes, n.puts, run).await?);
             }
         }
         let (raw_puts, layout_puts) = (median(&mut raw), median(&mut layout));
@@ -270,6 +270,13 @@ async fn run(
             e2e_puts,
             100.0 * e2e_puts / our_puts
         );
+        if let (Some(us), Some(each)) = (e2e_cpu.per_op_us(), e2e_cpu.each_per_op_us()) {
+            println!(
+                "      CPU per put: {us:.2} us (agent {:.2}, app {:.2})",
+                each[0], each[1]
+            );
+            note("e2e_put_cpu_us", us);
+        }
         println!("  one run each:");
         println!(
             "    raw fjall batch insert          {:>12.0} ops/s",
