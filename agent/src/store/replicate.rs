@@ -261,6 +261,7 @@ impl Writer {
                 log: db.log.clone(),
                 cursor: head,
                 op,
+                seal: None,
             });
         }
         sync.vector = vector.into_vector();
@@ -682,6 +683,7 @@ impl Writer {
                 log: db.log.clone(),
                 cursor: head,
                 op: change,
+                seal: None,
             });
         }
         sync.cursor = head;

@@ -29,7 +29,7 @@ use rustc_hash::FxHashMap;
 
 use super::journal_sync::JournalSync;
 use super::record::{Stamp, StoredRecord};
-use super::sealing::seal_body;
+use super::sealing::{SealLater, seal_bodies};
 use super::stamped::{self, Holes};
 use super::syncer::{Publication, Syncer};
 use super::{
@@ -41,7 +41,6 @@ use super::{keys, oplog};
 use crate::crypto::seal::ContentKey;
 use crate::sync::WriteScreen;
 use crate::sync::hlc::HlcClock;
-use blazedb_proto::sealed::SealedOp;
 
 /// How a command's outcome is handed back: called once, on the writer
 /// thread, so it must not block.
@@ -347,6 +346,9 @@ pub(super) enum Effect {
         log: Keyspace,
         cursor: u64,
         op: Op,
+        /// A local op of an e2e database, its body still readable: sealed
+        /// at commit, with the group's others ([`seal_bodies`]).
+        seal: Option<SealLater>,
     },
 }
 
@@ -449,8 +451,6 @@ struct CommandScope {
     max_priority: u8,
     /// The collection written last and its indexed fields.
     indexes: Option<(String, BTreeSet<String>)>,
-    /// A buffer for the associated data each sealed op is sealed with.
-    aad: Vec<u8>,
     /// The wall clock as the command's planning started, read once: each
     /// write's clock reading is the next after it (reading the time for
     /// every write of a batch cost more than its clock reading).
@@ -1025,6 +1025,19 @@ impl Writer {
         // a batch grown a push at a time copied its items a dozen times
         // for one group. `Buffer` is what `fj.batch()` starts with.
         let items = group.effects.iter().map(Vec::len).sum();
+        let mut unsealed: Vec<(&mut Op, SealLater)> = group
+            .effects
+            .iter_mut()
+            .flatten()
+            .filter_map(|effect| match effect {
+                Effect::Log { op, seal, .. } => seal.take().map(|with| (op, with)),
+                _ => None,
+            })
+            .collect();
+        if !unsealed.is_empty() {
+            seal_bodies(&mut unsealed)?;
+        }
+        drop(unsealed);
         let mut batch = fjall::OwnedWriteBatch::with_capacity(self.fj.clone(), items)
             .durability(Some(PersistMode::Buffer));
         // Few databases per group: a list beats a map.
@@ -1066,6 +1079,7 @@ impl Writer {
                     log,
                     cursor,
                     op,
+                    seal: _,
                 } => {
                     let at = match logs.iter().position(|(id, ..)| *id == db) {
                         Some(at) => at,
@@ -1201,7 +1215,6 @@ impl Writer {
             seal_with,
             max_priority: lock(&db.sync).max_priority,
             indexes: None,
-            aad: Vec::new(),
             now_ms: super::wall_ms(),
         })
     }
@@ -1296,19 +1309,6 @@ impl Writer {
             key: key.clone(),
             bytes: Some(record_bytes.clone()),
         });
-        let body = match &scope.seal_with {
-            None => encoded,
-            Some(key) => {
-                let header = SealedOp {
-                    db: &db.name,
-                    writer: self.store.writer(),
-                    seq,
-                    hlc,
-                    priority: write_priority,
-                };
-                seal_body(key, &header, &encoded, &mut scope.aad)?
-            }
-        };
         plan.effects.push(Effect::Log {
             db: db.id,
             log: db.log.clone(),
@@ -1319,8 +1319,12 @@ impl Writer {
                 hlc,
                 priority: write_priority,
                 incarnation: self.store.incarnation(),
-                body,
+                body: encoded,
             },
+            seal: scope.seal_with.as_ref().map(|key| SealLater {
+                key: key.clone(),
+                db: db.clone(),
+            }),
         });
         plan.overlay.insert(db.id, key, record_bytes);
         Ok(WriteResult {
