@@ -17,12 +17,12 @@
 //!   (records merge the same whatever the order, so ops applied twice
 //!   change nothing).
 
+use std::sync::{Arc, Mutex};
+
 use blazedb_proto::api::{DbInfo, Encryption};
 use blazedb_proto::codec::CodecError;
 use blazedb_proto::sealed::{SealedOp, is_sealed};
 use blazedb_proto::{Op, OpBody, PutParts, RawPut};
-
-use std::sync::{Arc, Mutex};
 
 use super::{DbState, Store, StoreError, lock, read_lock, write_lock};
 use crate::crypto::seal::{self, ContentKey, SealError};

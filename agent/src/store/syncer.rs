@@ -10,9 +10,9 @@
 //! to this thread and goes on; the syncer syncs the journal once for every
 //! group handed over meanwhile, then publishes them in the order they were
 //! committed. When nothing waits and the group is small, the writer syncs
-//! and publishes it itself, so a lone write pays no thread hop. A peer's ops applied by the sync engine
-//! are answered at once and always handed over: the engine's next message
-//! is planned while they are synced.
+//! and publishes it itself, so a lone write pays no thread hop. A peer's
+//! ops applied by the sync engine are answered at once and always handed
+//! over: the engine's next message is planned while they are synced.
 //!
 //! What this keeps:
 //!
