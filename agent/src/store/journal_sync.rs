@@ -23,11 +23,12 @@
 //!   descriptor is opened at the first sync of its journal and kept.
 //! - When the sync fails, fjall is made to sync through its own
 //!   descriptor too, which reports the same error, so that fjall poisons
-//!   itself and refuses every later commit, as when it failed its own sync.
+//!   itself and refuses every later commit, as when it failed its own sync;
+//!   and every later sync here fails as well.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 use fjall::PersistMode;
 
@@ -40,6 +41,10 @@ pub(super) struct JournalSync {
     dir: PathBuf,
     /// The newest journal, once synced, and its number.
     open: Mutex<Option<(u64, File)>>,
+    /// Why a sync failed, once one has: every later sync fails too. The
+    /// kernel reports a write-back error once a descriptor, so a second
+    /// fsync here could say done of pages it already dropped.
+    failed: OnceLock<String>,
 }
 
 impl std::fmt::Debug for JournalSync {
@@ -57,11 +62,17 @@ impl JournalSync {
             fj,
             dir: dir.to_owned(),
             open: Mutex::new(None),
+            failed: OnceLock::new(),
         }
     }
 
     /// Makes durable everything committed to fjall before the call.
     pub(super) fn sync(&self) -> Result<(), StoreError> {
+        if let Some(why) = self.failed.get() {
+            return Err(StoreError::Storage(format!(
+                "an earlier sync of the journal failed: {why}"
+            )));
+        }
         self.fj.persist(PersistMode::Buffer)?;
         let mut open = lock(&self.open);
         let newest = self.newest(open.as_ref().map(|(number, _)| *number))?;
@@ -78,7 +89,9 @@ impl JournalSync {
             // fjall's descriptor reports the same error, and fjall then
             // takes no more commits.
             let _ = self.fj.persist(PersistMode::SyncAll);
-            StoreError::from(fjall::Error::Io(e))
+            let e = StoreError::from(fjall::Error::Io(e));
+            let _ = self.failed.set(e.to_string());
+            e
         })
     }
 
@@ -138,6 +151,18 @@ mod tests {
         let holds = |bytes: &[u8]| bytes.windows(4000).any(|w| w == [7u8; 4000]);
         assert!(!holds(&before), "fjall's buffer was already in the file");
         assert!(holds(&after), "the sync left the write in fjall's buffer");
+    }
+
+    #[test]
+    fn after_a_failed_sync_every_later_one_fails() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (fj, _ks) = open(dir.path());
+        let sync = JournalSync::new(fj, dir.path());
+        sync.sync().expect("sync");
+        // As the error path records it.
+        let _ = sync.failed.set("an I/O error".into());
+        let err = sync.sync().expect_err("a sync after a failed one");
+        assert!(err.to_string().contains("an I/O error"), "{err}");
     }
 
     #[test]
