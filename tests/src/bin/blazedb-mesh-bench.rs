@@ -28,7 +28,7 @@ use blazedb::{Client, Fields, Value};
 use blazedb_proto::api::{DbSettings, SyncMode};
 use blazedb_proto::{DeviceId, Hlc, Op, OpBody, SyncMessage, codec};
 use blazedb_tests::bench::{
-    CpuTally, PutBatches, Samples, batched_puts, cores, print_latency, raw_fjall_puts_cpu,
+    CpuTally, PutBatches, Samples, batched_puts, cores, median, print_latency, raw_fjall_puts_cpu,
     raw_fjall_store_layout, raw_fjall_two_layouts, record, rss_kib, thread_cpu_per_op,
     thread_cpu_seconds,
 };
@@ -278,17 +278,6 @@ fn agent_threads(agent: &TestAgent) -> Option<BTreeMap<String, f64>> {
     agent.pid().and_then(thread_cpu_seconds)
 }
 
-/// The median of `values`.
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let mid = values.len() / 2;
-    if values.len() % 2 == 0 {
-        (values[mid - 1] + values[mid]) / 2.0
-    } else {
-        values[mid]
-    }
-}
-
 async fn throughput(
     ca: &Client,
     cb: &Client,
@@ -317,9 +306,13 @@ async fn throughput(
         all.push(sustained_round((ca, cb), (a, b), &dir, &db, n).await?);
     }
     stop.store(true, Ordering::Relaxed);
-    let raw = median(all.iter().map(|r| r.raw).collect());
-    let ours = median(all.iter().map(|r| r.replicated).collect());
-    let local = median(all.iter().map(|r| r.local).collect());
+    let median_of =
+        |value: fn(&Round) -> f64| median(&mut all.iter().map(value).collect::<Vec<_>>());
+    let (raw, ours, local) = (
+        median_of(|r| r.raw),
+        median_of(|r| r.replicated),
+        median_of(|r| r.local),
+    );
     // The round whose ratio is the median speaks for the CPU figures.
     let mut by_ratio: Vec<&Round> = all.iter().collect();
     by_ratio.sort_by(|x, y| x.ratio().total_cmp(&y.ratio()));
