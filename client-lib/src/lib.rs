@@ -594,10 +594,7 @@ impl Db {
 
     /// Starts an atomic batch of writes.
     pub fn batch(&self) -> Batch {
-        Batch {
-            db: self.clone(),
-            writes: Vec::new(),
-        }
+        Batch::new(self.clone())
     }
 
     /// Streams every change to the database made from now on.
@@ -913,10 +910,28 @@ impl Query {
 }
 
 /// Writes applied together: all or none.
-#[derive(Debug, Clone)]
+///
+/// Each write is encoded as it is added, so the batch holds its bytes
+/// rather than the values: [`Batch::put_ref`] adds a record the app keeps,
+/// without a copy of it.
+#[derive(Clone)]
 pub struct Batch {
     db: Db,
-    writes: Vec<Write>,
+    count: usize,
+    /// The writes, encoded one after the other.
+    writes: Vec<u8>,
+    /// The first write that could not be encoded: committing fails with it.
+    failed: Option<codec::CodecError>,
+}
+
+impl std::fmt::Debug for Batch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batch")
+            .field("db", &self.db.name)
+            .field("writes", &self.count)
+            .field("bytes", &self.writes.len())
+            .finish()
+    }
 }
 
 impl Db {
@@ -935,49 +950,82 @@ impl Db {
 }
 
 impl Batch {
-    /// Adds a put of the whole record (`id: None` lets the agent pick one).
-    pub fn put(mut self, collection: &str, id: Option<&str>, fields: Fields) -> Self {
-        self.writes.push(Write::Put {
-            collection: collection.to_owned(),
-            id: id.map(str::to_owned),
-            fields,
-        });
+    fn new(db: Db) -> Batch {
+        Batch {
+            db,
+            count: 0,
+            writes: Vec::new(),
+            failed: None,
+        }
+    }
+
+    /// Adds a write that `encode` appends.
+    fn add(mut self, encode: impl FnOnce(&mut Vec<u8>) -> Result<(), codec::CodecError>) -> Self {
+        if self.failed.is_none() {
+            let before = self.writes.len();
+            match encode(&mut self.writes) {
+                Ok(()) => self.count += 1,
+                Err(e) => {
+                    self.writes.truncate(before);
+                    self.failed = Some(e);
+                }
+            }
+        }
         self
+    }
+
+    /// Adds a put of the whole record (`id: None` lets the agent pick one).
+    pub fn put(self, collection: &str, id: Option<&str>, fields: Fields) -> Self {
+        self.put_ref(collection, id, &fields)
+    }
+
+    /// [`Batch::put`] of fields the app keeps: they are encoded into the
+    /// batch at once, not copied.
+    pub fn put_ref(self, collection: &str, id: Option<&str>, fields: &Fields) -> Self {
+        self.add(|out| Write::encode_put(out, collection, id, fields))
     }
 
     /// Adds a patch.
-    pub fn patch(mut self, collection: &str, id: &str, set: Fields, unset: &[&str]) -> Self {
-        self.writes.push(Write::Patch {
-            collection: collection.to_owned(),
-            id: id.to_owned(),
-            set,
-            unset: unset.iter().map(|s| (*s).to_owned()).collect(),
-        });
-        self
+    pub fn patch(self, collection: &str, id: &str, set: Fields, unset: &[&str]) -> Self {
+        self.add(|out| Write::encode_patch(out, collection, id, &set, unset))
     }
 
     /// Adds a delete.
-    pub fn delete(mut self, collection: &str, id: &str) -> Self {
-        self.writes.push(Write::Delete {
-            collection: collection.to_owned(),
-            id: id.to_owned(),
-        });
-        self
+    pub fn delete(self, collection: &str, id: &str) -> Self {
+        self.add(|out| {
+            Write::encode_delete(out, collection, id);
+            Ok(())
+        })
     }
 
     /// How many writes the batch holds.
     pub fn len(&self) -> usize {
-        self.writes.len()
+        self.count
     }
 
     /// Whether the batch is empty.
     pub fn is_empty(&self) -> bool {
-        self.writes.is_empty()
+        self.count == 0
     }
 
     /// Applies the writes atomically; one result per write, in order.
     pub async fn commit(self) -> Result<Vec<WriteResult>, Error> {
-        self.db.batch_writes(self.writes).await
+        let Batch {
+            db,
+            count,
+            writes,
+            failed,
+        } = self;
+        let encode = |out: &mut Vec<u8>| match failed {
+            Some(e) => Err(e),
+            None => api::BatchParams::encode_encoded(out, &db.name, count, &writes),
+        };
+        Ok(db
+            .client
+            .conn
+            .call_with::<api::Batch>(encode, api::BatchResult::decode)
+            .await?
+            .results)
     }
 }
 

@@ -1296,13 +1296,7 @@ impl BatchParams {
     /// byte, by hand: a batch of puts is the hottest request a client
     /// sends, and serde's generic encoder costs several times more.
     pub fn encode_into(&self, out: &mut Vec<u8>) -> Result<(), codec::CodecError> {
-        use codec::raw;
-        // Field order and names follow the declarations (serde's order).
-        raw::map_len(out, 2);
-        raw::str(out, "db");
-        raw::str(out, &self.db);
-        raw::str(out, "writes");
-        raw::array_len(out, raw::len_u32(self.writes.len())?);
+        Self::encode_head(out, &self.db, self.writes.len())?;
         let first = out.len();
         for (i, write) in self.writes.iter().enumerate() {
             if i == 1 {
@@ -1312,56 +1306,119 @@ impl BatchParams {
                 let rest = (out.len() - first).saturating_mul(self.writes.len() - 1);
                 out.reserve(rest.min(crate::frame::DEFAULT_MAX_FRAME as usize));
             }
-            raw::map_len(out, 1);
-            match write {
-                Write::Put {
-                    collection,
-                    id,
-                    fields,
-                } => {
-                    raw::str(out, "put");
-                    raw::map_len(out, 3);
-                    raw::str(out, "collection");
-                    raw::str(out, collection);
-                    raw::str(out, "id");
-                    match id {
-                        Some(id) => raw::str(out, id),
-                        None => raw::nil(out),
-                    }
-                    raw::str(out, "fields");
-                    raw::fields(out, fields)?;
-                }
-                Write::Patch {
-                    collection,
-                    id,
-                    set,
-                    unset,
-                } => {
-                    raw::str(out, "patch");
-                    raw::map_len(out, 4);
-                    raw::str(out, "collection");
-                    raw::str(out, collection);
-                    raw::str(out, "id");
-                    raw::str(out, id);
-                    raw::str(out, "set");
-                    raw::fields(out, set)?;
-                    raw::str(out, "unset");
-                    raw::array_len(out, raw::len_u32(unset.len())?);
-                    for name in unset {
-                        raw::str(out, name);
-                    }
-                }
-                Write::Delete { collection, id } => {
-                    raw::str(out, "delete");
-                    raw::map_len(out, 2);
-                    raw::str(out, "collection");
-                    raw::str(out, collection);
-                    raw::str(out, "id");
-                    raw::str(out, id);
-                }
-            }
+            write.encode_into(out)?;
         }
         Ok(())
+    }
+
+    /// Appends params of `count` writes to `db` whose encodings
+    /// ([`Write::encode_into`], [`Write::encode_put`]) `writes` holds, one
+    /// after the other: the same bytes as [`BatchParams::encode_into`] of
+    /// those writes, for a client that encodes each write as it is added.
+    pub fn encode_encoded(
+        out: &mut Vec<u8>,
+        db: &str,
+        count: usize,
+        writes: &[u8],
+    ) -> Result<(), codec::CodecError> {
+        Self::encode_head(out, db, count)?;
+        out.extend_from_slice(writes);
+        Ok(())
+    }
+
+    /// Field order and names follow the declarations (serde's order).
+    fn encode_head(out: &mut Vec<u8>, db: &str, count: usize) -> Result<(), codec::CodecError> {
+        use codec::raw;
+        raw::map_len(out, 2);
+        raw::str(out, "db");
+        raw::str(out, db);
+        raw::str(out, "writes");
+        raw::array_len(out, raw::len_u32(count)?);
+        Ok(())
+    }
+}
+
+impl Write {
+    /// Appends the write as serde encodes it, by hand (the writes of
+    /// [`BatchParams::encode_into`]).
+    pub fn encode_into(&self, out: &mut Vec<u8>) -> Result<(), codec::CodecError> {
+        match self {
+            Write::Put {
+                collection,
+                id,
+                fields,
+            } => Self::encode_put(out, collection, id.as_deref(), fields),
+            Write::Patch {
+                collection,
+                id,
+                set,
+                unset,
+            } => Self::encode_patch(out, collection, id, set, unset),
+            Write::Delete { collection, id } => {
+                Self::encode_delete(out, collection, id);
+                Ok(())
+            }
+        }
+    }
+
+    /// Appends the encoding of `Write::Put` of these parts, borrowed.
+    pub fn encode_put(
+        out: &mut Vec<u8>,
+        collection: &str,
+        id: Option<&str>,
+        fields: &Fields,
+    ) -> Result<(), codec::CodecError> {
+        use codec::raw;
+        raw::map_len(out, 1);
+        raw::str(out, "put");
+        raw::map_len(out, 3);
+        raw::str(out, "collection");
+        raw::str(out, collection);
+        raw::str(out, "id");
+        match id {
+            Some(id) => raw::str(out, id),
+            None => raw::nil(out),
+        }
+        raw::str(out, "fields");
+        raw::fields(out, fields)
+    }
+
+    /// Appends the encoding of `Write::Patch` of these parts, borrowed.
+    pub fn encode_patch(
+        out: &mut Vec<u8>,
+        collection: &str,
+        id: &str,
+        set: &Fields,
+        unset: &[impl AsRef<str>],
+    ) -> Result<(), codec::CodecError> {
+        use codec::raw;
+        raw::map_len(out, 1);
+        raw::str(out, "patch");
+        raw::map_len(out, 4);
+        raw::str(out, "collection");
+        raw::str(out, collection);
+        raw::str(out, "id");
+        raw::str(out, id);
+        raw::str(out, "set");
+        raw::fields(out, set)?;
+        raw::str(out, "unset");
+        raw::array_len(out, raw::len_u32(unset.len())?);
+        for name in unset {
+            raw::str(out, name.as_ref());
+        }
+        Ok(())
+    }
+
+    /// Appends the encoding of `Write::Delete` of these parts, borrowed.
+    pub fn encode_delete(out: &mut Vec<u8>, collection: &str, id: &str) {
+        use codec::raw;
+        raw::map_len(out, 1);
+        raw::str(out, "delete");
+        raw::map_len(out, 2);
+        raw::str(out, "collection");
+        raw::str(out, collection);
+        raw::str(out, "id");
+        raw::str(out, id);
     }
 }
 
@@ -1625,9 +1682,20 @@ mod tests {
             writes in proptest::collection::vec(arb_write(), 0..6),
         ) {
             let params = BatchParams { db, writes };
+            let serde = codec::to_vec(&params).expect("encode");
             let mut out = Vec::new();
             params.encode_into(&mut out).expect("encode");
-            prop_assert_eq!(out, codec::to_vec(&params).expect("encode"));
+            prop_assert_eq!(&out, &serde);
+            // A write at a time, as a client encodes them while it adds
+            // them, then the head: the same bytes.
+            let mut each = Vec::new();
+            for write in &params.writes {
+                write.encode_into(&mut each).expect("encode a write");
+            }
+            let mut joined = Vec::new();
+            BatchParams::encode_encoded(&mut joined, &params.db, params.writes.len(), &each)
+                .expect("encode");
+            prop_assert_eq!(&joined, &serde);
         }
     }
 
