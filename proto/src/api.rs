@@ -1369,11 +1369,7 @@ impl Write {
         fields: &Fields,
     ) -> Result<(), codec::CodecError> {
         use codec::raw;
-        raw::map_len(out, 1);
-        raw::str(out, "put");
-        raw::map_len(out, 3);
-        raw::str(out, "collection");
-        raw::str(out, collection);
+        Self::encode_head(out, "put", 3, collection);
         raw::str(out, "id");
         match id {
             Some(id) => raw::str(out, id),
@@ -1392,11 +1388,7 @@ impl Write {
         unset: &[impl AsRef<str>],
     ) -> Result<(), codec::CodecError> {
         use codec::raw;
-        raw::map_len(out, 1);
-        raw::str(out, "patch");
-        raw::map_len(out, 4);
-        raw::str(out, "collection");
-        raw::str(out, collection);
+        Self::encode_head(out, "patch", 4, collection);
         raw::str(out, "id");
         raw::str(out, id);
         raw::str(out, "set");
@@ -1412,13 +1404,20 @@ impl Write {
     /// Appends the encoding of `Write::Delete` of these parts, borrowed.
     pub fn encode_delete(out: &mut Vec<u8>, collection: &str, id: &str) {
         use codec::raw;
-        raw::map_len(out, 1);
-        raw::str(out, "delete");
-        raw::map_len(out, 2);
-        raw::str(out, "collection");
-        raw::str(out, collection);
+        Self::encode_head(out, "delete", 2, collection);
         raw::str(out, "id");
         raw::str(out, id);
+    }
+
+    /// `{kind: {"collection": collection, ...}}` up to the write's other
+    /// `entries - 1` entries, which the caller appends.
+    fn encode_head(out: &mut Vec<u8>, kind: &str, entries: u32, collection: &str) {
+        use codec::raw;
+        raw::map_len(out, 1);
+        raw::str(out, kind);
+        raw::map_len(out, entries);
+        raw::str(out, "collection");
+        raw::str(out, collection);
     }
 }
 
