@@ -221,8 +221,9 @@ impl Round {
     }
 }
 
-/// Measures raw fjall's batch inserts of `n` records in `dir`, then
-/// replicates `n` records written on A in a new database `db` to B.
+/// Measures raw fjall's batch inserts of `n` records in a folder of its
+/// own under `dir`, then replicates `n` records written on A in a new
+/// database `db` to B.
 async fn sustained_round(
     (ca, cb): (&Client, &Client),
     (a, b): (&TestAgent, &TestAgent),
@@ -230,9 +231,8 @@ async fn sustained_round(
     db: &str,
     n: usize,
 ) -> anyhow::Result<Round> {
-    let (raw, raw_cpu) = raw_fjall_puts_cpu(dir, n, BATCH)?;
-    // Its files are not needed again; the disk is shared with the agents.
-    std::fs::remove_dir_all(dir.join("raw"))?;
+    // Removed once measured: the disk is shared with the agents.
+    let (raw, raw_cpu) = raw_fjall_puts_cpu(tempfile::tempdir_in(dir)?.path(), n, BATCH)?;
     shared_db(ca, cb, db).await?;
     let batches = PutBatches::new(n, BATCH);
     let threads_before = [agent_threads(a), agent_threads(b)];
@@ -301,9 +301,8 @@ async fn throughput(
     // medians keeps the ratio from hanging on one raw run.
     let mut all = Vec::new();
     for round in 0..rounds.max(1) {
-        let dir = dir.path().join(format!("round-{round}"));
         let db = format!("bench-{round}");
-        all.push(sustained_round((ca, cb), (a, b), &dir, &db, n).await?);
+        all.push(sustained_round((ca, cb), (a, b), dir.path(), &db, n).await?);
     }
     stop.store(true, Ordering::Relaxed);
     let median_of =
