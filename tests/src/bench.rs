@@ -251,8 +251,8 @@ struct LayoutStore {
 impl LayoutStore {
     fn open(dir: &Path) -> anyhow::Result<LayoutStore> {
         let db = blazed::store::fjall_options(fjall::Database::builder(dir)).open()?;
-        let records = db.keyspace("records", KeyspaceCreateOptions::default)?;
-        let log = db.keyspace("log", KeyspaceCreateOptions::default)?;
+        let records = db.keyspace("records", blazed::store::keyspace_options)?;
+        let log = db.keyspace("log", blazed::store::keyspace_options)?;
         Ok(LayoutStore { db, records, log })
     }
 
