@@ -366,6 +366,24 @@ pub fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
     stat_cpu_seconds(&std::fs::read_to_string(path).ok()?)
 }
 
+/// The bytes a process (`None`: this one) has given the disk so far:
+/// `write_bytes` in `/proc/.../io`, counted as pages are dirtied, whether
+/// or not the kernel has written them back yet.
+pub fn disk_write_bytes(pid: Option<u32>) -> Option<u64> {
+    let path = match pid {
+        Some(p) => format!("/proc/{p}/io"),
+        None => "/proc/self/io".to_owned(),
+    };
+    io_write_bytes(&std::fs::read_to_string(path).ok()?)
+}
+
+/// The `write_bytes` line of a `/proc/.../io` file.
+fn io_write_bytes(io: &str) -> Option<u64> {
+    io.lines()
+        .find_map(|line| line.strip_prefix("write_bytes:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// The user and system time in a `/proc/.../stat` line, in seconds.
 fn stat_cpu_seconds(stat: &str) -> Option<f64> {
     // Fields after the command name, which may hold spaces, start at the
@@ -429,6 +447,9 @@ pub fn thread_cpu_per_op(
 pub struct CpuTally {
     /// Seconds by process, in the order `measure` was given them.
     seconds: Vec<f64>,
+    /// Bytes given to the disk by process, in the same order; `None` once
+    /// a process's `/proc/.../io` could not be read.
+    disk: Option<Vec<u64>>,
     ops: usize,
     missing: bool,
 }
@@ -445,7 +466,12 @@ impl CpuTally {
                 .map(|&p| cpu_seconds(p))
                 .collect::<Option<Vec<f64>>>()
         };
-        let before = each();
+        let disk = || {
+            pids.iter()
+                .map(|&p| disk_write_bytes(p))
+                .collect::<Option<Vec<u64>>>()
+        };
+        let (before, disk_before) = (each(), disk());
         let out = run.await;
         match (before, each()) {
             (Some(b), Some(a)) => {
@@ -456,8 +482,30 @@ impl CpuTally {
             }
             _ => self.missing = true,
         }
+        let first = self.ops == 0;
+        self.disk = match (disk_before, disk(), self.disk.take()) {
+            (Some(b), Some(a), kept) if first || kept.is_some() => {
+                let mut totals = kept.unwrap_or_else(|| vec![0; pids.len()]);
+                for (total, (b, a)) in totals.iter_mut().zip(b.iter().zip(&a)) {
+                    *total += a.saturating_sub(*b);
+                }
+                Some(totals)
+            }
+            _ => None,
+        };
         self.ops += ops;
         out
+    }
+
+    /// Bytes given to the disk per operation by each process, in the
+    /// order `measure` was given them; `None` when `/proc` could not be
+    /// read.
+    pub fn each_disk_bytes_per_op(&self) -> Option<Vec<f64>> {
+        let ops = self.ops as f64;
+        self.disk
+            .as_ref()
+            .filter(|_| self.ops > 0)
+            .map(|disk| disk.iter().map(|&b| b as f64 / ops).collect())
     }
 
     /// CPU microseconds per operation of each process, in the order
@@ -523,4 +571,16 @@ pub fn valgrind_present() -> anyhow::Result<()> {
         "valgrind is not installed (apt-get install valgrind)"
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::io_write_bytes;
+
+    #[test]
+    fn write_bytes_is_read_from_a_proc_io_file() {
+        let io = "rchar: 6976\nwchar: 12\nsyscr: 10\nsyscw: 1\nread_bytes: 4096\nwrite_bytes: 8192\ncancelled_write_bytes: 4096\n";
+        assert_eq!(io_write_bytes(io), Some(8192));
+        assert_eq!(io_write_bytes("rchar: 1\n"), None);
+    }
 }

@@ -28,9 +28,9 @@ use blazedb::{Client, Fields, Value};
 use blazedb_proto::api::{DbSettings, SyncMode};
 use blazedb_proto::{DeviceId, Hlc, Op, OpBody, SyncMessage, codec};
 use blazedb_tests::bench::{
-    CpuTally, PutBatches, Samples, batched_puts, cores, median, print_latency, raw_fjall_puts_cpu,
-    raw_fjall_store_layout, raw_fjall_two_layouts, record, rss_kib, thread_cpu_per_op,
-    thread_cpu_seconds,
+    CpuTally, PutBatches, Samples, batched_puts, cores, disk_write_bytes, median, print_latency,
+    raw_fjall_puts_cpu, raw_fjall_store_layout, raw_fjall_two_layouts, record, rss_kib,
+    thread_cpu_per_op, thread_cpu_seconds,
 };
 use blazedb_tests::netns::Lab;
 use blazedb_tests::{TestAgent, join_mesh, sibling_bin, wait_within as wait};
@@ -209,6 +209,8 @@ fn mib(kib: u64) -> String {
 struct Round {
     raw: f64,
     raw_cpu: Option<f64>,
+    /// Bytes raw fjall gave the disk a record.
+    raw_disk: Option<f64>,
     local: f64,
     replicated: f64,
     cpu: CpuTally,
@@ -232,7 +234,11 @@ async fn sustained_round(
     n: usize,
 ) -> anyhow::Result<Round> {
     // Removed once measured: the disk is shared with the agents.
+    let disk_before = disk_write_bytes(None);
     let (raw, raw_cpu) = raw_fjall_puts_cpu(tempfile::tempdir_in(dir)?.path(), n, BATCH)?;
+    let raw_disk = disk_before
+        .zip(disk_write_bytes(None))
+        .map(|(before, after)| after.saturating_sub(before) as f64 / n as f64);
     shared_db(ca, cb, db).await?;
     let batches = PutBatches::new(n, BATCH);
     let threads_before = [agent_threads(a), agent_threads(b)];
@@ -266,6 +272,7 @@ async fn sustained_round(
     Ok(Round {
         raw,
         raw_cpu,
+        raw_disk,
         local,
         replicated: (n + 1) as f64 / secs,
         cpu,
@@ -350,6 +357,10 @@ async fn throughput(
         );
         note(figures, "raw_cpu_us", us);
         note(figures, "replication_target_budget_us", budget);
+    }
+    if let Some(bytes) = typical.raw_disk {
+        println!("    raw fjall gave the disk {bytes:.0} bytes a record");
+        note(figures, "raw_disk_bytes", bytes);
     }
     println!(
         "  raw fjall, the store's layout          {layout:>12.0} records/s  (records + a log chunk per batch)"
@@ -478,6 +489,20 @@ fn print_cpu(cpu: &CpuTally, names: &[&str], raw: f64, figures: &mut Figures, ke
     );
     note(figures, &format!("{key}_cpu_us"), us);
     note(figures, &format!("{key}_ceiling_ratio_raw"), ceiling / raw);
+    // Both agents write to one disk, whose fsyncs wait behind each other's
+    // flushes: the bytes show how much of it a record takes.
+    if let Some(each) = cpu.each_disk_bytes_per_op() {
+        let by_process: Vec<String> = names
+            .iter()
+            .zip(&each)
+            .map(|(name, bytes)| format!("{name} {bytes:.0}"))
+            .collect();
+        println!(
+            "    bytes given to the disk a record: {}",
+            by_process.join(", ")
+        );
+        note(figures, &format!("{key}_disk_bytes"), each.iter().sum());
+    }
 }
 
 /// Prints each agent's CPU per record by thread between two readings.
