@@ -477,14 +477,9 @@ fn print_cpu(cpu: &CpuTally, names: &[&str], raw: f64, figures: &mut Figures, ke
     ) else {
         return;
     };
-    let by_process: Vec<String> = names
-        .iter()
-        .zip(&each)
-        .map(|(name, us)| format!("{name} {us:.2}"))
-        .collect();
     println!(
         "    CPU per record: {us:.2} us ({}); all cores busy, {ceiling:.0} records/s ({:.0}% of raw) at most",
-        by_process.join(", "),
+        by_process(names, &each, 2),
         100.0 * ceiling / raw
     );
     note(figures, &format!("{key}_cpu_us"), us);
@@ -492,17 +487,23 @@ fn print_cpu(cpu: &CpuTally, names: &[&str], raw: f64, figures: &mut Figures, ke
     // Both agents write to one disk, whose fsyncs wait behind each other's
     // flushes: the bytes show how much of it a record takes.
     if let Some(each) = cpu.each_disk_bytes_per_op() {
-        let by_process: Vec<String> = names
-            .iter()
-            .zip(&each)
-            .map(|(name, bytes)| format!("{name} {bytes:.0}"))
-            .collect();
         println!(
             "    bytes given to the disk a record: {}",
-            by_process.join(", ")
+            by_process(names, &each, 0)
         );
         note(figures, &format!("{key}_disk_bytes"), each.iter().sum());
     }
+}
+
+/// Each process's name and figure (`decimals` after the point), in the
+/// order of `names`.
+fn by_process(names: &[&str], each: &[f64], decimals: usize) -> String {
+    names
+        .iter()
+        .zip(each)
+        .map(|(name, figure)| format!("{name} {figure:.decimals$}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Prints each agent's CPU per record by thread between two readings.
