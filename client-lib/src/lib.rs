@@ -671,7 +671,12 @@ impl Collection {
     }
 
     async fn write(&self, w: Write) -> Result<WriteResult, Error> {
-        let mut results = self.db.batch_writes(vec![w]).await?;
+        let mut results = self
+            .db
+            .batch()
+            .add(|out| w.encode_into(out))
+            .commit()
+            .await?;
         results.pop().ok_or(Error::Disconnected)
     }
 
@@ -931,21 +936,6 @@ impl std::fmt::Debug for Batch {
             .field("writes", &self.count)
             .field("bytes", &self.writes.len())
             .finish()
-    }
-}
-
-impl Db {
-    async fn batch_writes(&self, writes: Vec<Write>) -> Result<Vec<WriteResult>, Error> {
-        let params = api::BatchParams {
-            db: self.name.clone(),
-            writes,
-        };
-        let encode = |out: &mut Vec<u8>| params.encode_into(out);
-        let conn = &self.client.conn;
-        Ok(conn
-            .call_with::<api::Batch>(encode, api::BatchResult::decode)
-            .await?
-            .results)
     }
 }
 

@@ -359,22 +359,23 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
 /// CPU time a process has used so far (user and system), in seconds, from
 /// `/proc`; `None` for this process reads `/proc/self`.
 pub fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
+    stat_cpu_seconds(&proc_file(pid, "stat")?)
+}
+
+/// A file of `/proc/<pid>` (`None`: this process's).
+fn proc_file(pid: Option<u32>, name: &str) -> Option<String> {
     let path = match pid {
-        Some(p) => format!("/proc/{p}/stat"),
-        None => "/proc/self/stat".to_owned(),
+        Some(p) => format!("/proc/{p}/{name}"),
+        None => format!("/proc/self/{name}"),
     };
-    stat_cpu_seconds(&std::fs::read_to_string(path).ok()?)
+    std::fs::read_to_string(path).ok()
 }
 
 /// The bytes a process (`None`: this one) has given the disk so far:
 /// `write_bytes` in `/proc/.../io`, counted as pages are dirtied, whether
 /// or not the kernel has written them back yet.
 pub fn disk_write_bytes(pid: Option<u32>) -> Option<u64> {
-    let path = match pid {
-        Some(p) => format!("/proc/{p}/io"),
-        None => "/proc/self/io".to_owned(),
-    };
-    io_write_bytes(&std::fs::read_to_string(path).ok()?)
+    io_write_bytes(&proc_file(pid, "io")?)
 }
 
 /// The `write_bytes` line of a `/proc/.../io` file.
@@ -447,11 +448,11 @@ pub fn thread_cpu_per_op(
 pub struct CpuTally {
     /// Seconds by process, in the order `measure` was given them.
     seconds: Vec<f64>,
-    /// Bytes given to the disk by process, in the same order; `None` once
-    /// a process's `/proc/.../io` could not be read.
-    disk: Option<Vec<u64>>,
+    /// Bytes given to the disk by process, in the same order.
+    disk: Vec<u64>,
     ops: usize,
     missing: bool,
+    disk_missing: bool,
 }
 
 impl CpuTally {
@@ -482,17 +483,15 @@ impl CpuTally {
             }
             _ => self.missing = true,
         }
-        let first = self.ops == 0;
-        self.disk = match (disk_before, disk(), self.disk.take()) {
-            (Some(b), Some(a), kept) if first || kept.is_some() => {
-                let mut totals = kept.unwrap_or_else(|| vec![0; pids.len()]);
-                for (total, (b, a)) in totals.iter_mut().zip(b.iter().zip(&a)) {
+        match (disk_before, disk()) {
+            (Some(b), Some(a)) => {
+                self.disk.resize(pids.len(), 0);
+                for (total, (b, a)) in self.disk.iter_mut().zip(b.iter().zip(&a)) {
                     *total += a.saturating_sub(*b);
                 }
-                Some(totals)
             }
-            _ => None,
-        };
+            _ => self.disk_missing = true,
+        }
         self.ops += ops;
         out
     }
@@ -501,11 +500,10 @@ impl CpuTally {
     /// order `measure` was given them; `None` when `/proc` could not be
     /// read.
     pub fn each_disk_bytes_per_op(&self) -> Option<Vec<f64>> {
-        let ops = self.ops as f64;
-        self.disk
-            .as_ref()
-            .filter(|_| self.ops > 0)
-            .map(|disk| disk.iter().map(|&b| b as f64 / ops).collect())
+        (!self.disk_missing && self.ops > 0).then(|| {
+            let ops = self.ops as f64;
+            self.disk.iter().map(|&b| b as f64 / ops).collect()
+        })
     }
 
     /// CPU microseconds per operation of each process, in the order

@@ -233,8 +233,8 @@ async fn sustained_round(
     db: &str,
     n: usize,
 ) -> anyhow::Result<Round> {
-    // Removed once measured: the disk is shared with the agents.
     let disk_before = disk_write_bytes(None);
+    // Removed once measured: the disk is shared with the agents.
     let (raw, raw_cpu) = raw_fjall_puts_cpu(tempfile::tempdir_in(dir)?.path(), n, BATCH)?;
     let raw_disk = disk_before
         .zip(disk_write_bytes(None))
