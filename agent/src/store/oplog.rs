@@ -324,10 +324,35 @@ impl Forward {
     }
 }
 
-impl Iterator for Forward {
-    type Item = Result<Entry, StoreError>;
+impl Forward {
+    /// The next entry that `keep` wants, asked with each entry's cursor,
+    /// writer (`Op::writer`) and seq. The entries it passes over share no
+    /// chunk and build no op: a reader that skips most of what it walks
+    /// (sync reading for a peer that holds most of the log already) pays
+    /// for a head each.
+    pub(crate) fn next_kept(
+        &mut self,
+        mut keep: impl FnMut(u64, DeviceId, u64) -> bool,
+    ) -> Option<Result<Entry, StoreError>> {
+        self.next_where(|cursor, chunk, form| {
+            let (writer, seq) = match form {
+                Form::Compact { head, .. } => (head.origin.writer(head.incarnation), head.seq),
+                Form::Framed { start, end } => {
+                    let op: Op = codec::from_slice(&chunk[*start..*end]).map_err(|e| {
+                        StoreError::Corrupt(format!("the op-log entry at cursor {cursor}: {e}"))
+                    })?;
+                    (op.writer(), op.seq)
+                }
+            };
+            Ok(keep(cursor, writer, seq))
+        })
+    }
 
-    fn next(&mut self) -> Option<Self::Item> {
+    /// The next entry from `from` on that `keep` wants.
+    fn next_where(
+        &mut self,
+        mut keep: impl FnMut(u64, &Slice, &Form) -> Result<bool, StoreError>,
+    ) -> Option<Result<Entry, StoreError>> {
         if let Some(e) = self.failed.take() {
             return Some(Err(e));
         }
@@ -337,13 +362,17 @@ impl Iterator for Forward {
                 while let Some(read) = chunk.next_form() {
                     match read {
                         Ok((cursor, _)) if cursor < self.from => {}
-                        Ok((cursor, form)) => {
-                            return Some(Ok(Entry {
-                                cursor,
-                                chunk: chunk.chunk.clone(),
-                                form,
-                            }));
-                        }
+                        Ok((cursor, form)) => match keep(cursor, &chunk.chunk, &form) {
+                            Ok(false) => {}
+                            Ok(true) => {
+                                return Some(Ok(Entry {
+                                    cursor,
+                                    chunk: chunk.chunk.clone(),
+                                    form,
+                                }));
+                            }
+                            Err(e) => return Some(Err(e)),
+                        },
                         Err(e) => return Some(Err(e)),
                     }
                 }
@@ -358,6 +387,14 @@ impl Iterator for Forward {
                 Err(e) => return Some(Err(e)),
             }
         }
+    }
+}
+
+impl Iterator for Forward {
+    type Item = Result<Entry, StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.next_where(|_, _, _| Ok(true))
     }
 }
 
@@ -673,7 +710,22 @@ mod tests {
             write(&db, &log, &groups[reopen_after.min(groups.len())..]);
             for from in [0, 1, trim, cursor.saturating_sub(1), cursor] {
                 let want: Vec<_> = written.iter().filter(|(c, _)| *c > from).cloned().collect();
-                prop_assert_eq!(read_all(&log, from), want);
+                prop_assert_eq!(read_all(&log, from), want.clone());
+                // Passed over by head: every entry is asked about once,
+                // and only the ones kept come back whole.
+                let (mut asked, mut kept) = (Vec::new(), Vec::new());
+                let mut forward = after(&log, from);
+                while let Some(e) = forward.next_kept(|c, writer, seq| {
+                    asked.push((c, writer, seq));
+                    seq % 3 != 0
+                }) {
+                    let e = e.expect("read");
+                    kept.push((e.cursor, e.op().expect("op")));
+                }
+                let heads: Vec<_> = want.iter().map(|(c, op)| (*c, op.writer(), op.seq)).collect();
+                prop_assert_eq!(asked, heads);
+                let wanted: Vec<_> = want.into_iter().filter(|(_, op)| op.seq % 3 != 0).collect();
+                prop_assert_eq!(kept, wanted);
             }
             for (c, op) in &written {
                 prop_assert_eq!(get(&log, *c).expect("get").map(|e| e.op().expect("op")), Some(op.clone()));

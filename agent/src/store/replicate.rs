@@ -964,7 +964,13 @@ impl SyncStore for Store {
         let head = db.head();
         let mut want = have.clone();
         let (mut ops, mut bytes) = (Vec::new(), 0);
-        for entry in oplog::after(&db.log, from) {
+        let mut log = oplog::after(&db.log, from);
+        // What the peer holds is passed over by its head alone: a peer
+        // that sent most of the log (the origin of what this replica
+        // applied) holds most of what is read for it.
+        while let Some(entry) =
+            log.next_kept(|cursor, writer, seq| cursor > head || want.advance(writer, seq))
+        {
             let entry = entry?;
             let cursor = entry.cursor;
             if cursor > head {
@@ -972,9 +978,6 @@ impl SyncStore for Store {
                 break;
             }
             let op = entry.op()?;
-            if !want.advance(op.writer(), op.seq) {
-                continue;
-            }
             let size = op.body.len() + 64;
             if limits.take(&mut ops, &mut bytes, op, size) {
                 return Ok(OpsRead { ops, next: cursor });
