@@ -14,6 +14,11 @@
 //!
 //! It starts its own agents (the `blazed-test-agent` binary built beside
 //! it) on temporary directories.
+//!
+//! `--callgrind` counts instructions per replicated record in each agent
+//! instead (see `callgrind.rs`).
+
+mod callgrind;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -62,6 +67,17 @@ struct Args {
     /// Print one JSON object with the figures and ratios as the last line.
     #[arg(long)]
     json: bool,
+    /// Count instructions per replicated record in each agent under
+    /// valgrind's callgrind, beside raw fjall's inserts, instead of timing
+    /// anything.
+    #[arg(long)]
+    callgrind: bool,
+    /// Keep the callgrind output files in this folder.
+    #[arg(long, value_name = "DIR")]
+    callgrind_out: Option<std::path::PathBuf>,
+    /// A raw fjall run under callgrind, in a child: how many records.
+    #[arg(long, value_name = "RECORDS", hide = true)]
+    raw_child: Option<usize>,
 }
 
 /// Figures for `--json`, by key.
@@ -82,6 +98,9 @@ fn main() -> anyhow::Result<()> {
     // under its memory settings, and the agents started inherit them.
     blazed::huge_pages::disable();
     let args = Args::parse();
+    if let Some(n) = args.raw_child {
+        return callgrind::raw_child(n);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -95,6 +114,9 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
         args.rounds = 1;
         args.initial = 20_000;
         args.samples = 200;
+    }
+    if args.callgrind {
+        return callgrind::run(args.quick, args.json, args.callgrind_out.as_deref()).await;
     }
     let on = |section: &str| args.only.is_empty() || args.only.iter().any(|s| s == section);
     let bin = sibling_bin("blazed-test-agent");
