@@ -771,6 +771,25 @@ mod tests {
     }
 
     proptest! {
+        /// A record's flags never rule out a tombstone that decoding finds.
+        #[test]
+        fn a_tombstone_is_never_passed_over_by_its_flags(
+            ops in proptest::collection::vec(arb_op(), 0..8),
+        ) {
+            let rec = applied(&unique(ops));
+            for bytes in [rec.encode(), codec::to_vec(&rec).expect("encode")] {
+                let decoded = StoredRecord::decode(&bytes).expect("decode");
+                if decoded.tombstone_clock().is_some() {
+                    prop_assert!(format::may_be_tombstone(&bytes));
+                }
+            }
+            if rec.is_live() && rec.base.is_none_or(|(_, deleted)| !deleted) {
+                prop_assert!(!format::may_be_tombstone(&rec.encode()));
+            }
+        }
+    }
+
+    proptest! {
         /// Reading a stored record's bytes without decoding them sees what
         /// the decoded record shows.
         #[test]

@@ -228,6 +228,18 @@ impl FreshState<'_> {
     }
 }
 
+/// Whether the stored record `bytes` may be a tombstone, seen from its
+/// flags alone: `false` only for a record in this form whose base is not
+/// a delete, which no tombstone is. Compaction looks for tombstones
+/// among every record of a database, and most are live.
+pub(crate) fn may_be_tombstone(bytes: &[u8]) -> bool {
+    // The mark, the version (8 bytes), then the flags.
+    match (bytes.first(), bytes.get(9)) {
+        (Some(&MARK), Some(flags)) => flags & DELETED != 0,
+        _ => true,
+    }
+}
+
 /// Reads `bytes` as a record state that a record not held here can take
 /// as it is, without decoding it: `None` unless they are in this form,
 /// decode, name their fields in strictly increasing order (visible ones,
