@@ -271,7 +271,11 @@ impl Writer {
         c.head = head;
         c.local_seq = local_seq;
         self.commit_plan_then(db, plan, sync, head, true)?;
-        Ok(Applied { refused, unopened })
+        Ok(Applied {
+            refused,
+            unopened,
+            logged: (head > counters.head).then(|| counters.head + 1..=head),
+        })
     }
 
     /// Applies every op logged for `name` to its records, once this

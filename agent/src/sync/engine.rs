@@ -1440,6 +1440,11 @@ impl<S: SyncStore> Engine<S> {
         if n > 0 {
             match self.store.apply_ops(&db, accepted, &screen) {
                 Ok(applied) => {
+                    if applied.refused.is_empty()
+                        && let Some(logged) = applied.logged
+                    {
+                        self.passed_over(peer, &db, logged);
+                    }
                     rejected = applied.refused;
                     for u in applied.unopened {
                         self.events.push_back(Event::Unopened {
@@ -1834,6 +1839,18 @@ impl<S: SyncStore> Engine<S> {
         (!read.ops.is_empty()).then_some(read.ops)
     }
 
+    /// `peer` sent the ops logged at `logged`, so it holds them: if its
+    /// reader had read the whole log before them, it moves past them
+    /// without reading them back. Otherwise entries it has yet to read
+    /// come first, and the reader passes over these when it gets there.
+    fn passed_over(&mut self, peer: DeviceId, db: &str, logged: std::ops::RangeInclusive<u64>) {
+        if let Some(s) = self.links.get_mut(&peer).and_then(|l| l.get_mut(db))
+            && s.cursor + 1 == *logged.start()
+        {
+            s.cursor = *logged.end();
+        }
+    }
+
     /// Counts `ops` as sent to `peer`; the retransmit clock starts now if
     /// nothing was in flight.
     fn mark_sent(&mut self, peer: DeviceId, db: &str, ops: &[Op], now: u64) {
@@ -2214,6 +2231,30 @@ mod tests {
         assert_eq!(a.store().state_hash(DB), b.store().state_hash(DB));
         // b acknowledged: a knows b holds all it has.
         assert_eq!(a.acked(&b.me, DB), Some(&a.store().vector(DB)));
+    }
+
+    #[test]
+    fn ops_from_a_peer_are_not_read_back_for_it_and_later_writes_still_reach_it() {
+        let (mut a, mut b) = (engine(1, 10), engine(2, 20));
+        connect(&mut a, &mut b, T0);
+        exchange(&mut a, &mut b, T0, T0);
+        for i in 0..5 {
+            put(&mut a, T0 + 1, &format!("r{i}"), i);
+        }
+        // Only a's messages to b: b's acknowledgements wait.
+        while let Some((_, msg)) = a.poll_transmit() {
+            b.handle(a.me, msg, T0 + 1);
+        }
+        // b's reader for a stands past the five ops a sent: it will not
+        // read them back to find a holds them.
+        assert_eq!(b.store().log_len(DB), 5);
+        assert_eq!(b.links[&a.me][DB].cursor, 5);
+        exchange(&mut a, &mut b, T0 + 1, T0 + 1);
+        put(&mut b, T0 + 2, "mine", 9);
+        let sent = exchange(&mut b, &mut a, T0 + 2, T0 + 2);
+        assert_eq!(sent.get("ops"), Some(&1));
+        assert_eq!(a.store().state_hash(DB), b.store().state_hash(DB));
+        assert_eq!(a.store().visible(DB).len(), 6);
     }
 
     /// Rules for `DB` with `links` and nothing else restricted.

@@ -223,6 +223,10 @@ pub struct Applied {
     /// not open here: their origin's later operations were not applied
     /// either.
     pub unopened: Vec<Unopened>,
+    /// The cursors of the log entries the apply wrote, if any: one per
+    /// operation applied, in the order given, and nothing else between
+    /// them.
+    pub logged: Option<std::ops::RangeInclusive<u64>>,
 }
 
 /// Bounds on one read of the op log or of a snapshot.
