@@ -559,6 +559,21 @@ pub fn callgrind_command(out: &Path) -> std::process::Command {
     valgrind
 }
 
+/// Where a `--callgrind` run writes its files: `keep` (made if missing)
+/// when given, else the temporary folder `tmp`.
+pub fn callgrind_dir<'a>(
+    keep: Option<&'a Path>,
+    tmp: &'a tempfile::TempDir,
+) -> anyhow::Result<&'a Path> {
+    match keep {
+        Some(d) => {
+            std::fs::create_dir_all(d)?;
+            Ok(d)
+        }
+        None => Ok(tmp.path()),
+    }
+}
+
 /// Whether valgrind can be run; an error saying how to install it if not.
 pub fn valgrind_present() -> anyhow::Result<()> {
     let have = std::process::Command::new("valgrind")

@@ -327,9 +327,7 @@ impl Forward {
             failed: Some(e),
         }
     }
-}
 
-impl Forward {
     /// The next entry that `keep` wants, asked with each entry's cursor,
     /// writer (`Op::writer`) and seq. The entries it passes over share no
     /// chunk and build no op: a reader that skips most of what it walks

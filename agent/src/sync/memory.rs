@@ -355,7 +355,7 @@ impl SyncStore for MemoryStore {
         let Some(d) = self.dbs.get_mut(db) else {
             return Ok(Applied::default());
         };
-        let first = d.head;
+        let before = d.head;
         for mut op in ops {
             if op.seq != d.vector.get(&op.writer()) + 1 {
                 self.misapplied += 1;
@@ -384,7 +384,7 @@ impl SyncStore for MemoryStore {
             }
             d.append(op);
         }
-        let logged = (d.head > first).then(|| first + 1..=d.head);
+        let logged = (d.head > before).then(|| before + 1..=d.head);
         Ok(Applied {
             refused,
             unopened: Vec::new(),

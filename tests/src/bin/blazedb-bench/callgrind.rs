@@ -15,8 +15,8 @@ use anyhow::bail;
 use blazedb::Client;
 use blazedb_proto::api::Encryption;
 use blazedb_tests::bench::{
-    PutBatches, batched_puts, callgrind_command, callgrind_instructions, raw_fjall_puts,
-    valgrind_present,
+    PutBatches, batched_puts, callgrind_command, callgrind_dir, callgrind_instructions,
+    raw_fjall_puts, valgrind_present,
 };
 use blazedb_tests::{TestAgent, sibling_bin};
 use fjall::KeyspaceCreateOptions;
@@ -40,13 +40,7 @@ pub(crate) async fn run(quick: bool, json: bool, keep: Option<PathBuf>) -> anyho
     valgrind_present()?;
     let (small, large) = if quick { (1000, 2000) } else { (2000, 6000) };
     let tmp = tempfile::tempdir()?;
-    let dir = match &keep {
-        Some(d) => {
-            std::fs::create_dir_all(d)?;
-            d.as_path()
-        }
-        None => tmp.path(),
-    };
+    let dir = callgrind_dir(keep.as_deref(), &tmp)?;
     println!("blazedb-bench --callgrind: instructions per operation ({small} and {large} ops)\n");
     let mut figures = serde_json::Map::new();
     for work in [Work::Puts, Work::Gets, Work::GetMany] {

@@ -19,8 +19,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use blazedb::Client;
 use blazedb_tests::bench::{
-    PutBatches, callgrind_command, callgrind_instructions, raw_insert_batches, record,
-    valgrind_present,
+    PutBatches, callgrind_command, callgrind_dir, callgrind_instructions, raw_insert_batches,
+    record, valgrind_present,
 };
 use blazedb_tests::{TestAgent, join_mesh, sibling_bin};
 use fjall::KeyspaceCreateOptions;
@@ -37,13 +37,7 @@ pub(crate) async fn run(quick: bool, json: bool, keep: Option<&Path>) -> anyhow:
         (2_000, 20_000)
     };
     let tmp = tempfile::tempdir()?;
-    let dir = match keep {
-        Some(d) => {
-            std::fs::create_dir_all(d)?;
-            d
-        }
-        None => tmp.path(),
-    };
+    let dir = callgrind_dir(keep, &tmp)?;
     println!(
         "blazedb-mesh-bench --callgrind: instructions per replicated record \
          ({n} records in batches of {BATCH}, after {warm} to warm up)\n"

@@ -13,7 +13,9 @@ use std::path::Path;
 
 use anyhow::bail;
 use blazed::sync::EngineConfig;
-use blazedb_tests::bench::{callgrind_command, callgrind_instructions, valgrind_present};
+use blazedb_tests::bench::{
+    callgrind_command, callgrind_dir, callgrind_instructions, valgrind_present,
+};
 
 /// Counts and prints instructions per applied op, engine and raw.
 pub(crate) fn run(quick: bool, json: bool, keep: Option<&Path>) -> anyhow::Result<()> {
@@ -24,13 +26,7 @@ pub(crate) fn run(quick: bool, json: bool, keep: Option<&Path>) -> anyhow::Resul
         (5_000, 15_000)
     };
     let tmp = tempfile::tempdir()?;
-    let dir = match keep {
-        Some(d) => {
-            std::fs::create_dir_all(d)?;
-            d
-        }
-        None => tmp.path(),
-    };
+    let dir = callgrind_dir(keep, &tmp)?;
     let batch = EngineConfig::default().batch.max_items;
     println!(
         "blazedb-sync-bench --callgrind: instructions per applied op ({small} and {large} ops, \
