@@ -19,11 +19,10 @@ use std::time::Duration;
 use anyhow::Context as _;
 use blazedb::Client;
 use blazedb_tests::bench::{
-    PutBatches, callgrind_command, callgrind_dir, callgrind_instructions, raw_insert_batches,
-    record, valgrind_present,
+    PutBatches, callgrind_command, callgrind_dir, callgrind_instructions, raw_fjall_puts, record,
+    valgrind_present,
 };
 use blazedb_tests::{TestAgent, join_mesh, sibling_bin};
-use fjall::KeyspaceCreateOptions;
 
 use super::{BATCH, LAST, has, shared_db};
 
@@ -183,13 +182,8 @@ fn raw_per_record(dir: &Path, n: usize) -> anyhow::Result<f64> {
 }
 
 /// In the child: `n` records inserted into raw fjall as the timed raw run
-/// inserts them.
+/// inserts them (only its insert loop runs under collection).
 pub(crate) fn raw_child(n: usize) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let db = fjall::Database::builder(dir.path().join("raw")).open()?;
-    let ks = db.keyspace("items", KeyspaceCreateOptions::default)?;
-    let values: Vec<Vec<u8>> = (0..n as i64)
-        .map(|i| blazedb_proto::codec::to_vec(&record(i)))
-        .collect::<Result<_, _>>()?;
-    raw_insert_batches(&db, &ks, &values, BATCH)
+    raw_fjall_puts(dir.path(), n, BATCH).map(|_| ())
 }
