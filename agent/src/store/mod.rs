@@ -36,6 +36,7 @@ mod replicate;
 mod sealing;
 pub(crate) mod stamped;
 mod syncer;
+mod tombstone_keys;
 mod write_buffer;
 mod writer;
 

@@ -23,6 +23,7 @@ use super::oplog::{self, Trim};
 use super::record::{Stamp, StoredRecord, Visible, format};
 use super::sealing::{Body, Opened, Plain, Reader, seal_body};
 use super::stamped;
+use super::tombstone_keys::Candidates;
 use super::writer::{
     Effect, Group, MAX_PRIORITY, Plan, Writer, field_values, index_effects, load_for_update,
     plan_encoded, plan_record,
@@ -733,25 +734,48 @@ impl Writer {
             Ok(Trim::Drop)
         })?;
         let mut removed = Vec::new();
-        // Tombstones are found by a scan of every record, so the scan
-        // decodes only the records whose flags allow one.
-        for kv in db.records.iter() {
-            let (k, v) = kv.into_inner()?;
-            if !format::may_be_tombstone(&v) {
-                continue;
+        let mut left = HashSet::new();
+        let mut visit = |k: Slice, v: &[u8]| -> Result<(), StoreError> {
+            // Most records are live, and their flags say so.
+            if !format::may_be_tombstone(v) {
+                return Ok(());
             }
-            let r = StoredRecord::decode(&v)?;
-            if r.tombstone_clock().is_some_and(|t| t <= tombstones) {
-                batch.remove(&db.records, k.clone());
-                removed.push(k);
-                out.tombstones += 1;
+            match StoredRecord::decode(v)?.tombstone_clock() {
+                Some(t) if t <= tombstones => {
+                    batch.remove(&db.records, k.clone());
+                    removed.push(k);
+                }
+                Some(_) => {
+                    left.insert(k);
+                }
+                None => {}
+            }
+            Ok(())
+        };
+        match self.tombstones.candidates(db.id) {
+            Candidates::Walk => {
+                for kv in db.records.iter() {
+                    let (k, v) = kv.into_inner()?;
+                    visit(k, &v)?;
+                }
+            }
+            Candidates::Keys(keys) => {
+                for k in keys {
+                    if let Some(v) = db.records.get(&k)? {
+                        visit(k, &v)?;
+                    }
+                }
             }
         }
+        out.tombstones = removed.len() as u64;
         if out.ops == 0 && out.tombstones == 0 {
+            self.tombstones.found(db.id, left);
             return Ok(out);
         }
         batch.insert(&self.meta, sync_meta_key(db.id), codec::to_vec(&sync)?);
         batch.durability(Some(PersistMode::SyncAll)).commit()?;
+        // Only once removed: a failed commit leaves them for the next time.
+        self.tombstones.found(db.id, left);
         self.store
             .record_cache()
             .forget(removed.iter().map(|k| (db.id, &k[..])));

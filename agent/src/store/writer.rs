@@ -712,6 +712,8 @@ pub(crate) struct Writer {
     journal: Arc<JournalSync>,
     /// Syncs committed groups while the next is planned.
     pub(super) syncer: Syncer,
+    /// The records that may be tombstones, for compaction.
+    pub(super) tombstones: super::tombstone_keys::TombstoneKeys,
 }
 
 impl Writer {
@@ -728,6 +730,7 @@ impl Writer {
         Ok(Writer {
             write_buffer: super::write_buffer::WriteBuffer::new(options.write_buffer_bytes),
             syncer: Syncer::start(journal.clone(), store.clone())?,
+            tombstones: Default::default(),
             journal,
             store,
             fj,
@@ -1068,6 +1071,7 @@ impl Writer {
                     key,
                     bytes,
                 } => {
+                    self.tombstones.wrote(db, &key, bytes.as_ref());
                     written.push((db, key.clone()));
                     match bytes {
                         Some(v) => batch.insert(&records, key, v),
@@ -1502,6 +1506,7 @@ impl Writer {
         let dbs: Vec<_> = read_lock(&self.store.inner.dbs).values().cloned().collect();
         let mut out = Vec::new();
         let repaired = super::repair::run(&self.fj, &self.meta, &dbs, rebuild);
+        self.tombstones.forget_all();
         // A rebuild clears the records it salvages from.
         self.store.record_cache().clear();
         for (found, kept) in repaired? {
@@ -1553,6 +1558,7 @@ impl Writer {
         }
         self.store.notify(StoreNotice::Changed(name.to_owned()));
         self.counters.remove(&db.id);
+        self.tombstones.forget(db.id);
         for ks in [&db.records, &db.log, &db.index] {
             if let Err(e) = self.fj.delete_keyspace(ks.clone()) {
                 tracing::warn!("could not reclaim the space of dropped database {name}: {e:?}");

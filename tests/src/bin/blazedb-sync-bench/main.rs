@@ -20,8 +20,14 @@
 //! - sealing: the apply benchmark's op bodies sealed and opened under a
 //!   database content key (end-to-end encryption), per second, beside the
 //!   apply rate: the share of apply throughput the crypto would take.
+//! - compaction: one compaction of a database of the catch-up's size whose
+//!   writer deleted a thousandth of its records, first as a start leaves
+//!   it (finding the tombstones by a walk of every record), then again
+//!   (reading only the records the writer noted as possible tombstones).
+//!   Compaction runs on the writer thread, so each pass holds every write
+//!   back for as long.
 //!
-//! `--only apply,catch-up,rules,e2e,codec` runs some of the sections;
+//! `--only apply,catch-up,rules,e2e,codec,compaction` runs some of the sections;
 //! `--callgrind` counts instructions per applied op instead (see
 //! `callgrind.rs`).
 
@@ -36,12 +42,12 @@ use std::time::Instant;
 use anyhow::Context as _;
 use blazed::crypto::seal::{ContentKey, open};
 use blazed::store::{Store, StoreOptions};
-use blazed::sync::{Engine, EngineConfig, MemoryStore, SyncStore};
+use blazed::sync::{Engine, EngineConfig, MemoryStore, ReadLimits, SyncStore, WriteScreen};
 use blazedb_proto::api::{DbSettings, Encryption, FilterOp, QueryParams, SyncMode};
 use blazedb_proto::mesh::MeshId;
 use blazedb_proto::rules::{AccessLevel, AccessRule, AccessRules, RuleFilter, Selector};
 use blazedb_proto::sealed::SealedOp;
-use blazedb_proto::{DeviceId, Fields, Op, OpBody, SyncMessage, Value, codec};
+use blazedb_proto::{DeviceId, Fields, Hlc, Op, OpBody, SyncMessage, Value, VersionVector, codec};
 use blazedb_tests::bench::{ROUNDS, alternating_blocking, raw_fjall_layout_of};
 use clap::Parser;
 use fjall::{KeyspaceCreateOptions, PersistMode};
@@ -61,8 +67,8 @@ struct Args {
     /// Print one JSON object with the figures and ratios as the last line.
     #[arg(long)]
     json: bool,
-    /// Run only these sections (apply, catch-up, rules, e2e, codec); all
-    /// when not given.
+    /// Run only these sections (apply, catch-up, rules, e2e, codec,
+    /// compaction); all when not given.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Count instructions per applied op under valgrind's callgrind, the
@@ -111,12 +117,7 @@ fn source(n: u64, records: u64) -> MemoryStore {
 /// writer's log holds them.
 fn apply_ops(n: u64) -> Vec<Op> {
     source(n, n)
-        .read_ops(
-            DB,
-            &Default::default(),
-            0,
-            blazed::sync::ReadLimits::UNBOUNDED,
-        )
+        .read_ops(DB, &Default::default(), 0, ReadLimits::UNBOUNDED)
         .map(|r| r.ops)
         .unwrap_or_default()
 }
@@ -356,12 +357,7 @@ fn blind_catch_up(dir: &Path, src: &MemoryStore, tail: usize) -> anyhow::Result<
     let setup = Instant::now();
     let key = ContentKey::generate(1)?;
     let all = src
-        .read_ops(
-            DB,
-            &Default::default(),
-            0,
-            blazed::sync::ReadLimits::UNBOUNDED,
-        )?
+        .read_ops(DB, &Default::default(), 0, ReadLimits::UNBOUNDED)?
         .ops;
     let ops = sealed(&all, &key)?;
     let split = ops.len().saturating_sub(tail);
@@ -686,10 +682,68 @@ fn main() -> anyhow::Result<()> {
             packed.decode / serde.decode,
         );
     }
+    if runs("compaction") {
+        let records = catch_n / 4;
+        let (walk, noted) = compaction(&tmp.path().join("compaction"), records)?;
+        println!(
+            "compaction of {records} records, {} of them deleted (tombstones too young to drop):",
+            records / 1000
+        );
+        println!(
+            "  first pass after a start  {:>8.1} ms  (every record read)",
+            walk * 1e3
+        );
+        println!(
+            "  later passes              {:>8.1} ms  (the noted tombstones read; {:.0}x faster)",
+            noted * 1e3,
+            walk / noted
+        );
+        note("compaction_walk_ms", walk * 1e3);
+        note("compaction_noted_ms", noted * 1e3);
+    }
     if args.json {
         println!("{}", serde_json::Value::Object(figures));
     }
     Ok(())
+}
+
+/// Seconds of a store's first compaction of a database of `records`
+/// records, a thousandth of them deleted, and of its second; the deletes'
+/// tombstones are kept (and then dropped, to check they were all found).
+fn compaction(dir: &Path, records: u64) -> anyhow::Result<(f64, f64)> {
+    let mut src = source(records, records);
+    let deleted = records / 1000;
+    for i in 0..deleted {
+        let body = OpBody::Delete {
+            collection: "bugs".into(),
+            id: format!("b{:08}", i * 1000),
+        };
+        src.write(DB, T0 + records, body);
+    }
+    let ops = src
+        .read_ops(DB, &Default::default(), 0, ReadLimits::UNBOUNDED)?
+        .ops;
+    let mut store = open_store(dir)?;
+    let screen = WriteScreen::default();
+    for chunk in ops.chunks(EngineConfig::default().batch.max_items) {
+        store.apply_ops(DB, chunk.to_vec(), &screen)?;
+    }
+    // A stable vector of nothing: the log stays whole, and each pass only
+    // looks for tombstones.
+    let (none, young) = (VersionVector::default(), Hlc(0));
+    let t = Instant::now();
+    let first = store.compact(DB, &none, young)?;
+    let walk = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let second = store.compact(DB, &none, young)?;
+    let noted = t.elapsed().as_secs_f64();
+    let dropped = store.compact(DB, &none, Hlc(u64::MAX))?;
+    anyhow::ensure!(
+        (first.tombstones, second.tombstones, dropped.tombstones) == (0, 0, deleted),
+        "compaction dropped {first:?}, {second:?}, {dropped:?}; expected {deleted} at last"
+    );
+    shutdown(&store)?;
+    Ok((walk, noted))
 }
 
 /// The two wire forms of an `Ops` message.
