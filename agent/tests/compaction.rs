@@ -1,7 +1,8 @@
 //! Compaction drops the tombstones every replica has seen: those found by
 //! its first walk of a database, those deleted since (which it reads
 //! without a walk), never a record written again since its delete, and
-//! after a restart those the last run left.
+//! after a restart those the last run left; a walk of many records is
+//! spread over several compactions.
 
 #![allow(clippy::unwrap_used)]
 
@@ -36,6 +37,22 @@ fn stored(store: &Store) -> usize {
         .len()
 }
 
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Creates the database with records r0 to r9.
+fn ten_records(rt: &tokio::runtime::Runtime, store: &Store) {
+    rt.block_on(store.create_db(DB, DbSettings::default(), false))
+        .unwrap();
+    let ids: Vec<String> = (0..10).map(|i| format!("r{i}")).collect();
+    rt.block_on(store.write(DB, ids.iter().map(|id| put(id, 1)).collect()))
+        .unwrap();
+}
+
 /// Compacts with every tombstone old enough (`all`) or none.
 fn compact(store: &mut Store, all: bool) -> u64 {
     let stable = store.sync_state(DB).unwrap().vector;
@@ -45,18 +62,11 @@ fn compact(store: &mut Store, all: bool) -> u64 {
 
 #[test]
 fn compaction_drops_old_tombstones_written_before_and_after_its_first_walk() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
     let open = || Store::open(dir.path(), DeviceId([1; 32]), StoreOptions::default()).unwrap();
     let mut store = open();
-    rt.block_on(store.create_db(DB, DbSettings::default(), false))
-        .unwrap();
-    let ids: Vec<String> = (0..10).map(|i| format!("r{i}")).collect();
-    rt.block_on(store.write(DB, ids.iter().map(|id| put(id, 1)).collect()))
-        .unwrap();
+    ten_records(&rt, &store);
     rt.block_on(store.write(DB, vec![delete("r0"), delete("r1")]))
         .unwrap();
 
@@ -81,6 +91,31 @@ fn compaction_drops_old_tombstones_written_before_and_after_its_first_walk() {
     drop(store);
     let mut store = open();
     assert_eq!(compact(&mut store, true), 1, "r4, after the restart");
+    assert_eq!(stored(&store), 6);
+    rt.block_on(store.shutdown()).unwrap();
+}
+
+#[test]
+fn a_walk_for_tombstones_reads_a_slice_of_the_records_at_each_compaction() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let options = StoreOptions {
+        compaction_walk_step: 2,
+        ..StoreOptions::default()
+    };
+    let mut store = Store::open(dir.path(), DeviceId([1; 32]), options).unwrap();
+    ten_records(&rt, &store);
+    rt.block_on(store.write(DB, vec![delete("r1"), delete("r5"), delete("r9")]))
+        .unwrap();
+
+    // r0 and r1 are read; r1 is kept, too young.
+    assert_eq!(compact(&mut store, false), 0);
+    // Deleted ahead of the walk, so noted: it goes with r1, before the walk
+    // reaches it.
+    rt.block_on(store.write(DB, vec![delete("r3")])).unwrap();
+    let passes: Vec<u64> = (0..5).map(|_| compact(&mut store, true)).collect();
+    // r1 and r3 (noted); r4, r5; r6, r7; r8, r9; the end.
+    assert_eq!(passes, [2, 1, 0, 1, 0]);
     assert_eq!(stored(&store), 6);
     rt.block_on(store.shutdown()).unwrap();
 }

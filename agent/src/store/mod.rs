@@ -98,6 +98,10 @@ pub struct StoreOptions {
     /// How many of the newest op-log entries compaction keeps, so that
     /// local subscribers can resume from a cursor that recent.
     pub retain_log: u64,
+    /// The most records one compaction reads while it looks for the
+    /// tombstones a start does not know of (see
+    /// `store/tombstone_keys.rs`): the longest it holds the writer back.
+    pub compaction_walk_step: usize,
     /// Where to record how long each commit takes, in seconds.
     pub commit_seconds: Option<prometheus_client::metrics::histogram::Histogram>,
     /// Whether the device was made in this start, so that nothing it wrote
@@ -117,6 +121,7 @@ impl Default for StoreOptions {
             record_cache_bytes: RECORD_CACHE_BYTES,
             write_buffer_bytes: write_buffer::WRITE_BUFFER_BYTES,
             retain_log: 100_000,
+            compaction_walk_step: tombstone_keys::WALK_STEP,
             commit_seconds: None,
             new_device: true,
         }

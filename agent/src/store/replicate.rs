@@ -23,7 +23,7 @@ use super::oplog::{self, Trim};
 use super::record::{Stamp, StoredRecord, Visible, format};
 use super::sealing::{Body, Opened, Plain, Reader, seal_body};
 use super::stamped;
-use super::tombstone_keys::Candidates;
+use super::tombstone_keys::{Candidates, Walk};
 use super::writer::{
     Effect, Group, MAX_PRIORITY, Plan, Writer, field_values, index_effects, load_for_update,
     plan_encoded, plan_record,
@@ -752,30 +752,50 @@ impl Writer {
             }
             Ok(())
         };
-        match self.tombstones.candidates(db.id) {
-            Candidates::Walk => {
-                for kv in db.records.iter() {
-                    let (k, v) = kv.into_inner()?;
-                    visit(k, &v)?;
-                }
+        let Candidates { keys, walk } = self.tombstones.candidates(db.id);
+        for k in &keys {
+            if let Some(v) = db.records.get(k)? {
+                visit(k.clone(), &v)?;
             }
-            Candidates::Keys(keys) => {
-                for k in keys {
-                    if let Some(v) = db.records.get(&k)? {
+        }
+        // A slice of the walk a start needs, if it is not done.
+        let walk = match walk {
+            Walk::Done => Walk::Done,
+            from => {
+                let range = match &from {
+                    Walk::After(after) => db.records.range::<&[u8], _>((
+                        std::ops::Bound::Excluded(&after[..]),
+                        std::ops::Bound::Unbounded,
+                    )),
+                    _ => db.records.range::<&[u8], _>(..),
+                };
+                let step = self.options.compaction_walk_step.max(1);
+                let (mut read, mut last) = (0, None);
+                for kv in range.take(step) {
+                    let (k, v) = kv.into_inner()?;
+                    read += 1;
+                    last = Some(k.clone());
+                    // Noted while the walk was under way, and read above.
+                    if !keys.contains(&k) {
                         visit(k, &v)?;
                     }
                 }
+                // A step cut short by the end finishes the walk.
+                match last {
+                    Some(k) if read == step => Walk::After(k),
+                    _ => Walk::Done,
+                }
             }
-        }
+        };
         out.tombstones = removed.len() as u64;
         if out.ops == 0 && out.tombstones == 0 {
-            self.tombstones.found(db.id, left);
+            self.tombstones.found(db.id, left, walk);
             return Ok(out);
         }
         batch.insert(&self.meta, sync_meta_key(db.id), codec::to_vec(&sync)?);
         batch.durability(Some(PersistMode::SyncAll)).commit()?;
         // Only once removed: a failed commit leaves them for the next time.
-        self.tombstones.found(db.id, left);
+        self.tombstones.found(db.id, left, walk);
         self.store
             .record_cache()
             .forget(removed.iter().map(|k| (db.id, &k[..])));

@@ -4,17 +4,21 @@
 //! Compaction drops the tombstones every replica has seen. Finding them
 //! by a walk of every record cost each database's whole size on the writer
 //! thread, every time compaction ran: a million records held every write
-//! back for the order of half a second, once a minute. Deletes are few, so
-//! the writer notes the keys it writes a possible tombstone to, and a
-//! compaction reads just those.
+//! back for about half a second, once a minute. Deletes are few, so the
+//! writer notes the keys it writes a possible tombstone to, and compaction
+//! reads just those. What a start does not know, a walk finds, a slice of
+//! at most `StoreOptions::compaction_walk_step` records ([`WALK_STEP`]
+//! unless set) at each compaction, so that no pass holds the writer for
+//! long whatever the database's size.
 //!
-//! Invariant: for a database whose keys are known, every record that is a
-//! tombstone has its key in the set (the set may hold more: keys revived,
-//! or removed, since). The writer keeps it by noting every record it
-//! writes ([`TombstoneKeys::wrote`], called for each `Effect::Record` of a
-//! commit, the one way records change), and by forgetting a database
-//! whose records change any other way (a repair, a drop). What is not
-//! known (after a start, a repair or an overflow) is found by one walk.
+//! Invariant: every tombstone of a database with a [`Watch`] whose key is
+//! at or before the walk's place (every one, once walked) has its key in
+//! the watch's set. The set may hold more: keys revived, or removed, since.
+//! The writer keeps it by noting every record it writes
+//! ([`TombstoneKeys::wrote`], called for each `Effect::Record` of a
+//! commit, the one way records change), and by forgetting a database whose
+//! records change any other way (a repair, a drop), whose walk then starts
+//! over.
 
 use std::collections::{HashMap, HashSet};
 
@@ -22,79 +26,109 @@ use fjall::Slice;
 
 use super::record::format;
 
-/// The most keys kept for one database. Past it the database's set is
-/// dropped and the next compaction walks every record again, as before:
-/// a mass delete does not hold its keys in memory twice.
+/// The most keys kept for one database. Past it the database's watch is
+/// dropped and a walk starts over: a mass delete does not hold its keys in
+/// memory twice.
 const MOST_KEYS: usize = 1 << 16;
 
-/// Possible tombstones by database id, for the databases whose every
-/// tombstone is known.
+/// The most records one compaction walks, unless set: 60–80 ms of the
+/// writer's time on a two-core machine, its records not yet cached
+/// (`blazedb-sync-bench --only compaction`), where a whole walk of a
+/// million records took about 450 ms.
+pub(super) const WALK_STEP: usize = 100_000;
+
+/// Possible tombstones by database id.
 #[derive(Debug, Default)]
 pub(super) struct TombstoneKeys {
-    known: HashMap<u32, HashSet<Slice>>,
+    watches: HashMap<u32, Watch>,
 }
 
-/// Where compaction finds the tombstones of one database.
+/// What is known of one database's tombstones.
+#[derive(Debug, Default)]
+struct Watch {
+    /// Keys that may hold a tombstone.
+    keys: HashSet<Slice>,
+    walk: Walk,
+}
+
+/// How far the walk for tombstones a start did not know of has come.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(super) enum Walk {
+    /// Not begun.
+    #[default]
+    Start,
+    /// Every record up to and including this key has been read.
+    After(Slice),
+    /// Every record has been read: `keys` is all there is.
+    Done,
+}
+
+/// What one compaction of a database reads for tombstones.
 #[derive(Debug)]
-pub(super) enum Candidates {
-    /// Not known: every record is read, and [`TombstoneKeys::found`]
-    /// told what is left.
-    Walk,
-    /// Only these records may be tombstones.
-    Keys(Vec<Slice>),
+pub(super) struct Candidates {
+    /// The records noted as possible tombstones.
+    pub(super) keys: HashSet<Slice>,
+    /// Where a walk goes on from, unless it is done.
+    pub(super) walk: Walk,
 }
 
 impl TombstoneKeys {
     /// Notes that record `key` of database `db` was written as `bytes`, or
     /// removed (`None`).
     pub(super) fn wrote(&mut self, db: u32, key: &Slice, bytes: Option<&Slice>) {
-        let Some(keys) = self.known.get_mut(&db) else {
+        let Some(watch) = self.watches.get_mut(&db) else {
+            // No compaction has begun a walk: it will read this record.
             return;
         };
         match bytes {
             Some(b) if format::may_be_tombstone(b) => {
-                if keys.len() == MOST_KEYS {
-                    self.known.remove(&db);
+                if watch.keys.len() == MOST_KEYS {
+                    self.watches.remove(&db);
                 } else {
-                    keys.insert(key.clone());
+                    watch.keys.insert(key.clone());
                 }
             }
             // Most writes are of live records to databases without a
             // tombstone: those cost no hash.
-            _ if keys.is_empty() => {}
+            _ if watch.keys.is_empty() => {}
             _ => {
-                keys.remove(key);
+                watch.keys.remove(key);
             }
         }
     }
 
-    /// Where compaction of database `db` looks for tombstones.
-    pub(super) fn candidates(&self, db: u32) -> Candidates {
-        match self.known.get(&db) {
-            Some(keys) => Candidates::Keys(keys.iter().cloned().collect()),
-            None => Candidates::Walk,
+    /// What compaction of database `db` reads; from here on, the writes
+    /// to `db` are noted.
+    pub(super) fn candidates(&mut self, db: u32) -> Candidates {
+        let watch = self.watches.entry(db).or_default();
+        Candidates {
+            keys: watch.keys.clone(),
+            walk: watch.walk.clone(),
         }
     }
 
-    /// After a compaction of `db`: `left` are all the tombstones it holds
-    /// now (those too young to drop).
-    pub(super) fn found(&mut self, db: u32, left: HashSet<Slice>) {
-        if left.len() <= MOST_KEYS {
-            self.known.insert(db, left);
-        } else {
-            self.known.remove(&db);
+    /// After a compaction of `db`, once its removals are committed: `left`
+    /// are the tombstones it read and kept (too young to drop), and `walk`
+    /// how far the walk has come.
+    pub(super) fn found(&mut self, db: u32, left: HashSet<Slice>, walk: Walk) {
+        let watch = self.watches.entry(db).or_default();
+        // Noted since `candidates`: none, as compaction runs on the writer.
+        watch.keys = left;
+        watch.walk = walk;
+        if watch.keys.len() > MOST_KEYS {
+            self.watches.remove(&db);
         }
     }
 
     /// Forgets what is known of `db`, whose records changed other than
     /// by the writer's commits.
     pub(super) fn forget(&mut self, db: u32) {
-        self.known.remove(&db);
+        self.watches.remove(&db);
     }
 
     /// Forgets every database's.
     pub(super) fn forget_all(&mut self) {
-        self.known.clear();
+        self.watches.clear();
     }
 }
 
@@ -107,36 +141,39 @@ mod tests {
     }
 
     #[test]
-    fn an_unknown_database_is_walked_and_then_only_its_tombstones_are_read() {
+    fn writes_are_noted_once_a_walk_begins_and_live_ones_unnote_their_key() {
         let mut t = TombstoneKeys::default();
         let live = Slice::from(crate::store::record::StoredRecord::default().encode());
         assert!(!format::may_be_tombstone(&live));
-        t.wrote(1, &key("a"), Some(&live));
-        assert!(matches!(t.candidates(1), Candidates::Walk));
-        t.found(1, HashSet::from([key("old")]));
-        assert!(matches!(t.candidates(1), Candidates::Keys(k) if k == [key("old")]));
-        // A record of another form could be anything, so it is a candidate.
-        t.wrote(1, &key("b"), Some(&key("legacy")));
+        // A record of another form could be anything: a candidate.
+        let legacy = key("legacy");
+        t.wrote(1, &key("before"), Some(&legacy));
+        let first = t.candidates(1);
+        assert!(first.keys.is_empty(), "the walk reads what came before");
+        assert_eq!(first.walk, Walk::Start);
+        t.found(1, HashSet::from([key("old")]), Walk::After(key("m")));
+        t.wrote(1, &key("b"), Some(&legacy));
         t.wrote(1, &key("old"), Some(&live));
         t.wrote(1, &key("c"), None);
-        let Candidates::Keys(keys) = t.candidates(1) else {
-            panic!("db 1 is known");
-        };
-        assert_eq!(keys, [key("b")]);
+        let next = t.candidates(1);
+        assert_eq!(next.keys, HashSet::from([key("b")]));
+        assert_eq!(next.walk, Walk::After(key("m")));
         t.forget(1);
-        assert!(matches!(t.candidates(1), Candidates::Walk));
+        assert_eq!(t.candidates(1).walk, Walk::Start);
     }
 
     #[test]
-    fn too_many_possible_tombstones_fall_back_to_a_walk() {
+    fn too_many_possible_tombstones_start_the_walk_over() {
         let mut t = TombstoneKeys::default();
-        t.found(7, HashSet::new());
+        t.found(7, HashSet::new(), Walk::Done);
         let legacy = key("legacy");
         for i in 0..=MOST_KEYS {
             t.wrote(7, &key(&format!("k{i}")), Some(&legacy));
         }
-        assert!(matches!(t.candidates(7), Candidates::Walk));
-        t.found(7, (0..=MOST_KEYS).map(|i| key(&format!("k{i}"))).collect());
-        assert!(matches!(t.candidates(7), Candidates::Walk));
+        let over = t.candidates(7);
+        assert_eq!((over.keys.len(), over.walk), (0, Walk::Start));
+        let many = (0..=MOST_KEYS).map(|i| key(&format!("k{i}"))).collect();
+        t.found(7, many, Walk::Done);
+        assert_eq!(t.candidates(7).walk, Walk::Start);
     }
 }

@@ -179,8 +179,10 @@ impl Replica for FjallReplica {
 
     fn boot(disk: FjallDisk) -> Self {
         let options = StoreOptions {
-            // Small, so compaction reaches the log in a short run.
+            // Small, so compaction reaches the log in a short run, and
+            // its walk for tombstones takes several passes.
             retain_log: 20,
+            compaction_walk_step: 3,
             ..StoreOptions::default()
         };
         let store = Store::open(disk.dir.path(), disk.device, options).expect("open the store");
