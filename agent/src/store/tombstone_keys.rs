@@ -20,9 +20,10 @@
 //! records change any other way (a repair, a drop), whose walk then starts
 //! over.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use fjall::Slice;
+use rustc_hash::FxHashMap;
 
 use super::record::format;
 
@@ -40,7 +41,8 @@ pub(super) const WALK_STEP: usize = 100_000;
 /// Possible tombstones by database id.
 #[derive(Debug, Default)]
 pub(super) struct TombstoneKeys {
-    watches: HashMap<u32, Watch>,
+    /// Looked up for every record written: a hash of one multiply.
+    watches: FxHashMap<u32, Watch>,
 }
 
 /// What is known of one database's tombstones.
