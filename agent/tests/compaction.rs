@@ -1,12 +1,13 @@
 //! Compaction drops the tombstones every replica has seen: those found by
 //! its first walk of a database, those deleted since (which it reads
 //! without a walk), never a record written again since its delete, and
-//! after a restart those the last run left; a walk of many records is
-//! spread over several compactions.
+//! after a restart those the last run left; a walk of many records, and
+//! a trim of many log entries, is spread over several compactions, each
+//! saying whether there is more.
 
 #![allow(clippy::unwrap_used)]
 
-use blazed::store::{Store, StoreOptions};
+use blazed::store::{Store, StoreError, StoreOptions};
 use blazed::sync::{ReadLimits, SyncStore};
 use blazedb_proto::api::{DbSettings, Write};
 use blazedb_proto::{DeviceId, Fields, Hlc, Value};
@@ -117,5 +118,33 @@ fn a_walk_for_tombstones_reads_a_slice_of_the_records_at_each_compaction() {
     // r1 and r3 (noted); r4, r5; r6, r7; r8, r9; the end.
     assert_eq!(passes, [2, 1, 0, 1, 0]);
     assert_eq!(stored(&store), 6);
+    rt.block_on(store.shutdown()).unwrap();
+}
+
+#[test]
+fn a_long_trim_of_the_log_is_spread_over_passes_that_say_there_is_more() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let options = StoreOptions {
+        compaction_trim_step: 4,
+        retain_log: 0,
+        ..StoreOptions::default()
+    };
+    let mut store = Store::open(dir.path(), DeviceId([1; 32]), options).unwrap();
+    ten_records(&rt, &store);
+    let stable = store.sync_state(DB).unwrap().vector;
+    let passes: Vec<(u64, bool)> = (0..4)
+        .map(|_| {
+            let c = store.compact(DB, &stable, Hlc(0)).unwrap();
+            (c.ops, c.more)
+        })
+        .collect();
+    assert_eq!(passes, [(4, true), (4, true), (2, false), (0, false)]);
+    let db = store.db(DB).unwrap();
+    let expired = store.read_changes(&db, 9, None, 100).unwrap_err();
+    assert!(
+        matches!(expired, StoreError::CursorExpired { trimmed: 10, .. }),
+        "every entry trimmed: {expired}"
+    );
     rt.block_on(store.shutdown()).unwrap();
 }

@@ -212,8 +212,8 @@ impl Writer {
         };
         batch.insert(&db.index, META, codec::to_vec(&meta)?);
         let dropped = oplog::remove_where(&db.log, &mut batch, |entry| {
-            let op = entry.op()?;
-            Ok(if op.seq <= c.vector.get(&op.writer()) {
+            let (writer, seq) = entry.writer_seq()?;
+            Ok(if seq <= c.vector.get(&writer) {
                 Trim::Drop
             } else {
                 Trim::Keep

@@ -101,6 +101,12 @@ struct Head {
 }
 
 impl Entry {
+    /// The writer and seq of the entry's op, which is not built (in the
+    /// compact form).
+    pub(crate) fn writer_seq(&self) -> Result<(DeviceId, u64), StoreError> {
+        writer_seq(self.cursor, &self.chunk, &self.form)
+    }
+
     /// The entry's op.
     pub(crate) fn op(&self) -> Result<Op, StoreError> {
         Ok(match self.form {
@@ -124,6 +130,20 @@ impl Entry {
             }
         })
     }
+}
+
+/// The writer and seq of the entry at `cursor`, in the `form` it has in
+/// `chunk`: from its head in a compact chunk, without building its op.
+fn writer_seq(cursor: u64, chunk: &[u8], form: &Form) -> Result<(DeviceId, u64), StoreError> {
+    Ok(match form {
+        Form::Compact { head, .. } => (head.origin.writer(head.incarnation), head.seq),
+        Form::Framed { start, end } => {
+            let op: Op = codec::from_slice(&chunk[*start..*end]).map_err(|e| {
+                StoreError::Corrupt(format!("the op-log entry at cursor {cursor}: {e}"))
+            })?;
+            (op.writer(), op.seq)
+        }
+    })
 }
 
 /// The entries of the chunk stored at `key`.
@@ -338,15 +358,7 @@ impl Forward {
         mut keep: impl FnMut(u64, DeviceId, u64) -> bool,
     ) -> Option<Result<Entry, StoreError>> {
         self.next_where(|cursor, chunk, form| {
-            let (writer, seq) = match form {
-                Form::Compact { head, .. } => (head.origin.writer(head.incarnation), head.seq),
-                Form::Framed { start, end } => {
-                    let op: Op = codec::from_slice(&chunk[*start..*end]).map_err(|e| {
-                        StoreError::Corrupt(format!("the op-log entry at cursor {cursor}: {e}"))
-                    })?;
-                    (op.writer(), op.seq)
-                }
-            };
+            let (writer, seq) = writer_seq(cursor, chunk, form)?;
             Ok(keep(cursor, writer, seq))
         })
     }

@@ -720,19 +720,55 @@ impl Writer {
         };
         let mut out = Compacted::default();
         let mut batch = self.fj.batch();
+        let step = self.options.compaction_trim_step.max(1);
+        let mut trimming = 0;
         // Remove a prefix of the log, so what is left stays contiguous.
         out.ops = oplog::remove_where(&db.log, &mut batch, |entry| {
-            let op = entry.op()?;
-            let writer = op.writer();
-            if entry.cursor > keep_from || op.seq > stable.get(&writer) {
+            let (writer, seq) = entry.writer_seq()?;
+            if trimming == step || entry.cursor > keep_from || seq > stable.get(&writer) {
                 return Ok(Trim::Stop);
             }
-            if op.seq > sync.floor.get(&writer) {
-                sync.floor.set(writer, op.seq);
+            trimming += 1;
+            if seq > sync.floor.get(&writer) {
+                sync.floor.set(writer, seq);
             }
             sync.trimmed = sync.trimmed.max(entry.cursor);
             Ok(Trim::Drop)
         })?;
+        let TombstonePass {
+            removed,
+            left,
+            walk,
+        } = self.drop_tombstones(&db, tombstones, &mut batch)?;
+        out.tombstones = removed.len() as u64;
+        // The last op trimmed may have been the last there was: one more
+        // pass then finds nothing.
+        out.more = out.ops == step || walk != Walk::Done;
+        if out.ops == 0 && out.tombstones == 0 {
+            self.tombstones.found(db.id, left, walk);
+            return Ok(out);
+        }
+        batch.insert(&self.meta, sync_meta_key(db.id), codec::to_vec(&sync)?);
+        batch.durability(Some(PersistMode::SyncAll)).commit()?;
+        // Only once removed: a failed commit leaves them for the next time.
+        self.tombstones.found(db.id, left, walk);
+        self.store
+            .record_cache()
+            .forget(removed.iter().map(|k| (db.id, &k[..])));
+        *lock(&db.sync) = sync;
+        Ok(out)
+    }
+
+    /// Removes (in `batch`) the tombstones of `db` made at or before
+    /// `horizon` among the records it may hold them in: those noted since
+    /// compaction began watching it, and a slice of the walk that finds
+    /// what a start did not know.
+    fn drop_tombstones(
+        &mut self,
+        db: &DbState,
+        horizon: Hlc,
+        batch: &mut fjall::OwnedWriteBatch,
+    ) -> Result<TombstonePass, StoreError> {
         let mut removed = Vec::new();
         let mut left = HashSet::new();
         let mut visit = |k: Slice, v: &[u8]| -> Result<(), StoreError> {
@@ -741,7 +777,7 @@ impl Writer {
                 return Ok(());
             }
             match StoredRecord::decode(v)?.tombstone_clock() {
-                Some(t) if t <= tombstones => {
+                Some(t) if t <= horizon => {
                     batch.remove(&db.records, k.clone());
                     removed.push(k);
                 }
@@ -787,21 +823,22 @@ impl Writer {
                 }
             }
         };
-        out.tombstones = removed.len() as u64;
-        if out.ops == 0 && out.tombstones == 0 {
-            self.tombstones.found(db.id, left, walk);
-            return Ok(out);
-        }
-        batch.insert(&self.meta, sync_meta_key(db.id), codec::to_vec(&sync)?);
-        batch.durability(Some(PersistMode::SyncAll)).commit()?;
-        // Only once removed: a failed commit leaves them for the next time.
-        self.tombstones.found(db.id, left, walk);
-        self.store
-            .record_cache()
-            .forget(removed.iter().map(|k| (db.id, &k[..])));
-        *lock(&db.sync) = sync;
-        Ok(out)
+        Ok(TombstonePass {
+            removed,
+            left,
+            walk,
+        })
     }
+}
+
+/// What [`Writer::drop_tombstones`] did.
+struct TombstonePass {
+    /// The keys of the tombstones removed.
+    removed: Vec<Slice>,
+    /// The tombstones read and kept, too young to drop.
+    left: HashSet<Slice>,
+    /// How far the walk has come.
+    walk: Walk,
 }
 
 /// The change a subscriber sees when a record at `key` reaches `rec`

@@ -1071,6 +1071,9 @@ impl Writer {
                     key,
                     bytes,
                 } => {
+                    // Noted before the commit: one that fails fails the
+                    // store (fjall takes no more writes), and the next
+                    // start walks the records again.
                     self.tombstones.wrote(db, &key, bytes.as_ref());
                     written.push((db, key.clone()));
                     match bytes {

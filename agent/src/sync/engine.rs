@@ -76,6 +76,10 @@ pub struct EngineConfig {
     pub announce_ms: u64,
     /// How often compaction runs.
     pub compact_ms: u64,
+    /// How soon compaction runs again when the store stopped short of all
+    /// it could do (`Compacted::more`), each pass kept short because it
+    /// holds the store's writes back.
+    pub compact_again_ms: u64,
     /// How long after a write incarnation was last heard from another
     /// incarnation of its device must be heard from, holding all this one
     /// wrote, before this one counts as gone and stops holding compaction
@@ -116,6 +120,7 @@ impl Default for EngineConfig {
             max_retransmit_ms: 60_000,
             announce_ms: 10_000,
             compact_ms: 60_000,
+            compact_again_ms: 1_000,
             retire_after_ms: 600_000,
             summarize: false,
             checkpoint_ops: 10_000,
@@ -1027,10 +1032,16 @@ impl<S: SyncStore> Engine<S> {
             }
         }
         if now >= self.next_compact {
-            self.next_compact = now + self.config.compact_ms;
+            let mut more = false;
             for db in self.synced_dbs() {
-                self.compact(&db);
+                more |= self.compact(&db);
             }
+            self.next_compact = now
+                + if more {
+                    self.config.compact_again_ms.min(self.config.compact_ms)
+                } else {
+                    self.config.compact_ms
+                };
         }
     }
 
@@ -1930,23 +1941,31 @@ impl<S: SyncStore> Engine<S> {
     }
 
     /// Removes what every replica holds from the log, and tombstones no
-    /// operation in flight can still need.
-    fn compact(&mut self, db: &str) {
+    /// operation in flight can still need; `true` when the store stopped
+    /// short of all it could do.
+    fn compact(&mut self, db: &str) -> bool {
         if self.config.members.is_empty() {
-            return;
+            return false;
         }
         self.forget_retired(db);
         let Some((stable, horizon)) = self.own_stable(db).or_else(|| self.peer_stable(db)) else {
-            return;
+            return false;
         };
         match self.store.compact(db, &stable, horizon) {
-            Ok(c) if c.ops > 0 || c.tombstones > 0 => self.events.push_back(Event::Compacted {
-                db: db.to_owned(),
-                ops: c.ops,
-                tombstones: c.tombstones,
-            }),
-            Ok(_) => {}
-            Err(e) => self.store_failed(db, &e),
+            Ok(c) => {
+                if c.ops > 0 || c.tombstones > 0 {
+                    self.events.push_back(Event::Compacted {
+                        db: db.to_owned(),
+                        ops: c.ops,
+                        tombstones: c.tombstones,
+                    });
+                }
+                c.more
+            }
+            Err(e) => {
+                self.store_failed(db, &e);
+                false
+            }
         }
     }
 

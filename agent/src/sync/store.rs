@@ -285,6 +285,9 @@ pub struct Compacted {
     pub ops: u64,
     /// Tombstones removed from the records.
     pub tombstones: u64,
+    /// The pass stopped short of all it could do (it holds the store's
+    /// writes back, so each is bounded): the engine runs it again soon.
+    pub more: bool,
 }
 
 /// A record to write again as this replica holds it (see

@@ -180,9 +180,10 @@ impl Replica for FjallReplica {
     fn boot(disk: FjallDisk) -> Self {
         let options = StoreOptions {
             // Small, so compaction reaches the log in a short run, and
-            // its walk for tombstones takes several passes.
+            // its walk for tombstones and its trims take several passes.
             retain_log: 20,
             compaction_walk_step: 3,
+            compaction_trim_step: 5,
             ..StoreOptions::default()
         };
         let store = Store::open(disk.dir.path(), disk.device, options).expect("open the store");

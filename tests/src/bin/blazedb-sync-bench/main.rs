@@ -25,8 +25,9 @@
 //!   every record in one pass (as the first pass after a start was), the
 //!   walk a start now spreads over passes of up to 100,000 records, and a
 //!   pass once it is done (reading only the records the writer noted as
-//!   possible tombstones). Compaction runs on the writer thread, so each
-//!   pass holds every write back for as long.
+//!   possible tombstones), then a pass that trims the op log, every op
+//!   being held by every replica. Compaction runs on the writer thread, so
+//!   each pass holds every write back for as long.
 //!
 //! `--only apply,catch-up,rules,e2e,codec,compaction` runs some of the sections;
 //! `--callgrind` counts instructions per applied op instead (see
@@ -706,7 +707,19 @@ fn main() -> anyhow::Result<()> {
             ms(c.noted),
             c.whole_walk / c.noted
         );
+        let trim_step = StoreOptions::default().compaction_trim_step;
+        println!(
+            "  trimming the log, every op held      {:>8.1} ms  (the longest of {} passes of up to {trim_step} ops; {} of its {} ops)",
+            ms(c.trim),
+            c.trim_passes,
+            c.trimmed,
+            c.logged
+        );
+        let per_op = c.trim * 1e9 / c.trimmed.min(trim_step).max(1) as f64;
+        println!("    {per_op:.0} ns an op trimmed, in the longest pass");
         note("compaction_whole_walk_ms", ms(c.whole_walk));
+        note("compaction_longest_trim_pass_ms", ms(c.trim));
+        note("compaction_trim_ns_per_op", per_op);
         note("compaction_longest_walk_pass_ms", ms(c.longest_walk_pass));
         note("compaction_noted_ms", ms(c.noted));
     }
@@ -727,6 +740,13 @@ struct Compaction {
     longest_walk_pass: f64,
     /// A pass once the walk is done: the noted tombstones alone.
     noted: f64,
+    /// Ops the log held; how many of them the passes that trimmed all but
+    /// the newest `retain_log` removed, every op being held everywhere;
+    /// how many passes that took, and the longest.
+    logged: u64,
+    trimmed: u64,
+    trim_passes: usize,
+    trim: f64,
 }
 
 /// Compactions of a database of `records` records, a thousandth of them
@@ -786,6 +806,27 @@ fn compaction(dir: &Path, records: u64) -> anyhow::Result<Compaction> {
         longest_walk_pass = longest_walk_pass.max(timed(&mut store)?);
     }
     let noted = timed(&mut store)?;
+    let every = src
+        .sync_state(DB)
+        .context("the source holds the database")?
+        .vector;
+    let (mut trimmed, mut trim_passes, mut trim) = (0, 0, 0.0_f64);
+    loop {
+        let t = Instant::now();
+        let pass = store.compact(DB, &every, young)?;
+        trim = trim.max(t.elapsed().as_secs_f64());
+        trimmed += pass.ops;
+        trim_passes += 1;
+        if !pass.more || trim_passes == 1000 {
+            break;
+        }
+    }
+    let logged = ops.len() as u64;
+    let retained = StoreOptions::default().retain_log;
+    anyhow::ensure!(
+        trimmed == logged.saturating_sub(retained),
+        "trimmed {trimmed} of {logged} ops, keeping the newest {retained}"
+    );
     let dropped = store.compact(DB, &none, Hlc(u64::MAX))?;
     anyhow::ensure!(
         dropped.tombstones == deleted,
@@ -797,6 +838,10 @@ fn compaction(dir: &Path, records: u64) -> anyhow::Result<Compaction> {
         walk_passes,
         longest_walk_pass,
         noted,
+        logged,
+        trimmed,
+        trim_passes,
+        trim,
     })
 }
 
