@@ -454,9 +454,9 @@ const FJALL_WORKERS: usize = 4;
 /// The record cache's budget: about 200,000 records of 160 bytes.
 const RECORD_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 /// The most op-log entries one compaction removes, unless set: about
-/// 80 ms of the writer's time at 160 ns an entry on a two-core machine
-/// (`blazedb-sync-bench --only compaction`). Run again a second later
-/// while there is more, compaction keeps up with 500,000 writes a second.
+/// 100 ms of the writer's time at 200 ns an entry on a two-core machine
+/// (`blazedb-sync-bench --only compaction --catch-up-ops 4000000`). Run again a second later while there is
+/// more, compaction keeps up with 500,000 writes a second.
 const TRIM_STEP: u64 = 500_000;
 
 /// The settings a database's keyspaces (records, op log, indexes) are
