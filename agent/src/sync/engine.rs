@@ -2587,6 +2587,33 @@ mod tests {
     }
 
     #[test]
+    fn a_compaction_that_stops_short_runs_again_a_second_later() {
+        let config = EngineConfig {
+            members: vec![dev(1), dev(2)],
+            announce_ms: 1_000,
+            ..EngineConfig::default()
+        };
+        let mut a_store = store_of(1);
+        a_store.set_trim_step(2);
+        let mut a = Engine::new(dev(1), a_store, config.clone(), T0);
+        let mut b = Engine::new(dev(2), store_of(2), config.clone(), T0);
+        connect(&mut a, &mut b, T0);
+        for (i, id) in ["v", "w", "x", "y", "z"].into_iter().enumerate() {
+            put(&mut a, T0, id, i as i64);
+        }
+        // Up to the first compaction, a minute in: B holds all five, and
+        // both have said so; the pass removes two.
+        let now = run_for(&mut a, &mut b, T0, config.compact_ms);
+        assert_eq!(b.store().vector(DB).get(&dev(1)), 5);
+        assert_eq!(a.store().log_len(DB), 3, "the first pass removes two");
+        // A second later the next pass, and then the last, not a minute.
+        let now = run_for(&mut a, &mut b, now, config.compact_again_ms);
+        assert_eq!(a.store().log_len(DB), 1);
+        run_for(&mut a, &mut b, now, config.compact_again_ms);
+        assert_eq!(a.store().log_len(DB), 0);
+    }
+
+    #[test]
     fn each_copy_of_a_cloned_device_holds_compaction_back_until_it_holds_the_ops() {
         let b_store = store_of(2);
         let mut c_store = b_store.clone();

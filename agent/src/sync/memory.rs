@@ -109,6 +109,9 @@ pub struct MemoryStore {
     /// Operations handed to `apply_ops` that did not extend the vector by
     /// one: the engine must never do that.
     misapplied: u64,
+    /// The most log entries one compaction removes, as the fjall store
+    /// bounds its passes; none when `None`.
+    trim_step: Option<u64>,
 }
 
 impl MemoryStore {
@@ -120,7 +123,14 @@ impl MemoryStore {
             clock: HlcClock::new(Hlc::default()),
             dbs: BTreeMap::new(),
             misapplied: 0,
+            trim_step: None,
         }
+    }
+
+    /// Bounds each compaction to removing `n` log entries, the oldest
+    /// first, as the fjall store's `compaction_trim_step` does.
+    pub fn set_trim_step(&mut self, n: u64) {
+        self.trim_step = Some(n);
     }
 
     /// The device whose writes this store stamps.
@@ -558,20 +568,41 @@ impl SyncStore for MemoryStore {
             return Ok(Compacted::default());
         };
         let mut out = Compacted::default();
-        let mut removed = Vec::new();
-        for (origin, seqs) in d.positions.iter_mut() {
-            let upto = stable.get(origin);
-            let keep = seqs.split_off(&(upto + 1));
-            for cursor in std::mem::replace(seqs, keep).into_values() {
-                removed.push(cursor);
-            }
-            if upto > d.floor.get(origin) {
-                d.floor.set(*origin, upto.min(d.vector.get(origin)));
-            }
-        }
-        for cursor in removed {
+        // What every replica holds, oldest first.
+        let mut held: Vec<(u64, DeviceId, u64)> = d
+            .positions
+            .iter()
+            .flat_map(|(origin, seqs)| {
+                seqs.range(..=stable.get(origin))
+                    .map(|(seq, cursor)| (*cursor, *origin, *seq))
+            })
+            .collect();
+        held.sort_unstable();
+        let step = self.trim_step.unwrap_or(u64::MAX);
+        out.more = held.len() as u64 > step;
+        held.truncate(usize::try_from(step).unwrap_or(usize::MAX));
+        let mut top: BTreeMap<DeviceId, u64> = BTreeMap::new();
+        for (cursor, origin, seq) in held {
             d.log.remove(&cursor);
+            if let Some(seqs) = d.positions.get_mut(&origin) {
+                seqs.remove(&seq);
+            }
+            let t = top.entry(origin).or_default();
+            *t = (*t).max(seq);
             out.ops += 1;
+        }
+        for (origin, seqs) in &d.positions {
+            let upto = stable.get(origin);
+            // All it holds up to `upto` gone: the floor rises to `upto`
+            // (what it never logged included); else to what went.
+            let floor = if seqs.range(..=upto).next().is_none() {
+                upto.min(d.vector.get(origin))
+            } else {
+                top.get(origin).copied().unwrap_or(0)
+            };
+            if floor > d.floor.get(origin) {
+                d.floor.set(*origin, floor);
+            }
         }
         d.records.retain(|_, r| {
             let dead = r.tombstone_clock().is_some_and(|t| t <= tombstones);
