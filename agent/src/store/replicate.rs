@@ -739,11 +739,12 @@ impl Writer {
             removed,
             left,
             walk,
+            more,
         } = self.drop_tombstones(&db, tombstones, &mut batch)?;
         out.tombstones = removed.len() as u64;
         // The last op trimmed may have been the last there was: one more
         // pass then finds nothing.
-        out.more = out.ops == step || walk != Walk::Done;
+        out.more = out.ops == step || more;
         if out.ops == 0 && out.tombstones == 0 {
             self.tombstones.found(db.id, left, walk);
             return Ok(out);
@@ -788,7 +789,7 @@ impl Writer {
             }
             Ok(())
         };
-        let Candidates { keys, walk } = self.tombstones.candidates(db.id);
+        let Candidates { keys, walk, rounds } = self.tombstones.candidates(db.id);
         for k in &keys {
             if let Some(v) = db.records.get(k)? {
                 visit(k.clone(), &v)?;
@@ -826,6 +827,7 @@ impl Writer {
         Ok(TombstonePass {
             removed,
             left,
+            more: walk != Walk::Done && !rounds,
             walk,
         })
     }
@@ -839,6 +841,9 @@ struct TombstonePass {
     left: HashSet<Slice>,
     /// How far the walk has come.
     walk: Walk,
+    /// The walk is under way, and not just going round: it should go on
+    /// soon.
+    more: bool,
 }
 
 /// The change a subscriber sees when a record at `key` reaches `rec`

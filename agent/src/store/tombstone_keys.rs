@@ -11,9 +11,10 @@
 //! unless set) at each compaction, so that no pass holds the writer for
 //! long whatever the database's size.
 //!
-//! Invariant: every tombstone of a database with a [`Watch`] whose key is
-//! at or before the walk's place (every one, once walked) has its key in
-//! the watch's set. The set may hold more: keys revived, or removed, since.
+//! Invariant: every tombstone of a database with a [`Watch`] that is not
+//! going round (more than [`MOST_KEYS`] of them) whose key is at or before
+//! the walk's place (every one, once walked) has its key in the watch's
+//! set. The set may hold more: keys revived, or removed, since.
 //! The writer keeps it by noting every record it writes
 //! ([`TombstoneKeys::wrote`], called for each `Effect::Record` of a
 //! commit, the one way records change), and by forgetting a database whose
@@ -27,9 +28,10 @@ use rustc_hash::FxHashMap;
 
 use super::record::format;
 
-/// The most keys kept for one database. Past it the database's watch is
-/// dropped and a walk starts over: a mass delete does not hold its keys in
-/// memory twice.
+/// The most keys kept for one database. Past it the database's keys are
+/// dropped and the walk goes round and round instead, a slice at each
+/// compaction, until a round finds no more young tombstones than this: a
+/// mass delete does not hold its keys in memory twice.
 const MOST_KEYS: usize = 1 << 16;
 
 /// The most records one compaction walks, unless set: 60–80 ms of the
@@ -51,6 +53,10 @@ struct Watch {
     /// Keys that may hold a tombstone.
     keys: HashSet<Slice>,
     walk: Walk,
+    /// With more than [`MOST_KEYS`] possible tombstones, none are noted:
+    /// the walk goes round, at compaction's pace, and this counts the
+    /// tombstones kept in the round so far.
+    rounds: Option<usize>,
 }
 
 /// How far the walk for tombstones a start did not know of has come.
@@ -72,6 +78,9 @@ pub(super) struct Candidates {
     pub(super) keys: HashSet<Slice>,
     /// Where a walk goes on from, unless it is done.
     pub(super) walk: Walk,
+    /// The walk goes round for good, too many tombstones to note: it is
+    /// never done, and need not hurry.
+    pub(super) rounds: bool,
 }
 
 impl TombstoneKeys {
@@ -82,10 +91,18 @@ impl TombstoneKeys {
             // No compaction has begun a walk: it will read this record.
             return;
         };
+        if watch.rounds.is_some() {
+            // The walk's next round reads it.
+            return;
+        }
         match bytes {
             Some(b) if format::may_be_tombstone(b) => {
                 if watch.keys.len() == MOST_KEYS {
-                    self.watches.remove(&db);
+                    watch.keys = HashSet::new();
+                    watch.rounds = Some(0);
+                    if watch.walk == Walk::Done {
+                        watch.walk = Walk::Start;
+                    }
                 } else {
                     watch.keys.insert(key.clone());
                 }
@@ -106,6 +123,7 @@ impl TombstoneKeys {
         Candidates {
             keys: watch.keys.clone(),
             walk: watch.walk.clone(),
+            rounds: watch.rounds.is_some(),
         }
     }
 
@@ -115,10 +133,32 @@ impl TombstoneKeys {
     pub(super) fn found(&mut self, db: u32, left: HashSet<Slice>, walk: Walk) {
         let watch = self.watches.entry(db).or_default();
         // Noted since `candidates`: none, as compaction runs on the writer.
-        watch.keys = left;
-        watch.walk = walk;
-        if watch.keys.len() > MOST_KEYS {
-            self.watches.remove(&db);
+        match watch.rounds {
+            None if left.len() <= MOST_KEYS => {
+                watch.keys = left;
+                watch.walk = walk;
+            }
+            None => {
+                watch.keys = HashSet::new();
+                watch.walk = walk;
+                watch.rounds = Some(left.len());
+            }
+            Some(kept) => {
+                let kept = kept + left.len();
+                match walk {
+                    // A round with few enough: noting starts again, and so
+                    // does a walk, which notes as it goes.
+                    Walk::Done if kept <= MOST_KEYS => *watch = Watch::default(),
+                    Walk::Done => {
+                        watch.walk = Walk::Start;
+                        watch.rounds = Some(0);
+                    }
+                    walk => {
+                        watch.walk = walk;
+                        watch.rounds = Some(kept);
+                    }
+                }
+            }
         }
     }
 
@@ -165,7 +205,7 @@ mod tests {
     }
 
     #[test]
-    fn too_many_possible_tombstones_start_the_walk_over() {
+    fn too_many_possible_tombstones_send_the_walk_round_until_a_round_finds_few() {
         let mut t = TombstoneKeys::default();
         t.found(7, HashSet::new(), Walk::Done);
         let legacy = key("legacy");
@@ -173,9 +213,22 @@ mod tests {
             t.wrote(7, &key(&format!("k{i}")), Some(&legacy));
         }
         let over = t.candidates(7);
-        assert_eq!((over.keys.len(), over.walk), (0, Walk::Start));
-        let many = (0..=MOST_KEYS).map(|i| key(&format!("k{i}"))).collect();
-        t.found(7, many, Walk::Done);
+        assert_eq!((over.keys.len(), over.rounds), (0, true));
+        // The walk was done: it goes round again from the start.
+        assert_eq!(over.walk, Walk::Start);
+        let many: HashSet<Slice> = (0..=MOST_KEYS).map(|i| key(&format!("k{i}"))).collect();
+        t.found(7, many.clone(), Walk::Done);
         assert_eq!(t.candidates(7).walk, Walk::Start);
+        // A round in two slices that keeps too many goes round again...
+        t.found(7, many, Walk::After(key("m")));
+        t.found(7, HashSet::new(), Walk::Done);
+        let again = t.candidates(7);
+        assert_eq!((again.walk, again.rounds), (Walk::Start, true));
+        // ...and one that keeps few ends the rounds: a walk that notes.
+        t.found(7, HashSet::from([key("k1")]), Walk::Done);
+        let calm = t.candidates(7);
+        assert_eq!((calm.walk, calm.rounds), (Walk::Start, false));
+        t.wrote(7, &key("k2"), Some(&legacy));
+        assert_eq!(t.candidates(7).keys, HashSet::from([key("k2")]));
     }
 }
