@@ -76,9 +76,9 @@ pub struct EngineConfig {
     pub announce_ms: u64,
     /// How often compaction runs.
     pub compact_ms: u64,
-    /// How soon compaction runs again when the store stopped short of all
-    /// it could do (`Compacted::more`), each pass kept short because it
-    /// holds the store's writes back.
+    /// How soon a database's compaction runs again when the store stopped
+    /// short of all it could do (`Compacted::more`), each pass kept short
+    /// because it holds the store's writes back.
     pub compact_again_ms: u64,
     /// How long after a write incarnation was last heard from another
     /// incarnation of its device must be heard from, holding all this one
@@ -609,6 +609,9 @@ pub struct Engine<S> {
     arrivals: lag::Arrivals,
     next_announce: u64,
     next_compact: u64,
+    /// The databases whose last compaction stopped short, and when they
+    /// are compacted again (before the next round of all of them).
+    compact_again: (BTreeSet<String>, u64),
     next_snapshot_id: u64,
 }
 
@@ -620,6 +623,7 @@ impl<S: SyncStore> Engine<S> {
             store,
             next_announce: now + config.announce_ms,
             next_compact: now + config.compact_ms,
+            compact_again: (BTreeSet::new(), u64::MAX),
             config,
             links: BTreeMap::new(),
             arrivals: lag::Arrivals::default(),
@@ -704,7 +708,12 @@ impl<S: SyncStore> Engine<S> {
             .flat_map(|l| l.values())
             .filter(|s| s.in_flight())
             .map(|s| s.progress_at + s.rto);
-        retransmit.fold(self.next_announce.min(self.next_compact), u64::min)
+        retransmit.fold(
+            self.next_announce
+                .min(self.next_compact)
+                .min(self.compact_again.1),
+            u64::min,
+        )
     }
 
     fn synced_dbs(&self) -> Vec<String> {
@@ -1031,17 +1040,28 @@ impl<S: SyncStore> Engine<S> {
                 }
             }
         }
-        if now >= self.next_compact {
-            let mut more = false;
-            for db in self.synced_dbs() {
-                more |= self.compact(&db);
-            }
-            self.next_compact = now
-                + if more {
-                    self.config.compact_again_ms.min(self.config.compact_ms)
-                } else {
-                    self.config.compact_ms
-                };
+        let due = if now >= self.next_compact {
+            self.next_compact = now + self.config.compact_ms;
+            self.synced_dbs()
+        } else if now >= self.compact_again.1 {
+            let again = std::mem::take(&mut self.compact_again.0);
+            // Those still synced: one may have been dropped since.
+            let mut synced = self.synced_dbs();
+            synced.retain(|db| again.contains(db));
+            synced
+        } else {
+            Vec::new()
+        };
+        if !due.is_empty() {
+            // Only those that stopped short go again soon: a hub's other
+            // databases wait their minute.
+            let again: BTreeSet<String> = due.into_iter().filter(|db| self.compact(db)).collect();
+            let at = if again.is_empty() {
+                u64::MAX
+            } else {
+                now + self.config.compact_again_ms
+            };
+            self.compact_again = (again, at);
         }
     }
 
