@@ -2607,30 +2607,53 @@ mod tests {
     }
 
     #[test]
-    fn a_compaction_that_stops_short_runs_again_a_second_later() {
+    fn a_compaction_that_stops_short_runs_again_a_second_later_alone() {
+        const NOTES: &str = "notes";
         let config = EngineConfig {
             members: vec![dev(1), dev(2)],
             announce_ms: 1_000,
             ..EngineConfig::default()
         };
-        let mut a_store = store_of(1);
+        let stores = [1, 2].map(|n| {
+            let mut store = store_of(n);
+            store.create_db(NOTES, 7, SyncMode::Sync, 0);
+            store
+        });
+        let [mut a_store, b_store] = stores;
         a_store.set_trim_step(2);
         let mut a = Engine::new(dev(1), a_store, config.clone(), T0);
-        let mut b = Engine::new(dev(2), store_of(2), config.clone(), T0);
+        let mut b = Engine::new(dev(2), b_store, config.clone(), T0);
         connect(&mut a, &mut b, T0);
-        for (i, id) in ["v", "w", "x", "y", "z"].into_iter().enumerate() {
-            put(&mut a, T0, id, i as i64);
+        for i in 0..9 {
+            put(&mut a, T0, &format!("r{i}"), i);
         }
-        // Up to the first compaction, a minute in: B holds all five, and
-        // both have said so; the pass removes two.
+        let note = |e: &mut Engine<MemoryStore>, now: u64, id: &str| {
+            let body = OpBody::Delete {
+                collection: "c".into(),
+                id: id.into(),
+            };
+            e.store_mut().write(NOTES, now, body).expect("db exists");
+            e.local_commit(NOTES, now);
+        };
+        note(&mut a, T0, "n0");
+        // The first compaction, a minute in: B holds everything and both
+        // have said so. Two of the nine go; the one note goes whole.
         let now = run_for(&mut a, &mut b, T0, config.compact_ms);
-        assert_eq!(b.store().vector(DB).get(&dev(1)), 5);
-        assert_eq!(a.store().log_len(DB), 3, "the first pass removes two");
-        // A second later the next pass, and then the last, not a minute.
+        assert_eq!(b.store().vector(DB).get(&dev(1)), 9);
+        assert_eq!(a.store().log_len(DB), 7, "the first pass removes two");
+        assert_eq!(a.store().log_len(NOTES), 0);
+        // A second later the next pass, and so on, not a minute later.
+        note(&mut a, now, "n1");
         let now = run_for(&mut a, &mut b, now, config.compact_again_ms);
-        assert_eq!(a.store().log_len(DB), 1);
-        run_for(&mut a, &mut b, now, config.compact_again_ms);
+        assert_eq!(a.store().log_len(DB), 5);
+        let now = run_for(&mut a, &mut b, now, 3 * config.compact_again_ms);
         assert_eq!(a.store().log_len(DB), 0);
+        // The notes finished in one pass: they wait their minute, though
+        // B has long reported holding the new one.
+        assert_eq!(b.store().vector(NOTES).get(&dev(1)), 2);
+        assert_eq!(a.store().log_len(NOTES), 1, "compacted again early");
+        run_for(&mut a, &mut b, now, config.compact_ms);
+        assert_eq!(a.store().log_len(NOTES), 0);
     }
 
     #[test]
