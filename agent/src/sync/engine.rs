@@ -1044,7 +1044,8 @@ impl<S: SyncStore> Engine<S> {
             self.next_compact = now + self.config.compact_ms;
             self.synced_dbs()
         } else if now >= self.compact_again.1 {
-            let again = std::mem::take(&mut self.compact_again.0);
+            let (again, _) =
+                std::mem::replace(&mut self.compact_again, (BTreeSet::new(), u64::MAX));
             // Those still synced: one may have been dropped since.
             let mut synced = self.synced_dbs();
             synced.retain(|db| again.contains(db));
