@@ -775,11 +775,12 @@ fn compaction(dir: &Path, records: u64) -> anyhow::Result<Compaction> {
     // A stable vector of nothing: the log stays whole, and each pass only
     // looks for tombstones.
     let (none, young) = (VersionVector::default(), Hlc(0));
-    let timed = |store: &mut Store| -> anyhow::Result<f64> {
+    // Seconds, and whether the store says there is more.
+    let timed = |store: &mut Store| -> anyhow::Result<(f64, bool)> {
         let t = Instant::now();
         let kept = store.compact(DB, &none, young)?;
         anyhow::ensure!(kept.tombstones == 0, "dropped young tombstones: {kept:?}");
-        Ok(t.elapsed().as_secs_f64())
+        Ok((t.elapsed().as_secs_f64(), kept.more))
     };
 
     let mut store = open(usize::MAX)?;
@@ -793,19 +794,21 @@ fn compaction(dir: &Path, records: u64) -> anyhow::Result<Compaction> {
     drop(store);
     // Each walk after a start, as the agent's first compactions are.
     let mut store = open(usize::MAX)?;
-    let whole_walk = timed(&mut store)?;
+    let (whole_walk, _) = timed(&mut store)?;
     shutdown(&store)?;
     drop(store);
 
-    let step = StoreOptions::default().compaction_walk_step;
-    let mut store = open(step)?;
-    // The walk is done after the pass that reads fewer records than a step.
-    let walk_passes = records as usize / step + 1;
-    let mut longest_walk_pass: f64 = 0.0;
-    for _ in 0..walk_passes {
-        longest_walk_pass = longest_walk_pass.max(timed(&mut store)?);
+    let mut store = open(StoreOptions::default().compaction_walk_step)?;
+    let (mut walk_passes, mut longest_walk_pass) = (0, 0.0_f64);
+    loop {
+        let (secs, more) = timed(&mut store)?;
+        longest_walk_pass = longest_walk_pass.max(secs);
+        walk_passes += 1;
+        if !more || walk_passes == 1000 {
+            break;
+        }
     }
-    let noted = timed(&mut store)?;
+    let (noted, _) = timed(&mut store)?;
     let every = src
         .sync_state(DB)
         .context("the source holds the database")?
