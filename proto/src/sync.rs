@@ -350,6 +350,14 @@ pub enum SyncMessage {
         /// may see.
         #[serde(default)]
         cut: bool,
+        /// Per write incarnation of a device removed from the mesh, up to
+        /// which seq the sender has refused its late operations (those
+        /// past its cut-off): they are being corrected, and the
+        /// corrections win over whatever of them the records hold. A
+        /// receiver that knows of the removal merges no snapshot holding
+        /// late operations that neither it nor the sender refused.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        undone: Vec<(DeviceId, u64)>,
     },
     /// To a partial replica, in place of `Ops`: what operations it lacks
     /// did to the records it may see. Each record comes as the sender's
@@ -657,6 +665,11 @@ mod tests {
                         upto: None,
                     }),
                     cut: id % 2 == 0,
+                    undone: if id % 4 == 1 {
+                        vec![(DeviceId([3; 32]), id % 1000)]
+                    } else {
+                        Vec::new()
+                    },
                 }),
             (
                 any::<u64>(),

@@ -874,6 +874,63 @@ impl<S: SyncStore> Engine<S> {
             .or_else(|| self.refused_after.get(&(db.to_owned(), *writer)).copied())
     }
 
+    /// Whether a state at `vector` holds late operations of a removed
+    /// device (past its cut-off) that a replica at `held` neither took nor
+    /// refused, and that were not refused here or as `undone` says: a
+    /// snapshot of it would bring them where nobody can refuse them.
+    fn carries_refused(
+        &self,
+        db: &str,
+        vector: &VersionVector,
+        held: &VersionVector,
+        undone: &[(DeviceId, u64)],
+    ) -> bool {
+        self.config.cutoffs.keys().any(|d| {
+            vector.writers_of(d).any(|(w, seq)| {
+                self.refusal_bound(db, w).is_some_and(|b| {
+                    let elsewhere = undone.iter().find(|(u, _)| u == w).map_or(0, |(_, s)| *s);
+                    *seq > self.refused_here(db, w, b.max(held.get(w))).max(elsewhere)
+                })
+            })
+        })
+    }
+
+    /// Per write incarnation of a removed device held at `vector`, up to
+    /// which seq its late operations were all refused here: what a
+    /// snapshot of this replica says is `undone`.
+    fn undone(&self, db: &str, vector: &VersionVector) -> Vec<(DeviceId, u64)> {
+        self.config
+            .cutoffs
+            .keys()
+            .flat_map(|d| vector.writers_of(d))
+            .filter_map(|(w, _)| {
+                let b = self.refusal_bound(db, w)?;
+                let upto = self.refused_here(db, w, b);
+                (upto > b).then_some((*w, upto))
+            })
+            .collect()
+    }
+
+    /// Up to which seq every operation of `writer` in `db` after `from` was
+    /// refused here (refused ones are being corrected, here or by the
+    /// replica they were passed on to, and the corrections win over them).
+    fn refused_here(&self, db: &str, writer: &DeviceId, from: u64) -> u64 {
+        let key = (db.to_owned(), *writer);
+        let mut upto = from;
+        if self.refused_after.get(&key).is_some_and(|a| *a <= upto) {
+            upto = upto.max(self.refused_upto.get(&key).copied().unwrap_or(0));
+        }
+        if let Some(done) = self.corrected.get(&key) {
+            for seq in done.range(upto + 1..) {
+                if *seq != upto + 1 {
+                    break;
+                }
+                upto = *seq;
+            }
+        }
+        upto
+    }
+
     /// The removed device `writer` belongs to, with its cut-off.
     fn cutoff_of(&self, writer: &DeviceId) -> Option<(&DeviceId, &Cutoff)> {
         self.config
@@ -1522,6 +1579,7 @@ impl<S: SyncStore> Engine<S> {
             last,
             span,
             cut,
+            undone,
         } = piece
         else {
             return;
@@ -1533,6 +1591,16 @@ impl<S: SyncStore> Engine<S> {
             return;
         };
         if !takes(self.mode_with(&db, &state, &peer)) {
+            return;
+        }
+        // A sender that has not heard of a removal yet may have read its
+        // snapshot where the removed device's late operations were taken.
+        // Merged, those refused neither here nor there could never be; the
+        // sender passes them on as operations once it has heard.
+        if self.carries_refused(&db, &vector, &state.vector, &undone) {
+            if let Some(s) = self.links.get_mut(&peer).and_then(|l| l.get_mut(&db)) {
+                s.in_snapshot = None;
+            }
             return;
         }
         // A partial replica takes only snapshots cut for it, replacing
@@ -1792,19 +1860,21 @@ impl<S: SyncStore> Engine<S> {
             self.pump_sealed(peer, db, state, now);
             return;
         }
-        // A replica holding a removed device's late operations sends them
-        // as operations, which the peer can refuse, not folded into a
-        // snapshot it could not tell them apart in.
-        let tainted = self.config.cutoffs.keys().any(|d| {
-            state
-                .vector
-                .writers_of(d)
-                .any(|(w, seq)| self.refusal_bound(db, w).is_some_and(|b| *seq > b))
-        });
-        let Some(s) = self.links.get_mut(&peer).and_then(|l| l.get_mut(db)) else {
+        let Some(acked) = self
+            .links
+            .get(&peer)
+            .and_then(|l| l.get(db))
+            .and_then(|s| s.acked.clone())
+        else {
             return;
         };
-        let Some(acked) = s.acked.clone() else {
+        // A replica holding a removed device's late operations that the
+        // peer lacks and nobody refused sends them as operations, which
+        // the peer can refuse, never folded into a snapshot it could not
+        // tell them apart in: not even when its log no longer reaches
+        // back to what the peer holds.
+        let tainted = self.carries_refused(db, &state.vector, &acked, &[]);
+        let Some(s) = self.links.get_mut(&peer).and_then(|l| l.get_mut(db)) else {
             return;
         };
         if !s.peer_wants {
@@ -1812,13 +1882,12 @@ impl<S: SyncStore> Engine<S> {
         }
         // A replica whose records were cut to a view has no whole state
         // to give: it passes on operations only.
-        if s.out_snapshot.is_none() && !state.lacking && !state.restored {
+        if s.out_snapshot.is_none() && !state.lacking && !state.restored && !tainted {
             let below_floor = below_floor(state, &acked);
-            let far_behind = !tainted && state.vector.ahead_of(&acked) > self.config.snapshot_after;
+            let far_behind = state.vector.ahead_of(&acked) > self.config.snapshot_after;
             // A peer owed a whole state gets it from a state that holds
-            // everything it counts as held (and no late operation of a
-            // removed device, which the peer could not take out again).
-            let owed = s.refilter && !tainted && holds_all(state, &acked, &peer);
+            // everything it counts as held.
+            let owed = s.refilter && holds_all(state, &acked, &peer);
             if s.force_snapshot || owed || below_floor || far_behind {
                 let snap =
                     OutSnapshot::new(self.next_snapshot_id, state.vector.clone(), false, owed);
@@ -1907,6 +1976,7 @@ impl<S: SyncStore> Engine<S> {
         state: &SyncState,
         view: Option<&View>,
     ) {
+        let undone = self.undone(db, &state.vector);
         let Some(snap) = self
             .links
             .get_mut(&peer)
@@ -1955,6 +2025,7 @@ impl<S: SyncStore> Engine<S> {
                     last: read.done,
                     span,
                     cut: view.is_some(),
+                    undone: undone.clone(),
                 },
             ));
             snap.next_part += 1;
@@ -2790,6 +2861,95 @@ mod tests {
             stream.sent.ahead_of(stream.acked.as_ref().expect("acked")),
             0,
             "G still offers refused operations"
+        );
+    }
+
+    #[test]
+    fn a_snapshot_holding_a_removed_devices_late_writes_is_not_merged() {
+        // A (0) has removed H (2); G (1) has not heard yet, holds H's late
+        // writes and sends A a snapshot, A being far behind it.
+        let mut g_store = MemoryStore::new(dev(2));
+        g_store.create_db(DB, 2, SyncMode::Sync, 0);
+        let g_config = EngineConfig {
+            members: vec![dev(1), dev(2)],
+            snapshot_after: 5,
+            ..EngineConfig::default()
+        };
+        let mut es = [
+            engine(1, 1),
+            Engine::new(dev(2), g_store, g_config, T0),
+            engine(3, 3),
+        ];
+        let (a, g, h) = (0, 1, 2);
+        let h_id = es[h].me;
+        for (i, j) in [(a, g), (g, h)] {
+            link(&mut es, i, j, true, T0);
+        }
+        put(&mut es[a], T0, "r", 1);
+        put(&mut es[h], T0, "kept", 7);
+        settle(&mut es, T0);
+        link(&mut es, a, g, false, T0);
+        let cutoffs = BTreeMap::from([(
+            h_id,
+            Cutoff {
+                per_db: BTreeMap::from([(DB.to_owned(), 1)]),
+                after: Hlc::new(T0, 0),
+                ..Cutoff::default()
+            },
+        )]);
+        es[a].set_cutoffs(cutoffs.clone());
+        let t1 = T0 + 1_000;
+        put(&mut es[h], t1, "r", 99);
+        put(&mut es[h], t1, "late", 5);
+        for i in 0..10 {
+            put(&mut es[g], t1, &format!("g{i}"), i);
+        }
+        settle(&mut es, t1);
+
+        let t2 = T0 + 2_000;
+        link(&mut es, g, h, false, t2);
+        link(&mut es, a, g, true, t2);
+        let (left, right) = es.split_at_mut(g);
+        let sent = exchange(&mut right[0], &mut left[a], t2, t2);
+        assert!(
+            sent.contains_key("snapshot"),
+            "G sent no snapshot: {sent:?}"
+        );
+        assert_eq!(
+            es[a].store().vector(DB).get(&h_id),
+            1,
+            "A merged H's late writes from a snapshot"
+        );
+        assert_eq!(es[a].store().visible(DB).len(), 2, "A took part of it");
+
+        // G hears and passes them on as operations: A refuses them and
+        // undoes them where they landed.
+        es[g].set_cutoffs(cutoffs);
+        let mut now = t2;
+        for _ in 0..10 {
+            now += 2_000;
+            for e in es.iter_mut() {
+                e.handle_timeout(now);
+            }
+            settle(&mut es, now);
+        }
+        let va = es[a].store().visible(DB);
+        assert_eq!(va, es[g].store().visible(DB), "A and G differ");
+        let value = |id: &str| {
+            va.get(&("c".to_owned(), id.to_owned()))
+                .map(|f| f["v"].clone())
+        };
+        assert_eq!(
+            value("r"),
+            Some(Value::Int(1)),
+            "H's late overwrite survived"
+        );
+        assert_eq!(value("late"), None, "H's late record survived");
+        assert_eq!(value("kept"), Some(Value::Int(7)));
+        assert_eq!(
+            value("g9"),
+            Some(Value::Int(9)),
+            "G's writes did not reach A"
         );
     }
 }

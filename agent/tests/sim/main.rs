@@ -106,12 +106,16 @@ fn seeds_converge() {
 /// 32906, 60468, 64439, 67737, 78611, 96256, 97155, 98064), taking it
 /// back from a projection older than a snapshot piece (5106, 48698,
 /// 55740, 68856) or mixing an older copy into a newer one (21449, 31089,
-/// 56957, 65908, 66272).
+/// 56957, 65908, 66272); a removed device's late writes merged from a
+/// snapshot read before its sender heard of the removal (8667, 23799,
+/// 40320, 43997, 63164), or a snapshot held back although its sender had
+/// refused them (11448, 21464, 40499).
 #[test]
 fn seeds_that_once_failed_converge() {
     for seed in [
-        1860, 2063, 4998, 5106, 7723, 9627, 21449, 28069, 31089, 32906, 48698, 55367, 55740, 56957,
-        60468, 64439, 65908, 66272, 67737, 68856, 78611, 96256, 97155, 98064,
+        1860, 2063, 4998, 5106, 7723, 8667, 9627, 11448, 21449, 21464, 23799, 28069, 31089, 32906,
+        40320, 40499, 43997, 48698, 55367, 55740, 56957, 60468, 63164, 64439, 65908, 66272, 67737,
+        68856, 78611, 96256, 97155, 98064,
     ] {
         run_seed(seed);
     }
