@@ -2787,6 +2787,46 @@ mod tests {
         );
     }
 
+    /// The cut-off of device `h`, removed holding its operations up to
+    /// `seq` in [`DB`].
+    fn cut_off(h: DeviceId, seq: u64) -> BTreeMap<DeviceId, Cutoff> {
+        BTreeMap::from([(
+            h,
+            Cutoff {
+                per_db: BTreeMap::from([(DB.to_owned(), seq)]),
+                after: Hlc::new(T0, 0),
+                ..Cutoff::default()
+            },
+        )])
+    }
+
+    /// Checks that A and G agree, on a record "r" A wrote as 1 and H
+    /// overwrote late, a record "late" H made late, and "kept" H wrote as 7
+    /// before its cut-off; returns A's records.
+    fn assert_late_writes_undone(
+        a: &Engine<MemoryStore>,
+        g: &Engine<MemoryStore>,
+    ) -> BTreeMap<(String, String), Fields> {
+        let va = a.store().visible(DB);
+        assert_eq!(va, g.store().visible(DB), "A and G differ");
+        let value = |id: &str| {
+            va.get(&("c".to_owned(), id.to_owned()))
+                .map(|f| f["v"].clone())
+        };
+        assert_eq!(
+            value("r"),
+            Some(Value::Int(1)),
+            "H's late overwrite survived"
+        );
+        assert_eq!(value("late"), None, "H's late record survived");
+        assert_eq!(
+            value("kept"),
+            Some(Value::Int(7)),
+            "H's write before the cut-off was lost"
+        );
+        va
+    }
+
     #[test]
     fn a_removed_devices_late_writes_are_refused_and_undone_where_they_landed() {
         // A (0) is an admin, G (1) a member, H (2) the device A removes. G
@@ -2806,14 +2846,7 @@ mod tests {
         // A removes H, taking H's operations up to what it holds.
         let cutoff = es[a].store().vector(DB).get(&h_id);
         assert_eq!(cutoff, 1);
-        let cutoffs = BTreeMap::from([(
-            h_id,
-            Cutoff {
-                per_db: BTreeMap::from([(DB.to_owned(), cutoff)]),
-                after: Hlc::new(T0, 0),
-                ..Cutoff::default()
-            },
-        )]);
+        let cutoffs = cut_off(h_id, cutoff);
         es[a].set_cutoffs(cutoffs.clone());
 
         // Meanwhile H overwrites A's record and makes a new one; G takes both.
@@ -2836,23 +2869,7 @@ mod tests {
             cutoff,
             "A applied H's late writes"
         );
-        let va = es[a].store().visible(DB);
-        assert_eq!(va, es[g].store().visible(DB), "A and G differ");
-        let value = |id: &str| {
-            va.get(&("c".to_owned(), id.to_owned()))
-                .map(|f| f["v"].clone())
-        };
-        assert_eq!(
-            value("r"),
-            Some(Value::Int(1)),
-            "H's late overwrite survived"
-        );
-        assert_eq!(value("late"), None, "H's late record survived");
-        assert_eq!(
-            value("kept"),
-            Some(Value::Int(7)),
-            "H's write before the cut-off was lost"
-        );
+        assert_late_writes_undone(&es[a], &es[g]);
 
         // G stops offering H's refused operations: nothing is in flight.
         let a_id = es[a].me;
@@ -2889,14 +2906,7 @@ mod tests {
         put(&mut es[h], T0, "kept", 7);
         settle(&mut es, T0);
         link(&mut es, a, g, false, T0);
-        let cutoffs = BTreeMap::from([(
-            h_id,
-            Cutoff {
-                per_db: BTreeMap::from([(DB.to_owned(), 1)]),
-                after: Hlc::new(T0, 0),
-                ..Cutoff::default()
-            },
-        )]);
+        let cutoffs = cut_off(h_id, 1);
         es[a].set_cutoffs(cutoffs.clone());
         let t1 = T0 + 1_000;
         put(&mut es[h], t1, "r", 99);
@@ -2933,21 +2943,10 @@ mod tests {
             }
             settle(&mut es, now);
         }
-        let va = es[a].store().visible(DB);
-        assert_eq!(va, es[g].store().visible(DB), "A and G differ");
-        let value = |id: &str| {
-            va.get(&("c".to_owned(), id.to_owned()))
-                .map(|f| f["v"].clone())
-        };
+        let va = assert_late_writes_undone(&es[a], &es[g]);
         assert_eq!(
-            value("r"),
-            Some(Value::Int(1)),
-            "H's late overwrite survived"
-        );
-        assert_eq!(value("late"), None, "H's late record survived");
-        assert_eq!(value("kept"), Some(Value::Int(7)));
-        assert_eq!(
-            value("g9"),
+            va.get(&("c".to_owned(), "g9".to_owned()))
+                .map(|f| f["v"].clone()),
             Some(Value::Int(9)),
             "G's writes did not reach A"
         );
