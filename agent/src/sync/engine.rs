@@ -396,6 +396,10 @@ struct Stream {
     /// replica). Cleared only once the snapshot's last piece is merged,
     /// since the peer's vector says nothing about what it lacks.
     refilter: bool,
+    /// Records the (partial) peer may have kept whole past a replacing
+    /// snapshot, for writes of its own this replica did not hold yet: they
+    /// are sent again once it does.
+    owed_back: Option<partial::OwedBack>,
     /// The database is sealed and the peer holds none of its keys: it
     /// gets checkpoints, never snapshots.
     peer_blind: bool,
@@ -430,6 +434,7 @@ impl Stream {
             reported: BTreeMap::new(),
             view,
             refilter: false,
+            owed_back: None,
             peer_blind: false,
             checkpoint_sent: None,
             in_checkpoint: None,
@@ -1564,6 +1569,15 @@ impl<S: SyncStore> Engine<S> {
         self.send_ack(peer, &db);
         if n > 0 {
             self.pump_all(&db, Some(peer), now);
+            // A partial replica may be owed records its writes touched.
+            let owed = self
+                .links
+                .get(&peer)
+                .and_then(|l| l.get(&db))
+                .is_some_and(|s| s.owed_back.is_some());
+            if owed {
+                self.pump(peer, &db, now);
+            }
         }
     }
 
@@ -1611,12 +1625,18 @@ impl<S: SyncStore> Engine<S> {
         }
         if partial || state.lacking || state.restored {
             // A replica that holds a cut state takes a snapshot only from
-            // a state holding all it counts as held, checked at every
-            // piece (what it took from elsewhere meanwhile may be newer),
-            // and one snapshot at a time: pieces of two would replace each
-            // other's records with older ones. A new one wins; the sender
-            // of the other starts again later.
-            if !self.covers_all(&vector, &state.vector) {
+            // a state holding all it counts as held, and all its records
+            // may hold (a projection's records may be ahead of its vector),
+            // checked at every piece (what it took from elsewhere
+            // meanwhile may be newer), and one snapshot at a time: pieces
+            // of two would replace each other's records with older ones. A
+            // new one wins; the sender of the other starts again later.
+            let held = if partial {
+                self.held_with_floor(&db, &state.vector)
+            } else {
+                state.vector.clone()
+            };
+            if !self.covers_all(&vector, &held) {
                 if let Some(s) = self.links.get_mut(&peer).and_then(|l| l.get_mut(&db)) {
                     s.in_snapshot = None;
                 }
@@ -1690,6 +1710,7 @@ impl<S: SyncStore> Engine<S> {
     }
 
     fn on_snapshot_ack(&mut self, peer: DeviceId, db: String, id: u64, part: u32, now: u64) {
+        let peer_writer = self.peer_writers.get(&peer).copied().unwrap_or(peer);
         let Some(s) = self.links.get_mut(&peer).and_then(|l| l.get_mut(&db)) else {
             return;
         };
@@ -1703,6 +1724,15 @@ impl<S: SyncStore> Engine<S> {
         if snap.all_sent && part + 1 == snap.next_part {
             // The peer holds the whole snapshot: what it holds is replaced.
             s.refilter = false;
+            if snap.partial {
+                // Records outside the pieces were dropped unless they held
+                // later writes of the peer's own.
+                let owed = partial::OwedBack::new(snap.vector.get(&peer_writer), &snap.vector);
+                s.owed_back = Some(match s.owed_back.take() {
+                    Some(o) => o.join(owed),
+                    None => owed,
+                });
+            }
             if snap.partial || s.acked.as_ref().is_some_and(|a| a.dominates(&snap.vector)) {
                 s.out_snapshot = None;
                 s.cursor = 0;
@@ -2949,6 +2979,134 @@ mod tests {
                 .map(|f| f["v"].clone()),
             Some(Value::Int(9)),
             "G's writes did not reach A"
+        );
+    }
+
+    /// Rules giving device 2 the records whose `status` is below `below`.
+    fn status_rules(version: u64, below: i64) -> AccessRules {
+        use blazedb_proto::api::FilterOp;
+        use blazedb_proto::rules::{AccessLevel, AccessRule, RuleFilter, Selector};
+        AccessRules {
+            mesh: blazedb_proto::mesh::MeshId([9; 16]),
+            db: DB.to_owned(),
+            version,
+            default: AccessLevel::ReadWrite,
+            rules: vec![AccessRule {
+                devices: vec![Selector::Device(dev(2))],
+                collections: None,
+                filter: vec![RuleFilter {
+                    field: "status".into(),
+                    op: FilterOp::Lt,
+                    value: Value::Int(below),
+                    device: None,
+                }],
+                exclude: Vec::new(),
+                access: AccessLevel::ReadWrite,
+            }],
+            signer: dev(1),
+            signed_ms: 0,
+            links: Vec::new(),
+        }
+    }
+
+    fn write(e: &mut Engine<MemoryStore>, now: u64, body: OpBody) {
+        e.store_mut().write(DB, now, body).expect("db exists");
+        e.local_commit(DB, now);
+    }
+
+    fn fields(pairs: &[(&str, i64)]) -> Fields {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), Value::Int(*v)))
+            .collect()
+    }
+
+    #[test]
+    fn a_partial_replica_gets_again_a_record_it_kept_through_a_replacing_snapshot() {
+        // F (1) holds the whole database; P (2) the records with a status
+        // below 50.
+        let (mut f, mut p) = (engine(1, 10), engine(2, 10));
+        for e in [&mut f, &mut p] {
+            e.set_rules(status_rules(1, 50), T0);
+        }
+        let r = ("c".to_owned(), "r".to_owned());
+        let put = OpBody::Put {
+            collection: "c".into(),
+            id: "r".into(),
+            fields: fields(&[("status", 5), ("v", 1)]),
+        };
+        write(&mut f, T0, put);
+        connect(&mut f, &mut p, T0);
+        exchange(&mut f, &mut p, T0, T0);
+        assert!(p.store().visible(DB).contains_key(&r));
+
+        // Apart, F deletes the record and P patches it; then the rules
+        // change, so a snapshot replaces what P holds.
+        f.disconnected(&p.me);
+        p.disconnected(&f.me);
+        let t1 = T0 + 1_000;
+        let delete = OpBody::Delete {
+            collection: "c".into(),
+            id: "r".into(),
+        };
+        write(&mut f, t1, delete);
+        let patch = OpBody::Patch {
+            collection: "c".into(),
+            id: "r".into(),
+            set: fields(&[("status", 7)]),
+            unset: Vec::new(),
+        };
+        write(&mut p, t1 + 1, patch);
+        let t2 = T0 + 2_000;
+        for e in [&mut f, &mut p] {
+            e.set_rules(status_rules(2, 60), t2);
+        }
+
+        // The snapshot does not carry the deleted record, and P keeps it
+        // whole, since it holds P's patch, which F takes only later. P's
+        // vector, which counts F's delete as held, overtakes its last
+        // acknowledgement of the snapshot.
+        connect(&mut f, &mut p, t2);
+        let (mut ops, mut acks) = (Vec::new(), Vec::new());
+        loop {
+            let mut moved = false;
+            while let Some((_, msg)) = f.poll_transmit() {
+                p.handle(f.me, msg, t2);
+                moved = true;
+            }
+            while let Some((_, msg)) = p.poll_transmit() {
+                match kind(&msg) {
+                    "ops" => ops.push(msg),
+                    "snapshot_ack" => acks.push(msg),
+                    _ => f.handle(p.me, msg, t2),
+                }
+                moved = true;
+            }
+            if !moved {
+                break;
+            }
+        }
+        assert!(
+            !ops.is_empty() && !acks.is_empty(),
+            "P sent no writes or acks"
+        );
+        assert_eq!(
+            p.store().visible(DB).get(&r),
+            Some(&fields(&[("status", 7), ("v", 1)]))
+        );
+        for msg in acks.into_iter().chain(ops) {
+            f.handle(p.me, msg, t2);
+        }
+        exchange(&mut f, &mut p, t2, t2);
+
+        // F holds the patch on the deleted record; P gets that record
+        // again once F holds the patch, and drops the deleted field.
+        let want = fields(&[("status", 7)]);
+        assert_eq!(f.store().visible(DB).get(&r), Some(&want));
+        assert_eq!(
+            p.store().visible(DB).get(&r),
+            Some(&want),
+            "P kept a field of a record F deleted"
         );
     }
 }

@@ -109,13 +109,17 @@ fn seeds_converge() {
 /// 56957, 65908, 66272); a removed device's late writes merged from a
 /// snapshot read before its sender heard of the removal (8667, 23799,
 /// 40320, 43997, 63164), or a snapshot held back although its sender had
-/// refused them (11448, 21464, 40499).
+/// refused them (11448, 21464, 40499); a partial replica keeping fields
+/// of a record a replacing snapshot left out, since it held a write of its
+/// own on it that the sender took only later (26578, 49592, 51239), or
+/// taking a snapshot piece read before records a projection brought
+/// (11463).
 #[test]
 fn seeds_that_once_failed_converge() {
     for seed in [
-        1860, 2063, 4998, 5106, 7723, 8667, 9627, 11448, 21449, 21464, 23799, 28069, 31089, 32906,
-        40320, 40499, 43997, 48698, 55367, 55740, 56957, 60468, 63164, 64439, 65908, 66272, 67737,
-        68856, 78611, 96256, 97155, 98064,
+        1860, 2063, 4998, 5106, 7723, 8667, 9627, 11448, 11463, 21449, 21464, 23799, 26578, 28069,
+        31089, 32906, 40320, 40499, 43997, 48698, 49592, 51239, 55367, 55740, 56957, 60468, 63164,
+        64439, 65908, 66272, 67737, 68856, 78611, 96256, 97155, 98064,
     ] {
         run_seed(seed);
     }

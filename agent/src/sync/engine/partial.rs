@@ -40,6 +40,38 @@ use crate::sync::store::{Projection, Refusal, SyncState, SyncStore, WriteScreen}
 /// writers about with the correction.
 const REJECTIONS_KEPT: usize = 4096;
 
+/// Records a partial replica may have kept although a replacing snapshot
+/// did not carry them: it keeps a record that holds a write of its own the
+/// sender did not hold, whole, fields the sender's state has ended
+/// included. Nothing else would send such a record again, since the
+/// replica holds every operation on it: the sender does, once it holds
+/// those writes.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct OwedBack {
+    /// The peer's own writes after this seq.
+    after: u64,
+    /// Not before the peer acknowledged this (the snapshot's vector): its
+    /// acknowledgement names every write it held when it merged the
+    /// snapshot.
+    until: VersionVector,
+}
+
+impl OwedBack {
+    pub(super) fn new(after: u64, until: &VersionVector) -> Self {
+        OwedBack {
+            after,
+            until: until.clone(),
+        }
+    }
+
+    /// Both owed at once.
+    pub(super) fn join(mut self, other: OwedBack) -> Self {
+        self.after = self.after.min(other.after);
+        self.until.merge(&other.until);
+        self
+    }
+}
+
 impl<S: SyncStore> Engine<S> {
     /// Takes a database's access rules; a newer version replaces an older
     /// one. Links whose peer now sees something else are re-cut; when the
@@ -371,6 +403,7 @@ impl<S: SyncStore> Engine<S> {
             self.send_snapshot_pieces(peer, db, state, Some(view));
             return;
         }
+        self.project_back(peer, db, state, view, &acked);
         // Corrections of this peer's refused writes, by correction seq.
         let told: BTreeMap<u64, (u64, String)> = self
             .rejections
@@ -416,30 +449,9 @@ impl<S: SyncStore> Engine<S> {
                     .entry(keys::record_key(body.collection(), body.id()))
                     .or_default() |= may_leave;
             }
-            let keys: Vec<Vec<u8>> = touched.keys().cloned().collect();
-            let states = match self.store.read_records(db, &keys) {
-                Ok(r) => r,
-                Err(e) => {
-                    self.store_failed(db, &e);
-                    return;
-                }
+            let Some((records, evict)) = self.project_touched(db, view, touched) else {
+                return;
             };
-            let (mut records, mut evict) = (Vec::new(), Vec::new());
-            for ((key, may_leave), state) in touched.into_iter().zip(states) {
-                let seen = state
-                    .as_deref()
-                    .and_then(|st| project(view, key.clone(), st));
-                match seen {
-                    Some(r) => records.push(r),
-                    None if may_leave => {
-                        match state.and_then(|st| project_deleted(view, key.clone(), &st)) {
-                            Some(r) => records.push(r),
-                            None => evict.push(ByteBuf::from(key)),
-                        }
-                    }
-                    None => {}
-                }
-            }
             let mut at = state.vector.clone();
             for (o, (_, last)) in &covers {
                 if *last > at.get(o) {
@@ -459,6 +471,134 @@ impl<S: SyncStore> Engine<S> {
                 },
             ));
         }
+    }
+
+    /// The records `touched` (each with whether it may have to leave the
+    /// peer) as a partial replica with `view` may receive them, and the
+    /// keys of those it must drop; `None` if the store failed.
+    fn project_touched(
+        &mut self,
+        db: &str,
+        view: &View,
+        touched: BTreeMap<Vec<u8>, bool>,
+    ) -> Option<(Vec<SnapshotRecord>, Vec<ByteBuf>)> {
+        let keys: Vec<Vec<u8>> = touched.keys().cloned().collect();
+        let states = match self.store.read_records(db, &keys) {
+            Ok(r) => r,
+            Err(e) => {
+                self.store_failed(db, &e);
+                return None;
+            }
+        };
+        let (mut records, mut evict) = (Vec::new(), Vec::new());
+        for ((key, may_leave), state) in touched.into_iter().zip(states) {
+            let seen = state
+                .as_deref()
+                .and_then(|st| project(view, key.clone(), st));
+            match seen {
+                Some(r) => records.push(r),
+                None if may_leave => {
+                    match state.and_then(|st| project_deleted(view, key.clone(), &st)) {
+                        Some(r) => records.push(r),
+                        None => evict.push(ByteBuf::from(key)),
+                    }
+                }
+                None => {}
+            }
+        }
+        Some((records, evict))
+    }
+
+    /// Sends a partial replica the records it may have kept whole
+    /// (`OwedBack`) as this replica holds them, once it holds the peer's
+    /// writes on them and everything else the peer holds.
+    fn project_back(
+        &mut self,
+        peer: DeviceId,
+        db: &str,
+        state: &SyncState,
+        view: &View,
+        acked: &VersionVector,
+    ) {
+        let writer = self.peer_writers.get(&peer).copied().unwrap_or(peer);
+        let Some(s) = self.links.get_mut(&peer).and_then(|l| l.get_mut(db)) else {
+            return;
+        };
+        let Some(owed) = &s.owed_back else {
+            return;
+        };
+        let held = state.vector.get(&writer);
+        if !acked.dominates(&owed.until)
+            || held < acked.get(&writer)
+            || !super::holds_all(state, acked, &peer)
+        {
+            return;
+        }
+        let after = owed.after;
+        s.owed_back = None;
+        if held <= after {
+            return;
+        }
+        // Everything held but the peer's writes after `after`.
+        let mut have = state.vector.clone();
+        have.set(writer, after);
+        let mut touched: BTreeMap<Vec<u8>, bool> = BTreeMap::new();
+        // A replacing snapshot is rare (a view changed): the log is read
+        // from its start.
+        let mut cursor = 0;
+        loop {
+            let read = match self.store.read_ops(db, &have, cursor, self.config.batch) {
+                Ok(r) => r,
+                Err(e) => {
+                    self.store_failed(db, &e);
+                    return;
+                }
+            };
+            if read.ops.is_empty() {
+                break;
+            }
+            cursor = read.next;
+            for op in read.ops.iter().filter(|o| o.writer() == writer) {
+                if let Ok(body) = OpBody::decode(&op.body) {
+                    touched.insert(keys::record_key(body.collection(), body.id()), true);
+                }
+            }
+        }
+        // In batches of the size sync reads, as the records of a read.
+        let mut touched = touched.into_iter().peekable();
+        while touched.peek().is_some() {
+            let batch = touched.by_ref().take(self.config.batch.max_items).collect();
+            let Some((records, evict)) = self.project_touched(db, view, batch) else {
+                return;
+            };
+            self.outbox.push_back((
+                peer,
+                SyncMessage::Projected {
+                    db: db.to_owned(),
+                    epoch: state.epoch,
+                    at: state.vector.clone(),
+                    covers: Vec::new(),
+                    records,
+                    evict,
+                    rejected: Vec::new(),
+                },
+            ));
+        }
+    }
+
+    /// What this (partial) replica's records may hold: its vector, and the
+    /// states what it merged was read at (`Engine::read_floor`), forgotten
+    /// once the vector holds them.
+    pub(super) fn held_with_floor(&mut self, db: &str, vector: &VersionVector) -> VersionVector {
+        let mut held = vector.clone();
+        if let Some(floor) = self.read_floor.get(db) {
+            if held.dominates(floor) {
+                self.read_floor.remove(db);
+            } else {
+                held.merge(floor);
+            }
+        }
+        held
     }
 
     /// On a partial replica: a projection from a full one arrived.
@@ -485,14 +625,7 @@ impl<S: SyncStore> Engine<S> {
             .covers
             .iter()
             .any(|(o, first, _)| *first > state.vector.get(o) + 1);
-        let mut held = state.vector.clone();
-        if let Some(floor) = self.read_floor.get(&db) {
-            if held.dominates(floor) {
-                self.read_floor.remove(&db);
-            } else {
-                held.merge(floor);
-            }
-        }
+        let held = self.held_with_floor(&db, &state.vector);
         if gap || !self.covers_all(at, &held) {
             // Older than what this replica took from elsewhere, or after a
             // lost message: the sender goes back and sends it again.
@@ -517,11 +650,13 @@ impl<S: SyncStore> Engine<S> {
         if judged > projection_from(&self.own_judged, &db) {
             self.own_judged.insert(db.clone(), judged);
         }
-        self.events.push_back(Event::Applied {
-            db: db.clone(),
-            from: peer,
-            ops: usize::try_from(ops).unwrap_or(usize::MAX),
-        });
+        if ops > 0 {
+            self.events.push_back(Event::Applied {
+                db: db.clone(),
+                from: peer,
+                ops: usize::try_from(ops).unwrap_or(usize::MAX),
+            });
+        }
         self.send_ack(peer, &db);
     }
 }
