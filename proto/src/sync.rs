@@ -374,6 +374,9 @@ pub enum SyncMessage {
         /// state.
         at: VersionVector,
         /// The operations covered, per origin the first and last seq.
+        /// Empty when the records are sent again: those the receiver's own
+        /// writes touched, which it kept whole through a replacing
+        /// snapshot.
         covers: Vec<(DeviceId, u64, u64)>,
         /// The records, cut to what the receiver may see.
         records: Vec<SnapshotRecord>,
