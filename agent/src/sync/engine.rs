@@ -2308,6 +2308,10 @@ mod tests {
             id: id.into(),
             fields: Fields::from([("v".into(), Value::Int(v))]),
         };
+        write(e, now, body);
+    }
+
+    fn write(e: &mut Engine<MemoryStore>, now: u64, body: OpBody) {
         e.store_mut().write(DB, now, body).expect("db exists");
         e.local_commit(DB, now);
     }
@@ -3007,11 +3011,6 @@ mod tests {
             signed_ms: 0,
             links: Vec::new(),
         }
-    }
-
-    fn write(e: &mut Engine<MemoryStore>, now: u64, body: OpBody) {
-        e.store_mut().write(DB, now, body).expect("db exists");
-        e.local_commit(DB, now);
     }
 
     fn fields(pairs: &[(&str, i64)]) -> Fields {
