@@ -113,3 +113,34 @@ fn commands_that_share_a_commit_see_each_other() {
     assert_eq!(fields(&store, "r"), Some(want));
     rt.block_on(store.shutdown()).unwrap();
 }
+
+/// Records written out of key order in one commit, each twice (the writer
+/// hands a commit's records to fjall in key order): each keeps its last
+/// write, read at once and after a restart.
+#[test]
+fn records_written_out_of_key_order_keep_their_last_writes() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (dir, store) = store_with_db(&rt);
+    let ids = ["d", "c", "b", "a", "e"];
+    let writes = (0..2)
+        .flat_map(|round| ids.map(|id| put(id, &[("round", round)])))
+        .collect();
+    rt.block_on(store.write("d", writes)).unwrap();
+    for id in ids {
+        assert_eq!(fields(&store, id), Some(ints(&[("round", 1)])), "{id}");
+    }
+    rt.block_on(store.shutdown()).unwrap();
+    drop(store);
+    let store = Store::open(dir.path(), DeviceId([1; 32]), StoreOptions::default()).unwrap();
+    for id in ids {
+        assert_eq!(
+            fields(&store, id),
+            Some(ints(&[("round", 1)])),
+            "{id} after a restart"
+        );
+    }
+    rt.block_on(store.shutdown()).unwrap();
+}
