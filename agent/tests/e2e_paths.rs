@@ -65,13 +65,14 @@ fn exchange(a: &mut Node, b: &mut Node, relay: &mut dyn FnMut(&mut SyncMessage))
     b.engine.connected(a_id, now());
     loop {
         let mut moved = false;
-        while let Some((_, mut m)) = a.engine.poll_transmit() {
+        while let Some((_, m)) = a.engine.poll_transmit() {
+            let mut m = over_the_wire(&m);
             relay(&mut m);
             b.engine.handle(a_id, m, now());
             moved = true;
         }
         while let Some((_, m)) = b.engine.poll_transmit() {
-            a.engine.handle(b_id, m, now());
+            a.engine.handle(b_id, over_the_wire(&m), now());
             moved = true;
         }
         for n in [&mut *a, &mut *b] {
@@ -85,6 +86,12 @@ fn exchange(a: &mut Node, b: &mut Node, relay: &mut dyn FnMut(&mut SyncMessage))
     }
     a.engine.disconnected(&b_id);
     b.engine.disconnected(&a_id);
+}
+
+/// `m` as the peer reads it: encoded and decoded, as the agent's sessions
+/// send it.
+fn over_the_wire(m: &SyncMessage) -> SyncMessage {
+    SyncMessage::decode(&m.encode().expect("encodes")).expect("decodes")
 }
 
 /// Waits, ten seconds at most, until what `n`'s store applied is durable,

@@ -45,14 +45,7 @@ pub fn flags_of(op: &Op) -> (u8, Option<PutParts<'_>>) {
 
 /// Appends what follows an entry's origin, `put` as [`flags_of`] gave it.
 pub fn write_rest(out: &mut Vec<u8>, op: &Op, put: Option<PutParts<'_>>) {
-    raw::uint(out, op.seq);
-    out.extend_from_slice(&op.hlc.0.to_be_bytes());
-    if op.priority != 0 {
-        out.push(op.priority);
-    }
-    if op.incarnation != 0 {
-        raw::uint(out, u64::from(op.incarnation));
-    }
+    write_head(out, op.seq, op.hlc, op.priority, op.incarnation);
     match put {
         Some(parts) => {
             raw::uint(out, parts.stored_len() as u64);
@@ -62,6 +55,19 @@ pub fn write_rest(out: &mut Vec<u8>, op: &Op, put: Option<PutParts<'_>>) {
             raw::uint(out, op.body.len() as u64);
             out.extend_from_slice(&op.body);
         }
+    }
+}
+
+/// Appends an entry's seq, clock reading, and the priority and
+/// incarnation its flags say follow.
+fn write_head(out: &mut Vec<u8>, seq: u64, hlc: Hlc, priority: u8, incarnation: u32) {
+    raw::uint(out, seq);
+    out.extend_from_slice(&hlc.0.to_be_bytes());
+    if priority != 0 {
+        out.push(priority);
+    }
+    if incarnation != 0 {
+        raw::uint(out, u64::from(incarnation));
     }
 }
 
@@ -86,6 +92,30 @@ impl Rest<'_> {
     /// The body as its writer encoded it.
     pub fn body(&self) -> Vec<u8> {
         body_of(self.body, self.put)
+    }
+
+    /// The flags an entry of this op carries (as [`flags_of`] gives them
+    /// for the op built from it).
+    pub fn flags(&self) -> u8 {
+        let mut flags = 0;
+        if self.priority != 0 {
+            flags |= HAS_PRIORITY;
+        }
+        if self.incarnation != 0 {
+            flags |= HAS_INCARNATION;
+        }
+        if self.put {
+            flags |= PUT_PARTS;
+        }
+        flags
+    }
+
+    /// Appends it as [`write_rest`] writes the op built from it: the same
+    /// bytes, copied rather than rebuilt.
+    pub fn write(&self, out: &mut Vec<u8>) {
+        write_head(out, self.seq, self.hlc, self.priority, self.incarnation);
+        raw::uint(out, self.body.len() as u64);
+        out.extend_from_slice(self.body);
     }
 }
 

@@ -16,6 +16,8 @@ use crate::rules::SyncWish;
 
 mod packed;
 
+pub use packed::PackedOps;
+
 /// Per origin device, the highest sequence number up to which a replica
 /// holds every operation (or their effect) with no gap.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -323,6 +325,18 @@ pub enum SyncMessage {
         /// The operations.
         ops: Vec<Op>,
     },
+    /// [`SyncMessage::Ops`] as a sender builds them from its op log,
+    /// already in the packed form: sent as `Ops` are, and decoded as
+    /// `Ops`.
+    #[serde(skip)]
+    Packed {
+        /// The database.
+        db: String,
+        /// The sender's epoch.
+        epoch: Epoch,
+        /// The operations.
+        ops: PackedOps,
+    },
     /// A piece of the sender's state, for a receiver too far behind for the
     /// op stream. Records come in key order; the last piece says so.
     Snapshot {
@@ -416,6 +430,7 @@ impl SyncMessage {
         match self {
             SyncMessage::Vector { db, .. }
             | SyncMessage::Ops { db, .. }
+            | SyncMessage::Packed { db, .. }
             | SyncMessage::Snapshot { db, .. }
             | SyncMessage::Checkpoint { db, .. }
             | SyncMessage::SnapshotAck { db, .. }
@@ -437,6 +452,10 @@ impl SyncMessage {
         match self {
             SyncMessage::Ops { db, epoch, ops } => {
                 packed::encode_into(out, db, *epoch, ops);
+                Ok(())
+            }
+            SyncMessage::Packed { db, epoch, ops } => {
+                ops.encode_into(out, db, *epoch);
                 Ok(())
             }
             _ => codec::encode_into(out, self),
@@ -743,6 +762,39 @@ mod tests {
         fn messages_round_trip(msg in arb_message()) {
             let bytes = msg.encode().expect("encode");
             prop_assert_eq!(SyncMessage::decode(&bytes).expect("decode"), msg);
+        }
+
+        /// Ops packed one at a time, from themselves or from their entry
+        /// form, make the same message as `Ops` holding them, and build
+        /// back into them.
+        #[test]
+        fn packed_ops_are_ops_messages(
+            epoch in any::<u64>(),
+            ops in proptest::collection::vec(arb_op(), 0..8),
+        ) {
+            let (mut built, mut copied) = (PackedOps::default(), PackedOps::default());
+            for op in &ops {
+                built.push(op);
+                // The entry the op log would hold, read back.
+                let (flags, put) = crate::op_entry::flags_of(op);
+                let mut entry = Vec::new();
+                crate::op_entry::write_rest(&mut entry, op, put);
+                let mut r = codec::raw::Reader::new(&entry);
+                let rest = crate::op_entry::read_rest(&mut r, flags).expect("reads");
+                prop_assert_eq!(rest.flags(), flags);
+                copied.push_entry(op.origin, &rest);
+            }
+            prop_assert_eq!(&built, &copied);
+            let ids: Vec<(DeviceId, u64)> = ops.iter().map(|o| (o.writer(), o.seq)).collect();
+            prop_assert_eq!(copied.ids(), &ids[..]);
+            prop_assert_eq!(copied.len(), ops.len());
+            prop_assert_eq!(&copied.to_ops().expect("builds"), &ops);
+            let as_ops = SyncMessage::Ops { db: "d".into(), epoch, ops };
+            let packed = SyncMessage::Packed { db: "d".into(), epoch, ops: copied };
+            prop_assert_eq!(packed.db(), "d");
+            let bytes = packed.encode().expect("encode");
+            prop_assert_eq!(&bytes, &as_ops.encode().expect("encode"));
+            prop_assert_eq!(SyncMessage::decode(&bytes).expect("decode"), as_ops);
         }
 
         /// `Ops` go packed, in fewer bytes than serde writes them, and

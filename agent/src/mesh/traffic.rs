@@ -97,6 +97,7 @@ pub struct Traffic {
 fn ops_of(msg: &SyncMessage) -> u64 {
     match msg {
         SyncMessage::Ops { ops, .. } => ops.len() as u64,
+        SyncMessage::Packed { ops, .. } => ops.len() as u64,
         SyncMessage::Projected { covers, .. } => covers
             .iter()
             .map(|(_, first, last)| (last + 1).saturating_sub(*first))
@@ -168,16 +169,32 @@ mod tests {
     fn a_message_counts_its_operations_and_bytes_on_its_database() {
         let t = Traffic::new(true);
         let peer = DeviceId([7; 32]);
-        let msg = SyncMessage::Ops {
+        let op = |seq| blazedb_proto::Op {
+            origin: peer,
+            seq,
+            hlc: blazedb_proto::Hlc(seq),
+            priority: 0,
+            incarnation: 0,
+            body: vec![seq as u8],
+        };
+        let mut packed = blazedb_proto::sync::PackedOps::default();
+        packed.push(&op(1));
+        packed.push(&op(2));
+        let sent = SyncMessage::Packed {
             db: "notes".into(),
             epoch: Default::default(),
-            ops: Vec::new(),
+            ops: packed,
         };
-        t.count(peer, Way::Out, &msg, 120);
-        t.count(peer, Way::In, &msg, 80);
+        let received = SyncMessage::Ops {
+            db: "notes".into(),
+            epoch: Default::default(),
+            ops: vec![op(3)],
+        };
+        t.count(peer, Way::Out, &sent, 120);
+        t.count(peer, Way::In, &received, 80);
         let flows = t.flows();
         let f = &flows[&(peer, "notes".to_owned())];
         assert_eq!((f.bytes_out.total(), f.bytes_in.total()), (120, 80));
-        assert_eq!(f.ops_out.total(), 0);
+        assert_eq!((f.ops_out.total(), f.ops_in.total()), (2, 1));
     }
 }

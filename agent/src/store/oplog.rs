@@ -39,6 +39,7 @@
 
 use blazedb_proto::codec::{self, CodecError, raw};
 use blazedb_proto::op_entry::{self, HAS_INCARNATION, HAS_PRIORITY, PUT_PARTS};
+use blazedb_proto::sync::PackedOps;
 use blazedb_proto::{DeviceId, Hlc, Op};
 use fjall::{Keyspace, OwnedWriteBatch, Slice};
 
@@ -105,6 +106,40 @@ impl Entry {
     /// compact form).
     pub(crate) fn writer_seq(&self) -> Result<(DeviceId, u64), StoreError> {
         writer_seq(self.cursor, &self.chunk, &self.form)
+    }
+
+    /// Adds the entry's op to `out`: copied as it is stored, or built
+    /// first if it is in an earlier form.
+    pub(crate) fn pack_into(&self, out: &mut PackedOps) -> Result<(), StoreError> {
+        match self.form {
+            Form::Compact {
+                head,
+                start,
+                end,
+                put,
+            } => {
+                let rest = op_entry::Rest {
+                    seq: head.seq,
+                    hlc: head.hlc,
+                    priority: head.priority,
+                    incarnation: head.incarnation,
+                    body: &self.chunk[start..end],
+                    put,
+                };
+                out.push_entry(head.origin, &rest);
+            }
+            Form::Framed { .. } => out.push(&self.op()?),
+        }
+        Ok(())
+    }
+
+    /// The bytes the entry's op takes, about: its body as stored, and a
+    /// share for the rest.
+    pub(crate) fn size(&self) -> usize {
+        let body = match self.form {
+            Form::Compact { start, end, .. } | Form::Framed { start, end } => end - start,
+        };
+        body + 64
     }
 
     /// The entry's op.

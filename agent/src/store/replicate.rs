@@ -30,10 +30,11 @@ use super::writer::{
 };
 use super::{Command, DbState, Reply, Store, StoreError, SyncMeta, lock, read_lock, sync_meta_key};
 use crate::sync::{
-    Applied, Checkpoint, Compacted, Correction, OpsRead, Projection, ReadLimits, Refusal, Replace,
-    SnapshotRead, SyncState, SyncStore, WriteScreen,
+    Applied, Checkpoint, Compacted, Correction, OpsRead, PackedRead, Projection, ReadLimits,
+    Refusal, Replace, SnapshotRead, SyncState, SyncStore, WriteScreen,
 };
 use blazedb_proto::api::{Durability, Write};
+use blazedb_proto::sync::PackedOps;
 
 impl Writer {
     /// Commits a plan made for one database, with its sync metadata, and
@@ -1016,6 +1017,43 @@ impl Store {
         })));
         rx.recv().unwrap_or(Err(StoreError::ShuttingDown))
     }
+
+    /// Hands `add`, in log order after `from`, the entries of published
+    /// ops a replica holding `have` lacks and can apply in that order,
+    /// until `limits` are reached; returns where to read next time.
+    fn read_log(
+        &self,
+        db: &str,
+        have: &VersionVector,
+        from: u64,
+        limits: ReadLimits,
+        mut add: impl FnMut(&oplog::Entry) -> Result<(), StoreError>,
+    ) -> Result<u64, StoreError> {
+        let db = self.db(db)?;
+        let head = db.head();
+        let mut want = have.clone();
+        let (mut items, mut bytes) = (0, 0);
+        let mut log = oplog::after(&db.log, from);
+        // What the peer holds is passed over by its head alone: a peer
+        // that sent most of the log (the origin of what this replica
+        // applied) holds most of what is read for it.
+        while let Some(entry) =
+            log.next_kept(|cursor, writer, seq| cursor > head || want.advance(writer, seq))
+        {
+            let entry = entry?;
+            if entry.cursor > head {
+                // Committed but not yet published: next time.
+                break;
+            }
+            add(&entry)?;
+            items += 1;
+            bytes += entry.size();
+            if limits.full(items, bytes) {
+                return Ok(entry.cursor);
+            }
+        }
+        Ok(from.max(head))
+    }
 }
 
 impl SyncStore for Store {
@@ -1055,31 +1093,27 @@ impl SyncStore for Store {
         from: u64,
         limits: ReadLimits,
     ) -> Result<OpsRead, StoreError> {
-        let db = self.db(db)?;
-        let head = db.head();
-        let mut want = have.clone();
-        let (mut ops, mut bytes) = (Vec::new(), 0);
-        let mut log = oplog::after(&db.log, from);
-        // What the peer holds is passed over by its head alone: a peer
-        // that sent most of the log (the origin of what this replica
-        // applied) holds most of what is read for it.
-        while let Some(entry) =
-            log.next_kept(|cursor, writer, seq| cursor > head || want.advance(writer, seq))
-        {
-            let entry = entry?;
-            let cursor = entry.cursor;
-            if cursor > head {
-                // Committed but not yet published: next time.
-                break;
-            }
-            let op = entry.op()?;
-            let size = op.body.len() + 64;
-            if limits.take(&mut ops, &mut bytes, op, size) {
-                return Ok(OpsRead { ops, next: cursor });
-            }
-        }
-        let next = from.max(head);
+        let mut ops = Vec::new();
+        let next = self.read_log(db, have, from, limits, |entry| {
+            ops.push(entry.op()?);
+            Ok(())
+        })?;
         Ok(OpsRead { ops, next })
+    }
+
+    fn read_ops_packed(
+        &self,
+        db: &str,
+        have: &VersionVector,
+        from: u64,
+        limits: ReadLimits,
+    ) -> Result<PackedRead, StoreError> {
+        // Most reads fill up: room for a full one of small ops at once,
+        // where a stream grown from empty copied itself at every step.
+        let items = limits.max_items.min(4096);
+        let mut ops = PackedOps::with_capacity(items, limits.max_bytes.min(items * 160));
+        let next = self.read_log(db, have, from, limits, |entry| entry.pack_into(&mut ops))?;
+        Ok(PackedRead { ops, next })
     }
 
     fn apply_ops(

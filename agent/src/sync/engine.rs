@@ -34,6 +34,7 @@ use std::sync::Arc;
 
 use blazedb_proto::api::SyncMode;
 use blazedb_proto::rules::{AccessRules, SyncWish};
+use blazedb_proto::sync::PackedOps;
 use blazedb_proto::{
     DeviceId, Epoch, Hlc, Op, OpBody, Report, RunVector, Stable, SyncMessage, VersionVector,
 };
@@ -1014,6 +1015,14 @@ impl<S: SyncStore> Engine<S> {
                 )
             }
             SyncMessage::Ops { db, epoch, ops } => self.on_ops(peer, db, epoch, ops, now),
+            // Only a peer in the same process (a simulation) hands these
+            // over unencoded; the wire brings them as `Ops`. They are built
+            // from ops or log entries already read, so they always build.
+            SyncMessage::Packed { db, epoch, ops } => {
+                if let Ok(ops) = ops.to_ops() {
+                    self.on_ops(peer, db, epoch, ops, now);
+                }
+            }
             piece @ SyncMessage::Snapshot { .. } => self.on_snapshot(peer, piece, now),
             part @ SyncMessage::Checkpoint { .. } => self.on_checkpoint(peer, part, now),
             SyncMessage::Projected {
@@ -1930,8 +1939,22 @@ impl<S: SyncStore> Engine<S> {
             // Operations wait until the snapshot is in.
             return;
         }
-        while let Some(ops) = self.read_window(peer, db) {
-            self.send_ops(peer, db, state.epoch, ops, now);
+        self.send_window(peer, db, state.epoch, now);
+    }
+
+    /// Sends `peer` the operations of the log it lacks, as its window
+    /// allows, as the log holds them.
+    fn send_window(&mut self, peer: DeviceId, db: &str, epoch: Epoch, now: u64) {
+        while let Some(ops) = self.read_window_packed(peer, db) {
+            self.count_sent(peer, db, ops.ids().iter().copied(), now);
+            self.outbox.push_back((
+                peer,
+                SyncMessage::Packed {
+                    db: db.to_owned(),
+                    epoch,
+                    ops,
+                },
+            ));
         }
     }
 
@@ -1952,22 +1975,46 @@ impl<S: SyncStore> Engine<S> {
     /// its window has room: `None` once it is full, the log has no more,
     /// or the read failed.
     fn read_window(&mut self, peer: DeviceId, db: &str) -> Option<Vec<Op>> {
+        self.window_read(peer, db, |store, sent, cursor, limits| {
+            store
+                .read_ops(db, sent, cursor, limits)
+                .map(|r| (r.ops, r.next))
+        })
+        .filter(|ops| !ops.is_empty())
+    }
+
+    /// [`Engine::read_window`], the operations packed for the wire.
+    fn read_window_packed(&mut self, peer: DeviceId, db: &str) -> Option<PackedOps> {
+        self.window_read(peer, db, |store, sent, cursor, limits| {
+            store
+                .read_ops_packed(db, sent, cursor, limits)
+                .map(|r| (r.ops, r.next))
+        })
+        .filter(|ops| !ops.is_empty())
+    }
+
+    /// Reads for `peer` with `read` (given what it was sent, where its
+    /// reader stands and the read size) if its window has room, and moves
+    /// its reader on; `None` when the window is full or the read failed.
+    fn window_read<T>(
+        &mut self,
+        peer: DeviceId,
+        db: &str,
+        read: impl FnOnce(&S, &VersionVector, u64, ReadLimits) -> Result<(T, u64), S::Error>,
+    ) -> Option<T> {
         let s = self.links.get_mut(&peer)?.get_mut(db)?;
         if s.sent.ahead_of(s.acked.as_ref()?) >= self.config.window_ops {
             return None;
         }
-        let read = match self
-            .store
-            .read_ops(db, &s.sent, s.cursor, self.config.batch)
-        {
+        let (items, next) = match read(&self.store, &s.sent, s.cursor, self.config.batch) {
             Ok(r) => r,
             Err(e) => {
                 self.store_failed(db, &e);
                 return None;
             }
         };
-        s.cursor = read.next;
-        (!read.ops.is_empty()).then_some(read.ops)
+        s.cursor = next;
+        Some(items)
     }
 
     /// `peer` sent the ops logged at `logged`, so it holds them: if its
@@ -1985,14 +2032,25 @@ impl<S: SyncStore> Engine<S> {
     /// Counts `ops` as sent to `peer`; the retransmit clock starts now if
     /// nothing was in flight.
     fn mark_sent(&mut self, peer: DeviceId, db: &str, ops: &[Op], now: u64) {
+        self.count_sent(peer, db, ops.iter().map(|op| (op.writer(), op.seq)), now);
+    }
+
+    /// [`Engine::mark_sent`] of ops given by writer and seq.
+    fn count_sent(
+        &mut self,
+        peer: DeviceId,
+        db: &str,
+        ids: impl Iterator<Item = (DeviceId, u64)>,
+        now: u64,
+    ) {
         let Some(s) = self.links.get_mut(&peer).and_then(|l| l.get_mut(db)) else {
             return;
         };
         if !s.in_flight() {
             s.progress_at = now;
         }
-        for op in ops {
-            s.sent.set(op.writer(), op.seq);
+        for (writer, seq) in ids {
+            s.sent.set(writer, seq);
         }
     }
 
@@ -2347,7 +2405,7 @@ mod tests {
     fn kind(msg: &SyncMessage) -> &'static str {
         match msg {
             SyncMessage::Vector { .. } => "vector",
-            SyncMessage::Ops { .. } => "ops",
+            SyncMessage::Ops { .. } | SyncMessage::Packed { .. } => "ops",
             SyncMessage::Snapshot { .. } => "snapshot",
             SyncMessage::SnapshotAck { .. } => "snapshot_ack",
             SyncMessage::Refuted { .. } => "refuted",

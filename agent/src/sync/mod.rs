@@ -22,6 +22,6 @@ pub fn record_key(collection: &str, id: &str) -> Vec<u8> {
     crate::store::keys::record_key(collection, id)
 }
 pub use store::{
-    Applied, Checkpoint, Compacted, Correction, OpsRead, Projection, ReadLimits, Refusal, Replace,
-    SnapshotRead, SyncState, SyncStore, Unopened, WriteScreen,
+    Applied, Checkpoint, Compacted, Correction, OpsRead, PackedRead, Projection, ReadLimits,
+    Refusal, Replace, SnapshotRead, SyncState, SyncStore, Unopened, WriteScreen,
 };

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use blazedb_proto::api::{DbSettings, SyncMode};
 use blazedb_proto::rules::SyncWish;
+use blazedb_proto::sync::PackedOps;
 use blazedb_proto::{
     DeviceId, Epoch, Fields, Hlc, Op, OpBody, SnapshotRecord, Span, VersionVector,
 };
@@ -245,6 +246,11 @@ impl ReadLimits {
         max_bytes: usize::MAX,
     };
 
+    /// Whether a read that holds `items` adding up to `bytes` is full.
+    pub(crate) fn full(&self, items: usize, bytes: usize) -> bool {
+        items >= self.max_items || bytes >= self.max_bytes
+    }
+
     /// Adds an item of `size` bytes to a read, and says whether the read
     /// is now full.
     pub(crate) fn take<T>(
@@ -256,7 +262,7 @@ impl ReadLimits {
     ) -> bool {
         out.push(item);
         *bytes += size;
-        out.len() >= self.max_items || *bytes >= self.max_bytes
+        self.full(out.len(), *bytes)
     }
 }
 
@@ -265,6 +271,15 @@ impl ReadLimits {
 pub struct OpsRead {
     /// The operations, in log order.
     pub ops: Vec<Op>,
+    /// Where to continue reading next time.
+    pub next: u64,
+}
+
+/// Ops read from the log for a peer, packed for the wire.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PackedRead {
+    /// The operations, in log order.
+    pub ops: PackedOps,
     /// Where to continue reading next time.
     pub next: u64,
 }
@@ -360,6 +375,27 @@ pub trait SyncStore {
         from: u64,
         limits: ReadLimits,
     ) -> Result<OpsRead, Self::Error>;
+
+    /// [`SyncStore::read_ops`], the operations packed as an `Ops` message
+    /// sends them. A store that keeps its log in that form copies them
+    /// rather than building each one.
+    fn read_ops_packed(
+        &self,
+        db: &str,
+        have: &VersionVector,
+        from: u64,
+        limits: ReadLimits,
+    ) -> Result<PackedRead, Self::Error> {
+        let read = self.read_ops(db, have, from, limits)?;
+        let mut ops = PackedOps::default();
+        for op in &read.ops {
+            ops.push(op);
+        }
+        Ok(PackedRead {
+            ops,
+            next: read.next,
+        })
+    }
 
     /// Applies operations from other replicas, in order, and appends them
     /// to the op log, all in one atomic step. A store may return before

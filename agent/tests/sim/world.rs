@@ -1425,6 +1425,13 @@ fn describe(msg: &SyncMessage) -> String {
                 .map(|o| format!("{}:{}", o.origin.short(), o.seq))
                 .collect::<Vec<_>>()
         ),
+        SyncMessage::Packed { ops, .. } => format!(
+            "ops {:?}",
+            ops.ids()
+                .iter()
+                .map(|(writer, seq)| format!("{}:{}", writer.short(), seq))
+                .collect::<Vec<_>>()
+        ),
         SyncMessage::Snapshot {
             id,
             part,

@@ -41,39 +41,143 @@ const LEAST_OP: usize = 1 + 1 + 1 + 8 + 1;
 
 /// Appends an `Ops` message about `db` in the packed form.
 pub(super) fn encode_into(out: &mut Vec<u8>, db: &str, epoch: u64, ops: &[Op]) {
+    write_head(out, db, epoch);
+    let head = out.len();
+    bin_head(out, 0);
+    let start = out.len();
+    let mut origins = OriginTable::default();
+    for op in ops {
+        let (flags, put) = op_entry::flags_of(op);
+        out.push(flags);
+        raw::uint(out, origins.place(op.origin));
+        op_entry::write_rest(out, op, put);
+    }
+    let ops_len = bin_len(out.len() - start);
+    out[head + 1..start].copy_from_slice(&ops_len.to_be_bytes());
+    origins.write(out);
+}
+
+/// The message's key, then its database and epoch.
+fn write_head(out: &mut Vec<u8>, db: &str, epoch: u64) {
     raw::map_len(out, 1);
     raw::str(out, KEY);
     raw::array_len(out, 4);
     raw::str(out, db);
     raw::uint(out, epoch);
-    let head = out.len();
-    bin_head(out, 0);
-    let start = out.len();
-    let mut origins: Vec<DeviceId> = Vec::new();
-    let mut places: HashMap<DeviceId, u64> = HashMap::new();
-    let mut last: Option<(DeviceId, u64)> = None;
-    for op in ops {
-        let place = match last {
-            Some((origin, place)) if origin == op.origin => place,
+}
+
+/// The origins a packed message names, each at the place it was first
+/// named in.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct OriginTable {
+    origins: Vec<DeviceId>,
+    places: HashMap<DeviceId, u64>,
+    /// The origin named last and its place: ops mostly come a writer at a
+    /// time.
+    last: Option<(DeviceId, u64)>,
+}
+
+impl OriginTable {
+    /// The place of `origin`, which takes the next one if it is new.
+    fn place(&mut self, origin: DeviceId) -> u64 {
+        match self.last {
+            Some((last, place)) if last == origin => place,
             _ => {
-                let place = *places.entry(op.origin).or_insert_with(|| {
-                    origins.push(op.origin);
-                    origins.len() as u64 - 1
+                let place = *self.places.entry(origin).or_insert_with(|| {
+                    self.origins.push(origin);
+                    self.origins.len() as u64 - 1
                 });
-                last = Some((op.origin, place));
+                self.last = Some((origin, place));
                 place
             }
-        };
-        let (flags, put) = op_entry::flags_of(op);
-        out.push(flags);
-        raw::uint(out, place);
-        op_entry::write_rest(out, op, put);
+        }
     }
-    let ops_len = bin_len(out.len() - start);
-    out[head + 1..start].copy_from_slice(&ops_len.to_be_bytes());
-    bin_head(out, origins.len() * 32);
-    for origin in &origins {
-        out.extend_from_slice(&origin.0);
+
+    /// Appends the table as a message ends with it.
+    fn write(&self, out: &mut Vec<u8>) {
+        bin_head(out, self.origins.len() * 32);
+        for origin in &self.origins {
+            out.extend_from_slice(&origin.0);
+        }
+    }
+}
+
+/// The ops of an `Ops` message in the packed form, added one at a time:
+/// what a sender builds from the entries of its op log without making an
+/// [`Op`] of each, as the log stores them in the form the message sends.
+/// [`SyncMessage::Packed`] carries it, and it arrives as
+/// [`SyncMessage::Ops`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PackedOps {
+    /// The ops back to back, as the message holds them.
+    stream: Vec<u8>,
+    origins: OriginTable,
+    /// Each op's writer and seq, in order.
+    ids: Vec<(DeviceId, u64)>,
+}
+
+impl PackedOps {
+    /// Room for `ops` ops of `bytes` bytes in all, reserved at once: a
+    /// stream grown as it is written copies what it holds at each step.
+    pub fn with_capacity(ops: usize, bytes: usize) -> PackedOps {
+        PackedOps {
+            stream: Vec::with_capacity(bytes),
+            origins: OriginTable::default(),
+            ids: Vec::with_capacity(ops),
+        }
+    }
+
+    /// Adds `op`.
+    pub fn push(&mut self, op: &Op) {
+        let (flags, put) = op_entry::flags_of(op);
+        self.stream.push(flags);
+        raw::uint(&mut self.stream, self.origins.place(op.origin));
+        op_entry::write_rest(&mut self.stream, op, put);
+        self.ids.push((op.writer(), op.seq));
+    }
+
+    /// Adds the op of `origin` whose entry holds `rest`, its bytes copied
+    /// as they are: the same bytes [`PackedOps::push`] writes for the op
+    /// built from it.
+    pub fn push_entry(&mut self, origin: DeviceId, rest: &op_entry::Rest<'_>) {
+        self.stream.push(rest.flags());
+        raw::uint(&mut self.stream, self.origins.place(origin));
+        rest.write(&mut self.stream);
+        self.ids.push((origin.writer(rest.incarnation), rest.seq));
+    }
+
+    /// How many ops it holds.
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Whether it holds no op.
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    /// Each op's writer ([`Op::writer`]) and seq, in order.
+    pub fn ids(&self) -> &[(DeviceId, u64)] {
+        &self.ids
+    }
+
+    /// The ops, built.
+    pub fn to_ops(&self) -> Result<Vec<Op>, CodecError> {
+        let mut ops = Vec::with_capacity(self.ids.len());
+        let mut s = raw::Reader::new(&self.stream);
+        while s.remaining() > 0 {
+            ops.push(read_op(&mut s, &self.origins.origins)?);
+        }
+        Ok(ops)
+    }
+
+    /// Appends an `Ops` message about `db` holding them, in the packed
+    /// form.
+    pub(super) fn encode_into(&self, out: &mut Vec<u8>, db: &str, epoch: u64) {
+        write_head(out, db, epoch);
+        bin_head(out, self.stream.len());
+        out.extend_from_slice(&self.stream);
+        self.origins.write(out);
     }
 }
 

@@ -90,9 +90,7 @@ impl<S: SyncStore> Engine<S> {
                 }
             }
         }
-        while let Some(ops) = self.read_window(peer, db) {
-            self.send_ops(peer, db, state.epoch, ops, now);
-        }
+        self.send_window(peer, db, state.epoch, now);
     }
 
     fn send_checkpoint(
