@@ -114,9 +114,9 @@ fn commands_that_share_a_commit_see_each_other() {
     rt.block_on(store.shutdown()).unwrap();
 }
 
-/// Records written out of key order in one commit, each twice (the writer
-/// hands a commit's records to fjall in key order): each keeps its last
-/// write, read at once and after a restart.
+/// Records written out of key order in one commit, each twice: each keeps
+/// its last write, read at once and after a restart (fjall's journal
+/// replays the commit's entries, both of each key, in one batch).
 #[test]
 fn records_written_out_of_key_order_keep_their_last_writes() {
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -1059,9 +1059,8 @@ impl Writer {
             }
         }
         // The records written, to forget in the record cache once
-        // committed, and to insert in key order ([`in_key_order`]).
+        // committed.
         let mut written: Vec<(u32, Slice)> = Vec::with_capacity(items);
-        let mut records_out: Vec<RecordOut> = Vec::with_capacity(items);
         for effect in group.effects.drain(..).flatten() {
             match effect {
                 Effect::Insert(ks, k, v) => batch.insert(&ks, k, v),
@@ -1076,7 +1075,11 @@ impl Writer {
                     // store (fjall takes no more writes), and the next
                     // start walks the records again.
                     self.tombstones.wrote(db, &key, bytes.as_ref());
-                    records_out.push((db, key, records, bytes));
+                    written.push((db, key.clone()));
+                    match bytes {
+                        Some(v) => batch.insert(&records, key, v),
+                        None => batch.remove(&records, key),
+                    }
                 }
                 Effect::Log {
                     db,
@@ -1098,14 +1101,6 @@ impl Writer {
                     };
                     logs[at].2.push(cursor, &op);
                 }
-            }
-        }
-        in_key_order(&mut records_out);
-        for (db, key, records, bytes) in records_out {
-            written.push((db, key.clone()));
-            match bytes {
-                Some(v) => batch.insert(&records, key, v),
-                None => batch.remove(&records, key),
             }
         }
         for (_, log, chunker) in logs {
@@ -1689,32 +1684,6 @@ pub(super) fn plan_record(
 
 /// Plans storing a record's new encoded state, which later writes in the
 /// group see.
-/// A record change as a commit hands it to fjall: its database, key,
-/// records keyspace, and stored bytes (`None` removes it).
-type RecordOut = (u32, Slice, Keyspace, Option<Slice>);
-
-/// Puts a group's record changes in key order when they are a few sorted
-/// runs, as when an app writes its batches from several tasks at once.
-///
-/// fjall's memtable is a skip list searched from its head, and a key past
-/// every other is found along the list's right edge: a run of ascending
-/// keys inserted in order compares about a third fewer keys than the same
-/// keys arriving in four interleaved runs. The sort is stable, so a
-/// record written twice in one group keeps its last state. Keys in no
-/// order (random ids) are left as they come: sorting them would cost more
-/// than it saves.
-fn in_key_order(records: &mut [RecordOut]) {
-    const MAX_RUNS: usize = 16;
-    let descents = records
-        .windows(2)
-        .filter(|w| (w[0].0, &w[0].1[..]) > (w[1].0, &w[1].1[..]))
-        .take(MAX_RUNS)
-        .count();
-    if descents > 0 && descents < MAX_RUNS {
-        records.sort_by(|a, b| (a.0, &a.1[..]).cmp(&(b.0, &b.1[..])));
-    }
-}
-
 pub(super) fn plan_encoded(plan: &mut Plan, db: &DbState, key: Slice, record: Slice) {
     plan.effects.push(Effect::Record {
         db: db.id,
