@@ -302,8 +302,20 @@ impl PutBatches {
     /// in flight, the app keeping its records ([`blazedb::Batch::put_ref`]).
     /// Returns records per second.
     pub async fn put(self, client: &Client, db: &str) -> anyhow::Result<f64> {
+        self.put_in_flight(client, db, 4).await
+    }
+
+    /// [`PutBatches::put`] with `in_flight` commits in flight, each from
+    /// a task of its own, taking every `in_flight`-th batch: so batches
+    /// reach the agent in key order only when there is one.
+    pub async fn put_in_flight(
+        self,
+        client: &Client,
+        db: &str,
+        in_flight: usize,
+    ) -> anyhow::Result<f64> {
         let db = client.db(db);
-        let in_flight = 4;
+        let in_flight = in_flight.max(1);
         let n: usize = self.0.iter().map(Vec::len).sum();
         let mut lanes: Vec<Vec<Vec<(String, Fields)>>> = vec![Vec::new(); in_flight];
         for (b, records) in self.0.into_iter().enumerate() {

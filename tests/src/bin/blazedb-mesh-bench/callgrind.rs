@@ -28,7 +28,12 @@ use super::{BATCH, LAST, has, shared_db};
 
 /// Counts and prints instructions per replicated record, A's, B's and raw
 /// fjall's.
-pub(crate) async fn run(quick: bool, json: bool, keep: Option<&Path>) -> anyhow::Result<()> {
+pub(crate) async fn run(
+    quick: bool,
+    json: bool,
+    in_flight: usize,
+    keep: Option<&Path>,
+) -> anyhow::Result<()> {
     valgrind_present()?;
     let (warm, n) = if quick {
         (1_000, 4_000)
@@ -39,7 +44,7 @@ pub(crate) async fn run(quick: bool, json: bool, keep: Option<&Path>) -> anyhow:
     let dir = callgrind_dir(keep, &tmp)?;
     println!(
         "blazedb-mesh-bench --callgrind: instructions per replicated record \
-         ({n} records in batches of {BATCH}, after {warm} to warm up)\n"
+         ({n} records in batches of {BATCH}, {in_flight} in flight, after {warm} to warm up)\n"
     );
     let raw = raw_per_record(dir, n)?;
     let wrapper = agent_under_callgrind(dir)?;
@@ -47,13 +52,13 @@ pub(crate) async fn run(quick: bool, json: bool, keep: Option<&Path>) -> anyhow:
     let mut b = TestAgent::start(&wrapper).await?;
     let (ca, cb) = (a.client().await?, b.client().await?);
     join_mesh(&ca, &[&cb]).await?;
-    replicate(&ca, &cb, "warm-up", warm).await?;
+    replicate(&ca, &cb, "warm-up", warm, in_flight).await?;
     shared_db(&ca, &cb, "measured").await?;
     let pids = [pid(&a)?, pid(&b)?];
     for p in pids {
         callgrind_control("-z", p)?;
     }
-    replicate_into(&ca, &cb, "measured", n).await?;
+    replicate_into(&ca, &cb, "measured", n, in_flight).await?;
     let mut counts = Vec::new();
     for p in pids {
         callgrind_control("-d", p)?;
@@ -85,6 +90,7 @@ pub(crate) async fn run(quick: bool, json: bool, keep: Option<&Path>) -> anyhow:
                 "callgrind_replication_receiver_ir": receiver,
                 "callgrind_replication_raw_ir": raw,
                 "callgrind_replication_ratio_raw": both / raw,
+                "callgrind_replication_in_flight": in_flight,
             })
         );
     }
@@ -140,16 +146,31 @@ fn callgrind_control(flag: &str, pid: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Replicates `n` records through a new database `db`.
-async fn replicate(ca: &Client, cb: &Client, db: &str, n: usize) -> anyhow::Result<()> {
+/// Replicates `n` records through a new database `db`, `in_flight`
+/// batches at a time.
+async fn replicate(
+    ca: &Client,
+    cb: &Client,
+    db: &str,
+    n: usize,
+    in_flight: usize,
+) -> anyhow::Result<()> {
     shared_db(ca, cb, db).await?;
-    replicate_into(ca, cb, db, n).await
+    replicate_into(ca, cb, db, n, in_flight).await
 }
 
-/// Writes `n` records on A into `db`, which B has, and waits until B
-/// holds them all.
-async fn replicate_into(ca: &Client, cb: &Client, db: &str, n: usize) -> anyhow::Result<()> {
-    PutBatches::new(n, BATCH).put(ca, db).await?;
+/// Writes `n` records on A into `db`, which B has, `in_flight` batches at
+/// a time, and waits until B holds them all.
+async fn replicate_into(
+    ca: &Client,
+    cb: &Client,
+    db: &str,
+    n: usize,
+    in_flight: usize,
+) -> anyhow::Result<()> {
+    PutBatches::new(n, BATCH)
+        .put_in_flight(ca, db, in_flight)
+        .await?;
     ca.db(db)
         .collection("items")
         .put_fields(LAST, record(0))
