@@ -730,6 +730,19 @@ pub fn put_body(collection: &str, id: &str, fields: &RawFields<'_>) -> Vec<u8> {
     out
 }
 
+/// The parts of [`put_body`]'s body ([`PutParts::stored`]), written
+/// straight from the put: what the op log keeps of it.
+pub fn put_parts(collection: &str, id: &str, fields: &RawFields<'_>) -> Vec<u8> {
+    use crate::codec::raw;
+    let mut out = Vec::with_capacity(16 + collection.len() + id.len() + fields.entries_len());
+    raw::str(&mut out, collection);
+    raw::str(&mut out, id);
+    // More fields than u32::MAX cannot come through a frame.
+    raw::map_len(&mut out, u32::try_from(fields.len()).unwrap_or(u32::MAX));
+    fields.write_entries(&mut out);
+    out
+}
+
 /// The body of a put ([`OpBody::encode`] of `OpBody::Put`) whose fields
 /// are `map`, one encoded MessagePack map (a stored record's visible
 /// fields, say), copied, not decoded.
@@ -781,6 +794,9 @@ const ID_KEY: &[u8] = b"\xa2id";
 const FIELDS_KEY: &[u8] = b"\xa6fields";
 
 impl<'a> PutParts<'a> {
+    /// The bytes a put's body holds beyond its parts: the keys of its maps.
+    pub const KEYS_LEN: usize = PUT_HEAD.len() + ID_KEY.len() + FIELDS_KEY.len();
+
     /// The parts of a put body in its usual encoding (its maps' keys in
     /// the order [`put_body`] writes them), or `None` for any other body.
     pub fn of_body(body: &'a [u8]) -> Option<Self> {
@@ -992,7 +1008,14 @@ mod tests {
                         let read = RawFields::parse_map(&map).expect("a map serde wrote reads");
                         prop_assert_eq!(&*read, &*put.fields);
                         let body = OpBody::Put { collection, id: id.clone(), fields };
-                        prop_assert_eq!(put_body(put.collection, &id, &put.fields), body.encode().expect("encode"));
+                        let encoded = body.encode().expect("encode");
+                        prop_assert_eq!(put_body(put.collection, &id, &put.fields), encoded.clone());
+                        // Its parts, written straight, are the body's.
+                        let parts = put_parts(put.collection, &id, &put.fields);
+                        let mut stored = Vec::new();
+                        PutParts::of_body(&encoded).expect("a put body").stored(&mut stored);
+                        prop_assert_eq!(&parts, &stored);
+                        prop_assert_eq!(parts.len() + PutParts::KEYS_LEN, encoded.len());
                         prop_assert_eq!(put_body_of_map(put.collection, &id, &map), body.encode().expect("encode"));
                     }
                 }

@@ -38,7 +38,7 @@ pub use api::{Method, PROTOCOL_VERSION, Request};
 pub use error::{ErrorCode, ErrorInfo};
 pub use fast::{
     PutParts, RawFields, RawPut, RawPuts, RawRecordRef, RawWrite, encode_get_many, put_body,
-    put_body_of_map,
+    put_body_of_map, put_parts,
 };
 pub use op::{DeviceId, Hlc, Op, OpBody};
 pub use sync::{

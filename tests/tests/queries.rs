@@ -250,6 +250,14 @@ async fn queries_match_a_reference_with_and_without_indexes() {
     }
     check_all(&coll, &records, "indexed after patches").await;
 
+    // So do puts over records that exist.
+    for (id, f) in records.iter_mut().step_by(13) {
+        f.insert("status".into(), Value::from("reopened"));
+        f.insert("priority".into(), Value::Int(rng.below(10)));
+        coll.put_fields(id, f.clone()).await.expect("overwrite");
+    }
+    check_all(&coll, &records, "indexed after puts").await;
+
     let err = coll
         .query()
         .order_by("priority")

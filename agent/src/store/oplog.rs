@@ -108,27 +108,46 @@ impl Entry {
         writer_seq(self.cursor, &self.chunk, &self.form)
     }
 
-    /// Adds the entry's op to `out`: copied as it is stored, or built
-    /// first if it is in an earlier form.
-    pub(crate) fn pack_into(&self, out: &mut PackedOps) -> Result<(), StoreError> {
+    /// The entry's origin and what follows it, as a compact chunk stores
+    /// them; `None` for an entry in an earlier form.
+    fn rest(&self) -> Option<(DeviceId, op_entry::Rest<'_>)> {
         match self.form {
             Form::Compact {
                 head,
                 start,
                 end,
                 put,
-            } => {
-                let rest = op_entry::Rest {
+            } => Some((
+                head.origin,
+                op_entry::Rest {
                     seq: head.seq,
                     hlc: head.hlc,
                     priority: head.priority,
                     incarnation: head.incarnation,
                     body: &self.chunk[start..end],
                     put,
-                };
-                out.push_entry(head.origin, &rest);
-            }
-            Form::Framed { .. } => out.push(&self.op()?),
+                },
+            )),
+            Form::Framed { .. } => None,
+        }
+    }
+
+    /// Adds the entry's op to `out`: copied as it is stored, or built
+    /// first if it is in an earlier form.
+    pub(crate) fn pack_into(&self, out: &mut PackedOps) -> Result<(), StoreError> {
+        match self.rest() {
+            Some((origin, rest)) => out.push_entry(origin, &rest),
+            None => out.push(&self.op()?),
+        }
+        Ok(())
+    }
+
+    /// Adds the entry to `chunker` at its cursor: copied as it is stored,
+    /// or built first if it is in an earlier form.
+    fn keep_in(&self, chunker: &mut Chunker) -> Result<(), StoreError> {
+        match self.rest() {
+            Some((origin, rest)) => chunker.push_rest(self.cursor, origin, &rest),
+            None => chunker.push(self.cursor, &self.op()?),
         }
         Ok(())
     }
@@ -536,6 +555,44 @@ impl Chunker {
 
     /// Adds the entry at `cursor`.
     pub(crate) fn push(&mut self, cursor: u64, op: &Op) {
+        let (flags, put) = op_entry::flags_of(op);
+        self.push_with(cursor, op.origin, flags, op.body.len(), |out| {
+            op_entry::write_rest(out, op, put);
+        });
+    }
+
+    /// Adds the entry at `cursor` of a put whose `op.body` holds its parts
+    /// ([`blazedb_proto::PutParts::stored`]) rather than its body.
+    pub(crate) fn push_parts(&mut self, cursor: u64, op: &Op) {
+        let rest = op_entry::Rest {
+            seq: op.seq,
+            hlc: op.hlc,
+            priority: op.priority,
+            incarnation: op.incarnation,
+            body: &op.body,
+            put: true,
+        };
+        self.push_rest(cursor, op.origin, &rest);
+    }
+
+    /// Adds the entry at `cursor` of the op of `origin` an entry holds as
+    /// `rest`: its bytes copied as they are.
+    pub(crate) fn push_rest(&mut self, cursor: u64, origin: DeviceId, rest: &op_entry::Rest<'_>) {
+        self.push_with(cursor, origin, rest.flags(), rest.body.len(), |out| {
+            rest.write(out);
+        });
+    }
+
+    /// Adds an entry with `flags`, its origin written as the chunk names
+    /// it, the rest by `write`; `body` is about its length.
+    fn push_with(
+        &mut self,
+        cursor: u64,
+        origin: DeviceId,
+        mut flags: u8,
+        body: usize,
+        write: impl FnOnce(&mut Vec<u8>),
+    ) {
         if self.count > 0
             && (cursor != self.first + self.count as u64
                 || self.bytes.len() >= CHUNK_BYTES
@@ -545,14 +602,13 @@ impl Chunker {
         }
         if self.count == 0 {
             self.first = cursor;
-            let room = self.ahead.min(CHUNK_BYTES + ENTRY_HEAD + op.body.len());
-            self.bytes.reserve(room.max(op.body.len() + 64));
+            let room = self.ahead.min(CHUNK_BYTES + ENTRY_HEAD + body);
+            self.bytes.reserve(room.max(body + 64));
             self.bytes.push(COMPACT_MARK);
         }
         let before = self.bytes.len();
         // Most chunks are one device's writes: its place is the last one.
-        let known = self.origins.iter().rposition(|o| *o == op.origin);
-        let (mut flags, put) = op_entry::flags_of(op);
+        let known = self.origins.iter().rposition(|o| *o == origin);
         if known.is_none() {
             flags |= NEW_ORIGIN;
         }
@@ -561,11 +617,11 @@ impl Chunker {
         match known {
             Some(at) => raw::uint(out, at as u64),
             None => {
-                out.extend_from_slice(&op.origin.0);
-                self.origins.push(op.origin);
+                out.extend_from_slice(&origin.0);
+                self.origins.push(origin);
             }
         }
-        op_entry::write_rest(out, op, put);
+        write(out);
         self.ahead = self.ahead.saturating_sub(self.bytes.len() - before);
         self.count += 1;
     }
@@ -605,10 +661,10 @@ pub(crate) fn remove_where(
         for entry in &all {
             match if stop { Trim::Keep } else { drop(entry)? } {
                 Trim::Drop => gone += 1,
-                Trim::Keep => kept.push(entry.cursor, &entry.op()?),
+                Trim::Keep => entry.keep_in(&mut kept)?,
                 Trim::Stop => {
                     stop = true;
-                    kept.push(entry.cursor, &entry.op()?);
+                    entry.keep_in(&mut kept)?;
                 }
             }
         }

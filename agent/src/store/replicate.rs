@@ -264,6 +264,7 @@ impl Writer {
                 cursor: head,
                 op,
                 seal: None,
+                as_parts: false,
             });
         }
         sync.vector = vector.into_vector();
@@ -690,6 +691,7 @@ impl Writer {
                 cursor: head,
                 op: change,
                 seal: None,
+                as_parts: false,
             });
         }
         sync.cursor = head;

@@ -21,7 +21,7 @@ use blazedb_proto::api::{
 };
 use blazedb_proto::value::MAX_VALUE_DEPTH;
 use blazedb_proto::{
-    DeviceId, Fields, Hlc, Op, OpBody, SnapshotRecord, Value, VersionVector, codec,
+    DeviceId, Fields, Hlc, Op, OpBody, PutParts, SnapshotRecord, Value, VersionVector, codec,
 };
 use fjall::{Keyspace, PersistMode, Slice};
 use prometheus_client::metrics::histogram::Histogram;
@@ -349,6 +349,9 @@ pub(super) enum Effect {
         /// A local op of an e2e database, its body still readable: sealed
         /// at commit, with the group's others ([`seal_bodies`]).
         seal: Option<SealLater>,
+        /// `op.body` holds a put's parts ([`blazedb_proto::PutParts::stored`]),
+        /// logged as they are, rather than its body.
+        as_parts: bool,
     },
 }
 
@@ -531,7 +534,10 @@ fn new_id() -> String {
 pub struct PreparedWrite {
     body: Body,
     key: Slice,
-    /// The encoded operation: what the op-log entry carries.
+    /// The encoded operation: what the op-log entry carries. A put
+    /// prepared from its fields' encoded values ([`Body::Put`]) holds its
+    /// parts ([`blazedb_proto::PutParts::stored`]), as the log keeps them,
+    /// not its body.
     encoded: Vec<u8>,
     /// For a put, the record it makes when it replaces everything before
     /// it, waiting for its clock reading.
@@ -545,7 +551,7 @@ pub struct PreparedWrite {
 enum Body {
     Decoded(OpBody),
     /// A put prepared from its fields' encoded values: the operation is
-    /// decoded from its encoded body only when the record must be merged
+    /// decoded from its encoded parts only when the record must be merged
     /// or indexed, which a put that makes a record new does not need.
     Put {
         collection: String,
@@ -557,7 +563,10 @@ impl PreparedWrite {
     /// The length of the write's encoded body: its collection, id and
     /// fields.
     pub fn body_len(&self) -> usize {
-        self.encoded.len()
+        match self.body {
+            Body::Put { .. } => self.encoded.len() + PutParts::KEYS_LEN,
+            Body::Decoded(_) => self.encoded.len(),
+        }
     }
 
     /// The collection it writes.
@@ -578,12 +587,21 @@ impl PreparedWrite {
 }
 
 /// A prepared write's operation: `body` when it was prepared decoded, else
-/// decoded from its encoded body.
-fn decoded(body: Option<OpBody>, encoded: &[u8]) -> Result<OpBody, StoreError> {
+/// decoded from `encoded`, a put's parts when `as_parts`.
+fn decoded(body: Option<OpBody>, encoded: &[u8], as_parts: bool) -> Result<OpBody, StoreError> {
     match body {
         Some(b) => Ok(b),
+        None if as_parts => Ok(OpBody::decode(&body_of_parts(encoded)?)?),
         None => Ok(OpBody::decode(encoded)?),
     }
+}
+
+/// The body of a put prepared from its fields' encoded values, from the
+/// parts it was prepared as.
+fn body_of_parts(parts: &[u8]) -> Result<Vec<u8>, StoreError> {
+    PutParts::of_stored(parts).map(|p| p.body()).ok_or_else(|| {
+        StoreError::Corrupt("a prepared put's parts do not start with its collection and id".into())
+    })
 }
 
 /// [`prepare`] for puts given as their fields' encoded values (checked,
@@ -606,7 +624,7 @@ pub fn prepare_puts(
         validate_name("collection", put.collection)?;
         let id = put.id.map_or_else(new_id, str::to_owned);
         validate_id(&id)?;
-        let encoded = blazedb_proto::put_body(put.collection, &id, &put.fields);
+        let encoded = blazedb_proto::put_parts(put.collection, &id, &put.fields);
         prepared.push(PreparedWrite {
             key: keys::record_key_slice(put.collection, &id),
             encoded,
@@ -1087,6 +1105,7 @@ impl Writer {
                     cursor,
                     op,
                     seal: _,
+                    as_parts,
                 } => {
                     let at = match logs.iter().position(|(id, ..)| *id == db) {
                         Some(at) => at,
@@ -1099,7 +1118,11 @@ impl Writer {
                             logs.len() - 1
                         }
                     };
-                    logs[at].2.push(cursor, &op);
+                    if as_parts {
+                        logs[at].2.push_parts(cursor, &op);
+                    } else {
+                        logs[at].2.push(cursor, &op);
+                    }
                 }
             }
         }
@@ -1242,6 +1265,13 @@ impl Writer {
             priority: write_priority,
         } = write;
         let needs_existing = matches!(body, Body::Decoded(OpBody::Patch { .. }));
+        // A put prepared from its fields' encoded values is logged from its
+        // parts as they are, unless it is sealed: a seal covers the body.
+        let as_parts = matches!(body, Body::Put { .. });
+        let (encoded, as_parts) = match (as_parts, &scope.seal_with) {
+            (true, Some(_)) => (body_of_parts(&encoded)?, false),
+            _ => (encoded, as_parts),
+        };
         // The decoded operation, if it was prepared decoded.
         let (collection, id, body) = match body {
             Body::Decoded(b) => (b.collection().to_owned(), b.id().to_owned(), Some(b)),
@@ -1290,7 +1320,7 @@ impl Writer {
         let record_bytes = match (existing, fresh_record) {
             (None, Some(fresh)) => {
                 if !indexes.is_empty() {
-                    let record = match decoded(body, &encoded)? {
+                    let record = match decoded(body, &encoded, as_parts)? {
                         OpBody::Put { fields, .. } => StoredRecord::from_put(&stamp, fields),
                         other => {
                             let mut record = StoredRecord::default();
@@ -1304,7 +1334,7 @@ impl Writer {
             }
             (existing, _) => {
                 let mut record = existing.unwrap_or_default();
-                record.apply(&stamp, &decoded(body, &encoded)?);
+                record.apply(&stamp, &decoded(body, &encoded, as_parts)?);
                 index_effects(plan, db, &collection, &id, &indexes, &old_values, &record);
                 record.encode()
             }
@@ -1332,6 +1362,7 @@ impl Writer {
                 key: key.clone(),
                 db: db.clone(),
             }),
+            as_parts,
         });
         plan.overlay.insert(db.id, key, record_bytes);
         Ok(WriteResult {
