@@ -204,3 +204,72 @@ fn an_op_altered_at_the_hub_is_refused_and_the_writer_brings_it_whole() {
         rt.block_on(n.store.shutdown()).unwrap();
     }
 }
+
+/// A put prepared as the parts the log keeps (its database seemed not to
+/// seal when it was read) is sealed whole once the writer finds that the
+/// database does: a peer with the key opens it and applies it.
+#[test]
+fn a_put_prepared_as_parts_is_sealed_whole_where_its_database_seals() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let mut writer = node(&rt, 1, true);
+    let mut device = node(&rt, 3, false);
+    let key = writer.store.current_key(DB).unwrap();
+    device.store.add_key(DB, key).unwrap();
+    let params = blazedb_proto::api::BatchParams {
+        db: DB.into(),
+        writes: vec![Write::Put {
+            collection: "secret".into(),
+            id: Some("r1".into()),
+            fields: Fields::from([("n".to_owned(), Value::Int(7))]),
+        }],
+    };
+    let bytes = blazedb_proto::codec::to_vec(&params).unwrap();
+    let puts = blazedb_proto::RawPuts::parse("batch", &bytes).unwrap();
+    let prepared = blazed::store::prepare_puts(
+        &writer.store.device(),
+        writer.store.incarnation(),
+        0,
+        false,
+        &puts.puts,
+    )
+    .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    writer.store.submit(blazed::store::Command::Write {
+        db: DB.into(),
+        writes: prepared,
+        reply: Box::new(move |r| tx.send(r).unwrap()),
+    });
+    rx.recv().unwrap().unwrap();
+    writer.engine.local_commit(DB, now());
+
+    let logged = writer
+        .store
+        .read_ops(
+            DB,
+            &VersionVector::new(),
+            0,
+            blazed::sync::ReadLimits {
+                max_items: 100,
+                max_bytes: 1 << 20,
+            },
+        )
+        .unwrap()
+        .ops;
+    assert_eq!(logged.len(), 1);
+    assert_eq!(
+        logged[0].body[0],
+        blazedb_proto::sealed::SEALED_MARK,
+        "the op was logged unsealed"
+    );
+    exchange(&mut writer, &mut device, &mut |_| {});
+    assert_eq!(
+        record(&device, "r1"),
+        Some(Fields::from([("n".to_owned(), Value::Int(7))])),
+        "the peer did not open and apply the put"
+    );
+    for n in [writer, device] {
+        rt.block_on(n.store.shutdown()).unwrap();
+    }
+}

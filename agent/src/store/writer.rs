@@ -534,11 +534,11 @@ fn new_id() -> String {
 pub struct PreparedWrite {
     body: Body,
     key: Slice,
-    /// The encoded operation: what the op-log entry carries. A put
-    /// prepared from its fields' encoded values ([`Body::Put`]) holds its
-    /// parts ([`blazedb_proto::PutParts::stored`]), as the log keeps them,
-    /// not its body.
+    /// The encoded operation: what the op-log entry carries; with
+    /// `parts`, a put's parts ([`blazedb_proto::PutParts::stored`]), as
+    /// the log keeps them, rather than its body.
     encoded: Vec<u8>,
+    parts: bool,
     /// For a put, the record it makes when it replaces everything before
     /// it, waiting for its clock reading.
     fresh_record: Option<Holes>,
@@ -563,9 +563,10 @@ impl PreparedWrite {
     /// The length of the write's encoded body: its collection, id and
     /// fields.
     pub fn body_len(&self) -> usize {
-        match self.body {
-            Body::Put { .. } => self.encoded.len() + PutParts::KEYS_LEN,
-            Body::Decoded(_) => self.encoded.len(),
+        if self.parts {
+            self.encoded.len() + PutParts::KEYS_LEN
+        } else {
+            self.encoded.len()
         }
     }
 
@@ -606,11 +607,13 @@ fn body_of_parts(parts: &[u8]) -> Result<Vec<u8>, StoreError> {
 
 /// [`prepare`] for puts given as their fields' encoded values (checked,
 /// as [`blazedb_proto::RawPuts`] reads them): the values are copied into
-/// the op and the record, never decoded.
+/// the op and the record, never decoded. Each op is kept as the parts the
+/// log stores, unless the database is `sealed`: a seal covers a body.
 pub fn prepare_puts(
     origin: &DeviceId,
     incarnation: u32,
     priority: u8,
+    sealed: bool,
     puts: &[blazedb_proto::RawWrite<'_>],
 ) -> Result<Vec<PreparedWrite>, StoreError> {
     let writer = origin.writer(incarnation);
@@ -624,10 +627,15 @@ pub fn prepare_puts(
         validate_name("collection", put.collection)?;
         let id = put.id.map_or_else(new_id, str::to_owned);
         validate_id(&id)?;
-        let encoded = blazedb_proto::put_parts(put.collection, &id, &put.fields);
+        let encoded = if sealed {
+            blazedb_proto::put_body(put.collection, &id, &put.fields)
+        } else {
+            blazedb_proto::put_parts(put.collection, &id, &put.fields)
+        };
         prepared.push(PreparedWrite {
             key: keys::record_key_slice(put.collection, &id),
             encoded,
+            parts: !sealed,
             fresh_record: Some(stamped::fresh_put_record_raw(
                 &writer,
                 priority,
@@ -706,6 +714,7 @@ pub fn prepare(
                 body: Body::Decoded(body),
                 key,
                 encoded,
+                parts: false,
                 fresh_record,
                 priority,
             })
@@ -1261,16 +1270,17 @@ impl Writer {
             body,
             key,
             encoded,
+            parts,
             fresh_record,
             priority: write_priority,
         } = write;
         let needs_existing = matches!(body, Body::Decoded(OpBody::Patch { .. }));
-        // A put prepared from its fields' encoded values is logged from its
-        // parts as they are, unless it is sealed: a seal covers the body.
-        let as_parts = matches!(body, Body::Put { .. });
-        let (encoded, as_parts) = match (as_parts, &scope.seal_with) {
+        // A put prepared as its parts is logged from them as they are,
+        // unless it is sealed (its database was made end-to-end encrypted
+        // since it was prepared): a seal covers the body.
+        let (encoded, as_parts) = match (parts, &scope.seal_with) {
             (true, Some(_)) => (body_of_parts(&encoded)?, false),
-            _ => (encoded, as_parts),
+            _ => (encoded, parts),
         };
         // The decoded operation, if it was prepared decoded.
         let (collection, id, body) = match body {
