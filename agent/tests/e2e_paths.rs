@@ -114,6 +114,18 @@ fn held(n: &Node, origin: &DeviceId) -> u64 {
     n.store.sync_state(DB).unwrap().vector.get(origin)
 }
 
+/// Every op `n` logged, in log order.
+fn logged(n: &Node) -> Vec<blazedb_proto::Op> {
+    let all = blazed::sync::ReadLimits {
+        max_items: 100,
+        max_bytes: 1 << 20,
+    };
+    n.store
+        .read_ops(DB, &VersionVector::new(), 0, all)
+        .unwrap()
+        .ops
+}
+
 fn record(n: &Node, id: &str) -> Option<Fields> {
     n.store.get(DB, "secret", id).unwrap().map(|r| r.fields)
 }
@@ -168,19 +180,7 @@ fn an_op_altered_at_the_hub_is_refused_and_the_writer_brings_it_whole() {
         record(&device, "r3").is_none(),
         "an op after the gap was applied"
     );
-    let logged = device
-        .store
-        .read_ops(
-            DB,
-            &VersionVector::new(),
-            0,
-            blazed::sync::ReadLimits {
-                max_items: 100,
-                max_bytes: 1 << 20,
-            },
-        )
-        .unwrap()
-        .ops;
+    let logged = logged(&device);
     assert_eq!(logged.len(), 1, "the altered op was logged");
     assert!(
         device.events.iter().any(|e| matches!(
@@ -244,19 +244,7 @@ fn a_put_prepared_as_parts_is_sealed_whole_where_its_database_seals() {
     rx.recv().unwrap().unwrap();
     writer.engine.local_commit(DB, now());
 
-    let logged = writer
-        .store
-        .read_ops(
-            DB,
-            &VersionVector::new(),
-            0,
-            blazed::sync::ReadLimits {
-                max_items: 100,
-                max_bytes: 1 << 20,
-            },
-        )
-        .unwrap()
-        .ops;
+    let logged = logged(&writer);
     assert_eq!(logged.len(), 1);
     assert_eq!(
         logged[0].body[0],
