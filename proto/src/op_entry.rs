@@ -30,17 +30,23 @@ pub const PUT_PARTS: u8 = 8;
 /// put in its usual encoding.
 pub fn flags_of(op: &Op) -> (u8, Option<PutParts<'_>>) {
     let put = PutParts::of_body(&op.body);
+    (flags(op.priority, op.incarnation, put.is_some()), put)
+}
+
+/// The flags of an entry with this priority and incarnation, whose body
+/// is a put's parts when `put`.
+fn flags(priority: u8, incarnation: u32, put: bool) -> u8 {
     let mut flags = 0;
-    if op.priority != 0 {
+    if priority != 0 {
         flags |= HAS_PRIORITY;
     }
-    if op.incarnation != 0 {
+    if incarnation != 0 {
         flags |= HAS_INCARNATION;
     }
-    if put.is_some() {
+    if put {
         flags |= PUT_PARTS;
     }
-    (flags, put)
+    flags
 }
 
 /// Appends what follows an entry's origin, `put` as [`flags_of`] gave it.
@@ -97,17 +103,7 @@ impl Rest<'_> {
     /// The flags an entry of this op carries (as [`flags_of`] gives them
     /// for the op built from it).
     pub fn flags(&self) -> u8 {
-        let mut flags = 0;
-        if self.priority != 0 {
-            flags |= HAS_PRIORITY;
-        }
-        if self.incarnation != 0 {
-            flags |= HAS_INCARNATION;
-        }
-        if self.put {
-            flags |= PUT_PARTS;
-        }
-        flags
+        flags(self.priority, self.incarnation, self.put)
     }
 
     /// Appends it as [`write_rest`] writes the op built from it: the same

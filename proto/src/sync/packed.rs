@@ -47,14 +47,20 @@ pub(super) fn encode_into(out: &mut Vec<u8>, db: &str, epoch: u64, ops: &[Op]) {
     let start = out.len();
     let mut origins = OriginTable::default();
     for op in ops {
-        let (flags, put) = op_entry::flags_of(op);
-        out.push(flags);
-        raw::uint(out, origins.place(op.origin));
-        op_entry::write_rest(out, op, put);
+        write_op(out, &mut origins, op);
     }
     let ops_len = bin_len(out.len() - start);
     out[head + 1..start].copy_from_slice(&ops_len.to_be_bytes());
     origins.write(out);
+}
+
+/// Appends `op` as a packed message holds it, its origin named by its
+/// place in `origins`.
+fn write_op(out: &mut Vec<u8>, origins: &mut OriginTable, op: &Op) {
+    let (flags, put) = op_entry::flags_of(op);
+    out.push(flags);
+    raw::uint(out, origins.place(op.origin));
+    op_entry::write_rest(out, op, put);
 }
 
 /// The message's key, then its database and epoch.
@@ -129,10 +135,7 @@ impl PackedOps {
 
     /// Adds `op`.
     pub fn push(&mut self, op: &Op) {
-        let (flags, put) = op_entry::flags_of(op);
-        self.stream.push(flags);
-        raw::uint(&mut self.stream, self.origins.place(op.origin));
-        op_entry::write_rest(&mut self.stream, op, put);
+        write_op(&mut self.stream, &mut self.origins, op);
         self.ids.push((op.writer(), op.seq));
     }
 
