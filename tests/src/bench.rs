@@ -130,9 +130,7 @@ pub fn raw_fjall_puts_cpu(
 ) -> anyhow::Result<(f64, Option<f64>)> {
     let db = fjall::Database::builder(dir.join("raw")).open()?;
     let ks = db.keyspace("items", KeyspaceCreateOptions::default)?;
-    let values: Vec<Vec<u8>> = (0..n as i64)
-        .map(|i| blazedb_proto::codec::to_vec(&record(i)))
-        .collect::<Result<_, _>>()?;
+    let values = raw_values(n)?;
     let cpu = cpu_seconds(None);
     let t = Instant::now();
     raw_insert_batches(&db, &ks, &values, batch)?;
@@ -197,21 +195,59 @@ pub fn raw_fjall_layout_of(
 pub fn raw_fjall_two_layouts(dir: &Path, n: usize, batch: usize) -> anyhow::Result<f64> {
     let records = || (0..n as i64).map(|i| ("items".to_owned(), format!("k{i:08}"), record(i)));
     let sides = [
-        ("raw-layout-a", fresh_layouts(records())?),
-        ("raw-layout-b", fresh_layouts(records())?),
+        (
+            LayoutStore::open(&dir.join("raw-layout-a"))?,
+            fresh_layouts(records())?,
+        ),
+        (
+            LayoutStore::open(&dir.join("raw-layout-b"))?,
+            fresh_layouts(records())?,
+        ),
     ];
-    let start = std::sync::Barrier::new(2);
-    let elapsed = std::thread::scope(|s| {
+    let elapsed = two_at_once(&sides, |(store, layouts)| {
+        let t = Instant::now();
+        store.write(layouts, batch)?;
+        Ok(t.elapsed())
+    })?;
+    Ok(n as f64 / elapsed.as_secs_f64())
+}
+
+/// [`raw_fjall_puts`] twice at once, each in its own thread and folder:
+/// the same `n` records, nothing but the record stored for each. The most
+/// any replication that stores each record on both sides of one machine
+/// can get from it, whatever its layout. Returns records per second (`n`
+/// over the time until both are done).
+pub fn raw_fjall_two_raw(dir: &Path, n: usize, batch: usize) -> anyhow::Result<f64> {
+    let values = raw_values(n)?;
+    let open = |name: &str| -> anyhow::Result<_> {
+        let db = fjall::Database::builder(dir.join(name)).open()?;
+        let ks = db.keyspace("items", KeyspaceCreateOptions::default)?;
+        Ok((db, ks))
+    };
+    let sides = [open("raw-pair-a")?, open("raw-pair-b")?];
+    let elapsed = two_at_once(&sides, |(db, ks)| {
+        let t = Instant::now();
+        raw_insert_batches(db, ks, &values, batch)?;
+        Ok(t.elapsed())
+    })?;
+    Ok(n as f64 / elapsed.as_secs_f64())
+}
+
+/// Runs `write` for both sides at once, each in its own thread, started
+/// together. Returns the longer of the times they report.
+fn two_at_once<S: Sync>(
+    sides: &[S; 2],
+    write: impl Fn(&S) -> anyhow::Result<Duration> + Sync,
+) -> anyhow::Result<Duration> {
+    let start = std::sync::Barrier::new(sides.len());
+    std::thread::scope(|s| {
         let handles: Vec<_> = sides
             .iter()
-            .map(|(name, layouts)| {
-                let start = &start;
-                s.spawn(move || -> anyhow::Result<Duration> {
-                    let store = LayoutStore::open(&dir.join(name))?;
+            .map(|side| {
+                let (start, write) = (&start, &write);
+                s.spawn(move || {
                     start.wait();
-                    let t = Instant::now();
-                    store.write(layouts, batch)?;
-                    Ok(t.elapsed())
+                    write(side)
                 })
             })
             .collect();
@@ -222,8 +258,14 @@ pub fn raw_fjall_two_layouts(dir: &Path, n: usize, batch: usize) -> anyhow::Resu
                     .map_err(|_| anyhow::anyhow!("a store's thread panicked"))?
             })
             .try_fold(Duration::ZERO, |most, e| anyhow::Ok(most.max(e?)))
-    })?;
-    Ok(n as f64 / elapsed.as_secs_f64())
+    })
+}
+
+/// The values of [`raw_fjall_puts`]' records, encoded.
+fn raw_values(n: usize) -> anyhow::Result<Vec<Vec<u8>>> {
+    Ok((0..n as i64)
+        .map(|i| blazedb_proto::codec::to_vec(&record(i)))
+        .collect::<Result<_, _>>()?)
 }
 
 /// The bytes the store writes for each of `records`, put as new records.

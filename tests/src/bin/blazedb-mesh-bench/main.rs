@@ -34,8 +34,8 @@ use blazedb_proto::api::{DbSettings, SyncMode};
 use blazedb_proto::{DeviceId, Hlc, Op, OpBody, SyncMessage, codec};
 use blazedb_tests::bench::{
     CpuTally, PutBatches, Samples, batched_puts, cores, disk_write_bytes, median, print_latency,
-    raw_fjall_puts_cpu, raw_fjall_store_layout, raw_fjall_two_layouts, record, rss_kib,
-    thread_cpu_per_op, thread_cpu_seconds,
+    raw_fjall_puts_cpu, raw_fjall_store_layout, raw_fjall_two_layouts, raw_fjall_two_raw, record,
+    rss_kib, thread_cpu_per_op, thread_cpu_seconds,
 };
 use blazedb_tests::netns::Lab;
 use blazedb_tests::{TestAgent, join_mesh, sibling_bin, wait_within as wait};
@@ -333,6 +333,7 @@ async fn throughput(
     let dir = tempfile::tempdir()?;
     let layout = raw_fjall_store_layout(dir.path(), n, BATCH)?;
     let two_layouts = raw_fjall_two_layouts(dir.path(), n, BATCH)?;
+    let two_raw = raw_fjall_two_raw(dir.path(), n, BATCH)?;
     let op_bytes = op_size();
     let quic = raw_quinn(512 << 20).await?;
 
@@ -406,6 +407,10 @@ async fn throughput(
         100.0 * two_layouts / raw
     );
     println!(
+        "  raw fjall, two at once, records only   {two_raw:>12.0} records/s  (each side its own thread, nothing but the record: {:.0}% of raw fjall)",
+        100.0 * two_raw / raw
+    );
+    println!(
         "  raw quinn stream, one process          {:>12.0} records/s  ({:.0} MB/s at {op_bytes} B per op)",
         quic / op_bytes as f64,
         quic / 1e6
@@ -441,6 +446,8 @@ async fn throughput(
     note(figures, "layout_put_rate", layout);
     note(figures, "two_layouts_put_rate", two_layouts);
     note(figures, "two_layouts_ratio_raw", two_layouts / raw);
+    note(figures, "two_raw_put_rate", two_raw);
+    note(figures, "two_raw_ratio_raw", two_raw / raw);
     note(figures, "replication_rate", ours);
     note(figures, "replication_ratio_raw", ours / raw);
     note(figures, "replication_rounds", all.len() as f64);
