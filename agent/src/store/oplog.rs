@@ -29,6 +29,25 @@
 //! fifteen bytes, where an `Op` in MessagePack repeats its origin and
 //! every name in every entry.
 //!
+//! A compact chunk of at least [`COMPRESS_FROM`] bytes is stored
+//! compressed when that saves an eighth of it or more:
+//!
+//! ```text
+//! 0xC3                  mark
+//! length                big-endian u32: the compact chunk's length
+//! block                 the compact chunk, mark and all, as an LZ4 block
+//! ```
+//!
+//! Once one chunk does not compress, the others of its commit group are
+//! not tried (an end-to-end encrypted database's sealed bodies never do).
+//! A chunk's entries repeat their field names, and their clocks and seqs
+//! differ in the low bytes only: the bench's puts give the disk a third
+//! fewer bytes a record with their log compressed (252 against 378).
+//! Those bytes are what a log costs the store: written to
+//! fjall's journal, kept in its memtables (which then fill and flush
+//! later) and written again to a table. Readers decompress a chunk once
+//! and share it, as they share a compact chunk's bytes.
+//!
 //! Logs written in earlier forms still read: a bare `Op` in MessagePack
 //! (starts with a map marker), or [`FRAMED_MARK`] followed by entries that
 //! are each a big-endian `u32` length and an `Op` in MessagePack.
@@ -51,6 +70,13 @@ pub(crate) const COMPACT_MARK: u8 = 0xC2;
 
 /// The first byte of a chunk in the earlier framed form.
 pub(crate) const FRAMED_MARK: u8 = 0xC1;
+
+/// The first byte of a compact chunk compressed with LZ4.
+pub(crate) const LZ4_MARK: u8 = 0xC3;
+
+/// A compact chunk shorter than this is stored as it is: compressing a
+/// few entries saves little and costs a call.
+const COMPRESS_FROM: usize = 1024;
 
 /// Flag: the entry's origin is new to the chunk and follows whole; the
 /// other flags are `op_entry`'s.
@@ -239,6 +265,12 @@ impl ChunkReader {
     fn new(key: &[u8], chunk: Slice) -> Result<ChunkReader, StoreError> {
         let cursor = keys::cursor_of_log_key(key)
             .ok_or_else(|| StoreError::Corrupt("op-log key is not 8 bytes".into()))?;
+        let chunk = match chunk.first() {
+            Some(&LZ4_MARK) => decompress(&chunk).map_err(|e| {
+                StoreError::Corrupt(format!("the op-log chunk at cursor {cursor}: {e}"))
+            })?,
+            _ => chunk,
+        };
         let (kind, at) = match chunk.first() {
             Some(&COMPACT_MARK) => (ChunkKind::Compact, 1),
             Some(&FRAMED_MARK) => (ChunkKind::Framed, 1),
@@ -347,6 +379,44 @@ impl ChunkReader {
             start: end - entry.len(),
             end,
         })
+    }
+}
+
+/// `compact` stored as an [`LZ4_MARK`] chunk, or `None` when that saves
+/// less than an eighth of it.
+fn compress(compact: &[u8]) -> Option<Vec<u8>> {
+    let len = u32::try_from(compact.len()).ok()?;
+    let mut out = vec![0; 5 + lz4_flex::block::get_maximum_output_size(compact.len())];
+    out[0] = LZ4_MARK;
+    out[1..5].copy_from_slice(&len.to_be_bytes());
+    let written = lz4_flex::block::compress_into(compact, &mut out[5..]).ok()?;
+    out.truncate(5 + written);
+    (out.len() <= compact.len() - compact.len() / 8).then_some(out)
+}
+
+/// The compact chunk an [`LZ4_MARK`] chunk holds.
+fn decompress(stored: &[u8]) -> Result<Slice, CodecError> {
+    let mut r = raw::Reader::new(stored.get(1..).unwrap_or_default());
+    let len = r.bytes(4, "a compressed chunk's length")?;
+    let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+    let block = &stored[5..];
+    // An LZ4 block grows at most about 255 times, so a length beyond that
+    // is damage, and is refused before anything that size is allocated.
+    if len > block.len().saturating_mul(255) {
+        return Err(CodecError(format!(
+            "a compressed chunk of {} bytes claims {len}",
+            block.len()
+        )));
+    }
+    let mut out = vec![0; len];
+    match lz4_flex::block::decompress_into(block, &mut out) {
+        Ok(n) if n == len && out.first() == Some(&COMPACT_MARK) => Ok(Slice::from(out)),
+        Ok(_) => Err(CodecError(
+            "a compressed chunk does not hold a compact chunk of its length".into(),
+        )),
+        Err(e) => Err(CodecError(format!(
+            "a compressed chunk does not decompress: {e}"
+        ))),
     }
 }
 
@@ -538,6 +608,9 @@ pub(crate) struct Chunker {
     /// About how many bytes of entries are still to come, so that a new
     /// chunk is given its room at once instead of growing many times.
     ahead: usize,
+    /// A chunk did not compress: its neighbours, written alike (sealed
+    /// bodies, say), are not tried.
+    incompressible: bool,
 }
 
 /// About what an entry adds to a chunk beside its body.
@@ -630,8 +703,16 @@ impl Chunker {
         if self.count == 0 {
             return;
         }
-        self.done
-            .push((self.first, std::mem::take(&mut self.bytes)));
+        let compact = std::mem::take(&mut self.bytes);
+        let stored = if compact.len() < COMPRESS_FROM || self.incompressible {
+            compact
+        } else if let Some(compressed) = compress(&compact) {
+            compressed
+        } else {
+            self.incompressible = true;
+            compact
+        };
+        self.done.push((self.first, stored));
         self.origins.clear();
         self.count = 0;
     }
@@ -978,6 +1059,140 @@ mod tests {
         }
         let chunks: Vec<_> = chunker.finish().collect();
         assert_eq!(chunks.len(), 3);
+        let read: Vec<Op> = chunks
+            .into_iter()
+            .flat_map(|(k, v)| entries(&k, Slice::from(v)).expect("read"))
+            .map(|e| e.op().expect("op"))
+            .collect();
+        assert_eq!(read, ops);
+    }
+
+    /// Puts alike but for their ids and clocks, as an app writes them.
+    fn like_puts(n: u64) -> Vec<Op> {
+        (1..=n)
+            .map(|c| Op {
+                origin: DeviceId([1; 32]),
+                seq: c,
+                hlc: Hlc(1_750_000_000_000 << 16 | c),
+                priority: 0,
+                incarnation: 0,
+                body: blazedb_proto::OpBody::Put {
+                    collection: "items".into(),
+                    id: format!("k{c:08}"),
+                    fields: [
+                        (
+                            "name".to_owned(),
+                            blazedb_proto::Value::String(format!("user {c}")),
+                        ),
+                        ("score".to_owned(), blazedb_proto::Value::Int(c as i64 * 3)),
+                        ("active".to_owned(), blazedb_proto::Value::Bool(true)),
+                    ]
+                    .into(),
+                }
+                .encode()
+                .expect("encode"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn like_entries_are_stored_compressed_and_read_back_whole_after_a_restart() {
+        let ops = like_puts(2_000);
+        let mut chunker = Chunker::default();
+        for op in &ops {
+            chunker.push(op.seq, op);
+        }
+        let chunks: Vec<_> = chunker.finish().collect();
+        assert!(chunks.len() > 1, "the entries fill several chunks");
+        let stored: usize = chunks.iter().map(|(_, v)| v.len()).sum();
+        let mut compact = 0;
+        for (_, v) in &chunks {
+            assert_eq!(v[0], LZ4_MARK, "a chunk of like entries is compressed");
+            compact += decompress(v).expect("decompress").len();
+        }
+        assert!(
+            stored * 2 < compact,
+            "stored {stored} bytes for {compact} bytes of entries"
+        );
+
+        let dir = tempfile::tempdir().expect("dir");
+        for reopen in [false, true] {
+            let db = fjall::Database::builder(dir.path()).open().expect("open");
+            let log = db
+                .keyspace("log", KeyspaceCreateOptions::default)
+                .expect("keyspace");
+            if !reopen {
+                let mut batch = db.batch();
+                for (k, v) in &chunks {
+                    batch.insert(&log, *k, v.as_slice());
+                }
+                batch.commit().expect("commit");
+            }
+            let read: Vec<(u64, Op)> = read_all(&log, 0);
+            let want: Vec<(u64, Op)> = ops.iter().map(|o| (o.seq, o.clone())).collect();
+            assert_eq!(read, want);
+            // One entry from inside a chunk, and a run from there on.
+            let got = get(&log, 777).expect("get").expect("entry 777");
+            assert_eq!(got.op().expect("op"), ops[776]);
+            assert_eq!(read_all(&log, 1_500), want[1_500..].to_vec());
+        }
+    }
+
+    #[test]
+    fn a_damaged_compressed_chunk_is_refused_with_its_cursor() {
+        let ops = like_puts(300);
+        let mut chunker = Chunker::default();
+        for op in &ops {
+            chunker.push(op.seq, op);
+        }
+        let (key, chunk) = chunker.finish().next().expect("a chunk");
+        assert_eq!(chunk[0], LZ4_MARK);
+        let mut claims_much = chunk.clone();
+        claims_much[1..5].copy_from_slice(&u32::MAX.to_be_bytes());
+        let mut claims_more = chunk.clone();
+        let len = u32::from_be_bytes([chunk[1], chunk[2], chunk[3], chunk[4]]);
+        claims_more[1..5].copy_from_slice(&(len + 1).to_be_bytes());
+        let damaged = [
+            (claims_much, "claims"),
+            (claims_more, "does not hold"),
+            (chunk[..chunk.len() / 2].to_vec(), "decompress"),
+            (chunk[..3].to_vec(), "length"),
+        ];
+        for (bytes, says) in damaged {
+            let e = entries(&key, Slice::from(bytes)).err().expect("refused");
+            let e = e.to_string();
+            assert!(e.contains("at cursor 1:") && e.contains(says), "{e}");
+        }
+    }
+
+    #[test]
+    fn entries_that_do_not_compress_are_stored_as_they_are() {
+        // Bodies of noise, as sealed bodies are.
+        let mut x = 0x2545_f491_4f6c_dd1d_u64;
+        let ops: Vec<Op> = (1..=100)
+            .map(|c| Op {
+                origin: DeviceId([1; 32]),
+                seq: c,
+                hlc: Hlc(c << 16),
+                priority: 0,
+                incarnation: 0,
+                body: (0..900)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        x as u8
+                    })
+                    .collect(),
+            })
+            .collect();
+        let mut chunker = Chunker::default();
+        for op in &ops {
+            chunker.push(op.seq, op);
+        }
+        let chunks: Vec<_> = chunker.finish().collect();
+        assert!(chunks.len() > 1);
+        assert!(chunks.iter().all(|(_, v)| v[0] == COMPACT_MARK));
         let read: Vec<Op> = chunks
             .into_iter()
             .flat_map(|(k, v)| entries(&k, Slice::from(v)).expect("read"))
