@@ -228,6 +228,16 @@ fn main() -> anyhow::Result<()> {
     let chunks =
         blazed::store::log_chunks(ops.iter().enumerate().map(|(i, op)| (i as u64 + 1, op)));
     seeds.push(("log_chunk", "compact", chunks[0].1.clone()));
+    // Enough entries alike that their chunk is stored compressed.
+    let alike: Vec<Op> = (1..=40)
+        .map(|seq| Op {
+            seq,
+            ..ops[2].clone()
+        })
+        .collect();
+    let compressed =
+        blazed::store::log_chunks(alike.iter().enumerate().map(|(i, op)| (i as u64 + 1, op)));
+    seeds.push(("log_chunk", "compressed", compressed[0].1.clone()));
     // The forms logs were written in before: a bare op, and ops framed by
     // their lengths after 0xC1.
     let bare = codec::to_vec(&ops[1])?;
