@@ -1104,14 +1104,28 @@ mod tests {
             .collect()
     }
 
+    /// `ops` chunked as the store writes them, each at its seq's cursor.
+    fn chunked(ops: &[Op]) -> Vec<([u8; 8], Vec<u8>)> {
+        let mut chunker = Chunker::default();
+        for op in ops {
+            chunker.push(op.seq, op);
+        }
+        chunker.finish().collect()
+    }
+
+    /// The ops `chunks` hold, in order.
+    fn read_chunks(chunks: Vec<([u8; 8], Vec<u8>)>) -> Vec<Op> {
+        chunks
+            .into_iter()
+            .flat_map(|(k, v)| entries(&k, Slice::from(v)).expect("read"))
+            .map(|e| e.op().expect("op"))
+            .collect()
+    }
+
     #[test]
     fn like_entries_are_stored_compressed_and_read_back_whole_after_a_restart() {
         let ops = like_puts(2_000);
-        let mut chunker = Chunker::default();
-        for op in &ops {
-            chunker.push(op.seq, op);
-        }
-        let chunks: Vec<_> = chunker.finish().collect();
+        let chunks = chunked(&ops);
         assert!(chunks.len() > 1, "the entries fill several chunks");
         let stored: usize = chunks.iter().map(|(_, v)| v.len()).sum();
         let mut compact = 0;
@@ -1149,12 +1163,7 @@ mod tests {
 
     #[test]
     fn a_damaged_compressed_chunk_is_refused_with_its_cursor() {
-        let ops = like_puts(300);
-        let mut chunker = Chunker::default();
-        for op in &ops {
-            chunker.push(op.seq, op);
-        }
-        let (key, chunk) = chunker.finish().next().expect("a chunk");
+        let (key, chunk) = chunked(&like_puts(300)).swap_remove(0);
         assert_eq!(chunk[0], LZ4_MARK);
         let mut claims_much = chunk.clone();
         claims_much[1..5].copy_from_slice(&u32::MAX.to_be_bytes());
@@ -1195,34 +1204,23 @@ mod tests {
                     .collect(),
             })
             .collect();
-        let mut chunker = Chunker::default();
-        for op in &ops {
-            chunker.push(op.seq, op);
-        }
-        let chunks: Vec<_> = chunker.finish().collect();
+        let chunks = chunked(&ops);
         assert!(chunks.len() > 1);
         assert!(chunks.iter().all(|(_, v)| v[0] == COMPACT_MARK));
-        let read: Vec<Op> = chunks
-            .into_iter()
-            .flat_map(|(k, v)| entries(&k, Slice::from(v)).expect("read"))
-            .map(|e| e.op().expect("op"))
-            .collect();
-        assert_eq!(read, ops);
+        assert_eq!(read_chunks(chunks), ops);
     }
 
     #[test]
     fn chunks_of_sealed_bodies_are_not_tried() {
         // Sealed bodies never compress; these would, were they tried.
-        let sealed = |c: u64| Op {
-            body: [&[blazedb_proto::sealed::SEALED_MARK][..], &[0; 400]].concat(),
-            ..like_puts(c)[c as usize - 1].clone()
-        };
-        let ops: Vec<Op> = (1..=200).map(sealed).collect();
-        let mut chunker = Chunker::default();
-        for op in &ops {
-            chunker.push(op.seq, op);
-        }
-        let chunks: Vec<_> = chunker.finish().collect();
+        let ops: Vec<Op> = like_puts(200)
+            .into_iter()
+            .map(|op| Op {
+                body: [&[blazedb_proto::sealed::SEALED_MARK][..], &[0; 400]].concat(),
+                ..op
+            })
+            .collect();
+        let chunks = chunked(&ops);
         assert!(chunks.len() > 1);
         assert!(chunks.iter().all(|(_, v)| v[0] == COMPACT_MARK));
         // Copied as stored (compaction, a blind hub's kept entries), alike.
@@ -1234,11 +1232,6 @@ mod tests {
         }
         let chunks: Vec<_> = again.finish().collect();
         assert!(chunks.iter().all(|(_, v)| v[0] == COMPACT_MARK));
-        let read: Vec<Op> = chunks
-            .into_iter()
-            .flat_map(|(k, v)| entries(&k, Slice::from(v)).expect("read"))
-            .map(|e| e.op().expect("op"))
-            .collect();
-        assert_eq!(read, ops);
+        assert_eq!(read_chunks(chunks), ops);
     }
 }
