@@ -205,9 +205,10 @@ fn an_op_altered_at_the_hub_is_refused_and_the_writer_brings_it_whole() {
     }
 }
 
-/// A put prepared as the parts the log keeps (its database seemed not to
-/// seal when it was read) is sealed whole once the writer finds that the
-/// database does: a peer with the key opens it and applies it.
+/// A put read in place is prepared as the parts the log keeps, whether or
+/// not its database seals; where it does, the writer seals those parts as
+/// a put's seal covers them, and a peer with the key opens the whole put
+/// and applies it.
 #[test]
 fn a_put_prepared_as_parts_is_sealed_whole_where_its_database_seals() {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -231,7 +232,6 @@ fn a_put_prepared_as_parts_is_sealed_whole_where_its_database_seals() {
         &writer.store.device(),
         writer.store.incarnation(),
         0,
-        false,
         &puts.puts,
     )
     .unwrap();

@@ -508,7 +508,6 @@ pub(crate) fn write_puts(
         &store.device(),
         store.incarnation(),
         store.priority_of(puts.db),
-        store.seals(puts.db),
         &puts.puts,
     );
     submit(ctx, out, id, puts.db, prepared, tx, single)

@@ -297,6 +297,9 @@ pub(super) struct SealLater {
     pub(super) key: ContentKey,
     /// The database, whose name the associated data binds.
     pub(super) db: Arc<DbState>,
+    /// The op's body holds a put's parts ([`PutParts::stored`]), which
+    /// are sealed as they are, rather than its body.
+    pub(super) parts: bool,
 }
 
 /// A group with fewer bodies to seal than this seals them on the writer
@@ -319,7 +322,11 @@ pub(super) fn seal_bodies(ops: &mut [(&mut Op, SealLater)]) -> Result<(), StoreE
                 hlc: op.hlc,
                 priority: op.priority,
             };
-            op.body = seal_body(&with.key, &header, &op.body, &mut aad)?;
+            op.body = if with.parts {
+                seal_parts(&with.key, &header, &op.body, &mut aad)?
+            } else {
+                seal_body(&with.key, &header, &op.body, &mut aad)?
+            };
         }
         Ok(())
     }
@@ -361,7 +368,24 @@ pub(crate) fn seal_body(
         Some(parts) => key.seal_written(aad, parts.stored_len(), |out| parts.stored(out)),
         None => key.seal_with(aad, body),
     }
-    .map_err(|e| StoreError::Storage(format!("cannot seal an op: {e}")))
+    .map_err(cannot_seal)
+}
+
+/// [`seal_body`] of a put given as its stored parts: the same sealed
+/// bytes, without the body built and parsed again.
+fn seal_parts(
+    key: &ContentKey,
+    header: &SealedOp<'_>,
+    parts: &[u8],
+    aad: &mut Vec<u8>,
+) -> Result<Vec<u8>, StoreError> {
+    aad.clear();
+    header.associated_data_into(key.epoch, aad);
+    key.seal_with(aad, parts).map_err(cannot_seal)
+}
+
+fn cannot_seal(e: SealError) -> StoreError {
+    StoreError::Storage(format!("cannot seal an op: {e}"))
 }
 
 #[cfg(test)]

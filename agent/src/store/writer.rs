@@ -608,12 +608,11 @@ fn body_of_parts(parts: &[u8]) -> Result<Vec<u8>, StoreError> {
 /// [`prepare`] for puts given as their fields' encoded values (checked,
 /// as [`blazedb_proto::RawPuts`] reads them): the values are copied into
 /// the op and the record, never decoded. Each op is kept as the parts the
-/// log stores, unless the database is `sealed`: a seal covers a body.
+/// log stores, which are also what a seal covers.
 pub fn prepare_puts(
     origin: &DeviceId,
     incarnation: u32,
     priority: u8,
-    sealed: bool,
     puts: &[blazedb_proto::RawWrite<'_>],
 ) -> Result<Vec<PreparedWrite>, StoreError> {
     let writer = origin.writer(incarnation);
@@ -627,15 +626,10 @@ pub fn prepare_puts(
         validate_name("collection", put.collection)?;
         let id = put.id.map_or_else(new_id, str::to_owned);
         validate_id(&id)?;
-        let encoded = if sealed {
-            blazedb_proto::put_body(put.collection, &id, &put.fields)
-        } else {
-            blazedb_proto::put_parts(put.collection, &id, &put.fields)
-        };
         prepared.push(PreparedWrite {
             key: keys::record_key_slice(put.collection, &id),
-            encoded,
-            parts: !sealed,
+            encoded: blazedb_proto::put_parts(put.collection, &id, &put.fields),
+            parts: true,
             fresh_record: Some(stamped::fresh_put_record_raw(
                 &writer,
                 priority,
@@ -1275,13 +1269,7 @@ impl Writer {
             priority: write_priority,
         } = write;
         let needs_existing = matches!(body, Body::Decoded(OpBody::Patch { .. }));
-        // A put prepared as its parts is logged from them as they are,
-        // unless it is sealed (its database was made end-to-end encrypted
-        // since it was prepared): a seal covers the body.
-        let (encoded, as_parts) = match (parts, &scope.seal_with) {
-            (true, Some(_)) => (body_of_parts(&encoded)?, false),
-            _ => (encoded, parts),
-        };
+        let as_parts = parts;
         // The decoded operation, if it was prepared decoded.
         let (collection, id, body) = match body {
             Body::Decoded(b) => (b.collection().to_owned(), b.id().to_owned(), Some(b)),
@@ -1368,11 +1356,14 @@ impl Writer {
                 incarnation: self.store.incarnation(),
                 body: encoded,
             },
+            // A sealed put is logged as its seal, which covers its parts
+            // as a put's seal always does.
             seal: scope.seal_with.as_ref().map(|key| SealLater {
                 key: key.clone(),
                 db: db.clone(),
+                parts: as_parts,
             }),
-            as_parts,
+            as_parts: as_parts && scope.seal_with.is_none(),
         });
         plan.overlay.insert(db.id, key, record_bytes);
         Ok(WriteResult {
