@@ -899,12 +899,6 @@ impl Store {
         self.db(db).map_or(0, |d| d.settings().priority)
     }
 
-    /// Whether database `db` seals its ops (end-to-end encryption); no
-    /// when there is no such database.
-    pub fn seals(&self, db: &str) -> bool {
-        self.db(db).is_ok_and(|d| d.is_e2e())
-    }
-
     /// Describes one database.
     pub fn db_info(&self, name: &str) -> Result<DbInfo, StoreError> {
         Ok(self.info_of(&*self.db(name)?))
