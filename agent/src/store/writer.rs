@@ -1264,12 +1264,11 @@ impl Writer {
             body,
             key,
             encoded,
-            parts,
+            parts: as_parts,
             fresh_record,
             priority: write_priority,
         } = write;
         let needs_existing = matches!(body, Body::Decoded(OpBody::Patch { .. }));
-        let as_parts = parts;
         // The decoded operation, if it was prepared decoded.
         let (collection, id, body) = match body {
             Body::Decoded(b) => (b.collection().to_owned(), b.id().to_owned(), Some(b)),
