@@ -128,8 +128,7 @@ pub fn raw_fjall_puts_cpu(
     n: usize,
     batch: usize,
 ) -> anyhow::Result<(f64, Option<f64>)> {
-    let db = fjall::Database::builder(dir.join("raw")).open()?;
-    let ks = db.keyspace("items", KeyspaceCreateOptions::default)?;
+    let (db, ks) = raw_store(&dir.join("raw"))?;
     let values = raw_values(n)?;
     let cpu = cpu_seconds(None);
     let t = Instant::now();
@@ -219,12 +218,10 @@ pub fn raw_fjall_two_layouts(dir: &Path, n: usize, batch: usize) -> anyhow::Resu
 /// over the time until both are done).
 pub fn raw_fjall_two_raw(dir: &Path, n: usize, batch: usize) -> anyhow::Result<f64> {
     let values = raw_values(n)?;
-    let open = |name: &str| -> anyhow::Result<_> {
-        let db = fjall::Database::builder(dir.join(name)).open()?;
-        let ks = db.keyspace("items", KeyspaceCreateOptions::default)?;
-        Ok((db, ks))
-    };
-    let sides = [open("raw-pair-a")?, open("raw-pair-b")?];
+    let sides = [
+        raw_store(&dir.join("raw-pair-a"))?,
+        raw_store(&dir.join("raw-pair-b"))?,
+    ];
     let elapsed = two_at_once(&sides, |(db, ks)| {
         let t = Instant::now();
         raw_insert_batches(db, ks, &values, batch)?;
@@ -259,6 +256,14 @@ fn two_at_once<S: Sync>(
             })
             .try_fold(Duration::ZERO, |most, e| anyhow::Ok(most.max(e?)))
     })
+}
+
+/// A fjall database in `path` with fjall's own settings, and the keyspace
+/// raw fjall's runs write their records to.
+fn raw_store(path: &Path) -> anyhow::Result<(fjall::Database, fjall::Keyspace)> {
+    let db = fjall::Database::builder(path).open()?;
+    let ks = db.keyspace("items", KeyspaceCreateOptions::default)?;
+    Ok((db, ks))
 }
 
 /// The values of [`raw_fjall_puts`]' records, encoded.
