@@ -120,7 +120,10 @@ impl ContentKey {
         })
     }
 
-    fn next_nonce(&self) -> Result<[u8; NONCE_LEN], SealError> {
+    /// The next nonce of this load of the key. Each is drawn once: a body
+    /// sealed again with its nonce (see [`ContentKey::seal_at`]) must be
+    /// the same plaintext with the same associated data.
+    pub fn next_nonce(&self) -> Result<[u8; NONCE_LEN], SealError> {
         let n = self.nonces.next.fetch_add(1, Ordering::Relaxed);
         let count = u32::try_from(n).map_err(|_| SealError::Exhausted(self.epoch))?;
         let mut nonce = [0u8; NONCE_LEN];
@@ -156,18 +159,36 @@ impl ContentKey {
     ) -> Result<Vec<u8>, SealError> {
         let nonce = self.next_nonce()?;
         let mut out = Vec::with_capacity(HEADER_LEN + len + TAG_LEN);
-        SealedBody::write_header(&mut out, self.epoch, &nonce);
-        write(&mut out);
+        self.seal_at(nonce, aad, &mut out, write)?;
+        Ok(out)
+    }
+
+    /// Appends to `out` the sealed body of the bytes `write` appends, with
+    /// `aad` as associated data, under `nonce`: one this key drew
+    /// ([`ContentKey::next_nonce`]) for these bytes alone. The same bytes,
+    /// associated data and nonce always seal alike, so sealing a body
+    /// again with the nonce it was given reuses nothing; any other
+    /// plaintext under that nonce would.
+    pub fn seal_at(
+        &self,
+        nonce: [u8; NONCE_LEN],
+        aad: &[u8],
+        out: &mut Vec<u8>,
+        write: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<(), SealError> {
+        let start = out.len();
+        SealedBody::write_header(out, self.epoch, &nonce);
+        write(out);
         let tag = self
             .cipher
             .seal_in_place_separate_tag(
                 Nonce::assume_unique_for_key(nonce),
                 Aad::from(aad),
-                &mut out[HEADER_LEN..],
+                &mut out[start + HEADER_LEN..],
             )
             .map_err(|_| SealError::Damaged)?;
         out.extend_from_slice(tag.as_ref());
-        Ok(out)
+        Ok(())
     }
 
     /// The context a key of this epoch is wrapped in for `recipient`.

@@ -1084,7 +1084,7 @@ impl Store {
             }
             last = entry.cursor;
             let op = entry.op()?;
-            let body = match reader.read(&db.name, &op, &mut opened) {
+            let body = match reader.read_logged(&db.name, &op, &mut opened) {
                 sealing::Body::Readable(plain) => plain.decode()?,
                 sealing::Body::Blind => return Err(StoreError::Sealed(db.name.clone())),
                 // Logged before this device held its keys, and damaged:

@@ -66,6 +66,7 @@ use fjall::{Keyspace, OwnedWriteBatch, Slice};
 
 use super::StoreError;
 use super::keys;
+use super::sealing::Outgoing;
 
 /// The first byte of a chunk in the compact form.
 pub(crate) const COMPACT_MARK: u8 = 0xC2;
@@ -161,11 +162,35 @@ impl Entry {
     }
 
     /// Adds the entry's op to `out`: copied as it is stored, or built
-    /// first if it is in an earlier form.
-    pub(crate) fn pack_into(&self, out: &mut PackedOps) -> Result<(), StoreError> {
-        match self.rest() {
-            Some((origin, rest)) => out.push_entry(origin, &rest),
-            None => out.push(&self.op()?),
+    /// first if it is in an earlier form; a clear body is sealed by
+    /// `outgoing` (which a log that may hold one passes).
+    pub(crate) fn pack_into(
+        &self,
+        out: &mut PackedOps,
+        outgoing: Option<&mut Outgoing>,
+    ) -> Result<(), StoreError> {
+        match (self.rest(), outgoing) {
+            (Some((origin, rest)), Some(outgoing)) => {
+                let writer = origin.writer(rest.incarnation);
+                match outgoing.seal(writer, rest.seq, rest.hlc, rest.priority, rest.body)? {
+                    Some(sealed) => out.push_entry(
+                        origin,
+                        &op_entry::Rest {
+                            body: sealed,
+                            ..rest
+                        },
+                    ),
+                    None => out.push_entry(origin, &rest),
+                }
+            }
+            (Some((origin, rest)), None) => out.push_entry(origin, &rest),
+            (None, outgoing) => {
+                let mut op = self.op()?;
+                if let Some(outgoing) = outgoing {
+                    outgoing.seal_op(&mut op)?;
+                }
+                out.push(&op);
+            }
         }
         Ok(())
     }

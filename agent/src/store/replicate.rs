@@ -21,7 +21,7 @@ use fjall::{PersistMode, Slice};
 use super::keys;
 use super::oplog::{self, Trim};
 use super::record::{Stamp, StoredRecord, Visible, format};
-use super::sealing::{Body, Opened, Plain, Reader, seal_body};
+use super::sealing::{Body, Opened, Outgoing, Plain, Reader, seal_body};
 use super::stamped;
 use super::tombstone_keys::{Candidates, Walk};
 use super::writer::{
@@ -263,7 +263,6 @@ impl Writer {
                 log: db.log.clone(),
                 cursor: head,
                 op,
-                seal: None,
                 as_parts: false,
             });
         }
@@ -308,7 +307,7 @@ impl Writer {
                 after = entry.cursor;
                 seen += 1;
                 let op = entry.op()?;
-                let body = match reader.read(&db.name, &op, &mut opened) {
+                let body = match reader.read_logged(&db.name, &op, &mut opened) {
                     Body::Readable(plain) => plain.decode().ok(),
                     _ => None,
                 };
@@ -690,7 +689,6 @@ impl Writer {
                 log: db.log.clone(),
                 cursor: head,
                 op: change,
-                seal: None,
                 as_parts: false,
             });
         }
@@ -1096,8 +1094,13 @@ impl SyncStore for Store {
         limits: ReadLimits,
     ) -> Result<OpsRead, StoreError> {
         let mut ops = Vec::new();
+        let mut outgoing = self.db(db).ok().and_then(|d| Outgoing::of(self, &d));
         let next = self.read_log(db, have, from, limits, |entry| {
-            ops.push(entry.op()?);
+            let mut op = entry.op()?;
+            if let Some(outgoing) = &mut outgoing {
+                outgoing.seal_op(&mut op)?;
+            }
+            ops.push(op);
             Ok(())
         })?;
         Ok(OpsRead { ops, next })
@@ -1114,7 +1117,10 @@ impl SyncStore for Store {
         // where a stream grown from empty copied itself at every step.
         let items = limits.max_items.min(4096);
         let mut ops = PackedOps::with_capacity(items, limits.max_bytes.min(items * 160));
-        let next = self.read_log(db, have, from, limits, |entry| entry.pack_into(&mut ops))?;
+        let mut outgoing = self.db(db).ok().and_then(|d| Outgoing::of(self, &d));
+        let next = self.read_log(db, have, from, limits, |entry| {
+            entry.pack_into(&mut ops, outgoing.as_mut())
+        })?;
         Ok(PackedRead { ops, next })
     }
 

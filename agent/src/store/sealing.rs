@@ -3,28 +3,38 @@
 //! The store keeps the content keys this device holds (the keyring, in
 //! the store's directory) beside the databases they open. On a device that
 //! holds a database's key, records are stored readable (this device may
-//! read them) and op-log entries hold the bodies sealed, exactly as they
-//! travel, so that relaying an op never seals it again. A device without
-//! the key holds the database *blind*: its op log only, no records, no
-//! collections, and nothing in it readable.
+//! read them). Its op log holds the ops of peers sealed, exactly as they
+//! travel, so that relaying one never seals it again; its own ops it logs
+//! *clear*: the plaintext their seal covers beside the nonce drawn for it
+//! ([`CLEAR_MARK`]), sealed on their way out ([`Outgoing`]). A clear body
+//! compresses with its chunk, as a sealed one cannot, and a write no
+//! longer waits on its seal. It adds nothing readable at rest: the
+//! records are readable here, and the keyring that opens the sealed
+//! entries lies beside them. A device without the key holds the database
+//! *blind*: its op log only, no records, no collections, and nothing in
+//! it readable.
 //!
 //! Invariants:
-//! - No op body of an `e2e` database is written to the op log unsealed,
-//!   nor taken from a peer unsealed.
+//! - No op body of an `e2e` database leaves the device unsealed, nor is
+//!   taken from a peer unsealed: every read of the log for a peer
+//!   ([`Outgoing`]) seals the clear bodies in it, and a clear body from a
+//!   peer is refused as any unsealed one is.
+//! - A clear body's nonce was drawn for it alone, and log entries are
+//!   never changed in place (compaction copies them as stored): sealing
+//!   it again gives the same bytes, never a second plaintext under the
+//!   nonce.
 //! - An op a key holder cannot open is neither applied nor logged: its
 //!   origin's later ops wait behind it, and the sync engine asks again.
 //! - When a blind device gets its first key, every logged op is applied
 //!   (records merge the same whatever the order, so ops applied twice
 //!   change nothing).
 
-use std::sync::{Arc, Mutex};
-
 use blazedb_proto::api::{DbInfo, Encryption};
 use blazedb_proto::codec::CodecError;
-use blazedb_proto::sealed::{SealedOp, is_sealed};
+use blazedb_proto::sealed::{NONCE_LEN, SealedOp, is_sealed};
 use blazedb_proto::{Op, OpBody, PutParts, RawPut};
 
-use super::{DbState, Store, StoreError, lock, read_lock, write_lock};
+use super::{DbState, Store, StoreError, read_lock, write_lock};
 use crate::crypto::seal::{self, ContentKey, SealError};
 use crate::sync::Unopened;
 
@@ -84,6 +94,15 @@ pub(crate) enum Plain<'a> {
 }
 
 impl<'a> Plain<'a> {
+    /// What a seal covered: a put's parts, or any other body whole.
+    fn of_sealed(plain: &'a [u8]) -> Plain<'a> {
+        if PutParts::of_stored(plain).is_some() {
+            Plain::PutParts(plain)
+        } else {
+            Plain::Body(plain)
+        }
+    }
+
     /// The put this body is, read in place; `None` for anything else
     /// (which [`Plain::decode`] reads).
     pub(crate) fn raw_put(self) -> Option<RawPut<'a>> {
@@ -119,6 +138,15 @@ pub(crate) struct Opened {
 }
 
 impl Reader {
+    /// Reads the body of `op`, an op this replica logged (a clear body is
+    /// its own, read as it is), of the database `db`.
+    pub(crate) fn read_logged<'a>(&self, db: &str, op: &'a Op, opened: &'a mut Opened) -> Body<'a> {
+        match (self, Clear::parse(&op.body)) {
+            (Reader::Keys(_), Some(clear)) => Body::Readable(Plain::of_sealed(clear.plain)),
+            _ => self.read(db, op, opened),
+        }
+    }
+
     /// Reads the body of `op`, an op of the database `db`, opening it into
     /// `opened` if it is sealed.
     pub(crate) fn read<'a>(&self, db: &str, op: &'a Op, opened: &'a mut Opened) -> Body<'a> {
@@ -142,11 +170,7 @@ impl Reader {
                     aad,
                     plain,
                 ) {
-                    // A sealed put is its parts; anything else a whole body.
-                    Ok(()) if PutParts::of_stored(plain).is_some() => {
-                        Body::Readable(Plain::PutParts(plain))
-                    }
-                    Ok(()) => Body::Readable(Plain::Body(plain)),
+                    Ok(()) => Body::Readable(Plain::of_sealed(plain)),
                     Err(e) => Body::Refused(Unopened::of(op, &e)),
                 }
             }
@@ -290,66 +314,135 @@ impl Store {
     }
 }
 
-/// What a local op's body is sealed with when its group is committed.
-#[derive(Clone)]
-pub(super) struct SealLater {
-    /// The database's current content key.
-    pub(super) key: ContentKey,
-    /// The database, whose name the associated data binds.
-    pub(super) db: Arc<DbState>,
-    /// The op's body holds a put's parts ([`PutParts::stored`]), which
-    /// are sealed as they are, rather than its body.
-    pub(super) parts: bool,
+/// The first byte of a clear body: this device's own op of an `e2e`
+/// database as its log holds it, sealed only on its way out.
+///
+/// ```text
+/// 0xC7 | key epoch (u32 BE) | nonce (12 bytes) | what the seal will cover
+/// ```
+///
+/// What the seal covers is a put's parts ([`PutParts::stored`]) or any
+/// other body whole, as [`seal_body`] seals them. No op body starts with
+/// 0xC7 (a MessagePack ext, where an `OpBody` is a map), nor does a sealed
+/// one, and a clear body never travels.
+pub(crate) const CLEAR_MARK: u8 = 0xC7;
+
+/// The bytes of a clear body before its plaintext.
+const CLEAR_HEADER: usize = 1 + 4 + NONCE_LEN;
+
+/// A clear body's parts, borrowed from its bytes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Clear<'a> {
+    epoch: u32,
+    nonce: [u8; NONCE_LEN],
+    plain: &'a [u8],
 }
 
-/// A group with fewer bodies to seal than this seals them on the writer
-/// thread alone; sealing on a second thread costs a thread's start.
-const SEAL_APART_FROM: usize = 64;
+impl<'a> Clear<'a> {
+    /// Reads a clear body; `None` for any other.
+    pub(crate) fn parse(body: &'a [u8]) -> Option<Clear<'a>> {
+        let (head, plain) = body.split_at_checked(CLEAR_HEADER)?;
+        if head[0] != CLEAR_MARK {
+            return None;
+        }
+        Some(Clear {
+            epoch: u32::from_be_bytes(head[1..5].try_into().ok()?),
+            nonce: head[5..].try_into().ok()?,
+            plain,
+        })
+    }
 
-/// Seals the bodies of `ops` (readable until now), each under its key and
-/// bound to its own seq and clock reading. Many are sealed on two threads:
-/// the writer's work for an e2e put is a fifth larger than a plaintext
-/// one's, nearly all of it sealing, and the writer thread is what an app
-/// writing batches waits on, while the other core has room.
-pub(super) fn seal_bodies(ops: &mut [(&mut Op, SealLater)]) -> Result<(), StoreError> {
-    fn seal_all(ops: &mut [(&mut Op, SealLater)]) -> Result<(), StoreError> {
-        let mut aad = Vec::new();
-        for (op, with) in ops {
-            let header = SealedOp {
-                db: &with.db.name,
-                writer: op.writer(),
-                seq: op.seq,
-                hlc: op.hlc,
-                priority: op.priority,
-            };
-            op.body = if with.parts {
-                seal_parts(&with.key, &header, &op.body, &mut aad)?
-            } else {
-                seal_body(&with.key, &header, &op.body, &mut aad)?
-            };
+    /// The clear body of this device's new op, which `body` is (a put as
+    /// its parts when `parts`), to be sealed under `key` with a nonce drawn
+    /// for it now.
+    pub(crate) fn of_new(
+        key: &ContentKey,
+        body: &[u8],
+        parts: bool,
+    ) -> Result<Vec<u8>, StoreError> {
+        let nonce = key.next_nonce().map_err(cannot_seal)?;
+        let put = if parts { None } else { PutParts::of_body(body) };
+        let len = put.as_ref().map_or(body.len(), PutParts::stored_len);
+        let mut out = Vec::with_capacity(CLEAR_HEADER + len);
+        out.push(CLEAR_MARK);
+        out.extend_from_slice(&key.epoch.to_be_bytes());
+        out.extend_from_slice(&nonce);
+        match put {
+            Some(put) => put.stored(&mut out),
+            None => out.extend_from_slice(body),
+        }
+        Ok(out)
+    }
+}
+
+/// Seals the clear bodies of one database's log as they are read for a
+/// peer: each under the key of the epoch it names, with the nonce drawn
+/// for it, so every peer gets the bytes the op was given.
+pub(crate) struct Outgoing {
+    db: String,
+    keys: Vec<ContentKey>,
+    aad: Vec<u8>,
+    sealed: Vec<u8>,
+}
+
+impl Outgoing {
+    /// The sealer of `db`'s log; `None` where it holds no clear body (a
+    /// database that is not end-to-end encrypted, or held blind).
+    pub(crate) fn of(store: &Store, db: &DbState) -> Option<Outgoing> {
+        if !db.is_e2e() {
+            return None;
+        }
+        let keys = store.keys_of(&db.name);
+        (!keys.is_empty()).then(|| Outgoing {
+            db: db.name.clone(),
+            keys,
+            aad: Vec::new(),
+            sealed: Vec::new(),
+        })
+    }
+
+    /// The sealed body of the op with this header and `body`, if `body`
+    /// is clear; `None` if it goes as it is stored.
+    pub(crate) fn seal(
+        &mut self,
+        writer: blazedb_proto::DeviceId,
+        seq: u64,
+        hlc: blazedb_proto::Hlc,
+        priority: u8,
+        body: &[u8],
+    ) -> Result<Option<&[u8]>, StoreError> {
+        let Some(clear) = Clear::parse(body) else {
+            return Ok(None);
+        };
+        let key = self
+            .keys
+            .iter()
+            .find(|k| k.epoch == clear.epoch)
+            .ok_or_else(|| cannot_seal(SealError::NoKey(clear.epoch)))?;
+        let header = SealedOp {
+            db: &self.db,
+            writer,
+            seq,
+            hlc,
+            priority,
+        };
+        self.aad.clear();
+        header.associated_data_into(clear.epoch, &mut self.aad);
+        self.sealed.clear();
+        key.seal_at(clear.nonce, &self.aad, &mut self.sealed, |out| {
+            out.extend_from_slice(clear.plain);
+        })
+        .map_err(cannot_seal)?;
+        Ok(Some(&self.sealed))
+    }
+
+    /// `op` as it goes to a peer: its body sealed if it is clear.
+    pub(crate) fn seal_op(&mut self, op: &mut Op) -> Result<(), StoreError> {
+        if let Some(sealed) = self.seal(op.writer(), op.seq, op.hlc, op.priority, &op.body)? {
+            op.body = sealed.to_vec();
         }
         Ok(())
     }
-    if ops.len() < SEAL_APART_FROM {
-        return seal_all(ops);
-    }
-    let (mine, theirs) = ops.split_at_mut(ops.len() / 2);
-    // Taken by the second thread, or by this one if none could start.
-    let theirs = Mutex::new(Some(theirs));
-    let take = || lock(&theirs).take().map_or(Ok(()), seal_all);
-    std::thread::scope(|scope| {
-        let other = std::thread::Builder::new()
-            .name("blazed-seal".into())
-            .spawn_scoped(scope, take);
-        let done = seal_all(mine);
-        let other = match other {
-            Ok(handle) => handle
-                .join()
-                .unwrap_or_else(|_| Err(StoreError::Storage("sealing ops panicked".into()))),
-            Err(_) => take(),
-        };
-        done.and(other)
-    })
 }
 
 /// Seals `body` as the body of the op `header` under `key`. A put's body
@@ -369,19 +462,6 @@ pub(crate) fn seal_body(
         None => key.seal_with(aad, body),
     }
     .map_err(cannot_seal)
-}
-
-/// [`seal_body`] of a put given as its stored parts: the same sealed
-/// bytes, without the body built and parsed again.
-fn seal_parts(
-    key: &ContentKey,
-    header: &SealedOp<'_>,
-    parts: &[u8],
-    aad: &mut Vec<u8>,
-) -> Result<Vec<u8>, StoreError> {
-    aad.clear();
-    header.associated_data_into(key.epoch, aad);
-    key.seal_with(aad, parts).map_err(cannot_seal)
 }
 
 fn cannot_seal(e: SealError) -> StoreError {
@@ -505,7 +585,7 @@ mod tests {
     }
 
     #[test]
-    fn a_writer_logs_sealed_bodies_and_a_keyless_replica_holds_them_blind_until_its_key() {
+    fn a_writer_sends_sealed_bodies_and_a_keyless_replica_holds_them_blind_until_its_key() {
         let rt = rt();
         let (a, mut b) = (dev(1), dev(2));
         let info = rt
@@ -515,7 +595,7 @@ mod tests {
         let ops = write_marked(&rt, &a, 3);
         assert_eq!(ops.len(), 3);
         for op in &ops {
-            assert!(is_sealed(&op.body), "a logged body is plain");
+            assert!(is_sealed(&op.body), "a body left plain");
             assert!(!shows(&op.body));
         }
         let got = a
@@ -590,20 +670,45 @@ mod tests {
     }
 
     #[test]
-    fn a_large_group_is_sealed_on_two_threads_each_op_bound_to_itself() {
+    fn own_ops_are_logged_clear_and_leave_sealed_alike_every_time() {
         let rt = rt();
         let a = dev(1);
         rt.block_on(a.store.create_db("notes", e2e(), false))
             .expect("create");
-        let n = 3 * SEAL_APART_FROM;
+        let n = 300;
         let ops = write_marked(&rt, &a, n);
         assert_eq!(ops.len(), n);
+
+        // The log holds them clear, and so compressed with their chunk.
+        let db = a.store.db("notes").expect("db");
+        let logged: Vec<Op> = super::super::oplog::after(&db.log, 0)
+            .map(|e| e.and_then(|e| e.op()).expect("a log entry"))
+            .collect();
+        assert_eq!(logged.len(), n);
+        assert!(
+            logged
+                .iter()
+                .all(|op| Clear::parse(&op.body).is_some() && shows(&op.body))
+        );
+        for chunk in db.log.iter() {
+            let (_, chunk) = chunk.into_inner().expect("a chunk");
+            assert_eq!(
+                chunk[0],
+                super::super::oplog::LZ4_MARK,
+                "a chunk of clear bodies is stored compressed"
+            );
+        }
+
+        // Each leaves sealed, bound to itself, under a nonce of its own.
         let reader = Reader::Keys(vec![a.store.current_key("notes").expect("key")]);
+        let mut nonces = std::collections::HashSet::new();
         for (i, op) in ops.iter().enumerate() {
             assert!(
                 is_sealed(&op.body) && !shows(&op.body),
-                "op {i} logged plain"
+                "op {i} left unsealed"
             );
+            let sealed = blazedb_proto::sealed::SealedBody::parse(&op.body).expect("sealed");
+            assert!(nonces.insert(sealed.nonce), "op {i} reused a nonce");
             match reader.read("notes", op, &mut Opened::default()) {
                 Body::Readable(plain) => {
                     let body = plain.decode().expect("decode");
@@ -626,7 +731,33 @@ mod tests {
                 "op {i} opens under another seq"
             );
         }
-        rt.block_on(a.store.shutdown()).expect("shut down");
+
+        // Read again, packed as sync sends them, or after a restart (the
+        // key loaded again draws new nonces for new ops only), every op
+        // is sealed into the same bytes.
+        let all = ReadLimits {
+            max_items: 1000,
+            max_bytes: 1 << 20,
+        };
+        let packed = a
+            .store
+            .read_ops_packed("notes", &VersionVector::new(), 0, all)
+            .expect("read packed")
+            .ops
+            .to_ops()
+            .expect("unpack");
+        assert_eq!(packed, ops);
+        drop(db);
+        let Dev { _dir: dir, store } = a;
+        rt.block_on(store.shutdown()).expect("shut down");
+        drop(store);
+        let store = Store::open(dir.path(), DeviceId([1; 32]), Default::default()).expect("reopen");
+        let again = store
+            .read_ops("notes", &VersionVector::new(), 0, all)
+            .expect("read after a restart")
+            .ops;
+        assert_eq!(again, ops);
+        rt.block_on(store.shutdown()).expect("shut down");
     }
 
     #[test]
@@ -707,6 +838,36 @@ mod tests {
             .apply_ops("notes", vec![plain], &WriteScreen::default())
             .expect("apply");
         assert_eq!(applied.unopened.len(), 1);
+        assert_eq!(
+            b.store
+                .sync_state("notes")
+                .expect("state")
+                .vector
+                .get(&origin),
+            3
+        );
+
+        // So is a clear body, as a writer logs its own: only sealed ones
+        // are taken from a peer.
+        let mut clear = fresh[2].clone();
+        clear.seq = 4;
+        clear.body = Clear::of_new(
+            &a.store.current_key("notes").expect("key"),
+            &blazedb_proto::OpBody::Delete {
+                collection: format!("{MARK}-col"),
+                id: format!("{MARK}-0"),
+            }
+            .encode()
+            .expect("encode"),
+            false,
+        )
+        .expect("a clear body");
+        let applied = b
+            .store
+            .apply_ops("notes", vec![clear], &WriteScreen::default())
+            .expect("apply");
+        assert_eq!(applied.unopened.len(), 1, "{applied:?}");
+        assert!(applied.unopened[0].damaged);
         assert_eq!(
             b.store
                 .sync_state("notes")

@@ -29,7 +29,7 @@ use rustc_hash::FxHashMap;
 
 use super::journal_sync::JournalSync;
 use super::record::{Stamp, StoredRecord};
-use super::sealing::{SealLater, seal_bodies};
+use super::sealing::Clear;
 use super::stamped::{self, Holes};
 use super::syncer::{Publication, Syncer};
 use super::{
@@ -346,9 +346,6 @@ pub(super) enum Effect {
         log: Keyspace,
         cursor: u64,
         op: Op,
-        /// A local op of an e2e database, its body still readable: sealed
-        /// at commit, with the group's others ([`seal_bodies`]).
-        seal: Option<SealLater>,
         /// `op.body` holds a put's parts ([`blazedb_proto::PutParts::stored`]),
         /// logged as they are, rather than its body.
         as_parts: bool,
@@ -1049,19 +1046,6 @@ impl Writer {
         // a batch grown a push at a time copied its items a dozen times
         // for one group. `Buffer` is what `fj.batch()` starts with.
         let items = group.effects.iter().map(Vec::len).sum();
-        let mut unsealed: Vec<(&mut Op, SealLater)> = group
-            .effects
-            .iter_mut()
-            .flatten()
-            .filter_map(|effect| match effect {
-                Effect::Log { op, seal, .. } => seal.take().map(|with| (op, with)),
-                _ => None,
-            })
-            .collect();
-        if !unsealed.is_empty() {
-            seal_bodies(&mut unsealed)?;
-        }
-        drop(unsealed);
         let mut batch = fjall::OwnedWriteBatch::with_capacity(self.fj.clone(), items)
             .durability(Some(PersistMode::Buffer));
         // Few databases per group: a list beats a map.
@@ -1107,7 +1091,6 @@ impl Writer {
                     log,
                     cursor,
                     op,
-                    seal: _,
                     as_parts,
                 } => {
                     let at = match logs.iter().position(|(id, ..)| *id == db) {
@@ -1343,6 +1326,12 @@ impl Writer {
             key: key.clone(),
             bytes: Some(record_bytes.clone()),
         });
+        // An e2e database's op is logged clear, with the nonce its seal
+        // will use: sealed on its way out, it holds up no write here.
+        let body = match &scope.seal_with {
+            Some(key) => Clear::of_new(key, &encoded, as_parts)?,
+            None => encoded,
+        };
         plan.effects.push(Effect::Log {
             db: db.id,
             log: db.log.clone(),
@@ -1353,15 +1342,8 @@ impl Writer {
                 hlc,
                 priority: write_priority,
                 incarnation: self.store.incarnation(),
-                body: encoded,
+                body,
             },
-            // A sealed put is logged as its seal, which covers its parts
-            // as a put's seal always does.
-            seal: scope.seal_with.as_ref().map(|key| SealLater {
-                key: key.clone(),
-                db: db.clone(),
-                parts: as_parts,
-            }),
             as_parts: as_parts && scope.seal_with.is_none(),
         });
         plan.overlay.insert(db.id, key, record_bytes);
