@@ -17,6 +17,9 @@
 //! - checked apply: the apply benchmark again with the operations' writer
 //!   under an access rule, so each write is checked against the record it
 //!   changes before it is applied.
+//! - e2e: the apply benchmark into an end-to-end encrypted database beside
+//!   a plaintext one; and a writer's own puts read from its log for a
+//!   peer, in each (a key holder seals them as they are read).
 //! - sealing: the apply benchmark's op bodies sealed and opened under a
 //!   database content key (end-to-end encryption), per second, beside the
 //!   apply rate: the share of apply throughput the crypto would take.
@@ -45,7 +48,7 @@ use anyhow::Context as _;
 use blazed::crypto::seal::{ContentKey, open};
 use blazed::store::{Store, StoreOptions};
 use blazed::sync::{Engine, EngineConfig, MemoryStore, ReadLimits, SyncStore, WriteScreen};
-use blazedb_proto::api::{DbSettings, Encryption, FilterOp, QueryParams, SyncMode};
+use blazedb_proto::api::{DbSettings, Encryption, FilterOp, QueryParams, SyncMode, Write};
 use blazedb_proto::mesh::MeshId;
 use blazedb_proto::rules::{AccessLevel, AccessRule, AccessRules, RuleFilter, Selector};
 use blazedb_proto::sealed::SealedOp;
@@ -411,6 +414,50 @@ fn blind_catch_up(dir: &Path, src: &MemoryStore, tail: usize) -> anyhow::Result<
     Ok((secs, setup))
 }
 
+/// Writes the puts of `ops` on a store of its own (its database end-to-end
+/// encrypted under `key` if given), then reads them back from its log as
+/// sync sends them to a peer lacking all of them: packed, 512 at a time.
+/// Returns the ops read a second.
+fn send_rate(dir: &Path, ops: &[Op], key: Option<&ContentKey>) -> anyhow::Result<f64> {
+    let store = open_store_with(dir, key)?;
+    let rt = tokio::runtime::Builder::new_current_thread().build()?;
+    for batch in puts_of(ops)?.chunks(1000) {
+        let writes = batch
+            .iter()
+            .map(|(collection, id, fields)| Write::Put {
+                collection: collection.clone(),
+                id: Some(id.clone()),
+                fields: fields.clone(),
+            })
+            .collect();
+        rt.block_on(store.write(DB, writes))?;
+    }
+    let limits = ReadLimits {
+        max_items: 512,
+        max_bytes: 1 << 20,
+    };
+    // What the peer holds grows with what it was sent, as its engine's
+    // vector does.
+    let mut have = VersionVector::new();
+    let (mut from, mut read) = (0, 0);
+    let t = Instant::now();
+    loop {
+        let got = store.read_ops_packed(DB, &have, from, limits)?;
+        if got.ops.is_empty() {
+            break;
+        }
+        for (writer, seq) in got.ops.ids() {
+            have.set(*writer, *seq);
+        }
+        read += got.ops.len();
+        from = got.next;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    anyhow::ensure!(read == ops.len(), "read {read} of {} ops", ops.len());
+    shutdown(&store)?;
+    Ok(ops.len() as f64 / secs)
+}
+
 /// Links `a` and `b` and passes messages between them until neither has
 /// more.
 fn settle<A: SyncStore, B: SyncStore>(a: &mut Engine<A>, b: &mut Engine<B>) {
@@ -641,6 +688,29 @@ fn main() -> anyhow::Result<()> {
         );
         note("e2e_apply_ratio_plain", e2e / plain_median);
         plain_rate = plain_rate.or(Some(plain_median));
+
+        // The other side: a writer's own puts read from its log for a
+        // peer, as sync sends them. A key holder logs them clear and
+        // seals them here, once for each peer it sends them to.
+        let (plain_send, e2e_send) = alternating_blocking(
+            |round| send_rate(&tmp.path().join(format!("send-plain-{round}")), &ops, None),
+            |round| {
+                send_rate(
+                    &tmp.path().join(format!("send-e2e-{round}")),
+                    &ops,
+                    Some(&key),
+                )
+            },
+        )?;
+        println!(
+            "read {apply_n} of a writer's own puts from its log for a peer, packed, median of {ROUNDS} rounds:"
+        );
+        println!("  plaintext      {plain_send:>10.0} ops/s");
+        println!(
+            "  e2e            {e2e_send:>10.0} ops/s  ({:.0}% of plaintext; each sealed on its way out)",
+            100.0 * e2e_send / plain_send
+        );
+        note("e2e_send_ratio_plain", e2e_send / plain_send);
     }
 
     if runs("codec") {
