@@ -114,7 +114,7 @@ fn held(n: &Node, origin: &DeviceId) -> u64 {
     n.store.sync_state(DB).unwrap().vector.get(origin)
 }
 
-/// Every op `n` logged, in log order.
+/// Every op `n` logged, in log order, as it goes to a peer.
 fn logged(n: &Node) -> Vec<blazedb_proto::Op> {
     let all = blazed::sync::ReadLimits {
         max_items: 100,
@@ -206,9 +206,9 @@ fn an_op_altered_at_the_hub_is_refused_and_the_writer_brings_it_whole() {
 }
 
 /// A put read in place is prepared as the parts the log keeps, whether or
-/// not its database seals; where it does, the writer seals those parts as
-/// a put's seal covers them, and a peer with the key opens the whole put
-/// and applies it.
+/// not its database seals; where it does, the writer logs those parts
+/// clear, they leave sealed as a put's seal covers them, and a peer with
+/// the key opens the whole put and applies it.
 #[test]
 fn a_put_prepared_as_parts_is_sealed_whole_where_its_database_seals() {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -249,7 +249,7 @@ fn a_put_prepared_as_parts_is_sealed_whole_where_its_database_seals() {
     assert_eq!(
         logged[0].body[0],
         blazedb_proto::sealed::SEALED_MARK,
-        "the op was logged unsealed"
+        "the op left unsealed"
     );
     exchange(&mut writer, &mut device, &mut |_| {});
     assert_eq!(
