@@ -386,16 +386,14 @@ pub(crate) struct Outgoing {
 }
 
 impl Outgoing {
-    /// The sealer of `db`'s log; `None` where it holds no clear body (a
-    /// database that is not end-to-end encrypted, or held blind).
+    /// The sealer of `db`'s log; `None` for a database that is not
+    /// end-to-end encrypted, whose bodies go as they are stored. Where the
+    /// keys are missing, a clear body fails to seal: it is never sent as
+    /// it is.
     pub(crate) fn of(store: &Store, db: &DbState) -> Option<Outgoing> {
-        if !db.is_e2e() {
-            return None;
-        }
-        let keys = store.keys_of(&db.name);
-        (!keys.is_empty()).then(|| Outgoing {
+        db.is_e2e().then(|| Outgoing {
             db: db.name.clone(),
-            keys,
+            keys: store.keys_of(&db.name),
             aad: Vec::new(),
             sealed: Vec::new(),
         })
@@ -747,6 +745,35 @@ mod tests {
             .to_ops()
             .expect("unpack");
         assert_eq!(packed, ops);
+
+        // Without the key of their epoch, clear ops are not sent at all,
+        // rather than sent as they are.
+        let key = a.store.current_key("notes").expect("key");
+        a.store
+            .inner
+            .keys
+            .write()
+            .expect("lock")
+            .forget("notes")
+            .expect("forget");
+        let none = VersionVector::new();
+        let err = a
+            .store
+            .read_ops("notes", &none, 0, all)
+            .expect_err("sent unsealed");
+        assert!(err.to_string().contains("no key of epoch 1"), "{err}");
+        let err = a
+            .store
+            .read_ops_packed("notes", &none, 0, all)
+            .expect_err("sent unsealed");
+        assert!(err.to_string().contains("no key of epoch 1"), "{err}");
+        a.store
+            .inner
+            .keys
+            .write()
+            .expect("lock")
+            .insert("notes", key)
+            .expect("insert");
         drop(db);
         let Dev { _dir: dir, store } = a;
         rt.block_on(store.shutdown()).expect("shut down");
