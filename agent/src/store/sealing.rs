@@ -476,6 +476,12 @@ mod tests {
 
     const MARK: &str = "zebra-marker";
 
+    /// Room for every op the tests write.
+    const ALL: ReadLimits = ReadLimits {
+        max_items: 1000,
+        max_bytes: 1 << 20,
+    };
+
     struct Dev {
         _dir: tempfile::TempDir,
         store: Store,
@@ -528,17 +534,18 @@ mod tests {
             .collect();
         rt.block_on(d.store.write("notes", writes)).expect("write");
         d.store
-            .read_ops(
-                "notes",
-                &VersionVector::new(),
-                0,
-                ReadLimits {
-                    max_items: 1000,
-                    max_bytes: 1 << 20,
-                },
-            )
+            .read_ops("notes", &VersionVector::new(), 0, ALL)
             .expect("read the log")
             .ops
+    }
+
+    /// How far `d` holds `origin`'s ops of "notes".
+    fn held(d: &Dev, origin: &DeviceId) -> u64 {
+        d.store
+            .sync_state("notes")
+            .expect("state")
+            .vector
+            .get(origin)
     }
 
     fn shows(bytes: &[u8]) -> bool {
@@ -637,15 +644,7 @@ mod tests {
         );
         let relayed = b
             .store
-            .read_ops(
-                "notes",
-                &VersionVector::new(),
-                0,
-                ReadLimits {
-                    max_items: 1000,
-                    max_bytes: 1 << 20,
-                },
-            )
+            .read_ops("notes", &VersionVector::new(), 0, ALL)
             .expect("read")
             .ops;
         assert_eq!(relayed, ops, "a blind replica relays the ops as they came");
@@ -733,10 +732,7 @@ mod tests {
         // Read again, packed as sync sends them, or after a restart (the
         // key loaded again draws new nonces for new ops only), every op
         // is sealed into the same bytes.
-        let all = ReadLimits {
-            max_items: 1000,
-            max_bytes: 1 << 20,
-        };
+        let all = ALL;
         let packed = a
             .store
             .read_ops_packed("notes", &VersionVector::new(), 0, all)
@@ -813,14 +809,7 @@ mod tests {
         assert!(applied.unopened[0].damaged);
         assert_eq!(applied.unopened[0].seq, 2);
         let origin = DeviceId([1; 32]);
-        assert_eq!(
-            b.store
-                .sync_state("notes")
-                .expect("state")
-                .vector
-                .get(&origin),
-            1
-        );
+        assert_eq!(held(&b, &origin), 1);
         let col = format!("{MARK}-col");
         assert!(
             b.store
@@ -842,14 +831,7 @@ mod tests {
             .apply_ops("notes", fresh[1..].to_vec(), &WriteScreen::default())
             .expect("apply");
         assert!(applied.unopened.is_empty());
-        assert_eq!(
-            b.store
-                .sync_state("notes")
-                .expect("state")
-                .vector
-                .get(&origin),
-            3
-        );
+        assert_eq!(held(&b, &origin), 3);
 
         // A plain body in an e2e database is refused too.
         let mut plain = fresh[2].clone();
@@ -865,14 +847,7 @@ mod tests {
             .apply_ops("notes", vec![plain], &WriteScreen::default())
             .expect("apply");
         assert_eq!(applied.unopened.len(), 1);
-        assert_eq!(
-            b.store
-                .sync_state("notes")
-                .expect("state")
-                .vector
-                .get(&origin),
-            3
-        );
+        assert_eq!(held(&b, &origin), 3);
 
         // So is a clear body, as a writer logs its own: only sealed ones
         // are taken from a peer.
@@ -895,14 +870,7 @@ mod tests {
             .expect("apply");
         assert_eq!(applied.unopened.len(), 1, "{applied:?}");
         assert!(applied.unopened[0].damaged);
-        assert_eq!(
-            b.store
-                .sync_state("notes")
-                .expect("state")
-                .vector
-                .get(&origin),
-            3
-        );
+        assert_eq!(held(&b, &origin), 3);
         rt.block_on(a.store.shutdown()).expect("shut down");
         rt.block_on(b.store.shutdown()).expect("shut down");
     }
@@ -960,10 +928,7 @@ mod tests {
         let state = hub.store.sync_state("notes").expect("state");
         assert_eq!(state.vector.total(), 30);
         assert_eq!(state.floor.total(), 30);
-        let limits = ReadLimits {
-            max_items: 1000,
-            max_bytes: 1 << 20,
-        };
+        let limits = ALL;
         let logged = hub
             .store
             .read_ops("notes", &VersionVector::new(), 0, limits)
