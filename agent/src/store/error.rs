@@ -62,6 +62,18 @@ pub enum StoreError {
          grants it to members with access (an admin grants a hub: blazectl db key grant {0} DEVICE)"
     )]
     Sealed(String),
+    /// The store was written by a newer agent, in a form this one does
+    /// not know: reading it could misread what it holds.
+    #[error(
+        "the store was written by a newer blazed (store format {found}; this one reads up to \
+         {reads}): run that version of blazed or a later one on this data directory"
+    )]
+    TooNew {
+        /// The format the store is in.
+        found: u32,
+        /// The newest format this agent reads.
+        reads: u32,
+    },
     /// The content keys could not be read or kept.
     #[error("{0}")]
     Keys(#[from] crate::crypto::keyring::KeyringError),
@@ -137,6 +149,7 @@ impl StoreError {
             StoreError::Storage(_)
             | StoreError::Corrupt(_)
             | StoreError::Damaged(_)
+            | StoreError::TooNew { .. }
             | StoreError::Keys(_) => ErrorCode::Storage,
             StoreError::Sealed(_) => ErrorCode::Sealed,
             StoreError::ShuttingDown => ErrorCode::ShuttingDown,

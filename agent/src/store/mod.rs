@@ -414,6 +414,16 @@ impl std::fmt::Debug for Notify {
 const META_DB: &[u8] = b"db\0";
 const META_COLLECTION: &[u8] = b"col\0";
 const META_NEXT_DB_ID: &[u8] = b"next_db_id";
+/// The store's format, a `u32`: see [`STORE_FORMAT`].
+const META_FORMAT: &[u8] = b"format";
+
+/// The form this agent writes its store in. It grows with every change
+/// an older agent would misread rather than refuse, and an agent refuses
+/// a store in a newer form than its own ([`StoreError::TooNew`]). 1: op-log
+/// chunks compressed (0xC3), and a key holder's own ops of an e2e
+/// database logged clear (0xC7), which an agent from before would send
+/// on as they are. Stores from before the mark are format 0.
+pub(crate) const STORE_FORMAT: u32 = 1;
 /// Names of databases dropped on this device, which peers' copies do not
 /// bring back.
 const META_DROPPED: &[u8] = b"dropped\0";
@@ -538,6 +548,16 @@ impl Store {
             .open()?;
         let dropped_tails = journal::dropped_tails(&journals, &journal::lengths(path)?);
         let meta = fj.keyspace("meta", KeyspaceCreateOptions::default)?;
+        let format = match meta.get(META_FORMAT)? {
+            Some(v) => codec::from_slice::<u32>(&v)?,
+            None => 0,
+        };
+        if format > STORE_FORMAT {
+            return Err(StoreError::TooNew {
+                found: format,
+                reads: STORE_FORMAT,
+            });
+        }
         let fresh = options.new_device && meta.is_empty()?;
         let incarnation = incarnation::begin(path, &fj, &meta, fresh, &dropped_tails)?;
         let writer = device.writer(incarnation.number);
@@ -593,6 +613,9 @@ impl Store {
                 sync: Mutex::new(sync),
             };
             dbs.insert(name, Arc::new(state));
+        }
+        if format < STORE_FORMAT {
+            restarted.insert(&meta, META_FORMAT, codec::to_vec(&STORE_FORMAT)?);
         }
         restarted.commit()?;
         let next_db_id = match meta.get(META_NEXT_DB_ID)? {
@@ -1161,5 +1184,92 @@ fn change_of(cursor: u64, op: &Op, body: OpBody) -> Change {
         unset,
         origin: op.origin.to_string(),
         hlc: op.hlc,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The format mark `dir`'s store holds, read with fjall alone.
+    fn format_of(dir: &Path) -> Option<u32> {
+        let fj = fjall_options(fjall::Database::builder(dir))
+            .open()
+            .expect("open fjall");
+        let meta = fj
+            .keyspace("meta", KeyspaceCreateOptions::default)
+            .expect("meta");
+        meta.get(META_FORMAT)
+            .expect("read")
+            .map(|v| codec::from_slice(&v).expect("a format"))
+    }
+
+    fn stop(store: Store) {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a runtime")
+            .block_on(store.shutdown())
+            .expect("shut down");
+    }
+
+    #[test]
+    fn a_store_in_a_newer_format_is_refused_and_left_as_it_is() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let device = DeviceId([3; 32]);
+        stop(Store::open(dir.path(), device, StoreOptions::default()).expect("open"));
+        assert_eq!(
+            format_of(dir.path()),
+            Some(STORE_FORMAT),
+            "a new store is marked"
+        );
+
+        // A newer agent wrote it.
+        {
+            let fj = fjall_options(fjall::Database::builder(dir.path()))
+                .open()
+                .expect("open fjall");
+            let meta = fj
+                .keyspace("meta", KeyspaceCreateOptions::default)
+                .expect("meta");
+            meta.insert(
+                META_FORMAT,
+                codec::to_vec(&(STORE_FORMAT + 1)).expect("encode"),
+            )
+            .expect("mark");
+            fj.persist(PersistMode::SyncAll).expect("persist");
+        }
+        let err = Store::open(dir.path(), device, StoreOptions::default())
+            .err()
+            .expect("a newer store opens");
+        assert!(
+            matches!(err, StoreError::TooNew { found, reads } if found == STORE_FORMAT + 1 && reads == STORE_FORMAT),
+            "{err}"
+        );
+        assert!(err.to_string().contains("newer blazed"), "{err}");
+        assert_eq!(
+            format_of(dir.path()),
+            Some(STORE_FORMAT + 1),
+            "the refusal changed the mark"
+        );
+    }
+
+    #[test]
+    fn a_store_from_before_the_mark_opens_and_is_marked() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let device = DeviceId([4; 32]);
+        stop(Store::open(dir.path(), device, StoreOptions::default()).expect("open"));
+        {
+            let fj = fjall_options(fjall::Database::builder(dir.path()))
+                .open()
+                .expect("open fjall");
+            let meta = fj
+                .keyspace("meta", KeyspaceCreateOptions::default)
+                .expect("meta");
+            meta.remove(META_FORMAT).expect("unmark");
+            fj.persist(PersistMode::SyncAll).expect("persist");
+        }
+        assert_eq!(format_of(dir.path()), None);
+        stop(Store::open(dir.path(), device, StoreOptions::default()).expect("reopen"));
+        assert_eq!(format_of(dir.path()), Some(STORE_FORMAT));
     }
 }
