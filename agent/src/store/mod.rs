@@ -1238,9 +1238,9 @@ mod tests {
             .expect("mark");
             fj.persist(PersistMode::SyncAll).expect("persist");
         }
-        let err = Store::open(dir.path(), device, StoreOptions::default())
-            .err()
-            .expect("a newer store opens");
+        let Err(err) = Store::open(dir.path(), device, StoreOptions::default()) else {
+            panic!("a store in a newer format opened");
+        };
         assert!(
             matches!(err, StoreError::TooNew { found, reads } if found == STORE_FORMAT + 1 && reads == STORE_FORMAT),
             "{err}"
