@@ -59,6 +59,8 @@ pub async fn run(data_dir: &Path, mode: Mode) -> anyhow::Result<Outcome> {
         },
     ) {
         Ok(store) => store,
+        // Not damage: a newer agent's store, which only it reads.
+        Err(e @ crate::store::StoreError::TooNew { .. }) => return Err(e.into()),
         Err(e) => {
             println!(
                 "the store in {} cannot be opened: {e}\n`blazed repair --set-aside` moves it \

@@ -303,6 +303,61 @@ async fn a_second_agent_on_the_same_data_dir_refuses_to_start() {
 }
 
 #[tokio::test]
+async fn a_store_a_newer_agent_wrote_is_refused_and_kept() {
+    let mut agent = TestAgent::start(AGENT).await.expect("agent");
+    let db = agent.client().await.expect("client").db("kept");
+    db.create().await.expect("create");
+    db.collection("c")
+        .put_fields("r", [("n".to_owned(), Value::Int(1))].into())
+        .await
+        .expect("put");
+    agent.kill();
+    let store = agent.data_dir().join("store");
+    let format = blazed::store::STORE_FORMAT;
+    blazed::store::mark_store_format(&store, Some(format + 1)).expect("mark as newer");
+    let data_dir = agent.data_dir().into_os_string();
+    let socket = agent.socket().into_os_string();
+    let start = [
+        "--data-dir".into(),
+        data_dir.clone(),
+        "--socket".into(),
+        socket,
+    ];
+    let repair = ["repair".into(), "--data-dir".into(), data_dir];
+    for args in [&start[..], &repair[..]] {
+        let out = std::process::Command::new(AGENT)
+            .args(args)
+            .env("RUST_LOG", "error")
+            .output()
+            .expect("run");
+        assert!(!out.status.success(), "{args:?} ran on a newer store");
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(said.contains("newer blazed"), "{args:?}: {said}");
+        assert!(
+            said.contains(&format!("store format {}", format + 1)),
+            "{said}"
+        );
+    }
+    // Nothing was changed: marked as it was, it opens and holds the record.
+    blazed::store::mark_store_format(&store, Some(format)).expect("mark back");
+    agent.restart().await.expect("restart");
+    let got = agent
+        .client()
+        .await
+        .expect("client")
+        .db("kept")
+        .collection("c")
+        .get_record("r")
+        .await
+        .expect("get");
+    assert!(got.is_some(), "the record is gone");
+}
+
+#[tokio::test]
 async fn socket_is_private_and_a_stale_one_is_replaced() {
     let mut agent = TestAgent::start(AGENT).await.expect("agent");
     let sock_mode = std::fs::metadata(agent.socket())

@@ -423,7 +423,7 @@ const META_FORMAT: &[u8] = b"format";
 /// chunks compressed (0xC3), and a key holder's own ops of an e2e
 /// database logged clear (0xC7), which an agent from before would send
 /// on as they are. Stores from before the mark are format 0.
-pub(crate) const STORE_FORMAT: u32 = 1;
+pub const STORE_FORMAT: u32 = 1;
 /// Names of databases dropped on this device, which peers' copies do not
 /// bring back.
 const META_DROPPED: &[u8] = b"dropped\0";
@@ -511,6 +511,21 @@ pub fn reencode_record(bytes: &[u8]) -> Option<Vec<u8>> {
 #[doc(hidden)]
 pub fn reread_log_chunk(bytes: &[u8]) -> Option<(Vec<Op>, Vec<Vec<u8>>)> {
     oplog::reread_chunk(bytes).ok()
+}
+
+/// Marks the store in `path` (not open) as written in `format`, or as from
+/// before the mark with `None`: what a newer or an older agent leaves.
+/// For tests.
+#[doc(hidden)]
+pub fn mark_store_format(path: &Path, format: Option<u32>) -> Result<(), StoreError> {
+    let fj = fjall_options(fjall::Database::builder(path)).open()?;
+    let meta = fj.keyspace("meta", KeyspaceCreateOptions::default)?;
+    match format {
+        Some(f) => meta.insert(META_FORMAT, codec::to_vec(&f)?)?,
+        None => meta.remove(META_FORMAT)?,
+    }
+    fj.persist(PersistMode::SyncAll)?;
+    Ok(())
 }
 
 /// What a get sees of a stored record's bytes: its version and its
@@ -1224,20 +1239,7 @@ mod tests {
         );
 
         // A newer agent wrote it.
-        {
-            let fj = fjall_options(fjall::Database::builder(dir.path()))
-                .open()
-                .expect("open fjall");
-            let meta = fj
-                .keyspace("meta", KeyspaceCreateOptions::default)
-                .expect("meta");
-            meta.insert(
-                META_FORMAT,
-                codec::to_vec(&(STORE_FORMAT + 1)).expect("encode"),
-            )
-            .expect("mark");
-            fj.persist(PersistMode::SyncAll).expect("persist");
-        }
+        mark_store_format(dir.path(), Some(STORE_FORMAT + 1)).expect("mark");
         let Err(err) = Store::open(dir.path(), device, StoreOptions::default()) else {
             panic!("a store in a newer format opened");
         };
@@ -1258,16 +1260,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("a temp dir");
         let device = DeviceId([4; 32]);
         stop(Store::open(dir.path(), device, StoreOptions::default()).expect("open"));
-        {
-            let fj = fjall_options(fjall::Database::builder(dir.path()))
-                .open()
-                .expect("open fjall");
-            let meta = fj
-                .keyspace("meta", KeyspaceCreateOptions::default)
-                .expect("meta");
-            meta.remove(META_FORMAT).expect("unmark");
-            fj.persist(PersistMode::SyncAll).expect("persist");
-        }
+        mark_store_format(dir.path(), None).expect("unmark");
         assert_eq!(format_of(dir.path()), None);
         stop(Store::open(dir.path(), device, StoreOptions::default()).expect("reopen"));
         assert_eq!(format_of(dir.path()), Some(STORE_FORMAT));
