@@ -696,6 +696,15 @@ mod tests {
             );
         }
 
+        // Subscribers read them as written.
+        let (changes, last) = a.store.read_changes(&db, 0, None, n).expect("changes");
+        assert_eq!(last, n as u64);
+        for (i, c) in changes.iter().enumerate() {
+            assert_eq!(c.id, format!("{MARK}-{i}"));
+            assert_eq!(c.fields[&format!("{MARK}-field")], Value::from(MARK));
+        }
+        assert_eq!(changes.len(), n);
+
         // Each leaves sealed, bound to itself, under a nonce of its own.
         let reader = Reader::Keys(vec![a.store.current_key("notes").expect("key")]);
         let mut nonces = std::collections::HashSet::new();
