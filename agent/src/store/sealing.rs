@@ -666,6 +666,75 @@ mod tests {
         rt.block_on(b.store.shutdown()).expect("shut down");
     }
 
+    proptest::proptest! {
+        /// A clear body of any op seals into what opens as that op's body,
+        /// into the same bytes every time, and as no other op; and any
+        /// bytes read as a clear body give back what was put in them.
+        #[test]
+        fn a_clear_body_seals_alike_and_opens_as_its_op(
+            collection in "[a-z]{1,12}",
+            id in ".{0,20}",
+            text in ".{0,80}",
+            delete in proptest::prelude::any::<bool>(),
+            seq in 1u64..1_000_000,
+            priority in 0u8..4,
+            junk in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40),
+        ) {
+            let body = if delete {
+                blazedb_proto::OpBody::Delete { collection, id }
+            } else {
+                blazedb_proto::OpBody::Put {
+                    collection,
+                    id,
+                    fields: Fields::from([("text".to_owned(), Value::from(text))]),
+                }
+            }
+            .encode()
+            .expect("encode");
+            let key = ContentKey::from_bytes(2, [5; 32]).expect("a key");
+            let op = Op {
+                origin: DeviceId([6; 32]),
+                seq,
+                hlc: blazedb_proto::Hlc(seq << 16),
+                priority,
+                incarnation: 0,
+                body: Clear::of_new(&key, &body, false).expect("clear"),
+            };
+            let clear = Clear::parse(&op.body).expect("reads back");
+            proptest::prop_assert_eq!(clear.epoch, 2);
+            let mut out = Outgoing {
+                db: "d".into(),
+                keys: vec![key.clone()],
+                aad: Vec::new(),
+                sealed: Vec::new(),
+            };
+            let mut first = op.clone();
+            out.seal_op(&mut first).expect("seal");
+            let mut again = op.clone();
+            out.seal_op(&mut again).expect("seal again");
+            proptest::prop_assert_eq!(&first.body, &again.body);
+            let reader = Reader::Keys(vec![key]);
+            match reader.read("d", &first, &mut Opened::default()) {
+                Body::Readable(plain) => {
+                    let opened = plain.to_body().into_owned();
+                    proptest::prop_assert_eq!(opened, body);
+                }
+                _ => proptest::prop_assert!(false, "does not open"),
+            }
+            let mut moved = first.clone();
+            moved.seq += 1;
+            proptest::prop_assert!(!matches!(
+                reader.read("d", &moved, &mut Opened::default()),
+                Body::Readable(_)
+            ));
+            // Arbitrary bytes: a clear body only behind its mark.
+            if let Some(c) = Clear::parse(&junk) {
+                proptest::prop_assert_eq!(junk[0], CLEAR_MARK);
+                proptest::prop_assert_eq!(c.plain, &junk[CLEAR_HEADER..]);
+            }
+        }
+    }
+
     #[test]
     fn own_ops_are_logged_clear_and_leave_sealed_alike_every_time() {
         let rt = rt();
