@@ -518,14 +518,21 @@ pub fn reread_log_chunk(bytes: &[u8]) -> Option<(Vec<Op>, Vec<Vec<u8>>)> {
 /// For tests.
 #[doc(hidden)]
 pub fn mark_store_format(path: &Path, format: Option<u32>) -> Result<(), StoreError> {
-    let fj = fjall_options(fjall::Database::builder(path)).open()?;
-    let meta = fj.keyspace("meta", KeyspaceCreateOptions::default)?;
+    let (fj, meta) = open_meta(path)?;
     match format {
         Some(f) => meta.insert(META_FORMAT, codec::to_vec(&f)?)?,
         None => meta.remove(META_FORMAT)?,
     }
     fj.persist(PersistMode::SyncAll)?;
     Ok(())
+}
+
+/// The store in `path` (not open) opened with fjall alone, and its meta
+/// keyspace.
+fn open_meta(path: &Path) -> Result<(fjall::Database, Keyspace), StoreError> {
+    let fj = fjall_options(fjall::Database::builder(path)).open()?;
+    let meta = fj.keyspace("meta", KeyspaceCreateOptions::default)?;
+    Ok((fj, meta))
 }
 
 /// What a get sees of a stored record's bytes: its version and its
@@ -1208,12 +1215,7 @@ mod tests {
 
     /// The format mark `dir`'s store holds, read with fjall alone.
     fn format_of(dir: &Path) -> Option<u32> {
-        let fj = fjall_options(fjall::Database::builder(dir))
-            .open()
-            .expect("open fjall");
-        let meta = fj
-            .keyspace("meta", KeyspaceCreateOptions::default)
-            .expect("meta");
+        let (_fj, meta) = open_meta(dir).expect("open fjall");
         meta.get(META_FORMAT)
             .expect("read")
             .map(|v| codec::from_slice(&v).expect("a format"))
