@@ -7,7 +7,8 @@
 //! - [`api`]: the IPC methods with their params and results.
 //! - [`value`]: field values and their MessagePack encoding.
 //! - [`op`]: operations, device ids and clock readings; [`op_entry`]:
-//!   an op's compact form, in the op log and packed `Ops`.
+//!   an op's compact form, in the op log and packed `Ops`; [`log_chunk`]:
+//!   a run of those entries as the op log stores it and sync may send it.
 //! - [`sync`]: what replicas say to each other to sync a database.
 //! - [`mesh`]: what agents say to each other to form a mesh, and invite codes.
 //! - [`topology`]: what the agent shows of its links and where its
@@ -23,6 +24,7 @@ pub mod codec;
 pub mod error;
 mod fast;
 pub mod frame;
+pub mod log_chunk;
 pub mod mesh;
 pub mod message;
 pub mod op;

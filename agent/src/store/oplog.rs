@@ -7,36 +7,10 @@
 //! which is most of what a batched write costs fjall. Entry `i` of the
 //! chunk keyed `c` has cursor `c + i`: a chunk's cursors are contiguous.
 //!
-//! A chunk is written in the compact form:
-//!
-//! ```text
-//! 0xC2                  mark
-//! then, for each entry:
-//! flags                 bit 0: a new origin follows; bits 1 to 3 are
-//!                       `blazedb_proto::op_entry`'s (a priority, an
-//!                       incarnation, a put body's parts)
-//! origin                with bit 0: a device id of 32 bytes, which takes
-//!                       the next place in the chunk's origin table;
-//!                       without: MessagePack uint, a place in that table
-//! seq, hlc, priority,   the rest of the entry as `op_entry` writes it,
-//! incarnation, body     which packed `Ops` messages send too
-//! ```
-//!
-//! A put's body in its usual encoding, `{"put": {"collection": c, "id":
-//! i, "fields": f}}` with the keys in that order, is stored as the bytes
-//! of `c`, of `i` and of `f` alone (`PutParts`), and read back byte for
-//! byte. So an entry costs its op's collection, id and fields and about
-//! fifteen bytes, where an `Op` in MessagePack repeats its origin and
-//! every name in every entry.
-//!
-//! A compact chunk of at least [`COMPRESS_FROM`] bytes is stored
-//! compressed when that saves an eighth of it or more:
-//!
-//! ```text
-//! 0xC3                  mark
-//! length                big-endian u32: the compact chunk's length
-//! block                 the compact chunk, mark and all, as an LZ4 block
-//! ```
+//! A chunk is written in the compact form, compressed when it is at
+//! least [`COMPRESS_FROM`] bytes long and that saves an eighth of it or
+//! more ([`blazedb_proto::log_chunk`] has the layout: sync sends a stored
+//! chunk whole to a peer that lacks every entry of it).
 //!
 //! A chunk holding a sealed body (an end-to-end encrypted database's) is
 //! not tried, and once one chunk does not compress, the others of its
@@ -58,7 +32,8 @@
 //! in the same batch, so a reader sees the old chunk or the new ones.
 
 use blazedb_proto::codec::{self, CodecError, raw};
-use blazedb_proto::op_entry::{self, HAS_INCARNATION, HAS_PRIORITY, PUT_PARTS};
+use blazedb_proto::log_chunk::{self, COMPACT_MARK, LZ4_MARK};
+use blazedb_proto::op_entry;
 use blazedb_proto::sealed::is_sealed;
 use blazedb_proto::sync::PackedOps;
 use blazedb_proto::{DeviceId, Hlc, Op};
@@ -68,22 +43,12 @@ use super::StoreError;
 use super::keys;
 use super::sealing::Outgoing;
 
-/// The first byte of a chunk in the compact form.
-pub(crate) const COMPACT_MARK: u8 = 0xC2;
-
 /// The first byte of a chunk in the earlier framed form.
 pub(crate) const FRAMED_MARK: u8 = 0xC1;
-
-/// The first byte of a compact chunk compressed with LZ4.
-pub(crate) const LZ4_MARK: u8 = 0xC3;
 
 /// A compact chunk shorter than this is stored as it is: compressing a
 /// few entries saves little and costs a call.
 const COMPRESS_FROM: usize = 1024;
-
-/// Flag: the entry's origin is new to the chunk and follows whole; the
-/// other flags are `op_entry`'s.
-const NEW_ORIGIN: u8 = 1;
 
 /// A chunk is closed once it holds this many bytes: reading one entry
 /// then reads at most this much, and fjall keeps its values small. A
@@ -355,31 +320,8 @@ impl ChunkReader {
     }
 
     fn compact_form(&mut self) -> Result<Form, CodecError> {
-        let chunk = &self.chunk[..];
-        let mut r = raw::Reader::new(&chunk[self.at..]);
-        let flags = r.byte("an entry's flags")?;
-        if flags & !(NEW_ORIGIN | HAS_PRIORITY | HAS_INCARNATION | PUT_PARTS) != 0 {
-            return Err(CodecError(format!("an entry has unknown flags {flags:#x}")));
-        }
-        let origin = if flags & NEW_ORIGIN != 0 {
-            let id = r.bytes(32, "an entry's origin")?;
-            let mut origin = DeviceId([0; 32]);
-            origin.0.copy_from_slice(id);
-            self.origins.push(origin);
-            origin
-        } else {
-            let at = r.uint("an entry's origin")?;
-            *usize::try_from(at)
-                .ok()
-                .and_then(|at| self.origins.get(at))
-                .ok_or_else(|| {
-                    CodecError(format!("an entry names origin {at}, not in the chunk"))
-                })?
-        };
-        let rest = op_entry::read_rest(&mut r, flags)?;
-        let end = chunk.len() - r.remaining();
-        let start = end - rest.body.len();
-        self.at = end;
+        let (origin, rest) = log_chunk::read_entry(&self.chunk, &mut self.at, &mut self.origins)?;
+        let end = self.at;
         Ok(Form::Compact {
             head: Head {
                 origin,
@@ -388,7 +330,7 @@ impl ChunkReader {
                 priority: rest.priority,
                 incarnation: rest.incarnation,
             },
-            start,
+            start: end - rest.body.len(),
             end,
             put: rest.put,
         })
@@ -409,42 +351,10 @@ impl ChunkReader {
     }
 }
 
-/// `compact` stored as an [`LZ4_MARK`] chunk, or `None` when that saves
-/// less than an eighth of it.
-fn compress(compact: &[u8]) -> Option<Vec<u8>> {
-    let len = u32::try_from(compact.len()).ok()?;
-    let mut out = vec![0; 5 + lz4_flex::block::get_maximum_output_size(compact.len())];
-    out[0] = LZ4_MARK;
-    out[1..5].copy_from_slice(&len.to_be_bytes());
-    let written = lz4_flex::block::compress_into(compact, &mut out[5..]).ok()?;
-    out.truncate(5 + written);
-    (out.len() <= compact.len() - compact.len() / 8).then_some(out)
-}
-
-/// The compact chunk an [`LZ4_MARK`] chunk holds.
+/// The compact chunk an [`LZ4_MARK`] chunk holds. The store's own chunks
+/// are bounded only by what an LZ4 block can reach.
 fn decompress(stored: &[u8]) -> Result<Slice, CodecError> {
-    let mut r = raw::Reader::new(stored.get(1..).unwrap_or_default());
-    let len = r.bytes(4, "a compressed chunk's length")?;
-    let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
-    let block = &stored[5..];
-    // An LZ4 block grows at most about 255 times, so a length beyond that
-    // is damage, and is refused before anything that size is allocated.
-    if len > block.len().saturating_mul(255) {
-        return Err(CodecError(format!(
-            "a compressed chunk of {} bytes claims {len}",
-            block.len()
-        )));
-    }
-    let mut out = vec![0; len];
-    match lz4_flex::block::decompress_into(block, &mut out) {
-        Ok(n) if n == len && out.first() == Some(&COMPACT_MARK) => Ok(Slice::from(out)),
-        Ok(_) => Err(CodecError(
-            "a compressed chunk does not hold a compact chunk of its length".into(),
-        )),
-        Err(e) => Err(CodecError(format!(
-            "a compressed chunk does not decompress: {e}"
-        ))),
-    }
+    log_chunk::decompress(stored, usize::MAX).map(Slice::from)
 }
 
 /// The ops of a chunk's bytes, as the log reads them, and the same ops
@@ -695,7 +605,7 @@ impl Chunker {
         &mut self,
         cursor: u64,
         origin: DeviceId,
-        mut flags: u8,
+        flags: u8,
         body: usize,
         write: impl FnOnce(&mut Vec<u8>),
     ) {
@@ -713,21 +623,8 @@ impl Chunker {
             self.bytes.push(COMPACT_MARK);
         }
         let before = self.bytes.len();
-        // Most chunks are one device's writes: its place is the last one.
-        let known = self.origins.iter().rposition(|o| *o == origin);
-        if known.is_none() {
-            flags |= NEW_ORIGIN;
-        }
-        let out = &mut self.bytes;
-        out.push(flags);
-        match known {
-            Some(at) => raw::uint(out, at as u64),
-            None => {
-                out.extend_from_slice(&origin.0);
-                self.origins.push(origin);
-            }
-        }
-        write(out);
+        log_chunk::write_head(&mut self.bytes, flags, origin, &mut self.origins);
+        write(&mut self.bytes);
         self.ahead = self.ahead.saturating_sub(self.bytes.len() - before);
         self.count += 1;
     }
@@ -739,7 +636,7 @@ impl Chunker {
         let compact = std::mem::take(&mut self.bytes);
         let stored = if compact.len() < COMPRESS_FROM || self.incompressible || self.sealed {
             compact
-        } else if let Some(compressed) = compress(&compact) {
+        } else if let Some(compressed) = log_chunk::compress(&compact) {
             compressed
         } else {
             self.incompressible = true;

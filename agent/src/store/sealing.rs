@@ -760,7 +760,7 @@ mod tests {
             let (_, chunk) = chunk.into_inner().expect("a chunk");
             assert_eq!(
                 chunk[0],
-                super::super::oplog::LZ4_MARK,
+                blazedb_proto::log_chunk::LZ4_MARK,
                 "a chunk of clear bodies is stored compressed"
             );
         }
