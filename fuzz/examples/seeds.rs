@@ -85,6 +85,16 @@ fn main() -> anyhow::Result<()> {
     seeds.push(("sync_message", "ops", ops.encode()?));
     // The form serde writes, which peers sent before `Ops` were packed.
     seeds.push(("sync_message", "ops_serde", codec::to_vec(&ops)?));
+    if let SyncMessage::Ops { db, epoch, ops } = &ops {
+        let chunk = blazedb_proto::log_chunk::of_ops(ops);
+        let ids = ops.iter().map(|o| (o.writer(), o.seq)).collect();
+        let chunks = SyncMessage::Chunks {
+            db: db.clone(),
+            epoch: *epoch,
+            chunks: vec![blazedb_proto::sync::LogChunk::new(chunk, ids)],
+        };
+        seeds.push(("sync_message", "chunks", chunks.encode()?));
+    }
     let ack = SyncMessage::SnapshotAck {
         db: "notes".into(),
         id: 3,

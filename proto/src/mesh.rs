@@ -29,8 +29,9 @@ pub const ALPN: &[u8] = b"blazedb/1";
 /// store's compact form, which version 4 cannot read; 6 seals a put's
 /// body as its parts alone ([`crate::PutParts`]), which version 5 cannot
 /// read once opened; 7 sends `Ops` packed ([`SyncMessage::encode_into`]),
-/// which version 6 cannot read.
-pub const PEER_PROTOCOL_VERSION: u32 = 7;
+/// which version 6 cannot read; 8 sends chunks of the op log whole
+/// (`SyncMessage::Chunks`), which version 7 cannot read.
+pub const PEER_PROTOCOL_VERSION: u32 = 8;
 
 /// The largest frame a peer may send on any stream, in bytes.
 pub const MAX_PEER_FRAME: u32 = 8 * 1024 * 1024;

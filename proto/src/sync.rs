@@ -14,8 +14,10 @@ use crate::codec::{self, CodecError};
 use crate::op::{DeviceId, Hlc, Op};
 use crate::rules::SyncWish;
 
+mod chunks;
 mod packed;
 
+pub use chunks::{LogChunk, MAX_CHUNK_LEN};
 pub use packed::PackedOps;
 
 /// Per origin device, the highest sequence number up to which a replica
@@ -337,6 +339,18 @@ pub enum SyncMessage {
         /// The operations.
         ops: PackedOps,
     },
+    /// Operations the receiver lacks as chunks of the sender's op log,
+    /// each sent whole as the sender stores it (see `chunks`): the
+    /// receiver lacks every op in them. Oldest first, like `Ops`.
+    #[serde(skip)]
+    Chunks {
+        /// The database.
+        db: String,
+        /// The sender's epoch.
+        epoch: Epoch,
+        /// The chunks.
+        chunks: Vec<LogChunk>,
+    },
     /// A piece of the sender's state, for a receiver too far behind for the
     /// op stream. Records come in key order; the last piece says so.
     Snapshot {
@@ -431,6 +445,7 @@ impl SyncMessage {
             SyncMessage::Vector { db, .. }
             | SyncMessage::Ops { db, .. }
             | SyncMessage::Packed { db, .. }
+            | SyncMessage::Chunks { db, .. }
             | SyncMessage::Snapshot { db, .. }
             | SyncMessage::Checkpoint { db, .. }
             | SyncMessage::SnapshotAck { db, .. }
@@ -440,7 +455,7 @@ impl SyncMessage {
     }
 
     /// Encodes the message: `Ops` in its packed form (see `packed`),
-    /// the rest as serde writes them.
+    /// `Chunks` as `chunks` says, the rest as serde writes them.
     pub fn encode(&self) -> Result<Vec<u8>, CodecError> {
         let mut out = Vec::new();
         self.encode_into(&mut out)?;
@@ -458,6 +473,10 @@ impl SyncMessage {
                 ops.encode_into(out, db, *epoch);
                 Ok(())
             }
+            SyncMessage::Chunks { db, epoch, chunks } => {
+                chunks::encode_into(out, db, *epoch, chunks);
+                Ok(())
+            }
             _ => codec::encode_into(out, self),
         }
     }
@@ -466,6 +485,9 @@ impl SyncMessage {
     pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
         if let Some(ops) = packed::decode(bytes) {
             return ops;
+        }
+        if let Some(chunks) = chunks::decode(bytes) {
+            return chunks;
         }
         codec::from_slice(bytes)
     }
@@ -795,6 +817,49 @@ mod tests {
             let bytes = packed.encode().expect("encode");
             prop_assert_eq!(&bytes, &as_ops.encode().expect("encode"));
             prop_assert_eq!(SyncMessage::decode(&bytes).expect("decode"), as_ops);
+        }
+
+        /// Ops sent as chunks of a log arrive as the same chunks, each
+        /// read into its ops; a damaged message is refused or reads as one
+        /// that encodes to what it read.
+        #[test]
+        fn chunks_messages_carry_their_chunks_whole(
+            epoch in any::<u64>(),
+            ops in proptest::collection::vec(arb_op(), 1..8),
+            split in any::<usize>(),
+            at in any::<usize>(),
+            byte in any::<u8>(),
+        ) {
+            let split = split % (ops.len() + 1);
+            let ids = |ops: &[Op]| -> Vec<(DeviceId, u64)> {
+                ops.iter().map(|o| (o.writer(), o.seq)).collect()
+            };
+            let chunks: Vec<LogChunk> = [&ops[..split], &ops[split..]]
+                .into_iter()
+                .filter(|run| !run.is_empty())
+                .map(|run| LogChunk::new(crate::log_chunk::of_ops(run), ids(run)))
+                .collect();
+            let msg = SyncMessage::Chunks { db: "d".into(), epoch, chunks };
+            prop_assert_eq!(msg.db(), "d");
+            let bytes = msg.encode().expect("encode");
+            let back = SyncMessage::decode(&bytes).expect("decode");
+            prop_assert_eq!(&back, &msg);
+            let SyncMessage::Chunks { chunks, .. } = back else { unreachable!() };
+            let mut read = Vec::new();
+            for chunk in chunks {
+                let held = chunk.ids().to_vec();
+                let (_, chunk_ops) = chunk.into_parts().expect("reads");
+                prop_assert_eq!(held, ids(&chunk_ops));
+                read.extend(chunk_ops);
+            }
+            prop_assert_eq!(read, ops);
+            let mut damaged = bytes;
+            let at = at % damaged.len();
+            damaged[at] ^= byte.max(1);
+            if let Ok(m) = SyncMessage::decode(&damaged) {
+                let again = m.encode().expect("encodes");
+                prop_assert_eq!(SyncMessage::decode(&again).expect("decodes"), m);
+            }
         }
 
         /// `Ops` go packed, in fewer bytes than serde writes them, and

@@ -9,13 +9,13 @@
 //! network, held replication back. Joined, they are one apply.
 //!
 //! Invariant: joining changes what the engine applies in no way but the
-//! number of commits. Only `Ops` messages of one session, database and
-//! epoch that follow each other are joined (store notices, which the
+//! number of commits. Only `Ops` messages (or only `Chunks` messages) of
+//! one session, database and epoch that follow each other are joined (store notices, which the
 //! driver only collects, may come between), in the order they came, so
 //! the engine sees the same ops in the same order, and its
 //! acknowledgement, which names what the replica holds, covers them all.
 
-use blazedb_proto::{DeviceId, Epoch, Op, SyncMessage};
+use blazedb_proto::{DeviceId, Epoch, SyncMessage};
 
 use super::driver::Input;
 
@@ -53,44 +53,31 @@ fn is_ops(input: &Input) -> bool {
     run_of(input).is_some()
 }
 
-/// What a run of `Ops` messages shares: session (peer and link),
-/// database and epoch.
-type Run<'a> = (DeviceId, u64, &'a str, Epoch);
+/// What a run of `Ops` (or of `Chunks`) messages shares: session (peer
+/// and link), database, epoch, and which of the two they are.
+type Run<'a> = (DeviceId, u64, &'a str, Epoch, bool);
 
-/// The run an `Ops` message belongs to, and how many ops it holds.
+/// The run an `Ops` or `Chunks` message belongs to, and how many ops it
+/// holds.
 fn run_of(input: &Input) -> Option<(Run<'_>, usize)> {
     let Input::Message { peer, link, msg } = input else {
         return None;
     };
-    let SyncMessage::Ops { db, epoch, ops } = &**msg else {
-        return None;
-    };
-    Some(((*peer, *link, db.as_str(), *epoch), ops.len()))
+    match &**msg {
+        SyncMessage::Ops { db, epoch, ops } => {
+            Some(((*peer, *link, db.as_str(), *epoch, false), ops.len()))
+        }
+        SyncMessage::Chunks { db, epoch, chunks } => {
+            let ops = chunks.iter().map(|c| c.ids().len()).sum();
+            Some(((*peer, *link, db.as_str(), *epoch, true), ops))
+        }
+        _ => None,
+    }
 }
 
-fn ops_mut(input: &mut Input) -> Option<&mut Vec<Op>> {
-    let Input::Message { msg, .. } = input else {
-        return None;
-    };
-    let SyncMessage::Ops { ops, .. } = &mut **msg else {
-        return None;
-    };
-    Some(ops)
-}
-
-fn into_ops(input: Input) -> Option<Vec<Op>> {
-    let Input::Message { msg, .. } = input else {
-        return None;
-    };
-    let SyncMessage::Ops { ops, .. } = *msg else {
-        return None;
-    };
-    Some(ops)
-}
-
-/// Appends `next`'s ops to `to` when both are `Ops` of one session,
-/// database and epoch and the sum stays within [`MAX_JOINED_OPS`];
-/// otherwise gives `next` back.
+/// Appends `next`'s ops to `to` when both are `Ops` (or both `Chunks`) of
+/// one session, database and epoch and the sum stays within
+/// [`MAX_JOINED_OPS`]; otherwise gives `next` back.
 fn join(to: &mut Input, next: Input) -> Option<Input> {
     let joins = match (run_of(to), run_of(&next)) {
         (Some((run, held)), Some((next_run, more))) => {
@@ -101,15 +88,21 @@ fn join(to: &mut Input, next: Input) -> Option<Input> {
     if !joins {
         return Some(next);
     }
-    if let (Some(ops), Some(more)) = (ops_mut(to), into_ops(next)) {
-        ops.extend(more);
+    if let (Input::Message { msg: to, .. }, Input::Message { msg: next, .. }) = (to, next) {
+        match (&mut **to, *next) {
+            (SyncMessage::Ops { ops, .. }, SyncMessage::Ops { ops: more, .. }) => ops.extend(more),
+            (SyncMessage::Chunks { chunks, .. }, SyncMessage::Chunks { chunks: more, .. }) => {
+                chunks.extend(more)
+            }
+            _ => {}
+        }
     }
     None
 }
 
 #[cfg(test)]
 mod tests {
-    use blazedb_proto::Hlc;
+    use blazedb_proto::{Hlc, Op};
 
     use super::*;
     use crate::store::StoreNotice;
@@ -231,6 +224,64 @@ mod tests {
             [
                 format!("ops 1 1 d 1 1-{n}"),
                 format!("ops 1 1 d 1 {}-{}", n + 1, n + 2)
+            ]
+        );
+    }
+
+    /// A `Chunks` message of `peer`'s ops `seqs`, one chunk.
+    fn chunks(peer: DeviceId, seqs: std::ops::Range<u64>) -> Input {
+        let Input::Message { msg, .. } = ops(peer, 1, "d", 1, seqs) else {
+            unreachable!()
+        };
+        let SyncMessage::Ops { ops, .. } = *msg else {
+            unreachable!()
+        };
+        let ids = ops.iter().map(|o| (o.writer(), o.seq)).collect();
+        let chunk = blazedb_proto::sync::LogChunk::new(blazedb_proto::log_chunk::of_ops(&ops), ids);
+        Input::Message {
+            peer,
+            link: 1,
+            msg: Box::new(SyncMessage::Chunks {
+                db: "d".into(),
+                epoch: 1,
+                chunks: vec![chunk],
+            }),
+        }
+    }
+
+    #[test]
+    fn chunks_join_chunks_and_ops_join_ops() {
+        let joined = join_ops(vec![
+            chunks(A, 1..3),
+            chunks(A, 3..5),
+            ops(A, 1, "d", 1, 5..7),
+            chunks(A, 7..9),
+        ]);
+        let held: Vec<(bool, Vec<u64>)> = joined
+            .iter()
+            .map(|i| {
+                let Input::Message { msg, .. } = i else {
+                    unreachable!()
+                };
+                match &**msg {
+                    SyncMessage::Chunks { chunks, .. } => (
+                        true,
+                        chunks
+                            .iter()
+                            .flat_map(|c| c.ids().iter().map(|(_, s)| *s))
+                            .collect(),
+                    ),
+                    SyncMessage::Ops { ops, .. } => (false, ops.iter().map(|o| o.seq).collect()),
+                    _ => unreachable!(),
+                }
+            })
+            .collect();
+        assert_eq!(
+            held,
+            [
+                (true, vec![1, 2, 3, 4]),
+                (false, vec![5, 6]),
+                (true, vec![7, 8])
             ]
         );
     }

@@ -31,6 +31,8 @@ pub(crate) mod query;
 pub(crate) mod record;
 mod record_cache;
 pub use record_cache::RecordCacheStats;
+#[cfg(test)]
+mod chunk_tests;
 pub mod repair;
 mod replicate;
 mod sealing;

@@ -41,7 +41,7 @@ use fjall::{Keyspace, OwnedWriteBatch, Slice};
 
 use super::StoreError;
 use super::keys;
-use super::sealing::Outgoing;
+use super::sealing::{Clear, Outgoing};
 
 /// The first byte of a chunk in the earlier framed form.
 pub(crate) const FRAMED_MARK: u8 = 0xC1;
@@ -234,6 +234,8 @@ fn entries(key: &[u8], chunk: Slice) -> Result<Vec<Entry>, StoreError> {
 /// bytes only with the entries it keeps.
 struct ChunkReader {
     chunk: Slice,
+    /// The chunk as stored (compressed, when `chunk` was inflated from it).
+    stored: Slice,
     /// The chunk's key: the cursor of its first entry.
     first: u64,
     /// The cursor of the next entry.
@@ -257,11 +259,12 @@ impl ChunkReader {
     fn new(key: &[u8], chunk: Slice) -> Result<ChunkReader, StoreError> {
         let cursor = keys::cursor_of_log_key(key)
             .ok_or_else(|| StoreError::Corrupt("op-log key is not 8 bytes".into()))?;
-        let chunk = match chunk.first() {
-            Some(&LZ4_MARK) => decompress(&chunk).map_err(|e| {
+        let stored = chunk;
+        let chunk = match stored.first() {
+            Some(&LZ4_MARK) => decompress(&stored).map_err(|e| {
                 StoreError::Corrupt(format!("the op-log chunk at cursor {cursor}: {e}"))
             })?,
-            _ => chunk,
+            _ => stored.clone(),
         };
         let (kind, at) = match chunk.first() {
             Some(&COMPACT_MARK) => (ChunkKind::Compact, 1),
@@ -270,6 +273,7 @@ impl ChunkReader {
         };
         Ok(ChunkReader {
             chunk,
+            stored,
             first: cursor,
             cursor,
             at,
@@ -278,9 +282,21 @@ impl ChunkReader {
         })
     }
 
+    /// Back to the chunk's first entry.
+    fn rewind(&mut self) {
+        self.cursor = self.first;
+        self.at = usize::from(self.kind != ChunkKind::Bare);
+        self.origins.clear();
+    }
+
+    /// Whether its entries are all read.
+    fn is_done(&self) -> bool {
+        self.at >= self.chunk.len() && !(self.kind == ChunkKind::Bare && self.at == 0)
+    }
+
     /// The next entry's cursor and form, without sharing the chunk.
     fn next_form(&mut self) -> Option<Result<(u64, Form), StoreError>> {
-        if self.at >= self.chunk.len() && !(self.kind == ChunkKind::Bare && self.at == 0) {
+        if self.is_done() {
             return None;
         }
         let read = match self.kind {
@@ -391,6 +407,21 @@ pub(crate) fn after(log: &Keyspace, after: u64) -> Forward {
     }
 }
 
+/// A chunk of the log whole, as [`Forward::peek_whole`] gives it.
+pub(crate) struct WholeRead {
+    /// The chunk as stored.
+    pub(crate) stored: Slice,
+    /// Its length uncompressed.
+    pub(crate) inflated: usize,
+    /// Each entry's writer (`Op::writer`) and seq, in order.
+    pub(crate) ids: Vec<(DeviceId, u64)>,
+    /// The cursor of its last entry.
+    pub(crate) last: u64,
+    /// Some entry holds a clear body ([`super::sealing`]), which leaves
+    /// only sealed.
+    pub(crate) clear: bool,
+}
+
 /// Reads the log forwards (see [`after`]).
 pub(crate) struct Forward {
     chunks: Option<fjall::Iter>,
@@ -422,6 +453,66 @@ impl Forward {
             let (writer, seq) = writer_seq(cursor, chunk, form)?;
             Ok(keep(cursor, writer, seq))
         })
+    }
+
+    /// The next chunk whole, when the read stands between chunks and the
+    /// next one starts at or after where it began: its bytes as stored,
+    /// and its entries' writers and seqs. It is then still next to read
+    /// entry by entry, unless passed with [`Forward::pass_whole`]. `None`
+    /// inside a chunk, at the end of the log, or for a chunk in an
+    /// earlier form (which no peer reads).
+    pub(crate) fn peek_whole(&mut self) -> Option<Result<WholeRead, StoreError>> {
+        if self.failed.is_some() || self.current.as_ref().is_some_and(|c| !c.is_done()) {
+            return None;
+        }
+        let next = self.chunks.as_mut()?.next()?;
+        let mut reader = match next
+            .into_inner()
+            .map_err(StoreError::from)
+            .and_then(|(k, v)| ChunkReader::new(&k, v))
+        {
+            Ok(reader) => reader,
+            Err(e) => return Some(Err(e)),
+        };
+        if reader.kind != ChunkKind::Compact || reader.first < self.from {
+            self.current = Some(reader);
+            return None;
+        }
+        let mut whole = WholeRead {
+            stored: reader.stored.clone(),
+            inflated: reader.chunk.len(),
+            ids: Vec::new(),
+            last: reader.first,
+            clear: false,
+        };
+        while let Some(read) = reader.next_form() {
+            let (cursor, form) = match read {
+                Ok(read) => read,
+                Err(e) => return Some(Err(e)),
+            };
+            if let Form::Compact {
+                head,
+                start,
+                end,
+                put,
+            } = form
+            {
+                whole
+                    .ids
+                    .push((head.origin.writer(head.incarnation), head.seq));
+                whole.clear |= !put && Clear::parse(&reader.chunk[start..end]).is_some();
+            }
+            whole.last = cursor;
+        }
+        reader.rewind();
+        self.current = Some(reader);
+        Some(Ok(whole))
+    }
+
+    /// Passes the chunk [`Forward::peek_whole`] gave: none of its entries
+    /// is read.
+    pub(crate) fn pass_whole(&mut self) {
+        self.current = None;
     }
 
     /// The next entry from `from` on that `keep` wants.
@@ -627,6 +718,14 @@ impl Chunker {
         write(&mut self.bytes);
         self.ahead = self.ahead.saturating_sub(self.bytes.len() - before);
         self.count += 1;
+    }
+
+    /// Adds `count` entries from `cursor` on as one chunk `stored` as it
+    /// is (a peer's, every op of which was logged as it came).
+    pub(crate) fn keep_whole(&mut self, cursor: u64, count: usize, stored: Vec<u8>) {
+        self.close();
+        self.done.push((cursor, stored));
+        self.ahead = self.ahead.saturating_sub(count * ENTRY_HEAD);
     }
 
     fn close(&mut self) {

@@ -31,10 +31,10 @@ use super::writer::{
 use super::{Command, DbState, Reply, Store, StoreError, SyncMeta, lock, read_lock, sync_meta_key};
 use crate::sync::{
     Applied, Checkpoint, Compacted, Correction, OpsRead, PackedRead, Projection, ReadLimits,
-    Refusal, Replace, SnapshotRead, SyncState, SyncStore, WriteScreen,
+    Refusal, Replace, SnapshotRead, SyncState, SyncStore, WholeChunk, WriteScreen,
 };
 use blazedb_proto::api::{Durability, Write};
-use blazedb_proto::sync::PackedOps;
+use blazedb_proto::sync::{LogChunk, MAX_CHUNK_LEN, PackedOps};
 
 impl Writer {
     /// Commits a plan made for one database, with its sync metadata, and
@@ -106,10 +106,11 @@ impl Writer {
         db: &str,
         ops: Vec<Op>,
         screen: &WriteScreen,
+        whole: Vec<WholeChunk>,
     ) -> Result<Applied, StoreError> {
         let db = self.store.db(db)?;
         let (start_counters, start_clock) = (self.counters.clone(), self.clock);
-        let result = self.plan_and_commit_ops(&db, ops, screen);
+        let result = self.plan_and_commit_ops(&db, ops, screen, whole);
         if result.is_err() {
             self.counters = start_counters;
             self.clock = start_clock;
@@ -122,6 +123,7 @@ impl Writer {
         db: &Arc<DbState>,
         ops: Vec<Op>,
         screen: &WriteScreen,
+        whole: Vec<WholeChunk>,
     ) -> Result<Applied, StoreError> {
         let me = self.store.writer();
         let reader = self.store.reader(db);
@@ -145,7 +147,11 @@ impl Writer {
         let mut opened = Opened::default();
         // Read and moved op by op, a look-up a writer.
         let mut vector = RunVector::new(std::mem::take(&mut sync.vector));
-        for mut op in ops {
+        let mut whole = WholeLog::new(whole);
+        for (at, mut op) in ops.into_iter().enumerate() {
+            whole.reach(at, &mut plan);
+            // Logged as it came: not refused, so not rewritten.
+            let mut as_came = true;
             let writer = op.writer();
             if vector.get(&writer) + 1 != op.seq {
                 continue;
@@ -232,6 +238,7 @@ impl Writer {
                             Some(Err(reason)) => {
                                 refused.push(Refusal::refuse(&mut op, &body, reason));
                                 reseal(&reader, &db.name, &mut op)?;
+                                as_came = false;
                             }
                             _ => {
                                 let bytes =
@@ -249,6 +256,7 @@ impl Writer {
                             Some(Err(reason)) => {
                                 refused.push(Refusal::refuse(&mut op, &body, reason));
                                 reseal(&reader, &db.name, &mut op)?;
+                                as_came = false;
                             }
                             _ if changed => {
                                 plan_record(&mut plan, db, key, &indexes, &old_values, &record)?;
@@ -258,14 +266,16 @@ impl Writer {
                     }
                 }
             }
-            plan.effects.push(Effect::Log {
+            let log = Effect::Log {
                 db: db.id,
                 log: db.log.clone(),
                 cursor: head,
                 op,
                 as_parts: false,
-            });
+            };
+            whole.log(at, log, as_came, &mut plan);
         }
+        whole.finish(&mut plan);
         sync.vector = vector.into_vector();
         sync.cursor = head;
         sync.clock = sync.clock.max(self.clock.last());
@@ -918,6 +928,103 @@ const SPAN_READ_FROM: usize = 8;
 /// much as storing it; a first sync finds nothing there. `None` (read
 /// each record instead) for a few records, or where the span holds many
 /// more records than they are: the sender skipped those (a partial
+/// The log entries of applied ops that came in whole chunks of a peer's
+/// log, held back until each chunk's last op: a chunk every op of which
+/// is logged as it came is logged as it came, one entry whose bytes are
+/// not read again; any other's ops are logged one by one.
+struct WholeLog {
+    chunks: std::iter::Peekable<std::vec::IntoIter<WholeChunk>>,
+    current: Option<WholeChunk>,
+    /// The log entries of `current`'s ops so far.
+    held: Vec<Effect>,
+    /// Every one of them was logged as it came.
+    as_came: bool,
+}
+
+impl WholeLog {
+    fn new(whole: Vec<WholeChunk>) -> WholeLog {
+        WholeLog {
+            chunks: whole.into_iter().peekable(),
+            current: None,
+            held: Vec::new(),
+            as_came: true,
+        }
+    }
+
+    /// Op `at` is next: a chunk that ended before it is done with, and
+    /// one that holds it becomes the current one.
+    fn reach(&mut self, at: usize, plan: &mut Plan) {
+        if self.current.as_ref().is_some_and(|c| at >= c.ops.end) {
+            self.flush(plan);
+        }
+        if self.current.is_some() {
+            return;
+        }
+        while self.chunks.peek().is_some_and(|c| c.ops.end <= at) {
+            self.chunks.next();
+        }
+        if self.chunks.peek().is_some_and(|c| c.ops.start <= at) {
+            self.current = self.chunks.next();
+            self.as_came = true;
+        }
+    }
+
+    /// Logs op `at` by `entry` (an `Effect::Log`), `as_came` unless it was
+    /// rewritten.
+    fn log(&mut self, at: usize, entry: Effect, as_came: bool, plan: &mut Plan) {
+        match &self.current {
+            Some(c) if c.ops.contains(&at) => {
+                self.held.push(entry);
+                self.as_came &= as_came;
+            }
+            _ => plan.effects.push(entry),
+        }
+    }
+
+    /// Every op was looked at.
+    fn finish(&mut self, plan: &mut Plan) {
+        self.flush(plan);
+    }
+
+    fn flush(&mut self, plan: &mut Plan) {
+        let Some(chunk) = self.current.take() else {
+            return;
+        };
+        let held = std::mem::take(&mut self.held);
+        match held.first() {
+            Some(Effect::Log {
+                db, log, cursor, ..
+            }) if self.as_came && held.len() == chunk.ops.len() => {
+                plan.effects.push(Effect::LogChunk {
+                    db: *db,
+                    log: log.clone(),
+                    cursor: *cursor,
+                    count: held.len(),
+                    stored: chunk.stored,
+                });
+            }
+            _ => plan.effects.extend(held),
+        }
+    }
+}
+
+/// Whether a replica holding `want` lacks every op of `ids` (writers and
+/// seqs, in log order) and can take them in that order: then `want` takes
+/// them in; otherwise it is left as it was.
+fn lacks_all(want: &mut VersionVector, ids: &[(DeviceId, u64)]) -> bool {
+    for (i, (writer, seq)) in ids.iter().enumerate() {
+        if !want.advance(*writer, *seq) {
+            // Each op taken was its writer's next: going back over them,
+            // the first of each leaves its writer where it was.
+            for (writer, seq) in ids[..i].iter().rev() {
+                want.set(*writer, seq - 1);
+            }
+            return false;
+        }
+    }
+    true
+}
+
 /// replica's view), and reading them all would cost more.
 fn held_in_span(
     db: &DbState,
@@ -1021,12 +1128,19 @@ impl Store {
     /// Hands `add`, in log order after `from`, the entries of published
     /// ops a replica holding `have` lacks and can apply in that order,
     /// until `limits` are reached; returns where to read next time.
+    ///
+    /// With `whole`, a read that starts between chunks takes each chunk
+    /// the replica lacks every entry of whole, as stored, into `whole`
+    /// instead, and stops before the first it cannot: a read gives whole
+    /// chunks or entries, not both. A chunk with a clear body is never
+    /// taken whole (it leaves sealed).
     fn read_log(
         &self,
         db: &str,
         have: &VersionVector,
         from: u64,
         limits: ReadLimits,
+        whole: Option<&mut Vec<LogChunk>>,
         mut add: impl FnMut(&oplog::Entry) -> Result<(), StoreError>,
     ) -> Result<u64, StoreError> {
         let db = self.db(db)?;
@@ -1034,6 +1148,36 @@ impl Store {
         let mut want = have.clone();
         let (mut items, mut bytes) = (0, 0);
         let mut log = oplog::after(&db.log, from);
+        if let Some(chunks) = whole {
+            // The last cursor of the chunks taken whole.
+            let mut taken = None;
+            loop {
+                match log.peek_whole() {
+                    Some(Ok(w))
+                        if w.last <= head
+                            && !w.clear
+                            && w.inflated <= MAX_CHUNK_LEN
+                            && lacks_all(&mut want, &w.ids) =>
+                    {
+                        log.pass_whole();
+                        items += w.ids.len();
+                        bytes += w.stored.len();
+                        chunks.push(LogChunk::new(w.stored.to_vec(), w.ids));
+                        if limits.full(items, bytes) {
+                            return Ok(w.last);
+                        }
+                        taken = Some(w.last);
+                    }
+                    Some(Err(e)) => return Err(e),
+                    // Not one to take whole: its entries are read one by
+                    // one, unless chunks were taken already.
+                    _ => break,
+                }
+            }
+            if let Some(last) = taken {
+                return Ok(last);
+            }
+        }
         // What the peer holds is passed over by its head alone: a peer
         // that sent most of the log (the origin of what this replica
         // applied) holds most of what is read for it.
@@ -1095,7 +1239,7 @@ impl SyncStore for Store {
     ) -> Result<OpsRead, StoreError> {
         let mut ops = Vec::new();
         let mut outgoing = self.db(db).ok().and_then(|d| Outgoing::of(self, &d));
-        let next = self.read_log(db, have, from, limits, |entry| {
+        let next = self.read_log(db, have, from, limits, None, |entry| {
             let mut op = entry.op()?;
             if let Some(outgoing) = &mut outgoing {
                 outgoing.seal_op(&mut op)?;
@@ -1118,10 +1262,11 @@ impl SyncStore for Store {
         let items = limits.max_items.min(4096);
         let mut ops = PackedOps::with_capacity(items, limits.max_bytes.min(items * 160));
         let mut outgoing = self.db(db).ok().and_then(|d| Outgoing::of(self, &d));
-        let next = self.read_log(db, have, from, limits, |entry| {
+        let mut chunks = Vec::new();
+        let next = self.read_log(db, have, from, limits, Some(&mut chunks), |entry| {
             entry.pack_into(&mut ops, outgoing.as_mut())
         })?;
-        Ok(PackedRead { ops, next })
+        Ok(PackedRead { ops, chunks, next })
     }
 
     fn apply_ops(
@@ -1130,12 +1275,23 @@ impl SyncStore for Store {
         ops: Vec<Op>,
         screen: &WriteScreen,
     ) -> Result<Applied, StoreError> {
+        self.apply_chunks(db, ops, screen, Vec::new())
+    }
+
+    fn apply_chunks(
+        &mut self,
+        db: &str,
+        ops: Vec<Op>,
+        screen: &WriteScreen,
+        whole: Vec<WholeChunk>,
+    ) -> Result<Applied, StoreError> {
         let db = db.to_owned();
         let screen = screen.clone();
         self.call_blocking(|reply| Command::ApplyOps {
             db,
             ops,
             screen,
+            whole,
             reply,
         })
     }

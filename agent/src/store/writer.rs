@@ -39,8 +39,8 @@ use super::{
 };
 use super::{keys, oplog};
 use crate::crypto::seal::ContentKey;
-use crate::sync::WriteScreen;
 use crate::sync::hlc::HlcClock;
+use crate::sync::{WholeChunk, WriteScreen};
 
 /// How a command's outcome is handed back: called once, on the writer
 /// thread, so it must not block.
@@ -152,6 +152,9 @@ pub enum Command {
         ops: Vec<Op>,
         /// The writers whose operations are checked first.
         screen: WriteScreen,
+        /// Runs of the operations that came as whole chunks of the
+        /// sender's log, which may be logged as they came.
+        whole: Vec<WholeChunk>,
         /// Answered once they are durable, with the refused writes and the
         /// ops that did not open.
         reply: Reply<crate::sync::Applied>,
@@ -349,6 +352,15 @@ pub(super) enum Effect {
         /// `op.body` holds a put's parts ([`blazedb_proto::PutParts::stored`]),
         /// logged as they are, rather than its body.
         as_parts: bool,
+    },
+    /// `count` op-log entries of database `db` from `cursor` on, as a
+    /// peer's log stored them: one chunk, kept as it came.
+    LogChunk {
+        db: u32,
+        log: Keyspace,
+        cursor: u64,
+        count: usize,
+        stored: Vec<u8>,
     },
 }
 
@@ -834,8 +846,9 @@ impl Writer {
                     db,
                     ops,
                     screen,
+                    whole,
                     reply,
-                } => reply(self.apply_ops(&db, ops, &screen)),
+                } => reply(self.apply_ops(&db, ops, &screen, whole)),
                 Command::MergeSnapshot {
                     db,
                     records,
@@ -1109,6 +1122,22 @@ impl Writer {
                     } else {
                         logs[at].2.push(cursor, &op);
                     }
+                }
+                Effect::LogChunk {
+                    db,
+                    log,
+                    cursor,
+                    count,
+                    stored,
+                } => {
+                    let at = match logs.iter().position(|(id, ..)| *id == db) {
+                        Some(at) => at,
+                        None => {
+                            logs.push((db, log, oplog::Chunker::default()));
+                            logs.len() - 1
+                        }
+                    };
+                    logs[at].2.keep_whole(cursor, count, stored);
                 }
             }
         }

@@ -34,13 +34,13 @@ use std::sync::Arc;
 
 use blazedb_proto::api::SyncMode;
 use blazedb_proto::rules::{AccessRules, SyncWish};
-use blazedb_proto::sync::PackedOps;
+use blazedb_proto::sync::LogChunk;
 use blazedb_proto::{
     DeviceId, Epoch, Hlc, Op, OpBody, Report, RunVector, Stable, SyncMessage, VersionVector,
 };
 
 use super::hlc::too_far_ahead;
-use super::store::{Correction, ReadLimits, SyncState, SyncStore};
+use super::store::{Correction, PackedRead, ReadLimits, SyncState, SyncStore, WholeChunk};
 use crate::access::links;
 use crate::access::view::{DeviceAttrs, View};
 
@@ -1014,14 +1014,19 @@ impl<S: SyncStore> Engine<S> {
                     now,
                 )
             }
-            SyncMessage::Ops { db, epoch, ops } => self.on_ops(peer, db, epoch, ops, now),
+            SyncMessage::Ops { db, epoch, ops } => {
+                self.on_ops(peer, db, epoch, ops, Vec::new(), now)
+            }
             // Only a peer in the same process (a simulation) hands these
             // over unencoded; the wire brings them as `Ops`. They are built
             // from ops or log entries already read, so they always build.
             SyncMessage::Packed { db, epoch, ops } => {
                 if let Ok(ops) = ops.to_ops() {
-                    self.on_ops(peer, db, epoch, ops, now);
+                    self.on_ops(peer, db, epoch, ops, Vec::new(), now);
                 }
+            }
+            SyncMessage::Chunks { db, epoch, chunks } => {
+                self.on_chunks(peer, db, epoch, chunks, now);
             }
             piece @ SyncMessage::Snapshot { .. } => self.on_snapshot(peer, piece, now),
             part @ SyncMessage::Checkpoint { .. } => self.on_checkpoint(peer, part, now),
@@ -1455,7 +1460,46 @@ impl<S: SyncStore> Engine<S> {
         self.pump(peer, &db, now);
     }
 
-    fn on_ops(&mut self, peer: DeviceId, db: String, epoch: Epoch, ops: Vec<Op>, now: u64) {
+    /// Chunks of `peer`'s op log arrived (`SyncMessage::Chunks`): their
+    /// ops are applied as if they came as `Ops`, and the store is told
+    /// which runs of them came as whole chunks.
+    fn on_chunks(
+        &mut self,
+        peer: DeviceId,
+        db: String,
+        epoch: Epoch,
+        chunks: Vec<LogChunk>,
+        now: u64,
+    ) {
+        let mut ops = Vec::new();
+        let mut whole = Vec::with_capacity(chunks.len());
+        for chunk in chunks {
+            // The wire brings chunks read as they were decoded; a peer in
+            // the same process hands over what it read from its own log.
+            let Ok((stored, read)) = chunk.into_parts() else {
+                return;
+            };
+            let start = ops.len();
+            ops.extend(read);
+            whole.push(WholeChunk {
+                ops: start..ops.len(),
+                stored,
+            });
+        }
+        self.on_ops(peer, db, epoch, ops, whole, now);
+    }
+
+    /// Operations arrived from `peer`; `whole` says which runs of them came
+    /// as whole chunks of its log.
+    fn on_ops(
+        &mut self,
+        peer: DeviceId,
+        db: String,
+        epoch: Epoch,
+        ops: Vec<Op>,
+        whole: Vec<WholeChunk>,
+        now: u64,
+    ) {
         let Some(state) = self.store.sync_state(&db) else {
             return;
         };
@@ -1479,7 +1523,9 @@ impl<S: SyncStore> Engine<S> {
         let mut refused: Vec<Op> = Vec::new();
         let mut peer_holds = RunVector::new(VersionVector::new());
         let mut peer_writer = None;
-        for op in ops {
+        // Where each accepted op was among those that came.
+        let mut came_at = Vec::new();
+        for (at, op) in ops.into_iter().enumerate() {
             if from_partial && op.origin != peer {
                 continue;
             }
@@ -1522,7 +1568,11 @@ impl<S: SyncStore> Engine<S> {
                 peer_writer = Some(writer);
             }
             accepted.push(op);
+            if !whole.is_empty() {
+                came_at.push(at);
+            }
         }
+        let whole = whole_accepted(whole, &came_at);
         let peer_holds = peer_holds.into_vector();
         // The peer holds what it sent: that counts as its acknowledgement,
         // or the retransmit timer would send its own operations back to it
@@ -1541,7 +1591,12 @@ impl<S: SyncStore> Engine<S> {
         let n = accepted.len();
         let mut rejected = Vec::new();
         if n > 0 {
-            match self.store.apply_ops(&db, accepted, &screen) {
+            let applied = if whole.is_empty() {
+                self.store.apply_ops(&db, accepted, &screen)
+            } else {
+                self.store.apply_chunks(&db, accepted, &screen, whole)
+            };
+            match applied {
                 Ok(applied) => {
                     if applied.refused.is_empty()
                         && let Some(logged) = applied.logged
@@ -1945,16 +2000,24 @@ impl<S: SyncStore> Engine<S> {
     /// Sends `peer` the operations of the log it lacks, as its window
     /// allows, as the log holds them.
     fn send_window(&mut self, peer: DeviceId, db: &str, epoch: Epoch, now: u64) {
-        while let Some(ops) = self.read_window_packed(peer, db) {
-            self.count_sent(peer, db, ops.ids().iter().copied(), now);
-            self.outbox.push_back((
-                peer,
+        while let Some(read) = self.read_window_packed(peer, db) {
+            let msg = if read.chunks.is_empty() {
+                self.count_sent(peer, db, read.ops.ids().iter().copied(), now);
                 SyncMessage::Packed {
                     db: db.to_owned(),
                     epoch,
-                    ops,
-                },
-            ));
+                    ops: read.ops,
+                }
+            } else {
+                let ids = read.chunks.iter().flat_map(|c| c.ids().iter().copied());
+                self.count_sent(peer, db, ids, now);
+                SyncMessage::Chunks {
+                    db: db.to_owned(),
+                    epoch,
+                    chunks: read.chunks,
+                }
+            };
+            self.outbox.push_back((peer, msg));
         }
     }
 
@@ -1984,13 +2047,14 @@ impl<S: SyncStore> Engine<S> {
     }
 
     /// [`Engine::read_window`], the operations packed for the wire.
-    fn read_window_packed(&mut self, peer: DeviceId, db: &str) -> Option<PackedOps> {
+    fn read_window_packed(&mut self, peer: DeviceId, db: &str) -> Option<PackedRead> {
         self.window_read(peer, db, |store, sent, cursor, limits| {
-            store
-                .read_ops_packed(db, sent, cursor, limits)
-                .map(|r| (r.ops, r.next))
+            store.read_ops_packed(db, sent, cursor, limits).map(|r| {
+                let next = r.next;
+                (r, next)
+            })
         })
-        .filter(|ops| !ops.is_empty())
+        .filter(|r| !r.ops.is_empty() || !r.chunks.is_empty())
     }
 
     /// Reads for `peer` with `read` (given what it was sent, where its
@@ -2336,6 +2400,28 @@ fn retired(
         .collect()
 }
 
+/// The chunks of `whole` every op of which was accepted, their runs moved
+/// to where those ops are among the accepted; `came_at` says where each
+/// accepted op was among those that came, in order.
+fn whole_accepted(whole: Vec<WholeChunk>, came_at: &[usize]) -> Vec<WholeChunk> {
+    whole
+        .into_iter()
+        .filter_map(|chunk| {
+            let from = came_at.partition_point(|&at| at < chunk.ops.start);
+            let to = from + chunk.ops.len();
+            // Positions are distinct and in order: the run is all there
+            // when its length of them span exactly its ops.
+            (!chunk.ops.is_empty()
+                && came_at.get(from) == Some(&chunk.ops.start)
+                && came_at.get(to - 1) == Some(&(chunk.ops.end - 1)))
+            .then_some(WholeChunk {
+                ops: from..to,
+                stored: chunk.stored,
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -2405,7 +2491,9 @@ mod tests {
     fn kind(msg: &SyncMessage) -> &'static str {
         match msg {
             SyncMessage::Vector { .. } => "vector",
-            SyncMessage::Ops { .. } | SyncMessage::Packed { .. } => "ops",
+            SyncMessage::Ops { .. } | SyncMessage::Packed { .. } | SyncMessage::Chunks { .. } => {
+                "ops"
+            }
             SyncMessage::Snapshot { .. } => "snapshot",
             SyncMessage::SnapshotAck { .. } => "snapshot_ack",
             SyncMessage::Refuted { .. } => "refuted",
@@ -3165,5 +3253,32 @@ mod tests {
             Some(&want),
             "P kept a field of a record F deleted"
         );
+    }
+
+    /// Only chunks every op of which was accepted stay whole, their runs
+    /// moved to where those ops are among the accepted.
+    #[test]
+    fn chunks_whose_ops_were_all_accepted_stay_whole() {
+        let chunk = |ops: std::ops::Range<usize>| WholeChunk {
+            stored: vec![ops.start as u8],
+            ops,
+        };
+        let whole = vec![chunk(0..3), chunk(3..6), chunk(6..9), chunk(9..10)];
+        // Op 3 was not accepted, nor op 9.
+        let came_at = [0, 1, 2, 4, 5, 6, 7, 8];
+        assert_eq!(
+            whole_accepted(whole, &came_at),
+            vec![
+                WholeChunk {
+                    ops: 0..3,
+                    stored: vec![0]
+                },
+                WholeChunk {
+                    ops: 5..8,
+                    stored: vec![6]
+                },
+            ]
+        );
+        assert_eq!(whole_accepted(vec![chunk(0..2)], &[]), vec![]);
     }
 }

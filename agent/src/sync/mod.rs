@@ -23,5 +23,5 @@ pub fn record_key(collection: &str, id: &str) -> Vec<u8> {
 }
 pub use store::{
     Applied, Checkpoint, Compacted, Correction, OpsRead, PackedRead, Projection, ReadLimits,
-    Refusal, Replace, SnapshotRead, SyncState, SyncStore, Unopened, WriteScreen,
+    Refusal, Replace, SnapshotRead, SyncState, SyncStore, Unopened, WholeChunk, WriteScreen,
 };

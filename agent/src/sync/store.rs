@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use blazedb_proto::api::{DbSettings, SyncMode};
 use blazedb_proto::rules::SyncWish;
-use blazedb_proto::sync::PackedOps;
+use blazedb_proto::sync::{LogChunk, PackedOps};
 use blazedb_proto::{
     DeviceId, Epoch, Fields, Hlc, Op, OpBody, SnapshotRecord, Span, VersionVector,
 };
@@ -275,13 +275,29 @@ pub struct OpsRead {
     pub next: u64,
 }
 
-/// Ops read from the log for a peer, packed for the wire.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// Ops read from the log for a peer, packed for the wire: as packed ops,
+/// or as whole chunks of the log when the peer lacks every op in them
+/// (one or the other).
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct PackedRead {
     /// The operations, in log order.
     pub ops: PackedOps,
+    /// Chunks of the log, in log order, each sent as it is stored.
+    pub chunks: Vec<LogChunk>,
     /// Where to continue reading next time.
     pub next: u64,
+}
+
+/// A chunk of a peer's op log that a run of the ops given to
+/// [`SyncStore::apply_chunks`] came in whole: a store that logs every one
+/// of them, as they came, may keep the chunk's bytes instead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WholeChunk {
+    /// Where its ops are among those applied.
+    pub ops: std::ops::Range<usize>,
+    /// The chunk as the peer's store holds it
+    /// ([`blazedb_proto::log_chunk`]).
+    pub stored: Vec<u8>,
 }
 
 /// Records read for a snapshot.
@@ -393,6 +409,7 @@ pub trait SyncStore {
         }
         Ok(PackedRead {
             ops,
+            chunks: Vec::new(),
             next: read.next,
         })
     }
@@ -421,6 +438,20 @@ pub trait SyncStore {
         ops: Vec<Op>,
         screen: &WriteScreen,
     ) -> Result<Applied, Self::Error>;
+
+    /// [`SyncStore::apply_ops`] of ops that came, some or all, as `whole`
+    /// chunks of the sender's log: the result is the same, and a store
+    /// that keeps its log in chunks may keep one as it came.
+    fn apply_chunks(
+        &mut self,
+        db: &str,
+        ops: Vec<Op>,
+        screen: &WriteScreen,
+        whole: Vec<WholeChunk>,
+    ) -> Result<Applied, Self::Error> {
+        let _ = whole;
+        self.apply_ops(db, ops, screen)
+    }
 
     /// Reads the records after key `after` (from the start when `None`)
     /// in their stored form, tombstones included.

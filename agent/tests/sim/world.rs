@@ -1432,6 +1432,14 @@ fn describe(msg: &SyncMessage) -> String {
                 .map(|(writer, seq)| format!("{}:{}", writer.short(), seq))
                 .collect::<Vec<_>>()
         ),
+        SyncMessage::Chunks { chunks, .. } => format!(
+            "chunks {:?}",
+            chunks
+                .iter()
+                .flat_map(|c| c.ids())
+                .map(|(writer, seq)| format!("{}:{}", writer.short(), seq))
+                .collect::<Vec<_>>()
+        ),
         SyncMessage::Snapshot {
             id,
             part,
