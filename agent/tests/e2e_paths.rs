@@ -154,18 +154,37 @@ fn an_op_altered_at_the_hub_is_refused_and_the_writer_brings_it_whole() {
     exchange(&mut writer, &mut hub, &mut |_| {});
     assert_eq!(held(&hub, &origin), 3, "the blind hub holds every op");
 
-    // The hub passes the second op on with one byte of its body flipped.
-    let mut altered = 0;
-    exchange(&mut hub, &mut device, &mut |m| {
-        if let SyncMessage::Ops { ops, .. } = m {
-            for op in ops.iter_mut().filter(|o| o.seq == 2) {
-                let last = op.body.len() - 1;
-                op.body[last] ^= 0x40;
-                altered += 1;
+    // The hub passes the second op on with one byte of its body flipped,
+    // in whichever form it sends it.
+    let (mut altered, mut whole) = (0, 0);
+    let alter = |ops: &mut Vec<blazedb_proto::Op>| {
+        let mut n = 0;
+        for op in ops.iter_mut().filter(|o| o.seq == 2) {
+            let last = op.body.len() - 1;
+            op.body[last] ^= 0x40;
+            n += 1;
+        }
+        n
+    };
+    exchange(&mut hub, &mut device, &mut |m| match m {
+        SyncMessage::Ops { ops, .. } => altered += alter(ops),
+        SyncMessage::Chunks { chunks, .. } => {
+            whole += chunks.len();
+            for chunk in chunks.iter_mut() {
+                let (_, mut ops) = chunk.clone().into_parts().unwrap();
+                let n = alter(&mut ops);
+                if n > 0 {
+                    altered += n;
+                    let ids = ops.iter().map(|o| (o.writer(), o.seq)).collect();
+                    let stored = blazedb_proto::log_chunk::of_ops(&ops);
+                    *chunk = blazedb_proto::sync::LogChunk::new(stored, ids);
+                }
             }
         }
+        _ => {}
     });
     assert!(altered > 0, "the relay never saw the op to alter");
+    assert!(whole > 0, "a blind hub relays its log's chunks whole");
     assert_eq!(
         held(&device, &origin),
         1,

@@ -407,19 +407,14 @@ pub(crate) fn after(log: &Keyspace, after: u64) -> Forward {
     }
 }
 
-/// A chunk of the log whole, as [`Forward::peek_whole`] gives it.
+/// A chunk of the log whole, as [`Forward::take_whole`] gives it.
 pub(crate) struct WholeRead {
     /// The chunk as stored.
     pub(crate) stored: Slice,
-    /// Its length uncompressed.
-    pub(crate) inflated: usize,
     /// Each entry's writer (`Op::writer`) and seq, in order.
     pub(crate) ids: Vec<(DeviceId, u64)>,
     /// The cursor of its last entry.
     pub(crate) last: u64,
-    /// Some entry holds a clear body ([`super::sealing`]), which leaves
-    /// only sealed.
-    pub(crate) clear: bool,
 }
 
 /// Reads the log forwards (see [`after`]).
@@ -455,13 +450,19 @@ impl Forward {
         })
     }
 
-    /// The next chunk whole, when the read stands between chunks and the
-    /// next one starts at or after where it began: its bytes as stored,
-    /// and its entries' writers and seqs. It is then still next to read
-    /// entry by entry, unless passed with [`Forward::pass_whole`]. `None`
-    /// inside a chunk, at the end of the log, or for a chunk in an
-    /// earlier form (which no peer reads).
-    pub(crate) fn peek_whole(&mut self) -> Option<Result<WholeRead, StoreError>> {
+    /// The next chunk whole, when the read stands between chunks, the
+    /// next one starts at or after where it began, it inflates to at most
+    /// `max_len` bytes, and `take` takes every entry of it, asked with
+    /// each entry's cursor, writer (`Op::writer`), seq and whether its
+    /// body is clear ([`super::sealing`]). Asked in order, and no further
+    /// than the first it does not take: then the chunk is read entry by
+    /// entry as usual, and `None` comes back, as it does inside a chunk,
+    /// at the end of the log, or for a chunk in an earlier form.
+    pub(crate) fn take_whole(
+        &mut self,
+        max_len: usize,
+        mut take: impl FnMut(u64, DeviceId, u64, bool) -> bool,
+    ) -> Option<Result<WholeRead, StoreError>> {
         if self.failed.is_some() || self.current.as_ref().is_some_and(|c| !c.is_done()) {
             return None;
         }
@@ -474,45 +475,46 @@ impl Forward {
             Ok(reader) => reader,
             Err(e) => return Some(Err(e)),
         };
-        if reader.kind != ChunkKind::Compact || reader.first < self.from {
+        if reader.kind != ChunkKind::Compact
+            || reader.first < self.from
+            || reader.chunk.len() > max_len
+        {
             self.current = Some(reader);
             return None;
         }
         let mut whole = WholeRead {
             stored: reader.stored.clone(),
-            inflated: reader.chunk.len(),
             ids: Vec::new(),
             last: reader.first,
-            clear: false,
         };
         while let Some(read) = reader.next_form() {
-            let (cursor, form) = match read {
-                Ok(read) => read,
+            let taken = match read {
+                Ok((
+                    cursor,
+                    Form::Compact {
+                        head,
+                        start,
+                        end,
+                        put,
+                    },
+                )) => {
+                    let writer = head.origin.writer(head.incarnation);
+                    let clear = !put && Clear::parse(&reader.chunk[start..end]).is_some();
+                    whole.ids.push((writer, head.seq));
+                    whole.last = cursor;
+                    take(cursor, writer, head.seq, clear)
+                }
+                Ok((_, Form::Framed { .. })) => false,
                 Err(e) => return Some(Err(e)),
             };
-            if let Form::Compact {
-                head,
-                start,
-                end,
-                put,
-            } = form
-            {
-                whole
-                    .ids
-                    .push((head.origin.writer(head.incarnation), head.seq));
-                whole.clear |= !put && Clear::parse(&reader.chunk[start..end]).is_some();
+            if !taken {
+                reader.rewind();
+                self.current = Some(reader);
+                return None;
             }
-            whole.last = cursor;
         }
-        reader.rewind();
-        self.current = Some(reader);
-        Some(Ok(whole))
-    }
-
-    /// Passes the chunk [`Forward::peek_whole`] gave: none of its entries
-    /// is read.
-    pub(crate) fn pass_whole(&mut self) {
         self.current = None;
+        Some(Ok(whole))
     }
 
     /// The next entry from `from` on that `keep` wants.

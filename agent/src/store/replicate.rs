@@ -1008,21 +1008,14 @@ impl WholeLog {
     }
 }
 
-/// Whether a replica holding `want` lacks every op of `ids` (writers and
-/// seqs, in log order) and can take them in that order: then `want` takes
-/// them in; otherwise it is left as it was.
-fn lacks_all(want: &mut VersionVector, ids: &[(DeviceId, u64)]) -> bool {
-    for (i, (writer, seq)) in ids.iter().enumerate() {
-        if !want.advance(*writer, *seq) {
-            // Each op taken was its writer's next: going back over them,
-            // the first of each leaves its writer where it was.
-            for (writer, seq) in ids[..i].iter().rev() {
-                want.set(*writer, seq - 1);
-            }
-            return false;
-        }
+/// Gives back to `want` the ops `took` (writers and seqs in log order,
+/// each its writer's next when it was taken).
+fn give_back(want: &mut VersionVector, took: &[(DeviceId, u64)]) {
+    // Going back over them, the first of each writer's leaves it where it
+    // was.
+    for (writer, seq) in took.iter().rev() {
+        want.set(*writer, seq - 1);
     }
-    true
 }
 
 /// replica's view), and reading them all would cost more.
@@ -1151,15 +1144,20 @@ impl Store {
         if let Some(chunks) = whole {
             // The last cursor of the chunks taken whole.
             let mut taken = None;
+            // What `want` took of the chunk being looked at, to give back
+            // if the chunk is not taken whole after all.
+            let mut took = Vec::new();
             loop {
-                match log.peek_whole() {
-                    Some(Ok(w))
-                        if w.last <= head
-                            && !w.clear
-                            && w.inflated <= MAX_CHUNK_LEN
-                            && lacks_all(&mut want, &w.ids) =>
-                    {
-                        log.pass_whole();
+                took.clear();
+                let whole = log.take_whole(MAX_CHUNK_LEN, |cursor, writer, seq, clear| {
+                    let take = cursor <= head && !clear && want.advance(writer, seq);
+                    if take {
+                        took.push((writer, seq));
+                    }
+                    take
+                });
+                match whole {
+                    Some(Ok(w)) => {
                         items += w.ids.len();
                         bytes += w.stored.len();
                         chunks.push(LogChunk::new(w.stored.to_vec(), w.ids));
@@ -1171,7 +1169,10 @@ impl Store {
                     Some(Err(e)) => return Err(e),
                     // Not one to take whole: its entries are read one by
                     // one, unless chunks were taken already.
-                    _ => break,
+                    None => {
+                        give_back(&mut want, &took);
+                        break;
+                    }
                 }
             }
             if let Some(last) = taken {
