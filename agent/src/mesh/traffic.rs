@@ -98,6 +98,7 @@ fn ops_of(msg: &SyncMessage) -> u64 {
     match msg {
         SyncMessage::Ops { ops, .. } => ops.len() as u64,
         SyncMessage::Packed { ops, .. } => ops.len() as u64,
+        SyncMessage::Chunks { chunks, .. } => chunks.iter().map(|c| c.ids().len() as u64).sum(),
         SyncMessage::Projected { covers, .. } => covers
             .iter()
             .map(|(_, first, last)| (last + 1).saturating_sub(*first))
@@ -190,11 +191,20 @@ mod tests {
             epoch: Default::default(),
             ops: vec![op(3)],
         };
+        let ops = [op(4), op(5), op(6)];
+        let ids = ops.iter().map(|o| (o.writer(), o.seq)).collect();
+        let chunk = blazedb_proto::sync::LogChunk::new(blazedb_proto::log_chunk::of_ops(&ops), ids);
+        let whole = SyncMessage::Chunks {
+            db: "notes".into(),
+            epoch: Default::default(),
+            chunks: vec![chunk],
+        };
         t.count(peer, Way::Out, &sent, 120);
         t.count(peer, Way::In, &received, 80);
+        t.count(peer, Way::Out, &whole, 60);
         let flows = t.flows();
         let f = &flows[&(peer, "notes".to_owned())];
-        assert_eq!((f.bytes_out.total(), f.bytes_in.total()), (120, 80));
-        assert_eq!((f.ops_out.total(), f.ops_in.total()), (2, 1));
+        assert_eq!((f.bytes_out.total(), f.bytes_in.total()), (180, 80));
+        assert_eq!((f.ops_out.total(), f.ops_in.total()), (5, 1));
     }
 }
