@@ -167,16 +167,7 @@ pub fn for_each_entry(
 /// The ops of a chunk stored as `stored`, as [`for_each_entry`] reads it.
 pub fn ops(stored: &[u8], limit: usize) -> Result<Vec<Op>, CodecError> {
     let mut ops = Vec::new();
-    for_each_entry(stored, limit, |origin, rest| {
-        ops.push(Op {
-            origin,
-            seq: rest.seq,
-            hlc: rest.hlc,
-            priority: rest.priority,
-            incarnation: rest.incarnation,
-            body: rest.body(),
-        });
-    })?;
+    for_each_entry(stored, limit, |origin, rest| ops.push(rest.op(origin)))?;
     Ok(ops)
 }
 

@@ -17,7 +17,7 @@
 
 use crate::codec::{CodecError, raw};
 use crate::fast::PutParts;
-use crate::op::{Hlc, Op};
+use crate::op::{DeviceId, Hlc, Op};
 
 /// Flag: a priority byte follows the clock reading.
 pub const HAS_PRIORITY: u8 = 2;
@@ -98,6 +98,18 @@ impl Rest<'_> {
     /// The body as its writer encoded it.
     pub fn body(&self) -> Vec<u8> {
         body_of(self.body, self.put)
+    }
+
+    /// The op of `origin` whose entry holds this.
+    pub fn op(&self, origin: DeviceId) -> Op {
+        Op {
+            origin,
+            seq: self.seq,
+            hlc: self.hlc,
+            priority: self.priority,
+            incarnation: self.incarnation,
+            body: self.body(),
+        }
     }
 
     /// The flags an entry of this op carries (as [`flags_of`] gives them

@@ -493,6 +493,23 @@ impl SyncMessage {
     }
 }
 
+/// Starts a hand-written message: a map of one entry keyed `key`, whose
+/// value is an array of `items` that starts with the database and epoch.
+fn write_keyed_head(out: &mut Vec<u8>, key: &str, items: u32, db: &str, epoch: u64) {
+    codec::raw::map_len(out, 1);
+    codec::raw::str(out, key);
+    codec::raw::array_len(out, items);
+    codec::raw::str(out, db);
+    codec::raw::uint(out, epoch);
+}
+
+/// A reader at the value of a message that is a map of one entry keyed
+/// `key`; `None` for any other message.
+fn keyed<'a>(bytes: &'a [u8], key: &str) -> Option<codec::raw::Reader<'a>> {
+    let mut r = codec::raw::Reader::new(bytes);
+    (r.map_len("").ok()? == 1 && r.key_is(key)).then_some(r)
+}
+
 /// Whether an incarnation is the first, left out of an encoded message.
 fn is_zero(n: &u32) -> bool {
     *n == 0

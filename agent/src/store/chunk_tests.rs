@@ -6,6 +6,7 @@ use blazedb_proto::api::{DbSettings, Write};
 use blazedb_proto::{DeviceId, Fields, Op, Value, VersionVector};
 
 use super::Store;
+use super::test_dev::{Dev, dev, published, rt};
 use crate::sync::{ReadLimits, SyncStore as _, WholeChunk, WriteScreen};
 
 /// Room for every op the tests write.
@@ -13,38 +14,6 @@ const ALL: ReadLimits = ReadLimits {
     max_items: 10_000,
     max_bytes: 16 << 20,
 };
-
-struct Dev {
-    dir: tempfile::TempDir,
-    store: Store,
-}
-
-fn dev(n: u8) -> Dev {
-    let dir = tempfile::tempdir().expect("a temp dir");
-    let store = Store::open(dir.path(), DeviceId([n; 32]), Default::default()).expect("the store");
-    Dev { dir, store }
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .build()
-        .expect("a runtime")
-}
-
-/// Waits, ten seconds at most, until `db`'s head on `store` reaches
-/// `head`: what an apply wrote is published once it is durable.
-fn published(store: &Store, db: &str, head: u64) {
-    let db = store.db(db).expect("db");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while db.head() < head {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "head {} of {head} published",
-            db.head()
-        );
-        std::thread::yield_now();
-    }
-}
 
 /// Writes `n` puts to "notes" on `d` in one write.
 fn write_puts(rt: &tokio::runtime::Runtime, d: &Dev, from: usize, n: usize) {

@@ -38,6 +38,8 @@ mod replicate;
 mod sealing;
 pub(crate) mod stamped;
 mod syncer;
+#[cfg(test)]
+mod test_dev;
 mod tombstone_keys;
 mod write_buffer;
 mod writer;

@@ -472,6 +472,7 @@ mod tests {
     use blazedb_proto::{DeviceId, Fields, Value, VersionVector};
 
     use super::*;
+    use crate::store::test_dev::{Dev, dev, published, rt};
     use crate::sync::{ReadLimits, SyncStore as _, WriteScreen};
 
     const MARK: &str = "zebra-marker";
@@ -481,39 +482,6 @@ mod tests {
         max_items: 1000,
         max_bytes: 1 << 20,
     };
-
-    struct Dev {
-        _dir: tempfile::TempDir,
-        store: Store,
-    }
-
-    fn dev(n: u8) -> Dev {
-        let dir = tempfile::tempdir().expect("a temp dir");
-        let store =
-            Store::open(dir.path(), DeviceId([n; 32]), Default::default()).expect("the store");
-        Dev { _dir: dir, store }
-    }
-
-    fn rt() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread()
-            .build()
-            .expect("a runtime")
-    }
-
-    /// Waits, ten seconds at most, until `db`'s head on `store` reaches
-    /// `head`: what an apply wrote is published once it is durable.
-    fn published(store: &Store, db: &str, head: u64) {
-        let db = store.db(db).expect("db");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while db.head() < head {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "head {} of {head} published",
-                db.head()
-            );
-            std::thread::yield_now();
-        }
-    }
 
     fn e2e() -> DbSettings {
         DbSettings {
@@ -849,7 +817,7 @@ mod tests {
             .insert("notes", key)
             .expect("insert");
         drop(db);
-        let Dev { _dir: dir, store } = a;
+        let Dev { dir, store } = a;
         rt.block_on(store.shutdown()).expect("shut down");
         drop(store);
         let store = Store::open(dir.path(), DeviceId([1; 32]), Default::default()).expect("reopen");

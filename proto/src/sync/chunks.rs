@@ -85,11 +85,7 @@ impl PartialEq for LogChunk {
 
 /// Appends a `Chunks` message about `db`.
 pub(super) fn encode_into(out: &mut Vec<u8>, db: &str, epoch: u64, chunks: &[LogChunk]) {
-    raw::map_len(out, 1);
-    raw::str(out, KEY);
-    raw::array_len(out, 3);
-    raw::str(out, db);
-    raw::uint(out, epoch);
+    super::write_keyed_head(out, KEY, 3, db, epoch);
     raw::array_len(out, u32::try_from(chunks.len()).unwrap_or(u32::MAX));
     for chunk in chunks {
         raw::bin(out, &chunk.stored);
@@ -99,11 +95,7 @@ pub(super) fn encode_into(out: &mut Vec<u8>, db: &str, epoch: u64, chunks: &[Log
 /// Reads a `Chunks` message; `None` when `bytes` are not one, an error
 /// when they are one but damaged (a chunk included).
 pub(super) fn decode(bytes: &[u8]) -> Option<Result<SyncMessage, CodecError>> {
-    let mut r = raw::Reader::new(bytes);
-    if r.map_len("").ok()? != 1 || !r.key_is(KEY) {
-        return None;
-    }
-    Some(read_body(r))
+    super::keyed(bytes, KEY).map(read_body)
 }
 
 fn read_body(mut r: raw::Reader<'_>) -> Result<SyncMessage, CodecError> {

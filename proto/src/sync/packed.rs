@@ -65,11 +65,7 @@ fn write_op(out: &mut Vec<u8>, origins: &mut OriginTable, op: &Op) {
 
 /// The message's key, then its database and epoch.
 fn write_head(out: &mut Vec<u8>, db: &str, epoch: u64) {
-    raw::map_len(out, 1);
-    raw::str(out, KEY);
-    raw::array_len(out, 4);
-    raw::str(out, db);
-    raw::uint(out, epoch);
+    super::write_keyed_head(out, KEY, 4, db, epoch);
 }
 
 /// The origins a packed message names, each at the place it was first
@@ -200,11 +196,7 @@ fn bin_len(len: usize) -> u32 {
 /// Reads a packed `Ops` message; `None` when `bytes` are not one (serde
 /// reads them then), an error when they are one but damaged.
 pub(super) fn decode(bytes: &[u8]) -> Option<Result<SyncMessage, CodecError>> {
-    let mut r = raw::Reader::new(bytes);
-    if r.map_len("").ok()? != 1 || !r.key_is(KEY) {
-        return None;
-    }
-    Some(read_body(r))
+    super::keyed(bytes, KEY).map(read_body)
 }
 
 fn read_body(mut r: raw::Reader<'_>) -> Result<SyncMessage, CodecError> {
@@ -247,15 +239,7 @@ fn read_op(r: &mut raw::Reader<'_>, origins: &[DeviceId]) -> Result<Op, CodecErr
         .ok()
         .and_then(|at| origins.get(at))
         .ok_or_else(|| CodecError(format!("an op names origin {place}, not in the table")))?;
-    let rest = op_entry::read_rest(r, flags)?;
-    Ok(Op {
-        origin,
-        seq: rest.seq,
-        hlc: rest.hlc,
-        priority: rest.priority,
-        incarnation: rest.incarnation,
-        body: rest.body(),
-    })
+    Ok(op_entry::read_rest(r, flags)?.op(origin))
 }
 
 #[cfg(test)]
