@@ -167,8 +167,25 @@ fn a_peer_holding_part_of_a_chunk_is_sent_the_rest_op_by_op() {
     assert!(read.chunks.is_empty());
     assert_eq!(read.ops.len(), 295);
 
+    // Past the chunk the peer held part of, it is sent whole chunks: the
+    // read of ops stops at that chunk's end.
+    write_puts(&rt, &a, 300, 900);
+    have.set(writer, 10);
+    let read = a
+        .store
+        .read_ops_packed("notes", &have, 0, ALL)
+        .expect("read");
+    assert!(read.chunks.is_empty());
+    assert_eq!(read.next, 300, "the first chunk's end");
+    have.set(writer, 300);
+    let read = a
+        .store
+        .read_ops_packed("notes", &have, 300, ALL)
+        .expect("read");
+    assert!(read.ops.is_empty());
+    assert_eq!(read.next, 1200);
+
     // A read that fills up on whole chunks says where the next starts.
-    write_puts(&rt, &a, 300, 300);
     let one = ReadLimits {
         max_items: 1,
         max_bytes: usize::MAX,
@@ -242,4 +259,81 @@ fn a_damaged_chunk_from_a_peer_is_refused_as_it_is_decoded() {
     let cut = compact[..compact.len() - 3].to_vec();
     let err = blazedb_proto::SyncMessage::decode(&message(cut)).expect_err("refused");
     assert!(err.to_string().contains("cut short"), "{err}");
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig {
+        cases: 12,
+        ..Default::default()
+    })]
+
+    /// Whatever a replica held already, reading for it as sync does (whole
+    /// chunks where it lacks all of one, packed ops elsewhere) and
+    /// applying what was read leaves it the writer's log, in order; and
+    /// every chunk it was sent whole, it keeps as it came.
+    #[test]
+    fn a_replica_catching_up_on_chunks_and_ops_holds_the_writers_log(
+        batches in proptest::collection::vec(1usize..400, 1..5),
+        held in 0usize..1500,
+        max_items in 1usize..700,
+    ) {
+        let rt = rt();
+        let (a, mut b) = two_with_notes(&rt);
+        let mut written = 0;
+        for n in &batches {
+            write_puts(&rt, &a, written, *n);
+            written += n;
+        }
+        let expected = all_ops(&a.store);
+        let held = held.min(written);
+        if held > 0 {
+            b.store
+                .apply_ops("notes", expected[..held].to_vec(), &WriteScreen::default())
+                .expect("apply what B held");
+        }
+        let limits = ReadLimits { max_items, max_bytes: usize::MAX };
+        let (mut have, mut from) = (b.store.sync_state("notes").expect("state").vector, 0);
+        let mut sent_whole = Vec::new();
+        loop {
+            let read = a.store.read_ops_packed("notes", &have, from, limits).expect("read");
+            proptest::prop_assert!(read.ops.is_empty() || read.chunks.is_empty());
+            let whole = read.chunks.iter().flat_map(|c| c.ids());
+            let ids: Vec<_> = read.ops.ids().iter().chain(whole).copied().collect();
+            if ids.is_empty() {
+                break;
+            }
+            for (writer, seq) in &ids {
+                have.set(*writer, *seq);
+            }
+            from = read.next;
+            if read.chunks.is_empty() {
+                let ops = read.ops.to_ops().expect("packed ops build");
+                b.store.apply_ops("notes", ops, &WriteScreen::default()).expect("apply");
+            } else {
+                sent_whole.extend(read.chunks.iter().map(|c| c.stored().to_vec()));
+                let (ops, whole) = as_received(read.chunks);
+                b.store
+                    .apply_chunks("notes", ops, &WriteScreen::default(), whole)
+                    .expect("apply");
+            }
+        }
+        published(&b.store, "notes", written as u64);
+        proptest::prop_assert_eq!(all_ops(&b.store), expected);
+        let kept: Vec<Vec<u8>> = stored_log(&b.store).into_iter().map(|(_, v)| v).collect();
+        for chunk in &sent_whole {
+            proptest::prop_assert!(kept.contains(chunk), "a chunk sent whole was not kept");
+        }
+        // Past the chunk it held part of, it is sent whole chunks.
+        let a_log = stored_log(&a.store);
+        let after_held = a_log
+            .iter()
+            .filter(|(k, _)| u64::from_be_bytes(k[..].try_into().expect("a log key")) > held as u64)
+            .count();
+        proptest::prop_assert!(
+            sent_whole.len() >= after_held,
+            "{} chunks sent whole of {} after what B held",
+            sent_whole.len(),
+            after_held
+        );
+    }
 }

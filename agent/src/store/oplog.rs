@@ -517,6 +517,12 @@ impl Forward {
         Some(Ok(whole))
     }
 
+    /// Whether the read stands between chunks: the entries of the one
+    /// it read last are all read.
+    pub(crate) fn between_chunks(&self) -> bool {
+        self.current.as_ref().is_none_or(ChunkReader::is_done)
+    }
+
     /// The next entry from `from` on that `keep` wants.
     fn next_where(
         &mut self,

@@ -923,11 +923,6 @@ pub(super) fn stored_change(
 /// cover for, instead of reading each.
 const SPAN_READ_FROM: usize = 8;
 
-/// The records the store holds from the least to the greatest key of
-/// `records`, read in one pass, where a read per record cost about as
-/// much as storing it; a first sync finds nothing there. `None` (read
-/// each record instead) for a few records, or where the span holds many
-/// more records than they are: the sender skipped those (a partial
 /// The log entries of applied ops that came in whole chunks of a peer's
 /// log, held back until each chunk's last op: a chunk every op of which
 /// is logged as it came is logged as it came, one entry whose bytes are
@@ -1018,6 +1013,11 @@ fn give_back(want: &mut VersionVector, took: &[(DeviceId, u64)]) {
     }
 }
 
+/// The records the store holds from the least to the greatest key of
+/// `records`, read in one pass, where a read per record cost about as
+/// much as storing it; a first sync finds nothing there. `None` (read
+/// each record instead) for a few records, or where the span holds many
+/// more records than they are: the sender skipped those (a partial
 /// replica's view), and reading them all would cost more.
 fn held_in_span(
     db: &DbState,
@@ -1125,8 +1125,9 @@ impl Store {
     /// With `whole`, a read that starts between chunks takes each chunk
     /// the replica lacks every entry of whole, as stored, into `whole`
     /// instead, and stops before the first it cannot: a read gives whole
-    /// chunks or entries, not both. A chunk with a clear body is never
-    /// taken whole (it leaves sealed).
+    /// chunks or entries, not both, and one of entries stops at the end
+    /// of a chunk. A chunk with a clear body is never taken whole (it
+    /// leaves sealed).
     fn read_log(
         &self,
         db: &str,
@@ -1141,6 +1142,7 @@ impl Store {
         let mut want = have.clone();
         let (mut items, mut bytes) = (0, 0);
         let mut log = oplog::after(&db.log, from);
+        let takes_whole = whole.is_some();
         if let Some(chunks) = whole {
             // The last cursor of the chunks taken whole.
             let mut taken = None;
@@ -1193,7 +1195,9 @@ impl Store {
             add(&entry)?;
             items += 1;
             bytes += entry.size();
-            if limits.full(items, bytes) {
+            // A read that may take chunks whole stops where a chunk ends,
+            // so the next one may take the chunks after it whole.
+            if limits.full(items, bytes) || (takes_whole && log.between_chunks()) {
                 return Ok(entry.cursor);
             }
         }
