@@ -8,13 +8,14 @@ use std::hash::{DefaultHasher, Hasher};
 
 use blazedb_proto::api::SyncMode;
 use blazedb_proto::rules::SyncWish;
+use blazedb_proto::sync::{LogChunk, PackedOps};
 use blazedb_proto::{
     DeviceId, Epoch, Fields, Hlc, Op, OpBody, SnapshotRecord, VersionVector, codec,
 };
 
 use super::hlc::HlcClock;
 use super::store::{
-    Applied, Compacted, Correction, OpsRead, Projection, ReadLimits, Refusal, Replace,
+    Applied, Compacted, Correction, OpsRead, PackedRead, Projection, ReadLimits, Refusal, Replace,
     SnapshotRead, SyncState, SyncStore, WriteScreen,
 };
 use crate::store::keys;
@@ -97,6 +98,10 @@ impl RecordStamps {
         StoredRecord::decode(state).ok().map(|r| Self::of(&r))
     }
 }
+
+/// How many cursors each chunk of a simulated log spans (see
+/// `MemoryStore::read_ops_packed`).
+const SIM_CHUNK: u64 = 4;
 
 /// A store that keeps every database in memory.
 #[derive(Debug, Clone)]
@@ -352,6 +357,59 @@ impl SyncStore for MemoryStore {
         Ok(OpsRead {
             ops,
             next: next.max(d.head),
+        })
+    }
+
+    /// Reads as [`SyncStore::read_ops`] does; a read that took every
+    /// entry of whole chunks of the log (here [`SIM_CHUNK`] cursors each,
+    /// from cursor 1) gives them as chunks, as the fjall store sends the
+    /// chunks a peer lacks all of, so simulated peers exchange both forms.
+    fn read_ops_packed(
+        &self,
+        db: &str,
+        have: &VersionVector,
+        from: u64,
+        limits: ReadLimits,
+    ) -> Result<PackedRead, Infallible> {
+        let read = self.read_ops(db, have, from, limits)?;
+        let cursors: Option<Vec<u64>> = self.dbs.get(db).map(|d| {
+            read.ops
+                .iter()
+                .filter_map(|op| d.positions.get(&op.writer())?.get(&op.seq).copied())
+                .collect()
+        });
+        let whole = match (&cursors, read.ops.first()) {
+            (Some(cursors), Some(_)) => {
+                cursors.len() == read.ops.len()
+                    && cursors[0] % SIM_CHUNK == 1
+                    && (read.ops.len() as u64).is_multiple_of(SIM_CHUNK)
+                    && cursors.windows(2).all(|w| w[1] == w[0] + 1)
+            }
+            _ => false,
+        };
+        if !whole {
+            let mut ops = PackedOps::default();
+            for op in &read.ops {
+                ops.push(op);
+            }
+            return Ok(PackedRead {
+                ops,
+                chunks: Vec::new(),
+                next: read.next,
+            });
+        }
+        let chunks = read
+            .ops
+            .chunks(SIM_CHUNK as usize)
+            .map(|ops| {
+                let ids = ops.iter().map(|op| (op.writer(), op.seq)).collect();
+                LogChunk::new(blazedb_proto::log_chunk::of_ops(ops), ids)
+            })
+            .collect();
+        Ok(PackedRead {
+            ops: PackedOps::default(),
+            chunks,
+            next: read.next,
         })
     }
 
