@@ -7,7 +7,7 @@ use blazedb_proto::{DeviceId, Fields, Op, Value, VersionVector};
 
 use super::Store;
 use super::test_dev::{Dev, dev, published, rt};
-use crate::sync::{ReadLimits, SyncStore as _, WholeChunk, WriteScreen};
+use crate::sync::{PackedRead, ReadLimits, SyncStore as _, WholeChunk, WriteScreen};
 
 /// Room for every op the tests write.
 const ALL: ReadLimits = ReadLimits {
@@ -45,6 +45,13 @@ fn stored_log(store: &Store) -> Vec<(Vec<u8>, Vec<u8>)> {
 /// Each chunk's key and length, to say what a log holds.
 fn sizes(log: &[(Vec<u8>, Vec<u8>)]) -> Vec<(Vec<u8>, usize)> {
     log.iter().map(|(k, v)| (k.clone(), v.len())).collect()
+}
+
+/// What `store` reads of "notes" for a peer holding `have`, from `from`.
+fn read_for(store: &Store, have: &VersionVector, from: u64, limits: ReadLimits) -> PackedRead {
+    store
+        .read_ops_packed("notes", have, from, limits)
+        .expect("read for a peer")
 }
 
 /// Every op of "notes" in log order.
@@ -89,10 +96,7 @@ fn a_peer_lacking_whole_chunks_is_sent_them_as_stored_and_keeps_them_so() {
     let a_log = stored_log(&a.store);
     assert!(a_log.len() >= 2, "several chunks: {}", a_log.len());
 
-    let read = a
-        .store
-        .read_ops_packed("notes", &VersionVector::new(), 0, ALL)
-        .expect("read for a peer");
+    let read = read_for(&a.store, &VersionVector::new(), 0, ALL);
     assert!(read.ops.is_empty(), "whole chunks, not ops");
     assert_eq!(read.next, 1200);
     let sent: Vec<&[u8]> = read.chunks.iter().map(|c| c.stored()).collect();
@@ -134,9 +138,7 @@ fn a_peer_lacking_whole_chunks_is_sent_them_as_stored_and_keeps_them_so() {
     drop(store);
     let store = Store::open(dir.path(), DeviceId([2; 32]), Default::default()).expect("reopen");
     assert_eq!(all_ops(&store), expected);
-    let relayed = store
-        .read_ops_packed("notes", &VersionVector::new(), 0, ALL)
-        .expect("read on B");
+    let relayed = read_for(&store, &VersionVector::new(), 0, ALL);
     let relayed: Vec<&[u8]> = relayed.chunks.iter().map(|c| c.stored()).collect();
     assert_eq!(relayed, kept, "relayed as they came");
 }
@@ -150,20 +152,14 @@ fn a_peer_holding_part_of_a_chunk_is_sent_the_rest_op_by_op() {
 
     let mut have = VersionVector::new();
     have.set(writer, 10);
-    let read = a
-        .store
-        .read_ops_packed("notes", &have, 0, ALL)
-        .expect("read");
+    let read = read_for(&a.store, &have, 0, ALL);
     assert!(read.chunks.is_empty());
     let seqs: Vec<u64> = read.ops.ids().iter().map(|(_, s)| *s).collect();
     assert_eq!(seqs, (11..=300).collect::<Vec<_>>());
 
     // A read that starts inside a chunk reads it op by op too.
     have.set(writer, 5);
-    let read = a
-        .store
-        .read_ops_packed("notes", &have, 5, ALL)
-        .expect("read");
+    let read = read_for(&a.store, &have, 5, ALL);
     assert!(read.chunks.is_empty());
     assert_eq!(read.ops.len(), 295);
 
@@ -171,17 +167,11 @@ fn a_peer_holding_part_of_a_chunk_is_sent_the_rest_op_by_op() {
     // read of ops stops at that chunk's end.
     write_puts(&rt, &a, 300, 900);
     have.set(writer, 10);
-    let read = a
-        .store
-        .read_ops_packed("notes", &have, 0, ALL)
-        .expect("read");
+    let read = read_for(&a.store, &have, 0, ALL);
     assert!(read.chunks.is_empty());
     assert_eq!(read.next, 300, "the first chunk's end");
     have.set(writer, 300);
-    let read = a
-        .store
-        .read_ops_packed("notes", &have, 300, ALL)
-        .expect("read");
+    let read = read_for(&a.store, &have, 300, ALL);
     assert!(read.ops.is_empty());
     assert_eq!(read.next, 1200);
 
@@ -190,10 +180,7 @@ fn a_peer_holding_part_of_a_chunk_is_sent_the_rest_op_by_op() {
         max_items: 1,
         max_bytes: usize::MAX,
     };
-    let read = a
-        .store
-        .read_ops_packed("notes", &VersionVector::new(), 0, one)
-        .expect("read");
+    let read = read_for(&a.store, &VersionVector::new(), 0, one);
     assert_eq!(read.chunks.len(), 1);
     assert_eq!(read.next, read.chunks[0].ids().len() as u64);
 }
@@ -203,10 +190,7 @@ fn a_chunk_not_applied_as_it_came_is_logged_op_by_op() {
     let rt = rt();
     let (a, mut b) = two_with_notes(&rt);
     write_puts(&rt, &a, 0, 300);
-    let read = a
-        .store
-        .read_ops_packed("notes", &VersionVector::new(), 0, ALL)
-        .expect("read");
+    let read = read_for(&a.store, &VersionVector::new(), 0, ALL);
     let (ops, whole) = as_received(read.chunks);
     // B holds the first op already: it skips it, so the chunk it came in
     // is not what B logs.
@@ -228,10 +212,7 @@ fn a_damaged_chunk_from_a_peer_is_refused_as_it_is_decoded() {
     let rt = rt();
     let (a, _) = two_with_notes(&rt);
     write_puts(&rt, &a, 0, 300);
-    let read = a
-        .store
-        .read_ops_packed("notes", &VersionVector::new(), 0, ALL)
-        .expect("read");
+    let read = read_for(&a.store, &VersionVector::new(), 0, ALL);
     let message = |stored: Vec<u8>| {
         let chunk = blazedb_proto::sync::LogChunk::new(stored, Vec::new());
         blazedb_proto::SyncMessage::Chunks {
@@ -295,7 +276,7 @@ proptest::proptest! {
         let (mut have, mut from) = (b.store.sync_state("notes").expect("state").vector, 0);
         let mut sent_whole = Vec::new();
         loop {
-            let read = a.store.read_ops_packed("notes", &have, from, limits).expect("read");
+            let read = read_for(&a.store, &have, from, limits);
             proptest::prop_assert!(read.ops.is_empty() || read.chunks.is_empty());
             let whole = read.chunks.iter().flat_map(|c| c.ids());
             let ids: Vec<_> = read.ops.ids().iter().chain(whole).copied().collect();

@@ -388,15 +388,7 @@ impl SyncStore for MemoryStore {
             _ => false,
         };
         if !whole {
-            let mut ops = PackedOps::default();
-            for op in &read.ops {
-                ops.push(op);
-            }
-            return Ok(PackedRead {
-                ops,
-                chunks: Vec::new(),
-                next: read.next,
-            });
+            return Ok(read.packed());
         }
         let chunks = read
             .ops

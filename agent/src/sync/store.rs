@@ -275,6 +275,21 @@ pub struct OpsRead {
     pub next: u64,
 }
 
+impl OpsRead {
+    /// The read, its ops packed as an `Ops` message sends them.
+    pub fn packed(&self) -> PackedRead {
+        let mut ops = PackedOps::default();
+        for op in &self.ops {
+            ops.push(op);
+        }
+        PackedRead {
+            ops,
+            chunks: Vec::new(),
+            next: self.next,
+        }
+    }
+}
+
 /// Ops read from the log for a peer, packed for the wire: as packed ops,
 /// or as whole chunks of the log when the peer lacks every op in them
 /// (one or the other).
@@ -402,16 +417,7 @@ pub trait SyncStore {
         from: u64,
         limits: ReadLimits,
     ) -> Result<PackedRead, Self::Error> {
-        let read = self.read_ops(db, have, from, limits)?;
-        let mut ops = PackedOps::default();
-        for op in &read.ops {
-            ops.push(op);
-        }
-        Ok(PackedRead {
-            ops,
-            chunks: Vec::new(),
-            next: read.next,
-        })
+        Ok(self.read_ops(db, have, from, limits)?.packed())
     }
 
     /// Applies operations from other replicas, in order, and appends them
